@@ -1,0 +1,130 @@
+"""
+Running the administrator's programs (SPEC section 6).
+
+A program is started directly from an argv list (never through a shell),
+with a small fixed environment, its output captured up to a bound, and
+killed if it outlives the timeout.
+"""
+
+import os
+
+from attrs import frozen
+from twisted.internet import defer, error, protocol
+
+OUTPUT_LIMIT = 64 * 1024
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+@frozen
+class ActionResult:
+    argv: tuple[str, ...]
+    exit_code: int | None
+    signal: int | None
+    timed_out: bool
+    stdout: str
+    stderr: str
+    spawn_error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.exit_code == 0 and not self.timed_out
+
+
+def action_env(ip: str, client: str, index: int) -> dict[str, str]:
+    return {
+        "PATH": os.environ.get("PATH", DEFAULT_PATH),
+        "KNOCKER_CLIENT_IP": ip,
+        "KNOCKER_CLIENT": client,
+        "KNOCKER_INDEX": str(index),
+    }
+
+
+class _Capture(protocol.ProcessProtocol):
+    def __init__(self, reactor, argv, timeout):
+        self.done = defer.Deferred()
+        self._argv = argv
+        self._out = {1: bytearray(), 2: bytearray()}
+        self._timed_out = False
+        self._timer = reactor.callLater(timeout, self._kill)
+
+    def childDataReceived(self, fd, data):
+        buffer = self._out.get(fd)
+        if buffer is not None and len(buffer) < OUTPUT_LIMIT:
+            buffer.extend(data[: OUTPUT_LIMIT - len(buffer)])
+
+    def _kill(self):
+        self._timed_out = True
+        try:
+            self.transport.signalProcess("KILL")
+        except error.ProcessExitedAlready:
+            pass
+
+    def processEnded(self, reason):
+        if self._timer.active():
+            self._timer.cancel()
+        value = reason.value
+        self.done.callback(
+            ActionResult(
+                argv=tuple(self._argv),
+                exit_code=getattr(value, "exitCode", None),
+                signal=getattr(value, "signal", None),
+                timed_out=self._timed_out,
+                stdout=self._out[1].decode("utf-8", "replace"),
+                stderr=self._out[2].decode("utf-8", "replace"),
+            )
+        )
+
+
+class ProcessRunner:
+    """
+    Runs programs with the reactor's process support.
+    """
+
+    def __init__(self, reactor, timeout: float):
+        self._reactor = reactor
+        self._timeout = timeout
+
+    def run(self, argv: list[str], env: dict[str, str]) -> defer.Deferred:
+        """
+        @return: a L{Deferred} that fires with an L{ActionResult}, never errs.
+        """
+        capture = _Capture(self._reactor, argv, self._timeout)
+        try:
+            self._reactor.spawnProcess(
+                capture, argv[0], args=argv, env=env, path="/", childFDs={0: "w", 1: "r", 2: "r"}
+            )
+        except OSError as failure:
+            capture._timer.cancel()
+            return defer.succeed(
+                ActionResult(tuple(argv), None, None, False, "", "", spawn_error=str(failure))
+            )
+        capture.transport.closeStdin()
+        return capture.done
+
+
+class MemoryRunner:
+    """
+    A runner for tests: records each call and answers with results the test
+    gives, at once or when the test fires C{pending}.
+    """
+
+    def __init__(self, exit_code: int = 0, hold: bool = False):
+        self.calls: list[tuple[list[str], dict[str, str]]] = []
+        self.exit_code = exit_code
+        self.hold = hold
+        self.pending: list[tuple[defer.Deferred, list[str]]] = []
+
+    def run(self, argv, env):
+        self.calls.append((list(argv), dict(env)))
+        d = defer.Deferred()
+        if self.hold:
+            self.pending.append((d, list(argv)))
+        else:
+            d.callback(ActionResult(tuple(argv), self.exit_code, None, False, "", ""))
+        return d
+
+    def finish(self, exit_code: int = 0) -> None:
+        d, argv = self.pending.pop(0)
+        d.callback(ActionResult(tuple(argv), exit_code, None, False, "", ""))
+
+

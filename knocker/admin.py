@@ -1,0 +1,86 @@
+"""
+Administration that works on the state directory without a running
+daemon: creating the pool, generating clients, reporting status.
+"""
+
+import secrets
+import time
+from datetime import datetime, timezone
+
+from attrs import frozen
+
+from knocker.book import ClientBook
+from knocker.knockfile import KnockFile, format_knockfile, generate
+from knocker.files import write_private
+from knocker.pool import choose_pool, keyspace
+from knocker.store import Store
+
+
+def ensure_pool(store: Store, config) -> tuple[int, ...]:
+    """
+    The server's pool, drawn once (on first use) from C{pool-range} and kept
+    in the state from then on, so it never changes under existing files.
+    """
+    pool = store.pool()
+    if pool is None:
+        low, high = config.pool_range
+        pool = choose_pool(config.pool_size, low, high, secrets.SystemRandom())
+        store.set_pool(pool)
+    return pool
+
+
+@frozen
+class Generated:
+    knockfile: KnockFile
+    output: str
+    server_copy: str
+    pool_size: int
+    ordered: int
+    unordered: int
+
+
+def generate_client(config, client: str, knocks: int, ports: int, output: str) -> Generated:
+    """
+    Make C{client}'s portknock file: register it (resetting its counter),
+    write the server's copy, then the client's copy at C{output}, all 0600.
+    """
+    store = Store(config.state_dir)
+    try:
+        pool = ensure_pool(store, config)
+        if ports > len(pool):
+            raise ValueError(f"{ports} ports per knock, but the pool holds {len(pool)}")
+        kf = generate(
+            client, pool, knocks, ports, secrets.SystemRandom(),
+            secrets.token_bytes(32), datetime.now(timezone.utc),
+        )
+        book = ClientBook(config.state_dir, pool)
+        server_copy = book.add(kf)
+        store.register(client, knocks)
+        write_private(output, format_knockfile(kf))
+    finally:
+        store.close()
+    ordered, unordered = keyspace(len(pool), ports)
+    return Generated(kf, output, server_copy, len(pool), ordered, unordered)
+
+
+def status(config) -> dict:
+    """
+    What C{knocker status} shows: the pool, each client's knocks left and
+    the lockouts in force, read from the state the daemon commits.
+    """
+    store = Store(config.state_dir)
+    try:
+        pool = store.pool() or ()
+        return {
+            "state_dir": config.state_dir,
+            "pool_size": len(pool),
+            "pool": list(pool),
+            "clients": [
+                {"client": c.client, "used": c.next_index - 1, "left": c.left, "knocks": c.knocks}
+                for c in store.clients()
+            ],
+            "lockouts": store.lockouts(time.time()),
+            "pending_closes": len(store.pending_closes()),
+        }
+    finally:
+        store.close()

@@ -1,0 +1,87 @@
+"""
+The audit log (SPEC section 7): one JSON object a line, one line an event.
+
+Each event is written with a single C{write} on a file opened C{O_APPEND}, so
+a crash can tear at most the line being written and nothing is held in a
+buffer that a flood could grow.  Readers use L{read_audit}, which skips a
+torn last line.
+"""
+
+import json
+import os
+from datetime import datetime, timezone
+
+from twisted.logger import Logger
+
+log = Logger()
+
+
+def iso_time(seconds: float) -> str:
+    stamp = datetime.fromtimestamp(seconds, timezone.utc)
+    return stamp.isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+class AuditLog:
+    """
+    Append events to C{path} (created 0600).  Time comes from C{clock}.
+    """
+
+    def __init__(self, path: str, clock):
+        self.path = path
+        self._clock = clock
+        self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        self.dropped = 0
+
+    def record(self, event: str, **fields) -> None:
+        entry = {"time": iso_time(self._clock.seconds()), "event": event}
+        entry.update(fields)
+        line = (json.dumps(entry, separators=(",", ":")) + "\n").encode("utf-8")
+        try:
+            os.write(self._fd, line)
+        except OSError as error:
+            # A full disk must not stop the daemon; say so in the daemon log.
+            self.dropped += 1
+            log.error("audit log {path} write failed ({error}); {n} events lost",
+                      path=self.path, error=error, n=self.dropped)
+
+    def close(self) -> None:
+        os.close(self._fd)
+
+
+class MemoryAudit:
+    """
+    An audit sink for tests: the events as dicts, without the time.
+    """
+
+    def __init__(self):
+        self.events: list[dict] = []
+
+    def record(self, event: str, **fields) -> None:
+        self.events.append({"event": event, **fields})
+
+    def of(self, event: str) -> list[dict]:
+        return [entry for entry in self.events if entry["event"] == event]
+
+    def close(self) -> None:
+        pass
+
+
+def read_audit(path: str) -> list[dict]:
+    """
+    The events in an audit log, skipping a last line torn by a crash.
+
+    @raise ValueError: a line other than the last is not JSON.
+    """
+    with open(path, "rb") as handle:
+        lines = handle.read().split(b"\n")
+    events = []
+    for number, line in enumerate(lines, start=1):
+        if not line:
+            continue
+        try:
+            events.append(json.loads(line))
+        except ValueError:
+            if number == len(lines):
+                break  # torn by a crash mid-write
+            raise ValueError(f"{path}, line {number}: not a JSON object") from None
+    return events

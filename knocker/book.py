@@ -1,0 +1,117 @@
+"""
+The server's copies of the portknock files, one per client, in
+C{state-dir/clients/CLIENT.knock}.
+
+Startup reads only each file's header (secret and size), so ten thousand
+clients cost ten thousand small reads, not ten million knock lines; the
+knocks of a file are parsed in full, and checked against the pool, when one
+of them is about to be granted, and the last few parsed files are cached.
+"""
+
+import os
+from collections import OrderedDict
+
+from knocker.files import PrivateFileError, ensure_private_dir, read_private, write_private
+from knocker.knockfile import (
+    KnockFile,
+    KnockFileError,
+    format_knockfile,
+    parse_header,
+    parse_knockfile,
+)
+
+_HEADER_BYTES = 4096
+_CACHED_FILES = 32
+
+
+class ClientBook:
+    def __init__(self, state_dir: str, pool: tuple[int, ...]):
+        self.directory = os.path.join(state_dir, "clients")
+        self._pool = frozenset(pool)
+        self._headers: dict[str, KnockFile] = {}
+        self._cache: OrderedDict[str, KnockFile] = OrderedDict()
+
+    def path(self, client: str) -> str:
+        return os.path.join(self.directory, client + ".knock")
+
+    def load(self) -> None:
+        """
+        Index every client file's header.
+
+        @raise KnockFileError: a file is unsafe or malformed; the message
+            names it.  The daemon must not start with a half-read book.
+        """
+        ensure_private_dir(self.directory)
+        headers = {}
+        for name in sorted(os.listdir(self.directory)):
+            if not name.endswith(".knock"):
+                continue
+            path = os.path.join(self.directory, name)
+            header = parse_header(_read(path, _HEADER_BYTES), path)
+            if header.client + ".knock" != name:
+                raise KnockFileError(
+                    f"{path}: holds client {header.client!r}, "
+                    f"but its name says {name[:-6]!r}"
+                )
+            headers[header.client] = header
+        self._headers = headers
+        self._cache.clear()
+
+    def clients(self) -> list[str]:
+        return sorted(self._headers)
+
+    def secret(self, client: str) -> bytes | None:
+        header = self._headers.get(client)
+        return header.secret if header else None
+
+    def knock(self, client: str, index: int) -> tuple[int, ...]:
+        """
+        The ports of knock C{index} of C{client}.
+
+        @raise KnockFileError: the file changed under us, or names a port
+            outside the pool.
+        """
+        kf = self._cache.get(client)
+        if kf is None:
+            path = self.path(client)
+            kf = parse_knockfile(_read(path), path)
+            if kf.secret != self._headers[client].secret:
+                raise KnockFileError(f"{path}: the secret changed since startup")
+            outside = {port for knock in kf.knocks for port in knock} - self._pool
+            if outside:
+                raise KnockFileError(
+                    f"{path}: ports {sorted(outside)[:5]} are not in the server's pool"
+                )
+            self._cache[client] = kf
+            if len(self._cache) > _CACHED_FILES:
+                self._cache.popitem(last=False)
+        self._cache.move_to_end(client)
+        return kf.knock(index)
+
+    def add(self, kf: KnockFile) -> str:
+        """
+        Write the server's copy of a new portknock file and index it.
+        """
+        ensure_private_dir(self.directory)
+        path = self.path(kf.client)
+        write_private(path, format_knockfile(kf))
+        self._headers[kf.client] = KnockFile(
+            kf.client, kf.secret, kf.ports_per_knock, kf.created, ()
+        )
+        self._cache.pop(kf.client, None)
+        return path
+
+    def size(self, client: str) -> int:
+        """
+        How many knocks C{client}'s file holds, read from the file.
+        """
+        return len(parse_knockfile(_read(self.path(client)), self.path(client)).knocks)
+
+
+def _read(path: str, limit: int | None = None) -> str:
+    try:
+        return read_private(path, limit)
+    except PrivateFileError as error:
+        raise KnockFileError(str(error)) from None
+    except OSError as error:
+        raise KnockFileError(f"{path}: cannot read: {error.strerror}") from None

@@ -1,0 +1,165 @@
+"""
+The C{knocker} command: generate, knock, status, demo.
+
+Imports are kept inside the subcommands so that C{knocker generate} and
+C{knocker status} never load the reactor.
+"""
+
+import argparse
+import json
+import os
+import sys
+
+from knocker.config import (
+    CLIENT_KEYS,
+    ConfigError,
+    load_client_config,
+    load_server_config,
+)
+from knocker.files import PrivateFileError, read_private
+from knocker.knockfile import KnockFileError, parse_knockfile
+
+USAGE_ERROR = 2
+
+
+def load_knockfile_for(config):
+    """
+    The client's portknock file named by C{config}, checked.
+
+    @raise ValueError: no file set, unsafe, unreadable or malformed.
+    """
+    if config.knock_file is None:
+        raise ValueError(
+            "no portknock file: set knock-file in the [client] section or pass --knock-file"
+        )
+    try:
+        return parse_knockfile(read_private(config.knock_file), config.knock_file)
+    except OSError as error:
+        raise ValueError(f"{config.knock_file}: cannot read: {error.strerror}") from None
+
+
+def _generate(args) -> int:
+    from knocker.admin import generate_client
+    from knocker.knockfile import valid_client_id
+
+    config = load_server_config(args.config, _overrides(args, ("state-dir",)))
+    if not valid_client_id(args.client):
+        raise ValueError(f"client id {args.client!r} must match [a-z0-9][a-z0-9_.-]{{0,63}}")
+    output = args.output or f"{args.client}.knock"
+    knocks = args.knocks if args.knocks is not None else config.knocks
+    ports = args.ports if args.ports is not None else config.ports_per_knock
+    if os.path.exists(output) and not args.force:
+        raise ValueError(f"{output} exists; pass --force to replace it")
+    done = generate_client(config, args.client, knocks, ports, output)
+    print(f"wrote {done.output} for client {args.client}: {knocks} knocks of {ports} ports "
+          f"(mode 0600; give it to the client over a secure channel)")
+    print(f"server copy: {done.server_copy}")
+    print(f"keyspace: pool of {done.pool_size} ports, {ports} per knock: "
+          f"{done.ordered:.3g} ordered sequences ({done.ordered}), "
+          f"{done.unordered:.3g} unordered sets ({done.unordered})")
+    return 0
+
+
+def _status(args) -> int:
+    from knocker.admin import status
+
+    config = load_server_config(args.config, _overrides(args, ("state-dir",)))
+    report = status(config)
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return 0
+    print(f"state: {report['state_dir']}  pool: {report['pool_size']} ports")
+    for row in report["clients"]:
+        print(f"  {row['client']:<24} {row['left']:>7} of {row['knocks']} knocks left")
+    if not report["clients"]:
+        print("  no clients yet: knocker generate CLIENT")
+    import time
+
+    for key, until in sorted(report["lockouts"].items()):
+        who = "everyone (global)" if key == "*" else key
+        print(f"  locked out: {who} for {until - time.time():.0f}s more")
+    if not report["lockouts"]:
+        print("  no lockout in force")
+    print(f"  pending close actions: {report['pending_closes']}")
+    return 0
+
+
+def _knock(args) -> int:
+    config = load_client_config(args.config, _overrides(args, CLIENT_KEYS))
+    knockfile = load_knockfile_for(config)
+
+    from twisted.internet.defer import ensureDeferred
+    from twisted.internet.task import react
+
+    from knocker.client import knock
+
+    def main(reactor):
+        def report(result):
+            stream = sys.stdout if result.outcome.exit_code == 0 else sys.stderr
+            where = f"knock {result.index}" if result.index else "no knock granted"
+            print(f"knocker: {result.message()} [{where}, {config.server}]", file=stream)
+            raise SystemExit(result.outcome.exit_code)
+
+        return ensureDeferred(knock(reactor, config, knockfile)).addCallback(report)
+
+    react(main)
+    return 0  # react exits; kept for the type
+
+
+def _demo(args) -> int:
+    from knocker.demo import run_demo
+
+    return run_demo()
+
+
+def _overrides(args, keys) -> dict[str, str]:
+    values = {}
+    for key in keys:
+        value = getattr(args, key.replace("-", "_"), None)
+        if value is not None:
+            values[key] = str(value)
+    return values
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="knocker", description="Port knocking with one-time knocks.")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    gen = commands.add_parser("generate", help="create a client's portknock file")
+    gen.add_argument("client", help="client id: [a-z0-9][a-z0-9_.-]{0,63}")
+    gen.add_argument("--knocks", type=int, help="number of one-time knocks (default: config, 1000)")
+    gen.add_argument("--ports", type=int, help="ports per knock (default: config, 6)")
+    gen.add_argument("-o", "--output", help="where to write the file (default: CLIENT.knock)")
+    gen.add_argument("--config", help="server configuration file")
+    gen.add_argument("--state-dir", help="override state-dir")
+    gen.add_argument("--force", action="store_true", help="replace an existing output file")
+    gen.set_defaults(run=_generate)
+
+    knock = commands.add_parser("knock", help="knock once; exit 0 on OPEN")
+    knock.add_argument("--config", help="client configuration file")
+    for key in CLIENT_KEYS:
+        knock.add_argument(f"--{key}", help=f"override {key}")
+    knock.set_defaults(run=_knock)
+
+    stat = commands.add_parser("status", help="clients, knocks left, lockouts")
+    stat.add_argument("--config", help="server configuration file")
+    stat.add_argument("--state-dir", help="override state-dir")
+    stat.add_argument("--json", action="store_true", help="print JSON")
+    stat.set_defaults(run=_status)
+
+    demo = commands.add_parser("demo", help="one real knock on this machine, server and client")
+    demo.set_defaults(run=_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.run(args)
+    except (ConfigError, KnockFileError, PrivateFileError, ValueError) as error:
+        print(f"knocker {args.command}: {error}", file=sys.stderr)
+        return USAGE_ERROR
+
+
+if __name__ == "__main__":
+    sys.exit(main())

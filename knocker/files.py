@@ -1,0 +1,72 @@
+"""
+Private files: written 0600 and atomically, refused when others can read them.
+
+Every secret knocker writes (portknock files, the server's copies, TLS keys
+made by tests) goes through L{write_private}; every portknock file it reads
+goes through L{read_private}.
+"""
+
+import os
+import stat
+import tempfile
+
+
+class PrivateFileError(ValueError):
+    """
+    A secret file can be read by group or others, or is not a regular file.
+    """
+
+
+def write_private(path: str, text: str) -> None:
+    """
+    Write C{text} to C{path} with mode 0600, replacing it atomically, so a
+    crash leaves the old file or the new one, never half of one.
+    """
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".knocker-", suffix=".tmp")
+    try:
+        os.fchmod(fd, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    dir_fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def read_private(path: str, limit: int | None = None) -> str:
+    """
+    Read a secret file, refusing one that group or others may read.
+
+    @param limit: read at most this many bytes (enough for a header).
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    with os.fdopen(fd, "rb") as handle:
+        info = os.fstat(handle.fileno())
+        if not stat.S_ISREG(info.st_mode):
+            raise PrivateFileError(f"{path}: not a regular file")
+        if info.st_mode & 0o077:
+            raise PrivateFileError(
+                f"{path}: open to group or others "
+                f"(mode {stat.S_IMODE(info.st_mode):04o}); run: chmod 600 {path}"
+            )
+        data = handle.read() if limit is None else handle.read(limit)
+    try:
+        return data.decode("utf-8", errors="strict" if limit is None else "ignore")
+    except UnicodeDecodeError as error:
+        raise PrivateFileError(f"{path}: not UTF-8 text ({error.reason})") from None
+
+
+def ensure_private_dir(path: str) -> None:
+    """
+    Create C{path} (and parents) as a 0700 directory if it is missing.
+    """
+    os.makedirs(path, mode=0o700, exist_ok=True)

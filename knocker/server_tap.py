@@ -1,0 +1,48 @@
+"""
+C{twistd knockserver}: options and service wiring only.
+"""
+
+from twisted.python import usage
+
+from knocker.config import SERVER_KEYS, ConfigError, load_server_config
+
+
+class Options(usage.Options):
+    synopsis = "[--config FILE] [--KEY VALUE ...]"
+    longdesc = (
+        "Run the knocker daemon: the central port and the pool of knock and "
+        "decoy ports.  Settings come from the [server] section of --config "
+        "(see etc/knockserver.conf); any key can be overridden on the command "
+        "line as --KEY VALUE.  With no configuration it serves on 127.0.0.1 "
+        "with ./knocker-state and a success action that only logs."
+    )
+    optParameters = [["config", "c", None, "INI file with a [server] section."]] + [
+        [key, None, None, f"override '{key}' from the configuration file"] for key in SERVER_KEYS
+    ]
+
+    def postOptions(self):
+        overrides = {key: self[key] for key in SERVER_KEYS if self[key] is not None}
+        try:
+            self.config = load_server_config(self["config"], overrides)
+        except ConfigError as error:
+            raise usage.UsageError(str(error)) from None
+        check_programs(self.config)
+
+
+def check_programs(config) -> None:
+    """
+    Refuse to start with an action program that is missing or not executable.
+    """
+    import os
+
+    for key, path in (("on-success", config.on_success), ("on-close", config.on_close)):
+        if path is not None and not (os.path.isfile(path) and os.access(path, os.X_OK)):
+            raise usage.UsageError(f"{key} = {path}: not an executable file")
+
+
+def makeService(options, reactor=None):
+    from knocker.service import KnockServerService
+
+    if reactor is None:
+        from twisted.internet import reactor
+    return KnockServerService(options.config, reactor)

@@ -1,0 +1,114 @@
+"""
+The knockserver daemon as a Twisted service: builds the coordinator and
+binds the central port and every pool port when it starts.
+
+Startup is strict: a bad client file, a state directory it cannot use or a
+port it cannot bind stops the daemon with a message naming the cause,
+before anything listens (a half-started knock server is worse than none).
+"""
+
+from twisted.application import service
+from twisted.internet.defer import gatherResults, maybeDeferred
+from twisted.internet.endpoints import serverFromString
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from knocker.actions import ProcessRunner
+from knocker.admin import ensure_pool
+from knocker.audit import AuditLog
+from knocker.book import ClientBook
+from knocker.server import CentralFactory, KnockServer, PoolFactory
+from knocker.store import Store
+
+log = Logger()
+
+
+class StartupError(Exception):
+    """
+    The daemon cannot start; the message says why.
+    """
+
+
+class KnockServerService(service.Service):
+    name = "knockserver"
+
+    def __init__(self, config, reactor):
+        self.config = config
+        self._reactor = reactor
+        self.server: KnockServer | None = None
+        self.central_port = None
+        self.pool_ports = []
+        self._store = None
+        self._audit = None
+
+    def privilegedStartService(self):
+        try:
+            self._start()
+        except Exception as error:
+            self._stop_listening()
+            raise StartupError(f"knockserver cannot start: {error}") from error
+        service.Service.privilegedStartService(self)
+
+    def _start(self):
+        config, reactor = self.config, self._reactor
+        if self.config.on_success is None:
+            log.warn("on-success is not set: the built-in action only logs; "
+                     "no firewall change will be made")
+        self._store = Store(config.state_dir)
+        pool = ensure_pool(self._store, config)
+        book = ClientBook(config.state_dir, pool)
+        book.load()
+        registered = {state.client for state in self._store.clients()}
+        missing = [client for client in book.clients() if client not in registered]
+        if missing:
+            raise StartupError(
+                f"{book.path(missing[0])}: no knock counter for client {missing[0]!r} "
+                f"in {self._store.path}; run 'knocker generate {missing[0]}' again"
+            )
+        self._audit = AuditLog(config.audit_path, reactor)
+        self.server = KnockServer(
+            config, reactor, self._store, book,
+            ProcessRunner(reactor, config.script_timeout), self._audit,
+        )
+        pool_factory = PoolFactory(self.server)
+        for port in pool:
+            self.pool_ports.append(
+                reactor.listenTCP(port, pool_factory, backlog=1024, interface=config.interface)
+            )
+        central = CentralFactory(self.server, reactor, config.max_connections,
+                                 config.handshake_timeout)
+        result = []
+        serverFromString(reactor, config.central).listen(central).addBoth(result.append)
+        if not result:
+            raise StartupError(f"central endpoint {config.central!r} did not listen at once")
+        if isinstance(result[0], Failure):
+            raise StartupError(f"central endpoint {config.central!r}: {result[0].value}")
+        self.central_port = result[0]
+        self.server.restore()
+        address = self.central_port.getHost()
+        self._audit.record("start", central=config.central, central_port=address.port,
+                           interface=config.interface, pool_size=len(pool),
+                           clients=len(book.clients()), lockout_scope=config.lockout_scope)
+        log.info("knockserver: central port {port}, {n} pool ports on {interface}, "
+                 "{clients} clients, lockout {scope}",
+                 port=address.port, n=len(pool), interface=config.interface,
+                 clients=len(book.clients()), scope=config.lockout_scope)
+
+    def stopService(self):
+        service.Service.stopService(self)
+        if self.server is not None:
+            self.server.stop()
+        stopped = self._stop_listening()
+        if self._audit is not None:
+            self._audit.record("stop")
+            self._audit.close()
+            self._audit = None
+        if self._store is not None:
+            self._store.close()
+            self._store = None
+        return stopped
+
+    def _stop_listening(self):
+        ports = self.pool_ports + ([self.central_port] if self.central_port else [])
+        self.pool_ports, self.central_port = [], None
+        return gatherResults([maybeDeferred(port.stopListening) for port in ports])

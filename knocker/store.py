@@ -1,0 +1,169 @@
+"""
+The server's durable state (SPEC section 7) in SQLite: the pool, each
+client's next knock number, pending close actions and lockouts.
+
+Every change is committed (WAL, C{synchronous=FULL}: fsync'd) before the
+call returns, so the caller may act on it: in particular L{burn} has made
+the number unusable before anyone sends GRANT.  Calls block for the commit;
+they are few and small, and a grant must not race its own burn.
+"""
+
+import os
+import sqlite3
+from contextlib import contextmanager
+
+from attrs import frozen
+
+from knocker.files import ensure_private_dir
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS clients (
+    id TEXT PRIMARY KEY,
+    next_index INTEGER NOT NULL,
+    knocks INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS closes (
+    id INTEGER PRIMARY KEY,
+    due REAL NOT NULL,
+    ip TEXT NOT NULL,
+    client TEXT NOT NULL,
+    knock INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS lockouts (key TEXT PRIMARY KEY, until REAL NOT NULL);
+"""
+
+
+@frozen
+class ClientState:
+    client: str
+    next_index: int
+    knocks: int
+
+    @property
+    def left(self) -> int:
+        return self.knocks - self.next_index + 1
+
+
+@frozen
+class PendingClose:
+    id: int
+    due: float
+    ip: str
+    client: str
+    index: int
+
+
+class Store:
+    """
+    The state database in C{state_dir}/state.sqlite.
+    """
+
+    def __init__(self, state_dir: str):
+        ensure_private_dir(state_dir)
+        self.path = os.path.join(state_dir, "state.sqlite")
+        if not os.path.exists(self.path):
+            os.close(os.open(self.path, os.O_CREAT | os.O_WRONLY, 0o600))
+        self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.execute("PRAGMA busy_timeout=5000")
+        with self._transaction():
+            for statement in _SCHEMA.split(";"):
+                if statement.strip():
+                    self._db.execute(statement)
+
+    def close(self) -> None:
+        self._db.close()
+
+    @contextmanager
+    def _transaction(self):
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+
+    # The pool.
+
+    def pool(self) -> tuple[int, ...] | None:
+        row = self._db.execute("SELECT value FROM meta WHERE key = 'pool'").fetchone()
+        return tuple(int(port) for port in row[0].split(",")) if row else None
+
+    def set_pool(self, ports: tuple[int, ...]) -> None:
+        with self._transaction():
+            self._db.execute(
+                "INSERT INTO meta (key, value) VALUES ('pool', ?)",
+                (",".join(map(str, ports)),),
+            )
+
+    # Clients and their knock numbers.
+
+    def register(self, client: str, knocks: int) -> None:
+        """
+        Start C{client} at knock 1 of C{knocks} (a new or regenerated file).
+        """
+        with self._transaction():
+            self._db.execute(
+                "INSERT INTO clients (id, next_index, knocks) VALUES (?, 1, ?) "
+                "ON CONFLICT (id) DO UPDATE SET next_index = 1, knocks = excluded.knocks",
+                (client, knocks),
+            )
+
+    def client(self, client: str) -> ClientState | None:
+        row = self._db.execute(
+            "SELECT id, next_index, knocks FROM clients WHERE id = ?", (client,)
+        ).fetchone()
+        return ClientState(*row) if row else None
+
+    def clients(self) -> list[ClientState]:
+        rows = self._db.execute("SELECT id, next_index, knocks FROM clients ORDER BY id")
+        return [ClientState(*row) for row in rows]
+
+    def burn(self, client: str) -> int | None:
+        """
+        Take C{client}'s next knock number for good and return it, or
+        C{None} when every number is used.  Committed before it returns.
+        """
+        with self._transaction():
+            row = self._db.execute(
+                "UPDATE clients SET next_index = next_index + 1 "
+                "WHERE id = ? AND next_index <= knocks RETURNING next_index - 1",
+                (client,),
+            ).fetchall()
+        return row[0][0] if row else None
+
+    # Pending close actions.
+
+    def add_close(self, due: float, ip: str, client: str, index: int) -> int:
+        with self._transaction():
+            cursor = self._db.execute(
+                "INSERT INTO closes (due, ip, client, knock) VALUES (?, ?, ?, ?)",
+                (due, ip, client, index),
+            )
+        return cursor.lastrowid
+
+    def remove_close(self, close_id: int) -> None:
+        with self._transaction():
+            self._db.execute("DELETE FROM closes WHERE id = ?", (close_id,))
+
+    def pending_closes(self) -> list[PendingClose]:
+        rows = self._db.execute("SELECT id, due, ip, client, knock FROM closes ORDER BY due")
+        return [PendingClose(*row) for row in rows]
+
+    # Lockouts, so that a restart does not lift one.
+
+    def set_lockout(self, key: str, until: float) -> None:
+        with self._transaction():
+            self._db.execute(
+                "INSERT INTO lockouts (key, until) VALUES (?, ?) "
+                "ON CONFLICT (key) DO UPDATE SET until = excluded.until",
+                (key, until),
+            )
+
+    def lockouts(self, now: float) -> dict[str, float]:
+        with self._transaction():
+            self._db.execute("DELETE FROM lockouts WHERE until <= ?", (now,))
+        return dict(self._db.execute("SELECT key, until FROM lockouts"))

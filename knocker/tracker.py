@@ -1,0 +1,245 @@
+"""
+The sequence tracker (SPEC section 5): grants, hits, windows and lockouts
+turned into verdicts.
+
+Pure logic with time injected: the only outside thing it touches is the
+C{clock} (an L{IReactorTime}, a L{twisted.internet.task.Clock} in tests),
+for C{seconds()} and for the window timers.  Verdicts go to an observer; it
+never sees a socket, a file or a process.
+"""
+
+import math
+from enum import Enum
+from typing import Protocol
+
+from attrs import define, field, frozen
+
+GLOBAL = "*"
+"""The lockout key that locks out every address (scope C{global})."""
+
+
+class Outcome(str, Enum):
+    """
+    What one hit on a pool port meant.
+    """
+
+    PROGRESS = "progress"
+    COMPLETE = "complete"
+    WRONG_PORT = "wrong-port"
+    NO_SLOT = "no-slot"
+    TIMEOUT = "timeout"
+    LOCKED = "locked"
+
+
+@frozen
+class Policy:
+    window: float = 10
+    lockout: float = 60.0
+    scope: str = "global"
+    max_slots: int = 1
+
+
+@frozen
+class Refusal:
+    """
+    Why a grant cannot be made now: C{kind} is C{"busy"} or C{"locked"}.
+    """
+
+    kind: str
+    retry_after: int
+
+
+@define(eq=False)
+class Slot:
+    """
+    One granted knock being knocked (C{position} ports done so far), or,
+    once complete, waiting for its action to finish.
+    """
+
+    ip: str
+    client: str
+    index: int
+    ports: tuple[int, ...]
+    granted_at: float
+    deadline: float
+    position: int = 0
+    acting: bool = False
+    timer: object = field(default=None, repr=False)
+
+
+class TrackerObserver(Protocol):
+    def knock_completed(self, slot: Slot) -> None:
+        """
+        Every port was hit in order in time; run the action, then L{release}.
+        """
+
+    def knock_failed(self, slot: Slot, reason: str) -> None:
+        """
+        The slot is over: C{wrong-port}, C{timeout} or C{locked-out}.
+        """
+
+    def lockout_started(self, key: str, until: float, reason: str, ip: str) -> None:
+        """
+        C{key} (an address, or L{GLOBAL}) is refused until C{until}; the failed
+        attempt by C{ip} that caused it was C{reason}.
+        """
+
+
+class Tracker:
+    _PRUNE_AT = 4096
+
+    def __init__(self, clock, policy: Policy, observer: TrackerObserver):
+        self._clock = clock
+        self._policy = policy
+        self._observer = observer
+        self._slots: dict[str, Slot] = {}
+        self._lockouts: dict[str, float] = {}
+
+    # Questions.
+
+    def locked_for(self, ip: str) -> float:
+        """
+        Seconds of lockout left for C{ip} (0 when it may knock).
+        """
+        now = self._clock.seconds()
+        until = max(self._lockouts.get(GLOBAL, 0.0), self._lockouts.get(ip, 0.0))
+        return max(0.0, until - now)
+
+    def refusal(self, ip: str) -> Refusal | None:
+        """
+        Why C{ip} cannot be granted a knock now, or C{None} if it can.
+        """
+        locked = self.locked_for(ip)
+        if locked > 0:
+            return Refusal("locked", _ceil(locked))
+        now = self._clock.seconds()
+        if ip in self._slots:
+            return Refusal("busy", self._wait(self._slots[ip], now))
+        if len(self._slots) >= self._policy.max_slots:
+            return Refusal("busy", min(self._wait(s, now) for s in self._slots.values()))
+        return None
+
+    def slots(self) -> list[Slot]:
+        return list(self._slots.values())
+
+    def lockouts(self) -> dict[str, float]:
+        now = self._clock.seconds()
+        return {key: until for key, until in self._lockouts.items() if until > now}
+
+    # Events.
+
+    def grant(self, ip: str, client: str, index: int, ports: tuple[int, ...]) -> Slot:
+        """
+        Open a slot for C{ip}; the caller has checked L{refusal} and burned
+        the number.
+        """
+        if self.refusal(ip) is not None:
+            raise RuntimeError(f"grant for {ip} while refused")
+        now = self._clock.seconds()
+        slot = Slot(ip, client, index, ports, now, now + self._policy.window)
+        slot.timer = self._clock.callLater(self._policy.window, self._timed_out, slot)
+        self._slots[ip] = slot
+        return slot
+
+    def hit(self, ip: str, port: int) -> Outcome:
+        """
+        Judge one accepted connection from C{ip} on pool port C{port}.
+        """
+        if self.locked_for(ip) > 0:
+            return Outcome.LOCKED
+        slot = self._slots.get(ip)
+        if slot is None or slot.acting:
+            self._failed(ip, "no-slot")
+            return Outcome.NO_SLOT
+        if self._clock.seconds() >= slot.deadline:
+            self._timed_out(slot)
+            return Outcome.TIMEOUT
+        if port != slot.ports[slot.position]:
+            self._end(slot, "wrong-port")
+            self._failed(ip, "wrong-port")
+            return Outcome.WRONG_PORT
+        slot.position += 1
+        if slot.position < len(slot.ports):
+            return Outcome.PROGRESS
+        slot.acting = True
+        self._cancel_timer(slot)
+        self._observer.knock_completed(slot)
+        return Outcome.COMPLETE
+
+    def failed_attempt(self, ip: str, reason: str) -> None:
+        """
+        A failure seen elsewhere (a DENIED handshake) that starts a lockout.
+        """
+        if self.locked_for(ip) == 0:
+            self._failed(ip, reason)
+
+    def release(self, slot: Slot) -> None:
+        """
+        The completed slot's action has finished; free the slot.
+        """
+        if self._slots.get(slot.ip) is slot:
+            del self._slots[slot.ip]
+
+    def abandon(self, slot: Slot) -> None:
+        """
+        The client left before the verdict; the slot ends quietly (its
+        number stays burned).
+        """
+        if not slot.acting and self._slots.get(slot.ip) is slot:
+            self._cancel_timer(slot)
+            del self._slots[slot.ip]
+
+    def restore_lockout(self, key: str, until: float) -> None:
+        """
+        Reinstate a lockout that was in force before a restart.
+        """
+        if until > self._clock.seconds():
+            self._lockouts[key] = max(until, self._lockouts.get(key, 0.0))
+
+    def stop(self) -> None:
+        """
+        Cancel the window timers (the daemon is stopping).
+        """
+        for slot in self._slots.values():
+            self._cancel_timer(slot)
+
+    # Internals.
+
+    def _timed_out(self, slot: Slot) -> None:
+        if self._slots.get(slot.ip) is slot and not slot.acting:
+            self._end(slot, "timeout")
+            self._failed(slot.ip, "timeout")
+
+    def _failed(self, ip: str, reason: str) -> None:
+        key = GLOBAL if self._policy.scope == "global" else ip
+        until = self._clock.seconds() + self._policy.lockout
+        self._prune()
+        self._lockouts[key] = until
+        self._observer.lockout_started(key, until, reason, ip)
+        for slot in list(self._slots.values()):
+            if not slot.acting and (key == GLOBAL or slot.ip == ip):
+                self._end(slot, "locked-out")
+
+    def _end(self, slot: Slot, reason: str) -> None:
+        self._cancel_timer(slot)
+        del self._slots[slot.ip]
+        self._observer.knock_failed(slot, reason)
+
+    def _cancel_timer(self, slot: Slot) -> None:
+        if slot.timer is not None and slot.timer.active():
+            slot.timer.cancel()
+        slot.timer = None
+
+    def _wait(self, slot: Slot, now: float) -> int:
+        if slot.acting:
+            return 1
+        return _ceil(slot.deadline - now)
+
+    def _prune(self) -> None:
+        if len(self._lockouts) >= self._PRUNE_AT:
+            now = self._clock.seconds()
+            self._lockouts = {k: u for k, u in self._lockouts.items() if u > now}
+
+
+def _ceil(seconds: float) -> int:
+    return max(1, math.ceil(seconds))

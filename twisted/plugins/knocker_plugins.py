@@ -1,0 +1,18 @@
+"""
+twistd plugins for knocker; kept to names only so C{twistd --help} stays fast.
+"""
+
+from twisted.application.service import ServiceMaker
+
+knockServer = ServiceMaker(
+    "knocker server",
+    "knocker.server_tap",
+    "Port-knocking daemon: central port and decoy pool.",
+    "knockserver",
+)
+knockClient = ServiceMaker(
+    "knocker client",
+    "knocker.client_tap",
+    "Knock once on a knocker server, then stop.",
+    "knockclient",
+)
