@@ -157,6 +157,8 @@ def parse_server_config(
     text: str = "", source: str = "<defaults>", overrides: dict[str, str] | None = None
 ) -> ServerConfig:
     config = _parse(text, source, "server", _SERVER_KEYS, ServerConfig(), overrides)
+    if overrides and {"pool-size", "pool-range", "ports-per-knock"} & set(overrides):
+        source = "command line" if source == "<defaults>" else f"{source} and command line"
     low, high = config.pool_range
     if config.pool_size > high - low + 1:
         raise ConfigError(

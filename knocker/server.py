@@ -320,9 +320,9 @@ class CentralProtocol(LineOnlyReceiver):
     def connectionLost(self, reason):
         self.factory.connections -= 1
         self._cancel_timer()
-        if self._granted and not self._done:
-            self._server.session_lost(self)
         self._done = True
+        if self._granted:
+            self._server.session_lost(self)
 
 
 class CentralFactory(protocol.Factory):

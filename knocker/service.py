@@ -46,7 +46,11 @@ class KnockServerService(service.Service):
             self._start()
         except Exception as error:
             self._stop_listening()
-            raise StartupError(f"knockserver cannot start: {error}") from error
+            if self._store is not None:
+                self._store.close()
+            # SystemExit: twistd prints the one line and exits 1, where any
+            # other exception would bury the cause in a traceback.
+            raise SystemExit(f"knockserver cannot start: {error}") from error
         service.Service.privilegedStartService(self)
 
     def _start(self):

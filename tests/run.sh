@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Install everything the whole test suite needs, then run it.
+#
+# As root (CI, or a throwaway machine) it also installs the Debian packages
+# the real-network tests use; without root those tests skip, saying why.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+packages="iproute2 nftables nmap"
+if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    missing=""
+    for package in $packages; do
+        dpkg -s "$package" >/dev/null 2>&1 || missing="$missing $package"
+    done
+    if [ -n "$missing" ]; then
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $missing >/dev/null
+    fi
+fi
+
+python3 -m venv .venv
+.venv/bin/pip install -q --disable-pip-version-check '.[test]'
+exec .venv/bin/python -m pytest "$@"

@@ -1,0 +1,128 @@
+"""
+Shared fixtures: a server coordinator wired to fakes, and a client of it
+that speaks the protocol from the SPEC by hand.
+"""
+
+import os
+import tempfile
+
+from twisted.internet.address import IPv4Address, IPv6Address
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+
+from knocker import handshake as hs
+from knocker.actions import MemoryRunner
+from knocker.admin import ensure_pool, generate_client
+from knocker.audit import MemoryAudit
+from knocker.book import ClientBook
+from knocker.config import parse_server_config
+from knocker.files import read_private
+from knocker.knockfile import parse_knockfile
+from knocker.server import CentralFactory, KnockServer, PoolProtocol, PoolFactory
+from knocker.store import Store
+
+
+def server_config(state_dir, **overrides):
+    values = {"state-dir": state_dir, "pool-size": "20", "pool-range": "20000-20999"}
+    values.update({key.replace("_", "-"): str(value) for key, value in overrides.items()})
+    return parse_server_config(overrides=values)
+
+
+class Harness:
+    """
+    A L{KnockServer} on a L{Clock} with a real store, a fake runner and an
+    in-memory audit log; clients are generated into C{self.files}.
+    """
+
+    def __init__(self, testcase, clients=("alice",), knocks=5, runner=None, **config):
+        self.dir = testcase.mktemp()
+        os.makedirs(self.dir)
+        self.config = server_config(os.path.join(self.dir, "state"), **config)
+        self.files = {}
+        for client in clients:
+            out = os.path.join(self.dir, client + ".knock")
+            generate_client(self.config, client, knocks, 3, out)
+            self.files[client] = parse_knockfile(read_private(out), out)
+        self.clock = Clock()
+        self.clock.advance(1_000_000)
+        self.runner = runner or MemoryRunner()
+        self.audit = MemoryAudit()
+        self.start()
+        testcase.addCleanup(self.stop)
+
+    def start(self):
+        self.store = Store(self.config.state_dir)
+        self.pool = ensure_pool(self.store, self.config)
+        self.book = ClientBook(self.config.state_dir, self.pool)
+        self.book.load()
+        self.server = KnockServer(self.config, self.clock, self.store, self.book,
+                                  self.runner, self.audit)
+        self.server.restore()
+        self.central = CentralFactory(self.server, self.clock, self.config.max_connections,
+                                      self.config.handshake_timeout)
+        self.pool_factory = PoolFactory(self.server)
+
+    def stop(self):
+        self.server.stop()
+        self.store.close()
+
+    def restart(self):
+        self.stop()
+        self.start()
+
+    def connect(self, ip="192.0.2.10", port=40000):
+        """
+        A central-port connection from C{ip}: (protocol, transport).
+        """
+        proto = self.central.buildProtocol(None)
+        address = (IPv6Address if ":" in ip else IPv4Address)("TCP", ip, port)
+        transport = StringTransport(peerAddress=address)
+        proto.makeConnection(transport)
+        return proto, transport
+
+    def hit(self, ip, port, src_port=50000):
+        proto = self.pool_factory.buildProtocol(None)
+        address = (IPv6Address if ":" in ip else IPv4Address)("TCP", ip, src_port)
+        host = IPv4Address("TCP", "127.0.0.1", port)
+        transport = StringTransport(hostAddress=host, peerAddress=address)
+        proto.makeConnection(transport)
+        assert transport.disconnecting, "a pool port must close at once"
+
+    def handshake(self, client="alice", ip="192.0.2.10", secret=None):
+        """
+        HELLO and PROOF as a client holding C{secret} (default: the real one).
+
+        @return: (reply line, protocol, transport, nonce)
+        """
+        proto, transport = self.connect(ip)
+        proto.dataReceived(hs.format_hello(client))
+        challenge = hs.parse_reply(transport.value().rstrip(b"\n"))
+        transport.clear()
+        if secret is None:
+            secret = self.files[client].secret
+        proto.dataReceived(hs.format_proof(hs.hello_mac(secret, client, challenge.nonce)))
+        return transport.value(), proto, transport, challenge.nonce
+
+    def knock(self, client="alice", ip="192.0.2.10", ports=None):
+        """
+        A whole knock; returns (grant reply, transport after the verdict).
+        """
+        line, proto, transport, nonce = self.handshake(client, ip)
+        grant = hs.parse_reply(line.rstrip(b"\n"))
+        transport.clear()
+        if isinstance(grant, hs.Grant):
+            for port in ports or self.files[client].knock(grant.index):
+                self.hit(ip, port)
+        return grant, transport
+
+
+def a_decoy(harness, client="alice", index=1):
+    """
+    A pool port that is not in knock C{index}.
+    """
+    knock = set(harness.files[client].knock(index))
+    return next(port for port in harness.pool if port not in knock)
+
+
+def temp_dir() -> str:
+    return tempfile.mkdtemp(prefix="knocker-test-")

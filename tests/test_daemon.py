@@ -1,0 +1,185 @@
+"""
+End to end with real processes: C{knocker generate}, C{twistd -n
+knockserver}, C{knocker knock}, C{twistd knockclient}, C{knocker status};
+exit statuses, restarts and kill -9.
+"""
+
+import json
+import os
+import socket
+import stat
+import subprocess
+import time
+
+from attrs import evolve
+from twisted.trial.unittest import SynchronousTestCase
+
+from knocker import handshake as hs
+from knocker.audit import read_audit
+from knocker.demo import twistd_command
+from knocker.files import read_private, write_private
+from knocker.knockfile import format_knockfile, parse_knockfile
+from tests.daemon import Daemon, environment, knocker, write_config
+from tests.test_integration import read_lines, write_recorder
+
+
+class DaemonTests(SynchronousTestCase):
+    def setUp(self):
+        self.dir = os.path.abspath(self.mktemp())
+        os.makedirs(self.dir)
+        self.audit = os.path.join(self.dir, "audit.log")
+        self.success, self.success_out = write_recorder(self.dir, "on-success")
+        self.server_conf = write_config(
+            os.path.join(self.dir, "server.conf"), "server",
+            central="tcp:0:interface=127.0.0.1", state_dir="state", pool_size=40,
+            pool_range="20000-31999", on_success=self.success, audit_log="audit.log",
+            knock_window=5, lockout=2,
+        )
+        self.daemon = None
+
+    def tearDown(self):
+        if self.daemon is not None:
+            self.daemon.stop()
+
+    def start(self, *extra):
+        self.daemon = Daemon(self.server_conf, self.audit, self.dir, *extra)
+        self.port = self.daemon.wait_ready()["central_port"]
+        return self.daemon
+
+    def generate(self, client="alice", knocks=10):
+        out = os.path.join(self.dir, client + ".knock")
+        done = knocker("generate", client, "--config", self.server_conf, "--knocks", str(knocks),
+                       "-o", out)
+        self.assertEqual(done.returncode, 0, done.stderr)
+        return out, done.stdout
+
+    def knock(self, knock_file, *extra):
+        return knocker("knock", "--server", f"tcp:host=127.0.0.1:port={self.port}",
+                       "--knock-file", knock_file, "--log-file",
+                       os.path.join(self.dir, "client.log"), *extra)
+
+    def test_generate_prints_keyspace_and_writes_0600(self):
+        conf = write_config(os.path.join(self.dir, "k.conf"), "server", state_dir="s100")
+        out = os.path.join(self.dir, "bob.knock")
+        done = knocker("generate", "bob", "--config", conf, "-o", out)
+        self.assertEqual(done.returncode, 0, done.stderr)
+        self.assertIn("8.58e+11 ordered", done.stdout)
+        self.assertIn("1.19e+09 unordered", done.stdout)
+        self.assertEqual(stat.S_IMODE(os.stat(out).st_mode), 0o600)
+        copy = os.path.join(self.dir, "s100", "clients", "bob.knock")
+        self.assertEqual(stat.S_IMODE(os.stat(copy).st_mode), 0o600)
+        kf = parse_knockfile(read_private(out), out)
+        self.assertEqual((len(kf.knocks), kf.ports_per_knock), (1000, 6))
+        self.assertEqual(read_private(copy), read_private(out))
+        again = knocker("generate", "bob", "--config", conf, "-o", out)
+        self.assertNotEqual(again.returncode, 0)
+        self.assertIn("--force", again.stderr)
+
+    def test_knock_open_then_restart_continues(self):
+        knock_file, _ = self.generate()
+        self.start()
+        first = self.knock(knock_file)
+        self.assertEqual(first.returncode, 0, first.stderr)
+        self.assertIn("OPEN", first.stdout)
+        self.daemon.stop()
+        self.start()
+        second = self.knock(knock_file)
+        self.assertEqual(second.returncode, 0, second.stderr)
+        indexes = [e["index"] for e in read_audit(self.audit) if e["event"] == "grant"]
+        self.assertEqual(indexes, [1, 2])
+        self.assertEqual([r["argv"][1:] for r in read_lines(self.success_out)],
+                         [["127.0.0.1", "alice", "1"], ["127.0.0.1", "alice", "2"]])
+        status = json.loads(knocker("status", "--config", self.server_conf, "--json").stdout)
+        self.assertEqual(status["clients"], [{"client": "alice", "used": 2, "left": 8, "knocks": 10}])
+
+    def tampered(self, knock_file, name, **change):
+        """
+        A copy of C{knock_file} with its secret or its first knock changed.
+        """
+        kf = parse_knockfile(read_private(knock_file), knock_file)
+        out = os.path.join(self.dir, name)
+        write_private(out, format_knockfile(evolve(kf, **change)))
+        return out, kf
+
+    def test_exit_statuses_for_wrong_knock_lockout_and_denial(self):
+        knock_file, _ = self.generate()
+        self.start()
+        pool = json.loads(knocker("status", "--config", self.server_conf, "--json").stdout)["pool"]
+        kf = parse_knockfile(read_private(knock_file), knock_file)
+        ports = list(kf.knock(1))
+        ports[1] = next(p for p in pool if p not in ports)
+        wrong, _ = self.tampered(knock_file, "wrong.knock", knocks=(tuple(ports),) + kf.knocks[1:])
+        result = self.knock(wrong)
+        self.assertEqual(result.returncode, 8, result.stderr)
+        self.assertIn("WRONG_PORT", result.stderr)
+        locked = self.knock(knock_file)
+        self.assertEqual(locked.returncode, 5, locked.stderr)
+        self.assertIn("LOCKED", locked.stderr)
+        time.sleep(2.2)  # lockout = 2
+        forged, _ = self.tampered(knock_file, "forged.knock", secret=b"\x07" * 32)
+        denied = self.knock(forged)
+        self.assertEqual(denied.returncode, 4, denied.stderr)
+        self.assertIn("DENIED", denied.stderr)
+        missing = self.knock(os.path.join(self.dir, "nobody.knock"))
+        self.assertEqual(missing.returncode, 2)
+        self.assertIn("nobody.knock", missing.stderr)
+        events = read_audit(self.audit)
+        self.assertEqual([e.get("reason") for e in events if e["event"] == "fail"], ["wrong-port"])
+        self.assertEqual([e["reason"] for e in events if e["event"] == "denied"], ["bad-proof"])
+        self.assertEqual(read_lines(self.success_out), [])
+
+    def test_kill_9_mid_knock_never_grants_twice(self):
+        knock_file, _ = self.generate()
+        kf = parse_knockfile(read_private(knock_file), knock_file)
+        granted = []
+        for _ in range(3):
+            self.start()
+            with socket.create_connection(("127.0.0.1", self.port), timeout=5) as conn:
+                reader = conn.makefile("rb")
+                machine = hs.ClientHandshake(kf)
+                conn.sendall(machine.hello().line)
+                conn.sendall(machine.receive(reader.readline().rstrip(b"\n")).line)
+                grant = machine.receive(reader.readline().rstrip(b"\n"))
+                granted.append(grant.index)
+                socket.create_connection(("127.0.0.1", grant.ports[0]), timeout=5).close()
+                self.daemon.kill9()
+        self.start()
+        last = self.knock(knock_file)
+        self.assertEqual(last.returncode, 0, last.stderr)
+        granted.append([e for e in read_audit(self.audit) if e["event"] == "grant"][-1]["index"])
+        self.assertEqual(granted, [1, 2, 3, 4])
+
+    def test_bad_config_starts_nothing(self):
+        bad = write_config(os.path.join(self.dir, "bad.conf"), "server",
+                           central="tcp:0", lockout_scope="galaxy")
+        daemon = Daemon(bad, self.audit, self.dir)
+        self.assertEqual(daemon.wait_exit(), 1)
+        daemon.stop()
+        self.assertIn("lockout-scope", daemon.log())
+        self.assertIn("global, source", daemon.log())
+        self.assertFalse(os.path.exists(self.audit))
+
+    def test_readable_server_copy_refused_at_start(self):
+        self.generate()
+        copy = os.path.join(self.dir, "state", "clients", "alice.knock")
+        os.chmod(copy, 0o640)
+        daemon = Daemon(self.server_conf, self.audit, self.dir)
+        self.assertEqual(daemon.wait_exit(), 1)
+        daemon.stop()
+        self.assertIn(copy, daemon.log())
+        self.assertIn("0640", daemon.log())
+
+    def test_twistd_knockclient_knocks_once_and_stops(self):
+        knock_file, _ = self.generate()
+        self.start()
+        conf = write_config(os.path.join(self.dir, "client.conf"), "client",
+                            server=f"tcp:host=127.0.0.1:port={self.port}",
+                            knock_file=knock_file, log_file="client.log")
+        done = subprocess.run(
+            twistd_command() + ["-n", "--pidfile=", "knockclient", "--config", conf],
+            cwd=self.dir, env=environment(), capture_output=True, text=True, timeout=60,
+        )
+        self.assertEqual(done.returncode, 0)
+        self.assertIn("OPEN", done.stdout + done.stderr)
+        self.assertEqual([e["verdict"] for e in read_lines(os.path.join(self.dir, "client.log"))],
+                         ["open"])

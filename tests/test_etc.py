@@ -1,0 +1,31 @@
+"""
+The shipped example configurations parse and document every key.
+"""
+
+import os
+import re
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from knocker.config import CLIENT_KEYS, SERVER_KEYS, load_client_config, load_server_config
+
+ETC = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "etc")
+
+
+def documented(path):
+    with open(path) as handle:
+        return set(re.findall(r"^#? ?([a-z-]+) = ", handle.read(), re.M))
+
+
+class ExampleConfigTests(SynchronousTestCase):
+    def test_server_example(self):
+        path = os.path.join(ETC, "knockserver.conf")
+        config = load_server_config(path)
+        self.assertEqual((config.pool_size, config.lockout, config.lockout_scope), (100, 60.0, "global"))
+        self.assertEqual(set(SERVER_KEYS) - documented(path), set())
+
+    def test_client_example(self):
+        path = os.path.join(ETC, "knockclient.conf")
+        config = load_client_config(path)
+        self.assertEqual(config.server, "tcp:host=127.0.0.1:port=7000")
+        self.assertEqual(set(CLIENT_KEYS) - documented(path), set())

@@ -1,0 +1,77 @@
+"""
+The twistd plugins and their option parsing, without running a reactor.
+"""
+
+import os
+
+from twisted.application.service import IServiceMaker
+from twisted.internet.testing import MemoryReactorClock
+from twisted.plugin import getPlugins
+from twisted.python import usage
+from twisted.trial.unittest import SynchronousTestCase
+
+from knocker import client_tap, server_tap
+from knocker.admin import generate_client
+from knocker.service import KnockServerService
+from tests.support import server_config
+
+
+class PluginTests(SynchronousTestCase):
+    def test_twistd_finds_both(self):
+        names = {plugin.tapname for plugin in getPlugins(IServiceMaker)}
+        self.assertTrue({"knockserver", "knockclient"} <= names)
+
+    def test_server_options_override_file(self):
+        path = self.mktemp()
+        with open(path, "w") as handle:
+            handle.write("[server]\nlockout = 30\nlockout-scope = source\n")
+        options = server_tap.Options()
+        options.parseOptions(["--config", path, "--lockout", "5"])
+        self.assertEqual((options.config.lockout, options.config.lockout_scope), (5.0, "source"))
+
+    def test_server_bad_value_is_usage_error_naming_key(self):
+        options = server_tap.Options()
+        error = self.assertRaises(usage.UsageError, options.parseOptions,
+                                  ["--lockout-scope", "planet"])
+        self.assertIn("lockout-scope", str(error))
+        self.assertIn("global, source", str(error))
+
+    def test_server_refuses_missing_program(self):
+        options = server_tap.Options()
+        error = self.assertRaises(usage.UsageError, options.parseOptions,
+                                  ["--on-success", "/nonexistent/open-door"])
+        self.assertIn("on-success", str(error))
+
+    def test_make_server_service_binds_on_start(self):
+        state = os.path.abspath(self.mktemp())
+        options = server_tap.Options()
+        options.parseOptions(["--state-dir", state, "--pool-size", "8",
+                              "--pool-range", "20000-20100", "--central", "tcp:7123"])
+        reactor = MemoryReactorClock()
+        service = server_tap.makeService(options, reactor)
+        self.assertIsInstance(service, KnockServerService)
+        self.assertEqual(reactor.tcpServers, [], "makeService must not bind")
+        service.privilegedStartService()
+        ports = sorted(server[0] for server in reactor.tcpServers)
+        self.assertEqual(len(ports), 9)
+        self.assertIn(7123, ports)
+        service.stopService()
+
+    def test_client_options_need_a_knock_file(self):
+        options = client_tap.Options()
+        error = self.assertRaises(usage.UsageError, options.parseOptions, [])
+        self.assertIn("knock-file", str(error))
+
+    def test_client_options_refuse_readable_knock_file(self):
+        state = os.path.abspath(self.mktemp())
+        out = os.path.join(os.path.dirname(state), "alice.knock")
+        generate_client(server_config(state), "alice", 3, 3, out)
+        os.chmod(out, 0o644)
+        options = client_tap.Options()
+        error = self.assertRaises(usage.UsageError, options.parseOptions, ["--knock-file", out])
+        self.assertIn(out, str(error))
+        self.assertIn("0644", str(error))
+        os.chmod(out, 0o600)
+        options.parseOptions(["--knock-file", out])
+        service = client_tap.makeService(options, MemoryReactorClock())
+        self.assertEqual(service.name, "knockclient")

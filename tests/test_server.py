@@ -1,0 +1,269 @@
+"""
+The coordinator and the central-port protocol over StringTransport, with a
+fake clock, a fake action runner and an in-memory audit log.
+"""
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from knocker import handshake as hs
+from knocker.server import normalise_ip
+from tests.support import Harness, a_decoy
+
+IP = "192.0.2.10"
+
+
+def reply(transport):
+    return hs.parse_reply(transport.value().rstrip(b"\n"))
+
+
+class HandshakeTests(SynchronousTestCase):
+    def test_challenge_is_fresh_hex_per_connection(self):
+        h = Harness(self)
+        nonces = set()
+        for _ in range(3):
+            proto, transport = h.connect()
+            proto.dataReceived(b"KNOCKER/1 HELLO alice\r\n")
+            challenge = reply(transport)
+            self.assertIsInstance(challenge, hs.Challenge)
+            nonces.add(challenge.nonce)
+        self.assertEqual(len(nonces), 3)
+
+    def test_grant_carries_server_hmac_and_burns(self):
+        h = Harness(self)
+        line, proto, transport, nonce = h.handshake()
+        grant = hs.parse_reply(line.rstrip(b"\n"))
+        secret = h.files["alice"].secret
+        self.assertEqual(grant, hs.Grant(1, 10, hs.grant_mac(secret, "alice", nonce, 1)))
+        self.assertEqual(h.store.client("alice").next_index, 2)
+        self.assertFalse(transport.disconnecting, "the connection waits for the verdict")
+        self.assertEqual(h.audit.of("grant")[0]["index"], 1)
+
+    def test_wrong_proof_and_unknown_client_get_identical_denied(self):
+        h = Harness(self, lockout_scope="source")
+        bad, _, t1, _ = h.handshake(secret=b"\x00" * 32, ip="192.0.2.1")
+        unknown, _, t2, _ = h.handshake(client="mallory", secret=b"\x00" * 32, ip="192.0.2.2")
+        self.assertEqual(bad, b"DENIED\n")
+        self.assertEqual(unknown, bad)
+        self.assertTrue(t1.disconnecting and t2.disconnecting)
+        self.assertEqual([e["reason"] for e in h.audit.of("denied")], ["bad-proof", "unknown-client"])
+        self.assertEqual([e["ip"] for e in h.audit.of("lockout")], ["192.0.2.1", "192.0.2.2"])
+        self.assertEqual(h.store.client("alice").next_index, 1, "a denial burns nothing")
+
+    def test_denied_locks_everyone_out_in_global_scope(self):
+        h = Harness(self)
+        h.handshake(secret=b"\x01" * 32, ip="198.51.100.1")
+        line, *_ = h.handshake()
+        self.assertEqual(line, b"LOCKED 60\n")
+        h.clock.advance(60)
+        line, *_ = h.handshake()
+        self.assertTrue(line.startswith(b"GRANT 1 "))
+
+    def test_exhausted(self):
+        h = Harness(self, knocks=2)
+        for _ in range(2):
+            grant, transport = h.knock()
+            self.assertEqual(transport.value(), b"OPEN\n")
+        line, *_ = h.handshake()
+        self.assertEqual(line, b"EXHAUSTED\n")
+
+    def test_busy_while_another_slot_is_open(self):
+        h = Harness(self, clients=("alice", "bob"))
+        h.handshake("alice", ip="192.0.2.1")
+        h.clock.advance(4)
+        line, *_ = h.handshake("bob", ip="192.0.2.2")
+        self.assertEqual(line, b"BUSY 6\n")
+        self.assertEqual(h.store.client("bob").next_index, 1, "BUSY burns nothing")
+
+    def test_max_concurrent_allows_parallel_slots(self):
+        h = Harness(self, clients=("alice", "bob"), max_concurrent=2, lockout_scope="source")
+        a, ta = h.knock("alice", ip="192.0.2.1")
+        b, tb = h.knock("bob", ip="192.0.2.2")
+        self.assertEqual((ta.value(), tb.value()), (b"OPEN\n", b"OPEN\n"))
+
+
+class BadLineTests(SynchronousTestCase):
+    def assertError(self, data, reason):
+        h = Harness(self)
+        proto, transport = h.connect()
+        proto.dataReceived(data)
+        self.assertEqual(transport.value().split(b"\n")[-2], b"ERROR " + reason)
+        self.assertTrue(transport.disconnecting)
+        self.assertEqual(h.audit.of("error")[0]["reason"], reason.decode())
+        self.assertEqual(h.audit.of("lockout"), [], "garbage is not a failed knock")
+
+    def test_malformed(self):
+        self.assertError(b"HELLO alice\n", b"malformed")
+
+    def test_binary_garbage(self):
+        self.assertError(b"\x00\xff\xfe garbage\n", b"malformed")
+
+    def test_bad_client_id(self):
+        self.assertError(b"KNOCKER/1 HELLO Alice!\n", b"bad-client-id")
+
+    def test_line_too_long(self):
+        self.assertError(b"A" * 600, b"line-too-long")
+
+    def test_line_too_long_with_newline(self):
+        self.assertError(b"KNOCKER/1 HELLO " + b"a" * 600 + b"\n", b"line-too-long")
+
+    def test_proof_before_hello(self):
+        self.assertError(b"PROOF " + b"0" * 64 + b"\n", b"out-of-turn")
+
+    def test_second_hello(self):
+        self.assertError(b"KNOCKER/1 HELLO alice\nKNOCKER/1 HELLO alice\n", b"out-of-turn")
+
+    def test_uppercase_proof(self):
+        self.assertError(b"KNOCKER/1 HELLO alice\nPROOF " + b"A" * 64 + b"\n", b"bad-proof")
+
+    def test_handshake_timeout(self):
+        h = Harness(self, handshake_timeout=5)
+        proto, transport = h.connect()
+        proto.dataReceived(b"KNOCKER/1 HELLO alice\n")
+        h.clock.advance(4.9)
+        self.assertFalse(transport.disconnecting)
+        h.clock.advance(0.1)
+        self.assertTrue(transport.value().endswith(b"ERROR handshake-timeout\n"))
+        self.assertTrue(transport.disconnecting)
+
+    def test_line_after_grant(self):
+        h = Harness(self)
+        line, proto, transport, _ = h.handshake()
+        transport.clear()
+        proto.dataReceived(b"PROOF " + b"0" * 64 + b"\n")
+        self.assertEqual(transport.value(), b"ERROR unexpected-line\n")
+
+    def test_connection_bound(self):
+        h = Harness(self, max_connections=2)
+        h.connect()
+        h.connect()
+        proto, transport = h.connect()
+        self.assertEqual(transport.value(), b"ERROR too-many-connections\n")
+        self.assertTrue(transport.disconnecting)
+
+
+class VerdictTests(SynchronousTestCase):
+    def test_right_knock_runs_script_then_open(self):
+        h = Harness(self)
+        grant, transport = h.knock()
+        self.assertEqual(transport.value(), b"OPEN\n")
+        self.assertTrue(transport.disconnecting)
+        [(argv, env)] = h.runner.calls
+        self.assertEqual(argv[-3:], [IP, "alice", "1"])
+        self.assertEqual(
+            {k: env[k] for k in ("KNOCKER_CLIENT_IP", "KNOCKER_CLIENT", "KNOCKER_INDEX")},
+            {"KNOCKER_CLIENT_IP": IP, "KNOCKER_CLIENT": "alice", "KNOCKER_INDEX": "1"},
+        )
+        self.assertEqual([e["event"] for e in h.audit.events if e["event"] != "hit"],
+                         ["grant", "script", "open"])
+        self.assertEqual([e["outcome"] for e in h.audit.of("hit")],
+                         ["progress", "progress", "complete"])
+
+    def test_open_only_after_script_exits(self):
+        h = Harness(self)
+        h.runner.hold = True
+        grant, transport = h.knock()
+        self.assertEqual(transport.value(), b"")
+        h.runner.finish(0)
+        self.assertEqual(transport.value(), b"OPEN\n")
+
+    def test_script_failure_is_action_failed(self):
+        h = Harness(self)
+        h.runner.exit_code = 3
+        grant, transport = h.knock()
+        self.assertEqual(transport.value(), b"FAIL action-failed\n")
+        self.assertEqual(h.audit.of("fail")[0]["reason"], "action-failed")
+
+    def test_wrong_port_fail_then_locked(self):
+        h = Harness(self)
+        grant, transport = h.knock(ports=[a_decoy(h)])
+        self.assertEqual(transport.value(), b"FAIL wrong-port\n")
+        self.assertEqual(h.runner.calls, [])
+        line, *_ = h.handshake()
+        self.assertEqual(line, b"LOCKED 60\n")
+        self.assertEqual(h.audit.of("lockout")[0]["reason"], "wrong-port")
+
+    def test_timeout(self):
+        h = Harness(self, knock_window=5)
+        line, proto, transport, _ = h.handshake()
+        transport.clear()
+        h.hit(IP, h.files["alice"].knock(1)[0])
+        h.clock.advance(5)
+        self.assertEqual(transport.value(), b"FAIL timeout\n")
+
+    def test_someone_elses_hit_ends_slot_locked_out(self):
+        h = Harness(self)
+        line, proto, transport, _ = h.handshake()
+        transport.clear()
+        h.hit("203.0.113.9", h.files["alice"].knock(1)[0])
+        self.assertEqual(transport.value(), b"FAIL locked-out\n")
+
+    def test_used_number_never_again(self):
+        h = Harness(self)
+        first, _ = h.knock()
+        second, _ = h.knock()
+        self.assertEqual((first.index, second.index), (1, 2))
+        h.restart()
+        third, _ = h.knock()
+        self.assertEqual(third.index, 3)
+
+    def test_number_burned_even_when_knock_fails(self):
+        h = Harness(self, lockout=1)
+        first, _ = h.knock(ports=[a_decoy(h)])
+        h.clock.advance(1)
+        second, _ = h.knock()
+        self.assertEqual((first.index, second.index), (1, 2))
+
+    def test_replay_of_a_used_knock_is_refused(self):
+        h = Harness(self)
+        grant, _ = h.knock()
+        ports = h.files["alice"].knock(grant.index)
+        for port in ports:
+            h.hit(IP, port)
+        self.assertEqual([e["outcome"] for e in h.audit.of("hit")][-3:],
+                         ["no-slot", "locked", "locked"])
+        self.assertEqual(len(h.runner.calls), 1)
+
+    def test_client_hangs_up_mid_knock(self):
+        h = Harness(self)
+        line, proto, transport, _ = h.handshake()
+        proto.connectionLost(None)
+        self.assertEqual(h.audit.of("fail")[0]["reason"], "abandoned")
+        line, *_ = h.handshake()
+        self.assertTrue(line.startswith(b"GRANT 2 "))
+
+    def test_v4_mapped_address_counts_as_v4(self):
+        h = Harness(self)
+        line, proto, transport, _ = h.handshake(ip="::ffff:192.0.2.10")
+        transport.clear()
+        for port in h.files["alice"].knock(1):
+            h.hit(IP, port)
+        self.assertEqual(transport.value(), b"OPEN\n")
+        self.assertEqual(h.audit.of("grant")[0]["ip"], IP)
+
+    def test_normalise_ip(self):
+        self.assertEqual(normalise_ip("::ffff:10.1.2.3"), "10.1.2.3")
+        self.assertEqual(normalise_ip("2001:DB8::1"), "2001:db8::1")
+        self.assertEqual(normalise_ip("192.0.2.1"), "192.0.2.1")
+
+
+class CloseTests(SynchronousTestCase):
+    def test_on_close_runs_after_open_duration_and_survives_restart(self):
+        h = Harness(self, on_close="/bin/true", open_duration=300)
+        h.knock()
+        self.assertEqual(len(h.store.pending_closes()), 1)
+        h.clock.advance(100)
+        h.restart()
+        h.clock.advance(199)
+        self.assertEqual(len(h.runner.calls), 1)
+        h.clock.advance(1)
+        self.assertEqual(h.runner.calls[1][0], ["/bin/true", IP, "alice", "1"])
+        self.assertEqual(h.store.pending_closes(), [])
+        self.assertEqual(h.audit.of("close")[0]["index"], 1)
+
+    def test_lockout_survives_restart(self):
+        h = Harness(self)
+        h.hit("203.0.113.9", h.pool[0])
+        h.clock.advance(10)
+        h.restart()
+        line, *_ = h.handshake()
+        self.assertEqual(line, b"LOCKED 50\n")

@@ -1,0 +1,233 @@
+"""
+The sequence tracker under a fake clock (SPEC section 5).
+"""
+
+from twisted.internet.task import Clock
+from twisted.trial.unittest import SynchronousTestCase
+
+from knocker.tracker import GLOBAL, Outcome, Policy, Tracker
+
+A, B = "192.0.2.1", "192.0.2.2"
+PORTS = (8101, 8102, 8103)
+
+
+class Recorder:
+    """
+    Records what the tracker tells its observer.
+    """
+
+    def __init__(self):
+        self.completed, self.failed, self.lockouts = [], [], []
+        self.tracker = None
+
+    def knock_completed(self, slot):
+        self.completed.append(slot)
+
+    def knock_failed(self, slot, reason):
+        self.failed.append((slot.ip, slot.index, reason))
+
+    def lockout_started(self, key, until, reason, ip):
+        self.lockouts.append((key, until, reason, ip))
+
+
+def make(scope="global", window=10, lockout=60, slots=1):
+    clock = Clock()
+    clock.advance(1000)
+    seen = Recorder()
+    tracker = Tracker(clock, Policy(window, lockout, scope, slots), seen)
+    return clock, tracker, seen
+
+
+class RightKnockTests(SynchronousTestCase):
+    def test_ports_in_order_complete(self):
+        clock, tracker, seen = make()
+        tracker.grant(A, "alice", 1, PORTS)
+        outcomes = []
+        for port in PORTS:
+            clock.advance(1)
+            outcomes.append(tracker.hit(A, port))
+        self.assertEqual(outcomes, [Outcome.PROGRESS, Outcome.PROGRESS, Outcome.COMPLETE])
+        self.assertEqual([s.index for s in seen.completed], [1])
+        self.assertEqual((seen.failed, seen.lockouts), ([], []))
+
+    def test_completed_slot_holds_until_released(self):
+        """
+        While the success action runs, the slot still counts (others get
+        BUSY); releasing it frees the server, and the window timer no longer
+        fires.
+        """
+        clock, tracker, seen = make()
+        slot = tracker.grant(A, "alice", 1, PORTS)
+        for port in PORTS:
+            tracker.hit(A, port)
+        self.assertEqual(tracker.refusal(B).kind, "busy")
+        tracker.release(slot)
+        self.assertIsNone(tracker.refusal(B))
+        clock.advance(100)
+        self.assertEqual((seen.failed, seen.lockouts), ([], []))
+
+    def test_last_hit_just_inside_window(self):
+        clock, tracker, seen = make(window=10)
+        tracker.grant(A, "alice", 1, PORTS)
+        tracker.hit(A, PORTS[0])
+        tracker.hit(A, PORTS[1])
+        clock.advance(9.999)
+        self.assertEqual(tracker.hit(A, PORTS[2]), Outcome.COMPLETE)
+
+
+class WrongKnockTests(SynchronousTestCase):
+    def test_wrong_port_fails_and_locks_out(self):
+        clock, tracker, seen = make()
+        tracker.grant(A, "alice", 1, PORTS)
+        tracker.hit(A, PORTS[0])
+        self.assertEqual(tracker.hit(A, PORTS[2]), Outcome.WRONG_PORT)
+        self.assertEqual(seen.failed, [(A, 1, "wrong-port")])
+        self.assertEqual([(k, r, ip) for k, _, r, ip in seen.lockouts], [(GLOBAL, "wrong-port", A)])
+        self.assertEqual(tracker.refusal(A).kind, "locked")
+        self.assertEqual(tracker.refusal(A).retry_after, 60)
+
+    def test_repeated_port_is_wrong(self):
+        clock, tracker, seen = make()
+        tracker.grant(A, "alice", 1, PORTS)
+        tracker.hit(A, PORTS[0])
+        self.assertEqual(tracker.hit(A, PORTS[0]), Outcome.WRONG_PORT)
+
+    def test_hit_without_slot_locks_out(self):
+        clock, tracker, seen = make()
+        self.assertEqual(tracker.hit(B, 9999), Outcome.NO_SLOT)
+        self.assertEqual(seen.lockouts[0][2:], ("no-slot", B))
+        self.assertGreater(tracker.locked_for(A), 0)
+
+    def test_hit_after_completion_is_a_failure(self):
+        clock, tracker, seen = make(scope="source")
+        tracker.grant(A, "alice", 1, PORTS)
+        for port in PORTS:
+            tracker.hit(A, port)
+        self.assertEqual(tracker.hit(A, PORTS[0]), Outcome.NO_SLOT)
+        self.assertEqual(seen.completed[0].index, 1)
+        self.assertEqual(seen.failed, [])
+
+    def test_timeout_fails_and_locks_out(self):
+        clock, tracker, seen = make(window=10)
+        tracker.grant(A, "alice", 1, PORTS)
+        tracker.hit(A, PORTS[0])
+        clock.advance(9.9)
+        self.assertEqual(seen.failed, [])
+        clock.advance(0.1)
+        self.assertEqual(seen.failed, [(A, 1, "timeout")])
+        self.assertEqual(seen.lockouts[0][2], "timeout")
+        self.assertEqual(tracker.hit(A, PORTS[1]), Outcome.LOCKED)
+
+    def test_late_hit_at_deadline_is_timeout(self):
+        """
+        A hit at exactly the deadline is too late even if the timer has not
+        run yet.
+        """
+        clock, tracker, seen = make(window=10)
+        slot = tracker.grant(A, "alice", 1, PORTS)
+        slot.timer.cancel()
+        slot.timer = None
+        clock.advance(10)
+        self.assertEqual(tracker.hit(A, PORTS[0]), Outcome.TIMEOUT)
+        self.assertEqual(seen.failed, [(A, 1, "timeout")])
+
+
+class LockoutTests(SynchronousTestCase):
+    def test_lockout_expires(self):
+        clock, tracker, seen = make(lockout=60)
+        tracker.hit(B, 1)
+        clock.advance(59)
+        self.assertEqual(tracker.refusal(A).kind, "locked")
+        self.assertEqual(tracker.refusal(A).retry_after, 1)
+        clock.advance(1)
+        self.assertIsNone(tracker.refusal(A))
+
+    def test_hits_during_lockout_do_not_extend_it(self):
+        clock, tracker, seen = make(lockout=60)
+        tracker.hit(B, 1)
+        for _ in range(50):
+            clock.advance(1)
+            self.assertEqual(tracker.hit(B, 2), Outcome.LOCKED)
+        self.assertEqual(len(seen.lockouts), 1)
+        clock.advance(10)
+        self.assertIsNone(tracker.refusal(A))
+
+    def test_denied_handshake_locks_out_once(self):
+        clock, tracker, seen = make()
+        tracker.failed_attempt(B, "denied")
+        tracker.failed_attempt(B, "denied")
+        self.assertEqual(len(seen.lockouts), 1)
+        self.assertEqual(tracker.refusal(A).kind, "locked")
+
+    def test_global_lockout_ends_open_slots(self):
+        """
+        scope global: a failure by anyone ends every slot being knocked with
+        locked-out.
+        """
+        clock, tracker, seen = make(scope="global", slots=2)
+        tracker.grant(A, "alice", 7, PORTS)
+        tracker.hit(A, PORTS[0])
+        tracker.hit(B, 4444)
+        self.assertEqual(seen.failed, [(A, 7, "locked-out")])
+        self.assertEqual(tracker.hit(A, PORTS[1]), Outcome.LOCKED)
+
+    def test_source_lockout_spares_others(self):
+        clock, tracker, seen = make(scope="source", slots=2)
+        tracker.grant(A, "alice", 7, PORTS)
+        tracker.hit(A, PORTS[0])
+        self.assertEqual(tracker.hit(B, 4444), Outcome.NO_SLOT)
+        self.assertEqual(seen.lockouts[0][0], B)
+        self.assertEqual(tracker.refusal(B).kind, "locked")
+        self.assertEqual(tracker.hit(A, PORTS[1]), Outcome.PROGRESS)
+        self.assertEqual(tracker.hit(A, PORTS[2]), Outcome.COMPLETE)
+        self.assertEqual(seen.failed, [])
+
+    def test_source_lockout_of_granted_address_ends_its_slot(self):
+        clock, tracker, seen = make(scope="source")
+        tracker.grant(A, "alice", 3, PORTS)
+        tracker.failed_attempt(A, "denied")
+        self.assertEqual(seen.failed, [(A, 3, "locked-out")])
+
+    def test_restored_lockout(self):
+        clock, tracker, seen = make()
+        tracker.restore_lockout(GLOBAL, clock.seconds() + 30)
+        tracker.restore_lockout(B, clock.seconds() - 1)
+        self.assertEqual(tracker.refusal(A).retry_after, 30)
+        self.assertEqual(tracker.lockouts(), {GLOBAL: clock.seconds() + 30})
+
+
+class SlotTests(SynchronousTestCase):
+    def test_one_slot_server_wide_gives_busy(self):
+        clock, tracker, seen = make(window=10)
+        tracker.grant(A, "alice", 1, PORTS)
+        clock.advance(3)
+        refusal = tracker.refusal(B)
+        self.assertEqual((refusal.kind, refusal.retry_after), ("busy", 7))
+
+    def test_same_address_twice_is_busy(self):
+        clock, tracker, seen = make(slots=5)
+        tracker.grant(A, "alice", 1, PORTS)
+        self.assertEqual(tracker.refusal(A).kind, "busy")
+        self.assertIsNone(tracker.refusal(B))
+
+    def test_hits_bound_to_granted_address(self):
+        """
+        The right ports from another address do not advance the slot.
+        """
+        clock, tracker, seen = make(scope="source", slots=2)
+        tracker.grant(A, "alice", 1, PORTS)
+        self.assertEqual(tracker.hit(B, PORTS[0]), Outcome.NO_SLOT)
+        self.assertEqual(tracker.hit(A, PORTS[0]), Outcome.PROGRESS)
+
+    def test_abandoned_slot_frees_without_lockout(self):
+        clock, tracker, seen = make()
+        slot = tracker.grant(A, "alice", 1, PORTS)
+        tracker.abandon(slot)
+        self.assertIsNone(tracker.refusal(B))
+        clock.advance(100)
+        self.assertEqual((seen.failed, seen.lockouts), ([], []))
+
+    def test_grant_while_refused_is_a_bug(self):
+        clock, tracker, seen = make()
+        tracker.grant(A, "alice", 1, PORTS)
+        self.assertRaises(RuntimeError, tracker.grant, B, "bob", 1, PORTS)
