@@ -9,16 +9,12 @@ torn last line.
 
 import json
 import os
-from datetime import datetime, timezone
 
 from twisted.logger import Logger
 
+from knocker.isotime import iso_time
+
 log = Logger()
-
-
-def iso_time(seconds: float) -> str:
-    stamp = datetime.fromtimestamp(seconds, timezone.utc)
-    return stamp.isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
 class AuditLog:

@@ -16,26 +16,10 @@ from knocker.config import (
     load_client_config,
     load_server_config,
 )
-from knocker.files import PrivateFileError, read_private
-from knocker.knockfile import KnockFileError, parse_knockfile
+from knocker.files import PrivateFileError
+from knocker.knockfile import KnockFileError
 
 USAGE_ERROR = 2
-
-
-def load_knockfile_for(config):
-    """
-    The client's portknock file named by C{config}, checked.
-
-    @raise ValueError: no file set, unsafe, unreadable or malformed.
-    """
-    if config.knock_file is None:
-        raise ValueError(
-            "no portknock file: set knock-file in the [client] section or pass --knock-file"
-        )
-    try:
-        return parse_knockfile(read_private(config.knock_file), config.knock_file)
-    except OSError as error:
-        raise ValueError(f"{config.knock_file}: cannot read: {error.strerror}") from None
 
 
 def _generate(args) -> int:
@@ -85,25 +69,14 @@ def _status(args) -> int:
 
 
 def _knock(args) -> int:
-    config = load_client_config(args.config, _overrides(args, CLIENT_KEYS))
-    knockfile = load_knockfile_for(config)
+    from knocker.quick import knock_command
 
-    from twisted.internet.defer import ensureDeferred
-    from twisted.internet.task import react
-
-    from knocker.client import knock
-
-    def main(reactor):
-        def report(result):
-            stream = sys.stdout if result.outcome.exit_code == 0 else sys.stderr
-            where = f"knock {result.index}" if result.index else "no knock granted"
-            print(f"knocker: {result.message()} [{where}, {config.server}]", file=stream)
-            raise SystemExit(result.outcome.exit_code)
-
-        return ensureDeferred(knock(reactor, config, knockfile)).addCallback(report)
-
-    react(main)
-    return 0  # react exits; kept for the type
+    argv = [] if args.config is None else ["--config", args.config]
+    for key in CLIENT_KEYS:
+        value = getattr(args, key.replace("-", "_"))
+        if value is not None:
+            argv += [f"--{key}", value]
+    return knock_command(argv)
 
 
 def _demo(args) -> int:
@@ -135,7 +108,12 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--force", action="store_true", help="replace an existing output file")
     gen.set_defaults(run=_generate)
 
-    knock = commands.add_parser("knock", help="knock once; exit 0 on OPEN")
+    knock = commands.add_parser(
+        "knock", help="knock once; exit 0 on OPEN",
+        description="Knock once.  Exit status: 0 OPEN, 2 bad configuration or file, "
+        "3 unreachable, 4 DENIED, 5 LOCKED, 6 BUSY, 7 EXHAUSTED, 8 FAIL wrong-port, "
+        "9 FAIL timeout, 10 FAIL locked-out, 11 FAIL action-failed, 12 ERROR, "
+        "13 protocol violation or bad GRANT HMAC, 14 no verdict.")
     knock.add_argument("--config", help="client configuration file")
     for key in CLIENT_KEYS:
         knock.add_argument(f"--{key}", help=f"override {key}")

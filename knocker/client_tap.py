@@ -28,12 +28,12 @@ class Options(usage.Options):
     ]
 
     def postOptions(self):
-        from knocker.cli import load_knockfile_for
+        from knocker.knock import load_knockfile
 
         overrides = {key: self[key] for key in CLIENT_KEYS if self[key] is not None}
         try:
             self.config = load_client_config(self["config"], overrides)
-            self.knockfile = load_knockfile_for(self.config)
+            self.knockfile = load_knockfile(self.config)
         except (ConfigError, ValueError) as error:
             raise usage.UsageError(str(error)) from None
 
@@ -49,11 +49,9 @@ class KnockOnceService(service.Service):
 
     def startService(self):
         service.Service.startService(self)
-        from twisted.internet.defer import ensureDeferred
-
         from knocker.client import knock
 
-        d = ensureDeferred(knock(self._reactor, self._config, self._knockfile))
+        d = knock(self._reactor, self._config, self._knockfile)
         d.addCallback(self._done)
         d.addErrback(lambda failure: log.failure("knock failed", failure))
         d.addBoth(lambda _: self._reactor.stop())

@@ -9,12 +9,10 @@ that file's folder (a daemon's working directory is rarely the operator's);
 relative paths on the command line, relative to the working directory.
 """
 
-import configparser
 import os
-import re
-from typing import Callable
 
-from attrs import evolve, frozen
+from knocker.record import Record
+
 
 class ConfigError(ValueError):
     """
@@ -22,49 +20,60 @@ class ConfigError(ValueError):
     """
 
 
-@frozen
-class ServerConfig:
-    central: str = "tcp:7000:interface=127.0.0.1"
-    interface: str = "127.0.0.1"
-    state_dir: str = "knocker-state"
-    pool_size: int = 100
-    pool_range: tuple[int, int] = (10000, 32000)
-    knocks: int = 1000
-    ports_per_knock: int = 6
-    knock_window: int = 10
-    lockout: float = 60.0
-    lockout_scope: str = "global"
-    max_concurrent: int = 1
-    max_connections: int = 64
-    handshake_timeout: float = 5.0
-    on_success: str | None = None
-    on_close: str | None = None
-    open_duration: float = 300.0
-    script_timeout: float = 10.0
-    audit_log: str | None = None
+class ServerConfig(Record):
+    __slots__ = (
+        "central", "interface", "state_dir", "pool_size", "pool_range", "knocks",
+        "ports_per_knock", "knock_window", "lockout", "lockout_scope", "max_concurrent",
+        "max_connections", "handshake_timeout", "on_success", "on_close", "open_duration",
+        "script_timeout", "audit_log",
+    )
+    _defaults = {
+        "central": "tcp:7000:interface=127.0.0.1",
+        "interface": "127.0.0.1",
+        "state_dir": "knocker-state",
+        "pool_size": 100,
+        "pool_range": (10000, 32000),
+        "knocks": 1000,
+        "ports_per_knock": 6,
+        "knock_window": 10,
+        "lockout": 60.0,
+        "lockout_scope": "global",
+        "max_concurrent": 1,
+        "max_connections": 64,
+        "handshake_timeout": 5.0,
+        "on_success": None,
+        "on_close": None,
+        "open_duration": 300.0,
+        "script_timeout": 10.0,
+        "audit_log": None,
+    }
 
     @property
     def audit_path(self) -> str:
         return self.audit_log or os.path.join(self.state_dir, "audit.log")
 
 
-@frozen
-class ClientConfig:
-    server: str = "tcp:host=127.0.0.1:port=7000"
-    knock_file: str | None = None
-    log_file: str = "~/.knocker/client.log"
-    timeout: float = 60.0
-    connect_timeout: float = 5.0
-    busy_retries: int = 3
+class ClientConfig(Record):
+    __slots__ = ("server", "knock_file", "log_file", "timeout", "connect_timeout", "busy_retries")
+    _defaults = {
+        "server": "tcp:host=127.0.0.1:port=7000",
+        "knock_file": None,
+        "log_file": "~/.knocker/client.log",
+        "timeout": 60.0,
+        "connect_timeout": 5.0,
+        "busy_retries": 3,
+    }
 
 
-Parser = Callable[[str], object]
+Parser = "Callable[[str], object]"
 
 
 def _number(kind, low, high) -> tuple[Parser, str]:
     allowed = f"a {'whole ' if kind is int else ''}number from {low} to {high}"
 
     def parse(text: str):
+        if not text or not all(char in "0123456789." for char in text):
+            raise ValueError(allowed)  # no signs, exponents, underscores or "nan"
         try:
             value = kind(text)
         except ValueError:
@@ -88,17 +97,19 @@ def _choice(*names: str) -> tuple[Parser, str]:
 
 
 def _port_range(text: str) -> tuple[int, int]:
-    match = re.fullmatch(r"([0-9]{1,5})\s*-\s*([0-9]{1,5})", text)
-    if not match:
-        raise ValueError("LOW-HIGH, two ports from 1 to 65535 with LOW <= HIGH")
-    low, high = int(match.group(1)), int(match.group(2))
+    allowed = "LOW-HIGH, two ports from 1 to 65535 with LOW <= HIGH"
+    low, sep, high = (part.strip() for part in text.partition("-"))
+    if not (sep and low.isdigit() and high.isdigit() and low.isascii() and high.isascii()):
+        raise ValueError(allowed)
+    low, high = int(low), int(high)
     if not 1 <= low <= high <= 65535:
-        raise ValueError("LOW-HIGH, two ports from 1 to 65535 with LOW <= HIGH")
+        raise ValueError(allowed)
     return low, high
 
 
 def _endpoint(text: str) -> str:
-    if not re.fullmatch(r"[a-z0-9]+:\S+", text):
+    kind, sep, rest = text.partition(":")
+    if not (sep and kind.isalnum() and kind.isascii() and rest) or any(c.isspace() for c in text):
         raise ValueError("a Twisted endpoint string such as tcp:7000")
     return text
 
@@ -198,7 +209,19 @@ def _read(path: str | None) -> tuple[str, str]:
 
 
 def _parse(text, source, section, keys, defaults, overrides):
-    parser = configparser.ConfigParser(interpolation=None, strict=True)
+    values = {}
+    if text:
+        values = _parse_file(text, source, section, keys)
+    for key, raw in (overrides or {}).items():
+        values[key] = _value("command line", section, keys, key, raw.strip(), None)
+    return defaults.replace(**{keys[key][0]: value for key, value in values.items()})
+
+
+def _parse_file(text, source, section, keys):
+    import configparser  # only when there is a file: it costs start-up time
+
+    # No DEFAULT section: a stray [DEFAULT] would otherwise be merged silently.
+    parser = configparser.ConfigParser(interpolation=None, strict=True, default_section="\0")
     parser.optionxform = str  # keys are case-sensitive: "Lockout" is a typo
     try:
         parser.read_string(text, source=source)
@@ -214,9 +237,7 @@ def _parse(text, source, section, keys, defaults, overrides):
     if parser.has_section(section):
         for key, raw in parser.items(section):
             values[key] = _value(source, section, keys, key, raw.strip(), base)
-    for key, raw in (overrides or {}).items():
-        values[key] = _value("command line", section, keys, key, raw.strip(), None)
-    return evolve(defaults, **{keys[key][0]: value for key, value in values.items()})
+    return values
 
 
 def _value(source, section, keys, key, raw, base):

@@ -64,7 +64,7 @@ def run_demo() -> int:
         print(f"2. knockserver is up: central port {start['central_port']}, "
               f"{start['pool_size']} pool ports on {start['interface']}")
         knock = subprocess.run(
-            [sys.executable, "-m", "knocker.cli", "knock", "--knock-file", "demo.knock",
+            [sys.executable, "-m", "knocker.main", "knock", "--knock-file", "demo.knock",
              "--log-file", "client.log"],
             capture_output=True, text=True, timeout=60,
         )

@@ -8,7 +8,6 @@ goes through L{read_private}.
 
 import os
 import stat
-import tempfile
 
 
 class PrivateFileError(ValueError):
@@ -22,6 +21,8 @@ def write_private(path: str, text: str) -> None:
     Write C{text} to C{path} with mode 0600, replacing it atomically, so a
     crash leaves the old file or the new one, never half of one.
     """
+    import tempfile
+
     directory = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=".knocker-", suffix=".tmp")
     try:
@@ -48,9 +49,10 @@ def read_private(path: str, limit: int | None = None) -> str:
 
     @param limit: read at most this many bytes (enough for a header).
     """
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
-    with os.fdopen(fd, "rb") as handle:
-        info = os.fstat(handle.fileno())
+    # O_NONBLOCK: a FIFO in place of the file must not hang the daemon.
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):
             raise PrivateFileError(f"{path}: not a regular file")
         if info.st_mode & 0o077:
@@ -58,6 +60,11 @@ def read_private(path: str, limit: int | None = None) -> str:
                 f"{path}: open to group or others "
                 f"(mode {stat.S_IMODE(info.st_mode):04o}); run: chmod 600 {path}"
             )
+        handle = os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+    with handle:
         data = handle.read() if limit is None else handle.read(limit)
     try:
         return data.decode("utf-8", errors="strict" if limit is None else "ignore")

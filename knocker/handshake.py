@@ -7,19 +7,14 @@ L{hello_mac} and L{grant_mac} are the two HMACs.  L{ClientHandshake} is the
 client's side as a small state machine, shared by every client driver.
 """
 
-import hashlib
 import hmac
-import re
 
-from attrs import frozen
-
-from knocker.knockfile import KnockFile, valid_client_id
+from knocker.knockfile import KnockFile, is_digits, is_hex64, valid_client_id
+from knocker.record import Record
 
 MAX_LINE = 512
 MAGIC = "KNOCKER/1"
-_HEX64 = re.compile(r"[0-9a-f]{64}")
-_NUMBER = re.compile(r"[0-9]{1,9}")
-_REASON = re.compile(r"[a-z0-9][a-z0-9-]{0,63}")
+_REASON_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789-")
 FAIL_REASONS = ("wrong-port", "timeout", "locked-out", "action-failed")
 
 
@@ -31,12 +26,12 @@ class ProtocolError(ValueError):
 
 def hello_mac(secret: bytes, client: str, nonce: str) -> str:
     message = f"knocker/1|hello|{client}|{nonce}".encode("ascii")
-    return hmac.new(secret, message, hashlib.sha256).hexdigest()
+    return hmac.digest(secret, message, "sha256").hex()
 
 
 def grant_mac(secret: bytes, client: str, nonce: str, index: int) -> str:
     message = f"knocker/1|grant|{client}|{nonce}|{index}".encode("ascii")
-    return hmac.new(secret, message, hashlib.sha256).hexdigest()
+    return hmac.digest(secret, message, "sha256").hex()
 
 
 def macs_equal(a: str, b: str) -> bool:
@@ -46,14 +41,12 @@ def macs_equal(a: str, b: str) -> bool:
 # Requests (client to server).
 
 
-@frozen
-class Hello:
-    client: str
+class Hello(Record):
+    __slots__ = ("client",)
 
 
-@frozen
-class Proof:
-    mac: str
+class Proof(Record):
+    __slots__ = ("mac",)
 
 
 def parse_request(line: bytes) -> Hello | Proof:
@@ -63,7 +56,7 @@ def parse_request(line: bytes) -> Hello | Proof:
             raise ProtocolError("bad-client-id")
         return Hello(words[2])
     if len(words) == 2 and words[0] == "PROOF":
-        if not _HEX64.fullmatch(words[1]):
+        if not is_hex64(words[1]):
             raise ProtocolError("bad-proof")
         return Proof(words[1])
     raise ProtocolError("malformed")
@@ -80,51 +73,40 @@ def format_proof(mac: str) -> bytes:
 # Replies (server to client).
 
 
-@frozen
-class Challenge:
-    nonce: str
+class Challenge(Record):
+    __slots__ = ("nonce",)
 
 
-@frozen
-class Grant:
-    index: int
-    window: int
-    mac: str
+class Grant(Record):
+    __slots__ = ("index", "window", "mac")
 
 
-@frozen
-class Busy:
-    retry_after: int
+class Busy(Record):
+    __slots__ = ("retry_after",)
 
 
-@frozen
-class Locked:
-    retry_after: int
+class Locked(Record):
+    __slots__ = ("retry_after",)
 
 
-@frozen
-class Denied:
-    pass
+class Denied(Record):
+    __slots__ = ()
 
 
-@frozen
-class Exhausted:
-    pass
+class Exhausted(Record):
+    __slots__ = ()
 
 
-@frozen
-class Error:
-    reason: str
+class Error(Record):
+    __slots__ = ("reason",)
 
 
-@frozen
-class Open:
-    pass
+class Open(Record):
+    __slots__ = ()
 
 
-@frozen
-class Fail:
-    reason: str
+class Fail(Record):
+    __slots__ = ("reason",)
 
 
 Reply = Challenge | Grant | Busy | Locked | Denied | Exhausted | Error | Open | Fail
@@ -156,27 +138,31 @@ def format_reply(reply: Reply) -> bytes:
 def parse_reply(line: bytes) -> Reply:
     words = _words(line)
     match words:
-        case ["CHALLENGE", nonce] if _HEX64.fullmatch(nonce):
+        case ["CHALLENGE", nonce] if is_hex64(nonce):
             return Challenge(nonce)
         case ["GRANT", index, window, mac] if (
-            _NUMBER.fullmatch(index) and _NUMBER.fullmatch(window) and _HEX64.fullmatch(mac)
+            is_digits(index, 9) and is_digits(window, 9) and is_hex64(mac)
         ):
             return Grant(int(index), int(window), mac)
-        case ["BUSY", seconds] if _NUMBER.fullmatch(seconds):
+        case ["BUSY", seconds] if is_digits(seconds, 9):
             return Busy(int(seconds))
-        case ["LOCKED", seconds] if _NUMBER.fullmatch(seconds):
+        case ["LOCKED", seconds] if is_digits(seconds, 9):
             return Locked(int(seconds))
         case ["DENIED"]:
             return Denied()
         case ["EXHAUSTED"]:
             return Exhausted()
-        case ["ERROR", reason] if _REASON.fullmatch(reason):
+        case ["ERROR", reason] if _is_reason(reason):
             return Error(reason)
         case ["OPEN"]:
             return Open()
-        case ["FAIL", reason] if _REASON.fullmatch(reason):
+        case ["FAIL", reason] if _is_reason(reason):
             return Fail(reason)
     raise ProtocolError(f"unexpected reply {line[:80]!r}")
+
+
+def _is_reason(text: str) -> bool:
+    return 0 < len(text) <= 64 and text[0] != "-" and all(c in _REASON_CHARS for c in text)
 
 
 def _words(line: bytes) -> list[str]:
@@ -198,34 +184,29 @@ def _words(line: bytes) -> list[str]:
 # The client's side.
 
 
-@frozen
-class SendLine:
+class SendLine(Record):
     """
     The driver should write C{line} to the central connection.
     """
 
-    line: bytes
+    __slots__ = ("line",)
 
 
-@frozen
-class KnockPorts:
+class KnockPorts(Record):
     """
     The server granted knock C{index}: connect to C{ports} in order, each
     after the server closed the previous one, within C{window} seconds.
     """
 
-    index: int
-    ports: tuple[int, ...]
-    window: int
+    __slots__ = ("index", "ports", "window")
 
 
-@frozen
-class Finished:
+class Finished(Record):
     """
     The exchange is over; C{reply} is the server's last word.
     """
 
-    reply: Reply
+    __slots__ = ("reply",)
 
 
 class ClientHandshake:
@@ -238,6 +219,7 @@ class ClientHandshake:
         self._kf = knockfile
         self._nonce: str | None = None
         self._granted = False
+        self._finished = False
 
     def hello(self) -> SendLine:
         return SendLine(format_hello(self._kf.client))
@@ -248,6 +230,8 @@ class ClientHandshake:
             GRANT does not carry the right HMAC (a server that does not hold
             our secret, or a tampered line).
         """
+        if self._finished:
+            raise ProtocolError("a line after the server's last word")
         reply = parse_reply(line)
         if self._nonce is None:
             if not isinstance(reply, Challenge):
@@ -274,4 +258,5 @@ class ClientHandshake:
     def _final(self, reply: Reply, before: tuple[type, ...]) -> Finished:
         if not isinstance(reply, before):
             raise ProtocolError(f"reply {type(reply).__name__.upper()} out of turn")
+        self._finished = True
         return Finished(reply)

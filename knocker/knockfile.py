@@ -3,22 +3,18 @@ The portknock file (SPEC section 3): generate, format and parse.
 
 Pure: no file system access here (see L{knocker.files}).  Every refusal is a
 L{KnockFileError} that names the file and the line, so an operator can fix
-the file without reading code.
+the file without reading code.  Parsed on every knock, so it imports only
+what starts fast (no re, no attrs; see L{knocker.record}).
 """
 
-import re
-from datetime import datetime, timezone
-from random import Random
-
-from attrs import frozen
-
-from knocker.pool import choose_knock
+from knocker.record import Record
 
 FORMAT_VERSION = 1
 SECRET_BYTES = 32
-CLIENT_ID = re.compile(r"[a-z0-9][a-z0-9_.-]{0,63}")
-_HEX64 = re.compile(r"[0-9a-f]{64}")
-_PORT = re.compile(r"[0-9]{1,5}")
+CLIENT_ID_RULE = "[a-z0-9][a-z0-9_.-]{0,63}"
+_LOWER_ALNUM = frozenset("abcdefghijklmnopqrstuvwxyz0123456789")
+_CLIENT_CHARS = _LOWER_ALNUM | frozenset("_.-")
+_HEX = frozenset("0123456789abcdef")
 _HEADER_KEYS = ("version", "client", "secret", "ports-per-knock", "created")
 
 
@@ -28,43 +24,50 @@ class KnockFileError(ValueError):
     """
 
 
-@frozen
-class KnockFile:
+class KnockFile(Record):
     """
     One client's secret and its numbered one-time knocks.
 
     C{knocks[i - 1]} holds knock number C{i}: numbers start at 1.
     """
 
-    client: str
-    secret: bytes
-    ports_per_knock: int
-    created: str
-    knocks: tuple[tuple[int, ...], ...]
+    __slots__ = ("client", "secret", "ports_per_knock", "created", "knocks")
 
     def knock(self, index: int) -> tuple[int, ...]:
         return self.knocks[index - 1]
 
 
 def valid_client_id(client: str) -> bool:
-    return CLIENT_ID.fullmatch(client) is not None
+    """
+    Whether C{client} matches C{[a-z0-9][a-z0-9_.-]{0,63}}.
+    """
+    return (
+        0 < len(client) <= 64
+        and client[0] in _LOWER_ALNUM
+        and all(char in _CLIENT_CHARS for char in client)
+    )
 
 
-def generate(
-    client: str,
-    pool: tuple[int, ...],
-    knocks: int,
-    ports: int,
-    rng: Random,
-    secret: bytes,
-    now: datetime,
-) -> KnockFile:
+def is_hex64(text: str) -> bool:
+    return len(text) == 64 and all(char in _HEX for char in text)
+
+
+def is_digits(text: str, most: int) -> bool:
+    return text.isdigit() and text.isascii() and len(text) <= most
+
+
+def generate(client, pool, knocks, ports, rng, secret, now) -> KnockFile:
     """
-    Make a new portknock file for C{client}; C{rng} and C{secret} must come
-    from L{secrets} in real use.
+    Make a new portknock file for C{client} from C{pool}; C{rng} (a
+    L{random.Random}) and C{secret} must come from L{secrets} in real use;
+    C{now} is an aware L{datetime.datetime}.
     """
+    from datetime import timezone
+
+    from knocker.pool import choose_knock
+
     if not valid_client_id(client):
-        raise ValueError(f"client id {client!r} does not match {CLIENT_ID.pattern}")
+        raise ValueError(f"client id {client!r} does not match {CLIENT_ID_RULE}")
     if len(secret) != SECRET_BYTES:
         raise ValueError(f"the secret must be {SECRET_BYTES} bytes")
     if not 1 <= ports <= len(pool):
@@ -120,43 +123,35 @@ def parse_knockfile(text: str, name: str, header_only: bool = False) -> KnockFil
     def fail(lineno: int, why: str) -> KnockFileError:
         return KnockFileError(f"{name}, line {lineno}: {why}")
 
-    for lineno, raw in enumerate(text.split("\n"), start=1):
+    lines = text.split("\n")
+    first_knock = len(lines)
+    for lineno, raw in enumerate(lines, start=1):
         line = raw.removesuffix("\r")
         if not line.strip() or line.startswith("#"):
             continue
-        if "=" in line:
-            if knocks:
-                raise fail(lineno, "header line after the first knock")
-            key, _, value = (part.strip() for part in line.partition("="))
-            if key not in _HEADER_KEYS:
-                raise fail(
-                    lineno,
-                    f"unknown header key {key!r} (allowed: {', '.join(_HEADER_KEYS)})",
-                )
-            if key in header:
-                raise fail(lineno, f"header key {key!r} given twice")
-            header[key] = value
-            _check_header(key, value, lambda why: fail(lineno, why))
-            continue
-        if size is None:
+        if "=" not in line:
+            first_knock = lineno - 1
             missing = [key for key in _HEADER_KEYS if key not in header]
             if missing:
                 raise fail(lineno, f"header is missing {', '.join(missing)}")
             size = int(header["ports-per-knock"])
-            if header_only:
-                break
-        number, sep, ports_text = line.partition(" ")
-        if not sep or not number.isdigit() or not number.isascii():
-            raise fail(lineno, "expected '<knock number> <port>,<port>,...'")
-        if int(number) != len(knocks) + 1:
+            break
+        key, _, value = (part.strip() for part in line.partition("="))
+        if key not in _HEADER_KEYS:
             raise fail(
-                lineno, f"knock number {number} where {len(knocks) + 1} was expected"
+                lineno, f"unknown header key {key!r} (allowed: {', '.join(_HEADER_KEYS)})"
             )
-        knocks.append(_parse_ports(ports_text, size, lambda why: fail(lineno, why)))
+        if key in header:
+            raise fail(lineno, f"header key {key!r} given twice")
+        header[key] = value
+        _check_header(key, value, lambda why: fail(lineno, why))
+    if size is not None and not header_only:
+        knocks = _parse_knocks(lines, first_knock, size, fail)
     if size is None:
         missing = [key for key in _HEADER_KEYS if key not in header]
         if missing:
             raise KnockFileError(f"{name}: header is missing {', '.join(missing)}")
+        size = int(header["ports-per-knock"])
     if not knocks and not header_only:
         raise KnockFileError(f"{name}: no knocks in the file")
     return KnockFile(
@@ -172,31 +167,72 @@ def _check_header(key: str, value: str, fail) -> None:
     if key == "version" and value != str(FORMAT_VERSION):
         raise fail(f"version {value!r} is not supported (only {FORMAT_VERSION})")
     if key == "client" and not valid_client_id(value):
-        raise fail(f"client id {value!r} does not match {CLIENT_ID.pattern}")
-    if key == "secret" and not _HEX64.fullmatch(value):
+        raise fail(f"client id {value!r} does not match {CLIENT_ID_RULE}")
+    if key == "secret" and not is_hex64(value):
         raise fail("secret must be 64 lowercase hex digits (256 bits)")
-    if key == "ports-per-knock" and not (
-        value.isascii() and value.isdigit() and 1 <= int(value) <= 64
-    ):
+    if key == "ports-per-knock" and not (is_digits(value, 2) and 1 <= int(value) <= 64):
         raise fail(f"ports-per-knock must be a whole number 1-64, not {value!r}")
-    if key == "created":
-        try:
-            datetime.strptime(value, "%Y-%m-%dT%H:%M:%SZ")
-        except ValueError:
-            raise fail(
-                f"created must be a UTC time like 2026-11-25T10:00:00Z, not {value!r}"
-            ) from None
+    if key == "created" and not _is_utc_time(value):
+        raise fail(f"created must be a UTC time like 2026-11-25T10:00:00Z, not {value!r}")
 
 
-def _parse_ports(text: str, size: int, fail) -> tuple[int, ...]:
+def _is_utc_time(text: str) -> bool:
+    """
+    Whether C{text} is C{YYYY-MM-DDTHH:MM:SSZ} with plausible fields.
+    """
+    if len(text) != 20 or text[4] + text[7] + text[10] + text[13] + text[16] + text[19] != "--T::Z":
+        return False
+    parts = (text[0:4], text[5:7], text[8:10], text[11:13], text[14:16], text[17:19])
+    if not all(is_digits(part, 4) for part in parts):
+        return False
+    _, month, day, hour, minute, second = map(int, parts)
+    return 1 <= month <= 12 and 1 <= day <= 31 and hour < 24 and minute < 60 and second < 61
+
+
+def _parse_knocks(lines: list[str], start: int, size: int, fail) -> list[tuple[int, ...]]:
+    """
+    The knock lines, from C{lines[start]} on.  This runs a thousand times
+    per knock, so each line is checked whole (one comparison for the
+    number, one pass for the digits); only a bad line gets the slower
+    search that names what is wrong with it.
+    """
+    knocks = []
+    for lineno in range(start + 1, len(lines) + 1):
+        line = lines[lineno - 1]
+        if line[-1:] == "\r":
+            line = line[:-1]
+        if not line or line[0] == "#" or line.isspace():
+            continue
+        number, _, text = line.partition(" ")
+        fields = text.split(",")
+        digits = text.replace(",", "")
+        if (
+            number == str(len(knocks) + 1)
+            and len(fields) == size
+            and digits.isdigit()
+            and digits.isascii()
+            and "" not in fields
+        ):
+            ports = tuple(map(int, fields))
+            if min(ports) > 0 and max(ports) < 65536 and len(set(ports)) == size:
+                knocks.append(ports)
+                continue
+        raise _bad_knock_line(line, len(knocks) + 1, size, lambda why: fail(lineno, why))
+    return knocks
+
+
+def _bad_knock_line(line: str, expected: int, size: int, fail) -> KnockFileError:
+    if "=" in line:
+        return fail("header line after the first knock")
+    number, sep, text = line.partition(" ")
+    if not sep or not is_digits(number, 9):
+        return fail("expected '<knock number> <port>,<port>,...'")
+    if number != str(expected):
+        return fail(f"knock number {number} where {expected} was expected")
     fields = text.split(",")
     if len(fields) != size:
-        raise fail(f"{len(fields)} ports where ports-per-knock is {size}")
-    ports = []
+        return fail(f"{len(fields)} ports where ports-per-knock is {size}")
     for field in fields:
-        if not _PORT.fullmatch(field) or not 1 <= int(field) <= 65535:
-            raise fail(f"port {field!r} is not a number in 1-65535")
-        ports.append(int(field))
-    if len(set(ports)) != len(ports):
-        raise fail("a port is repeated inside one knock")
-    return tuple(ports)
+        if not (is_digits(field, 5) and 0 < int(field) < 65536):
+            return fail(f"port {field!r} is not a number in 1-65535")
+    return fail("a port is repeated inside one knock")

@@ -24,7 +24,7 @@ def environment() -> dict[str, str]:
 
 def knocker(*args, cwd=None, timeout=60) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "knocker.cli", *args],
+        [sys.executable, "-m", "knocker.main", *args],
         cwd=cwd, env=environment(), capture_output=True, text=True, timeout=timeout,
     )
 

@@ -11,7 +11,6 @@ import stat
 import subprocess
 import time
 
-from attrs import evolve
 from twisted.trial.unittest import SynchronousTestCase
 
 from knocker import handshake as hs
@@ -98,7 +97,7 @@ class DaemonTests(SynchronousTestCase):
         """
         kf = parse_knockfile(read_private(knock_file), knock_file)
         out = os.path.join(self.dir, name)
-        write_private(out, format_knockfile(evolve(kf, **change)))
+        write_private(out, format_knockfile(kf.replace(**change)))
         return out, kf
 
     def test_exit_statuses_for_wrong_knock_lockout_and_denial(self):

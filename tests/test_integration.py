@@ -8,7 +8,6 @@ import os
 import stat
 import sys
 
-from attrs import evolve
 from twisted.internet import reactor
 from twisted.internet.defer import ensureDeferred
 from twisted.trial.unittest import TestCase
@@ -133,7 +132,7 @@ class LoopbackTests(TestCase):
         pool = self.service.server._book._pool
         ports = list(kf.knock(1))
         ports[1] = next(p for p in sorted(pool) if p not in ports)
-        bad = evolve(kf, knocks=(tuple(ports),) + kf.knocks[1:])
+        bad = kf.replace(knocks=(tuple(ports),) + kf.knocks[1:])
         result = await knock(reactor, config, bad)
         self.assertEqual((result.outcome, result.detail), (Outcome.WRONG_PORT, "wrong-port"))
         again = await knock(reactor, config, kf)
@@ -147,8 +146,8 @@ class LoopbackTests(TestCase):
         self.generate("alice")
         self.start(lockout_scope="source")
         config, kf = self.client()
-        bad_secret = evolve(kf, secret=b"\x42" * 32)
-        unknown = evolve(kf, client="mallory")
+        bad_secret = kf.replace(secret=b"\x42" * 32)
+        unknown = kf.replace(client="mallory")
         first = await knock(reactor, config, bad_secret)
         self.assertEqual(first.outcome, Outcome.DENIED)
         self.service.server.tracker._lockouts.clear()  # the next attempt must reach the proof
@@ -163,7 +162,7 @@ class LoopbackTests(TestCase):
         config, kf = self.client()
         port = self.service.central_port.getHost().port
         await self.stop(self.service)
-        result = await knock(reactor, evolve(config, server=f"tcp:host=127.0.0.1:port={port}"), kf)
+        result = await knock(reactor, config.replace(server=f"tcp:host=127.0.0.1:port={port}"), kf)
         self.assertEqual(result.outcome, Outcome.UNREACHABLE)
         self.assertEqual(result.outcome.exit_code, 3)
 

@@ -1,0 +1,233 @@
+"""
+One knock, as a coroutine shared by every client.
+
+The protocol decisions live in L{knocker.handshake.ClientHandshake}; the
+I/O is a driver passed in: L{knocker.client.TwistedIO} (for C{twistd
+knockclient}, TLS, and anything in a reactor) or L{knocker.quick.SocketIO}
+(plain blocking sockets, so C{knocker knock} opens the door before a
+reactor could even be imported).  A driver provides::
+
+    now() -> float                      monotonic seconds
+    await connect(endpoint, timeout)    -> connection, or raise Unreachable
+    await hit(host, port, timeout)      connect, wait for the server's close
+    await sleep(seconds)
+    say(message)                        progress, for the driver's log
+
+and a connection: C{peer_host}, C{send(line)}, C{await readline(timeout)}
+(C{None} once closed), C{close()}.  Driver failures after connecting raise
+L{Trouble}.  This module imports nothing slow.
+"""
+
+import os
+import time
+
+from knocker import handshake as hs
+from knocker.record import Record
+
+BUSY_WAIT_CAP = 30.0
+
+
+class Unreachable(Exception):
+    """
+    The central port could not be reached (refused, timed out, TLS failed).
+    """
+
+
+class Trouble(Exception):
+    """
+    A connection failed or timed out after the central port was reached.
+    """
+
+
+class Outcome(Record):
+    """
+    One way a knock can end, with the exit status C{knocker knock} gives.
+    """
+
+    __slots__ = ("name", "exit_code", "meaning")
+
+
+Outcome.OPEN = Outcome("OPEN", 0, "the server opened for us")
+Outcome.UNREACHABLE = Outcome("UNREACHABLE", 3, "could not reach the server's central port")
+Outcome.DENIED = Outcome("DENIED", 4, "the server denied the handshake (unknown client or wrong secret)")
+Outcome.LOCKED = Outcome("LOCKED", 5, "the server is locked out after a failed attempt; try later")
+Outcome.BUSY = Outcome("BUSY", 6, "the server stayed busy with another knock; try later")
+Outcome.EXHAUSTED = Outcome("EXHAUSTED", 7, "every knock in the portknock file is used; generate a new file")
+Outcome.WRONG_PORT = Outcome("WRONG_PORT", 8, "the server saw a wrong port (another party's hit, or a lost connection)")
+Outcome.TIMEOUT = Outcome("TIMEOUT", 9, "the knock did not finish within the server's window")
+Outcome.LOCKED_OUT = Outcome("LOCKED_OUT", 10, "a failed attempt by someone else locked the server out mid-knock")
+Outcome.ACTION_FAILED = Outcome("ACTION_FAILED", 11, "the knock was right but the server's on-success program failed")
+Outcome.SERVER_ERROR = Outcome("SERVER_ERROR", 12, "the server answered ERROR")
+Outcome.BAD_SERVER = Outcome("BAD_SERVER", 13, "the server broke the protocol or failed the GRANT check")
+Outcome.NO_VERDICT = Outcome("NO_VERDICT", 14, "no verdict: the connection dropped or the client timed out")
+OUTCOMES = tuple(value for value in vars(Outcome).values() if isinstance(value, Outcome))
+
+_FAILS = {
+    "wrong-port": Outcome.WRONG_PORT,
+    "timeout": Outcome.TIMEOUT,
+    "locked-out": Outcome.LOCKED_OUT,
+    "action-failed": Outcome.ACTION_FAILED,
+}
+
+
+class KnockResult(Record):
+    __slots__ = ("outcome", "detail", "index", "ports", "attempts", "retry_after")
+    _defaults = {"detail": "", "index": None, "ports": (), "attempts": 1, "retry_after": None}
+
+    def message(self) -> str:
+        text = f"{self.outcome.name}: {self.outcome.meaning}"
+        return f"{text} ({self.detail})" if self.detail else text
+
+
+def load_knockfile(config):
+    """
+    The client's portknock file named by C{config}, checked (mode 0600,
+    every rule of the format).
+
+    @raise ValueError: no file set, unsafe, unreadable or malformed; the
+        message names the file.
+    """
+    from knocker.files import read_private
+    from knocker.knockfile import parse_knockfile
+
+    if config.knock_file is None:
+        raise ValueError(
+            "no portknock file: set knock-file in the [client] section or pass --knock-file"
+        )
+    try:
+        return parse_knockfile(read_private(config.knock_file), config.knock_file)
+    except OSError as error:
+        raise ValueError(f"{config.knock_file}: cannot read: {error.strerror}") from None
+
+
+async def knock(io, config, knockfile, uniform=None) -> KnockResult:
+    """
+    Knock once, retrying BUSY up to C{config.busy_retries} times with a
+    growing, jittered pause; log the attempt to C{config.log_file}.
+
+    @param uniform: C{uniform(a, b)} for the jitter (default: L{random}).
+    """
+    started = time.time()
+    attempts = 0
+    while True:
+        attempts += 1
+        result = (await _attempt(io, config, knockfile)).replace(attempts=attempts)
+        if result.outcome is not Outcome.BUSY or attempts > config.busy_retries:
+            break
+        if uniform is None:
+            from random import uniform
+        wait = min(BUSY_WAIT_CAP, result.retry_after * attempts) * uniform(1.0, 1.5)
+        io.say(f"server busy; retrying in {wait:.1f}s")
+        await io.sleep(wait)
+    log_attempt(config, knockfile.client, started, result)
+    return result
+
+
+class _Deadline:
+    def __init__(self, io, seconds):
+        self._io = io
+        self._end = io.now() + seconds
+
+    def left(self) -> float:
+        left = self._end - self._io.now()
+        if left <= 0:
+            raise Trouble("the client's timeout passed")
+        return left
+
+
+async def _attempt(io, config, knockfile) -> KnockResult:
+    deadline = _Deadline(io, config.timeout)
+    try:
+        conn = await io.connect(config.server, min(config.connect_timeout, deadline.left()))
+    except (Unreachable, Trouble) as failure:
+        return KnockResult(Outcome.UNREACHABLE, f"{config.server}: {failure}")
+    machine = hs.ClientHandshake(knockfile)
+    index, ports = None, ()
+    try:
+        conn.send(machine.hello().line)
+        while True:
+            line = await conn.readline(deadline.left())
+            if line is None:
+                return KnockResult(Outcome.NO_VERDICT, "connection closed", index, ports)
+            action = machine.receive(line)
+            if isinstance(action, hs.SendLine):
+                conn.send(action.line)
+            elif isinstance(action, hs.KnockPorts):
+                index, ports = action.index, action.ports
+                io.say(f"granted knock {index}: knocking {conn.peer_host} ports {ports}")
+                for port in ports:
+                    await io.hit(conn.peer_host, port, min(config.connect_timeout, deadline.left()))
+            else:
+                return _result(action.reply, index, ports)
+    except hs.ProtocolError as failure:
+        return KnockResult(Outcome.BAD_SERVER, str(failure), index, ports)
+    except Trouble as failure:
+        return KnockResult(Outcome.NO_VERDICT, str(failure), index, ports)
+    finally:
+        conn.close()
+
+
+def _result(reply, index, ports) -> KnockResult:
+    match reply:
+        case hs.Open():
+            return KnockResult(Outcome.OPEN, "", index, ports)
+        case hs.Fail(reason):
+            return KnockResult(_FAILS.get(reason, Outcome.BAD_SERVER), reason, index, ports)
+        case hs.Busy(seconds):
+            return KnockResult(Outcome.BUSY, f"retry after {seconds}s", retry_after=seconds)
+        case hs.Locked(seconds):
+            return KnockResult(Outcome.LOCKED, f"retry after {seconds}s", retry_after=seconds)
+        case hs.Denied():
+            return KnockResult(Outcome.DENIED)
+        case hs.Exhausted():
+            return KnockResult(Outcome.EXHAUSTED)
+        case hs.Error(reason):
+            return KnockResult(Outcome.SERVER_ERROR, reason, index, ports)
+    return KnockResult(Outcome.BAD_SERVER, repr(reply), index, ports)
+
+
+def log_attempt(config, client: str, started: float, result: KnockResult) -> None:
+    """
+    Append the attempt to the client log (JSON lines, file 0600).  After
+    the verdict, so its imports cost the knock nothing.
+    """
+    import json
+
+    from knocker.isotime import iso_time
+    from knocker.files import ensure_private_dir
+
+    entry = {
+        "time": iso_time(started),
+        "server": config.server,
+        "client": client,
+        "index": result.index,
+        "ports": list(result.ports),
+        "verdict": result.outcome.name.lower(),
+        "detail": result.detail,
+        "attempts": result.attempts,
+        "seconds": round(time.time() - started, 4),
+    }
+    path = os.path.expanduser(config.log_file)
+    try:
+        ensure_private_dir(os.path.dirname(os.path.abspath(path)))
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            os.write(fd, (json.dumps(entry) + "\n").encode())
+        finally:
+            os.close(fd)
+    except OSError as failure:
+        import sys
+
+        print(f"knocker: cannot write the client log {path}: {failure}", file=sys.stderr)
+
+
+def run_blocking(coroutine):
+    """
+    Run a coroutine whose awaits never suspend (a blocking driver's).
+    """
+    try:
+        coroutine.send(None)
+    except StopIteration as done:
+        return done.value
+    coroutine.close()
+    raise RuntimeError("a blocking driver suspended")

@@ -1,0 +1,512 @@
+"""
+Configuration (SPEC section 9): every key parsed, every error names the
+source, the key and what is allowed.
+"""
+
+import os
+import shutil
+import tempfile
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from knocker.config import (
+    CLIENT_KEYS,
+    SERVER_KEYS,
+    ClientConfig,
+    ConfigError,
+    ServerConfig,
+    load_client_config,
+    load_server_config,
+    parse_client_config,
+    parse_server_config,
+)
+
+SOURCE = "/etc/knocker/knockserver.conf"
+CSOURCE = "/etc/knocker/knockclient.conf"
+
+
+def tempdir(case) -> str:
+    """
+    A fresh folder removed after the test (outside the working directory,
+    which under pytest is the repository).
+    """
+    folder = tempfile.mkdtemp(prefix="knocker-test-")
+    case.addCleanup(shutil.rmtree, folder, True)
+    return folder
+
+
+def server(body: str, source=SOURCE, overrides=None) -> ServerConfig:
+    return parse_server_config("[server]\n" + body, SOURCE if source is None else source, overrides)
+
+
+def client(body: str, source=CSOURCE, overrides=None) -> ClientConfig:
+    return parse_client_config("[client]\n" + body, source, overrides)
+
+
+class ServerDefaultsTests(SynchronousTestCase):
+    def test_defaults(self):
+        config = parse_server_config()
+        self.assertEqual(config, ServerConfig())
+        self.assertEqual(config.pool_size, 100)
+        self.assertEqual(config.pool_range, (10000, 32000))
+        self.assertEqual(config.knocks, 1000)
+        self.assertEqual(config.ports_per_knock, 6)
+        self.assertEqual(config.lockout, 60)
+        self.assertEqual(config.lockout_scope, "global")
+        self.assertEqual(config.max_concurrent, 1)
+        self.assertIsNone(config.on_success)
+        self.assertIsNone(config.on_close)
+
+    def test_empty_section_is_defaults(self):
+        self.assertEqual(server(""), ServerConfig())
+
+    def test_empty_file_is_defaults(self):
+        self.assertEqual(parse_server_config("", SOURCE), ServerConfig())
+
+    def test_comments(self):
+        config = server("# a comment\n; another\nlockout = 5\n")
+        self.assertEqual(config.lockout, 5)
+
+    def test_audit_path_default(self):
+        config = server("state-dir = /var/lib/knocker\n")
+        self.assertEqual(config.audit_path, "/var/lib/knocker/audit.log")
+        config = server("state-dir = /var/lib/knocker\naudit-log = /var/log/knocker.log\n")
+        self.assertEqual(config.audit_path, "/var/log/knocker.log")
+
+    def test_frozen(self):
+        config = ServerConfig()
+        with self.assertRaises(AttributeError):
+            config.lockout = 5
+
+
+class ServerKeyTests(SynchronousTestCase):
+    def test_each_key(self):
+        text = "\n".join(
+            [
+                "central = ssl:7443:privateKey=key.pem",
+                "interface = 0.0.0.0",
+                "state-dir = /var/lib/knocker",
+                "pool-size = 50",
+                "pool-range = 20000-20999",
+                "knocks = 500",
+                "ports-per-knock = 4",
+                "knock-window = 30",
+                "lockout = 120.5",
+                "lockout-scope = source",
+                "max-concurrent = 4",
+                "max-connections = 200",
+                "handshake-timeout = 2.5",
+                "on-success = /usr/local/sbin/open-port",
+                "on-close = /usr/local/sbin/close-port",
+                "open-duration = 600",
+                "script-timeout = 20",
+                "audit-log = /var/log/knocker/audit.log",
+            ]
+        )
+        config = server(text)
+        self.assertEqual(
+            config,
+            ServerConfig(
+                central="ssl:7443:privateKey=key.pem",
+                interface="0.0.0.0",
+                state_dir="/var/lib/knocker",
+                pool_size=50,
+                pool_range=(20000, 20999),
+                knocks=500,
+                ports_per_knock=4,
+                knock_window=30,
+                lockout=120.5,
+                lockout_scope="source",
+                max_concurrent=4,
+                max_connections=200,
+                handshake_timeout=2.5,
+                on_success="/usr/local/sbin/open-port",
+                on_close="/usr/local/sbin/close-port",
+                open_duration=600.0,
+                script_timeout=20.0,
+                audit_log="/var/log/knocker/audit.log",
+            ),
+        )
+        self.assertIsInstance(config.pool_size, int)
+        self.assertIsInstance(config.knock_window, int)
+        self.assertIsInstance(config.lockout, float)
+
+    def test_every_documented_key_is_known(self):
+        """
+        The keys SPEC section 9 names are all accepted.
+        """
+        for key in [
+            "central",
+            "interface",
+            "state-dir",
+            "pool-size",
+            "pool-range",
+            "knock-window",
+            "lockout",
+            "lockout-scope",
+            "max-concurrent",
+            "on-success",
+            "on-close",
+            "open-duration",
+            "script-timeout",
+            "audit-log",
+        ]:
+            self.assertIn(key, SERVER_KEYS)
+
+    def test_ipv6_interface(self):
+        self.assertEqual(server("interface = ::\n").interface, "::")
+
+    def test_pool_range_spaces(self):
+        self.assertEqual(server("pool-range = 20000 - 20100\n").pool_range, (20000, 20100))
+
+    def test_pool_range_one_port(self):
+        config = server("pool-range = 20000-20000\npool-size = 1\nports-per-knock = 1\n")
+        self.assertEqual(config.pool_range, (20000, 20000))
+
+    def test_lockout_zero(self):
+        self.assertEqual(server("lockout = 0\n").lockout, 0)
+
+    def test_pool_size_fills_range(self):
+        config = server("pool-range = 20000-20009\npool-size = 10\n")
+        self.assertEqual(config.pool_size, 10)
+
+    def test_ports_per_knock_equal_to_pool_size(self):
+        config = server("pool-size = 6\nports-per-knock = 6\n")
+        self.assertEqual(config.ports_per_knock, 6)
+
+    def test_value_whitespace(self):
+        self.assertEqual(server("lockout =    30   \n").lockout, 30)
+
+
+class ServerErrorTests(SynchronousTestCase):
+    def refused(self, body, *words, source=SOURCE, overrides=None):
+        error = self.assertRaises(ConfigError, server, body, source, overrides)
+        message = str(error)
+        for word in words:
+            self.assertIn(word, message)
+        return message
+
+    def test_error_is_value_error(self):
+        self.assertTrue(issubclass(ConfigError, ValueError))
+
+    def test_unknown_key(self):
+        message = self.refused("lockuot = 5\n", SOURCE, "lockuot", "allowed")
+        for key in SERVER_KEYS:
+            self.assertIn(key, message)
+
+    def test_keys_are_case_sensitive(self):
+        self.refused("Lockout = 5\n", SOURCE, "Lockout", "allowed")
+
+    def test_unknown_section(self):
+        error = self.assertRaises(
+            ConfigError, parse_server_config, "[server]\n[sever]\nlockout = 5\n", SOURCE
+        )
+        self.assertIn(SOURCE, str(error))
+        self.assertIn("sever", str(error))
+        self.assertIn("[server]", str(error))
+
+    def test_client_section_in_server_file(self):
+        error = self.assertRaises(
+            ConfigError, parse_server_config, "[client]\nserver = tcp:host=a:port=1\n", SOURCE
+        )
+        self.assertIn(SOURCE, str(error))
+        self.assertIn("client", str(error))
+
+    def test_default_section(self):
+        """
+        A [DEFAULT] section is not [server]: its keys are not silently
+        dropped.
+        """
+        error = self.assertRaises(ConfigError, parse_server_config, "[DEFAULT]\nlockout = 5\n", SOURCE)
+        self.assertIn(SOURCE, str(error))
+        self.assertIn("DEFAULT", str(error))
+
+    def test_bad_numbers(self):
+        for key, bad, allowed in [
+            ("pool-size", "many", "whole number from 1 to 30000"),
+            ("pool-size", "1.5", "whole number"),
+            ("knocks", "ten", "whole number"),
+            ("ports-per-knock", "six", "whole number"),
+            ("knock-window", "", "whole number"),
+            ("lockout", "a minute", "number from 0 to 86400"),
+            ("lockout", "nan", "number from 0"),
+            ("max-concurrent", "x", "whole number"),
+            ("max-connections", "x", "whole number"),
+            ("handshake-timeout", "soon", "number"),
+            ("open-duration", "forever", "number"),
+            ("script-timeout", "x", "number"),
+        ]:
+            self.refused(f"{key} = {bad}\n", SOURCE, key, repr(bad), "allowed", allowed)
+
+    def test_out_of_range(self):
+        for key, bad in [
+            ("pool-size", "0"),
+            ("pool-size", "30001"),
+            ("knocks", "0"),
+            ("ports-per-knock", "0"),
+            ("ports-per-knock", "65"),
+            ("knock-window", "0"),
+            ("knock-window", "3601"),
+            ("lockout", "-1"),
+            ("lockout", "86401"),
+            ("lockout", "inf"),
+            ("max-concurrent", "0"),
+            ("handshake-timeout", "0"),
+            ("open-duration", "-5"),
+            ("script-timeout", "0"),
+        ]:
+            self.refused(f"{key} = {bad}\n", SOURCE, key, repr(bad), "allowed", "from")
+
+    def test_bad_lockout_scope(self):
+        self.refused("lockout-scope = everyone\n", SOURCE, "lockout-scope", "everyone", "global", "source")
+
+    def test_bad_pool_range(self):
+        for bad in ["5-2", "abc", "0-100", "20000-70000", "20000", "20000-", "-5-10", "1,2"]:
+            self.refused(f"pool-range = {bad}\n", SOURCE, "pool-range", repr(bad), "allowed", "LOW-HIGH")
+
+    def test_pool_size_larger_than_range(self):
+        message = self.refused(
+            "pool-range = 20000-20009\npool-size = 11\n", SOURCE, "pool-size", "pool-range"
+        )
+        self.assertIn("10", message)
+
+    def test_default_pool_size_larger_than_range(self):
+        """
+        The default pool of 100 ports does not fit in a range of 50.
+        """
+        self.refused("pool-range = 20000-20049\n", SOURCE, "pool-size", "50")
+
+    def test_ports_per_knock_larger_than_pool(self):
+        self.refused("pool-size = 5\nports-per-knock = 6\n", SOURCE, "ports-per-knock", "pool-size = 5")
+
+    def test_bad_interface(self):
+        self.refused("interface = localhost\n", SOURCE, "interface", "allowed", "address")
+
+    def test_bad_central(self):
+        self.refused("central = 7000\n", SOURCE, "central", "allowed", "endpoint")
+
+    def test_empty_path(self):
+        self.refused("on-success =\n", SOURCE, "on-success", "allowed")
+
+    def test_invalid_ini(self):
+        for bad in [
+            "lockout = 5\n",  # no section
+            "[server\nlockout = 5\n",
+            "[server]\nlockout\n",  # no value
+        ]:
+            error = self.assertRaises(ConfigError, parse_server_config, bad, SOURCE)
+            self.assertIn(SOURCE, str(error))
+
+    def test_duplicate_key(self):
+        self.refused("lockout = 5\nlockout = 6\n", SOURCE, "lockout")
+
+    def test_duplicate_section(self):
+        error = self.assertRaises(
+            ConfigError, parse_server_config, "[server]\nlockout = 5\n[server]\nknocks = 5\n", SOURCE
+        )
+        self.assertIn(SOURCE, str(error))
+
+
+class OverrideTests(SynchronousTestCase):
+    def test_override_beats_file(self):
+        config = server("lockout = 5\nknocks = 50\n", overrides={"lockout": "7"})
+        self.assertEqual(config.lockout, 7)
+        self.assertEqual(config.knocks, 50)
+
+    def test_override_without_file(self):
+        config = parse_server_config(overrides={"lockout-scope": "source"})
+        self.assertEqual(config.lockout_scope, "source")
+
+    def test_bad_override_named_command_line(self):
+        error = self.assertRaises(
+            ConfigError, server, "lockout = 5\n", SOURCE, {"lockout": "lots"}
+        )
+        self.assertIn("command line", str(error))
+        self.assertIn("lockout", str(error))
+        self.assertIn("allowed", str(error))
+        self.assertNotIn(SOURCE, str(error))
+
+    def test_unknown_override_named_command_line(self):
+        error = self.assertRaises(ConfigError, server, "", SOURCE, {"lockuot": "5"})
+        self.assertIn("command line", str(error))
+        self.assertIn("lockuot", str(error))
+
+    def test_override_fixes_bad_file_value_not(self):
+        """
+        A bad value in the file is refused even when the command line gives
+        the key again: nothing starts on a bad configuration file.
+        """
+        error = self.assertRaises(ConfigError, server, "lockout = lots\n", SOURCE, {"lockout": "5"})
+        self.assertIn(SOURCE, str(error))
+
+    def test_cross_check_with_override_names_command_line(self):
+        """
+        When the command line sets pool-size too large for the file's
+        pool-range, the error does not blame the file alone.
+        """
+        error = self.assertRaises(
+            ConfigError, server, "pool-range = 20000-20009\n", SOURCE, {"pool-size": "50"}
+        )
+        self.assertIn("pool-size", str(error))
+        self.assertIn("command line", str(error))
+
+    def test_override_relative_path_not_joined_to_file_folder(self):
+        config = server("", SOURCE, {"state-dir": "here"})
+        self.assertEqual(config.state_dir, "here")
+
+
+class PathTests(SynchronousTestCase):
+    def test_relative_paths_against_file_folder(self):
+        config = server(
+            "state-dir = state\non-success = scripts/open\non-close = ../close\naudit-log = log/audit\n"
+        )
+        self.assertEqual(config.state_dir, "/etc/knocker/state")
+        self.assertEqual(config.on_success, "/etc/knocker/scripts/open")
+        self.assertEqual(config.on_close, "/etc/knocker/../close")
+        self.assertEqual(config.audit_log, "/etc/knocker/log/audit")
+
+    def test_absolute_paths_kept(self):
+        config = server("state-dir = /var/lib/knocker\n")
+        self.assertEqual(config.state_dir, "/var/lib/knocker")
+
+    def test_home_expanded(self):
+        config = server("state-dir = ~/knocker\n")
+        self.assertEqual(config.state_dir, os.path.expanduser("~/knocker"))
+        self.assertTrue(os.path.isabs(config.state_dir))
+
+    def test_client_relative_paths(self):
+        config = client("knock-file = alice.knock\nlog-file = logs/client.log\n")
+        self.assertEqual(config.knock_file, "/etc/knocker/alice.knock")
+        self.assertEqual(config.log_file, "/etc/knocker/logs/client.log")
+
+    def test_load_relative_to_file(self):
+        folder = tempdir(self)
+        path = os.path.join(folder, "knockserver.conf")
+        with open(path, "w") as handle:
+            handle.write("[server]\nstate-dir = state\n")
+        self.assertEqual(load_server_config(path).state_dir, os.path.join(folder, "state"))
+
+
+class LoadTests(SynchronousTestCase):
+    def write(self, name, text):
+        folder = tempdir(self)
+        path = os.path.join(folder, name)
+        with open(path, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        return path
+
+    def test_load_server(self):
+        path = self.write("knockserver.conf", "[server]\nlockout = 9\n")
+        self.assertEqual(load_server_config(path).lockout, 9)
+
+    def test_load_server_overrides(self):
+        path = self.write("knockserver.conf", "[server]\nlockout = 9\n")
+        self.assertEqual(load_server_config(path, {"lockout": "3"}).lockout, 3)
+
+    def test_load_none_is_defaults(self):
+        self.assertEqual(load_server_config(None), ServerConfig())
+        self.assertEqual(load_client_config(None), ClientConfig())
+
+    def test_load_server_missing(self):
+        path = os.path.join(tempdir(self), "nope.conf")
+        error = self.assertRaises(ConfigError, load_server_config, path)
+        self.assertIn(path, str(error))
+
+    def test_load_client_missing(self):
+        path = os.path.join(tempdir(self), "nope.conf")
+        error = self.assertRaises(ConfigError, load_client_config, path)
+        self.assertIn(path, str(error))
+
+    def test_load_directory(self):
+        folder = tempdir(self)
+        error = self.assertRaises(ConfigError, load_server_config, folder)
+        self.assertIn(folder, str(error))
+
+    def test_load_not_utf8(self):
+        path = os.path.join(tempdir(self), "latin1.conf")
+        with open(path, "wb") as handle:
+            handle.write(b"[server]\nstate-dir = \xff\xfe\n")
+        error = self.assertRaises(ConfigError, load_server_config, path)
+        self.assertIn(path, str(error))
+
+    def test_load_error_names_file(self):
+        path = self.write("knockserver.conf", "[server]\nlockout = soon\n")
+        error = self.assertRaises(ConfigError, load_server_config, path)
+        self.assertIn(path, str(error))
+        self.assertIn("lockout", str(error))
+
+    def test_load_client(self):
+        path = self.write("knockclient.conf", "[client]\nserver = tcp:host=example.org:port=7000\n")
+        self.assertEqual(load_client_config(path).server, "tcp:host=example.org:port=7000")
+
+    def test_load_client_error_names_file(self):
+        path = self.write("knockclient.conf", "[client]\nbusy-retries = many\n")
+        error = self.assertRaises(ConfigError, load_client_config, path)
+        self.assertIn(path, str(error))
+        self.assertIn("busy-retries", str(error))
+
+
+class ClientConfigTests(SynchronousTestCase):
+    def test_defaults(self):
+        config = parse_client_config()
+        self.assertEqual(config, ClientConfig())
+        self.assertEqual(config.server, "tcp:host=127.0.0.1:port=7000")
+        self.assertIsNone(config.knock_file)
+
+    def test_documented_keys(self):
+        for key in ["server", "knock-file", "log-file"]:
+            self.assertIn(key, CLIENT_KEYS)
+
+    def test_each_key(self):
+        config = client(
+            "server = tls:host=knock.example.org:port=7000\n"
+            "knock-file = /home/alice/alice.knock\n"
+            "log-file = /home/alice/knock.log\n"
+            "timeout = 30\n"
+            "connect-timeout = 2\n"
+            "busy-retries = 0\n"
+        )
+        self.assertEqual(
+            config,
+            ClientConfig(
+                server="tls:host=knock.example.org:port=7000",
+                knock_file="/home/alice/alice.knock",
+                log_file="/home/alice/knock.log",
+                timeout=30.0,
+                connect_timeout=2.0,
+                busy_retries=0,
+            ),
+        )
+
+    def test_unknown_key(self):
+        error = self.assertRaises(ConfigError, client, "pool-size = 5\n")
+        for word in [CSOURCE, "pool-size", "allowed", "server", "knock-file", "log-file"]:
+            self.assertIn(word, str(error))
+
+    def test_server_section_in_client_file(self):
+        error = self.assertRaises(ConfigError, parse_client_config, "[server]\nlockout = 5\n", CSOURCE)
+        self.assertIn(CSOURCE, str(error))
+        self.assertIn("[client]", str(error))
+
+    def test_bad_values(self):
+        for key, bad in [
+            ("server", "example.org:7000"),
+            ("timeout", "0"),
+            ("timeout", "x"),
+            ("connect-timeout", "0"),
+            ("busy-retries", "-1"),
+            ("busy-retries", "101"),
+            ("knock-file", ""),
+        ]:
+            error = self.assertRaises(ConfigError, client, f"{key} = {bad}\n")
+            for word in [CSOURCE, key, "allowed"]:
+                self.assertIn(word, str(error))
+
+    def test_override(self):
+        config = client("busy-retries = 5\n", overrides={"busy-retries": "1"})
+        self.assertEqual(config.busy_retries, 1)
+
+    def test_bad_override(self):
+        error = self.assertRaises(ConfigError, client, "", CSOURCE, {"server": "nowhere"})
+        self.assertIn("command line", str(error))
+        self.assertIn("server", str(error))

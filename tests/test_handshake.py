@@ -1,0 +1,433 @@
+"""
+The central-port protocol (SPEC section 4), without I/O: the HMACs, the
+request and reply lines, and the client's state machine.
+"""
+
+import hashlib
+import hmac
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from knocker.handshake import (
+    MAX_LINE,
+    Busy,
+    Challenge,
+    ClientHandshake,
+    Denied,
+    Error,
+    Exhausted,
+    Fail,
+    Finished,
+    Grant,
+    Hello,
+    KnockPorts,
+    Locked,
+    Open,
+    Proof,
+    ProtocolError,
+    SendLine,
+    format_hello,
+    format_proof,
+    format_reply,
+    grant_mac,
+    hello_mac,
+    parse_reply,
+    parse_request,
+)
+from knocker.knockfile import KnockFile
+
+SECRET = hashlib.sha256(b"a fixed test secret").digest()
+NONCE = "ab" * 32
+OTHER_NONCE = "cd" * 32
+KNOCKS = ((8120, 8100, 12090), (11007, 4410, 8831), (2093, 15120, 6002))
+KF = KnockFile(
+    client="alice",
+    secret=SECRET,
+    ports_per_knock=3,
+    created="2026-11-25T10:00:00Z",
+    knocks=KNOCKS,
+)
+
+
+def independent_hmac(secret: bytes, message: str) -> str:
+    return hmac.new(secret, message.encode("ascii"), hashlib.sha256).hexdigest()
+
+
+class MacTests(SynchronousTestCase):
+    def test_secret_is_32_bytes(self):
+        self.assertEqual(len(SECRET), 32)
+
+    def test_hello_mac(self):
+        self.assertEqual(
+            hello_mac(SECRET, "alice", NONCE),
+            independent_hmac(SECRET, "knocker/1|hello|alice|" + NONCE),
+        )
+
+    def test_grant_mac(self):
+        self.assertEqual(
+            grant_mac(SECRET, "alice", NONCE, 42),
+            independent_hmac(SECRET, "knocker/1|grant|alice|" + NONCE + "|42"),
+        )
+
+    def test_known_values(self):
+        """
+        Fixed values (HMAC-SHA256 under an all-zero key, computed apart), so a
+        change to the message format cannot pass unnoticed.
+        """
+        secret = bytes(32)
+        self.assertEqual(
+            hello_mac(secret, "a", "0" * 64),
+            "99975a69b953c104b4ab5cde41f0611021921676c9c52fbbe81153cab8fc530a",
+        )
+        self.assertEqual(
+            grant_mac(secret, "a", "0" * 64, 1),
+            "4aa5f42c05329ce157e0df3f9b90aed8070859f5ec02b3e5480dde32eacac12c",
+        )
+
+    def test_lowercase_hex_64(self):
+        for mac in (hello_mac(SECRET, "alice", NONCE), grant_mac(SECRET, "alice", NONCE, 1)):
+            self.assertEqual(len(mac), 64)
+            self.assertEqual(mac, mac.lower())
+            int(mac, 16)
+
+    def test_macs_differ(self):
+        """
+        Every input changes the HMAC; a hello proof is never a valid grant.
+        """
+        base = hello_mac(SECRET, "alice", NONCE)
+        self.assertNotEqual(base, hello_mac(SECRET, "bob", NONCE))
+        self.assertNotEqual(base, hello_mac(SECRET, "alice", OTHER_NONCE))
+        self.assertNotEqual(base, hello_mac(bytes(32), "alice", NONCE))
+        self.assertNotEqual(grant_mac(SECRET, "alice", NONCE, 1), grant_mac(SECRET, "alice", NONCE, 2))
+        self.assertNotEqual(grant_mac(SECRET, "alice", NONCE, 1), base)
+
+
+class ParseRequestTests(SynchronousTestCase):
+    def refused(self, line, reason="malformed"):
+        error = self.assertRaises(ProtocolError, parse_request, line)
+        self.assertEqual(str(error), reason)
+
+    def test_hello(self):
+        self.assertEqual(parse_request(b"KNOCKER/1 HELLO alice"), Hello("alice"))
+
+    def test_proof(self):
+        mac = hello_mac(SECRET, "alice", NONCE)
+        self.assertEqual(parse_request(b"PROOF " + mac.encode()), Proof(mac))
+
+    def test_format_then_parse(self):
+        """
+        format_* end with a newline, which the line reader strips.
+        """
+        self.assertEqual(format_hello("bob.x_1-y"), b"KNOCKER/1 HELLO bob.x_1-y\n")
+        self.assertEqual(parse_request(format_hello("bob.x_1-y")[:-1]), Hello("bob.x_1-y"))
+        mac = "0f" * 32
+        self.assertEqual(format_proof(mac), b"PROOF " + mac.encode() + b"\n")
+        self.assertEqual(parse_request(format_proof(mac)[:-1]), Proof(mac))
+
+    def test_trailing_cr(self):
+        self.assertEqual(parse_request(b"KNOCKER/1 HELLO alice\r"), Hello("alice"))
+        mac = "0f" * 32
+        self.assertEqual(parse_request(b"PROOF " + mac.encode() + b"\r"), Proof(mac))
+
+    def test_lowercase_keywords(self):
+        self.refused(b"knocker/1 HELLO alice")
+        self.refused(b"KNOCKER/1 hello alice")
+        self.refused(b"proof " + b"0f" * 32)
+
+    def test_wrong_version(self):
+        self.refused(b"KNOCKER/2 HELLO alice")
+
+    def test_extra_spaces(self):
+        for line in [
+            b"KNOCKER/1  HELLO alice",
+            b"KNOCKER/1 HELLO  alice",
+            b" KNOCKER/1 HELLO alice",
+            b"KNOCKER/1 HELLO alice ",
+            b"PROOF  " + b"0f" * 32,
+            b"PROOF " + b"0f" * 32 + b" ",
+        ]:
+            self.refused(line)
+
+    def test_tab(self):
+        self.refused(b"KNOCKER/1\tHELLO alice")
+
+    def test_extra_words(self):
+        self.refused(b"KNOCKER/1 HELLO alice bob")
+        self.refused(b"PROOF " + b"0f" * 32 + b" extra")
+
+    def test_missing_words(self):
+        self.refused(b"KNOCKER/1 HELLO")
+        self.refused(b"PROOF")
+        self.refused(b"")
+
+    def test_bad_client_id(self):
+        for client in [b"Alice", b"-alice", b"alice!", b"a" * 65, b"al/ice"]:
+            self.refused(b"KNOCKER/1 HELLO " + client, "bad-client-id")
+
+    def test_longest_client_id(self):
+        self.assertEqual(parse_request(b"KNOCKER/1 HELLO " + b"a" * 64), Hello("a" * 64))
+
+    def test_bad_proof(self):
+        for proof in [b"0F" * 32, b"0f" * 31, b"0f" * 33, b"zz" * 32, b"0f" * 31 + b"0g"]:
+            self.refused(b"PROOF " + proof, "bad-proof")
+
+    def test_non_ascii(self):
+        self.refused("KNOCKER/1 HELLO \u00e5lice".encode("utf-8"))
+        self.refused(b"KNOCKER/1 HELLO \xffalice")
+
+    def test_control_characters(self):
+        self.refused(b"KNOCKER/1 HELLO alice\x00")
+        self.refused(b"KNOCKER/1 HELLO al\rice")
+
+    def test_too_long(self):
+        self.refused(b"KNOCKER/1 HELLO " + b"a" * (MAX_LINE - 15), "line-too-long")
+        self.refused(b"x" * 10000, "line-too-long")
+
+    def test_max_line_is_512(self):
+        self.assertEqual(MAX_LINE, 512)
+        # 512 bytes is not too long, merely not a request.
+        self.refused(b"x" * 512, "malformed")
+        self.refused(b"x" * 513, "line-too-long")
+
+    def test_replies_are_not_requests(self):
+        self.refused(b"OPEN")
+        self.refused(b"CHALLENGE " + NONCE.encode())
+
+
+REPLIES = [
+    (b"CHALLENGE " + NONCE.encode(), Challenge(NONCE)),
+    (b"GRANT 17 10 " + ("5a" * 32).encode(), Grant(17, 10, "5a" * 32)),
+    (b"BUSY 3", Busy(3)),
+    (b"LOCKED 60", Locked(60)),
+    (b"DENIED", Denied()),
+    (b"EXHAUSTED", Exhausted()),
+    (b"ERROR line-too-long", Error("line-too-long")),
+    (b"OPEN", Open()),
+    (b"FAIL wrong-port", Fail("wrong-port")),
+    (b"FAIL timeout", Fail("timeout")),
+    (b"FAIL locked-out", Fail("locked-out")),
+    (b"FAIL action-failed", Fail("action-failed")),
+]
+
+
+class ReplyTests(SynchronousTestCase):
+    def test_parse_each(self):
+        for line, reply in REPLIES:
+            self.assertEqual(parse_reply(line), reply, line)
+
+    def test_format_each(self):
+        for line, reply in REPLIES:
+            self.assertEqual(format_reply(reply), line + b"\n")
+
+    def test_round_trip(self):
+        for _, reply in REPLIES:
+            self.assertEqual(parse_reply(format_reply(reply)[:-1]), reply)
+
+    def test_crlf(self):
+        for line, reply in REPLIES:
+            self.assertEqual(parse_reply(line + b"\r"), reply)
+
+    def test_zero_seconds(self):
+        self.assertEqual(parse_reply(b"BUSY 0"), Busy(0))
+        self.assertEqual(parse_reply(b"LOCKED 0"), Locked(0))
+
+    def test_junk(self):
+        for line in [
+            b"",
+            b"HELLO",
+            b"open",
+            b"OPEN now",
+            b" OPEN",
+            b"OPEN ",
+            b"DENIED please",
+            b"CHALLENGE",
+            b"CHALLENGE " + NONCE.upper().encode(),
+            b"CHALLENGE " + NONCE[:-2].encode(),
+            b"GRANT 1 10",
+            b"GRANT x 10 " + ("5a" * 32).encode(),
+            b"GRANT 1 -10 " + ("5a" * 32).encode(),
+            b"GRANT 1 10 " + ("5A" * 32).encode(),
+            b"GRANT  1 10 " + ("5a" * 32).encode(),
+            b"BUSY",
+            b"BUSY soon",
+            b"BUSY -1",
+            b"BUSY 1.5",
+            b"LOCKED",
+            b"ERROR",
+            b"ERROR Bad",
+            b"ERROR two words",
+            b"FAIL",
+            b"FAIL Wrong-Port",
+            b"\xff\xfe",
+            b"OPEN\x00",
+            b"x" * 513,
+        ]:
+            self.assertRaises(ProtocolError, parse_reply, line)
+
+    def test_junk_message_quotes_line(self):
+        error = self.assertRaises(ProtocolError, parse_reply, b"WHAT NOW")
+        self.assertIn("WHAT NOW", str(error))
+
+
+class ClientHandshakeTests(SynchronousTestCase):
+    def setUp(self):
+        self.client = ClientHandshake(KF)
+
+    def challenge(self, nonce=NONCE):
+        return self.client.receive(b"CHALLENGE " + nonce.encode())
+
+    def grant_line(self, index, window=10, nonce=NONCE, secret=SECRET, client="alice"):
+        mac = grant_mac(secret, client, nonce, index)
+        return f"GRANT {index} {window} {mac}".encode()
+
+    def granted(self, index=2):
+        self.challenge()
+        return self.client.receive(self.grant_line(index))
+
+    def test_hello(self):
+        self.assertEqual(self.client.hello(), SendLine(b"KNOCKER/1 HELLO alice\n"))
+
+    def test_answers_challenge_with_proof(self):
+        answer = self.challenge()
+        expected = independent_hmac(SECRET, "knocker/1|hello|alice|" + NONCE)
+        self.assertEqual(answer, SendLine(b"PROOF " + expected.encode() + b"\n"))
+
+    def test_proof_depends_on_nonce(self):
+        other = ClientHandshake(KF)
+        self.assertNotEqual(self.challenge(), other.receive(b"CHALLENGE " + OTHER_NONCE.encode()))
+
+    def test_proof_is_a_valid_request(self):
+        answer = self.challenge()
+        self.assertEqual(
+            parse_request(answer.line.rstrip(b"\n")), Proof(hello_mac(SECRET, "alice", NONCE))
+        )
+
+    def test_grant(self):
+        self.assertEqual(self.granted(2), KnockPorts(2, KNOCKS[1], 10))
+
+    def test_grant_first_and_last(self):
+        self.assertEqual(self.granted(1), KnockPorts(1, KNOCKS[0], 10))
+        self.client = ClientHandshake(KF)
+        self.assertEqual(self.granted(3), KnockPorts(3, KNOCKS[2], 10))
+
+    def test_grant_window(self):
+        self.challenge()
+        result = self.client.receive(self.grant_line(1, window=25))
+        self.assertEqual(result.window, 25)
+
+    def test_grant_wrong_mac(self):
+        self.challenge()
+        self.assertRaises(ProtocolError, self.client.receive, b"GRANT 1 10 " + b"5a" * 32)
+
+    def test_grant_mac_from_wrong_secret(self):
+        self.challenge()
+        line = self.grant_line(1, secret=bytes(32))
+        self.assertRaises(ProtocolError, self.client.receive, line)
+
+    def test_grant_mac_for_other_nonce(self):
+        """
+        A GRANT replayed from another connection (another nonce) is refused.
+        """
+        self.challenge()
+        line = self.grant_line(1, nonce=OTHER_NONCE)
+        self.assertRaises(ProtocolError, self.client.receive, line)
+
+    def test_grant_mac_for_other_index(self):
+        self.challenge()
+        mac = grant_mac(SECRET, "alice", NONCE, 1)
+        self.assertRaises(ProtocolError, self.client.receive, f"GRANT 2 10 {mac}".encode())
+
+    def test_grant_mac_for_other_client(self):
+        self.challenge()
+        line = self.grant_line(1, client="bob")
+        self.assertRaises(ProtocolError, self.client.receive, line)
+
+    def test_grant_index_past_end(self):
+        self.challenge()
+        error = self.assertRaises(ProtocolError, self.client.receive, self.grant_line(4))
+        self.assertIn("4", str(error))
+
+    def test_grant_index_zero(self):
+        self.challenge()
+        self.assertRaises(ProtocolError, self.client.receive, self.grant_line(0))
+
+    def test_finished_after_proof(self):
+        for line, reply in [
+            (b"BUSY 5", Busy(5)),
+            (b"LOCKED 60", Locked(60)),
+            (b"DENIED", Denied()),
+            (b"EXHAUSTED", Exhausted()),
+            (b"ERROR timeout", Error("timeout")),
+        ]:
+            client = ClientHandshake(KF)
+            client.receive(b"CHALLENGE " + NONCE.encode())
+            self.assertEqual(client.receive(line), Finished(reply), line)
+
+    def test_finished_after_grant(self):
+        for line, reply in [
+            (b"OPEN", Open()),
+            (b"FAIL wrong-port", Fail("wrong-port")),
+            (b"FAIL timeout", Fail("timeout")),
+            (b"FAIL locked-out", Fail("locked-out")),
+            (b"FAIL action-failed", Fail("action-failed")),
+        ]:
+            client = ClientHandshake(KF)
+            client.receive(b"CHALLENGE " + NONCE.encode())
+            client.receive(self.grant_line(1))
+            self.assertEqual(client.receive(line), Finished(reply), line)
+
+    def test_busy_or_locked_before_challenge(self):
+        """
+        A server that is busy or locked may say so at once.
+        """
+        for line, reply in [(b"BUSY 5", Busy(5)), (b"LOCKED 9", Locked(9)), (b"ERROR busy", Error("busy"))]:
+            self.assertEqual(ClientHandshake(KF).receive(line), Finished(reply))
+
+    def test_open_before_grant(self):
+        self.challenge()
+        self.assertRaises(ProtocolError, self.client.receive, b"OPEN")
+
+    def test_fail_before_grant(self):
+        self.challenge()
+        self.assertRaises(ProtocolError, self.client.receive, b"FAIL timeout")
+
+    def test_out_of_turn_before_challenge(self):
+        for line in [b"OPEN", b"FAIL timeout", b"DENIED", b"EXHAUSTED", b"GRANT 1 10 " + b"5a" * 32]:
+            self.assertRaises(ProtocolError, ClientHandshake(KF).receive, line)
+
+    def test_second_challenge(self):
+        self.challenge()
+        self.assertRaises(ProtocolError, self.challenge, OTHER_NONCE)
+
+    def test_out_of_turn_after_grant(self):
+        for line in [
+            b"CHALLENGE " + NONCE.encode(),
+            b"BUSY 1",
+            b"DENIED",
+            b"EXHAUSTED",
+        ]:
+            client = ClientHandshake(KF)
+            client.receive(b"CHALLENGE " + NONCE.encode())
+            client.receive(self.grant_line(1))
+            self.assertRaises(ProtocolError, client.receive, line)
+
+    def test_second_grant(self):
+        self.granted(1)
+        self.assertRaises(ProtocolError, self.client.receive, self.grant_line(2))
+
+    def test_junk_line(self):
+        self.challenge()
+        self.assertRaises(ProtocolError, self.client.receive, b"GRANT me everything")
+
+    def test_nothing_after_finished(self):
+        """
+        After the server's last word, any further line is out of turn.
+        """
+        self.challenge()
+        self.assertIsInstance(self.client.receive(b"DENIED"), Finished)
+        self.assertRaises(ProtocolError, self.client.receive, self.grant_line(1))
+
+    def test_nothing_after_open(self):
+        self.granted(1)
+        self.assertEqual(self.client.receive(b"OPEN"), Finished(Open()))
+        self.assertRaises(ProtocolError, self.client.receive, b"OPEN")

@@ -1,0 +1,232 @@
+"""
+The server's durable state in SQLite (SPEC sections 2 and 7): a burned knock
+number is never handed out again, across restarts.
+"""
+
+import os
+import shutil
+import stat
+import tempfile
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from knocker.store import ClientState, PendingClose, Store
+
+
+class StoreTestCase(SynchronousTestCase):
+    def setUp(self):
+        parent = tempfile.mkdtemp(prefix="knocker-test-")
+        self.addCleanup(shutil.rmtree, parent, True)
+        self.state_dir = os.path.join(parent, "state")
+        self.store = self.open()
+
+    def open(self) -> Store:
+        store = Store(self.state_dir)
+        self.addCleanup(store.close)
+        return store
+
+    def reopen(self) -> Store:
+        """
+        Close the store and open it again, as a restarted server would.
+        """
+        self.store.close()
+        self.store = self.open()
+        return self.store
+
+
+class BurnTests(StoreTestCase):
+    def test_burn_counts_up_then_none(self):
+        self.store.register("alice", 5)
+        self.assertEqual([self.store.burn("alice") for _ in range(7)], [1, 2, 3, 4, 5, None, None])
+
+    def test_never_repeats_across_reopen(self):
+        self.store.register("alice", 6)
+        burned = [self.store.burn("alice"), self.store.burn("alice")]
+        self.reopen()
+        burned.append(self.store.burn("alice"))
+        self.reopen()
+        burned += [self.store.burn("alice") for _ in range(4)]
+        self.assertEqual(burned, [1, 2, 3, 4, 5, 6, None])
+
+    def test_exhausted_stays_exhausted_across_reopen(self):
+        self.store.register("alice", 1)
+        self.assertEqual(self.store.burn("alice"), 1)
+        self.reopen()
+        self.assertIsNone(self.store.burn("alice"))
+
+    def test_second_store_sees_burn(self):
+        """
+        The burn is committed when burn() returns: another connection to
+        the same database sees it at once.
+        """
+        self.store.register("alice", 3)
+        self.assertEqual(self.store.burn("alice"), 1)
+        other = self.open()
+        self.assertEqual(other.burn("alice"), 2)
+        self.assertEqual(self.store.burn("alice"), 3)
+
+    def test_unknown_client(self):
+        self.assertIsNone(self.store.burn("mallory"))
+        self.assertIsNone(self.store.client("mallory"))
+
+    def test_clients_are_separate(self):
+        self.store.register("alice", 3)
+        self.store.register("bob", 3)
+        self.assertEqual(self.store.burn("alice"), 1)
+        self.assertEqual(self.store.burn("alice"), 2)
+        self.assertEqual(self.store.burn("bob"), 1)
+
+    def test_register_resets(self):
+        self.store.register("alice", 3)
+        self.store.burn("alice")
+        self.store.burn("alice")
+        self.store.register("alice", 10)
+        self.assertEqual(self.store.client("alice"), ClientState("alice", 1, 10))
+        self.assertEqual(self.store.burn("alice"), 1)
+
+    def test_register_after_exhausted(self):
+        self.store.register("alice", 1)
+        self.store.burn("alice")
+        self.assertIsNone(self.store.burn("alice"))
+        self.store.register("alice", 2)
+        self.assertEqual(self.store.burn("alice"), 1)
+
+    def test_client_state(self):
+        self.store.register("alice", 10)
+        self.store.burn("alice")
+        self.store.burn("alice")
+        state = self.store.client("alice")
+        self.assertEqual(state, ClientState("alice", 3, 10))
+        self.assertEqual(state.left, 8)
+
+    def test_left_zero_when_exhausted(self):
+        self.store.register("alice", 2)
+        for _ in range(3):
+            self.store.burn("alice")
+        self.assertEqual(self.store.client("alice").left, 0)
+
+    def test_clients_sorted(self):
+        self.store.register("carol", 1)
+        self.store.register("alice", 2)
+        self.store.register("bob", 3)
+        self.assertEqual(
+            self.store.clients(),
+            [ClientState("alice", 1, 2), ClientState("bob", 1, 3), ClientState("carol", 1, 1)],
+        )
+        self.reopen()
+        self.assertEqual([c.client for c in self.store.clients()], ["alice", "bob", "carol"])
+
+
+class PoolTests(StoreTestCase):
+    def test_no_pool_at_first(self):
+        self.assertIsNone(self.store.pool())
+
+    def test_set_get(self):
+        self.store.set_pool((10001, 10050, 31999))
+        self.assertEqual(self.store.pool(), (10001, 10050, 31999))
+
+    def test_persists(self):
+        pool = tuple(range(20000, 20100))
+        self.store.set_pool(pool)
+        self.reopen()
+        self.assertEqual(self.store.pool(), pool)
+
+
+class CloseTests(StoreTestCase):
+    def test_add_list_remove(self):
+        first = self.store.add_close(2000.0, "192.0.2.1", "alice", 4)
+        second = self.store.add_close(1000.5, "2001:db8::1", "bob", 7)
+        self.assertNotEqual(first, second)
+        self.assertEqual(
+            self.store.pending_closes(),
+            [
+                PendingClose(second, 1000.5, "2001:db8::1", "bob", 7),
+                PendingClose(first, 2000.0, "192.0.2.1", "alice", 4),
+            ],
+        )
+        self.store.remove_close(second)
+        self.assertEqual(
+            self.store.pending_closes(), [PendingClose(first, 2000.0, "192.0.2.1", "alice", 4)]
+        )
+
+    def test_persist_across_reopen(self):
+        first = self.store.add_close(2000.0, "192.0.2.1", "alice", 4)
+        second = self.store.add_close(3000.0, "192.0.2.2", "bob", 1)
+        self.reopen()
+        self.assertEqual(
+            self.store.pending_closes(),
+            [
+                PendingClose(first, 2000.0, "192.0.2.1", "alice", 4),
+                PendingClose(second, 3000.0, "192.0.2.2", "bob", 1),
+            ],
+        )
+        self.store.remove_close(first)
+        self.reopen()
+        self.assertEqual([c.id for c in self.store.pending_closes()], [second])
+
+    def test_remove_unknown(self):
+        self.store.add_close(1.0, "192.0.2.1", "alice", 1)
+        self.store.remove_close(12345)
+        self.assertEqual(len(self.store.pending_closes()), 1)
+
+    def test_ids_not_reused_while_pending(self):
+        ids = {self.store.add_close(float(i), "192.0.2.1", "alice", i) for i in range(5)}
+        self.assertEqual(len(ids), 5)
+
+
+class LockoutTests(StoreTestCase):
+    def test_set_and_list(self):
+        self.store.set_lockout("*", 1060.0)
+        self.store.set_lockout("192.0.2.1", 1100.0)
+        self.assertEqual(self.store.lockouts(1000.0), {"*": 1060.0, "192.0.2.1": 1100.0})
+
+    def test_persist_across_reopen(self):
+        self.store.set_lockout("*", 1060.0)
+        self.reopen()
+        self.assertEqual(self.store.lockouts(1000.0), {"*": 1060.0})
+
+    def test_expired_dropped(self):
+        self.store.set_lockout("192.0.2.1", 1060.0)
+        self.store.set_lockout("192.0.2.2", 1100.0)
+        self.assertEqual(self.store.lockouts(1060.0), {"192.0.2.2": 1100.0})
+        self.reopen()
+        # Dropped for good, not merely hidden at that time.
+        self.assertEqual(self.store.lockouts(0.0), {"192.0.2.2": 1100.0})
+
+    def test_set_again_replaces(self):
+        self.store.set_lockout("*", 1060.0)
+        self.store.set_lockout("*", 1200.0)
+        self.assertEqual(self.store.lockouts(1000.0), {"*": 1200.0})
+
+
+class PermissionTests(SynchronousTestCase):
+    def setUp(self):
+        parent = tempfile.mkdtemp(prefix="knocker-test-")
+        self.addCleanup(shutil.rmtree, parent, True)
+        self.state_dir = os.path.join(parent, "var", "state")
+
+    def open(self) -> Store:
+        store = Store(self.state_dir)
+        self.addCleanup(store.close)
+        return store
+
+    def test_modes(self):
+        store = self.open()
+        store.register("alice", 3)
+        store.burn("alice")
+        self.assertEqual(stat.S_IMODE(os.stat(self.state_dir).st_mode), 0o700)
+        self.assertEqual(store.path, os.path.join(self.state_dir, "state.sqlite"))
+        self.assertEqual(stat.S_IMODE(os.stat(store.path).st_mode), 0o600)
+
+    def test_modes_with_open_umask(self):
+        old = os.umask(0)
+        try:
+            store = self.open()
+            store.register("alice", 3)
+            store.burn("alice")
+        finally:
+            os.umask(old)
+        self.assertEqual(stat.S_IMODE(os.stat(self.state_dir).st_mode), 0o700)
+        for name in os.listdir(self.state_dir):
+            path = os.path.join(self.state_dir, name)
+            self.assertEqual(stat.S_IMODE(os.stat(path).st_mode), 0o600, name)
