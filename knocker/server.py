@@ -153,8 +153,13 @@ class KnockServer:
     # The pool.
 
     def hit(self, ip: str, src_port: int, port: int) -> Outcome:
+        """
+        One accepted connection on pool port C{port} (the hot path).
+        """
+        if ":" in ip:
+            ip = normalise_ip(ip)
         outcome = self.tracker.hit(ip, port)
-        self._audit.record("hit", ip=ip, src_port=src_port, port=port, outcome=outcome.value)
+        self._audit.hit(ip, src_port, port, outcome.value)
         return outcome
 
     # Tracker observer.
@@ -356,22 +361,3 @@ class _Refuse(protocol.Protocol):
                                     "too-many-connections")
         self.transport.write(hs.format_reply(hs.Error("too-many-connections")))
         self.transport.loseConnection()
-
-
-class PoolProtocol(protocol.Protocol):
-    """
-    A pool port does the same for everyone: record the hit, close at once.
-    """
-
-    def connectionMade(self):
-        peer = self.transport.getPeer()
-        self.factory.server.hit(normalise_ip(peer.host), peer.port, self.transport.getHost().port)
-        self.transport.loseConnection()
-
-
-class PoolFactory(protocol.Factory):
-    protocol = PoolProtocol
-    noisy = False
-
-    def __init__(self, server: KnockServer):
-        self.server = server

@@ -17,10 +17,29 @@ from knocker.actions import ProcessRunner
 from knocker.admin import ensure_pool
 from knocker.audit import AuditLog
 from knocker.book import ClientBook
-from knocker.server import CentralFactory, KnockServer, PoolFactory
+from knocker.poolport import PoolPort
+from knocker.server import CentralFactory, KnockServer
 from knocker.store import Store
 
 log = Logger()
+
+
+def raise_descriptor_limit(needed: int) -> None:
+    """
+    Every pool port holds a descriptor: lift the soft limit as far as needed
+    (and allowed), or say what to change.
+    """
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < needed:
+        if hard != resource.RLIM_INFINITY and hard < needed:
+            raise StartupError(
+                f"{needed} file descriptors are needed (pool, central connections, "
+                f"margin) but the hard limit is {hard}: raise it (ulimit -Hn, LimitNOFILE=) "
+                f"or lower pool-size"
+            )
+        resource.setrlimit(resource.RLIMIT_NOFILE, (needed, hard))
 
 
 class StartupError(Exception):
@@ -74,11 +93,11 @@ class KnockServerService(service.Service):
             config, reactor, self._store, book,
             ProcessRunner(reactor, config.script_timeout), self._audit,
         )
-        pool_factory = PoolFactory(self.server)
+        raise_descriptor_limit(len(pool) + config.max_connections + 256)
         for port in pool:
-            self.pool_ports.append(
-                reactor.listenTCP(port, pool_factory, backlog=1024, interface=config.interface)
-            )
+            listener = PoolPort(reactor, port, config.interface, self.server.hit)
+            self.pool_ports.append(listener)
+            listener.startListening()
         central = CentralFactory(self.server, reactor, config.max_connections,
                                  config.handshake_timeout)
         result = []

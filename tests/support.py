@@ -18,7 +18,7 @@ from knocker.book import ClientBook
 from knocker.config import parse_server_config
 from knocker.files import read_private
 from knocker.knockfile import parse_knockfile
-from knocker.server import CentralFactory, KnockServer, PoolProtocol, PoolFactory
+from knocker.server import CentralFactory, KnockServer
 from knocker.store import Store
 
 
@@ -60,7 +60,6 @@ class Harness:
         self.server.restore()
         self.central = CentralFactory(self.server, self.clock, self.config.max_connections,
                                       self.config.handshake_timeout)
-        self.pool_factory = PoolFactory(self.server)
 
     def stop(self):
         self.server.stop()
@@ -81,12 +80,10 @@ class Harness:
         return proto, transport
 
     def hit(self, ip, port, src_port=50000):
-        proto = self.pool_factory.buildProtocol(None)
-        address = (IPv6Address if ":" in ip else IPv4Address)("TCP", ip, src_port)
-        host = IPv4Address("TCP", "127.0.0.1", port)
-        transport = StringTransport(hostAddress=host, peerAddress=address)
-        proto.makeConnection(transport)
-        assert transport.disconnecting, "a pool port must close at once"
+        """
+        A connection accepted on pool port C{port}, as L{PoolPort} reports it.
+        """
+        self.server.hit(ip, src_port, port)
 
     def handshake(self, client="alice", ip="192.0.2.10", secret=None):
         """

@@ -189,3 +189,38 @@ class LoopbackTests(TestCase):
         self.assertEqual(result.attempts, 1)
         lines.transport.loseConnection()
         await lines.closed
+
+
+class AuditLogTests(TestCase):
+    def test_hit_lines_match_record_lines(self):
+        """
+        The hot-path hit line is the same JSON as the general one.
+        """
+        from twisted.internet.task import Clock
+
+        from knocker.audit import AuditLog
+
+        clock = Clock()
+        clock.advance(1764028800.25)
+        path = self.mktemp()
+        audit = AuditLog(path, clock)
+        audit.hit("192.0.2.1", 40000, 20001, "no-slot")
+        audit.record("hit", ip="192.0.2.1", src_port=40000, port=20001, outcome="no-slot")
+        clock.advance(1)
+        audit.hit("2001:db8::1", 1, 2, "locked")
+        audit.close()
+        first, second, third = read_audit(path)
+        self.assertEqual(first, second)
+        self.assertEqual(first["time"], "2025-11-25T00:00:00.250000Z")
+        self.assertEqual(third["time"], "2025-11-25T00:00:01.250000Z")
+        self.assertEqual(third["ip"], "2001:db8::1")
+        self.assertEqual(oct(os.stat(path).st_mode & 0o777), "0o600")
+
+    def test_torn_last_line_is_skipped(self):
+        path = self.mktemp()
+        with open(path, "w") as handle:
+            handle.write('{"event":"start"}\n{"event":"hit","ip":"1.2')
+        self.assertEqual(read_audit(path), [{"event": "start"}])
+        with open(path, "w") as handle:
+            handle.write('{"event":"start"}\nnot json\n{"event":"stop"}\n')
+        self.assertRaises(ValueError, read_audit, path)

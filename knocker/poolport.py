@@ -1,0 +1,101 @@
+"""
+A pool port: a listening socket in the reactor that, for each connection,
+accepts, reports the hit, and closes at once.
+
+This is the daemon's hot path (a scan or a flood is thousands of hits a
+second), so it does not build a Twisted protocol and transport per
+connection, which costs several times the accept itself: it takes the raw
+descriptor from C{accept}, closes it, and calls C{on_hit(ip, src_port,
+port)}.  Every pool port behaves the same, whoever connects.
+"""
+
+import errno
+import os
+import socket
+
+from twisted.internet.address import IPv4Address, IPv6Address
+from twisted.internet.error import CannotListenError
+from twisted.internet.interfaces import IReadDescriptor
+from twisted.logger import Logger
+from zope.interface import implementer
+
+log = Logger()
+
+_ACCEPTS_PER_WAKE = 128
+_OUT_OF_DESCRIPTORS = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
+
+
+@implementer(IReadDescriptor)
+class PoolPort:
+    def __init__(self, reactor, port: int, interface: str, on_hit, backlog: int = 1024):
+        self._reactor = reactor
+        self._on_hit = on_hit
+        family = socket.AF_INET6 if ":" in interface else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.setblocking(False)
+            sock.bind((interface, port))
+            sock.listen(backlog)
+        except OSError as error:
+            sock.close()
+            raise CannotListenError(interface, port, error) from None
+        self._socket = sock
+        self._accept = sock._accept  # (descriptor, address), no socket object
+        self._family = family
+        self._interface = interface
+        self.port = sock.getsockname()[1]
+        self._spare = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+
+    def startListening(self) -> None:
+        self._reactor.addReader(self)
+
+    def stopListening(self) -> None:
+        if self._socket is not None:
+            self._reactor.removeReader(self)
+            self._socket.close()
+            self._socket = None
+            os.close(self._spare)
+
+    def getHost(self):
+        kind = IPv6Address if self._family == socket.AF_INET6 else IPv4Address
+        return kind("TCP", self._interface, self.port)
+
+    # IReadDescriptor
+
+    def fileno(self) -> int:
+        return self._socket.fileno() if self._socket is not None else -1
+
+    def logPrefix(self) -> str:
+        return f"pool port {self.port}"
+
+    def doRead(self):
+        accept, on_hit, port = self._accept, self._on_hit, self.port
+        for _ in range(_ACCEPTS_PER_WAKE):
+            try:
+                fd, address = accept()
+            except BlockingIOError:
+                return
+            except OSError as error:
+                if error.errno in _OUT_OF_DESCRIPTORS:
+                    self._accept_without_descriptors()
+                return
+            os.close(fd)
+            on_hit(address[0], address[1], port)
+
+    def _accept_without_descriptors(self):
+        # Out of descriptors: give back the spare so the waiting connection
+        # can be taken (and recorded) rather than spin the reactor.
+        log.warn("{prefix}: out of file descriptors", prefix=self.logPrefix())
+        os.close(self._spare)
+        try:
+            fd, address = self._accept()
+            os.close(fd)
+            self._on_hit(address[0], address[1], self.port)
+        except OSError:
+            pass
+        finally:
+            self._spare = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+
+    def connectionLost(self, reason):
+        self.stopListening()
