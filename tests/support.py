@@ -69,6 +69,9 @@ class Harness:
         self.stop()
         self.start()
 
+    def tracker_lockouts(self):
+        return self.server.tracker.lockouts()
+
     def connect(self, ip="192.0.2.10", port=40000):
         """
         A central-port connection from C{ip}: (protocol, transport).
