@@ -7,6 +7,7 @@ killed if it outlives the timeout.
 """
 
 import os
+import signal
 
 from attrs import frozen
 from twisted.internet import defer, error, protocol
@@ -54,10 +55,21 @@ class _Capture(protocol.ProcessProtocol):
 
     def _kill(self):
         self._timed_out = True
+        pid = self.transport.pid
+        if pid is not None:
+            try:
+                # The program runs in its own session (see ProcessRunner), so
+                # this also ends whatever it started in the background.
+                os.killpg(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
         try:
             self.transport.signalProcess("KILL")
         except error.ProcessExitedAlready:
             pass
+        # A child that escaped the group may still hold our pipes open; do
+        # not wait for it.
+        self.transport.loseConnection()
 
     def processEnded(self, reason):
         if self._timer.active():
@@ -77,12 +89,18 @@ class _Capture(protocol.ProcessProtocol):
 
 class ProcessRunner:
     """
-    Runs programs with the reactor's process support.
+    Runs programs with the reactor's process support, each in a session of
+    its own (through setsid(1), which execs in place: the argv the program
+    sees is unchanged) so that a timeout kills it and its children.
     """
 
     def __init__(self, reactor, timeout: float):
         self._reactor = reactor
         self._timeout = timeout
+        import shutil
+
+        setsid = shutil.which("setsid")
+        self._prefix = [setsid] if setsid else []
 
     def run(self, argv: list[str], env: dict[str, str]) -> defer.Deferred:
         """
@@ -90,8 +108,10 @@ class ProcessRunner:
         """
         capture = _Capture(self._reactor, argv, self._timeout)
         try:
+            command = self._prefix + list(argv)
             self._reactor.spawnProcess(
-                capture, argv[0], args=argv, env=env, path="/", childFDs={0: "w", 1: "r", 2: "r"}
+                capture, command[0], args=command, env=env, path="/",
+                childFDs={0: "w", 1: "r", 2: "r"},
             )
         except OSError as failure:
             capture._timer.cancel()

@@ -148,6 +148,29 @@ class DaemonTests(SynchronousTestCase):
         granted.append([e for e in read_audit(self.audit) if e["event"] == "grant"][-1]["index"])
         self.assertEqual(granted, [1, 2, 3, 4])
 
+    def test_pending_close_survives_kill_9(self):
+        on_close, close_out = write_recorder(self.dir, "on-close")
+        with open(self.server_conf, "a") as handle:
+            handle.write(f"on-close = {on_close}\nopen-duration = 2\n")
+        knock_file, _ = self.generate()
+        self.start()
+        result = self.knock(knock_file)
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.daemon.kill9()
+        self.assertEqual(read_lines(close_out), [], "killed before open-duration passed")
+        self.start()
+        deadline = time.monotonic() + 20
+        while not read_lines(close_out) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        self.assertEqual([r["argv"][1:] for r in read_lines(close_out)],
+                         [["127.0.0.1", "alice", "1"]])
+        status = json.loads(knocker("status", "--config", self.server_conf, "--json").stdout)
+        deadline = time.monotonic() + 10
+        while status["pending_closes"] and time.monotonic() < deadline:
+            time.sleep(0.1)
+            status = json.loads(knocker("status", "--config", self.server_conf, "--json").stdout)
+        self.assertEqual(status["pending_closes"], 0)
+
     def test_bad_config_starts_nothing(self):
         bad = write_config(os.path.join(self.dir, "bad.conf"), "server",
                            central="tcp:0", lockout_scope="galaxy")

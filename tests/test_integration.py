@@ -9,7 +9,7 @@ import stat
 import sys
 
 from twisted.internet import reactor
-from twisted.internet.defer import ensureDeferred
+from twisted.internet.task import deferLater
 from twisted.trial.unittest import TestCase
 
 from knocker.audit import read_audit
@@ -189,6 +189,42 @@ class LoopbackTests(TestCase):
         self.assertEqual(result.attempts, 1)
         lines.transport.loseConnection()
         await lines.closed
+
+
+    async def test_action_killed_at_script_timeout(self):
+        self.generate("alice")
+        slow = os.path.join(self.dir, "slow")
+        with open(slow, "w") as handle:
+            handle.write("#!/bin/sh\necho starting; sleep 30\n")
+        os.chmod(slow, stat.S_IRWXU)
+        self.start(on_success=slow, script_timeout=0.5)
+        config, kf = self.client()
+        result = await knock(reactor, config, kf)
+        self.assertEqual((result.outcome, result.detail), (Outcome.ACTION_FAILED, "action-failed"))
+        [script] = [e for e in read_audit(self.audit_path) if e["event"] == "script"]
+        self.assertEqual((script["timed_out"], script["signal"], script["stdout"]),
+                         (True, 9, "starting\n"))
+
+    async def test_on_close_runs_after_open_duration(self):
+        self.generate("alice")
+        on_close, close_out = write_recorder(self.dir, "on-close")
+        self.start(on_close=on_close, open_duration=0.3)
+        config, kf = self.client()
+        result = await knock(reactor, config, kf)
+        self.assertEqual(result.outcome, Outcome.OPEN)
+        self.assertEqual(read_lines(close_out), [])
+        for _ in range(100):
+            if read_lines(close_out):
+                break
+            await deferLater(reactor, 0.05)
+        self.assertEqual([r["argv"][1:] for r in read_lines(close_out)], [["127.0.0.1", "alice", "1"]])
+        for _ in range(40):
+            if self.service.server._store.pending_closes() == []:
+                break
+            await deferLater(reactor, 0.05)
+        self.assertEqual(self.service.server._store.pending_closes(), [])
+        closes = [e for e in read_audit(self.audit_path) if e["event"] == "close"]
+        self.assertEqual([(c["index"], c["ok"]) for c in closes], [(1, True)])
 
 
 class AuditLogTests(TestCase):
