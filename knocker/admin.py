@@ -39,13 +39,28 @@ class Generated:
     unordered: int
 
 
-def generate_client(config, client: str, knocks: int, ports: int, output: str) -> Generated:
+class ClientExists(ValueError):
     """
-    Make C{client}'s portknock file: register it (resetting its counter),
-    write the server's copy, then the client's copy at C{output}, all 0600.
+    The client is registered already; replacing it needs C{force}.
+    """
+
+
+def generate_client(config, client: str, knocks: int, ports: int, output: str,
+                    force: bool = False) -> Generated:
+    """
+    Make C{client}'s portknock file: write the server's copy, register it
+    (a new secret, numbers from 1), then write the client's copy at
+    C{output}, all 0600.  A running daemon picks the new file up at the
+    client's next HELLO; the old file stops working.
     """
     store = Store(config.state_dir)
     try:
+        existing = store.client(client)
+        if existing is not None and not force:
+            raise ClientExists(
+                f"client {client!r} exists ({existing.left} of {existing.knocks} knocks left); "
+                f"--force replaces its file and secret (the old file stops working)"
+            )
         pool = ensure_pool(store, config)
         if ports > len(pool):
             raise ValueError(f"{ports} ports per knock, but the pool holds {len(pool)}")
@@ -55,7 +70,7 @@ def generate_client(config, client: str, knocks: int, ports: int, output: str) -
         )
         book = ClientBook(config.state_dir, pool)
         server_copy = book.add(kf)
-        store.register(client, knocks)
+        store.register(client, knocks, kf.secret)
         write_private(output, format_knockfile(kf))
     finally:
         store.close()

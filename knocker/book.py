@@ -11,6 +11,8 @@ of them is about to be granted, and the last few parsed files are cached.
 import os
 from collections import OrderedDict
 
+from twisted.logger import Logger
+
 from knocker.files import PrivateFileError, ensure_private_dir, read_private, write_private
 from knocker.knockfile import (
     KnockFile,
@@ -19,6 +21,9 @@ from knocker.knockfile import (
     parse_header,
     parse_knockfile,
 )
+from knocker.store import secret_id
+
+log = Logger()
 
 _HEADER_BYTES = 4096
 _CACHED_FILES = 32
@@ -60,9 +65,28 @@ class ClientBook:
     def clients(self) -> list[str]:
         return sorted(self._headers)
 
-    def secret(self, client: str) -> bytes | None:
+    def secret(self, client: str, wanted_id: str) -> bytes | None:
+        """
+        C{client}'s secret, as long as it is the one the state's counter
+        belongs to (C{wanted_id}, see L{knocker.store.secret_id}).  A file
+        added or regenerated since startup is read again, so clients can be
+        added without a restart and a regenerated file never inherits the
+        old file's numbering.
+        """
         header = self._headers.get(client)
-        return header.secret if header else None
+        if header is None or secret_id(header.secret) != wanted_id:
+            self._cache.pop(client, None)
+            try:
+                header = parse_header(_read(self.path(client), _HEADER_BYTES), self.path(client))
+            except KnockFileError as error:
+                log.error("client file for {client}: {error}", client=client, error=error)
+                return None
+            if header.client != client or secret_id(header.secret) != wanted_id:
+                log.error("{path} does not match the state's counter for {client}; "
+                          "regenerate it", path=self.path(client), client=client)
+                return None
+            self._headers[client] = header
+        return header.secret
 
     def knock(self, client: str, index: int) -> tuple[int, ...]:
         """
@@ -100,12 +124,6 @@ class ClientBook:
         )
         self._cache.pop(kf.client, None)
         return path
-
-    def size(self, client: str) -> int:
-        """
-        How many knocks C{client}'s file holds, read from the file.
-        """
-        return len(parse_knockfile(_read(self.path(client)), self.path(client)).knocks)
 
 
 def _read(path: str, limit: int | None = None) -> str:

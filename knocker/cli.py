@@ -34,7 +34,7 @@ def _generate(args) -> int:
     ports = args.ports if args.ports is not None else config.ports_per_knock
     if os.path.exists(output) and not args.force:
         raise ValueError(f"{output} exists; pass --force to replace it")
-    done = generate_client(config, args.client, knocks, ports, output)
+    done = generate_client(config, args.client, knocks, ports, output, force=args.force)
     print(f"wrote {done.output} for client {args.client}: {knocks} knocks of {ports} ports "
           f"(mode 0600; give it to the client over a secure channel)")
     print(f"server copy: {done.server_copy}")
@@ -105,7 +105,8 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("-o", "--output", help="where to write the file (default: CLIENT.knock)")
     gen.add_argument("--config", help="server configuration file")
     gen.add_argument("--state-dir", help="override state-dir")
-    gen.add_argument("--force", action="store_true", help="replace an existing output file")
+    gen.add_argument("--force", action="store_true",
+                     help="replace an existing client (new secret) and output file")
     gen.set_defaults(run=_generate)
 
     knock = commands.add_parser(

@@ -94,7 +94,8 @@ class KnockServer:
         if refusal is not None and refusal.kind == "locked":
             self._audit.record("locked", ip=ip, client=client, retry_after=refusal.retry_after)
             return hs.Locked(refusal.retry_after)
-        secret = self._book.secret(client)
+        state = self._store.client(client)
+        secret = self._book.secret(client, state.secret_id) if state else None
         # Unknown clients are checked against a random secret so both
         # denials take the same path and the same time.
         expected = hs.hello_mac(secret or self._dummy_secret, client, nonce)
@@ -104,8 +105,7 @@ class KnockServer:
             log.warn("denied {client} from {ip}: {reason}", client=client, ip=ip, reason=reason)
             self.tracker.failed_attempt(ip, "denied")
             return hs.Denied()
-        state = self._store.client(client)
-        if state is None or state.left <= 0:
+        if state.left <= 0:
             self._audit.record("exhausted", ip=ip, client=client)
             log.warn("{client} has no knocks left", client=client)
             return hs.Exhausted()

@@ -21,7 +21,8 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS clients (
     id TEXT PRIMARY KEY,
     next_index INTEGER NOT NULL,
-    knocks INTEGER NOT NULL
+    knocks INTEGER NOT NULL,
+    secret_id TEXT NOT NULL
 );
 CREATE TABLE IF NOT EXISTS closes (
     id INTEGER PRIMARY KEY,
@@ -34,11 +35,22 @@ CREATE TABLE IF NOT EXISTS lockouts (key TEXT PRIMARY KEY, until REAL NOT NULL);
 """
 
 
+def secret_id(secret: bytes) -> str:
+    """
+    Names a secret without revealing it: which portknock file a counter
+    belongs to, so a regenerated file is noticed by a running daemon.
+    """
+    import hashlib
+
+    return hashlib.sha256(b"knocker secret id|" + secret).hexdigest()[:32]
+
+
 @frozen
 class ClientState:
     client: str
     next_index: int
     knocks: int
+    secret_id: str
 
     @property
     def left(self) -> int:
@@ -101,25 +113,27 @@ class Store:
 
     # Clients and their knock numbers.
 
-    def register(self, client: str, knocks: int) -> None:
+    def register(self, client: str, knocks: int, secret: bytes) -> None:
         """
-        Start C{client} at knock 1 of C{knocks} (a new or regenerated file).
+        Start C{client} at knock 1 of C{knocks} of the file with C{secret}
+        (a new or regenerated file: numbers restart only with a new secret).
         """
         with self._transaction():
             self._db.execute(
-                "INSERT INTO clients (id, next_index, knocks) VALUES (?, 1, ?) "
-                "ON CONFLICT (id) DO UPDATE SET next_index = 1, knocks = excluded.knocks",
-                (client, knocks),
+                "INSERT INTO clients (id, next_index, knocks, secret_id) VALUES (?, 1, ?, ?) "
+                "ON CONFLICT (id) DO UPDATE SET next_index = 1, knocks = excluded.knocks, "
+                "secret_id = excluded.secret_id",
+                (client, knocks, secret_id(secret)),
             )
 
     def client(self, client: str) -> ClientState | None:
         row = self._db.execute(
-            "SELECT id, next_index, knocks FROM clients WHERE id = ?", (client,)
+            "SELECT id, next_index, knocks, secret_id FROM clients WHERE id = ?", (client,)
         ).fetchone()
         return ClientState(*row) if row else None
 
     def clients(self) -> list[ClientState]:
-        rows = self._db.execute("SELECT id, next_index, knocks FROM clients ORDER BY id")
+        rows = self._db.execute("SELECT id, next_index, knocks, secret_id FROM clients ORDER BY id")
         return [ClientState(*row) for row in rows]
 
     def burn(self, client: str) -> int | None:

@@ -31,7 +31,7 @@ class DaemonTests(SynchronousTestCase):
         self.server_conf = write_config(
             os.path.join(self.dir, "server.conf"), "server",
             central="tcp:0:interface=127.0.0.1", state_dir="state", pool_size=40,
-            pool_range="20000-31999", on_success=self.success, audit_log="audit.log",
+            pool_range="3000-9999", on_success=self.success, audit_log="audit.log",
             knock_window=5, lockout=2,
         )
         self.daemon = None

@@ -59,7 +59,7 @@ class LoopbackTests(TestCase):
     def config(self, **extra):
         values = dict(
             central="tcp:0:interface=127.0.0.1",
-            pool_range="20000-31999",
+            pool_range="3000-9999",
             on_success=self.success,
             audit_log=self.audit_path,
             knock_window=5,

@@ -267,3 +267,40 @@ class CloseTests(SynchronousTestCase):
         h.restart()
         line, *_ = h.handshake()
         self.assertEqual(line, b"LOCKED 50\n")
+
+
+class LiveClientFileTests(SynchronousTestCase):
+    def test_new_client_without_restart(self):
+        from knocker.admin import generate_client
+        from knocker.files import read_private
+        from knocker.knockfile import parse_knockfile
+
+        h = Harness(self)
+        out = h.dir + "/carol.knock"
+        generate_client(h.config, "carol", 3, 3, out)
+        h.files["carol"] = parse_knockfile(read_private(out), out)
+        grant, transport = h.knock("carol", ip="192.0.2.30")
+        self.assertEqual((grant.index, transport.value()), (1, b"OPEN\n"))
+
+    def test_regenerated_file_replaces_the_old_one(self):
+        """
+        A file regenerated under a running daemon starts at knock 1 with its
+        new secret; the old file is denied (its knocks are not reissued).
+        """
+        from knocker.admin import ClientExists, generate_client
+        from knocker.files import read_private
+        from knocker.knockfile import parse_knockfile
+
+        h = Harness(self, lockout_scope="source")
+        h.knock()
+        h.knock()
+        out = h.dir + "/alice2.knock"
+        self.assertRaises(ClientExists, generate_client, h.config, "alice", 5, 3, out)
+        generate_client(h.config, "alice", 5, 3, out, force=True)
+        old = h.files["alice"]
+        line, *_ = h.handshake(secret=old.secret, ip="192.0.2.40")
+        self.assertEqual(line, b"DENIED\n")
+        h.files["alice"] = parse_knockfile(read_private(out), out)
+        grant, transport = h.knock(ip="192.0.2.41")
+        self.assertEqual((grant.index, transport.value()), (1, b"OPEN\n"))
+        self.assertNotEqual(h.files["alice"].knock(1), old.knock(1))

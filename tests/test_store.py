@@ -10,7 +10,9 @@ import tempfile
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from knocker.store import ClientState, PendingClose, Store
+from knocker.store import ClientState, PendingClose, Store, secret_id
+
+SECRET = bytes(range(32))
 
 
 class StoreTestCase(SynchronousTestCase):
@@ -36,11 +38,11 @@ class StoreTestCase(SynchronousTestCase):
 
 class BurnTests(StoreTestCase):
     def test_burn_counts_up_then_none(self):
-        self.store.register("alice", 5)
+        self.store.register("alice", 5, SECRET)
         self.assertEqual([self.store.burn("alice") for _ in range(7)], [1, 2, 3, 4, 5, None, None])
 
     def test_never_repeats_across_reopen(self):
-        self.store.register("alice", 6)
+        self.store.register("alice", 6, SECRET)
         burned = [self.store.burn("alice"), self.store.burn("alice")]
         self.reopen()
         burned.append(self.store.burn("alice"))
@@ -49,7 +51,7 @@ class BurnTests(StoreTestCase):
         self.assertEqual(burned, [1, 2, 3, 4, 5, 6, None])
 
     def test_exhausted_stays_exhausted_across_reopen(self):
-        self.store.register("alice", 1)
+        self.store.register("alice", 1, SECRET)
         self.assertEqual(self.store.burn("alice"), 1)
         self.reopen()
         self.assertIsNone(self.store.burn("alice"))
@@ -59,7 +61,7 @@ class BurnTests(StoreTestCase):
         The burn is committed when burn() returns: another connection to
         the same database sees it at once.
         """
-        self.store.register("alice", 3)
+        self.store.register("alice", 3, SECRET)
         self.assertEqual(self.store.burn("alice"), 1)
         other = self.open()
         self.assertEqual(other.burn("alice"), 2)
@@ -70,48 +72,48 @@ class BurnTests(StoreTestCase):
         self.assertIsNone(self.store.client("mallory"))
 
     def test_clients_are_separate(self):
-        self.store.register("alice", 3)
-        self.store.register("bob", 3)
+        self.store.register("alice", 3, SECRET)
+        self.store.register("bob", 3, SECRET)
         self.assertEqual(self.store.burn("alice"), 1)
         self.assertEqual(self.store.burn("alice"), 2)
         self.assertEqual(self.store.burn("bob"), 1)
 
     def test_register_resets(self):
-        self.store.register("alice", 3)
+        self.store.register("alice", 3, SECRET)
         self.store.burn("alice")
         self.store.burn("alice")
-        self.store.register("alice", 10)
-        self.assertEqual(self.store.client("alice"), ClientState("alice", 1, 10))
+        self.store.register("alice", 10, SECRET)
+        self.assertEqual(self.store.client("alice"), ClientState("alice", 1, 10, secret_id(SECRET)))
         self.assertEqual(self.store.burn("alice"), 1)
 
     def test_register_after_exhausted(self):
-        self.store.register("alice", 1)
+        self.store.register("alice", 1, SECRET)
         self.store.burn("alice")
         self.assertIsNone(self.store.burn("alice"))
-        self.store.register("alice", 2)
+        self.store.register("alice", 2, SECRET)
         self.assertEqual(self.store.burn("alice"), 1)
 
     def test_client_state(self):
-        self.store.register("alice", 10)
+        self.store.register("alice", 10, SECRET)
         self.store.burn("alice")
         self.store.burn("alice")
         state = self.store.client("alice")
-        self.assertEqual(state, ClientState("alice", 3, 10))
+        self.assertEqual(state, ClientState("alice", 3, 10, secret_id(SECRET)))
         self.assertEqual(state.left, 8)
 
     def test_left_zero_when_exhausted(self):
-        self.store.register("alice", 2)
+        self.store.register("alice", 2, SECRET)
         for _ in range(3):
             self.store.burn("alice")
         self.assertEqual(self.store.client("alice").left, 0)
 
     def test_clients_sorted(self):
-        self.store.register("carol", 1)
-        self.store.register("alice", 2)
-        self.store.register("bob", 3)
+        self.store.register("carol", 1, SECRET)
+        self.store.register("alice", 2, SECRET)
+        self.store.register("bob", 3, SECRET)
         self.assertEqual(
             self.store.clients(),
-            [ClientState("alice", 1, 2), ClientState("bob", 1, 3), ClientState("carol", 1, 1)],
+            [ClientState("alice", 1, 2, secret_id(SECRET)), ClientState("bob", 1, 3, secret_id(SECRET)), ClientState("carol", 1, 1, secret_id(SECRET))],
         )
         self.reopen()
         self.assertEqual([c.client for c in self.store.clients()], ["alice", "bob", "carol"])
@@ -212,7 +214,7 @@ class PermissionTests(SynchronousTestCase):
 
     def test_modes(self):
         store = self.open()
-        store.register("alice", 3)
+        store.register("alice", 3, SECRET)
         store.burn("alice")
         self.assertEqual(stat.S_IMODE(os.stat(self.state_dir).st_mode), 0o700)
         self.assertEqual(store.path, os.path.join(self.state_dir, "state.sqlite"))
@@ -222,7 +224,7 @@ class PermissionTests(SynchronousTestCase):
         old = os.umask(0)
         try:
             store = self.open()
-            store.register("alice", 3)
+            store.register("alice", 3, SECRET)
             store.burn("alice")
         finally:
             os.umask(old)
