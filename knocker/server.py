@@ -18,6 +18,7 @@ from twisted.protocols.basic import LineOnlyReceiver
 from knocker import handshake as hs
 from knocker.actions import action_env
 from knocker.knockfile import KnockFileError
+from knocker.store import secret_id
 from knocker.tracker import GLOBAL, Outcome, Policy, Slot, Tracker
 
 log = Logger()
@@ -94,10 +95,15 @@ class KnockServer:
         if refusal is not None and refusal.kind == "locked":
             self._audit.record("locked", ip=ip, client=client, retry_after=refusal.retry_after)
             return hs.Locked(refusal.retry_after)
+        # Unknown clients take the same steps as known ones (a state lookup,
+        # a secret id, an HMAC against a random secret) so that the two
+        # denials cost the same time.
         state = self._store.client(client)
-        secret = self._book.secret(client, state.secret_id) if state else None
-        # Unknown clients are checked against a random secret so both
-        # denials take the same path and the same time.
+        if state is not None:
+            secret = self._book.secret(client, state.secret_id)
+        else:
+            secret = None
+            secret_id(self._dummy_secret)
         expected = hs.hello_mac(secret or self._dummy_secret, client, nonce)
         if not hs.macs_equal(expected, proof) or secret is None:
             reason = "unknown-client" if secret is None else "bad-proof"
@@ -290,13 +296,13 @@ class CentralProtocol(LineOnlyReceiver):
         if isinstance(request, hs.Hello) and self._nonce is None:
             self._client = request.client
             self._nonce = self._server.new_nonce()
-            self.sendLine(hs.format_reply(hs.Challenge(self._nonce))[:-1])
+            self.transport.write(hs.format_reply(hs.Challenge(self._nonce)))
         elif isinstance(request, hs.Proof) and self._nonce is not None:
             self._cancel_timer()
             reply = self._server.answer(self.ip, self._client, self._nonce, request.mac, self)
             if isinstance(reply, hs.Grant):
                 self._granted = True
-                self.sendLine(hs.format_reply(reply)[:-1])
+                self.transport.write(hs.format_reply(reply))
             else:
                 self.finish(reply)
         else:
