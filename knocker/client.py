@@ -30,8 +30,11 @@ class _Lines(LineOnlyReceiver):
     def __init__(self):
         self.lines = defer.DeferredQueue()
         self.closed = defer.Deferred()
+        self.received = False
+        self.tls_failure = None
 
     def lineReceived(self, line):
+        self.received = True
         self.lines.put(line)
 
     def lineLengthExceeded(self, line):
@@ -39,6 +42,13 @@ class _Lines(LineOnlyReceiver):
         self.transport.loseConnection()
 
     def connectionLost(self, reason):
+        from OpenSSL.SSL import Error as TLSError
+        from service_identity import VerificationError
+
+        if not self.received and reason.check(TLSError, VerificationError):
+            # The TLS handshake failed (untrusted certificate, wrong name):
+            # the server was never really reached.
+            self.tls_failure = reason.value
         self.lines.put(None)
         self.closed.callback(None)
 
@@ -56,12 +66,27 @@ class _Connection:
         waiting = self._lines.lines.get()
         waiting.addTimeout(timeout, self._reactor)
         try:
-            return await waiting
+            line = await waiting
         except defer.TimeoutError:
             raise Trouble(f"no reply within {timeout:.1f}s") from None
+        if line is None and self._lines.tls_failure is not None:
+            raise Unreachable(f"TLS handshake failed: {_describe(self._lines.tls_failure)}")
+        return line
 
     def close(self) -> None:
         self._lines.transport.loseConnection()
+
+
+def _describe(failure) -> str:
+    """
+    OpenSSL's error list, shortened to what a person needs to read.
+    """
+    from service_identity import VerificationError
+
+    if isinstance(failure, VerificationError):
+        return f"the certificate is not for this name ({failure.errors[0]})"
+    details = [part for entry in getattr(failure, "args", [[]])[0] or [] for part in entry[-1:]]
+    return "; ".join(str(d) for d in details) or str(failure)
 
 
 class _Hit(protocol.Protocol):

@@ -163,6 +163,8 @@ async def _attempt(io, config, knockfile) -> KnockResult:
         return KnockResult(Outcome.BAD_SERVER, str(failure), index, ports)
     except Trouble as failure:
         return KnockResult(Outcome.NO_VERDICT, str(failure), index, ports)
+    except Unreachable as failure:
+        return KnockResult(Outcome.UNREACHABLE, f"{config.server}: {failure}")
     finally:
         conn.close()
 

@@ -16,6 +16,15 @@ from attrs import frozen
 
 from knocker.files import ensure_private_dir
 
+SCHEMA_VERSION = 1
+
+
+class StateError(Exception):
+    """
+    The state directory cannot be used; the message says why.
+    """
+
+
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS clients (
@@ -81,9 +90,17 @@ class Store:
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.execute("PRAGMA busy_timeout=5000")
         with self._transaction():
+            version = self._db.execute("PRAGMA user_version").fetchone()[0]
+            tables = self._db.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
+            if version != SCHEMA_VERSION and tables:
+                raise StateError(
+                    f"{self.path}: state schema {version}, this knocker reads {SCHEMA_VERSION}; "
+                    f"move the state directory aside and generate the clients again"
+                )
             for statement in _SCHEMA.split(";"):
                 if statement.strip():
                     self._db.execute(statement)
+            self._db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
     def close(self) -> None:
         self._db.close()

@@ -232,3 +232,29 @@ class PermissionTests(SynchronousTestCase):
         for name in os.listdir(self.state_dir):
             path = os.path.join(self.state_dir, name)
             self.assertEqual(stat.S_IMODE(os.stat(path).st_mode), 0o600, name)
+
+
+class SchemaTests(SynchronousTestCase):
+    def test_state_from_another_schema_is_refused(self):
+        import sqlite3
+
+        from knocker.store import StateError
+
+        directory = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, directory)
+        db = sqlite3.connect(os.path.join(directory, "state.sqlite"))
+        db.execute("CREATE TABLE clients (id TEXT PRIMARY KEY, next_index INTEGER, knocks INTEGER)")
+        db.commit()
+        db.close()
+        error = self.assertRaises(StateError, Store, directory)
+        self.assertIn("state.sqlite", str(error))
+        self.assertIn("schema 0", str(error))
+
+    def test_reopening_keeps_the_schema(self):
+        directory = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, directory)
+        Store(directory).close()
+        store = Store(directory)
+        store.register("alice", 2, SECRET)
+        self.assertEqual(store.burn("alice"), 1)
+        store.close()
