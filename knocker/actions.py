@@ -110,7 +110,7 @@ class ProcessRunner:
         try:
             command = self._prefix + list(argv)
             self._reactor.spawnProcess(
-                capture, command[0], args=command, env=env, path="/",
+                capture, command[0], args=command, env=env, path=None,
                 childFDs={0: "w", 1: "r", 2: "r"},
             )
         except OSError as failure:

@@ -33,7 +33,7 @@ class Options(usage.Options):
         overrides = {key: self[key] for key in CLIENT_KEYS if self[key] is not None}
         try:
             self.config = load_client_config(self["config"], overrides)
-            self.knockfile = load_knockfile(self.config)
+            self.knockfile = load_knockfile(self.config).load()
         except (ConfigError, ValueError) as error:
             raise usage.UsageError(str(error)) from None
 

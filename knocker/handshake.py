@@ -7,8 +7,6 @@ L{hello_mac} and L{grant_mac} are the two HMACs.  L{ClientHandshake} is the
 client's side as a small state machine, shared by every client driver.
 """
 
-import hmac
-
 from knocker.knockfile import KnockFile, is_digits, is_hex64, valid_client_id
 from knocker.record import Record
 
@@ -24,18 +22,28 @@ class ProtocolError(ValueError):
     """
 
 
+def load_crypto():
+    """
+    The hmac module.  Importing it loads OpenSSL, a few milliseconds, so the
+    client calls this right after sending HELLO, while the server answers.
+    """
+    import hmac
+
+    return hmac
+
+
 def hello_mac(secret: bytes, client: str, nonce: str) -> str:
     message = f"knocker/1|hello|{client}|{nonce}".encode("ascii")
-    return hmac.digest(secret, message, "sha256").hex()
+    return load_crypto().digest(secret, message, "sha256").hex()
 
 
 def grant_mac(secret: bytes, client: str, nonce: str, index: int) -> str:
     message = f"knocker/1|grant|{client}|{nonce}|{index}".encode("ascii")
-    return hmac.digest(secret, message, "sha256").hex()
+    return load_crypto().digest(secret, message, "sha256").hex()
 
 
 def macs_equal(a: str, b: str) -> bool:
-    return hmac.compare_digest(a.encode("ascii"), b.encode("ascii"))
+    return load_crypto().compare_digest(a.encode("ascii"), b.encode("ascii"))
 
 
 # Requests (client to server).

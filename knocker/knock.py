@@ -22,6 +22,7 @@ import os
 import time
 
 from knocker import handshake as hs
+from knocker.knockfile import KnockFileError
 from knocker.record import Record
 
 BUSY_WAIT_CAP = 30.0
@@ -48,6 +49,7 @@ class Outcome(Record):
 
 
 Outcome.OPEN = Outcome("OPEN", 0, "the server opened for us")
+Outcome.BAD_FILE = Outcome("BAD_FILE", 2, "the portknock file breaks the format; nothing was knocked")
 Outcome.UNREACHABLE = Outcome("UNREACHABLE", 3, "could not reach the server's central port")
 Outcome.DENIED = Outcome("DENIED", 4, "the server denied the handshake (unknown client or wrong secret)")
 Outcome.LOCKED = Outcome("LOCKED", 5, "the server is locked out after a failed attempt; try later")
@@ -81,21 +83,22 @@ class KnockResult(Record):
 
 def load_knockfile(config):
     """
-    The client's portknock file named by C{config}, checked (mode 0600,
-    every rule of the format).
+    The client's portknock file named by C{config}: mode 0600 and its header
+    checked now, its knocks by L{knock} during the handshake (see
+    L{knocker.knockfile.KnockFileText}).
 
     @raise ValueError: no file set, unsafe, unreadable or malformed; the
         message names the file.
     """
     from knocker.files import read_private
-    from knocker.knockfile import parse_knockfile
+    from knocker.knockfile import KnockFileText
 
     if config.knock_file is None:
         raise ValueError(
             "no portknock file: set knock-file in the [client] section or pass --knock-file"
         )
     try:
-        return parse_knockfile(read_private(config.knock_file), config.knock_file)
+        return KnockFileText(read_private(config.knock_file), config.knock_file)
     except OSError as error:
         raise ValueError(f"{config.knock_file}: cannot read: {error.strerror}") from None
 
@@ -145,6 +148,7 @@ async def _attempt(io, config, knockfile) -> KnockResult:
     index, ports = None, ()
     try:
         conn.send(machine.hello().line)
+        hs.load_crypto()  # while the server answers
         while True:
             line = await conn.readline(deadline.left())
             if line is None:
@@ -152,6 +156,7 @@ async def _attempt(io, config, knockfile) -> KnockResult:
             action = machine.receive(line)
             if isinstance(action, hs.SendLine):
                 conn.send(action.line)
+                knockfile.load()  # check every knock while the server decides
             elif isinstance(action, hs.KnockPorts):
                 index, ports = action.index, action.ports
                 io.say(f"granted knock {index}: knocking {conn.peer_host} ports {ports}")
@@ -165,6 +170,10 @@ async def _attempt(io, config, knockfile) -> KnockResult:
         return KnockResult(Outcome.NO_VERDICT, str(failure), index, ports)
     except Unreachable as failure:
         return KnockResult(Outcome.UNREACHABLE, f"{config.server}: {failure}")
+    except KnockFileError as failure:
+        # The number the server grants next is wasted; the file must be
+        # regenerated anyway.
+        return KnockResult(Outcome.BAD_FILE, str(failure))
     finally:
         conn.close()
 

@@ -55,6 +55,7 @@ class KnockServer:
         self._audit = audit
         self._sessions: dict[Slot, "CentralProtocol"] = {}
         self._close_timers: dict[int, object] = {}
+        self._stopped = False
         self._dummy_secret = secrets.token_bytes(32)
         self.tracker = Tracker(
             clock,
@@ -91,6 +92,8 @@ class KnockServer:
         Decide the reply to a finished handshake (SPEC section 4), in this
         order: LOCKED, DENIED, EXHAUSTED, BUSY, GRANT.
         """
+        if self._stopped:
+            return hs.Error("shutting-down")
         refusal = self.tracker.refusal(ip)
         if refusal is not None and refusal.kind == "locked":
             self._audit.record("locked", ip=ip, client=client, retry_after=refusal.retry_after)
@@ -145,6 +148,8 @@ class KnockServer:
         The client hung up before its verdict: its slot, if still knocking,
         ends (the number stays burned).
         """
+        if self._stopped:
+            return
         slot = next((s for s, each in self._sessions.items() if each is session), None)
         if slot is None:
             return
@@ -237,9 +242,10 @@ class KnockServer:
 
     def stop(self) -> None:
         """
-        Cancel every timer (slots, closes); pending closes stay in the
-        state and run after the next start.
+        Cancel every timer (slots, closes) and refuse further handshakes;
+        pending closes stay in the state and run after the next start.
         """
+        self._stopped = True
         self.tracker.stop()
         for timer in self._close_timers.values():
             if timer.active():

@@ -227,6 +227,24 @@ class LoopbackTests(TestCase):
         self.assertEqual([(c["index"], c["ok"]) for c in closes], [(1, True)])
 
 
+    async def test_bad_knock_line_found_during_handshake_knocks_nothing(self):
+        from knocker.knockfile import KnockFileText
+
+        self.generate("alice")
+        self.start()
+        config, kf = self.client()
+        path = os.path.join(self.dir, "alice.knock")
+        broken = KnockFileText(read_private(path).replace("\n7 ", "\n7 99999,"), path)
+        result = await knock(reactor, config, broken)
+        self.assertEqual((result.outcome.name, result.outcome.exit_code), ("BAD_FILE", 2))
+        self.assertIn(f"{path}, line ", result.detail)
+        events = read_audit(self.audit_path)
+        self.assertEqual([e for e in events if e["event"] == "hit"], [], "nothing was knocked")
+        # Whether the server saw the PROOF before the client hung up is a
+        # race; at most the one number is spent.
+        self.assertIn([e["index"] for e in events if e["event"] == "grant"], ([], [1]))
+
+
 class AuditLogTests(TestCase):
     def test_hit_lines_match_record_lines(self):
         """
@@ -260,3 +278,4 @@ class AuditLogTests(TestCase):
         with open(path, "w") as handle:
             handle.write('{"event":"start"}\nnot json\n{"event":"stop"}\n')
         self.assertRaises(ValueError, read_audit, path)
+
