@@ -1,0 +1,55 @@
+"""
+The peer benchmarks run, on a tiny size (figures are not checked: timing
+belongs to bench/, not to the test suite).
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+from twisted.trial.unittest import SynchronousTestCase
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BENCH = os.path.join(ROOT, "bench")
+
+
+def need_root():
+    if os.geteuid() != 0:
+        raise SynchronousTestCase.skipException(
+            "the peer benchmarks install knockd/fwknop and sniff lo: they need root")
+
+
+class PeerBenchTests(SynchronousTestCase):
+    def setUp(self):
+        need_root()
+        setup = subprocess.run(["bash", os.path.join(BENCH, "setup.sh")],
+                               capture_output=True, text=True, timeout=900)
+        self.assertEqual(setup.returncode, 0, setup.stdout + setup.stderr)
+        self.out = os.path.abspath(self.mktemp())
+
+    def run_bench(self, *args):
+        done = subprocess.run([sys.executable, *args, "--out", self.out], cwd=ROOT,
+                              capture_output=True, text=True, timeout=600)
+        self.assertEqual(done.returncode, 0, done.stdout[-3000:] + done.stderr[-3000:])
+        with open(self.out) as handle:
+            return json.load(handle)
+
+    def test_time_to_open_every_peer(self):
+        report = self.run_bench(os.path.join(BENCH, "peers.py"), "--runs", "2",
+                                "--flood-runs", "1", "--max-seconds", "300")
+        entries = report["entries"]
+        for name in ("knocker", "knockd", "fwknop-pcap", "fwknop-udp"):
+            self.assertIn(name, entries, report.get("skipped"))
+            self.assertGreaterEqual(entries[name]["n"], 1, entries[name])
+            self.assertGreater(entries[name]["p50_ms"], 0)
+        self.assertEqual(entries["knocker"]["failures"], 0, entries["knocker"]["failure_reasons"])
+
+    def test_pool_cost_against_the_c_floor(self):
+        report = self.run_bench(os.path.join(BENCH, "floor.py"), "--seconds", "1",
+                                "--repeat", "1")
+        names = {row["name"] for row in report["summary"]}
+        self.assertEqual(names, {"floor", "knocker"})
+        for row in report["summary"]:
+            self.assertGreater(row["cpu_us_per_hit"], 0)
+            self.assertEqual(row["lost_p50"], 0, f"{row['name']} lost hits: {row}")
