@@ -25,10 +25,16 @@ class AuditLog:
     def __init__(self, path: str, clock):
         self.path = path
         self._clock = clock
+        torn = _cut_torn_tail(path)
         self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
         self.dropped = 0
         self._second = None
         self._prefix = ""
+        if torn is not None:
+            # Keep the fragment as evidence, inside a valid line.
+            self.record("audit-repaired", fragment=torn.decode("utf-8", "replace"))
+            log.warn("audit log {path} ended in a torn line (a crash mid-write); "
+                     "kept it as an audit-repaired event", path=path)
 
     def record(self, event: str, **fields) -> None:
         entry = {"time": iso_time(self._clock.seconds()), "event": event}
@@ -67,6 +73,30 @@ class AuditLog:
 
     def close(self) -> None:
         os.close(self._fd)
+
+
+def _cut_torn_tail(path: str) -> bytes | None:
+    """
+    If the log ends without a newline (a crash mid-write), cut the fragment
+    off so that every line stays a JSON object, and return it.
+    """
+    try:
+        handle = open(path, "r+b")
+    except FileNotFoundError:
+        return None
+    with handle:
+        size = handle.seek(0, os.SEEK_END)
+        if size == 0:
+            return None
+        handle.seek(size - 1)
+        if handle.read(1) == b"\n":
+            return None
+        start = max(0, size - 65536)
+        handle.seek(start)
+        tail = handle.read()
+        cut = tail.rfind(b"\n") + 1
+        handle.truncate(start + cut)
+        return tail[cut:]
 
 
 class MemoryAudit:

@@ -279,3 +279,23 @@ class AuditLogTests(TestCase):
             handle.write('{"event":"start"}\nnot json\n{"event":"stop"}\n')
         self.assertRaises(ValueError, read_audit, path)
 
+
+
+class TornAuditTests(TestCase):
+    def test_reopening_after_a_torn_line_keeps_every_line_json(self):
+        from twisted.internet.task import Clock
+
+        from knocker.audit import AuditLog
+
+        path = self.mktemp()
+        with open(path, "w") as handle:
+            handle.write('{"event":"start"}\n{"event":"hit","ip":"19')
+        audit = AuditLog(path, Clock())
+        audit.record("start")
+        audit.close()
+        events = read_audit(path)
+        self.assertEqual([e["event"] for e in events], ["start", "audit-repaired", "start"])
+        self.assertEqual(events[1]["fragment"], '{"event":"hit","ip":"19')
+        with open(path) as handle:
+            for line in handle:
+                json.loads(line)
