@@ -3,13 +3,13 @@ The server's copies of the portknock files, one per client, in
 C{state-dir/clients/CLIENT.knock}.
 
 Startup reads only each file's header (secret and size), so ten thousand
-clients cost ten thousand small reads, not ten million knock lines; the
-knocks of a file are parsed in full, and checked against the pool, when one
-of them is about to be granted, and the last few parsed files are cached.
+clients cost ten thousand small reads, not ten million knock lines; at each
+grant the file is read again and only the granted knock's line is checked
+(format, and every port in the pool).  Files come from 'knocker generate',
+which writes them whole and checked.
 """
 
 import os
-from collections import OrderedDict
 
 from twisted.logger import Logger
 
@@ -17,16 +17,15 @@ from knocker.files import PrivateFileError, ensure_private_dir, read_private, wr
 from knocker.knockfile import (
     KnockFile,
     KnockFileError,
+    find_knock,
     format_knockfile,
     parse_header,
-    parse_knockfile,
 )
 from knocker.store import secret_id
 
 log = Logger()
 
 _HEADER_BYTES = 4096
-_CACHED_FILES = 32
 
 
 class ClientBook:
@@ -34,7 +33,6 @@ class ClientBook:
         self.directory = os.path.join(state_dir, "clients")
         self._pool = frozenset(pool)
         self._headers: dict[str, KnockFile] = {}
-        self._cache: OrderedDict[str, KnockFile] = OrderedDict()
 
     def path(self, client: str) -> str:
         return os.path.join(self.directory, client + ".knock")
@@ -60,7 +58,6 @@ class ClientBook:
                 )
             headers[header.client] = header
         self._headers = headers
-        self._cache.clear()
 
     def clients(self) -> list[str]:
         return sorted(self._headers)
@@ -75,7 +72,6 @@ class ClientBook:
         """
         header = self._headers.get(client)
         if header is None or secret_id(header.secret) != wanted_id:
-            self._cache.pop(client, None)
             try:
                 header = parse_header(_read(self.path(client), _HEADER_BYTES), self.path(client))
             except KnockFileError as error:
@@ -90,27 +86,24 @@ class ClientBook:
 
     def knock(self, client: str, index: int) -> tuple[int, ...]:
         """
-        The ports of knock C{index} of C{client}.
+        The ports of knock C{index} of C{client}, read from its file now
+        (one small read and one line checked: no cache to go stale).
 
-        @raise KnockFileError: the file changed under us, or names a port
-            outside the pool.
+        @raise KnockFileError: the file changed under us, lacks the knock,
+            or names a port outside the pool.
         """
-        kf = self._cache.get(client)
-        if kf is None:
-            path = self.path(client)
-            kf = parse_knockfile(_read(path), path)
-            if kf.secret != self._headers[client].secret:
-                raise KnockFileError(f"{path}: the secret changed since startup")
-            outside = {port for knock in kf.knocks for port in knock} - self._pool
-            if outside:
-                raise KnockFileError(
-                    f"{path}: ports {sorted(outside)[:5]} are not in the server's pool"
-                )
-            self._cache[client] = kf
-            if len(self._cache) > _CACHED_FILES:
-                self._cache.popitem(last=False)
-        self._cache.move_to_end(client)
-        return kf.knock(index)
+        path = self.path(client)
+        text = _read(path)
+        header = parse_header(text, path)
+        if header.secret != self._headers[client].secret:
+            raise KnockFileError(f"{path}: the secret changed since it was indexed")
+        ports = find_knock(text, path, index, header.ports_per_knock)
+        outside = set(ports) - self._pool
+        if outside:
+            raise KnockFileError(
+                f"{path}: knock {index} names ports {sorted(outside)} outside the server's pool"
+            )
+        return ports
 
     def add(self, kf: KnockFile) -> str:
         """
@@ -122,7 +115,6 @@ class ClientBook:
         self._headers[kf.client] = KnockFile(
             kf.client, kf.secret, kf.ports_per_knock, kf.created, ()
         )
-        self._cache.pop(kf.client, None)
         return path
 
 

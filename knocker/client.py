@@ -97,6 +97,25 @@ class _Hit(protocol.Protocol):
         self.closed.callback(None)
 
 
+class _Given(protocol.Factory):
+    """
+    A factory for one given protocol; quiet, unlike connectProtocol's, which
+    logs starting and stopping for every knock connection.
+    """
+
+    noisy = False
+
+    def __init__(self, proto):
+        self._proto = proto
+
+    def buildProtocol(self, addr):
+        return self._proto
+
+
+def _connect(endpoint, proto):
+    return endpoint.connect(_Given(proto))
+
+
 class TwistedIO:
     def __init__(self, reactor):
         self._reactor = reactor
@@ -110,9 +129,7 @@ class TwistedIO:
     async def connect(self, endpoint: str, timeout: float) -> _Connection:
         lines = _Lines()
         try:
-            connecting = endpoints.connectProtocol(
-                endpoints.clientFromString(self._reactor, endpoint), lines
-            )
+            connecting = _connect(endpoints.clientFromString(self._reactor, endpoint), lines)
             connecting.addTimeout(timeout, self._reactor)
             await connecting
         except (error.ConnectError, error.DNSLookupError, defer.TimeoutError, OSError) as failure:
@@ -125,7 +142,7 @@ class TwistedIO:
         else:
             endpoint = endpoints.TCP4ClientEndpoint(self._reactor, host, port, timeout=timeout)
         try:
-            connected = await endpoints.connectProtocol(endpoint, _Hit())
+            connected = await _connect(endpoint, _Hit())
             closing = connected.closed
             closing.addTimeout(timeout, self._reactor)
             await closing

@@ -25,9 +25,35 @@ _ACCEPTS_PER_WAKE = 128
 _OUT_OF_DESCRIPTORS = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
 
 
+class SpareDescriptor:
+    """
+    One descriptor held in reserve for all pool ports: when the process runs
+    out, a port gives it back for a moment to accept (and record) the
+    waiting connection instead of spinning on it.
+    """
+
+    def __init__(self):
+        self._fd = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    def restore(self) -> None:
+        if self._fd is None:
+            try:
+                self._fd = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+            except OSError:
+                pass  # still out of descriptors; try again next time
+
+    close = release
+
+
 @implementer(IReadDescriptor)
 class PoolPort:
-    def __init__(self, reactor, port: int, interface: str, on_hit, backlog: int = 1024):
+    def __init__(self, reactor, port: int, interface: str, on_hit, spare: SpareDescriptor,
+                 backlog: int = 1024):
         self._reactor = reactor
         self._on_hit = on_hit
         family = socket.AF_INET6 if ":" in interface else socket.AF_INET
@@ -45,7 +71,7 @@ class PoolPort:
         self._family = family
         self._interface = interface
         self.port = sock.getsockname()[1]
-        self._spare = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+        self._spare = spare
 
     def startListening(self) -> None:
         self._reactor.addReader(self)
@@ -55,7 +81,6 @@ class PoolPort:
             self._reactor.removeReader(self)
             self._socket.close()
             self._socket = None
-            os.close(self._spare)
 
     def getHost(self):
         kind = IPv6Address if self._family == socket.AF_INET6 else IPv4Address
@@ -87,7 +112,7 @@ class PoolPort:
         # Out of descriptors: give back the spare so the waiting connection
         # can be taken (and recorded) rather than spin the reactor.
         log.warn("{prefix}: out of file descriptors", prefix=self.logPrefix())
-        os.close(self._spare)
+        self._spare.release()
         try:
             fd, address = self._accept()
             os.close(fd)
@@ -95,7 +120,7 @@ class PoolPort:
         except OSError:
             pass
         finally:
-            self._spare = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+            self._spare.restore()
 
     def connectionLost(self, reason):
         self.stopListening()

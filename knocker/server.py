@@ -262,8 +262,10 @@ class KnockServer:
         self._close_timers[close_id] = self._clock.callLater(delay, run_close)
 
     def _closed(self, close_id, result, ip, client, index) -> None:
-        self._store.remove_close(close_id)
+        # Log first, then forget: a crash in between runs the (idempotent)
+        # close again after the restart, rather than leave a close unlogged.
         self._audit.record("close", ip=ip, client=client, index=index, ok=result.ok)
+        self._store.remove_close(close_id)
 
 
 class CentralProtocol(LineOnlyReceiver):

@@ -17,7 +17,7 @@ from knocker.actions import ProcessRunner
 from knocker.admin import ensure_pool
 from knocker.audit import AuditLog
 from knocker.book import ClientBook
-from knocker.poolport import PoolPort
+from knocker.poolport import PoolPort, SpareDescriptor
 from knocker.server import CentralFactory, KnockServer
 from knocker.store import Store
 
@@ -59,6 +59,7 @@ class KnockServerService(service.Service):
         self.pool_ports = []
         self._store = None
         self._audit = None
+        self._spare = None
 
     def privilegedStartService(self):
         try:
@@ -94,8 +95,9 @@ class KnockServerService(service.Service):
             ProcessRunner(reactor, config.script_timeout), self._audit,
         )
         raise_descriptor_limit(len(pool) + config.max_connections + 256)
+        self._spare = SpareDescriptor()
         for port in pool:
-            listener = PoolPort(reactor, port, config.interface, self.server.hit)
+            listener = PoolPort(reactor, port, config.interface, self.server.hit, self._spare)
             self.pool_ports.append(listener)
             listener.startListening()
         central = CentralFactory(self.server, reactor, config.max_connections,
@@ -134,4 +136,7 @@ class KnockServerService(service.Service):
     def _stop_listening(self):
         ports = self.pool_ports + ([self.central_port] if self.central_port else [])
         self.pool_ports, self.central_port = [], None
+        if self._spare is not None:
+            self._spare.close()
+            self._spare = None
         return gatherResults([maybeDeferred(port.stopListening) for port in ports])

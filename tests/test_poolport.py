@@ -10,7 +10,7 @@ from twisted.internet.error import CannotListenError
 from twisted.internet.task import deferLater
 from twisted.trial.unittest import TestCase
 
-from knocker.poolport import PoolPort
+from knocker.poolport import PoolPort, SpareDescriptor
 
 
 def connect_and_wait_close(port, host="127.0.0.1"):
@@ -24,7 +24,9 @@ def connect_and_wait_close(port, host="127.0.0.1"):
 class PoolPortTests(TestCase):
     def listen(self, interface="127.0.0.1"):
         hits = []
-        pool_port = PoolPort(reactor, 0, interface, lambda *hit: hits.append(hit))
+        spare = SpareDescriptor()
+        self.addCleanup(spare.close)
+        pool_port = PoolPort(reactor, 0, interface, lambda *hit: hits.append(hit), spare)
         pool_port.startListening()
         self.addCleanup(pool_port.stopListening)
         return pool_port, hits
@@ -72,10 +74,43 @@ class PoolPortTests(TestCase):
         blocker.bind(("127.0.0.1", 0))
         blocker.listen(1)
         self.assertRaises(CannotListenError, PoolPort, reactor, blocker.getsockname()[1],
-                          "127.0.0.1", lambda *hit: None)
+                          "127.0.0.1", lambda *hit: None, SpareDescriptor())
 
     def test_stop_closes_the_socket(self):
         pool_port, _ = self.listen()
         port = pool_port.port
         pool_port.stopListening()
         self.assertRaises(ConnectionRefusedError, socket.create_connection, ("127.0.0.1", port), 5)
+
+    def test_out_of_descriptors_still_records_the_hit(self):
+        """
+        With no descriptor left, accept fails with EMFILE; the port gives
+        back the spare, takes the connection, records it, and does not spin.
+        """
+        import errno
+
+        pool_port, hits = self.listen()
+        real_accept = pool_port._accept
+        calls = []
+
+        def accept():
+            calls.append(1)
+            if len(calls) == 1:
+                raise OSError(errno.EMFILE, "Too many open files")
+            return real_accept()
+
+        pool_port._accept = accept
+        sock = socket.create_connection(("127.0.0.1", pool_port.port), timeout=5)
+        self.addCleanup(sock.close)
+        for _ in range(100):
+            if select_readable(pool_port):
+                break
+        pool_port.doRead()
+        self.assertEqual(len(hits), 1)
+        self.assertEqual(hits[0][1], sock.getsockname()[1])
+
+
+def select_readable(pool_port) -> bool:
+    import select
+
+    return bool(select.select([pool_port.fileno()], [], [], 0.05)[0])
