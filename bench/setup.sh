@@ -45,3 +45,6 @@ python3 "$here/common.py" build
 repo="$(cd "$here/.." && pwd)"
 [ -x "$repo/.venv/bin/python" ] || python3 -m venv "$repo/.venv"
 "$repo/.venv/bin/pip" install -q --disable-pip-version-check "$repo"
+# matplotlib draws the plot in docs/benchmarks.md (bench/report.py).
+"$repo/.venv/bin/python" -c "import matplotlib" 2>/dev/null ||
+    "$repo/.venv/bin/pip" install -q --disable-pip-version-check matplotlib

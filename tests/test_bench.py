@@ -1,0 +1,77 @@
+"""
+The knocker-only benchmarks (bench/inprocess.py, scale.py, clients.py,
+durability.py) run on a tiny size and write sane JSON.  No timing is
+asserted: figures belong to bench/, the suite only keeps the scripts working.
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+from twisted.trial.unittest import SynchronousTestCase
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BENCH = os.path.join(ROOT, "bench")
+
+
+class KnockerBenchTests(SynchronousTestCase):
+    def run_bench(self, script, *args):
+        out = os.path.abspath(self.mktemp()) + ".json"
+        done = subprocess.run(
+            [sys.executable, os.path.join(BENCH, script), "--quick", "--out", out, *args],
+            cwd=ROOT, capture_output=True, text=True, timeout=120)
+        self.assertEqual(done.returncode, 0, done.stdout[-3000:] + done.stderr[-3000:])
+        with open(out) as handle:
+            return json.load(handle)
+
+    def assertPositive(self, value, what):
+        self.assertIsInstance(value, (int, float), what)
+        self.assertGreater(value, 0, what)
+
+    def test_inprocess(self):
+        report = self.run_bench("inprocess.py", "--profile")
+        knock = report["knock"]
+        self.assertEqual(knock["failures"], 0, report.get("failure_reasons"))
+        self.assertGreaterEqual(knock["n"], 1)
+        for key in ("p50_ms", "p95_ms", "min_ms"):
+            self.assertPositive(knock[key], key)
+        self.assertIn("epoll", report["reactor"])
+        for phase in ("connect", "handshake", "hits_x6", "verdict"):
+            self.assertPositive(report["phases_p50_ms"][phase], phase)
+        self.assertPositive(report["server_p50_ms"]["store_burn"], "burn")
+        profile = report["profile"]
+        self.assertPositive(profile["total_ms_per_knock"], "profile total")
+        self.assertTrue(profile["top_tottime"])
+
+    def test_scale(self):
+        report = self.run_bench("scale.py")
+        kinds = {(row["kind"], row["pool_size"]) for row in report["summary"]}
+        self.assertEqual(kinds, {(k, n) for k in ("knockserver", "bare-twisted") for n in (10, 100)})
+        for row in report["summary"]:
+            self.assertPositive(row["ready_ms_p50"], row)
+            self.assertPositive(row["rss_mb_p50"], row)
+        self.assertTrue(report["inherited_limit_probe"]["starts"])
+
+    def test_clients(self):
+        report = self.run_bench("clients.py")
+        rows = {row["clients"]: row for row in report["summary"]}
+        self.assertEqual(set(rows), {1, 100})
+        for row in rows.values():
+            self.assertEqual(row["not_granted"], 0, row)
+            for key in ("ready_ms_p50", "rss_ready_mb_p50", "rss_after_mb_p50", "grant_p50_ms"):
+                self.assertPositive(row[key], key)
+        self.assertIn("grant_p50_ms", report["ratios_many_vs_one"])
+
+    def test_durability(self):
+        report = self.run_bench("durability.py")
+        self.assertEqual(len(report["raw"]), 4)
+        for row in report["raw"]:
+            self.assertPositive(row["per_s_p50"], row["what"])
+        states = {(row["state"], row["threads"]) for row in report["exchanges"]}
+        self.assertEqual(states, {(s, t) for s in ("disk", "tmpfs") for t in (1, 4)})
+        for row in report["exchanges"]:
+            self.assertEqual(row["not_granted"], 0, row)
+            self.assertPositive(row["grants_per_s_p50"], row)
+            self.assertPositive(row["latency_p50_ms"], row)
+        self.assertIn("fsync_us_per_burn", report["cost"])
