@@ -324,6 +324,7 @@ class CentralProtocol(LineOnlyReceiver):
             self._done = True
             self.transport.write(hs.format_reply(reply))
             self.transport.loseConnection()
+            self._timer = _abort_later(self._clock, self.transport)
 
     def _error(self, reason: str) -> None:
         if not self._done:
@@ -359,7 +360,7 @@ class CentralFactory(protocol.Factory):
 
     def buildProtocol(self, addr):
         if self.connections >= self._max:
-            return _Refuse(self._server)
+            return _Refuse(self._server, self._clock)
         self.connections += 1
         proto = CentralProtocol(self._server, self._clock, self._timeout)
         proto.factory = self
@@ -367,11 +368,31 @@ class CentralFactory(protocol.Factory):
 
 
 class _Refuse(protocol.Protocol):
-    def __init__(self, server):
+    def __init__(self, server, clock):
         self._server = server
+        self._clock = clock
+        self._timer = None
 
     def connectionMade(self):
         self._server.protocol_error(normalise_ip(self.transport.getPeer().host),
                                     "too-many-connections")
         self.transport.write(hs.format_reply(hs.Error("too-many-connections")))
         self.transport.loseConnection()
+        self._timer = _abort_later(self._clock, self.transport)
+
+    def connectionLost(self, reason):
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+
+
+CLOSE_GRACE = 2.0
+
+
+def _abort_later(clock, transport):
+    """
+    A closing connection whose last line cannot be delivered (a peer that
+    never reads, or never finishes a TLS handshake, so TLS holds the line
+    and the connection) is cut after L{CLOSE_GRACE} seconds, so it cannot
+    hold a place under max-connections for ever.
+    """
+    return clock.callLater(CLOSE_GRACE, transport.abortConnection)

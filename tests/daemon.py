@@ -10,6 +10,8 @@ import subprocess
 import sys
 import time
 
+from twisted.trial.unittest import TestCase
+
 from knocker.audit import read_audit
 from knocker.demo import twistd_command
 
@@ -90,3 +92,108 @@ class Daemon:
         self.process.kill()
         self.process.wait()
         self._log.close()
+
+
+def free_port() -> int:
+    """
+    A TCP port on 127.0.0.1 that was free a moment ago (for a daemon whose
+    central port must stay the same across restarts).
+    """
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def connect_refused(port: int, host: str = "127.0.0.1") -> bool:
+    """
+    Whether a TCP connection to C{host}:C{port} is refused (nothing listens).
+    """
+    import socket
+
+    try:
+        socket.create_connection((host, port), timeout=2).close()
+    except ConnectionRefusedError:
+        return True
+    return False
+
+
+class DaemonCase(TestCase):
+    """
+    A test with a real C{twistd -n knockserver} on 127.0.0.1 in a temporary
+    folder: L{configure}, L{generate}, L{start}, then L{knock} with the real
+    C{knocker knock}.  The daemon is stopped (SIGTERM, then SIGKILL) at the
+    end whatever happens.
+    """
+
+    timeout = 120
+
+    def setUp(self):
+        import shutil
+        import tempfile
+
+        # not self.mktemp(): under pytest that lands in the working directory
+        self.dir = tempfile.mkdtemp(prefix="knocker-daemon-")
+        self.addCleanup(shutil.rmtree, self.dir, ignore_errors=True)
+        self.audit = os.path.join(self.dir, "audit.log")
+        self.daemon = None
+        self.addCleanup(self._stop_daemon)
+
+    def _stop_daemon(self):
+        if self.daemon is not None:
+            self.daemon.stop()
+
+    def configure(self, **keys) -> str:
+        """
+        Write server.conf: the defaults here, C{keys} on top (underscores
+        for dashes; C{None} leaves a key out).
+        """
+        from tests.test_integration import write_recorder
+
+        self.success, self.success_out = write_recorder(self.dir, "on-success")
+        values = dict(
+            central="tcp:0:interface=127.0.0.1", state_dir="state", pool_size=20,
+            pool_range="3000-9999", on_success=self.success, audit_log="audit.log",
+            knock_window=5, lockout=2,
+        )
+        values.update(keys)
+        self.server_conf = write_config(
+            os.path.join(self.dir, "server.conf"), "server",
+            **{key: value for key, value in values.items() if value is not None},
+        )
+        return self.server_conf
+
+    def generate(self, client="alice", knocks=20, ports=4) -> str:
+        out = os.path.join(self.dir, client + ".knock")
+        done = knocker("generate", client, "--config", self.server_conf, "--knocks", str(knocks),
+                       "--ports", str(ports), "-o", out)
+        self.assertEqual(done.returncode, 0, done.stderr)
+        return out
+
+    def start(self, *extra) -> Daemon:
+        self.daemon = Daemon(self.server_conf, self.audit, self.dir, *extra)
+        self.port = self.daemon.wait_ready()["central_port"]
+        return self.daemon
+
+    def knock(self, knock_file, *extra, server=None) -> subprocess.CompletedProcess:
+        return knocker("knock", "--server", server or f"tcp:host=127.0.0.1:port={self.port}",
+                       "--knock-file", knock_file, "--log-file",
+                       os.path.join(self.dir, "client.log"), *extra)
+
+    def assertOpens(self, knock_file, **kwargs) -> None:
+        result = self.knock(knock_file, **kwargs)
+        self.assertEqual(result.returncode, 0,
+                         f"{result.stdout}{result.stderr}\ndaemon:\n{self.daemon.log()[-3000:]}")
+        self.assertIn("OPEN", result.stdout)
+
+    def events(self, event=None) -> list[dict]:
+        events = read_audit(self.audit) if os.path.exists(self.audit) else []
+        return events if event is None else [e for e in events if e["event"] == event]
+
+    def status(self) -> dict:
+        import json
+
+        done = knocker("status", "--config", self.server_conf, "--json")
+        self.assertEqual(done.returncode, 0, done.stderr)
+        return json.loads(done.stdout)

@@ -304,6 +304,18 @@ class Topology:
 
     # -- using -------------------------------------------------------------
 
+    def link_address(self, role: str) -> str:
+        """
+        The MAC address of the interface that carries C{role}'s addresses
+        (br0 in the server namespace, eth0 elsewhere), for frames built by
+        hand.
+        """
+        import json
+
+        dev = "br0" if role == "server" else "eth0"
+        out = self.run(role, [self.ip, "-j", "link", "show", "dev", dev]).stdout
+        return json.loads(out)[0]["address"]
+
     def command(self, role: str, argv: Sequence[str]) -> list[str]:
         """
         The argv that runs C{argv} inside C{role}'s namespace.
