@@ -391,9 +391,12 @@ def make_peers(tools, with_knocker=True):
         k = Knocker(tools)
         peers.append(k)
         if not k.skip_reason:
+            # What `knocker knock` imports before it connects (knocker.main
+            # and knocker.quick; hmac comes later, while the server answers).
             peers.insert(3, Baseline(tools, "knocker-import",
-                                     [py, "-c", "import knocker.cli"],
-                                     "venv python3 importing knocker.cli", env=knocker_env()))
+                                     [py, "-c", "import knocker.main, knocker.quick"],
+                                     "venv python3 importing the knock path",
+                                     env=knocker_env()))
     return peers
 
 

@@ -43,11 +43,10 @@ def write_private(path: str, text: str) -> None:
         os.close(dir_fd)
 
 
-def read_private(path: str, limit: int | None = None) -> str:
+def open_private(path: str):
     """
-    Read a secret file, refusing one that group or others may read.
-
-    @param limit: read at most this many bytes (enough for a header).
+    Open a secret file for reading (binary), refusing one that group or
+    others may read, or that is not a regular file.
     """
     # O_NONBLOCK: a FIFO in place of the file must not hang the daemon.
     fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
@@ -60,11 +59,19 @@ def read_private(path: str, limit: int | None = None) -> str:
                 f"{path}: open to group or others "
                 f"(mode {stat.S_IMODE(info.st_mode):04o}); run: chmod 600 {path}"
             )
-        handle = os.fdopen(fd, "rb")
+        return os.fdopen(fd, "rb")
     except BaseException:
         os.close(fd)
         raise
-    with handle:
+
+
+def read_private(path: str, limit: int | None = None) -> str:
+    """
+    Read a secret file, refusing one that group or others may read.
+
+    @param limit: read at most this many bytes (enough for a header).
+    """
+    with open_private(path) as handle:
         data = handle.read() if limit is None else handle.read(limit)
     try:
         return data.decode("utf-8", errors="strict" if limit is None else "ignore")

@@ -263,9 +263,11 @@ def _knock_line(line: str, expected: int, size: int) -> tuple[int, ...] | None:
     return None
 
 
-def find_knock(text: str, name: str, index: int, size: int) -> tuple[int, ...]:
+def find_knock(text: str, name: str, index: int, size: int) -> tuple[tuple[int, ...], int]:
     """
-    Knock C{index} of a portknock file's text, checking only its own line.
+    Knock C{index} of a portknock file's text (or of a piece of it that
+    starts at a line break), checking only its own line; and the offset
+    just past that line.
 
     For the server's copies, which it wrote itself and reads at every
     grant: parsing all thousand lines would hold the reactor for 2 ms.
@@ -276,14 +278,15 @@ def find_knock(text: str, name: str, index: int, size: int) -> tuple[int, ...]:
     if start == 0:
         raise KnockFileError(f"{name}: no knock number {index}")
     end = text.find("\n", start)
-    line = text[start:end if end >= 0 else len(text)].removesuffix("\r")
+    end = len(text) if end < 0 else end
+    line = text[start:end].removesuffix("\r")
     ports = _knock_line(line, index, size)
     if ports is None:
         lineno = text.count("\n", 0, start) + 1
         raise _bad_knock_line(
             line, index, size, lambda why: KnockFileError(f"{name}, line {lineno}: {why}")
         )
-    return ports
+    return ports, end
 
 
 def _bad_knock_line(line: str, expected: int, size: int, fail) -> KnockFileError:

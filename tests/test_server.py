@@ -304,3 +304,26 @@ class LiveClientFileTests(SynchronousTestCase):
         grant, transport = h.knock(ip="192.0.2.41")
         self.assertEqual((grant.index, transport.value()), (1, b"OPEN\n"))
         self.assertNotEqual(h.files["alice"].knock(1), old.knock(1))
+
+
+class BookTests(SynchronousTestCase):
+    def test_knocks_read_in_order_out_of_order_and_after_a_change(self):
+        """
+        The book finds each granted line whether or not it follows the last
+        one read, and never serves a line from a file that has changed.
+        """
+        from knocker.admin import generate_client
+        from knocker.files import read_private
+        from knocker.knockfile import parse_knockfile
+
+        h = Harness(self, knocks=50)
+        kf = h.files["alice"]
+        for index in (1, 2, 3, 10, 4, 50, 49):
+            self.assertEqual(h.book.knock("alice", index), kf.knock(index))
+        out = h.dir + "/again.knock"
+        generate_client(h.config, "alice", 50, 3, out, force=True)
+        fresh = parse_knockfile(read_private(out), out)
+        state = h.store.client("alice")
+        h.book.secret("alice", state.secret_id)
+        self.assertEqual(h.book.knock("alice", 50), fresh.knock(50))
+        self.assertEqual(h.book.knock("alice", 1), fresh.knock(1))
