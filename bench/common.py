@@ -205,10 +205,17 @@ def udp_bound(port):
     return port in _proc_net_ports(("udp", "udp6"), None)
 
 
+# Ports already handed out in this process.  A knockd sequence or a flood
+# block is not listened on, so "free now" is not enough: without this, one
+# entry's block can land on another's ports (knockd's knocks then hit
+# knocker's pool and lock the client out).
+_CLAIMED = set()
+
+
 def free_port_block(count, lo=20000, hi=60000, rng=random, contiguous=False, avoid=()):
-    """Pick `count` TCP+UDP ports on 127.0.0.1 nobody uses now. With
-    contiguous=True return the start of a free run of `count` ports."""
-    used = _proc_net_ports(("tcp", "tcp6", "udp", "udp6"), None) | set(avoid)
+    """Pick `count` TCP+UDP ports on 127.0.0.1 nobody uses now and no earlier
+    call handed out. With contiguous=True return a free run of `count`."""
+    used = _proc_net_ports(("tcp", "tcp6", "udp", "udp6"), None) | set(avoid) | _CLAIMED
     for _ in range(1000):
         if contiguous:
             start = rng.randrange(lo, hi - count)
@@ -216,6 +223,7 @@ def free_port_block(count, lo=20000, hi=60000, rng=random, contiguous=False, avo
         else:
             block = rng.sample(range(lo, hi), count)
         if used.isdisjoint(block) and all(_can_bind(p) for p in block[:64]):
+            _CLAIMED.update(block)
             return block
     raise RuntimeError("no free block of %d ports" % count)
 
