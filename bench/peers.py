@@ -393,8 +393,9 @@ def make_peers(tools, with_knocker=True):
         if not k.skip_reason:
             # What `knocker knock` imports before it connects (knocker.main
             # and knocker.quick; hmac comes later, while the server answers).
+            # -I: from the installed package, not a source tree in the cwd.
             peers.insert(3, Baseline(tools, "knocker-import",
-                                     [py, "-c", "import knocker.main, knocker.quick"],
+                                     [py, "-I", "-c", "import knocker.main, knocker.quick"],
                                      "venv python3 importing the knock path",
                                      env=knocker_env()))
     return peers

@@ -245,6 +245,40 @@ class LoopbackTests(TestCase):
         self.assertIn([e["index"] for e in events if e["event"] == "grant"], ([], [1]))
 
 
+class TwistedDriverTests(TestCase):
+    async def test_hit_on_a_closed_port_is_trouble(self):
+        import socket
+
+        from knocker.client import TwistedIO
+        from knocker.knock import Trouble
+
+        probe = socket.socket()
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+        probe.close()  # nothing listens there now
+        with self.assertRaises(Trouble) as caught:
+            await TwistedIO(reactor).hit("127.0.0.1", port, 2)
+        self.assertIn(f"knock on port {port}", str(caught.exception))
+
+    async def test_hit_waits_for_the_server_to_close(self):
+        from twisted.internet import protocol
+
+        from knocker.client import TwistedIO
+
+        closed = []
+
+        class CloseLater(protocol.Protocol):
+            def connectionMade(self):
+                reactor.callLater(0.2, self.transport.loseConnection)
+                closed.append(reactor.seconds() + 0.2)
+
+        factory = protocol.Factory.forProtocol(CloseLater)
+        listening = reactor.listenTCP(0, factory, interface="127.0.0.1")
+        self.addCleanup(listening.stopListening)
+        await TwistedIO(reactor).hit("127.0.0.1", listening.getHost().port, 5)
+        self.assertGreaterEqual(reactor.seconds(), closed[0] - 0.01)
+
+
 class AuditLogTests(TestCase):
     def test_hit_lines_match_record_lines(self):
         """
