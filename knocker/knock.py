@@ -192,6 +192,9 @@ def _result(reply, index, ports) -> KnockResult:
             return KnockResult(Outcome.DENIED)
         case hs.Exhausted():
             return KnockResult(Outcome.EXHAUSTED)
+        case hs.Error("too-many-connections"):
+            # The central port is full (a flood, most likely): as good as BUSY.
+            return KnockResult(Outcome.BUSY, "central port full", retry_after=1)
         case hs.Error(reason):
             return KnockResult(Outcome.SERVER_ERROR, reason, index, ports)
     return KnockResult(Outcome.BAD_SERVER, repr(reply), index, ports)

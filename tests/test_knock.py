@@ -1,0 +1,118 @@
+"""
+The knock coroutine on a scripted driver: what it sends, what it knocks,
+when it retries, and the outcome it reports (no sockets, no reactor).
+"""
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from knocker import handshake as hs
+from knocker.config import parse_client_config
+from knocker.knock import Outcome, knock, run_blocking
+from knocker.knockfile import KnockFile
+
+SECRET = bytes(range(32))
+KF = KnockFile("alice", SECRET, 3, "2026-11-25T10:00:00Z", ((1, 2, 3), (4, 5, 6)))
+NONCE = "ab" * 32
+
+
+class ScriptedIO:
+    """
+    A driver whose server answers from a script: one list of reply lines
+    per connection (callables get the nonce context and return a line).
+    """
+
+    def __init__(self, *scripts):
+        self.scripts = list(scripts)
+        self.sent, self.hits, self.sleeps = [], [], []
+        self.clock = 0.0
+
+    def now(self):
+        return self.clock
+
+    def say(self, message):
+        pass
+
+    async def connect(self, endpoint, timeout):
+        return ScriptedConnection(self, list(self.scripts.pop(0)))
+
+    async def hit(self, host, port, timeout):
+        self.hits.append(port)
+
+    async def sleep(self, seconds):
+        self.sleeps.append(seconds)
+        self.clock += seconds
+
+
+class ScriptedConnection:
+    peer_host = "192.0.2.1"
+
+    def __init__(self, io, replies):
+        self._io = io
+        self._replies = replies
+
+    def send(self, line):
+        self._io.sent.append(line)
+
+    async def readline(self, timeout):
+        return self._replies.pop(0) if self._replies else None
+
+    def close(self):
+        pass
+
+
+def grant(index):
+    return f"GRANT {index} 10 {hs.grant_mac(SECRET, 'alice', NONCE, index)}".encode()
+
+
+def config(**keys):
+    keys.setdefault("log-file", "/dev/null")
+    return parse_client_config(overrides={k: str(v) for k, v in keys.items()})
+
+
+class KnockCoroutineTests(SynchronousTestCase):
+    def run_knock(self, io, **keys):
+        return run_blocking(knock(io, config(**keys), KF, uniform=lambda a, b: 1.0))
+
+    def test_open(self):
+        io = ScriptedIO([f"CHALLENGE {NONCE}".encode(), grant(2), b"OPEN"])
+        result = self.run_knock(io)
+        self.assertEqual((result.outcome, result.index, result.ports), (Outcome.OPEN, 2, (4, 5, 6)))
+        self.assertEqual(io.hits, [4, 5, 6])
+        self.assertEqual(io.sent[0], b"KNOCKER/1 HELLO alice\n")
+        self.assertEqual(io.sent[1], f"PROOF {hs.hello_mac(SECRET, 'alice', NONCE)}\n".encode())
+
+    def test_busy_is_retried_with_growing_waits_up_to_the_bound(self):
+        busy = [f"CHALLENGE {NONCE}".encode(), b"BUSY 4"]
+        io = ScriptedIO(busy, busy, busy)
+        result = self.run_knock(io, **{"busy-retries": 2})
+        self.assertEqual((result.outcome, result.attempts), (Outcome.BUSY, 3))
+        self.assertEqual(io.sleeps, [4.0, 8.0])
+        self.assertEqual(io.hits, [])
+
+    def test_full_central_port_is_retried_like_busy(self):
+        io = ScriptedIO([b"ERROR too-many-connections"],
+                        [f"CHALLENGE {NONCE}".encode(), grant(1), b"OPEN"])
+        result = self.run_knock(io)
+        self.assertEqual((result.outcome, result.attempts), (Outcome.OPEN, 2))
+        self.assertEqual(io.sleeps, [1.0])
+
+    def test_forged_grant_knocks_nothing(self):
+        forged = f"GRANT 1 10 {'0' * 64}".encode()
+        io = ScriptedIO([f"CHALLENGE {NONCE}".encode(), forged])
+        result = self.run_knock(io)
+        self.assertEqual(result.outcome, Outcome.BAD_SERVER)
+        self.assertEqual(io.hits, [])
+
+    def test_each_fail_reason_has_its_own_outcome(self):
+        for reason, outcome in [("wrong-port", Outcome.WRONG_PORT), ("timeout", Outcome.TIMEOUT),
+                                ("locked-out", Outcome.LOCKED_OUT),
+                                ("action-failed", Outcome.ACTION_FAILED)]:
+            io = ScriptedIO([f"CHALLENGE {NONCE}".encode(), grant(1), f"FAIL {reason}".encode()])
+            self.assertEqual(self.run_knock(io).outcome, outcome)
+
+    def test_exit_statuses_are_distinct(self):
+        from knocker.knock import OUTCOMES
+
+        codes = [outcome.exit_code for outcome in OUTCOMES]
+        self.assertEqual(len(codes), len(set(codes)))
+        self.assertEqual(Outcome.OPEN.exit_code, 0)
