@@ -13,6 +13,7 @@ from attrs import frozen
 from twisted.internet import defer, error, protocol
 
 OUTPUT_LIMIT = 64 * 1024
+PIPE_GRACE = 0.2  # seconds to collect output after the program exits
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
@@ -43,9 +44,13 @@ def action_env(ip: str, client: str, index: int) -> dict[str, str]:
 class _Capture(protocol.ProcessProtocol):
     def __init__(self, reactor, argv, timeout):
         self.done = defer.Deferred()
+        self.pid = None
+        self._reactor = reactor
         self._argv = argv
         self._out = {1: bytearray(), 2: bytearray()}
         self._timed_out = False
+        self._exit = None
+        self._grace = None
         self._timer = reactor.callLater(timeout, self._kill)
 
     def childDataReceived(self, fd, data):
@@ -53,9 +58,19 @@ class _Capture(protocol.ProcessProtocol):
         if buffer is not None and len(buffer) < OUTPUT_LIMIT:
             buffer.extend(data[: OUTPUT_LIMIT - len(buffer)])
 
+    def processExited(self, reason):
+        # The program is done; a child it left in the background may still
+        # hold our pipes.  Take what is already written, then stop reading.
+        self._exit = reason.value
+        self._grace = self._reactor.callLater(PIPE_GRACE, self._close_pipes)
+
+    def _close_pipes(self):
+        if self.transport is not None:
+            self.transport.loseConnection()
+
     def _kill(self):
         self._timed_out = True
-        pid = self.transport.pid
+        pid = self.pid  # recorded at spawn: the transport forgets it once reaped
         if pid is not None:
             try:
                 # The program runs in its own session (see ProcessRunner), so
@@ -69,12 +84,14 @@ class _Capture(protocol.ProcessProtocol):
             pass
         # A child that escaped the group may still hold our pipes open; do
         # not wait for it.
-        self.transport.loseConnection()
+        if self.transport is not None:
+            self.transport.loseConnection()
 
     def processEnded(self, reason):
-        if self._timer.active():
-            self._timer.cancel()
-        value = reason.value
+        for timer in (self._timer, self._grace):
+            if timer is not None and timer.active():
+                timer.cancel()
+        value = self._exit if self._exit is not None else reason.value
         self.done.callback(
             ActionResult(
                 argv=tuple(self._argv),
@@ -113,11 +130,12 @@ class ProcessRunner:
                 capture, command[0], args=command, env=env, path=None,
                 childFDs={0: "w", 1: "r", 2: "r"},
             )
-        except OSError as failure:
+        except Exception as failure:  # OSError, or a bad argv (TypeError)
             capture._timer.cancel()
             return defer.succeed(
                 ActionResult(tuple(argv), None, None, False, "", "", spawn_error=str(failure))
             )
+        capture.pid = capture.transport.pid
         capture.transport.closeStdin()
         return capture.done
 

@@ -48,9 +48,9 @@ class ClientExists(ValueError):
 def generate_client(config, client: str, knocks: int, ports: int, output: str,
                     force: bool = False) -> Generated:
     """
-    Make C{client}'s portknock file: write the server's copy, register it
-    (a new secret, numbers from 1), then write the client's copy at
-    C{output}, all 0600.  A running daemon picks the new file up at the
+    Make C{client}'s portknock file: write the client's copy at C{output},
+    then the server's copy, then register it (a new secret, numbers from
+    1), all 0600.  A running daemon picks the new file up at the
     client's next HELLO; the old file stops working.
     """
     store = Store(config.state_dir)
@@ -68,10 +68,12 @@ def generate_client(config, client: str, knocks: int, ports: int, output: str,
             client, pool, knocks, ports, secrets.SystemRandom(),
             secrets.token_bytes(32), datetime.now(timezone.utc),
         )
+        # The client's copy first: if it cannot be written, nothing changed
+        # and the client's old file still works.
+        write_private(output, format_knockfile(kf))
         book = ClientBook(config.state_dir, pool)
         server_copy = book.add(kf)
         store.register(client, knocks, kf.secret)
-        write_private(output, format_knockfile(kf))
     finally:
         store.close()
     ordered, unordered = keyspace(len(pool), ports)

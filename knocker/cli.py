@@ -138,6 +138,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, KnockFileError, PrivateFileError, ValueError) as error:
         print(f"knocker {args.command}: {error}", file=sys.stderr)
         return USAGE_ERROR
+    except OSError as error:
+        print(f"knocker {args.command}: {error}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -103,10 +103,11 @@ def generate(client, pool, knocks, ports, rng, secret, now) -> KnockFile:
         raise ValueError(f"client id {client!r} does not match {CLIENT_ID_RULE}")
     if len(secret) != SECRET_BYTES:
         raise ValueError(f"the secret must be {SECRET_BYTES} bytes")
-    if not 1 <= ports <= len(pool):
-        raise ValueError(f"ports per knock must be 1-{len(pool)} (the pool size)")
-    if knocks < 1:
-        raise ValueError("a portknock file needs at least one knock")
+    if not 1 <= ports <= min(64, len(pool)):
+        raise ValueError(f"ports per knock must be 1-{min(64, len(pool))} "
+                         f"(at most 64, and no more than the pool's {len(pool)})")
+    if not 1 <= knocks <= 1_000_000:
+        raise ValueError("a portknock file holds 1 to 1,000,000 knocks")
     created = now.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
     return KnockFile(
         client=client,

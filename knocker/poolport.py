@@ -106,7 +106,12 @@ class PoolPort:
                     self._accept_without_descriptors()
                 return
             os.close(fd)
-            on_hit(address[0], address[1], port)
+            try:
+                on_hit(address[0], address[1], port)
+            except Exception:
+                # Never let one hit's failure (a full disk under the state,
+                # say) escape: the reactor would close this port for good.
+                log.failure("recording a hit on {prefix}", prefix=self.logPrefix())
 
     def _accept_without_descriptors(self):
         # Out of descriptors: give back the spare so the waiting connection
@@ -117,8 +122,8 @@ class PoolPort:
             fd, address = self._accept()
             os.close(fd)
             self._on_hit(address[0], address[1], self.port)
-        except OSError:
-            pass
+        except Exception:
+            log.failure("accepting without descriptors on {prefix}", prefix=self.logPrefix())
         finally:
             self._spare.restore()
 

@@ -126,8 +126,12 @@ class SocketIO:
         try:
             while sock.recv(512):  # the server closes at once: wait for it
                 pass
-        except (ConnectionResetError, _socket.timeout):
-            pass
+        except ConnectionResetError:
+            pass  # closed, abruptly: still closed
+        except _socket.timeout:
+            # Knocking the next port before the server saw this one could
+            # reorder them: give up instead.
+            raise Trouble(f"knock on port {port}: the server did not close it") from None
         except OSError as failure:
             raise Trouble(f"knock on port {port}: {failure}") from None
         finally:

@@ -24,6 +24,7 @@ from knocker.tracker import GLOBAL, Outcome, Policy, Slot, Tracker
 log = Logger()
 
 BUILTIN_SUCCESS = (sys.executable, "-m", "knocker.logaction")
+CLOSE_RETRY = 60.0
 
 
 def normalise_ip(host: str) -> str:
@@ -79,8 +80,14 @@ class KnockServer:
         for key, until in self._store.lockouts(self._clock.seconds()).items():
             self.tracker.restore_lockout(key, until)
             log.warn("lockout of {key} still in force from before the restart", key=key)
-        for pending in self._store.pending_closes():
-            self._schedule_close(pending.id, pending.due, pending.ip, pending.client, pending.index)
+        pending = self._store.pending_closes()
+        if pending and not self.config.on_close:
+            raise ValueError(
+                f"{len(pending)} close actions are pending in the state but on-close is not "
+                f"set; set it again so they can run"
+            )
+        for close in pending:
+            self._schedule_close(close.id, close.due, close.ip, close.client, close.index)
 
     # The central port.
 
@@ -178,17 +185,30 @@ class KnockServer:
     def knock_completed(self, slot: Slot) -> None:
         log.info("knock {index} of {client} from {ip} complete; running on-success",
                  index=slot.index, client=slot.client, ip=slot.ip)
-        now = self._clock.seconds()
-        if self.config.on_close:
-            due = now + self.config.open_duration
-            close_id = self._store.add_close(due, slot.ip, slot.client, slot.index)
-            self._schedule_close(close_id, due, slot.ip, slot.client, slot.index)
-        d = self._run("on-success", self._success, slot.ip, slot.client, slot.index)
-        d.addCallback(self._succeeded, slot)
+        close_id = None
+        try:
+            if self.config.on_close:
+                # Recorded before on-success runs, so a crash in between still
+                # closes; scheduled only once on-success has finished.
+                due = self._clock.seconds() + self.config.open_duration + self.config.script_timeout
+                close_id = self._store.add_close(due, slot.ip, slot.client, slot.index)
+            d = self._run("on-success", self._success, slot.ip, slot.client, slot.index)
+        except Exception:
+            log.failure("starting on-success for {client}", client=slot.client)
+            self._succeeded(None, slot, close_id)
+            return
+        d.addCallback(self._succeeded, slot, close_id)
 
-    def _succeeded(self, result, slot: Slot) -> None:
+    def _succeeded(self, result, slot: Slot, close_id) -> None:
+        """
+        on-success has finished (C{result} is its L{ActionResult}, or
+        C{None} if it could not be started): verdict, then the close timer.
+        """
         self.tracker.release(slot)
-        if result.ok:
+        if close_id is not None:
+            due = self._clock.seconds() + self.config.open_duration
+            self._schedule_close(close_id, due, slot.ip, slot.client, slot.index)
+        if result is not None and result.ok:
             self._audit.record("open", ip=slot.ip, client=slot.client, index=slot.index)
             log.info("OPEN for {client} at {ip} (knock {index})",
                      client=slot.client, ip=slot.ip, index=slot.index)
@@ -206,8 +226,14 @@ class KnockServer:
         self._verdict(slot, hs.Fail(reason))
 
     def lockout_started(self, key: str, until: float, reason: str, ip: str) -> None:
-        self._store.set_lockout(key, until)
         scope = "global" if key == GLOBAL else "source"
+        if key == GLOBAL:
+            # Only the global lockout is kept across restarts: persisting one
+            # per source would be an fsync per attacking address.
+            try:
+                self._store.set_lockout(key, until)
+            except Exception:
+                log.failure("saving the lockout (it holds until a restart)")
         self._audit.record("lockout", ip=ip, scope=scope, reason=reason,
                            seconds=self.config.lockout)
         log.warn("lockout ({scope}) for {seconds}s after {reason} from {ip}",
@@ -265,7 +291,14 @@ class KnockServer:
         # Log first, then forget: a crash in between runs the (idempotent)
         # close again after the restart, rather than leave a close unlogged.
         self._audit.record("close", ip=ip, client=client, index=index, ok=result.ok)
-        self._store.remove_close(close_id)
+        if result.ok:
+            self._store.remove_close(close_id)
+        else:
+            # The door may still be open: keep the close and try again.
+            log.error("on-close for {client} at {ip} failed; retrying in {s}s",
+                      client=client, ip=ip, s=CLOSE_RETRY)
+            due = self._clock.seconds() + CLOSE_RETRY
+            self._schedule_close(close_id, due, ip, client, index)
 
 
 class CentralProtocol(LineOnlyReceiver):
@@ -307,7 +340,11 @@ class CentralProtocol(LineOnlyReceiver):
             self.transport.write(hs.format_reply(hs.Challenge(self._nonce)))
         elif isinstance(request, hs.Proof) and self._nonce is not None:
             self._cancel_timer()
-            reply = self._server.answer(self.ip, self._client, self._nonce, request.mac, self)
+            try:
+                reply = self._server.answer(self.ip, self._client, self._nonce, request.mac, self)
+            except Exception:
+                log.failure("answering {client} from {ip}", client=self._client, ip=self.ip)
+                reply = hs.Error("server-error")
             if isinstance(reply, hs.Grant):
                 self._granted = True
                 self.transport.write(hs.format_reply(reply))

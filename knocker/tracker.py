@@ -215,10 +215,10 @@ class Tracker:
         until = self._clock.seconds() + self._policy.lockout
         self._prune()
         self._lockouts[key] = until
-        self._observer.lockout_started(key, until, reason, ip)
         for slot in list(self._slots.values()):
             if not slot.acting and (key == GLOBAL or slot.ip == ip):
                 self._end(slot, "locked-out")
+        self._observer.lockout_started(key, until, reason, ip)
 
     def _end(self, slot: Slot, reason: str) -> None:
         self._cancel_timer(slot)

@@ -333,3 +333,29 @@ class TornAuditTests(TestCase):
         with open(path) as handle:
             for line in handle:
                 json.loads(line)
+
+
+class ActionRunnerTests(TestCase):
+    async def test_background_child_does_not_hold_the_verdict(self):
+        """
+        A program that exits 0 leaving a child in the background (holding
+        its output) is a success, reported when the program exits.
+        """
+        from knocker.actions import ProcessRunner
+
+        script = os.path.join(os.path.abspath(self.mktemp()))
+        with open(script, "w") as handle:
+            handle.write("#!/bin/sh\necho added\nsleep 30 &\nexit 0\n")
+        os.chmod(script, stat.S_IRWXU)
+        started = reactor.seconds()
+        result = await ProcessRunner(reactor, 5).run([script], {"PATH": "/usr/bin:/bin"})
+        self.assertTrue(result.ok, result)
+        self.assertEqual(result.stdout, "added\n")
+        self.assertLess(reactor.seconds() - started, 3)
+
+    async def test_unstartable_program_is_a_failed_result(self):
+        from knocker.actions import ProcessRunner
+
+        result = await ProcessRunner(reactor, 5).run([None, "x"], {})
+        self.assertFalse(result.ok)
+        self.assertTrue(result.spawn_error)

@@ -372,3 +372,18 @@ class RefusalTests(SynchronousTestCase):
         header = ["# a comment", ""] + HEADER  # knocks on lines 9-11
         knocks = KNOCKS[:2] + ["3 10007,10008,10007"]
         self.refused(text(header, knocks, ending="\r\n"), 11, "repeated")
+
+
+class GenerateBoundsTests(SynchronousTestCase):
+    def test_generate_refuses_what_parse_would_refuse(self):
+        import random
+        from datetime import datetime, timezone
+
+        from knocker.knockfile import generate
+
+        pool = tuple(range(1000, 1200))
+        now = datetime(2026, 11, 25, tzinfo=timezone.utc)
+        for ports, knocks in ((65, 10), (0, 10), (6, 0), (6, 1_000_001)):
+            self.assertRaises(ValueError, generate, "alice", pool, knocks, ports,
+                              random.Random(1), b"s" * 32, now)
+        generate("alice", pool, 3, 64, random.Random(1), b"s" * 32, now)

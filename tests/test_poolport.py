@@ -114,3 +114,25 @@ def select_readable(pool_port) -> bool:
     import select
 
     return bool(select.select([pool_port.fileno()], [], [], 0.05)[0])
+
+
+class FailingHitTests(TestCase):
+    async def test_a_failing_hit_does_not_close_the_port(self):
+        hits = []
+
+        def on_hit(*hit):
+            hits.append(hit)
+            if len(hits) == 1:
+                raise OSError("disk full")
+
+        spare = SpareDescriptor()
+        self.addCleanup(spare.close)
+        pool_port = PoolPort(reactor, 0, "127.0.0.1", on_hit, spare)
+        pool_port.startListening()
+        self.addCleanup(pool_port.stopListening)
+        for _ in range(2):
+            sock = socket.create_connection(("127.0.0.1", pool_port.port), timeout=5)
+            await deferLater(reactor, 0.05)
+            sock.close()
+        self.assertEqual(len(hits), 2, "the port still accepts after a failed hit")
+        self.flushLoggedErrors(OSError)

@@ -247,13 +247,42 @@ class VerdictTests(SynchronousTestCase):
 
 
 class CloseTests(SynchronousTestCase):
-    def test_on_close_runs_after_open_duration_and_survives_restart(self):
+    def test_on_close_runs_open_duration_after_on_success(self):
         h = Harness(self, on_close="/bin/true", open_duration=300)
+        h.runner.hold = True
+        h.knock()
+        h.clock.advance(5)  # on-success still running: no close yet, whatever the clock
+        h.runner.finish(0)
+        h.clock.advance(299)
+        self.assertEqual([argv[-3:] for argv, _ in h.runner.calls], [[IP, "alice", "1"]])
+        h.clock.advance(1)
+        self.assertEqual(h.runner.calls[1][0], ["/bin/true", IP, "alice", "1"])
+
+    def test_failed_close_is_kept_and_retried(self):
+        h = Harness(self, on_close="/bin/true", open_duration=10)
+        h.knock()
+        h.runner.exit_code = 1
+        h.clock.advance(10)
+        self.assertEqual(len(h.runner.calls), 2)
+        self.assertEqual(len(h.store.pending_closes()), 1, "a failed close stays pending")
+        h.runner.exit_code = 0
+        h.clock.advance(60)
+        self.assertEqual(len(h.runner.calls), 3)
+        self.assertEqual(h.store.pending_closes(), [])
+        self.assertEqual([e["ok"] for e in h.audit.of("close")], [False, True])
+
+    def test_on_close_runs_after_open_duration_and_survives_restart(self):
+        """
+        The state keeps the close with the latest time it may be due
+        (open-duration plus script-timeout after the knock), so a restart
+        never closes before on-success could have finished.
+        """
+        h = Harness(self, on_close="/bin/true", open_duration=300, script_timeout=10)
         h.knock()
         self.assertEqual(len(h.store.pending_closes()), 1)
         h.clock.advance(100)
         h.restart()
-        h.clock.advance(199)
+        h.clock.advance(209)
         self.assertEqual(len(h.runner.calls), 1)
         h.clock.advance(1)
         self.assertEqual(h.runner.calls[1][0], ["/bin/true", IP, "alice", "1"])
@@ -327,3 +356,17 @@ class BookTests(SynchronousTestCase):
         h.book.secret("alice", state.secret_id)
         self.assertEqual(h.book.knock("alice", 50), fresh.knock(50))
         self.assertEqual(h.book.knock("alice", 1), fresh.knock(1))
+
+
+class StoreFailureTests(SynchronousTestCase):
+    def test_a_failing_state_gives_error_not_a_dropped_connection(self):
+        h = Harness(self)
+
+        def broken(client):
+            raise OSError("disk I/O error")
+
+        h.store.burn = broken
+        line, proto, transport, _ = h.handshake()
+        self.assertEqual(line, b"ERROR server-error\n")
+        self.assertTrue(transport.disconnecting)
+        self.flushLoggedErrors(OSError)

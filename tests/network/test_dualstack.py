@@ -41,4 +41,6 @@ class DualStackTests(DaemonInNamespace):
                          ("timeout", "refused"))
         self.wait_until(lambda: any(e["ip"] == attacker4 for e in self.audit("hit")), 5,
                         "the attacker's hit")
-        self.assertEqual(list(self.status()["lockouts"]), [attacker4])
+        self.wait_until(lambda: self.audit("lockout"), 5, "the attacker's lockout")
+        self.assertEqual([(e["ip"], e["scope"]) for e in self.audit("lockout")],
+                         [(attacker4, "source")])
