@@ -13,7 +13,6 @@ from knocker.record import Record
 MAX_LINE = 512
 MAGIC = "KNOCKER/1"
 _REASON_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789-")
-FAIL_REASONS = ("wrong-port", "timeout", "locked-out", "action-failed")
 
 
 class ProtocolError(ValueError):

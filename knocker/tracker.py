@@ -60,7 +60,6 @@ class Slot:
     client: str
     index: int
     ports: tuple[int, ...]
-    granted_at: float
     deadline: float
     position: int = 0
     acting: bool = False
@@ -119,9 +118,6 @@ class Tracker:
             return Refusal("busy", min(self._wait(s, now) for s in self._slots.values()))
         return None
 
-    def slots(self) -> list[Slot]:
-        return list(self._slots.values())
-
     def lockouts(self) -> dict[str, float]:
         now = self._clock.seconds()
         return {key: until for key, until in self._lockouts.items() if until > now}
@@ -136,7 +132,7 @@ class Tracker:
         if self.refusal(ip) is not None:
             raise RuntimeError(f"grant for {ip} while refused")
         now = self._clock.seconds()
-        slot = Slot(ip, client, index, ports, now, now + self._policy.window)
+        slot = Slot(ip, client, index, ports, now + self._policy.window)
         slot.timer = self._clock.callLater(self._policy.window, self._timed_out, slot)
         self._slots[ip] = slot
         return slot
