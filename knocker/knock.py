@@ -73,8 +73,10 @@ _FAILS = {
 
 
 class KnockResult(Record):
-    __slots__ = ("outcome", "detail", "index", "ports", "attempts", "retry_after")
-    _defaults = {"detail": "", "index": None, "ports": (), "attempts": 1, "retry_after": None}
+    __slots__ = ("outcome", "detail", "index", "ports", "attempts", "retry_after", "warning")
+    _defaults = {
+        "detail": "", "index": None, "ports": (), "attempts": 1, "retry_after": None, "warning": "",
+    }
 
     def message(self) -> str:
         text = f"{self.outcome.name}: {self.outcome.meaning}"
@@ -84,8 +86,8 @@ class KnockResult(Record):
 def load_knockfile(config):
     """
     The client's portknock file named by C{config}: mode 0600 and its header
-    checked now, its knocks by L{knock} during the handshake (see
-    L{knocker.knockfile.KnockFileText}).
+    checked now, the granted knock's line when it is granted, the rest after
+    the knock (see L{knocker.knockfile.KnockFileText}).
 
     @raise ValueError: no file set, unsafe, unreadable or malformed; the
         message names the file.
@@ -145,35 +147,36 @@ async def _attempt(io, config, knockfile) -> KnockResult:
     except (Unreachable, Trouble) as failure:
         return KnockResult(Outcome.UNREACHABLE, f"{config.server}: {failure}")
     machine = hs.ClientHandshake(knockfile)
-    index, ports = None, ()
+    index, ports, warning = None, (), ""
     try:
         conn.send(machine.hello().line)
-        hs.load_crypto()  # while the server answers
         while True:
             line = await conn.readline(deadline.left())
             if line is None:
-                return KnockResult(Outcome.NO_VERDICT, "connection closed", index, ports)
+                return KnockResult(Outcome.NO_VERDICT, "connection closed", index, ports, warning=warning)
             action = machine.receive(line)
             if isinstance(action, hs.SendLine):
                 conn.send(action.line)
-                knockfile.load()  # check every knock while the server decides
             elif isinstance(action, hs.KnockPorts):
                 index, ports = action.index, action.ports
                 io.say(f"granted knock {index}: knocking {conn.peer_host} ports {ports}")
                 for port in ports:
                     await io.hit(conn.peer_host, port, min(config.connect_timeout, deadline.left()))
+                # The rest of the file, while the server acts: damage
+                # elsewhere does not spoil this knock, but should be heard of.
+                damage = knockfile.damage()
+                warning = f"{damage}; generate a new file" if damage else ""
             else:
-                return _result(action.reply, index, ports)
+                return _result(action.reply, index, ports).replace(warning=warning)
     except hs.ProtocolError as failure:
         return KnockResult(Outcome.BAD_SERVER, str(failure), index, ports)
     except Trouble as failure:
-        return KnockResult(Outcome.NO_VERDICT, str(failure), index, ports)
+        return KnockResult(Outcome.NO_VERDICT, str(failure), index, ports, warning=warning)
     except Unreachable as failure:
         return KnockResult(Outcome.UNREACHABLE, f"{config.server}: {failure}")
     except KnockFileError as failure:
-        # The number the server grants next is wasted; the file must be
-        # regenerated anyway.
-        return KnockResult(Outcome.BAD_FILE, str(failure))
+        # The granted number is wasted; the file must be regenerated anyway.
+        return KnockResult(Outcome.BAD_FILE, str(failure), machine.granted_index)
     finally:
         conn.close()
 
@@ -221,6 +224,8 @@ def log_attempt(config, client: str, started: float, result: KnockResult) -> Non
         "attempts": result.attempts,
         "seconds": round(time.time() - started, 4),
     }
+    if result.warning:
+        entry["warning"] = result.warning
     path = os.path.expanduser(config.log_file)
     try:
         ensure_private_dir(os.path.dirname(os.path.abspath(path)))

@@ -34,7 +34,7 @@ from knocker.handshake import (
     parse_reply,
     parse_request,
 )
-from knocker.knockfile import KnockFile
+from knocker.knockfile import KnockFile, KnockFileError, KnockFileText, format_knockfile
 
 SECRET = hashlib.sha256(b"a fixed test secret").digest()
 NONCE = "ab" * 32
@@ -343,9 +343,29 @@ class ClientHandshakeTests(SynchronousTestCase):
         self.assertRaises(ProtocolError, self.client.receive, line)
 
     def test_grant_index_past_end(self):
+        """
+        A correctly signed GRANT for a knock our file lacks: the server holds
+        our secret, so our copy is the damaged one.
+        """
         self.challenge()
-        error = self.assertRaises(ProtocolError, self.client.receive, self.grant_line(4))
-        self.assertIn("4", str(error))
+        error = self.assertRaises(KnockFileError, self.client.receive, self.grant_line(4))
+        self.assertIn("no knock number 4", str(error))
+
+    def test_grant_reads_only_the_granted_line(self):
+        """
+        From the file's text, a grant checks the granted line; damage
+        elsewhere is left for L{KnockFileText.damage}, after the knock.
+        """
+        text = format_knockfile(KF).replace("\n3 ", "\n3 99999,")
+        self.client = ClientHandshake(KnockFileText(text, "alice.knock"))
+        self.assertEqual(self.granted(2), KnockPorts(2, KNOCKS[1], 10))
+
+    def test_grant_of_a_malformed_line(self):
+        text = format_knockfile(KF).replace("\n2 ", "\n2 99999,")
+        self.client = ClientHandshake(KnockFileText(text, "alice.knock"))
+        self.challenge()
+        error = self.assertRaises(KnockFileError, self.client.receive, self.grant_line(2))
+        self.assertIn("alice.knock, line ", str(error))
 
     def test_grant_index_zero(self):
         self.challenge()

@@ -227,22 +227,43 @@ class LoopbackTests(TestCase):
         self.assertEqual([(c["index"], c["ok"]) for c in closes], [(1, True)])
 
 
-    async def test_bad_knock_line_found_during_handshake_knocks_nothing(self):
+    async def test_malformed_granted_line_knocks_nothing(self):
         from knocker.knockfile import KnockFileText
 
         self.generate("alice")
         self.start()
         config, kf = self.client()
         path = os.path.join(self.dir, "alice.knock")
-        broken = KnockFileText(read_private(path).replace("\n7 ", "\n7 99999,"), path)
+        broken = KnockFileText(read_private(path).replace("\n1 ", "\n1 99999,"), path)
         result = await knock(reactor, config, broken)
         self.assertEqual((result.outcome.name, result.outcome.exit_code), ("BAD_FILE", 2))
         self.assertIn(f"{path}, line ", result.detail)
+        self.assertEqual(result.index, 1)
         events = read_audit(self.audit_path)
         self.assertEqual([e for e in events if e["event"] == "hit"], [], "nothing was knocked")
-        # Whether the server saw the PROOF before the client hung up is a
-        # race; at most the one number is spent.
-        self.assertIn([e["index"] for e in events if e["event"] == "grant"], ([], [1]))
+        self.assertEqual([e["index"] for e in events if e["event"] == "grant"], [1],
+                         "the granted number is spent")
+
+    async def test_damage_elsewhere_opens_with_a_warning(self):
+        """
+        A malformed line other than the granted one does not spoil the
+        knock; the result names it so the user regenerates the file.
+        """
+        from knocker.knockfile import KnockFileText
+
+        self.generate("alice")
+        self.start()
+        config, kf = self.client()
+        path = os.path.join(self.dir, "alice.knock")
+        text = read_private(path)
+        lineno = text.count("\n", 0, text.index("\n7 ") + 1) + 1
+        broken = KnockFileText(text.replace("\n7 ", "\n7 99999,"), path)
+        result = await knock(reactor, config, broken)
+        self.assertEqual(result.outcome.name, "OPEN")
+        self.assertIn(f"{path}, line {lineno}: ", result.warning)
+        self.assertIn("generate a new file", result.warning)
+        logged = [json.loads(line) for line in open(config.log_file)]
+        self.assertEqual(logged[-1]["warning"], result.warning)
 
 
 class TwistedDriverTests(TestCase):
