@@ -6,14 +6,18 @@ with a small fixed environment, its output captured up to a bound, and
 killed if it outlives the timeout.
 """
 
+import fcntl
 import os
 import signal
 
 from attrs import frozen
-from twisted.internet import defer, error, protocol
+from twisted.internet import defer
+from twisted.internet.interfaces import IReadDescriptor
+from zope.interface import implementer
 
 OUTPUT_LIMIT = 64 * 1024
 PIPE_GRACE = 0.2  # seconds to collect output after the program exits
+EXIT_POLL = 0.05  # seconds between exit checks where there is no pidfd
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
@@ -41,103 +45,254 @@ def action_env(ip: str, client: str, index: int) -> dict[str, str]:
     }
 
 
-class _Capture(protocol.ProcessProtocol):
-    def __init__(self, reactor, argv, timeout):
-        self.done = defer.Deferred()
-        self.pid = None
-        self._reactor = reactor
-        self._argv = argv
-        self._out = {1: bytearray(), 2: bytearray()}
-        self._timed_out = False
-        self._exit = None
-        self._grace = None
-        self._timer = reactor.callLater(timeout, self._kill)
-
-    def childDataReceived(self, fd, data):
-        buffer = self._out.get(fd)
-        if buffer is not None and len(buffer) < OUTPUT_LIMIT:
-            buffer.extend(data[: OUTPUT_LIMIT - len(buffer)])
-
-    def processExited(self, reason):
-        # The program is done; a child it left in the background may still
-        # hold our pipes.  Take what is already written, then stop reading.
-        self._exit = reason.value
-        self._grace = self._reactor.callLater(PIPE_GRACE, self._close_pipes)
-
-    def _close_pipes(self):
-        if self.transport is not None:
-            self.transport.loseConnection()
-
-    def _kill(self):
-        self._timed_out = True
-        pid = self.pid  # recorded at spawn: the transport forgets it once reaped
-        if pid is not None:
-            try:
-                # The program runs in its own session (see ProcessRunner), so
-                # this also ends whatever it started in the background.
-                os.killpg(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        try:
-            self.transport.signalProcess("KILL")
-        except error.ProcessExitedAlready:
-            pass
-        # A child that escaped the group may still hold our pipes open; do
-        # not wait for it.
-        if self.transport is not None:
-            self.transport.loseConnection()
-
-    def processEnded(self, reason):
-        for timer in (self._timer, self._grace):
-            if timer is not None and timer.active():
-                timer.cancel()
-        value = self._exit if self._exit is not None else reason.value
-        self.done.callback(
-            ActionResult(
-                argv=tuple(self._argv),
-                exit_code=getattr(value, "exitCode", None),
-                signal=getattr(value, "signal", None),
-                timed_out=self._timed_out,
-                stdout=self._out[1].decode("utf-8", "replace"),
-                stderr=self._out[2].decode("utf-8", "replace"),
-            )
-        )
-
-
 class ProcessRunner:
     """
-    Runs programs with the reactor's process support, each in a session of
-    its own (through setsid(1), which execs in place: the argv the program
-    sees is unchanged) so that a timeout kills it and its children.
+    Runs programs with C{os.posix_spawn}, each in a session of its own so
+    that a timeout kills it and whatever it started; the reactor watches its
+    output pipes and, through a pidfd, its exit.
+
+    Not C{reactor.spawnProcess}: that lists and C{fcntl}s every open
+    descriptor at each spawn, which with a pool of 10,000 ports holds the
+    reactor for 15 ms per action (0.4 ms with 100; C{posix_spawn} itself
+    takes 0.1-0.2 ms), and it can start a session only by exec'ing setsid(1)
+    first, another 0.8 ms before the action runs.  Instead every descriptor
+    but 0-2 is made close-on-exec once, when the runner is made (see
+    L{_no_inherited_descriptors}), and the child gets only the three it is
+    given.
     """
 
-    def __init__(self, reactor, timeout: float):
+    def __init__(self, reactor, timeout: float, use_pidfd: bool = True):
         self._reactor = reactor
         self._timeout = timeout
-        import shutil
-
-        setsid = shutil.which("setsid")
-        self._prefix = [setsid] if setsid else []
+        self._use_pidfd = use_pidfd and hasattr(os, "pidfd_open")
+        _no_inherited_descriptors()
 
     def run(self, argv: list[str], env: dict[str, str]) -> defer.Deferred:
         """
         @return: a L{Deferred} that fires with an L{ActionResult}, never errs.
         """
-        capture = _Capture(self._reactor, argv, self._timeout)
         try:
-            command = self._prefix + list(argv)
-            self._reactor.spawnProcess(
-                capture, command[0], args=command, env=env, path=None,
-                childFDs={0: "w", 1: "r", 2: "r"},
-            )
+            child = _Child(self._reactor, list(argv), env, self._timeout, self._use_pidfd)
         except Exception as failure:  # OSError, or a bad argv (TypeError)
-            capture._timer.cancel()
             return defer.succeed(
                 ActionResult(tuple(argv), None, None, False, "", "", spawn_error=str(failure))
             )
-        capture.pid = capture.transport.pid
-        capture.transport.closeStdin()
-        return capture.done
+        return child.done
+
+
+def _no_inherited_descriptors() -> None:
+    """
+    Make every descriptor above 2 open now close-on-exec.  The daemon may
+    have inherited some from whatever started it; those it opens itself
+    are close-on-exec already (Python's, Twisted's and SQLite's alike).
+    """
+    for directory in ("/proc/self/fd", "/dev/fd"):
+        try:
+            names = os.listdir(directory)
+        except OSError:
+            continue
+        for name in names:
+            if name.isdigit() and int(name) > 2:
+                try:
+                    os.set_inheritable(int(name), False)
+                except OSError:
+                    pass  # the listing's own descriptor, closed by now
+        return
+
+
+def _spawn(argv: list[str], env: dict[str, str], stdout: int, stderr: int) -> int:
+    """
+    Start C{argv} in a new session with stdin from /dev/null, and the signal
+    mask and the dispositions this process ignores (SIGPIPE, at least) reset.
+    """
+    ignored = [
+        number for number in range(1, signal.NSIG)
+        if number not in (signal.SIGKILL, signal.SIGSTOP)
+        and signal.getsignal(number) == signal.SIG_IGN
+    ]
+    return os.posix_spawn(
+        argv[0], argv, env,
+        file_actions=[
+            (os.POSIX_SPAWN_DUP2, stdout, 1),
+            (os.POSIX_SPAWN_DUP2, stderr, 2),
+            (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
+        ],
+        setsid=True,
+        setsigmask=(),
+        setsigdef=ignored,
+    )
+
+
+def _pipe() -> tuple[int, int]:
+    """
+    A pipe whose ends are not 0-2, so that the child's dup2 onto 1 and 2
+    always makes a new, inheritable descriptor.
+    """
+    ends = []
+    for fd in os.pipe():
+        if fd < 3:
+            moved = fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 3)
+            os.close(fd)
+            fd = moved
+        ends.append(fd)
+    return ends[0], ends[1]
+
+
+@implementer(IReadDescriptor)
+class _Watch:
+    """
+    A descriptor in the reactor that calls C{on_ready} when readable.
+    """
+
+    def __init__(self, reactor, fd: int, on_ready):
+        self._reactor = reactor
+        self.fd = fd
+        self._on_ready = on_ready
+        reactor.addReader(self)
+
+    def fileno(self) -> int:
+        return self.fd
+
+    def logPrefix(self) -> str:
+        return "action"
+
+    def doRead(self):
+        self._on_ready()
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            self._reactor.removeReader(self)
+            os.close(self.fd)
+            self.fd = -1
+
+    def connectionLost(self, reason):
+        # The reactor dropped us without a doRead (a pipe's writers all
+        # gone is a hang-up, not a read): the owner reads the end itself.
+        self._on_ready()
+
+
+class _Child:
+    """
+    One running program: its output collected up to L{OUTPUT_LIMIT} a
+    stream, its exit status, and a kill at the timeout.  C{done} fires once
+    it has exited and its pipes are closed (or L{PIPE_GRACE} after it
+    exited, when a child it left in the background still holds them).
+    """
+
+    def __init__(self, reactor, argv, env, timeout, use_pidfd):
+        self.done = defer.Deferred()
+        self._reactor = reactor
+        self._argv = tuple(argv)
+        self._status = None
+        self._timed_out = False
+        self._grace = None
+        out_r, out_w = _pipe()
+        try:
+            err_r, err_w = _pipe()
+        except OSError:
+            os.close(out_r)
+            os.close(out_w)
+            raise
+        try:
+            self.pid = _spawn(argv, env, out_w, err_w)
+        except BaseException:
+            os.close(out_r)
+            os.close(err_r)
+            raise
+        finally:
+            os.close(out_w)
+            os.close(err_w)
+        self._stdout, self._stderr = bytearray(), bytearray()
+        self._pipes = []
+        for fd, buffer in ((out_r, self._stdout), (err_r, self._stderr)):
+            os.set_blocking(fd, False)
+            self._pipes.append(_Watch(reactor, fd, lambda fd=fd, b=buffer: self._read(fd, b)))
+        self._timer = reactor.callLater(timeout, self._kill)
+        self._exit_watch = self._poll = None
+        if use_pidfd:
+            try:
+                self._exit_watch = _Watch(reactor, os.pidfd_open(self.pid), self._reap)
+            except OSError:  # a kernel or sandbox without pidfds
+                pass
+        if self._exit_watch is None:
+            self._poll = reactor.callLater(EXIT_POLL, self._reap)
+
+    def _read(self, fd, buffer):
+        try:
+            data = os.read(fd, 65536)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if data:
+            # Read past the limit too, so the program never blocks on a
+            # full pipe; keep only the first OUTPUT_LIMIT bytes.
+            buffer.extend(data[: max(0, OUTPUT_LIMIT - len(buffer))])
+            return
+        self._close_pipe(fd)
+        self._finish()
+
+    def _close_pipe(self, fd):
+        for watch in self._pipes:
+            if watch.fd == fd:
+                watch.close()
+                self._pipes.remove(watch)
+                return
+
+    def _reap(self):
+        self._poll = None
+        try:
+            pid, status = os.waitpid(self.pid, os.WNOHANG)
+        except ChildProcessError:  # reaped elsewhere: no status to report
+            pid, status = self.pid, -1
+        if pid == 0:
+            if self._exit_watch is None:
+                self._poll = self._reactor.callLater(EXIT_POLL, self._reap)
+            return
+        self._status = status
+        if self._exit_watch is not None:
+            self._exit_watch.close()
+        if self._timer.active():
+            self._timer.cancel()
+        # A child it left in the background may still hold our pipes: take
+        # what is already written, then stop reading.
+        self._grace = self._reactor.callLater(PIPE_GRACE, self._close_pipes)
+        self._finish()
+
+    def _close_pipes(self):
+        for watch in list(self._pipes):
+            self._close_pipe(watch.fd)
+        self._finish()
+
+    def _kill(self):
+        self._timed_out = True
+        try:
+            # The program leads a session of its own: its group is its pid.
+            os.killpg(self.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        # Anything that escaped the group may hold our pipes; do not wait.
+        self._close_pipes()
+
+    def _finish(self):
+        if self._status is None or self._pipes or self.done.called:
+            return
+        for timer in (self._timer, self._grace):
+            if timer is not None and timer.active():
+                timer.cancel()
+        status = self._status
+        exited = status >= 0 and os.WIFEXITED(status)
+        killed = status >= 0 and os.WIFSIGNALED(status)
+        self.done.callback(
+            ActionResult(
+                argv=self._argv,
+                exit_code=os.WEXITSTATUS(status) if exited else None,
+                signal=os.WTERMSIG(status) if killed else None,
+                timed_out=self._timed_out,
+                stdout=self._stdout.decode("utf-8", "replace"),
+                stderr=self._stderr.decode("utf-8", "replace"),
+            )
+        )
 
 
 class MemoryRunner:
