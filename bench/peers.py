@@ -299,8 +299,11 @@ class Knocker(Peer):
     description = "knocker (twistd knockserver), `knocker knock`: handshake + 6 TCP ports + OPEN"
     recover_after = 0.0
 
-    def __init__(self, tools, pool_size=100, lockout=3):
+    def __init__(self, tools, pool_size=100, lockout=3, name=None):
         super().__init__(tools)
+        if name is not None:
+            self.name = name
+            self.description = f"{self.description}, a pool of {pool_size} ports"
         self.pool_size = pool_size
         self.lockout = lockout
         self.skip_reason = knocker_missing()
@@ -310,8 +313,11 @@ class Knocker(Peer):
         self.env = knocker_env()
         marker = self._install_marker("on-success")
         self.central = common.free_port_block(1)[0]
-        span = self.pool_size * 2
-        block = common.free_port_block(span, contiguous=True, avoid=[self.central])
+        span = min(self.pool_size * 2, self.pool_size + 2000)  # room to draw from
+        # A big pool goes below the ephemeral range, where connections in
+        # TIME_WAIT leave no long free run.
+        where = {} if self.pool_size <= 1000 else {"lo": 1024, "hi": 32768}
+        block = common.free_port_block(span, contiguous=True, avoid=[self.central], **where)
         self.pool_lo, self.pool_hi = block[0], block[-1]
         self.conf = os.path.join(workdir, "knockserver.conf")
         with open(self.conf, "w") as f:
@@ -390,9 +396,12 @@ def make_peers(tools, with_knocker=True):
     if with_knocker:
         k = Knocker(tools)
         peers.append(k)
+        # The same with a pool of 10,000 ports: each action's start must
+        # not cost more with every descriptor the daemon holds.
+        peers.append(Knocker(tools, pool_size=10000, name="knocker-pool10k"))
         if not k.skip_reason:
             # What `knocker knock` imports before it connects (knocker.main
-            # and knocker.quick; hmac comes later, while the server answers).
+            # and knocker.quick: the whole client).
             # -I: from the installed package, not a source tree in the cwd.
             peers.insert(3, Baseline(tools, "knocker-import",
                                      [py, "-I", "-c", "import knocker.main, knocker.quick"],
