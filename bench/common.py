@@ -180,7 +180,7 @@ def wait_for(predicate, timeout, interval=0.002):
 # --------------------------------------------------------------------------
 # ports and sockets
 
-def _proc_net_ports(kinds, state):
+def _proc_net_ports(kinds, state, skip=None):
     ports = set()
     for kind in kinds:
         try:
@@ -188,7 +188,7 @@ def _proc_net_ports(kinds, state):
                 next(f)
                 for line in f:
                     parts = line.split()
-                    if state is None or parts[3] == state:
+                    if (state is None or parts[3] == state) and parts[3] != skip:
                         ports.add(int(parts[1].rsplit(":", 1)[1], 16))
         except OSError:
             pass
@@ -215,7 +215,10 @@ _CLAIMED = set()
 def free_port_block(count, lo=20000, hi=60000, rng=random, contiguous=False, avoid=()):
     """Pick `count` TCP+UDP ports on 127.0.0.1 nobody uses now and no earlier
     call handed out. With contiguous=True return a free run of `count`."""
-    used = _proc_net_ports(("tcp", "tcp6", "udp", "udp6"), None) | set(avoid) | _CLAIMED
+    # Every socket but those in TIME_WAIT (06), which do not stop a bind
+    # with SO_REUSEADDR and which any busy run leaves all over the range.
+    used = (_proc_net_ports(("tcp", "tcp6"), None, skip="06")
+            | _proc_net_ports(("udp", "udp6"), None) | set(avoid) | _CLAIMED)
     for _ in range(1000):
         if contiguous:
             start = rng.randrange(lo, hi - count)
