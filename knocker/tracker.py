@@ -8,6 +8,7 @@ for C{seconds()} and for the window timers.  Verdicts go to an observer; it
 never sees a socket, a file or a process.
 """
 
+import heapq
 import math
 from enum import Enum
 from typing import Protocol
@@ -16,6 +17,13 @@ from attrs import define, field, frozen
 
 GLOBAL = "*"
 """The lockout key that locks out every address (scope C{global})."""
+
+MAX_LOCKOUTS = 100_000
+"""Most lockouts held at once.  With C{lockout-scope = source} a flood from
+many addresses (an IPv6 /64 holds 2**64) starts one each; past this bound
+the soonest to end is dropped first.  That lets an address knock early,
+which grants nothing without the secret; an unbounded table would let the
+flood take the daemon's memory."""
 
 
 class Outcome(str, Enum):
@@ -85,14 +93,15 @@ class TrackerObserver(Protocol):
 
 
 class Tracker:
-    _PRUNE_AT = 4096
-
     def __init__(self, clock, policy: Policy, observer: TrackerObserver):
         self._clock = clock
         self._policy = policy
         self._observer = observer
         self._slots: dict[str, Slot] = {}
         self._lockouts: dict[str, float] = {}
+        # (until, key) for every lockout set, soonest first: expired and
+        # excess lockouts leave from the top, in O(log n) each.
+        self._ends: list[tuple[float, str]] = []
 
     # Questions.
 
@@ -190,7 +199,7 @@ class Tracker:
         Reinstate a lockout that was in force before a restart.
         """
         if until > self._clock.seconds():
-            self._lockouts[key] = max(until, self._lockouts.get(key, 0.0))
+            self._lock(key, max(until, self._lockouts.get(key, 0.0)))
 
     def stop(self) -> None:
         """
@@ -209,8 +218,7 @@ class Tracker:
     def _failed(self, ip: str, reason: str) -> None:
         key = GLOBAL if self._policy.scope == "global" else ip
         until = self._clock.seconds() + self._policy.lockout
-        self._prune()
-        self._lockouts[key] = until
+        self._lock(key, until)
         for slot in list(self._slots.values()):
             if not slot.acting and (key == GLOBAL or slot.ip == ip):
                 self._end(slot, "locked-out")
@@ -231,10 +239,15 @@ class Tracker:
             return 1
         return _ceil(slot.deadline - now)
 
-    def _prune(self) -> None:
-        if len(self._lockouts) >= self._PRUNE_AT:
-            now = self._clock.seconds()
-            self._lockouts = {k: u for k, u in self._lockouts.items() if u > now}
+    def _lock(self, key: str, until: float) -> None:
+        self._lockouts[key] = until
+        heapq.heappush(self._ends, (until, key))
+        now = self._clock.seconds()
+        ends, lockouts = self._ends, self._lockouts
+        while ends and (ends[0][0] <= now or len(lockouts) > MAX_LOCKOUTS):
+            ended, old = heapq.heappop(ends)
+            if lockouts.get(old) == ended:  # not since replaced by a later one
+                del lockouts[old]
 
 
 def _ceil(seconds: float) -> int:

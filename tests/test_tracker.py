@@ -188,6 +188,38 @@ class LockoutTests(SynchronousTestCase):
         tracker.failed_attempt(A, "denied")
         self.assertEqual(seen.failed, [(A, 3, "locked-out")])
 
+    def test_source_lockouts_are_bounded_newest_kept(self):
+        """
+        A flood from more addresses than the bound: the newest lockouts
+        are held, the oldest dropped (those addresses may knock again).
+        """
+        from knocker import tracker as module
+
+        self.patch(module, "MAX_LOCKOUTS", 5)
+        clock, tracker, seen = make(scope="source", lockout=60)
+        sources = [f"2001:db8::{n:x}" for n in range(20)]
+        for source in sources:
+            clock.advance(0.1)
+            self.assertEqual(tracker.hit(source, 4444), Outcome.NO_SLOT)
+        self.assertEqual(sorted(tracker.lockouts()), sorted(sources[-5:]))
+        self.assertIsNone(tracker.refusal(sources[0]))
+        self.assertEqual(tracker.refusal(sources[-1]).kind, "locked")
+        self.assertEqual(len(seen.lockouts), 20, "every one was still reported")
+
+    def test_lockouts_end_in_time_order_whatever_the_insertion(self):
+        """
+        A restored lockout that ends late does not hold back the ones set
+        after it that end sooner.
+        """
+        clock, tracker, seen = make(scope="source", lockout=10)
+        tracker.restore_lockout(A, clock.seconds() + 1000)
+        tracker.hit(B, 4444)
+        clock.advance(11)
+        self.assertIsNone(tracker.refusal(B))
+        self.assertEqual(tracker.hit(B, 4444), Outcome.NO_SLOT, "a new failed attempt")
+        self.assertEqual(tracker.refusal(B).kind, "locked")
+        self.assertEqual(set(tracker.lockouts()), {A, B})
+
     def test_restored_lockout(self):
         clock, tracker, seen = make()
         tracker.restore_lockout(GLOBAL, clock.seconds() + 30)
