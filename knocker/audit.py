@@ -71,6 +71,22 @@ class AuditLog:
             log.error("audit log {path} write failed ({error}); {n} events lost",
                       path=self.path, error=error, n=self.dropped)
 
+    def reopen(self) -> None:
+        """
+        Switch to a fresh open of C{path}, after logrotate (or anyone) moved
+        the file: events go to the new file from the next one on.  If the
+        path cannot be opened, keep writing to the old file and say why.
+        """
+        try:
+            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        except OSError as error:
+            log.error("audit log {path} cannot be reopened ({error}); still writing to "
+                      "the file opened before", path=self.path, error=error)
+            return
+        old, self._fd = self._fd, fd
+        os.close(old)
+        self.record("audit-reopened")
+
     def close(self) -> None:
         os.close(self._fd)
 

@@ -7,6 +7,8 @@ port it cannot bind stops the daemon with a message naming the cause,
 before anything listens (a half-started knock server is worse than none).
 """
 
+import signal
+
 from twisted.application import service
 from twisted.internet.defer import gatherResults, maybeDeferred
 from twisted.internet.endpoints import serverFromString
@@ -60,6 +62,7 @@ class KnockServerService(service.Service):
         self._store = None
         self._audit = None
         self._spare = None
+        self._previous_sighup = None
 
     def privilegedStartService(self):
         try:
@@ -72,6 +75,21 @@ class KnockServerService(service.Service):
             # other exception would bury the cause in a traceback.
             raise SystemExit(f"knockserver cannot start: {error}") from error
         service.Service.privilegedStartService(self)
+
+    def startService(self):
+        service.Service.startService(self)
+        # SIGHUP reopens the audit log (for logrotate); left alone, it would
+        # end the daemon.  The handler only wakes the reactor, which does
+        # the work between events.
+        previous = signal.signal(
+            signal.SIGHUP, lambda number, frame: self._reactor.callFromThread(self.reopen_logs)
+        )
+        self._previous_sighup = (previous,)
+
+    def reopen_logs(self):
+        if self._audit is not None:
+            self._audit.reopen()
+            log.info("audit log {path} reopened", path=self._audit.path)
 
     def _start(self):
         config, reactor = self.config, self._reactor
@@ -121,6 +139,9 @@ class KnockServerService(service.Service):
 
     def stopService(self):
         service.Service.stopService(self)
+        if self._previous_sighup is not None:
+            signal.signal(signal.SIGHUP, self._previous_sighup[0] or signal.SIG_DFL)
+            self._previous_sighup = None
         if self.server is not None:
             self.server.stop()
         stopped = self._stop_listening()

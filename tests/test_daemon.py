@@ -6,6 +6,7 @@ exit statuses, restarts and kill -9.
 
 import json
 import os
+import signal
 import socket
 import stat
 import subprocess
@@ -126,6 +127,31 @@ class DaemonTests(SynchronousTestCase):
         self.assertEqual([e.get("reason") for e in events if e["event"] == "fail"], ["wrong-port"])
         self.assertEqual([e["reason"] for e in events if e["event"] == "denied"], ["bad-proof"])
         self.assertEqual(read_lines(self.success_out), [])
+
+    def test_sighup_reopens_the_audit_log_for_rotation(self):
+        """
+        What logrotate does: move the log, send SIGHUP.  The daemon keeps
+        running and writes what follows to a new file at the same path.
+        """
+        knock_file, _ = self.generate()
+        self.start()
+        rotated = self.audit + ".1"
+        os.rename(self.audit, rotated)
+        os.kill(self.daemon.process.pid, signal.SIGHUP)
+        deadline = time.monotonic() + 10
+        while not os.path.exists(self.audit):
+            self.assertLess(time.monotonic(), deadline, "no new audit log after SIGHUP")
+            time.sleep(0.05)
+        result = self.knock(knock_file)
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertEqual(stat.S_IMODE(os.stat(self.audit).st_mode), 0o600)
+        before = [e["event"] for e in read_audit(rotated)]
+        after = [e["event"] for e in read_audit(self.audit)]
+        self.assertIn("start", before)
+        self.assertNotIn("grant", before)
+        self.assertEqual(after[0], "audit-reopened")
+        self.assertIn("grant", after)
+        self.assertIn("open", after)
 
     def test_damaged_knock_file_warns_or_refuses(self):
         """

@@ -334,6 +334,30 @@ class AuditLogTests(TestCase):
             handle.write('{"event":"start"}\nnot json\n{"event":"stop"}\n')
         self.assertRaises(ValueError, read_audit, path)
 
+    def test_reopen_that_fails_keeps_the_old_file(self):
+        """
+        Rotated into a directory that is gone: nothing is lost, the events
+        keep going to the file already open.
+        """
+        from twisted.internet.task import Clock
+
+        from knocker.audit import AuditLog
+
+        directory = os.path.abspath(self.mktemp())
+        os.makedirs(directory)
+        path = os.path.join(directory, "audit.log")
+        audit = AuditLog(path, Clock())
+        audit.record("start")
+        moved = directory + ".moved"
+        os.rename(directory, moved)
+        audit.reopen()
+        audit.record("stop")
+        audit.close()
+        self.assertEqual([e["event"] for e in read_audit(os.path.join(moved, "audit.log"))],
+                         ["start", "stop"])
+        self.assertFalse(os.path.exists(path))
+        self.flushLoggedErrors()
+
 
 
 class TornAuditTests(TestCase):
