@@ -299,12 +299,14 @@ class Knocker(Peer):
     description = "knocker (twistd knockserver), `knocker knock`: handshake + 6 TCP ports + OPEN"
     recover_after = 0.0
 
-    def __init__(self, tools, pool_size=100, lockout=3, name=None):
+    def __init__(self, tools, pool_size=100, lockout=3, name=None, unchecked=False):
         super().__init__(tools)
         if name is not None:
             self.name = name
-            self.description = f"{self.description}, a pool of {pool_size} ports"
+            self.description = (f"{self.description}, a pool of {pool_size} ports"
+                                + (", the whole-file check every time" if unchecked else ""))
         self.pool_size = pool_size
+        self.unchecked = unchecked
         self.lockout = lockout
         self.skip_reason = knocker_missing()
 
@@ -371,6 +373,13 @@ class Knocker(Peer):
         return self._ports_in_knock_file(enough=None)
 
     def one_run(self):
+        if self.unchecked:
+            # Forget that the file passed the whole-file check, as on the
+            # first knock with a new file.
+            try:
+                os.unlink(self.knock_file + ".checked")
+            except FileNotFoundError:
+                pass
         return self._timed_client(
             knocker_cli() + ["knock", "--server", "tcp:host=127.0.0.1:port=%d" % self.central,
                              "--knock-file", self.knock_file],
@@ -399,6 +408,9 @@ def make_peers(tools, with_knocker=True):
         # The same with a pool of 10,000 ports: each action's start must
         # not cost more with every descriptor the daemon holds.
         peers.append(Knocker(tools, pool_size=10000, name="knocker-pool10k"))
+        # And the first knock with a file: its whole-file check not yet
+        # remembered in FILE.checked.
+        peers.append(Knocker(tools, name="knocker-first", unchecked=True))
         if not k.skip_reason:
             # What `knocker knock` imports before it connects (knocker.main
             # and knocker.quick: the whole client).

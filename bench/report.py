@@ -43,7 +43,7 @@ def table(header, rows):
 def time_to_open(peers, out):
     entries = peers["entries"]
     order = [name for name in ("spawn-true", "python-pass", "python-reactor", "knocker-import",
-                               "knockd", "fwknop-pcap", "fwknop-udp", "knocker", "knocker-pool10k")
+                               "knockd", "fwknop-pcap", "fwknop-udp", "knocker", "knocker-first", "knocker-pool10k")
              if name in entries]
     rows = []
     for name in order:

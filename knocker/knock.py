@@ -73,10 +73,8 @@ _FAILS = {
 
 
 class KnockResult(Record):
-    __slots__ = ("outcome", "detail", "index", "ports", "attempts", "retry_after", "warning")
-    _defaults = {
-        "detail": "", "index": None, "ports": (), "attempts": 1, "retry_after": None, "warning": "",
-    }
+    __slots__ = ("outcome", "detail", "index", "ports", "attempts", "retry_after")
+    _defaults = {"detail": "", "index": None, "ports": (), "attempts": 1, "retry_after": None}
 
     def message(self) -> str:
         text = f"{self.outcome.name}: {self.outcome.meaning}"
@@ -86,8 +84,8 @@ class KnockResult(Record):
 def load_knockfile(config):
     """
     The client's portknock file named by C{config}: mode 0600 and its header
-    checked now, the granted knock's line when it is granted, the rest after
-    the knock (see L{knocker.knockfile.KnockFileText}).
+    checked now, its knocks during the handshake (see
+    L{knocker.knockfile.KnockFileText}).
 
     @raise ValueError: no file set, unsafe, unreadable or malformed; the
         message names the file.
@@ -113,10 +111,11 @@ async def knock(io, config, knockfile, uniform=None) -> KnockResult:
     @param uniform: C{uniform(a, b)} for the jitter (default: L{random}).
     """
     started = time.time()
+    known = read_checked(config)
     attempts = 0
     while True:
         attempts += 1
-        result = (await _attempt(io, config, knockfile)).replace(attempts=attempts)
+        result = (await _attempt(io, config, knockfile, known)).replace(attempts=attempts)
         if result.outcome is not Outcome.BUSY or attempts > config.busy_retries:
             break
         if uniform is None:
@@ -125,6 +124,8 @@ async def knock(io, config, knockfile, uniform=None) -> KnockResult:
         io.say(f"server busy; retrying in {wait:.1f}s")
         await io.sleep(wait)
     log_attempt(config, knockfile.client, started, result)
+    if knockfile.checked_now and config.knock_file is not None:
+        remember_checked(config, knockfile.fingerprint())
     return result
 
 
@@ -140,42 +141,40 @@ class _Deadline:
         return left
 
 
-async def _attempt(io, config, knockfile) -> KnockResult:
+async def _attempt(io, config, knockfile, known) -> KnockResult:
     deadline = _Deadline(io, config.timeout)
     try:
         conn = await io.connect(config.server, min(config.connect_timeout, deadline.left()))
     except (Unreachable, Trouble) as failure:
         return KnockResult(Outcome.UNREACHABLE, f"{config.server}: {failure}")
     machine = hs.ClientHandshake(knockfile)
-    index, ports, warning = None, (), ""
+    index, ports = None, ()
     try:
         conn.send(machine.hello().line)
         while True:
             line = await conn.readline(deadline.left())
             if line is None:
-                return KnockResult(Outcome.NO_VERDICT, "connection closed", index, ports, warning=warning)
+                return KnockResult(Outcome.NO_VERDICT, "connection closed", index, ports)
             action = machine.receive(line)
             if isinstance(action, hs.SendLine):
                 conn.send(action.line)
+                knockfile.check(known)  # the whole file, while the server decides
             elif isinstance(action, hs.KnockPorts):
                 index, ports = action.index, action.ports
                 io.say(f"granted knock {index}: knocking {conn.peer_host} ports {ports}")
                 for port in ports:
                     await io.hit(conn.peer_host, port, min(config.connect_timeout, deadline.left()))
-                # The rest of the file, while the server acts: damage
-                # elsewhere does not spoil this knock, but should be heard of.
-                damage = knockfile.damage()
-                warning = f"{damage}; generate a new file" if damage else ""
             else:
-                return _result(action.reply, index, ports).replace(warning=warning)
+                return _result(action.reply, index, ports)
     except hs.ProtocolError as failure:
         return KnockResult(Outcome.BAD_SERVER, str(failure), index, ports)
     except Trouble as failure:
-        return KnockResult(Outcome.NO_VERDICT, str(failure), index, ports, warning=warning)
+        return KnockResult(Outcome.NO_VERDICT, str(failure), index, ports)
     except Unreachable as failure:
         return KnockResult(Outcome.UNREACHABLE, f"{config.server}: {failure}")
     except KnockFileError as failure:
-        # The granted number is wasted; the file must be regenerated anyway.
+        # A number granted for our PROOF is wasted; the file must be
+        # regenerated anyway.
         return KnockResult(Outcome.BAD_FILE, str(failure), machine.granted_index)
     finally:
         conn.close()
@@ -224,8 +223,6 @@ def log_attempt(config, client: str, started: float, result: KnockResult) -> Non
         "attempts": result.attempts,
         "seconds": round(time.time() - started, 4),
     }
-    if result.warning:
-        entry["warning"] = result.warning
     path = os.path.expanduser(config.log_file)
     try:
         ensure_private_dir(os.path.dirname(os.path.abspath(path)))
@@ -238,6 +235,44 @@ def log_attempt(config, client: str, started: float, result: KnockResult) -> Non
         import sys
 
         print(f"knocker: cannot write the client log {path}: {failure}", file=sys.stderr)
+
+
+# A portknock file that passed the whole-file check leaves its fingerprint
+# in FILE.checked (0600, beside it): the check costs 1-2 ms, most of a
+# knock's own time, and the file does not change from one knock to the
+# next.  Changed text has another fingerprint and is checked again.
+CHECKED_SUFFIX = ".checked"
+
+
+def read_checked(config) -> tuple[str, ...]:
+    """
+    The fingerprint recorded for C{config.knock_file}, if any; none if the
+    record is missing, unsafe or unreadable (the file is then checked
+    again, which is only slower).
+    """
+    from knocker.files import PrivateFileError, read_private
+    from knocker.knockfile import is_hex64
+
+    if config.knock_file is None:
+        return ()
+    try:
+        recorded = read_private(config.knock_file + CHECKED_SUFFIX).strip()
+    except (OSError, PrivateFileError):
+        return ()
+    return (recorded,) if is_hex64(recorded) else ()
+
+
+def remember_checked(config, fingerprint: str) -> None:
+    """
+    Record C{fingerprint} for the next knock (after the verdict, off the
+    knock's path); where it cannot be written, the next knock checks again.
+    """
+    from knocker.files import write_private
+
+    try:
+        write_private(config.knock_file + CHECKED_SUFFIX, fingerprint + "\n")
+    except OSError:
+        pass
 
 
 def run_blocking(coroutine):

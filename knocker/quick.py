@@ -212,6 +212,4 @@ def knock_command(argv: list[str]) -> int:
     stream = sys.stdout if result.outcome.exit_code == 0 else sys.stderr
     where = f"knock {result.index}" if result.index else "no knock granted"
     print(f"knocker: {result.message()} [{where}, {config.server}]", file=stream)
-    if result.warning:
-        print(f"knocker: warning: {result.warning}", file=sys.stderr)
     return result.outcome.exit_code

@@ -39,11 +39,12 @@ class PeerBenchTests(SynchronousTestCase):
         report = self.run_bench(os.path.join(BENCH, "peers.py"), "--runs", "2",
                                 "--flood-runs", "1", "--max-seconds", "300")
         entries = report["entries"]
-        for name in ("knocker", "knocker-pool10k", "knockd", "fwknop-pcap", "fwknop-udp"):
+        for name in ("knocker", "knocker-first", "knocker-pool10k", "knockd", "fwknop-pcap",
+                     "fwknop-udp"):
             self.assertIn(name, entries, report.get("skipped"))
             self.assertGreaterEqual(entries[name]["n"], 1, entries[name])
             self.assertGreater(entries[name]["p50_ms"], 0)
-        for name in ("knocker", "knocker-pool10k"):
+        for name in ("knocker", "knocker-first", "knocker-pool10k"):
             self.assertEqual(entries[name]["failures"], 0, entries[name]["failure_reasons"])
 
     def test_pool_cost_against_the_c_floor(self):

@@ -116,3 +116,90 @@ class KnockCoroutineTests(SynchronousTestCase):
         codes = [outcome.exit_code for outcome in OUTCOMES]
         self.assertEqual(len(codes), len(set(codes)))
         self.assertEqual(Outcome.OPEN.exit_code, 0)
+
+
+class CheckedRecordTests(SynchronousTestCase):
+    """
+    The whole-file check runs once per file content: its fingerprint is
+    kept in FILE.checked, and a file whose text changed is checked again.
+    """
+
+    def setUp(self):
+        import os
+
+        from knocker.files import write_private
+        from knocker.knockfile import format_knockfile
+
+        self.dir = self.mktemp()
+        os.makedirs(self.dir)
+        self.path = os.path.join(self.dir, "alice.knock")
+        self.text = format_knockfile(KF)
+        write_private(self.path, self.text)
+        self.checks = []
+
+    def run_knock(self, text=None):
+        from knocker.knockfile import KnockFileText
+
+        kf = KnockFileText(self.text if text is None else text, self.path)
+        io = ScriptedIO([f"CHALLENGE {NONCE}".encode(), grant(1), b"OPEN"])
+        conf = config(**{"knock-file": self.path})
+        return run_blocking(knock(io, conf, kf)), io
+
+    def count_checks(self):
+        from knocker import knockfile
+
+        real = knockfile.knocks_at_a_glance
+
+        def counted(*args):
+            self.checks.append(args)
+            return real(*args)
+
+        self.patch(knockfile, "knocks_at_a_glance", counted)
+
+    def test_checked_once_then_remembered(self):
+        import os
+        import stat
+
+        from knocker.knockfile import KnockFileText
+
+        self.count_checks()
+        first, _ = self.run_knock()
+        record = self.path + ".checked"
+        self.assertEqual(stat.S_IMODE(os.stat(record).st_mode), 0o600)
+        with open(record) as handle:
+            self.assertEqual(handle.read(), KnockFileText(self.text, self.path).fingerprint() + "\n")
+        second, io = self.run_knock()
+        self.assertEqual((first.outcome, second.outcome), (Outcome.OPEN, Outcome.OPEN))
+        self.assertEqual(len(self.checks), 1, "the unchanged file was checked again")
+        self.assertEqual(io.hits, [1, 2, 3])
+
+    def test_changed_text_is_checked_again_and_refused(self):
+        self.run_knock()
+        damaged = self.text.replace("\n2 ", "\n2 99999,")
+        result, io = self.run_knock(damaged)
+        self.assertEqual(result.outcome, Outcome.BAD_FILE)
+        self.assertIn(f"{self.path}, line ", result.detail)
+        self.assertEqual(io.hits, [])
+
+    def test_unsafe_record_is_ignored(self):
+        import os
+
+        self.run_knock()
+        os.chmod(self.path + ".checked", 0o644)
+        self.count_checks()
+        result, _ = self.run_knock()
+        self.assertEqual(result.outcome, Outcome.OPEN)
+        self.assertEqual(len(self.checks), 1, "a record others could have written was trusted")
+
+    def test_record_that_cannot_be_written_costs_only_time(self):
+        import os
+
+        os.chmod(self.dir, 0o500)
+        self.addCleanup(os.chmod, self.dir, 0o700)
+        if os.access(self.dir, os.W_OK):  # root ignores the mode
+            os.makedirs(self.path + ".checked")  # a directory: not writable as a file
+        self.count_checks()
+        for _ in range(2):
+            result, _ = self.run_knock()
+            self.assertEqual(result.outcome, Outcome.OPEN)
+        self.assertEqual(len(self.checks), 2)

@@ -6,13 +6,18 @@ refusal named with the file and the line.
 from datetime import datetime, timedelta, timezone
 from random import Random
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
 from knocker.knockfile import (
     KnockFile,
     KnockFileError,
+    KnockFileText,
     format_knockfile,
     generate,
+    knock_section,
+    knocks_at_a_glance,
     parse_header,
     parse_knockfile,
 )
@@ -213,6 +218,59 @@ class HeaderOnlyTests(SynchronousTestCase):
         self.assertIn("secret", str(error))
 
 
+class GlanceTests(SynchronousTestCase):
+    """
+    L{knocks_at_a_glance}, the client's fast whole-file check, must never
+    pass a file the line-by-line parser refuses.
+    """
+
+    def section(self, kf):
+        return knock_section(format_knockfile(kf))
+
+    def test_every_generated_file_passes(self):
+        for seed, ports in [(1, 6), (2, 1), (3, 64), (4, 2)]:
+            kf = generate("alice", tuple(range(10000, 10200)), 300, ports, Random(seed),
+                          SECRET, NOW)
+            self.assertTrue(knocks_at_a_glance(self.section(kf), ports), (seed, ports))
+
+    def test_each_rule_broken(self):
+        good = "1 10001,10002,10003\n2 10004,10005,10006\n3 10007,10008,10009\n"
+        self.assertTrue(knocks_at_a_glance(good, 3))
+        for broken in [
+            good.replace("10002", "10001"),            # repeated port
+            good.replace("10002", "010001"),           # the same, with a leading zero
+            good.replace("10002", "0"),                # port 0
+            good.replace("10002", "65536"),            # port too high
+            good.replace("2 ", "4 "),                  # numbers not consecutive
+            good.replace("\n2 ", "\n1 "),              # a number repeated
+            good.replace(",10003", ""),                # too few ports
+            good.replace("10003", "10003,10010"),      # too many
+            good.replace("10003\n2 ", "10003,2 "),     # two knocks run together
+            good.replace(",10006", ",,10006"),         # an empty port
+            good.replace("10006\n", "10006\n\n"),     # a blank line (valid, but not canonical)
+            good.replace("\n", "\r\n"),               # CRLF (likewise)
+            good[:-1],                                 # no final newline
+            good.replace("10001", "10O01"),            # a letter
+            "",
+        ]:
+            self.assertFalse(knocks_at_a_glance(broken, 3), broken)
+
+    @settings(max_examples=300, deadline=None)
+    @given(st.lists(st.tuples(st.integers(0, 120), st.sampled_from(
+        ["", "0", "1", "9", ",", " ", "\n", "\r", "#", "=", "65536", "10001", "x"])),
+        min_size=1, max_size=4))
+    def test_never_passes_what_the_parser_refuses(self, edits):
+        header = "version = 1\nclient = alice\nsecret = " + SECRET_HEX + \
+            "\nports-per-knock = 3\ncreated = 2026-11-25T10:00:00Z\n\n"
+        body = "1 10001,10002,10003\n2 10004,10005,10006\n3 10007,10008,10009\n"
+        for position, insert in edits:
+            position = min(position, len(body))
+            body = body[:position] + insert + body[position + 1:]
+        content = header + body
+        if knocks_at_a_glance(knock_section(content), 3):
+            parse_knockfile(content, NAME)  # must not raise
+
+
 class RefusalTests(SynchronousTestCase):
     """
     Each broken file is refused, naming the file and the offending line.
@@ -226,6 +284,9 @@ class RefusalTests(SynchronousTestCase):
             self.assertIn(f"line {line}:", message)
         for word in words:
             self.assertIn(word, message)
+        # The client's check before knocking refuses it with the same words.
+        client = self.assertRaises(KnockFileError, lambda: KnockFileText(content, NAME).check())
+        self.assertEqual(str(client), message)
         return message
 
     def with_header_line(self, number, replacement):
