@@ -88,16 +88,20 @@ def _no_inherited_descriptors() -> None:
     """
     for directory in ("/proc/self/fd", "/dev/fd"):
         try:
-            names = os.listdir(directory)
+            fds = [int(name) for name in os.listdir(directory) if name.isdigit()]
+            break
         except OSError:
             continue
-        for name in names:
-            if name.isdigit() and int(name) > 2:
-                try:
-                    os.set_inheritable(int(name), False)
-                except OSError:
-                    pass  # the listing's own descriptor, closed by now
-        return
+    else:  # no listing: try every number the limit allows
+        import resource
+
+        fds = range(3, min(resource.getrlimit(resource.RLIMIT_NOFILE)[0], 1 << 20))
+    for fd in fds:
+        if fd > 2:
+            try:
+                os.set_inheritable(fd, False)
+            except OSError:
+                pass  # not open (or the listing's own descriptor, closed by now)
 
 
 def _spawn(argv: list[str], env: dict[str, str], stdout: int, stderr: int) -> int:
@@ -128,13 +132,16 @@ def _pipe() -> tuple[int, int]:
     A pipe whose ends are not 0-2, so that the child's dup2 onto 1 and 2
     always makes a new, inheritable descriptor.
     """
-    ends = []
-    for fd in os.pipe():
-        if fd < 3:
-            moved = fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 3)
+    ends = list(os.pipe())
+    try:
+        for i, fd in enumerate(ends):
+            if fd < 3:
+                ends[i] = fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 3)
+                os.close(fd)
+    except OSError:
+        for fd in ends:
             os.close(fd)
-            fd = moved
-        ends.append(fd)
+        raise
     return ends[0], ends[1]
 
 
@@ -204,18 +211,57 @@ class _Child:
             os.close(err_w)
         self._stdout, self._stderr = bytearray(), bytearray()
         self._pipes = []
-        for fd, buffer in ((out_r, self._stdout), (err_r, self._stderr)):
-            os.set_blocking(fd, False)
-            self._pipes.append(_Watch(reactor, fd, lambda fd=fd, b=buffer: self._read(fd, b)))
-        self._timer = reactor.callLater(timeout, self._kill)
-        self._exit_watch = self._poll = None
-        if use_pidfd:
-            try:
-                self._exit_watch = _Watch(reactor, os.pidfd_open(self.pid), self._reap)
-            except OSError:  # a kernel or sandbox without pidfds
-                pass
-        if self._exit_watch is None:
-            self._poll = reactor.callLater(EXIT_POLL, self._reap)
+        self._exit_watch = self._poll = self._timer = None
+        try:
+            for fd, buffer in ((out_r, self._stdout), (err_r, self._stderr)):
+                os.set_blocking(fd, False)
+                self._pipes.append(_Watch(reactor, fd, lambda fd=fd, b=buffer: self._read(fd, b)))
+            self._timer = reactor.callLater(timeout, self._kill)
+            pidfd = None
+            if use_pidfd:
+                try:
+                    pidfd = os.pidfd_open(self.pid)
+                except OSError:  # a kernel or sandbox without pidfds
+                    pass
+            if pidfd is not None:
+                try:
+                    self._exit_watch = _Watch(reactor, pidfd, self._reap)
+                except BaseException:
+                    os.close(pidfd)
+                    raise
+            else:
+                self._poll = reactor.callLater(EXIT_POLL, self._reap)
+        except BaseException:
+            self._abandon(out_r, err_r)
+            raise
+
+    def _abandon(self, *fds):
+        """
+        Watching the program failed after it started (the reactor refused a
+        descriptor, say): kill it and let go of everything, so the caller's
+        "could not start" is true.
+        """
+        try:
+            os.killpg(self.pid, signal.SIGKILL)
+        except OSError:
+            pass
+        watched = {watch.fd for watch in self._pipes}
+        for watch in self._pipes + [self._exit_watch]:
+            if watch is not None:
+                watch.close()
+        for fd in fds:
+            if fd not in watched:
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+        for timer in (self._timer, self._poll):
+            if timer is not None and timer.active():
+                timer.cancel()
+        try:
+            os.waitpid(self.pid, 0)  # killed: at once
+        except ChildProcessError:
+            pass
 
     def _read(self, fd, buffer):
         try:
@@ -241,19 +287,30 @@ class _Child:
 
     def _reap(self):
         self._poll = None
-        try:
-            pid, status = os.waitpid(self.pid, os.WNOHANG)
-        except ChildProcessError:  # reaped elsewhere: no status to report
-            pid, status = self.pid, -1
+        pid, status = self._wait()
         if pid == 0:
             if self._exit_watch is None:
                 self._poll = self._reactor.callLater(EXIT_POLL, self._reap)
             return
+        self._exited(status)
+
+    def _wait(self) -> tuple[int, int]:
+        """
+        C{(pid, status)} if the program has ended (status -1 if someone
+        else reaped it), C{(0, 0)} if it still runs.
+        """
+        try:
+            return os.waitpid(self.pid, os.WNOHANG)
+        except ChildProcessError:
+            return self.pid, -1
+
+    def _exited(self, status: int) -> None:
         self._status = status
         if self._exit_watch is not None:
             self._exit_watch.close()
-        if self._timer.active():
-            self._timer.cancel()
+        for timer in (self._timer, self._poll):
+            if timer is not None and timer.active():
+                timer.cancel()
         # A child it left in the background may still hold our pipes: take
         # what is already written, then stop reading.
         self._grace = self._reactor.callLater(PIPE_GRACE, self._close_pipes)
@@ -265,11 +322,16 @@ class _Child:
         self._finish()
 
     def _kill(self):
+        pid, status = self._wait()
+        if pid:
+            # It ended in time, and the reactor had not yet said so.
+            self._exited(status)
+            return
         self._timed_out = True
         try:
             # The program leads a session of its own: its group is its pid.
             os.killpg(self.pid, signal.SIGKILL)
-        except ProcessLookupError:
+        except OSError:  # gone already, or no longer ours to kill
             pass
         # Anything that escaped the group may hold our pipes; do not wait.
         self._close_pipes()

@@ -498,6 +498,47 @@ class ActionRunnerTests(TestCase):
         self.assertTrue(result.ok, result)
         self.assertEqual(len(result.stdout), OUTPUT_LIMIT)
 
+    async def test_exit_seen_only_at_the_timeout_is_not_a_timeout(self):
+        """
+        The program ended in time, but the reactor had not yet noticed when
+        the timeout fired (here: polling with a long interval).
+        """
+        from knocker import actions
+
+        self.patch(actions, "EXIT_POLL", 60.0)
+        result = await actions.ProcessRunner(reactor, 0.5, use_pidfd=False).run(["/bin/true"], {})
+        self.assertEqual((result.ok, result.timed_out, result.exit_code), (True, False, 0))
+
+    async def test_failure_to_watch_a_started_program_kills_it_and_leaks_nothing(self):
+        from knocker.actions import ProcessRunner
+
+        class RefusingReactor:
+            """The real reactor, except that it takes no second reader."""
+
+            def __init__(self):
+                self.readers = 0
+
+            def addReader(self, reader):
+                self.readers += 1
+                if self.readers == 2:
+                    raise OSError("no more watches")
+                reactor.addReader(reader)
+
+            def __getattr__(self, name):
+                return getattr(reactor, name)
+
+        pid_file = os.path.abspath(self.mktemp())
+        script = self.script(f"import os, time\nopen({pid_file!r}, 'w').write(str(os.getpid()))\n"
+                             "time.sleep(60)\n")
+        before = sorted(os.listdir("/proc/self/fd"))
+        runner = ProcessRunner(RefusingReactor(), 30)
+        result = await runner.run([script], {})
+        self.assertIn("no more watches", result.spawn_error)
+        self.assertEqual(sorted(os.listdir("/proc/self/fd")), before)
+        if os.path.exists(pid_file):  # it got as far as writing: it must be gone now
+            with open(pid_file) as handle:
+                self.assertFalse(os.path.exists(f"/proc/{int(handle.read())}"))
+
     async def test_without_pidfd_the_exit_is_polled(self):
         from knocker.actions import ProcessRunner
 
