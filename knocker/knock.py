@@ -126,6 +126,7 @@ async def knock(io, config, knockfile, uniform=None) -> KnockResult:
     log_attempt(config, knockfile.client, started, result)
     if knockfile.checked_now and config.knock_file is not None:
         remember_checked(config, knockfile.fingerprint())
+        knockfile.checked_now = False  # remembered: once per text is enough
     return result
 
 

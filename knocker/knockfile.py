@@ -123,14 +123,14 @@ class KnockFileText:
 def knock_section(text: str) -> str:
     """
     The text from the first line that is not blank, a comment or a header
-    line: where the knocks begin.
+    line: where the knocks begin, by the same rule as L{parse_knockfile}.
     """
     offset = 0
     while offset < len(text):
         end = text.find("\n", offset)
         end = len(text) if end < 0 else end + 1
-        line = text[offset:end].strip()
-        if line and not line.startswith("#") and "=" not in line:
+        line = text[offset:end].removesuffix("\n").removesuffix("\r")
+        if line.strip() and not line.startswith("#") and "=" not in line:
             break
         offset = end
     return text[offset:]

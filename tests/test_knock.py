@@ -173,6 +173,24 @@ class CheckedRecordTests(SynchronousTestCase):
         self.assertEqual(len(self.checks), 1, "the unchanged file was checked again")
         self.assertEqual(io.hits, [1, 2, 3])
 
+    def test_one_file_object_knocking_twice_writes_the_record_once(self):
+        """
+        A long-lived client (one parsed file, many knocks) records the
+        check once, not at every knock.
+        """
+        from knocker import knock as module
+        from knocker.knockfile import KnockFileText
+
+        writes = []
+        real = module.remember_checked
+        self.patch(module, "remember_checked", lambda *a: (writes.append(a), real(*a)))
+        kf = KnockFileText(self.text, self.path)
+        conf = config(**{"knock-file": self.path})
+        for index in (1, 2):
+            io = ScriptedIO([f"CHALLENGE {NONCE}".encode(), grant(index), b"OPEN"])
+            self.assertEqual(run_blocking(knock(io, conf, kf)).outcome, Outcome.OPEN)
+        self.assertEqual(len(writes), 1)
+
     def test_changed_text_is_checked_again_and_refused(self):
         self.run_knock()
         damaged = self.text.replace("\n2 ", "\n2 99999,")
