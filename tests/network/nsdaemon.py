@@ -5,8 +5,9 @@ writes the daemon's configuration, generates alice's portknock file, starts
 the daemon and reads its audit log, and runs the clients and tools of the
 other namespaces.
 
-Unlike test_knock.py it needs no nftables: the success action is a recorder
-script, so these tests are about what the daemon sees and decides.
+The success action is a recorder script by default, so the attack tests
+need no nftables and are about what the daemon sees and decides;
+test_knock.py puts the real nftables actions in its place.
 """
 
 from __future__ import annotations
@@ -25,12 +26,43 @@ from twisted.trial.unittest import SkipTest, TestCase
 from tests.test_integration import write_recorder
 
 from . import netns
-from .test_knock import ROOT, knock_ports, read_audit, twistd_command
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(os.path.dirname(HERE))
 HOLDKNOCK = os.path.join(HERE, "holdknock.py")
 RAWTCP = os.path.join(HERE, "rawtcp.py")
 CENTRAL = 7000
+
+
+def twistd_command() -> list[str]:
+    script = os.path.join(os.path.dirname(sys.executable), "twistd")
+    if os.path.exists(script):
+        return [script]
+    return [sys.executable, "-c", "from twisted.scripts.twistd import run; run()"]
+
+
+def read_audit(path: str) -> list[dict]:
+    events = []
+    if os.path.exists(path):
+        with open(path, encoding="utf-8") as handle:
+            for line in handle:
+                try:
+                    events.append(json.loads(line))
+                except ValueError:
+                    pass  # a line being written
+    return events
+
+
+def knock_ports(path: str, index: int) -> list[int]:
+    """
+    The ports of knock C{index} in a portknock file (SPEC section 3).
+    """
+    with open(path, encoding="utf-8") as handle:
+        for line in handle:
+            number, _, ports = line.strip().partition(" ")
+            if number == str(index):
+                return [int(port) for port in ports.split(",")]
+    raise LookupError(f"no knock {index} in {path}")
 
 
 class Held:
@@ -69,9 +101,10 @@ class DaemonInNamespace(TestCase):
     """
 
     timeout = 120
+    need_nft = False
 
     def setUp(self) -> None:
-        ok, reason = netns.available(need_nft=False)
+        ok, reason = netns.available(need_nft=self.need_nft)
         if not ok:
             raise SkipTest(reason)
         # not self.mktemp(): under pytest that lands in the working directory

@@ -7,49 +7,26 @@ the client namespace; the attacker namespace tries its luck.
 The daemon and the client are separate processes started the way an admin
 and a user would (``twistd -n --pidfile= knockserver --config FILE`` and
 ``python -m knocker.cli knock --config FILE``), with this checkout first on
-PYTHONPATH.
+PYTHONPATH; L{tests.network.nsdaemon} starts the daemon.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
-import tempfile
 import time
 
-from twisted.trial.unittest import SkipTest, TestCase
+from . import tls
+from .nsdaemon import CENTRAL, DaemonInNamespace, ROOT, knock_ports, read_audit
 
-from . import netns, tls
-
-HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(os.path.dirname(HERE))
 SCRIPTS = os.path.join(ROOT, "etc", "scripts")
 
 PROTECTED = 2222
-CENTRAL = 7000
 OPEN_DURATION = 3
 LOCKOUT = 2
 CONNECT_TIMEOUT = 1.0
-
-SERVER_CONF = """\
-[server]
-central = {central}
-interface = {interface}
-state-dir = {directory}/state
-pool-size = 20
-pool-range = 20000-20999
-knock-window = 10
-lockout = {lockout}
-lockout-scope = global
-on-success = {scripts}/nft-open
-on-close = {scripts}/nft-close
-open-duration = {open_duration}
-script-timeout = 5
-audit-log = {directory}/audit.log
-"""
 
 CLIENT_CONF = """\
 [client]
@@ -59,56 +36,20 @@ log-file = {directory}/client.log
 """
 
 
-def twistd_command() -> list[str]:
-    script = os.path.join(os.path.dirname(sys.executable), "twistd")
-    if os.path.exists(script):
-        return [script]
-    return [sys.executable, "-c", "from twisted.scripts.twistd import run; run()"]
-
-
-def read_audit(path: str) -> list[dict]:
-    events = []
-    if os.path.exists(path):
-        with open(path, encoding="utf-8") as handle:
-            for line in handle:
-                try:
-                    events.append(json.loads(line))
-                except ValueError:
-                    pass  # a line being written
-    return events
-
-
-def knock_ports(path: str, index: int) -> list[int]:
+class KnockTests(DaemonInNamespace):
     """
-    The ports of knock C{index} in a portknock file (SPEC section 3).
+    The daemon of L{DaemonInNamespace}, with the real nftables actions in
+    front of a service on port 2222.
     """
-    with open(path, encoding="utf-8") as handle:
-        for line in handle:
-            number, _, ports = line.strip().partition(" ")
-            if number == str(index):
-                return [int(port) for port in ports.split(",")]
-    raise LookupError(f"no knock {index} in {path}")
 
+    need_nft = True
 
-class KnockTests(TestCase):
     def setUp(self) -> None:
-        ok, reason = netns.available(need_nft=True)
-        if not ok:
-            raise SkipTest(reason)
-        # not self.mktemp(): under pytest that lands in the working directory
-        self.directory = tempfile.mkdtemp(prefix="knocker-netns-")
-        self.addCleanup(shutil.rmtree, self.directory, ignore_errors=True)
-        self.net = netns.Topology()
-        self.addCleanup(self.net.destroy)
-        self.net.create()
+        super().setUp()
         self.server4 = self.net.address4["server"]
-        self.env = {
-            "PYTHONPATH": os.pathsep.join(filter(None, [ROOT, os.environ.get("PYTHONPATH")])),
-            "KNOCKER_PROTECTED_PORTS": str(PROTECTED),
-        }
+        self.env["KNOCKER_PROTECTED_PORTS"] = str(PROTECTED)
         self.net.listen("server", PROTECTED)
         self.net.run("server", [os.path.join(SCRIPTS, "nft-setup")], env=self.env)
-        self.audit_path = os.path.join(self.directory, "audit.log")
 
     # -- helpers -------------------------------------------------------------
 
@@ -119,38 +60,13 @@ class KnockTests(TestCase):
         return path
 
     def start_server(self, central: str | None = None) -> None:
-        """
-        Write the configuration, generate alice's file, start the daemon in
-        the server namespace and wait for its start event.
-        """
-        config = self.write("server.conf", SERVER_CONF.format(
+        super().start_server(
+            knocks=5, ports=4,
             central=central or f"tcp:{CENTRAL}:interface={self.server4}",
-            interface=self.server4, directory=self.directory, scripts=SCRIPTS,
-            lockout=LOCKOUT, open_duration=OPEN_DURATION,
-        ))
-        generate = subprocess.run(
-            [sys.executable, "-m", "knocker.cli", "generate", "alice", "--config", config,
-             "--knocks", "5", "--ports", "4", "-o", os.path.join(self.directory, "alice.knock")],
-            env={**os.environ, **self.env}, capture_output=True, text=True, timeout=30,
-            stdin=subprocess.DEVNULL,
+            pool_size=20, pool_range="20000-20999", knock_window=10, lockout=LOCKOUT,
+            on_success=os.path.join(SCRIPTS, "nft-open"),
+            on_close=os.path.join(SCRIPTS, "nft-close"), open_duration=OPEN_DURATION,
         )
-        self.assertEqual(generate.returncode, 0, generate.stderr)
-        self.daemon_log = os.path.join(self.directory, "twistd.log")
-        with open(self.daemon_log, "wb") as log:
-            self.daemon = self.net.spawn(
-                "server",
-                twistd_command() + ["-n", "--pidfile=", "knockserver", "--config", config],
-                env=self.env, stdout=log, stderr=subprocess.STDOUT, cwd=self.directory,
-            )
-        deadline = time.monotonic() + 20
-        while not any(e["event"] == "start" for e in read_audit(self.audit_path)):
-            if self.daemon.poll() is not None or time.monotonic() > deadline:
-                self.fail(f"knockserver did not start:\n{self.daemon_tail()}")
-            time.sleep(0.1)
-
-    def daemon_tail(self) -> str:
-        with open(self.daemon_log, encoding="utf-8", errors="replace") as handle:
-            return "".join(handle.readlines()[-30:])
 
     def knock(self, server: str | None = None) -> subprocess.CompletedProcess:
         config = self.write("client.conf", CLIENT_CONF.format(
@@ -186,13 +102,6 @@ class KnockTests(TestCase):
 
     def connect(self, role: str, port: int = PROTECTED) -> str:
         return self.net.connect(role, self.server4, port, timeout=CONNECT_TIMEOUT)
-
-    def wait_until(self, predicate, seconds: float, what: str) -> None:
-        deadline = time.monotonic() + seconds
-        while not predicate():
-            if time.monotonic() > deadline:
-                self.fail(f"{what} did not happen within {seconds}s\n{self.daemon_tail()}")
-            time.sleep(0.2)
 
     # -- tests -----------------------------------------------------------------
 
