@@ -72,6 +72,7 @@ class KnockFileText:
         self._name = name
         self._full = None
         self._checked = False
+        self._fingerprint = None
         self.checked_now = False
 
     def fingerprint(self) -> str:
@@ -79,9 +80,11 @@ class KnockFileText:
         The SHA-256 of the file's text: what the client remembers of a file
         it has checked whole (see L{knocker.knock}).
         """
-        from knocker.mac import sha256
+        if self._fingerprint is None:
+            from knocker.mac import sha256
 
-        return sha256(self._text.encode("utf-8")).hexdigest()
+            self._fingerprint = sha256(self._text.encode("utf-8")).hexdigest()
+        return self._fingerprint
 
     def check(self, known=()) -> None:
         """
