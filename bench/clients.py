@@ -316,10 +316,7 @@ def main():
                        "grant_ratio_max": GRANT_SIMILAR, **verdict},
            "runs": {label: [{k: v for k, v in r.items() if not k.endswith("_s") or k == "ready_s"}
                             for r in runs] for label, runs in samples.items()}}
-    if stopped:
-        out["stopped_early"] = stopped
-    common.write_json(args.out, out)
-    print("wrote", args.out)
+    common.write_result(args.out, out, stopped)
     return 0
 
 

@@ -132,6 +132,15 @@ def write_json(path, obj):
     os.replace(tmp, path)
 
 
+def write_result(path, result, stopped=None):
+    """Write a benchmark's JSON result (noting why it stopped early, if it
+    did) and say where."""
+    if stopped:
+        result["stopped_early"] = stopped
+    write_json(path, result)
+    print("wrote", path)
+
+
 def machine_info():
     """Enough context to judge a figure later: load, cores, kernel."""
     info = {"cores": os.cpu_count(), "kernel": os.uname().release,

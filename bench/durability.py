@@ -293,10 +293,7 @@ def main():
            "params": {"rounds": args.rounds, "window_s": args.window, "threads": threads,
                       "quick": args.quick, "disk": fs_of(DISK_BASE), "tmpfs": fs_of(SHM_BASE)},
            "raw": raw_rows, "exchanges": ex_rows, "cost": cost}
-    if stopped:
-        out["stopped_early"] = stopped
-    common.write_json(args.out, out)
-    print("wrote", args.out)
+    common.write_result(args.out, out, stopped)
     return 0
 
 

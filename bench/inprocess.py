@@ -378,8 +378,7 @@ def main():
              ("cumtime_ms_per_knock", "cum ms/knock")])
     print("\np50 %.3f ms vs target %.1f ms: %s" % (
         k.get("p50_ms", float("nan")), TARGET_P50_MS, "met" if out["meets_target"] else "NOT met"))
-    common.write_json(args.out, out)
-    print("wrote", args.out)
+    common.write_result(args.out, out)
     return 0
 
 

@@ -261,10 +261,7 @@ def main():
            "summary": rows, "marginal": marginal, "targets": {
                "ready_ms": TARGET_READY_S * 1e3, "rss_mb": TARGET_RSS_MB, **verdict},
            "runs": {f"{kind}-{size}": runs for (size, kind), runs in samples.items()}}
-    if stopped:
-        out["stopped_early"] = stopped
-    common.write_json(args.out, out)
-    print("wrote", args.out)
+    common.write_result(args.out, out, stopped)
     return 0
 
 
