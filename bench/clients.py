@@ -11,7 +11,7 @@ daemon only reads it), so every run starts from "nothing burned".
 
 Per run: ready time (spawn -> audit `start`, from the event's own
 timestamp), VmRSS once ready and after the grants, then N grants: a
-blocking-socket client (knocker.handshake.ClientHandshake) connects from a
+blocking-socket client (knocker.core.handshake.ClientHandshake) connects from a
 rotating 127.0.0.x, sends HELLO, answers the CHALLENGE, checks the GRANT's
 HMAC, and closes (which abandons the knock; the number stays burned).
 Timed: HELLO sent -> GRANT checked.  With 10,000 clients a random client
@@ -52,8 +52,8 @@ def _write_clients(task):
     directory, first, last, knocks, pool, seed = task
     from datetime import datetime, timezone
 
-    from knocker.knockfile import format_knockfile, generate
-    from knocker.store import secret_id
+    from knocker.core.knockfile import format_knockfile, generate
+    from knocker.state.sqlite import secret_id
 
     rng = random.Random(seed)
     now = datetime.now(timezone.utc)
@@ -78,9 +78,9 @@ def client_name(i):
 
 def build_cache(clients, knocks):
     """The cached state directory for `clients` x `knocks`; built if missing."""
-    from knocker.admin import ensure_pool
-    from knocker.config import parse_server_config
-    from knocker.store import Store
+    from knocker.admin.clients import ensure_pool
+    from knocker.core.config import parse_server_config
+    from knocker.state.sqlite import Store
 
     key = "v%d-%dc-%dk-%dp-%d-%d" % (CACHE_VERSION, clients, knocks, POOL_SIZE, *POOL_RANGE)
     path = os.path.join(CACHE_ROOT, key)
@@ -159,7 +159,7 @@ def wait_pool_free(pool, seconds=15.0):
 
 def load_client_file(cache, name):
     from knocker.files import read_private
-    from knocker.knockfile import parse_knockfile
+    from knocker.core.knockfile import parse_knockfile
 
     path = os.path.join(cache, "state", "clients", name + ".knock")
     return parse_knockfile(read_private(path), path)

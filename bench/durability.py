@@ -59,7 +59,7 @@ def fs_of(path):
 
 class RawStore:
     def __init__(self, base, synchronous=None):
-        from knocker.store import Store
+        from knocker.state.sqlite import Store
 
         self.dir = tempfile.mkdtemp(prefix="knocker-durability-", dir=base)
         self.store = Store(self.dir)
@@ -113,10 +113,10 @@ def raw_window(target, seconds):
 # (b) the daemon ------------------------------------------------------------
 
 def start_daemon(base, knocks, root, preferred):
-    from knocker.admin import generate_client
-    from knocker.config import parse_server_config
+    from knocker.admin.clients import generate_client
+    from knocker.core.config import parse_server_config
     from knocker.files import read_private
-    from knocker.knockfile import parse_knockfile
+    from knocker.core.knockfile import parse_knockfile
 
     low, high = knockerlib.free_range(100, preferred=preferred)
     workdir = tempfile.mkdtemp(prefix="daemon-", dir=root)

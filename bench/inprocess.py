@@ -7,7 +7,7 @@ One process, one real epoll reactor.  Server: a real KnockServerService on
 127.0.0.1 (central port tcp:0, 100 pool ports), with its real Store (SQLite,
 the burn fsync'd before GRANT) and real audit log on the state disk; only the
 on-success program is replaced by a runner that answers "exit 0" at once.
-Client: knocker.client.knock(reactor, config, knockfile), the Twisted driver,
+Client: knocker.client.twisted_driver.knock(reactor, config, knockfile), the Twisted driver,
 over real loopback sockets.  Timed: from the knock() call to its result
 (connect, HELLO, CHALLENGE, PROOF, GRANT, 6 hits each waiting for the
 server's close, OPEN, client log line).  lockout-scope = source.
@@ -49,7 +49,7 @@ class ImmediateRunner:
     def run(self, argv, env):
         from twisted.internet import defer
 
-        from knocker.actions import ActionResult
+        from knocker.daemon.actions import ActionResult
 
         return defer.succeed(ActionResult(tuple(argv), 0, None, False, "", ""))
 
@@ -74,8 +74,8 @@ class Timed:
 
 def make_phase_io(reactor, marks):
     """A TwistedIO that stamps when the central connection is up and when
-    each hit starts and ends (the driver knocker.client.knock uses)."""
-    from knocker.client import TwistedIO
+    each hit starts and ends (the driver knocker.client.twisted_driver.knock uses)."""
+    from knocker.client.twisted_driver import TwistedIO
 
     class PhaseIO(TwistedIO):
         async def connect(self, endpoint, timeout):
@@ -92,10 +92,10 @@ def make_phase_io(reactor, marks):
 
 
 def setup(reactor, workdir, knocks):
-    from knocker.admin import generate_client
-    from knocker.config import parse_client_config, parse_server_config
-    from knocker.knock import load_knockfile
-    from knocker.service import KnockServerService
+    from knocker.admin.clients import generate_client
+    from knocker.core.config import parse_client_config, parse_server_config
+    from knocker.client.knock import load_knockfile
+    from knocker.daemon.service import KnockServerService
 
     low, high = knockerlib.free_range(100, preferred=(26000, 27000, 28000))
     state = os.path.join(workdir, "state")
@@ -122,8 +122,9 @@ def setup(reactor, workdir, knocks):
 async def run(reactor, args, workdir, out):
     from twisted.internet import defer
 
-    from knocker import client, knock as knock_module
-    from knocker.knock import Outcome
+    from knocker.client import twisted_driver as client
+    from knocker.client import knock as knock_module
+    from knocker.client.knock import Outcome
 
     passes = 2 + (1 if args.profile else 0)
     service, cconfig, kf, pool_range = setup(

@@ -191,13 +191,13 @@ def grant_exchange(port, knockfile, source="127.0.0.1", host="127.0.0.1", timeou
     """
     One central-port exchange on a blocking socket: connect, HELLO,
     CHALLENGE, PROOF, GRANT (its HMAC checked by
-    L{knocker.handshake.ClientHandshake}), then close, which abandons the
+    L{knocker.core.handshake.ClientHandshake}), then close, which abandons the
     knock (audit C{fail abandoned}, no lockout; the number stays burned).
 
     @return: (seconds from HELLO sent to GRANT checked, seconds from
         connect() to GRANT checked, the reply's class name, knock index)
     """
-    from knocker import handshake as hs
+    from knocker.core import handshake as hs
 
     machine = hs.ClientHandshake(knockfile)
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)

@@ -280,14 +280,14 @@ def knocker_cli():
     script = os.path.join(common.VENV_BIN, "knocker")
     if os.path.exists(script):
         return [script]
-    return [common.VENV_PY, "-c", "import sys; from knocker.cli import main; sys.exit(main())"]
+    return [common.VENV_PY, "-c", "import sys; from knocker.admin.cli import main; sys.exit(main())"]
 
 
 def knocker_missing():
     """None if the knocker package can be used, else why not."""
     if not os.path.exists(common.VENV_PY):
         return "no venv at %s" % common.VENV_PY
-    r = subprocess.run([common.VENV_PY, "-c", "import knocker.cli, twisted.plugins.knocker_plugins"],
+    r = subprocess.run([common.VENV_PY, "-c", "import knocker.admin.cli, twisted.plugins.knocker_plugins"],
                        env=knocker_env(), cwd=common.REPO, capture_output=True, text=True)
     if r.returncode != 0:
         return "knocker is not importable yet: " + (r.stderr.strip().splitlines() or ["?"])[-1]
@@ -413,10 +413,10 @@ def make_peers(tools, with_knocker=True):
         peers.append(Knocker(tools, name="knocker-first", unchecked=True))
         if not k.skip_reason:
             # What `knocker knock` imports before it connects (knocker.main
-            # and knocker.quick: the whole client).
+            # and knocker.client.socket_driver: the whole client).
             # -I: from the installed package, not a source tree in the cwd.
             peers.insert(3, Baseline(tools, "knocker-import",
-                                     [py, "-I", "-c", "import knocker.main, knocker.quick"],
+                                     [py, "-I", "-c", "import knocker.main, knocker.client.socket_driver"],
                                      "venv python3 importing the knock path",
                                      env=knocker_env()))
     return peers

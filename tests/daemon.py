@@ -12,8 +12,8 @@ import time
 
 from twisted.trial.unittest import TestCase
 
-from knocker.audit import read_audit
-from knocker.demo import twistd_command
+from knocker.daemon.audit import read_audit
+from knocker.admin.demo import twistd_command
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

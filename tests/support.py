@@ -10,16 +10,16 @@ from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 
-from knocker import handshake as hs
-from knocker.actions import MemoryRunner
-from knocker.admin import ensure_pool, generate_client
-from knocker.audit import MemoryAudit
-from knocker.book import ClientBook
-from knocker.config import parse_server_config
+from knocker.core import handshake as hs
+from knocker.daemon.actions import MemoryRunner
+from knocker.admin.clients import ensure_pool, generate_client
+from knocker.daemon.audit import MemoryAudit
+from knocker.state.book import ClientBook
+from knocker.core.config import parse_server_config
 from knocker.files import read_private
-from knocker.knockfile import parse_knockfile
-from knocker.server import CentralFactory, KnockServer
-from knocker.store import Store
+from knocker.core.knockfile import parse_knockfile
+from knocker.daemon.coordinator import CentralFactory, KnockServer
+from knocker.state.sqlite import Store
 
 
 def server_config(state_dir, **overrides):

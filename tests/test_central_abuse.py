@@ -15,7 +15,7 @@ import time
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from knocker import handshake as hs
+from knocker.core import handshake as hs
 from tests.daemon import DaemonCase
 
 ATTACKER = "127.0.0.3"

@@ -9,7 +9,7 @@ import tempfile
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from knocker.config import (
+from knocker.core.config import (
     CLIENT_KEYS,
     SERVER_KEYS,
     ClientConfig,

@@ -160,7 +160,7 @@ class ServerFileTests(DaemonCase):
 
     def test_malformed_server_copy_knock_line(self):
         """
-        The server reads only the headers at start (see knocker.book), so a
+        The server reads only the headers at start (see knocker.state.book), so a
         bad line for the knock about to be granted (here a repeated port in
         knock 1) is found at the grant: the client gets ERROR server-error
         (exit 12), the daemon log names the file and the line, and no

@@ -9,7 +9,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
-from knocker import handshake as hs
+from knocker.core import handshake as hs
 from tests.support import Harness
 
 lines = st.one_of(

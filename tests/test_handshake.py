@@ -8,7 +8,7 @@ import hmac
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from knocker.handshake import (
+from knocker.core.handshake import (
     MAX_LINE,
     Busy,
     Challenge,
@@ -34,7 +34,7 @@ from knocker.handshake import (
     parse_reply,
     parse_request,
 )
-from knocker.knockfile import KnockFile, KnockFileError, KnockFileText, format_knockfile
+from knocker.core.knockfile import KnockFile, KnockFileError, KnockFileText, format_knockfile
 
 SECRET = hashlib.sha256(b"a fixed test secret").digest()
 NONCE = "ab" * 32

@@ -12,14 +12,14 @@ from twisted.internet import reactor
 from twisted.internet.task import deferLater
 from twisted.trial.unittest import TestCase
 
-from knocker.audit import read_audit
-from knocker.client import Outcome, knock
-from knocker.config import parse_client_config
+from knocker.daemon.audit import read_audit
+from knocker.client.twisted_driver import Outcome, knock
+from knocker.core.config import parse_client_config
 from knocker.files import read_private
-from knocker.knockfile import parse_knockfile
-from knocker.service import KnockServerService
+from knocker.core.knockfile import parse_knockfile
+from knocker.daemon.service import KnockServerService
 from tests.support import server_config
-from knocker.admin import generate_client
+from knocker.admin.clients import generate_client
 
 RECORDER = """#!{python}
 import json, os, sys
@@ -172,9 +172,9 @@ class LoopbackTests(TestCase):
         config_a, kf_a = self.client()
         config_b, kf_b = self.client("bob", busy_retries=0)
         # Alice takes the only slot and sits on it (handshake only).
-        from knocker import handshake as hs
+        from knocker.core import handshake as hs
         from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
-        from knocker.client import _Lines
+        from knocker.client.twisted_driver import _Lines
 
         lines = _Lines()
         port = self.service.central_port.getHost().port
@@ -233,7 +233,7 @@ class LoopbackTests(TestCase):
         nothing is knocked, whether the bad line is the one the server
         grants next or any other.
         """
-        from knocker.knockfile import KnockFileText
+        from knocker.core.knockfile import KnockFileText
 
         self.generate("alice")
         self.start()
@@ -257,8 +257,8 @@ class TwistedDriverTests(TestCase):
     async def test_hit_on_a_closed_port_is_trouble(self):
         import socket
 
-        from knocker.client import TwistedIO
-        from knocker.knock import Trouble
+        from knocker.client.twisted_driver import TwistedIO
+        from knocker.client.knock import Trouble
 
         probe = socket.socket()
         probe.bind(("127.0.0.1", 0))
@@ -271,7 +271,7 @@ class TwistedDriverTests(TestCase):
     async def test_hit_waits_for_the_server_to_close(self):
         from twisted.internet import protocol
 
-        from knocker.client import TwistedIO
+        from knocker.client.twisted_driver import TwistedIO
 
         closed = []
 
@@ -294,7 +294,7 @@ class AuditLogTests(TestCase):
         """
         from twisted.internet.task import Clock
 
-        from knocker.audit import AuditLog
+        from knocker.daemon.audit import AuditLog
 
         clock = Clock()
         clock.advance(1764028800.25)
@@ -328,7 +328,7 @@ class AuditLogTests(TestCase):
         """
         from twisted.internet.task import Clock
 
-        from knocker.audit import AuditLog
+        from knocker.daemon.audit import AuditLog
 
         directory = os.path.abspath(self.mktemp())
         os.makedirs(directory)
@@ -350,7 +350,7 @@ class TornAuditTests(TestCase):
     def test_reopening_after_a_torn_line_keeps_every_line_json(self):
         from twisted.internet.task import Clock
 
-        from knocker.audit import AuditLog
+        from knocker.daemon.audit import AuditLog
 
         path = self.mktemp()
         with open(path, "w") as handle:
@@ -372,7 +372,7 @@ class ActionRunnerTests(TestCase):
         A program that exits 0 leaving a child in the background (holding
         its output) is a success, reported when the program exits.
         """
-        from knocker.actions import ProcessRunner
+        from knocker.daemon.actions import ProcessRunner
 
         script = os.path.join(os.path.abspath(self.mktemp()))
         with open(script, "w") as handle:
@@ -397,7 +397,7 @@ class ActionRunnerTests(TestCase):
         no descriptor of the daemon's (not even one it inherited), and a
         session of its own.
         """
-        from knocker.actions import ProcessRunner
+        from knocker.daemon.actions import ProcessRunner
 
         leaked = os.open(os.devnull, os.O_RDONLY)
         os.set_inheritable(leaked, True)
@@ -433,7 +433,7 @@ class ActionRunnerTests(TestCase):
         """
         import signal
 
-        from knocker.actions import ProcessRunner
+        from knocker.daemon.actions import ProcessRunner
 
         self.assertEqual(signal.getsignal(signal.SIGPIPE), signal.SIG_IGN, "premise")
         script = os.path.abspath(self.mktemp())
@@ -446,7 +446,7 @@ class ActionRunnerTests(TestCase):
             self.assertFalse(ignored & (1 << (number - 1)), f"signal {number} ignored")
 
     async def test_timeout_kills_the_program_and_what_it_started(self):
-        from knocker.actions import ProcessRunner
+        from knocker.daemon.actions import ProcessRunner
 
         pid_file = os.path.abspath(self.mktemp())
         script = self.script(
@@ -480,7 +480,7 @@ class ActionRunnerTests(TestCase):
         The grace for pipes held by a background child is only for that
         case: a program that exits, closing its output, is reported then.
         """
-        from knocker import actions
+        from knocker.daemon import actions
 
         self.patch(actions, "PIPE_GRACE", 60.0)
         for program in (["/bin/true"], [self.script("print('out')\n")]):
@@ -490,7 +490,7 @@ class ActionRunnerTests(TestCase):
             self.assertLess(reactor.seconds() - started, 30, program)
 
     async def test_output_beyond_the_limit_is_dropped_not_blocking(self):
-        from knocker.actions import OUTPUT_LIMIT, ProcessRunner
+        from knocker.daemon.actions import OUTPUT_LIMIT, ProcessRunner
 
         script = self.script("import sys\nsys.stdout.write('x' * (4 * 65536))\nsys.exit(0)\n")
         result = await ProcessRunner(reactor, 5).run([script], {})
@@ -502,14 +502,14 @@ class ActionRunnerTests(TestCase):
         The program ended in time, but the reactor had not yet noticed when
         the timeout fired (here: polling with a long interval).
         """
-        from knocker import actions
+        from knocker.daemon import actions
 
         self.patch(actions, "EXIT_POLL", 60.0)
         result = await actions.ProcessRunner(reactor, 0.5, use_pidfd=False).run(["/bin/true"], {})
         self.assertEqual((result.ok, result.timed_out, result.exit_code), (True, False, 0))
 
     async def test_failure_to_watch_a_started_program_kills_it_and_leaks_nothing(self):
-        from knocker import actions
+        from knocker.daemon import actions
 
         class RefusingReactor:
             """The real reactor, except that it takes no second reader."""
@@ -539,28 +539,28 @@ class ActionRunnerTests(TestCase):
         self.assertFalse(os.path.exists(f"/proc/{started[0]}"), "still running, or unreaped")
 
     async def test_without_pidfd_the_exit_is_polled(self):
-        from knocker.actions import ProcessRunner
+        from knocker.daemon.actions import ProcessRunner
 
         script = self.script("print('polled')\nraise SystemExit(4)\n")
         result = await ProcessRunner(reactor, 5, use_pidfd=False).run([script], {})
         self.assertEqual((result.exit_code, result.stdout), (4, "polled\n"))
 
     async def test_program_killed_by_a_signal(self):
-        from knocker.actions import ProcessRunner
+        from knocker.daemon.actions import ProcessRunner
 
         script = self.script("import os, signal\nos.kill(os.getpid(), signal.SIGTERM)\n")
         result = await ProcessRunner(reactor, 5).run([script], {})
         self.assertEqual((result.exit_code, result.signal, result.timed_out), (None, 15, False))
 
     async def test_missing_program_is_a_failed_result(self):
-        from knocker.actions import ProcessRunner
+        from knocker.daemon.actions import ProcessRunner
 
         result = await ProcessRunner(reactor, 5).run(["/nonexistent/program"], {})
         self.assertFalse(result.ok)
         self.assertIn("No such file", result.spawn_error)
 
     async def test_unstartable_program_is_a_failed_result(self):
-        from knocker.actions import ProcessRunner
+        from knocker.daemon.actions import ProcessRunner
 
         result = await ProcessRunner(reactor, 5).run([None, "x"], {})
         self.assertFalse(result.ok)

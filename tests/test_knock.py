@@ -5,10 +5,10 @@ when it retries, and the outcome it reports (no sockets, no reactor).
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from knocker import handshake as hs
-from knocker.config import parse_client_config
-from knocker.knock import Outcome, knock, run_blocking
-from knocker.knockfile import KnockFile
+from knocker.core import handshake as hs
+from knocker.core.config import parse_client_config
+from knocker.client.knock import Outcome, knock, run_blocking
+from knocker.core.knockfile import KnockFile
 
 SECRET = bytes(range(32))
 KF = KnockFile("alice", SECRET, 3, "2026-11-25T10:00:00Z", ((1, 2, 3), (4, 5, 6)))
@@ -111,7 +111,7 @@ class KnockCoroutineTests(SynchronousTestCase):
             self.assertEqual(self.run_knock(io).outcome, outcome)
 
     def test_exit_statuses_are_distinct(self):
-        from knocker.knock import OUTCOMES
+        from knocker.client.knock import OUTCOMES
 
         codes = [outcome.exit_code for outcome in OUTCOMES]
         self.assertEqual(len(codes), len(set(codes)))
@@ -128,7 +128,7 @@ class CheckedRecordTests(SynchronousTestCase):
         import os
 
         from knocker.files import write_private
-        from knocker.knockfile import format_knockfile
+        from knocker.core.knockfile import format_knockfile
 
         self.dir = self.mktemp()
         os.makedirs(self.dir)
@@ -138,7 +138,7 @@ class CheckedRecordTests(SynchronousTestCase):
         self.checks = []
 
     def run_knock(self, text=None):
-        from knocker.knockfile import KnockFileText
+        from knocker.core.knockfile import KnockFileText
 
         kf = KnockFileText(self.text if text is None else text, self.path)
         io = ScriptedIO([f"CHALLENGE {NONCE}".encode(), grant(1), b"OPEN"])
@@ -146,7 +146,7 @@ class CheckedRecordTests(SynchronousTestCase):
         return run_blocking(knock(io, conf, kf)), io
 
     def count_checks(self):
-        from knocker import knockfile
+        from knocker.core import knockfile
 
         real = knockfile.knocks_at_a_glance
 
@@ -160,7 +160,7 @@ class CheckedRecordTests(SynchronousTestCase):
         import os
         import stat
 
-        from knocker.knockfile import KnockFileText
+        from knocker.core.knockfile import KnockFileText
 
         self.count_checks()
         first, _ = self.run_knock()
@@ -178,8 +178,8 @@ class CheckedRecordTests(SynchronousTestCase):
         A long-lived client (one parsed file, many knocks) records the
         check once, not at every knock.
         """
-        from knocker import knock as module
-        from knocker.knockfile import KnockFileText
+        from knocker.client import knock as module
+        from knocker.core.knockfile import KnockFileText
 
         writes = []
         real = module.remember_checked

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
-from knocker.knockfile import (
+from knocker.core.knockfile import (
     KnockFile,
     KnockFileError,
     KnockFileText,
@@ -21,7 +21,7 @@ from knocker.knockfile import (
     parse_header,
     parse_knockfile,
 )
-from knocker.pool import choose_pool
+from knocker.core.pool import choose_pool
 
 NAME = "/etc/knocker/alice.knock"
 SECRET = bytes(range(32))
@@ -451,7 +451,7 @@ class GenerateBoundsTests(SynchronousTestCase):
         import random
         from datetime import datetime, timezone
 
-        from knocker.knockfile import generate
+        from knocker.core.knockfile import generate
 
         pool = tuple(range(1000, 1200))
         now = datetime(2026, 11, 25, tzinfo=timezone.utc)

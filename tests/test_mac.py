@@ -1,5 +1,5 @@
 """
-The client's HMAC-SHA256 (L{knocker.mac}) against RFC 4231's test vectors
+The client's HMAC-SHA256 (L{knocker.core.mac}) against RFC 4231's test vectors
 and against the standard hmac module the server uses.
 """
 
@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
-from knocker.mac import digests_equal, hmac_sha256
+from knocker.core.mac import digests_equal, hmac_sha256
 
 # RFC 4231, section 4: (key, data, HMAC-SHA-256).  Case 5 tests truncated
 # output, which the protocol does not use.

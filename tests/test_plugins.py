@@ -10,9 +10,10 @@ from twisted.plugin import getPlugins
 from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase
 
-from knocker import client_tap, server_tap
-from knocker.admin import generate_client
-from knocker.service import KnockServerService
+from knocker.client import tap as client_tap
+from knocker.daemon import tap as server_tap
+from knocker.admin.clients import generate_client
+from knocker.daemon.service import KnockServerService
 from tests.support import server_config
 
 

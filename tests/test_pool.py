@@ -7,7 +7,7 @@ from random import Random
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from knocker.pool import choose_knock, choose_pool, keyspace
+from knocker.core.pool import choose_knock, choose_pool, keyspace
 
 
 class ChoosePoolTests(SynchronousTestCase):

@@ -10,7 +10,7 @@ from twisted.internet.error import CannotListenError
 from twisted.internet.task import deferLater
 from twisted.trial.unittest import TestCase
 
-from knocker.poolport import PoolPort, SpareDescriptor
+from knocker.daemon.poolport import PoolPort, SpareDescriptor
 
 
 def connect_and_wait_close(port, host="127.0.0.1"):

@@ -5,8 +5,8 @@ fake clock, a fake action runner and an in-memory audit log.
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from knocker import handshake as hs
-from knocker.server import normalise_ip
+from knocker.core import handshake as hs
+from knocker.daemon.coordinator import normalise_ip
 from tests.support import Harness, a_decoy
 
 IP = "192.0.2.10"
@@ -300,9 +300,9 @@ class CloseTests(SynchronousTestCase):
 
 class LiveClientFileTests(SynchronousTestCase):
     def test_new_client_without_restart(self):
-        from knocker.admin import generate_client
+        from knocker.admin.clients import generate_client
         from knocker.files import read_private
-        from knocker.knockfile import parse_knockfile
+        from knocker.core.knockfile import parse_knockfile
 
         h = Harness(self)
         out = h.dir + "/carol.knock"
@@ -316,9 +316,9 @@ class LiveClientFileTests(SynchronousTestCase):
         A file regenerated under a running daemon starts at knock 1 with its
         new secret; the old file is denied (its knocks are not reissued).
         """
-        from knocker.admin import ClientExists, generate_client
+        from knocker.admin.clients import ClientExists, generate_client
         from knocker.files import read_private
-        from knocker.knockfile import parse_knockfile
+        from knocker.core.knockfile import parse_knockfile
 
         h = Harness(self, lockout_scope="source")
         h.knock()
@@ -341,9 +341,9 @@ class BookTests(SynchronousTestCase):
         The book finds each granted line whether or not it follows the last
         one read, and never serves a line from a file that has changed.
         """
-        from knocker.admin import generate_client
+        from knocker.admin.clients import generate_client
         from knocker.files import read_private
-        from knocker.knockfile import parse_knockfile
+        from knocker.core.knockfile import parse_knockfile
 
         h = Harness(self, knocks=50)
         kf = h.files["alice"]

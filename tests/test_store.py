@@ -10,7 +10,7 @@ import tempfile
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from knocker.store import ClientState, PendingClose, Store, secret_id
+from knocker.state.sqlite import ClientState, PendingClose, Store, secret_id
 
 SECRET = bytes(range(32))
 
@@ -238,7 +238,7 @@ class SchemaTests(SynchronousTestCase):
     def test_state_from_another_schema_is_refused(self):
         import sqlite3
 
-        from knocker.store import StateError
+        from knocker.state.sqlite import StateError
 
         directory = tempfile.mkdtemp()
         self.addCleanup(shutil.rmtree, directory)

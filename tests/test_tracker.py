@@ -5,7 +5,7 @@ The sequence tracker under a fake clock (SPEC section 5).
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from knocker.tracker import GLOBAL, Outcome, Policy, Tracker
+from knocker.core.tracker import GLOBAL, Outcome, Policy, Tracker
 
 A, B = "192.0.2.1", "192.0.2.2"
 PORTS = (8101, 8102, 8103)
@@ -193,7 +193,7 @@ class LockoutTests(SynchronousTestCase):
         A flood from more addresses than the bound: the newest lockouts
         are held, the oldest dropped (those addresses may knock again).
         """
-        from knocker import tracker as module
+        from knocker.core import tracker as module
 
         self.patch(module, "MAX_LOCKOUTS", 5)
         clock, tracker, seen = make(scope="source", lockout=60)

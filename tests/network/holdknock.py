@@ -1,5 +1,5 @@
 """
-A client that drives the handshake itself (knocker.handshake.ClientHandshake
+A client that drives the handshake itself (knocker.core.handshake.ClientHandshake
 over a plain socket) and holds the central connection after GRANT, so a
 test can act while the slot is open.  Run inside a namespace:
 
@@ -21,9 +21,9 @@ import json
 import socket
 import sys
 
-from knocker import handshake as hs
+from knocker.core import handshake as hs
 from knocker.files import read_private
-from knocker.knockfile import parse_knockfile
+from knocker.core.knockfile import parse_knockfile
 
 TIMEOUT = 30.0
 

@@ -6,13 +6,13 @@ from twisted.application.service import ServiceMaker
 
 knockServer = ServiceMaker(
     "knocker server",
-    "knocker.server_tap",
+    "knocker.daemon.tap",
     "Port-knocking daemon: central port and decoy pool.",
     "knockserver",
 )
 knockClient = ServiceMaker(
     "knocker client",
-    "knocker.client_tap",
+    "knocker.client.tap",
     "Knock once on a knocker server, then stop.",
     "knockclient",
 )

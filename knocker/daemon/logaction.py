@@ -2,7 +2,7 @@
 The built-in success action: it only says what a real action would do.
 
 Used when C{on-success} is not set, so a first run shows a whole knock
-without touching the firewall.  Run as C{python -m knocker.logaction IP
+without touching the firewall.  Run as C{python -m knocker.daemon.logaction IP
 CLIENT INDEX}.
 """
 
@@ -11,7 +11,7 @@ import sys
 
 def main(argv: list[str]) -> int:
     if len(argv) != 4:
-        print("usage: python -m knocker.logaction CLIENT-IP CLIENT-ID KNOCK-NUMBER", file=sys.stderr)
+        print("usage: python -m knocker.daemon.logaction CLIENT-IP CLIENT-ID KNOCK-NUMBER", file=sys.stderr)
         return 2
     _, ip, client, index = argv
     print(f"knock {index} of {client} from {ip} accepted; "

@@ -4,12 +4,12 @@ The portknock file (SPEC section 3): generate, format and parse.
 Pure: no file system access here (see L{knocker.files}).  Every refusal is a
 L{KnockFileError} that names the file and the line, so an operator can fix
 the file without reading code.  Parsed on every knock, so it imports only
-what starts fast (no re, no attrs; see L{knocker.record}).
+what starts fast (no re, no attrs; see L{knocker.core.record}).
 """
 
 from itertools import chain
 
-from knocker.record import Record
+from knocker.core.record import Record
 
 FORMAT_VERSION = 1
 SECRET_BYTES = 32
@@ -78,10 +78,10 @@ class KnockFileText:
     def fingerprint(self) -> str:
         """
         The SHA-256 of the file's text: what the client remembers of a file
-        it has checked whole (see L{knocker.knock}).
+        it has checked whole (see L{knocker.client.knock}).
         """
         if self._fingerprint is None:
-            from knocker.mac import sha256
+            from knocker.core.mac import sha256
 
             self._fingerprint = sha256(self._text.encode("utf-8")).hexdigest()
         return self._fingerprint
@@ -196,7 +196,7 @@ def generate(client, pool, knocks, ports, rng, secret, now) -> KnockFile:
     """
     from datetime import timezone
 
-    from knocker.pool import choose_knock
+    from knocker.core.pool import choose_knock
 
     if not valid_client_id(client):
         raise ValueError(f"client id {client!r} does not match {CLIENT_ID_RULE}")

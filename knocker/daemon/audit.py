@@ -12,7 +12,7 @@ import os
 
 from twisted.logger import Logger
 
-from knocker.isotime import iso_time
+from knocker.core.isotime import iso_time
 
 log = Logger()
 

@@ -20,14 +20,14 @@ from knocker.files import (
     read_private,
     write_private,
 )
-from knocker.knockfile import (
+from knocker.core.knockfile import (
     KnockFile,
     KnockFileError,
     find_knock,
     format_knockfile,
     parse_header,
 )
-from knocker.store import secret_id
+from knocker.state.sqlite import secret_id
 
 log = Logger()
 
@@ -73,7 +73,7 @@ class ClientBook:
     def secret(self, client: str, wanted_id: str) -> bytes | None:
         """
         C{client}'s secret, as long as it is the one the state's counter
-        belongs to (C{wanted_id}, see L{knocker.store.secret_id}).  A file
+        belongs to (C{wanted_id}, see L{knocker.state.sqlite.secret_id}).  A file
         added or regenerated since startup is read again, so clients can be
         added without a restart and a regenerated file never inherits the
         old file's numbering.

@@ -1,5 +1,5 @@
 """
-The Twisted driver for the knock coroutine (L{knocker.knock}): used by
+The Twisted driver for the knock coroutine (L{knocker.client.knock}): used by
 C{twistd knockclient}, by C{knocker knock} for endpoints other than plain
 TCP (TLS above all), and by anything that already runs a reactor.
 """
@@ -9,8 +9,8 @@ from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.protocols.basic import LineOnlyReceiver
 
-from knocker import handshake as hs
-from knocker.knock import KnockResult, Outcome, Trouble, Unreachable, knock as _knock
+from knocker.core import handshake as hs
+from knocker.client.knock import KnockResult, Outcome, Trouble, Unreachable, knock as _knock
 
 log = Logger()
 

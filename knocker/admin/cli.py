@@ -10,21 +10,21 @@ import json
 import os
 import sys
 
-from knocker.config import (
+from knocker.core.config import (
     CLIENT_KEYS,
     ConfigError,
     load_client_config,
     load_server_config,
 )
 from knocker.files import PrivateFileError
-from knocker.knockfile import KnockFileError
+from knocker.core.knockfile import KnockFileError
 
 USAGE_ERROR = 2
 
 
 def _generate(args) -> int:
-    from knocker.admin import generate_client
-    from knocker.knockfile import valid_client_id
+    from knocker.admin.clients import generate_client
+    from knocker.core.knockfile import valid_client_id
 
     config = load_server_config(args.config, _overrides(args, ("state-dir",)))
     if not valid_client_id(args.client):
@@ -45,7 +45,7 @@ def _generate(args) -> int:
 
 
 def _status(args) -> int:
-    from knocker.admin import status
+    from knocker.admin.clients import status
 
     config = load_server_config(args.config, _overrides(args, ("state-dir",)))
     report = status(config)
@@ -69,7 +69,7 @@ def _status(args) -> int:
 
 
 def _knock(args) -> int:
-    from knocker.quick import knock_command
+    from knocker.client.socket_driver import knock_command
 
     argv = [] if args.config is None else ["--config", args.config]
     for key in CLIENT_KEYS:
@@ -80,7 +80,7 @@ def _knock(args) -> int:
 
 
 def _demo(args) -> int:
-    from knocker.demo import run_demo
+    from knocker.admin.demo import run_demo
 
     return run_demo()
 

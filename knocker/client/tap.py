@@ -10,7 +10,7 @@ from twisted.application import service
 from twisted.logger import Logger
 from twisted.python import usage
 
-from knocker.config import CLIENT_KEYS, ConfigError, load_client_config
+from knocker.core.config import CLIENT_KEYS, ConfigError, load_client_config
 
 log = Logger()
 
@@ -28,7 +28,7 @@ class Options(usage.Options):
     ]
 
     def postOptions(self):
-        from knocker.knock import load_knockfile
+        from knocker.client.knock import load_knockfile
 
         overrides = {key: self[key] for key in CLIENT_KEYS if self[key] is not None}
         try:
@@ -49,7 +49,7 @@ class KnockOnceService(service.Service):
 
     def startService(self):
         service.Service.startService(self)
-        from knocker.client import knock
+        from knocker.client.twisted_driver import knock
 
         d = knock(self._reactor, self._config, self._knockfile)
         d.addCallback(self._done)

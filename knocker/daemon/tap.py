@@ -4,7 +4,7 @@ C{twistd knockserver}: options and service wiring only.
 
 from twisted.python import usage
 
-from knocker.config import SERVER_KEYS, ConfigError, load_server_config
+from knocker.core.config import SERVER_KEYS, ConfigError, load_server_config
 
 
 class Options(usage.Options):
@@ -41,7 +41,7 @@ def check_programs(config) -> None:
 
 
 def makeService(options, reactor=None):
-    from knocker.service import KnockServerService
+    from knocker.daemon.service import KnockServerService
 
     if reactor is None:
         from twisted.internet import reactor

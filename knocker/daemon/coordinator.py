@@ -16,15 +16,15 @@ from twisted.internet import protocol
 from twisted.logger import Logger
 from twisted.protocols.basic import LineOnlyReceiver
 
-from knocker import handshake as hs
-from knocker.actions import action_env
-from knocker.knockfile import KnockFileError
-from knocker.store import secret_id
-from knocker.tracker import GLOBAL, Outcome, Policy, Slot, Tracker
+from knocker.core import handshake as hs
+from knocker.daemon.actions import action_env
+from knocker.core.knockfile import KnockFileError
+from knocker.state.sqlite import secret_id
+from knocker.core.tracker import GLOBAL, Outcome, Policy, Slot, Tracker
 
 log = Logger()
 
-BUILTIN_SUCCESS = (sys.executable, "-m", "knocker.logaction")
+BUILTIN_SUCCESS = (sys.executable, "-m", "knocker.daemon.logaction")
 CLOSE_RETRY = 60.0
 
 
@@ -44,7 +44,7 @@ def normalise_ip(host: str) -> str:
 def _hmac_hex(secret: bytes, message: bytes) -> str:
     """
     The server's HMAC-SHA256, from the standard hmac module; the client uses
-    L{knocker.mac}, so every handshake checks one against the other.
+    L{knocker.core.mac}, so every handshake checks one against the other.
     """
     return hmac.digest(secret, message, "sha256").hex()
 
@@ -52,8 +52,8 @@ def _hmac_hex(secret: bytes, message: bytes) -> str:
 class KnockServer:
     """
     The coordinator.  Everything it touches is given to it: C{clock} (an
-    L{IReactorTime}), C{store} (L{knocker.store.Store}), C{book}
-    (L{knocker.book.ClientBook}), C{runner} (runs programs) and C{audit}.
+    L{IReactorTime}), C{store} (L{knocker.state.sqlite.Store}), C{book}
+    (L{knocker.state.book.ClientBook}), C{runner} (runs programs) and C{audit}.
     """
 
     def __init__(self, config, clock, store, book, runner, audit):

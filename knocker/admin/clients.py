@@ -9,11 +9,11 @@ from datetime import datetime, timezone
 
 from attrs import frozen
 
-from knocker.book import ClientBook
-from knocker.knockfile import KnockFile, format_knockfile, generate
+from knocker.state.book import ClientBook
+from knocker.core.knockfile import KnockFile, format_knockfile, generate
 from knocker.files import write_private
-from knocker.pool import choose_pool, keyspace
-from knocker.store import Store
+from knocker.core.pool import choose_pool, keyspace
+from knocker.state.sqlite import Store
 
 
 def ensure_pool(store: Store, config) -> tuple[int, ...]:

@@ -1,9 +1,9 @@
 """
 One knock, as a coroutine shared by every client.
 
-The protocol decisions live in L{knocker.handshake.ClientHandshake}; the
-I/O is a driver passed in: L{knocker.client.TwistedIO} (for C{twistd
-knockclient}, TLS, and anything in a reactor) or L{knocker.quick.SocketIO}
+The protocol decisions live in L{knocker.core.handshake.ClientHandshake}; the
+I/O is a driver passed in: L{knocker.client.twisted_driver.TwistedIO} (for C{twistd
+knockclient}, TLS, and anything in a reactor) or L{knocker.client.socket_driver.SocketIO}
 (plain blocking sockets, so C{knocker knock} opens the door before a
 reactor could even be imported).  A driver provides::
 
@@ -21,9 +21,9 @@ L{Trouble}.  This module imports nothing slow.
 import os
 import time
 
-from knocker import handshake as hs
-from knocker.knockfile import KnockFileError
-from knocker.record import Record
+from knocker.core import handshake as hs
+from knocker.core.knockfile import KnockFileError
+from knocker.core.record import Record
 
 BUSY_WAIT_CAP = 30.0
 
@@ -85,13 +85,13 @@ def load_knockfile(config):
     """
     The client's portknock file named by C{config}: mode 0600 and its header
     checked now, its knocks during the handshake (see
-    L{knocker.knockfile.KnockFileText}).
+    L{knocker.core.knockfile.KnockFileText}).
 
     @raise ValueError: no file set, unsafe, unreadable or malformed; the
         message names the file.
     """
     from knocker.files import read_private
-    from knocker.knockfile import KnockFileText
+    from knocker.core.knockfile import KnockFileText
 
     if config.knock_file is None:
         raise ValueError(
@@ -210,7 +210,7 @@ def log_attempt(config, client: str, started: float, result: KnockResult) -> Non
     """
     import json
 
-    from knocker.isotime import iso_time
+    from knocker.core.isotime import iso_time
     from knocker.files import ensure_private_dir
 
     entry = {
@@ -252,7 +252,7 @@ def read_checked(config) -> tuple[str, ...]:
     again, which is only slower).
     """
     from knocker.files import PrivateFileError, read_private
-    from knocker.knockfile import is_hex64
+    from knocker.core.knockfile import is_hex64
 
     if config.knock_file is None:
         return ()

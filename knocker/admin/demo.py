@@ -16,9 +16,9 @@ import sys
 import tempfile
 import time
 
-from knocker.admin import generate_client
-from knocker.audit import read_audit
-from knocker.config import parse_server_config
+from knocker.admin.clients import generate_client
+from knocker.daemon.audit import read_audit
+from knocker.core.config import parse_server_config
 
 
 def twistd_command() -> list[str]:

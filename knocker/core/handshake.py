@@ -5,13 +5,13 @@ Lines in, lines out: L{parse_request} and L{parse_reply} turn a line into a
 message or raise L{ProtocolError}; the C{format_*} helpers do the opposite;
 L{hello_message} and L{grant_message} are what the two HMACs cover.
 L{ClientHandshake} is the client's side as a small state machine, shared by
-every client driver; it computes its HMACs with L{knocker.mac}, which starts
+every client driver; it computes its HMACs with L{knocker.core.mac}, which starts
 faster than the C{hmac} module the server uses.
 """
 
-from knocker.knockfile import KnockFile, is_digits, is_hex64, valid_client_id
-from knocker.mac import digests_equal, hmac_sha256
-from knocker.record import Record
+from knocker.core.knockfile import KnockFile, is_digits, is_hex64, valid_client_id
+from knocker.core.mac import digests_equal, hmac_sha256
+from knocker.core.record import Record
 
 MAX_LINE = 512
 MAGIC = "KNOCKER/1"

@@ -15,13 +15,13 @@ from twisted.internet.endpoints import serverFromString
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from knocker.actions import ProcessRunner
-from knocker.admin import ensure_pool
-from knocker.audit import AuditLog
-from knocker.book import ClientBook
-from knocker.poolport import PoolPort, SpareDescriptor
-from knocker.server import CentralFactory, KnockServer
-from knocker.store import Store
+from knocker.daemon.actions import ProcessRunner
+from knocker.admin.clients import ensure_pool
+from knocker.daemon.audit import AuditLog
+from knocker.state.book import ClientBook
+from knocker.daemon.poolport import PoolPort, SpareDescriptor
+from knocker.daemon.coordinator import CentralFactory, KnockServer
+from knocker.state.sqlite import Store
 
 log = Logger()
 

@@ -11,7 +11,7 @@ relative paths on the command line, relative to the working directory.
 
 import os
 
-from knocker.record import Record
+from knocker.core.record import Record
 
 
 class ConfigError(ValueError):

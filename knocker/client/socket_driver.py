@@ -2,18 +2,18 @@
 C{knocker knock} without a reactor: the knock coroutine on blocking sockets.
 
 Importing Twisted's reactor takes longer than a whole knock on a LAN, so for
-plain C{tcp:} endpoints the command drives L{knocker.knock.knock} with
+plain C{tcp:} endpoints the command drives L{knocker.client.knock.knock} with
 L{SocketIO}, which uses the C socket module directly; any other endpoint
 (C{tls:} above all) goes to the Twisted driver.  The protocol is written
-once, in L{knocker.handshake}; only the I/O differs.
+once, in L{knocker.core.handshake}; only the I/O differs.
 """
 
 import _socket
 import sys
 import time
 
-from knocker import handshake as hs
-from knocker.knock import Trouble, Unreachable, knock, run_blocking
+from knocker.core import handshake as hs
+from knocker.client.knock import Trouble, Unreachable, knock, run_blocking
 
 USAGE = "usage: knocker knock [--config FILE] [--server ENDPOINT] [--knock-file FILE] [--KEY VALUE ...]"
 USAGE_ERROR = 2
@@ -149,7 +149,7 @@ def run_knock(config, knockfile, verbose: bool = False):
         return run_blocking(knock(SocketIO(verbose), config, knockfile))
     from twisted.internet.task import react
 
-    from knocker.client import knock as twisted_knock
+    from knocker.client.twisted_driver import knock as twisted_knock
 
     results = []
 
@@ -170,7 +170,7 @@ def parse_knock_args(argv: list[str]) -> tuple[str | None, dict[str, str], bool]
 
     @raise ValueError: an unknown option or a missing value.
     """
-    from knocker.config import CLIENT_KEYS
+    from knocker.core.config import CLIENT_KEYS
 
     config, overrides, verbose = None, {}, False
     args = list(argv)
@@ -198,8 +198,8 @@ def knock_command(argv: list[str]) -> int:
     """
     C{knocker knock ...}: print the outcome, return its exit status.
     """
-    from knocker.config import ConfigError, load_client_config
-    from knocker.knock import load_knockfile
+    from knocker.core.config import ConfigError, load_client_config
+    from knocker.client.knock import load_knockfile
 
     try:
         path, overrides, verbose = parse_knock_args(argv)

@@ -1,0 +1,3 @@
+"""
+The operator's side: the knocker command, client administration, the demo.
+"""

@@ -1,0 +1,3 @@
+"""
+The daemon: the coordinator, the central and pool ports, actions, audit.
+"""

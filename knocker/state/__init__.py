@@ -1,0 +1,4 @@
+"""
+The server's durable state: the store interface, its backends, the
+server's copies of portknock files.
+"""
