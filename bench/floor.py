@@ -11,7 +11,7 @@ target rate, alternating floor/knocker within each repeat, and we report:
 - the target's CPU per accepted connection (getrusage for the floor,
   /proc/PID/stat for twistd, both user+sys);
 - for knocker, how many of the flood's connections its audit log records as
-  hits (SPEC §7: every hit is logged).
+  hits (docs/spec.md section 7: every hit is logged).
 
 Usage: python3 bench/floor.py [--seconds 5] [--rates 10000,0] [--repeat 3]
 (rate 0 = as fast as the flood tool can go).

@@ -1,6 +1,6 @@
 """
 Shared fixtures: a server coordinator wired to fakes, and a client of it
-that speaks the protocol from the SPEC by hand.
+that speaks the protocol from docs/spec.md by hand.
 """
 
 import os

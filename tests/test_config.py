@@ -1,5 +1,5 @@
 """
-Configuration (SPEC section 9): every key parsed, every error names the
+Configuration (docs/spec.md section 9): every key parsed, every error names the
 source, the key and what is allowed.
 """
 
@@ -133,7 +133,7 @@ class ServerKeyTests(SynchronousTestCase):
 
     def test_every_documented_key_is_known(self):
         """
-        The keys SPEC section 9 names are all accepted.
+        The keys docs/spec.md section 9 names are all accepted.
         """
         for key in [
             "central",

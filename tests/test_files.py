@@ -1,6 +1,6 @@
 """
 Private files: written 0600 and atomically, refused when others can read
-them (SPEC sections 3 and 7).
+them (docs/spec.md sections 3 and 7).
 """
 
 import os

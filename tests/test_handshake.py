@@ -1,5 +1,5 @@
 """
-The central-port protocol (SPEC section 4), without I/O: the HMACs, the
+The central-port protocol (docs/spec.md section 4), without I/O: the HMACs, the
 request and reply lines, and the client's state machine.
 """
 

@@ -229,7 +229,7 @@ class LoopbackTests(TestCase):
 
     async def test_malformed_line_anywhere_knocks_nothing(self):
         """
-        SPEC 3: a file that breaks a rule is refused, naming the line, and
+        docs/spec.md section 3: a file that breaks a rule is refused, naming the line, and
         nothing is knocked, whether the bad line is the one the server
         grants next or any other.
         """

@@ -1,5 +1,5 @@
 """
-The portknock file (SPEC section 3): generate, format, parse, and every
+The portknock file (docs/spec.md section 3): generate, format, parse, and every
 refusal named with the file and the line.
 """
 
@@ -105,7 +105,7 @@ class GenerateTests(SynchronousTestCase):
 
     def test_file_format(self):
         """
-        The header lines of SPEC section 3, with the secret as lowercase hex.
+        The header lines of docs/spec.md section 3, with the secret as lowercase hex.
         """
         formatted = format_knockfile(make())
         lines = formatted.splitlines()

@@ -1,5 +1,5 @@
 """
-The server's durable state in SQLite (SPEC sections 2 and 7): a burned knock
+The server's durable state in SQLite (docs/spec.md sections 2 and 7): a burned knock
 number is never handed out again, across restarts.
 """
 

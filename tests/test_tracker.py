@@ -1,5 +1,5 @@
 """
-The sequence tracker under a fake clock (SPEC section 5).
+The sequence tracker under a fake clock (docs/spec.md section 5).
 """
 
 from twisted.internet.task import Clock

@@ -1,5 +1,5 @@
 """
-Configuration (SPEC section 9): INI text in, frozen config out.
+Configuration (docs/spec.md section 9): INI text in, frozen config out.
 
 L{parse_server_config} and L{parse_client_config} are pure; C{load_*} read
 the file.  Command-line overrides go through the same checks as the file, so

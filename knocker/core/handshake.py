@@ -1,5 +1,5 @@
 """
-The central-port protocol (SPEC section 4), free of I/O.
+The central-port protocol (docs/spec.md section 4), free of I/O.
 
 Lines in, lines out: L{parse_request} and L{parse_reply} turn a line into a
 message or raise L{ProtocolError}; the C{format_*} helpers do the opposite;

@@ -1,5 +1,5 @@
 """
-The portknock file (SPEC section 3): generate, format and parse.
+The portknock file (docs/spec.md section 3): generate, format and parse.
 
 Pure: no file system access here (see L{knocker.files}).  Every refusal is a
 L{KnockFileError} that names the file and the line, so an operator can fix

@@ -1,5 +1,5 @@
 """
-The sequence tracker (SPEC section 5): grants, hits, windows and lockouts
+The sequence tracker (docs/spec.md section 5): grants, hits, windows and lockouts
 turned into verdicts.
 
 Pure logic with time injected: the only outside thing it touches is the

@@ -1,5 +1,5 @@
 """
-Running the administrator's programs (SPEC section 6).
+Running the administrator's programs (docs/spec.md section 6).
 
 A program is started directly from an argv list (never through a shell),
 with a small fixed environment, its output captured up to a bound, and

@@ -1,5 +1,5 @@
 """
-The audit log (SPEC section 7): one JSON object a line, one line an event.
+The audit log (docs/spec.md section 7): one JSON object a line, one line an event.
 
 Each event is written with a single C{write} on a file opened C{O_APPEND}, so
 a crash can tear at most the line being written and nothing is held in a

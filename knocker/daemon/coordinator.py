@@ -31,7 +31,7 @@ CLOSE_RETRY = 60.0
 def normalise_ip(host: str) -> str:
     """
     The address a hit or a handshake counts under: IPv4-mapped IPv6
-    addresses count as the IPv4 address (SPEC section 5).
+    addresses count as the IPv4 address (docs/spec.md section 5).
     """
     try:
         address = ipaddress.ip_address(host.split("%", 1)[0])
@@ -105,7 +105,7 @@ class KnockServer:
 
     def answer(self, ip: str, client: str, nonce: str, proof: str, session) -> hs.Reply:
         """
-        Decide the reply to a finished handshake (SPEC section 4), in this
+        Decide the reply to a finished handshake (docs/spec.md section 4), in this
         order: LOCKED, DENIED, EXHAUSTED, BUSY, GRANT.
         """
         if self._stopped:

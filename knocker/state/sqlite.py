@@ -1,5 +1,5 @@
 """
-The server's durable state (SPEC section 7) in SQLite: the pool, each
+The server's durable state (docs/spec.md section 7) in SQLite: the pool, each
 client's next knock number, pending close actions and lockouts.
 
 Every change is committed (WAL, C{synchronous=FULL}: fsync'd) before the

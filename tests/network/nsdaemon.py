@@ -55,7 +55,7 @@ def read_audit(path: str) -> list[dict]:
 
 def knock_ports(path: str, index: int) -> list[int]:
     """
-    The ports of knock C{index} in a portknock file (SPEC section 3).
+    The ports of knock C{index} in a portknock file (docs/spec.md section 3).
     """
     with open(path, encoding="utf-8") as handle:
         for line in handle:

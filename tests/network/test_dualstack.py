@@ -2,7 +2,7 @@
 The daemon on "::" (every IPv6 and IPv4 address of the server namespace):
 an IPv4 client reaches it through IPv4-mapped addresses, and everything
 (grant, hits, the success action's argv, lockouts) counts under the plain
-IPv4 address (SPEC section 5); an IPv6 client counts under its IPv6 address.
+IPv4 address (docs/spec.md section 5); an IPv6 client counts under its IPv6 address.
 """
 
 from __future__ import annotations

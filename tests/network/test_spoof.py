@@ -1,5 +1,5 @@
 """
-Spoofed SYNs are not hits (SPEC section 2: "only a completed handshake is a
+Spoofed SYNs are not hits (docs/spec.md section 2: "only a completed handshake is a
 hit, so a spoofed SYN never counts").
 
 The attacker namespace forges TCP SYNs (scapy) with the client's source
