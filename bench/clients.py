@@ -53,7 +53,7 @@ def _write_clients(task):
     from datetime import datetime, timezone
 
     from knocker.core.knockfile import format_knockfile, generate
-    from knocker.state.sqlite import secret_id
+    from knocker.state.interface import secret_id
 
     rng = random.Random(seed)
     now = datetime.now(timezone.utc)
@@ -78,9 +78,9 @@ def client_name(i):
 
 def build_cache(clients, knocks):
     """The cached state directory for `clients` x `knocks`; built if missing."""
-    from knocker.admin.clients import ensure_pool
     from knocker.core.config import parse_server_config
-    from knocker.state.sqlite import Store
+    from knocker.core.pool import ensure_pool
+    from knocker.state.sqlite import SQLiteStore
 
     key = "v%d-%dc-%dk-%dp-%d-%d" % (CACHE_VERSION, clients, knocks, POOL_SIZE, *POOL_RANGE)
     path = os.path.join(CACHE_ROOT, key)
@@ -94,7 +94,7 @@ def build_cache(clients, knocks):
         config = parse_server_config(overrides={
             "state-dir": state, "pool-size": str(POOL_SIZE),
             "pool-range": "%d-%d" % POOL_RANGE})
-        store = Store(state)
+        store = SQLiteStore(state)
         pool = ensure_pool(store, config)
         store.close()
         directory = os.path.join(state, "clients")
@@ -158,8 +158,8 @@ def wait_pool_free(pool, seconds=15.0):
 
 
 def load_client_file(cache, name):
-    from knocker.files import read_private
     from knocker.core.knockfile import parse_knockfile
+    from knocker.files import read_private
 
     path = os.path.join(cache, "state", "clients", name + ".knock")
     return parse_knockfile(read_private(path), path)

@@ -59,10 +59,10 @@ def fs_of(path):
 
 class RawStore:
     def __init__(self, base, synchronous=None):
-        from knocker.state.sqlite import Store
+        from knocker.state.sqlite import SQLiteStore
 
         self.dir = tempfile.mkdtemp(prefix="knocker-durability-", dir=base)
-        self.store = Store(self.dir)
+        self.store = SQLiteStore(self.dir)
         if synchronous:
             # Contrast only: knocker never does this.
             self.store._db.execute("PRAGMA synchronous=%s" % synchronous)
@@ -115,8 +115,8 @@ def raw_window(target, seconds):
 def start_daemon(base, knocks, root, preferred):
     from knocker.admin.clients import generate_client
     from knocker.core.config import parse_server_config
-    from knocker.files import read_private
     from knocker.core.knockfile import parse_knockfile
+    from knocker.files import read_private
 
     low, high = knockerlib.free_range(100, preferred=preferred)
     workdir = tempfile.mkdtemp(prefix="daemon-", dir=root)
@@ -236,7 +236,7 @@ def main():
     try:
         daemons["disk"] = start_daemon(DISK_BASE, knocks, root, (27200, 27400))
         daemons["tmpfs"] = start_daemon(SHM_BASE, knocks, root, (27600, 27800))
-        for where, d in daemons.items():  # warm: the server parses the file once
+        for d in daemons.values():  # warm: the server parses the file once
             exchange_window(d, 1, 0.1, 2)
         configs = [(where, t) for where in daemons for t in threads]
         ex_samples = {c: {"rates": [], "lat": [], "errors": [], "cpu": []} for c in configs}

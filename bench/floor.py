@@ -172,7 +172,7 @@ def main():
             rs = [r for r in result["runs"] if r["name"] == t and r["rate"] == (rate or "max")]
             if not rs:
                 continue
-            med = lambda k: common.median([r[k] for r in rs if r[k] is not None]) \
+            med = lambda k, rs=rs: common.median([r[k] for r in rs if r[k] is not None]) \
                 if any(r[k] is not None for r in rs) else None  # noqa: E731
             summary.append({"name": t, "rate": rate or "max", "n": len(rs),
                             "done_per_s": round(med("done_per_s")),

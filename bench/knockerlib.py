@@ -239,5 +239,5 @@ def check_venv():
         import knocker  # noqa: F401
         import twisted  # noqa: F401
     except ImportError as error:
-        raise SystemExit(f"{error}: run with the venv's Python (.venv/bin/python)")
+        raise SystemExit(f"{error}: run with the venv's Python (.venv/bin/python)") from None
 

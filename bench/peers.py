@@ -37,7 +37,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common  # noqa: E402
-from common import Daemon, StampFile, now_ns  # noqa: E402
+from common import Daemon, StampFile  # noqa: E402
 
 
 class RunFailed(Exception):
@@ -413,10 +413,10 @@ def make_peers(tools, with_knocker=True):
         peers.append(Knocker(tools, name="knocker-first", unchecked=True))
         if not k.skip_reason:
             # What `knocker knock` imports before it connects (knocker.main
-            # and knocker.client.socket_driver: the whole client).
+            # and knocker.client.blocking_driver: the whole client).
             # -I: from the installed package, not a source tree in the cwd.
             peers.insert(3, Baseline(tools, "knocker-import",
-                                     [py, "-I", "-c", "import knocker.main, knocker.client.socket_driver"],
+                                     [py, "-I", "-c", "import knocker.main, knocker.client.blocking_driver"],
                                      "venv python3 importing the knock path",
                                      env=knocker_env()))
     return peers

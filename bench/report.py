@@ -9,7 +9,6 @@ regenerated rather than edited by hand.
 
 import json
 import os
-import statistics
 import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))

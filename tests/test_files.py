@@ -162,7 +162,7 @@ class ReadPrivateTests(SynchronousTestCase):
         os.mkdir(folder, 0o700)
         before = len(os.listdir("/proc/self/fd"))
         for _ in range(5):
-            self.assertRaises(Exception, read_private, folder)
+            self.assertRaises((OSError, PrivateFileError), read_private, folder)
         self.assertEqual(len(os.listdir("/proc/self/fd")), before)
 
     def test_refuses_fifo_without_hanging(self):

@@ -10,11 +10,11 @@ from twisted.plugin import getPlugins
 from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase
 
+from knocker.admin.clients import generate_client
 from knocker.client import tap as client_tap
 from knocker.daemon import tap as server_tap
-from knocker.admin.clients import generate_client
 from knocker.daemon.service import KnockServerService
-from tests.support import server_config
+from tests.helpers.harness import server_config
 
 
 class PluginTests(SynchronousTestCase):

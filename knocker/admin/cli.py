@@ -13,11 +13,10 @@ import sys
 from knocker.core.config import (
     CLIENT_KEYS,
     ConfigError,
-    load_client_config,
     load_server_config,
 )
-from knocker.files import PrivateFileError
 from knocker.core.knockfile import KnockFileError
+from knocker.files import PrivateFileError
 
 USAGE_ERROR = 2
 
@@ -69,7 +68,7 @@ def _status(args) -> int:
 
 
 def _knock(args) -> int:
-    from knocker.client.socket_driver import knock_command
+    from knocker.client.blocking_driver import knock_command
 
     argv = [] if args.config is None else ["--config", args.config]
     for key in CLIENT_KEYS:

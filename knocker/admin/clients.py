@@ -9,24 +9,11 @@ from datetime import datetime, timezone
 
 from attrs import frozen
 
-from knocker.state.book import ClientBook
 from knocker.core.knockfile import KnockFile, format_knockfile, generate
+from knocker.core.pool import ensure_pool, keyspace
 from knocker.files import write_private
-from knocker.core.pool import choose_pool, keyspace
-from knocker.state.sqlite import Store
-
-
-def ensure_pool(store: Store, config) -> tuple[int, ...]:
-    """
-    The server's pool, drawn once (on first use) from C{pool-range} and kept
-    in the state from then on, so it never changes under existing files.
-    """
-    pool = store.pool()
-    if pool is None:
-        low, high = config.pool_range
-        pool = choose_pool(config.pool_size, low, high, secrets.SystemRandom())
-        store.set_pool(pool)
-    return pool
+from knocker.state.book import ClientBook
+from knocker.state.sqlite import SQLiteStore
 
 
 @frozen
@@ -53,7 +40,7 @@ def generate_client(config, client: str, knocks: int, ports: int, output: str,
     1), all 0600.  A running daemon picks the new file up at the
     client's next HELLO; the old file stops working.
     """
-    store = Store(config.state_dir)
+    store = SQLiteStore(config.state_dir)
     try:
         existing = store.client(client)
         if existing is not None and not force:
@@ -85,7 +72,7 @@ def status(config) -> dict:
     What C{knocker status} shows: the pool, each client's knocks left and
     the lockouts in force, read from the state the daemon commits.
     """
-    store = Store(config.state_dir)
+    store = SQLiteStore(config.state_dir)
     try:
         pool = store.pool() or ()
         return {

@@ -17,8 +17,8 @@ import tempfile
 import time
 
 from knocker.admin.clients import generate_client
-from knocker.daemon.audit import read_audit
 from knocker.core.config import parse_server_config
+from knocker.daemon.audit import read_audit
 
 
 def twistd_command() -> list[str]:

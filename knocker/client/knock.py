@@ -1,21 +1,15 @@
 """
 One knock, as a coroutine shared by every client.
 
-The protocol decisions live in L{knocker.core.handshake.ClientHandshake}; the
-I/O is a driver passed in: L{knocker.client.twisted_driver.TwistedIO} (for C{twistd
-knockclient}, TLS, and anything in a reactor) or L{knocker.client.socket_driver.SocketIO}
-(plain blocking sockets, so C{knocker knock} opens the door before a
-reactor could even be imported).  A driver provides::
-
-    now() -> float                      monotonic seconds
-    await connect(endpoint, timeout)    -> connection, or raise Unreachable
-    await hit(host, port, timeout)      connect, wait for the server's close
-    await sleep(seconds)
-    say(message)                        progress, for the driver's log
-
-and a connection: C{peer_host}, C{send(line)}, C{await readline(timeout)}
-(C{None} once closed), C{close()}.  Driver failures after connecting raise
-L{Trouble}.  This module imports nothing slow.
+The protocol decisions live in L{knocker.core.handshake.ClientHandshake};
+the I/O is a driver passed in, which keeps to
+L{knocker.client.driver.IKnockDriver}: the
+L{knocker.client.twisted_driver.TwistedDriver} (C{twistd knockclient},
+TLS, anything in a reactor) or the
+L{knocker.client.blocking_driver.BlockingDriver} (plain blocking sockets,
+so C{knocker knock} opens the door before a reactor could even be
+imported).  Driver failures after connecting raise L{Trouble}.  This module
+imports nothing slow.
 """
 
 import os
@@ -90,8 +84,8 @@ def load_knockfile(config):
     @raise ValueError: no file set, unsafe, unreadable or malformed; the
         message names the file.
     """
-    from knocker.files import read_private
     from knocker.core.knockfile import KnockFileText
+    from knocker.files import read_private
 
     if config.knock_file is None:
         raise ValueError(
@@ -251,8 +245,8 @@ def read_checked(config) -> tuple[str, ...]:
     record is missing, unsafe or unreadable (the file is then checked
     again, which is only slower).
     """
-    from knocker.files import PrivateFileError, read_private
     from knocker.core.knockfile import is_hex64
+    from knocker.files import PrivateFileError, read_private
 
     if config.knock_file is None:
         return ()

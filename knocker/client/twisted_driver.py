@@ -9,12 +9,13 @@ from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.protocols.basic import LineOnlyReceiver
 
+from knocker.client.knock import KnockResult, Outcome, Trouble, Unreachable
+from knocker.client.knock import knock as _knock
 from knocker.core import handshake as hs
-from knocker.client.knock import KnockResult, Outcome, Trouble, Unreachable, knock as _knock
 
 log = Logger()
 
-__all__ = ["knock", "TwistedIO", "KnockResult", "Outcome"]
+__all__ = ["knock", "TwistedDriver", "KnockResult", "Outcome"]
 
 
 class _Lines(LineOnlyReceiver):
@@ -135,7 +136,7 @@ def _connect(endpoint, proto):
     return endpoint.connect(_Given(proto))
 
 
-class TwistedIO:
+class TwistedDriver:
     def __init__(self, reactor):
         self._reactor = reactor
 
@@ -175,4 +176,4 @@ def knock(reactor, config, knockfile) -> defer.Deferred:
     """
     Knock once in C{reactor}; a L{Deferred} firing with a L{KnockResult}.
     """
-    return defer.ensureDeferred(_knock(TwistedIO(reactor), config, knockfile))
+    return defer.ensureDeferred(_knock(TwistedDriver(reactor), config, knockfile))

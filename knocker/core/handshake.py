@@ -276,3 +276,91 @@ class ClientHandshake:
             raise ProtocolError(f"reply {type(reply).__name__.upper()} out of turn")
         self._finished = True
         return Finished(reply)
+
+
+# The server's side.
+
+
+class Respond(Record):
+    """
+    The adapter should write C{reply}, then close if C{close}.  C{fault} is
+    set when the reply is an C{ERROR} for a peer that broke the protocol
+    (logged, but not a failed attempt: it proves nothing).
+    """
+
+    __slots__ = ("reply", "close", "fault")
+    _defaults = {"close": False, "fault": False}
+
+
+class Judge(Record):
+    """
+    The handshake is complete: the coordinator must decide the reply to
+    C{client}'s C{proof} of C{nonce}, then hand it to L{ServerHandshake.judged}.
+    """
+
+    __slots__ = ("client", "nonce", "proof")
+
+
+class ServerHandshake:
+    """
+    The server's half of one central connection, as a state machine: lines
+    in (L{receive}), what to send out; the verdict itself is the
+    coordinator's (L{Judge}).  C{new_nonce} makes the CHALLENGE.
+    """
+
+    def __init__(self, new_nonce):
+        self._new_nonce = new_nonce
+        self.client: str | None = None
+        self._nonce: str | None = None
+        self.granted = False
+        self.done = False
+
+    def receive(self, line: bytes) -> Respond | Judge | None:
+        """
+        One line from the peer; C{None} once the exchange is over (late
+        lines are ignored).
+        """
+        if self.done:
+            return None
+        try:
+            request = parse_request(line)
+        except ProtocolError as error:
+            return self.fault(str(error))
+        if self.granted:
+            return self.fault("unexpected-line")
+        if isinstance(request, Hello) and self._nonce is None:
+            self.client = request.client
+            self._nonce = self._new_nonce()
+            return Respond(Challenge(self._nonce))
+        if isinstance(request, Proof) and self._nonce is not None:
+            return Judge(self.client, self._nonce, request.mac)
+        return self.fault("out-of-turn")
+
+    def judged(self, reply: Reply) -> Respond:
+        """
+        The coordinator's answer to L{Judge}: a GRANT keeps the connection
+        open for the verdict, anything else ends it.
+        """
+        if isinstance(reply, Grant):
+            self.granted = True
+            return Respond(reply)
+        return self.verdict(reply)
+
+    def verdict(self, reply: Reply) -> Respond:
+        """
+        The last word (OPEN, FAIL, or a refusal), sent once.
+        """
+        if self.done:
+            return None
+        self.done = True
+        return Respond(reply, close=True)
+
+    def fault(self, reason: str) -> Respond | None:
+        """
+        The peer broke the protocol (or let the handshake time out, or sent
+        an over-long line): C{ERROR <reason>} and close.
+        """
+        if self.done:
+            return None
+        self.done = True
+        return Respond(Error(reason), close=True, fault=True)

@@ -277,7 +277,7 @@ def parse_knockfile(text: str, name: str, header_only: bool = False) -> KnockFil
         if key in header:
             raise fail(lineno, f"header key {key!r} given twice")
         header[key] = value
-        _check_header(key, value, lambda why: fail(lineno, why))
+        _check_header(key, value, lambda why, lineno=lineno: fail(lineno, why))
     if size is not None and not header_only:
         knocks = _parse_knocks(lines, first_knock, size, fail)
     if size is None:
@@ -338,7 +338,8 @@ def _parse_knocks(lines: list[str], start: int, size: int, fail) -> list[tuple[i
             continue
         ports = _knock_line(line, len(knocks) + 1, size)
         if ports is None:
-            raise _bad_knock_line(line, len(knocks) + 1, size, lambda why: fail(lineno, why))
+            raise _bad_knock_line(line, len(knocks) + 1, size,
+                                 lambda why, lineno=lineno: fail(lineno, why))
         knocks.append(ports)
     return knocks
 

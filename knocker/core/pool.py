@@ -34,3 +34,21 @@ def keyspace(pool_size: int, ports: int) -> tuple[int, int]:
     server checks) and unordered sets (what a scan that ignores order faces).
     """
     return perm(pool_size, ports), comb(pool_size, ports)
+
+
+def ensure_pool(store, config, rng: Random | None = None) -> tuple[int, ...]:
+    """
+    The server's pool, drawn once (on first use) from C{pool-range} and kept
+    in C{store} (an L{knocker.state.interface.IStore}) from then on, so it
+    never changes under existing files.
+    """
+    pool = store.pool()
+    if pool is None:
+        if rng is None:
+            import secrets
+
+            rng = secrets.SystemRandom()
+        low, high = config.pool_range
+        pool = choose_pool(config.pool_size, low, high, rng)
+        store.set_pool(pool)
+    return pool

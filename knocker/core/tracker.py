@@ -26,9 +26,9 @@ which grants nothing without the secret; an unbounded table would let the
 flood take the daemon's memory."""
 
 
-class Outcome(str, Enum):
+class HitVerdict(str, Enum):
     """
-    What one hit on a pool port meant.
+    What the tracker judged one hit on a pool port to be.
     """
 
     PROGRESS = "progress"
@@ -45,6 +45,15 @@ class Policy:
     lockout: float = 60.0
     scope: str = "global"
     max_slots: int = 1
+
+    @classmethod
+    def from_config(cls, config) -> "Policy":
+        return cls(
+            window=config.knock_window,
+            lockout=config.lockout,
+            scope=config.lockout_scope,
+            max_slots=config.max_concurrent,
+        )
 
 
 @frozen
@@ -93,10 +102,15 @@ class TrackerObserver(Protocol):
 
 
 class Tracker:
-    def __init__(self, clock, policy: Policy, observer: TrackerObserver):
+    """
+    C{observer} hears of completed and failed knocks and of lockouts; the
+    coordinator sets itself there when it is given the tracker.
+    """
+
+    def __init__(self, clock, policy: Policy, observer: TrackerObserver | None = None):
         self._clock = clock
         self._policy = policy
-        self._observer = observer
+        self.observer = observer
         self._slots: dict[str, Slot] = {}
         self._lockouts: dict[str, float] = {}
         # (until, key) for every lockout set, soonest first: expired and
@@ -146,30 +160,30 @@ class Tracker:
         self._slots[ip] = slot
         return slot
 
-    def hit(self, ip: str, port: int) -> Outcome:
+    def hit(self, ip: str, port: int) -> HitVerdict:
         """
         Judge one accepted connection from C{ip} on pool port C{port}.
         """
         if self.locked_for(ip) > 0:
-            return Outcome.LOCKED
+            return HitVerdict.LOCKED
         slot = self._slots.get(ip)
         if slot is None or slot.acting:
             self._failed(ip, "no-slot")
-            return Outcome.NO_SLOT
+            return HitVerdict.NO_SLOT
         if self._clock.seconds() >= slot.deadline:
             self._timed_out(slot)
-            return Outcome.TIMEOUT
+            return HitVerdict.TIMEOUT
         if port != slot.ports[slot.position]:
             self._end(slot, "wrong-port")
             self._failed(ip, "wrong-port")
-            return Outcome.WRONG_PORT
+            return HitVerdict.WRONG_PORT
         slot.position += 1
         if slot.position < len(slot.ports):
-            return Outcome.PROGRESS
+            return HitVerdict.PROGRESS
         slot.acting = True
         self._cancel_timer(slot)
-        self._observer.knock_completed(slot)
-        return Outcome.COMPLETE
+        self.observer.knock_completed(slot)
+        return HitVerdict.COMPLETE
 
     def failed_attempt(self, ip: str, reason: str) -> None:
         """
@@ -222,12 +236,12 @@ class Tracker:
         for slot in list(self._slots.values()):
             if not slot.acting and (key == GLOBAL or slot.ip == ip):
                 self._end(slot, "locked-out")
-        self._observer.lockout_started(key, until, reason, ip)
+        self.observer.lockout_started(key, until, reason, ip)
 
     def _end(self, slot: Slot, reason: str) -> None:
         self._cancel_timer(slot)
         del self._slots[slot.ip]
-        self._observer.knock_failed(slot, reason)
+        self.observer.knock_failed(slot, reason)
 
     def _cancel_timer(self, slot: Slot) -> None:
         if slot.timer is not None and slot.timer.active():

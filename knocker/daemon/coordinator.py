@@ -1,44 +1,29 @@
 """
-The server: the coordinator that ties tracker, state, actions and audit
-together, and the thin protocols for the central port and the pool ports.
+The coordinator: where a hit and a finished handshake become decisions.
 
-Data flows one way: a line or a hit comes in through a protocol, becomes a
-call on L{KnockServer}, which asks the L{Tracker}, commits to the L{Store},
-runs actions, records the audit log, and hands a reply line back.
+Data flows one way: a line (L{knocker.daemon.central}) or a hit
+(L{knocker.daemon.poolport}) becomes a call on L{KnockServer}, which asks
+the L{Tracker} for the verdict, commits to the store, runs actions, records
+the audit log, and hands a reply back.  Every collaborator is given to it.
 """
 
 import hmac
-import ipaddress
 import secrets
 import sys
 
-from twisted.internet import protocol
 from twisted.logger import Logger
-from twisted.protocols.basic import LineOnlyReceiver
 
 from knocker.core import handshake as hs
-from knocker.daemon.actions import action_env
 from knocker.core.knockfile import KnockFileError
-from knocker.state.sqlite import secret_id
-from knocker.core.tracker import GLOBAL, Outcome, Policy, Slot, Tracker
+from knocker.core.sources import normalise_ip
+from knocker.core.tracker import GLOBAL, HitVerdict, Slot, Tracker
+from knocker.daemon.actions import action_env
+from knocker.daemon.closes import CloseSchedule
+from knocker.state.interface import secret_id
 
 log = Logger()
 
 BUILTIN_SUCCESS = (sys.executable, "-m", "knocker.daemon.logaction")
-CLOSE_RETRY = 60.0
-
-
-def normalise_ip(host: str) -> str:
-    """
-    The address a hit or a handshake counts under: IPv4-mapped IPv6
-    addresses count as the IPv4 address (docs/spec.md section 5).
-    """
-    try:
-        address = ipaddress.ip_address(host.split("%", 1)[0])
-    except ValueError:
-        return host
-    mapped = getattr(address, "ipv4_mapped", None)
-    return str(mapped or address)
 
 
 def _hmac_hex(secret: bytes, message: bytes) -> str:
@@ -52,30 +37,27 @@ def _hmac_hex(secret: bytes, message: bytes) -> str:
 class KnockServer:
     """
     The coordinator.  Everything it touches is given to it: C{clock} (an
-    L{IReactorTime}), C{store} (L{knocker.state.sqlite.Store}), C{book}
-    (L{knocker.state.book.ClientBook}), C{runner} (runs programs) and C{audit}.
+    L{IReactorTime}), C{store} (an L{knocker.state.interface.IStore}),
+    C{book} (L{knocker.state.book.ClientBook}), C{runner} (runs programs),
+    C{audit}, and the C{tracker}, whose observer it becomes.
     """
 
-    def __init__(self, config, clock, store, book, runner, audit):
+    def __init__(self, config, clock, store, book, runner, audit, tracker: Tracker):
         self.config = config
         self._clock = clock
         self._store = store
         self._book = book
         self._runner = runner
         self._audit = audit
-        self._sessions: dict[Slot, "CentralProtocol"] = {}
-        self._close_timers: dict[int, object] = {}
+        self._sessions: dict[Slot, object] = {}
         self._stopped = False
         self._dummy_secret = secrets.token_bytes(32)
-        self.tracker = Tracker(
-            clock,
-            Policy(
-                window=config.knock_window,
-                lockout=config.lockout,
-                scope=config.lockout_scope,
-                max_slots=config.max_concurrent,
-            ),
-            self,
+        self.tracker = tracker
+        tracker.observer = self
+        self.closes = CloseSchedule(
+            clock, store,
+            lambda ip, client, index: self._run("on-close", (config.on_close,), ip, client, index),
+            audit,
         )
         if config.on_success:
             self._success = (config.on_success,)
@@ -95,8 +77,7 @@ class KnockServer:
                 f"{len(pending)} close actions are pending in the state but on-close is not "
                 f"set; set it again so they can run"
             )
-        for close in pending:
-            self._schedule_close(close.id, close.due, close.ip, close.client, close.index)
+        self.closes.restore()
 
     # The central port.
 
@@ -179,7 +160,7 @@ class KnockServer:
 
     # The pool.
 
-    def hit(self, ip: str, src_port: int, port: int) -> Outcome:
+    def hit(self, ip: str, src_port: int, port: int) -> HitVerdict:
         """
         One accepted connection on pool port C{port} (the hot path).
         """
@@ -200,7 +181,7 @@ class KnockServer:
                 # Recorded before on-success runs, so a crash in between still
                 # closes; scheduled only once on-success has finished.
                 due = self._clock.seconds() + self.config.open_duration + self.config.script_timeout
-                close_id = self._store.add_close(due, slot.ip, slot.client, slot.index)
+                close_id = self.closes.record(due, slot.ip, slot.client, slot.index)
             d = self._run("on-success", self._success, slot.ip, slot.client, slot.index)
         except Exception:
             log.failure("starting on-success for {client}", client=slot.client)
@@ -216,7 +197,7 @@ class KnockServer:
         self.tracker.release(slot)
         if close_id is not None:
             due = self._clock.seconds() + self.config.open_duration
-            self._schedule_close(close_id, due, slot.ip, slot.client, slot.index)
+            self.closes.schedule(close_id, due, slot.ip, slot.client, slot.index)
         if result is not None and result.ok:
             self._audit.record("open", ip=slot.ip, client=slot.client, index=slot.index)
             log.info("OPEN for {client} at {ip} (knock {index})",
@@ -282,163 +263,4 @@ class KnockServer:
         """
         self._stopped = True
         self.tracker.stop()
-        for timer in self._close_timers.values():
-            if timer.active():
-                timer.cancel()
-        self._close_timers.clear()
-
-    def _schedule_close(self, close_id, due, ip, client, index) -> None:
-        def run_close():
-            self._close_timers.pop(close_id, None)
-            d = self._run("on-close", (self.config.on_close,), ip, client, index)
-            d.addCallback(lambda result: self._closed(close_id, result, ip, client, index))
-
-        delay = max(0.0, due - self._clock.seconds())
-        self._close_timers[close_id] = self._clock.callLater(delay, run_close)
-
-    def _closed(self, close_id, result, ip, client, index) -> None:
-        # Log first, then forget: a crash in between runs the (idempotent)
-        # close again after the restart, rather than leave a close unlogged.
-        self._audit.record("close", ip=ip, client=client, index=index, ok=result.ok)
-        if result.ok:
-            self._store.remove_close(close_id)
-        else:
-            # The door may still be open: keep the close and try again.
-            log.error("on-close for {client} at {ip} failed; retrying in {s}s",
-                      client=client, ip=ip, s=CLOSE_RETRY)
-            due = self._clock.seconds() + CLOSE_RETRY
-            self._schedule_close(close_id, due, ip, client, index)
-
-
-class CentralProtocol(LineOnlyReceiver):
-    """
-    One client's exchange on the central port: HELLO, PROOF, then the
-    verdict.  Any deviation ends it with C{ERROR <reason>}.
-    """
-
-    delimiter = b"\n"
-    MAX_LENGTH = hs.MAX_LINE
-
-    def __init__(self, server: KnockServer, clock, timeout: float):
-        self._server = server
-        self._clock = clock
-        self._timeout = timeout
-        self._timer = None
-        self._client: str | None = None
-        self._nonce: str | None = None
-        self._granted = False
-        self._done = False
-        self.ip = None
-
-    def connectionMade(self):
-        self.ip = normalise_ip(self.transport.getPeer().host)
-        self._timer = self._clock.callLater(self._timeout, self._error, "handshake-timeout")
-
-    def lineReceived(self, line: bytes):
-        if self._done:
-            return
-        try:
-            request = hs.parse_request(line)
-        except hs.ProtocolError as error:
-            return self._error(str(error))
-        if self._granted:
-            return self._error("unexpected-line")
-        if isinstance(request, hs.Hello) and self._nonce is None:
-            self._client = request.client
-            self._nonce = self._server.new_nonce()
-            self.transport.write(hs.format_reply(hs.Challenge(self._nonce)))
-        elif isinstance(request, hs.Proof) and self._nonce is not None:
-            self._cancel_timer()
-            try:
-                reply = self._server.answer(self.ip, self._client, self._nonce, request.mac, self)
-            except Exception:
-                log.failure("answering {client} from {ip}", client=self._client, ip=self.ip)
-                reply = hs.Error("server-error")
-            if isinstance(reply, hs.Grant):
-                self._granted = True
-                self.transport.write(hs.format_reply(reply))
-            else:
-                self.finish(reply)
-        else:
-            self._error("out-of-turn")
-
-    def lineLengthExceeded(self, line):
-        self._error("line-too-long")
-
-    def finish(self, reply: hs.Reply) -> None:
-        if not self._done:
-            self._done = True
-            self.transport.write(hs.format_reply(reply))
-            self.transport.loseConnection()
-            self._timer = _abort_later(self._clock, self.transport)
-
-    def _error(self, reason: str) -> None:
-        if not self._done:
-            log.info("central {ip}: ERROR {reason}", ip=self.ip, reason=reason)
-            self._server.protocol_error(self.ip, reason)
-        self._cancel_timer()
-        self.finish(hs.Error(reason))
-
-    def _cancel_timer(self):
-        if self._timer is not None and self._timer.active():
-            self._timer.cancel()
-
-    def connectionLost(self, reason):
-        self.factory.connections -= 1
-        self._cancel_timer()
-        self._done = True
-        if self._granted:
-            self._server.session_lost(self)
-
-
-class CentralFactory(protocol.Factory):
-    """
-    Builds a L{CentralProtocol} per connection, up to C{max_connections} at
-    once; past that a connection gets C{ERROR too-many-connections}.
-    """
-
-    def __init__(self, server: KnockServer, clock, max_connections: int, timeout: float):
-        self._server = server
-        self._clock = clock
-        self._max = max_connections
-        self._timeout = timeout
-        self.connections = 0
-
-    def buildProtocol(self, addr):
-        if self.connections >= self._max:
-            return _Refuse(self._server, self._clock)
-        self.connections += 1
-        proto = CentralProtocol(self._server, self._clock, self._timeout)
-        proto.factory = self
-        return proto
-
-
-class _Refuse(protocol.Protocol):
-    def __init__(self, server, clock):
-        self._server = server
-        self._clock = clock
-        self._timer = None
-
-    def connectionMade(self):
-        self._server.protocol_error(normalise_ip(self.transport.getPeer().host),
-                                    "too-many-connections")
-        self.transport.write(hs.format_reply(hs.Error("too-many-connections")))
-        self.transport.loseConnection()
-        self._timer = _abort_later(self._clock, self.transport)
-
-    def connectionLost(self, reason):
-        if self._timer is not None and self._timer.active():
-            self._timer.cancel()
-
-
-CLOSE_GRACE = 2.0
-
-
-def _abort_later(clock, transport):
-    """
-    A closing connection whose last line cannot be delivered (a peer that
-    never reads, or never finishes a TLS handshake, so TLS holds the line
-    and the connection) is cut after L{CLOSE_GRACE} seconds, so it cannot
-    hold a place under max-connections for ever.
-    """
-    return clock.callLater(CLOSE_GRACE, transport.abortConnection)
+        self.closes.stop()

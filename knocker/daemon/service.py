@@ -15,13 +15,15 @@ from twisted.internet.endpoints import serverFromString
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from knocker.core.pool import ensure_pool
+from knocker.core.tracker import Policy, Tracker
 from knocker.daemon.actions import ProcessRunner
-from knocker.admin.clients import ensure_pool
 from knocker.daemon.audit import AuditLog
-from knocker.state.book import ClientBook
+from knocker.daemon.central import CentralFactory
+from knocker.daemon.coordinator import KnockServer
 from knocker.daemon.poolport import PoolPort, SpareDescriptor
-from knocker.daemon.coordinator import CentralFactory, KnockServer
-from knocker.state.sqlite import Store
+from knocker.state.book import ClientBook
+from knocker.state.sqlite import SQLiteStore
 
 log = Logger()
 
@@ -96,7 +98,7 @@ class KnockServerService(service.Service):
         if self.config.on_success is None:
             log.warn("on-success is not set: the built-in action only logs; "
                      "no firewall change will be made")
-        self._store = Store(config.state_dir)
+        self._store = SQLiteStore(config.state_dir)
         pool = ensure_pool(self._store, config)
         book = ClientBook(config.state_dir, pool)
         book.load()
@@ -111,6 +113,7 @@ class KnockServerService(service.Service):
         self.server = KnockServer(
             config, reactor, self._store, book,
             ProcessRunner(reactor, config.script_timeout), self._audit,
+            Tracker(reactor, Policy.from_config(config)),
         )
         raise_descriptor_limit(len(pool) + config.max_connections + 256)
         self._spare = SpareDescriptor()

@@ -13,13 +13,6 @@ import os
 
 from twisted.logger import Logger
 
-from knocker.files import (
-    PrivateFileError,
-    ensure_private_dir,
-    open_private,
-    read_private,
-    write_private,
-)
 from knocker.core.knockfile import (
     KnockFile,
     KnockFileError,
@@ -27,7 +20,14 @@ from knocker.core.knockfile import (
     format_knockfile,
     parse_header,
 )
-from knocker.state.sqlite import secret_id
+from knocker.files import (
+    PrivateFileError,
+    ensure_private_dir,
+    open_private,
+    read_private,
+    write_private,
+)
+from knocker.state.interface import secret_id
 
 log = Logger()
 

@@ -1,6 +1,7 @@
 """
-The server's durable state (docs/spec.md section 7) in SQLite: the pool, each
-client's next knock number, pending close actions and lockouts.
+The server's durable state (docs/spec.md section 7) in SQLite, the
+default: the pool, each client's next knock number, pending close actions
+and lockouts, in C{state-dir/state.sqlite}.
 
 Every change is committed (WAL, C{synchronous=FULL}: fsync'd) before the
 call returns, so the caller may act on it: in particular L{burn} has made
@@ -12,17 +13,12 @@ import os
 import sqlite3
 from contextlib import contextmanager
 
-from attrs import frozen
+from zope.interface import implementer
 
 from knocker.files import ensure_private_dir
+from knocker.state.interface import ClientState, IStore, PendingClose, StateError, secret_id
 
 SCHEMA_VERSION = 1
-
-
-class StateError(Exception):
-    """
-    The state directory cannot be used; the message says why.
-    """
 
 
 _SCHEMA = """
@@ -44,38 +40,8 @@ CREATE TABLE IF NOT EXISTS lockouts (key TEXT PRIMARY KEY, until REAL NOT NULL);
 """
 
 
-def secret_id(secret: bytes) -> str:
-    """
-    Names a secret without revealing it: which portknock file a counter
-    belongs to, so a regenerated file is noticed by a running daemon.
-    """
-    import hashlib
-
-    return hashlib.sha256(b"knocker secret id|" + secret).hexdigest()[:32]
-
-
-@frozen
-class ClientState:
-    client: str
-    next_index: int
-    knocks: int
-    secret_id: str
-
-    @property
-    def left(self) -> int:
-        return self.knocks - self.next_index + 1
-
-
-@frozen
-class PendingClose:
-    id: int
-    due: float
-    ip: str
-    client: str
-    index: int
-
-
-class Store:
+@implementer(IStore)
+class SQLiteStore:
     """
     The state database in C{state_dir}/state.sqlite.
     """

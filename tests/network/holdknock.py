@@ -22,8 +22,8 @@ import socket
 import sys
 
 from knocker.core import handshake as hs
-from knocker.files import read_private
 from knocker.core.knockfile import parse_knockfile
+from knocker.files import read_private
 
 TIMEOUT = 30.0
 

@@ -23,7 +23,8 @@ import time
 from twisted.internet.endpoints import quoteStringArgument
 from twisted.trial.unittest import SkipTest, TestCase
 
-from tests.test_integration import write_recorder
+from knocker.admin.demo import twistd_command
+from tests.helpers.processes import write_recorder
 
 from . import netns
 
@@ -32,13 +33,6 @@ ROOT = os.path.dirname(os.path.dirname(HERE))
 HOLDKNOCK = os.path.join(HERE, "holdknock.py")
 RAWTCP = os.path.join(HERE, "rawtcp.py")
 CENTRAL = 7000
-
-
-def twistd_command() -> list[str]:
-    script = os.path.join(os.path.dirname(sys.executable), "twistd")
-    if os.path.exists(script):
-        return [script]
-    return [sys.executable, "-c", "from twisted.scripts.twistd import run; run()"]
 
 
 def read_audit(path: str) -> list[dict]:

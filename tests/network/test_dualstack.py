@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from twisted.internet.endpoints import quoteStringArgument
 
-from tests.test_integration import read_lines
+from tests.helpers.processes import read_lines
 
 from .nsdaemon import CENTRAL, DaemonInNamespace
 

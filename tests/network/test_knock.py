@@ -19,7 +19,7 @@ import sys
 import time
 
 from . import tls
-from .nsdaemon import CENTRAL, DaemonInNamespace, ROOT, knock_ports, read_audit
+from .nsdaemon import CENTRAL, ROOT, DaemonInNamespace, knock_ports, read_audit
 
 SCRIPTS = os.path.join(ROOT, "etc", "scripts")
 

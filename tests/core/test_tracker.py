@@ -5,7 +5,7 @@ The sequence tracker under a fake clock (docs/spec.md section 5).
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from knocker.core.tracker import GLOBAL, Outcome, Policy, Tracker
+from knocker.core.tracker import GLOBAL, HitVerdict, Policy, Tracker
 
 A, B = "192.0.2.1", "192.0.2.2"
 PORTS = (8101, 8102, 8103)
@@ -46,7 +46,7 @@ class RightKnockTests(SynchronousTestCase):
         for port in PORTS:
             clock.advance(1)
             outcomes.append(tracker.hit(A, port))
-        self.assertEqual(outcomes, [Outcome.PROGRESS, Outcome.PROGRESS, Outcome.COMPLETE])
+        self.assertEqual(outcomes, [HitVerdict.PROGRESS, HitVerdict.PROGRESS, HitVerdict.COMPLETE])
         self.assertEqual([s.index for s in seen.completed], [1])
         self.assertEqual((seen.failed, seen.lockouts), ([], []))
 
@@ -72,7 +72,7 @@ class RightKnockTests(SynchronousTestCase):
         tracker.hit(A, PORTS[0])
         tracker.hit(A, PORTS[1])
         clock.advance(9.999)
-        self.assertEqual(tracker.hit(A, PORTS[2]), Outcome.COMPLETE)
+        self.assertEqual(tracker.hit(A, PORTS[2]), HitVerdict.COMPLETE)
 
 
 class WrongKnockTests(SynchronousTestCase):
@@ -80,7 +80,7 @@ class WrongKnockTests(SynchronousTestCase):
         clock, tracker, seen = make()
         tracker.grant(A, "alice", 1, PORTS)
         tracker.hit(A, PORTS[0])
-        self.assertEqual(tracker.hit(A, PORTS[2]), Outcome.WRONG_PORT)
+        self.assertEqual(tracker.hit(A, PORTS[2]), HitVerdict.WRONG_PORT)
         self.assertEqual(seen.failed, [(A, 1, "wrong-port")])
         self.assertEqual([(k, r, ip) for k, _, r, ip in seen.lockouts], [(GLOBAL, "wrong-port", A)])
         self.assertEqual(tracker.refusal(A).kind, "locked")
@@ -90,11 +90,11 @@ class WrongKnockTests(SynchronousTestCase):
         clock, tracker, seen = make()
         tracker.grant(A, "alice", 1, PORTS)
         tracker.hit(A, PORTS[0])
-        self.assertEqual(tracker.hit(A, PORTS[0]), Outcome.WRONG_PORT)
+        self.assertEqual(tracker.hit(A, PORTS[0]), HitVerdict.WRONG_PORT)
 
     def test_hit_without_slot_locks_out(self):
         clock, tracker, seen = make()
-        self.assertEqual(tracker.hit(B, 9999), Outcome.NO_SLOT)
+        self.assertEqual(tracker.hit(B, 9999), HitVerdict.NO_SLOT)
         self.assertEqual(seen.lockouts[0][2:], ("no-slot", B))
         self.assertGreater(tracker.locked_for(A), 0)
 
@@ -103,7 +103,7 @@ class WrongKnockTests(SynchronousTestCase):
         tracker.grant(A, "alice", 1, PORTS)
         for port in PORTS:
             tracker.hit(A, port)
-        self.assertEqual(tracker.hit(A, PORTS[0]), Outcome.NO_SLOT)
+        self.assertEqual(tracker.hit(A, PORTS[0]), HitVerdict.NO_SLOT)
         self.assertEqual(seen.completed[0].index, 1)
         self.assertEqual(seen.failed, [])
 
@@ -116,7 +116,7 @@ class WrongKnockTests(SynchronousTestCase):
         clock.advance(0.1)
         self.assertEqual(seen.failed, [(A, 1, "timeout")])
         self.assertEqual(seen.lockouts[0][2], "timeout")
-        self.assertEqual(tracker.hit(A, PORTS[1]), Outcome.LOCKED)
+        self.assertEqual(tracker.hit(A, PORTS[1]), HitVerdict.LOCKED)
 
     def test_late_hit_at_deadline_is_timeout(self):
         """
@@ -128,7 +128,7 @@ class WrongKnockTests(SynchronousTestCase):
         slot.timer.cancel()
         slot.timer = None
         clock.advance(10)
-        self.assertEqual(tracker.hit(A, PORTS[0]), Outcome.TIMEOUT)
+        self.assertEqual(tracker.hit(A, PORTS[0]), HitVerdict.TIMEOUT)
         self.assertEqual(seen.failed, [(A, 1, "timeout")])
 
 
@@ -147,7 +147,7 @@ class LockoutTests(SynchronousTestCase):
         tracker.hit(B, 1)
         for _ in range(50):
             clock.advance(1)
-            self.assertEqual(tracker.hit(B, 2), Outcome.LOCKED)
+            self.assertEqual(tracker.hit(B, 2), HitVerdict.LOCKED)
         self.assertEqual(len(seen.lockouts), 1)
         clock.advance(10)
         self.assertIsNone(tracker.refusal(A))
@@ -169,17 +169,17 @@ class LockoutTests(SynchronousTestCase):
         tracker.hit(A, PORTS[0])
         tracker.hit(B, 4444)
         self.assertEqual(seen.failed, [(A, 7, "locked-out")])
-        self.assertEqual(tracker.hit(A, PORTS[1]), Outcome.LOCKED)
+        self.assertEqual(tracker.hit(A, PORTS[1]), HitVerdict.LOCKED)
 
     def test_source_lockout_spares_others(self):
         clock, tracker, seen = make(scope="source", slots=2)
         tracker.grant(A, "alice", 7, PORTS)
         tracker.hit(A, PORTS[0])
-        self.assertEqual(tracker.hit(B, 4444), Outcome.NO_SLOT)
+        self.assertEqual(tracker.hit(B, 4444), HitVerdict.NO_SLOT)
         self.assertEqual(seen.lockouts[0][0], B)
         self.assertEqual(tracker.refusal(B).kind, "locked")
-        self.assertEqual(tracker.hit(A, PORTS[1]), Outcome.PROGRESS)
-        self.assertEqual(tracker.hit(A, PORTS[2]), Outcome.COMPLETE)
+        self.assertEqual(tracker.hit(A, PORTS[1]), HitVerdict.PROGRESS)
+        self.assertEqual(tracker.hit(A, PORTS[2]), HitVerdict.COMPLETE)
         self.assertEqual(seen.failed, [])
 
     def test_source_lockout_of_granted_address_ends_its_slot(self):
@@ -200,7 +200,7 @@ class LockoutTests(SynchronousTestCase):
         sources = [f"2001:db8::{n:x}" for n in range(20)]
         for source in sources:
             clock.advance(0.1)
-            self.assertEqual(tracker.hit(source, 4444), Outcome.NO_SLOT)
+            self.assertEqual(tracker.hit(source, 4444), HitVerdict.NO_SLOT)
         self.assertEqual(sorted(tracker.lockouts()), sorted(sources[-5:]))
         self.assertIsNone(tracker.refusal(sources[0]))
         self.assertEqual(tracker.refusal(sources[-1]).kind, "locked")
@@ -216,7 +216,7 @@ class LockoutTests(SynchronousTestCase):
         tracker.hit(B, 4444)
         clock.advance(11)
         self.assertIsNone(tracker.refusal(B))
-        self.assertEqual(tracker.hit(B, 4444), Outcome.NO_SLOT, "a new failed attempt")
+        self.assertEqual(tracker.hit(B, 4444), HitVerdict.NO_SLOT, "a new failed attempt")
         self.assertEqual(tracker.refusal(B).kind, "locked")
         self.assertEqual(set(tracker.lockouts()), {A, B})
 
@@ -248,8 +248,8 @@ class SlotTests(SynchronousTestCase):
         """
         clock, tracker, seen = make(scope="source", slots=2)
         tracker.grant(A, "alice", 1, PORTS)
-        self.assertEqual(tracker.hit(B, PORTS[0]), Outcome.NO_SLOT)
-        self.assertEqual(tracker.hit(A, PORTS[0]), Outcome.PROGRESS)
+        self.assertEqual(tracker.hit(B, PORTS[0]), HitVerdict.NO_SLOT)
+        self.assertEqual(tracker.hit(A, PORTS[0]), HitVerdict.PROGRESS)
 
     def test_abandoned_slot_frees_without_lockout(self):
         clock, tracker, seen = make()

@@ -5,9 +5,9 @@ when it retries, and the outcome it reports (no sockets, no reactor).
 
 from twisted.trial.unittest import SynchronousTestCase
 
+from knocker.client.knock import Outcome, knock, run_blocking
 from knocker.core import handshake as hs
 from knocker.core.config import parse_client_config
-from knocker.client.knock import Outcome, knock, run_blocking
 from knocker.core.knockfile import KnockFile
 
 SECRET = bytes(range(32))
@@ -127,8 +127,8 @@ class CheckedRecordTests(SynchronousTestCase):
     def setUp(self):
         import os
 
-        from knocker.files import write_private
         from knocker.core.knockfile import format_knockfile
+        from knocker.files import write_private
 
         self.dir = self.mktemp()
         os.makedirs(self.dir)

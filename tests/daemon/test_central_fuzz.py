@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
 from knocker.core import handshake as hs
-from tests.support import Harness
+from tests.helpers.harness import Harness
 
 lines = st.one_of(
     st.binary(max_size=700),

@@ -10,7 +10,8 @@ import tempfile
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from knocker.state.sqlite import ClientState, PendingClose, Store, secret_id
+from knocker.state.interface import ClientState, PendingClose, secret_id
+from knocker.state.sqlite import SQLiteStore
 
 SECRET = bytes(range(32))
 
@@ -22,12 +23,12 @@ class StoreTestCase(SynchronousTestCase):
         self.state_dir = os.path.join(parent, "state")
         self.store = self.open()
 
-    def open(self) -> Store:
-        store = Store(self.state_dir)
+    def open(self) -> SQLiteStore:
+        store = SQLiteStore(self.state_dir)
         self.addCleanup(store.close)
         return store
 
-    def reopen(self) -> Store:
+    def reopen(self) -> SQLiteStore:
         """
         Close the store and open it again, as a restarted server would.
         """
@@ -207,8 +208,8 @@ class PermissionTests(SynchronousTestCase):
         self.addCleanup(shutil.rmtree, parent, True)
         self.state_dir = os.path.join(parent, "var", "state")
 
-    def open(self) -> Store:
-        store = Store(self.state_dir)
+    def open(self) -> SQLiteStore:
+        store = SQLiteStore(self.state_dir)
         self.addCleanup(store.close)
         return store
 
@@ -238,7 +239,7 @@ class SchemaTests(SynchronousTestCase):
     def test_state_from_another_schema_is_refused(self):
         import sqlite3
 
-        from knocker.state.sqlite import StateError
+        from knocker.state.interface import StateError
 
         directory = tempfile.mkdtemp()
         self.addCleanup(shutil.rmtree, directory)
@@ -246,15 +247,15 @@ class SchemaTests(SynchronousTestCase):
         db.execute("CREATE TABLE clients (id TEXT PRIMARY KEY, next_index INTEGER, knocks INTEGER)")
         db.commit()
         db.close()
-        error = self.assertRaises(StateError, Store, directory)
+        error = self.assertRaises(StateError, SQLiteStore, directory)
         self.assertIn("state.sqlite", str(error))
         self.assertIn("schema 0", str(error))
 
     def test_reopening_keeps_the_schema(self):
         directory = tempfile.mkdtemp()
         self.addCleanup(shutil.rmtree, directory)
-        Store(directory).close()
-        store = Store(directory)
+        SQLiteStore(directory).close()
+        store = SQLiteStore(directory)
         store.register("alice", 2, SECRET)
         self.assertEqual(store.burn("alice"), 1)
         store.close()

@@ -3,7 +3,7 @@ C{knocker knock} without a reactor: the knock coroutine on blocking sockets.
 
 Importing Twisted's reactor takes longer than a whole knock on a LAN, so for
 plain C{tcp:} endpoints the command drives L{knocker.client.knock.knock} with
-L{SocketIO}, which uses the C socket module directly; any other endpoint
+L{BlockingDriver}, which uses the C socket module directly; any other endpoint
 (C{tls:} above all) goes to the Twisted driver.  The protocol is written
 once, in L{knocker.core.handshake}; only the I/O differs.
 """
@@ -12,8 +12,8 @@ import _socket
 import sys
 import time
 
-from knocker.core import handshake as hs
 from knocker.client.knock import Trouble, Unreachable, knock, run_blocking
+from knocker.core import handshake as hs
 
 USAGE = "usage: knocker knock [--config FILE] [--server ENDPOINT] [--knock-file FILE] [--KEY VALUE ...]"
 USAGE_ERROR = 2
@@ -78,7 +78,7 @@ class _Connection:
         self._sock.close()
 
 
-class SocketIO:
+class BlockingDriver:
     """
     The knock driver on blocking sockets; its awaits never suspend.
     """
@@ -146,7 +146,7 @@ def run_knock(config, knockfile, verbose: bool = False):
     Knock once with the fastest driver that handles C{config.server}.
     """
     if plain_tcp(config.server) is not None:
-        return run_blocking(knock(SocketIO(verbose), config, knockfile))
+        return run_blocking(knock(BlockingDriver(verbose), config, knockfile))
     from twisted.internet.task import react
 
     from knocker.client.twisted_driver import knock as twisted_knock
@@ -198,8 +198,8 @@ def knock_command(argv: list[str]) -> int:
     """
     C{knocker knock ...}: print the outcome, return its exit status.
     """
-    from knocker.core.config import ConfigError, load_client_config
     from knocker.client.knock import load_knockfile
+    from knocker.core.config import ConfigError, load_client_config
 
     try:
         path, overrides, verbose = parse_knock_args(argv)

@@ -4,7 +4,7 @@ daemon (C{twistd -n knockserver} on 127.0.0.1): over-long lines, binary
 garbage, slowloris, a connection flood past C{max-connections}, and random
 bytes (hypothesis).  Each ends with C{ERROR <reason>} and a close; none is a
 failed attempt; the daemon stays up, small, and a real client still gets
-OPEN.  (tests/test_fuzz.py does the same fuzzing on a StringTransport.)
+OPEN.  (tests/daemon/test_central_fuzz.py does the same fuzzing on a StringTransport.)
 """
 
 import os
@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from knocker.core import handshake as hs
-from tests.daemon import DaemonCase
+from tests.helpers.processes import DaemonCase
 
 ATTACKER = "127.0.0.3"
 

@@ -10,16 +10,19 @@ from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 
+from knocker.admin.clients import generate_client
 from knocker.core import handshake as hs
-from knocker.daemon.actions import MemoryRunner
-from knocker.admin.clients import ensure_pool, generate_client
-from knocker.daemon.audit import MemoryAudit
-from knocker.state.book import ClientBook
 from knocker.core.config import parse_server_config
-from knocker.files import read_private
 from knocker.core.knockfile import parse_knockfile
-from knocker.daemon.coordinator import CentralFactory, KnockServer
-from knocker.state.sqlite import Store
+from knocker.core.pool import ensure_pool
+from knocker.core.tracker import Policy, Tracker
+from knocker.daemon.actions import MemoryRunner
+from knocker.daemon.audit import MemoryAudit
+from knocker.daemon.central import CentralFactory
+from knocker.daemon.coordinator import KnockServer
+from knocker.files import read_private
+from knocker.state.book import ClientBook
+from knocker.state.sqlite import SQLiteStore
 
 
 def server_config(state_dir, **overrides):
@@ -51,12 +54,13 @@ class Harness:
         testcase.addCleanup(self.stop)
 
     def start(self):
-        self.store = Store(self.config.state_dir)
+        self.store = SQLiteStore(self.config.state_dir)
         self.pool = ensure_pool(self.store, self.config)
         self.book = ClientBook(self.config.state_dir, self.pool)
         self.book.load()
         self.server = KnockServer(self.config, self.clock, self.store, self.book,
-                                  self.runner, self.audit)
+                                  self.runner, self.audit,
+                                  Tracker(self.clock, Policy.from_config(self.config)))
         self.server.restore()
         self.central = CentralFactory(self.server, self.clock, self.config.max_connections,
                                       self.config.handshake_timeout)

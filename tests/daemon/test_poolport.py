@@ -61,7 +61,7 @@ class PoolPortTests(TestCase):
         try:
             pool_port, hits = self.listen("::")
         except CannotListenError as error:
-            raise self.skipTest(f"no IPv6 on this host: {error}")
+            raise self.skipTest(f"no IPv6 on this host: {error}") from None
         sock = socket.create_connection(("127.0.0.1", pool_port.port), timeout=5)
         await deferLater(reactor, 0.05)
         sock.close()

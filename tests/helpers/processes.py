@@ -4,18 +4,20 @@ C{knocker}.  The repository comes first on PYTHONPATH so the code under
 test is this tree's, installed or not.
 """
 
+import json
 import os
 import signal
+import stat
 import subprocess
 import sys
 import time
 
 from twisted.trial.unittest import TestCase
 
-from knocker.daemon.audit import read_audit
 from knocker.admin.demo import twistd_command
+from knocker.daemon.audit import read_audit
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def environment() -> dict[str, str]:
@@ -149,8 +151,6 @@ class DaemonCase(TestCase):
         Write server.conf: the defaults here, C{keys} on top (underscores
         for dashes; C{None} leaves a key out).
         """
-        from tests.test_integration import write_recorder
-
         self.success, self.success_out = write_recorder(self.dir, "on-success")
         values = dict(
             central="tcp:0:interface=127.0.0.1", state_dir="state", pool_size=20,
@@ -197,3 +197,28 @@ class DaemonCase(TestCase):
         done = knocker("status", "--config", self.server_conf, "--json")
         self.assertEqual(done.returncode, 0, done.stderr)
         return json.loads(done.stdout)
+
+
+RECORDER = """#!{python}
+import json, os, sys
+with open({out!r}, "a") as f:
+    f.write(json.dumps({{"argv": sys.argv,
+        "env": {{k: v for k, v in os.environ.items() if k.startswith("KNOCKER_")}}}}) + "\\n")
+sys.exit(int(os.environ.get("RECORDER_EXIT", "0")))
+"""
+
+
+def write_recorder(directory: str, name: str) -> tuple[str, str]:
+    script = os.path.join(directory, name)
+    out = script + ".jsonl"
+    with open(script, "w") as handle:
+        handle.write(RECORDER.format(python=sys.executable, out=out))
+    os.chmod(script, stat.S_IRWXU)
+    return script, out
+
+
+def read_lines(path):
+    if not os.path.exists(path):
+        return []
+    with open(path) as handle:
+        return [json.loads(line) for line in handle]

@@ -12,7 +12,7 @@ import os
 import socket
 import time
 
-from tests.daemon import DaemonCase
+from tests.helpers.processes import DaemonCase
 from tests.network import tls
 
 

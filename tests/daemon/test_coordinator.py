@@ -6,8 +6,8 @@ fake clock, a fake action runner and an in-memory audit log.
 from twisted.trial.unittest import SynchronousTestCase
 
 from knocker.core import handshake as hs
-from knocker.daemon.coordinator import normalise_ip
-from tests.support import Harness, a_decoy
+from knocker.core.sources import normalise_ip
+from tests.helpers.harness import Harness, a_decoy
 
 IP = "192.0.2.10"
 
@@ -301,8 +301,8 @@ class CloseTests(SynchronousTestCase):
 class LiveClientFileTests(SynchronousTestCase):
     def test_new_client_without_restart(self):
         from knocker.admin.clients import generate_client
-        from knocker.files import read_private
         from knocker.core.knockfile import parse_knockfile
+        from knocker.files import read_private
 
         h = Harness(self)
         out = h.dir + "/carol.knock"
@@ -317,8 +317,8 @@ class LiveClientFileTests(SynchronousTestCase):
         new secret; the old file is denied (its knocks are not reissued).
         """
         from knocker.admin.clients import ClientExists, generate_client
-        from knocker.files import read_private
         from knocker.core.knockfile import parse_knockfile
+        from knocker.files import read_private
 
         h = Harness(self, lockout_scope="source")
         h.knock()
@@ -342,8 +342,8 @@ class BookTests(SynchronousTestCase):
         one read, and never serves a line from a file that has changed.
         """
         from knocker.admin.clients import generate_client
-        from knocker.files import read_private
         from knocker.core.knockfile import parse_knockfile
+        from knocker.files import read_private
 
         h = Harness(self, knocks=50)
         kf = h.files["alice"]

@@ -14,7 +14,14 @@ test_knockfile), read_private's modes (test_files).
 
 import os
 
-from tests.daemon import Daemon, DaemonCase, connect_refused, free_port, knocker, write_config
+from tests.helpers.processes import (
+    Daemon,
+    DaemonCase,
+    connect_refused,
+    free_port,
+    knocker,
+    write_config,
+)
 
 
 def line_of(path: str, prefix: str) -> int:
@@ -222,7 +229,7 @@ class ActionProgramTests(DaemonCase):
         with exactly [program, client-ip, client-id, knock-number], and
         nothing in its path is executed.
         """
-        from tests.test_integration import read_lines, write_recorder
+        from tests.helpers.processes import read_lines, write_recorder
 
         odd = os.path.join(self.dir, "odd dir; touch PWNED $(touch PWNED2) `touch PWNED3`")
         os.makedirs(odd)

@@ -14,13 +14,19 @@ import time
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from knocker.core import handshake as hs
-from knocker.daemon.audit import read_audit
 from knocker.admin.demo import twistd_command
-from knocker.files import read_private, write_private
+from knocker.core import handshake as hs
 from knocker.core.knockfile import format_knockfile, parse_knockfile
-from tests.daemon import Daemon, environment, knocker, write_config
-from tests.test_integration import read_lines, write_recorder
+from knocker.daemon.audit import read_audit
+from knocker.files import read_private, write_private
+from tests.helpers.processes import (
+    Daemon,
+    environment,
+    knocker,
+    read_lines,
+    write_config,
+    write_recorder,
+)
 
 
 class DaemonTests(SynchronousTestCase):

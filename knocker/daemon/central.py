@@ -1,0 +1,134 @@
+"""
+The central port: a thin adapter between TCP and
+L{knocker.core.handshake.ServerHandshake}, which decides what each line
+means, and the coordinator, which decides the verdict.
+"""
+
+from twisted.internet import protocol
+from twisted.logger import Logger
+from twisted.protocols.basic import LineOnlyReceiver
+
+from knocker.core import handshake as hs
+from knocker.core.sources import normalise_ip
+
+log = Logger()
+
+CLOSE_GRACE = 2.0
+
+
+class CentralProtocol(LineOnlyReceiver):
+    """
+    One client's exchange on the central port: HELLO, PROOF, then the
+    verdict.  Any deviation ends it with C{ERROR <reason>}.
+    """
+
+    delimiter = b"\n"
+    MAX_LENGTH = hs.MAX_LINE
+
+    def __init__(self, server, clock, timeout: float):
+        self._server = server
+        self._clock = clock
+        self._timeout = timeout
+        self._timer = None
+        self._handshake = hs.ServerHandshake(server.new_nonce)
+        self.ip = None
+
+    def connectionMade(self):
+        self.ip = normalise_ip(self.transport.getPeer().host)
+        self._timer = self._clock.callLater(
+            self._timeout, lambda: self._apply(self._handshake.fault("handshake-timeout")))
+
+    def lineReceived(self, line: bytes):
+        step = self._handshake.receive(line)
+        if isinstance(step, hs.Judge):
+            self._cancel_timer()
+            try:
+                reply = self._server.answer(self.ip, step.client, step.nonce, step.proof, self)
+            except Exception:
+                log.failure("answering {client} from {ip}", client=step.client, ip=self.ip)
+                reply = hs.Error("server-error")
+            step = self._handshake.judged(reply)
+        self._apply(step)
+
+    def lineLengthExceeded(self, line):
+        self._apply(self._handshake.fault("line-too-long"))
+
+    def finish(self, reply: hs.Reply) -> None:
+        """
+        The coordinator's verdict for a granted knock.
+        """
+        self._apply(self._handshake.verdict(reply))
+
+    def _apply(self, step: hs.Respond | None) -> None:
+        if step is None:
+            return
+        if step.fault:
+            log.info("central {ip}: ERROR {reason}", ip=self.ip, reason=step.reply.reason)
+            self._server.protocol_error(self.ip, step.reply.reason)
+        self.transport.write(hs.format_reply(step.reply))
+        if step.close:
+            self._cancel_timer()
+            self.transport.loseConnection()
+            self._timer = _abort_later(self._clock, self.transport)
+
+    def _cancel_timer(self):
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+
+    def connectionLost(self, reason):
+        self.factory.connections -= 1
+        self._cancel_timer()
+        granted = self._handshake.granted and not self._handshake.done
+        self._handshake.done = True
+        if granted:
+            self._server.session_lost(self)
+
+
+class CentralFactory(protocol.Factory):
+    """
+    Builds a L{CentralProtocol} per connection, up to C{max_connections} at
+    once; past that a connection gets C{ERROR too-many-connections}.
+    """
+
+    def __init__(self, server, clock, max_connections: int, timeout: float):
+        self._server = server
+        self._clock = clock
+        self._max = max_connections
+        self._timeout = timeout
+        self.connections = 0
+
+    def buildProtocol(self, addr):
+        if self.connections >= self._max:
+            return _Refuse(self._server, self._clock)
+        self.connections += 1
+        proto = CentralProtocol(self._server, self._clock, self._timeout)
+        proto.factory = self
+        return proto
+
+
+class _Refuse(protocol.Protocol):
+    def __init__(self, server, clock):
+        self._server = server
+        self._clock = clock
+        self._timer = None
+
+    def connectionMade(self):
+        self._server.protocol_error(normalise_ip(self.transport.getPeer().host),
+                                    "too-many-connections")
+        self.transport.write(hs.format_reply(hs.Error("too-many-connections")))
+        self.transport.loseConnection()
+        self._timer = _abort_later(self._clock, self.transport)
+
+    def connectionLost(self, reason):
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+
+
+def _abort_later(clock, transport):
+    """
+    A closing connection whose last line cannot be delivered (a peer that
+    never reads, or never finishes a TLS handshake, so TLS holds the line
+    and the connection) is cut after L{CLOSE_GRACE} seconds, so it cannot
+    hold a place under max-connections for ever.
+    """
+    return clock.callLater(CLOSE_GRACE, transport.abortConnection)

@@ -1,0 +1,65 @@
+"""
+An L{IStore} in memory, for unit tests of everything above the state.
+"""
+
+from zope.interface import implementer
+
+from knocker.state.interface import ClientState, IStore, PendingClose, secret_id
+
+
+@implementer(IStore)
+class MemoryStore:
+    def __init__(self):
+        self._pool = None
+        self._clients: dict[str, ClientState] = {}
+        self._closes: dict[int, PendingClose] = {}
+        self._next_close = 1
+        self._lockouts: dict[str, float] = {}
+        self.path = "<memory>"
+
+    def close(self) -> None:
+        pass
+
+    def pool(self):
+        return self._pool
+
+    def set_pool(self, ports) -> None:
+        if self._pool is not None:
+            raise ValueError("the pool is drawn once")
+        self._pool = tuple(ports)
+
+    def register(self, client, knocks, secret) -> None:
+        self._clients[client] = ClientState(client, 1, knocks, secret_id(secret))
+
+    def client(self, client):
+        return self._clients.get(client)
+
+    def clients(self):
+        return [self._clients[name] for name in sorted(self._clients)]
+
+    def burn(self, client):
+        state = self._clients.get(client)
+        if state is None or state.next_index > state.knocks:
+            return None
+        self._clients[client] = ClientState(
+            client, state.next_index + 1, state.knocks, state.secret_id)
+        return state.next_index
+
+    def add_close(self, due, ip, client, index) -> int:
+        close_id = self._next_close
+        self._next_close += 1
+        self._closes[close_id] = PendingClose(close_id, due, ip, client, index)
+        return close_id
+
+    def remove_close(self, close_id) -> None:
+        self._closes.pop(close_id, None)
+
+    def pending_closes(self):
+        return sorted(self._closes.values(), key=lambda close: close.due)
+
+    def set_lockout(self, key, until) -> None:
+        self._lockouts[key] = until
+
+    def lockouts(self, now):
+        self._lockouts = {k: u for k, u in self._lockouts.items() if u > now}
+        return dict(self._lockouts)

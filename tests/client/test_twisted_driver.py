@@ -1,0 +1,40 @@
+"""
+The Twisted driver of the knock coroutine, on real loopback sockets.
+"""
+
+from twisted.internet import reactor
+from twisted.trial.unittest import TestCase
+
+
+class TwistedDriverTests(TestCase):
+    async def test_hit_on_a_closed_port_is_trouble(self):
+        import socket
+
+        from knocker.client.knock import Trouble
+        from knocker.client.twisted_driver import TwistedDriver
+
+        probe = socket.socket()
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+        probe.close()  # nothing listens there now
+        with self.assertRaises(Trouble) as caught:
+            await TwistedDriver(reactor).hit("127.0.0.1", port, 2)
+        self.assertIn(f"knock on port {port}", str(caught.exception))
+
+    async def test_hit_waits_for_the_server_to_close(self):
+        from twisted.internet import protocol
+
+        from knocker.client.twisted_driver import TwistedDriver
+
+        closed = []
+
+        class CloseLater(protocol.Protocol):
+            def connectionMade(self):
+                reactor.callLater(0.2, self.transport.loseConnection)
+                closed.append(reactor.seconds() + 0.2)
+
+        factory = protocol.Factory.forProtocol(CloseLater)
+        listening = reactor.listenTCP(0, factory, interface="127.0.0.1")
+        self.addCleanup(listening.stopListening)
+        await TwistedDriver(reactor).hit("127.0.0.1", listening.getHost().port, 5)
+        self.assertGreaterEqual(reactor.seconds(), closed[0] - 0.01)

@@ -1,0 +1,214 @@
+"""
+Running the administrator's programs for real: background children,
+timeouts, output capture.
+"""
+
+import json
+import os
+import stat
+import sys
+
+from twisted.internet import reactor
+from twisted.internet.task import deferLater
+from twisted.trial.unittest import TestCase
+
+
+class ActionRunnerTests(TestCase):
+    async def test_background_child_does_not_hold_the_verdict(self):
+        """
+        A program that exits 0 leaving a child in the background (holding
+        its output) is a success, reported when the program exits.
+        """
+        from knocker.daemon.actions import ProcessRunner
+
+        script = os.path.join(os.path.abspath(self.mktemp()))
+        with open(script, "w") as handle:
+            handle.write("#!/bin/sh\necho added\nsleep 30 &\nexit 0\n")
+        os.chmod(script, stat.S_IRWXU)
+        started = reactor.seconds()
+        result = await ProcessRunner(reactor, 5).run([script], {"PATH": "/usr/bin:/bin"})
+        self.assertTrue(result.ok, result)
+        self.assertEqual(result.stdout, "added\n")
+        self.assertLess(reactor.seconds() - started, 3)
+
+    def script(self, body):
+        path = os.path.abspath(self.mktemp())
+        with open(path, "w") as handle:
+            handle.write(f"#!{sys.executable}\n" + body)
+        os.chmod(path, stat.S_IRWXU)
+        return path
+
+    async def test_child_gets_a_session_and_three_descriptors(self):
+        """
+        What the program sees: only the environment given, stdin empty,
+        no descriptor of the daemon's (not even one it inherited), and a
+        session of its own.
+        """
+        from knocker.daemon.actions import ProcessRunner
+
+        leaked = os.open(os.devnull, os.O_RDONLY)
+        os.set_inheritable(leaked, True)
+        self.addCleanup(os.close, leaked)
+        script = self.script(
+            "import json, os, sys\n"
+            "fds = []\n"
+            "for fd in range(1024):\n"
+            "    try:\n"
+            "        os.fstat(fd)\n"
+            "        fds.append(fd)\n"
+            "    except OSError:\n"
+            "        pass\n"
+            "print(json.dumps({'fds': fds, 'leader': os.getsid(0) == os.getpid(),\n"
+            "    'stdin': sys.stdin.read(), 'env': sorted(os.environ)}))\n"
+            "print('to stderr', file=sys.stderr)\n"
+            "sys.exit(3)\n"
+        )
+        runner = ProcessRunner(reactor, 5)
+        result = await runner.run([script], {"ONLY": "this"})
+        seen = json.loads(result.stdout)
+        self.assertEqual((result.exit_code, result.signal, result.ok), (3, None, False))
+        self.assertEqual(result.stderr, "to stderr\n")
+        self.assertEqual(seen["fds"], [0, 1, 2])
+        self.assertTrue(seen["leader"])
+        self.assertEqual(seen["stdin"], "")
+        self.assertEqual([name for name in seen["env"] if name != "LC_CTYPE"], ["ONLY"])
+
+    async def test_child_does_not_inherit_ignored_signals(self):
+        """
+        Python ignores SIGPIPE and SIGXFSZ; an action (a shell script, say)
+        must get the default, or a broken pipe would not end it.
+        """
+        import signal
+
+        from knocker.daemon.actions import ProcessRunner
+
+        self.assertEqual(signal.getsignal(signal.SIGPIPE), signal.SIG_IGN, "premise")
+        script = os.path.abspath(self.mktemp())
+        with open(script, "w") as handle:
+            handle.write("#!/bin/sh\nexec grep SigIgn /proc/$$/status\n")
+        os.chmod(script, stat.S_IRWXU)
+        result = await ProcessRunner(reactor, 5).run([script], {"PATH": "/usr/bin:/bin"})
+        ignored = int(result.stdout.split()[1], 16)
+        for number in (signal.SIGPIPE, signal.SIGXFSZ):
+            self.assertFalse(ignored & (1 << (number - 1)), f"signal {number} ignored")
+
+    async def test_timeout_kills_the_program_and_what_it_started(self):
+        from knocker.daemon.actions import ProcessRunner
+
+        pid_file = os.path.abspath(self.mktemp())
+        script = self.script(
+            "import subprocess, time\n"
+            f"child = subprocess.Popen(['sleep', '60'])\n"
+            f"open({pid_file!r}, 'w').write(str(child.pid))\n"
+            "print('started', flush=True)\n"
+            "time.sleep(60)\n"
+        )
+        started = reactor.seconds()
+        result = await ProcessRunner(reactor, 1).run([script], {"PATH": "/usr/bin:/bin"})
+        self.assertLess(reactor.seconds() - started, 5)
+        self.assertEqual((result.timed_out, result.signal, result.exit_code), (True, 9, None))
+        self.assertEqual(result.stdout, "started\n")
+        with open(pid_file) as handle:
+            child = int(handle.read())
+        for _ in range(50):
+            try:
+                with open(f"/proc/{child}/stat") as handle:
+                    state = handle.read().rsplit(")", 1)[1].split()[0]
+            except FileNotFoundError:
+                break
+            if state == "Z":  # killed, waiting for its reaper
+                break
+            await deferLater(reactor, 0.05)
+        else:
+            self.fail(f"the background child {child} survived the timeout")
+
+    async def test_reported_at_exit_not_after_the_grace(self):
+        """
+        The grace for pipes held by a background child is only for that
+        case: a program that exits, closing its output, is reported then.
+        """
+        from knocker.daemon import actions
+
+        self.patch(actions, "PIPE_GRACE", 60.0)
+        for program in (["/bin/true"], [self.script("print('out')\n")]):
+            started = reactor.seconds()
+            result = await actions.ProcessRunner(reactor, 90).run(program, {})
+            self.assertTrue(result.ok, result)
+            self.assertLess(reactor.seconds() - started, 30, program)
+
+    async def test_output_beyond_the_limit_is_dropped_not_blocking(self):
+        from knocker.daemon.actions import OUTPUT_LIMIT, ProcessRunner
+
+        script = self.script("import sys\nsys.stdout.write('x' * (4 * 65536))\nsys.exit(0)\n")
+        result = await ProcessRunner(reactor, 5).run([script], {})
+        self.assertTrue(result.ok, result)
+        self.assertEqual(len(result.stdout), OUTPUT_LIMIT)
+
+    async def test_exit_seen_only_at_the_timeout_is_not_a_timeout(self):
+        """
+        The program ended in time, but the reactor had not yet noticed when
+        the timeout fired (here: polling with a long interval).
+        """
+        from knocker.daemon import actions
+
+        self.patch(actions, "EXIT_POLL", 60.0)
+        result = await actions.ProcessRunner(reactor, 0.5, use_pidfd=False).run(["/bin/true"], {})
+        self.assertEqual((result.ok, result.timed_out, result.exit_code), (True, False, 0))
+
+    async def test_failure_to_watch_a_started_program_kills_it_and_leaks_nothing(self):
+        from knocker.daemon import actions
+
+        class RefusingReactor:
+            """The real reactor, except that it takes no second reader."""
+
+            def __init__(self):
+                self.readers = 0
+
+            def addReader(self, reader):
+                self.readers += 1
+                if self.readers == 2:
+                    raise OSError("no more watches")
+                reactor.addReader(reader)
+
+            def __getattr__(self, name):
+                return getattr(reactor, name)
+
+        started = []
+        real_spawn = actions._spawn
+        self.patch(actions, "_spawn", lambda *a: started.append(real_spawn(*a)) or started[-1])
+        script = self.script("import time\ntime.sleep(60)\n")
+        before = sorted(os.listdir("/proc/self/fd"))
+        runner = actions.ProcessRunner(RefusingReactor(), 30)
+        result = await runner.run([script], {})
+        self.assertIn("no more watches", result.spawn_error)
+        self.assertEqual(sorted(os.listdir("/proc/self/fd")), before)
+        self.assertEqual(len(started), 1)
+        self.assertFalse(os.path.exists(f"/proc/{started[0]}"), "still running, or unreaped")
+
+    async def test_without_pidfd_the_exit_is_polled(self):
+        from knocker.daemon.actions import ProcessRunner
+
+        script = self.script("print('polled')\nraise SystemExit(4)\n")
+        result = await ProcessRunner(reactor, 5, use_pidfd=False).run([script], {})
+        self.assertEqual((result.exit_code, result.stdout), (4, "polled\n"))
+
+    async def test_program_killed_by_a_signal(self):
+        from knocker.daemon.actions import ProcessRunner
+
+        script = self.script("import os, signal\nos.kill(os.getpid(), signal.SIGTERM)\n")
+        result = await ProcessRunner(reactor, 5).run([script], {})
+        self.assertEqual((result.exit_code, result.signal, result.timed_out), (None, 15, False))
+
+    async def test_missing_program_is_a_failed_result(self):
+        from knocker.daemon.actions import ProcessRunner
+
+        result = await ProcessRunner(reactor, 5).run(["/nonexistent/program"], {})
+        self.assertFalse(result.ok)
+        self.assertIn("No such file", result.spawn_error)
+
+    async def test_unstartable_program_is_a_failed_result(self):
+        from knocker.daemon.actions import ProcessRunner
+
+        result = await ProcessRunner(reactor, 5).run([None, "x"], {})
+        self.assertFalse(result.ok)
+        self.assertTrue(result.spawn_error)
