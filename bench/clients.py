@@ -52,7 +52,7 @@ def _write_clients(task):
     directory, first, last, knocks, pool, seed = task
     from datetime import datetime, timezone
 
-    from knocker.core.knockfile import format_knockfile, generate
+    from knocker.core.knockgen import format_knockfile, generate
     from knocker.state.interface import secret_id
 
     rng = random.Random(seed)

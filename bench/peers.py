@@ -416,7 +416,7 @@ def make_peers(tools, with_knocker=True):
             # and knocker.client.blocking_driver: the whole client).
             # -I: from the installed package, not a source tree in the cwd.
             peers.insert(3, Baseline(tools, "knocker-import",
-                                     [py, "-I", "-c", "import knocker.main, knocker.client.blocking_driver"],
+                                     [py, "-I", "-c", "import knocker.main, knocker.client.command"],
                                      "venv python3 importing the knock path",
                                      env=knocker_env()))
     return peers

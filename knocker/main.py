@@ -1,9 +1,9 @@
 """
 Entry point of the C{knocker} command.
 
-C{knocker knock} goes straight to L{knocker.client.blocking_driver}, which imports little
-(no argparse, no reactor) because its start-up time is part of every knock;
-everything else, and C{knocker knock --help}, goes to L{knocker.admin.cli}.
+C{knocker knock} goes straight to L{knocker.client.command}, which imports
+little (no argparse, no reactor) because its start-up time is part of every
+knock; everything else goes to L{knocker.admin.cli}.
 """
 
 import sys
@@ -11,8 +11,8 @@ import sys
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["knock"] and not {"-h", "--help"} & set(argv):
-        from knocker.client.blocking_driver import knock_command
+    if argv[:1] == ["knock"]:
+        from knocker.client.command import knock_command
 
         return knock_command(argv[1:])
     from knocker.admin.cli import main as full

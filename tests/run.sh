@@ -20,4 +20,5 @@ fi
 
 python3 -m venv .venv
 .venv/bin/pip install -q --disable-pip-version-check '.[test]'
+.venv/bin/ruff check .
 exec .venv/bin/python -m pytest "$@"

@@ -10,11 +10,7 @@ import json
 import os
 import sys
 
-from knocker.core.config import (
-    CLIENT_KEYS,
-    ConfigError,
-    load_server_config,
-)
+from knocker.core.config import ConfigError, load_server_config
 from knocker.core.knockfile import KnockFileError
 from knocker.files import PrivateFileError
 
@@ -68,14 +64,9 @@ def _status(args) -> int:
 
 
 def _knock(args) -> int:
-    from knocker.client.blocking_driver import knock_command
+    from knocker.client.command import knock_command
 
-    argv = [] if args.config is None else ["--config", args.config]
-    for key in CLIENT_KEYS:
-        value = getattr(args, key.replace("-", "_"))
-        if value is not None:
-            argv += [f"--{key}", value]
-    return knock_command(argv)
+    return knock_command(args.arguments)
 
 
 def _demo(args) -> int:
@@ -108,15 +99,11 @@ def build_parser() -> argparse.ArgumentParser:
                      help="replace an existing client (new secret) and output file")
     gen.set_defaults(run=_generate)
 
-    knock = commands.add_parser(
-        "knock", help="knock once; exit 0 on OPEN",
-        description="Knock once.  Exit status: 0 OPEN, 2 bad configuration or file, "
-        "3 unreachable, 4 DENIED, 5 LOCKED, 6 BUSY, 7 EXHAUSTED, 8 FAIL wrong-port, "
-        "9 FAIL timeout, 10 FAIL locked-out, 11 FAIL action-failed, 12 ERROR, "
-        "13 protocol violation or bad GRANT HMAC, 14 no verdict.")
-    knock.add_argument("--config", help="client configuration file")
-    for key in CLIENT_KEYS:
-        knock.add_argument(f"--{key}", help=f"override {key}")
+    # knocker knock reads its own options (knocker.client.command), so that
+    # the knock path never loads argparse; this entry only lists it.
+    knock = commands.add_parser("knock", help="knock once; exit 0 on OPEN (knocker knock --help)",
+                                add_help=False)
+    knock.add_argument("arguments", nargs=argparse.REMAINDER)
     knock.set_defaults(run=_knock)
 
     stat = commands.add_parser("status", help="clients, knocks left, lockouts")

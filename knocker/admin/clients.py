@@ -9,7 +9,8 @@ from datetime import datetime, timezone
 
 from attrs import frozen
 
-from knocker.core.knockfile import KnockFile, format_knockfile, generate
+from knocker.core.knockfile import KnockFile
+from knocker.core.knockgen import format_knockfile, generate
 from knocker.core.pool import ensure_pool, keyspace
 from knocker.files import write_private
 from knocker.state.book import ClientBook

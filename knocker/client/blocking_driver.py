@@ -1,5 +1,6 @@
 """
-C{knocker knock} without a reactor: the knock coroutine on blocking sockets.
+The blocking driver: the knock coroutine on plain blocking sockets, for
+C{knocker knock} without a reactor.
 
 Importing Twisted's reactor takes longer than a whole knock on a LAN, so for
 plain C{tcp:} endpoints the command drives L{knocker.client.knock.knock} with
@@ -12,11 +13,8 @@ import _socket
 import sys
 import time
 
-from knocker.client.knock import Trouble, Unreachable, knock, run_blocking
+from knocker.client.knock import Trouble, Unreachable
 from knocker.core import handshake as hs
-
-USAGE = "usage: knocker knock [--config FILE] [--server ENDPOINT] [--knock-file FILE] [--KEY VALUE ...]"
-USAGE_ERROR = 2
 
 
 def plain_tcp(endpoint: str) -> tuple[str, int] | None:
@@ -139,77 +137,3 @@ class BlockingDriver:
 
     async def sleep(self, seconds: float) -> None:
         time.sleep(seconds)
-
-
-def run_knock(config, knockfile, verbose: bool = False):
-    """
-    Knock once with the fastest driver that handles C{config.server}.
-    """
-    if plain_tcp(config.server) is not None:
-        return run_blocking(knock(BlockingDriver(verbose), config, knockfile))
-    from twisted.internet.task import react
-
-    from knocker.client.twisted_driver import knock as twisted_knock
-
-    results = []
-
-    def main(reactor):
-        return twisted_knock(reactor, config, knockfile).addCallback(results.append)
-
-    try:
-        react(main)
-    except SystemExit as done:
-        if done.code:
-            raise
-    return results[0]
-
-
-def parse_knock_args(argv: list[str]) -> tuple[str | None, dict[str, str], bool]:
-    """
-    C{--KEY VALUE} and C{--KEY=VALUE} for C{--config} and every client key.
-
-    @raise ValueError: an unknown option or a missing value.
-    """
-    from knocker.core.config import CLIENT_KEYS
-
-    config, overrides, verbose = None, {}, False
-    args = list(argv)
-    while args:
-        arg = args.pop(0)
-        if arg in ("-v", "--verbose"):
-            verbose = True
-            continue
-        name, sep, value = arg.partition("=")
-        key = name[2:] if name.startswith("--") else None
-        if key != "config" and key not in CLIENT_KEYS:
-            raise ValueError(f"unknown option {arg!r}\n{USAGE}")
-        if not sep:
-            if not args:
-                raise ValueError(f"option {name} needs a value\n{USAGE}")
-            value = args.pop(0)
-        if key == "config":
-            config = value
-        else:
-            overrides[key] = value
-    return config, overrides, verbose
-
-
-def knock_command(argv: list[str]) -> int:
-    """
-    C{knocker knock ...}: print the outcome, return its exit status.
-    """
-    from knocker.client.knock import load_knockfile
-    from knocker.core.config import ConfigError, load_client_config
-
-    try:
-        path, overrides, verbose = parse_knock_args(argv)
-        config = load_client_config(path, overrides)
-        knockfile = load_knockfile(config)
-    except (ConfigError, ValueError) as error:
-        print(f"knocker knock: {error}", file=sys.stderr)
-        return USAGE_ERROR
-    result = run_knock(config, knockfile, verbose)
-    stream = sys.stdout if result.outcome.exit_code == 0 else sys.stderr
-    where = f"knock {result.index}" if result.index else "no knock granted"
-    print(f"knocker: {result.message()} [{where}, {config.server}]", file=stream)
-    return result.outcome.exit_code

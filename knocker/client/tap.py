@@ -6,16 +6,24 @@ status); the outcome is in the log.  Use C{knocker knock} where a script
 needs the exit status.
 """
 
+import sys
+
 from twisted.application import service
 from twisted.logger import Logger
 from twisted.python import usage
 
-from knocker.core.config import CLIENT_KEYS, ConfigError, load_client_config
+from knocker.core.config import CLIENT_TABLE, ConfigError, load_client_config
 
 log = Logger()
 
 
 class Options(usage.Options):
+    """
+    The same options as C{knocker knock}, read by the same parser
+    (L{knocker.client.command.parse_knock_args}); the table below only
+    feeds C{--help}.
+    """
+
     synopsis = "[--config FILE] [--KEY VALUE ...]"
     longdesc = (
         "Knock once on a knocker server and stop.  Settings come from the "
@@ -24,13 +32,30 @@ class Options(usage.Options):
         "exits 0 regardless, so use 'knocker knock' for an exit status."
     )
     optParameters = [["config", "c", None, "INI file with a [client] section."]] + [
-        [key, None, None, f"override '{key}' from the configuration file"] for key in CLIENT_KEYS
+        [key.name, None, None, f"override '{key.name}': {key.allowed}"] for key in CLIENT_TABLE
     ]
+
+    def parseOptions(self, options=None):
+        from knocker.client.command import parse_knock_args
+
+        if options is None:
+            options = sys.argv[1:]
+        if {"-h", "--help"} & set(options):
+            return usage.Options.parseOptions(self, ["--help"])
+        options = ["--config" if each == "-c" else each for each in options]
+        try:
+            path, overrides, _ = parse_knock_args(options)
+        except ValueError as error:
+            raise usage.UsageError(str(error)) from None
+        self["config"] = path
+        self.update(overrides)
+        self.postOptions()
 
     def postOptions(self):
         from knocker.client.knock import load_knockfile
 
-        overrides = {key: self[key] for key in CLIENT_KEYS if self[key] is not None}
+        overrides = {key.name: self[key.name] for key in CLIENT_TABLE
+                     if self.get(key.name) is not None}
         try:
             self.config = load_client_config(self["config"], overrides)
             self.knockfile = load_knockfile(self.config).load()

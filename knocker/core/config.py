@@ -20,51 +20,6 @@ class ConfigError(ValueError):
     """
 
 
-class ServerConfig(Record):
-    __slots__ = (
-        "central", "interface", "state_dir", "pool_size", "pool_range", "knocks",
-        "ports_per_knock", "knock_window", "lockout", "lockout_scope", "max_concurrent",
-        "max_connections", "handshake_timeout", "on_success", "on_close", "open_duration",
-        "script_timeout", "audit_log",
-    )
-    _defaults = {
-        "central": "tcp:7000:interface=127.0.0.1",
-        "interface": "127.0.0.1",
-        "state_dir": "knocker-state",
-        "pool_size": 100,
-        "pool_range": (10000, 32000),
-        "knocks": 1000,
-        "ports_per_knock": 6,
-        "knock_window": 10,
-        "lockout": 60.0,
-        "lockout_scope": "global",
-        "max_concurrent": 1,
-        "max_connections": 64,
-        "handshake_timeout": 5.0,
-        "on_success": None,
-        "on_close": None,
-        "open_duration": 300.0,
-        "script_timeout": 10.0,
-        "audit_log": None,
-    }
-
-    @property
-    def audit_path(self) -> str:
-        return self.audit_log or os.path.join(self.state_dir, "audit.log")
-
-
-class ClientConfig(Record):
-    __slots__ = ("server", "knock_file", "log_file", "timeout", "connect_timeout", "busy_retries")
-    _defaults = {
-        "server": "tcp:host=127.0.0.1:port=7000",
-        "knock_file": None,
-        "log_file": "~/.knocker/client.log",
-        "timeout": 60.0,
-        "connect_timeout": 5.0,
-        "busy_retries": 3,
-    }
-
-
 Parser = "Callable[[str], object]"
 
 
@@ -130,36 +85,90 @@ def _text(text: str) -> str:
     return text
 
 
+class Key:
+    """
+    One configuration key, declared once: its name in the file (and as
+    C{--name} on the command line), its default, how its text is parsed and
+    what is allowed (for the error message), and whether it is a path.
+    """
+
+    __slots__ = ("name", "attribute", "default", "parse", "allowed", "is_path")
+
+    def __init__(self, name: str, default, rule: tuple[Parser, str], is_path: bool = False):
+        self.name = name
+        self.attribute = name.replace("-", "_")
+        self.default = default
+        self.parse, self.allowed = rule
+        self.is_path = is_path
+
+
 _PATH = (_text, "a path")
-_SERVER_KEYS: dict[str, tuple[str, tuple[Parser, str], bool]] = {
-    # key: (attribute, (parser, what is allowed), is a path)
-    "central": ("central", (_endpoint, "a Twisted server endpoint string such as tcp:7000"), False),
-    "interface": ("interface", (_address, "an IPv4 or IPv6 address"), False),
-    "state-dir": ("state_dir", _PATH, True),
-    "pool-size": ("pool_size", _number(int, 1, 30000), False),
-    "pool-range": ("pool_range", (_port_range, "LOW-HIGH"), False),
-    "knocks": ("knocks", _number(int, 1, 1_000_000), False),
-    "ports-per-knock": ("ports_per_knock", _number(int, 1, 64), False),
-    "knock-window": ("knock_window", _number(int, 1, 3600), False),
-    "lockout": ("lockout", _number(float, 0, 86400), False),
-    "lockout-scope": ("lockout_scope", _choice("global", "source"), False),
-    "max-concurrent": ("max_concurrent", _number(int, 1, 10000), False),
-    "max-connections": ("max_connections", _number(int, 1, 100000), False),
-    "handshake-timeout": ("handshake_timeout", _number(float, 0.1, 300), False),
-    "on-success": ("on_success", _PATH, True),
-    "on-close": ("on_close", _PATH, True),
-    "open-duration": ("open_duration", _number(float, 0, 31_536_000), False),
-    "script-timeout": ("script_timeout", _number(float, 0.1, 3600), False),
-    "audit-log": ("audit_log", _PATH, True),
-}
-_CLIENT_KEYS: dict[str, tuple[str, tuple[Parser, str], bool]] = {
-    "server": ("server", (_endpoint, "a Twisted client endpoint string such as tcp:host=example.org:port=7000"), False),
-    "knock-file": ("knock_file", _PATH, True),
-    "log-file": ("log_file", _PATH, True),
-    "timeout": ("timeout", _number(float, 1, 3600), False),
-    "connect-timeout": ("connect_timeout", _number(float, 0.1, 300), False),
-    "busy-retries": ("busy_retries", _number(int, 0, 100), False),
-}
+
+SERVER_TABLE = (
+    Key("central", "tcp:7000:interface=127.0.0.1",
+        (_endpoint, "a Twisted server endpoint string such as tcp:7000")),
+    Key("interface", "127.0.0.1", (_address, "an IPv4 or IPv6 address")),
+    Key("state-dir", "knocker-state", _PATH, is_path=True),
+    Key("pool-size", 100, _number(int, 1, 30000)),
+    Key("pool-range", (10000, 32000), (_port_range, "LOW-HIGH")),
+    Key("knocks", 1000, _number(int, 1, 1_000_000)),
+    Key("ports-per-knock", 6, _number(int, 1, 64)),
+    Key("knock-window", 10, _number(int, 1, 3600)),
+    Key("lockout", 60.0, _number(float, 0, 86400)),
+    Key("lockout-scope", "global", _choice("global", "source")),
+    Key("max-concurrent", 1, _number(int, 1, 10000)),
+    Key("max-connections", 64, _number(int, 1, 100000)),
+    Key("handshake-timeout", 5.0, _number(float, 0.1, 300)),
+    Key("on-success", None, _PATH, is_path=True),
+    Key("on-close", None, _PATH, is_path=True),
+    Key("open-duration", 300.0, _number(float, 0, 31_536_000)),
+    Key("script-timeout", 10.0, _number(float, 0.1, 3600)),
+    Key("audit-log", None, _PATH, is_path=True),
+)
+
+CLIENT_TABLE = (
+    Key("server", "tcp:host=127.0.0.1:port=7000",
+        (_endpoint, "a Twisted client endpoint string such as tcp:host=example.org:port=7000")),
+    Key("knock-file", None, _PATH, is_path=True),
+    Key("log-file", "~/.knocker/client.log", _PATH, is_path=True),
+    Key("timeout", 60.0, _number(float, 1, 3600)),
+    Key("connect-timeout", 5.0, _number(float, 0.1, 300)),
+    Key("busy-retries", 3, _number(int, 0, 100)),
+)
+
+
+def _fields(name: str, table: tuple[Key, ...]) -> type:
+    """
+    A L{Record} type with one field per key of C{table}, and its defaults.
+    """
+    return type(name, (Record,), {
+        "__slots__": tuple(key.attribute for key in table),
+        "_defaults": {key.attribute: key.default for key in table},
+    })
+
+
+class ServerConfig(_fields("ServerFields", SERVER_TABLE)):
+    """
+    The daemon's settings (C{[server]}), one attribute per key.
+    """
+
+    __slots__ = ()
+
+    @property
+    def audit_path(self) -> str:
+        return self.audit_log or os.path.join(self.state_dir, "audit.log")
+
+
+class ClientConfig(_fields("ClientFields", CLIENT_TABLE)):
+    """
+    A client's settings (C{[client]}), one attribute per key.
+    """
+
+    __slots__ = ()
+
+
+_SERVER_KEYS = {key.name: key for key in SERVER_TABLE}
+_CLIENT_KEYS = {key.name: key for key in CLIENT_TABLE}
 SERVER_KEYS = tuple(_SERVER_KEYS)
 CLIENT_KEYS = tuple(_CLIENT_KEYS)
 
@@ -214,7 +223,7 @@ def _parse(text, source, section, keys, defaults, overrides):
         values = _parse_file(text, source, section, keys)
     for key, raw in (overrides or {}).items():
         values[key] = _value("command line", section, keys, key, raw.strip(), None)
-    return defaults.replace(**{keys[key][0]: value for key, value in values.items()})
+    return defaults.replace(**{keys[key].attribute: value for key, value in values.items()})
 
 
 def _parse_file(text, source, section, keys):
@@ -245,14 +254,14 @@ def _value(source, section, keys, key, raw, base):
         raise ConfigError(
             f"{source}: [{section}] unknown key {key!r}; allowed: {', '.join(keys)}"
         )
-    _, (parse, allowed), is_path = keys[key]
+    declared = keys[key]
     try:
-        value = parse(raw)
+        value = declared.parse(raw)
     except ValueError:
         raise ConfigError(
-            f"{source}: [{section}] {key} = {raw!r} is not allowed; allowed: {allowed}"
+            f"{source}: [{section}] {key} = {raw!r} is not allowed; allowed: {declared.allowed}"
         ) from None
-    if is_path:
+    if declared.is_path:
         value = os.path.expanduser(value)
         if base is not None and not os.path.isabs(value):
             value = os.path.join(base, value)

@@ -11,10 +11,11 @@ once in C{__init__}, compared and shown by value.
 
 class Record:
     __slots__ = ()
+    _fields: tuple = ()
     _defaults: dict = {}
 
     def __init__(self, *args, **kwargs):
-        fields = self.__slots__
+        fields = self._fields
         if len(args) > len(fields):
             raise TypeError(f"{type(self).__name__} takes at most {len(fields)} values")
         values = dict(zip(fields, args))
@@ -35,7 +36,7 @@ class Record:
         raise AttributeError(f"{type(self).__name__} is immutable")
 
     def _values(self) -> tuple:
-        return tuple(getattr(self, name) for name in self.__slots__)
+        return tuple(getattr(self, name) for name in self._fields)
 
     def __eq__(self, other):
         if type(other) is not type(self):
@@ -46,17 +47,21 @@ class Record:
         return hash((type(self).__name__,) + self._values())
 
     def __repr__(self):
-        inner = ", ".join(f"{name}={getattr(self, name)!r}" for name in self.__slots__)
+        inner = ", ".join(f"{name}={getattr(self, name)!r}" for name in self._fields)
         return f"{type(self).__name__}({inner})"
 
     def replace(self, **changes):
         """
         A copy with some fields changed.
         """
-        values = {name: getattr(self, name) for name in self.__slots__}
+        values = {name: getattr(self, name) for name in self._fields}
         values.update(changes)
         return type(self)(**values)
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
-        cls.__match_args__ = cls.__slots__
+        # A subclass that only adds methods (empty __slots__) keeps its
+        # parent's fields.
+        if cls.__slots__:
+            cls._fields = cls.__slots__
+        cls.__match_args__ = cls._fields

@@ -17,9 +17,9 @@ from knocker.core.knockfile import (
     KnockFile,
     KnockFileError,
     find_knock,
-    format_knockfile,
     parse_header,
 )
+from knocker.core.knockgen import format_knockfile
 from knocker.files import (
     PrivateFileError,
     ensure_private_dir,

@@ -127,7 +127,7 @@ class CheckedRecordTests(SynchronousTestCase):
     def setUp(self):
         import os
 
-        from knocker.core.knockfile import format_knockfile
+        from knocker.core.knockgen import format_knockfile
         from knocker.files import write_private
 
         self.dir = self.mktemp()

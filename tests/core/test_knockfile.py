@@ -14,13 +14,12 @@ from knocker.core.knockfile import (
     KnockFile,
     KnockFileError,
     KnockFileText,
-    format_knockfile,
-    generate,
     knock_section,
     knocks_at_a_glance,
     parse_header,
     parse_knockfile,
 )
+from knocker.core.knockgen import format_knockfile, generate
 from knocker.core.pool import choose_pool
 
 NAME = "/etc/knocker/alice.knock"
@@ -451,7 +450,7 @@ class GenerateBoundsTests(SynchronousTestCase):
         import random
         from datetime import datetime, timezone
 
-        from knocker.core.knockfile import generate
+        from knocker.core.knockgen import generate
 
         pool = tuple(range(1000, 1200))
         now = datetime(2026, 11, 25, tzinfo=timezone.utc)

@@ -2,7 +2,7 @@
 kill -9 at random moments, over real processes on 127.0.0.1.
 
 A background client knocks again and again (the real client coroutine,
-L{knocker.client.blocking_driver.run_knock}, in a thread) while the daemon is killed with
+L{knocker.client.command.run_knock}, in a thread) while the daemon is killed with
 SIGKILL 0-150 ms after it became ready, and started again, a dozen times.
 The kills land before a grant, between the grant and the hits, while the
 success action runs, between knocks, and while due closes run.  Afterwards:
@@ -16,7 +16,7 @@ import random
 import threading
 import time
 
-from knocker.client.blocking_driver import run_knock
+from knocker.client.command import run_knock
 from knocker.client.knock import Outcome, load_knockfile
 from knocker.core.config import parse_client_config
 from knocker.daemon.audit import read_audit

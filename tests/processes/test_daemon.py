@@ -16,7 +16,8 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from knocker.admin.demo import twistd_command
 from knocker.core import handshake as hs
-from knocker.core.knockfile import format_knockfile, parse_knockfile
+from knocker.core.knockfile import parse_knockfile
+from knocker.core.knockgen import format_knockfile
 from knocker.daemon.audit import read_audit
 from knocker.files import read_private, write_private
 from tests.helpers.processes import (

@@ -1,0 +1,105 @@
+"""
+C{knocker knock}: its options, the fastest driver for the endpoint, the
+verdict printed and returned as the exit status.
+
+Every import here is paid by every knock, so this module and what it loads
+at the top stay small; the options are read by L{parse_knock_args}, the one
+parser for the client's keys (C{twistd knockclient} uses it too).
+"""
+
+import sys
+
+from knocker.client.blocking_driver import BlockingDriver, plain_tcp
+from knocker.client.knock import knock, run_blocking
+
+USAGE = ("usage: knocker knock [--config FILE] [--server ENDPOINT] [--knock-file FILE] "
+         "[--KEY VALUE ...] [-v]")
+USAGE_ERROR = 2
+
+
+def help_text() -> str:
+    from knocker.client.knock import OUTCOMES
+    from knocker.core.config import CLIENT_TABLE
+
+    lines = [USAGE, "", "Knock once.  Any key of the [client] section may be given as --KEY VALUE:"]
+    lines += [f"  --{key.name:<16} {key.allowed} (default {key.default})" for key in CLIENT_TABLE]
+    lines += ["", "Exit status:"]
+    lines += [f"  {outcome.exit_code:>2}  {outcome.name}: {outcome.meaning}" for outcome in OUTCOMES]
+    return "\n".join(lines)
+
+
+def run_knock(config, knockfile, verbose: bool = False):
+    """
+    Knock once with the fastest driver that handles C{config.server}.
+    """
+    if plain_tcp(config.server) is not None:
+        return run_blocking(knock(BlockingDriver(verbose), config, knockfile))
+    from twisted.internet.task import react
+
+    from knocker.client.twisted_driver import knock as twisted_knock
+
+    results = []
+
+    def main(reactor):
+        return twisted_knock(reactor, config, knockfile).addCallback(results.append)
+
+    try:
+        react(main)
+    except SystemExit as done:
+        if done.code:
+            raise
+    return results[0]
+
+
+def parse_knock_args(argv: list[str]) -> tuple[str | None, dict[str, str], bool]:
+    """
+    C{--KEY VALUE} and C{--KEY=VALUE} for C{--config} and every client key.
+
+    @raise ValueError: an unknown option or a missing value.
+    """
+    from knocker.core.config import CLIENT_KEYS
+
+    config, overrides, verbose = None, {}, False
+    args = list(argv)
+    while args:
+        arg = args.pop(0)
+        if arg in ("-v", "--verbose"):
+            verbose = True
+            continue
+        name, sep, value = arg.partition("=")
+        key = name[2:] if name.startswith("--") else None
+        if key != "config" and key not in CLIENT_KEYS:
+            raise ValueError(f"unknown option {arg!r}\n{USAGE}")
+        if not sep:
+            if not args:
+                raise ValueError(f"option {name} needs a value\n{USAGE}")
+            value = args.pop(0)
+        if key == "config":
+            config = value
+        else:
+            overrides[key] = value
+    return config, overrides, verbose
+
+
+def knock_command(argv: list[str]) -> int:
+    """
+    C{knocker knock ...}: print the outcome, return its exit status.
+    """
+    from knocker.client.knock import load_knockfile
+    from knocker.core.config import ConfigError, load_client_config
+
+    if {"-h", "--help"} & set(argv):
+        print(help_text())
+        return 0
+    try:
+        path, overrides, verbose = parse_knock_args(argv)
+        config = load_client_config(path, overrides)
+        knockfile = load_knockfile(config)
+    except (ConfigError, ValueError) as error:
+        print(f"knocker knock: {error}", file=sys.stderr)
+        return USAGE_ERROR
+    result = run_knock(config, knockfile, verbose)
+    stream = sys.stdout if result.outcome.exit_code == 0 else sys.stderr
+    where = f"knock {result.index}" if result.index else "no knock granted"
+    print(f"knocker: {result.message()} [{where}, {config.server}]", file=stream)
+    return result.outcome.exit_code
