@@ -341,12 +341,12 @@ class ServerHandshake:
         The coordinator's answer to L{Judge}: a GRANT keeps the connection
         open for the verdict, anything else ends it.
         """
-        if isinstance(reply, Grant):
+        if isinstance(reply, Grant) and not self.done:
             self.granted = True
             return Respond(reply)
         return self.verdict(reply)
 
-    def verdict(self, reply: Reply) -> Respond:
+    def verdict(self, reply: Reply) -> Respond | None:
         """
         The last word (OPEN, FAIL, or a refusal), sent once.
         """

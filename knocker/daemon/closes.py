@@ -25,6 +25,7 @@ class CloseSchedule:
         self._audit = audit
         self._retry = retry
         self._timers: dict[int, object] = {}
+        self._stopped = False
 
     def record(self, due: float, ip: str, client: str, index: int) -> int:
         """
@@ -34,6 +35,15 @@ class CloseSchedule:
         return self._store.add_close(due, ip, client, index)
 
     def schedule(self, close_id: int, due: float, ip: str, client: str, index: int) -> None:
+        """
+        Run close C{close_id} at C{due}; a close already scheduled under
+        that id is replaced, and nothing is scheduled once stopped.
+        """
+        if self._stopped:
+            return
+        previous = self._timers.pop(close_id, None)
+        if previous is not None and previous.active():
+            previous.cancel()
         delay = max(0.0, due - self._clock.seconds())
         self._timers[close_id] = self._clock.callLater(
             delay, self._run, close_id, ip, client, index)
@@ -51,6 +61,7 @@ class CloseSchedule:
         """
         Cancel the timers; the closes stay in the state for the next start.
         """
+        self._stopped = True
         for timer in self._timers.values():
             if timer.active():
                 timer.cancel()

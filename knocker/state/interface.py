@@ -61,7 +61,7 @@ class IStore(Interface):
         """The pool as a tuple of ports, or C{None} before it is drawn."""
 
     def set_pool(ports):
-        """Keep the pool, once, for good."""
+        """Keep the pool, once, for good; a second call raises L{StateError}."""
 
     def register(client, knocks, secret):
         """Start C{client} at knock 1 of C{knocks} of the file with C{secret}."""

@@ -4,7 +4,7 @@ An L{IStore} in memory, for unit tests of everything above the state.
 
 from zope.interface import implementer
 
-from knocker.state.interface import ClientState, IStore, PendingClose, secret_id
+from knocker.state.interface import ClientState, IStore, PendingClose, StateError, secret_id
 
 
 @implementer(IStore)
@@ -25,7 +25,7 @@ class MemoryStore:
 
     def set_pool(self, ports) -> None:
         if self._pool is not None:
-            raise ValueError("the pool is drawn once")
+            raise StateError("the pool is drawn once and kept")
         self._pool = tuple(ports)
 
     def register(self, client, knocks, secret) -> None:

@@ -88,11 +88,14 @@ class SQLiteStore:
         return tuple(int(port) for port in row[0].split(",")) if row else None
 
     def set_pool(self, ports: tuple[int, ...]) -> None:
-        with self._transaction():
-            self._db.execute(
-                "INSERT INTO meta (key, value) VALUES ('pool', ?)",
-                (",".join(map(str, ports)),),
-            )
+        try:
+            with self._transaction():
+                self._db.execute(
+                    "INSERT INTO meta (key, value) VALUES ('pool', ?)",
+                    (",".join(map(str, ports)),),
+                )
+        except sqlite3.IntegrityError:
+            raise StateError(f"{self.path}: the pool is drawn once and kept") from None
 
     # Clients and their knock numbers.
 

@@ -34,7 +34,8 @@ from knocker.core.handshake import (
     parse_reply,
     parse_request,
 )
-from knocker.core.knockfile import KnockFile, KnockFileError, KnockFileText, format_knockfile
+from knocker.core.knockfile import KnockFile, KnockFileError, KnockFileText
+from knocker.core.knockgen import format_knockfile
 
 SECRET = hashlib.sha256(b"a fixed test secret").digest()
 NONCE = "ab" * 32
@@ -451,3 +452,203 @@ class ClientHandshakeTests(SynchronousTestCase):
         self.granted(1)
         self.assertEqual(self.client.receive(b"OPEN"), Finished(Open()))
         self.assertRaises(ProtocolError, self.client.receive, b"OPEN")
+
+
+class ServerHandshakeTests(SynchronousTestCase):
+    """
+    The server's half of the central-port exchange, without I/O: what each
+    line from the peer gets in reply, and when the connection closes.
+    """
+
+    def setUp(self):
+        from knocker.core.handshake import ServerHandshake
+
+        self.nonces = [NONCE, OTHER_NONCE]
+        self.made = []
+        self.server = ServerHandshake(self.new_nonce)
+
+    def new_nonce(self):
+        nonce = self.nonces.pop(0)
+        self.made.append(nonce)
+        return nonce
+
+    def hello(self, client="alice"):
+        return self.server.receive(format_hello(client).rstrip(b"\n"))
+
+    def proof(self, mac=None):
+        mac = mac or hello_mac(SECRET, "alice", NONCE)
+        return self.server.receive(format_proof(mac).rstrip(b"\n"))
+
+    def granted(self, index=1):
+        from knocker.core.handshake import Respond
+
+        self.hello()
+        self.proof()
+        grant = Grant(index, 10, grant_mac(SECRET, "alice", NONCE, index))
+        self.assertEqual(self.server.judged(grant), Respond(grant))
+        return grant
+
+    def assertFault(self, step, reason):
+        from knocker.core.handshake import Respond
+
+        self.assertEqual(step, Respond(Error(reason), close=True, fault=True))
+        self.assertEqual(format_reply(step.reply), b"ERROR " + reason.encode() + b"\n")
+        self.assertTrue(self.server.done)
+
+    def test_hello_gets_challenge_with_a_fresh_nonce(self):
+        from knocker.core.handshake import Respond
+
+        step = self.hello()
+        self.assertEqual(step, Respond(Challenge(NONCE)))
+        self.assertFalse(step.close)
+        self.assertFalse(step.fault)
+        self.assertEqual(format_reply(step.reply), b"CHALLENGE " + NONCE.encode() + b"\n")
+        self.assertEqual(self.made, [NONCE], "one nonce per HELLO")
+        self.assertEqual(self.server.client, "alice")
+        self.assertFalse(self.server.done)
+
+    def test_hello_with_crlf(self):
+        from knocker.core.handshake import Respond
+
+        self.assertEqual(
+            self.server.receive(b"KNOCKER/1 HELLO alice\r"), Respond(Challenge(NONCE))
+        )
+
+    def test_proof_before_hello_is_out_of_turn(self):
+        self.assertFault(self.proof(), "out-of-turn")
+        self.assertEqual(self.made, [], "no challenge was made")
+
+    def test_second_hello_is_out_of_turn(self):
+        self.hello()
+        self.assertFault(self.hello("bob"), "out-of-turn")
+        self.assertEqual(self.made, [NONCE], "no second nonce")
+
+    def test_proof_after_hello_asks_for_judgement(self):
+        from knocker.core.handshake import Judge
+
+        self.hello()
+        mac = hello_mac(SECRET, "alice", NONCE)
+        self.assertEqual(self.proof(mac), Judge("alice", NONCE, mac))
+        self.assertFalse(self.server.done, "the verdict is the coordinator's")
+
+    def test_judge_carries_the_peers_proof_even_if_wrong(self):
+        """
+        The state machine does not check the HMAC; it hands on what it got.
+        """
+        from knocker.core.handshake import Judge
+
+        self.hello("bob")
+        self.assertEqual(self.proof("0f" * 32), Judge("bob", NONCE, "0f" * 32))
+
+    def test_grant_keeps_the_connection_open(self):
+        grant = self.granted(3)
+        self.assertTrue(self.server.granted)
+        self.assertFalse(self.server.done)
+        self.assertEqual(
+            format_reply(grant),
+            b"GRANT 3 10 " + grant_mac(SECRET, "alice", NONCE, 3).encode() + b"\n",
+        )
+
+    def test_refusals_close(self):
+        from knocker.core.handshake import Respond, ServerHandshake
+
+        for reply in [Denied(), Locked(60), Busy(5), Exhausted(), Error("server-error")]:
+            server = ServerHandshake(lambda: NONCE)
+            server.receive(b"KNOCKER/1 HELLO alice")
+            server.receive(b"PROOF " + b"0f" * 32)
+            step = server.judged(reply)
+            self.assertEqual(step, Respond(reply, close=True), reply)
+            self.assertFalse(step.fault, "a refusal is not a protocol fault")
+            self.assertFalse(server.granted)
+            self.assertTrue(server.done)
+
+    def test_denied_bytes(self):
+        self.hello()
+        self.proof()
+        self.assertEqual(format_reply(self.server.judged(Denied()).reply), b"DENIED\n")
+
+    def test_well_formed_line_after_grant_is_unexpected(self):
+        for line in [b"KNOCKER/1 HELLO alice", b"PROOF " + b"0f" * 32]:
+            self.setUp()
+            self.granted()
+            self.assertFault(self.server.receive(line), "unexpected-line")
+
+    def test_malformed_line_after_grant_gives_its_reason(self):
+        self.granted()
+        self.assertFault(self.server.receive(b"OPEN please"), "malformed")
+
+    def test_bad_proof_after_grant_gives_its_reason(self):
+        self.granted()
+        self.assertFault(self.server.receive(b"PROOF " + b"0F" * 32), "bad-proof")
+
+    def test_malformed_first_line(self):
+        self.assertFault(self.server.receive(b"knocker/1 hello alice"), "malformed")
+
+    def test_bad_client_id(self):
+        self.assertFault(self.server.receive(b"KNOCKER/1 HELLO Alice"), "bad-client-id")
+        self.assertEqual(self.made, [])
+
+    def test_line_too_long(self):
+        self.assertFault(self.server.receive(b"KNOCKER/1 HELLO " + b"a" * 600), "line-too-long")
+
+    def test_line_of_512_bytes_is_not_too_long(self):
+        self.assertFault(self.server.receive(b"x" * MAX_LINE), "malformed")
+
+    def test_line_too_long_after_hello(self):
+        self.hello()
+        self.assertFault(self.server.receive(b"PROOF " + b"0f" * 300), "line-too-long")
+
+    def test_verdict_after_grant_closes_once(self):
+        from knocker.core.handshake import Respond
+
+        self.granted()
+        step = self.server.verdict(Open())
+        self.assertEqual(step, Respond(Open(), close=True))
+        self.assertFalse(step.fault)
+        self.assertEqual(format_reply(step.reply), b"OPEN\n")
+        self.assertTrue(self.server.done)
+        self.assertIsNone(self.server.verdict(Fail("timeout")))
+
+    def test_fail_verdict(self):
+        from knocker.core.handshake import Respond
+
+        self.granted()
+        step = self.server.verdict(Fail("wrong-port"))
+        self.assertEqual(step, Respond(Fail("wrong-port"), close=True))
+        self.assertEqual(format_reply(step.reply), b"FAIL wrong-port\n")
+
+    def test_lines_after_done_are_ignored(self):
+        self.hello()
+        self.proof()
+        self.server.judged(Denied())
+        for line in [b"KNOCKER/1 HELLO alice", b"PROOF " + b"0f" * 32, b"junk", b"x" * 1000]:
+            self.assertIsNone(self.server.receive(line), line)
+        self.assertEqual(self.made, [NONCE])
+
+    def test_lines_after_verdict_are_ignored(self):
+        self.granted()
+        self.server.verdict(Open())
+        self.assertIsNone(self.server.receive(b"PROOF " + b"0f" * 32))
+
+    def test_lines_after_fault_are_ignored(self):
+        self.assertFault(self.proof(), "out-of-turn")
+        self.assertIsNone(self.hello())
+        self.assertEqual(self.made, [])
+
+    def test_timeout_fault(self):
+        self.hello()
+        self.assertFault(self.server.fault("handshake-timeout"), "handshake-timeout")
+
+    def test_timeout_after_done_is_ignored(self):
+        self.granted()
+        self.server.verdict(Open())
+        self.assertIsNone(self.server.fault("handshake-timeout"))
+
+    def test_timeout_after_fault_is_ignored(self):
+        self.assertFault(self.server.receive(b"junk"), "malformed")
+        self.assertIsNone(self.server.fault("handshake-timeout"))
+
+    def test_no_verdict_after_fault(self):
+        self.granted()
+        self.assertFault(self.server.receive(b"junk"), "malformed")
+        self.assertIsNone(self.server.verdict(Open()))

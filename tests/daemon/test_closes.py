@@ -1,0 +1,246 @@
+"""
+The life of an on-close action (docs/spec.md section 6): recorded in the
+state, run when due, retried while it fails, restored after a restart,
+left in the state at stop.
+"""
+
+from twisted.internet import defer
+from twisted.internet.task import Clock
+from twisted.trial.unittest import SynchronousTestCase
+
+from knocker.daemon.actions import ActionResult
+from knocker.daemon.audit import MemoryAudit
+from knocker.daemon.closes import CloseSchedule
+from knocker.state.memory import MemoryStore
+
+IP = "192.0.2.10"
+RETRY = 60
+
+
+def result(ok: bool) -> ActionResult:
+    return ActionResult(
+        argv=("/etc/knocker/nft-close", IP, "alice", "1"),
+        exit_code=0 if ok else 1,
+        signal=None,
+        timed_out=False,
+        stdout="",
+        stderr="" if ok else "nft: no such table",
+    )
+
+
+class FakeCloser:
+    """
+    C{run_close}: records each run and answers with the next of C{outcomes}
+    (the last one repeats).
+    """
+
+    def __init__(self, *outcomes: bool):
+        self.outcomes = list(outcomes) or [True]
+        self.runs: list[tuple] = []
+
+    def __call__(self, ip, client, index):
+        self.runs.append((ip, client, index))
+        ok = self.outcomes.pop(0) if len(self.outcomes) > 1 else self.outcomes[0]
+        return defer.succeed(result(ok))
+
+
+class CloseScheduleTests(SynchronousTestCase):
+    def setUp(self):
+        self.clock = Clock()
+        self.clock.advance(1000)
+        self.store = MemoryStore()
+        self.audit = MemoryAudit()
+        self.closer = FakeCloser(True)
+
+    def schedule_of(self, closer=None):
+        if closer is not None:
+            self.closer = closer
+        return CloseSchedule(self.clock, self.store, self.closer, self.audit, retry=RETRY)
+
+    def test_result_helper(self):
+        self.assertTrue(result(True).ok)
+        self.assertFalse(result(False).ok)
+
+    def test_record_stores_a_pending_close(self):
+        closes = self.schedule_of()
+        close_id = closes.record(1030.0, IP, "alice", 7)
+        [pending] = self.store.pending_closes()
+        self.assertEqual(pending.id, close_id)
+        self.assertEqual(
+            (pending.due, pending.ip, pending.client, pending.index), (1030.0, IP, "alice", 7)
+        )
+        self.assertEqual(self.closer.runs, [], "recording runs nothing")
+        self.clock.advance(100)
+        self.assertEqual(self.closer.runs, [], "nor does time, until it is scheduled")
+
+    def test_runs_when_due_not_before(self):
+        closes = self.schedule_of()
+        close_id = closes.record(1030.0, IP, "alice", 7)
+        closes.schedule(close_id, 1030.0, IP, "alice", 7)
+        self.clock.advance(29.9)
+        self.assertEqual(self.closer.runs, [])
+        self.assertEqual(self.audit.of("close"), [])
+        self.clock.advance(0.1)
+        self.assertEqual(self.closer.runs, [(IP, "alice", 7)])
+
+    def test_success_is_audited_and_forgotten(self):
+        closes = self.schedule_of()
+        close_id = closes.record(1030.0, IP, "alice", 7)
+        closes.schedule(close_id, 1030.0, IP, "alice", 7)
+        self.clock.advance(30)
+        self.assertEqual(
+            self.audit.of("close"),
+            [{"event": "close", "ip": IP, "client": "alice", "index": 7, "ok": True}],
+        )
+        self.assertEqual(self.store.pending_closes(), [])
+        self.clock.advance(10 * RETRY)
+        self.assertEqual(len(self.closer.runs), 1, "a close that worked runs once")
+
+    def test_failure_is_audited_kept_and_retried(self):
+        closes = self.schedule_of(FakeCloser(False, False, True))
+        close_id = closes.record(1030.0, IP, "alice", 7)
+        closes.schedule(close_id, 1030.0, IP, "alice", 7)
+        self.clock.advance(30)
+        self.assertEqual(
+            self.audit.of("close"),
+            [{"event": "close", "ip": IP, "client": "alice", "index": 7, "ok": False}],
+        )
+        self.assertEqual([c.id for c in self.store.pending_closes()], [close_id])
+
+        self.clock.advance(RETRY - 0.1)
+        self.assertEqual(len(self.closer.runs), 1, "not retried before the retry delay")
+        self.clock.advance(0.1)
+        self.assertEqual(len(self.closer.runs), 2)
+        self.assertEqual([c.id for c in self.store.pending_closes()], [close_id])
+
+        self.clock.advance(RETRY)
+        self.assertEqual(self.closer.runs, [(IP, "alice", 7)] * 3)
+        self.assertEqual([e["ok"] for e in self.audit.of("close")], [False, False, True])
+        self.assertEqual(self.store.pending_closes(), [], "forgotten once it worked")
+        self.clock.advance(10 * RETRY)
+        self.assertEqual(len(self.closer.runs), 3)
+
+    def test_default_retry_is_a_minute(self):
+        closes = CloseSchedule(self.clock, self.store, FakeCloser(False, True), self.audit)
+        close_id = closes.record(1000.0, IP, "alice", 1)
+        closes.schedule(close_id, 1000.0, IP, "alice", 1)
+        self.clock.advance(0)
+        self.assertEqual(len(self.store.pending_closes()), 1)
+        self.clock.advance(59)
+        self.assertEqual(len(self.store.pending_closes()), 1)
+        self.clock.advance(1)
+        self.assertEqual(self.store.pending_closes(), [])
+
+    def test_each_close_runs_for_its_own_knock(self):
+        closes = self.schedule_of()
+        first = closes.record(1010.0, IP, "alice", 1)
+        second = closes.record(1020.0, "198.51.100.7", "bob", 4)
+        closes.schedule(second, 1020.0, "198.51.100.7", "bob", 4)
+        closes.schedule(first, 1010.0, IP, "alice", 1)
+        self.clock.advance(10)
+        self.assertEqual(self.closer.runs, [(IP, "alice", 1)])
+        self.assertEqual([c.id for c in self.store.pending_closes()], [second])
+        self.clock.advance(10)
+        self.assertEqual(self.closer.runs, [(IP, "alice", 1), ("198.51.100.7", "bob", 4)])
+        self.assertEqual(self.store.pending_closes(), [])
+
+    def test_restore_schedules_what_the_store_holds(self):
+        """
+        After a restart: overdue closes run at once, the others when due.
+        """
+        self.store.add_close(900.0, IP, "alice", 1)  # overdue
+        self.store.add_close(1050.0, "198.51.100.7", "bob", 2)
+        closes = self.schedule_of()
+        self.assertEqual(closes.restore(), 2)
+        self.assertEqual(self.closer.runs, [], "nothing runs inside restore()")
+        self.clock.advance(0)
+        self.assertEqual(self.closer.runs, [(IP, "alice", 1)])
+        self.clock.advance(49)
+        self.assertEqual(len(self.closer.runs), 1)
+        self.clock.advance(1)
+        self.assertEqual(self.closer.runs, [(IP, "alice", 1), ("198.51.100.7", "bob", 2)])
+        self.assertEqual(self.store.pending_closes(), [])
+        self.assertEqual([e["client"] for e in self.audit.of("close")], ["alice", "bob"])
+
+    def test_restore_of_nothing(self):
+        self.assertEqual(self.schedule_of().restore(), 0)
+        self.clock.advance(1000)
+        self.assertEqual(self.closer.runs, [])
+
+    def test_stop_cancels_but_keeps_the_closes(self):
+        self.store.add_close(1040.0, IP, "bob", 3)
+        closes = self.schedule_of()
+        self.assertEqual(closes.restore(), 1)
+        close_id = closes.record(1030.0, IP, "alice", 7)
+        closes.schedule(close_id, 1030.0, IP, "alice", 7)
+        self.assertEqual(len(self.clock.getDelayedCalls()), 2)
+        closes.stop()
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+        self.clock.advance(1000)
+        self.assertEqual(self.closer.runs, [])
+        self.assertEqual(self.audit.of("close"), [])
+        self.assertEqual(len(self.store.pending_closes()), 2)
+
+    def test_stop_cancels_a_retry(self):
+        closes = self.schedule_of(FakeCloser(False))
+        close_id = closes.record(1000.0, IP, "alice", 7)
+        closes.schedule(close_id, 1000.0, IP, "alice", 7)
+        self.clock.advance(0)
+        self.assertEqual(len(self.closer.runs), 1)
+        closes.stop()
+        self.clock.advance(10 * RETRY)
+        self.assertEqual(len(self.closer.runs), 1)
+        self.assertEqual([c.id for c in self.store.pending_closes()], [close_id])
+
+    def test_restored_after_stop_by_a_new_schedule(self):
+        """
+        What stop() leaves in the state, the next start's restore() runs.
+        """
+        closes = self.schedule_of()
+        close_id = closes.record(1030.0, IP, "alice", 7)
+        closes.schedule(close_id, 1030.0, IP, "alice", 7)
+        closes.stop()
+        again = self.schedule_of()
+        self.assertEqual(again.restore(), 1)
+        self.clock.advance(30)
+        self.assertEqual(self.closer.runs, [(IP, "alice", 7)])
+        self.assertEqual(self.store.pending_closes(), [])
+
+
+class StopTests(SynchronousTestCase):
+    """
+    After stop() nothing runs again in this process, whatever was in flight.
+    """
+
+    def setUp(self):
+        self.clock = Clock()
+        self.store = MemoryStore()
+        self.audit = MemoryAudit()
+
+    def test_a_close_that_fails_after_stop_is_not_retried_here(self):
+        pending = defer.Deferred()
+        runs = []
+
+        def run_close(ip, client, index):
+            runs.append(ip)
+            return pending
+
+        closes = CloseSchedule(self.clock, self.store, run_close, self.audit, retry=RETRY)
+        close_id = closes.record(0, IP, "alice", 1)
+        closes.schedule(close_id, 0, IP, "alice", 1)
+        self.clock.advance(0)
+        closes.stop()
+        pending.callback(result(False))
+        self.clock.advance(RETRY * 3)
+        self.assertEqual(runs, [IP], "no retry after stop")
+        self.assertEqual([c.id for c in self.store.pending_closes()], [close_id],
+                         "the close stays for the next start")
+
+    def test_scheduling_an_id_again_replaces_its_timer(self):
+        closer = FakeCloser(True)
+        closes = CloseSchedule(self.clock, self.store, closer, self.audit, retry=RETRY)
+        close_id = closes.record(10, IP, "alice", 1)
+        closes.schedule(close_id, 10, IP, "alice", 1)
+        closes.schedule(close_id, 20, IP, "alice", 1)
+        self.clock.advance(30)
+        self.assertEqual(len(closer.runs), 1)

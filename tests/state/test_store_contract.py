@@ -1,0 +1,201 @@
+"""
+The L{IStore} contract (docs/spec.md sections 2 and 7), run against every
+backend: what the daemon relies on, whichever holds the state.
+"""
+
+import os
+
+from twisted.trial.unittest import SynchronousTestCase
+from zope.interface.exceptions import Invalid
+from zope.interface.verify import verifyObject
+
+from knocker.state.interface import ClientState, IStore, PendingClose, StateError, secret_id
+from knocker.state.memory import MemoryStore
+from knocker.state.sqlite import SQLiteStore
+
+SECRET = bytes(range(32))
+NEW_SECRET = bytes(range(32, 64))
+
+
+class StoreContract:
+    """
+    Tests every L{IStore} passes; a subclass supplies C{make_store}.
+    """
+
+    # What a second set_pool raises: IStore does not say, and the
+    # backends differ.
+
+    def make_store(self):
+        raise NotImplementedError
+
+    def setUp(self):
+        self.store = self.make_store()
+
+    def test_provides_istore(self):
+        self.assertTrue(verifyObject(IStore, self.store))
+
+    def test_verify_can_fail(self):
+        """
+        verifyObject refuses an object that lacks part of the interface, so
+        the check above means something.
+        """
+
+        class NoBurn:
+            pass
+
+        for name in IStore.names():
+            if name != "burn":
+                setattr(NoBurn, name, getattr(type(self.store), name))
+        self.assertRaises(Invalid, verifyObject, IStore, NoBurn(), tentative=True)
+
+    # The pool.
+
+    def test_pool_none_until_set(self):
+        self.assertIsNone(self.store.pool())
+
+    def test_pool_kept_in_order(self):
+        self.store.set_pool([9000, 1025, 65535, 4000])
+        self.assertEqual(self.store.pool(), (9000, 1025, 65535, 4000))
+
+    def test_pool_is_set_once(self):
+        self.store.set_pool((1025, 1026))
+        self.assertRaises(StateError, self.store.set_pool, (2000, 2001))
+        self.assertEqual(self.store.pool(), (1025, 1026))
+
+    # Clients and their knock numbers.
+
+    def test_unknown_client(self):
+        self.assertIsNone(self.store.client("alice"))
+        self.assertEqual(self.store.clients(), [])
+
+    def test_register(self):
+        self.store.register("alice", 1000, SECRET)
+        state = self.store.client("alice")
+        self.assertEqual(state, ClientState("alice", 1, 1000, secret_id(SECRET)))
+        self.assertEqual(state.left, 1000)
+
+    def test_clients_by_id(self):
+        self.store.register("carol", 3, SECRET)
+        self.store.register("alice", 5, SECRET)
+        self.store.register("bob", 4, NEW_SECRET)
+        self.assertEqual([state.client for state in self.store.clients()],
+                         ["alice", "bob", "carol"])
+        self.assertEqual(self.store.clients()[1], ClientState("bob", 1, 4, secret_id(NEW_SECRET)))
+
+    def test_burn_counts_up_then_none(self):
+        self.store.register("alice", 3, SECRET)
+        self.assertEqual([self.store.burn("alice") for _ in range(5)], [1, 2, 3, None, None])
+
+    def test_burn_updates_left(self):
+        self.store.register("alice", 3, SECRET)
+        self.store.burn("alice")
+        state = self.store.client("alice")
+        self.assertEqual((state.next_index, state.left), (2, 2))
+        self.store.burn("alice")
+        self.store.burn("alice")
+        self.store.burn("alice")  # exhausted: changes nothing
+        state = self.store.client("alice")
+        self.assertEqual((state.next_index, state.left), (4, 0))
+
+    def test_burn_unknown_client(self):
+        self.assertIsNone(self.store.burn("mallory"))
+        self.store.register("alice", 3, SECRET)
+        self.assertIsNone(self.store.burn("mallory"))
+        self.assertIsNone(self.store.client("mallory"), "burning does not create a client")
+        self.assertEqual(self.store.burn("alice"), 1, "nor touch another's numbers")
+
+    def test_clients_burn_separately(self):
+        self.store.register("alice", 3, SECRET)
+        self.store.register("bob", 3, NEW_SECRET)
+        self.assertEqual(self.store.burn("alice"), 1)
+        self.assertEqual(self.store.burn("alice"), 2)
+        self.assertEqual(self.store.burn("bob"), 1)
+        self.assertEqual(self.store.client("alice").next_index, 3)
+        self.assertEqual(self.store.client("bob").next_index, 2)
+
+    def test_register_again_restarts(self):
+        """
+        A regenerated file (new secret, maybe a new size) starts at knock 1,
+        and its secret id tells the two files apart.
+        """
+        self.store.register("alice", 2, SECRET)
+        self.store.burn("alice")
+        self.store.burn("alice")
+        self.assertIsNone(self.store.burn("alice"))
+        self.store.register("alice", 5, NEW_SECRET)
+        state = self.store.client("alice")
+        self.assertEqual(state, ClientState("alice", 1, 5, secret_id(NEW_SECRET)))
+        self.assertNotEqual(state.secret_id, secret_id(SECRET))
+        self.assertEqual(self.store.burn("alice"), 1)
+        self.assertEqual(len(self.store.clients()), 1)
+
+    # Pending closes.
+
+    def test_no_pending_closes(self):
+        self.assertEqual(self.store.pending_closes(), [])
+
+    def test_add_close(self):
+        close_id = self.store.add_close(1030.5, "192.0.2.10", "alice", 7)
+        self.assertEqual(
+            self.store.pending_closes(), [PendingClose(close_id, 1030.5, "192.0.2.10", "alice", 7)]
+        )
+
+    def test_pending_closes_soonest_first(self):
+        late = self.store.add_close(3000.0, "192.0.2.1", "alice", 1)
+        soon = self.store.add_close(1000.0, "2001:db8::1", "bob", 2)
+        middle = self.store.add_close(2000.0, "192.0.2.3", "carol", 3)
+        self.assertEqual(len({late, soon, middle}), 3, "each close has its own id")
+        pending = self.store.pending_closes()
+        self.assertEqual([close.id for close in pending], [soon, middle, late])
+        self.assertEqual([close.due for close in pending], [1000.0, 2000.0, 3000.0])
+        self.assertEqual(pending[0], PendingClose(soon, 1000.0, "2001:db8::1", "bob", 2))
+
+    def test_remove_close(self):
+        first = self.store.add_close(1000.0, "192.0.2.1", "alice", 1)
+        second = self.store.add_close(2000.0, "192.0.2.2", "bob", 2)
+        self.store.remove_close(first)
+        self.assertEqual([close.id for close in self.store.pending_closes()], [second])
+        self.store.remove_close(first)  # again: already gone, no harm
+        self.assertEqual([close.id for close in self.store.pending_closes()], [second])
+        self.store.remove_close(second)
+        self.assertEqual(self.store.pending_closes(), [])
+
+    # Lockouts.
+
+    def test_no_lockouts(self):
+        self.assertEqual(self.store.lockouts(0.0), {})
+
+    def test_lockouts_in_force(self):
+        self.store.set_lockout("*", 1060.0)
+        self.store.set_lockout("192.0.2.1", 1030.0)
+        self.assertEqual(self.store.lockouts(1000.0), {"*": 1060.0, "192.0.2.1": 1030.0})
+
+    def test_expired_lockouts_dropped(self):
+        self.store.set_lockout("*", 1060.0)
+        self.store.set_lockout("192.0.2.1", 1030.0)
+        self.assertEqual(self.store.lockouts(1030.0), {"*": 1060.0}, "ends at its until")
+        self.assertEqual(self.store.lockouts(1059.9), {"*": 1060.0})
+        self.assertEqual(self.store.lockouts(1060.0), {})
+        self.assertEqual(self.store.lockouts(0.0), {}, "dropped for good, not hidden")
+
+    def test_set_lockout_replaces(self):
+        self.store.set_lockout("*", 1060.0)
+        self.store.set_lockout("*", 1120.0)
+        self.assertEqual(self.store.lockouts(1000.0), {"*": 1120.0})
+        self.assertEqual(self.store.lockouts(1100.0), {"*": 1120.0})
+
+
+class MemoryStoreContractTests(StoreContract, SynchronousTestCase):
+
+    def make_store(self):
+        return MemoryStore()
+
+
+class SQLiteStoreContractTests(StoreContract, SynchronousTestCase):
+
+    def make_store(self):
+        state_dir = self.mktemp()
+        store = SQLiteStore(state_dir)
+        self.addCleanup(store.close)
+        self.assertTrue(os.path.exists(os.path.join(state_dir, "state.sqlite")))
+        return store
