@@ -41,10 +41,9 @@ def python() -> str:
 
 
 def twistd() -> list:
-    script = os.path.join(os.path.dirname(sys.executable), "twistd")
-    if os.path.exists(script):
-        return [script]
-    return [sys.executable, "-c", "from twisted.scripts.twistd import run; run()"]
+    from knocker.admin.demo import twistd_command
+
+    return twistd_command()
 
 
 def used_ports() -> set:
