@@ -63,12 +63,6 @@ def _status(args) -> int:
     return 0
 
 
-def _knock(args) -> int:
-    from knocker.client.command import knock_command
-
-    return knock_command(args.arguments)
-
-
 def _demo(args) -> int:
     from knocker.admin.demo import run_demo
 
@@ -104,7 +98,6 @@ def build_parser() -> argparse.ArgumentParser:
     knock = commands.add_parser("knock", help="knock once; exit 0 on OPEN (knocker knock --help)",
                                 add_help=False)
     knock.add_argument("arguments", nargs=argparse.REMAINDER)
-    knock.set_defaults(run=_knock)
 
     stat = commands.add_parser("status", help="clients, knocks left, lockouts")
     stat.add_argument("--config", help="server configuration file")
@@ -118,6 +111,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["knock"]:
+        from knocker.client.command import knock_command
+
+        return knock_command(argv[1:])
     args = build_parser().parse_args(argv)
     try:
         return args.run(args)

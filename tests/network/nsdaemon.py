@@ -148,7 +148,7 @@ class DaemonInNamespace(TestCase):
             for key, value in values.items():
                 handle.write(f"{key} = {value}\n")
         generate = subprocess.run(
-            [sys.executable, "-m", "knocker.admin.cli", "generate", "alice", "--config",
+            [sys.executable, "-m", "knocker.main", "generate", "alice", "--config",
              self.config_path, "--knocks", str(knocks), "--ports", str(ports),
              "-o", self.knock_file],
             env={**os.environ, **self.env}, capture_output=True, text=True, timeout=30,
@@ -175,7 +175,7 @@ class DaemonInNamespace(TestCase):
         C{knocker status --json} with the daemon's configuration.
         """
         done = subprocess.run(
-            [sys.executable, "-m", "knocker.admin.cli", "status", "--config", self.config_path,
+            [sys.executable, "-m", "knocker.main", "status", "--config", self.config_path,
              "--json"],
             env={**os.environ, **self.env}, capture_output=True, text=True, timeout=30,
             stdin=subprocess.DEVNULL,
@@ -211,7 +211,7 @@ class DaemonInNamespace(TestCase):
         server = f"tcp:host={quoteStringArgument(host)}:port={CENTRAL}"
         return self.net.run(
             role,
-            [sys.executable, "-m", "knocker.admin.cli", "knock", "--server", server,
+            [sys.executable, "-m", "knocker.main", "knock", "--server", server,
              "--knock-file", self.knock_file,
              "--log-file", os.path.join(self.directory, f"{role}-client.log"),
              "--busy-retries", "0"],

@@ -6,7 +6,7 @@ the client namespace; the attacker namespace tries its luck.
 
 The daemon and the client are separate processes started the way an admin
 and a user would (``twistd -n --pidfile= knockserver --config FILE`` and
-``python -m knocker.admin.cli knock --config FILE``), with this checkout first on
+``python -m knocker.main knock --config FILE``), with this checkout first on
 PYTHONPATH; L{tests.network.nsdaemon} starts the daemon.
 """
 
@@ -74,7 +74,7 @@ class KnockTests(DaemonInNamespace):
             directory=self.directory,
         ))
         return self.net.run(
-            "client", [sys.executable, "-m", "knocker.admin.cli", "knock", "--config", config],
+            "client", [sys.executable, "-m", "knocker.main", "knock", "--config", config],
             env=self.env, timeout=60, check=False,
         )
 
