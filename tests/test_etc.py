@@ -14,14 +14,16 @@ ETC = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 
 
 def documented(path):
     with open(path) as handle:
-        return set(re.findall(r"^#? ?([a-z-]+) = ", handle.read(), re.M))
+        return set(re.findall(r"^#? ?([a-z][a-z0-9-]*) = ", handle.read(), re.M))
 
 
 class ExampleConfigTests(SynchronousTestCase):
     def test_server_example(self):
         path = os.path.join(ETC, "knockserver.conf")
         config = load_server_config(path)
-        self.assertEqual((config.pool_size, config.lockout, config.lockout_scope), (100, 60.0, "global"))
+        self.assertEqual((config.pool_size, config.lockout, config.lockout_scope), (100, 60.0, "knock"))
+        self.assertEqual(config, load_server_config(None).replace(state_dir=config.state_dir),
+                         "the example shows the defaults")
         self.assertEqual(set(SERVER_KEYS) - documented(path), set())
 
     def test_client_example(self):

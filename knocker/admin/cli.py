@@ -55,7 +55,7 @@ def _status(args) -> int:
     import time
 
     for key, until in sorted(report["lockouts"].items()):
-        who = "everyone (global)" if key == "*" else key
+        who = "everyone (the whole server)" if key == "*" else f"{key} (source)"
         print(f"  locked out: {who} for {until - time.time():.0f}s more")
     if not report["lockouts"]:
         print("  no lockout in force")

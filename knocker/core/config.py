@@ -79,6 +79,18 @@ def _address(text: str) -> str:
     return text
 
 
+def _networks(text: str) -> tuple[str, ...]:
+    import ipaddress
+
+    networks = []
+    for item in text.replace(",", " ").split():
+        try:
+            networks.append(str(ipaddress.ip_network(item, strict=False)))
+        except ValueError:
+            raise ValueError(item) from None
+    return tuple(networks)
+
+
 def _text(text: str) -> str:
     if not text:
         raise ValueError("a non-empty value")
@@ -115,9 +127,14 @@ SERVER_TABLE = (
     Key("ports-per-knock", 6, _number(int, 1, 64)),
     Key("knock-window", 10, _number(int, 1, 3600)),
     Key("lockout", 60.0, _number(float, 0, 86400)),
-    Key("lockout-scope", "global", _choice("global", "source")),
+    Key("lockout-scope", "knock", _choice("knock", "global", "source")),
+    Key("lockout-memory", 3600.0, _number(float, 0, 31_536_000)),
+    Key("lockout-max", 3600.0, _number(float, 0, 31_536_000)),
+    Key("source-prefix6", 64, _number(int, 1, 128)),
+    Key("never-lock", (), (_networks, "addresses or CIDR networks, separated by commas or spaces")),
     Key("max-concurrent", 1, _number(int, 1, 10000)),
     Key("max-connections", 64, _number(int, 1, 100000)),
+    Key("max-connections-per-source", 8, _number(int, 1, 100000)),
     Key("handshake-timeout", 5.0, _number(float, 0.1, 300)),
     Key("on-success", None, _PATH, is_path=True),
     Key("on-close", None, _PATH, is_path=True),

@@ -15,15 +15,22 @@ from typing import Protocol
 
 from attrs import define, field, frozen
 
-GLOBAL = "*"
-"""The lockout key that locks out every address (scope C{global})."""
+from knocker.core.sources import Networks, SourceKeys
 
-MAX_LOCKOUTS = 100_000
-"""Most lockouts held at once.  With C{lockout-scope = source} a flood from
-many addresses (an IPv6 /64 holds 2**64) starts one each; past this bound
-the soonest to end is dropped first.  That lets an address knock early,
+GLOBAL = "*"
+"""The lockout key that locks out every address (the whole server)."""
+
+MAX_SOURCES = 100_000
+"""Most sources remembered at once (lockouts in force, and for
+C{lockout-memory} after each ends, its escalation step).  A flood from many
+addresses (an IPv6 /64 holds 2**64, but counts as one source; a botnet's
+IPv4 addresses do not) starts one lockout each; past this bound the source
+whose lockout ends soonest is forgotten first.  That lets it knock early,
 which grants nothing without the secret; an unbounded table would let the
 flood take the daemon's memory."""
+
+MAX_STEP = 32
+"""Escalation steps stop doubling here (the length is capped well before)."""
 
 
 class HitVerdict(str, Enum):
@@ -41,10 +48,18 @@ class HitVerdict(str, Enum):
 
 @frozen
 class Policy:
+    """
+    The rules of docs/spec.md section 5, from the configuration.
+    """
+
     window: float = 10
     lockout: float = 60.0
-    scope: str = "global"
+    scope: str = "knock"
     max_slots: int = 1
+    memory: float = 3600.0
+    lockout_max: float = 3600.0
+    prefix6: int = 64
+    never_lock: tuple[str, ...] = ()
 
     @classmethod
     def from_config(cls, config) -> "Policy":
@@ -53,7 +68,29 @@ class Policy:
             lockout=config.lockout,
             scope=config.lockout_scope,
             max_slots=config.max_concurrent,
+            memory=config.lockout_memory,
+            lockout_max=config.lockout_max,
+            prefix6=config.source_prefix6,
+            never_lock=config.never_lock,
         )
+
+
+@frozen
+class Lockout:
+    """
+    A lockout that has just started: C{key} (a source key, or L{GLOBAL})
+    is refused until C{until}, for C{seconds}; C{step} counts the doublings
+    of a source that keeps failing (0 for its first).  C{reason} and C{ip}
+    are the failed attempt that caused it.
+    """
+
+    key: str
+    scope: str
+    until: float
+    seconds: float
+    step: int
+    reason: str
+    ip: str
 
 
 @frozen
@@ -94,10 +131,9 @@ class TrackerObserver(Protocol):
         The slot is over: C{wrong-port}, C{timeout} or C{locked-out}.
         """
 
-    def lockout_started(self, key: str, until: float, reason: str, ip: str) -> None:
+    def lockout_started(self, lockout: Lockout) -> None:
         """
-        C{key} (an address, or L{GLOBAL}) is refused until C{until}; the failed
-        attempt by C{ip} that caused it was C{reason}.
+        A failed attempt started C{lockout}.
         """
 
 
@@ -105,6 +141,12 @@ class Tracker:
     """
     C{observer} hears of completed and failed knocks and of lockouts; the
     coordinator sets itself there when it is given the tracker.
+
+    Which failure locks whom (C{Policy.scope}): under C{knock}, a failed
+    knock (a wrong port or a timeout in a granted slot) locks the whole
+    server and every other failure only its source; under C{global} every
+    failure locks the whole server; under C{source}, only its source.
+    Sources in C{never-lock} start no lockout at all.
     """
 
     def __init__(self, clock, policy: Policy, observer: TrackerObserver | None = None):
@@ -112,10 +154,15 @@ class Tracker:
         self._policy = policy
         self.observer = observer
         self._slots: dict[str, Slot] = {}
-        self._lockouts: dict[str, float] = {}
-        # (until, key) for every lockout set, soonest first: expired and
-        # excess lockouts leave from the top, in O(log n) each.
-        self._ends: list[tuple[float, str]] = []
+        self.source_of = SourceKeys(policy.prefix6)
+        self._never_lock = Networks(policy.never_lock)
+        self._global_until = 0.0
+        # Source key -> (until, step, forget_at): lockouts in force, and
+        # for lockout-memory after each ends, the step it reached.
+        self._sources: dict[str, tuple[float, int, float]] = {}
+        # (forget_at, key), soonest first: sources leave from the top.
+        self._forget: list[tuple[float, str]] = []
+        self._changed: set[str] = set()
 
     # Questions.
 
@@ -123,9 +170,11 @@ class Tracker:
         """
         Seconds of lockout left for C{ip} (0 when it may knock).
         """
-        now = self._clock.seconds()
-        until = max(self._lockouts.get(GLOBAL, 0.0), self._lockouts.get(ip, 0.0))
-        return max(0.0, until - now)
+        until = self._global_until
+        entry = self._sources.get(self.source_of(ip))
+        if entry is not None and entry[0] > until:
+            until = entry[0]
+        return max(0.0, until - self._clock.seconds())
 
     def refusal(self, ip: str) -> Refusal | None:
         """
@@ -142,8 +191,23 @@ class Tracker:
         return None
 
     def lockouts(self) -> dict[str, float]:
+        """
+        The lockouts in force: C{{key: until}}, L{GLOBAL} for the server.
+        """
         now = self._clock.seconds()
-        return {key: until for key, until in self._lockouts.items() if until > now}
+        found = {key: entry[0] for key, entry in self._sources.items() if entry[0] > now}
+        if self._global_until > now:
+            found[GLOBAL] = self._global_until
+        return found
+
+    def take_changes(self) -> list[tuple[str, float, int]]:
+        """
+        C{(key, until, step)} of each source lockout started since the last
+        call, to be saved in a batch (one write a second, not one a failure).
+        """
+        changed, self._changed = self._changed, set()
+        return [(key, self._sources[key][0], self._sources[key][1])
+                for key in changed if key in self._sources]
 
     # Events.
 
@@ -168,14 +232,14 @@ class Tracker:
             return HitVerdict.LOCKED
         slot = self._slots.get(ip)
         if slot is None or slot.acting:
-            self._failed(ip, "no-slot")
+            self._failed(ip, "no-slot", in_knock=False)
             return HitVerdict.NO_SLOT
         if self._clock.seconds() >= slot.deadline:
             self._timed_out(slot)
             return HitVerdict.TIMEOUT
         if port != slot.ports[slot.position]:
             self._end(slot, "wrong-port")
-            self._failed(ip, "wrong-port")
+            self._failed(ip, "wrong-port", in_knock=True)
             return HitVerdict.WRONG_PORT
         slot.position += 1
         if slot.position < len(slot.ports):
@@ -190,7 +254,7 @@ class Tracker:
         A failure seen elsewhere (a DENIED handshake) that starts a lockout.
         """
         if self.locked_for(ip) == 0:
-            self._failed(ip, reason)
+            self._failed(ip, reason, in_knock=False)
 
     def release(self, slot: Slot) -> None:
         """
@@ -208,12 +272,32 @@ class Tracker:
             self._cancel_timer(slot)
             del self._slots[slot.ip]
 
-    def restore_lockout(self, key: str, until: float) -> None:
+    def lift(self, key: str | None = None) -> list[str]:
+        """
+        End the lockout of C{key} (a source key or L{GLOBAL}), or of every
+        lockout with C{None}; returns the keys lifted.  The escalation
+        memory of a lifted source is forgotten too.
+        """
+        lifted = [k for k in self.lockouts() if key is None or k == key]
+        if key is None or key == GLOBAL:
+            self._global_until = 0.0
+        for k in lifted:
+            if k != GLOBAL:
+                del self._sources[k]
+                self._changed.discard(k)
+        return lifted
+
+    def restore_lockout(self, key: str, until: float, step: int = 0) -> None:
         """
         Reinstate a lockout that was in force before a restart.
         """
-        if until > self._clock.seconds():
-            self._lock(key, max(until, self._lockouts.get(key, 0.0)))
+        if until <= self._clock.seconds():
+            return
+        if key == GLOBAL:
+            self._global_until = max(self._global_until, until)
+        else:
+            self._remember(key, until, step)
+            self._changed.discard(key)
 
     def stop(self) -> None:
         """
@@ -227,16 +311,46 @@ class Tracker:
     def _timed_out(self, slot: Slot) -> None:
         if self._slots.get(slot.ip) is slot and not slot.acting:
             self._end(slot, "timeout")
-            self._failed(slot.ip, "timeout")
+            self._failed(slot.ip, "timeout", in_knock=True)
 
-    def _failed(self, ip: str, reason: str) -> None:
-        key = GLOBAL if self._policy.scope == "global" else ip
-        until = self._clock.seconds() + self._policy.lockout
-        self._lock(key, until)
-        for slot in list(self._slots.values()):
-            if not slot.acting and (key == GLOBAL or slot.ip == ip):
-                self._end(slot, "locked-out")
-        self.observer.lockout_started(key, until, reason, ip)
+    def _failed(self, ip: str, reason: str, in_knock: bool) -> None:
+        if self._never_lock and ip in self._never_lock:
+            return  # logged by the caller; monitoring hosts lock nobody out
+        policy, now = self._policy, self._clock.seconds()
+        if policy.scope == "global" or (policy.scope == "knock" and in_knock):
+            until = now + policy.lockout
+            self._global_until = max(self._global_until, until)
+            lockout = Lockout(GLOBAL, "global", until, policy.lockout, 0, reason, ip)
+            ended = [slot for slot in self._slots.values() if not slot.acting]
+        else:
+            key = self.source_of(ip)
+            last = self._sources.get(key)
+            step = 0
+            if last is not None and now - last[0] < policy.memory:
+                step = min(last[1] + 1, MAX_STEP)
+            seconds = min(policy.lockout * 2 ** step, max(policy.lockout_max, policy.lockout))
+            until = now + seconds
+            self._remember(key, until, step)
+            self._changed.add(key)
+            lockout = Lockout(key, "source", until, seconds, step, reason, ip)
+            ended = [slot for slot in self._slots.values()
+                     if not slot.acting and (slot.ip == ip or self.source_of(slot.ip) == key)]
+        for slot in ended:
+            self._end(slot, "locked-out")
+        self.observer.lockout_started(lockout)
+
+    def _remember(self, key: str, until: float, step: int) -> None:
+        forget_at = until + self._policy.memory
+        self._sources[key] = (until, step, forget_at)
+        heapq.heappush(self._forget, (forget_at, key))
+        now = self._clock.seconds()
+        forget, sources = self._forget, self._sources
+        while forget and (forget[0][0] <= now or len(sources) > MAX_SOURCES):
+            at, old = heapq.heappop(forget)
+            entry = sources.get(old)
+            if entry is not None and entry[2] == at:  # not since replaced
+                del sources[old]
+                self._changed.discard(old)
 
     def _end(self, slot: Slot, reason: str) -> None:
         self._cancel_timer(slot)
@@ -252,16 +366,6 @@ class Tracker:
         if slot.acting:
             return 1
         return _ceil(slot.deadline - now)
-
-    def _lock(self, key: str, until: float) -> None:
-        self._lockouts[key] = until
-        heapq.heappush(self._ends, (until, key))
-        now = self._clock.seconds()
-        ends, lockouts = self._ends, self._lockouts
-        while ends and (ends[0][0] <= now or len(lockouts) > MAX_LOCKOUTS):
-            ended, old = heapq.heappop(ends)
-            if lockouts.get(old) == ended:  # not since replaced by a later one
-                del lockouts[old]
 
 
 def _ceil(seconds: float) -> int:

@@ -76,7 +76,7 @@ class CentralProtocol(LineOnlyReceiver):
             self._timer.cancel()
 
     def connectionLost(self, reason):
-        self.factory.connections -= 1
+        self.factory.connection_ended(self)
         self._cancel_timer()
         granted = self._handshake.granted and not self._handshake.done
         self._handshake.done = True
@@ -87,23 +87,43 @@ class CentralProtocol(LineOnlyReceiver):
 class CentralFactory(protocol.Factory):
     """
     Builds a L{CentralProtocol} per connection, up to C{max_connections} at
-    once; past that a connection gets C{ERROR too-many-connections}.
+    once and C{max_per_source} from one source (an IPv6 prefix counts as
+    one, as for lockouts); past either a connection gets
+    C{ERROR too-many-connections}, so one address holding idle connections
+    cannot take every place.
     """
 
-    def __init__(self, server, clock, max_connections: int, timeout: float):
+    def __init__(self, server, clock, max_connections: int, timeout: float,
+                 max_per_source: int | None = None):
         self._server = server
         self._clock = clock
         self._max = max_connections
+        self._max_per_source = (max_per_source if max_per_source is not None
+                                else server.config.max_connections_per_source)
+        self._source_of = server.tracker.source_of
         self._timeout = timeout
         self.connections = 0
+        self.per_source: dict[str, int] = {}
 
     def buildProtocol(self, addr):
-        if self.connections >= self._max:
+        source = self._source_of(normalise_ip(addr.host)) if addr is not None else ""
+        held = self.per_source.get(source, 0)
+        if self.connections >= self._max or held >= self._max_per_source:
             return _Refuse(self._server, self._clock)
         self.connections += 1
+        self.per_source[source] = held + 1
         proto = CentralProtocol(self._server, self._clock, self._timeout)
         proto.factory = self
+        proto.source = source
         return proto
+
+    def connection_ended(self, proto: CentralProtocol) -> None:
+        self.connections -= 1
+        left = self.per_source[proto.source] - 1
+        if left:
+            self.per_source[proto.source] = left
+        else:
+            del self.per_source[proto.source]
 
 
 class _Refuse(protocol.Protocol):

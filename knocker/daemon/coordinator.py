@@ -16,7 +16,7 @@ from twisted.logger import Logger
 from knocker.core import handshake as hs
 from knocker.core.knockfile import KnockFileError
 from knocker.core.sources import normalise_ip
-from knocker.core.tracker import GLOBAL, HitVerdict, Slot, Tracker
+from knocker.core.tracker import GLOBAL, HitVerdict, Lockout, Slot, Tracker
 from knocker.daemon.actions import action_env
 from knocker.daemon.closes import CloseSchedule
 from knocker.state.interface import secret_id
@@ -24,6 +24,7 @@ from knocker.state.interface import secret_id
 log = Logger()
 
 BUILTIN_SUCCESS = (sys.executable, "-m", "knocker.daemon.logaction")
+LOCKOUT_FLUSH = 1.0
 
 
 def _hmac_hex(secret: bytes, message: bytes) -> str:
@@ -54,6 +55,7 @@ class KnockServer:
         self._dummy_secret = secrets.token_bytes(32)
         self.tracker = tracker
         tracker.observer = self
+        self._lockout_flush = None
         self.closes = CloseSchedule(
             clock, store,
             lambda ip, client, index: self._run("on-close", (config.on_close,), ip, client, index),
@@ -215,19 +217,37 @@ class KnockServer:
                  index=slot.index, client=slot.client, ip=slot.ip, reason=reason)
         self._verdict(slot, hs.Fail(reason))
 
-    def lockout_started(self, key: str, until: float, reason: str, ip: str) -> None:
-        scope = "global" if key == GLOBAL else "source"
-        if key == GLOBAL:
-            # Only the global lockout is kept across restarts: persisting one
-            # per source would be an fsync per attacking address.
+    def lockout_started(self, lockout: Lockout) -> None:
+        if lockout.key == GLOBAL:
             try:
-                self._store.set_lockout(key, until)
+                self._store.set_lockout(GLOBAL, lockout.until)
             except Exception:
                 log.failure("saving the lockout (it holds until a restart)")
-        self._audit.record("lockout", ip=ip, scope=scope, reason=reason,
-                           seconds=self.config.lockout)
-        log.warn("lockout ({scope}) for {seconds}s after {reason} from {ip}",
-                 scope=scope, seconds=self.config.lockout, reason=reason, ip=ip)
+        elif self._lockout_flush is None:
+            # Source lockouts are saved in a batch a second: a flood from
+            # many addresses costs one write a second, not one per address.
+            self._lockout_flush = self._clock.callLater(LOCKOUT_FLUSH, self.save_lockouts)
+        self._audit.record("lockout", ip=lockout.ip, source=lockout.key, scope=lockout.scope,
+                           reason=lockout.reason, seconds=lockout.seconds, step=lockout.step)
+        log.warn("lockout ({scope}) of {key} for {seconds}s after {reason} from {ip}",
+                 scope=lockout.scope, key=lockout.key, seconds=lockout.seconds,
+                 reason=lockout.reason, ip=lockout.ip)
+
+    def save_lockouts(self) -> None:
+        """
+        Save the source lockouts started since the last call (so that
+        C{knocker status} sees them and a restart keeps them).
+        """
+        if self._lockout_flush is not None and self._lockout_flush.active():
+            self._lockout_flush.cancel()
+        self._lockout_flush = None
+        changes = self.tracker.take_changes()
+        if changes:
+            try:
+                self._store.save_lockouts({key: until for key, until, _ in changes})
+            except Exception:
+                log.failure("saving {n} source lockouts (they hold until a restart)",
+                            n=len(changes))
 
     # Actions.
 
@@ -262,5 +282,6 @@ class KnockServer:
         pending closes stay in the state and run after the next start.
         """
         self._stopped = True
+        self.save_lockouts()
         self.tracker.stop()
         self.closes.stop()

@@ -98,6 +98,11 @@ class KnockServerService(service.Service):
         if self.config.on_success is None:
             log.warn("on-success is not set: the built-in action only logs; "
                      "no firewall change will be made")
+        if config.lockout_scope == "global" and not _is_loopback(config.interface):
+            log.warn("lockout-scope = global on {interface}: any stray connection to a pool "
+                     "port (a scanner) locks everyone out; lockout-scope = knock keeps the "
+                     "paper's rule for failed knocks without that lever",
+                     interface=config.interface)
         self._store = SQLiteStore(config.state_dir)
         pool = ensure_pool(self._store, config)
         book = ClientBook(config.state_dir, pool)
@@ -164,3 +169,9 @@ class KnockServerService(service.Service):
             self._spare.close()
             self._spare = None
         return gatherResults([maybeDeferred(port.stopListening) for port in ports])
+
+
+def _is_loopback(interface: str) -> bool:
+    import ipaddress
+
+    return ipaddress.ip_address(interface).is_loopback

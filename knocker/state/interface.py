@@ -90,5 +90,8 @@ class IStore(Interface):
     def set_lockout(key, until):
         """Keep a lockout of C{key} until C{until} (wall time)."""
 
+    def save_lockouts(lockouts):
+        """Keep every C{{key: until}} of C{lockouts}, in one write."""
+
     def lockouts(now):
         """The lockouts still in force at C{now}: C{{key: until}}."""

@@ -60,6 +60,9 @@ class MemoryStore:
     def set_lockout(self, key, until) -> None:
         self._lockouts[key] = until
 
+    def save_lockouts(self, lockouts) -> None:
+        self._lockouts.update(lockouts)
+
     def lockouts(self, now):
         self._lockouts = {k: u for k, u in self._lockouts.items() if u > now}
         return dict(self._lockouts)

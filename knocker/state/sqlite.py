@@ -163,6 +163,14 @@ class SQLiteStore:
                 (key, until),
             )
 
+    def save_lockouts(self, lockouts: dict[str, float]) -> None:
+        with self._transaction():
+            self._db.executemany(
+                "INSERT INTO lockouts (key, until) VALUES (?, ?) "
+                "ON CONFLICT (key) DO UPDATE SET until = excluded.until",
+                lockouts.items(),
+            )
+
     def lockouts(self, now: float) -> dict[str, float]:
         with self._transaction():
             self._db.execute("DELETE FROM lockouts WHERE until <= ?", (now,))

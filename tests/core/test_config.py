@@ -52,7 +52,11 @@ class ServerDefaultsTests(SynchronousTestCase):
         self.assertEqual(config.knocks, 1000)
         self.assertEqual(config.ports_per_knock, 6)
         self.assertEqual(config.lockout, 60)
-        self.assertEqual(config.lockout_scope, "global")
+        self.assertEqual(config.lockout_scope, "knock")
+        self.assertEqual((config.lockout_memory, config.lockout_max), (3600, 3600))
+        self.assertEqual(config.source_prefix6, 64)
+        self.assertEqual(config.never_lock, ())
+        self.assertEqual(config.max_connections_per_source, 8)
         self.assertEqual(config.max_concurrent, 1)
         self.assertIsNone(config.on_success)
         self.assertIsNone(config.on_close)
@@ -258,7 +262,20 @@ class ServerErrorTests(SynchronousTestCase):
             self.refused(f"{key} = {bad}\n", SOURCE, key, repr(bad), "allowed", "from")
 
     def test_bad_lockout_scope(self):
-        self.refused("lockout-scope = everyone\n", SOURCE, "lockout-scope", "everyone", "global", "source")
+        self.refused("lockout-scope = everyone\n", SOURCE, "lockout-scope", "everyone",
+                     "knock", "global", "source")
+
+    def test_never_lock_networks(self):
+        config = server("never-lock = 192.0.2.7, 2001:db8::/48 10.0.0.0/8\n")
+        self.assertEqual(config.never_lock, ("192.0.2.7/32", "2001:db8::/48", "10.0.0.0/8"))
+        self.assertEqual(server("never-lock =\n").never_lock, ())
+
+    def test_bad_never_lock(self):
+        self.refused("never-lock = 192.0.2.7, monitoring-host\n", SOURCE, "never-lock",
+                     "monitoring-host", "CIDR")
+
+    def test_bad_source_prefix6(self):
+        self.refused("source-prefix6 = 129\n", SOURCE, "source-prefix6", "1 to 128")
 
     def test_bad_pool_range(self):
         for bad in ["5-2", "abc", "0-100", "20000-70000", "20000", "20000-", "-5-10", "1,2"]:

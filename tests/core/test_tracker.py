@@ -17,7 +17,7 @@ class Recorder:
     """
 
     def __init__(self):
-        self.completed, self.failed, self.lockouts = [], [], []
+        self.completed, self.failed, self.lockouts, self.details = [], [], [], []
         self.tracker = None
 
     def knock_completed(self, slot):
@@ -26,8 +26,9 @@ class Recorder:
     def knock_failed(self, slot, reason):
         self.failed.append((slot.ip, slot.index, reason))
 
-    def lockout_started(self, key, until, reason, ip):
-        self.lockouts.append((key, until, reason, ip))
+    def lockout_started(self, lockout):
+        self.lockouts.append((lockout.key, lockout.until, lockout.reason, lockout.ip))
+        self.details.append(lockout)
 
 
 def make(scope="global", window=10, lockout=60, slots=1):
@@ -195,13 +196,14 @@ class LockoutTests(SynchronousTestCase):
         """
         from knocker.core import tracker as module
 
-        self.patch(module, "MAX_LOCKOUTS", 5)
+        self.patch(module, "MAX_SOURCES", 5)
         clock, tracker, seen = make(scope="source", lockout=60)
-        sources = [f"2001:db8::{n:x}" for n in range(20)]
+        sources = [f"2001:db8:{n:x}::1" for n in range(20)]  # 20 distinct /64s
         for source in sources:
             clock.advance(0.1)
             self.assertEqual(tracker.hit(source, 4444), HitVerdict.NO_SLOT)
-        self.assertEqual(sorted(tracker.lockouts()), sorted(sources[-5:]))
+        self.assertEqual(sorted(tracker.lockouts()),
+                         sorted(f"2001:db8:{n:x}::/64" for n in range(15, 20)))
         self.assertIsNone(tracker.refusal(sources[0]))
         self.assertEqual(tracker.refusal(sources[-1]).kind, "locked")
         self.assertEqual(len(seen.lockouts), 20, "every one was still reported")
@@ -263,3 +265,129 @@ class SlotTests(SynchronousTestCase):
         clock, tracker, seen = make()
         tracker.grant(A, "alice", 1, PORTS)
         self.assertRaises(RuntimeError, tracker.grant, B, "bob", 1, PORTS)
+
+
+def make_policy(**values):
+    clock = Clock()
+    clock.advance(1000)
+    seen = Recorder()
+    tracker = Tracker(clock, Policy(**values), seen)
+    return clock, tracker, seen
+
+
+class KnockScopeTests(SynchronousTestCase):
+    """
+    The default scope: a failed knock shuts the server (the paper's rule);
+    any other failure shuts out its source only, so noise cannot close the
+    door for everyone.
+    """
+
+    def test_default_scope_is_knock(self):
+        self.assertEqual(Policy().scope, "knock")
+
+    def test_wrong_port_in_a_slot_locks_everyone(self):
+        clock, tracker, seen = make_policy()
+        tracker.grant(A, "alice", 1, PORTS)
+        self.assertEqual(tracker.hit(A, 9999), HitVerdict.WRONG_PORT)
+        self.assertEqual([(d.key, d.scope, d.reason) for d in seen.details],
+                         [(GLOBAL, "global", "wrong-port")])
+        self.assertEqual(tracker.refusal(B).kind, "locked")
+
+    def test_timeout_in_a_slot_locks_everyone(self):
+        clock, tracker, seen = make_policy(window=10)
+        tracker.grant(A, "alice", 1, PORTS)
+        clock.advance(10)
+        self.assertEqual([(d.key, d.reason) for d in seen.details], [(GLOBAL, "timeout")])
+
+    def test_stray_hit_and_denial_lock_their_source_only(self):
+        clock, tracker, seen = make_policy()
+        self.assertEqual(tracker.hit(B, 4444), HitVerdict.NO_SLOT)
+        tracker.failed_attempt("198.51.100.3", "denied")
+        self.assertEqual([(d.key, d.scope) for d in seen.details],
+                         [(B, "source"), ("198.51.100.3", "source")])
+        self.assertIsNone(tracker.refusal(A))
+
+    def test_a_granted_knock_survives_noise(self):
+        clock, tracker, seen = make_policy()
+        tracker.grant(A, "alice", 1, PORTS)
+        for n, port in enumerate(PORTS):
+            tracker.hit(f"203.0.113.{n}", port)  # scanners hit the very ports
+            self.assertIn(tracker.hit(A, port), (HitVerdict.PROGRESS, HitVerdict.COMPLETE))
+        self.assertEqual([s.index for s in seen.completed], [1])
+        self.assertEqual(seen.failed, [])
+
+    def test_global_scope_shuts_on_one_stray_hit(self):
+        clock, tracker, seen = make_policy(scope="global")
+        tracker.hit(B, 4444)
+        self.assertEqual(tracker.refusal(A).kind, "locked")
+
+
+class EscalationTests(SynchronousTestCase):
+    def fail_after_each_lockout(self, tracker, clock, times):
+        lengths = []
+        for _ in range(times):
+            tracker.hit(B, 4444)
+            lengths.append(tracker.locked_for(B))
+            clock.advance(tracker.locked_for(B) + 1)
+        return lengths
+
+    def test_each_further_lockout_doubles_up_to_the_cap(self):
+        clock, tracker, seen = make_policy(lockout=60, lockout_max=400)
+        self.assertEqual(self.fail_after_each_lockout(tracker, clock, 5), [60, 120, 240, 400, 400])
+        self.assertEqual([d.step for d in seen.details], [0, 1, 2, 3, 4])
+
+    def test_memory_forgets(self):
+        clock, tracker, seen = make_policy(lockout=60, memory=100)
+        tracker.hit(B, 4444)
+        clock.advance(60 + 100)
+        tracker.hit(B, 4444)
+        self.assertEqual(tracker.locked_for(B), 60)
+
+    def test_other_sources_start_at_the_first_step(self):
+        clock, tracker, seen = make_policy(lockout=60)
+        self.fail_after_each_lockout(tracker, clock, 3)
+        tracker.hit(A, 4444)
+        self.assertEqual(tracker.locked_for(A), 60)
+
+    def test_global_lockouts_do_not_escalate(self):
+        clock, tracker, seen = make_policy(scope="global", lockout=60)
+        self.assertEqual(self.fail_after_each_lockout(tracker, clock, 3), [60, 60, 60])
+
+
+class SourceTests(SynchronousTestCase):
+    def test_an_ipv6_prefix_is_one_source(self):
+        clock, tracker, seen = make_policy()
+        tracker.hit("2001:db8:1:2::5", 4444)
+        self.assertEqual(tracker.refusal("2001:db8:1:2:ffff::9").kind, "locked")
+        self.assertIsNone(tracker.refusal("2001:db8:1:3::5"))
+        self.assertEqual(list(tracker.lockouts()), ["2001:db8:1:2::/64"])
+
+    def test_prefix_length_is_configurable(self):
+        clock, tracker, seen = make_policy(prefix6=128)
+        tracker.hit("2001:db8::5", 4444)
+        self.assertIsNone(tracker.refusal("2001:db8::6"))
+
+    def test_never_lock_starts_no_lockout(self):
+        for scope in ("knock", "global", "source"):
+            clock, tracker, seen = make_policy(scope=scope, never_lock=("192.0.2.0/28",))
+            self.assertEqual(tracker.hit(A, 4444), HitVerdict.NO_SLOT)
+            tracker.failed_attempt(A, "denied")
+            self.assertEqual((seen.details, tracker.lockouts()), ([], {}), scope)
+            tracker.hit("192.0.2.200", 4444)  # outside the network
+            self.assertEqual(len(seen.details), 1, scope)
+
+    def test_changes_are_taken_once(self):
+        clock, tracker, seen = make_policy()
+        tracker.hit(A, 4444)
+        tracker.hit(B, 4444)
+        self.assertEqual(sorted(key for key, _, _ in tracker.take_changes()), [A, B])
+        self.assertEqual(tracker.take_changes(), [])
+
+    def test_lift_one_source_or_all(self):
+        clock, tracker, seen = make_policy(scope="source")
+        tracker.hit(A, 4444)
+        tracker.hit(B, 4444)
+        self.assertEqual(tracker.lift(A), [A])
+        self.assertIsNone(tracker.refusal(A))
+        self.assertEqual(tracker.lift(), [B])
+        self.assertEqual(tracker.lockouts(), {})

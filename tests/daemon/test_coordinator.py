@@ -50,7 +50,7 @@ class HandshakeTests(SynchronousTestCase):
         self.assertEqual(h.store.client("alice").next_index, 1, "a denial burns nothing")
 
     def test_denied_locks_everyone_out_in_global_scope(self):
-        h = Harness(self)
+        h = Harness(self, lockout_scope="global")
         h.handshake(secret=b"\x01" * 32, ip="198.51.100.1")
         line, *_ = h.handshake()
         self.assertEqual(line, b"LOCKED 60\n")
@@ -190,12 +190,27 @@ class VerdictTests(SynchronousTestCase):
         h.clock.advance(5)
         self.assertEqual(transport.value(), b"FAIL timeout\n")
 
-    def test_someone_elses_hit_ends_slot_locked_out(self):
-        h = Harness(self)
+    def test_someone_elses_hit_ends_slot_locked_out_in_global_scope(self):
+        h = Harness(self, lockout_scope="global")
         line, proto, transport, _ = h.handshake()
         transport.clear()
         h.hit("203.0.113.9", h.files["alice"].knock(1)[0])
         self.assertEqual(transport.value(), b"FAIL locked-out\n")
+
+    def test_someone_elses_hit_spares_the_knock_by_default(self):
+        """
+        Under the default scope (knock), a stray hit from a scanner locks
+        out the scanner only; the granted client's knock goes on and opens.
+        """
+        h = Harness(self)
+        line, proto, transport, _ = h.handshake()
+        grant = hs.parse_reply(line.rstrip(b"\n"))
+        transport.clear()
+        h.hit("203.0.113.9", h.files["alice"].knock(grant.index)[0])
+        for port in h.files["alice"].knock(grant.index):
+            h.hit("192.0.2.10", port)
+        self.assertEqual(transport.value(), b"OPEN\n")
+        self.assertEqual(list(h.tracker_lockouts()), ["203.0.113.9"])
 
     def test_used_number_never_again(self):
         h = Harness(self)
@@ -289,8 +304,16 @@ class CloseTests(SynchronousTestCase):
         self.assertEqual(h.store.pending_closes(), [])
         self.assertEqual(h.audit.of("close")[0]["index"], 1)
 
-    def test_lockout_survives_restart(self):
+    def test_source_lockout_survives_restart(self):
         h = Harness(self)
+        h.handshake(secret=b"\x01" * 32)
+        h.clock.advance(10)
+        h.restart()
+        line, *_ = h.handshake()
+        self.assertEqual(line, b"LOCKED 50\n")
+
+    def test_lockout_survives_restart(self):
+        h = Harness(self, lockout_scope="global")
         h.hit("203.0.113.9", h.pool[0])
         h.clock.advance(10)
         h.restart()

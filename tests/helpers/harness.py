@@ -80,8 +80,8 @@ class Harness:
         """
         A central-port connection from C{ip}: (protocol, transport).
         """
-        proto = self.central.buildProtocol(None)
         address = (IPv6Address if ":" in ip else IPv4Address)("TCP", ip, port)
+        proto = self.central.buildProtocol(address)
         transport = StringTransport(peerAddress=address)
         proto.makeConnection(transport)
         return proto, transport

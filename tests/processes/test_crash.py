@@ -213,10 +213,21 @@ class CrashTests(DaemonCase):
 
     def test_lockout_survives_kill_9(self):
         """
-        A lockout is in the state: kill -9 and a restart do not lift it.
+        A lockout of the whole server is in the state at once: kill -9 and a
+        restart do not lift it.
         """
+        self.assert_lockout_survives_kill_9("global", settle=0)
+
+    def test_source_lockout_survives_kill_9(self):
+        """
+        Source lockouts are saved in a batch within a second: after that,
+        kill -9 and a restart do not lift them.
+        """
+        self.assert_lockout_survives_kill_9("source", settle=1.5)
+
+    def assert_lockout_survives_kill_9(self, scope, settle):
         self.configure(central=f"tcp:{self.central}:interface=127.0.0.1", lockout=60,
-                       ports_per_knock=6)
+                       ports_per_knock=6, lockout_scope=scope)
         self.start()
         import socket
 
@@ -226,6 +237,7 @@ class CrashTests(DaemonCase):
         while not self.events("lockout"):
             self.assertLess(time.monotonic(), deadline, "no lockout")
             time.sleep(0.05)
+        time.sleep(settle)
         self.daemon.kill9()
         self.start()
         result = self.knock(self.knock_file)

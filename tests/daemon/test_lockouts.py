@@ -1,0 +1,71 @@
+"""
+Lockouts as the coordinator applies them (docs/spec.md section 5): what the
+audit log says of each, what is saved for `knocker status` and restarts,
+and the per-source bound on central connections.
+"""
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from knocker.core import handshake as hs
+from knocker.core.tracker import GLOBAL
+from tests.helpers.harness import Harness
+
+BAD_SECRET = b"\x01" * 32
+
+
+class AuditTests(SynchronousTestCase):
+    def test_lockout_events_carry_scope_length_and_step(self):
+        h = Harness(self, lockout=60)
+        h.handshake(secret=BAD_SECRET, ip="198.51.100.1")
+        h.clock.advance(61)
+        h.handshake(secret=BAD_SECRET, ip="198.51.100.1")
+        events = [(e["source"], e["scope"], e["seconds"], e["step"], e["reason"])
+                  for e in h.audit.of("lockout")]
+        self.assertEqual(events, [("198.51.100.1", "source", 60, 0, "denied"),
+                                  ("198.51.100.1", "source", 120, 1, "denied")])
+
+    def test_a_failed_knock_locks_the_server(self):
+        h = Harness(self)
+        line, proto, transport, _ = h.handshake()
+        grant = hs.parse_reply(line.rstrip(b"\n"))
+        wrong = next(p for p in h.pool if p != h.files["alice"].knock(grant.index)[0])
+        h.hit("192.0.2.10", wrong)
+        event = h.audit.of("lockout")[-1]
+        self.assertEqual((event["source"], event["scope"], event["reason"]),
+                         (GLOBAL, "global", "wrong-port"))
+        line, *_ = h.handshake(ip="203.0.113.50")
+        self.assertEqual(line, b"LOCKED 60\n")
+
+
+class SavedTests(SynchronousTestCase):
+    def test_source_lockouts_are_saved_in_one_batch_a_second(self):
+        h = Harness(self)
+        for n in range(50):
+            h.hit(f"198.51.100.{n}", h.pool[0])
+        self.assertEqual(h.store.lockouts(h.clock.seconds()), {}, "not one write per failure")
+        h.clock.advance(1)
+        saved = h.store.lockouts(h.clock.seconds())
+        self.assertEqual(len(saved), 50)
+        self.assertEqual(saved["198.51.100.7"], h.clock.seconds() - 1 + 60)
+
+
+class ConnectionBoundTests(SynchronousTestCase):
+    def test_one_source_cannot_take_every_place(self):
+        h = Harness(self, max_connections=20, max_connections_per_source=3)
+        held = [h.connect(ip="198.51.100.9") for _ in range(3)]
+        proto, transport = h.connect(ip="198.51.100.9")
+        self.assertEqual(transport.value(), b"ERROR too-many-connections\n")
+        line, *_ = h.handshake()  # someone else still gets in
+        self.assertTrue(line.startswith(b"GRANT "))
+        held[0][0].connectionLost(None)
+        proto, transport = h.connect(ip="198.51.100.9")
+        self.assertEqual(transport.value(), b"", "a place freed is a place again")
+
+    def test_an_ipv6_prefix_is_one_source(self):
+        h = Harness(self, max_connections_per_source=2)
+        h.connect(ip="2001:db8:5:5::1")
+        h.connect(ip="2001:db8:5:5::2")
+        proto, transport = h.connect(ip="2001:db8:5:5::3")
+        self.assertEqual(transport.value(), b"ERROR too-many-connections\n")
+        proto, transport = h.connect(ip="2001:db8:5:6::1")
+        self.assertEqual(transport.value(), b"")
