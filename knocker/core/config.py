@@ -141,6 +141,8 @@ SERVER_TABLE = (
     Key("open-duration", 300.0, _number(float, 0, 31_536_000)),
     Key("script-timeout", 10.0, _number(float, 0.1, 3600)),
     Key("audit-log", None, _PATH, is_path=True),
+    Key("audit-hit-rate", 100, _number(int, 1, 1_000_000)),
+    Key("audit-min-free", 100, _number(int, 0, 1_000_000)),
 )
 
 CLIENT_TABLE = (
