@@ -23,6 +23,7 @@ from knocker.daemon.central import CentralFactory
 from knocker.daemon.coordinator import KnockServer
 from knocker.daemon.poolport import PoolPort, SpareDescriptor
 from knocker.state.book import ClientBook
+from knocker.state.lock import StateLock
 from knocker.state.sqlite import SQLiteStore
 
 log = Logger()
@@ -62,6 +63,7 @@ class KnockServerService(service.Service):
         self.central_port = None
         self.pool_ports = []
         self._store = None
+        self._lock = None
         self._audit = None
         self._spare = None
         self._previous_sighup = None
@@ -73,6 +75,8 @@ class KnockServerService(service.Service):
             self._stop_listening()
             if self._store is not None:
                 self._store.close()
+            if self._lock is not None:
+                self._lock.release()
             # SystemExit: twistd prints the one line and exits 1, where any
             # other exception would bury the cause in a traceback.
             raise SystemExit(f"knockserver cannot start: {error}") from error
@@ -104,6 +108,8 @@ class KnockServerService(service.Service):
                      "paper's rule for failed knocks without that lever",
                      interface=config.interface)
         self._store = SQLiteStore(config.state_dir)
+        self._lock = StateLock(config.state_dir)
+        self._lock.acquire()
         pool = ensure_pool(self._store, config)
         book = ClientBook(config.state_dir, pool)
         book.load()
@@ -160,6 +166,9 @@ class KnockServerService(service.Service):
         if self._store is not None:
             self._store.close()
             self._store = None
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
         return stopped
 
     def _stop_listening(self):

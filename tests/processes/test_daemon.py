@@ -65,6 +65,22 @@ class DaemonTests(SynchronousTestCase):
                        "--knock-file", knock_file, "--log-file",
                        os.path.join(self.dir, "client.log"), *extra)
 
+    def test_a_second_daemon_on_the_same_state_is_refused(self):
+        """
+        Two daemons on one state directory (on different addresses, so the
+        ports do not clash) would each keep their own lockouts and slots:
+        the second is refused at start, naming the first one's pid.
+        """
+        self.generate()
+        first = self.start()
+        second = Daemon(self.server_conf, self.audit, self.dir, "--interface", "127.0.0.2")
+        self.addCleanup(second.stop)
+        self.assertNotEqual(second.wait_exit(), 0)
+        self.assertIn(f"another knockserver (pid {first.process.pid})", second.log())
+        self.assertIsNone(first.process.poll(), "the first one runs on")
+        first.stop()
+        self.start()  # the lock went with the first daemon
+
     def test_generate_prints_keyspace_and_writes_0600(self):
         conf = write_config(os.path.join(self.dir, "k.conf"), "server", state_dir="s100")
         out = os.path.join(self.dir, "bob.knock")
