@@ -15,6 +15,14 @@ log = Logger()
 
 CLOSE_GRACE = 2.0
 
+DENIED_AT = 0.02
+"""Seconds after the PROOF at which every DENIED (and ERROR) is sent.  An
+unknown client, a wrong proof and a client whose server copy is unusable
+take a little different work (a few µs, more for a file read); answering
+all at one fixed moment after the PROOF, rather than as soon as decided,
+keeps that difference off the wire, so a stranger cannot tell which
+client ids exist from the time."""
+
 
 class CentralProtocol(LineOnlyReceiver):
     """
@@ -42,12 +50,17 @@ class CentralProtocol(LineOnlyReceiver):
         step = self._handshake.receive(line)
         if isinstance(step, hs.Judge):
             self._cancel_timer()
+            proved_at = self._clock.seconds()
             try:
                 reply = self._server.answer(self.ip, step.client, step.nonce, step.proof, self)
             except Exception:
                 log.failure("answering {client} from {ip}", client=step.client, ip=self.ip)
                 reply = hs.Error("server-error")
             step = self._handshake.judged(reply)
+            if isinstance(reply, (hs.Denied, hs.Error)):
+                delay = max(0.0, proved_at + DENIED_AT - self._clock.seconds())
+                self._timer = self._clock.callLater(delay, self._apply, step)
+                return
         self._apply(step)
 
     def lineLengthExceeded(self, line):

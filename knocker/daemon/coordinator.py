@@ -98,11 +98,20 @@ class KnockServer:
             self._audit.record("locked", ip=ip, client=client, retry_after=refusal.retry_after)
             return hs.Locked(refusal.retry_after)
         # Unknown clients take the same steps as known ones (a state lookup,
-        # a secret id, an HMAC against a random secret) so that the two
-        # denials cost the same time.
+        # a secret id, an HMAC against a random secret); the central port
+        # also sends every DENIED at the same delay after the PROOF, so the
+        # two denials take the same time whatever their work.
         state = self._store.client(client)
         if state is not None:
-            secret = self._book.secret(client, state.secret_id)
+            try:
+                secret = self._book.secret(client, state.secret_id)
+            except KnockFileError as error:
+                # The server's fault, not the client's: no lockout.
+                log.error("cannot use the server's copy for {client}: {error}",
+                          client=client, error=error)
+                self._audit.record("error", ip=ip, client=client, reason="client-file",
+                                   detail=str(error))
+                return hs.Error("server-error")
         else:
             secret = None
             secret_id(self._dummy_secret)

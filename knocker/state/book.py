@@ -70,25 +70,27 @@ class ClientBook:
     def clients(self) -> list[str]:
         return sorted(self._headers)
 
-    def secret(self, client: str, wanted_id: str) -> bytes | None:
+    def secret(self, client: str, wanted_id: str) -> bytes:
         """
         C{client}'s secret, as long as it is the one the state's counter
-        belongs to (C{wanted_id}, see L{knocker.state.sqlite.secret_id}).  A file
-        added or regenerated since startup is read again, so clients can be
-        added without a restart and a regenerated file never inherits the
-        old file's numbering.
+        belongs to (C{wanted_id}, see L{knocker.state.interface.secret_id}).
+        A file added or regenerated since startup is read again, so clients
+        can be added without a restart and a regenerated file never
+        inherits the old file's numbering.
+
+        @raise KnockFileError: the server's copy is missing, unreadable
+            (its owner or mode), malformed, or not the file the counter
+            belongs to; the message names the path.
         """
         header = self._headers.get(client)
         if header is None or secret_id(header.secret) != wanted_id:
-            try:
-                header = parse_header(_read(self.path(client), _HEADER_BYTES), self.path(client))
-            except KnockFileError as error:
-                log.error("client file for {client}: {error}", client=client, error=error)
-                return None
+            path = self.path(client)
+            header = parse_header(_read(path, _HEADER_BYTES), path)
             if header.client != client or secret_id(header.secret) != wanted_id:
-                log.error("{path} does not match the state's counter for {client}; "
-                          "regenerate it", path=self.path(client), client=client)
-                return None
+                raise KnockFileError(
+                    f"{path} is not the file the state's counter for {client!r} belongs to; "
+                    f"run 'knocker generate {client} --force' again"
+                )
             self._headers[client] = header
         return header.secret
 

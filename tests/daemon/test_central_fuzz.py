@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
 from knocker.core import handshake as hs
+from knocker.daemon.central import DENIED_AT
 from tests.helpers.harness import Harness
 
 lines = st.one_of(
@@ -38,6 +39,7 @@ class FuzzCentralTests(SynchronousTestCase):
         proto, transport = h.connect(ip="198.51.100.7")
         for chunk in chunks(data, cuts):
             proto.dataReceived(chunk)
+        h.clock.advance(DENIED_AT)  # a DENIED goes out at its fixed delay
         replies = transport.value().split(b"\n")
         self.assertEqual(replies[-1], b"", "every reply ends its line")
         for line in replies[:-1]:

@@ -69,3 +69,52 @@ class ConnectionBoundTests(SynchronousTestCase):
         self.assertEqual(transport.value(), b"ERROR too-many-connections\n")
         proto, transport = h.connect(ip="2001:db8:5:6::1")
         self.assertEqual(transport.value(), b"")
+
+
+class ServerCopyTests(SynchronousTestCase):
+    """
+    A registered client whose server copy cannot be used is the server's
+    fault: ERROR server-error, logged with the path, and never a lockout.
+    """
+
+    def assert_server_error(self, h):
+        line, *_ = h.handshake()
+        self.assertEqual(line, b"ERROR server-error\n")
+        self.assertEqual(h.tracker_lockouts(), {}, "no lockout")
+        error = h.audit.of("error")[-1]
+        self.assertEqual(error["reason"], "client-file")
+        self.assertIn(h.book.path("alice"), error["detail"])
+        self.assertEqual(h.audit.of("denied"), [])
+
+    def test_missing_copy_after_a_restart(self):
+        import os
+
+        h = Harness(self)
+        os.remove(h.book.path("alice"))
+        h.book._headers.clear()  # as after a restart
+        self.assert_server_error(h)
+
+    def test_copy_others_can_read(self):
+        import os
+
+        h = Harness(self)
+        os.chmod(h.book.path("alice"), 0o644)
+        h.book._headers.clear()
+        self.assert_server_error(h)
+
+
+class DeniedTimingTests(SynchronousTestCase):
+    def test_every_denied_goes_out_at_the_same_delay_after_the_proof(self):
+        from knocker.daemon.central import DENIED_AT
+
+        h = Harness(self, lockout_scope="source")
+        for client, ip in (("alice", "198.51.100.1"), ("mallory", "198.51.100.2")):
+            proto, transport = h.connect(ip=ip)
+            proto.dataReceived(hs.format_hello(client))
+            nonce = hs.parse_reply(transport.value().rstrip(b"\n")).nonce
+            transport.clear()
+            proto.dataReceived(hs.format_proof(hs.hello_mac(BAD_SECRET, client, nonce)))
+            h.clock.advance(DENIED_AT * 0.99)
+            self.assertEqual(transport.value(), b"", f"{client}: not before the delay")
+            h.clock.advance(DENIED_AT * 0.02)
+            self.assertEqual(transport.value(), b"DENIED\n", client)

@@ -18,7 +18,7 @@ from knocker.core.pool import ensure_pool
 from knocker.core.tracker import Policy, Tracker
 from knocker.daemon.actions import MemoryRunner
 from knocker.daemon.audit import MemoryAudit
-from knocker.daemon.central import CentralFactory
+from knocker.daemon.central import DENIED_AT, CentralFactory
 from knocker.daemon.coordinator import KnockServer
 from knocker.files import read_private
 from knocker.state.book import ClientBook
@@ -105,6 +105,8 @@ class Harness:
         if secret is None:
             secret = self.files[client].secret
         proto.dataReceived(hs.format_proof(hs.hello_mac(secret, client, challenge.nonce)))
+        if not transport.value():
+            self.clock.advance(DENIED_AT)  # DENIED goes out at a fixed delay
         return transport.value(), proto, transport, challenge.nonce
 
     def knock(self, client="alice", ip="192.0.2.10", ports=None):
