@@ -228,7 +228,7 @@ class Tracker:
         """
         Judge one accepted connection from C{ip} on pool port C{port}.
         """
-        if self.locked_for(ip) > 0:
+        if self._global_until > self._clock.seconds() or self.locked_for(ip) > 0:
             return HitVerdict.LOCKED
         slot = self._slots.get(ip)
         if slot is None or slot.acting:

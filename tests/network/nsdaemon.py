@@ -136,7 +136,6 @@ class DaemonInNamespace(TestCase):
             "pool-range": "20000-20599",
             "knock-window": "30",
             "lockout": "60",
-            "lockout-scope": "global",
             "on-success": on_success,
             "script-timeout": "5",
             "audit-log": self.audit_path,

@@ -104,7 +104,7 @@ class SpoofTests(DaemonInNamespace):
                          [(attacker, "global")])
 
     def during_a_slot(self, family: int) -> None:
-        self.start_server(family)
+        self.start_server(family, lockout_scope="global")  # the strictest: any real hit counts
         client = self.net.address4["client"] if family == 4 else self.net.address6["client"]
         held = self.hold("client", family)
         self.assertEqual(held.index, 1, held.first)
@@ -148,7 +148,7 @@ class SpoofTests(DaemonInNamespace):
         they start no lockout and the client's knock right after opens.
         Then the control: one real connection from the attacker does.
         """
-        self.start_server()
+        self.start_server(lockout_scope="global")
         knock = self.knock_ports(1)
         targets = knock + self.decoys(knock)
         self.assertResetByClient(4, targets, self.spoof(4, targets))

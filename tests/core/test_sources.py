@@ -1,0 +1,42 @@
+"""
+Which source an address counts under (docs/spec.md section 5).
+"""
+
+import ipaddress
+
+from hypothesis import given
+from hypothesis import strategies as st
+from twisted.trial.unittest import SynchronousTestCase
+
+from knocker.core.sources import Networks, SourceKeys
+
+
+class SourceKeyTests(SynchronousTestCase):
+    def test_ipv4_is_its_own_source(self):
+        self.assertEqual(SourceKeys(64)("192.0.2.7"), "192.0.2.7")
+
+    def test_ipv6_counts_by_prefix(self):
+        keys = SourceKeys(64)
+        self.assertEqual(keys("2001:db8:1:2:ffff::9"), "2001:db8:1:2::/64")
+        self.assertEqual(keys("2001:db8:1:2::1"), keys("2001:db8:1:2:aaaa:bbbb:cccc:dddd"))
+        self.assertNotEqual(keys("2001:db8:1:2::1"), keys("2001:db8:1:3::1"))
+
+    def test_prefix_128_is_the_address(self):
+        self.assertEqual(SourceKeys(128)("2001:db8::1"), "2001:db8::1")
+
+    @given(address=st.integers(min_value=0, max_value=(1 << 128) - 1),
+           prefix=st.integers(min_value=1, max_value=127))
+    def test_agrees_with_the_ipaddress_module(self, address, prefix):
+        ip = str(ipaddress.IPv6Address(address))
+        expected = ipaddress.IPv6Network((ip, prefix), strict=False).with_prefixlen
+        self.assertEqual(SourceKeys(prefix)(ip), expected)
+
+
+class NetworksTests(SynchronousTestCase):
+    def test_membership(self):
+        never = Networks(("192.0.2.0/28", "2001:db8:cafe::/48"))
+        self.assertIn("192.0.2.15", never)
+        self.assertNotIn("192.0.2.16", never)
+        self.assertIn("2001:db8:cafe:1::9", never)
+        self.assertNotIn("not an address", never)
+        self.assertFalse(Networks())
