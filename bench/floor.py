@@ -67,13 +67,20 @@ def floor_once(tools, ports, rate, seconds):
     return {"flood": flood, "accepts": target["accepts"], "cpu_s": round(cpu, 3)}
 
 
+SUMMARY_WAIT = 10.5
+
+
 def count_hits(path, start_offset):
+    """Hits the audit log accounts for: one a "hit" line, plus the counts of
+    the "hits" and "hits-overflow" summaries a flood is written as."""
     n = 0
     with open(path, "rb") as f:
         f.seek(start_offset)
         for line in f:
-            if b'"event":"hit"' in line or b'"event": "hit"' in line:
+            if b'"event":"hit"' in line:
                 n += 1
+            elif b'"event":"hits' in line:
+                n += json.loads(line)["count"]
     return n
 
 
@@ -92,6 +99,7 @@ def knocker_once(peer, tools, ports, rate, seconds):
             break
         last = c
     cpu = peer.daemon_cpu() - cpu0
+    time.sleep(SUMMARY_WAIT)  # summaries of the flood's hits are written 10 s on
     hits = count_hits(audit, offset) if os.path.exists(audit) else None
     return {"flood": flood, "accepts": hits, "cpu_s": round(cpu, 3),
             "audit_hits": hits, "alive": peer.daemon.alive()}
