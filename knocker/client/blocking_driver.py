@@ -13,7 +13,7 @@ import _socket
 import sys
 import time
 
-from knocker.client.knock import Trouble, Unreachable
+from knocker.client.knock import Trouble, Unreachable, over_long_line
 from knocker.core import handshake as hs
 
 
@@ -42,6 +42,10 @@ def plain_tcp(endpoint: str) -> tuple[str, int] | None:
     return host, int(port)
 
 
+def _timed_out() -> OSError:
+    return TimeoutError("timed out")
+
+
 class _Connection:
     def __init__(self, sock):
         self._sock = sock
@@ -55,12 +59,23 @@ class _Connection:
             raise Trouble(f"central connection: {failure}") from None
 
     async def readline(self, timeout: float):
+        """
+        The next line, within C{timeout} in all: the deadline holds across
+        every C{recv}, so a server dripping a byte at a time cannot stretch
+        it.
+
+        @raise hs.ProtocolError: a line longer than the protocol allows.
+        """
         sock = self._sock
-        sock.settimeout(timeout)
+        deadline = time.monotonic() + timeout
         while b"\n" not in self._buffer:
             if len(self._buffer) > hs.MAX_LINE:
-                return b"ERROR line-too-long"
+                raise over_long_line(self._buffer)
+            left = deadline - time.monotonic()
             try:
+                if left <= 0:
+                    raise _timed_out()
+                sock.settimeout(left)
                 data = sock.recv(4096)
             except _socket.timeout:
                 raise Trouble(f"no reply within {timeout:.1f}s") from None
@@ -70,6 +85,8 @@ class _Connection:
                 return None
             self._buffer += data
         line, _, self._buffer = self._buffer.partition(b"\n")
+        if len(line) > hs.MAX_LINE:
+            raise over_long_line(line)
         return line
 
     def close(self) -> None:
@@ -91,14 +108,21 @@ class BlockingDriver:
         if self._verbose:
             print(f"knocker: {message}", file=sys.stderr)
 
-    def _open(self, host: str, port: int, timeout: float):
+    def _open(self, host: str, port: int, deadline: float):
+        """
+        A socket connected to C{host}:C{port} by C{deadline} (monotonic),
+        trying each address in turn within it.
+        """
         last = None
         # Bytes, not str: a str host would load the idna codec (and re).
         for family, kind, proto, _, address in _socket.getaddrinfo(
             host.encode("ascii", "strict"), port, 0, _socket.SOCK_STREAM
         ):
+            left = deadline - time.monotonic()
+            if left <= 0:  # settimeout(0) would make the socket non-blocking
+                raise last or _timed_out()
             sock = _socket.socket(family, kind, proto)
-            sock.settimeout(timeout)
+            sock.settimeout(left)
             try:
                 sock.connect(address)
                 return sock
@@ -110,20 +134,30 @@ class BlockingDriver:
     async def connect(self, endpoint: str, timeout: float) -> _Connection:
         host, port = plain_tcp(endpoint)
         try:
-            sock = self._open(host, port, timeout)
+            sock = self._open(host, port, time.monotonic() + timeout)
             sock.setsockopt(_socket.IPPROTO_TCP, _socket.TCP_NODELAY, 1)
         except OSError as failure:
             raise Unreachable(str(failure) or type(failure).__name__) from None
         return _Connection(sock)
 
     async def hit(self, host: str, port: int, timeout: float) -> None:
+        """
+        Connect and wait for the server's close, within C{timeout} in all
+        (across every C{recv}: a port that drips bytes cannot stretch it).
+        """
+        deadline = time.monotonic() + timeout
         try:
-            sock = self._open(host, port, timeout)
+            sock = self._open(host, port, deadline)
         except OSError as failure:
             raise Trouble(f"knock on port {port}: {failure}") from None
         try:
-            while sock.recv(512):  # the server closes at once: wait for it
-                pass
+            while True:  # the server closes at once: wait for it
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise _timed_out()
+                sock.settimeout(left)
+                if not sock.recv(512):
+                    break
         except ConnectionResetError:
             pass  # closed, abruptly: still closed
         except _socket.timeout:

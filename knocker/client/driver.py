@@ -49,7 +49,11 @@ class IKnockConnection(Interface):
         """Write C{line} (bytes, with its newline)."""
 
     def readline(timeout):
-        """Awaitable: the next line without its newline, or C{None} once closed."""
+        """
+        Awaitable: the next line without its newline, or C{None} once
+        closed.  C{timeout} bounds the whole wait, however the bytes
+        trickle in; an over-long line raises L{knocker.core.handshake.ProtocolError}.
+        """
 
     def close():
         """Hang up."""

@@ -20,6 +20,7 @@ from knocker.core.knockfile import KnockFileError
 from knocker.core.record import Record
 
 BUSY_WAIT_CAP = 30.0
+BUSY_POLL = 1.0
 
 
 class Unreachable(Exception):
@@ -102,19 +103,35 @@ async def knock(io, config, knockfile, uniform=None) -> KnockResult:
     Knock once, retrying BUSY up to C{config.busy_retries} times with a
     growing, jittered pause; log the attempt to C{config.log_file}.
 
+    The whole knock, retries included, ends within C{config.timeout}: one
+    deadline, taken now from C{io.now()}, bounds every connection, line,
+    knock and pause; a wait that would pass it ends the knock as
+    L{Outcome.NO_VERDICT}.
+
     @param uniform: C{uniform(a, b)} for the jitter (default: L{random}).
     """
     started = time.time()
+    deadline = _Deadline(io, config.timeout)
     known = read_checked(config)
     attempts = 0
     while True:
         attempts += 1
-        result = (await _attempt(io, config, knockfile, known)).replace(attempts=attempts)
+        result = (await _attempt(io, config, knockfile, known, deadline)).replace(attempts=attempts)
         if result.outcome is not Outcome.BUSY or attempts > config.busy_retries:
             break
         if uniform is None:
             from random import uniform
-        wait = min(BUSY_WAIT_CAP, result.retry_after * attempts) * uniform(1.0, 1.5)
+        # BUSY's seconds are what is left of the other knock's window, but a
+        # knock rarely takes more than a fraction of a second: poll sooner.
+        wait = min(BUSY_WAIT_CAP, result.retry_after, BUSY_POLL * attempts) * uniform(1.0, 1.5)
+        if wait >= deadline.remaining():
+            result = KnockResult(
+                Outcome.NO_VERDICT,
+                deadline.passed_message(f"before the retry in {wait:.1f}s ({result.detail})",
+                                        would=True),
+                attempts=attempts, retry_after=result.retry_after,
+            )
+            break
         io.say(f"server busy; retrying in {wait:.1f}s")
         await io.sleep(wait)
     log_attempt(config, knockfile.client, started, result)
@@ -125,29 +142,53 @@ async def knock(io, config, knockfile, uniform=None) -> KnockResult:
 
 
 class _Deadline:
-    def __init__(self, io, seconds):
+    """
+    The end of the client's C{timeout}, on the driver's clock.
+    """
+
+    # A driver's timer may fire a hair before the deadline as this clock
+    # reads it (float rounding): that close counts as reached.
+    SLACK = 0.01
+
+    def __init__(self, io, seconds: float):
         self._io = io
+        self.seconds = seconds
         self._end = io.now() + seconds
 
-    def left(self) -> float:
-        left = self._end - self._io.now()
-        if left <= 0:
-            raise Trouble("the client's timeout passed")
-        return left
+    def remaining(self) -> float:
+        return self._end - self._io.now()
+
+    def passed(self) -> bool:
+        return self.remaining() <= self.SLACK
+
+    def bound(self, seconds: float) -> float:
+        """
+        C{seconds}, or less if the deadline comes first.
+        """
+        return max(0.0, min(seconds, self.remaining()))
+
+    def passed_message(self, doing: str, would: bool = False) -> str:
+        verb = "would pass" if would else "passed"
+        return f"the client's timeout of {self.seconds:g}s {verb} {doing}"
 
 
-async def _attempt(io, config, knockfile, known) -> KnockResult:
-    deadline = _Deadline(io, config.timeout)
+async def _attempt(io, config, knockfile, known, deadline) -> KnockResult:
+    if deadline.passed():
+        return KnockResult(Outcome.NO_VERDICT, deadline.passed_message("before connecting"))
     try:
-        conn = await io.connect(config.server, min(config.connect_timeout, deadline.left()))
+        conn = await io.connect(config.server, deadline.bound(config.connect_timeout))
     except (Unreachable, Trouble) as failure:
+        if deadline.passed():  # cut short by the deadline, not refused
+            return KnockResult(Outcome.NO_VERDICT, deadline.passed_message(
+                f"while connecting to {config.server} ({failure})"))
         return KnockResult(Outcome.UNREACHABLE, f"{config.server}: {failure}")
     machine = hs.ClientHandshake(knockfile)
     index, ports = None, ()
+    doing = "while waiting for the server's reply"
     try:
         conn.send(machine.hello().line)
         while True:
-            line = await conn.readline(deadline.left())
+            line = await conn.readline(deadline.bound(config.timeout))
             if line is None:
                 return KnockResult(Outcome.NO_VERDICT, "connection closed", index, ports)
             action = machine.receive(line)
@@ -158,12 +199,17 @@ async def _attempt(io, config, knockfile, known) -> KnockResult:
                 index, ports = action.index, action.ports
                 io.say(f"granted knock {index}: knocking {conn.peer_host} ports {ports}")
                 for port in ports:
-                    await io.hit(conn.peer_host, port, min(config.connect_timeout, deadline.left()))
+                    doing = f"while knocking port {port}"
+                    await io.hit(conn.peer_host, port, deadline.bound(config.connect_timeout))
+                doing = "while waiting for the server's verdict"
             else:
                 return _result(action.reply, index, ports)
     except hs.ProtocolError as failure:
         return KnockResult(Outcome.BAD_SERVER, str(failure), index, ports)
     except Trouble as failure:
+        if deadline.passed():
+            detail = deadline.passed_message(f"{doing} ({failure})")
+            return KnockResult(Outcome.NO_VERDICT, detail, index, ports)
         return KnockResult(Outcome.NO_VERDICT, str(failure), index, ports)
     except Unreachable as failure:
         return KnockResult(Outcome.UNREACHABLE, f"{config.server}: {failure}")
@@ -173,6 +219,19 @@ async def _attempt(io, config, knockfile, known) -> KnockResult:
         return KnockResult(Outcome.BAD_FILE, str(failure), machine.granted_index)
     finally:
         conn.close()
+
+
+def over_long_line(data: bytes) -> hs.ProtocolError:
+    """
+    What a driver raises for a line from the server longer than the protocol
+    allows (C{data}: the line, or what has come without a newline so far):
+    the server broke the protocol (L{Outcome.BAD_SERVER}), it did not answer
+    C{ERROR}.
+    """
+    return hs.ProtocolError(
+        f"the server sent an over-long line: more than {hs.MAX_LINE} bytes without a newline "
+        f"({len(data)} received; it began {bytes(data[:24])!r})"
+    )
 
 
 def _result(reply, index, ports) -> KnockResult:

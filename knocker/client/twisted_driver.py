@@ -9,7 +9,7 @@ from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.protocols.basic import LineOnlyReceiver
 
-from knocker.client.knock import KnockResult, Outcome, Trouble, Unreachable
+from knocker.client.knock import KnockResult, Outcome, Trouble, Unreachable, over_long_line
 from knocker.client.knock import knock as _knock
 from knocker.core import handshake as hs
 
@@ -37,7 +37,9 @@ class _Lines(LineOnlyReceiver):
         self.lines.put(line)
 
     def lineLengthExceeded(self, line):
-        self.lines.put(b"ERROR line-too-long")
+        # The server broke the protocol: readline raises this, before the
+        # None that the close puts after it.
+        self.lines.put(over_long_line(line))
         self.transport.loseConnection()
 
     def connectionLost(self, reason):
@@ -68,6 +70,8 @@ class _Connection:
             line = await waiting
         except defer.TimeoutError:
             raise Trouble(f"no reply within {timeout:.1f}s") from None
+        if isinstance(line, hs.ProtocolError):
+            raise line
         if line is None and self._lines.tls_failure is not None:
             raise Unreachable(f"TLS handshake failed: {_describe(self._lines.tls_failure)}")
         return line
@@ -164,7 +168,10 @@ class TwistedDriver:
         hit.done.addTimeout(timeout, self._reactor)
         try:
             await hit.done
-        except (error.ConnectError, defer.TimeoutError, OSError) as failure:
+        except defer.TimeoutError:
+            connector.disconnect()
+            raise Trouble(f"knock on port {port}: not closed within {timeout:.1f}s") from None
+        except (error.ConnectError, OSError) as failure:
             connector.disconnect()
             raise Trouble(f"knock on port {port}: {failure}") from None
 

@@ -60,6 +60,46 @@ class ScriptedConnection:
         pass
 
 
+class TimedIO(ScriptedIO):
+    """
+    A L{ScriptedIO} that records the timeout given to each wait, and can
+    make a wait take all of it (the clock moves on, then the wait fails).
+    """
+
+    stall_hit = None
+    stall_connect = False
+
+    def __init__(self, *scripts):
+        super().__init__(*scripts)
+        self.timeouts = []
+
+    async def connect(self, endpoint, timeout):
+        from knocker.client.knock import Unreachable
+
+        self.timeouts.append(("connect", timeout))
+        if self.stall_connect:
+            self.clock += timeout
+            raise Unreachable("timed out")
+        if not self.scripts:
+            raise Unreachable("connection refused")
+        return TimedConnection(self, list(self.scripts.pop(0)))
+
+    async def hit(self, host, port, timeout):
+        from knocker.client.knock import Trouble
+
+        self.timeouts.append(("hit", timeout))
+        if port == self.stall_hit:
+            self.clock += timeout
+            raise Trouble(f"knock on port {port}: the server did not close it")
+        self.hits.append(port)
+
+
+class TimedConnection(ScriptedConnection):
+    async def readline(self, timeout):
+        self._io.timeouts.append(("readline", timeout))
+        return await super().readline(timeout)
+
+
 def grant(index):
     return f"GRANT {index} 10 {hs.grant_mac(SECRET, 'alice', NONCE, index)}".encode()
 
@@ -81,12 +121,17 @@ class KnockCoroutineTests(SynchronousTestCase):
         self.assertEqual(io.sent[0], b"KNOCKER/1 HELLO alice\n")
         self.assertEqual(io.sent[1], f"PROOF {hs.hello_mac(SECRET, 'alice', NONCE)}\n".encode())
 
-    def test_busy_is_retried_with_growing_waits_up_to_the_bound(self):
+    def test_busy_is_polled_sooner_than_the_other_knocks_window(self):
+        """
+        BUSY 4 is what is left of another knock's window, which usually
+        ends far sooner: the client polls after 1 s, then 2 s (growing, and
+        never past what BUSY said).
+        """
         busy = [f"CHALLENGE {NONCE}".encode(), b"BUSY 4"]
-        io = ScriptedIO(busy, busy, busy)
-        result = self.run_knock(io, **{"busy-retries": 2})
-        self.assertEqual((result.outcome, result.attempts), (Outcome.BUSY, 3))
-        self.assertEqual(io.sleeps, [4.0, 8.0])
+        io = ScriptedIO(busy, busy, busy, busy)
+        result = self.run_knock(io, **{"busy-retries": 3})
+        self.assertEqual((result.outcome, result.attempts), (Outcome.BUSY, 4))
+        self.assertEqual(io.sleeps, [1.0, 2.0, 3.0])
         self.assertEqual(io.hits, [])
 
     def test_full_central_port_is_retried_like_busy(self):
@@ -102,6 +147,53 @@ class KnockCoroutineTests(SynchronousTestCase):
         result = self.run_knock(io)
         self.assertEqual(result.outcome, Outcome.BAD_SERVER)
         self.assertEqual(io.hits, [])
+
+    def test_busy_wait_past_the_timeout_ends_the_knock_without_waiting(self):
+        """
+        The client's timeout covers the retries: a pause that would pass it
+        is not taken, and the knock ends with no verdict (exit 14).
+        """
+        busy = [f"CHALLENGE {NONCE}".encode(), b"BUSY 4"]
+        io = ScriptedIO(busy, busy, busy)
+        result = self.run_knock(io, **{"busy-retries": 2, "timeout": 2.5})
+        self.assertEqual((result.outcome, result.attempts), (Outcome.NO_VERDICT, 2))
+        self.assertEqual(io.sleeps, [1.0])  # 1 s fits in 2.5; the next 2 s does not
+        self.assertIn("the client's timeout of 2.5s would pass before the retry in 2.0s",
+                      result.detail)
+
+    def test_every_wait_is_bounded_by_what_is_left_of_the_timeout(self):
+        """
+        One deadline for the whole knock: after a 1 s pause, the second
+        attempt's connect, lines and hits get at most the 9 s left of 10.
+        """
+        busy = [f"CHALLENGE {NONCE}".encode(), b"BUSY 4"]
+        io = TimedIO(busy, [f"CHALLENGE {NONCE}".encode(), grant(1), b"OPEN"])
+        result = self.run_knock(io, **{"timeout": 10, "connect-timeout": 9.5})
+        self.assertEqual((result.outcome, result.attempts), (Outcome.OPEN, 2))
+        first, second = io.timeouts[:3], io.timeouts[3:]
+        self.assertEqual(first, [("connect", 9.5), ("readline", 10.0), ("readline", 10.0)])
+        self.assertEqual(second, [("connect", 9.0)] + [("readline", 9.0)] * 2
+                         + [("hit", 9.0)] * 3 + [("readline", 9.0)])
+
+    def test_timeout_passing_in_a_wait_is_no_verdict_saying_so(self):
+        io = TimedIO([f"CHALLENGE {NONCE}".encode(), grant(1), b"OPEN"])
+        io.stall_hit = 2  # the second port takes all the time left
+        result = self.run_knock(io, **{"timeout": 10, "connect-timeout": 20})
+        self.assertEqual((result.outcome, result.index), (Outcome.NO_VERDICT, 1))
+        self.assertIn("the client's timeout of 10s passed while knocking port 2", result.detail)
+        self.assertEqual(io.clock, 10.0)
+
+    def test_connect_cut_short_by_the_timeout_is_no_verdict(self):
+        io = TimedIO()
+        io.stall_connect = True
+        result = self.run_knock(io, **{"timeout": 3, "connect-timeout": 5})
+        self.assertEqual(result.outcome, Outcome.NO_VERDICT)
+        self.assertIn("the client's timeout of 3s passed while connecting", result.detail)
+
+    def test_connect_refused_is_still_unreachable(self):
+        io = TimedIO()
+        result = self.run_knock(io)  # no script: refused at once
+        self.assertEqual(result.outcome, Outcome.UNREACHABLE)
 
     def test_each_fail_reason_has_its_own_outcome(self):
         for reason, outcome in [("wrong-port", Outcome.WRONG_PORT), ("timeout", Outcome.TIMEOUT),
