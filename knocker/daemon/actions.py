@@ -15,6 +15,8 @@ from twisted.internet import defer
 from twisted.internet.interfaces import IReadDescriptor
 from zope.interface import implementer
 
+from knocker.daemon.proctree import descendants
+
 OUTPUT_LIMIT = 64 * 1024
 PIPE_GRACE = 0.2  # seconds to collect output after the program exits
 EXIT_POLL = 0.05  # seconds between exit checks where there is no pidfd
@@ -328,11 +330,19 @@ class _Child:
             self._exited(status)
             return
         self._timed_out = True
+        # Found first: a descendant that made a session of its own (setsid)
+        # has left the group, but its parent links still lead here.
+        strays = descendants(self.pid)
         try:
             # The program leads a session of its own: its group is its pid.
             os.killpg(self.pid, signal.SIGKILL)
         except OSError:  # gone already, or no longer ours to kill
             pass
+        for pid in strays:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
         # Anything that escaped the group may hold our pipes; do not wait.
         self._close_pipes()
 

@@ -1,93 +1,327 @@
 """
 The audit log (docs/spec.md section 7): one JSON object a line, one line an event.
 
-Each event is written with a single C{write} on a file opened C{O_APPEND}, so
-a crash can tear at most the line being written and nothing is held in a
-buffer that a flood could grow.  Readers use L{read_audit}, which skips a
-torn last line.
+Whole lines
+===========
+
+Each event is written with a single C{write} on a file opened C{O_APPEND},
+so nothing is held in a buffer that a flood could grow.  Every line in the
+file is whole or absent, wherever it falls:
+
+  - a crash can tear only the line being written; the next open cuts the
+    fragment off and keeps it inside an C{audit-repaired} event;
+  - a short write (a full filesystem: the kernel wrote part of the line)
+    is finished if the rest goes through at once; if not, the file is cut
+    back (C{ftruncate}) to its size before the line, found with C{fstat}
+    right after the short write (the fd appends, so the fragment is the
+    file's last C{written} bytes; an C{fstat} then, rather than a size
+    counted since the open, stays right if someone else truncated the
+    file meanwhile).  The event is lost and counted in C{dropped}.  If
+    even the cut fails, the missing rest of the line is kept (one line at
+    most) and written before anything else, so the torn line is completed
+    instead of glued to the next one.  A failed C{write} (C{ENOSPC} raised)
+    wrote nothing and needs no repair.
+
+Readers use L{read_audit}, which skips only a torn last line (a crash).
+
+A bound on hit lines
+====================
+
+A connect flood must not fill the disk, yet every hit is accounted for.
+L{knocker.daemon.hitsummary} holds that accounting: a budget of
+C{hit_rate} hit lines a second, and past it per-C{(ip, port)} C{hits}
+summaries every 10 seconds, in a bounded table with one C{hits-overflow}
+line beyond.  This module writes what it gives, and guards the free space:
+
+  - B{Free space.}  At most once a second (on a hit or a flush), C{statvfs}
+    of the log's directory: with less than C{min_free_mib} MiB available
+    (C{f_bavail}), no hit line is written; hits are only summarised, with
+    the table bound cut to C{LOW_SPACE_KEYS} (100) keys an interval.
+    Entering that state writes one C{audit-low-space} event (and a daemon
+    log warning), leaving it one C{audit-space-ok} event.  C{min_free_mib}
+    0 turns the check off.
+  - A hit line whose write fails is summarised instead, and summaries whose
+    write fails stay in the (bounded) table for the next flush, so a full
+    disk does not lose the count of hits while the process lives.
+    L{AuditLog.close} stops the flush timer and writes what is pending.
+
+Every hit is therefore in exactly one place: its own C{hit} line, the
+C{count} of a C{hits} line, or the C{count} of a C{hits-overflow} line.
+All other events (grant, open, fail, lockout, denied, script, close,
+start, stop, ...) are always written one by one, whatever the budget and
+the free space.
 """
 
+import errno
 import json
 import os
 
 from twisted.logger import Logger
 
 from knocker.core.isotime import iso_time
+from knocker.daemon.hitsummary import SUMMARY_KEYS, HitSummary
 
 log = Logger()
+
+MIB = 1024 * 1024
+
+_OPEN_FLAGS = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
 
 
 class AuditLog:
     """
-    Append events to C{path} (created 0600).  Time comes from C{clock}.
+    Append events to C{path} (created 0600).  Time comes from C{wall} (a
+    function giving POSIX seconds: the lines' times, the budget, the free
+    space's once a second), by default C{clock.seconds}; C{clock} (an
+    C{IReactorTime}) also runs the summary flush (C{callLater}).  A daemon
+    whose reactor runs on the monotonic clock passes C{wall=time.time}.
+
+    @param hit_rate: hit lines a second written one by one (the config's
+        C{audit-hit-rate}); past that, hits are summarised.
+    @param min_free_mib: MiB that must stay available on the log's
+        filesystem for hit lines to be written (C{audit-min-free}); 0: no
+        check.
+    @param statvfs: C{os.statvfs}, or a stand-in for tests.
+    @param summary_keys: the bound on summarised C{(ip, port)} keys an
+        interval.
     """
 
-    def __init__(self, path: str, clock):
+    def __init__(self, path: str, clock, hit_rate: int = 100, min_free_mib: int = 100,
+                 statvfs=os.statvfs, summary_keys: int = SUMMARY_KEYS, wall=None):
         self.path = path
-        self._clock = clock
-        torn = _cut_torn_tail(path)
-        self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        self._directory = os.path.dirname(os.path.abspath(path))
+        self._statvfs = statvfs
+        self._now = wall or clock.seconds
+        self._hits = HitSummary(clock, self._flush, hit_rate, self._now(), summary_keys)
+        self._min_free = min_free_mib * MIB
+        self._low = False
+        self._space_checked = float("-inf")
+        self._rest = b""          # the unwritten end of a torn line we could not cut
+        self._failing = False
         self.dropped = 0
         self._second = None
         self._prefix = ""
+        torn = _cut_torn_tail(path)
+        self._fd = os.open(path, _OPEN_FLAGS, 0o600)
         if torn is not None:
             # Keep the fragment as evidence, inside a valid line.
             self.record("audit-repaired", fragment=torn.decode("utf-8", "replace"))
             log.warn("audit log {path} ended in a torn line (a crash mid-write); "
                      "kept it as an audit-repaired event", path=path)
 
+    # Writing.
+
     def record(self, event: str, **fields) -> None:
-        entry = {"time": iso_time(self._clock.seconds()), "event": event}
-        entry.update(fields)
-        line = (json.dumps(entry, separators=(",", ":")) + "\n").encode("utf-8")
-        try:
-            os.write(self._fd, line)
-        except OSError as error:
-            # A full disk must not stop the daemon; say so in the daemon log.
+        if not self._append(self._line(event, fields)):
             self.dropped += 1
-            log.error("audit log {path} write failed ({error}); {n} events lost",
-                      path=self.path, error=error, n=self.dropped)
+
+    def _line(self, event: str, fields: dict) -> bytes:
+        entry = {"time": iso_time(self._now()), "event": event}
+        entry.update(fields)
+        return (json.dumps(entry, separators=(",", ":")) + "\n").encode("utf-8")
 
     def hit(self, ip: str, src_port: int, port: int, outcome: str) -> None:
         """
-        L{record} for the hot path: a hit line formatted directly (the
-        address comes from the kernel, so it needs no escaping) with the
-        time's date part cached per second.
+        One hit (the hot path): a line of its own while the budget and the
+        free space allow, formatted directly (the address comes from the
+        kernel, so it needs no escaping) with the time's date part cached
+        per second; otherwise counted in the summaries.
         """
-        now = self._clock.seconds()
+        now = self._now()
+        hits = self._hits
+        if not hits.take(now):
+            # over budget, or short of space (no budget then)
+            if self._low and not 0.0 <= now - self._space_checked < 1.0:
+                self._check_space(now)
+                if not self._low:  # space is back, and with it the whole budget
+                    return self.hit(ip, src_port, port, outcome)
+            # _summarise, inline: one call less a hit in a flood (due here even
+            # after a check above, if that check's event failed to write)
+            if not 0.0 <= now - self._space_checked < 1.0:
+                self._check_space(now)
+            hits.add(ip, port, outcome, now)
+            return
         second = int(now)
         if second != self._second:
+            # at most once a second: the time's date part, and the free space
             self._second = second
             self._prefix = iso_time(second)[:20]
-        micros = min(999999, int((now - second) * 1e6))
+            if not 0.0 <= now - self._space_checked < 1.0:
+                self._check_space(now)
+                if self._low:  # (which took the budget away)
+                    self._summarise(ip, port, outcome, now)
+                    return
+        micros = int((now - second) * 1e6)
+        if micros > 999999:  # (not min(): this is the hot path)
+            micros = 999999
         line = (
             f'{{"time":"{self._prefix}{micros:06d}Z","event":"hit","ip":"{ip}",'
             f'"src_port":{src_port},"port":{port},"outcome":"{outcome}"}}\n'
         )
-        try:
-            os.write(self._fd, line.encode("ascii"))
+        data = line.encode("ascii")
+        if self._failing:  # (also while a torn line's rest is pending)
+            if not self._append(data):
+                self._summarise(ip, port, outcome, now)
+            return
+        try:  # _append's fast path, inline
+            written = os.write(self._fd, data)
         except OSError as error:
-            self.dropped += 1
-            log.error("audit log {path} write failed ({error}); {n} events lost",
-                      path=self.path, error=error, n=self.dropped)
+            self._failed(error)
+            self._summarise(ip, port, outcome, now)
+            return
+        if written != len(data) and not self._short_write(data, written):
+            self._summarise(ip, port, outcome, now)
 
-    def reopen(self) -> None:
+    def _append(self, data: bytes) -> bool:
+        """
+        Write C{data} (one line) whole, or leave the file as it was.
+        """
+        if self._rest and not self._complete_torn_line():
+            return self._failed(OSError(errno.ENOSPC, "torn line still pending"))
+        try:
+            written = os.write(self._fd, data)
+        except OSError as error:
+            return self._failed(error)  # nothing was written
+        if written != len(data):
+            return self._short_write(data, written)
+        if self._failing:
+            self._failing = False
+            log.info("audit log {path} writable again ({n} events lost in all)",
+                     path=self.path, n=self.dropped)
+        return True
+
+    def _short_write(self, data: bytes, written: int) -> bool:
+        error = OSError(errno.ENOSPC, "short write")
+        try:
+            while written < len(data):
+                more = os.write(self._fd, data[written:])
+                if more <= 0:
+                    break
+                written += more
+        except OSError as raised:
+            error = raised
+        if written == len(data):
+            return True
+        # The file ends in data[:written]: cut it off, or keep the rest.
+        try:
+            os.ftruncate(self._fd, os.fstat(self._fd).st_size - written)
+        except OSError as cut_error:
+            self._rest = data[written:]
+            log.error("audit log {path}: a line was torn ({error}) and cannot be cut off "
+                      "({cut_error}); its rest will be written before the next event",
+                      path=self.path, error=error, cut_error=cut_error)
+        return self._failed(error)
+
+    def _complete_torn_line(self) -> bool:
+        """
+        Write the rest of the torn line that could not be cut off, so the
+        next event starts on a line of its own.
+        """
+        try:
+            written = os.write(self._fd, self._rest)
+        except OSError:
+            return False
+        self._rest = self._rest[written:]
+        return not self._rest
+
+    def _failed(self, error: OSError) -> bool:
+        # A full disk must not stop the daemon; say so in the daemon log,
+        # once a run of failures, and look at the free space at the next hit.
+        self._space_checked = float("-inf")
+        if not self._failing:
+            self._failing = True
+            log.error("audit log {path} write failed ({error}); events are lost (hits "
+                      "are counted in summaries) until writes succeed again",
+                      path=self.path, error=error)
+        return False
+
+    # The summaries, the free space.
+
+    def _summarise(self, ip: str, port: int, outcome: str, now: float) -> None:
+        """
+        Count a hit in the summaries, after a look at the free space if it
+        is due (at once after a failed write).
+        """
+        if not 0.0 <= now - self._space_checked < 1.0:
+            self._check_space(now)
+        self._hits.add(ip, port, outcome, now)
+
+    def _flush(self) -> None:
+        """
+        Write the summaries (the timer's call, and L{close}'s), after a look
+        at the free space if it is due.
+        """
+        now = self._now()
+        if not 0.0 <= now - self._space_checked < 1.0:
+            self._check_space(now)
+        self._hits.drain(self._write)
+
+    def _write(self, event: str, fields: dict) -> bool:
+        return self._append(self._line(event, fields))
+
+    def _check_space(self, now: float) -> None:
+        self._space_checked = now
+        if not self._min_free:
+            return
+        try:
+            stat = self._statvfs(self._directory)
+        except OSError as error:
+            log.warn("audit log {path}: cannot read the free space ({error})",
+                     path=self.path, error=error)
+            return
+        free = stat.f_bavail * stat.f_frsize
+        low = free < self._min_free
+        if low == self._low:
+            return
+        self._low = low
+        self._hits.set_low(low)
+        fields = {"free_mib": free // MIB, "min_free_mib": self._min_free // MIB}
+        if low:
+            self.record("audit-low-space", **fields)
+            log.warn("audit log {path}: {free} MiB free, under audit-min-free ({min} MiB); "
+                     "hits are only counted in summaries until space returns",
+                     path=self.path, free=fields["free_mib"], min=fields["min_free_mib"])
+        else:
+            self.record("audit-space-ok", **fields)
+            log.info("audit log {path}: {free} MiB free again; hit lines resume",
+                     path=self.path, free=fields["free_mib"])
+
+    # The file.
+
+    def reopen(self) -> bool:
         """
         Switch to a fresh open of C{path}, after logrotate (or anyone) moved
         the file: events go to the new file from the next one on.  If the
-        path cannot be opened, keep writing to the old file and say why.
+        path cannot be opened, keep writing to the old file, say why, and
+        return C{False}.
         """
         try:
-            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            fd = os.open(self.path, _OPEN_FLAGS, 0o600)
         except OSError as error:
             log.error("audit log {path} cannot be reopened ({error}); still writing to "
                       "the file opened before", path=self.path, error=error)
-            return
+            return False
+        if self._rest:
+            self._complete_torn_line()  # if not, the old file's next open repairs it
+            self._rest = b""
         old, self._fd = self._fd, fd
         os.close(old)
+        self._space_checked = float("-inf")  # perhaps another filesystem
         self.record("audit-reopened")
+        return True
 
     def close(self) -> None:
+        """
+        Flush the pending summaries and close the file.
+        """
+        if self._hits.pending:
+            self._flush()
+        lost = self._hits.close()
+        if lost:
+            log.error("audit log {path}: {n} summarised hits could not be written",
+                      path=self.path, n=lost)
+        if self._rest:
+            self._complete_torn_line()
         os.close(self._fd)
 
 
@@ -117,7 +351,8 @@ def _cut_torn_tail(path: str) -> bytes | None:
 
 class MemoryAudit:
     """
-    An audit sink for tests: the events as dicts, without the time.
+    An audit sink for tests: the events as dicts, without the time.  It does
+    not summarise: every hit is a C{hit} event.
     """
 
     def __init__(self):

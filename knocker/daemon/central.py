@@ -4,6 +4,9 @@ L{knocker.core.handshake.ServerHandshake}, which decides what each line
 means, and the coordinator, which decides the verdict.
 """
 
+import select
+import time
+
 from twisted.internet import protocol
 from twisted.logger import Logger
 from twisted.protocols.basic import LineOnlyReceiver
@@ -22,6 +25,20 @@ take a little different work (a few µs, more for a file read); answering
 all at one fixed moment after the PROOF, rather than as soon as decided,
 keeps that difference off the wire, so a stranger cannot tell which
 client ids exist from the time."""
+
+PRECISE_EARLY = 0.002
+"""The reactor's timers are not precise enough for that: epoll rounds its
+timeout up to whole milliseconds from the moment the reactor went to
+sleep, so the reply would still leave later by the work done before.  In
+the daemon a DENIED's timer fires this much early and the last stretch is
+slept on the monotonic clock (at most this long; a DENIED is rare, since
+each one locks its source out)."""
+
+
+def _sleep_until(moment: float) -> None:
+    remaining = moment - time.monotonic()
+    if 0 < remaining <= PRECISE_EARLY:
+        select.select([], [], [], remaining)  # a relative wait, to the microsecond
 
 
 class CentralProtocol(LineOnlyReceiver):
@@ -58,13 +75,18 @@ class CentralProtocol(LineOnlyReceiver):
                 reply = hs.Error("server-error")
             step = self._handshake.judged(reply)
             if isinstance(reply, (hs.Denied, hs.Error)):
-                delay = max(0.0, proved_at + DENIED_AT - self._clock.seconds())
-                self._timer = self._clock.callLater(delay, self._apply, step)
+                moment = proved_at + DENIED_AT
+                wake = max(0.0, moment - self.factory.early - self._clock.seconds())
+                self._timer = self._clock.callLater(wake, self._send_at, moment, step)
                 return
         self._apply(step)
 
     def lineLengthExceeded(self, line):
         self._apply(self._handshake.fault("line-too-long"))
+
+    def _send_at(self, moment: float, step: hs.Respond) -> None:
+        self.factory.wait_until(moment)
+        self._apply(step)
 
     def finish(self, reply: hs.Reply) -> None:
         """
@@ -106,8 +128,15 @@ class CentralFactory(protocol.Factory):
     cannot take every place.
     """
 
+    early = 0.0
+    """How much before its moment a DENIED's timer fires, for L{wait_until}
+    to finish the wait precisely (the daemon: L{PRECISE_EARLY})."""
+
     def __init__(self, server, clock, max_connections: int, timeout: float,
-                 max_per_source: int | None = None):
+                 max_per_source: int | None = None, precise_time: bool = False):
+        if precise_time:
+            self.early = PRECISE_EARLY
+            self.wait_until = _sleep_until
         self._server = server
         self._clock = clock
         self._max = max_connections
@@ -129,6 +158,10 @@ class CentralFactory(protocol.Factory):
         proto.factory = self
         proto.source = source
         return proto
+
+    @staticmethod
+    def wait_until(moment: float) -> None:
+        """Tests' clocks need no finishing: the timer fired on the moment."""
 
     def connection_ended(self, proto: CentralProtocol) -> None:
         self.connections -= 1

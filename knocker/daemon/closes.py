@@ -13,13 +13,16 @@ CLOSE_RETRY = 60.0
 
 class CloseSchedule:
     """
-    Pending closes: C{store} keeps them across restarts, C{clock} times
-    them, C{run_close(ip, client, index)} runs the program and fires with
-    its L{knocker.daemon.actions.ActionResult}, C{audit} records each run.
+    Pending closes: C{store} keeps them across restarts with their due
+    time as wall time (C{wall}, a L{knocker.daemon.clock.WallTime}),
+    C{clock} times them, C{run_close(ip, client, index)} runs the program
+    and fires with its L{knocker.daemon.actions.ActionResult}, C{audit}
+    records each run.
     """
 
-    def __init__(self, clock, store, run_close, audit, retry: float = CLOSE_RETRY):
+    def __init__(self, clock, wall, store, run_close, audit, retry: float = CLOSE_RETRY):
         self._clock = clock
+        self._wall = wall
         self._store = store
         self._run_close = run_close
         self._audit = audit
@@ -44,7 +47,7 @@ class CloseSchedule:
         previous = self._timers.pop(close_id, None)
         if previous is not None and previous.active():
             previous.cancel()
-        delay = max(0.0, due - self._clock.seconds())
+        delay = max(0.0, due - self._wall.now())
         self._timers[close_id] = self._clock.callLater(
             delay, self._run, close_id, ip, client, index)
 
@@ -82,4 +85,4 @@ class CloseSchedule:
             # The door may still be open: keep the close and try again.
             log.error("on-close for {client} at {ip} failed; retrying in {s}s",
                       client=client, ip=ip, s=self._retry)
-            self.schedule(close_id, self._clock.seconds() + self._retry, ip, client, index)
+            self.schedule(close_id, self._wall.now() + self._retry, ip, client, index)

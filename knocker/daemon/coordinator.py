@@ -18,6 +18,7 @@ from knocker.core.knockfile import KnockFileError
 from knocker.core.sources import normalise_ip
 from knocker.core.tracker import GLOBAL, HitVerdict, Lockout, Slot, Tracker
 from knocker.daemon.actions import action_env
+from knocker.daemon.clock import WallTime
 from knocker.daemon.closes import CloseSchedule
 from knocker.state.interface import secret_id
 
@@ -43,9 +44,11 @@ class KnockServer:
     C{audit}, and the C{tracker}, whose observer it becomes.
     """
 
-    def __init__(self, config, clock, store, book, runner, audit, tracker: Tracker):
+    def __init__(self, config, clock, store, book, runner, audit, tracker: Tracker,
+                 wall: WallTime | None = None):
         self.config = config
         self._clock = clock
+        self._wall = wall or WallTime(clock)
         self._store = store
         self._book = book
         self._runner = runner
@@ -57,7 +60,7 @@ class KnockServer:
         tracker.observer = self
         self._lockout_flush = None
         self.closes = CloseSchedule(
-            clock, store,
+            clock, self._wall, store,
             lambda ip, client, index: self._run("on-close", (config.on_close,), ip, client, index),
             audit,
         )
@@ -70,8 +73,8 @@ class KnockServer:
         """
         Reinstate lockouts and pending close actions from the state.
         """
-        for key, until in self._store.lockouts(self._clock.seconds()).items():
-            self.tracker.restore_lockout(key, until)
+        for key, until in self._store.lockouts(self._wall.now()).items():
+            self.tracker.restore_lockout(key, self._wall.from_wall(until))
             log.warn("lockout of {key} still in force from before the restart", key=key)
         pending = self._store.pending_closes()
         if pending and not self.config.on_close:
@@ -191,7 +194,7 @@ class KnockServer:
             if self.config.on_close:
                 # Recorded before on-success runs, so a crash in between still
                 # closes; scheduled only once on-success has finished.
-                due = self._clock.seconds() + self.config.open_duration + self.config.script_timeout
+                due = self._wall.now() + self.config.open_duration + self.config.script_timeout
                 close_id = self.closes.record(due, slot.ip, slot.client, slot.index)
             d = self._run("on-success", self._success, slot.ip, slot.client, slot.index)
         except Exception:
@@ -207,7 +210,7 @@ class KnockServer:
         """
         self.tracker.release(slot)
         if close_id is not None:
-            due = self._clock.seconds() + self.config.open_duration
+            due = self._wall.now() + self.config.open_duration
             self.closes.schedule(close_id, due, slot.ip, slot.client, slot.index)
         if result is not None and result.ok:
             self._audit.record("open", ip=slot.ip, client=slot.client, index=slot.index)
@@ -229,7 +232,7 @@ class KnockServer:
     def lockout_started(self, lockout: Lockout) -> None:
         if lockout.key == GLOBAL:
             try:
-                self._store.set_lockout(GLOBAL, lockout.until)
+                self._store.set_lockout(GLOBAL, self._wall.to_wall(lockout.until))
             except Exception:
                 log.failure("saving the lockout (it holds until a restart)")
         elif self._lockout_flush is None:
@@ -253,7 +256,8 @@ class KnockServer:
         changes = self.tracker.take_changes()
         if changes:
             try:
-                self._store.save_lockouts({key: until for key, until, _ in changes})
+                self._store.save_lockouts(
+                    {key: self._wall.to_wall(until) for key, until, _ in changes})
             except Exception:
                 log.failure("saving {n} source lockouts (they hold until a restart)",
                             n=len(changes))

@@ -8,6 +8,7 @@ before anything listens (a half-started knock server is worse than none).
 """
 
 import signal
+import time
 
 from twisted.application import service
 from twisted.internet.defer import gatherResults, maybeDeferred
@@ -20,11 +21,12 @@ from knocker.core.tracker import Policy, Tracker
 from knocker.daemon.actions import ProcessRunner
 from knocker.daemon.audit import AuditLog
 from knocker.daemon.central import CentralFactory
+from knocker.daemon.clock import ClockStepWatch, WallTime, use_monotonic_time
 from knocker.daemon.coordinator import KnockServer
 from knocker.daemon.poolport import PoolPort, SpareDescriptor
 from knocker.state.book import ClientBook
 from knocker.state.lock import StateLock
-from knocker.state.sqlite import SQLiteStore
+from knocker.state.sqlite import DAEMON_BUSY_TIMEOUT, SQLiteStore
 
 log = Logger()
 
@@ -64,6 +66,7 @@ class KnockServerService(service.Service):
         self.pool_ports = []
         self._store = None
         self._lock = None
+        self._step_watch = None
         self._audit = None
         self._spare = None
         self._previous_sighup = None
@@ -93,12 +96,12 @@ class KnockServerService(service.Service):
         self._previous_sighup = (previous,)
 
     def reopen_logs(self):
-        if self._audit is not None:
-            self._audit.reopen()
+        if self._audit is not None and self._audit.reopen():
             log.info("audit log {path} reopened", path=self._audit.path)
 
     def _start(self):
         config, reactor = self.config, self._reactor
+        use_monotonic_time(reactor)
         if self.config.on_success is None:
             log.warn("on-success is not set: the built-in action only logs; "
                      "no firewall change will be made")
@@ -107,7 +110,7 @@ class KnockServerService(service.Service):
                      "port (a scanner) locks everyone out; lockout-scope = knock keeps the "
                      "paper's rule for failed knocks without that lever",
                      interface=config.interface)
-        self._store = SQLiteStore(config.state_dir)
+        self._store = SQLiteStore(config.state_dir, busy_timeout=DAEMON_BUSY_TIMEOUT)
         self._lock = StateLock(config.state_dir)
         self._lock.acquire()
         pool = ensure_pool(self._store, config)
@@ -120,11 +123,13 @@ class KnockServerService(service.Service):
                 f"{book.path(missing[0])}: no knock counter for client {missing[0]!r} "
                 f"in {self._store.path}; run 'knocker generate {missing[0]}' again"
             )
-        self._audit = AuditLog(config.audit_path, reactor)
+        self._audit = AuditLog(config.audit_path, reactor, hit_rate=config.audit_hit_rate,
+                               min_free_mib=config.audit_min_free, wall=time.time)
         self.server = KnockServer(
             config, reactor, self._store, book,
             ProcessRunner(reactor, config.script_timeout), self._audit,
             Tracker(reactor, Policy.from_config(config)),
+            WallTime(reactor, time.time),
         )
         raise_descriptor_limit(len(pool) + config.max_connections + 256)
         self._spare = SpareDescriptor()
@@ -133,7 +138,7 @@ class KnockServerService(service.Service):
             self.pool_ports.append(listener)
             listener.startListening()
         central = CentralFactory(self.server, reactor, config.max_connections,
-                                 config.handshake_timeout)
+                                 config.handshake_timeout, precise_time=True)
         result = []
         serverFromString(reactor, config.central).listen(central).addBoth(result.append)
         if not result:
@@ -142,6 +147,8 @@ class KnockServerService(service.Service):
             raise StartupError(f"central endpoint {config.central!r}: {result[0].value}")
         self.central_port = result[0]
         self.server.restore()
+        self._step_watch = ClockStepWatch(reactor, time.time, self._clock_stepped)
+        self._step_watch.start()
         address = self.central_port.getHost()
         self._audit.record("start", central=config.central, central_port=address.port,
                            interface=config.interface, pool_size=len(pool),
@@ -151,8 +158,16 @@ class KnockServerService(service.Service):
                  port=address.port, n=len(pool), interface=config.interface,
                  clients=len(book.clients()), scope=config.lockout_scope)
 
+    def _clock_stepped(self, seconds: float) -> None:
+        log.warn("the wall clock stepped by {seconds:+.1f}s; windows, lockouts and open "
+                 "doors run on the monotonic clock and are not stretched", seconds=seconds)
+        self._audit.record("clock-step", seconds=round(seconds, 3))
+
     def stopService(self):
         service.Service.stopService(self)
+        if self._step_watch is not None:
+            self._step_watch.stop()
+            self._step_watch = None
         if self._previous_sighup is not None:
             signal.signal(signal.SIGHUP, self._previous_sighup[0] or signal.SIG_DFL)
             self._previous_sighup = None

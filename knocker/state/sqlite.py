@@ -20,6 +20,8 @@ from knocker.state.interface import ClientState, IStore, PendingClose, StateErro
 
 SCHEMA_VERSION = 1
 
+DAEMON_BUSY_TIMEOUT = 0.25
+
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -44,9 +46,16 @@ CREATE TABLE IF NOT EXISTS lockouts (key TEXT PRIMARY KEY, until REAL NOT NULL);
 class SQLiteStore:
     """
     The state database in C{state_dir}/state.sqlite.
+
+    Calls block their thread, the reactor's in the daemon, for the commit,
+    and for C{busy_timeout} seconds at most while another process holds
+    the write lock: the daemon passes L{DAEMON_BUSY_TIMEOUT}, so a command
+    or a backup holding the lock costs a grant an C{ERROR server-error}
+    (no burn, so no GRANT: it fails closed) instead of stalling every
+    port for seconds.
     """
 
-    def __init__(self, state_dir: str):
+    def __init__(self, state_dir: str, busy_timeout: float = 5.0):
         ensure_private_dir(state_dir)
         self.path = os.path.join(state_dir, "state.sqlite")
         if not os.path.exists(self.path):
@@ -54,7 +63,7 @@ class SQLiteStore:
         self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
-        self._db.execute("PRAGMA busy_timeout=5000")
+        self._db.execute(f"PRAGMA busy_timeout={int(busy_timeout * 1000)}")
         with self._transaction():
             version = self._db.execute("PRAGMA user_version").fetchone()[0]
             tables = self._db.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]

@@ -28,8 +28,9 @@ class SourceKeyTests(SynchronousTestCase):
            prefix=st.integers(min_value=1, max_value=127))
     def test_agrees_with_the_ipaddress_module(self, address, prefix):
         ip = str(ipaddress.IPv6Address(address))
-        expected = ipaddress.IPv6Network((ip, prefix), strict=False).with_prefixlen
-        self.assertEqual(SourceKeys(prefix)(ip), expected)
+        expected = ipaddress.IPv6Network((ip, prefix), strict=False)
+        # The same network (inet_ntop writes ::/96 addresses in dotted form).
+        self.assertEqual(ipaddress.IPv6Network(SourceKeys(prefix)(ip)), expected)
 
 
 class NetworksTests(SynchronousTestCase):

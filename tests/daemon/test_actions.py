@@ -122,6 +122,36 @@ class ActionRunnerTests(TestCase):
         else:
             self.fail(f"the background child {child} survived the timeout")
 
+    async def test_timeout_kills_a_grandchild_in_a_session_of_its_own(self):
+        """
+        A grandchild that left the action's group with setsid (its parent
+        still alive) is found through its parent links and killed too.
+        """
+        from knocker.daemon.actions import ProcessRunner
+
+        pid_file = os.path.abspath(self.mktemp())
+        script = self.script(
+            "import subprocess, time\n"
+            "child = subprocess.Popen(['setsid', 'sleep', '60'])\n"
+            f"open({pid_file!r}, 'w').write(str(child.pid))\n"
+            "time.sleep(60)\n"
+        )
+        result = await ProcessRunner(reactor, 1).run([script], {"PATH": "/usr/bin:/bin"})
+        self.assertTrue(result.timed_out)
+        with open(pid_file) as handle:
+            grandchild = int(handle.read())
+        for _ in range(50):
+            try:
+                with open(f"/proc/{grandchild}/stat") as handle:
+                    state = handle.read().rsplit(")", 1)[1].split()[0]
+            except FileNotFoundError:
+                break
+            if state == "Z":
+                break
+            await deferLater(reactor, 0.05)
+        else:
+            self.fail(f"the setsid grandchild {grandchild} survived the timeout")
+
     async def test_reported_at_exit_not_after_the_grace(self):
         """
         The grace for pipes held by a background child is only for that

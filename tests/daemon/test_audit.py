@@ -1,7 +1,10 @@
 """
-The JSON-lines audit log: hot-path hit lines, file modes, torn lines.
+The JSON-lines audit log (knocker.daemon.audit): hot-path hit lines, file
+modes, torn lines, reopening, the free-space guard, a full disk.  The
+budget and the summaries of hits are in test_hitsummary.py.
 """
 
+import errno
 import json
 import os
 
@@ -60,7 +63,7 @@ class AuditLogTests(TestCase):
         audit.record("start")
         moved = directory + ".moved"
         os.rename(directory, moved)
-        audit.reopen()
+        self.assertFalse(audit.reopen())
         audit.record("stop")
         audit.close()
         self.assertEqual([e["event"] for e in read_audit(os.path.join(moved, "audit.log"))],
@@ -86,3 +89,267 @@ class TornAuditTests(TestCase):
         with open(path) as handle:
             for line in handle:
                 json.loads(line)
+
+
+def strict_lines(path: str) -> list[dict]:
+    """
+    Every line of C{path}, the last one included, a whole JSON object (no
+    torn line anywhere, none forgiven at the end).
+    """
+    with open(path, "rb") as handle:
+        data = handle.read()
+    if data and not data.endswith(b"\n"):
+        raise AssertionError(f"{path} ends in a fragment: {data[-80:]!r}")
+    return [json.loads(line) for line in data.split(b"\n") if line]
+
+
+class FakeStatvfs:
+    """
+    A stand-in for C{os.statvfs}: C{free} bytes available; counts calls.
+    """
+
+    def __init__(self, free_mib: int):
+        self.free = free_mib * 1024 * 1024
+        self.calls = 0
+
+    def __call__(self, path):
+        from types import SimpleNamespace
+
+        self.calls += 1
+        return SimpleNamespace(f_bavail=self.free // 4096, f_frsize=4096)
+
+
+def hit_count(events: list[dict]) -> int:
+    """
+    The hits an audit log accounts for: hit lines, and the counts of the
+    summaries.
+    """
+    return sum(1 if e["event"] == "hit" else e["count"]
+               for e in events if e["event"] in ("hit", "hits", "hits-overflow"))
+
+
+class LowSpaceTests(TestCase):
+    """
+    Under audit-min-free MiB free on the log's filesystem: no hit lines,
+    only (bounded) summaries; every other event is still written.
+    """
+
+    def setUp(self):
+        from twisted.internet.task import Clock
+
+        from knocker.daemon.audit import AuditLog
+
+        self.clock = Clock()
+        self.clock.advance(1764028800.0)
+        self.path = self.mktemp()
+        self.statvfs = FakeStatvfs(free_mib=50)
+        self.audit = AuditLog(self.path, self.clock, hit_rate=100, min_free_mib=100,
+                              statvfs=self.statvfs)
+
+    def test_low_space_keeps_grants_and_drops_hit_lines(self):
+        audit = self.audit
+        for i in range(1000):
+            audit.hit("192.0.2.1", 40000 + i, 20000, "no-slot")
+        self.assertEqual(self.statvfs.calls, 1, "statvfs at most once a second")
+        audit.record("grant", ip="192.0.2.7", client="alice", index=3)
+        self.clock.advance(0.5)
+        audit.hit("192.0.2.1", 1, 20000, "no-slot")
+        self.assertEqual(self.statvfs.calls, 1)
+        events = strict_lines(self.path)
+        self.assertEqual([e["event"] for e in events], ["audit-low-space", "grant"])
+        self.assertEqual((events[0]["free_mib"], events[0]["min_free_mib"]), (50, 100))
+        self.clock.advance(9.5)
+        self.assertEqual([(e["event"], e.get("count")) for e in strict_lines(self.path)[2:]],
+                         [("hits", 1001)])
+
+        self.statvfs.free = 500 * 1024 * 1024
+        self.clock.advance(1)
+        audit.hit("192.0.2.1", 2, 20000, "no-slot")
+        audit.hit("192.0.2.1", 3, 20000, "no-slot")
+        audit.close()
+        self.assertEqual([e["event"] for e in strict_lines(self.path)[3:]],
+                         ["audit-space-ok", "hit", "hit"])
+        self.assertEqual(self.statvfs.calls, 3, "at 0 s, at the flush (10 s), at 11 s")
+        self.assertEqual(hit_count(strict_lines(self.path)), 1003)
+
+    def test_entering_and_leaving_are_logged_once(self):
+        for _second in range(5):
+            for _ in range(10):
+                self.audit.hit("192.0.2.1", 1, 20000, "no-slot")
+            self.clock.advance(1)
+        self.statvfs.free = 200 * 1024 * 1024
+        for _second in range(5):
+            for _ in range(10):
+                self.audit.hit("192.0.2.1", 1, 20000, "no-slot")
+            self.clock.advance(1)
+        self.audit.close()
+        events = [e["event"] for e in strict_lines(self.path)]
+        self.assertEqual(events.count("audit-low-space"), 1)
+        self.assertEqual(events.count("audit-space-ok"), 1)
+        self.assertEqual(events.count("hit"), 50)
+        self.assertLessEqual(self.statvfs.calls, 11)
+        self.assertEqual(hit_count(strict_lines(self.path)), 100)
+
+    def test_low_space_summaries_are_bounded_tighter(self):
+        from knocker.daemon.hitsummary import LOW_SPACE_KEYS
+
+        for i in range(5000):
+            self.audit.hit(f"2001:db8::{i:x}", 1, 20000, "no-slot")
+        self.audit.close()
+        events = strict_lines(self.path)
+        self.assertEqual(len([e for e in events if e["event"] == "hits"]), LOW_SPACE_KEYS)
+        [overflow] = [e for e in events if e["event"] == "hits-overflow"]
+        self.assertEqual(overflow["count"], 5000 - LOW_SPACE_KEYS)
+        self.assertEqual(hit_count(events), 5000)
+
+    def test_no_check_with_min_free_zero(self):
+        from twisted.internet.task import Clock
+
+        from knocker.daemon.audit import AuditLog
+
+        statvfs = FakeStatvfs(free_mib=0)
+        path = self.mktemp()
+        audit = AuditLog(path, Clock(), min_free_mib=0, statvfs=statvfs)
+        audit.hit("192.0.2.1", 1, 20000, "no-slot")
+        audit.close()
+        self.assertEqual(statvfs.calls, 0)
+        self.assertEqual([e["event"] for e in strict_lines(path)], ["hit"])
+
+
+class FullDiskTests(TestCase):
+    """
+    A full filesystem, simulated at os.write for the audit log's descriptor
+    only: a short write (part of the line written) or ENOSPC.  Every line
+    must be whole or absent, and events after the space returns must land.
+    """
+
+    def setUp(self):
+        from twisted.internet.task import Clock
+
+        from knocker.daemon.audit import AuditLog
+
+        self.clock = Clock()
+        self.clock.advance(1764028800.0)
+        self.path = self.mktemp()
+        self.audit = AuditLog(self.path, self.clock, hit_rate=100, min_free_mib=0)
+        self.full = None   # None: writes go through; "short" or "enospc"
+        real_write = os.write
+        fd = self.audit._fd
+
+        def write(target, data):
+            if target != fd or self.full is None:
+                return real_write(target, data)
+            if self.full == "short":   # the last bytes free: a part, then nothing
+                self.full = "enospc"
+                return real_write(target, bytes(data)[: max(1, len(data) // 3)])
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+        self.patch(os, "write", write)
+
+    def test_a_short_write_leaves_no_torn_line(self):
+        """
+        The probe's case: a line written in part while the disk is full;
+        when space returns, the next event must not be glued to the
+        fragment.
+        """
+        audit = self.audit
+        audit.record("start")
+        self.full = "short"
+        audit.record("grant", ip="192.0.2.1", client="alice", index=1)
+        audit.hit("192.0.2.1", 40000, 20001, "progress")
+        audit.record("open", ip="192.0.2.1", client="alice", index=1)
+        strict_lines(self.path)
+        self.full = None
+        self.clock.advance(1)
+        audit.record("grant", ip="192.0.2.1", client="alice", index=2)
+        audit.hit("192.0.2.1", 40001, 20001, "progress")
+        audit.close()
+        events = strict_lines(self.path)
+        self.assertEqual(read_audit(self.path), events)
+        self.assertEqual([e["event"] for e in events], ["start", "grant", "hit", "hits"])
+        self.assertEqual(events[1]["index"], 2)
+        self.assertEqual(audit.dropped, 2, "the grant and the open were lost, and counted")
+        self.assertEqual(hit_count(events), 2, "the hit that failed is in the summary")
+
+    def test_a_restart_after_a_short_write_finds_a_clean_file(self):
+        from knocker.daemon.audit import AuditLog
+
+        self.audit.record("start")
+        self.full = "short"
+        self.audit.record("grant", ip="192.0.2.1", client="alice", index=1)
+        self.full = None
+        self.audit.close()
+        audit = AuditLog(self.path, self.clock, min_free_mib=0)
+        audit.record("start")
+        audit.close()
+        self.assertEqual([e["event"] for e in strict_lines(self.path)], ["start", "start"],
+                         "nothing to repair: the fragment was cut at once")
+
+    def test_enospc_loses_no_hit_count(self):
+        """
+        Writes refused outright (ENOSPC): hits are kept in the summary table
+        (and the summaries too, while their writes fail), and written once
+        space returns.
+        """
+        audit = self.audit
+        self.full = "enospc"
+        for i in range(30):
+            audit.hit(f"192.0.2.{i % 3}", 40000 + i, 20001, "no-slot")
+        self.clock.advance(10)   # the flush fails: kept for the next one
+        audit.record("lockout", ip="192.0.2.1")
+        self.assertEqual(strict_lines(self.path), [])
+        self.full = None
+        self.clock.advance(10)
+        audit.hit("192.0.2.1", 1, 20001, "no-slot")
+        audit.close()
+        events = strict_lines(self.path)
+        self.assertEqual([e["event"] for e in events], ["hits", "hits", "hits", "hit"])
+        self.assertEqual(hit_count(events), 31)
+        self.assertEqual(audit.dropped, 1, "the lockout event")
+
+    def test_a_torn_line_that_cannot_be_cut_is_completed(self):
+        """
+        If even ftruncate fails, the rest of the torn line is written before
+        the next event: the line is whole, not glued to the next.
+        """
+        def refuse(fd, size):
+            raise OSError(errno.EIO, "no truncating here")
+
+        self.patch(os, "ftruncate", refuse)
+        audit = self.audit
+        audit.record("start")
+        self.full = "short"
+        audit.record("grant", ip="192.0.2.1", client="alice", index=1)
+        with open(self.path, "rb") as handle:
+            self.assertFalse(handle.read().endswith(b"\n"), "a fragment is there, for now")
+        audit.record("open", ip="192.0.2.1", client="alice", index=1)   # cannot even start
+        self.full = None
+        audit.record("grant", ip="192.0.2.1", client="alice", index=2)
+        audit.close()
+        events = strict_lines(self.path)
+        self.assertEqual([(e["event"], e.get("index")) for e in events],
+                         [("start", None), ("grant", 1), ("grant", 2)])
+
+
+class SighupTests(TestCase):
+    def test_a_failed_reopen_is_not_logged_as_reopened(self):
+        """
+        SIGHUP after logrotate: when the path cannot be opened, the daemon
+        log says so and does not also claim "reopened".
+        """
+        from twisted.logger import capturedLogs
+
+        from knocker.daemon.service import KnockServerService
+
+        class FailingAudit:
+            path = "/nonexistent/audit.log"
+
+            def reopen(self):
+                return False
+
+        service = KnockServerService(None, None)
+        service._audit = FailingAudit()
+        with capturedLogs() as events:
+            service.reopen_logs()
+        self.assertEqual([e for e in events if "reopened" in e.get("log_format", "")], [])
+

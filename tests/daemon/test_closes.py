@@ -10,6 +10,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from knocker.daemon.actions import ActionResult
 from knocker.daemon.audit import MemoryAudit
+from knocker.daemon.clock import WallTime
 from knocker.daemon.closes import CloseSchedule
 from knocker.state.memory import MemoryStore
 
@@ -55,7 +56,7 @@ class CloseScheduleTests(SynchronousTestCase):
     def schedule_of(self, closer=None):
         if closer is not None:
             self.closer = closer
-        return CloseSchedule(self.clock, self.store, self.closer, self.audit, retry=RETRY)
+        return CloseSchedule(self.clock, WallTime(self.clock), self.store, self.closer, self.audit, retry=RETRY)
 
     def test_result_helper(self):
         self.assertTrue(result(True).ok)
@@ -121,7 +122,7 @@ class CloseScheduleTests(SynchronousTestCase):
         self.assertEqual(len(self.closer.runs), 3)
 
     def test_default_retry_is_a_minute(self):
-        closes = CloseSchedule(self.clock, self.store, FakeCloser(False, True), self.audit)
+        closes = CloseSchedule(self.clock, WallTime(self.clock), self.store, FakeCloser(False, True), self.audit)
         close_id = closes.record(1000.0, IP, "alice", 1)
         closes.schedule(close_id, 1000.0, IP, "alice", 1)
         self.clock.advance(0)
@@ -225,7 +226,7 @@ class StopTests(SynchronousTestCase):
             runs.append(ip)
             return pending
 
-        closes = CloseSchedule(self.clock, self.store, run_close, self.audit, retry=RETRY)
+        closes = CloseSchedule(self.clock, WallTime(self.clock), self.store, run_close, self.audit, retry=RETRY)
         close_id = closes.record(0, IP, "alice", 1)
         closes.schedule(close_id, 0, IP, "alice", 1)
         self.clock.advance(0)
@@ -238,7 +239,7 @@ class StopTests(SynchronousTestCase):
 
     def test_scheduling_an_id_again_replaces_its_timer(self):
         closer = FakeCloser(True)
-        closes = CloseSchedule(self.clock, self.store, closer, self.audit, retry=RETRY)
+        closes = CloseSchedule(self.clock, WallTime(self.clock), self.store, closer, self.audit, retry=RETRY)
         close_id = closes.record(10, IP, "alice", 1)
         closes.schedule(close_id, 10, IP, "alice", 1)
         closes.schedule(close_id, 20, IP, "alice", 1)

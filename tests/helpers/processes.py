@@ -46,13 +46,15 @@ class Daemon:
     C{twistd -n knockserver --config CONFIG} as a child process.
     """
 
-    def __init__(self, config: str, audit_log: str, cwd: str, *extra: str):
+    def __init__(self, config: str, audit_log: str, cwd: str, *extra: str,
+                 env: dict[str, str] | None = None):
         self.audit_log = audit_log
         self.log_path = os.path.join(cwd, "twistd.log")
         self._log = open(self.log_path, "ab")
         self.process = subprocess.Popen(
             twistd_command() + ["-n", "--pidfile=", "knockserver", "--config", config, *extra],
-            cwd=cwd, env=environment(), stdout=self._log, stderr=subprocess.STDOUT,
+            cwd=cwd, env={**environment(), **(env or {})}, stdout=self._log,
+            stderr=subprocess.STDOUT,
         )
         self._starts = self._count_starts()
 
@@ -171,8 +173,8 @@ class DaemonCase(TestCase):
         self.assertEqual(done.returncode, 0, done.stderr)
         return out
 
-    def start(self, *extra) -> Daemon:
-        self.daemon = Daemon(self.server_conf, self.audit, self.dir, *extra)
+    def start(self, *extra, env=None) -> Daemon:
+        self.daemon = Daemon(self.server_conf, self.audit, self.dir, *extra, env=env)
         self.port = self.daemon.wait_ready()["central_port"]
         return self.daemon
 

@@ -259,3 +259,26 @@ class SchemaTests(SynchronousTestCase):
         store.register("alice", 2, SECRET)
         self.assertEqual(store.burn("alice"), 1)
         store.close()
+
+
+class BusyTests(StoreTestCase):
+    def test_a_held_write_lock_fails_a_burn_quickly_instead_of_stalling(self):
+        """
+        Another process holding the write lock (a command, a backup) makes
+        a burn fail after busy_timeout, not after five seconds; nothing is
+        burned, and once the lock is let go burns go on.
+        """
+        import sqlite3
+        import time
+
+        store = SQLiteStore(self.state_dir, busy_timeout=0.2)
+        self.addCleanup(store.close)
+        store.register("alice", 5, b"\x01" * 32)
+        other = sqlite3.connect(store.path, isolation_level=None)
+        self.addCleanup(other.close)
+        other.execute("BEGIN IMMEDIATE")
+        started = time.monotonic()
+        self.assertRaises(sqlite3.OperationalError, store.burn, "alice")
+        self.assertLess(time.monotonic() - started, 1.5)
+        other.execute("ROLLBACK")
+        self.assertEqual(store.burn("alice"), 1, "the failed burn took no number")

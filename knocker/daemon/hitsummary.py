@@ -1,0 +1,187 @@
+"""
+The audit log's flood accounting: which hits get a line of their own, and
+the counts of the others.
+
+Every hit is accounted for, but a connect flood must not fill the disk
+(each hit line is 120 to 370 bytes):
+
+  - B{Budget.}  A token bucket lets C{rate} hit lines a second through one
+    by one (it holds at most C{rate} tokens: a burst of one second's
+    worth).  The check is a few float operations on the time the line
+    carries anyway; a clock stepped back leaves no debt.
+  - B{Summaries.}  A hit past the budget is counted in memory under its
+    C{(ip, port)}: the count, the first and last time, and the count of each
+    outcome.  C{SUMMARY_INTERVAL} (10) seconds after the first such hit, each
+    key becomes one line::
+
+      {"time":…,"event":"hits","ip":…,"port":…,"count":N,"first":…,"last":…,
+       "outcomes":{"no-slot":…,"locked":…}}
+
+    (source ports are not kept).  The timer is C{clock.callLater}, scheduled
+    only when a hit is counted.
+  - B{Bounded table.}  At most C{keys} (C{SUMMARY_KEYS}, 10,000) keys an
+    interval; the hits of further keys go into one C{hits-overflow} line for
+    the interval: C{count}, C{sources} (distinct addresses, counted up to
+    C{OVERFLOW_SOURCES}; C{sources_capped} when that bound was reached),
+    C{first}, C{last}, C{outcomes}.  So a flood costs at most C{rate} hit
+    lines a second plus C{keys} + 1 lines every 10 seconds, and a fixed
+    amount of memory.
+  - B{Low space.}  While the owner says the disk is short of space
+    (L{HitSummary.set_low}), there is no budget (every hit is counted) and
+    the table bound is C{LOW_SPACE_KEYS} (100) keys an interval.
+  - Summaries whose write fails stay in the (bounded) table for the next
+    interval, so a full disk does not lose the count of hits while the
+    process lives.
+"""
+
+from knocker.core.isotime import iso_time
+
+SUMMARY_INTERVAL = 10.0
+SUMMARY_KEYS = 10_000
+LOW_SPACE_KEYS = 100
+OVERFLOW_SOURCES = 10_000
+
+
+class HitSummary:
+    """
+    The budget of hit lines and the table of the hits past it.  It writes
+    nothing and reads no clock: the times are given to L{take} and L{add};
+    C{clock} (an C{IReactorTime}) is used only for C{callLater}.
+
+    The owner asks L{take} for each hit: C{True}, write the hit's line (and
+    if that fails, L{add} it after all); C{False}, L{add} it.
+    C{SUMMARY_INTERVAL} seconds after the first hit added, C{due} is called
+    (no arguments); it is expected to call L{drain} with a function that
+    writes one line, so the owner can do what it must first.
+
+    @param rate: hit lines a second (the config's C{audit-hit-rate}).
+    @param now: the time the budget starts, full, from.
+    @param keys: the bound on C{(ip, port)} keys an interval.
+    """
+
+    def __init__(self, clock, due, rate: float, now: float, keys: int = SUMMARY_KEYS):
+        self._clock = clock
+        self._due = due
+        self._rate = float(rate)
+        self._burst = float(rate)      # 0 while space is low
+        self._tokens = float(rate)
+        self._refilled = now
+        self._keys = keys
+        self._bound = keys             # LOW_SPACE_KEYS while space is low
+        # [first, last, outcomes] a key; the count is the sum of the outcomes
+        self._table: dict[tuple[str, int], list] = {}
+        self._overflow: list | None = None   # [first, last, outcomes, sources]
+        self._call = None
+
+    def __len__(self) -> int:
+        """
+        The C{(ip, port)} keys in the table.
+        """
+        return len(self._table)
+
+    @property
+    def pending(self) -> bool:
+        """
+        Whether any hit is counted and not yet written.
+        """
+        return bool(self._table) or self._overflow is not None
+
+    def take(self, now: float) -> bool:
+        """
+        Spend a token of the budget for a hit at C{now}, if there is one.
+        """
+        tokens = self._tokens + (now - self._refilled) * self._rate
+        self._refilled = now
+        if tokens > self._burst:
+            tokens = self._burst
+        if tokens < 1.0:
+            # a clock stepped back gives no debt
+            self._tokens = tokens if tokens > 0.0 else 0.0
+            return False
+        self._tokens = tokens - 1.0
+        return True
+
+    def add(self, ip: str, port: int, outcome: str, now: float) -> None:
+        """
+        Count a hit at C{now} in the table, or in the overflow once the
+        table holds its bound of keys.
+        """
+        key = (ip, port)
+        table = self._table
+        entry = table.get(key)
+        if entry is not None:
+            entry[1] = now
+            outcomes = entry[2]
+            outcomes[outcome] = outcomes.get(outcome, 0) + 1   # (the count is their sum)
+            return
+        if len(table) < self._bound:
+            table[key] = [now, now, {outcome: 1}]
+        elif self._overflow is None:
+            self._overflow = [now, now, {outcome: 1}, {ip}]
+        else:
+            overflow = self._overflow
+            overflow[1] = now
+            outcomes = overflow[2]
+            outcomes[outcome] = outcomes.get(outcome, 0) + 1
+            if len(overflow[3]) < OVERFLOW_SOURCES:
+                overflow[3].add(ip)
+            return
+        if self._call is None:
+            self._call = self._clock.callLater(SUMMARY_INTERVAL, self._due)
+
+    def set_low(self, low: bool) -> None:
+        """
+        Enter (C{True}) or leave the low-space mode: no budget and at most
+        C{LOW_SPACE_KEYS} keys while in it; the whole budget on leaving.
+        """
+        self._bound = LOW_SPACE_KEYS if low else self._keys
+        if low:
+            self._burst = self._tokens = 0.0
+        else:
+            self._burst = self._tokens = self._rate
+
+    def drain(self, write) -> None:
+        """
+        Write the table with C{write(event, fields)}, which returns whether
+        the line was written: one C{hits} line a key, then the
+        C{hits-overflow} line.  After a failed write, the rest is kept for
+        the next interval, and the timer scheduled again.
+        """
+        call, self._call = self._call, None
+        if call is not None and call.active():
+            call.cancel()
+        table, self._table = self._table, {}
+        overflow, self._overflow = self._overflow, None
+        failed = False
+        for key, entry in table.items():
+            first, last, outcomes = entry
+            if failed or not write("hits", {
+                "ip": key[0], "port": key[1], "count": sum(outcomes.values()),
+                "first": iso_time(first), "last": iso_time(last), "outcomes": outcomes,
+            }):
+                failed = True
+                self._table[key] = entry
+        if overflow is not None:
+            first, last, outcomes, sources = overflow
+            fields = {"count": sum(outcomes.values()), "sources": len(sources),
+                      "first": iso_time(first), "last": iso_time(last), "outcomes": outcomes}
+            if len(sources) >= OVERFLOW_SOURCES:
+                fields["sources_capped"] = True
+            if failed or not write("hits-overflow", fields):
+                self._overflow = overflow
+        if self.pending:
+            # kept for the next interval, not lost
+            self._call = self._clock.callLater(SUMMARY_INTERVAL, self._due)
+
+    def close(self) -> int:
+        """
+        Stop the timer and drop what is left; return the hits dropped.
+        """
+        if self._call is not None:
+            if self._call.active():
+                self._call.cancel()
+            self._call = None
+        lost = sum(sum(entry[2].values()) for entry in self._table.values())
+        lost += sum(self._overflow[2].values()) if self._overflow is not None else 0
+        self._table, self._overflow = {}, None
+        return lost
