@@ -3,6 +3,8 @@ The knock coroutine on a scripted driver: what it sends, what it knocks,
 when it retries, and the outcome it reports (no sockets, no reactor).
 """
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
 from knocker.client.knock import Outcome, knock, run_blocking
@@ -313,3 +315,39 @@ class CheckedRecordTests(SynchronousTestCase):
             result, _ = self.run_knock()
             self.assertEqual(result.outcome, Outcome.OPEN)
         self.assertEqual(len(self.checks), 2)
+
+
+class ClientLogTests(SynchronousTestCase):
+    """
+    The client log line is written by hand (no json import on the knock
+    path): it must still be one JSON object with the attempt's values.
+    """
+
+    @given(server=st.text(max_size=40), detail=st.text(max_size=80),
+           index=st.one_of(st.none(), st.integers(1, 10**6)),
+           ports=st.lists(st.integers(1, 65535), max_size=6),
+           started=st.floats(min_value=0, max_value=4e9))
+    @settings(max_examples=300, deadline=None)
+    def test_each_line_is_the_json_of_the_attempt(self, server, detail, index, ports, started):
+        import json
+        import os
+        import tempfile
+        from datetime import datetime, timezone
+
+        from knocker.client.knock import KnockResult, log_attempt
+
+        with tempfile.TemporaryDirectory() as folder:
+            path = os.path.join(folder, "client.log")
+            conf = parse_client_config(overrides={"log-file": path}).replace(server=server)
+            result = KnockResult(Outcome.OPEN, detail, index, tuple(ports), 2)
+            log_attempt(conf, "alice", started, result)
+            with open(path, encoding="utf-8") as handle:
+                entry = json.loads(handle.read())
+        self.assertEqual(
+            {k: entry[k] for k in ("server", "client", "index", "ports", "verdict",
+                                   "detail", "attempts")},
+            {"server": server, "client": "alice", "index": index, "ports": ports,
+             "verdict": "open", "detail": detail, "attempts": 2})
+        written = datetime.strptime(entry["time"], "%Y-%m-%dT%H:%M:%S.%fZ")
+        self.assertLessEqual(abs(written.replace(tzinfo=timezone.utc).timestamp() - started),
+                             1e-5)

@@ -7,6 +7,8 @@ import os
 import shutil
 import tempfile
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
 from knocker.core.config import (
@@ -19,9 +21,12 @@ from knocker.core.config import (
     load_server_config,
     parse_client_config,
     parse_server_config,
+    simple_ini,
 )
 
 SOURCE = "/etc/knocker/knockserver.conf"
+ETC = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
+                   "etc")
 CSOURCE = "/etc/knocker/knockclient.conf"
 
 
@@ -527,3 +532,59 @@ class ClientConfigTests(SynchronousTestCase):
         error = self.assertRaises(ConfigError, client, "", CSOURCE, {"server": "nowhere"})
         self.assertIn("command line", str(error))
         self.assertIn("server", str(error))
+
+
+def configparser_values(text: str, section: str):
+    """
+    What configparser, set up as knocker sets it up, makes of C{text}: the
+    section's items, or the exception it raises.
+    """
+    import configparser
+
+    parser = configparser.ConfigParser(interpolation=None, strict=True, default_section="\0")
+    parser.optionxform = str
+    try:
+        parser.read_string(text)
+    except configparser.Error as error:
+        return error
+    if any(name != section for name in parser.sections()):
+        return ValueError("another section")
+    return dict(parser.items(section)) if parser.has_section(section) else {}
+
+
+_ini_lines = st.one_of(
+    st.sampled_from(["[client]", "[client]  ", "[server]", "[ client ]", "[client] x", " [client]",
+                     "[DEFAULT]", "", "   ", "\t", "# comment", "; comment", "  # indented",
+                     "#", "server = tcp:host=a:port=1", "timeout=5", "timeout = 5 # not a comment",
+                     "  continued", "\tcontinued", "key: value", "TimeOut = 5", "log-file =",
+                     "= value", "novalue", "busy-retries = 3 = 4", "a b = c", "timeout = 5\r"]),
+    st.builds(lambda key, sep, value: f"{key}{sep}{value}",
+              st.text(alphabet="abcdeklt-: \tK0", max_size=8),
+              st.sampled_from([" = ", "=", ":", " : ", " =", "= "]),
+              st.text(max_size=12)),
+    st.text(max_size=20),
+)
+
+
+class SimpleIniTests(SynchronousTestCase):
+    """
+    The fast reader of plain INI files on the knock path gives what
+    configparser gives, or declines (then configparser decides).
+    """
+
+    @given(lines=st.lists(_ini_lines, max_size=8))
+    @settings(max_examples=3000, deadline=None)
+    def test_agrees_with_configparser_or_declines(self, lines):
+        text = "\n".join(lines)
+        fast = simple_ini(text, "client")
+        if fast is None:
+            return
+        full = configparser_values(text, "client")
+        self.assertFalse(isinstance(full, Exception), f"accepted what configparser refuses: {text!r}")
+        self.assertEqual(fast, full, repr(text))
+
+    def test_the_shipped_examples_take_the_fast_path(self):
+        for name, section in (("knockclient.conf", "client"), ("knockserver.conf", "server")):
+            with open(os.path.join(ETC, name)) as handle:
+                text = handle.read()
+            self.assertEqual(simple_ini(text, section), configparser_values(text, section), name)
