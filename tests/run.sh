@@ -6,7 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-packages="iproute2 nftables nmap faketime"
+packages="iproute2 nftables nmap faketime openssh-server openssh-client"
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     missing=""
     for package in $packages; do

@@ -1,5 +1,5 @@
 """
-The C{knocker} command: generate, knock, status, demo.
+The C{knocker} command: generate, knock, connect, status, demo.
 
 Imports are kept inside the subcommands so that C{knocker generate} and
 C{knocker status} never load the reactor.
@@ -99,6 +99,13 @@ def build_parser() -> argparse.ArgumentParser:
                                 add_help=False)
     knock.add_argument("arguments", nargs=argparse.REMAINDER)
 
+    # Likewise knocker connect (knocker.client.connect): listed only.
+    connect = commands.add_parser(
+        "connect", add_help=False,
+        help="knock, then relay stdin/stdout to HOST PORT, for ssh's ProxyCommand "
+             "(knocker connect --help)")
+    connect.add_argument("arguments", nargs=argparse.REMAINDER)
+
     stat = commands.add_parser("status", help="clients, knocks left, lockouts")
     stat.add_argument("--config", help="server configuration file")
     stat.add_argument("--state-dir", help="override state-dir")
@@ -112,10 +119,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["knock"]:
-        from knocker.client.command import knock_command
+    if argv[:1] in (["knock"], ["connect"]):
+        from knocker.main import main as entry  # the one place that routes them
 
-        return knock_command(argv[1:])
+        return entry(argv)
     args = build_parser().parse_args(argv)
     try:
         return args.run(args)

@@ -1,0 +1,452 @@
+"""
+C{knocker connect}: its arguments, the connection after OPEN with its
+retries, the relay, and the real command against a real daemon on loopback
+(an echo server standing in for sshd): bytes both ways, half-close, the
+exit statuses of a failed knock (those of C{knocker knock}, nothing on
+standard output), and the imports it stays clear of.
+"""
+
+import os
+import select
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from knocker.client import connect
+from knocker.core.knockfile import KnockFile, parse_knockfile
+from knocker.core.knockgen import format_knockfile
+from knocker.files import read_private, write_private
+from tests.helpers.processes import DaemonCase, environment, free_port, knocker
+
+
+class SplitTargetTests(SynchronousTestCase):
+    def test_host_and_port_are_the_last_two(self):
+        self.assertEqual(
+            connect.split_target(["--config", "door.conf", "-v", "door.example.org", "22"]),
+            (["--config", "door.conf", "-v"], "door.example.org", 22),
+        )
+        self.assertEqual(connect.split_target(["::1", "65535"]), ([], "::1", 65535))
+        self.assertEqual(connect.split_target(["--timeout=5", "h", "1"]), (["--timeout=5"], "h", 1))
+
+    def test_bad_port_refused(self):
+        for port in ("0", "65536", "ssh", "22x", "", "-1", "+22", " 22", "2\u00b2", "1e3"):
+            with self.assertRaises(ValueError) as caught:
+                connect.split_target(["--config", "c", "host", port])
+            self.assertIn(f"bad PORT {port!r}", str(caught.exception))
+            self.assertIn("1 to 65535", str(caught.exception))
+            self.assertIn(connect.USAGE, str(caught.exception))
+
+    def test_missing_or_misplaced_target_refused(self):
+        for argv in ([], ["22"], ["--config", "c"]):
+            with self.assertRaises(ValueError) as caught:
+                connect.split_target(argv)
+            self.assertIn("HOST and PORT", str(caught.exception))
+        with self.assertRaises(ValueError) as caught:
+            connect.split_target(["--config", "c", "-v", "22"])
+        self.assertIn("bad HOST '-v'", str(caught.exception))
+
+
+class CommandLineTests(SynchronousTestCase):
+    """
+    Refusals before anything is knocked: exit 2, a message on standard
+    error, nothing on standard output.
+    """
+
+    def test_bad_port_exit_2(self):
+        done = knocker("connect", "--knock-file", "/nonexistent/alice.knock", "127.0.0.1", "ssh")
+        self.assertEqual((done.returncode, done.stdout), (2, ""))
+        self.assertIn("knocker connect: bad PORT 'ssh': a TCP port number from 1 to 65535",
+                      done.stderr)
+        self.assertIn("usage: knocker connect", done.stderr)
+
+    def test_unknown_option_exit_2(self):
+        done = knocker("connect", "--no-such-key", "1", "127.0.0.1", "22")
+        self.assertEqual((done.returncode, done.stdout), (2, ""))
+        self.assertIn("unknown option '--no-such-key'", done.stderr)
+        self.assertIn("usage: knocker connect [--config FILE]", done.stderr)
+
+    def test_help_lists_the_statuses(self):
+        done = knocker("connect", "--help")
+        self.assertEqual(done.returncode, 0, done.stderr)
+        self.assertIn("HOST PORT", done.stdout)
+        self.assertIn("  15  UNREACHABLE_TARGET", done.stdout)
+        self.assertIn("  14  NO_VERDICT", done.stdout)
+
+    def test_unresolvable_host_knocks_nothing(self):
+        """
+        A HOST that does not resolve is status 15, said before the knock,
+        so no one-time knock is spent on it.
+        """
+        from knocker.client import command
+
+        def resolve(host, port):
+            raise OSError("Name or service not known")
+
+        knocked = []
+        self.patch(connect, "resolve", resolve)
+        self.patch(command, "run_knock", lambda *args: knocked.append(args))
+        directory = self.mktemp()
+        os.makedirs(directory)
+        knock_file = os.path.join(directory, "alice.knock")
+        write_private(knock_file, format_knockfile(SAMPLE))
+        status = connect.connect_command(["--knock-file", knock_file, "nowhere.invalid", "22"])
+        self.assertEqual((status, knocked), (connect.UNREACHABLE_TARGET, []))
+
+
+SAMPLE = KnockFile("alice", bytes(range(32)), 3, "2026-11-25T10:00:00Z", ((3001, 3002),))
+
+
+class OpenTargetTests(SynchronousTestCase):
+    def test_refused_is_retried_for_the_window(self):
+        port = free_port()
+        started = time.monotonic()
+        with self.assertRaises(ConnectionRefusedError):
+            connect.open_target(connect.resolve("127.0.0.1", port), window=0.6)
+        self.assertGreaterEqual(time.monotonic() - started, 0.6)
+        self.assertLess(time.monotonic() - started, 1.5)
+
+    def test_a_listener_that_comes_late_is_reached(self):
+        """
+        A firewall that follows OPEN a moment late: the attempts go on until
+        the port answers.
+        """
+        port = free_port()
+        listener = socket.socket()
+        self.addCleanup(listener.close)
+
+        def late():
+            time.sleep(0.4)
+            listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            listener.bind(("127.0.0.1", port))
+            listener.listen()
+
+        thread = threading.Thread(target=late)
+        thread.start()
+        self.addCleanup(thread.join)
+        sock = connect.open_target(connect.resolve("127.0.0.1", port), window=3)
+        self.addCleanup(sock.close)
+        self.assertEqual(sock.getpeername(), ("127.0.0.1", port))
+        self.assertIsNone(sock.gettimeout(), "the relay's socket is blocking")
+
+    def test_each_address_gets_its_share(self):
+        """
+        With two addresses, a first one that drops every SYN (the family
+        the knock did not open) leaves the second its share of the window.
+        """
+        now = [0.0]
+        timeouts = []
+
+        class FakeSocket:
+            def __init__(self, family, kind, proto):
+                self.family = family
+
+            def settimeout(self, value):
+                if value is not None:
+                    timeouts.append((self.family, round(value, 3)))
+                self.timeout = value
+
+            def connect(self, address):
+                if self.family == 10:
+                    now[0] += self.timeout
+                    raise TimeoutError("timed out")
+
+            def setsockopt(self, *args):
+                pass
+
+            def close(self):
+                pass
+
+        import _socket
+
+        self.patch(_socket, "socket", FakeSocket)
+        addresses = [(10, 1, 6, ("::1", 22, 0, 0)), (2, 1, 6, ("127.0.0.1", 22))]
+        sock = connect.open_target(addresses, window=2.0, clock=lambda: now[0])
+        self.assertEqual(sock.family, 2)
+        self.assertEqual(timeouts, [(10, 1.0), (2, 1.0)])
+
+
+def read_some(fd, seconds=10.0) -> bytes:
+    ready, _, _ = select.select([fd], [], [], seconds)
+    if not ready:
+        raise AssertionError(f"nothing to read within {seconds}s")
+    return os.read(fd, 65536)
+
+
+class RelayTests(SynchronousTestCase):
+    """
+    The relay between pipes and a socket, in this process.
+    """
+
+    def start(self, sock):
+        stdin_r, self.stdin_w = os.pipe()
+        self.stdout_r, stdout_w = os.pipe()
+        self.status = []
+
+        def run():
+            try:
+                self.status.append(connect.relay(sock, stdin_r, stdout_w, "peer"))
+            finally:
+                os.close(stdout_w)
+
+        thread = threading.Thread(target=run)
+        thread.start()
+        self.addCleanup(os.close, self.stdout_r)
+        self.addCleanup(os.close, stdin_r)
+        return thread
+
+    def test_both_ways_and_half_close(self):
+        mine, peer = socket.socketpair()
+        self.addCleanup(peer.close)
+        thread = self.start(mine)
+        os.write(self.stdin_w, b"hello")
+        self.assertEqual(peer.recv(100), b"hello")
+        peer.sendall(b"world")
+        self.assertEqual(read_some(self.stdout_r), b"world")
+        os.close(self.stdin_w)  # end of input: the peer reads end of file...
+        peer.settimeout(10)
+        self.assertEqual(peer.recv(100), b"")
+        peer.sendall(b"still here")  # ...and may still answer
+        self.assertEqual(read_some(self.stdout_r), b"still here")
+        peer.close()  # the remote side closes: done, status 0
+        thread.join(10)
+        self.assertEqual(self.status, [0])
+        self.assertEqual(read_some(self.stdout_r), b"", "stdout closed after")
+
+    def test_reset_is_status_1(self):
+        listener = socket.create_server(("127.0.0.1", 0))
+        self.addCleanup(listener.close)
+        mine = socket.create_connection(listener.getsockname())
+        peer, _ = listener.accept()
+        thread = self.start(mine)
+        self.addCleanup(os.close, self.stdin_w)
+        peer.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+        peer.close()  # linger 0: a reset
+        thread.join(10)
+        self.assertEqual(self.status, [connect.RELAY_FAILED])
+
+
+class EchoServer:
+    """
+    A TCP server on 127.0.0.1 in a thread: echoes each connection until
+    end of file, then closes it; or, with C{banner}, sends it and closes.
+    """
+
+    def __init__(self, banner: bytes | None = None):
+        self.banner = banner
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.connections = 0
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self):
+        while True:
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                return
+            self.connections += 1
+            threading.Thread(target=self._echo, args=(conn,), daemon=True).start()
+
+    def _echo(self, conn):
+        with conn:
+            if self.banner is not None:
+                conn.sendall(self.banner)
+                return
+            while data := conn.recv(65536):
+                conn.sendall(data)
+
+    def close(self):
+        self.listener.close()
+
+
+class ConnectCommandTests(DaemonCase):
+    """
+    The real C{knocker connect} (C{python -m knocker.main connect}) against
+    a real daemon: stdin and stdout are pipes, the target an echo server.
+    """
+
+    def setUp(self):
+        super().setUp()
+        self.configure()
+        self.knock_file = self.generate()
+        self.start()
+
+    def options(self, knock_file=None):
+        return ["--server", f"tcp:host=127.0.0.1:port={self.port}",
+                "--knock-file", knock_file or self.knock_file,
+                "--log-file", os.path.join(self.dir, "client.log")]
+
+    def echo(self, banner=None) -> EchoServer:
+        server = EchoServer(banner)
+        self.addCleanup(server.close)
+        return server
+
+    def popen(self, *args, python=()):
+        process = subprocess.Popen(
+            [sys.executable, *python, "-m", "knocker.main", "connect", *args],
+            env=environment(), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        self.addCleanup(_reap, process)
+        return process
+
+    def test_open_then_bytes_round_trip(self):
+        """
+        The knock opens (the on-success program ran), then every byte of
+        standard input comes back from the echo server on standard output;
+        end of input half-closes, the server closes, the status is 0.
+        """
+        server = self.echo()
+        data = os.urandom(300_000)
+        done = subprocess.run(
+            [sys.executable, "-m", "knocker.main", "connect", *self.options(),
+             "127.0.0.1", str(server.port)],
+            input=data, capture_output=True, env=environment(), timeout=60,
+        )
+        self.assertEqual(done.returncode, 0, done.stderr.decode())
+        self.assertEqual(len(done.stdout), len(data))
+        self.assertTrue(done.stdout == data, "the bytes came back changed")
+        self.assertEqual(done.stderr, b"")
+        self.assertEqual([e["event"] for e in self.events() if e["event"] in ("grant", "open")],
+                         ["grant", "open"])
+        self.assertEqual(server.connections, 1)
+
+    def test_interactive_both_ways(self):
+        """
+        Line by line, as ssh talks: each write is answered before the next,
+        so the relay carries both directions at once, not input then output.
+        """
+        server = self.echo()
+        process = self.popen(*self.options(), "127.0.0.1", str(server.port))
+        out = process.stdout.fileno()
+        for line in (b"SSH-2.0-test\r\n", b"x" * 10, b"last\n"):
+            process.stdin.write(line)
+            process.stdin.flush()
+            got = b""
+            while len(got) < len(line):
+                got += read_some(out, 20)
+            self.assertEqual(got, line)
+        process.stdin.close()
+        self.assertEqual(process.wait(20), 0, process.stderr.read().decode())
+        self.assertEqual(process.stdout.read(), b"")
+
+    def test_remote_close_ends_it_with_input_still_open(self):
+        """
+        The remote side closing is the end: status 0 even though standard
+        input was never closed.
+        """
+        server = self.echo(banner=b"hello from the server\n")
+        process = self.popen(*self.options(), "127.0.0.1", str(server.port))
+        self.assertEqual(process.wait(30), 0, process.stderr.read().decode())
+        self.assertEqual(process.stdout.read(), b"hello from the server\n")
+
+    def test_open_but_target_unreachable_is_15(self):
+        """
+        OPEN, but nothing listens on HOST:PORT: retried for the connect
+        window, then status 15 with a message; nothing on standard output.
+        """
+        port = free_port()
+        started = time.monotonic()
+        done = knocker("connect", *self.options(), "127.0.0.1", str(port))
+        elapsed = time.monotonic() - started
+        self.assertEqual((done.returncode, done.stdout), (connect.UNREACHABLE_TARGET, ""),
+                         done.stderr)
+        self.assertIn(f"the knock was OPEN but 127.0.0.1:{port} could not be reached within 2s",
+                      done.stderr)
+        self.assertIn("Connection refused", done.stderr)
+        self.assertGreaterEqual(elapsed, connect.CONNECT_WINDOW)
+        self.assertEqual(len(self.events("open")), 1)
+
+    def test_unknown_knock_file_same_as_knock(self):
+        server = self.echo()
+        missing = os.path.join(self.dir, "nobody.knock")
+        knock = self.knock(missing)
+        done = knocker("connect", *self.options(missing), "127.0.0.1", str(server.port))
+        self.assertEqual(knock.returncode, 2)
+        self.assertEqual((done.returncode, done.stdout), (2, ""))
+        self.assertIn("nobody.knock", done.stderr)
+        self.assertEqual(knock.stderr.replace("knocker knock:", "knocker connect:"), done.stderr)
+        self.assertEqual(server.connections, 0)
+        self.assertEqual(self.events("grant"), [])
+
+
+class DeniedTests(DaemonCase):
+    def test_denied_same_as_knock(self):
+        """
+        A forged secret: DENIED, status 4, from C{knocker connect} as from
+        C{knocker knock}, with the same message on standard error and
+        nothing on standard output.  (never-lock keeps the first denial from
+        locking the second knock out.)
+        """
+        self.configure(never_lock="127.0.0.0/8")
+        good = self.generate()
+        self.start()
+        forged = os.path.join(self.dir, "forged.knock")
+        kf = parse_knockfile(read_private(good), good)
+        write_private(forged, format_knockfile(kf.replace(secret=b"\x07" * 32)))
+        server = EchoServer()
+        self.addCleanup(server.close)
+        knock = self.knock(forged)
+        done = knocker("connect", "--server", f"tcp:host=127.0.0.1:port={self.port}",
+                       "--knock-file", forged, "--log-file", os.path.join(self.dir, "client.log"),
+                       "127.0.0.1", str(server.port))
+        self.assertEqual(knock.returncode, 4, knock.stderr)
+        self.assertEqual((done.returncode, done.stdout), (4, ""), done.stderr)
+        self.assertEqual(done.stderr, knock.stderr)
+        self.assertIn("knocker: DENIED", done.stderr)
+        self.assertEqual(server.connections, 0)
+        self.assertEqual(len(self.events("denied")), 2)
+
+
+MODULES_AT_EXIT = (
+    "import atexit, sys\n"
+    "atexit.register(lambda: sys.stderr.write('MODULES ' + ' '.join(sorted(sys.modules)) + '\\n'))\n"
+    "from knocker.main import main\n"
+    "sys.exit(main(sys.argv[1:]))\n"
+)
+
+
+class FastPathTests(DaemonCase):
+    def modules(self, *args, stdin=b"") -> tuple[int, set[str]]:
+        done = subprocess.run([sys.executable, "-c", MODULES_AT_EXIT, *args], input=stdin,
+                              capture_output=True, env=environment(), timeout=60)
+        lines = done.stderr.decode().splitlines()
+        self.assertTrue(lines and lines[-1].startswith("MODULES "), done.stderr)
+        return done.returncode, set(lines[-1].split()[1:])
+
+    def test_imports(self):
+        """
+        C{knocker connect} on a plain C{tcp:} server knocks and relays
+        without argparse or the reactor; C{knocker knock} never loads
+        knocker.client.connect.
+        """
+        self.configure()
+        knock_file = self.generate()
+        self.start()
+        server = EchoServer()
+        self.addCleanup(server.close)
+        options = ["--server", f"tcp:host=127.0.0.1:port={self.port}", "--knock-file",
+                   knock_file, "--log-file", os.path.join(self.dir, "client.log")]
+        status, modules = self.modules("connect", *options, "127.0.0.1", str(server.port),
+                                       stdin=b"ping")
+        self.assertEqual(status, 0)
+        self.assertEqual(server.connections, 1)
+        self.assertIn("knocker.client.connect", modules)
+        for heavy in ("argparse", "twisted.internet.reactor", "asyncio", "hmac", "socket"):
+            self.assertNotIn(heavy, modules)
+        status, modules = self.modules("knock", *options)
+        self.assertEqual(status, 0)
+        self.assertNotIn("knocker.client.connect", modules)
+
+
+def _reap(process):
+    if process.poll() is None:
+        process.kill()
+    process.wait()
+    for stream in (process.stdin, process.stdout, process.stderr):
+        if stream is not None:
+            stream.close()
