@@ -20,7 +20,15 @@ Also measured here: knockd (and, if present, knocker) while a separate
 process floods loopback ports at --flood-rate connections/s, interleaving
 quiet and flooded knocks.
 
-Usage: python3 bench/peers.py [--runs 30] [--only knockd,fwknop-udp] ...
+Beside time to open, each entry's client spawn-to-exit is reported (what
+`time knocker knock` shows), and for `knocker-config` (`knocker knock
+--config FILE`, what users type) the issue's targets: time to open at most
+0.6x knockd's, spawn to exit at most 5 ms over `python -c pass`.
+
+--netns runs the daemons in one network namespace and the clients in
+another, joined by a veth pair (bench/netns.py), instead of loopback.
+
+Usage: python3 bench/peers.py [--runs 30] [--only knockd,fwknop-udp] [--netns] ...
 """
 
 import argparse
@@ -37,6 +45,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common  # noqa: E402
+import netns  # noqa: E402
 from common import Daemon, StampFile  # noqa: E402
 
 
@@ -55,6 +64,9 @@ class Peer:
     same_src_flood = False
     # seconds a failed knock needs before the daemon forgets it
     recover_after = 0.0
+    # where daemons and clients run: netns.Loopback() (default) or a
+    # netns.Veth() (--netns), set once by main() for every peer
+    net = netns.Loopback()
 
     def __init__(self, tools):
         self.tools = tools
@@ -99,7 +111,8 @@ class Peer:
         """Spawn the client, wait for the action's stamp and the client's
         exit; returns spawn->action seconds."""
         self.check_alive()
-        t0, t_exit, rc, out = common.run_timed(argv, timeout=20.0, env=env)
+        with self.net.inside("client"):
+            t0, t_exit, rc, out = common.run_timed(argv, timeout=20.0, env=env)
         self.last_exit_s = (t_exit - t0) / 1e9
         if rc is None:
             self.stamps.settle()
@@ -131,7 +144,8 @@ class Baseline(Peer):
             self.skip_reason = "%s not found" % argv[0]
 
     def one_run(self):
-        t0, t1, rc, out = common.run_timed(self.argv, env=self.env)
+        with self.net.inside("client"):  # a floor measured where the clients run
+            t0, t1, rc, out = common.run_timed(self.argv, env=self.env)
         if rc != 0:
             raise RunFailed("exit %s: %s" % (rc, out.strip()[-200:]))
         self.last_exit_s = (t1 - t0) / 1e9
@@ -155,9 +169,13 @@ class Knockd(Peer):
             if shutil.which(prog) is None:
                 self.skip_reason = "%s not installed (run bench/setup.sh)" % prog
 
+    def action(self):
+        """knockd's `command` line: the marker, given the knocker's address."""
+        return "%s %%IP%%" % self._install_marker()
+
     def setup(self, workdir):
         super().setup(workdir)
-        marker = self._install_marker()
+        action = self.action()
         rng = random.Random()
         # the sequence lives inside a free block, which the flood then hits
         self.block = common.free_port_block(1000, contiguous=True, rng=rng)
@@ -167,15 +185,17 @@ class Knockd(Peer):
             f.write("[options]\n"
                     "  LogFile = %s/knockd.log\n"
                     "  PidFile = %s/knockd.pid\n"
-                    "  Interface = lo\n"
+                    "  Interface = %s\n"
                     "[bench]\n"
                     "  sequence = %s\n"
                     "  seq_timeout = 2\n"
                     "  tcpflags = syn\n"
-                    "  command = %s %%IP%%\n"
-                    % (workdir, workdir, ",".join(map(str, self.sequence)), marker))
-        self.daemon = Daemon(["knockd", "-i", "lo", "-c", conf],
-                             os.path.join(workdir, "knockd.out"))
+                    "  command = %s\n"
+                    % (workdir, workdir, self.net.server_if, ",".join(map(str, self.sequence)),
+                       action))
+        with self.net.inside("server"):
+            self.daemon = Daemon(["knockd", "-i", self.net.server_if, "-c", conf],
+                                 os.path.join(workdir, "knockd.out"))
         # knockd announces itself in its LogFile, not on stdout
         log = os.path.join(workdir, "knockd.log")
         started = common.wait_for(
@@ -185,7 +205,10 @@ class Knockd(Peer):
             raise RuntimeError("knockd did not start:\n" + self.daemon.log_text())
 
     def one_run(self):
-        return self._timed_client(["knock", "127.0.0.1"] + [str(p) for p in self.sequence])
+        return self._timed_client(self.client_argv())
+
+    def client_argv(self):
+        return ["knock", self.net.server_ip] + [str(p) for p in self.sequence]
 
     def flood_ports(self):
         # a 1000-port block holding the sequence; all closed, so each flood
@@ -211,9 +234,16 @@ class Fwknop(Peer):
             if shutil.which(prog) is None:
                 self.skip_reason = "%s not installed (run bench/setup.sh)" % prog
 
+    def action(self):
+        """CMD_CYCLE_OPEN: the marker.  It runs instead of an iptables rule,
+        so the benchmark never touches the host firewall."""
+        return "%s $IP $PORT" % self._install_marker()
+
+    access_port = "tcp/22"
+
     def setup(self, workdir):
         super().setup(workdir)
-        marker = self._install_marker()
+        action = self.action()
         self.port = common.free_port_block(1)[0]
         key = base64.b64encode(os.urandom(32)).decode()
         hmac_key = base64.b64encode(os.urandom(64)).decode()
@@ -225,29 +255,33 @@ class Fwknop(Peer):
                 f.write(text)
             return path
 
-        lines = ["PCAP_INTF lo", "FWKNOP_RUN_DIR %s" % workdir]
+        lines = ["PCAP_INTF %s" % self.net.server_if, "FWKNOP_RUN_DIR %s" % workdir]
         if self.mode == "udp":
             lines += ["ENABLE_UDP_SERVER Y", "UDPSERV_PORT %d" % self.port]
         else:
             lines += ["PCAP_FILTER udp port %d" % self.port]
         conf = secret_file("fwknopd.conf", "\n".join(lines) + "\n")
-        # CMD_CYCLE_OPEN runs the marker instead of adding an iptables rule,
-        # so the benchmark never touches the host firewall.
         access = secret_file("access.conf", (
             "SOURCE ANY\nKEY_BASE64 %s\nHMAC_KEY_BASE64 %s\n"
-            "CMD_CYCLE_OPEN %s $IP $PORT\nCMD_CYCLE_CLOSE NONE\n") % (key, hmac_key, marker))
+            "CMD_CYCLE_OPEN %s\nCMD_CYCLE_CLOSE NONE\n") % (key, hmac_key, action))
         # the client reads its keys from its own rc file, not from argv
         self.rc = secret_file("fwknoprc", (
-            "[bench]\nSPA_SERVER 127.0.0.1\nSPA_SERVER_PORT %d\nACCESS tcp/22\n"
-            "ALLOW_IP 127.0.0.1\nKEY_BASE64 %s\nHMAC_KEY_BASE64 %s\nUSE_HMAC Y\n")
-            % (self.port, key, hmac_key))
-        self.daemon = Daemon(
-            ["fwknopd", "-f", "-c", conf, "-a", access,
-             "-d", os.path.join(workdir, "digest.cache"),
-             "-p", os.path.join(workdir, "fwknopd.pid"), "-r", workdir],
-            os.path.join(workdir, "fwknopd.out"))
+            "[bench]\nSPA_SERVER %s\nSPA_SERVER_PORT %d\nACCESS %s\n"
+            "ALLOW_IP %s\nKEY_BASE64 %s\nHMAC_KEY_BASE64 %s\nUSE_HMAC Y\n")
+            % (self.net.server_ip, self.port, self.access_port, self.net.client_ip, key,
+               hmac_key))
+        with self.net.inside("server"):
+            self.daemon = Daemon(
+                ["fwknopd", "-f", "-c", conf, "-a", access,
+                 "-d", os.path.join(workdir, "digest.cache"),
+                 "-p", os.path.join(workdir, "fwknopd.pid"), "-r", workdir],
+                os.path.join(workdir, "fwknopd.out"))
+
+        def udp_bound():
+            with self.net.inside("server"):
+                return common.udp_bound(self.port)
         if self.mode == "udp":
-            ok = common.wait_for(lambda: common.udp_bound(self.port) or not self.daemon.alive(),
+            ok = common.wait_for(lambda: udp_bound() or not self.daemon.alive(),
                                  10) and self.daemon.alive()
         else:
             ok = self.daemon.wait_log("main event loop", 10)
@@ -255,10 +289,15 @@ class Fwknop(Peer):
         if not ok:
             raise RuntimeError("fwknopd did not start:\n" + self.daemon.log_text())
 
-    def one_run(self):
+    def client_env(self):
         # HOME points at the workdir so the client never writes ~/.fwknoprc
-        env = dict(os.environ, HOME=self.workdir)
-        return self._timed_client(["fwknop", "--rc-file", self.rc, "-n", "bench"], env=env)
+        return dict(os.environ, HOME=self.workdir)
+
+    def client_argv(self):
+        return ["fwknop", "--rc-file", self.rc, "-n", "bench"]
+
+    def one_run(self):
+        return self._timed_client(self.client_argv(), env=self.client_env())
 
 
 # --------------------------------------------------------------------------
@@ -310,32 +349,60 @@ class Knocker(Peer):
         self.lockout = lockout
         self.skip_reason = knocker_missing()
 
-    def setup(self, workdir):
+    def action_conf(self):
+        """The [server] lines naming the actions: the marker on success."""
+        return "on-success = %s\n" % self._install_marker("on-success")
+
+    def setup(self, workdir, attempts=3):
+        """Draw ports and start the daemon; with fresh ports and state again
+        if it did not listen (a port taken between the draw and the bind:
+        other programs on a shared machine pick ports too)."""
         super().setup(workdir)
         self.env = knocker_env()
-        marker = self._install_marker("on-success")
-        self.central = common.free_port_block(1)[0]
+        action = self.action_conf()
+        for attempt in range(attempts):
+            try:
+                return self._start(workdir, action, attempt)
+            except RuntimeError as e:
+                if self.daemon is not None:
+                    self.daemon.stop()
+                    self.daemon = None
+                if attempt == attempts - 1:
+                    raise
+                print("  %s: start attempt %d failed, again with other ports: %s"
+                      % (self.name, attempt + 1, str(e).strip().splitlines()[-1][-200:]))
+
+    def _start(self, workdir, action, attempt):
+        shutil.rmtree(os.path.join(workdir, "state"), ignore_errors=True)
+        for leftover in ("bench.knock", "bench.knock.checked"):
+            try:
+                os.unlink(os.path.join(workdir, leftover))
+            except FileNotFoundError:
+                pass
+        # Below the ephemeral range (32768+ here), which outgoing connections
+        # (and the floods of other benchmarks) take ports from; a big pool
+        # lower still, where connections in TIME_WAIT leave no long free run.
+        self.central = common.free_port_block(1, hi=32768)[0]
         span = min(self.pool_size * 2, self.pool_size + 2000)  # room to draw from
-        # A big pool goes below the ephemeral range, where connections in
-        # TIME_WAIT leave no long free run.
-        where = {} if self.pool_size <= 1000 else {"lo": 1024, "hi": 32768}
+        where = {"hi": 32768} if self.pool_size <= 1000 else {"lo": 1024, "hi": 32768}
         block = common.free_port_block(span, contiguous=True, avoid=[self.central], **where)
         self.pool_lo, self.pool_hi = block[0], block[-1]
         self.conf = os.path.join(workdir, "knockserver.conf")
         with open(self.conf, "w") as f:
             f.write("[server]\n"
-                    "central = tcp:%d:interface=127.0.0.1\n"
-                    "interface = 127.0.0.1\n"
+                    "central = tcp:%d:interface=%s\n"
+                    "interface = %s\n"
                     "state-dir = %s/state\n"
                     "pool-size = %d\n"
                     "pool-range = %d-%d\n"
-                    "on-success = %s\n"
+                    "%s"
                     "lockout-scope = source\n"
                     "lockout = %s\n"
                     "knock-window = 10\n"
                     "audit-log = %s/audit.log\n"
-                    % (self.central, workdir, self.pool_size, self.pool_lo, self.pool_hi,
-                       marker, self.lockout, workdir))
+                    % (self.central, self.net.server_ip, self.net.server_ip, workdir,
+                       self.pool_size, self.pool_lo, self.pool_hi, action, self.lockout,
+                       workdir))
         self.knock_file = os.path.join(workdir, "bench.knock")
         r = subprocess.run(knocker_cli() + ["generate", "bench", "--config", self.conf,
                                             "-o", self.knock_file],
@@ -344,17 +411,26 @@ class Knocker(Peer):
             raise RuntimeError("knocker generate failed (%s): %s%s"
                                % (r.returncode, r.stdout, r.stderr))
         pool_ports = self._ports_in_knock_file()
-        self.daemon = Daemon(
-            [os.path.join(common.VENV_BIN, "twistd"), "-n", "--pidfile=", "knockserver",
-             "--config", self.conf],
-            os.path.join(workdir, "twistd.out"), env=self.env, cwd=workdir)
-        ok = common.wait_for(
-            lambda: not self.daemon.alive() or (
-                common.tcp_listening(self.central)
-                and all(common.tcp_listening(p) for p in pool_ports)),
-            20, interval=0.05) and self.daemon.alive()
+        with self.net.inside("server"):
+            self.daemon = Daemon(
+                [os.path.join(common.VENV_BIN, "twistd"), "-n", "--pidfile=", "knockserver",
+                 "--config", self.conf],
+                os.path.join(workdir, "twistd-%d.out" % attempt), env=self.env, cwd=workdir)
+
+        def listening():
+            with self.net.inside("server"):
+                return (common.tcp_listening(self.central)
+                        and all(common.tcp_listening(p) for p in pool_ports))
+        ok = common.wait_for(lambda: not self.daemon.alive() or listening(),
+                             20, interval=0.05) and self.daemon.alive()
         if not ok:
             raise RuntimeError("knockserver did not start:\n" + self.daemon.log_text()[-3000:])
+        self.client_conf = os.path.join(workdir, "knockclient.conf")
+        write_client_conf(self.client_conf, self.server_endpoint(), self.knock_file,
+                          os.path.join(workdir, "client-log", "client.log"))
+
+    def server_endpoint(self):
+        return "tcp:host=%s:port=%d" % (self.net.server_ip, self.central)
 
     def _ports_in_knock_file(self, enough=12):
         """Ports named by the client's knocks: all are pool ports, and with
@@ -380,15 +456,53 @@ class Knocker(Peer):
                 os.unlink(self.knock_file + ".checked")
             except FileNotFoundError:
                 pass
-        return self._timed_client(
-            knocker_cli() + ["knock", "--server", "tcp:host=127.0.0.1:port=%d" % self.central,
-                             "--knock-file", self.knock_file],
-            env=self.env)
+        return self._timed_client(self.client_argv(), env=self.env)
+
+    def client_argv(self):
+        return knocker_cli() + ["knock", "--server", self.server_endpoint(),
+                                "--knock-file", self.knock_file]
 
     def flood_ports(self):
         # the pool itself (what a scan finds open): every flood connection
         # is a full hit the server must accept, record and close
         return [str(p) for p in self.pool_ports()]
+
+
+class KnockerConfig(Knocker):
+    """`knocker knock --config FILE`: what users type.  FILE is
+    etc/knockclient.conf itself (comments and all) with its server,
+    knock-file and log-file lines pointed at this run: so the config is read
+    and parsed, and every attempt appended to the client log, as for a user."""
+    name = "knocker-config"
+    description = ("knocker (twistd knockserver), `knocker knock --config FILE` "
+                   "(etc/knockclient.conf, log-file on)")
+
+    def client_argv(self):
+        return knocker_cli() + ["knock", "--config", self.client_conf]
+
+
+CLIENT_CONF_TEMPLATE = os.path.join(common.REPO, "etc", "knockclient.conf")
+
+
+def write_client_conf(path, server, knock_file, log_file, template=CLIENT_CONF_TEMPLATE):
+    """etc/knockclient.conf with `server`, `knock-file` and `log-file` set;
+    every other line (defaults, comments) as shipped."""
+    import re
+    try:
+        with open(template) as f:
+            text = f.read()
+    except OSError:
+        text = "[client]\n"
+    values = {"server": server, "knock-file": knock_file, "log-file": log_file}
+    for key, value in values.items():
+        # the key's line, commented out or not (knock-file ships commented)
+        text, n = re.subn(r"(?m)^#?[ \t]*%s[ \t]*=.*$" % re.escape(key),
+                          lambda m, k=key, v=value: "%s = %s" % (k, v), text, count=1)
+        if n == 0:
+            text = text.replace("[client]\n", "[client]\n%s = %s\n" % (key, value), 1)
+    with open(path, "w") as f:
+        f.write(text)
+    return path
 
 
 def make_peers(tools, with_knocker=True):
@@ -405,6 +519,8 @@ def make_peers(tools, with_knocker=True):
     if with_knocker:
         k = Knocker(tools)
         peers.append(k)
+        # What users type: --config with a client config and its log file.
+        peers.append(KnockerConfig(tools))
         # The same with a pool of 10,000 ports: each action's start must
         # not cost more with every descriptor the daemon holds.
         peers.append(Knocker(tools, pool_size=10000, name="knocker-pool10k"))
@@ -537,6 +653,54 @@ def flood_scenario(peer, tools, runs, rate, pause, rng, deadline, modes, log=pri
     return out
 
 
+# Entries left out over the veth unless named with --only: they measure
+# nothing a network path changes (imports, the first-knock file check, a big
+# pool), and each costs a daemon and time.
+VETH_LEAVE_OUT = ("python-reactor", "knocker-import", "knocker-first", "knocker-pool10k")
+
+# The issue's targets for what users run (knocker-config), one run's p50s.
+TARGET_VS_KNOCKD = 0.6
+TARGET_OVER_FLOOR_MS = 5.0
+
+
+def targets(entries):
+    """knocker-config against knockd (time to open) and against the floor,
+    `python -c pass` spawn to exit (its time to open and its own exit)."""
+    kc, kd, floor = (entries.get(n) for n in ("knocker-config", "knockd", "python-pass"))
+    out = {"vs_knockd_max": TARGET_VS_KNOCKD, "over_floor_max_ms": TARGET_OVER_FLOOR_MS}
+    if not kc or "p50_ms" not in kc:
+        return out
+    if kd and "p50_ms" in kd:
+        out["open_vs_knockd"] = round(kc["p50_ms"] / kd["p50_ms"], 3)
+        out["open_vs_knockd_met"] = out["open_vs_knockd"] <= TARGET_VS_KNOCKD
+        if kc.get("client_exit_p50_ms") is not None:
+            # what `time knocker knock` shows, against knockd's door opening
+            out["exit_vs_knockd_open"] = round(kc["client_exit_p50_ms"] / kd["p50_ms"], 3)
+    if floor and "p50_ms" in floor:
+        out["floor_p50_ms"] = floor["p50_ms"]
+        out["open_minus_floor_ms"] = round(kc["p50_ms"] - floor["p50_ms"], 3)
+        out["exit_minus_floor_ms"] = round(kc["client_exit_p50_ms"] - floor["p50_ms"], 3)
+        out["exit_minus_floor_met"] = out["exit_minus_floor_ms"] <= TARGET_OVER_FLOOR_MS
+    return out
+
+
+def print_targets(t):
+    if "open_vs_knockd" not in t and "exit_minus_floor_ms" not in t:
+        return
+    print("\nknocker-config (knocker knock --config), p50s of this run:")
+    if "open_vs_knockd" in t:
+        print("  time to open / knockd's time to open   %.2fx  (target <= %.1fx: %s)"
+              % (t["open_vs_knockd"], TARGET_VS_KNOCKD,
+                 "met" if t["open_vs_knockd_met"] else "NOT MET"))
+        if "exit_vs_knockd_open" in t:
+            print("  client exit / knockd's time to open    %.2fx" % t["exit_vs_knockd_open"])
+    if "exit_minus_floor_ms" in t:
+        print("  client exit - python-pass (%.2f ms)     %+.2f ms  (target <= +%.0f ms: %s)"
+              % (t["floor_p50_ms"], t["exit_minus_floor_ms"], TARGET_OVER_FLOOR_MS,
+                 "met" if t["exit_minus_floor_met"] else "NOT MET"))
+        print("  time to open - python-pass             %+.2f ms" % t["open_minus_floor_ms"])
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--runs", type=int, default=30, help="timed runs per entry (default 30)")
@@ -553,11 +717,24 @@ def main():
                     help="also flood knockd from the knocking client's own address")
     ap.add_argument("--max-seconds", type=float, default=1200, help="overall time bound")
     ap.add_argument("--seed", type=int, help="seed for order and pauses")
-    ap.add_argument("--out", default=os.path.join(common.RESULTS, "peers.json"))
+    ap.add_argument("--netns", action="store_true",
+                    help="daemons in one network namespace, clients in another, joined by a "
+                         "veth pair (10.77.0.1 / 10.77.0.2), instead of loopback; the flood "
+                         "scenario is loopback-only and is skipped")
+    ap.add_argument("--out", help="JSON results (default bench/results/peers.json, "
+                                  "or peers-veth.json with --netns)")
     ap.add_argument("--keep", action="store_true", help="keep the daemons' temp dirs")
     ap.add_argument("--daemon-nofile", type=int,
                     help="soft RLIMIT_NOFILE for the daemons (e.g. 1024, a common service default)")
     args = ap.parse_args()
+    if args.out is None:
+        args.out = os.path.join(common.RESULTS, "peers-veth.json" if args.netns else "peers.json")
+    if args.netns and args.flood_runs:
+        print("--netns: no flood scenario (it floods loopback from 127.x sources)")
+        args.flood_runs = 0
+    # SIGTERM ends the run through the finally below: daemons stopped,
+    # namespaces removed
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
 
     pause = tuple(float(x) for x in args.pause.split(","))
     seed = args.seed if args.seed is not None else random.randrange(1 << 30)
@@ -571,14 +748,24 @@ def main():
         wanted = set(args.only.split(","))
         peers = [p for p in peers if p.name in wanted]
     skip = set(filter(None, args.skip.split(",")))
+    if args.netns and not args.only:
+        # over the veth: the entries with a network path, and the floors
+        skip |= set(VETH_LEAVE_OUT)
     peers = [p for p in peers if p.name not in skip]
 
     active, started, skipped = [], [], {}
     root = tempfile.mkdtemp(prefix="knocker-bench-")
+    net = None
     result = {"machine": common.machine_info(), "seed": seed, "runs": args.runs,
               "pause_s": pause, "daemon_nofile": args.daemon_nofile, "clock": "CLOCK_MONOTONIC (harness spawn time and marker stamp)",
               "entries": {}, "skipped": skipped}
     try:
+        net = netns.make("veth" if args.netns else "loopback")
+        Peer.net = net
+        result["network"] = net.describe()
+        print("network: %s" % (
+            "veth pair, daemons in %(server)s (10.77.0.1), clients in %(client)s (10.77.0.2)"
+            % net.names if args.netns else "loopback (127.0.0.1, lo)"))
         for p in peers:
             if p.skip_reason:
                 print("skip %s: %s" % (p.name, p.skip_reason))
@@ -605,6 +792,8 @@ def main():
             s = common.summarize(d["samples"], len(d["failures"]))
             ex = common.summarize(d["exit"])
             s["client_exit_p50_ms"] = ex.get("p50_ms")
+            s["client_exit_p95_ms"] = ex.get("p95_ms")
+            s["client_exit_samples_ms"] = [round(x * 1000, 3) for x in d["exit"]]
             s["description"] = p.description
             s["samples_ms"] = [round(x * 1000, 3) for x in d["samples"]]
             s["failure_reasons"] = sorted(set(d["failures"]))
@@ -619,8 +808,12 @@ def main():
         common.print_table(rows, [("name", "entry"), ("n", "n"), ("failures", "fail"),
                                   ("p50_ms", "p50 ms"), ("p95_ms", "p95 ms"),
                                   ("min_ms", "min ms"), ("max_ms", "max ms"),
-                                  ("client_exit_p50_ms", "exit p50"), ("vs_knockd", "p50/knockd")],
-                           title="\ntime to open (baselines: time to exit), ms")
+                                  ("client_exit_p50_ms", "exit p50"),
+                                  ("client_exit_p95_ms", "exit p95"), ("vs_knockd", "p50/knockd")],
+                           title="\ntime to open (baselines: time to exit), ms; exit: client "
+                                 "spawn to exit [%s]" % net.mode)
+        result["targets"] = targets(result["entries"])
+        print_targets(result["targets"])
 
         if args.flood_runs > 0:
             result["flood"] = {"rate_target": args.flood_rate, "peers": {}}
@@ -654,6 +847,8 @@ def main():
     finally:
         for p in started:
             p.teardown()
+        if net is not None:
+            net.destroy()
         if args.keep:
             print("kept", root)
         else:

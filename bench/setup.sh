@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Install what the peer benchmark needs, only if it is missing, and build the
+# Install what the peer benchmarks need, only if it is missing, and build the
 # small C helpers. Safe to run again: every step checks before it acts.
 set -euo pipefail
 
@@ -12,6 +12,9 @@ declare -A want=(
     [fwknop-client]=/usr/bin/fwknop
     [gcc]=/usr/bin/gcc
     [libc6-dev]=/usr/include/stdio.h
+    # peers.py --netns and door.py: namespaces, a veth pair, an nftables door
+    [iproute2]=/usr/sbin/ip
+    [nftables]=/usr/sbin/nft
 )
 missing=()
 for pkg in "${!want[@]}"; do
