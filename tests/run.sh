@@ -6,7 +6,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-packages="iproute2 nftables nmap faketime openssh-server openssh-client"
+# systemd: systemd-analyze for the unit's tests; logrotate: etc/knocker.logrotate;
+# python3-venv, util-linux, passwd: README's installation (tests/network/test_deploy.py)
+packages="iproute2 nftables nmap faketime openssh-server openssh-client systemd logrotate python3-venv util-linux passwd"
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     missing=""
     for package in $packages; do

@@ -3,6 +3,11 @@ The C{knocker} command: generate, knock, connect, status, demo.
 
 Imports are kept inside the subcommands so that C{knocker generate} and
 C{knocker status} never load the reactor.
+
+The commands that work on the server's state read the daemon's
+configuration: C{--config FILE}, or L{DEFAULT_CONFIG} when it exists.  With
+neither (and no C{--state-dir}) they refuse, rather than make a state in
+the working directory that no daemon reads.
 """
 
 import argparse
@@ -16,12 +21,30 @@ from knocker.files import PrivateFileError
 
 USAGE_ERROR = 2
 
+#: Where the documented installation keeps the daemon's configuration.
+DEFAULT_CONFIG = "/etc/knocker/knockserver.conf"
+
+
+def server_config(args):
+    """
+    The daemon's configuration for a command on its state (see above).
+    """
+    path = args.config
+    if path is None and os.path.exists(DEFAULT_CONFIG):
+        path = DEFAULT_CONFIG
+    if path is None and getattr(args, "state_dir", None) is None:
+        raise ValueError(
+            f"which server? pass --config FILE (the daemon's configuration; "
+            f"{DEFAULT_CONFIG} is used when it exists, and it does not), or --state-dir DIR"
+        )
+    return load_server_config(path, _overrides(args, ("state-dir",)))
+
 
 def _generate(args) -> int:
     from knocker.admin.clients import generate_client
     from knocker.core.knockfile import valid_client_id
 
-    config = load_server_config(args.config, _overrides(args, ("state-dir",)))
+    config = server_config(args)
     if not valid_client_id(args.client):
         raise ValueError(f"client id {args.client!r} must match [a-z0-9][a-z0-9_.-]{{0,63}}")
     output = args.output or f"{args.client}.knock"
@@ -42,7 +65,7 @@ def _generate(args) -> int:
 def _status(args) -> int:
     from knocker.admin.clients import status
 
-    config = load_server_config(args.config, _overrides(args, ("state-dir",)))
+    config = server_config(args)
     report = status(config)
     if args.json:
         print(json.dumps(report, indent=2))
@@ -87,7 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--knocks", type=int, help="number of one-time knocks (default: config, 1000)")
     gen.add_argument("--ports", type=int, help="ports per knock (default: config, 6)")
     gen.add_argument("-o", "--output", help="where to write the file (default: CLIENT.knock)")
-    gen.add_argument("--config", help="server configuration file")
+    gen.add_argument("--config", help=f"server configuration file (default: {DEFAULT_CONFIG})")
     gen.add_argument("--state-dir", help="override state-dir")
     gen.add_argument("--force", action="store_true",
                      help="replace an existing client (new secret) and output file")
@@ -107,7 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
     connect.add_argument("arguments", nargs=argparse.REMAINDER)
 
     stat = commands.add_parser("status", help="clients, knocks left, lockouts")
-    stat.add_argument("--config", help="server configuration file")
+    stat.add_argument("--config", help=f"server configuration file (default: {DEFAULT_CONFIG})")
     stat.add_argument("--state-dir", help="override state-dir")
     stat.add_argument("--json", action="store_true", help="print JSON")
     stat.set_defaults(run=_status)
@@ -131,6 +154,15 @@ def main(argv: list[str] | None = None) -> int:
         return USAGE_ERROR
     except OSError as error:
         print(f"knocker {args.command}: {error}", file=sys.stderr)
+        return 1
+    except Exception as error:
+        import sqlite3
+
+        from knocker.state.interface import StateError
+
+        if not isinstance(error, (sqlite3.Error, StateError)):
+            raise
+        print(f"knocker {args.command}: the state: {error}", file=sys.stderr)
         return 1
 
 

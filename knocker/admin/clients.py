@@ -1,6 +1,10 @@
 """
 Administration that works on the state directory without a running
 daemon: creating the pool, generating clients, reporting status.
+
+Run as root on a state directory that belongs to the daemon's user, the
+state is read and written as that user (L{knocker.admin.owner.StateOwner}),
+so the server's copies and the database stay the daemon's.
 """
 
 import secrets
@@ -9,6 +13,7 @@ from datetime import datetime, timezone
 
 from attrs import frozen
 
+from knocker.admin.owner import StateOwner
 from knocker.core.knockfile import KnockFile
 from knocker.core.knockgen import format_knockfile, generate
 from knocker.core.pool import ensure_pool, keyspace
@@ -39,17 +44,21 @@ def generate_client(config, client: str, knocks: int, ports: int, output: str,
     Make C{client}'s portknock file: write the client's copy at C{output},
     then the server's copy, then register it (a new secret, numbers from
     1), all 0600.  A running daemon picks the new file up at the
-    client's next HELLO; the old file stops working.
+    client's next HELLO; the old file stops working.  The state is
+    written as its directory's owner (the client's copy as the caller).
     """
-    store = SQLiteStore(config.state_dir)
+    owner = StateOwner(config.state_dir)
+    with owner:
+        store = SQLiteStore(config.state_dir)
     try:
-        existing = store.client(client)
-        if existing is not None and not force:
-            raise ClientExists(
-                f"client {client!r} exists ({existing.left} of {existing.knocks} knocks left); "
-                f"--force replaces its file and secret (the old file stops working)"
-            )
-        pool = ensure_pool(store, config)
+        with owner:
+            existing = store.client(client)
+            if existing is not None and not force:
+                raise ClientExists(
+                    f"client {client!r} exists ({existing.left} of {existing.knocks} knocks "
+                    f"left); --force replaces its file and secret (the old file stops working)"
+                )
+            pool = ensure_pool(store, config)
         if ports > len(pool):
             raise ValueError(f"{ports} ports per knock, but the pool holds {len(pool)}")
         kf = generate(
@@ -59,11 +68,13 @@ def generate_client(config, client: str, knocks: int, ports: int, output: str,
         # The client's copy first: if it cannot be written, nothing changed
         # and the client's old file still works.
         write_private(output, format_knockfile(kf))
-        book = ClientBook(config.state_dir, pool)
-        server_copy = book.add(kf)
-        store.register(client, knocks, kf.secret)
+        with owner:
+            book = ClientBook(config.state_dir, pool)
+            server_copy = book.add(kf)
+            store.register(client, knocks, kf.secret)
     finally:
-        store.close()
+        with owner:
+            store.close()
     ordered, unordered = keyspace(len(pool), ports)
     return Generated(kf, output, server_copy, len(pool), ordered, unordered)
 
@@ -73,7 +84,12 @@ def status(config) -> dict:
     What C{knocker status} shows: the pool, each client's knocks left and
     the lockouts in force, read from the state the daemon commits.
     """
-    store = SQLiteStore(config.state_dir)
+    owner = StateOwner(config.state_dir)
+    with owner:
+        return _status(config, SQLiteStore(config.state_dir))
+
+
+def _status(config, store) -> dict:
     try:
         pool = store.pool() or ()
         return {

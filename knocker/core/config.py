@@ -97,6 +97,22 @@ def _text(text: str) -> str:
     return text
 
 
+#: Set by the daemon for every action; never taken from its environment.
+ACTION_OWN_ENV = ("PATH", "KNOCKER_CLIENT_IP", "KNOCKER_CLIENT", "KNOCKER_INDEX")
+_ENV_FIRST = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz_")
+_ENV_REST = _ENV_FIRST | frozenset("0123456789")
+
+
+def _env_names(text: str) -> tuple[str, ...]:
+    names: list[str] = []
+    for item in text.replace(",", " ").split():
+        if item[0] not in _ENV_FIRST or not _ENV_REST.issuperset(item) or item in ACTION_OWN_ENV:
+            raise ValueError(item)
+        if item not in names:
+            names.append(item)
+    return tuple(names)
+
+
 class Key:
     """
     One configuration key, declared once: its name in the file (and as
@@ -140,6 +156,13 @@ SERVER_TABLE = (
     Key("on-close", None, _PATH, is_path=True),
     Key("open-duration", 300.0, _number(float, 0, 31_536_000)),
     Key("script-timeout", 10.0, _number(float, 0.1, 3600)),
+    Key("on-check", None, _PATH, is_path=True),
+    Key("check-interval", 2.0, _number(float, 0.5, 3600)),
+    Key("action-env", ("KNOCKER_PROTECTED_PORTS", "KNOCKER_NFT_TABLE", "KNOCKER_NFT_TIMEOUT",
+                       "KNOCKER_NFT"),
+        (_env_names, "names of environment variables (letters, digits, _) separated by "
+                     "spaces or commas, other than " + ", ".join(ACTION_OWN_ENV) +
+                     " (the daemon sets those)")),
     Key("audit-log", None, _PATH, is_path=True),
     Key("audit-hit-rate", 100, _number(int, 1, 1_000_000)),
     Key("audit-min-free", 100, _number(int, 0, 1_000_000)),

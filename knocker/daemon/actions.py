@@ -2,8 +2,10 @@
 Running the administrator's programs (docs/spec.md section 6).
 
 A program is started directly from an argv list (never through a shell),
-with a small fixed environment, its output captured up to a bound, and
-killed if it outlives the timeout.
+with an environment made only of PATH, the names the C{action-env} key
+lists (their values taken from the daemon's environment) and, for a
+knock's actions, the three C{KNOCKER_*} values; its output captured up to
+a bound, and killed if it outlives the timeout.
 """
 
 import fcntl
@@ -15,12 +17,15 @@ from twisted.internet import defer
 from twisted.internet.interfaces import IReadDescriptor
 from zope.interface import implementer
 
+from knocker.daemon.actionenv import DEFAULT_PATH as DEFAULT_PATH
+from knocker.daemon.actionenv import action_env as action_env
+from knocker.daemon.actionenv import check_env as check_env
+from knocker.daemon.actionenv import passed_env as passed_env
 from knocker.daemon.proctree import descendants
 
 OUTPUT_LIMIT = 64 * 1024
 PIPE_GRACE = 0.2  # seconds to collect output after the program exits
 EXIT_POLL = 0.05  # seconds between exit checks where there is no pidfd
-DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
 @frozen
@@ -36,15 +41,6 @@ class ActionResult:
     @property
     def ok(self) -> bool:
         return self.exit_code == 0 and not self.timed_out
-
-
-def action_env(ip: str, client: str, index: int) -> dict[str, str]:
-    return {
-        "PATH": os.environ.get("PATH", DEFAULT_PATH),
-        "KNOCKER_CLIENT_IP": ip,
-        "KNOCKER_CLIENT": client,
-        "KNOCKER_INDEX": str(index),
-    }
 
 
 class ProcessRunner:

@@ -1,14 +1,58 @@
 """
 The life of an on-close action (docs/spec.md section 6): recorded in the
 state before on-success runs, scheduled once on-success has finished,
-retried while it fails, restored after a restart, cancelled at stop.
+retried while it fails; at start every close left in the state runs at
+once, and at stop every pending close runs before the daemon exits.
+
+The schedule also knows which doors are open now (on-success worked and
+their close is not yet due), so that a firewall that lost them (a ruleset
+flush) can be given them back (L{CloseSchedule.reopen}), and it never runs
+a close while an action opening the same door still runs, so a close can
+never be overtaken by the open it undoes.
 """
 
+from twisted.internet import defer
 from twisted.logger import Logger
 
 log = Logger()
 
 CLOSE_RETRY = 60.0
+
+
+class _Runs:
+    """
+    Actions in flight, counted per close id, and who waits for them to end.
+    """
+
+    def __init__(self):
+        self._entries: dict[int, list] = {}  # close id -> [count, waiters]
+
+    def begin(self, close_id: int) -> None:
+        self._entries.setdefault(close_id, [0, []])[0] += 1
+
+    def end(self, close_id: int) -> None:
+        entry = self._entries.get(close_id)
+        if entry is None:
+            return
+        entry[0] -= 1
+        if entry[0] <= 0:
+            del self._entries[close_id]
+            for waiter in entry[1]:
+                waiter.callback(None)
+
+    def __contains__(self, close_id: int) -> bool:
+        return close_id in self._entries
+
+    def done(self, close_id: int) -> defer.Deferred:
+        """
+        Fires once nothing runs for C{close_id} (at once if nothing does).
+        """
+        entry = self._entries.get(close_id)
+        if entry is None:
+            return defer.succeed(None)
+        waiter = defer.Deferred()
+        entry[1].append(waiter)
+        return waiter
 
 
 class CloseSchedule:
@@ -28,52 +72,134 @@ class CloseSchedule:
         self._audit = audit
         self._retry = retry
         self._timers: dict[int, object] = {}
+        self._open: dict[int, tuple[str, str, int]] = {}
+        self._opening = _Runs()
+        self._unscheduled: set[int] = set()
+        self._closing = _Runs()
         self._stopped = False
 
     def record(self, due: float, ip: str, client: str, index: int) -> int:
         """
         Note a close in the state before the door opens (C{due} is the
-        latest it can fall due), so a crash in between still closes.
+        latest it can fall due), so a crash in between still closes.  The
+        caller runs on-success next, and says when it has finished with
+        L{opened} (or L{schedule}); until then no close of this id runs.
         """
-        return self._store.add_close(due, ip, client, index)
+        close_id = self._store.add_close(due, ip, client, index)
+        self._opening.begin(close_id)
+        self._unscheduled.add(close_id)
+        return close_id
+
+    def opened(self, close_id: int, due: float, ip: str, client: str, index: int,
+               ok: bool) -> None:
+        """
+        on-success for close C{close_id} has finished (C{ok}: it worked, so
+        the door is open until the close falls due at C{due}).
+        """
+        if ok and not self._stopped:
+            self._open[close_id] = (ip, client, index)
+        self.schedule(close_id, due, ip, client, index)
 
     def schedule(self, close_id: int, due: float, ip: str, client: str, index: int) -> None:
         """
         Run close C{close_id} at C{due}; a close already scheduled under
-        that id is replaced, and nothing is scheduled once stopped.
+        that id is replaced, and nothing is scheduled once stopped.  The
+        first schedule of a recorded close says its on-success has finished.
         """
-        if self._stopped:
-            return
-        previous = self._timers.pop(close_id, None)
-        if previous is not None and previous.active():
-            previous.cancel()
-        delay = max(0.0, due - self._wall.now())
-        self._timers[close_id] = self._clock.callLater(
-            delay, self._run, close_id, ip, client, index)
+        if not self._stopped:
+            previous = self._timers.pop(close_id, None)
+            if previous is not None and previous.active():
+                previous.cancel()
+            delay = max(0.0, due - self._wall.now())
+            self._timers[close_id] = self._clock.callLater(
+                delay, self._run, close_id, ip, client, index)
+        if close_id in self._unscheduled:
+            self._unscheduled.discard(close_id)
+            self._opening.end(close_id)
 
     def restore(self) -> int:
         """
-        Schedule every close the state holds; returns how many.
+        At start: every close the state holds runs at once, whenever it was
+        due.  A door that an earlier run left open is closed rather than
+        kept open to its time (fail-closed); its client knocks again.
+        Returns how many.
         """
         pending = self._store.pending_closes()
+        now = self._wall.now()
         for close in pending:
-            self.schedule(close.id, close.due, close.ip, close.client, close.index)
+            self.schedule(close.id, now, close.ip, close.client, close.index)
         return len(pending)
+
+    def open_doors(self) -> list[tuple[str, str, int]]:
+        """
+        C{(ip, client, index)} of every door open now: on-success worked
+        and the close is not yet due.
+        """
+        return list(self._open.values())
+
+    def reopen(self, run_open) -> int:
+        """
+        Run C{run_open(ip, client, index)} (on-success again) for every
+        door open now, after the firewall lost them; a close falling due
+        meanwhile waits until it has finished.  Returns how many.
+        """
+        doors = list(self._open.items())
+        for close_id, (ip, client, index) in doors:
+            self._opening.begin(close_id)
+            d = run_open(ip, client, index)
+            d.addBoth(self._reopened, close_id)
+        return len(doors)
+
+    def _reopened(self, result, close_id):
+        self._opening.end(close_id)
+        return result
 
     def stop(self) -> None:
         """
-        Cancel the timers; the closes stay in the state for the next start.
+        Cancel the timers; the closes stay in the state.
         """
         self._stopped = True
+        self._open.clear()
         for timer in self._timers.values():
             if timer.active():
                 timer.cancel()
         self._timers.clear()
 
-    def _run(self, close_id, ip, client, index) -> None:
+    def close_now(self) -> defer.Deferred:
+        """
+        At stop: cancel the timers and run every close the state holds,
+        now (a close whose door an action is still opening runs once that
+        action has finished; a close already running is waited for, not
+        run twice).  Fires with how many closes there were, once all have
+        finished, each within script-timeout.  A close that fails stays in
+        the state, and the next start runs it at once.
+        """
+        self.stop()
+        pending = self._store.pending_closes()
+        runs = []
+        for close in pending:
+            if close.id in self._closing:
+                runs.append(self._closing.done(close.id))
+            else:
+                runs.append(self._run(close.id, close.ip, close.client, close.index))
+        done = defer.gatherResults(runs, consumeErrors=True)
+        return done.addBoth(lambda _: len(pending))
+
+    def _run(self, close_id, ip, client, index) -> defer.Deferred:
         self._timers.pop(close_id, None)
-        d = self._run_close(ip, client, index)
+        self._open.pop(close_id, None)
+        self._closing.begin(close_id)
+        d = self._opening.done(close_id)
+        d.addCallback(lambda _: self._run_close(ip, client, index))
         d.addCallback(self._closed, close_id, ip, client, index)
+        d.addErrback(lambda failure: log.failure("on-close for {client} at {ip}", failure,
+                                                 client=client, ip=ip))
+        d.addBoth(self._close_ended, close_id)
+        return d
+
+    def _close_ended(self, result, close_id):
+        self._closing.end(close_id)
+        return result
 
     def _closed(self, result, close_id, ip, client, index) -> None:
         # Log first, then forget: a crash in between runs the (idempotent)

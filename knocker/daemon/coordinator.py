@@ -17,7 +17,7 @@ from knocker.core import handshake as hs
 from knocker.core.knockfile import KnockFileError
 from knocker.core.sources import normalise_ip
 from knocker.core.tracker import GLOBAL, HitVerdict, Lockout, Slot, Tracker
-from knocker.daemon.actions import action_env
+from knocker.daemon.actionenv import action_env, passed_env
 from knocker.daemon.clock import WallTime
 from knocker.daemon.closes import CloseSchedule
 from knocker.state.interface import secret_id
@@ -59,6 +59,8 @@ class KnockServer:
         self.tracker = tracker
         tracker.observer = self
         self._lockout_flush = None
+        # The action-env names' values, taken once: every action gets the same.
+        self.passed_env = passed_env(config.action_env)
         self.closes = CloseSchedule(
             clock, self._wall, store,
             lambda ip, client, index: self._run("on-close", (config.on_close,), ip, client, index),
@@ -71,7 +73,9 @@ class KnockServer:
 
     def restore(self) -> None:
         """
-        Reinstate lockouts and pending close actions from the state.
+        Reinstate lockouts from the state, and run every close action it
+        holds at once (fail-closed: doors a previous run opened are closed,
+        not kept open to their time).
         """
         for key, until in self._store.lockouts(self._wall.now()).items():
             self.tracker.restore_lockout(key, self._wall.from_wall(until))
@@ -82,7 +86,9 @@ class KnockServer:
                 f"{len(pending)} close actions are pending in the state but on-close is not "
                 f"set; set it again so they can run"
             )
-        self.closes.restore()
+        if self.closes.restore():
+            log.warn("{n} doors left open by the previous run are closed now (their clients "
+                     "knock again)", n=len(pending))
 
     # The central port.
 
@@ -211,7 +217,8 @@ class KnockServer:
         self.tracker.release(slot)
         if close_id is not None:
             due = self._wall.now() + self.config.open_duration
-            self.closes.schedule(close_id, due, slot.ip, slot.client, slot.index)
+            self.closes.opened(close_id, due, slot.ip, slot.client, slot.index,
+                               ok=result is not None and result.ok)
         if result is not None and result.ok:
             self._audit.record("open", ip=slot.ip, client=slot.client, index=slot.index)
             log.info("OPEN for {client} at {ip} (knock {index})",
@@ -269,13 +276,14 @@ class KnockServer:
         if session is not None:
             session.finish(reply)
 
-    def _run(self, which: str, program: tuple[str, ...], ip: str, client: str, index: int):
+    def _run(self, which: str, program: tuple[str, ...], ip: str, client: str, index: int,
+             **extra):
         argv = [*program, ip, client, str(index)]
-        d = self._runner.run(argv, action_env(ip, client, index))
+        d = self._runner.run(argv, action_env(ip, client, index, self.passed_env))
 
         def report(result):
             self._audit.record(
-                "script", action=which, ip=ip, client=client, index=index,
+                "script", action=which, ip=ip, client=client, index=index, **extra,
                 exit_code=result.exit_code, signal=result.signal, timed_out=result.timed_out,
                 stdout=result.stdout[-2000:], stderr=result.stderr[-2000:],
                 **({"error": result.spawn_error} if result.spawn_error else {}),
@@ -289,12 +297,29 @@ class KnockServer:
 
         return d.addCallback(report)
 
+    def reopen_doors(self) -> int:
+        """
+        The firewall lost its state (on-check restored it): run on-success
+        again for every door open now, so their clients keep their access
+        until the close.  Returns how many.
+        """
+        return self.closes.reopen(
+            lambda ip, client, index: self._run("on-success", self._success, ip, client, index,
+                                                reopen=True))
+
     def stop(self) -> None:
         """
         Cancel every timer (slots, closes) and refuse further handshakes;
-        pending closes stay in the state and run after the next start.
+        pending closes stay in the state (L{close_doors} runs them).
         """
         self._stopped = True
         self.save_lockouts()
         self.tracker.stop()
         self.closes.stop()
+
+    def close_doors(self):
+        """
+        At stop, after L{stop}: run every pending close now; the L{Deferred}
+        fires once they have all finished (each within script-timeout).
+        """
+        return self.closes.close_now()

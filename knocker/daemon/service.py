@@ -3,26 +3,35 @@ The knockserver daemon as a Twisted service: builds the coordinator and
 binds the central port and every pool port when it starts.
 
 Startup is strict: a bad client file, a state directory it cannot use or a
-port it cannot bind stops the daemon with a message naming the cause,
-before anything listens (a half-started knock server is worse than none).
+port it cannot bind stops the daemon with a message naming the cause (and
+for a path, the key that set it), before anything listens (a half-started
+knock server is worse than none).
+
+Stopping runs every pending close before the daemon exits (each within
+script-timeout), so no door stays open behind a stopped daemon; starting
+runs those an earlier run left (L{knocker.daemon.closes}).  With C{on-check}
+set, L{knocker.daemon.firewall.FirewallWatch} puts the firewall back when
+something around the daemon removed it.
 """
 
 import signal
 import time
 
 from twisted.application import service
-from twisted.internet.defer import gatherResults, maybeDeferred
+from twisted.internet.defer import gatherResults, maybeDeferred, succeed
 from twisted.internet.endpoints import serverFromString
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from knocker.core.pool import ensure_pool
 from knocker.core.tracker import Policy, Tracker
-from knocker.daemon.actions import ProcessRunner
+from knocker.daemon.actions import ProcessRunner, check_env
 from knocker.daemon.audit import AuditLog
 from knocker.daemon.central import CentralFactory
 from knocker.daemon.clock import ClockStepWatch, WallTime, use_monotonic_time
 from knocker.daemon.coordinator import KnockServer
+from knocker.daemon.firewall import FirewallWatch
+from knocker.daemon.paths import check_paths
 from knocker.daemon.poolport import PoolPort, SpareDescriptor
 from knocker.state.book import ClientBook
 from knocker.state.lock import StateLock
@@ -70,6 +79,7 @@ class KnockServerService(service.Service):
         self._audit = None
         self._spare = None
         self._previous_sighup = None
+        self.firewall: FirewallWatch | None = None
 
     def privilegedStartService(self):
         try:
@@ -94,10 +104,18 @@ class KnockServerService(service.Service):
             signal.SIGHUP, lambda number, frame: self._reactor.callFromThread(self.reopen_logs)
         )
         self._previous_sighup = (previous,)
+        if self.firewall is not None:
+            self.firewall.start()
 
     def reopen_logs(self):
+        """
+        SIGHUP: reopen the audit log (after logrotate moved it) and check
+        the firewall at once (systemctl reload nftables propagates here).
+        """
         if self._audit is not None and self._audit.reopen():
             log.info("audit log {path} reopened", path=self._audit.path)
+        if self.firewall is not None:
+            self.firewall.check_now()
 
     def _start(self):
         config, reactor = self.config, self._reactor
@@ -110,7 +128,12 @@ class KnockServerService(service.Service):
                      "port (a scanner) locks everyone out; lockout-scope = knock keeps the "
                      "paper's rule for failed knocks without that lever",
                      interface=config.interface)
-        self._store = SQLiteStore(config.state_dir, busy_timeout=DAEMON_BUSY_TIMEOUT)
+        check_paths(config)
+        try:
+            self._store = SQLiteStore(config.state_dir, busy_timeout=DAEMON_BUSY_TIMEOUT)
+        except Exception as error:
+            raise StartupError(f"state-dir = {config.state_dir}: cannot open the state: "
+                               f"{error}") from error
         self._lock = StateLock(config.state_dir)
         self._lock.acquire()
         pool = ensure_pool(self._store, config)
@@ -123,14 +146,21 @@ class KnockServerService(service.Service):
                 f"{book.path(missing[0])}: no knock counter for client {missing[0]!r} "
                 f"in {self._store.path}; run 'knocker generate {missing[0]}' again"
             )
-        self._audit = AuditLog(config.audit_path, reactor, hit_rate=config.audit_hit_rate,
-                               min_free_mib=config.audit_min_free, wall=time.time)
+        try:
+            self._audit = AuditLog(config.audit_path, reactor, hit_rate=config.audit_hit_rate,
+                                   min_free_mib=config.audit_min_free, wall=time.time)
+        except OSError as error:
+            raise StartupError(f"audit-log = {config.audit_path}: {error}") from error
+        runner = ProcessRunner(reactor, config.script_timeout)
         self.server = KnockServer(
-            config, reactor, self._store, book,
-            ProcessRunner(reactor, config.script_timeout), self._audit,
+            config, reactor, self._store, book, runner, self._audit,
             Tracker(reactor, Policy.from_config(config)),
             WallTime(reactor, time.time),
         )
+        if config.on_check:
+            self.firewall = FirewallWatch(
+                reactor, runner, config.on_check, config.check_interval,
+                check_env(self.server.passed_env), self._audit, self.server.reopen_doors)
         raise_descriptor_limit(len(pool) + config.max_connections + 256)
         self._spare = SpareDescriptor()
         for port in pool:
@@ -164,16 +194,33 @@ class KnockServerService(service.Service):
         self._audit.record("clock-step", seconds=round(seconds, 3))
 
     def stopService(self):
+        """
+        Stop listening, then run every pending close now; the rest (the
+        audit log's C{stop}, the state, the lock) once they have finished.
+        The L{Deferred} fires when all is done; twistd waits for it.
+        """
         service.Service.stopService(self)
         if self._step_watch is not None:
             self._step_watch.stop()
             self._step_watch = None
+        if self.firewall is not None:
+            self.firewall.stop()
         if self._previous_sighup is not None:
             signal.signal(signal.SIGHUP, self._previous_sighup[0] or signal.SIG_DFL)
             self._previous_sighup = None
-        if self.server is not None:
+        closing = succeed(0)
+        if self.server is not None and self._store is not None:
             self.server.stop()
+            closing = self.server.close_doors()
         stopped = self._stop_listening()
+        closing.addBoth(self._closed_all)
+        return gatherResults([stopped, closing])
+
+    def _closed_all(self, result):
+        if isinstance(result, Failure):
+            log.failure("running the pending closes at stop", result)
+        elif result:
+            log.info("{n} pending closes run at stop", n=result)
         if self._audit is not None:
             self._audit.record("stop")
             self._audit.close()
@@ -184,7 +231,7 @@ class KnockServerService(service.Service):
         if self._lock is not None:
             self._lock.release()
             self._lock = None
-        return stopped
+        return None
 
     def _stop_listening(self):
         ports = self.pool_ports + ([self.central_port] if self.central_port else [])

@@ -286,23 +286,32 @@ class CloseTests(SynchronousTestCase):
         self.assertEqual(h.store.pending_closes(), [])
         self.assertEqual([e["ok"] for e in h.audit.of("close")], [False, True])
 
-    def test_on_close_runs_after_open_duration_and_survives_restart(self):
+    def test_a_restart_closes_open_doors_at_once(self):
         """
-        The state keeps the close with the latest time it may be due
-        (open-duration plus script-timeout after the knock), so a restart
-        never closes before on-success could have finished.
+        The state keeps the close; a restart runs it at once rather than at
+        its time (fail-closed: the client knocks again).
         """
         h = Harness(self, on_close="/bin/true", open_duration=300, script_timeout=10)
         h.knock()
         self.assertEqual(len(h.store.pending_closes()), 1)
         h.clock.advance(100)
         h.restart()
-        h.clock.advance(209)
-        self.assertEqual(len(h.runner.calls), 1)
-        h.clock.advance(1)
+        self.assertEqual(len(h.runner.calls), 1, "nothing runs inside restore()")
+        h.clock.advance(0)
         self.assertEqual(h.runner.calls[1][0], ["/bin/true", IP, "alice", "1"])
         self.assertEqual(h.store.pending_closes(), [])
         self.assertEqual(h.audit.of("close")[0]["index"], 1)
+
+    def test_the_close_recorded_allows_for_script_timeout(self):
+        """
+        The close is recorded with the latest time it may be due:
+        open-duration plus script-timeout after the knock.
+        """
+        h = Harness(self, on_close="/bin/true", open_duration=300, script_timeout=10)
+        before = h.server._wall.now()
+        h.knock()
+        [pending] = h.store.pending_closes()
+        self.assertEqual(pending.due, before + 310)
 
     def test_source_lockout_survives_restart(self):
         h = Harness(self)

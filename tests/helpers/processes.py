@@ -47,12 +47,13 @@ class Daemon:
     """
 
     def __init__(self, config: str, audit_log: str, cwd: str, *extra: str,
-                 env: dict[str, str] | None = None):
+                 env: dict[str, str] | None = None, wrapper: tuple[str, ...] = ()):
         self.audit_log = audit_log
         self.log_path = os.path.join(cwd, "twistd.log")
         self._log = open(self.log_path, "ab")
         self.process = subprocess.Popen(
-            twistd_command() + ["-n", "--pidfile=", "knockserver", "--config", config, *extra],
+            [*wrapper, *twistd_command(), "-n", "--pidfile=", "knockserver", "--config", config,
+             *extra],
             cwd=cwd, env={**environment(), **(env or {})}, stdout=self._log,
             stderr=subprocess.STDOUT,
         )

@@ -1,0 +1,104 @@
+"""
+Commands run as root on a state directory that belongs to the daemon's
+user (C{knocker generate} by an administrator while the daemon runs as
+C{knocker}): whatever they write there must stay usable by that user.
+
+L{StateOwner} does it two ways.  Before the command touches the state, it
+gives the files that root left there earlier (the database and its
+journal files, C{clients/} and the server's copies) back to the
+directory's owner; and while the command works on the state, it runs with
+the directory's owner and group as its effective ids, so every file it
+creates there (a new server copy, the database's C{-wal} and C{-shm}) is
+theirs from the start.  Files outside the state (the client's copy, C{-o})
+are written as the caller.  Run by anyone else, or on a directory root
+owns, it changes nothing.
+"""
+
+import os
+import stat
+
+#: What knocker keeps in a state directory (and the daemon must read or write).
+STATE_FILES = ("state.sqlite", "state.sqlite-wal", "state.sqlite-shm", "state.sqlite-journal",
+               "daemon.lock", "audit.log", "clients")
+
+
+class StateOwner:
+    """
+    C{with owner:} runs the block as the owner of C{state_dir} (see above).
+    """
+
+    def __init__(self, state_dir: str):
+        self.state_dir = state_dir
+        self.uid = self.gid = None
+        if os.geteuid() != 0:
+            return
+        try:
+            info = os.stat(state_dir)
+        except OSError:
+            return  # made by this command: root's, like the rest then
+        if info.st_uid == 0 and info.st_gid == 0:
+            return
+        self.uid, self.gid = info.st_uid, info.st_gid
+        self.repair()
+
+    @property
+    def switching(self) -> bool:
+        return self.uid is not None
+
+    def repair(self) -> list[str]:
+        """
+        Give what root left in the state directory to its owner; returns
+        the paths changed.  Everything is reached through directory
+        descriptors and nothing is followed (the directory's owner could
+        have put a symbolic link where a file was), and only regular files
+        with one link and directories are changed.
+        """
+        changed = []
+        try:
+            top = os.open(self.state_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError:
+            return changed
+        try:
+            changed += [os.path.join(self.state_dir, name) for name in STATE_FILES
+                        if self._give(top, name)]
+            try:
+                clients = os.open("clients", os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
+                                  | os.O_CLOEXEC, dir_fd=top)
+            except OSError:
+                return changed
+            try:
+                changed += [os.path.join(self.state_dir, "clients", name)
+                            for name in sorted(os.listdir(clients)) if self._give(clients, name)]
+            finally:
+                os.close(clients)
+        finally:
+            os.close(top)
+        return changed
+
+    def _give(self, directory: int, name: str) -> bool:
+        try:
+            info = os.stat(name, dir_fd=directory, follow_symlinks=False)
+        except OSError:
+            return False
+        plain = stat.S_ISREG(info.st_mode) and info.st_nlink == 1
+        if info.st_uid != 0 or not (plain or stat.S_ISDIR(info.st_mode)):
+            return False
+        os.chown(name, self.uid, self.gid, dir_fd=directory, follow_symlinks=False)
+        return True
+
+    def __enter__(self):
+        if self.switching:
+            self._saved = (os.geteuid(), os.getegid())
+            os.setegid(self.gid)
+            try:
+                os.seteuid(self.uid)
+            except BaseException:
+                os.setegid(self._saved[1])
+                raise
+        return self
+
+    def __exit__(self, *exc_info):
+        if self.switching:
+            os.seteuid(self._saved[0])
+            os.setegid(self._saved[1])
+        return False

@@ -1,0 +1,108 @@
+"""
+The paths the daemon needs, checked before anything else starts, so that a
+missing or unwritable one stops it with a message that names the key that
+set the path, the path, who the daemon runs as, and what to do, rather
+than a bare C{[Errno 2]} from deep inside.
+
+  - C{state-dir}: created 0700 (with its parents) if missing; it and what
+    is in it (C{state.sqlite} and its journal files, C{daemon.lock},
+    C{clients/}) must be readable and writable by the daemon's user;
+  - the audit log (C{audit-log}, default C{STATE-DIR/audit.log}): its
+    folder is created 0700 if missing but its parent exists, else the
+    start is refused; the folder (or the file, if it exists) must be
+    writable;
+  - C{on-check}: an executable file (on-success and on-close are checked
+    as the options are read, L{knocker.daemon.tap.check_programs}).
+"""
+
+import os
+
+
+class PathError(Exception):
+    """
+    A path the daemon needs is missing or unusable; the message says which
+    key, which path and what to do.
+    """
+
+
+def _who() -> str:
+    uid = os.geteuid()
+    try:
+        import pwd
+
+        return f"user {pwd.getpwuid(uid).pw_name} (uid {uid})"
+    except (ImportError, KeyError):
+        return f"uid {uid}"
+
+
+def _owner_hint(path: str) -> str:
+    return f"chown it to the daemon's user (the unit's User=), e.g. chown -R knocker: {path}"
+
+
+def check_state_dir(state_dir: str) -> None:
+    key = f"state-dir = {state_dir}"
+    if not os.path.isdir(state_dir):
+        if os.path.lexists(state_dir):
+            raise PathError(f"{key}: exists but is not a directory")
+        try:
+            os.makedirs(state_dir, mode=0o700, exist_ok=True)
+        except OSError as error:
+            raise PathError(
+                f"{key}: missing, and {_who()} cannot create it ({error.strerror}); create it "
+                f"for the daemon's user (install -d -m 0700 -o knocker -g knocker {state_dir}) "
+                f"or set state-dir"
+            ) from None
+    if not os.access(state_dir, os.R_OK | os.W_OK | os.X_OK):
+        raise PathError(f"{key}: {_who()} cannot read and write it; {_owner_hint(state_dir)}")
+    for name in ("state.sqlite", "state.sqlite-wal", "state.sqlite-shm", "daemon.lock"):
+        path = os.path.join(state_dir, name)
+        if os.path.exists(path) and not os.access(path, os.R_OK | os.W_OK):
+            raise PathError(f"{key}: {_who()} cannot write {path}; {_owner_hint(state_dir)}")
+    clients = os.path.join(state_dir, "clients")
+    if os.path.isdir(clients) and not os.access(clients, os.R_OK | os.X_OK):
+        raise PathError(f"{key}: {_who()} cannot read {clients}; {_owner_hint(state_dir)}")
+
+
+def check_audit_log(path: str, configured: bool) -> None:
+    key = f"audit-log = {path}" if configured else f"audit-log (unset, so {path})"
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        parent = os.path.dirname(folder)
+        if os.path.lexists(folder):
+            raise PathError(f"{key}: {folder} is not a directory")
+        if not os.path.isdir(parent):
+            raise PathError(
+                f"{key}: its folder {folder} does not exist, nor does {parent}; create it for "
+                f"the daemon's user (install -d -m 0700 -o knocker -g knocker {folder}) or set "
+                f"audit-log to a path whose folder exists"
+            )
+        try:
+            os.mkdir(folder, 0o700)
+        except FileExistsError:
+            pass
+        except OSError as error:
+            raise PathError(
+                f"{key}: its folder {folder} is missing, and {_who()} cannot create it "
+                f"({error.strerror}); create it (install -d -m 0700 -o knocker -g knocker "
+                f"{folder}) or set audit-log"
+            ) from None
+    if os.path.exists(path):
+        if not os.access(path, os.W_OK):
+            raise PathError(f"{key}: {_who()} cannot write it; {_owner_hint(path)}")
+    elif not os.access(folder, os.W_OK | os.X_OK):
+        raise PathError(f"{key}: {_who()} cannot create files in {folder}; "
+                        f"{_owner_hint(folder)}")
+
+
+def check_program(key: str, path: str | None) -> None:
+    if path is not None and not (os.path.isfile(path) and os.access(path, os.X_OK)):
+        raise PathError(f"{key} = {path}: not an executable file")
+
+
+def check_paths(config) -> None:
+    """
+    @raise PathError: the first path that will not do.
+    """
+    check_state_dir(config.state_dir)
+    check_audit_log(config.audit_path, config.audit_log is not None)
+    check_program("on-check", config.on_check)

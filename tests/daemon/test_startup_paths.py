@@ -1,0 +1,81 @@
+"""
+The paths the daemon needs are checked first, and a bad one stops it with
+a message naming the key, the path and the remedy (knocker/daemon/paths.py),
+not a bare "[Errno 2] ... audit.log".
+"""
+
+import os
+import stat
+
+from twisted.internet.testing import MemoryReactorClock
+from twisted.trial.unittest import TestCase
+
+from knocker.daemon.service import KnockServerService
+from tests.helpers.harness import server_config
+
+
+class StartupPathTests(TestCase):
+    def setUp(self):
+        self.dir = os.path.abspath(self.mktemp())
+        os.makedirs(self.dir)
+
+    def start(self, **keys):
+        values = {"state_dir": os.path.join(self.dir, "state"), "central": "tcp:0"}
+        values.update(keys)
+        state_dir = values.pop("state_dir")
+        service = KnockServerService(server_config(state_dir, **values), MemoryReactorClock())
+        service.privilegedStartService()
+        self.addCleanup(service.stopService)
+        return service
+
+    def refused(self, *words, **keys) -> str:
+        error = self.assertRaises(SystemExit, self.start, **keys)
+        message = str(error)
+        self.assertTrue(message.startswith("knockserver cannot start: "), message)
+        for word in words:
+            self.assertIn(word, message)
+        return message
+
+    def test_audit_folder_made_0700_when_its_parent_exists(self):
+        audit = os.path.join(self.dir, "logs", "audit.log")
+        self.start(audit_log=audit)
+        self.assertEqual(stat.S_IMODE(os.stat(os.path.dirname(audit)).st_mode), 0o700)
+        self.assertTrue(os.path.exists(audit))
+
+    def test_audit_folder_and_its_parent_missing(self):
+        audit = os.path.join(self.dir, "var", "log", "knocker", "audit.log")
+        message = self.refused(f"audit-log = {audit}", "does not exist", "install -d",
+                               audit_log=audit)
+        self.assertNotIn("Errno", message)
+        self.assertFalse(os.path.exists(os.path.join(self.dir, "var")), "nothing made")
+
+    def test_audit_folder_is_a_file(self):
+        open(os.path.join(self.dir, "logs"), "w").close()
+        self.refused("audit-log = ", "not a directory",
+                     audit_log=os.path.join(self.dir, "logs", "audit.log"))
+
+    def test_state_dir_is_a_file(self):
+        path = os.path.join(self.dir, "state")
+        open(path, "w").close()
+        self.refused(f"state-dir = {path}", "not a directory", state_dir=path)
+
+    def test_state_dir_cannot_be_made(self):
+        open(os.path.join(self.dir, "file"), "w").close()
+        path = os.path.join(self.dir, "file", "state")
+        self.refused(f"state-dir = {path}", "cannot create it", "set state-dir", state_dir=path)
+
+    def test_state_dir_made_0700(self):
+        path = os.path.join(self.dir, "a", "b", "state")
+        self.start(state_dir=path)
+        self.assertEqual(stat.S_IMODE(os.stat(path).st_mode), 0o700)
+        self.assertTrue(os.path.exists(os.path.join(path, "audit.log")))
+
+    def test_on_check_must_be_executable(self):
+        path = os.path.join(self.dir, "check")
+        open(path, "w").close()
+        self.refused(f"on-check = {path}", "not an executable file", on_check=path)
+
+    def test_on_check_sets_up_the_watch(self):
+        service = self.start(on_check="/bin/true", check_interval=5)
+        self.assertIsNotNone(service.firewall)
+        self.assertIsNone(self.start(state_dir=os.path.join(self.dir, "other")).firewall)

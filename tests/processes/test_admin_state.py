@@ -1,0 +1,182 @@
+"""
+The knocker commands on the daemon's state: which configuration they use
+(--config, else /etc/knocker/knockserver.conf, else a refusal, never a
+state in the working directory), and, run as root on a state directory
+that belongs to the daemon's user, files that user can still use: a
+daemon running as its own user serves a client root generated meanwhile.
+"""
+
+import json
+import os
+import pwd
+import shutil
+import stat
+import subprocess
+import sys
+import tempfile
+
+from twisted.trial.unittest import SkipTest, TestCase
+
+from knocker.admin import cli
+from tests.helpers.processes import ROOT, Daemon, knocker, write_config
+
+
+def nobody() -> tuple[int, int]:
+    entry = pwd.getpwnam("nobody")
+    return entry.pw_uid, entry.pw_gid
+
+
+class ConfigChoiceTests(TestCase):
+    def setUp(self):
+        self.dir = tempfile.mkdtemp(prefix="knocker-admin-")
+        self.addCleanup(shutil.rmtree, self.dir, ignore_errors=True)
+
+    def test_no_config_is_refused_and_makes_nothing(self):
+        if os.path.exists(cli.DEFAULT_CONFIG):
+            raise SkipTest(f"{cli.DEFAULT_CONFIG} exists here")
+        for command in (["status"], ["generate", "alice"]):
+            done = knocker(*command, cwd=self.dir)
+            self.assertEqual(done.returncode, 2, done.stderr)
+            self.assertIn("--config", done.stderr)
+            self.assertIn(cli.DEFAULT_CONFIG, done.stderr)
+            self.assertEqual(os.listdir(self.dir), [], "no knocker-state, no alice.knock")
+
+    def test_state_dir_alone_will_do(self):
+        state = os.path.join(self.dir, "state")
+        done = knocker("status", "--state-dir", state, "--json", cwd=self.dir)
+        self.assertEqual(done.returncode, 0, done.stderr)
+        self.assertEqual(json.loads(done.stdout)["state_dir"], state)
+
+    def test_the_default_configuration_is_used(self):
+        state = os.path.join(self.dir, "state")
+        conf = write_config(os.path.join(self.dir, "knockserver.conf"), "server",
+                            state_dir=state, pool_size=10, pool_range="3000-3099")
+        self.patch(cli, "DEFAULT_CONFIG", conf)
+        out = os.path.join(self.dir, "alice.knock")
+        previous = os.getcwd()
+        os.chdir(self.dir)
+        self.addCleanup(os.chdir, previous)
+        self.assertEqual(cli.main(["generate", "alice", "--knocks", "3", "-o", out]), 0)
+        self.assertTrue(os.path.exists(os.path.join(state, "clients", "alice.knock")))
+        self.assertEqual(sorted(os.listdir(self.dir)), ["alice.knock", "knockserver.conf",
+                                                        "state"])
+
+    def test_unreadable_state_is_a_message(self):
+        state = os.path.join(self.dir, "state")
+        os.makedirs(state)
+        with open(os.path.join(state, "state.sqlite"), "w") as handle:
+            handle.write("not a database, at all, not even close" * 100)
+        done = knocker("status", "--state-dir", state, cwd=self.dir)
+        self.assertEqual(done.returncode, 1)
+        self.assertIn("knocker status: the state:", done.stderr)
+        self.assertNotIn("Traceback", done.stderr)
+
+
+class RootOnDaemonStateTests(TestCase):
+    """
+    Root runs the commands on a state directory owned by another user
+    (nobody, here; the installation's is knocker).
+    """
+
+    timeout = 90
+
+    def setUp(self):
+        if os.geteuid() != 0:
+            raise SkipTest("needs root (to act as root on another user's state)")
+        if shutil.which("setpriv") is None:
+            raise SkipTest("setpriv (util-linux) is not installed")
+        self.uid, self.gid = nobody()
+        self.dir = tempfile.mkdtemp(prefix="knocker-owner-")
+        self.addCleanup(shutil.rmtree, self.dir, ignore_errors=True)
+        os.chmod(self.dir, 0o755)
+        self.state = os.path.join(self.dir, "state")
+        os.mkdir(self.state, 0o700)
+        os.chown(self.state, self.uid, self.gid)
+        self.conf = write_config(os.path.join(self.dir, "knockserver.conf"), "server",
+                                 state_dir=self.state, pool_size=20, pool_range="22000-31999",
+                                 central="tcp:0:interface=127.0.0.1",
+                                 audit_log=os.path.join(self.state, "audit.log"))
+
+    def owners(self) -> dict[str, tuple[int, int]]:
+        found = {}
+        for folder, folders, files in os.walk(self.state):
+            for name in folders + files:
+                path = os.path.join(folder, name)
+                info = os.lstat(path)
+                found[os.path.relpath(path, self.state)] = (info.st_uid, info.st_gid)
+        return found
+
+    def generate(self, client):
+        out = os.path.join(self.dir, client + ".knock")
+        done = knocker("generate", client, "--config", self.conf, "--knocks", "5", "-o", out)
+        self.assertEqual(done.returncode, 0, done.stderr)
+        return out
+
+    def test_what_root_writes_in_the_state_is_the_owners(self):
+        out = self.generate("alice")
+        owners = self.owners()
+        self.assertIn(os.path.join("clients", "alice.knock"), owners)
+        self.assertIn("state.sqlite", owners)
+        self.assertEqual({path for path, ids in owners.items() if ids != (self.uid, self.gid)},
+                         set(), "everything in the state belongs to the state's owner")
+        copy = os.path.join(self.state, "clients", "alice.knock")
+        self.assertEqual(stat.S_IMODE(os.stat(copy).st_mode), 0o600)
+        self.assertEqual(os.stat(out).st_uid, 0, "the client's copy stays the caller's")
+        status = knocker("status", "--config", self.conf, "--json")
+        self.assertEqual(status.returncode, 0, status.stderr)
+        self.assertEqual(self.owners(), owners, "status changes no owner")
+
+    def test_files_root_left_earlier_are_given_back(self):
+        os.chown(self.state, 0, 0)
+        self.generate("alice")
+        self.assertEqual({ids for ids in self.owners().values()}, {(0, 0)})
+        os.chown(self.state, self.uid, self.gid)
+        self.generate("bob")
+        self.assertEqual({ids for ids in self.owners().values()}, {(self.uid, self.gid)})
+
+    def test_a_symlink_in_the_state_is_not_followed(self):
+        victim = os.path.join(self.dir, "victim")
+        open(victim, "w").close()
+        os.symlink(victim, os.path.join(self.state, "daemon.lock"))
+        self.generate("alice")
+        self.assertEqual(os.stat(victim).st_uid, 0)
+
+    def test_daemon_as_its_own_user_serves_a_client_root_generated_meanwhile(self):
+        probe = subprocess.run(
+            ["setpriv", f"--reuid={self.uid}", f"--regid={self.gid}", "--clear-groups",
+             sys.executable, "-c", "import knocker, twisted"],
+            env={**os.environ, "PYTHONPATH": ROOT}, capture_output=True, text=True, timeout=30)
+        if probe.returncode != 0:
+            raise SkipTest(f"nobody cannot run this checkout: {probe.stderr.strip()}")
+        success = os.path.join(self.dir, "on-success")  # /bin/sh: nobody may run it
+        with open(success, "w") as handle:
+            handle.write("#!/bin/sh\nexit 0\n")
+        os.chmod(success, 0o755)
+        with open(self.conf, "a") as handle:
+            handle.write(f"on-success = {success}\n")
+        self.generate("alice")
+        daemon = Daemon(self.conf, os.path.join(self.state, "audit.log"), self.dir,
+                        wrapper=["setpriv", f"--reuid={self.uid}", f"--regid={self.gid}",
+                                 "--clear-groups"])
+        self.addCleanup(daemon.stop)
+        port = daemon.wait_ready()["central_port"]
+        bob = self.generate("bob")  # while it runs, as root
+        done = knocker("knock", "--server", f"tcp:host=127.0.0.1:port={port}",
+                       "--knock-file", bob, "--log-file", os.path.join(self.dir, "client.log"))
+        self.assertEqual(done.returncode, 0, f"{done.stdout}{done.stderr}\n{daemon.log()}")
+        self.assertNotIn("server-error", daemon.log())
+
+    def test_a_symlinked_clients_folder_is_not_entered(self):
+        """
+        The state's owner replaced clients/ by a link to a folder of root's:
+        nothing in that folder changes owner.
+        """
+        self.generate("alice")
+        victim = os.path.join(self.dir, "root-folder")
+        os.mkdir(victim)
+        open(os.path.join(victim, "secret"), "w").close()
+        shutil.rmtree(os.path.join(self.state, "clients"))
+        os.symlink(victim, os.path.join(self.state, "clients"))
+        knocker("status", "--config", self.conf)
+        self.assertEqual(os.stat(os.path.join(victim, "secret")).st_uid, 0)
+        self.assertEqual(os.stat(victim).st_uid, 0)
