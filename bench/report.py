@@ -241,8 +241,9 @@ def main():
         out += ["", "## Hit throughput and CPU per hit", "",
                 "The same flood against a minimal C epoll accept-and-close loop on 100 "
                 "ports and against knocker's 100 pool ports; CPU from getrusage and "
-                "/proc; every completed connection must appear as a `hit` line in the "
-                "audit log.", ""]
+                "/proc; every completed connection must be accounted for in the audit "
+                "log (a `hit` line, or the count of a `hits` summary once past "
+                "`audit-hit-rate` lines a second, the default configuration).", ""]
         floor(floor_default, out, "Default descriptor limit:")
         if floor_1024:
             out.append("")

@@ -55,3 +55,36 @@ class PeerBenchTests(SynchronousTestCase):
         for row in report["summary"]:
             self.assertGreater(row["cpu_us_per_hit"], 0)
             self.assertEqual(row["lost_p50"], 0, f"{row['name']} lost hits: {row}")
+
+    def test_knock_then_connect_through_a_door(self):
+        """
+        bench/door.py at one run an entry.  No timing is asserted, but one
+        behaviour is: knocker knock exits only once the door is open, so
+        its first connect never needs a retransmitted SYN.
+        """
+        report = self.run_bench(os.path.join(BENCH, "door.py"), "--runs", "1",
+                                "--max-seconds", "300")
+        knocker = report["entries"]["knocker-config"]
+        self.assertEqual((knocker["n"], knocker["failures"]), (1, 0), knocker)
+        self.assertEqual(knocker["first_connect_failed"], 0, knocker)
+        self.assertEqual(knocker["syns_dropped"], 0, knocker)
+
+    def test_time_to_open_over_veth(self):
+        report = self.run_bench(os.path.join(BENCH, "peers.py"), "--netns", "--runs", "1",
+                                "--max-seconds", "300")
+        for name in ("knocker", "knocker-config", "knockd"):
+            self.assertIn(name, report["entries"], report.get("skipped"))
+            self.assertEqual(report["entries"][name]["failures"], 0, report["entries"][name])
+
+
+class KnockPhasesBenchTests(SynchronousTestCase):
+    def test_the_phases_of_a_config_knock(self):
+        out = os.path.abspath(self.mktemp())
+        done = subprocess.run([sys.executable, os.path.join(BENCH, "knock_phases.py"),
+                               "--runs", "2", "--importtime-runs", "1", "--json", out],
+                              cwd=ROOT, capture_output=True, text=True, timeout=600)
+        self.assertEqual(done.returncode, 0, done.stdout[-3000:] + done.stderr[-3000:])
+        with open(out) as handle:
+            phases = json.load(handle)["phases_ms"]
+        for phase in ("config read", "handshake", "hits", "verdict", "log write"):
+            self.assertIn(phase, phases)
