@@ -141,6 +141,20 @@ def write_result(path, result, stopped=None):
     print("wrote", path)
 
 
+def clean_up(teardowns, root, keep):
+    """Stop what a run started (each teardown's failure aside), then keep or
+    remove its temporary folder."""
+    for teardown in teardowns:
+        try:
+            teardown()
+        except Exception as error:  # one stuck daemon must not keep the rest
+            print("teardown failed:", error)
+    if keep:
+        print("kept", root)
+    else:
+        shutil.rmtree(root, ignore_errors=True)
+
+
 def machine_info():
     """Enough context to judge a figure later: load, cores, kernel."""
     info = {"cores": os.cpu_count(), "kernel": os.uname().release,

@@ -48,7 +48,6 @@ import argparse
 import os
 import random
 import re
-import shutil
 import signal
 import socket
 import subprocess
@@ -385,19 +384,11 @@ def main():
                   "(target 0): %s" % (k["p95_ms"], TARGET_P95_MS, k["first_failed"],
                                       "met" if met else "NOT MET"))
     finally:
-        for e in started:
-            e.teardown()
-        if door is not None:
-            door.teardown()
-        if net is not None:
-            net.destroy()
-        if args.keep:
-            print("kept", root)
-        else:
-            shutil.rmtree(root, ignore_errors=True)
+        common.clean_up([e.teardown for e in started]
+                        + ([door.teardown] if door is not None else [])
+                        + ([net.destroy] if net is not None else []), root, args.keep)
     result["machine"]["loadavg_end"] = common.machine_info().get("loadavg")
-    common.write_json(args.out, result)
-    print("\nwrote", args.out)
+    common.write_result(args.out, result)
 
 
 if __name__ == "__main__":

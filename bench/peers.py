@@ -845,17 +845,10 @@ def main():
             if cpu is not None:
                 result["entries"][p.name]["daemon_cpu_total_s"] = round(cpu, 3)
     finally:
-        for p in started:
-            p.teardown()
-        if net is not None:
-            net.destroy()
-        if args.keep:
-            print("kept", root)
-        else:
-            shutil.rmtree(root, ignore_errors=True)
+        common.clean_up([p.teardown for p in started]
+                        + ([net.destroy] if net is not None else []), root, args.keep)
     result["machine"]["loadavg_end"] = common.machine_info().get("loadavg")
-    common.write_json(args.out, result)
-    print("\nwrote", args.out)
+    common.write_result(args.out, result)
 
 
 if __name__ == "__main__":
