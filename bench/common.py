@@ -141,6 +141,29 @@ def write_result(path, result, stopped=None):
     print("wrote", path)
 
 
+def set_up(entries, root, started, skipped):
+    """Set up each entry in a folder of its own under C{root}; return those
+    ready.  One whose skip_reason is set, or whose setup fails, is noted in
+    C{skipped} and left out; every one set up (even partly) is appended to
+    C{started}, to be torn down whatever happens next."""
+    active = []
+    for e in entries:
+        if e.skip_reason:
+            print("skip %s: %s" % (e.name, e.skip_reason))
+            skipped[e.name] = e.skip_reason
+            continue
+        wd = os.path.join(root, e.name)
+        os.makedirs(wd)
+        started.append(e)
+        try:
+            e.setup(wd)
+            active.append(e)
+        except Exception as exc:  # one broken entry must not stop the others
+            print("skip %s: setup failed: %s" % (e.name, str(exc)[-500:]))
+            skipped[e.name] = "setup failed: %s" % str(exc)[-500:]
+    return active
+
+
 def clean_up(teardowns, root, keep):
     """Stop what a run started (each teardown's failure aside), then keep or
     remove its temporary folder."""

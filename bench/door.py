@@ -320,20 +320,7 @@ def main():
         DoorRun.door = door
         print("door: inet %s in %s drops new connections to %s:%d except from @%s"
               % (TABLE, net.names["server"], net.server_ip, PORT, SET))
-        for e in entries:
-            if e.skip_reason:
-                print("skip %s: %s" % (e.name, e.skip_reason))
-                skipped[e.name] = e.skip_reason
-                continue
-            wd = os.path.join(root, e.name)
-            os.makedirs(wd)
-            started.append(e)
-            try:
-                e.setup(wd)
-                active.append(e)
-            except Exception as exc:  # one broken entry must not stop the others
-                print("skip %s: setup failed: %s" % (e.name, str(exc)[-500:]))
-                skipped[e.name] = "setup failed: %s" % str(exc)[-500:]
+        active = common.set_up(entries, root, started, skipped)
         print("entries: %s; %d runs each, interleaved, pause %.2f-%.2fs, seed %d"
               % (", ".join(e.name for e in active), args.runs, pause[0], pause[1], seed))
         data = {e.name: {"runs": [], "failures": []} for e in active}

@@ -766,20 +766,7 @@ def main():
         print("network: %s" % (
             "veth pair, daemons in %(server)s (10.77.0.1), clients in %(client)s (10.77.0.2)"
             % net.names if args.netns else "loopback (127.0.0.1, lo)"))
-        for p in peers:
-            if p.skip_reason:
-                print("skip %s: %s" % (p.name, p.skip_reason))
-                skipped[p.name] = p.skip_reason
-                continue
-            wd = os.path.join(root, p.name)
-            os.makedirs(wd)
-            started.append(p)  # torn down in finally even if setup is cut short
-            try:
-                p.setup(wd)
-                active.append(p)
-            except Exception as e:  # one broken peer must not stop the others
-                print("skip %s: setup failed: %s" % (p.name, str(e)[-500:]))
-                skipped[p.name] = "setup failed: %s" % str(e)[-500:]
+        active = common.set_up(peers, root, started, skipped)
 
         print("entries: %s; %d runs each, interleaved, pause %.2f-%.2fs, seed %d"
               % (", ".join(p.name for p in active), args.runs, pause[0], pause[1], seed))

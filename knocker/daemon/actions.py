@@ -17,10 +17,6 @@ from twisted.internet import defer
 from twisted.internet.interfaces import IReadDescriptor
 from zope.interface import implementer
 
-from knocker.daemon.actionenv import DEFAULT_PATH as DEFAULT_PATH
-from knocker.daemon.actionenv import action_env as action_env
-from knocker.daemon.actionenv import check_env as check_env
-from knocker.daemon.actionenv import passed_env as passed_env
 from knocker.daemon.proctree import descendants
 
 OUTPUT_LIMIT = 64 * 1024

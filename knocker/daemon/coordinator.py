@@ -20,7 +20,6 @@ from knocker.core.tracker import GLOBAL, HitVerdict, Lockout, Slot, Tracker
 from knocker.daemon.actionenv import action_env, passed_env
 from knocker.daemon.clock import WallTime
 from knocker.daemon.closes import CloseSchedule
-from knocker.state.interface import secret_id
 
 log = Logger()
 
@@ -106,10 +105,10 @@ class KnockServer:
         if refusal is not None and refusal.kind == "locked":
             self._audit.record("locked", ip=ip, client=client, retry_after=refusal.retry_after)
             return hs.Locked(refusal.retry_after)
-        # Unknown clients take the same steps as known ones (a state lookup,
-        # a secret id, an HMAC against a random secret); the central port
-        # also sends every DENIED at the same delay after the PROOF, so the
-        # two denials take the same time whatever their work.
+        # Unknown clients have their proof checked by the same code, against
+        # a random stand-in secret; the central port sends every DENIED at
+        # one fixed delay after the PROOF, so the time of the two denials
+        # does not depend on their work.
         state = self._store.client(client)
         if state is not None:
             try:
@@ -123,7 +122,6 @@ class KnockServer:
                 return hs.Error("server-error")
         else:
             secret = None
-            secret_id(self._dummy_secret)
         expected = _hmac_hex(secret or self._dummy_secret, hs.hello_message(client, nonce))
         if not hmac.compare_digest(expected, proof) or secret is None:
             reason = "unknown-client" if secret is None else "bad-proof"

@@ -25,7 +25,8 @@ from twisted.python.failure import Failure
 
 from knocker.core.pool import ensure_pool
 from knocker.core.tracker import Policy, Tracker
-from knocker.daemon.actions import ProcessRunner, check_env
+from knocker.daemon.actionenv import check_env
+from knocker.daemon.actions import ProcessRunner
 from knocker.daemon.audit import AuditLog
 from knocker.daemon.central import CentralFactory
 from knocker.daemon.clock import ClockStepWatch, WallTime, use_monotonic_time
