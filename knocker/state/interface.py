@@ -48,6 +48,27 @@ class PendingClose:
     index: int
 
 
+@frozen
+class Invitation:
+    """
+    An invitation to enrol (docs/spec.md section 10): C{code} is the secret
+    part of its code (the words), C{status} C{open}, C{used} or C{void}.
+    """
+
+    slot: int
+    client: str
+    code: str
+    expires: float
+    attempts: int
+    status: str
+
+    def state(self, now: float) -> str:
+        """C{open}, C{used}, C{void} or C{expired} at C{now}."""
+        if self.status == "open" and now >= self.expires:
+            return "expired"
+        return self.status
+
+
 class IStore(Interface):
     """
     The server's state: the pool, each client's next knock number, pending
@@ -95,3 +116,32 @@ class IStore(Interface):
 
     def lockouts(now):
         """The lockouts still in force at C{now}: C{{key: until}}."""
+
+    # Invitations (docs/spec.md section 10).  Kept apart from the rest:
+    # every backend implements these five.
+
+    def add_invitation(client, code, expires, now):
+        """
+        Keep an open invitation for C{client} with secret C{code} until
+        C{expires} (wall time); return its slot: the lowest number not held
+        by an invitation still open at C{now}.
+        """
+
+    def invitation(slot):
+        """The L{Invitation} in C{slot}, or C{None}."""
+
+    def invitations():
+        """Every L{Invitation}, by slot."""
+
+    def invitation_attempt(slot, limit):
+        """
+        Count one attempt on the invitation in C{slot} if it is open; it
+        becomes C{void} at C{limit} attempts.  Return it as it is now (or
+        C{None}).  Durable before it returns.
+        """
+
+    def use_invitation(slot):
+        """
+        Mark the invitation in C{slot} used if it is open, and say whether
+        it was: only one caller ever gets C{True}.
+        """

@@ -4,7 +4,14 @@ An L{IStore} in memory, for unit tests of everything above the state.
 
 from zope.interface import implementer
 
-from knocker.state.interface import ClientState, IStore, PendingClose, StateError, secret_id
+from knocker.state.interface import (
+    ClientState,
+    Invitation,  # section 10's part
+    IStore,
+    PendingClose,
+    StateError,
+    secret_id,
+)
 
 
 @implementer(IStore)
@@ -15,6 +22,7 @@ class MemoryStore:
         self._closes: dict[int, PendingClose] = {}
         self._next_close = 1
         self._lockouts: dict[str, float] = {}
+        self._invitations: dict[int, Invitation] = {}
         self.path = "<memory>"
 
     def close(self) -> None:
@@ -66,3 +74,34 @@ class MemoryStore:
     def lockouts(self, now):
         self._lockouts = {k: u for k, u in self._lockouts.items() if u > now}
         return dict(self._lockouts)
+
+    # Invitations.
+
+    def add_invitation(self, client, code, expires, now) -> int:
+        held = {i.slot for i in self._invitations.values() if i.state(now) == "open"}
+        slot = next(n for n in range(1, len(held) + 2) if n not in held)
+        self._invitations[slot] = Invitation(slot, client, code, expires, 0, "open")
+        return slot
+
+    def invitation(self, slot):
+        return self._invitations.get(slot)
+
+    def invitations(self):
+        return [self._invitations[slot] for slot in sorted(self._invitations)]
+
+    def invitation_attempt(self, slot, limit):
+        found = self._invitations.get(slot)
+        if found is not None and found.status == "open":
+            attempts = found.attempts + 1
+            found = Invitation(found.slot, found.client, found.code, found.expires, attempts,
+                               "void" if attempts >= limit else "open")
+            self._invitations[slot] = found
+        return found
+
+    def use_invitation(self, slot) -> bool:
+        found = self._invitations.get(slot)
+        if found is None or found.status != "open":
+            return False
+        self._invitations[slot] = Invitation(found.slot, found.client, found.code, found.expires,
+                                             found.attempts, "used")
+        return True

@@ -16,7 +16,14 @@ from contextlib import contextmanager
 from zope.interface import implementer
 
 from knocker.files import ensure_private_dir
-from knocker.state.interface import ClientState, IStore, PendingClose, StateError, secret_id
+from knocker.state.interface import (
+    ClientState,
+    Invitation,  # section 10's part
+    IStore,
+    PendingClose,
+    StateError,
+    secret_id,
+)
 
 SCHEMA_VERSION = 1
 
@@ -39,6 +46,14 @@ CREATE TABLE IF NOT EXISTS closes (
     knock INTEGER NOT NULL
 );
 CREATE TABLE IF NOT EXISTS lockouts (key TEXT PRIMARY KEY, until REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS invitations (
+    slot INTEGER PRIMARY KEY,
+    client TEXT NOT NULL,
+    code TEXT NOT NULL,
+    expires REAL NOT NULL,
+    attempts INTEGER NOT NULL,
+    status TEXT NOT NULL
+);
 """
 
 
@@ -64,6 +79,13 @@ class SQLiteStore:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.execute(f"PRAGMA busy_timeout={int(busy_timeout * 1000)}")
+        try:
+            self._create()
+        except BaseException:
+            self._db.close()  # now, not whenever it is collected (it deletes its WAL file)
+            raise
+
+    def _create(self) -> None:
         with self._transaction():
             version = self._db.execute("PRAGMA user_version").fetchone()[0]
             tables = self._db.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
@@ -184,3 +206,39 @@ class SQLiteStore:
         with self._transaction():
             self._db.execute("DELETE FROM lockouts WHERE until <= ?", (now,))
         return dict(self._db.execute("SELECT key, until FROM lockouts"))
+
+    # Invitations (docs/spec.md section 10).
+
+    _INVITATION = "SELECT slot, client, code, expires, attempts, status FROM invitations"
+
+    def add_invitation(self, client: str, code: str, expires: float, now: float) -> int:
+        with self._transaction():
+            held = {row[0] for row in self._db.execute(
+                "SELECT slot FROM invitations WHERE status = 'open' AND expires > ?", (now,))}
+            slot = next(n for n in range(1, len(held) + 2) if n not in held)
+            self._db.execute(
+                "INSERT OR REPLACE INTO invitations (slot, client, code, expires, attempts, status) "
+                "VALUES (?, ?, ?, ?, 0, 'open')", (slot, client, code, expires))
+        return slot
+
+    def invitation(self, slot: int) -> Invitation | None:
+        row = self._db.execute(self._INVITATION + " WHERE slot = ?", (slot,)).fetchone()
+        return Invitation(*row) if row else None
+
+    def invitations(self) -> list[Invitation]:
+        return [Invitation(*row) for row in self._db.execute(self._INVITATION + " ORDER BY slot")]
+
+    def invitation_attempt(self, slot: int, limit: int) -> Invitation | None:
+        with self._transaction():
+            self._db.execute(
+                "UPDATE invitations SET attempts = attempts + 1, "
+                "status = CASE WHEN attempts + 1 >= ? THEN 'void' ELSE 'open' END "
+                "WHERE slot = ? AND status = 'open'", (limit, slot))
+        return self.invitation(slot)
+
+    def use_invitation(self, slot: int) -> bool:
+        with self._transaction():
+            rows = self._db.execute(
+                "UPDATE invitations SET status = 'used' WHERE slot = ? AND status = 'open' "
+                "RETURNING slot", (slot,)).fetchall()
+        return bool(rows)

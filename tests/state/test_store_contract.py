@@ -9,7 +9,14 @@ from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.exceptions import Invalid
 from zope.interface.verify import verifyObject
 
-from knocker.state.interface import ClientState, IStore, PendingClose, StateError, secret_id
+from knocker.state.interface import (
+    ClientState,
+    Invitation,  # section 10's part
+    IStore,
+    PendingClose,
+    StateError,
+    secret_id,
+)
 from knocker.state.memory import MemoryStore
 from knocker.state.sqlite import SQLiteStore
 
@@ -185,13 +192,65 @@ class StoreContract:
         self.assertEqual(self.store.lockouts(1100.0), {"*": 1120.0})
 
 
-class MemoryStoreContractTests(StoreContract, SynchronousTestCase):
+class InvitationContract:
+    """
+    The invitation part of L{IStore} (docs/spec.md section 10), kept apart
+    so a new backend can take it on by itself.
+    """
+
+    def test_none_at_first(self):
+        self.assertIsNone(self.store.invitation(1))
+        self.assertEqual(self.store.invitations(), [])
+
+    def test_add_and_read(self):
+        slot = self.store.add_invitation("alice", "crossover-clockwork", 2000.0, 1000.0)
+        self.assertEqual(slot, 1)
+        found = self.store.invitation(slot)
+        self.assertEqual(found, Invitation(1, "alice", "crossover-clockwork", 2000.0, 0, "open"))
+        self.assertEqual(found.state(1999.0), "open")
+        self.assertEqual(found.state(2000.0), "expired")
+        self.assertEqual(self.store.invitations(), [found])
+
+    def test_slots_are_the_lowest_free(self):
+        self.assertEqual(self.store.add_invitation("a", "x", 2000.0, 1000.0), 1)
+        self.assertEqual(self.store.add_invitation("b", "y", 1500.0, 1000.0), 2)
+        self.assertEqual(self.store.add_invitation("c", "z", 2000.0, 1000.0), 3)
+        self.assertTrue(self.store.use_invitation(1))
+        self.assertEqual(self.store.add_invitation("d", "w", 3000.0, 1000.0), 1, "used: freed")
+        self.assertEqual(self.store.add_invitation("e", "v", 3000.0, 1600.0), 2, "expired: freed")
+        self.assertEqual(self.store.invitation(2).client, "e")
+        self.assertEqual(self.store.add_invitation("f", "u", 3000.0, 1600.0), 4)
+
+    def test_used_once(self):
+        slot = self.store.add_invitation("alice", "x", 2000.0, 1000.0)
+        self.assertTrue(self.store.use_invitation(slot))
+        self.assertFalse(self.store.use_invitation(slot))
+        self.assertEqual(self.store.invitation(slot).status, "used")
+        self.assertFalse(self.store.use_invitation(99))
+
+    def test_attempts_void_at_the_limit(self):
+        slot = self.store.add_invitation("alice", "x", 2000.0, 1000.0)
+        self.assertEqual(self.store.invitation_attempt(slot, 3).attempts, 1)
+        self.assertEqual(self.store.invitation_attempt(slot, 3).status, "open")
+        third = self.store.invitation_attempt(slot, 3)
+        self.assertEqual((third.attempts, third.status), (3, "void"))
+        self.assertFalse(self.store.use_invitation(slot), "void cannot be used")
+        self.assertEqual(self.store.invitation_attempt(slot, 3).attempts, 3, "no more counted")
+        self.assertIsNone(self.store.invitation_attempt(42, 3))
+
+    def test_attempts_stop_once_used(self):
+        slot = self.store.add_invitation("alice", "x", 2000.0, 1000.0)
+        self.assertTrue(self.store.use_invitation(slot))
+        self.assertEqual(self.store.invitation_attempt(slot, 1).status, "used")
+
+
+class MemoryStoreContractTests(StoreContract, InvitationContract, SynchronousTestCase):
 
     def make_store(self):
         return MemoryStore()
 
 
-class SQLiteStoreContractTests(StoreContract, SynchronousTestCase):
+class SQLiteStoreContractTests(StoreContract, InvitationContract, SynchronousTestCase):
 
     def make_store(self):
         state_dir = self.mktemp()
