@@ -52,21 +52,29 @@ class PendingClose:
 class Invitation:
     """
     An invitation to enrol (docs/spec.md section 10): C{code} is the secret
-    part of its code (the words), C{status} C{open}, C{used} or C{void}.
+    part of its code (the words); C{tries} attempts are allowed, C{attempts}
+    were started; C{used} once a client enrolled with it.
     """
 
     slot: int
     client: str
     code: str
     expires: float
+    tries: int
     attempts: int
-    status: str
+    used: bool
 
     def state(self, now: float) -> str:
-        """C{open}, C{used}, C{void} or C{expired} at C{now}."""
-        if self.status == "open" and now >= self.expires:
+        """
+        C{open}, C{used}, C{void} (every try taken) or C{expired} at C{now}.
+        """
+        if self.used:
+            return "used"
+        if self.attempts >= self.tries:
+            return "void"
+        if now >= self.expires:
             return "expired"
-        return self.status
+        return "open"
 
 
 class IStore(Interface):
@@ -120,11 +128,12 @@ class IStore(Interface):
     # Invitations (docs/spec.md section 10).  Kept apart from the rest:
     # every backend implements these five.
 
-    def add_invitation(client, code, expires, now):
+    def add_invitation(client, code, expires, tries, now):
         """
-        Keep an open invitation for C{client} with secret C{code} until
-        C{expires} (wall time); return its slot: the lowest number not held
-        by an invitation still open at C{now}.
+        Keep an invitation for C{client} with secret C{code} until
+        C{expires} (wall time), allowing C{tries} attempts; return its
+        slot: the lowest number not held by an invitation still open at
+        C{now}.
         """
 
     def invitation(slot):
@@ -133,15 +142,16 @@ class IStore(Interface):
     def invitations():
         """Every L{Invitation}, by slot."""
 
-    def invitation_attempt(slot, limit):
+    def invitation_attempt(slot):
         """
-        Count one attempt on the invitation in C{slot} if it is open; it
-        becomes C{void} at C{limit} attempts.  Return it as it is now (or
-        C{None}).  Durable before it returns.
+        Take one of the tries of the invitation in C{slot}, if it is not
+        used and has one left; return it as it is now (C{None} if there is
+        none), so the caller sees whether its attempt was counted.  Durable
+        before it returns: parallel or crashed attempts all count.
         """
 
     def use_invitation(slot):
         """
-        Mark the invitation in C{slot} used if it is open, and say whether
-        it was: only one caller ever gets C{True}.
+        Mark the invitation in C{slot} used, if it is not already, and say
+        whether this call did: only one caller ever gets C{True}.
         """

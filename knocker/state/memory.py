@@ -2,6 +2,7 @@
 An L{IStore} in memory, for unit tests of everything above the state.
 """
 
+from attrs import evolve
 from zope.interface import implementer
 
 from knocker.state.interface import (
@@ -77,10 +78,10 @@ class MemoryStore:
 
     # Invitations.
 
-    def add_invitation(self, client, code, expires, now) -> int:
+    def add_invitation(self, client, code, expires, tries, now) -> int:
         held = {i.slot for i in self._invitations.values() if i.state(now) == "open"}
         slot = next(n for n in range(1, len(held) + 2) if n not in held)
-        self._invitations[slot] = Invitation(slot, client, code, expires, 0, "open")
+        self._invitations[slot] = Invitation(slot, client, code, expires, tries, 0, False)
         return slot
 
     def invitation(self, slot):
@@ -89,19 +90,16 @@ class MemoryStore:
     def invitations(self):
         return [self._invitations[slot] for slot in sorted(self._invitations)]
 
-    def invitation_attempt(self, slot, limit):
+    def invitation_attempt(self, slot):
         found = self._invitations.get(slot)
-        if found is not None and found.status == "open":
-            attempts = found.attempts + 1
-            found = Invitation(found.slot, found.client, found.code, found.expires, attempts,
-                               "void" if attempts >= limit else "open")
+        if found is not None and not found.used and found.attempts < found.tries:
+            found = evolve(found, attempts=found.attempts + 1)
             self._invitations[slot] = found
         return found
 
     def use_invitation(self, slot) -> bool:
         found = self._invitations.get(slot)
-        if found is None or found.status != "open":
+        if found is None or found.used:
             return False
-        self._invitations[slot] = Invitation(found.slot, found.client, found.code, found.expires,
-                                             found.attempts, "used")
+        self._invitations[slot] = evolve(found, used=True)
         return True

@@ -51,8 +51,9 @@ CREATE TABLE IF NOT EXISTS invitations (
     client TEXT NOT NULL,
     code TEXT NOT NULL,
     expires REAL NOT NULL,
+    tries INTEGER NOT NULL,
     attempts INTEGER NOT NULL,
-    status TEXT NOT NULL
+    used INTEGER NOT NULL
 );
 """
 
@@ -209,36 +210,42 @@ class SQLiteStore:
 
     # Invitations (docs/spec.md section 10).
 
-    _INVITATION = "SELECT slot, client, code, expires, attempts, status FROM invitations"
+    _INVITATION = "SELECT slot, client, code, expires, tries, attempts, used FROM invitations"
 
-    def add_invitation(self, client: str, code: str, expires: float, now: float) -> int:
+    def add_invitation(self, client: str, code: str, expires: float, tries: int,
+                       now: float) -> int:
         with self._transaction():
             held = {row[0] for row in self._db.execute(
-                "SELECT slot FROM invitations WHERE status = 'open' AND expires > ?", (now,))}
+                "SELECT slot FROM invitations WHERE NOT used AND attempts < tries AND expires > ?",
+                (now,))}
             slot = next(n for n in range(1, len(held) + 2) if n not in held)
             self._db.execute(
-                "INSERT OR REPLACE INTO invitations (slot, client, code, expires, attempts, status) "
-                "VALUES (?, ?, ?, ?, 0, 'open')", (slot, client, code, expires))
+                "INSERT OR REPLACE INTO invitations "
+                "(slot, client, code, expires, tries, attempts, used) VALUES (?, ?, ?, ?, ?, 0, 0)",
+                (slot, client, code, expires, tries))
         return slot
 
     def invitation(self, slot: int) -> Invitation | None:
         row = self._db.execute(self._INVITATION + " WHERE slot = ?", (slot,)).fetchone()
-        return Invitation(*row) if row else None
+        return _invitation(row) if row else None
 
     def invitations(self) -> list[Invitation]:
-        return [Invitation(*row) for row in self._db.execute(self._INVITATION + " ORDER BY slot")]
+        return [_invitation(row) for row in self._db.execute(self._INVITATION + " ORDER BY slot")]
 
-    def invitation_attempt(self, slot: int, limit: int) -> Invitation | None:
+    def invitation_attempt(self, slot: int) -> Invitation | None:
         with self._transaction():
             self._db.execute(
-                "UPDATE invitations SET attempts = attempts + 1, "
-                "status = CASE WHEN attempts + 1 >= ? THEN 'void' ELSE 'open' END "
-                "WHERE slot = ? AND status = 'open'", (limit, slot))
+                "UPDATE invitations SET attempts = attempts + 1 "
+                "WHERE slot = ? AND NOT used AND attempts < tries", (slot,))
         return self.invitation(slot)
 
     def use_invitation(self, slot: int) -> bool:
         with self._transaction():
             rows = self._db.execute(
-                "UPDATE invitations SET status = 'used' WHERE slot = ? AND status = 'open' "
-                "RETURNING slot", (slot,)).fetchall()
+                "UPDATE invitations SET used = 1 WHERE slot = ? AND NOT used RETURNING slot",
+                (slot,)).fetchall()
         return bool(rows)
+
+
+def _invitation(row) -> Invitation:
+    return Invitation(*row[:6], bool(row[6]))

@@ -203,45 +203,57 @@ class InvitationContract:
         self.assertEqual(self.store.invitations(), [])
 
     def test_add_and_read(self):
-        slot = self.store.add_invitation("alice", "crossover-clockwork", 2000.0, 1000.0)
+        slot = self.store.add_invitation("alice", "crossover-clockwork", 2000.0, 3, 1000.0)
         self.assertEqual(slot, 1)
         found = self.store.invitation(slot)
-        self.assertEqual(found, Invitation(1, "alice", "crossover-clockwork", 2000.0, 0, "open"))
+        self.assertEqual(found, Invitation(1, "alice", "crossover-clockwork", 2000.0, 3, 0, False))
         self.assertEqual(found.state(1999.0), "open")
         self.assertEqual(found.state(2000.0), "expired")
         self.assertEqual(self.store.invitations(), [found])
 
     def test_slots_are_the_lowest_free(self):
-        self.assertEqual(self.store.add_invitation("a", "x", 2000.0, 1000.0), 1)
-        self.assertEqual(self.store.add_invitation("b", "y", 1500.0, 1000.0), 2)
-        self.assertEqual(self.store.add_invitation("c", "z", 2000.0, 1000.0), 3)
+        add = self.store.add_invitation
+        self.assertEqual(add("a", "x", 2000.0, 3, 1000.0), 1)
+        self.assertEqual(add("b", "y", 1500.0, 3, 1000.0), 2)
+        self.assertEqual(add("c", "z", 2000.0, 1, 1000.0), 3)
+        self.assertEqual(add("c", "z", 2000.0, 3, 1000.0), 4)
         self.assertTrue(self.store.use_invitation(1))
-        self.assertEqual(self.store.add_invitation("d", "w", 3000.0, 1000.0), 1, "used: freed")
-        self.assertEqual(self.store.add_invitation("e", "v", 3000.0, 1600.0), 2, "expired: freed")
+        self.assertEqual(add("d", "w", 3000.0, 3, 1000.0), 1, "used: freed")
+        self.assertEqual(add("e", "v", 3000.0, 3, 1600.0), 2, "expired: freed")
         self.assertEqual(self.store.invitation(2).client, "e")
-        self.assertEqual(self.store.add_invitation("f", "u", 3000.0, 1600.0), 4)
+        self.store.invitation_attempt(3)
+        self.assertEqual(add("f", "u", 3000.0, 3, 1600.0), 3, "void: freed")
+        self.assertEqual(add("g", "t", 3000.0, 3, 1600.0), 5)
 
     def test_used_once(self):
-        slot = self.store.add_invitation("alice", "x", 2000.0, 1000.0)
+        slot = self.store.add_invitation("alice", "x", 2000.0, 3, 1000.0)
         self.assertTrue(self.store.use_invitation(slot))
         self.assertFalse(self.store.use_invitation(slot))
-        self.assertEqual(self.store.invitation(slot).status, "used")
+        self.assertEqual(self.store.invitation(slot).state(1000.0), "used")
         self.assertFalse(self.store.use_invitation(99))
 
-    def test_attempts_void_at_the_limit(self):
-        slot = self.store.add_invitation("alice", "x", 2000.0, 1000.0)
-        self.assertEqual(self.store.invitation_attempt(slot, 3).attempts, 1)
-        self.assertEqual(self.store.invitation_attempt(slot, 3).status, "open")
-        third = self.store.invitation_attempt(slot, 3)
-        self.assertEqual((third.attempts, third.status), (3, "void"))
-        self.assertFalse(self.store.use_invitation(slot), "void cannot be used")
-        self.assertEqual(self.store.invitation_attempt(slot, 3).attempts, 3, "no more counted")
-        self.assertIsNone(self.store.invitation_attempt(42, 3))
+    def test_tries_run_out(self):
+        slot = self.store.add_invitation("alice", "x", 2000.0, 3, 1000.0)
+        self.assertEqual(self.store.invitation_attempt(slot).attempts, 1)
+        self.assertEqual(self.store.invitation_attempt(slot).state(1000.0), "open")
+        third = self.store.invitation_attempt(slot)
+        self.assertEqual((third.attempts, third.state(1000.0)), (3, "void"))
+        self.assertEqual(self.store.invitation_attempt(slot).attempts, 3, "no fourth")
+        self.assertTrue(self.store.use_invitation(slot), "the third try may still succeed")
+        self.assertIsNone(self.store.invitation_attempt(42))
 
-    def test_attempts_stop_once_used(self):
-        slot = self.store.add_invitation("alice", "x", 2000.0, 1000.0)
+    def test_no_attempt_once_used(self):
+        slot = self.store.add_invitation("alice", "x", 2000.0, 3, 1000.0)
         self.assertTrue(self.store.use_invitation(slot))
-        self.assertEqual(self.store.invitation_attempt(slot, 1).status, "used")
+        self.assertEqual(self.store.invitation_attempt(slot).attempts, 0)
+
+    def test_kept_across_reopening(self):
+        if not hasattr(self, "reopen"):
+            return
+        slot = self.store.add_invitation("alice", "x", 2000.0, 3, 1000.0)
+        self.store.invitation_attempt(slot)
+        store = self.reopen()
+        self.assertEqual(store.invitation(slot), Invitation(1, "alice", "x", 2000.0, 3, 1, False))
 
 
 class MemoryStoreContractTests(StoreContract, InvitationContract, SynchronousTestCase):
@@ -257,4 +269,11 @@ class SQLiteStoreContractTests(StoreContract, InvitationContract, SynchronousTes
         store = SQLiteStore(state_dir)
         self.addCleanup(store.close)
         self.assertTrue(os.path.exists(os.path.join(state_dir, "state.sqlite")))
+        self.state_dir = state_dir
+        return store
+
+    def reopen(self):
+        self.store.close()
+        store = self.store = SQLiteStore(self.state_dir)
+        self.addCleanup(store.close)
         return store
