@@ -38,7 +38,7 @@ class ClientExists(ValueError):
     """
 
 
-def generate_client(config, client: str, knocks: int, ports: int, output: str,
+def generate_client(config, client: str, knocks: int, ports: int, output: str | None,
                     force: bool = False) -> Generated:
     """
     Make C{client}'s portknock file: write the client's copy at C{output},
@@ -66,8 +66,10 @@ def generate_client(config, client: str, knocks: int, ports: int, output: str,
             secrets.token_bytes(32), datetime.now(timezone.utc),
         )
         # The client's copy first: if it cannot be written, nothing changed
-        # and the client's old file still works.
-        write_private(output, format_knockfile(kf))
+        # and the client's old file still works.  None: no client copy
+        # (knocker invite: the client fetches the server's by enrolling).
+        if output is not None:
+            write_private(output, format_knockfile(kf))
         with owner:
             book = ClientBook(config.state_dir, pool)
             server_copy = book.add(kf)
@@ -90,6 +92,7 @@ def status(config) -> dict:
 
 
 def _status(config, store) -> dict:
+    now = time.time()
     try:
         pool = store.pool() or ()
         return {
@@ -102,6 +105,11 @@ def _status(config, store) -> dict:
             ],
             "lockouts": store.lockouts(time.time()),
             "pending_closes": len(store.pending_closes()),
+            "invitations": [
+                {"slot": i.slot, "client": i.client, "state": i.state(now),
+                 "expires": i.expires, "tries_left": i.tries - i.attempts}
+                for i in store.invitations()
+            ],
         }
     finally:
         store.close()

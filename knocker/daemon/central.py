@@ -14,6 +14,10 @@ from twisted.protocols.basic import LineOnlyReceiver
 from knocker.core import handshake as hs
 from knocker.core.sources import normalise_ip
 
+
+def is_enrol(line: bytes) -> bool:
+    return line.startswith(b"KNOCKER/1 ENROLL ")  # knocker.enrol.server loads only then
+
 log = Logger()
 
 CLOSE_GRACE = 2.0
@@ -56,6 +60,7 @@ class CentralProtocol(LineOnlyReceiver):
         self._timeout = timeout
         self._timer = None
         self._handshake = hs.ServerHandshake(server.new_nonce)
+        self._enrol = None
         self.ip = None
 
     def connectionMade(self):
@@ -64,6 +69,9 @@ class CentralProtocol(LineOnlyReceiver):
             self._timeout, lambda: self._apply(self._handshake.fault("handshake-timeout")))
 
     def lineReceived(self, line: bytes):
+        if self._enrol is not None or (self._handshake.client is None and is_enrol(line)):
+            self._enrolment(line)
+            return
         step = self._handshake.receive(line)
         if isinstance(step, hs.Judge):
             self._cancel_timer()
@@ -80,6 +88,23 @@ class CentralProtocol(LineOnlyReceiver):
                 self._timer = self._clock.callLater(wake, self._send_at, moment, step)
                 return
         self._apply(step)
+
+    def _enrolment(self, line: bytes) -> None:
+        """
+        An enrolment (L{knocker.enrol.server}) instead of a knock: its
+        lines go out as it says; the handshake timer still bounds it.
+        """
+        if self._enrol is None:
+            self._enrol = self._server.enrolment(self.ip)
+        for send in self._enrol.receive(line):
+            if send.fault:
+                self._server.protocol_error(self.ip, send.fault)
+            self.transport.write(send.line)
+            if send.close:
+                self._handshake.done = True
+                self._cancel_timer()
+                self.transport.loseConnection()
+                self._timer = _abort_later(self._clock, self.transport)
 
     def lineLengthExceeded(self, line):
         self._apply(self._handshake.fault("line-too-long"))

@@ -155,6 +155,17 @@ class KnockServer:
         return hs.Grant(index, self.config.knock_window,
                         _hmac_hex(secret, hs.grant_message(client, nonce, index)))
 
+    def enrolment(self, ip: str):
+        """
+        A central connection opened with ENROLL: its state machine
+        (L{knocker.enrol.server.EnrolServer}), given what it needs.
+        """
+        from knocker.enrol.server import EnrolServer
+        from knocker.files import read_private
+
+        return EnrolServer(ip, self._store, lambda client: read_private(self._book.path(client)),
+                           self._audit, self.tracker, self._wall.now)
+
     def protocol_error(self, ip: str, reason: str) -> None:
         self._audit.record("error", ip=ip, reason=reason)
 
