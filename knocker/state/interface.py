@@ -155,3 +155,22 @@ class IStore(Interface):
         Mark the invitation in C{slot} used, if it is not already, and say
         whether this call did: only one caller ever gets C{True}.
         """
+
+    # Renewal (docs/spec.md section 10): at most one pending generation
+    # per client, which replaces the current one once the client proves it
+    # holds it.  register() forgets a pending generation.
+
+    def set_pending(client, knocks, secret):
+        """
+        Keep a pending generation of C{client}: C{knocks} knocks of the file
+        with C{secret}, numbered from 1 once it is current.
+        """
+
+    def pending(client):
+        """C{client}'s pending generation as a L{ClientState}, or C{None}."""
+
+    def promote(client, wanted_id):
+        """
+        Make C{client}'s pending generation current if its secret id is
+        C{wanted_id}; say whether it did (once, in one transaction).
+        """

@@ -24,6 +24,7 @@ class MemoryStore:
         self._next_close = 1
         self._lockouts: dict[str, float] = {}
         self._invitations: dict[int, Invitation] = {}
+        self._pending: dict[str, ClientState] = {}
         self.path = "<memory>"
 
     def close(self) -> None:
@@ -39,6 +40,7 @@ class MemoryStore:
 
     def register(self, client, knocks, secret) -> None:
         self._clients[client] = ClientState(client, 1, knocks, secret_id(secret))
+        self._pending.pop(client, None)
 
     def client(self, client):
         return self._clients.get(client)
@@ -102,4 +104,19 @@ class MemoryStore:
         if found is None or found.used:
             return False
         self._invitations[slot] = evolve(found, used=True)
+        return True
+
+    # Renewal.
+
+    def set_pending(self, client, knocks, secret) -> None:
+        self._pending[client] = ClientState(client, 1, knocks, secret_id(secret))
+
+    def pending(self, client):
+        return self._pending.get(client)
+
+    def promote(self, client, wanted_id) -> bool:
+        found = self._pending.get(client)
+        if found is None or found.secret_id != wanted_id or client not in self._clients:
+            return False
+        self._clients[client] = self._pending.pop(client)
         return True

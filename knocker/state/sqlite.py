@@ -46,6 +46,11 @@ CREATE TABLE IF NOT EXISTS closes (
     knock INTEGER NOT NULL
 );
 CREATE TABLE IF NOT EXISTS lockouts (key TEXT PRIMARY KEY, until REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS pending (
+    id TEXT PRIMARY KEY,
+    knocks INTEGER NOT NULL,
+    secret_id TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS invitations (
     slot INTEGER PRIMARY KEY,
     client TEXT NOT NULL,
@@ -143,6 +148,7 @@ class SQLiteStore:
                 "secret_id = excluded.secret_id",
                 (client, knocks, secret_id(secret)),
             )
+            self._db.execute("DELETE FROM pending WHERE id = ?", (client,))
 
     def client(self, client: str) -> ClientState | None:
         row = self._db.execute(
@@ -245,6 +251,34 @@ class SQLiteStore:
                 "UPDATE invitations SET used = 1 WHERE slot = ? AND NOT used RETURNING slot",
                 (slot,)).fetchall()
         return bool(rows)
+
+    # Renewal: one pending generation per client.
+
+    def set_pending(self, client: str, knocks: int, secret: bytes) -> None:
+        with self._transaction():
+            self._db.execute(
+                "INSERT INTO pending (id, knocks, secret_id) VALUES (?, ?, ?) "
+                "ON CONFLICT (id) DO UPDATE SET knocks = excluded.knocks, "
+                "secret_id = excluded.secret_id", (client, knocks, secret_id(secret)))
+
+    def pending(self, client: str) -> ClientState | None:
+        row = self._db.execute(
+            "SELECT id, 1, knocks, secret_id FROM pending WHERE id = ?", (client,)).fetchone()
+        return ClientState(*row) if row else None
+
+    def promote(self, client: str, wanted_id: str) -> bool:
+        with self._transaction():
+            rows = self._db.execute(
+                "DELETE FROM pending WHERE id = ? AND secret_id = ? RETURNING knocks",
+                (client, wanted_id)).fetchall()
+            if not rows:
+                return False
+            updated = self._db.execute(
+                "UPDATE clients SET next_index = 1, knocks = ?, secret_id = ? WHERE id = ? "
+                "RETURNING id", (rows[0][0], wanted_id, client)).fetchall()
+            if not updated:
+                raise StateError(f"{self.path}: a pending generation of unknown {client!r}")
+        return True
 
 
 def _invitation(row) -> Invitation:

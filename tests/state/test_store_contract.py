@@ -256,13 +256,53 @@ class InvitationContract:
         self.assertEqual(store.invitation(slot), Invitation(1, "alice", "x", 2000.0, 3, 1, False))
 
 
-class MemoryStoreContractTests(StoreContract, InvitationContract, SynchronousTestCase):
+class RenewalContract:
+    """
+    The pending generations of L{IStore} (docs/spec.md section 10).
+    """
+
+    def test_none_pending_at_first(self):
+        self.store.register("alice", 9, SECRET)
+        self.assertIsNone(self.store.pending("alice"))
+        self.assertFalse(self.store.promote("alice", secret_id(NEW_SECRET)))
+
+    def test_promote_makes_it_current_from_one(self):
+        self.store.register("alice", 9, SECRET)
+        for _ in range(6):
+            self.store.burn("alice")
+        self.store.set_pending("alice", 12, NEW_SECRET)
+        self.assertEqual(self.store.pending("alice"),
+                         ClientState("alice", 1, 12, secret_id(NEW_SECRET)))
+        self.assertEqual(self.store.client("alice").next_index, 7, "current untouched")
+        self.assertFalse(self.store.promote("alice", secret_id(SECRET)), "only the pending one")
+        self.assertTrue(self.store.promote("alice", secret_id(NEW_SECRET)))
+        self.assertEqual(self.store.client("alice"),
+                         ClientState("alice", 1, 12, secret_id(NEW_SECRET)))
+        self.assertIsNone(self.store.pending("alice"))
+        self.assertFalse(self.store.promote("alice", secret_id(NEW_SECRET)), "once")
+
+    def test_set_pending_replaces(self):
+        self.store.register("alice", 9, SECRET)
+        self.store.set_pending("alice", 9, NEW_SECRET)
+        self.store.set_pending("alice", 5, SECRET)
+        self.assertEqual(self.store.pending("alice").knocks, 5)
+
+    def test_register_forgets_pending(self):
+        self.store.register("alice", 9, SECRET)
+        self.store.set_pending("alice", 9, NEW_SECRET)
+        self.store.register("alice", 9, SECRET)
+        self.assertIsNone(self.store.pending("alice"))
+
+
+class MemoryStoreContractTests(StoreContract, InvitationContract, RenewalContract,
+                               SynchronousTestCase):
 
     def make_store(self):
         return MemoryStore()
 
 
-class SQLiteStoreContractTests(StoreContract, InvitationContract, SynchronousTestCase):
+class SQLiteStoreContractTests(StoreContract, InvitationContract, RenewalContract,
+                               SynchronousTestCase):
 
     def make_store(self):
         state_dir = self.mktemp()
