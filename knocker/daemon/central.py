@@ -60,7 +60,8 @@ class CentralProtocol(LineOnlyReceiver):
         self._timeout = timeout
         self._timer = None
         self._handshake = hs.ServerHandshake(server.new_nonce)
-        self._enrol = None
+        self._exchange = None  # an enrolment, or a renewal after OPEN
+        self._nonce = None
         self.ip = None
 
     def connectionMade(self):
@@ -69,12 +70,15 @@ class CentralProtocol(LineOnlyReceiver):
             self._timeout, lambda: self._apply(self._handshake.fault("handshake-timeout")))
 
     def lineReceived(self, line: bytes):
-        if self._enrol is not None or (self._handshake.client is None and is_enrol(line)):
-            self._enrolment(line)
+        if self._exchange is not None or (self._handshake.client is None and is_enrol(line)):
+            if self._exchange is None:
+                self._exchange = self._server.enrolment(self.ip)
+            self._send(self._exchange.receive(line))
             return
         step = self._handshake.receive(line)
         if isinstance(step, hs.Judge):
             self._cancel_timer()
+            self._nonce = step.nonce
             proved_at = self._clock.seconds()
             try:
                 reply = self._server.answer(self.ip, step.client, step.nonce, step.proof, self)
@@ -89,14 +93,12 @@ class CentralProtocol(LineOnlyReceiver):
                 return
         self._apply(step)
 
-    def _enrolment(self, line: bytes) -> None:
+    def _send(self, sends) -> None:
         """
-        An enrolment (L{knocker.enrol.server}) instead of a knock: its
-        lines go out as it says; the handshake timer still bounds it.
+        Lines of an enrolment or a renewal (L{knocker.enrol}), which run
+        instead of, or after, the knock; the handshake's rules are done.
         """
-        if self._enrol is None:
-            self._enrol = self._server.enrolment(self.ip)
-        for send in self._enrol.receive(line):
+        for send in sends:
             if send.fault:
                 self._server.protocol_error(self.ip, send.fault)
             self.transport.write(send.line)
@@ -115,8 +117,18 @@ class CentralProtocol(LineOnlyReceiver):
 
     def finish(self, reply: hs.Reply) -> None:
         """
-        The coordinator's verdict for a granted knock.
+        The coordinator's verdict for a granted knock; after OPEN, perhaps
+        an offer of a renewed file (section 10) on this connection.
         """
+        if isinstance(reply, hs.Open) and not self._handshake.done:
+            offer = self._server.renewal(self.ip, self._handshake.client, self._nonce)
+            if offer is not None:
+                self._handshake.done = True
+                self.transport.write(hs.format_reply(reply))
+                self._exchange = offer
+                self._send(offer.start())
+                self._timer = self._clock.callLater(self._timeout, self.transport.loseConnection)
+                return
         self._apply(self._handshake.verdict(reply))
 
     def _apply(self, step: hs.Respond | None) -> None:

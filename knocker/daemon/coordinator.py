@@ -35,6 +35,11 @@ def _hmac_hex(secret: bytes, message: bytes) -> str:
     return hmac.digest(secret, message, "sha256").hex()
 
 
+def _renewal_due(state, renew_at: int | None) -> bool:
+    """Knocks left down to renew-at (a third of the file by default)."""
+    return 0 < state.left <= (state.knocks // 3 if renew_at is None else renew_at)
+
+
 class KnockServer:
     """
     The coordinator.  Everything it touches is given to it: C{clock} (an
@@ -123,6 +128,10 @@ class KnockServer:
         else:
             secret = None
         expected = _hmac_hex(secret or self._dummy_secret, hs.hello_message(client, nonce))
+        if secret is not None and not hmac.compare_digest(expected, proof):
+            # A renewed file proving itself (section 10): it becomes current.
+            state, secret = self._proven_renewal(ip, client, nonce, proof) or (state, secret)
+            expected = _hmac_hex(secret, hs.hello_message(client, nonce))
         if not hmac.compare_digest(expected, proof) or secret is None:
             reason = "unknown-client" if secret is None else "bad-proof"
             self._audit.record("denied", ip=ip, client=client, reason=reason)
@@ -154,6 +163,43 @@ class KnockServer:
         log.info("granted knock {index} of {client} to {ip}", index=index, client=client, ip=ip)
         return hs.Grant(index, self.config.knock_window,
                         _hmac_hex(secret, hs.grant_message(client, nonce, index)))
+
+    def _proven_renewal(self, ip: str, client: str, nonce: str, proof: str):
+        """
+        C{(state, secret)} of C{client}'s pending generation if C{proof} is
+        made with its secret, after promoting it; otherwise C{None}.
+        """
+        pending = self._store.pending(client)
+        if pending is None:
+            return None
+        secret = self._book.pending_secret(client, pending.secret_id)
+        expected = _hmac_hex(secret or self._dummy_secret, hs.hello_message(client, nonce))
+        if secret is None or not hmac.compare_digest(expected, proof):
+            return None
+        if self._store.promote(client, pending.secret_id):
+            self._book.promote(client)
+            self._audit.record("renew-confirm", ip=ip, client=client, knocks=pending.knocks)
+            log.info("{client} proved its renewed file: it is current now", client=client)
+        return self._store.client(client), secret
+
+    def renewal(self, ip: str, client: str, nonce: str):
+        """
+        After OPEN: an offer of a new file if C{client}'s knocks left are
+        down to renew-at (L{knocker.enrol.renewal.RenewServer}), or C{None}.
+        """
+        state = self._store.client(client)
+        if state is None or not _renewal_due(state, self.config.renew_at):
+            return None
+        from knocker.enrol.renewal import RenewServer, prepare_offer
+
+        try:
+            secret = self._book.secret(client, state.secret_id)
+            text, new = prepare_offer(self._store, self._book, client, self._wall.now())
+        except Exception:
+            log.failure("preparing a renewal for {client}", client=client)
+            return None
+        self._audit.record("renew-offer", ip=ip, client=client, left=state.left, new=new)
+        return RenewServer(client, secret, nonce, text)
 
     def enrolment(self, ip: str):
         """

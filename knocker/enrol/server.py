@@ -51,7 +51,7 @@ class EnrolServer:
     def receive(self, line: bytes) -> list[Send]:
         if self.done:
             return []
-        words = _words(line)
+        words = words_of(line)
         if words is None:
             return self._end(b"ERROR malformed", fault="malformed")
         if self._keys is None and len(words) == 4 and words[:2] == [MAGIC, "ENROLL"]:
@@ -131,7 +131,7 @@ class EnrolServer:
         return [Send(line + b"\n", close=True, fault=fault)]
 
 
-def _words(line: bytes) -> list[str] | None:
+def words_of(line: bytes) -> list[str] | None:
     if len(line) > MAX_LINE:
         return None
     try:
