@@ -4,7 +4,7 @@ e.g. C{7-crossover-clockwork}, easy to read aloud over the phone.
 
 260 plain English words of 3 to 9 lowercase letters; two words give
 about 16 bits, and an invitation allows 3 guesses before it is void, so an
-online guesser wins with odds of about 1 in 22,000 (see docs/protocol.md).
+online guesser wins with odds of about 1 in 22,500 (see docs/protocol.md).
 """
 
 import secrets
