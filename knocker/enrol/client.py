@@ -69,6 +69,8 @@ async def enroll(io, server: str, slot: int, words: str, timeout: float = 30.0,
         conn = await io.connect(server, connect_timeout)
     except (Unreachable, Trouble) as failure:
         return Result(Outcome.UNREACHABLE, f"{server}: {failure}")
+    except (ValueError, TypeError) as failure:  # an endpoint Twisted cannot parse
+        return Result(Outcome.USAGE, f"--server {server}: {failure}")
     try:
         return await _exchange(conn, slot, words, timeout)
     except Trouble as failure:

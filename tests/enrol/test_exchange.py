@@ -219,6 +219,17 @@ class ExchangeTests(TestCase):
         self.assertLessEqual(max(len(line) for line in pipe.sent), 512)
 
 
+class EndpointTests(TestCase):
+    def test_an_endpoint_twisted_cannot_parse_is_a_usage_error(self):
+        class Refusing:
+            async def connect(self, endpoint, timeout):
+                raise ValueError(f"Unknown endpoint type: {endpoint!r}")
+
+        result = run_blocking(enroll(Refusing(), "bogus", 7, WORDS))
+        self.assertIs(result.outcome, Outcome.USAGE)
+        self.assertIn("bogus", result.detail)
+
+
 class KeyScheduleTests(TestCase):
     def test_both_sides_agree(self):
         client, server = k.Pake(7, WORDS), k.Pake(7, WORDS)
