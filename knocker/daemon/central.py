@@ -14,10 +14,6 @@ from twisted.protocols.basic import LineOnlyReceiver
 from knocker.core import handshake as hs
 from knocker.core.sources import normalise_ip
 
-
-def is_enrol(line: bytes) -> bool:
-    return line.startswith(b"KNOCKER/1 ENROLL ")  # knocker.enrol.server loads only then
-
 log = Logger()
 
 CLOSE_GRACE = 2.0
@@ -43,6 +39,11 @@ def _sleep_until(moment: float) -> None:
     remaining = moment - time.monotonic()
     if 0 < remaining <= PRECISE_EARLY:
         select.select([], [], [], remaining)  # a relative wait, to the microsecond
+
+
+def is_enrol(line: bytes) -> bool:
+    """A first line that enrols (knocker.enrol.server is loaded only then)."""
+    return line.startswith(b"KNOCKER/1 ENROLL ")
 
 
 class CentralProtocol(LineOnlyReceiver):

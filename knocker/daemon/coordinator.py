@@ -187,12 +187,12 @@ class KnockServer:
         After OPEN: an offer of a new file if C{client}'s knocks left are
         down to renew-at (L{knocker.enrol.renewal.RenewServer}), or C{None}.
         """
-        state = self._store.client(client)
-        if state is None or not _renewal_due(state, self.config.renew_at):
-            return None
-        from knocker.enrol.renewal import RenewServer, prepare_offer
-
         try:
+            state = self._store.client(client)
+            if state is None or not _renewal_due(state, self.config.renew_at):
+                return None
+            from knocker.enrol.renewal import RenewServer, prepare_offer
+
             secret = self._book.secret(client, state.secret_id)
             text, new = prepare_offer(self._store, self._book, client, self._wall.now())
         except Exception:

@@ -133,6 +133,24 @@ class PendingToCurrentTests(TestCase):
         self.assertEqual(transport.value(), b"ERROR malformed\n")
         self.assertTrue(transport.disconnecting)
 
+    def test_a_failing_renewal_leaves_a_plain_open(self):
+        h, c = renewing(self)
+        for _ in range(5):
+            c.knock()
+
+        def broken(client):
+            raise OSError("disk on fire")
+
+        h.store.pending = broken
+        line, proto, transport, nonce = h.handshake()
+        grant = hs.parse_reply(line.rstrip(b"\n"))
+        transport.clear()
+        for port in h.files["alice"].knock(grant.index):
+            h.hit("192.0.2.10", port)
+        self.assertEqual(transport.value(), b"OPEN\n")
+        self.assertTrue(transport.disconnecting)
+        self.assertEqual(len(self.flushLoggedErrors(OSError)), 1)
+
     def test_offer_unanswered_is_closed(self):
         h, c = renewing(self, handshake_timeout=2)
         for _ in range(5):
