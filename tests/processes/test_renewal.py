@@ -82,3 +82,30 @@ class TLSRenewalTests(DaemonCase):
         self.assertNotEqual(read_private(knock_file), first)
         self.assertEqual(len(self.events("renew-confirm")), 2)
         self.assertEqual([e["index"] for e in self.events("grant")], [1, 2, 1, 2, 1, 2])
+
+
+class KnockClientRenewalTests(DaemonCase):
+    def test_twistd_knockclient_renews(self):
+        """
+        C{twistd knockclient} runs the same knock coroutine: it takes the
+        offer, and its next run proves the new file.
+        """
+        from knocker.admin.demo import twistd_command
+        from tests.helpers.processes import write_config
+
+        self.configure(renew_at=2)
+        knock_file = self.generate(knocks=4, ports=3)
+        first = read_private(knock_file)
+        self.start()
+        conf = write_config(os.path.join(self.dir, "client.conf"), "client",
+                            server=f"tcp:host=127.0.0.1:port={self.port}",
+                            knock_file=knock_file, log_file="client.log")
+        for _ in range(3):
+            done = subprocess.run(
+                twistd_command() + ["-n", "--pidfile=", "knockclient", "--config", conf],
+                cwd=self.dir, env=environment(), capture_output=True, text=True, timeout=60)
+            self.assertEqual(done.returncode, 0, done.stdout + done.stderr)
+            self.assertIn("OPEN", done.stdout + done.stderr)
+        self.assertEqual(read_private(knock_file + ".prev"), first)
+        self.assertEqual(len(self.events("renew-confirm")), 1)
+        self.assertEqual([e["index"] for e in self.events("grant")], [1, 2, 1])
