@@ -176,11 +176,17 @@ class KnockServer:
         expected = _hmac_hex(secret or self._dummy_secret, hs.hello_message(client, nonce))
         if secret is None or not hmac.compare_digest(expected, proof):
             return None
-        if self._store.promote(client, pending.secret_id):
-            self._book.promote(client)
-            self._audit.record("renew-confirm", ip=ip, client=client, knocks=pending.knocks)
-            log.info("{client} proved its renewed file: it is current now", client=client)
+        self._promote(ip, client, pending, "proof")
         return self._store.client(client), secret
+
+    def _promote(self, ip: str, client: str, pending, how: str) -> bool:
+        if not self._store.promote(client, pending.secret_id):
+            return False
+        self._book.promote(client)
+        self._audit.record("renew-confirm", ip=ip, client=client, knocks=pending.knocks, by=how)
+        log.info("{client} proved its renewed file ({how}): it is current now",
+                 client=client, how=how)
+        return True
 
     def renewal(self, ip: str, client: str, nonce: str):
         """
@@ -199,7 +205,22 @@ class KnockServer:
             log.failure("preparing a renewal for {client}", client=client)
             return None
         self._audit.record("renew-offer", ip=ip, client=client, left=state.left, new=new)
-        return RenewServer(client, secret, nonce, text)
+        return RenewServer(client, secret, nonce, text,
+                           lambda wanted_id: self._confirmed(ip, client, wanted_id))
+
+    def _confirmed(self, ip: str, client: str, wanted_id: str) -> bool:
+        """
+        The client's CONFIRM after a renewal, made with the new secret
+        (C{wanted_id}): promote its pending file, if that is still the one.
+        """
+        try:
+            pending = self._store.pending(client)
+            if pending is None or pending.secret_id != wanted_id:
+                return False
+            return self._promote(ip, client, pending, "confirm")
+        except Exception:
+            log.failure("promoting {client}'s renewed file", client=client)
+            return False
 
     def enrolment(self, ip: str):
         """

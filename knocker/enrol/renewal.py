@@ -55,19 +55,37 @@ def _agree(private, theirs: bytes) -> bytes:
         raise k.VerifyError(f"not an X25519 public key: {error}") from None
 
 
+def confirm_mac(new_secret: bytes, client: str, nonce: str) -> str:
+    """
+    The client's explicit confirmation: it holds the new file (HMAC with
+    the new secret over this connection's nonce).
+    """
+    import hmac
+
+    message = f"knocker/1|renewed|{client}|{nonce}".encode("ascii")
+    return hmac.digest(new_secret, message, "sha256").hex()
+
+
 class RenewServer:
     """
     The server's side of one offer: L{start} is the OFFER line; the
-    client's ACCEPT brings the sealed file, then the end.
+    client's ACCEPT brings the sealed file; its CONFIRM, made with the new
+    secret, promotes the new file at once (C{promote(secret id)}, which
+    says whether it did) and ends the exchange with CONFIRMED.
     """
 
-    def __init__(self, client: str, old_secret: bytes, nonce: str, text: str):
+    def __init__(self, client: str, old_secret: bytes, nonce: str, text: str, promote=None):
+        from knocker.core.knockfile import parse_header
+
         self._client = client
         self._old_secret = old_secret
         self._nonce = nonce
         self._text = text
+        self._new_secret = parse_header(text, "the renewed file").secret
+        self._promote = promote or (lambda wanted_id: False)
         self._private = X25519PrivateKey.generate()
         self._public = _raw(self._private.public_key())
+        self._sent = False
         self.done = False
 
     def start(self) -> list[Send]:
@@ -76,8 +94,10 @@ class RenewServer:
     def receive(self, line: bytes) -> list[Send]:
         if self.done:
             return []
-        self.done = True
         words = words_of(line)
+        if self._sent:
+            return self._confirm(words)
+        self.done = True
         if not words or len(words) != 2 or words[0] != "ACCEPT":
             return [Send(b"ERROR unexpected-line\n", close=True, fault="unexpected-line")]
         try:
@@ -91,8 +111,23 @@ class RenewServer:
         chunks = [sealed[i:i + CHUNK] for i in range(0, len(sealed), CHUNK)]
         out = [Send(f"RENEWAL {len(chunks)}\n".encode("ascii"))]
         out += [Send(f"DATA {chunk}\n".encode("ascii")) for chunk in chunks]
-        out[-1] = out[-1].replace(close=True)
+        self._sent = True
+        self.done = False  # the client's CONFIRM may follow
         return out
+
+    def _confirm(self, words) -> list[Send]:
+        import hmac
+
+        self.done = True
+        if not words or len(words) != 2 or words[0] != "CONFIRM":
+            return [Send(b"ERROR unexpected-line\n", close=True, fault="unexpected-line")]
+        expected = confirm_mac(self._new_secret, self._client, self._nonce)
+        if not hmac.compare_digest(expected, words[1]):
+            return [Send(b"ERROR bad-proof\n", close=True, fault="bad-proof")]
+        from knocker.state.interface import secret_id
+
+        self._promote(secret_id(self._new_secret))
+        return [Send(b"CONFIRMED\n", close=True)]
 
 
 def prepare_offer(store, book, client: str, now, rng=None) -> tuple[str, bool]:
@@ -170,5 +205,13 @@ async def take_offer(conn, offer: bytes, config, knockfile, nonce: str, timeout:
         raise ValueError(f"{path} changed during the knock; the renewal is left for next time")
     write_private(path + PREVIOUS_SUFFIX, current)
     write_private(path, text)
-    return f"renewed: new file in {os.path.basename(path)}, the old one kept as " \
-           f"{os.path.basename(path)}{PREVIOUS_SUFFIX}"
+    note = (f"renewed: new file in {os.path.basename(path)}, the old one kept as "
+            f"{os.path.basename(path)}{PREVIOUS_SUFFIX}")
+    # Written: confirm at once, so the old secret stops working now; if this
+    # is lost, the next handshake with the new file confirms it.
+    try:
+        conn.send(f"CONFIRM {confirm_mac(new.secret, new.client, nonce)}\n".encode("ascii"))
+        confirmed = await conn.readline(timeout) == b"CONFIRMED"
+    except Exception:  # noqa: BLE001 - the file is written; the next knock confirms
+        confirmed = False
+    return note + ("; confirmed" if confirmed else "; to be confirmed by the next knock")

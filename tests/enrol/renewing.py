@@ -39,6 +39,8 @@ class _Conn:
     def send(self, line):
         if self.cut == "before-accept":
             raise Cut("the ACCEPT line is lost")
+        if self.cut == "confirm-lost" and line.startswith(b"CONFIRM "):
+            raise Cut("the CONFIRM line is lost")
         self.proto.dataReceived(line)
         if self.cut == "after-accept":
             raise Cut("the connection is cut before the file arrives")
@@ -73,7 +75,8 @@ class RenewingClient:
         One knock with the file at C{path} (default: the current one); on
         OPEN, the offer if one follows, cut at C{cut} (C{None},
         C{"before-accept"}, C{"after-accept"}, C{"mid-file"},
-        C{"before-write"}, C{"between-writes"}).  Returns the last reply.
+        C{"before-write"}, C{"between-writes"}, C{"confirm-lost"}).  Returns
+        the verdict.
         """
         path = path or self.path
         proto, transport = self.harness.connect(self.ip)

@@ -22,6 +22,20 @@ from tests.enrol.renewing import RenewingClient
 from tests.helpers.harness import Harness
 
 
+def _new_file() -> str:
+    import random
+    from datetime import datetime, timezone
+
+    from knocker.core.knockgen import format_knockfile, generate
+
+    return format_knockfile(generate("alice", tuple(range(20000, 20020)), 3, 3,
+                                     random.Random(7), bytes(range(32, 64)),
+                                     datetime(2026, 1, 1, tzinfo=timezone.utc)))
+
+
+NEW_FILE = _new_file()
+
+
 def renewing(testcase, knocks=9, **config):
     harness = Harness(testcase, knocks=knocks, **config)
     path = os.path.join(harness.dir, "client", "alice.knock")
@@ -38,7 +52,7 @@ class PendingToCurrentTests(TestCase):
         self.assertEqual(h.audit.of("renew-offer"), [])
         self.assertIsNone(h.store.pending("alice"))
 
-    def test_offer_then_confirmation_by_the_new_secret(self):
+    def test_offer_then_explicit_confirmation(self):
         h, c = renewing(self)
         old = c.secret()
         for _ in range(6):
@@ -50,20 +64,36 @@ class PendingToCurrentTests(TestCase):
         self.assertEqual(c.secret(c.previous()), old, "the old file kept as FILE.prev")
         self.assertEqual(os.stat(c.path).st_mode & 0o777, 0o600)
         self.assertEqual(os.stat(c.previous()).st_mode & 0o777, 0o600)
+        self.assertEqual([e["by"] for e in h.audit.of("renew-confirm")], ["confirm"])
+        self.assertIsNone(h.store.pending("alice"))
+        self.assertEqual(h.store.client("alice").secret_id, secret_id(new))
+        self.assertEqual(c.knock(c.previous()), hs.Denied(), "the old secret refused now")
+        h.clock.advance(3600)
+        self.assertEqual(c.knock(), hs.Open())
+        self.assertEqual(c.granted[-1], (new, 1), "new numbers from 1 under the new secret")
+
+    def test_confirmation_lost_then_proven_by_the_next_knock(self):
+        h, c = renewing(self)
+        old = c.secret()
+        for _ in range(5):
+            c.knock()
+        self.assertEqual(c.knock(cut="confirm-lost"), hs.Open())
+        new = c.secret()
+        self.assertNotEqual(new, old, "written before confirming")
         pending = h.store.pending("alice")
         self.assertEqual(pending.secret_id, secret_id(new), "pending until proven")
         self.assertEqual(h.store.client("alice").secret_id, secret_id(old))
         self.assertEqual(c.knock(), hs.Open())
-        self.assertEqual(c.granted[-1], (new, 1), "new numbers from 1 under the new secret")
-        self.assertEqual(len(h.audit.of("renew-confirm")), 1)
+        self.assertEqual(c.granted[-1], (new, 1))
+        self.assertEqual([e["by"] for e in h.audit.of("renew-confirm")], ["proof"])
         self.assertIsNone(h.store.pending("alice"))
-        self.assertEqual(h.store.client("alice").secret_id, secret_id(new))
         self.assertEqual(c.knock(c.previous()), hs.Denied(), "the old secret refused now")
 
     def test_both_secrets_work_while_pending(self):
         h, c = renewing(self)
-        for _ in range(6):
+        for _ in range(5):
             c.knock()
+        c.knock(cut="confirm-lost")
         self.assertEqual(c.knock(c.previous(), cut="before-accept"), hs.Open(),
                          "the old one, still current")
         self.assertEqual(c.granted[-1][1], 7)
@@ -77,15 +107,16 @@ class PendingToCurrentTests(TestCase):
         first = h.store.pending("alice")
         self.assertIsNotNone(first)
         c.knock(cut="mid-file")
-        c.knock()
+        c.knock(cut="confirm-lost")
         self.assertEqual(h.store.pending("alice"), first)
         self.assertEqual(secret_id(c.secret()), first.secret_id)
         self.assertEqual([e["new"] for e in h.audit.of("renew-offer")], [True, False, False])
 
     def test_pending_survives_a_restart(self):
         h, c = renewing(self)
-        for _ in range(6):
+        for _ in range(5):
             c.knock()
+        c.knock(cut="confirm-lost")
         h.restart()
         self.assertEqual(c.knock(), hs.Open())
         self.assertEqual(len(h.audit.of("renew-confirm")), 1)
@@ -96,8 +127,9 @@ class PendingToCurrentTests(TestCase):
         finishes the promotion at the next handshake.
         """
         h, c = renewing(self)
-        for _ in range(6):
+        for _ in range(5):
             c.knock()
+        c.knock(cut="confirm-lost")
         self.assertTrue(h.store.promote("alice", secret_id(c.secret())))
         h.restart()
         self.assertEqual(c.knock(), hs.Open())
@@ -166,7 +198,7 @@ class PendingToCurrentTests(TestCase):
 
 class RenewalCryptoTests(TestCase):
     def exchange(self, old_secret, client_secret=None):
-        server = renewal.RenewServer("alice", old_secret, "ab" * 32, "the file\n")
+        server = renewal.RenewServer("alice", old_secret, "ab" * 32, NEW_FILE)
         offer = server.start()[0].line.rstrip(b"\n")
         private = renewal.X25519PrivateKey.generate()
         public = renewal._raw(private.public_key())
@@ -180,8 +212,25 @@ class RenewalCryptoTests(TestCase):
 
     def test_round_trip(self):
         key, sealed, sends = self.exchange(bytes(32))
-        self.assertEqual(k.unseal(key, sealed, renewal.associated("alice")), b"the file\n")
-        self.assertTrue(sends[-1].close)
+        self.assertEqual(k.unseal(key, sealed, renewal.associated("alice")), NEW_FILE.encode())
+        self.assertFalse(sends[-1].close, "the client's CONFIRM may follow")
+
+    def test_confirm_needs_the_new_secret(self):
+        from knocker.core.knockfile import parse_header
+
+        new_secret = parse_header(NEW_FILE, "x").secret
+        for secret, reply, promoted in ((bytes(32), b"ERROR bad-proof\n", []),
+                                        (new_secret, b"CONFIRMED\n", [secret_id(new_secret)])):
+            calls = []
+            server = renewal.RenewServer("alice", bytes(32), "ab" * 32, NEW_FILE, calls.append)
+            server.start()
+            public = renewal._raw(renewal.X25519PrivateKey.generate().public_key())
+            server.receive(b"ACCEPT " + k.b64(public).encode())
+            mac = renewal.confirm_mac(secret, "alice", "ab" * 32)
+            sends = server.receive(b"CONFIRM " + mac.encode())
+            self.assertEqual([s.line for s in sends], [reply])
+            self.assertTrue(sends[0].close)
+            self.assertEqual(calls, promoted)
 
     def test_without_the_old_secret_nothing(self):
         """
@@ -234,7 +283,7 @@ class RenewalCryptoTests(TestCase):
 
 
 CUTS = st.sampled_from([None, None, "before-accept", "after-accept", "mid-file",
-                        "before-write", "between-writes"])
+                        "before-write", "between-writes", "confirm-lost"])
 
 
 class RenewalMachine(RuleBasedStateMachine):

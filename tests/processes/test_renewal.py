@@ -37,7 +37,8 @@ class RenewalTests(DaemonCase):
         then = parse_knockfile(read_private(first), first)
         self.assertNotEqual(now.secret, then.secret)
         self.assertEqual(len(self.events("open")), 20)
-        self.assertEqual(len(self.events("renew-confirm")), 3)
+        self.assertEqual([e["by"] for e in self.events("renew-confirm")], ["confirm"] * 3,
+                         "confirmed on the renewing connection")
         grants = [e["index"] for e in self.events("grant")]
         self.assertEqual(grants, [1, 2, 3, 4, 5, 6] * 3 + [1, 2])
         denied = self.knock(first)
@@ -80,7 +81,7 @@ class TLSRenewalTests(DaemonCase):
             outputs.append(result.stdout)
         self.assertEqual(["renewed" in out for out in outputs], [False, True] * 3)
         self.assertNotEqual(read_private(knock_file), first)
-        self.assertEqual(len(self.events("renew-confirm")), 2)
+        self.assertEqual([e["by"] for e in self.events("renew-confirm")], ["confirm"] * 3)
         self.assertEqual([e["index"] for e in self.events("grant")], [1, 2, 1, 2, 1, 2])
 
 
@@ -100,12 +101,15 @@ class KnockClientRenewalTests(DaemonCase):
         conf = write_config(os.path.join(self.dir, "client.conf"), "client",
                             server=f"tcp:host=127.0.0.1:port={self.port}",
                             knock_file=knock_file, log_file="client.log")
+        outputs = []
         for _ in range(3):
             done = subprocess.run(
                 twistd_command() + ["-n", "--pidfile=", "knockclient", "--config", conf],
                 cwd=self.dir, env=environment(), capture_output=True, text=True, timeout=60)
             self.assertEqual(done.returncode, 0, done.stdout + done.stderr)
             self.assertIn("OPEN", done.stdout + done.stderr)
+            outputs.append(done.stdout + done.stderr)
+        self.assertIn("renewed", outputs[1])
         self.assertEqual(read_private(knock_file + ".prev"), first)
         self.assertEqual(len(self.events("renew-confirm")), 1)
         self.assertEqual([e["index"] for e in self.events("grant")], [1, 2, 1])
