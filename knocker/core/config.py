@@ -69,6 +69,19 @@ def _endpoint(text: str) -> str:
     return text
 
 
+def _endpoints(text: str) -> str:
+    """
+    One endpoint, or several separated by spaces or newlines (a fleet's
+    gateways, tried in turn): kept as one space-separated string.
+    """
+    items = text.split()
+    if not items:
+        raise ValueError("an endpoint")
+    for item in items:
+        _endpoint(item)
+    return " ".join(items)
+
+
 def _address(text: str) -> str:
     import ipaddress
 
@@ -170,7 +183,8 @@ SERVER_TABLE = (
 
 CLIENT_TABLE = (
     Key("server", "tcp:host=127.0.0.1:port=7000",
-        (_endpoint, "a Twisted client endpoint string such as tcp:host=example.org:port=7000")),
+        (_endpoints, "a Twisted client endpoint string such as tcp:host=example.org:port=7000, "
+                     "or several separated by spaces or newlines")),
     Key("knock-file", None, _PATH, is_path=True),
     Key("log-file", "~/.knocker/client.log", _PATH, is_path=True),
     Key("timeout", 60.0, _number(float, 1, 3600)),
