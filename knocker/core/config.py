@@ -82,6 +82,12 @@ def _endpoints(text: str) -> str:
     return " ".join(items)
 
 
+def _database(text: str) -> str:
+    if text and not text.startswith(("postgresql://", "postgres://")):
+        raise ValueError("empty (SQLite in state-dir) or a postgresql:// URI")
+    return text
+
+
 def _address(text: str) -> str:
     import ipaddress
 
@@ -179,6 +185,11 @@ SERVER_TABLE = (
     Key("audit-log", None, _PATH, is_path=True),
     Key("audit-hit-rate", 100, _number(int, 1, 1_000_000)),
     Key("audit-min-free", 100, _number(int, 0, 1_000_000)),
+    Key("database", "", (_database, "empty (SQLite in state-dir) or a libpq URI such as "
+                                    "postgresql://knocker@db.example/knocker?sslmode=verify-full")),
+    Key("database-key-file", None, _PATH, is_path=True),
+    Key("gateway", "", (lambda text: text, "a name for this gateway (default: host name "
+                                           "and central endpoint)")),
 )
 
 CLIENT_TABLE = (
