@@ -31,7 +31,7 @@ from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 
 from knocker.core.knockfile import KnockFileError, find_knock, parse_header
-from knocker.state.interface import StateError, secret_id
+from knocker.state.interface import PendingClose, StateError, secret_id
 from knocker.state.postgres import LOCKOUT_CHANNEL
 
 log = Logger()
@@ -117,6 +117,7 @@ class ThreadedStore:
         self.book = book
         self.path = store.path
         self.gateway = store.gateway
+        self._closes: dict[int, PendingClose] = {}
         self._pool = ThreadPool(minthreads=1, maxthreads=threads, name="knocker-db")
         self._pool.start()
 
@@ -153,6 +154,7 @@ class ThreadedStore:
                          self._store.save_lockouts, dict(lockouts))
 
     def remove_close(self, close_id: int) -> None:
+        self._closes.pop(close_id, None)
         self._background("forgetting a close that ran", self._store.remove_close, close_id)
 
     def read_lockouts(self, now: float) -> Deferred:
@@ -176,10 +178,21 @@ class ThreadedStore:
         return self._store.lockouts(now)
 
     def add_close(self, due, ip, client, index) -> int:
-        return self._store.add_close(due, ip, client, index)
+        close_id = self._store.add_close(due, ip, client, index)
+        self._closes[close_id] = PendingClose(close_id, due, ip, client, index)
+        return close_id
 
     def pending_closes(self):
-        return self._store.pending_closes()
+        """
+        This gateway's pending closes; without the database, those this
+        run recorded (so a stop still closes the doors it opened).
+        """
+        try:
+            return self._store.pending_closes()
+        except StateError as error:
+            log.error("database: cannot read the pending closes ({error}); running the "
+                      "{n} this run knows of", error=error, n=len(self._closes))
+            return sorted(self._closes.values(), key=lambda close: close.due)
 
     def close(self) -> None:
         self._pool.stop()

@@ -18,7 +18,7 @@ from knocker.core import handshake as hs
 from knocker.core.knockfile import parse_knockfile
 from knocker.daemon.audit import read_audit
 from tests.helpers import postgres
-from tests.helpers.processes import Daemon, knocker, write_config, write_recorder
+from tests.helpers.processes import Daemon, knocker, read_lines, write_config, write_recorder
 
 HOSTS = ("127.0.0.2", "127.0.0.3")
 
@@ -63,15 +63,19 @@ class FleetCase(TestCase):
         self.success, _ = write_recorder(self.dir, "on-success")
         self.confs = []
         self.ports = []
+        self.closed = []
         for n, host in enumerate(HOSTS):
             home = os.path.join(self.dir, f"g{n}")
             os.mkdir(home)
+            on_close, closed = write_recorder(home, "on-close")
+            self.closed.append(closed)
             port = _free_port(host)
             self.ports.append(port)
             self.confs.append(write_config(
                 os.path.join(home, "server.conf"), "server",
                 central=f"tcp:{port}:interface={host}", interface=host, state_dir="state",
                 pool_size=20, pool_range="3000-9999", on_success=self.success,
+                on_close=on_close, open_duration=300,
                 audit_log="audit.log", knock_window=5, lockout=3, max_concurrent=50,
                 database=self.cluster.uri(self.db), database_key_file=self.key_file))
 
@@ -163,9 +167,16 @@ class FleetTests(FleetCase):
         self.gateways[0].kill9()
         self.start(0)
         round_(5)
+        # The database restarted under both: some handshakes get ERROR
+        # (a connection that was cut), none a number given before.
+        self.cluster.stop()
+        self.cluster.start()
+        round_(5)
         numbers = [int(reply.split()[1]) for reply in granted if reply.startswith("GRANT")]
         self.assertEqual(len(numbers), len(set(numbers)), "a number granted twice")
-        self.assertGreaterEqual(len(numbers), 100, [r for r in granted if "GRANT" not in r])
+        self.assertGreaterEqual(len(numbers), 130, [r for r in granted if "GRANT" not in r])
+        self.assertTrue(all(r.startswith(("GRANT", "ERROR server-error")) for r in granted),
+                        set(r[:10] for r in granted))
 
     def test_global_lockout_spreads_within_a_second(self):
         """
@@ -238,6 +249,29 @@ class FleetTests(FleetCase):
         self.assertTrue(reply.startswith(("GRANT", "LOCKED")), reply)
         self.assertTrue(self.audit(0, "database"), "the outage is audited")
         self.assertIn("unavailable", self.gateways[0].log())
+
+    def test_closes_belong_to_the_gateway_that_opened(self):
+        """
+        A door opened through gateway 1 is closed by gateway 1 alone: not by
+        gateway 2 while 1 is down, but by 1 when it comes back, once.
+        """
+        knock_file = self.generate()
+        self.start(0)
+        result = self.knock(knock_file, self.endpoint(0))
+        self.assertIn("OPEN", result.stdout, result.stderr)
+        self.gateways[0].kill9()
+        self.start(1)
+        self.gateways[1].stop()
+        self.assertEqual(read_lines(self.closed[1]), [], "gateway 2 ran 1's close")
+        self.start(0)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and not read_lines(self.closed[0]):
+            time.sleep(0.1)
+        self.gateways[0].stop()
+        closes = read_lines(self.closed[0])
+        self.assertEqual(len(closes), 1, closes)
+        self.assertEqual(closes[0]["argv"][1:], ["127.0.0.1", "alice", "1"])
+        self.assertEqual(self.cluster.psql(self.db, "SELECT count(*) FROM closes").strip(), "0")
 
     def test_dump_holds_no_secret(self):
         knock_file = self.generate()
