@@ -209,6 +209,35 @@ class FleetTests(FleetCase):
         self.assertIsNotNone(seen, "gateway 2 never refused")
         self.assertLess(seen, 1.0)
 
+    def test_source_lockout_is_shared(self):
+        """
+        A stray hit on gateway 1's pool locks its source out on gateway 2
+        too (saved in the second's batch, then a notice to read again).
+        """
+        knock_file = self.generate()
+        kf = parse_knockfile(open(knock_file).read(), knock_file)
+        self.start(0)
+        self.start(1)
+        time.sleep(0.5)
+        stray = "127.0.1.77"
+        started = time.monotonic()
+        sock = socket.create_connection((HOSTS[0], kf_pool(self)[0]), timeout=2,
+                                        source_address=(stray, 0))
+        sock.close()
+        seen = None
+        while time.monotonic() - started < 5:
+            reply, other = handshake(HOSTS[1], self.ports[1], "alice", kf.secret, source=stray)
+            other.close()
+            if reply.startswith("LOCKED"):
+                seen = time.monotonic() - started
+                break
+            time.sleep(0.1)
+        self.assertIsNotNone(seen, "gateway 2 never refused the source")
+        self.assertLess(seen, 2.5, "one batch (1 s) and a notice")
+        reply, other = handshake(HOSTS[1], self.ports[1], "alice", kf.secret)
+        other.close()
+        self.assertTrue(reply.startswith("GRANT"), "other sources still knock: " + reply)
+
     def test_failover_to_second_endpoint(self):
         """
         A client whose first endpoint is dead knocks at the second.
