@@ -109,6 +109,19 @@ class FleetCase(TestCase):
         return knocker("knock", "--server", server, "--knock-file", knock_file,
                        "--log-file", os.path.join(self.dir, "client.log"))
 
+    def locked_after(self, n, secret, started, limit, source="127.0.0.1") -> float | None:
+        """
+        Seconds from C{started} until gateway C{n} answers C{source}'s
+        handshake with LOCKED, or C{None} if not within C{limit}.
+        """
+        while time.monotonic() - started < limit:
+            reply, sock = handshake(HOSTS[n], self.ports[n], "alice", secret, source=source)
+            sock.close()
+            if reply.startswith("LOCKED"):
+                return time.monotonic() - started
+            time.sleep(0.05)
+        return None
+
     def endpoint(self, n: int) -> str:
         return f"tcp:host={HOSTS[n]}:port={self.ports[n]}"
 
@@ -198,14 +211,7 @@ class FleetTests(FleetCase):
         except OSError:
             pass
         sock.close()
-        seen = None
-        while time.monotonic() - started < 3:
-            reply, other = handshake(HOSTS[1], self.ports[1], "alice", kf.secret)
-            other.close()
-            if reply.startswith("LOCKED"):
-                seen = time.monotonic() - started
-                break
-            time.sleep(0.05)
+        seen = self.locked_after(1, kf.secret, started, 3)
         self.assertIsNotNone(seen, "gateway 2 never refused")
         self.assertLess(seen, 1.0)
 
@@ -224,14 +230,7 @@ class FleetTests(FleetCase):
         sock = socket.create_connection((HOSTS[0], kf_pool(self)[0]), timeout=2,
                                         source_address=(stray, 0))
         sock.close()
-        seen = None
-        while time.monotonic() - started < 5:
-            reply, other = handshake(HOSTS[1], self.ports[1], "alice", kf.secret, source=stray)
-            other.close()
-            if reply.startswith("LOCKED"):
-                seen = time.monotonic() - started
-                break
-            time.sleep(0.1)
+        seen = self.locked_after(1, kf.secret, started, 5, source=stray)
         self.assertIsNotNone(seen, "gateway 2 never refused the source")
         self.assertLess(seen, 2.5, "one batch (1 s) and a notice")
         reply, other = handshake(HOSTS[1], self.ports[1], "alice", kf.secret)
