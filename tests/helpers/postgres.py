@@ -46,7 +46,8 @@ class Cluster:
     A cluster in its own temporary directory; L{start}, L{stop}, L{destroy}.
     """
 
-    def __init__(self):
+    def __init__(self, fsync: bool = False):
+        self.fsync = fsync  # tests need no durability; a benchmark does
         self.bin = _bin()
         self.root = tempfile.mkdtemp(prefix="knocker-pg-")
         os.chmod(self.root, 0o755)
@@ -65,7 +66,7 @@ class Cluster:
         _as_postgres(
             os.path.join(self.bin, "pg_ctl"), "-D", self.data, "-l", self.log, "-w",
             "-o", f"-c listen_addresses='' -c unix_socket_directories={self.socket_dir} "
-                  f"-c fsync=off -c max_connections=200",
+                  f"-c fsync={'on' if self.fsync else 'off'} -c max_connections=200",
             "start")
 
     def stop(self, mode: str = "fast") -> None:
