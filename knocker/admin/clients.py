@@ -117,6 +117,7 @@ def _status(config, store) -> dict:
         pool = store.pool() or ()
         return {
             "state_dir": config.state_dir,
+            "database": store.path if config.database else None,
             "pool_size": len(pool),
             "pool": list(pool),
             "clients": [

@@ -146,6 +146,9 @@ class FleetTests(FleetCase):
         done = knocker("status", "--config", self.confs[1], "--json")
         self.assertEqual(done.returncode, 0, done.stderr)
         self.assertIn('"left": 196', done.stdout)
+        self.assertIn('"database": "postgresql:///', done.stdout)
+        done = knocker("status", "--config", self.confs[0])
+        self.assertIn("state: postgresql:///", done.stdout)
 
     def test_contended_grants_are_distinct_and_survive_kill9(self):
         """
