@@ -120,6 +120,9 @@ class ThreadedStore:
         self._closes: dict[int, PendingClose] = {}
         self._pool = ThreadPool(minthreads=1, maxthreads=threads, name="knocker-db")
         self._pool.start()
+        self._closed = False
+        # However the daemon ends, its threads must not keep the process alive.
+        reactor.addSystemEventTrigger("after", "shutdown", self._stop_threads)
 
     def _defer(self, function, *args) -> Deferred:
         return deferToThreadPool(self._reactor, self._pool, function, *args)
@@ -194,8 +197,13 @@ class ThreadedStore:
                       "{n} this run knows of", error=error, n=len(self._closes))
             return sorted(self._closes.values(), key=lambda close: close.due)
 
+    def _stop_threads(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._pool.stop()
+
     def close(self) -> None:
-        self._pool.stop()
+        self._stop_threads()
         self._store.close()
 
 

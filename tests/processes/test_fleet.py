@@ -143,6 +143,11 @@ class FleetTests(FleetCase):
             self.assertIn("OPEN", result.stdout)
         grants = sorted(e["index"] for n in (0, 1) for e in self.audit(n, "grant"))
         self.assertEqual(grants, [1, 2, 3, 4])
+        # A client generated while the gateways run: each reads its copy.
+        bob = self.generate("bob")
+        for n in (1, 0):
+            result = self.knock(bob, self.endpoint(n))
+            self.assertIn("OPEN", result.stdout, result.stderr)
         done = knocker("status", "--config", self.confs[1], "--json")
         self.assertEqual(done.returncode, 0, done.stderr)
         self.assertIn('"left": 196', done.stdout)
