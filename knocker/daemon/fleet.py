@@ -253,7 +253,7 @@ class LockoutSync:
         local = self._wall.from_wall(until)
         if local <= self._tracker.lockouts().get(key, 0.0) + 0.001:
             return False
-        self._tracker.restore_lockout(key, local)
+        self._tracker.shared_lockout(key, local)
         return True
 
     def read_all(self):
