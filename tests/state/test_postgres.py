@@ -7,6 +7,7 @@ their key file, closes kept per gateway, a lost connection.
 
 import os
 import threading
+import time
 
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -95,6 +96,24 @@ class PostgresStoreTests(SynchronousTestCase):
         admin._run(lambda c: c.execute("SELECT pg_terminate_backend(%s)", (pid,)))
         self.assertRaises(StateError, store.burn, "alice")
         self.assertIsNotNone(store.client("alice"), "the next call connects again")
+
+    def test_burn_times_out_rather_than_wait(self):
+        """
+        A burn stuck behind a lock (a hung transaction, an administrator's
+        session) gives up after the timeout with an error, so the gateway
+        grants nothing instead of hanging; the number is not taken.
+        """
+        store = self.store(statement_timeout_ms=200)
+        store.register("alice", 5, SECRET)
+        holder = store.connect(autocommit=False)
+        self.addCleanup(holder.close)
+        holder.execute("SELECT * FROM clients WHERE id = 'alice' FOR UPDATE")
+        started = time.monotonic()
+        self.assertRaises(StateError, store.burn, "alice")
+        self.assertLess(time.monotonic() - started, 2)
+        holder.rollback()
+        self.assertEqual(store.client("alice").next_index, 1)
+        self.assertEqual(store.burn("alice"), 1)
 
     def test_lockouts_keep_the_latest_end(self):
         one, two = self.store(), self.store()
