@@ -309,6 +309,26 @@ class FleetTests(FleetCase):
         self.assertEqual(closes[0]["argv"][1:], ["127.0.0.1", "alice", "1"])
         self.assertEqual(self.cluster.psql(self.db, "SELECT count(*) FROM closes").strip(), "0")
 
+    def test_start_refused_without_key_or_database(self):
+        """
+        A gateway without its key file, or whose database cannot be
+        reached, does not start, and says which.
+        """
+        self.generate()
+        os.rename(self.key_file, self.key_file + ".away")
+        home = os.path.dirname(self.confs[0])
+        daemon = Daemon(self.confs[0], os.path.join(home, "audit.log"), home)
+        self.assertEqual(daemon.wait_exit(), 1)
+        self.assertIn("database-key-file", daemon.log())
+        self.assertFalse(os.path.exists(self.key_file), "the daemon makes no key")
+        daemon.stop()
+        os.rename(self.key_file + ".away", self.key_file)
+        self.cluster.stop()
+        daemon = Daemon(self.confs[0], os.path.join(home, "audit.log"), home)
+        self.assertEqual(daemon.wait_exit(), 1)
+        self.assertIn("cannot connect", daemon.log())
+        daemon.stop()
+
     def test_dump_holds_no_secret(self):
         knock_file = self.generate()
         kf = parse_knockfile(open(knock_file).read(), knock_file)
