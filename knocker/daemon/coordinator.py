@@ -11,6 +11,7 @@ import hmac
 import secrets
 import sys
 
+from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
 from knocker.core import handshake as hs
@@ -94,22 +95,46 @@ class KnockServer:
     def new_nonce(self) -> str:
         return secrets.token_hex(32)
 
-    def answer(self, ip: str, client: str, nonce: str, proof: str, session) -> hs.Reply:
+    def answer(self, ip: str, client: str, nonce: str, proof: str, session):
         """
         Decide the reply to a finished handshake (docs/spec.md section 4), in this
         order: LOCKED, DENIED, EXHAUSTED, BUSY, GRANT.
+
+        With a store that answers at once (SQLite) the reply is returned;
+        with one that answers later (a fleet's database,
+        L{knocker.daemon.fleet.ThreadedStore}) a L{Deferred} that fires with
+        it: the lookup and the burn run off the reactor, and whatever
+        cannot be known (the database gone, a burn whose commit is in doubt)
+        becomes C{ERROR server-error}, never a GRANT.
         """
+        early = self._stopped_or_locked(ip, client)
+        if early is not None:
+            return early
+        state = self._store.client(client)
+        if isinstance(state, Deferred):
+            return state.addCallbacks(
+                self._judge, self._store_failed,
+                callbackArgs=(ip, client, nonce, proof, session), errbackArgs=(ip, client))
+        return self._judge(state, ip, client, nonce, proof, session)
+
+    def _stopped_or_locked(self, ip, client):
         if self._stopped:
             return hs.Error("shutting-down")
         refusal = self.tracker.refusal(ip)
         if refusal is not None and refusal.kind == "locked":
             self._audit.record("locked", ip=ip, client=client, retry_after=refusal.retry_after)
             return hs.Locked(refusal.retry_after)
+        return None
+
+    def _judge(self, state, ip, client, nonce, proof, session):
+        early = self._stopped_or_locked(ip, client)
+        if early is not None:
+            return early
+        refusal = self.tracker.refusal(ip)
         # Unknown clients have their proof checked by the same code, against
         # a random stand-in secret; the central port sends every DENIED at
         # one fixed delay after the PROOF, so the time of the two denials
         # does not depend on their work.
-        state = self._store.client(client)
         if state is not None:
             try:
                 secret = self._book.secret(client, state.secret_id)
@@ -144,9 +169,55 @@ class KnockServer:
             self._audit.record("error", ip=ip, client=client, reason="client-file")
             return hs.Error("server-error")
         index = self._store.burn(client)
+        if isinstance(index, Deferred):
+            return index.addCallbacks(
+                self._burned, self._store_failed,
+                callbackArgs=(state, ports, secret, ip, client, nonce, session),
+                errbackArgs=(ip, client))
         if index != state.next_index:
             self._audit.record("exhausted", ip=ip, client=client)
             return hs.Exhausted()
+        return self._grant(index, ports, secret, ip, client, nonce, session)
+
+    def _burned(self, index, state, ports, secret, ip, client, nonce, session):
+        """
+        A burn that answered later: committed, so C{index} is this
+        grant's alone, but the world may have moved meanwhile (another
+        gateway took the number read before, a lockout came, the daemon is
+        stopping).  The number is spent either way; a refusal costs it.
+        """
+        if index is None:
+            self._audit.record("exhausted", ip=ip, client=client)
+            return hs.Exhausted()
+        if self._stopped:
+            return hs.Error("shutting-down")
+        refusal = self.tracker.refusal(ip)
+        if refusal is not None:
+            self._audit.record(refusal.kind, ip=ip, client=client, index=index,
+                               retry_after=refusal.retry_after)
+            return (hs.Locked if refusal.kind == "locked" else hs.Busy)(refusal.retry_after)
+        if index != state.next_index:
+            try:
+                ports = self._book.knock(client, index)
+            except (KnockFileError, IndexError, KeyError) as error:
+                log.error("cannot read knock {index} of {client}: {error}",
+                          index=index, client=client, error=error)
+                self._audit.record("error", ip=ip, client=client, reason="client-file")
+                return hs.Error("server-error")
+        return self._grant(index, ports, secret, ip, client, nonce, session)
+
+    def _store_failed(self, failure, ip, client):
+        """
+        The database did not answer, or a burn's commit is in doubt: no
+        GRANT (fail closed); the audit log and the log say why.
+        """
+        log.error("the state did not answer for {client} from {ip}: {error}; granting nothing",
+                  client=client, ip=ip, error=failure.value)
+        self._audit.record("error", ip=ip, client=client, reason="state",
+                           detail=str(failure.value))
+        return hs.Error("server-error")
+
+    def _grant(self, index, ports, secret, ip, client, nonce, session):
         slot = self.tracker.grant(ip, client, index, ports)
         self._sessions[slot] = session
         self._audit.record("grant", ip=ip, client=client, index=index,

@@ -12,6 +12,7 @@ from zope.interface.verify import verifyObject
 from knocker.state.interface import ClientState, IStore, PendingClose, StateError, secret_id
 from knocker.state.memory import MemoryStore
 from knocker.state.sqlite import SQLiteStore
+from tests.helpers import postgres
 
 SECRET = bytes(range(32))
 NEW_SECRET = bytes(range(32, 64))
@@ -198,4 +199,20 @@ class SQLiteStoreContractTests(StoreContract, SynchronousTestCase):
         store = SQLiteStore(state_dir)
         self.addCleanup(store.close)
         self.assertTrue(os.path.exists(os.path.join(state_dir, "state.sqlite")))
+        return store
+
+
+class PostgresStoreContractTests(StoreContract, SynchronousTestCase):
+    """
+    The same contract on a real PostgreSQL (tests/helpers/postgres.py):
+    one database per test.
+    """
+
+    skip = postgres.skip_reason()
+
+    def make_store(self):
+        from knocker.state.postgres import PostgresStore
+
+        store = PostgresStore(postgres.database_for(self), key=bytes(32), gateway="g1")
+        self.addCleanup(store.close)
         return store

@@ -1,0 +1,119 @@
+"""
+The coordinator and the central port with a store that answers later, as a
+fleet's database does (knocker.daemon.fleet.ThreadedStore): the reply waits
+for the lookup and the burn, a store that fails grants nothing, a client
+that leaves meanwhile is not left holding a slot.
+"""
+
+from twisted.internet.defer import Deferred, fail, succeed
+from twisted.trial.unittest import SynchronousTestCase
+
+from knocker.core import handshake as hs
+from knocker.state.interface import StateError
+from tests.helpers.harness import Harness
+
+
+class LaterStore:
+    """
+    The harness's store, its C{client} and C{burn} answering through
+    L{Deferred}s: at once (C{held=False}) or when the test fires them.
+    """
+
+    def __init__(self, store):
+        self._store = store
+        self.held = False
+        self.waiting: list[tuple[Deferred, object]] = []
+        self.broken = False
+
+    def __getattr__(self, name):
+        return getattr(self._store, name)
+
+    def _later(self, function, *args):
+        if self.broken:
+            return fail(StateError("the database is gone"))
+        if not self.held:
+            return succeed(function(*args))
+        d = Deferred()
+        self.waiting.append((d, lambda: function(*args)))
+        return d
+
+    def release(self):
+        """Answer the one call waiting (what it starts waits its turn)."""
+        d, work = self.waiting.pop(0)
+        d.callback(work())
+
+    def client(self, client):
+        return self._later(self._store.client, client)
+
+    def burn(self, client):
+        return self._later(self._store.burn, client)
+
+
+def later_harness(case, **config) -> tuple[Harness, LaterStore]:
+    h = Harness(case, **config)
+    later = LaterStore(h.store)
+    h.server._store = later
+    return h, later
+
+
+class LaterStoreTests(SynchronousTestCase):
+
+    def test_grant_through_deferreds(self):
+        h, later = later_harness(self)
+        line, proto, transport, nonce = h.handshake()
+        grant = hs.parse_reply(line.rstrip(b"\n"))
+        self.assertEqual(grant, hs.Grant(1, 10, hs.grant_mac(h.files["alice"].secret, "alice",
+                                                              nonce, 1)))
+        self.assertEqual(h.store.client("alice").next_index, 2)
+
+    def test_reply_waits_for_the_store(self):
+        h, later = later_harness(self)
+        later.held = True
+        line, proto, transport, nonce = h.handshake()
+        self.assertEqual(line, b"", "nothing before the state answered")
+        later.release()  # the lookup
+        later.release()  # the burn
+        self.assertTrue(transport.value().startswith(b"GRANT 1 "))
+
+    def test_store_gone_is_error_no_grant(self):
+        h, later = later_harness(self)
+        later.broken = True
+        line, proto, transport, nonce = h.handshake()
+        self.assertEqual(line, b"ERROR server-error\n")
+        self.assertEqual(h.store.client("alice").next_index, 1)
+        self.assertEqual(h.audit.of("error")[0]["reason"], "state")
+        self.assertEqual(h.tracker_lockouts(), {}, "the server's fault locks nobody out")
+
+    def test_other_gateway_burned_meanwhile(self):
+        """
+        Another gateway took the number read before the burn: this grant
+        gets the next one, with that knock's ports.
+        """
+        h, later = later_harness(self)
+        later.held = True
+        line, proto, transport, nonce = h.handshake()
+        later.release()  # the lookup read next = 1
+        h.store.burn("alice")  # another gateway takes 1
+        later.release()
+        grant = hs.parse_reply(transport.value().rstrip(b"\n"))
+        self.assertEqual(grant.index, 2)
+        transport.clear()
+        for port in h.files["alice"].knock(2):
+            h.hit("192.0.2.10", port)
+        self.assertEqual(h.audit.of("open")[0]["index"], 2)
+
+    def test_client_left_while_burning(self):
+        """
+        A client that hangs up before the burn answers is not left with a
+        slot that would time out and lock everyone out.
+        """
+        h, later = later_harness(self)
+        later.held = True
+        line, proto, transport, nonce = h.handshake()
+        later.release()
+        proto.connectionLost(None)
+        later.release()
+        self.assertEqual(h.audit.of("fail")[0]["reason"], "abandoned")
+        h.clock.advance(60)
+        self.assertEqual(h.tracker_lockouts(), {})
+        self.assertEqual(h.store.client("alice").next_index, 2, "the number stays burned")
