@@ -8,7 +8,8 @@ cd "$(dirname "$0")/.."
 
 # systemd: systemd-analyze for the unit's tests; logrotate: etc/knocker.logrotate;
 # python3-venv, util-linux, passwd: README's installation (tests/network/test_deploy.py)
-packages="iproute2 nftables nmap faketime openssh-server openssh-client systemd logrotate python3-venv util-linux passwd"
+# postgresql: the throwaway clusters of a fleet's tests (tests/helpers/postgres.py)
+packages="iproute2 nftables nmap faketime openssh-server openssh-client systemd logrotate python3-venv util-linux passwd postgresql"
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     missing=""
     for package in $packages; do
@@ -21,6 +22,6 @@ if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
 fi
 
 python3 -m venv .venv
-.venv/bin/pip install -q --disable-pip-version-check '.[test]'
+.venv/bin/pip install -q --disable-pip-version-check '.[test,postgresql]'
 .venv/bin/ruff check .
 exec .venv/bin/python -m pytest "$@"

@@ -69,6 +69,25 @@ def _endpoint(text: str) -> str:
     return text
 
 
+def _endpoints(text: str) -> str:
+    """
+    One endpoint, or several separated by spaces or newlines (a fleet's
+    gateways, tried in turn): kept as one space-separated string.
+    """
+    items = text.split()
+    if not items:
+        raise ValueError("an endpoint")
+    for item in items:
+        _endpoint(item)
+    return " ".join(items)
+
+
+def _database(text: str) -> str:
+    if text and not text.startswith(("postgresql://", "postgres://")):
+        raise ValueError("empty (SQLite in state-dir) or a postgresql:// URI")
+    return text
+
+
 def _address(text: str) -> str:
     import ipaddress
 
@@ -167,11 +186,17 @@ SERVER_TABLE = (
     Key("audit-log", None, _PATH, is_path=True),
     Key("audit-hit-rate", 100, _number(int, 1, 1_000_000)),
     Key("audit-min-free", 100, _number(int, 0, 1_000_000)),
+    Key("database", "", (_database, "empty (SQLite in state-dir) or a libpq URI such as "
+                                    "postgresql://knocker@db.example/knocker?sslmode=verify-full")),
+    Key("database-key-file", None, _PATH, is_path=True),
+    Key("gateway", "", (lambda text: text, "a name for this gateway (default: host name "
+                                           "and central endpoint)")),
 )
 
 CLIENT_TABLE = (
     Key("server", "tcp:host=127.0.0.1:port=7000",
-        (_endpoint, "a Twisted client endpoint string such as tcp:host=example.org:port=7000")),
+        (_endpoints, "a Twisted client endpoint string such as tcp:host=example.org:port=7000, "
+                     "or several separated by spaces or newlines")),
     Key("knock-file", None, _PATH, is_path=True),
     Key("log-file", "~/.knocker/client.log", _PATH, is_path=True),
     Key("timeout", 60.0, _number(float, 1, 3600)),

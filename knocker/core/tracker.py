@@ -299,6 +299,21 @@ class Tracker:
             self._remember(key, until, step)
             self._changed.discard(key)
 
+    def shared_lockout(self, key: str, until: float) -> None:
+        """
+        A lockout another gateway of the fleet started (docs/fleet.md): held
+        here as if started here, so the knocks it covers end now
+        (C{locked-out}) instead of timing out into a lockout of their own,
+        but not told to the observer, which would save and spread it again.
+        """
+        if until <= self._clock.seconds():
+            return
+        self.restore_lockout(key, until)
+        ended = [slot for slot in self._slots.values() if not slot.acting
+                 and (key == GLOBAL or self.source_of(slot.ip) == key)]
+        for slot in ended:
+            self._end(slot, "locked-out")
+
     def stop(self) -> None:
         """
         Cancel the window timers (the daemon is stopping).

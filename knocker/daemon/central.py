@@ -8,6 +8,7 @@ import select
 import time
 
 from twisted.internet import protocol
+from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.protocols.basic import LineOnlyReceiver
 
@@ -63,6 +64,8 @@ class CentralProtocol(LineOnlyReceiver):
         self._handshake = hs.ServerHandshake(server.new_nonce)
         self._exchange = None  # an enrolment, or a renewal after OPEN
         self._nonce = None
+        self._lost = False
+        self._waiting = False  # for a store's answer to an enrolment or renewal
         self.ip = None
 
     def connectionMade(self):
@@ -72,6 +75,13 @@ class CentralProtocol(LineOnlyReceiver):
 
     def lineReceived(self, line: bytes):
         if self._exchange is not None or (self._handshake.client is None and is_enrol(line)):
+            if self._waiting:
+                # A line before the answer it should wait for: the
+                # exchange ends (its late answer is dropped).
+                self._waiting = False
+                self._exchange.done = True
+                self._end_exchange(b"ERROR out-of-turn\n", "out-of-turn")
+                return
             if self._exchange is None:
                 self._exchange = self._server.enrolment(self.ip)
             self._send(self._exchange.receive(line))
@@ -86,28 +96,74 @@ class CentralProtocol(LineOnlyReceiver):
             except Exception:
                 log.failure("answering {client} from {ip}", client=step.client, ip=self.ip)
                 reply = hs.Error("server-error")
-            step = self._handshake.judged(reply)
-            if isinstance(reply, (hs.Denied, hs.Error)):
-                moment = proved_at + DENIED_AT
-                wake = max(0.0, moment - self.factory.early - self._clock.seconds())
-                self._timer = self._clock.callLater(wake, self._send_at, moment, step)
+            if isinstance(reply, Deferred):
+                # A fleet's database answers later (knocker.daemon.fleet).
+                reply.addErrback(self._answer_failed, step.client)
+                reply.addCallback(self._judged, proved_at)
                 return
+            self._judged(reply, proved_at)
+            return
+        self._apply(step)
+
+    def _answer_failed(self, failure, client):
+        log.failure("answering {client} from {ip}", failure, client=client, ip=self.ip)
+        return hs.Error("server-error")
+
+    def _judged(self, reply: hs.Reply, proved_at: float) -> None:
+        if self._lost:
+            # The client left while the state answered: a grant made
+            # meanwhile ends as abandoned (its number stays burned).
+            if isinstance(reply, hs.Grant):
+                self._server.session_lost(self)
+            return
+        step = self._handshake.judged(reply)
+        if isinstance(reply, (hs.Denied, hs.Error)):
+            moment = proved_at + DENIED_AT
+            wake = max(0.0, moment - self.factory.early - self._clock.seconds())
+            self._timer = self._clock.callLater(wake, self._send_at, moment, step)
+            return
         self._apply(step)
 
     def _send(self, sends) -> None:
         """
         Lines of an enrolment or a renewal (L{knocker.enrol}), which run
         instead of, or after, the knock; the handshake's rules are done.
+        With a store that answers later, C{sends} is a L{Deferred} of them.
         """
+        if isinstance(sends, Deferred):
+            self._waiting = True
+            sends.addCallbacks(self._sent_later, self._exchange_failed)
+            return
         for send in sends:
             if send.fault:
                 self._server.protocol_error(self.ip, send.fault)
             self.transport.write(send.line)
             if send.close:
-                self._handshake.done = True
-                self._cancel_timer()
-                self.transport.loseConnection()
-                self._timer = _abort_later(self._clock, self.transport)
+                self._close_exchange()
+
+    def _sent_later(self, sends) -> None:
+        if self._waiting and not self._lost:
+            self._waiting = False
+            self._send(sends)
+
+    def _exchange_failed(self, failure) -> None:
+        log.failure("enrolling or renewing from {ip}", failure, ip=self.ip)
+        if self._waiting and not self._lost:
+            self._waiting = False
+            self._exchange.done = True
+            self._end_exchange(b"ERROR server-error\n")
+
+    def _end_exchange(self, line: bytes, fault: str | None = None) -> None:
+        if fault:
+            self._server.protocol_error(self.ip, fault)
+        self.transport.write(line)
+        self._close_exchange()
+
+    def _close_exchange(self) -> None:
+        self._handshake.done = True
+        self._cancel_timer()
+        self.transport.loseConnection()
+        self._timer = _abort_later(self._clock, self.transport)
 
     def lineLengthExceeded(self, line):
         self._apply(self._handshake.fault("line-too-long"))
@@ -119,18 +175,35 @@ class CentralProtocol(LineOnlyReceiver):
     def finish(self, reply: hs.Reply) -> None:
         """
         The coordinator's verdict for a granted knock; after OPEN, perhaps
-        an offer of a renewed file (section 10) on this connection.
+        an offer of a renewed file (section 10) on this connection.  A
+        store that answers later decides the offer after OPEN is sent.
         """
         if isinstance(reply, hs.Open) and not self._handshake.done:
             offer = self._server.renewal(self.ip, self._handshake.client, self._nonce)
             if offer is not None:
                 self._handshake.done = True
                 self.transport.write(hs.format_reply(reply))
-                self._exchange = offer
-                self._send(offer.start())
                 self._timer = self._clock.callLater(self._timeout, self.transport.loseConnection)
+                if isinstance(offer, Deferred):
+                    self._waiting = True
+                    offer.addCallback(self._offer_later)
+                else:
+                    self._start_offer(offer)
                 return
         self._apply(self._handshake.verdict(reply))
+
+    def _offer_later(self, offer) -> None:
+        if not self._waiting or self._lost:
+            return
+        self._waiting = False
+        if offer is None:
+            self._close_exchange()
+        else:
+            self._start_offer(offer)
+
+    def _start_offer(self, offer) -> None:
+        self._exchange = offer
+        self._send(offer.start())
 
     def _apply(self, step: hs.Respond | None) -> None:
         if step is None:
@@ -149,6 +222,7 @@ class CentralProtocol(LineOnlyReceiver):
             self._timer.cancel()
 
     def connectionLost(self, reason):
+        self._lost = True
         self.factory.connection_ended(self)
         self._cancel_timer()
         granted = self._handshake.granted and not self._handshake.done

@@ -11,6 +11,7 @@ import hmac
 import secrets
 import sys
 
+from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
 from knocker.core import handshake as hs
@@ -20,6 +21,7 @@ from knocker.core.tracker import GLOBAL, HitVerdict, Lockout, Slot, Tracker
 from knocker.daemon.actionenv import action_env, passed_env
 from knocker.daemon.clock import WallTime
 from knocker.daemon.closes import CloseSchedule
+from knocker.state.interface import secret_id, then
 
 log = Logger()
 
@@ -33,6 +35,13 @@ def _hmac_hex(secret: bytes, message: bytes) -> str:
     L{knocker.core.mac}, so every handshake checks one against the other.
     """
     return hmac.digest(secret, message, "sha256").hex()
+
+
+def _generation_of(state, secret: bytes):
+    """C{(state, secret)} if C{state} counts the file of C{secret}, else C{None}."""
+    if state is None or state.secret_id != secret_id(secret):
+        return None
+    return state, secret
 
 
 def _renewal_due(state, renew_at: int | None) -> bool:
@@ -99,22 +108,45 @@ class KnockServer:
     def new_nonce(self) -> str:
         return secrets.token_hex(32)
 
-    def answer(self, ip: str, client: str, nonce: str, proof: str, session) -> hs.Reply:
+    def answer(self, ip: str, client: str, nonce: str, proof: str, session):
         """
         Decide the reply to a finished handshake (docs/spec.md section 4), in this
         order: LOCKED, DENIED, EXHAUSTED, BUSY, GRANT.
+
+        With a store that answers at once (SQLite) the reply is returned;
+        with one that answers later (a fleet's database,
+        L{knocker.daemon.fleet.ThreadedStore}) a L{Deferred} that fires with
+        it: the lookup and the burn run off the reactor, and whatever
+        cannot be known (the database gone, a burn whose commit is in doubt)
+        becomes C{ERROR server-error}, never a GRANT.
         """
+        early = self._stopped_or_locked(ip, client)
+        if early is not None:
+            return early
+        state = self._store.client(client)
+        if isinstance(state, Deferred):
+            return state.addCallbacks(
+                self._judge, self._store_failed,
+                callbackArgs=(ip, client, nonce, proof, session), errbackArgs=(ip, client))
+        return self._judge(state, ip, client, nonce, proof, session)
+
+    def _stopped_or_locked(self, ip, client):
         if self._stopped:
             return hs.Error("shutting-down")
         refusal = self.tracker.refusal(ip)
         if refusal is not None and refusal.kind == "locked":
             self._audit.record("locked", ip=ip, client=client, retry_after=refusal.retry_after)
             return hs.Locked(refusal.retry_after)
+        return None
+
+    def _judge(self, state, ip, client, nonce, proof, session):
+        early = self._stopped_or_locked(ip, client)
+        if early is not None:
+            return early
         # Unknown clients have their proof checked by the same code, against
         # a random stand-in secret; the central port sends every DENIED at
         # one fixed delay after the PROOF, so the time of the two denials
         # does not depend on their work.
-        state = self._store.client(client)
         if state is not None:
             try:
                 secret = self._book.secret(client, state.secret_id)
@@ -130,8 +162,23 @@ class KnockServer:
         expected = _hmac_hex(secret or self._dummy_secret, hs.hello_message(client, nonce))
         if secret is not None and not hmac.compare_digest(expected, proof):
             # A renewed file proving itself (section 10): it becomes current.
-            state, secret = self._proven_renewal(ip, client, nonce, proof) or (state, secret)
-            expected = _hmac_hex(secret, hs.hello_message(client, nonce))
+            # Its lookup may answer later too (a fleet's database).
+            return then(self._proven_renewal(ip, client, nonce, proof), self._proved,
+                        state, secret, ip, client, nonce, proof, session)
+        return self._proved(None, state, secret, ip, client, nonce, proof, session)
+
+    def _proved(self, renewed, state, secret, ip, client, nonce, proof, session):
+        """
+        The rest of L{_judge}, once the proof's secret is known: C{renewed}
+        is C{(state, secret)} of a pending generation just promoted.
+        """
+        if renewed is not None:
+            state, secret = renewed
+            early = self._stopped_or_locked(ip, client)
+            if early is not None:
+                return early
+        refusal = self.tracker.refusal(ip)
+        expected = _hmac_hex(secret or self._dummy_secret, hs.hello_message(client, nonce))
         if not hmac.compare_digest(expected, proof) or secret is None:
             reason = "unknown-client" if secret is None else "bad-proof"
             self._audit.record("denied", ip=ip, client=client, reason=reason)
@@ -153,9 +200,55 @@ class KnockServer:
             self._audit.record("error", ip=ip, client=client, reason="client-file")
             return hs.Error("server-error")
         index = self._store.burn(client)
+        if isinstance(index, Deferred):
+            return index.addCallbacks(
+                self._burned, self._store_failed,
+                callbackArgs=(state, ports, secret, ip, client, nonce, session),
+                errbackArgs=(ip, client))
         if index != state.next_index:
             self._audit.record("exhausted", ip=ip, client=client)
             return hs.Exhausted()
+        return self._grant(index, ports, secret, ip, client, nonce, session)
+
+    def _burned(self, index, state, ports, secret, ip, client, nonce, session):
+        """
+        A burn that answered later: committed, so C{index} is this
+        grant's alone, but the world may have moved meanwhile (another
+        gateway took the number read before, a lockout came, the daemon is
+        stopping).  The number is spent either way; a refusal costs it.
+        """
+        if index is None:
+            self._audit.record("exhausted", ip=ip, client=client)
+            return hs.Exhausted()
+        if self._stopped:
+            return hs.Error("shutting-down")
+        refusal = self.tracker.refusal(ip)
+        if refusal is not None:
+            self._audit.record(refusal.kind, ip=ip, client=client, index=index,
+                               retry_after=refusal.retry_after)
+            return (hs.Locked if refusal.kind == "locked" else hs.Busy)(refusal.retry_after)
+        if index != state.next_index:
+            try:
+                ports = self._book.knock(client, index)
+            except (KnockFileError, IndexError, KeyError) as error:
+                log.error("cannot read knock {index} of {client}: {error}",
+                          index=index, client=client, error=error)
+                self._audit.record("error", ip=ip, client=client, reason="client-file")
+                return hs.Error("server-error")
+        return self._grant(index, ports, secret, ip, client, nonce, session)
+
+    def _store_failed(self, failure, ip, client):
+        """
+        The database did not answer, or a burn's commit is in doubt: no
+        GRANT (fail closed); the audit log and the log say why.
+        """
+        log.error("the state did not answer for {client} from {ip}: {error}; granting nothing",
+                  client=client, ip=ip, error=failure.value)
+        self._audit.record("error", ip=ip, client=client, reason="state",
+                           detail=str(failure.value))
+        return hs.Error("server-error")
+
+    def _grant(self, index, ports, secret, ip, client, nonce, session):
         slot = self.tracker.grant(ip, client, index, ports)
         self._sessions[slot] = session
         self._audit.record("grant", ip=ip, client=client, index=index,
@@ -167,20 +260,33 @@ class KnockServer:
     def _proven_renewal(self, ip: str, client: str, nonce: str, proof: str):
         """
         C{(state, secret)} of C{client}'s pending generation if C{proof} is
-        made with its secret, after promoting it; otherwise C{None}.
+        made with its secret, after promoting it; otherwise C{None}.  With
+        a store that answers later, a L{Deferred} of that.
         """
-        pending = self._store.pending(client)
+        return then(self._store.pending(client), self._pending_proof, ip, client, nonce, proof)
+
+    def _pending_proof(self, pending, ip, client, nonce, proof):
         if pending is None:
             return None
         secret = self._book.pending_secret(client, pending.secret_id)
         expected = _hmac_hex(secret or self._dummy_secret, hs.hello_message(client, nonce))
         if secret is None or not hmac.compare_digest(expected, proof):
             return None
-        self._promote(ip, client, pending, "proof")
-        return self._store.client(client), secret
+        return then(self._promote(ip, client, pending, "proof"), self._current, client, secret)
 
-    def _promote(self, ip: str, client: str, pending, how: str) -> bool:
-        if not self._store.promote(client, pending.secret_id):
+    def _current(self, _promoted, client: str, secret: bytes):
+        """
+        The state once the generation of C{secret} is current: promoted by
+        this call, or just before by another (a CONFIRM, another gateway).
+        """
+        return then(self._store.client(client), _generation_of, secret)
+
+    def _promote(self, ip: str, client: str, pending, how: str):
+        return then(self._store.promote(client, pending.secret_id), self._promoted,
+                    ip, client, pending, how)
+
+    def _promoted(self, done: bool, ip: str, client: str, pending, how: str) -> bool:
+        if not done:
             return False
         self._book.promote(client)
         self._audit.record("renew-confirm", ip=ip, client=client, knocks=pending.knocks, by=how)
@@ -191,47 +297,78 @@ class KnockServer:
     def renewal(self, ip: str, client: str, nonce: str):
         """
         After OPEN: an offer of a new file if C{client}'s knocks left are
-        down to renew-at (L{knocker.enrol.renewal.RenewServer}), or C{None}.
+        down to renew-at (L{knocker.enrol.renewal.RenewServer}), or C{None};
+        with a store that answers later, a L{Deferred} of either.  A
+        failure is logged and offers nothing: the OPEN stands.
         """
-        try:
-            state = self._store.client(client)
-            if state is None or not _renewal_due(state, self.config.renew_at):
-                return None
-            from knocker.enrol.renewal import RenewServer, prepare_offer
+        return self._guarded(None, "preparing a renewal for {client}", client,
+                             lambda: then(self._store.client(client), self._offer,
+                                          ip, client, nonce))
 
-            secret = self._book.secret(client, state.secret_id)
-            text, new = prepare_offer(self._store, self._book, client, self._wall.now())
-        except Exception:
-            log.failure("preparing a renewal for {client}", client=client)
+    def _offer(self, state, ip: str, client: str, nonce: str):
+        if state is None or not _renewal_due(state, self.config.renew_at):
             return None
+        from knocker.enrol.renewal import prepare_offer
+
+        secret = self._book.secret(client, state.secret_id)
+        # A fleet draws it in its database threads (its book is there).
+        prepare = getattr(self._store, "prepare_offer", None)
+        made = (prepare(client, self._wall.now()) if prepare is not None
+                else prepare_offer(self._store, self._book, client, self._wall.now()))
+        return then(made, self._offered, ip, client, nonce, state, secret)
+
+    def _offered(self, made, ip: str, client: str, nonce: str, state, secret: bytes):
+        from knocker.enrol.renewal import RenewServer
+
+        text, new = made
         self._audit.record("renew-offer", ip=ip, client=client, left=state.left, new=new)
         return RenewServer(client, secret, nonce, text,
                            lambda wanted_id: self._confirmed(ip, client, wanted_id))
 
-    def _confirmed(self, ip: str, client: str, wanted_id: str) -> bool:
+    def _confirmed(self, ip: str, client: str, wanted_id: str):
         """
         The client's CONFIRM after a renewal, made with the new secret
         (C{wanted_id}): promote its pending file, if that is still the one.
         """
-        try:
-            pending = self._store.pending(client)
-            if pending is None or pending.secret_id != wanted_id:
-                return False
-            return self._promote(ip, client, pending, "confirm")
-        except Exception:
-            log.failure("promoting {client}'s renewed file", client=client)
+        return self._guarded(False, "promoting {client}'s renewed file", client,
+                             lambda: then(self._store.pending(client), self._confirm_pending,
+                                          ip, client, wanted_id))
+
+    def _confirm_pending(self, pending, ip: str, client: str, wanted_id: str):
+        if pending is None or pending.secret_id != wanted_id:
             return False
+        return self._promote(ip, client, pending, "confirm")
+
+    @staticmethod
+    def _guarded(fallback, what: str, client: str, work):
+        """
+        C{work()}, its failure (now or, from a L{Deferred}, later) logged
+        as C{what} and replaced by C{fallback}.
+        """
+        try:
+            result = work()
+        except Exception:
+            log.failure(what, client=client)
+            return fallback
+        if isinstance(result, Deferred):
+            def failed(failure):
+                log.failure(what, failure, client=client)
+                return fallback
+
+            result.addErrback(failed)
+        return result
 
     def enrolment(self, ip: str):
         """
         A central connection opened with ENROLL: its state machine
-        (L{knocker.enrol.server.EnrolServer}), given what it needs.
+        (L{knocker.enrol.server.EnrolServer}), given what it needs.  A
+        fleet reads the server's copy in its database threads.
         """
         from knocker.enrol.server import EnrolServer
-        from knocker.files import read_private
 
-        return EnrolServer(ip, self._store, lambda client: read_private(self._book.path(client)),
-                           self._audit, self.tracker, self._wall.now)
+        read_file = getattr(self._store, "book_text", None) or self._book.text
+        return EnrolServer(ip, self._store, read_file, self._audit, self.tracker,
+                           self._wall.now)
 
     def protocol_error(self, ip: str, reason: str) -> None:
         self._audit.record("error", ip=ip, reason=reason)

@@ -34,6 +34,7 @@ from knocker.daemon.coordinator import KnockServer
 from knocker.daemon.firewall import FirewallWatch
 from knocker.daemon.paths import check_paths
 from knocker.daemon.poolport import PoolPort, SpareDescriptor
+from knocker.files import ensure_private_dir
 from knocker.state.book import ClientBook
 from knocker.state.lock import StateLock
 from knocker.state.sqlite import DAEMON_BUSY_TIMEOUT, SQLiteStore
@@ -81,6 +82,7 @@ class KnockServerService(service.Service):
         self._spare = None
         self._previous_sighup = None
         self.firewall: FirewallWatch | None = None
+        self._sync = None
 
     def privilegedStartService(self):
         try:
@@ -130,16 +132,20 @@ class KnockServerService(service.Service):
                      "paper's rule for failed knocks without that lever",
                      interface=config.interface)
         check_paths(config)
-        try:
-            self._store = SQLiteStore(config.state_dir, busy_timeout=DAEMON_BUSY_TIMEOUT)
-        except Exception as error:
-            raise StartupError(f"state-dir = {config.state_dir}: cannot open the state: "
-                               f"{error}") from error
-        self._lock = StateLock(config.state_dir)
-        self._lock.acquire()
-        pool = ensure_pool(self._store, config)
-        book = ClientBook(config.state_dir, pool)
-        book.load()
+        if config.database:
+            book = self._open_database(config)
+            pool = book.pool
+        else:
+            try:
+                self._store = SQLiteStore(config.state_dir, busy_timeout=DAEMON_BUSY_TIMEOUT)
+            except Exception as error:
+                raise StartupError(f"state-dir = {config.state_dir}: cannot open the state: "
+                                   f"{error}") from error
+            self._lock = StateLock(config.state_dir)
+            self._lock.acquire()
+            pool = ensure_pool(self._store, config)
+            book = ClientBook(config.state_dir, pool)
+            book.load()
         registered = {state.client for state in self._store.clients()}
         missing = [client for client in book.clients() if client not in registered]
         if missing:
@@ -153,10 +159,10 @@ class KnockServerService(service.Service):
         except OSError as error:
             raise StartupError(f"audit-log = {config.audit_path}: {error}") from error
         runner = ProcessRunner(reactor, config.script_timeout)
+        wall = WallTime(reactor, time.time)
         self.server = KnockServer(
             config, reactor, self._store, book, runner, self._audit,
-            Tracker(reactor, Policy.from_config(config)),
-            WallTime(reactor, time.time),
+            Tracker(reactor, Policy.from_config(config)), wall,
         )
         if config.on_check:
             self.firewall = FirewallWatch(
@@ -178,6 +184,12 @@ class KnockServerService(service.Service):
             raise StartupError(f"central endpoint {config.central!r}: {result[0].value}")
         self.central_port = result[0]
         self.server.restore()
+        if config.database:
+            from knocker.daemon.fleet import LockoutSync
+
+            self._sync = LockoutSync(reactor, self._store, self._store.raw, self.server.tracker,
+                                     wall, self._audit)
+            self._sync.start()
         self._step_watch = ClockStepWatch(reactor, time.time, self._clock_stepped)
         self._step_watch.start()
         address = self.central_port.getHost()
@@ -188,6 +200,35 @@ class KnockServerService(service.Service):
                  "{clients} clients, lockout {scope}",
                  port=address.port, n=len(pool), interface=config.interface,
                  clients=len(book.clients()), scope=config.lockout_scope)
+
+    def _open_database(self, config):
+        """
+        A gateway of a fleet: the state in PostgreSQL (docs/fleet.md); the
+        state directory keeps the lock and the audit log.  Returns the
+        book, its pool as C{book.pool}.
+        """
+        from knocker.daemon.fleet import DatabaseBook, ThreadedStore
+        from knocker.state.postgres import PostgresStore, load_key, redact
+
+        ensure_private_dir(config.state_dir)
+        self._lock = StateLock(config.state_dir)
+        self._lock.acquire()
+        try:
+            key = load_key(config.database_key_file)
+            raw = PostgresStore(config.database, key, gateway_id(config))
+        except Exception as error:
+            raise StartupError(f"database = {redact(config.database)}: {error}") from error
+        self._store = ThreadedStore(raw, self._reactor)
+        try:
+            pool = ensure_pool(raw, config)
+            book = DatabaseBook(raw, pool)
+            book.load()
+        except Exception as error:
+            raise StartupError(f"database = {raw.path}: {error}") from error
+        self._store.book = book
+        book.pool = pool
+        log.info("gateway {gateway} of the fleet in {db}", gateway=raw.gateway, db=raw.path)
+        return book
 
     def _clock_stepped(self, seconds: float) -> None:
         log.warn("the wall clock stepped by {seconds:+.1f}s; windows, lockouts and open "
@@ -201,6 +242,9 @@ class KnockServerService(service.Service):
         The L{Deferred} fires when all is done; twistd waits for it.
         """
         service.Service.stopService(self)
+        if self._sync is not None:
+            self._sync.stop()
+            self._sync = None
         if self._step_watch is not None:
             self._step_watch.stop()
             self._step_watch = None
@@ -241,6 +285,19 @@ class KnockServerService(service.Service):
             self._spare.close()
             self._spare = None
         return gatherResults([maybeDeferred(port.stopListening) for port in ports])
+
+
+def gateway_id(config) -> str:
+    """
+    This gateway's name in a fleet (its pending closes are its own):
+    C{gateway} if set, else the host name and the central endpoint, which
+    stay the same across restarts.
+    """
+    if config.gateway:
+        return config.gateway
+    import socket
+
+    return f"{socket.gethostname()} {config.central}"
 
 
 def _is_loopback(interface: str) -> bool:

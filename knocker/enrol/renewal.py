@@ -124,10 +124,12 @@ class RenewServer:
         expected = confirm_mac(self._new_secret, self._client, self._nonce)
         if not hmac.compare_digest(expected, words[1]):
             return [Send(b"ERROR bad-proof\n", close=True, fault="bad-proof")]
-        from knocker.state.interface import secret_id
+        from knocker.state.interface import secret_id, then
 
-        self._promote(secret_id(self._new_secret))
-        return [Send(b"CONFIRMED\n", close=True)]
+        # CONFIRMED once the state has answered (a fleet's, later); whatever
+        # it says, the client's next handshake with the new file proves it.
+        return then(self._promote(secret_id(self._new_secret)),
+                    lambda _: [Send(b"CONFIRMED\n", close=True)])
 
 
 def prepare_offer(store, book, client: str, now, rng=None) -> tuple[str, bool]:
@@ -139,16 +141,11 @@ def prepare_offer(store, book, client: str, now, rng=None) -> tuple[str, bool]:
     import secrets
     from datetime import datetime, timezone
 
-    from knocker.core.knockfile import parse_header
     from knocker.core.knockgen import format_knockfile, generate
-    from knocker.files import read_private
 
     pending = store.pending(client)
     if pending is not None:
-        try:
-            text = read_private(book.pending_path(client))
-        except OSError:
-            text = None
+        text = book.pending_text(client)
         try:
             if text is not None and book.pending_id(text) == pending.secret_id:
                 return text, False
@@ -156,8 +153,7 @@ def prepare_offer(store, book, client: str, now, rng=None) -> tuple[str, bool]:
             pass  # a damaged copy: draw a new generation
 
     state = store.client(client)
-    header = parse_header(read_private(book.path(client), 4096), book.path(client))
-    kf = generate(client, store.pool(), state.knocks, header.ports_per_knock,
+    kf = generate(client, store.pool(), state.knocks, book.ports_per_knock(client),
                   rng or secrets.SystemRandom(), secrets.token_bytes(32),
                   datetime.fromtimestamp(now, timezone.utc))
     book.add_pending(kf)

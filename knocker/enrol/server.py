@@ -10,6 +10,7 @@ exactly like a DENIED).
 from knocker.core.handshake import MAGIC, MAX_LINE
 from knocker.core.record import Record
 from knocker.enrol import keys as k
+from knocker.state.interface import then
 
 TRIES = 3
 """Wrong codes allowed on one invitation before it is void."""
@@ -73,7 +74,11 @@ class EnrolServer:
         if refusal is not None and refusal.kind == "locked":
             self._audit.record("locked", ip=self.ip, slot=slot, retry_after=refusal.retry_after)
             return self._end(b"LOCKED %d" % refusal.retry_after)
-        found = self._store.invitation(slot)
+        # The state may answer later (a fleet's database): each step goes on
+        # when it has.
+        return then(self._store.invitation(slot), self._found, slot, theirs)
+
+    def _found(self, found, slot: int, theirs: bytes) -> list[Send]:
         if found is None:
             self._tracker.failed_attempt(self.ip, "denied")
             return self._refuse("unknown")
@@ -81,7 +86,9 @@ class EnrolServer:
         state = found.state(self._now())
         if state != "open":
             return self._refuse(state)
-        counted = self._store.invitation_attempt(slot)
+        return then(self._store.invitation_attempt(slot), self._attempt, found, slot, theirs)
+
+    def _attempt(self, counted, found, slot: int, theirs: bytes) -> list[Send]:
         if counted is None or counted.attempts <= found.attempts:
             return self._refuse("void")  # a parallel attempt took the last try
         pake = k.Pake(slot, found.code)
@@ -95,14 +102,25 @@ class EnrolServer:
     def _confirm(self, mac: str) -> list[Send]:
         if not self._keys.check_client(mac):
             return self._wrong(self._counted)
-        if not self._store.use_invitation(self._slot):
+        return then(self._store.use_invitation(self._slot), self._used)
+
+    def _used(self, used: bool) -> list[Send]:
+        if not used:
             return self._refuse("used")
         try:
             text = self._read_file(self._client)
         except Exception as error:
-            self._audit.record("error", ip=self.ip, client=self._client, reason="client-file",
-                               detail=str(error))
-            return self._end(b"ERROR server-error")
+            return self._file_error(error)
+        if hasattr(text, "addCallbacks"):
+            return text.addCallbacks(self._deliver, lambda failure: self._file_error(failure.value))
+        return self._deliver(text)
+
+    def _file_error(self, error) -> list[Send]:
+        self._audit.record("error", ip=self.ip, client=self._client, reason="client-file",
+                           detail=str(error))
+        return self._end(b"ERROR server-error")
+
+    def _deliver(self, text: str) -> list[Send]:
         sealed = k.b64(k.seal(self._keys.file_key, text.encode("utf-8"),
                               file_associated(self._keys)))
         chunks = [sealed[i:i + CHUNK] for i in range(0, len(sealed), CHUNK)]

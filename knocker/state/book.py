@@ -45,6 +45,10 @@ class ClientBook:
     def path(self, client: str) -> str:
         return os.path.join(self.directory, client + ".knock")
 
+    def text(self, client: str) -> str:
+        """The whole server's copy of C{client}'s file (to enrol it)."""
+        return read_private(self.path(client))
+
     def load(self) -> None:
         """
         Index every client file's header.
@@ -171,6 +175,17 @@ class ClientBook:
         path = self.pending_path(kf.client)
         write_private(path, format_knockfile(kf))
         return path
+
+    def pending_text(self, client: str) -> str | None:
+        """The pending copy's text, or C{None} if there is none."""
+        try:
+            return read_private(self.pending_path(client))
+        except OSError:
+            return None
+
+    def ports_per_knock(self, client: str) -> int:
+        path = self.path(client)
+        return parse_header(_read(path, _HEADER_BYTES), path).ports_per_knock
 
     @staticmethod
     def pending_id(text: str) -> str:

@@ -27,6 +27,18 @@ def secret_id(secret: bytes) -> str:
     return hashlib.sha256(b"knocker secret id|" + secret).hexdigest()[:32]
 
 
+def then(value, callback, *args):
+    """
+    C{callback(value, *args)} now, or when C{value} fires if it is a
+    L{Deferred} (a store that answers later, L{knocker.daemon.fleet}):
+    so one piece of code serves SQLite's answers and a fleet's.  Returns
+    what C{callback} returns, or that Deferred.
+    """
+    if hasattr(value, "addCallback"):
+        return value.addCallback(callback, *args)
+    return callback(value, *args)
+
+
 @frozen
 class ClientState:
     client: str

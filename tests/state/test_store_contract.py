@@ -19,6 +19,7 @@ from knocker.state.interface import (
 )
 from knocker.state.memory import MemoryStore
 from knocker.state.sqlite import SQLiteStore
+from tests.helpers import postgres
 
 SECRET = bytes(range(32))
 NEW_SECRET = bytes(range(32, 64))
@@ -315,5 +316,21 @@ class SQLiteStoreContractTests(StoreContract, InvitationContract, RenewalContrac
     def reopen(self):
         self.store.close()
         store = self.store = SQLiteStore(self.state_dir)
+        self.addCleanup(store.close)
+        return store
+
+
+class PostgresStoreContractTests(StoreContract, SynchronousTestCase):
+    """
+    The same contract on a real PostgreSQL (tests/helpers/postgres.py):
+    one database per test.
+    """
+
+    skip = postgres.skip_reason()
+
+    def make_store(self):
+        from knocker.state.postgres import PostgresStore
+
+        store = PostgresStore(postgres.database_for(self), key=bytes(32), gateway="g1")
         self.addCleanup(store.close)
         return store

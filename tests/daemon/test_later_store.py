@@ -1,0 +1,201 @@
+"""
+The coordinator and the central port with a store that answers later, as a
+fleet's database does (knocker.daemon.fleet.ThreadedStore): the reply waits
+for the lookup and the burn, a store that fails grants nothing, a client
+that leaves meanwhile is not left holding a slot.
+"""
+
+from twisted.internet.defer import Deferred, fail, succeed
+from twisted.trial.unittest import SynchronousTestCase
+
+from knocker.core import handshake as hs
+from knocker.core.knockfile import KnockFileText
+from knocker.state.interface import StateError, secret_id
+from tests.helpers.harness import Harness
+
+LATER = ("client", "burn", "pending", "promote", "invitation", "invitation_attempt",
+         "use_invitation")
+"""What a fleet's store answers later: the knock path, and section 10's."""
+
+
+class LaterStore:
+    """
+    The harness's store, the calls in L{LATER} answering through
+    L{Deferred}s: at once (C{held=False}) or when the test fires them.
+    """
+
+    def __init__(self, store):
+        self._store = store
+        self.held = False
+        self.waiting: list[tuple[Deferred, object]] = []
+        self.broken = False
+
+    def __getattr__(self, name):
+        found = getattr(self._store, name)
+        if name in LATER:
+            return lambda *args: self._later(found, *args)
+        return found
+
+    def _later(self, function, *args):
+        if self.broken:
+            return fail(StateError("the database is gone"))
+        if not self.held:
+            return succeed(function(*args))
+        d = Deferred()
+        self.waiting.append((d, lambda: function(*args)))
+        return d
+
+    def release(self):
+        """Answer the one call waiting (what it starts waits its turn)."""
+        d, work = self.waiting.pop(0)
+        d.callback(work())
+
+    def prepare_offer(self, client, now):
+        """As a fleet's store does: the whole drawing in its thread."""
+        from knocker.enrol.renewal import prepare_offer
+
+        return self._later(prepare_offer, self._store, self.book, client, now)
+
+
+def later_harness(case, **config) -> tuple[Harness, LaterStore]:
+    h = Harness(case, **config)
+    later = LaterStore(h.store)
+    h.server._store = later
+    return h, later
+
+
+class LaterStoreTests(SynchronousTestCase):
+
+    def test_grant_through_deferreds(self):
+        h, later = later_harness(self)
+        line, proto, transport, nonce = h.handshake()
+        grant = hs.parse_reply(line.rstrip(b"\n"))
+        self.assertEqual(grant, hs.Grant(1, 10, hs.grant_mac(h.files["alice"].secret, "alice",
+                                                              nonce, 1)))
+        self.assertEqual(h.store.client("alice").next_index, 2)
+
+    def test_reply_waits_for_the_store(self):
+        h, later = later_harness(self)
+        later.held = True
+        line, proto, transport, nonce = h.handshake()
+        self.assertEqual(line, b"", "nothing before the state answered")
+        later.release()  # the lookup
+        later.release()  # the burn
+        self.assertTrue(transport.value().startswith(b"GRANT 1 "))
+
+    def test_store_gone_is_error_no_grant(self):
+        h, later = later_harness(self)
+        later.broken = True
+        line, proto, transport, nonce = h.handshake()
+        self.assertEqual(line, b"ERROR server-error\n")
+        self.assertEqual(h.store.client("alice").next_index, 1)
+        self.assertEqual(h.audit.of("error")[0]["reason"], "state")
+        self.assertEqual(h.tracker_lockouts(), {}, "the server's fault locks nobody out")
+
+    def test_other_gateway_burned_meanwhile(self):
+        """
+        Another gateway took the number read before the burn: this grant
+        gets the next one, with that knock's ports.
+        """
+        h, later = later_harness(self)
+        later.held = True
+        line, proto, transport, nonce = h.handshake()
+        later.release()  # the lookup read next = 1
+        h.store.burn("alice")  # another gateway takes 1
+        later.release()
+        grant = hs.parse_reply(transport.value().rstrip(b"\n"))
+        self.assertEqual(grant.index, 2)
+        transport.clear()
+        for port in h.files["alice"].knock(2):
+            h.hit("192.0.2.10", port)
+        self.assertEqual(h.audit.of("open")[0]["index"], 2)
+
+    def test_client_left_while_burning(self):
+        """
+        A client that hangs up before the burn answers is not left with a
+        slot that would time out and lock everyone out.
+        """
+        h, later = later_harness(self)
+        later.held = True
+        line, proto, transport, nonce = h.handshake()
+        later.release()
+        proto.connectionLost(None)
+        later.release()
+        self.assertEqual(h.audit.of("fail")[0]["reason"], "abandoned")
+        h.clock.advance(60)
+        self.assertEqual(h.tracker_lockouts(), {})
+        self.assertEqual(h.store.client("alice").next_index, 2, "the number stays burned")
+
+
+class RenewalThroughDeferredsTests(SynchronousTestCase):
+    """
+    Section 10 on a store that answers later: the offer after OPEN, the
+    CONFIRM, and a renewed file proving itself at its first handshake
+    (the pending lookup and the promotion are Deferreds).
+    """
+
+    def renewing(self):
+        from tests.enrol.test_renewal import renewing
+
+        h, c = renewing(self)
+        later = LaterStore(h.store)
+        later.book = h.book
+        h.server._store = later
+        return h, c, later
+
+    def pending_renewal(self):
+        """A renewed file written by the client, its CONFIRM lost: pending."""
+        h, c, later = self.renewing()
+        for _ in range(5):
+            c.knock()
+        self.assertEqual(c.knock(cut="confirm-lost"), hs.Open())
+        return h, c, later
+
+    def test_offer_and_confirm(self):
+        h, c, later = self.renewing()
+        old = c.secret()
+        for _ in range(6):
+            self.assertEqual(c.knock(), hs.Open())
+        self.assertEqual(c.renewed, 1)
+        self.assertNotEqual(c.secret(), old)
+        self.assertEqual([e["by"] for e in h.audit.of("renew-confirm")], ["confirm"])
+        self.assertEqual(c.knock(c.previous()), hs.Denied(), "the old secret refused now")
+
+    def test_pending_proven_by_the_next_knock(self):
+        h, c, later = self.pending_renewal()
+        new = c.secret()
+        self.assertEqual(h.store.pending("alice").secret_id, secret_id(new))
+        self.assertEqual(c.knock(c.previous(), cut="before-accept"), hs.Open(),
+                         "the old file, still current")
+        self.assertEqual(c.knock(), hs.Open(), "the new file proves itself")
+        self.assertEqual(c.granted[-1], (new, 1))
+        self.assertEqual([e["by"] for e in h.audit.of("renew-confirm")], ["proof"])
+        self.assertIsNone(h.store.pending("alice"))
+
+    def test_proof_waits_for_the_pending_lookup(self):
+        h, c, later = self.pending_renewal()
+        later.held = True
+        proto, transport = h.connect()
+        machine = hs.ClientHandshake(KnockFileText(c.text(), "alice.knock"))
+        proto.dataReceived(machine.hello().line)
+        step = machine.receive(transport.value().rstrip(b"\n"))
+        transport.clear()
+        proto.dataReceived(step.line)
+        for _ in range(4):  # the client, the pending row, the promotion, the client again
+            self.assertEqual(transport.value(), b"")
+            later.release()
+        later.release()  # the burn
+        grant = hs.parse_reply(transport.value().rstrip(b"\n"))
+        self.assertEqual(grant.index, 1)
+        self.assertEqual(h.store.client("alice").secret_id, secret_id(c.secret()))
+
+    def test_pending_lookup_fails_grants_nothing(self):
+        h, c, later = self.pending_renewal()
+
+        def gone(client):
+            raise StateError("the database is gone")
+
+        h.store.pending = gone
+        self.assertEqual(c.knock(), hs.Error("server-error"))
+        self.assertEqual(h.tracker_lockouts(), {}, "the server's fault locks nobody out")
+        self.flushLoggedErrors(StateError)

@@ -1,0 +1,156 @@
+"""
+What the PostgreSQL store does beyond the IStore contract
+(tests/state/test_store_contract.py runs that): the schema and its
+migrations, burns from many threads at once, the sealed server copies and
+their key file, closes kept per gateway, a lost connection.
+"""
+
+import os
+import threading
+import time
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from knocker.state.interface import StateError
+from tests.helpers import postgres
+
+KEY = bytes(range(32))
+SECRET = bytes(range(100, 132))
+
+
+class PostgresStoreTests(SynchronousTestCase):
+    skip = postgres.skip_reason()
+
+    def store(self, **kwargs):
+        from knocker.state.postgres import PostgresStore
+
+        kwargs.setdefault("key", KEY)
+        store = PostgresStore(self.uri, **kwargs)
+        self.addCleanup(store.close)
+        return store
+
+    def setUp(self):
+        self.uri = postgres.database_for(self)
+
+    def test_schema_versioned_and_migrated_once(self):
+        from knocker.state.postgres import SCHEMA_VERSION
+
+        first = self.store()
+        self.assertEqual(first.schema_version(), SCHEMA_VERSION)
+        self.assertEqual(self.store().migrate(), SCHEMA_VERSION, "nothing left to apply")
+
+    def test_newer_schema_refused(self):
+        first = self.store()
+        first._run(lambda c: c.execute("UPDATE schema_version SET version = 99"))
+        error = self.assertRaises(StateError, self.store)
+        self.assertIn("schema version 99 is newer", str(error))
+
+    def test_burns_from_many_threads_are_distinct(self):
+        store = self.store()
+        store.register("alice", 400, SECRET)
+        got, lock = [], threading.Lock()
+
+        def burn():
+            for _ in range(50):
+                number = store.burn("alice")
+                with lock:
+                    got.append(number)
+
+        threads = [threading.Thread(target=burn) for _ in range(10)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        numbers = [n for n in got if n is not None]
+        self.assertEqual(sorted(numbers), list(range(1, 401)))
+        self.assertEqual(got.count(None), 100, "past the end: nothing")
+
+    def test_server_copy_sealed_and_bound_to_its_client(self):
+        store = self.store()
+        store.register_with_book("alice", 5, SECRET, "the text " + SECRET.hex())
+        self.assertEqual(store.book("alice"), "the text " + SECRET.hex())
+        raw = store._run(lambda c: c.execute("SELECT sealed FROM books").fetchone()[0])
+        self.assertNotIn(SECRET.hex().encode(), bytes(raw))
+        store.register("bob", 5, SECRET)
+        store._run(lambda c: c.execute(
+            "INSERT INTO books SELECT 'bob', secret_id, sealed FROM books WHERE client = 'alice'"))
+        error = self.assertRaises(StateError, store.book, "bob")
+        self.assertIn("does not open", str(error))
+        other = self.store(key=bytes(32))
+        self.assertRaises(StateError, other.book, "alice")
+
+    def test_closes_are_the_gateways_own(self):
+        one, two = self.store(gateway="one"), self.store(gateway="two")
+        close = one.add_close(100.0, "192.0.2.1", "alice", 3)
+        self.assertEqual([c.id for c in one.pending_closes()], [close])
+        self.assertEqual(two.pending_closes(), [])
+        two.remove_close(close)
+        self.assertEqual(len(one.pending_closes()), 1, "another gateway cannot remove it")
+        self.assertEqual(two.all_pending_closes(), 1)
+
+    def test_lost_connection_raises_then_reconnects(self):
+        store = self.store()
+        store.register("alice", 5, SECRET)
+        pid = store._run(lambda c: c.execute("SELECT pg_backend_pid()").fetchone()[0])
+        admin = self.store()
+        admin._run(lambda c: c.execute("SELECT pg_terminate_backend(%s)", (pid,)))
+        self.assertRaises(StateError, store.burn, "alice")
+        self.assertIsNotNone(store.client("alice"), "the next call connects again")
+
+    def test_burn_times_out_rather_than_wait(self):
+        """
+        A burn stuck behind a lock (a hung transaction, an administrator's
+        session) gives up after the timeout with an error, so the gateway
+        grants nothing instead of hanging; the number is not taken.
+        """
+        store = self.store(statement_timeout_ms=200)
+        store.register("alice", 5, SECRET)
+        holder = store.connect(autocommit=False)
+        self.addCleanup(holder.close)
+        holder.execute("SELECT * FROM clients WHERE id = 'alice' FOR UPDATE")
+        started = time.monotonic()
+        self.assertRaises(StateError, store.burn, "alice")
+        self.assertLess(time.monotonic() - started, 2)
+        holder.rollback()
+        self.assertEqual(store.client("alice").next_index, 1)
+        self.assertEqual(store.burn("alice"), 1)
+
+    def test_lockouts_keep_the_latest_end(self):
+        one, two = self.store(), self.store()
+        one.set_lockout("*", 2000.0)
+        two.save_lockouts({"*": 1500.0, "192.0.2.1": 1600.0})
+        self.assertEqual(one.lockouts(1000.0), {"*": 2000.0, "192.0.2.1": 1600.0})
+
+
+class KeyFileTests(SynchronousTestCase):
+    skip = postgres.skip_reason()
+
+    def test_created_0600_and_read_back(self):
+        from knocker.state.postgres import load_key
+
+        path = os.path.join(self.mktemp() + "-dir", "fleet.key")
+        os.makedirs(os.path.dirname(path))
+        key = load_key(path, create=True)
+        self.assertEqual(len(key), 32)
+        self.assertEqual(os.stat(path).st_mode & 0o777, 0o600)
+        self.assertEqual(load_key(path), key)
+
+    def test_refused_when_others_can_read_or_missing(self):
+        from knocker.state.postgres import load_key
+
+        path = self.mktemp()
+        with open(path, "w") as handle:
+            handle.write(KEY.hex())
+        os.chmod(path, 0o644)
+        self.assertIn("chmod 600", str(self.assertRaises(StateError, load_key, path)))
+        self.assertRaises(StateError, load_key, path + "-missing")
+        self.assertRaises(StateError, load_key, None)
+
+    def test_not_a_key(self):
+        from knocker.state.postgres import load_key
+
+        path = self.mktemp()
+        with open(path, "w") as handle:
+            handle.write("short\n")
+        os.chmod(path, 0o600)
+        self.assertIn("hex digits", str(self.assertRaises(StateError, load_key, path)))
