@@ -39,6 +39,11 @@ def then(value, callback, *args):
     return callback(value, *args)
 
 
+def lowest_free(held) -> int:
+    """The lowest slot number from 1 not in C{held} (an invitation's)."""
+    return next(n for n in range(1, len(held) + 2) if n not in held)
+
+
 @frozen
 class ClientState:
     client: str

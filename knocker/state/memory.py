@@ -11,6 +11,7 @@ from knocker.state.interface import (
     IStore,
     PendingClose,
     StateError,
+    lowest_free,
     secret_id,
 )
 
@@ -82,7 +83,7 @@ class MemoryStore:
 
     def add_invitation(self, client, code, expires, tries, now) -> int:
         held = {i.slot for i in self._invitations.values() if i.state(now) == "open"}
-        slot = next(n for n in range(1, len(held) + 2) if n not in held)
+        slot = lowest_free(held)
         self._invitations[slot] = Invitation(slot, client, code, expires, tries, 0, False)
         return slot
 

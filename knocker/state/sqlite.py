@@ -22,6 +22,7 @@ from knocker.state.interface import (
     IStore,
     PendingClose,
     StateError,
+    lowest_free,
     secret_id,
 )
 
@@ -224,7 +225,7 @@ class SQLiteStore:
             held = {row[0] for row in self._db.execute(
                 "SELECT slot FROM invitations WHERE NOT used AND attempts < tries AND expires > ?",
                 (now,))}
-            slot = next(n for n in range(1, len(held) + 2) if n not in held)
+            slot = lowest_free(held)
             self._db.execute(
                 "INSERT OR REPLACE INTO invitations "
                 "(slot, client, code, expires, tries, attempts, used) VALUES (?, ?, ?, ?, ?, 0, 0)",

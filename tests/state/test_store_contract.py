@@ -320,7 +320,8 @@ class SQLiteStoreContractTests(StoreContract, InvitationContract, RenewalContrac
         return store
 
 
-class PostgresStoreContractTests(StoreContract, SynchronousTestCase):
+class PostgresStoreContractTests(StoreContract, InvitationContract, RenewalContract,
+                                 SynchronousTestCase):
     """
     The same contract on a real PostgreSQL (tests/helpers/postgres.py):
     one database per test.
@@ -331,6 +332,15 @@ class PostgresStoreContractTests(StoreContract, SynchronousTestCase):
     def make_store(self):
         from knocker.state.postgres import PostgresStore
 
-        store = PostgresStore(postgres.database_for(self), key=bytes(32), gateway="g1")
+        self.uri = postgres.database_for(self)
+        store = PostgresStore(self.uri, key=bytes(32), gateway="g1")
+        self.addCleanup(store.close)
+        return store
+
+    def reopen(self):
+        from knocker.state.postgres import PostgresStore
+
+        self.store.close()
+        store = self.store = PostgresStore(self.uri, key=bytes(32), gateway="g1")
         self.addCleanup(store.close)
         return store
