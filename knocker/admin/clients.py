@@ -48,11 +48,7 @@ def generate_client(config, client: str, knocks: int, ports: int, output: str | 
     written as its directory's owner (the client's copy as the caller).
     """
     owner = StateOwner(config.state_dir)
-    if config.database:
-        store = open_database(config, create_key=True)
-    else:
-        with owner:
-            store = SQLiteStore(config.state_dir)
+    store = open_store(config, create_key=True)
     try:
         with owner:
             existing = store.client(client)
@@ -89,6 +85,18 @@ def generate_client(config, client: str, knocks: int, ports: int, output: str | 
     return Generated(kf, output, server_copy, len(pool), ordered, unordered)
 
 
+def open_store(config, create_key: bool = False):
+    """
+    The state a command works on, as the daemon finds it: the fleet's
+    database when C{database} is set, else SQLite in C{state-dir} (opened
+    as the directory's owner).
+    """
+    if config.database:
+        return open_database(config, create_key=create_key)
+    with StateOwner(config.state_dir):
+        return SQLiteStore(config.state_dir)
+
+
 def open_database(config, create_key: bool = False):
     """
     The fleet's database (C{database}, docs/fleet.md) for a command; with
@@ -107,11 +115,11 @@ def status(config) -> dict:
     What C{knocker status} shows: the pool, each client's knocks left and
     the lockouts in force, read from the state the daemon commits.
     """
+    store = open_store(config)
     if config.database:
-        return _status(config, open_database(config))
-    owner = StateOwner(config.state_dir)
-    with owner:
-        return _status(config, SQLiteStore(config.state_dir))
+        return _status(config, store)
+    with StateOwner(config.state_dir):
+        return _status(config, store)
 
 
 def _status(config, store) -> dict:

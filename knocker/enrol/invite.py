@@ -30,16 +30,17 @@ def invite_client(config, client: str, knocks: int, ports: int, expires: float =
     @raise knocker.admin.clients.ClientExists: the client is registered
         and C{force} is not set.
     """
-    from knocker.admin.clients import generate_client
+    from knocker.admin.clients import generate_client, open_store
     from knocker.admin.owner import StateOwner
-    from knocker.state.sqlite import SQLiteStore
 
     done = generate_client(config, client, knocks, ports, None, force=force)
     words = new_words()
     owner = StateOwner(config.state_dir)
     now = time.time()
+    # The state the daemon uses: SQLite in state-dir, or a fleet's database
+    # (the code sealed there), so any gateway of the fleet can enrol it.
+    store = open_store(config)
     with owner:
-        store = SQLiteStore(config.state_dir)
         try:
             slot = store.add_invitation(client, words, now + expires, TRIES, now)
         finally:
