@@ -199,3 +199,85 @@ class RenewalThroughDeferredsTests(SynchronousTestCase):
         self.assertEqual(c.knock(), hs.Error("server-error"))
         self.assertEqual(h.tracker_lockouts(), {}, "the server's fault locks nobody out")
         self.flushLoggedErrors(StateError)
+
+
+WORDS = "crossover-clockwork"
+
+
+class _HarnessConn:
+    """The enrolling client's connection: lines to the protocol and back."""
+
+    def __init__(self, proto, transport):
+        self.proto = proto
+        self.transport = transport
+        self.lines = []
+
+    def send(self, line):
+        self.proto.dataReceived(line)
+
+    async def readline(self, timeout):
+        if not self.lines:
+            self.lines = self.transport.value().split(b"\n")[:-1]
+            self.transport.clear()
+        return self.lines.pop(0) if self.lines else None
+
+
+class EnrolThroughDeferredsTests(SynchronousTestCase):
+    """
+    An enrolment on the central port when the invitation's lookups, its
+    try, its use and the server's copy all answer later.
+    """
+
+    def setUp(self):
+        self.h, self.later = later_harness(self)
+        now = self.h.clock.seconds()
+        self.slot = self.h.store.add_invitation("alice", WORDS, now + 3600, 3, now)
+
+    def enroll(self, words=WORDS):
+        from knocker.client.knock import run_blocking
+        from knocker.enrol.client import _exchange
+
+        proto, transport = self.h.connect()
+        return run_blocking(_exchange(_HarnessConn(proto, transport), self.slot, words, 5))
+
+    def test_enrolled(self):
+        from knocker.enrol.client import Outcome
+
+        result = self.enroll()
+        self.assertEqual(result.outcome, Outcome.ENROLLED)
+        self.assertEqual(result.text, self.h.book.text("alice"))
+        self.assertTrue(self.h.store.invitation(self.slot).used)
+
+    def test_wrong_code_counts(self):
+        from knocker.enrol.client import Outcome
+
+        self.assertEqual(self.enroll("acorn-admiral").outcome, Outcome.WRONG_CODE)
+        self.assertEqual(self.h.store.invitation(self.slot).attempts, 1)
+
+    def test_reply_waits_and_an_early_line_ends_it(self):
+        from knocker.enrol import keys as k
+
+        self.later.held = True
+        proto, transport = self.h.connect()
+        pake = k.Pake(self.slot, WORDS)
+        proto.dataReceived(b"KNOCKER/1 ENROLL %d %s\n" % (self.slot, k.b64(pake.message).encode()))
+        self.assertEqual(transport.value(), b"")
+        self.later.release()  # the invitation
+        self.assertEqual(transport.value(), b"")
+        proto.dataReceived(b"CONFIRM 00\n")
+        self.assertEqual(transport.value(), b"ERROR out-of-turn\n")
+        self.assertTrue(transport.disconnecting)
+        self.later.release()  # the try: counted, its answer dropped
+        self.assertEqual(transport.value(), b"ERROR out-of-turn\n")
+        self.assertEqual(self.h.store.invitation(self.slot).attempts, 1)
+
+    def test_store_gone_is_error(self):
+        from knocker.enrol import keys as k
+
+        self.later.broken = True
+        proto, transport = self.h.connect()
+        pake = k.Pake(self.slot, WORDS)
+        proto.dataReceived(b"KNOCKER/1 ENROLL %d %s\n" % (self.slot, k.b64(pake.message).encode()))
+        self.assertEqual(transport.value(), b"ERROR server-error\n")
+        self.assertTrue(transport.disconnecting)
+        self.assertEqual(len(self.flushLoggedErrors(StateError)), 1)
