@@ -254,13 +254,18 @@ class EnrolThroughDeferredsTests(SynchronousTestCase):
         self.assertEqual(self.enroll("acorn-admiral").outcome, Outcome.WRONG_CODE)
         self.assertEqual(self.h.store.invitation(self.slot).attempts, 1)
 
-    def test_reply_waits_and_an_early_line_ends_it(self):
+    def start(self):
+        """A connection that has sent its ENROLL line."""
         from knocker.enrol import keys as k
 
-        self.later.held = True
         proto, transport = self.h.connect()
         pake = k.Pake(self.slot, WORDS)
         proto.dataReceived(b"KNOCKER/1 ENROLL %d %s\n" % (self.slot, k.b64(pake.message).encode()))
+        return proto, transport
+
+    def test_reply_waits_and_an_early_line_ends_it(self):
+        self.later.held = True
+        proto, transport = self.start()
         self.assertEqual(transport.value(), b"")
         self.later.release()  # the invitation
         self.assertEqual(transport.value(), b"")
@@ -272,12 +277,8 @@ class EnrolThroughDeferredsTests(SynchronousTestCase):
         self.assertEqual(self.h.store.invitation(self.slot).attempts, 1)
 
     def test_store_gone_is_error(self):
-        from knocker.enrol import keys as k
-
         self.later.broken = True
-        proto, transport = self.h.connect()
-        pake = k.Pake(self.slot, WORDS)
-        proto.dataReceived(b"KNOCKER/1 ENROLL %d %s\n" % (self.slot, k.b64(pake.message).encode()))
+        proto, transport = self.start()
         self.assertEqual(transport.value(), b"ERROR server-error\n")
         self.assertTrue(transport.disconnecting)
         self.assertEqual(len(self.flushLoggedErrors(StateError)), 1)
