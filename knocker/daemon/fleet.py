@@ -142,13 +142,17 @@ class DatabaseBook:
         return copy[0] if copy else None
 
     def add_pending(self, kf) -> str:
-        """From a database thread: the counter and the sealed copy at once."""
+        """
+        From a database thread: the counter and the sealed copy at once.
+        Returns the pending file's text: this one, or the one another
+        gateway drew first.
+        """
         from knocker.core.knockgen import format_knockfile
 
-        text = format_knockfile(kf)
-        self._store.set_pending_with_book(kf.client, len(kf.knocks), kf.secret, text)
+        text = self._store.add_pending_with_book(kf.client, len(kf.knocks), kf.secret,
+                                                 format_knockfile(kf))
         self._pending[kf.client] = (text, parse_header(text[:4096], self.pending_path(kf.client)))
-        return self.pending_path(kf.client)
+        return text
 
     def pending_secret(self, client: str, wanted_id: str) -> bytes | None:
         """In the reactor: memory only (L{ThreadedStore.pending} fetched it)."""

@@ -141,7 +141,8 @@ def prepare_offer(store, book, client: str, now, rng=None) -> tuple[str, bool]:
     import secrets
     from datetime import datetime, timezone
 
-    from knocker.core.knockgen import format_knockfile, generate
+    from knocker.core.knockgen import generate
+    from knocker.state.interface import secret_id
 
     pending = store.pending(client)
     if pending is not None:
@@ -156,9 +157,11 @@ def prepare_offer(store, book, client: str, now, rng=None) -> tuple[str, bool]:
     kf = generate(client, store.pool(), state.knocks, book.ports_per_knock(client),
                   rng or secrets.SystemRandom(), secrets.token_bytes(32),
                   datetime.fromtimestamp(now, timezone.utc))
-    book.add_pending(kf)
+    text = book.add_pending(kf)
+    if book.pending_id(text) != secret_id(kf.secret):
+        return text, False  # another gateway of a fleet drew one first: that one
     store.set_pending(client, state.knocks, kf.secret)
-    return format_knockfile(kf), True
+    return text, True
 
 
 async def take_offer(conn, offer: bytes, config, knockfile, nonce: str, timeout: float) -> str:

@@ -171,10 +171,11 @@ class ClientBook:
         return os.path.join(self.directory, client + ".pending")
 
     def add_pending(self, kf: KnockFile) -> str:
+        """Write the pending copy; returns its text."""
         ensure_private_dir(self.directory)
-        path = self.pending_path(kf.client)
-        write_private(path, format_knockfile(kf))
-        return path
+        text = format_knockfile(kf)
+        write_private(self.pending_path(kf.client), text)
+        return text
 
     def pending_text(self, client: str) -> str | None:
         """The pending copy's text, or C{None} if there is none."""

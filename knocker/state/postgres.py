@@ -466,7 +466,7 @@ class PostgresStore:
     def set_pending(self, client, knocks, secret) -> None:
         """
         The pending generation's counter; a copy kept for another secret is
-        dropped (L{set_pending_with_book} keeps both at once).
+        dropped (L{add_pending_with_book} keeps both at once).
         """
         self._run(lambda c: c.execute(
             "INSERT INTO pending (client, knocks, secret_id) VALUES (%s, %s, %s) "
@@ -475,14 +475,25 @@ class PostgresStore:
             "pending.secret_id = excluded.secret_id THEN pending.sealed END",
             (client, knocks, secret_id(secret))))
 
-    def set_pending_with_book(self, client: str, knocks: int, secret: bytes, text: str) -> None:
-        """L{set_pending} and the pending file's sealed copy, in one statement."""
+    def add_pending_with_book(self, client: str, knocks: int, secret: bytes, text: str) -> str:
+        """
+        L{set_pending} and the pending file's sealed copy in one statement,
+        unless another pending file with its copy is there already (drawn
+        meanwhile by another gateway, or thread): the first one drawn is
+        kept, so every offer sends the same file.  Returns the text of the
+        pending file kept.
+        """
         sealed = self._need_box().seal(client, text.encode("utf-8"))
-        self._run(lambda c: c.execute(
+        row = self._run(lambda c: c.execute(
             "INSERT INTO pending (client, knocks, secret_id, sealed) VALUES (%s, %s, %s, %s) "
             "ON CONFLICT (client) DO UPDATE SET knocks = excluded.knocks, "
-            "secret_id = excluded.secret_id, sealed = excluded.sealed",
-            (client, knocks, secret_id(secret), sealed)))
+            "secret_id = excluded.secret_id, sealed = excluded.sealed "
+            "WHERE pending.sealed IS NULL RETURNING client",
+            (client, knocks, secret_id(secret), sealed)).fetchone())
+        if row is not None:
+            return text
+        kept = self.pending_book(client)
+        return text if kept is None else kept
 
     def pending(self, client):
         row = self._run(lambda c: c.execute(

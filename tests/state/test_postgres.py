@@ -167,7 +167,7 @@ class Section10Tests(SynchronousTestCase):
         store.register_with_book("alice", 5, SECRET, "current " + SECRET.hex())
         slot = store.add_invitation("alice", code, 2000.0, 3, 1000.0)
         new = bytes(range(200, 232))
-        store.set_pending_with_book("alice", 7, new, "pending " + new.hex())
+        store.add_pending_with_book("alice", 7, new, "pending " + new.hex())
         dump = self.dumped(store)
         for secret in (code.encode(), SECRET.hex().encode(), new.hex().encode(), SECRET, new):
             self.assertNotIn(secret, dump)
@@ -185,18 +185,29 @@ class Section10Tests(SynchronousTestCase):
         one, two = self.store(), self.store()
         one.register_with_book("alice", 5, SECRET, "current")
         new = bytes(range(200, 232))
-        one.set_pending_with_book("alice", 7, new, "renewed")
+        one.add_pending_with_book("alice", 7, new, "renewed")
         self.assertTrue(two.promote("alice", secret_id(new)))
         self.assertEqual(one.book("alice"), "renewed")
         self.assertEqual(one.client("alice").secret_id, secret_id(new))
         self.assertIsNone(one.pending_book("alice"))
         self.assertFalse(one.promote("alice", secret_id(new)), "once, across gateways")
 
+    def test_the_first_pending_file_drawn_is_kept(self):
+        """Two gateways drawing a renewal at once: both offer the first one."""
+        from knocker.state.interface import secret_id
+
+        one, two = self.store(), self.store()
+        one.register("alice", 5, SECRET)
+        first, second = bytes(range(200, 232)), bytes(range(150, 182))
+        self.assertEqual(one.add_pending_with_book("alice", 7, first, "first"), "first")
+        self.assertEqual(two.add_pending_with_book("alice", 7, second, "second"), "first")
+        self.assertEqual(two.pending("alice").secret_id, secret_id(first))
+
     def test_set_pending_for_another_secret_drops_the_copy(self):
         store = self.store()
         store.register("alice", 5, SECRET)
         new = bytes(range(200, 232))
-        store.set_pending_with_book("alice", 7, new, "renewed")
+        store.add_pending_with_book("alice", 7, new, "renewed")
         store.set_pending("alice", 7, new)
         self.assertEqual(store.pending_book("alice"), "renewed", "the same generation")
         store.set_pending("alice", 7, SECRET)
