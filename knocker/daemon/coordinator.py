@@ -26,6 +26,7 @@ log = Logger()
 
 BUILTIN_SUCCESS = (sys.executable, "-m", "knocker.daemon.logaction")
 LOCKOUT_FLUSH = 1.0
+LOCKOUT_RETRY = 5.0
 
 
 def _hmac_hex(secret: bytes, message: bytes) -> str:
@@ -331,12 +332,31 @@ class KnockServer:
         self._lockout_flush = None
         changes = self.tracker.take_changes()
         if changes:
+            keys = [key for key, _, _ in changes]
             try:
-                self._store.save_lockouts(
-                    {key: self._wall.to_wall(until) for key, until, _ in changes})
+                saved = self._store.save_lockouts(
+                    {key: self._wall.to_wall(until) for key, until, _ in changes},
+                    steps={key: step for key, _, step in changes})
             except Exception:
-                log.failure("saving {n} source lockouts (they hold until a restart)",
-                            n=len(changes))
+                log.failure("saving {n} source lockouts", n=len(changes))
+                self._lockouts_not_saved(keys)
+                return
+            if isinstance(saved, Deferred):
+                saved.addErrback(self._lockouts_not_saved, keys)
+
+    def _lockouts_not_saved(self, failure_or_keys, keys=None) -> None:
+        """
+        A batch of source lockouts could not be saved: its keys go back
+        into the next batch, tried again in L{LOCKOUT_RETRY} seconds.
+        """
+        if keys is None:
+            keys = failure_or_keys
+        else:
+            log.error("saving {n} source lockouts failed ({error}); trying again",
+                      n=len(keys), error=failure_or_keys.value)
+        self.tracker.changed_again(keys)
+        if not self._stopped and self._lockout_flush is None:
+            self._lockout_flush = self._clock.callLater(LOCKOUT_RETRY, self.save_lockouts)
 
     # Actions.
 

@@ -90,8 +90,12 @@ class IStore(Interface):
     def set_lockout(key, until):
         """Keep a lockout of C{key} until C{until} (wall time)."""
 
-    def save_lockouts(lockouts):
-        """Keep every C{{key: until}} of C{lockouts}, in one write."""
+    def save_lockouts(lockouts, steps=None):
+        """
+        Keep every C{{key: until}} of C{lockouts}; C{steps} (C{{key:
+        step}}), the escalation steps, may be kept too (a fleet's database
+        does, for the other gateways).
+        """
 
     def lockouts(now):
         """The lockouts still in force at C{now}: C{{key: until}}."""

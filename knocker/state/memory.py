@@ -60,7 +60,7 @@ class MemoryStore:
     def set_lockout(self, key, until) -> None:
         self._lockouts[key] = until
 
-    def save_lockouts(self, lockouts) -> None:
+    def save_lockouts(self, lockouts, steps=None) -> None:
         self._lockouts.update(lockouts)
 
     def lockouts(self, now):

@@ -30,6 +30,9 @@ CONNECT_TIMEOUT = 3
 LOCKOUT_CHANNEL = "knocker_lockout"
 KEY_BYTES = 32
 MAX_LOCKOUT_BATCH = 10000
+#: Most rows the lockouts table keeps (those ending soonest go first), as
+#: the tracker remembers at most knocker.core.tracker.MAX_SOURCES.
+MAX_LOCKOUT_ROWS = 100_000
 
 #: The schema, as migrations: MIGRATIONS[n] takes version n to n + 1.
 MIGRATIONS = (
@@ -57,6 +60,16 @@ MIGRATIONS = (
     );
     CREATE INDEX closes_gateway ON closes (gateway, due);
     CREATE TABLE lockouts (key text PRIMARY KEY, until double precision NOT NULL);
+    """,
+    # lockouts: step and seq.  The escalation step travels with the lockout;
+    # seq, taken from a sequence on every change, lets a gateway read only
+    # the rows changed since its last read.  (The integrator may renumber.)
+    """
+    CREATE SEQUENCE lockouts_seq;
+    ALTER TABLE lockouts ADD COLUMN step integer NOT NULL DEFAULT 0,
+        ADD COLUMN seq bigint NOT NULL DEFAULT nextval('lockouts_seq');
+    CREATE INDEX lockouts_by_seq ON lockouts (seq);
+    CREATE INDEX lockouts_by_until ON lockouts (until);
     """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -374,32 +387,42 @@ class PostgresStore:
 
     # Lockouts: the table is the truth, NOTIFY the fast path.
 
+    # An upsert that keeps the later end and the higher step, and takes a new
+    # seq only when it changed something (so the others re-read only that).
+    _UPSERT = (
+        "INSERT INTO lockouts (key, until, step) VALUES (%s, %s, %s) ON CONFLICT (key) "
+        "DO UPDATE SET until = GREATEST(lockouts.until, excluded.until), "
+        "step = GREATEST(lockouts.step, excluded.step), seq = nextval('lockouts_seq') "
+        "WHERE lockouts.until < excluded.until OR lockouts.step < excluded.step")
+
     def set_lockout(self, key, until) -> None:
         def work(conn):
             with conn.transaction():
-                conn.execute(
-                    "INSERT INTO lockouts (key, until) VALUES (%s, %s) ON CONFLICT (key) "
-                    "DO UPDATE SET until = GREATEST(lockouts.until, excluded.until)",
-                    (key, until))
+                conn.execute(self._UPSERT, (key, until, 0))
                 conn.execute("SELECT pg_notify(%s, %s)", (LOCKOUT_CHANNEL, f"{until!r} {key}"))
 
         self._run(work)
 
-    def save_lockouts(self, lockouts) -> None:
-        items = list(lockouts.items())[:MAX_LOCKOUT_BATCH]
-        if not items:
-            return
+    def save_lockouts(self, lockouts, steps=None) -> None:
+        """
+        Every C{{key: until}} of C{lockouts} (with its escalation step from
+        C{steps}, if given), in transactions of at most L{MAX_LOCKOUT_BATCH}
+        rows, each in key order: two gateways saving overlapping batches
+        lock the rows in the same order, so they cannot deadlock.
+        """
+        steps = steps or {}
+        items = [(key, until, steps.get(key, 0)) for key, until in sorted(lockouts.items())]
+        for start in range(0, len(items), MAX_LOCKOUT_BATCH):
+            chunk = items[start:start + MAX_LOCKOUT_BATCH]
 
-        def work(conn):
-            with conn.transaction():
-                with conn.cursor() as cursor:
-                    cursor.executemany(
-                        "INSERT INTO lockouts (key, until) VALUES (%s, %s) ON CONFLICT (key) "
-                        "DO UPDATE SET until = GREATEST(lockouts.until, excluded.until)", items)
-                # One notice a batch: the others read the table again.
-                conn.execute("SELECT pg_notify(%s, %s)", (LOCKOUT_CHANNEL, "reread"))
+            def work(conn, chunk=chunk):
+                with conn.transaction():
+                    with conn.cursor() as cursor:
+                        cursor.executemany(self._UPSERT, chunk)
+                    # One notice a batch: the others read the changed rows.
+                    conn.execute("SELECT pg_notify(%s, %s)", (LOCKOUT_CHANNEL, "reread"))
 
-        self._run(work)
+            self._run(work)
 
     def lockouts(self, now):
         def work(conn):
@@ -407,6 +430,29 @@ class PostgresStore:
             return dict(conn.execute("SELECT key, until FROM lockouts").fetchall())
 
         return self._run(work)
+
+    def lockouts_since(self, after: int, limit: int) -> list[tuple[int, str, float, int]]:
+        """
+        C{(seq, key, until, step)} of at most C{limit} rows changed after
+        C{after} (a seq), in seq order: the next read starts at the last.
+        """
+        return self._run(lambda c: c.execute(
+            "SELECT seq, key, until, step FROM lockouts WHERE seq > %s ORDER BY seq LIMIT %s",
+            (after, limit)).fetchall())
+
+    def prune_lockouts(self, now: float, keep: int = MAX_LOCKOUT_ROWS) -> None:
+        """
+        Forget the lockouts ended by C{now}, and past C{keep} rows those
+        ending soonest: a flood from many addresses cannot grow the table
+        without bound.
+        """
+        def work(conn):
+            conn.execute("DELETE FROM lockouts WHERE until <= %s", (now,))
+            conn.execute(
+                "DELETE FROM lockouts WHERE key IN (SELECT key FROM lockouts "
+                "ORDER BY until DESC OFFSET %s)", (keep,))
+
+        self._run(work)
 
     def lift_lockouts(self) -> None:
         self._run(lambda c: c.execute("DELETE FROM lockouts"))

@@ -172,7 +172,7 @@ class SQLiteStore:
                 (key, until),
             )
 
-    def save_lockouts(self, lockouts: dict[str, float]) -> None:
+    def save_lockouts(self, lockouts: dict[str, float], steps=None) -> None:
         with self._transaction():
             self._db.executemany(
                 "INSERT INTO lockouts (key, until) VALUES (?, ?) "

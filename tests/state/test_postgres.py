@@ -121,6 +121,40 @@ class PostgresStoreTests(SynchronousTestCase):
         two.save_lockouts({"*": 1500.0, "192.0.2.1": 1600.0})
         self.assertEqual(one.lockouts(1000.0), {"*": 2000.0, "192.0.2.1": 1600.0})
 
+    def test_lockouts_read_by_seq_with_their_step(self):
+        """
+        Each change takes a new seq, so a gateway reads only what changed
+        since its last read; an upsert that changes nothing takes none.
+        """
+        one, two = self.store(), self.store()
+        one.save_lockouts({"192.0.2.1": 1600.0, "192.0.2.2": 1600.0}, steps={"192.0.2.2": 4})
+        rows = two.lockouts_since(0, 100)
+        self.assertEqual([(key, until, step) for _, key, until, step in rows],
+                         [("192.0.2.1", 1600.0, 0), ("192.0.2.2", 1600.0, 4)])
+        last = rows[-1][0]
+        two.save_lockouts({"192.0.2.1": 1500.0, "192.0.2.2": 1600.0}, steps={"192.0.2.2": 2})
+        self.assertEqual(one.lockouts_since(last, 100), [], "nothing changed")
+        two.save_lockouts({"192.0.2.2": 1600.0}, steps={"192.0.2.2": 5})
+        self.assertEqual([row[1:] for row in one.lockouts_since(last, 100)],
+                         [("192.0.2.2", 1600.0, 5)])
+        self.assertEqual(len(one.lockouts_since(0, 1)), 1, "at most limit rows")
+
+    def test_big_batch_saved_whole_and_table_bounded(self):
+        """
+        Past MAX_LOCKOUT_BATCH keys the batch is saved in several
+        transactions, none dropped; pruning bounds the table.
+        """
+        from knocker.state import postgres
+
+        store = self.store()
+        self.patch(postgres, "MAX_LOCKOUT_BATCH", 1000)
+        store.save_lockouts({f"198.51.100.{n}/{n}": 2000.0 + n for n in range(2500)})
+        self.assertEqual(len(store.lockouts(1000.0)), 2500)
+        store.prune_lockouts(2100.0, keep=1000)
+        left = store.lockouts(1000.0)
+        self.assertEqual(len(left), 1000)
+        self.assertEqual(min(left.values()), 3500.0, "the soonest to end went first")
+
 
 class KeyFileTests(SynchronousTestCase):
     skip = postgres.skip_reason()
