@@ -169,7 +169,9 @@ class KnockServer:
                       index=state.next_index, client=client, error=error)
             self._audit.record("error", ip=ip, client=client, reason="client-file")
             return hs.Error("server-error")
-        index = self._store.burn(client)
+        if getattr(session, "lost", False):
+            return hs.Error("server-error")  # gone while the state answered: burn nothing
+        index = self._store.burn(client, state.secret_id)
         if isinstance(index, Deferred):
             return index.addCallbacks(
                 self._burned, self._store_failed,
@@ -190,6 +192,14 @@ class KnockServer:
         if index is None:
             self._audit.record("exhausted", ip=ip, client=client)
             return hs.Exhausted()
+        held = getattr(self._book, "held_secret_id", None)
+        if held is not None and held(client) != state.secret_id:
+            # generate --force came in between: the book holds another file.
+            log.error("{client} was generated again while knock {index} was burned; "
+                      "granting nothing", client=client, index=index)
+            self._audit.record("error", ip=ip, client=client, reason="client-file",
+                               detail="generated again meanwhile")
+            return hs.Error("server-error")
         if self._stopped:
             return hs.Error("shutting-down")
         refusal = self.tracker.refusal(ip)

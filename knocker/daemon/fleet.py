@@ -147,8 +147,21 @@ class ThreadedStore:
             self.book.refresh(client)
         return state
 
-    def burn(self, client: str) -> Deferred:
-        return self._defer(self._store.burn, client)
+    def burn(self, client: str, wanted_secret_id: str | None = None) -> Deferred:
+        """
+        The burn, from the counter of C{wanted_secret_id} (the secret the
+        client proved) only; fails if the client was generated again since.
+        """
+        return self._defer(self._burn, client, wanted_secret_id)
+
+    def _burn(self, client, wanted_secret_id):
+        index = self._store.burn(client, wanted_secret_id)
+        if index is None and wanted_secret_id is not None:
+            state = self._store.client(client)
+            if state is not None and state.secret_id != wanted_secret_id:
+                raise StateError(f"{client!r} was generated again while it knocked; "
+                                 f"nothing burned")
+        return index
 
     # Saves nobody waits for.
 

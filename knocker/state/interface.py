@@ -72,10 +72,11 @@ class IStore(Interface):
     def clients():
         """Every L{ClientState}, by id."""
 
-    def burn(client):
+    def burn(client, secret_id=None):
         """
         Take C{client}'s next knock number for good and return it, or
-        C{None} when every number is used; durable before it returns.
+        C{None} when every number is used (or, given C{secret_id}, when the
+        counter belongs to another secret now); durable before it returns.
         """
 
     def add_close(due, ip, client, index):

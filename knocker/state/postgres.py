@@ -305,16 +305,19 @@ class PostgresStore:
             "SELECT id, next_index, knocks, secret_id FROM clients ORDER BY id").fetchall())
         return [ClientState(*row) for row in rows]
 
-    def burn(self, client):
+    def burn(self, client, secret_id=None):
         """
         One statement, committed when it returns (autocommit): the row lock
         orders gateways burning for one client, each gets its own number.
+        With C{secret_id}, only from the counter of that secret (the one
+        the client proved): after a C{generate --force} nothing is taken.
         A L{StateError} means the outcome is unknown: grant nothing.
         """
         row = self._run(lambda c: c.execute(
             "UPDATE clients SET next_index = next_index + 1 "
-            "WHERE id = %s AND next_index <= knocks RETURNING next_index - 1",
-            (client,)).fetchone())
+            "WHERE id = %s AND next_index <= knocks AND (%s::text IS NULL OR secret_id = %s) "
+            "RETURNING next_index - 1",
+            (client, secret_id, secret_id)).fetchone())
         return row[0] if row else None
 
     # The server's copies of the portknock files, sealed.

@@ -45,8 +45,8 @@ class LaterStore:
     def client(self, client):
         return self._later(self._store.client, client)
 
-    def burn(self, client):
-        return self._later(self._store.burn, client)
+    def burn(self, client, secret_id=None):
+        return self._later(self._store.burn, client, secret_id)
 
 
 def later_harness(case, **config) -> tuple[Harness, LaterStore]:
@@ -101,6 +101,44 @@ class LaterStoreTests(SynchronousTestCase):
         for port in h.files["alice"].knock(2):
             h.hit("192.0.2.10", port)
         self.assertEqual(h.audit.of("open")[0]["index"], 2)
+
+    def test_generated_again_before_the_burn_grants_nothing(self):
+        """
+        C{knocker generate --force} commits between the lookup and the
+        burn: the burn takes no number from the new counter, and no GRANT
+        goes out MAC'd with the old secret.
+        """
+        h, later = later_harness(self)
+        later.held = True
+        line, proto, transport, nonce = h.handshake()
+        later.release()  # the lookup: the old secret's counter
+        h.store.register("alice", 5, bytes(32))  # generated again
+        later.release()
+        self.assertNotIn(b"GRANT", transport.value())
+        self.assertEqual(h.store.client("alice").next_index, 1, "the new counter untouched")
+
+    def test_book_changed_after_the_burn_grants_nothing(self):
+        """
+        The burn took a number of the proven secret, but the book holds
+        another file by now: its ports are not the client's; no GRANT.
+        """
+        h, later = later_harness(self)
+        later.held = True
+        line, proto, transport, nonce = h.handshake()
+        later.release()
+        h.server._book.held_secret_id = lambda client: "another file"
+        later.release()
+        self.assertNotIn(b"GRANT", transport.value())
+        self.assertEqual(h.audit.of("error")[0]["reason"], "client-file")
+
+    def test_client_gone_before_the_lookup_answered_burns_nothing(self):
+        h, later = later_harness(self)
+        later.held = True
+        line, proto, transport, nonce = h.handshake()
+        proto.connectionLost(None)
+        later.release()  # the lookup
+        self.assertEqual(later.waiting, [], "no burn asked for")
+        self.assertEqual(h.store.client("alice").next_index, 1)
 
     def test_client_left_while_burning(self):
         """
