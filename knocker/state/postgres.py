@@ -19,6 +19,7 @@ the caller grants nothing (the number may be lost, never reused).
 """
 
 import os
+import re
 import threading
 
 from zope.interface import implementer
@@ -79,13 +80,58 @@ def is_database_uri(text: str) -> bool:
     return text.startswith(("postgresql://", "postgres://"))
 
 
+_SECRET_PARAMS = re.compile(r"((?:^|[?&])(?:ssl)?password=)[^&]*", re.IGNORECASE)
+
+
+def _secrets_in(uri: str) -> list[str]:
+    """The password and sslpassword of C{uri} as libpq reads them, if it can."""
+    try:
+        from psycopg.conninfo import conninfo_to_dict
+
+        params = conninfo_to_dict(uri)
+    except Exception:
+        return []
+    return [value for key, value in params.items()
+            if key in ("password", "sslpassword") and value]
+
+
 def redact(uri: str) -> str:
-    """The URI without a password, for messages and logs."""
+    """
+    The URI without its passwords (in the user part, and C{password} or
+    C{sslpassword} in the query string), for messages and logs.  When
+    libpq cannot parse it, everything between C{//} and C{@} is masked.
+    """
     scheme, sep, rest = uri.partition("://")
     userinfo, at, host = rest.rpartition("@")
     if at and ":" in userinfo:
         userinfo = userinfo.split(":", 1)[0] + ":***"
-    return f"{scheme}{sep}{userinfo}{at}{host}"
+    if at and not _parses(uri):
+        userinfo = "***"
+    host = _SECRET_PARAMS.sub(r"\1***", host)
+    return scrub(f"{scheme}{sep}{userinfo}{at}{host}", uri)
+
+
+def _parses(uri: str) -> bool:
+    try:
+        from psycopg.conninfo import conninfo_to_dict
+
+        conninfo_to_dict(uri)
+    except ImportError:
+        return True
+    except Exception:
+        return False
+    return True
+
+
+def scrub(text: str, uri: str) -> str:
+    """C{text} with every password of C{uri} (as written or decoded) masked."""
+    from urllib.parse import quote
+
+    for secret in _secrets_in(uri):
+        for form in {secret, quote(secret, safe=""), quote(secret)}:
+            if len(form) >= 3:
+                text = text.replace(form, "***")
+    return text
 
 
 class SecretBox:
@@ -183,6 +229,10 @@ class PostgresStore:
         timeouts, synchronous commit (a burn is on disk before GRANT), TCP
         keepalives so a vanished server is noticed.
         """
+        if not _parses(self.uri):
+            # libpq's parse error may quote the URI, password and all.
+            raise StateError(f"{self.path}: not a libpq connection URI that parses "
+                             f"(check its syntax and percent-encoding)")
         try:
             return self._psycopg.connect(
                 self.uri, autocommit=autocommit, connect_timeout=CONNECT_TIMEOUT,
@@ -194,7 +244,8 @@ class PostgresStore:
                 tcp_user_timeout=self._timeout * 2,
             )
         except self._psycopg.Error as error:
-            raise StateError(f"{self.path}: cannot connect: {_first_line(error)}") from None
+            raise StateError(f"{self.path}: cannot connect: "
+                             f"{scrub(_first_line(error), self.uri)}") from None
 
     def _conn(self):
         conn = getattr(self._local, "conn", None)
@@ -218,7 +269,7 @@ class PostgresStore:
                 self._drop(conn)
             elif not conn.autocommit or conn.info.transaction_status:
                 conn.rollback()
-            raise StateError(f"{self.path}: {_first_line(error)}") from None
+            raise StateError(f"{self.path}: {scrub(_first_line(error), self.uri)}") from None
 
     def _drop(self, conn) -> None:
         try:

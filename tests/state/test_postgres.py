@@ -156,6 +156,32 @@ class PostgresStoreTests(SynchronousTestCase):
         self.assertEqual(min(left.values()), 3500.0, "the soonest to end went first")
 
 
+class RedactTests(SynchronousTestCase):
+    skip = postgres.skip_reason()
+
+    def test_passwords_masked_wherever_given(self):
+        from knocker.state.postgres import redact
+
+        for uri in ("postgresql://knocker:hunter22@db/knocker",
+                    "postgresql://knocker@db/knocker?password=hunter22&sslmode=require",
+                    "postgresql://knocker@db/knocker?sslmode=require&sslpassword=hunter22",
+                    "postgresql://knocker@db/knocker?PASSWORD=hunter22",
+                    "postgresql://knocker@db/knocker?pass%77ord=hunter22",
+                    "postgresql://knocker:hunter%2022@db/knocker"):
+            shown = redact(uri)
+            self.assertNotIn("hunter", shown, uri)
+            self.assertIn("db/knocker", shown)
+
+    def test_unparsable_uri_masked_and_parse_error_withheld(self):
+        from knocker.state.postgres import PostgresStore, redact
+
+        uri = "postgresql://knocker:hunter 22@db:notaport/knocker?password=hunter33&bogus=1"
+        self.assertNotIn("hunter", redact(uri))
+        error = self.assertRaises(StateError, PostgresStore, uri, key=KEY)
+        self.assertNotIn("hunter", str(error))
+        self.assertIn("parses", str(error))
+
+
 class KeyFileTests(SynchronousTestCase):
     skip = postgres.skip_reason()
 
