@@ -282,7 +282,37 @@ class PostgresStore:
             if conn in self._all:
                 self._all.remove(conn)
 
+    def hold_gateway(self) -> None:
+        """
+        Take, for as long as this store is open, a session advisory lock on
+        a hash of C{gateway} on a connection of its own: a second gateway
+        given the same name (it would run, and delete, the first one's
+        pending closes) cannot start.
+        """
+        import hashlib
+
+        digest = hashlib.sha256(b"knocker gateway|" + self.gateway.encode()).digest()
+        lock_id = int.from_bytes(digest[:8], "big", signed=True)
+        conn = self.connect()
+        try:
+            held = conn.execute("SELECT pg_try_advisory_lock(%s)", (lock_id,)).fetchone()[0]
+        except self._psycopg.Error as error:
+            conn.close()
+            raise StateError(f"{self.path}: {scrub(_first_line(error), self.uri)}") from None
+        if not held:
+            conn.close()
+            raise StateError(
+                f"gateway = {self.gateway}: another gateway of this name is running on "
+                f"{self.path}; give each gateway its own 'gateway' name")
+        self._gateway_conn = conn
+
     def close(self) -> None:
+        conn, self._gateway_conn = getattr(self, "_gateway_conn", None), None
+        if conn is not None:
+            try:
+                conn.close()
+            except Exception:
+                pass
         with self._all_lock:
             conns, self._all = self._all, []
         for conn in conns:

@@ -88,6 +88,20 @@ class PostgresStoreTests(SynchronousTestCase):
         self.assertEqual(len(one.pending_closes()), 1, "another gateway cannot remove it")
         self.assertEqual(two.all_pending_closes(), 1)
 
+    def test_one_gateway_of_a_name_at_a_time(self):
+        """
+        A second gateway given a running one's name would run and delete
+        its pending closes: it is refused, naming C{gateway}.
+        """
+        one = self.store(gateway="gw-1")
+        one.hold_gateway()
+        two = self.store(gateway="gw-1")
+        error = self.assertRaises(StateError, two.hold_gateway)
+        self.assertIn("gateway = gw-1", str(error))
+        self.store(gateway="gw-2").hold_gateway()
+        one.close()
+        two.hold_gateway()
+
     def test_lost_connection_raises_then_reconnects(self):
         store = self.store()
         store.register("alice", 5, SECRET)
