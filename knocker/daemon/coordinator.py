@@ -282,12 +282,36 @@ class KnockServer:
                 # closes; scheduled only once on-success has finished.
                 due = self._wall.now() + self.config.open_duration + self.config.script_timeout
                 close_id = self.closes.record(due, slot.ip, slot.client, slot.index)
+                if isinstance(close_id, Deferred):
+                    # Recorded off the reactor: on-success once it is (fail
+                    # closed: no record, no door).
+                    close_id.addCallbacks(self._start_success, self._close_not_recorded,
+                                          callbackArgs=(slot,), errbackArgs=(slot,))
+                    return
+        except Exception:
+            log.failure("recording the close for {client}", client=slot.client)
+            self._succeeded(None, slot, None)
+            return
+        self._start_success(close_id, slot)
+
+    def _start_success(self, close_id, slot: Slot) -> None:
+        if self._stopped:
+            self._succeeded(None, slot, close_id)
+            return
+        try:
             d = self._run("on-success", self._success, slot.ip, slot.client, slot.index)
         except Exception:
             log.failure("starting on-success for {client}", client=slot.client)
             self._succeeded(None, slot, close_id)
             return
         d.addCallback(self._succeeded, slot, close_id)
+
+    def _close_not_recorded(self, failure, slot: Slot) -> None:
+        log.error("cannot record the close for {client} at {ip} ({error}); on-success not run",
+                  client=slot.client, ip=slot.ip, error=failure.value)
+        self._audit.record("error", ip=slot.ip, client=slot.client, reason="state",
+                           detail=str(failure.value))
+        self._succeeded(None, slot, None)
 
     def _succeeded(self, result, slot: Slot, close_id) -> None:
         """

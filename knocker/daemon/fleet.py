@@ -3,12 +3,10 @@ A gateway of a fleet (docs/spec.md section 11, docs/fleet.md): the daemon's
 side of L{knocker.state.postgres.PostgresStore}.
 
 The reactor never waits for the database.  L{ThreadedStore} runs the calls
-of the knock path (a client's state, the burn) in a small thread pool and
-hands the coordinator L{Deferred}s; the saves it does not wait for
-(lockouts, forgetting a close that has run) go the same way and log their
-failure.  Only start-up, stop and the record of a close before on-success
-(one short insert after a completed knock, bounded by the statement
-timeout) are synchronous.
+of the knock path (a client's state, the burn, the record of a close before
+on-success) in a small thread pool and hands the coordinator L{Deferred}s;
+the saves it does not wait for (lockouts, forgetting a close that has run)
+go the same way.  Only start-up and stop are synchronous.
 
 Without its database the gateway fails closed: the lookup or the burn
 fails, the handshake gets C{ERROR server-error}, no GRANT; hits are still
@@ -191,7 +189,7 @@ class ThreadedStore:
             self._store.prune_lockouts(prune_before)
         return self._store.lockouts_since(after, limit)
 
-    # Start, stop, and the record before on-success: synchronous.
+    # Start and stop: synchronous.
 
     def pool(self):
         return self._store.pool()
@@ -208,10 +206,16 @@ class ThreadedStore:
     def lockouts(self, now: float):
         return self._store.lockouts(now)
 
-    def add_close(self, due, ip, client, index) -> int:
-        close_id = self._store.add_close(due, ip, client, index)
-        self._closes[close_id] = PendingClose(close_id, due, ip, client, index)
-        return close_id
+    def add_close(self, due, ip, client, index) -> Deferred:
+        """
+        Recorded in the thread pool (an unreachable database must not hold
+        the reactor): the L{Deferred} fires with the close's id, or fails.
+        """
+        def recorded(close_id):
+            self._closes[close_id] = PendingClose(close_id, due, ip, client, index)
+            return close_id
+
+        return self._defer(self._store.add_close, due, ip, client, index).addCallback(recorded)
 
     def pending_closes(self):
         """

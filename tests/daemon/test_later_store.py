@@ -155,3 +155,47 @@ class LaterStoreTests(SynchronousTestCase):
         h.clock.advance(60)
         self.assertEqual(h.tracker_lockouts(), {})
         self.assertEqual(h.store.client("alice").next_index, 2, "the number stays burned")
+
+
+class LaterCloseTests(SynchronousTestCase):
+    """
+    The record of a close before on-success, off the reactor: on-success
+    waits for it, and does not run at all if it fails (fail closed).
+    """
+
+    def knock_to_completion(self, h):
+        line, proto, transport, nonce = h.handshake()
+        for port in h.files["alice"].knock(1):
+            h.hit("192.0.2.10", port)
+        return transport
+
+    def test_on_success_waits_for_the_record(self):
+        h, later = later_harness(self, on_close="/bin/true", open_duration=300)
+        recorded = []
+        real = h.store.add_close
+
+        def add_close(*args):
+            d = Deferred()
+            recorded.append((d, args))
+            return d
+
+        later.add_close = add_close
+        h.server.closes._store = later
+        transport = self.knock_to_completion(h)
+        self.assertEqual(h.runner.calls, [], "no on-success before the close is recorded")
+        d, args = recorded.pop()
+        d.callback(real(*args))
+        self.assertEqual(len(h.runner.calls), 1)
+        self.assertTrue(transport.value().endswith(b"OPEN\n"))
+        self.assertEqual(len(h.store.pending_closes()), 1)
+
+    def test_record_failed_no_on_success(self):
+        h, later = later_harness(self, on_close="/bin/true", open_duration=300)
+        later.add_close = lambda *args: fail(StateError("the database is gone"))
+        h.server.closes._store = later
+        transport = self.knock_to_completion(h)
+        self.assertEqual(h.runner.calls, [], "fail closed: no door without its close")
+        self.assertIn(b"FAIL action-failed", transport.value())
+        self.assertEqual(h.audit.of("error")[-1]["reason"], "state")
+        h.clock.advance(1000)
+        self.assertEqual(h.runner.calls, [])
