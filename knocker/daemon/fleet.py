@@ -57,13 +57,27 @@ class DatabaseBook:
         self._store = store
         self._pool = frozenset(pool)
         self._copies: dict[str, tuple[str, object]] = {}  # client: (text, header)
+        self.skipped: list[tuple[str, str]] = []  # (client, why) not loaded at start
 
     def path(self, client: str) -> str:
         return f"{self._store.path} (server's copy of {client})"
 
     def load(self) -> None:
+        """
+        Every client's copy.  One that does not open (altered, sealed under
+        another key, unreadable) is skipped and logged, and listed in
+        L{skipped} for the audit log: that client cannot knock here, every
+        other one can.  (A wrong key file is refused before, by
+        L{knocker.state.postgres.PostgresStore.check_key}.)
+        """
         for client in self._store.book_clients():
-            self.refresh(client)
+            try:
+                self.refresh(client)
+            except (StateError, KnockFileError) as error:
+                self._copies.pop(client, None)
+                self.skipped.append((client, str(error)))
+                log.error("the server's copy for {client} cannot be used, so {client} cannot "
+                          "knock on this gateway: {error}", client=client, error=error)
 
     def clients(self) -> list[str]:
         return sorted(self._copies)

@@ -158,6 +158,8 @@ class KnockServerService(service.Service):
                                    min_free_mib=config.audit_min_free, wall=time.time)
         except OSError as error:
             raise StartupError(f"audit-log = {config.audit_path}: {error}") from error
+        for client, error in getattr(book, "skipped", ()):
+            self._audit.record("error", client=client, reason="client-file", detail=error)
         runner = ProcessRunner(reactor, config.script_timeout)
         wall = WallTime(reactor, time.time)
         self.server = KnockServer(
@@ -224,6 +226,7 @@ class KnockServerService(service.Service):
             key = load_key(config.database_key_file)
             raw = PostgresStore(config.database, key, config.gateway)
             raw.hold_gateway()
+            raw.check_key()
         except Exception as error:
             if raw is not None:
                 raw.close()

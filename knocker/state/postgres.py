@@ -147,6 +147,13 @@ class SecretBox:
         if len(key) != KEY_BYTES:
             raise StateError(f"the database key must be {KEY_BYTES} bytes, not {len(key)}")
         self._aead = AESGCM(key)
+        self._key = key
+
+    def check_value(self) -> str:
+        """Names the key without revealing it: an HMAC of a constant under it."""
+        import hmac
+
+        return hmac.digest(self._key, b"knocker database key check", "sha256").hex()
 
     def seal(self, client: str, plain: bytes) -> bytes:
         nonce = os.urandom(12)
@@ -443,6 +450,48 @@ class PostgresStore:
     def book_clients(self) -> list[str]:
         return [row[0] for row in self._run(lambda c: c.execute(
             "SELECT client FROM books ORDER BY client").fetchall())]
+
+    def has_sealed_state(self) -> bool:
+        """Whether the database holds copies sealed under some key already."""
+        return self._run(lambda c: c.execute(
+            "SELECT EXISTS (SELECT 1 FROM books) "
+            "OR EXISTS (SELECT 1 FROM meta WHERE key = 'key_check')").fetchone()[0])
+
+    def check_key(self) -> None:
+        """
+        Refuse a C{database-key-file} that is not the fleet's: the database
+        keeps a check value (an HMAC of a constant under the key), written
+        by the first user of a key while no copy exists yet, or once a copy
+        opens with it.
+        """
+        import hmac
+
+        box = self._need_box()
+        mine = box.check_value()
+        row = self._run(lambda c: c.execute(
+            "SELECT value FROM meta WHERE key = 'key_check'").fetchone())
+        if row is None:
+            clients = self.book_clients()
+            if clients and not any(self._opens(client) for client in clients):
+                raise StateError(
+                    f"database-key-file opens none of the server's copies in {self.path}: "
+                    f"it is not this fleet's key")
+            self._run(lambda c: c.execute(
+                "INSERT INTO meta (key, value) VALUES ('key_check', %s) "
+                "ON CONFLICT (key) DO NOTHING", (mine,)))
+            row = self._run(lambda c: c.execute(
+                "SELECT value FROM meta WHERE key = 'key_check'").fetchone())
+        if not hmac.compare_digest(row[0], mine):
+            raise StateError(
+                f"database-key-file is not the key of the fleet in {self.path} (its check "
+                f"value does not match): copy the fleet's key file to this host")
+
+    def _opens(self, client: str) -> bool:
+        try:
+            self.book(client)
+        except StateError:
+            return False
+        return True
 
     def _need_box(self) -> SecretBox:
         if self._box is None:

@@ -79,6 +79,63 @@ class PostgresStoreTests(SynchronousTestCase):
         other = self.store(key=bytes(32))
         self.assertRaises(StateError, other.book, "alice")
 
+    def test_key_check_refuses_another_key(self):
+        """
+        The first key used leaves a check value; a gateway or a command
+        with another key file is refused, naming database-key-file.
+        """
+        first = self.store()
+        first.check_key()
+        first.check_key()
+        error = self.assertRaises(StateError, self.store(key=bytes(32)).check_key)
+        self.assertIn("database-key-file", str(error))
+
+    def test_key_check_without_a_check_value_yet(self):
+        """
+        Copies sealed before there was a check value: a key that opens
+        none of them is refused; the right one records the check.
+        """
+        store = self.store()
+        store.register_with_book("alice", 5, SECRET, "text")
+        self.assertRaises(StateError, self.store(key=bytes(32)).check_key)
+        store.check_key()
+        self.assertRaises(StateError, self.store(key=bytes(32)).check_key)
+
+    def test_an_unopenable_copy_is_skipped_at_load(self):
+        """
+        One altered copy stops only its client, not the gateway.
+        """
+        from knocker.daemon.fleet import DatabaseBook
+
+        store = self.store()
+        store.register_with_book("alice", 5, SECRET, _knock_text(store, "alice"))
+        store.register("bob", 5, SECRET)
+        store._run(lambda c: c.execute(
+            "INSERT INTO books SELECT 'bob', secret_id, sealed FROM books WHERE client = 'alice'"))
+        book = DatabaseBook(store, (20000, 20001, 20002))
+        book.load()
+        self.assertEqual(book.clients(), ["alice"])
+        self.assertEqual([client for client, _ in book.skipped], ["bob"])
+        self.flushLoggedErrors()
+
+    def test_generate_makes_no_key_beside_existing_copies(self):
+        """
+        C{knocker generate} creates the key file only for a new fleet: with
+        copies already in the database it refuses, naming the key file.
+        """
+        from knocker.admin.clients import open_database
+        from tests.helpers.harness import server_config
+
+        self.store().register_with_book("alice", 5, SECRET, "text")
+        base = self.mktemp()
+        os.makedirs(base)
+        path = os.path.join(base, "fleet.key")
+        config = server_config(os.path.join(base, "state"), database=self.uri,
+                               database_key_file=path)
+        error = self.assertRaises(StateError, open_database, config, create_key=True)
+        self.assertIn("database-key-file", str(error))
+        self.assertFalse(os.path.exists(path))
+
     def test_closes_are_the_gateways_own(self):
         one, two = self.store(gateway="one"), self.store(gateway="two")
         close = one.add_close(100.0, "192.0.2.1", "alice", 3)
@@ -168,6 +225,18 @@ class PostgresStoreTests(SynchronousTestCase):
         left = store.lockouts(1000.0)
         self.assertEqual(len(left), 1000)
         self.assertEqual(min(left.values()), 3500.0, "the soonest to end went first")
+
+
+def _knock_text(store, client):
+    """A portknock file for C{client} whose knocks use pool ports 20000-20002."""
+    import random
+    from datetime import datetime, timezone
+
+    from knocker.core.knockgen import format_knockfile, generate
+
+    kf = generate(client, (20000, 20001, 20002), 5, 2, random.Random(1), SECRET,
+                  datetime(2026, 1, 1, tzinfo=timezone.utc))
+    return format_knockfile(kf)
 
 
 class RedactTests(SynchronousTestCase):
