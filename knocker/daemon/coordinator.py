@@ -376,18 +376,18 @@ class KnockServer:
                 self._lockouts_not_saved(keys)
                 return
             if isinstance(saved, Deferred):
-                saved.addErrback(self._lockouts_not_saved, keys)
+                saved.addErrback(self._lockouts_save_failed, keys)
 
-    def _lockouts_not_saved(self, failure_or_keys, keys=None) -> None:
+    def _lockouts_save_failed(self, failure, keys) -> None:
+        log.error("saving {n} source lockouts failed ({error}); trying again",
+                  n=len(keys), error=failure.value)
+        self._lockouts_not_saved(keys)
+
+    def _lockouts_not_saved(self, keys) -> None:
         """
         A batch of source lockouts could not be saved: its keys go back
         into the next batch, tried again in L{LOCKOUT_RETRY} seconds.
         """
-        if keys is None:
-            keys = failure_or_keys
-        else:
-            log.error("saving {n} source lockouts failed ({error}); trying again",
-                      n=len(keys), error=failure_or_keys.value)
         self.tracker.changed_again(keys)
         if not self._stopped and self._lockout_flush is None:
             self._lockout_flush = self._clock.callLater(LOCKOUT_RETRY, self.save_lockouts)
