@@ -77,7 +77,8 @@ class FleetCase(TestCase):
                 pool_size=20, pool_range="3000-9999", on_success=self.success,
                 on_close=on_close, open_duration=300,
                 audit_log="audit.log", knock_window=5, lockout=3, max_concurrent=50,
-                database=self.cluster.uri(self.db), database_key_file=self.key_file))
+                database=self.cluster.uri(self.db), database_key_file=self.key_file,
+                gateway=f"gw-{n}"))
 
     def _stop_all(self):
         for daemon in self.gateways:
