@@ -7,6 +7,7 @@ state is read and written as that user (L{knocker.admin.owner.StateOwner}),
 so the server's copies and the database stay the daemon's.
 """
 
+import os
 import secrets
 import time
 from datetime import datetime, timezone
@@ -103,11 +104,32 @@ def open_database(config, create_key: bool = False):
     C{create_key}, C{database-key-file} is made (0600, 32 random bytes, as
     the state directory's owner) when it does not exist yet.
     """
+    from knocker.state.interface import StateError
     from knocker.state.postgres import PostgresStore, load_key
 
+    path = config.database_key_file
+    if create_key and path and not os.path.exists(path):
+        # A new key only for a new fleet: one made beside existing copies
+        # would open none of them.
+        probe = PostgresStore(config.database)
+        try:
+            sealed = probe.has_sealed_state()
+        finally:
+            probe.close()
+        if sealed:
+            raise StateError(
+                f"database-key-file = {path} does not exist, but {probe.path} already holds "
+                f"copies sealed under the fleet's key: copy that key file here "
+                f"(a new key would open none of them)")
     with StateOwner(config.state_dir):
-        key = load_key(config.database_key_file, create=create_key)
-    return PostgresStore(config.database, key)
+        key = load_key(path, create=create_key)
+    store = PostgresStore(config.database, key)
+    try:
+        store.check_key()
+    except StateError as error:
+        store.close()
+        raise StateError(f"database-key-file = {path}: {error}") from None
+    return store
 
 
 def status(config) -> dict:

@@ -189,8 +189,8 @@ SERVER_TABLE = (
     Key("database", "", (_database, "empty (SQLite in state-dir) or a libpq URI such as "
                                     "postgresql://knocker@db.example/knocker?sslmode=verify-full")),
     Key("database-key-file", None, _PATH, is_path=True),
-    Key("gateway", "", (lambda text: text, "a name for this gateway (default: host name "
-                                           "and central endpoint)")),
+    Key("gateway", "", (lambda text: text, "a name for this gateway, its own in the fleet "
+                                           "(required with database)")),
 )
 
 CLIENT_TABLE = (

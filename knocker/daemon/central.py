@@ -217,6 +217,11 @@ class CentralProtocol(LineOnlyReceiver):
             self.transport.loseConnection()
             self._timer = _abort_later(self._clock, self.transport)
 
+    @property
+    def lost(self) -> bool:
+        """The client has hung up."""
+        return self._lost
+
     def _cancel_timer(self):
         if self._timer is not None and self._timer.active():
             self._timer.cancel()

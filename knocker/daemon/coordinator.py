@@ -27,6 +27,7 @@ log = Logger()
 
 BUILTIN_SUCCESS = (sys.executable, "-m", "knocker.daemon.logaction")
 LOCKOUT_FLUSH = 1.0
+LOCKOUT_RETRY = 5.0
 
 
 def _hmac_hex(secret: bytes, message: bytes) -> str:
@@ -199,7 +200,9 @@ class KnockServer:
                       index=state.next_index, client=client, error=error)
             self._audit.record("error", ip=ip, client=client, reason="client-file")
             return hs.Error("server-error")
-        index = self._store.burn(client)
+        if getattr(session, "lost", False):
+            return hs.Error("server-error")  # gone while the state answered: burn nothing
+        index = self._store.burn(client, state.secret_id)
         if isinstance(index, Deferred):
             return index.addCallbacks(
                 self._burned, self._store_failed,
@@ -220,6 +223,14 @@ class KnockServer:
         if index is None:
             self._audit.record("exhausted", ip=ip, client=client)
             return hs.Exhausted()
+        held = getattr(self._book, "held_secret_id", None)
+        if held is not None and held(client) != state.secret_id:
+            # generate --force came in between: the book holds another file.
+            log.error("{client} was generated again while knock {index} was burned; "
+                      "granting nothing", client=client, index=index)
+            self._audit.record("error", ip=ip, client=client, reason="client-file",
+                               detail="generated again meanwhile")
+            return hs.Error("server-error")
         if self._stopped:
             return hs.Error("shutting-down")
         refusal = self.tracker.refusal(ip)
@@ -415,12 +426,36 @@ class KnockServer:
                 # closes; scheduled only once on-success has finished.
                 due = self._wall.now() + self.config.open_duration + self.config.script_timeout
                 close_id = self.closes.record(due, slot.ip, slot.client, slot.index)
+                if isinstance(close_id, Deferred):
+                    # Recorded off the reactor: on-success once it is (fail
+                    # closed: no record, no door).
+                    close_id.addCallbacks(self._start_success, self._close_not_recorded,
+                                          callbackArgs=(slot,), errbackArgs=(slot,))
+                    return
+        except Exception:
+            log.failure("recording the close for {client}", client=slot.client)
+            self._succeeded(None, slot, None)
+            return
+        self._start_success(close_id, slot)
+
+    def _start_success(self, close_id, slot: Slot) -> None:
+        if self._stopped:
+            self._succeeded(None, slot, close_id)
+            return
+        try:
             d = self._run("on-success", self._success, slot.ip, slot.client, slot.index)
         except Exception:
             log.failure("starting on-success for {client}", client=slot.client)
             self._succeeded(None, slot, close_id)
             return
         d.addCallback(self._succeeded, slot, close_id)
+
+    def _close_not_recorded(self, failure, slot: Slot) -> None:
+        log.error("cannot record the close for {client} at {ip} ({error}); on-success not run",
+                  client=slot.client, ip=slot.ip, error=failure.value)
+        self._audit.record("error", ip=slot.ip, client=slot.client, reason="state",
+                           detail=str(failure.value))
+        self._succeeded(None, slot, None)
 
     def _succeeded(self, result, slot: Slot, close_id) -> None:
         """
@@ -475,12 +510,31 @@ class KnockServer:
         self._lockout_flush = None
         changes = self.tracker.take_changes()
         if changes:
+            keys = [key for key, _, _ in changes]
             try:
-                self._store.save_lockouts(
-                    {key: self._wall.to_wall(until) for key, until, _ in changes})
+                saved = self._store.save_lockouts(
+                    {key: self._wall.to_wall(until) for key, until, _ in changes},
+                    steps={key: step for key, _, step in changes})
             except Exception:
-                log.failure("saving {n} source lockouts (they hold until a restart)",
-                            n=len(changes))
+                log.failure("saving {n} source lockouts", n=len(changes))
+                self._lockouts_not_saved(keys)
+                return
+            if isinstance(saved, Deferred):
+                saved.addErrback(self._lockouts_save_failed, keys)
+
+    def _lockouts_save_failed(self, failure, keys) -> None:
+        log.error("saving {n} source lockouts failed ({error}); trying again",
+                  n=len(keys), error=failure.value)
+        self._lockouts_not_saved(keys)
+
+    def _lockouts_not_saved(self, keys) -> None:
+        """
+        A batch of source lockouts could not be saved: its keys go back
+        into the next batch, tried again in L{LOCKOUT_RETRY} seconds.
+        """
+        self.tracker.changed_again(keys)
+        if not self._stopped and self._lockout_flush is None:
+            self._lockout_flush = self._clock.callLater(LOCKOUT_RETRY, self.save_lockouts)
 
     # Actions.
 

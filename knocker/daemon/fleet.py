@@ -3,13 +3,12 @@ A gateway of a fleet (docs/spec.md section 11, docs/fleet.md): the daemon's
 side of L{knocker.state.postgres.PostgresStore}.
 
 The reactor never waits for the database.  L{ThreadedStore} runs the calls
-of the knock path (a client's state, the burn) and of section 10's
-(invitations, pending generations, drawing a renewed file) in a small
-thread pool and hands the coordinator L{Deferred}s; the saves it does not wait for
-(lockouts, forgetting a close that has run) go the same way and log their
-failure.  Only start-up, stop and the record of a close before on-success
-(one short insert after a completed knock, bounded by the statement
-timeout) are synchronous.
+of the knock path (a client's state, the burn, the record of a close before
+on-success) and of section 10's (invitations, pending generations, drawing
+a renewed file) in a small thread pool and hands the coordinator
+L{Deferred}s; the saves it does not wait for (lockouts, forgetting a close
+that has run) go the same way and log their failure.  Only start-up and
+stop are synchronous.
 
 Without its database the gateway fails closed: the lookup or the burn
 fails, the handshake gets C{ERROR server-error}, no GRANT; hits are still
@@ -19,8 +18,8 @@ and the return (logged and audited as C{database} events).
 L{LockoutSync} keeps the tracker's lockouts in step with the shared table:
 a dedicated connection LISTENs for NOTIFY (a lockout of the whole server,
 or "read again" after a batch of source lockouts), and every
-L{REREAD} seconds the table is read again anyway, since a gateway that was
-reconnecting has missed its notifications.
+L{REREAD} seconds the rows changed since the last read are read anyway,
+since a gateway that was reconnecting has missed its notifications.
 """
 
 import threading
@@ -39,6 +38,9 @@ from knocker.state.postgres import LOCKOUT_CHANNEL
 log = Logger()
 
 REREAD = 5.0
+FULL_EVERY = 12
+PAGE = 5000
+APPLY_CHUNK = 500
 LISTEN_POLL = 0.5
 RECONNECT = 1.0
 THREADS = 4
@@ -59,13 +61,27 @@ class DatabaseBook:
         self._pool = frozenset(pool)
         self._copies: dict[str, tuple[str, object]] = {}  # client: (text, header)
         self._pending: dict[str, tuple[str, object]] = {}  # renewed, not yet proven
+        self.skipped: list[tuple[str, str]] = []  # (client, why) not loaded at start
 
     def path(self, client: str) -> str:
         return f"{self._store.path} (server's copy of {client})"
 
     def load(self) -> None:
+        """
+        Every client's copy.  One that does not open (altered, sealed under
+        another key, unreadable) is skipped and logged, and listed in
+        L{skipped} for the audit log: that client cannot knock here, every
+        other one can.  (A wrong key file is refused before, by
+        L{knocker.state.postgres.PostgresStore.check_key}.)
+        """
         for client in self._store.book_clients():
-            self.refresh(client)
+            try:
+                self.refresh(client)
+            except (StateError, KnockFileError) as error:
+                self._copies.pop(client, None)
+                self.skipped.append((client, str(error)))
+                log.error("the server's copy for {client} cannot be used, so {client} cannot "
+                          "knock on this gateway: {error}", client=client, error=error)
 
     def clients(self) -> list[str]:
         return sorted(self._copies)
@@ -223,8 +239,21 @@ class ThreadedStore:
             (self.book.refresh if current else self.book.refresh_pending)(client)
         return state
 
-    def burn(self, client: str) -> Deferred:
-        return self._defer(self._store.burn, client)
+    def burn(self, client: str, wanted_secret_id: str | None = None) -> Deferred:
+        """
+        The burn, from the counter of C{wanted_secret_id} (the secret the
+        client proved) only; fails if the client was generated again since.
+        """
+        return self._defer(self._burn, client, wanted_secret_id)
+
+    def _burn(self, client, wanted_secret_id):
+        index = self._store.burn(client, wanted_secret_id)
+        if index is None and wanted_secret_id is not None:
+            state = self._store.client(client)
+            if state is not None and state.secret_id != wanted_secret_id:
+                raise StateError(f"{client!r} was generated again while it knocked; "
+                                 f"nothing burned")
+        return index
 
     # Section 10 on the network path: in the threads too.
 
@@ -267,18 +296,30 @@ class ThreadedStore:
     def set_lockout(self, key: str, until: float) -> None:
         self._background("saving the lockout", self._store.set_lockout, key, until)
 
-    def save_lockouts(self, lockouts: dict[str, float]) -> None:
-        self._background(f"saving {len(lockouts)} source lockouts",
-                         self._store.save_lockouts, dict(lockouts))
+    def save_lockouts(self, lockouts: dict[str, float], steps=None) -> Deferred:
+        """
+        Saved in the thread pool; the L{Deferred} fails if it could not be
+        (the coordinator saves those keys again with the next batch).
+        """
+        return self._defer(self._store.save_lockouts, dict(lockouts), dict(steps or {}))
 
     def remove_close(self, close_id: int) -> None:
         self._closes.pop(close_id, None)
         self._background("forgetting a close that ran", self._store.remove_close, close_id)
 
-    def read_lockouts(self, now: float) -> Deferred:
-        return self._defer(self._store.lockouts, now)
+    def read_lockouts(self, after: int, limit: int, prune_before: float | None = None) -> Deferred:
+        """
+        The lockout rows changed after seq C{after} (at most C{limit});
+        with C{prune_before}, the table is pruned first.
+        """
+        return self._defer(self._read_lockouts, after, limit, prune_before)
 
-    # Start, stop, and the record before on-success: synchronous.
+    def _read_lockouts(self, after, limit, prune_before):
+        if prune_before is not None:
+            self._store.prune_lockouts(prune_before)
+        return self._store.lockouts_since(after, limit)
+
+    # Start and stop: synchronous.
 
     def pool(self):
         return self._store.pool()
@@ -295,10 +336,16 @@ class ThreadedStore:
     def lockouts(self, now: float):
         return self._store.lockouts(now)
 
-    def add_close(self, due, ip, client, index) -> int:
-        close_id = self._store.add_close(due, ip, client, index)
-        self._closes[close_id] = PendingClose(close_id, due, ip, client, index)
-        return close_id
+    def add_close(self, due, ip, client, index) -> Deferred:
+        """
+        Recorded in the thread pool (an unreachable database must not hold
+        the reactor): the L{Deferred} fires with the close's id, or fails.
+        """
+        def recorded(close_id):
+            self._closes[close_id] = PendingClose(close_id, due, ip, client, index)
+            return close_id
+
+        return self._defer(self._store.add_close, due, ip, client, index).addCallback(recorded)
 
     def pending_closes(self):
         """
@@ -325,9 +372,15 @@ class ThreadedStore:
 class LockoutSync:
     """
     The tracker's lockouts kept in step with the fleet's table: NOTIFY
-    through a dedicated connection read in its own thread, and the whole
-    table every C{reread} seconds (which also notices the database going
-    and coming back).
+    through a dedicated connection read in its own thread, and the rows
+    changed since the last read every C{reread} seconds (which also notices
+    the database going and coming back); every L{FULL_EVERY}th time, and
+    after each (re)connection, the whole table again, pruned first.
+
+    The reactor is never held long: rows come in pages of L{PAGE}, applied
+    L{APPLY_CHUNK} a reactor turn, each with one lookup in the tracker.  A
+    notice that comes while a read is under way is not lost: another read
+    follows it.
     """
 
     def __init__(self, reactor, store: ThreadedStore, raw_store, tracker, wall, audit,
@@ -339,11 +392,16 @@ class LockoutSync:
         self._wall = wall
         self._audit = audit
         self._reread = reread
-        self._loop = LoopingCall(self.read_all)
+        self._loop = LoopingCall(self._tick)
         self._loop.clock = reactor
         self._stopping = threading.Event()
         self._thread = None
         self._reading = False
+        self._again = False
+        self._full_again = False
+        self._last_seq = 0
+        self._ticks = 0
+        self._chunk_call = None
         self.available = True
 
     def start(self) -> None:
@@ -355,41 +413,81 @@ class LockoutSync:
         self._stopping.set()
         if self._loop.running:
             self._loop.stop()
+        if self._chunk_call is not None and self._chunk_call.active():
+            self._chunk_call.cancel()
+        self._chunk_call = None
         if self._thread is not None:
             self._thread.join(timeout=LISTEN_POLL * 4)
 
     # In the reactor.
 
-    def apply(self, key: str, until: float) -> bool:
+    def apply(self, key: str, until: float, step: int = 0) -> bool:
         """
         Take a lockout from the table (wall time C{until}) if it ends later
-        than the tracker's own; returns whether it did.
+        than the tracker's own, or escalated further; returns whether it did.
         """
         local = self._wall.from_wall(until)
-        if local <= self._tracker.lockouts().get(key, 0.0) + 0.001:
+        held_until, held_step = self._tracker.source_until(key)
+        if local <= held_until + 0.001 and step <= held_step:
             return False
-        self._tracker.shared_lockout(key, local)
+        self._tracker.shared_lockout(key, local, step)
         return True
 
-    def read_all(self):
+    def _tick(self) -> None:
+        self._ticks += 1
+        self.read_all(full=self._ticks % FULL_EVERY == 0)
+
+    def read_all(self, full: bool = False):
+        """
+        Read the rows changed since the last read (C{full}: every row, and
+        prune the table first).  While a read is under way, another follows
+        it.
+        """
         if self._reading:
+            self._again = True
+            self._full_again = self._full_again or full
             return None
         self._reading = True
-        d = self._store.read_lockouts(self._wall.now())
-        d.addCallbacks(self._read, self._failed)
-        d.addBoth(self._done_reading)
+        if full:
+            self._last_seq = 0
+        self._read_page(prune=full)
         return None
 
-    def _done_reading(self, _):
-        self._reading = False
+    def _read_page(self, prune: bool = False) -> None:
+        d = self._store.read_lockouts(self._last_seq, PAGE,
+                                      self._wall.now() if prune else None)
+        d.addCallbacks(self._read, self._failed)
 
-    def _read(self, lockouts: dict[str, float]) -> None:
+    def _read(self, rows) -> None:
         self._set_available(True)
-        for key, until in lockouts.items():
-            self.apply(key, until)
+        self._apply_chunk(list(rows), 0)
+
+    def _apply_chunk(self, rows, start: int) -> None:
+        self._chunk_call = None
+        if self._stopping.is_set():
+            self._reading = False
+            return
+        for seq, key, until, step in rows[start:start + APPLY_CHUNK]:
+            self.apply(key, until, step)
+            self._last_seq = max(self._last_seq, seq)
+        start += APPLY_CHUNK
+        if start < len(rows):
+            # The rest at the next reactor turn: hits and handshakes first.
+            self._chunk_call = self._reactor.callLater(0, self._apply_chunk, rows, start)
+        elif len(rows) >= PAGE:
+            self._read_page()
+        else:
+            self._done_reading()
 
     def _failed(self, failure) -> None:
         self._set_available(False, str(failure.value))
+        self._done_reading()
+
+    def _done_reading(self) -> None:
+        self._reading = False
+        if self._again and not self._stopping.is_set():
+            full, self._again, self._full_again = self._full_again, False, False
+            self.read_all(full=full)
 
     def _set_available(self, available: bool, error: str = "") -> None:
         if available == self.available:
@@ -421,8 +519,8 @@ class LockoutSync:
             try:
                 conn = self._raw.connect()
                 conn.execute(f"LISTEN {LOCKOUT_CHANNEL}")
-                # Notices missed while (re)connecting: read the table now.
-                self._reactor.callFromThread(self.read_all)
+                # Notices missed while (re)connecting: read the whole table now.
+                self._reactor.callFromThread(self.read_all, True)
                 while not self._stopping.is_set():
                     for notice in conn.notifies(timeout=LISTEN_POLL):
                         self._reactor.callFromThread(self._notified, notice.payload)

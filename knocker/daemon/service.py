@@ -158,6 +158,8 @@ class KnockServerService(service.Service):
                                    min_free_mib=config.audit_min_free, wall=time.time)
         except OSError as error:
             raise StartupError(f"audit-log = {config.audit_path}: {error}") from error
+        for client, error in getattr(book, "skipped", ()):
+            self._audit.record("error", client=client, reason="client-file", detail=error)
         runner = ProcessRunner(reactor, config.script_timeout)
         wall = WallTime(reactor, time.time)
         self.server = KnockServer(
@@ -210,13 +212,24 @@ class KnockServerService(service.Service):
         from knocker.daemon.fleet import DatabaseBook, ThreadedStore
         from knocker.state.postgres import PostgresStore, load_key, redact
 
+        if not config.gateway:
+            # A name made up from the host would change with it, and two
+            # gateways sharing one would run and delete each other's closes.
+            raise StartupError(
+                "database is set but gateway is not: give each gateway of the fleet its "
+                "own name (gateway = gw-1), the same across restarts (docs/fleet.md)")
         ensure_private_dir(config.state_dir)
         self._lock = StateLock(config.state_dir)
         self._lock.acquire()
+        raw = None
         try:
             key = load_key(config.database_key_file)
-            raw = PostgresStore(config.database, key, gateway_id(config))
+            raw = PostgresStore(config.database, key, config.gateway)
+            raw.hold_gateway()
+            raw.check_key()
         except Exception as error:
+            if raw is not None:
+                raw.close()
             raise StartupError(f"database = {redact(config.database)}: {error}") from error
         self._store = ThreadedStore(raw, self._reactor)
         try:
@@ -285,19 +298,6 @@ class KnockServerService(service.Service):
             self._spare.close()
             self._spare = None
         return gatherResults([maybeDeferred(port.stopListening) for port in ports])
-
-
-def gateway_id(config) -> str:
-    """
-    This gateway's name in a fleet (its pending closes are its own):
-    C{gateway} if set, else the host name and the central endpoint, which
-    stay the same across restarts.
-    """
-    if config.gateway:
-        return config.gateway
-    import socket
-
-    return f"{socket.gethostname()} {config.central}"
 
 
 def _is_loopback(interface: str) -> bool:

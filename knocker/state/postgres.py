@@ -23,6 +23,7 @@ the caller grants nothing (the number may be lost, never reused).
 """
 
 import os
+import re
 import threading
 
 from zope.interface import implementer
@@ -46,6 +47,20 @@ INVITATION_LOCK = 7171002
 _PUT_BOOK = ("INSERT INTO books (client, secret_id, sealed) VALUES (%s, %s, %s) "
              "ON CONFLICT (client) DO UPDATE SET secret_id = excluded.secret_id, "
              "sealed = excluded.sealed")
+#: Most rows the lockouts table keeps (those ending soonest go first), as
+#: the tracker remembers at most knocker.core.tracker.MAX_SOURCES.
+MAX_LOCKOUT_ROWS = 100_000
+
+#: Migration 1: the escalation step travels with the lockout; seq, taken
+#: from a sequence on every change, lets a gateway read only the rows changed
+#: since its last read.  Idempotent, as migration 2 runs it again (see there).
+_LOCKOUTS_STEP_AND_SEQ = """
+    CREATE SEQUENCE IF NOT EXISTS lockouts_seq;
+    ALTER TABLE lockouts ADD COLUMN IF NOT EXISTS step integer NOT NULL DEFAULT 0,
+        ADD COLUMN IF NOT EXISTS seq bigint NOT NULL DEFAULT nextval('lockouts_seq');
+    CREATE INDEX IF NOT EXISTS lockouts_by_seq ON lockouts (seq);
+    CREATE INDEX IF NOT EXISTS lockouts_by_until ON lockouts (until);
+    """
 
 #: The schema, as migrations: MIGRATIONS[n] takes version n to n + 1.
 MIGRATIONS = (
@@ -74,11 +89,19 @@ MIGRATIONS = (
     CREATE INDEX closes_gateway ON closes (gateway, due);
     CREATE TABLE lockouts (key text PRIMARY KEY, until double precision NOT NULL);
     """,
+    # 1: lockouts: step and seq (see _LOCKOUTS_STEP_AND_SEQ).
+    _LOCKOUTS_STEP_AND_SEQ,
     # 2: section 10.  The invitation code is sealed, not hashed: SPAKE2 needs
     # it.  A pending generation's copy is sealed as a current one is, so
     # promote() moves it into books in the same transaction.
+    #
+    # Two branches each numbered their change "2" before they were merged: a
+    # database at version 2 may hold the lockouts' step and seq (the fleet's
+    # fixes) or the invitations and pending tables (enrolment) but not both.
+    # So every statement here is idempotent and migration 1 runs again: from
+    # either version 2, this one leaves the same schema.
     """
-    CREATE TABLE invitations (
+    CREATE TABLE IF NOT EXISTS invitations (
         slot integer PRIMARY KEY,
         client text NOT NULL,
         sealed_code bytea NOT NULL,
@@ -87,13 +110,13 @@ MIGRATIONS = (
         attempts integer NOT NULL DEFAULT 0,
         used boolean NOT NULL DEFAULT false
     );
-    CREATE TABLE pending (
+    CREATE TABLE IF NOT EXISTS pending (
         client text PRIMARY KEY REFERENCES clients (id) ON DELETE CASCADE,
         knocks integer NOT NULL,
         secret_id text NOT NULL,
         sealed bytea
     );
-    """,
+    """ + _LOCKOUTS_STEP_AND_SEQ,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -102,13 +125,58 @@ def is_database_uri(text: str) -> bool:
     return text.startswith(("postgresql://", "postgres://"))
 
 
+_SECRET_PARAMS = re.compile(r"((?:^|[?&])(?:ssl)?password=)[^&]*", re.IGNORECASE)
+
+
+def _secrets_in(uri: str) -> list[str]:
+    """The password and sslpassword of C{uri} as libpq reads them, if it can."""
+    try:
+        from psycopg.conninfo import conninfo_to_dict
+
+        params = conninfo_to_dict(uri)
+    except Exception:
+        return []
+    return [value for key, value in params.items()
+            if key in ("password", "sslpassword") and value]
+
+
 def redact(uri: str) -> str:
-    """The URI without a password, for messages and logs."""
+    """
+    The URI without its passwords (in the user part, and C{password} or
+    C{sslpassword} in the query string), for messages and logs.  When
+    libpq cannot parse it, everything between C{//} and C{@} is masked.
+    """
     scheme, sep, rest = uri.partition("://")
     userinfo, at, host = rest.rpartition("@")
     if at and ":" in userinfo:
         userinfo = userinfo.split(":", 1)[0] + ":***"
-    return f"{scheme}{sep}{userinfo}{at}{host}"
+    if at and not _parses(uri):
+        userinfo = "***"
+    host = _SECRET_PARAMS.sub(r"\1***", host)
+    return scrub(f"{scheme}{sep}{userinfo}{at}{host}", uri)
+
+
+def _parses(uri: str) -> bool:
+    try:
+        from psycopg.conninfo import conninfo_to_dict
+
+        conninfo_to_dict(uri)
+    except ImportError:
+        return True
+    except Exception:
+        return False
+    return True
+
+
+def scrub(text: str, uri: str) -> str:
+    """C{text} with every password of C{uri} (as written or decoded) masked."""
+    from urllib.parse import quote
+
+    for secret in _secrets_in(uri):
+        for form in {secret, quote(secret, safe=""), quote(secret)}:
+            if len(form) >= 3:
+                text = text.replace(form, "***")
+    return text
 
 
 class SecretBox:
@@ -124,6 +192,13 @@ class SecretBox:
         if len(key) != KEY_BYTES:
             raise StateError(f"the database key must be {KEY_BYTES} bytes, not {len(key)}")
         self._aead = AESGCM(key)
+        self._key = key
+
+    def check_value(self) -> str:
+        """Names the key without revealing it: an HMAC of a constant under it."""
+        import hmac
+
+        return hmac.digest(self._key, b"knocker database key check", "sha256").hex()
 
     def seal(self, client: str, plain: bytes, context: str | None = None) -> bytes:
         """
@@ -217,6 +292,10 @@ class PostgresStore:
         timeouts, synchronous commit (a burn is on disk before GRANT), TCP
         keepalives so a vanished server is noticed.
         """
+        if not _parses(self.uri):
+            # libpq's parse error may quote the URI, password and all.
+            raise StateError(f"{self.path}: not a libpq connection URI that parses "
+                             f"(check its syntax and percent-encoding)")
         try:
             return self._psycopg.connect(
                 self.uri, autocommit=autocommit, connect_timeout=CONNECT_TIMEOUT,
@@ -228,7 +307,8 @@ class PostgresStore:
                 tcp_user_timeout=self._timeout * 2,
             )
         except self._psycopg.Error as error:
-            raise StateError(f"{self.path}: cannot connect: {_first_line(error)}") from None
+            raise StateError(f"{self.path}: cannot connect: "
+                             f"{scrub(_first_line(error), self.uri)}") from None
 
     def _conn(self):
         conn = getattr(self._local, "conn", None)
@@ -252,7 +332,7 @@ class PostgresStore:
                 self._drop(conn)
             elif not conn.autocommit or conn.info.transaction_status:
                 conn.rollback()
-            raise StateError(f"{self.path}: {_first_line(error)}") from None
+            raise StateError(f"{self.path}: {scrub(_first_line(error), self.uri)}") from None
 
     def _drop(self, conn) -> None:
         try:
@@ -265,7 +345,37 @@ class PostgresStore:
             if conn in self._all:
                 self._all.remove(conn)
 
+    def hold_gateway(self) -> None:
+        """
+        Take, for as long as this store is open, a session advisory lock on
+        a hash of C{gateway} on a connection of its own: a second gateway
+        given the same name (it would run, and delete, the first one's
+        pending closes) cannot start.
+        """
+        import hashlib
+
+        digest = hashlib.sha256(b"knocker gateway|" + self.gateway.encode()).digest()
+        lock_id = int.from_bytes(digest[:8], "big", signed=True)
+        conn = self.connect()
+        try:
+            held = conn.execute("SELECT pg_try_advisory_lock(%s)", (lock_id,)).fetchone()[0]
+        except self._psycopg.Error as error:
+            conn.close()
+            raise StateError(f"{self.path}: {scrub(_first_line(error), self.uri)}") from None
+        if not held:
+            conn.close()
+            raise StateError(
+                f"gateway = {self.gateway}: another gateway of this name is running on "
+                f"{self.path}; give each gateway its own 'gateway' name")
+        self._gateway_conn = conn
+
     def close(self) -> None:
+        conn, self._gateway_conn = getattr(self, "_gateway_conn", None), None
+        if conn is not None:
+            try:
+                conn.close()
+            except Exception:
+                pass
         with self._all_lock:
             conns, self._all = self._all, []
         for conn in conns:
@@ -349,16 +459,19 @@ class PostgresStore:
             "SELECT id, next_index, knocks, secret_id FROM clients ORDER BY id").fetchall())
         return [ClientState(*row) for row in rows]
 
-    def burn(self, client):
+    def burn(self, client, secret_id=None):
         """
         One statement, committed when it returns (autocommit): the row lock
         orders gateways burning for one client, each gets its own number.
+        With C{secret_id}, only from the counter of that secret (the one
+        the client proved): after a C{generate --force} nothing is taken.
         A L{StateError} means the outcome is unknown: grant nothing.
         """
         row = self._run(lambda c: c.execute(
             "UPDATE clients SET next_index = next_index + 1 "
-            "WHERE id = %s AND next_index <= knocks RETURNING next_index - 1",
-            (client,)).fetchone())
+            "WHERE id = %s AND next_index <= knocks AND (%s::text IS NULL OR secret_id = %s) "
+            "RETURNING next_index - 1",
+            (client, secret_id, secret_id)).fetchone())
         return row[0] if row else None
 
     # The server's copies of the portknock files, sealed.
@@ -395,6 +508,48 @@ class PostgresStore:
     def book_clients(self) -> list[str]:
         return [row[0] for row in self._run(lambda c: c.execute(
             "SELECT client FROM books ORDER BY client").fetchall())]
+
+    def has_sealed_state(self) -> bool:
+        """Whether the database holds copies sealed under some key already."""
+        return self._run(lambda c: c.execute(
+            "SELECT EXISTS (SELECT 1 FROM books) "
+            "OR EXISTS (SELECT 1 FROM meta WHERE key = 'key_check')").fetchone()[0])
+
+    def check_key(self) -> None:
+        """
+        Refuse a C{database-key-file} that is not the fleet's: the database
+        keeps a check value (an HMAC of a constant under the key), written
+        by the first user of a key while no copy exists yet, or once a copy
+        opens with it.
+        """
+        import hmac
+
+        box = self._need_box()
+        mine = box.check_value()
+        row = self._run(lambda c: c.execute(
+            "SELECT value FROM meta WHERE key = 'key_check'").fetchone())
+        if row is None:
+            clients = self.book_clients()
+            if clients and not any(self._opens(client) for client in clients):
+                raise StateError(
+                    f"database-key-file opens none of the server's copies in {self.path}: "
+                    f"it is not this fleet's key")
+            self._run(lambda c: c.execute(
+                "INSERT INTO meta (key, value) VALUES ('key_check', %s) "
+                "ON CONFLICT (key) DO NOTHING", (mine,)))
+            row = self._run(lambda c: c.execute(
+                "SELECT value FROM meta WHERE key = 'key_check'").fetchone())
+        if not hmac.compare_digest(row[0], mine):
+            raise StateError(
+                f"database-key-file is not the key of the fleet in {self.path} (its check "
+                f"value does not match): copy the fleet's key file to this host")
+
+    def _opens(self, client: str) -> bool:
+        try:
+            self.book(client)
+        except StateError:
+            return False
+        return True
 
     def _need_box(self) -> SecretBox:
         if self._box is None:
@@ -555,32 +710,42 @@ class PostgresStore:
 
     # Lockouts: the table is the truth, NOTIFY the fast path.
 
+    # An upsert that keeps the later end and the higher step, and takes a new
+    # seq only when it changed something (so the others re-read only that).
+    _UPSERT = (
+        "INSERT INTO lockouts (key, until, step) VALUES (%s, %s, %s) ON CONFLICT (key) "
+        "DO UPDATE SET until = GREATEST(lockouts.until, excluded.until), "
+        "step = GREATEST(lockouts.step, excluded.step), seq = nextval('lockouts_seq') "
+        "WHERE lockouts.until < excluded.until OR lockouts.step < excluded.step")
+
     def set_lockout(self, key, until) -> None:
         def work(conn):
             with conn.transaction():
-                conn.execute(
-                    "INSERT INTO lockouts (key, until) VALUES (%s, %s) ON CONFLICT (key) "
-                    "DO UPDATE SET until = GREATEST(lockouts.until, excluded.until)",
-                    (key, until))
+                conn.execute(self._UPSERT, (key, until, 0))
                 conn.execute("SELECT pg_notify(%s, %s)", (LOCKOUT_CHANNEL, f"{until!r} {key}"))
 
         self._run(work)
 
-    def save_lockouts(self, lockouts) -> None:
-        items = list(lockouts.items())[:MAX_LOCKOUT_BATCH]
-        if not items:
-            return
+    def save_lockouts(self, lockouts, steps=None) -> None:
+        """
+        Every C{{key: until}} of C{lockouts} (with its escalation step from
+        C{steps}, if given), in transactions of at most L{MAX_LOCKOUT_BATCH}
+        rows, each in key order: two gateways saving overlapping batches
+        lock the rows in the same order, so they cannot deadlock.
+        """
+        steps = steps or {}
+        items = [(key, until, steps.get(key, 0)) for key, until in sorted(lockouts.items())]
+        for start in range(0, len(items), MAX_LOCKOUT_BATCH):
+            chunk = items[start:start + MAX_LOCKOUT_BATCH]
 
-        def work(conn):
-            with conn.transaction():
-                with conn.cursor() as cursor:
-                    cursor.executemany(
-                        "INSERT INTO lockouts (key, until) VALUES (%s, %s) ON CONFLICT (key) "
-                        "DO UPDATE SET until = GREATEST(lockouts.until, excluded.until)", items)
-                # One notice a batch: the others read the table again.
-                conn.execute("SELECT pg_notify(%s, %s)", (LOCKOUT_CHANNEL, "reread"))
+            def work(conn, chunk=chunk):
+                with conn.transaction():
+                    with conn.cursor() as cursor:
+                        cursor.executemany(self._UPSERT, chunk)
+                    # One notice a batch: the others read the changed rows.
+                    conn.execute("SELECT pg_notify(%s, %s)", (LOCKOUT_CHANNEL, "reread"))
 
-        self._run(work)
+            self._run(work)
 
     def lockouts(self, now):
         def work(conn):
@@ -588,6 +753,29 @@ class PostgresStore:
             return dict(conn.execute("SELECT key, until FROM lockouts").fetchall())
 
         return self._run(work)
+
+    def lockouts_since(self, after: int, limit: int) -> list[tuple[int, str, float, int]]:
+        """
+        C{(seq, key, until, step)} of at most C{limit} rows changed after
+        C{after} (a seq), in seq order: the next read starts at the last.
+        """
+        return self._run(lambda c: c.execute(
+            "SELECT seq, key, until, step FROM lockouts WHERE seq > %s ORDER BY seq LIMIT %s",
+            (after, limit)).fetchall())
+
+    def prune_lockouts(self, now: float, keep: int = MAX_LOCKOUT_ROWS) -> None:
+        """
+        Forget the lockouts ended by C{now}, and past C{keep} rows those
+        ending soonest: a flood from many addresses cannot grow the table
+        without bound.
+        """
+        def work(conn):
+            conn.execute("DELETE FROM lockouts WHERE until <= %s", (now,))
+            conn.execute(
+                "DELETE FROM lockouts WHERE key IN (SELECT key FROM lockouts "
+                "ORDER BY until DESC OFFSET %s)", (keep,))
+
+        self._run(work)
 
     def lift_lockouts(self) -> None:
         self._run(lambda c: c.execute("DELETE FROM lockouts"))

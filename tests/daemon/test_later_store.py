@@ -110,6 +110,44 @@ class LaterStoreTests(SynchronousTestCase):
             h.hit("192.0.2.10", port)
         self.assertEqual(h.audit.of("open")[0]["index"], 2)
 
+    def test_generated_again_before_the_burn_grants_nothing(self):
+        """
+        C{knocker generate --force} commits between the lookup and the
+        burn: the burn takes no number from the new counter, and no GRANT
+        goes out MAC'd with the old secret.
+        """
+        h, later = later_harness(self)
+        later.held = True
+        line, proto, transport, nonce = h.handshake()
+        later.release()  # the lookup: the old secret's counter
+        h.store.register("alice", 5, bytes(32))  # generated again
+        later.release()
+        self.assertNotIn(b"GRANT", transport.value())
+        self.assertEqual(h.store.client("alice").next_index, 1, "the new counter untouched")
+
+    def test_book_changed_after_the_burn_grants_nothing(self):
+        """
+        The burn took a number of the proven secret, but the book holds
+        another file by now: its ports are not the client's; no GRANT.
+        """
+        h, later = later_harness(self)
+        later.held = True
+        line, proto, transport, nonce = h.handshake()
+        later.release()
+        h.server._book.held_secret_id = lambda client: "another file"
+        later.release()
+        self.assertNotIn(b"GRANT", transport.value())
+        self.assertEqual(h.audit.of("error")[0]["reason"], "client-file")
+
+    def test_client_gone_before_the_lookup_answered_burns_nothing(self):
+        h, later = later_harness(self)
+        later.held = True
+        line, proto, transport, nonce = h.handshake()
+        proto.connectionLost(None)
+        later.release()  # the lookup
+        self.assertEqual(later.waiting, [], "no burn asked for")
+        self.assertEqual(h.store.client("alice").next_index, 1)
+
     def test_client_left_while_burning(self):
         """
         A client that hangs up before the burn answers is not left with a
@@ -171,6 +209,15 @@ class RenewalThroughDeferredsTests(SynchronousTestCase):
         self.assertEqual(c.granted[-1], (new, 1))
         self.assertEqual([e["by"] for e in h.audit.of("renew-confirm")], ["proof"])
         self.assertIsNone(h.store.pending("alice"))
+
+    def test_burn_after_promotion_names_the_new_secret(self):
+        """The burn is tied to the secret just proven: the promoted one."""
+        h, c, later = self.pending_renewal()
+        burns = []
+        real = h.store.burn
+        h.store.burn = lambda client, wanted=None: burns.append(wanted) or real(client, wanted)
+        self.assertEqual(c.knock(), hs.Open())
+        self.assertEqual(burns, [secret_id(c.secret())])
 
     def test_proof_waits_for_the_pending_lookup(self):
         h, c, later = self.pending_renewal()
@@ -282,3 +329,47 @@ class EnrolThroughDeferredsTests(SynchronousTestCase):
         self.assertEqual(transport.value(), b"ERROR server-error\n")
         self.assertTrue(transport.disconnecting)
         self.assertEqual(len(self.flushLoggedErrors(StateError)), 1)
+
+
+class LaterCloseTests(SynchronousTestCase):
+    """
+    The record of a close before on-success, off the reactor: on-success
+    waits for it, and does not run at all if it fails (fail closed).
+    """
+
+    def knock_to_completion(self, h):
+        line, proto, transport, nonce = h.handshake()
+        for port in h.files["alice"].knock(1):
+            h.hit("192.0.2.10", port)
+        return transport
+
+    def test_on_success_waits_for_the_record(self):
+        h, later = later_harness(self, on_close="/bin/true", open_duration=300)
+        recorded = []
+        real = h.store.add_close
+
+        def add_close(*args):
+            d = Deferred()
+            recorded.append((d, args))
+            return d
+
+        later.add_close = add_close
+        h.server.closes._store = later
+        transport = self.knock_to_completion(h)
+        self.assertEqual(h.runner.calls, [], "no on-success before the close is recorded")
+        d, args = recorded.pop()
+        d.callback(real(*args))
+        self.assertEqual(len(h.runner.calls), 1)
+        self.assertTrue(transport.value().endswith(b"OPEN\n"))
+        self.assertEqual(len(h.store.pending_closes()), 1)
+
+    def test_record_failed_no_on_success(self):
+        h, later = later_harness(self, on_close="/bin/true", open_duration=300)
+        later.add_close = lambda *args: fail(StateError("the database is gone"))
+        h.server.closes._store = later
+        transport = self.knock_to_completion(h)
+        self.assertEqual(h.runner.calls, [], "fail closed: no door without its close")
+        self.assertIn(b"FAIL action-failed", transport.value())
+        self.assertEqual(h.audit.of("error")[-1]["reason"], "state")
+        h.clock.advance(1000)
+        self.assertEqual(h.runner.calls, [])

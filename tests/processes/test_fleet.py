@@ -82,7 +82,7 @@ class FleetCase(TestCase):
                 on_close=on_close, open_duration=300,
                 audit_log="audit.log", knock_window=5, lockout=3, max_concurrent=50,
                 database=self.cluster.uri(self.db), database_key_file=self.key_file,
-                **self.extra_config))
+                gateway=f"gw-{n}", **self.extra_config))
 
     def _stop_all(self):
         for daemon in self.gateways:

@@ -79,6 +79,63 @@ class PostgresStoreTests(SynchronousTestCase):
         other = self.store(key=bytes(32))
         self.assertRaises(StateError, other.book, "alice")
 
+    def test_key_check_refuses_another_key(self):
+        """
+        The first key used leaves a check value; a gateway or a command
+        with another key file is refused, naming database-key-file.
+        """
+        first = self.store()
+        first.check_key()
+        first.check_key()
+        error = self.assertRaises(StateError, self.store(key=bytes(32)).check_key)
+        self.assertIn("database-key-file", str(error))
+
+    def test_key_check_without_a_check_value_yet(self):
+        """
+        Copies sealed before there was a check value: a key that opens
+        none of them is refused; the right one records the check.
+        """
+        store = self.store()
+        store.register_with_book("alice", 5, SECRET, "text")
+        self.assertRaises(StateError, self.store(key=bytes(32)).check_key)
+        store.check_key()
+        self.assertRaises(StateError, self.store(key=bytes(32)).check_key)
+
+    def test_an_unopenable_copy_is_skipped_at_load(self):
+        """
+        One altered copy stops only its client, not the gateway.
+        """
+        from knocker.daemon.fleet import DatabaseBook
+
+        store = self.store()
+        store.register_with_book("alice", 5, SECRET, _knock_text(store, "alice"))
+        store.register("bob", 5, SECRET)
+        store._run(lambda c: c.execute(
+            "INSERT INTO books SELECT 'bob', secret_id, sealed FROM books WHERE client = 'alice'"))
+        book = DatabaseBook(store, (20000, 20001, 20002))
+        book.load()
+        self.assertEqual(book.clients(), ["alice"])
+        self.assertEqual([client for client, _ in book.skipped], ["bob"])
+        self.flushLoggedErrors()
+
+    def test_generate_makes_no_key_beside_existing_copies(self):
+        """
+        C{knocker generate} creates the key file only for a new fleet: with
+        copies already in the database it refuses, naming the key file.
+        """
+        from knocker.admin.clients import open_database
+        from tests.helpers.harness import server_config
+
+        self.store().register_with_book("alice", 5, SECRET, "text")
+        base = self.mktemp()
+        os.makedirs(base)
+        path = os.path.join(base, "fleet.key")
+        config = server_config(os.path.join(base, "state"), database=self.uri,
+                               database_key_file=path)
+        error = self.assertRaises(StateError, open_database, config, create_key=True)
+        self.assertIn("database-key-file", str(error))
+        self.assertFalse(os.path.exists(path))
+
     def test_closes_are_the_gateways_own(self):
         one, two = self.store(gateway="one"), self.store(gateway="two")
         close = one.add_close(100.0, "192.0.2.1", "alice", 3)
@@ -87,6 +144,20 @@ class PostgresStoreTests(SynchronousTestCase):
         two.remove_close(close)
         self.assertEqual(len(one.pending_closes()), 1, "another gateway cannot remove it")
         self.assertEqual(two.all_pending_closes(), 1)
+
+    def test_one_gateway_of_a_name_at_a_time(self):
+        """
+        A second gateway given a running one's name would run and delete
+        its pending closes: it is refused, naming C{gateway}.
+        """
+        one = self.store(gateway="gw-1")
+        one.hold_gateway()
+        two = self.store(gateway="gw-1")
+        error = self.assertRaises(StateError, two.hold_gateway)
+        self.assertIn("gateway = gw-1", str(error))
+        self.store(gateway="gw-2").hold_gateway()
+        one.close()
+        two.hold_gateway()
 
     def test_lost_connection_raises_then_reconnects(self):
         store = self.store()
@@ -120,6 +191,78 @@ class PostgresStoreTests(SynchronousTestCase):
         one.set_lockout("*", 2000.0)
         two.save_lockouts({"*": 1500.0, "192.0.2.1": 1600.0})
         self.assertEqual(one.lockouts(1000.0), {"*": 2000.0, "192.0.2.1": 1600.0})
+
+    def test_lockouts_read_by_seq_with_their_step(self):
+        """
+        Each change takes a new seq, so a gateway reads only what changed
+        since its last read; an upsert that changes nothing takes none.
+        """
+        one, two = self.store(), self.store()
+        one.save_lockouts({"192.0.2.1": 1600.0, "192.0.2.2": 1600.0}, steps={"192.0.2.2": 4})
+        rows = two.lockouts_since(0, 100)
+        self.assertEqual([(key, until, step) for _, key, until, step in rows],
+                         [("192.0.2.1", 1600.0, 0), ("192.0.2.2", 1600.0, 4)])
+        last = rows[-1][0]
+        two.save_lockouts({"192.0.2.1": 1500.0, "192.0.2.2": 1600.0}, steps={"192.0.2.2": 2})
+        self.assertEqual(one.lockouts_since(last, 100), [], "nothing changed")
+        two.save_lockouts({"192.0.2.2": 1600.0}, steps={"192.0.2.2": 5})
+        self.assertEqual([row[1:] for row in one.lockouts_since(last, 100)],
+                         [("192.0.2.2", 1600.0, 5)])
+        self.assertEqual(len(one.lockouts_since(0, 1)), 1, "at most limit rows")
+
+    def test_big_batch_saved_whole_and_table_bounded(self):
+        """
+        Past MAX_LOCKOUT_BATCH keys the batch is saved in several
+        transactions, none dropped; pruning bounds the table.
+        """
+        from knocker.state import postgres
+
+        store = self.store()
+        self.patch(postgres, "MAX_LOCKOUT_BATCH", 1000)
+        store.save_lockouts({f"198.51.100.{n}/{n}": 2000.0 + n for n in range(2500)})
+        self.assertEqual(len(store.lockouts(1000.0)), 2500)
+        store.prune_lockouts(2100.0, keep=1000)
+        left = store.lockouts(1000.0)
+        self.assertEqual(len(left), 1000)
+        self.assertEqual(min(left.values()), 3500.0, "the soonest to end went first")
+
+
+def _knock_text(store, client):
+    """A portknock file for C{client} whose knocks use pool ports 20000-20002."""
+    import random
+    from datetime import datetime, timezone
+
+    from knocker.core.knockgen import format_knockfile, generate
+
+    kf = generate(client, (20000, 20001, 20002), 5, 2, random.Random(1), SECRET,
+                  datetime(2026, 1, 1, tzinfo=timezone.utc))
+    return format_knockfile(kf)
+
+
+class RedactTests(SynchronousTestCase):
+    skip = postgres.skip_reason()
+
+    def test_passwords_masked_wherever_given(self):
+        from knocker.state.postgres import redact
+
+        for uri in ("postgresql://knocker:hunter22@db/knocker",
+                    "postgresql://knocker@db/knocker?password=hunter22&sslmode=require",
+                    "postgresql://knocker@db/knocker?sslmode=require&sslpassword=hunter22",
+                    "postgresql://knocker@db/knocker?PASSWORD=hunter22",
+                    "postgresql://knocker@db/knocker?pass%77ord=hunter22",
+                    "postgresql://knocker:hunter%2022@db/knocker"):
+            shown = redact(uri)
+            self.assertNotIn("hunter", shown, uri)
+            self.assertIn("db/knocker", shown)
+
+    def test_unparsable_uri_masked_and_parse_error_withheld(self):
+        from knocker.state.postgres import PostgresStore, redact
+
+        uri = "postgresql://knocker:hunter 22@db:notaport/knocker?password=hunter33&bogus=1"
+        self.assertNotIn("hunter", redact(uri))
+        error = self.assertRaises(StateError, PostgresStore, uri, key=KEY)
+        self.assertNotIn("hunter", str(error))
+        self.assertIn("parses", str(error))
 
 
 class Section10Tests(SynchronousTestCase):
@@ -160,6 +303,63 @@ class Section10Tests(SynchronousTestCase):
         self.assertEqual(store.client("alice").knocks, 5, "kept across the migration")
         self.assertIsNone(store.pending("alice"))
         self.assertEqual(store.invitations(), [])
+
+    #: Schema 2 as the enrol branch had it before the fleet's fixes took
+    #: number 2 (docs: knocker/state/postgres.py, migration 2).
+    ENROL_SCHEMA_2 = """
+    CREATE TABLE invitations (
+        slot integer PRIMARY KEY, client text NOT NULL, sealed_code bytea NOT NULL,
+        expires double precision NOT NULL, tries integer NOT NULL,
+        attempts integer NOT NULL DEFAULT 0, used boolean NOT NULL DEFAULT false);
+    CREATE TABLE pending (
+        client text PRIMARY KEY REFERENCES clients (id) ON DELETE CASCADE,
+        knocks integer NOT NULL, secret_id text NOT NULL, sealed bytea);
+    """
+
+    def at_version_two(self, second: str):
+        from knocker.state.postgres import MIGRATIONS, PostgresStore
+
+        old = PostgresStore(self.uri, KEY, migrate=False)
+        self.addCleanup(old.close)
+        old._run(lambda c: c.execute(
+            "CREATE TABLE schema_version (version integer NOT NULL);"
+            "INSERT INTO schema_version VALUES (2);" + MIGRATIONS[0] + second))
+        return old
+
+    def check_whole_schema(self):
+        from knocker.state.postgres import SCHEMA_VERSION
+
+        store = self.store()
+        self.assertEqual(store.schema_version(), SCHEMA_VERSION)
+        store.register_with_book("alice", 5, SECRET, "current " + SECRET.hex())
+        slot = store.add_invitation("alice", "crossover-clockwork-lantern", 2000.0, 3, 1000.0)
+        self.assertEqual(store.invitation(slot).client, "alice")
+        store.add_pending_with_book("alice", 7, bytes(32), "pending")
+        self.assertEqual(store.pending("alice").knocks, 7)
+        store.save_lockouts({"192.0.2.1": 1600.0}, steps={"192.0.2.1": 3})
+        self.assertIn(("192.0.2.1", 1600.0, 3),
+                      [row[1:] for row in store.lockouts_since(0, 10)])
+        return store
+
+    def test_migrated_from_the_fleets_version_two(self):
+        from knocker.state.postgres import MIGRATIONS
+
+        old = self.at_version_two(MIGRATIONS[1])
+        old._run(lambda c: c.execute(
+            "INSERT INTO lockouts (key, until, step) VALUES ('*', 1500.0, 2)"))
+        store = self.check_whole_schema()
+        self.assertEqual(store.lockouts(1000.0)["*"], 1500.0, "kept across the migration")
+
+    def test_migrated_from_enrolments_version_two(self):
+        old = self.at_version_two(self.ENROL_SCHEMA_2)
+        old._run(lambda c: c.execute(
+            "INSERT INTO lockouts (key, until) VALUES ('*', 1500.0);"
+            "INSERT INTO clients VALUES ('bob', 1, 5, 'x');"
+            "INSERT INTO pending (client, knocks, secret_id) VALUES ('bob', 9, 'y')"))
+        store = self.check_whole_schema()
+        self.assertEqual(store.pending("bob").knocks, 9, "kept across the migration")
+        self.assertEqual(store.lockouts(1000.0)["*"], 1500.0)
+        self.assertEqual(len(store.lockouts_since(0, 10)), 2, "the old row has a seq too")
 
     def test_code_and_pending_copy_sealed(self):
         store = self.store()

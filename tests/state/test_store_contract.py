@@ -105,6 +105,21 @@ class StoreContract:
         state = self.store.client("alice")
         self.assertEqual((state.next_index, state.left), (4, 0))
 
+    def test_burn_only_from_the_proven_secrets_counter(self):
+        """
+        A burn given the secret the client proved takes nothing once the
+        client was generated again (another secret, a counter from 1).
+        """
+        from knocker.state.interface import secret_id
+
+        self.store.register("alice", 3, SECRET)
+        proven = self.store.client("alice").secret_id
+        self.assertEqual(self.store.burn("alice", proven), 1)
+        self.store.register("alice", 3, bytes(32))
+        self.assertIsNone(self.store.burn("alice", proven))
+        self.assertEqual(self.store.client("alice").next_index, 1, "the new counter untouched")
+        self.assertEqual(self.store.burn("alice", secret_id(bytes(32))), 1)
+
     def test_burn_unknown_client(self):
         self.assertIsNone(self.store.burn("mallory"))
         self.store.register("alice", 3, SECRET)
