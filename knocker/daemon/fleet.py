@@ -275,8 +275,8 @@ class ThreadedStore:
     def invitation(self, slot: int) -> Deferred:
         return self._defer(self._store.invitation, slot)
 
-    def invitation_attempt(self, slot: int) -> Deferred:
-        return self._defer(self._store.invitation_attempt, slot)
+    def invitation_attempt(self, slot: int, now: float) -> Deferred:
+        return self._defer(self._store.invitation_attempt, slot, now)
 
     def use_invitation(self, slot: int) -> Deferred:
         return self._defer(self._store.use_invitation, slot)

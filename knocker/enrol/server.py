@@ -86,12 +86,17 @@ class EnrolServer:
         state = found.state(self._now())
         if state != "open":
             return self._refuse(state)
-        return then(self._store.invitation_attempt(slot), self._attempt, found, slot, theirs)
+        return then(self._store.invitation_attempt(slot, self._now()), self._attempt,
+                    slot, theirs)
 
-    def _attempt(self, counted, found, slot: int, theirs: bytes) -> list[Send]:
-        if counted is None or counted.attempts <= found.attempts:
-            return self._refuse("void")  # a parallel attempt took the last try
-        pake = k.Pake(slot, found.code)
+    def _attempt(self, counted, slot: int, theirs: bytes) -> list[Send]:
+        # The store says whether this call took a try, in the same step as
+        # it took it: what was read before may be stale (parallel attempts
+        # on other connections or gateways read it too).
+        if counted is None:
+            return self._refuse("void")  # parallel attempts took the last try
+        self._client = counted.client
+        pake = k.Pake(slot, counted.code)
         try:
             self._keys = pake.finish(theirs, pake.message, theirs)
         except k.VerifyError:

@@ -164,12 +164,14 @@ class IStore(Interface):
     def invitations():
         """Every L{Invitation}, by slot."""
 
-    def invitation_attempt(slot):
+    def invitation_attempt(slot, now):
         """
-        Take one of the tries of the invitation in C{slot}, if it is not
-        used and has one left; return it as it is now (C{None} if there is
-        none), so the caller sees whether its attempt was counted.  Durable
-        before it returns: parallel or crashed attempts all count.
+        Take one of the tries of the invitation in C{slot} if it is open at
+        C{now} (not used, a try left, not expired), in one step that
+        parallel callers cannot interleave.  Return it as this call left it
+        if I{this call} took a try, else C{None} (no invitation, or not
+        open: whoever gets C{None} must not go on).  Durable before it
+        returns: parallel or crashed attempts all count.
         """
 
     def use_invitation(slot):

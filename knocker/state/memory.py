@@ -95,11 +95,11 @@ class MemoryStore:
     def invitations(self):
         return [self._invitations[slot] for slot in sorted(self._invitations)]
 
-    def invitation_attempt(self, slot):
+    def invitation_attempt(self, slot, now):
         found = self._invitations.get(slot)
-        if found is not None and not found.used and found.attempts < found.tries:
-            found = evolve(found, attempts=found.attempts + 1)
-            self._invitations[slot] = found
+        if found is None or found.state(now) != "open":
+            return None
+        found = self._invitations[slot] = evolve(found, attempts=found.attempts + 1)
         return found
 
     def use_invitation(self, slot) -> bool:

@@ -598,17 +598,19 @@ class PostgresStore:
         rows = self._run(lambda c: c.execute(self._INVITATION + " ORDER BY slot").fetchall())
         return [self._invitation(row) for row in rows]
 
-    def invitation_attempt(self, slot):
+    def invitation_attempt(self, slot, now):
         """
         One statement: gateways taking tries at once each count (the row
-        lock orders them), and none past the last.
+        lock orders them, and each re-checks the condition on the row it
+        locked), none past the last; C{None} to every caller whose UPDATE
+        changed nothing.
         """
         row = self._run(lambda c: c.execute(
             "UPDATE invitations SET attempts = attempts + 1 "
-            "WHERE slot = %s AND NOT used AND attempts < tries "
+            "WHERE slot = %s AND NOT used AND attempts < tries AND expires > %s "
             "RETURNING slot, client, sealed_code, expires, tries, attempts, used",
-            (slot,)).fetchone())
-        return self._invitation(row) if row else self.invitation(slot)
+            (slot, now)).fetchone())
+        return self._invitation(row) if row else None
 
     def use_invitation(self, slot) -> bool:
         row = self._run(lambda c: c.execute(

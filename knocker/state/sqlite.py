@@ -241,12 +241,14 @@ class SQLiteStore:
     def invitations(self) -> list[Invitation]:
         return [_invitation(row) for row in self._db.execute(self._INVITATION + " ORDER BY slot")]
 
-    def invitation_attempt(self, slot: int) -> Invitation | None:
+    def invitation_attempt(self, slot: int, now: float) -> Invitation | None:
         with self._transaction():
-            self._db.execute(
+            row = self._db.execute(
                 "UPDATE invitations SET attempts = attempts + 1 "
-                "WHERE slot = ? AND NOT used AND attempts < tries", (slot,))
-        return self.invitation(slot)
+                "WHERE slot = ? AND NOT used AND attempts < tries AND expires > ? "
+                "RETURNING slot, client, code, expires, tries, attempts, used",
+                (slot, now)).fetchone()
+        return _invitation(row) if row else None
 
     def use_invitation(self, slot: int) -> bool:
         with self._transaction():

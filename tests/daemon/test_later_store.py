@@ -301,11 +301,11 @@ class EnrolThroughDeferredsTests(SynchronousTestCase):
         self.assertEqual(self.enroll("acorn-admiral").outcome, Outcome.WRONG_CODE)
         self.assertEqual(self.h.store.invitation(self.slot).attempts, 1)
 
-    def start(self):
+    def start(self, ip="192.0.2.10"):
         """A connection that has sent its ENROLL line."""
         from knocker.enrol import keys as k
 
-        proto, transport = self.h.connect()
+        proto, transport = self.h.connect(ip)
         pake = k.Pake(self.slot, WORDS)
         proto.dataReceived(b"KNOCKER/1 ENROLL %d %s\n" % (self.slot, k.b64(pake.message).encode()))
         return proto, transport
@@ -322,6 +322,24 @@ class EnrolThroughDeferredsTests(SynchronousTestCase):
         self.later.release()  # the try: counted, its answer dropped
         self.assertEqual(transport.value(), b"ERROR out-of-turn\n")
         self.assertEqual(self.h.store.invitation(self.slot).attempts, 1)
+
+    def test_parallel_enrolls_get_at_most_the_tries(self):
+        """
+        Ten ENROLLs at once, each reading the invitation before any takes a
+        try: only TRIES get ENROLLING (one guess each), the rest REFUSED
+        void, and no try is counted past the last.
+        """
+        from knocker.enrol.server import TRIES
+
+        self.later.held = True
+        connections = [self.start(f"192.0.2.{20 + n}") for n in range(10)]
+        while self.later.waiting:
+            self.later.release()
+        replies = [transport.value() for proto, transport in connections]
+        enrolling = [reply for reply in replies if reply.startswith(b"ENROLLING ")]
+        self.assertEqual(len(enrolling), TRIES)
+        self.assertEqual(replies.count(b"REFUSED void\n"), 10 - TRIES)
+        self.assertEqual(self.h.store.invitation(self.slot).attempts, TRIES)
 
     def test_store_gone_is_error(self):
         self.later.broken = True

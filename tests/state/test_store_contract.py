@@ -237,7 +237,7 @@ class InvitationContract:
         self.assertEqual(add("d", "w", 3000.0, 3, 1000.0), 1, "used: freed")
         self.assertEqual(add("e", "v", 3000.0, 3, 1600.0), 2, "expired: freed")
         self.assertEqual(self.store.invitation(2).client, "e")
-        self.store.invitation_attempt(3)
+        self.store.invitation_attempt(3, 1000.0)
         self.assertEqual(add("f", "u", 3000.0, 3, 1600.0), 3, "void: freed")
         self.assertEqual(add("g", "t", 3000.0, 3, 1600.0), 5)
 
@@ -250,24 +250,41 @@ class InvitationContract:
 
     def test_tries_run_out(self):
         slot = self.store.add_invitation("alice", "x", 2000.0, 3, 1000.0)
-        self.assertEqual(self.store.invitation_attempt(slot).attempts, 1)
-        self.assertEqual(self.store.invitation_attempt(slot).state(1000.0), "open")
-        third = self.store.invitation_attempt(slot)
+        self.assertEqual(self.store.invitation_attempt(slot, 1000.0).attempts, 1)
+        self.assertEqual(self.store.invitation_attempt(slot, 1000.0).state(1000.0), "open")
+        third = self.store.invitation_attempt(slot, 1000.0)
         self.assertEqual((third.attempts, third.state(1000.0)), (3, "void"))
-        self.assertEqual(self.store.invitation_attempt(slot).attempts, 3, "no fourth")
+        self.assertIsNone(self.store.invitation_attempt(slot, 1000.0), "no fourth")
+        self.assertEqual(self.store.invitation(slot).attempts, 3)
         self.assertTrue(self.store.use_invitation(slot), "the third try may still succeed")
-        self.assertIsNone(self.store.invitation_attempt(42))
+        self.assertIsNone(self.store.invitation_attempt(42, 1000.0))
 
-    def test_no_attempt_once_used(self):
+    def test_interleaved_attempts_each_learn_whether_they_counted(self):
+        """
+        Connections that all read the invitation before any takes a try (as
+        parallel ENROLLs do): only TRIES of them are told they counted, the
+        others get None, whatever they read before.
+        """
         slot = self.store.add_invitation("alice", "x", 2000.0, 3, 1000.0)
+        seen = [self.store.invitation(slot) for _ in range(5)]
+        self.assertEqual({each.attempts for each in seen}, {0})
+        counted = [self.store.invitation_attempt(slot, 1000.0) for _ in seen]
+        self.assertEqual([each and each.attempts for each in counted], [1, 2, 3, None, None])
+        self.assertEqual(self.store.invitation(slot).attempts, 3)
+
+    def test_no_attempt_once_used_or_expired(self):
+        slot = self.store.add_invitation("alice", "x", 2000.0, 3, 1000.0)
+        self.assertIsNone(self.store.invitation_attempt(slot, 2000.0), "expired")
+        self.assertEqual(self.store.invitation(slot).attempts, 0)
         self.assertTrue(self.store.use_invitation(slot))
-        self.assertEqual(self.store.invitation_attempt(slot).attempts, 0)
+        self.assertIsNone(self.store.invitation_attempt(slot, 1000.0), "used")
+        self.assertEqual(self.store.invitation(slot).attempts, 0)
 
     def test_kept_across_reopening(self):
         if not hasattr(self, "reopen"):
             return
         slot = self.store.add_invitation("alice", "x", 2000.0, 3, 1000.0)
-        self.store.invitation_attempt(slot)
+        self.store.invitation_attempt(slot, 1000.0)
         store = self.reopen()
         self.assertEqual(store.invitation(slot), Invitation(1, "alice", "x", 2000.0, 3, 1, False))
 
