@@ -107,27 +107,33 @@ class EnrolServer:
     def _confirm(self, mac: str) -> list[Send]:
         if not self._keys.check_client(mac):
             return self._wrong(self._counted)
-        return then(self._store.use_invitation(self._slot), self._used)
-
-    def _used(self, used: bool) -> list[Send]:
-        if not used:
-            return self._refuse("used")
+        # The file is read and sealed first, the invitation used after, the
+        # lines sent last: a file that cannot be read leaves the invitation
+        # as it was (no used code without its file).
         try:
             text = self._read_file(self._client)
         except Exception as error:
             return self._file_error(error)
         if hasattr(text, "addCallbacks"):
-            return text.addCallbacks(self._deliver, lambda failure: self._file_error(failure.value))
-        return self._deliver(text)
+            return text.addCallbacks(self._sealed, lambda failure: self._file_error(failure.value))
+        return self._sealed(text)
+
+    def _sealed(self, text: str) -> list[Send]:
+        sealed = k.b64(k.seal(self._keys.file_key, text.encode("utf-8"),
+                              file_associated(self._keys)))
+        return then(self._store.use_invitation(self._slot), self._used, sealed)
+
+    def _used(self, used: bool, sealed: str) -> list[Send]:
+        if not used:
+            return self._refuse("used")
+        return self._deliver(sealed)
 
     def _file_error(self, error) -> list[Send]:
         self._audit.record("error", ip=self.ip, client=self._client, reason="client-file",
                            detail=str(error))
         return self._end(b"ERROR server-error")
 
-    def _deliver(self, text: str) -> list[Send]:
-        sealed = k.b64(k.seal(self._keys.file_key, text.encode("utf-8"),
-                              file_associated(self._keys)))
+    def _deliver(self, sealed: str) -> list[Send]:
         chunks = [sealed[i:i + CHUNK] for i in range(0, len(sealed), CHUNK)]
         self._audit.record("enrol", ip=self.ip, slot=self._slot, client=self._client,
                            outcome="ok")

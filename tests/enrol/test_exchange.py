@@ -157,6 +157,20 @@ class ExchangeTests(TestCase):
         self.assertEqual((invitation.attempts, invitation.state(self.now)), (1, "open"))
         self.assertIs(self.enroll().outcome, Outcome.ENROLLED)
 
+    def test_unreadable_file_leaves_the_invitation_unused(self):
+        def gone(client):
+            raise OSError("the server's copy is gone")
+
+        server = EnrolServer("192.0.2.7", self.store, gone, self.audit, self.tracker,
+                             lambda: self.now)
+        self.server = lambda: server
+        result = self.enroll()
+        self.assertIs(result.outcome, Outcome.SERVER_ERROR)
+        self.assertEqual(self.store.invitation(self.slot).state(self.now), "open",
+                         "not used: the file was read before the invitation was")
+        del self.server
+        self.assertIs(self.enroll().outcome, Outcome.ENROLLED)
+
     def test_tampered_file_refused(self):
         def flip(n, line):
             if line.startswith(b"DATA ") and n == 2:
