@@ -232,6 +232,9 @@ class CentralProtocol(LineOnlyReceiver):
         self._cancel_timer()
         granted = self._handshake.granted and not self._handshake.done
         self._handshake.done = True
+        ended = getattr(self._exchange, "connection_lost", None)
+        if ended is not None:
+            ended()  # an enrolment cut after ENROLLING counts as a failed attempt
         if granted:
             self._server.session_lost(self)
 

@@ -47,6 +47,8 @@ class EnrolServer:
         self._slot = None
         self._client = None
         self._keys = None
+        self._counted = None
+        self._confirmed = False
         self.done = False
 
     def receive(self, line: bytes) -> list[Send]:
@@ -59,6 +61,8 @@ class EnrolServer:
             return self._enrol(words[2], words[3])
         if self._keys is not None and len(words) == 2 and words[0] == "CONFIRM":
             return self._confirm(words[1])
+        if self._keys is not None and not self._confirmed:
+            self._dropped()  # anything but CONFIRM after ENROLLING: a spent guess
         return self._end(b"ERROR out-of-turn" if words else b"ERROR malformed",
                          fault="out-of-turn" if words else "malformed")
 
@@ -104,7 +108,25 @@ class EnrolServer:
         self._counted = counted
         return [Send(b"ENROLLING " + k.b64(pake.message).encode("ascii") + b"\n")]
 
+    def connection_lost(self) -> None:
+        """
+        The connection ended: the client hung up, or the central port's
+        timeout closed it.  After ENROLLING and before CONFIRM, that is a
+        try spent on a guess the server never saw checked (the client may
+        have tested it against the server's message offline): a failed
+        attempt of its source, as a wrong code is.
+        """
+        if not self.done and self._keys is not None and not self._confirmed:
+            self._dropped()
+        self.done = True
+
+    def _dropped(self) -> None:
+        self._tracker.failed_attempt(self.ip, "denied")
+        self._audit.record("enrol", ip=self.ip, slot=self._slot, client=self._client,
+                           outcome="dropped", attempts=self._counted.attempts)
+
     def _confirm(self, mac: str) -> list[Send]:
+        self._confirmed = True
         if not self._keys.check_client(mac):
             return self._wrong(self._counted)
         # The file is read and sealed first, the invitation used after, the

@@ -341,6 +341,15 @@ class EnrolThroughDeferredsTests(SynchronousTestCase):
         self.assertEqual(replies.count(b"REFUSED void\n"), 10 - TRIES)
         self.assertEqual(self.h.store.invitation(self.slot).attempts, TRIES)
 
+    def test_hang_up_after_enrolling_is_a_failed_attempt(self):
+        proto, transport = self.start()
+        self.assertTrue(transport.value().startswith(b"ENROLLING "))
+        self.h.clock.advance(self.h.server.config.handshake_timeout + 1)
+        self.assertIn(b"ERROR", transport.value())
+        proto.connectionLost(None)
+        self.assertEqual([e["outcome"] for e in self.h.audit.of("enrol")], ["dropped"])
+        self.assertNotEqual(self.h.tracker_lockouts(), {}, "the source locked out")
+
     def test_store_gone_is_error(self):
         self.later.broken = True
         proto, transport = self.start()

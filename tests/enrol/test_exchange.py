@@ -171,6 +171,30 @@ class ExchangeTests(TestCase):
         del self.server
         self.assertIs(self.enroll().outcome, Outcome.ENROLLED)
 
+    def test_dropped_after_enrolling_is_a_failed_attempt(self):
+        for cut in ("hang-up", "stray line"):
+            with self.subTest(cut=cut):
+                server = self.server()
+                sends = server.receive(b"KNOCKER/1 ENROLL %d %s" % (
+                    self.slot, k.b64(k.Pake(self.slot, WORDS).message).encode()))
+                self.assertTrue(sends[0].line.startswith(b"ENROLLING "))
+                if cut == "hang-up":
+                    server.connection_lost()
+                else:
+                    server.receive(b"HELLO")
+                    server.connection_lost()
+                self.assertEqual(self.tracker.failures[-1], ("192.0.2.7", "denied"))
+        self.assertEqual(len(self.tracker.failures), 2, "once each")
+        self.assertEqual(self.audit.outcomes(), ["dropped", "dropped"])
+
+    def test_lost_after_confirm_or_before_enrolling_is_not_counted(self):
+        self.server().connection_lost()
+        server = self.server()
+        self.server = lambda: server
+        self.assertIs(self.enroll().outcome, Outcome.ENROLLED)
+        server.connection_lost()
+        self.assertEqual(self.tracker.failures, [])
+
     def test_tampered_file_refused(self):
         def flip(n, line):
             if line.startswith(b"DATA ") and n == 2:
