@@ -91,8 +91,11 @@ def _enroll(args) -> int:
     from knocker.enrol.words import parse_code
 
     slot, words = parse_code(args.code)
-    if args.output and os.path.exists(args.output) and not args.force:
-        raise ValueError(f"{args.output} exists; pass --force to replace it")
+    if args.output:
+        # Checked before the exchange: once it succeeds the code is spent.
+        for path in client.output_paths(args.output):
+            if os.path.exists(path) and not args.force:
+                raise ValueError(f"{path} exists; pass --force to replace it")
     result = client.run(args.server, slot, words, args.timeout)
     if result.outcome is not client.Outcome.ENROLLED:
         print(f"knocker enroll: {result.message()}", file=sys.stderr)
@@ -101,10 +104,12 @@ def _enroll(args) -> int:
     if output is None:
         from knocker.core.knockfile import parse_header
 
-        output = parse_header(result.text, "the enrolled file").client + ".knock"
-        if os.path.exists(output) and not args.force:
-            # The invitation is spent: keep what it brought rather than lose it.
-            output = f"{output}.{int(time.time())}"
+        stem = parse_header(result.text, "the enrolled file").client
+        output = stem + ".knock"
+        if not args.force and any(map(os.path.exists, client.output_paths(output))):
+            # The invitation is spent: keep what it brought rather than lose it
+            # (or an existing file or configuration).
+            output = f"{stem}.{int(time.time())}.knock"
     try:
         knock_file, conf = client.save(result, args.server, output)
     except OSError as error:

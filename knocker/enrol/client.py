@@ -22,7 +22,7 @@ class Outcome(Record):
 _TABLE = (
     ("ENROLLED", 0, "the portknock file and its configuration are written"),
     ("FILE_ERROR", 1, "the file or the configuration could not be written"),
-    ("USAGE", 2, "bad options, a malformed code, or the output exists"),
+    ("USAGE", 2, "bad options, a malformed code, or the output or its .conf exists"),
     ("UNREACHABLE", 3, "could not reach the server's central port"),
     ("WRONG_CODE", 4, "the code is wrong (a try of the invitation is spent)"),
     ("LOCKED", 5, "this address is locked out after failed attempts; try later"),
@@ -153,6 +153,20 @@ def config_path(output: str) -> str:
     return os.path.splitext(output)[0] + ".conf"
 
 
+def output_paths(output: str) -> tuple[str, str]:
+    """
+    The two files C{knocker enroll -o OUTPUT} writes: the portknock file
+    and its configuration.
+
+    @raise ValueError: they would be one file (C{-o alice.conf}).
+    """
+    conf = config_path(output)
+    if os.path.abspath(conf) == os.path.abspath(output):
+        raise ValueError(f"-o {output}: the configuration would be written over the "
+                         f"portknock file; name the file e.g. {os.path.splitext(output)[0]}.knock")
+    return output, conf
+
+
 def client_config(server: str, output: str) -> str:
     return (f"# written by knocker enroll\n[client]\nserver = {server}\n"
             f"knock-file = {os.path.basename(output)}\n")
@@ -169,8 +183,7 @@ def save(result: Result, server: str, output: str | None) -> tuple[str, str]:
     from knocker.files import write_private
 
     kf = parse_knockfile(result.text, "the enrolled file")
-    output = output or f"{kf.client}.knock"
+    output, conf = output_paths(output or f"{kf.client}.knock")
     write_private(output, result.text)
-    conf = config_path(output)
     write_private(conf, client_config(server, output))
     return output, conf

@@ -311,3 +311,76 @@ class KeyScheduleTests(TestCase):
         self.assertEqual(k.unb64(k.b64(b"abc")), b"abc")
         for bad in ("!!", "YWJj\n", "YWJ", "YW Jj"):
             self.assertRaises(k.VerifyError, k.unb64, bad)
+
+
+class EnrollOutputTests(TestCase):
+    """
+    C{knocker enroll}'s two output files: the portknock file and its
+    configuration (STEM.conf) are each refused if they exist (without
+    --force), and may not be one file.
+    """
+
+    def setUp(self):
+        import os
+        import tempfile
+
+        self.dir = tempfile.mkdtemp(prefix="knocker-enroll-")
+        here = os.getcwd()
+        os.chdir(self.dir)
+        self.addCleanup(os.chdir, here)
+        self.runs = []
+
+    def enroll(self, *args, result=None):
+        import contextlib
+        import io
+        from unittest import mock
+
+        from knocker.admin.cli import main
+        from knocker.enrol import client
+
+        def run(*call):
+            self.runs.append(call)
+            return result or client.Result(Outcome.UNREACHABLE, "not here")
+
+        err = io.StringIO()
+        with mock.patch.object(client, "run", run), contextlib.redirect_stderr(err), \
+                contextlib.redirect_stdout(io.StringIO()):
+            status = main(["enroll", "7-crossover-clockwork-lantern", "--server", "tcp:x:1",
+                           *args])
+        return status, err.getvalue()
+
+    def test_config_may_not_be_the_output(self):
+        status, err = self.enroll("-o", "alice.conf")
+        self.assertEqual(status, 2)
+        self.assertIn("written over the portknock file", err)
+        self.assertEqual(self.runs, [], "refused before the code is spent")
+
+    def test_existing_config_refused_without_force(self):
+        with open("alice.conf", "w") as f:
+            f.write("mine\n")
+        status, err = self.enroll("-o", "alice.knock")
+        self.assertEqual((status, self.runs), (2, []))
+        self.assertIn("alice.conf exists", err)
+        status, err = self.enroll("-o", "alice.knock", "--force")
+        self.assertEqual(len(self.runs), 1, "--force goes on")
+
+    def test_default_output_keeps_an_existing_config(self):
+        import os
+        import random
+        from datetime import datetime, timezone
+
+        from knocker.core.knockgen import format_knockfile, generate
+        from knocker.enrol import client
+
+        text = format_knockfile(generate("alice", tuple(range(3000, 3020)), 3, 2, random.Random(1),
+                                         bytes(32), datetime.now(timezone.utc)))
+        with open("alice.conf", "w") as f:
+            f.write("mine\n")
+        status, err = self.enroll(result=client.Result(Outcome.ENROLLED, text=text))
+        self.assertEqual(status, 0, err)
+        with open("alice.conf") as f:
+            self.assertEqual(f.read(), "mine\n")
+        self.assertFalse(os.path.exists("alice.knock"))
+        written = sorted(os.listdir("."))
+        self.assertEqual(len(written), 3, written)
+        self.assertTrue(any(name.endswith(".knock") for name in written))
