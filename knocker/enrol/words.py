@@ -1,10 +1,13 @@
 """
-The invitation code's word list and the code's format: C{SLOT-WORD-WORD},
-e.g. C{7-crossover-clockwork}, easy to read aloud over the phone.
+The invitation code's word list and the code's format:
+C{SLOT-WORD-WORD-WORD}, e.g. C{7-crossover-clockwork-lantern}, easy to read
+aloud over the phone.
 
-260 plain English words of 3 to 9 lowercase letters; two words give
-about 16 bits, and an invitation allows 3 guesses before it is void, so an
-online guesser wins with odds of about 1 in 22,500 (see docs/protocol.md).
+260 plain English words of 3 to 9 lowercase letters; three words give
+260^3 (about 17.6 million, 24 bits), and an invitation allows 3 guesses
+before it is void, so an online guesser wins with odds of about 1 in 5.9
+million (see docs/protocol.md).  The slot adds little: it is a small
+number, guessable when few invitations are open.
 """
 
 import secrets
@@ -47,7 +50,15 @@ class CodeError(ValueError):
     """
 
 
-def new_words(count: int = 2) -> str:
+#: Words in a new code.  Two (about 16 bits) gave a guesser with 3 tries
+#: 1 chance in 22,500 per invitation, and a patient one spending the tries
+#: of every invitation an administrator makes over the years does better;
+#: a third word makes it 1 in 5.9 million, at the cost of one more word to
+#: read out.
+WORD_COUNT = 3
+
+
+def new_words(count: int = WORD_COUNT) -> str:
     """
     C{count} words drawn with L{secrets}, joined by dashes.
     """
@@ -68,7 +79,7 @@ def parse_code(code: str) -> tuple[int, str]:
     text = "-".join(code.strip().lower().replace(" ", "-").split("-"))
     slot, _, words = text.partition("-")
     if not slot.isdigit() or not 1 <= int(slot) <= MAX_SLOT or slot != str(int(slot)):
-        raise CodeError(f"{code!r}: an invitation code starts with its number, e.g. 7-crossover-clockwork")
+        raise CodeError(f"{code!r}: an invitation code starts with its number, e.g. 7-crossover-clockwork-lantern")
     parts = words.split("-")
     unknown = [word for word in parts if word not in _WORD_SET]
     if not words or unknown:

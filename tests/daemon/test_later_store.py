@@ -248,7 +248,7 @@ class RenewalThroughDeferredsTests(SynchronousTestCase):
         self.flushLoggedErrors(StateError)
 
 
-WORDS = "crossover-clockwork"
+WORDS = "crossover-clockwork-lantern"
 
 
 class _HarnessConn:

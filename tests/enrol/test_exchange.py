@@ -15,7 +15,7 @@ from knocker.enrol.server import TRIES, EnrolServer
 from knocker.state.memory import MemoryStore
 
 FILE = "knocker portknock file\nsecret: " + "ab" * 32 + "\n"
-WORDS = "crossover-clockwork"
+WORDS = "crossover-clockwork-lantern"
 
 
 class Tracker:
@@ -130,7 +130,7 @@ class ExchangeTests(TestCase):
 
     def test_wrong_code_three_times_then_void(self):
         for attempt in range(1, TRIES + 1):
-            result = self.enroll(words="crossover-clover")
+            result = self.enroll(words="crossover-clover-lantern")
             self.assertIs(result.outcome, Outcome.WRONG_CODE)
             self.assertEqual(self.store.invitation(self.slot).attempts, attempt)
         self.assertEqual(len(self.tracker.failures), TRIES, "each a failed attempt of its source")
@@ -139,8 +139,8 @@ class ExchangeTests(TestCase):
                          ["wrong-code", "wrong-code", "void", "wrong-code", "void"])
 
     def test_third_try_may_be_right(self):
-        self.enroll(words="crossover-clover")
-        self.enroll(words="crossover-clover")
+        self.enroll(words="crossover-clover-lantern")
+        self.enroll(words="crossover-clover-lantern")
         self.assertIs(self.enroll().outcome, Outcome.ENROLLED)
 
     def test_locked_source(self):
@@ -213,7 +213,7 @@ class ExchangeTests(TestCase):
         An active attacker who swaps the server's SPAKE2 message for its own
         gets the client's CONFIRM (one guess, spent) and no file.
         """
-        attacker = k.Pake(self.slot, "crossover-clover")
+        attacker = k.Pake(self.slot, "crossover-clover-lantern")
 
         def swap(n, line):
             if line.startswith(b"ENROLLING "):
@@ -280,7 +280,7 @@ class KeyScheduleTests(TestCase):
         self.assertNotEqual(ck.client_mac(), ck.server_mac())
 
     def test_other_code_or_slot_other_keys(self):
-        for slot, words in ((7, "crossover-clover"), (8, WORDS)):
+        for slot, words in ((7, "crossover-clover-lantern"), (8, WORDS)):
             client, server = k.Pake(slot, words), k.Pake(7, WORDS)
             ck = client.finish(client.message, server.message, server.message)
             sk = server.finish(client.message, server.message, client.message)

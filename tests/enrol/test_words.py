@@ -19,20 +19,28 @@ class WordListTests(TestCase):
         seen = set()
         for _ in range(200):
             words = new_words()
-            first, second = words.split("-")
-            self.assertIn(first, WORDS)
-            self.assertIn(second, WORDS)
+            drawn = words.split("-")
+            self.assertEqual(len(drawn), 3, "three words: 260^3, about 24 bits")
+            for word in drawn:
+                self.assertIn(word, WORDS)
             seen.add(words)
         self.assertGreater(len(seen), 190, "drawn at random")
 
 
 class CodeTests(TestCase):
     def test_round_trip(self):
-        self.assertEqual(format_code(7, "crossover-clockwork"), "7-crossover-clockwork")
+        self.assertEqual(format_code(7, "crossover-clockwork-lantern"),
+                         "7-crossover-clockwork-lantern")
+        self.assertEqual(parse_code("7-crossover-clockwork-lantern"),
+                         (7, "crossover-clockwork-lantern"))
+
+    def test_a_two_word_code_of_an_older_invite_still_parses(self):
+        # An invitation made before codes had three words can still be used.
         self.assertEqual(parse_code("7-crossover-clockwork"), (7, "crossover-clockwork"))
 
     def test_forgiving_of_how_a_person_types(self):
-        self.assertEqual(parse_code("  7 Crossover CLOCKWORK\n"), (7, "crossover-clockwork"))
+        self.assertEqual(parse_code("  7 Crossover CLOCKWORK lantern\n"),
+                         (7, "crossover-clockwork-lantern"))
 
     def test_refused(self):
         for code in ("", "7", "7-", "crossover-clockwork", "0-crossover-clockwork",

@@ -21,7 +21,7 @@ class EnrolCase(DaemonCase):
                        "--ports", "3", *extra)
         self.assertEqual(done.returncode, 0, done.stderr)
         code = done.stdout.strip()
-        self.assertRegex(code, r"^[0-9]+-[a-z]+-[a-z]+$")
+        self.assertRegex(code, r"^[0-9]+-[a-z]+-[a-z]+-[a-z]+$", "three words")
         return code
 
     def enroll(self, code, out=None, server=None, *extra):
@@ -113,7 +113,7 @@ class EnrolTests(EnrolCase):
         self.assertEqual(self.status()["invitations"][0]["state"], "expired")
 
     def test_malformed_code_is_a_usage_error(self):
-        done = self.enroll("crossover-clockwork")
+        done = self.enroll("crossover-clockwork-lantern")
         self.assertEqual(done.returncode, 2, done.stderr)
         self.assertEqual(self.events("enrol"), [], "nothing sent")
 
