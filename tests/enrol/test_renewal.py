@@ -52,6 +52,31 @@ class PendingToCurrentTests(TestCase):
         self.assertEqual(h.audit.of("renew-offer"), [])
         self.assertIsNone(h.store.pending("alice"))
 
+    def test_a_thief_of_the_old_file_takes_the_renewal(self):
+        """
+        docs/protocol.md: no man in the middle needed.  A copy of the file
+        knocked from elsewhere down to renew-at takes the offer; the
+        owner's file is DENIED after, and the audit names the thief's
+        address.  With renew-at = 0 nothing is offered.
+        """
+        from tests.enrol.renewing import RenewingClient
+
+        for renew_at, taken in ((None, True), (0, False)):
+            with self.subTest(renew_at=renew_at):
+                h, owner = renewing(self, **({} if renew_at is None else {"renew_at": renew_at}))
+                stolen = os.path.join(h.dir, "thief.knock")
+                write_private(stolen, owner.text())
+                thief = RenewingClient(h, stolen, ip="198.51.100.66")
+                for _ in range(6):
+                    self.assertEqual(thief.knock(), hs.Open())
+                self.assertEqual(thief.renewed, 1 if taken else 0)
+                self.assertEqual(owner.knock(), hs.Denied() if taken else hs.Open())
+                if taken:
+                    self.assertEqual([(e["ip"], e["by"]) for e in h.audit.of("renew-confirm")],
+                                     [("198.51.100.66", "confirm")])
+                    self.assertEqual([e["ip"] for e in h.audit.of("renew-offer")],
+                                     ["198.51.100.66"])
+
     def test_offer_then_explicit_confirmation(self):
         h, c = renewing(self)
         old = c.secret()
