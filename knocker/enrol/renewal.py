@@ -126,10 +126,14 @@ class RenewServer:
             return [Send(b"ERROR bad-proof\n", close=True, fault="bad-proof")]
         from knocker.state.interface import secret_id, then
 
-        # CONFIRMED once the state has answered (a fleet's, later); whatever
-        # it says, the client's next handshake with the new file proves it.
-        return then(self._promote(secret_id(self._new_secret)),
-                    lambda _: [Send(b"CONFIRMED\n", close=True)])
+        # CONFIRMED once the state has answered (a fleet's, later), and only
+        # if it promoted the new file; if not, the client's next handshake
+        # with the new file proves it.
+        return then(self._promote(secret_id(self._new_secret)), _confirmed_or_not)
+
+
+def _confirmed_or_not(promoted: bool) -> list[Send]:
+    return [Send(b"CONFIRMED\n" if promoted else b"ERROR server-error\n", close=True)]
 
 
 def prepare_offer(store, book, client: str, now, rng=None) -> tuple[str, bool]:

@@ -244,10 +244,17 @@ class RenewalCryptoTests(TestCase):
         from knocker.core.knockfile import parse_header
 
         new_secret = parse_header(NEW_FILE, "x").secret
-        for secret, reply, promoted in ((bytes(32), b"ERROR bad-proof\n", []),
-                                        (new_secret, b"CONFIRMED\n", [secret_id(new_secret)])):
+        for secret, done, reply, promoted in (
+                (bytes(32), True, b"ERROR bad-proof\n", []),
+                (new_secret, True, b"CONFIRMED\n", [secret_id(new_secret)]),
+                (new_secret, False, b"ERROR server-error\n", [secret_id(new_secret)])):
             calls = []
-            server = renewal.RenewServer("alice", bytes(32), "ab" * 32, NEW_FILE, calls.append)
+
+            def promote(wanted_id, done=done, calls=calls):
+                calls.append(wanted_id)
+                return done
+
+            server = renewal.RenewServer("alice", bytes(32), "ab" * 32, NEW_FILE, promote)
             server.start()
             public = renewal._raw(renewal.X25519PrivateKey.generate().public_key())
             server.receive(b"ACCEPT " + k.b64(public).encode())
