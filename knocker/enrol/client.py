@@ -97,6 +97,9 @@ async def _exchange(conn, slot: int, words: str, timeout: float) -> Result:
         return _final(reply)
     if not keys.check_server(reply[1]):
         raise _Protocol("the server's key confirmation is wrong: not our server, or tampered")
+    if int(reply[2]) > k.MAX_DATA_LINES:
+        raise _Protocol(f"the server announces {reply[2][:20]} DATA lines, more than "
+                        f"{k.MAX_DATA_LINES}")
     chunks = []
     for _ in range(int(reply[2])):
         line = await _read(conn, timeout)

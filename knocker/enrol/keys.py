@@ -26,6 +26,12 @@ from spake2.spake2 import SPAKEError
 
 NONCE_BYTES = 12
 
+#: Most DATA lines an enrolment or a renewal may announce (CHUNK = 400
+#: base64 characters each: about 19 MB of file).  A client reads no more, so
+#: a hostile server cannot make it hold an endless stream; the default file
+#: (1000 knocks of 6 ports, about 40 kB) takes about 135 lines.
+MAX_DATA_LINES = 1 << 16
+
 
 class VerifyError(ValueError):
     """

@@ -191,6 +191,9 @@ async def take_offer(conn, offer: bytes, config, knockfile, nonce: str, timeout:
     words = (line or b"").decode("ascii", "replace").split(" ")
     if len(words) != 2 or words[0] != "RENEWAL" or not words[1].isdigit():
         raise k.VerifyError(f"expected RENEWAL, got {(line or b'(end)')[:40]!r}")
+    if int(words[1]) > k.MAX_DATA_LINES:
+        raise k.VerifyError(f"the renewal announces {words[1][:20]} DATA lines, more than "
+                            f"{k.MAX_DATA_LINES}")
     chunks = []
     for _ in range(int(words[1])):
         line = await conn.readline(timeout)

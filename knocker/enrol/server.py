@@ -143,6 +143,9 @@ class EnrolServer:
     def _sealed(self, text: str) -> list[Send]:
         sealed = k.b64(k.seal(self._keys.file_key, text.encode("utf-8"),
                               file_associated(self._keys)))
+        if len(sealed) > k.MAX_DATA_LINES * CHUNK:
+            return self._file_error(ValueError(f"the file is larger than {k.MAX_DATA_LINES} "
+                                               f"DATA lines: no client would take it"))
         return then(self._store.use_invitation(self._slot), self._used, sealed)
 
     def _used(self, used: bool, sealed: str) -> list[Send]:

@@ -224,6 +224,17 @@ class ExchangeTests(TestCase):
         self.assertIs(result.outcome, Outcome.WRONG_CODE)
         self.assertIsNone(result.text)
 
+    def test_endless_data_refused(self):
+        def endless(n, line):
+            if line.startswith(b"ENROLLED "):
+                words = line.split(b" ")
+                return b"ENROLLED " + words[1] + b" %d\n" % (k.MAX_DATA_LINES + 1)
+            return line
+
+        result = self.enroll(tamper=endless)
+        self.assertIs(result.outcome, Outcome.BAD_SERVER)
+        self.assertIn("more than", result.detail)
+
     def test_wrong_server_confirmation(self):
         def forge(n, line):
             if line.startswith(b"ENROLLED "):

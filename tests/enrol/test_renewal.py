@@ -264,6 +264,29 @@ class RenewalCryptoTests(TestCase):
             self.assertTrue(sends[0].close)
             self.assertEqual(calls, promoted)
 
+    def test_endless_renewal_refused(self):
+        from knocker.client.knock import run_blocking
+        from knocker.core.knockfile import KnockFileText
+
+        class Endless:
+            reads = 0
+
+            def send(self, line):
+                pass
+
+            async def readline(self, timeout):
+                self.reads += 1
+                return b"RENEWAL %d" % (k.MAX_DATA_LINES + 1) if self.reads == 1 else b"DATA AAAA"
+
+        conn = Endless()
+        offer = b"OFFER " + k.b64(renewal._raw(
+            renewal.X25519PrivateKey.generate().public_key())).encode()
+        with self.assertRaises(k.VerifyError) as caught:
+            run_blocking(renewal.take_offer(conn, offer, None, KnockFileText(NEW_FILE, "x"),
+                                            "ab" * 32, 5.0))
+        self.assertIn("more than", str(caught.exception))
+        self.assertEqual(conn.reads, 1)
+
     def test_without_the_old_secret_nothing(self):
         """
         A man in the middle of the X25519 exchange who lacks the current
