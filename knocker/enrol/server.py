@@ -146,12 +146,19 @@ class EnrolServer:
         if len(sealed) > k.MAX_DATA_LINES * CHUNK:
             return self._file_error(ValueError(f"the file is larger than {k.MAX_DATA_LINES} "
                                                f"DATA lines: no client would take it"))
-        return then(self._store.use_invitation(self._slot), self._used, sealed)
+        return then(self._store.use_invitation(self._slot, self._client, self._now()),
+                    self._used, sealed)
 
     def _used(self, used: bool, sealed: str) -> list[Send]:
-        if not used:
-            return self._refuse("used")
-        return self._deliver(sealed)
+        if used:
+            return self._deliver(sealed)
+        # Used by a parallel attempt, or expired since the try was taken.
+        return then(self._store.invitation(self._slot), self._not_used)
+
+    def _not_used(self, found) -> list[Send]:
+        expired = (found is not None and found.client == self._client and not found.used
+                   and self._now() >= found.expires)
+        return self._refuse("expired" if expired else "used")
 
     def _file_error(self, error) -> list[Send]:
         self._audit.record("error", ip=self.ip, client=self._client, reason="client-file",

@@ -174,10 +174,12 @@ class IStore(Interface):
         returns: parallel or crashed attempts all count.
         """
 
-    def use_invitation(slot):
+    def use_invitation(slot, client, now):
         """
-        Mark the invitation in C{slot} used, if it is not already, and say
-        whether this call did: only one caller ever gets C{True}.
+        Mark the invitation in C{slot} used, if it is not already, is
+        C{client}'s (the slot may have been given again meanwhile) and has
+        not expired at C{now}, and say whether this call did: only one
+        caller ever gets C{True}.
         """
 
     # Renewal (docs/spec.md section 10): at most one pending generation

@@ -102,9 +102,9 @@ class MemoryStore:
         found = self._invitations[slot] = evolve(found, attempts=found.attempts + 1)
         return found
 
-    def use_invitation(self, slot) -> bool:
+    def use_invitation(self, slot, client, now) -> bool:
         found = self._invitations.get(slot)
-        if found is None or found.used:
+        if found is None or found.used or found.client != client or now >= found.expires:
             return False
         self._invitations[slot] = evolve(found, used=True)
         return True

@@ -612,10 +612,11 @@ class PostgresStore:
             (slot, now)).fetchone())
         return self._invitation(row) if row else None
 
-    def use_invitation(self, slot) -> bool:
+    def use_invitation(self, slot, client, now) -> bool:
         row = self._run(lambda c: c.execute(
-            "UPDATE invitations SET used = true WHERE slot = %s AND NOT used RETURNING slot",
-            (slot,)).fetchone())
+            "UPDATE invitations SET used = true "
+            "WHERE slot = %s AND NOT used AND client = %s AND expires > %s RETURNING slot",
+            (slot, client, now)).fetchone())
         return row is not None
 
     # Renewal (section 10): one pending generation per client, its copy sealed.

@@ -250,11 +250,12 @@ class SQLiteStore:
                 (slot, now)).fetchone()
         return _invitation(row) if row else None
 
-    def use_invitation(self, slot: int) -> bool:
+    def use_invitation(self, slot: int, client: str, now: float) -> bool:
         with self._transaction():
             rows = self._db.execute(
-                "UPDATE invitations SET used = 1 WHERE slot = ? AND NOT used RETURNING slot",
-                (slot,)).fetchall()
+                "UPDATE invitations SET used = 1 "
+                "WHERE slot = ? AND NOT used AND client = ? AND expires > ? RETURNING slot",
+                (slot, client, now)).fetchall()
         return bool(rows)
 
     # Renewal: one pending generation per client.

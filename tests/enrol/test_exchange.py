@@ -195,6 +195,15 @@ class ExchangeTests(TestCase):
         server.connection_lost()
         self.assertEqual(self.tracker.failures, [])
 
+    def test_expired_between_the_try_and_confirm(self):
+        def later(n, line):
+            if line.startswith(b"ENROLLING "):
+                self.now = 2000.0  # the invitation expires while the client answers
+            return line
+
+        self.assertIs(self.enroll(tamper=later).outcome, Outcome.EXPIRED)
+        self.assertFalse(self.store.invitation(self.slot).used)
+
     def test_tampered_file_refused(self):
         def flip(n, line):
             if line.startswith(b"DATA ") and n == 2:

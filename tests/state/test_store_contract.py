@@ -233,7 +233,7 @@ class InvitationContract:
         self.assertEqual(add("b", "y", 1500.0, 3, 1000.0), 2)
         self.assertEqual(add("c", "z", 2000.0, 1, 1000.0), 3)
         self.assertEqual(add("c", "z", 2000.0, 3, 1000.0), 4)
-        self.assertTrue(self.store.use_invitation(1))
+        self.assertTrue(self.store.use_invitation(1, "a", 1000.0))
         self.assertEqual(add("d", "w", 3000.0, 3, 1000.0), 1, "used: freed")
         self.assertEqual(add("e", "v", 3000.0, 3, 1600.0), 2, "expired: freed")
         self.assertEqual(self.store.invitation(2).client, "e")
@@ -243,10 +243,17 @@ class InvitationContract:
 
     def test_used_once(self):
         slot = self.store.add_invitation("alice", "x", 2000.0, 3, 1000.0)
-        self.assertTrue(self.store.use_invitation(slot))
-        self.assertFalse(self.store.use_invitation(slot))
+        self.assertTrue(self.store.use_invitation(slot, "alice", 1000.0))
+        self.assertFalse(self.store.use_invitation(slot, "alice", 1000.0))
         self.assertEqual(self.store.invitation(slot).state(1000.0), "used")
-        self.assertFalse(self.store.use_invitation(99))
+        self.assertFalse(self.store.use_invitation(99, "alice", 1000.0))
+
+    def test_used_only_by_its_client_before_it_expires(self):
+        slot = self.store.add_invitation("alice", "x", 2000.0, 3, 1000.0)
+        self.assertFalse(self.store.use_invitation(slot, "bob", 1000.0), "another client")
+        self.assertFalse(self.store.use_invitation(slot, "alice", 2000.0), "expired")
+        self.assertFalse(self.store.invitation(slot).used)
+        self.assertTrue(self.store.use_invitation(slot, "alice", 1999.0))
 
     def test_tries_run_out(self):
         slot = self.store.add_invitation("alice", "x", 2000.0, 3, 1000.0)
@@ -256,7 +263,7 @@ class InvitationContract:
         self.assertEqual((third.attempts, third.state(1000.0)), (3, "void"))
         self.assertIsNone(self.store.invitation_attempt(slot, 1000.0), "no fourth")
         self.assertEqual(self.store.invitation(slot).attempts, 3)
-        self.assertTrue(self.store.use_invitation(slot), "the third try may still succeed")
+        self.assertTrue(self.store.use_invitation(slot, "alice", 1000.0), "the third try may still succeed")
         self.assertIsNone(self.store.invitation_attempt(42, 1000.0))
 
     def test_interleaved_attempts_each_learn_whether_they_counted(self):
@@ -276,7 +283,7 @@ class InvitationContract:
         slot = self.store.add_invitation("alice", "x", 2000.0, 3, 1000.0)
         self.assertIsNone(self.store.invitation_attempt(slot, 2000.0), "expired")
         self.assertEqual(self.store.invitation(slot).attempts, 0)
-        self.assertTrue(self.store.use_invitation(slot))
+        self.assertTrue(self.store.use_invitation(slot, "alice", 1000.0))
         self.assertIsNone(self.store.invitation_attempt(slot, 1000.0), "used")
         self.assertEqual(self.store.invitation(slot).attempts, 0)
 
