@@ -109,6 +109,8 @@ class RenewServer:
                           theirs)
         sealed = k.b64(k.seal(key, self._text.encode("utf-8"), associated(self._client)))
         chunks = [sealed[i:i + CHUNK] for i in range(0, len(sealed), CHUNK)]
+        if len(chunks) > k.MAX_DATA_LINES:  # no client would take it: the old file stays
+            return [Send(b"ERROR server-error\n", close=True)]
         out = [Send(f"RENEWAL {len(chunks)}\n".encode("ascii"))]
         out += [Send(f"DATA {chunk}\n".encode("ascii")) for chunk in chunks]
         self._sent = True

@@ -264,6 +264,16 @@ class RenewalCryptoTests(TestCase):
             self.assertTrue(sends[0].close)
             self.assertEqual(calls, promoted)
 
+    def test_file_too_large_not_sent(self):
+        from unittest import mock
+
+        server = renewal.RenewServer("alice", bytes(32), "ab" * 32, NEW_FILE)
+        server.start()
+        public = renewal._raw(renewal.X25519PrivateKey.generate().public_key())
+        with mock.patch.object(k, "MAX_DATA_LINES", 1):
+            sends = server.receive(b"ACCEPT " + k.b64(public).encode())
+        self.assertEqual([s.line for s in sends], [b"ERROR server-error\n"])
+
     def test_endless_renewal_refused(self):
         from knocker.client.knock import run_blocking
         from knocker.core.knockfile import KnockFileText
