@@ -14,6 +14,7 @@ import argparse
 import json
 import os
 import sys
+import time
 
 from knocker.core.config import ConfigError, load_server_config
 from knocker.core.knockfile import KnockFileError
@@ -62,6 +63,70 @@ def _generate(args) -> int:
     return 0
 
 
+def _invite(args) -> int:
+    from knocker.admin.clients import ClientExists
+    from knocker.core.knockfile import valid_client_id
+    from knocker.enrol.invite import invite_client
+
+    config = server_config(args)
+    if not valid_client_id(args.client):
+        raise ValueError(f"client id {args.client!r} must match [a-z0-9][a-z0-9_.-]{{0,63}}")
+    if args.expires <= 0:
+        raise ValueError("--expires must be a positive number of seconds")
+    knocks = args.knocks if args.knocks is not None else config.knocks
+    ports = args.ports if args.ports is not None else config.ports_per_knock
+    try:
+        done = invite_client(config, args.client, knocks, ports, args.expires, force=args.force)
+    except ClientExists as error:
+        raise ValueError(str(error)) from None
+    print(done.code)
+    print(f"invitation {done.slot} for client {args.client}: {knocks} knocks of {ports} ports; "
+          f"single use, {args.expires:g}s; on the client: knocker enroll {done.code} "
+          f"--server ENDPOINT", file=sys.stderr)
+    return 0
+
+
+def _enroll(args) -> int:
+    from knocker.enrol import client
+    from knocker.enrol.words import parse_code
+
+    slot, words = parse_code(args.code)
+    if args.output:
+        # Checked before the exchange: once it succeeds the code is spent.
+        for path in client.output_paths(args.output):
+            if os.path.exists(path) and not args.force:
+                raise ValueError(f"{path} exists; pass --force to replace it")
+    result = client.run(args.server, slot, words, args.timeout)
+    if result.outcome is not client.Outcome.ENROLLED:
+        print(f"knocker enroll: {result.message()}", file=sys.stderr)
+        return result.outcome.exit_code
+    output = args.output
+    if output is None:
+        from knocker.core.knockfile import parse_header
+
+        stem = parse_header(result.text, "the enrolled file").client
+        output = stem + ".knock"
+        if not args.force and any(map(os.path.exists, client.output_paths(output))):
+            # The invitation is spent: keep what it brought rather than lose it
+            # (or an existing file or configuration).
+            output = f"{stem}.{int(time.time())}.knock"
+    try:
+        knock_file, conf = client.save(result, args.server, output)
+    except OSError as error:
+        print(f"knocker enroll: {error}", file=sys.stderr)
+        return client.Outcome.FILE_ERROR.exit_code
+    print(f"wrote {knock_file} (mode 0600)")
+    print(f"wrote {conf}: knocker knock --config {conf}")
+    return 0
+
+
+def _enroll_epilog() -> str:
+    from knocker.enrol.client import OUTCOMES
+
+    return "exit status:\n" + "\n".join(
+        f"  {o.exit_code:>2}  {o.name}: {o.meaning}" for o in OUTCOMES)
+
+
 def _status(args) -> int:
     from knocker.admin.clients import status
 
@@ -76,14 +141,16 @@ def _status(args) -> int:
         print(f"  {row['client']:<24} {row['left']:>7} of {row['knocks']} knocks left")
     if not report["clients"]:
         print("  no clients yet: knocker generate CLIENT")
-    import time
-
     for key, until in sorted(report["lockouts"].items()):
         who = "everyone (the whole server)" if key == "*" else f"{key} (source)"
         print(f"  locked out: {who} for {until - time.time():.0f}s more")
     if not report["lockouts"]:
         print("  no lockout in force")
     print(f"  pending close actions: {report['pending_closes']}")
+    for row in report["invitations"]:
+        print(f"  invitation {row['slot']}: {row['client']}, {row['state']}"
+              + (f", {row['expires'] - time.time():.0f}s and {row['tries_left']} tries left"
+                 if row["state"] == "open" else ""))
     return 0
 
 
@@ -129,6 +196,31 @@ def build_parser() -> argparse.ArgumentParser:
         help="knock, then relay stdin/stdout to HOST PORT, for ssh's ProxyCommand "
              "(knocker connect --help)")
     connect.add_argument("arguments", nargs=argparse.REMAINDER)
+
+    inv = commands.add_parser("invite", help="create a client and print a one-time code "
+                              "for knocker enroll")
+    inv.add_argument("client", help="client id: [a-z0-9][a-z0-9_.-]{0,63}")
+    inv.add_argument("--expires", type=float, default=3600.0,
+                     help="seconds the code works (default 3600)")
+    inv.add_argument("--knocks", type=int, help="number of one-time knocks (default: config, 1000)")
+    inv.add_argument("--ports", type=int, help="ports per knock (default: config, 6)")
+    inv.add_argument("--config", help=f"server configuration file (default: {DEFAULT_CONFIG})")
+    inv.add_argument("--state-dir", help="override state-dir")
+    inv.add_argument("--force", action="store_true",
+                     help="replace an existing client (new secret; its old file stops working)")
+    inv.set_defaults(run=_invite)
+
+    enr = commands.add_parser(
+        "enroll", help="fetch a portknock file with a code from knocker invite",
+        epilog=_enroll_epilog(), formatter_class=argparse.RawDescriptionHelpFormatter)
+    enr.add_argument("code", help="the invitation code, e.g. 7-crossover-clockwork-lantern")
+    enr.add_argument("--server", required=True,
+                     help="the central port: tcp:host=H:port=P or tls:H:P:trustRoots=DIR...")
+    enr.add_argument("-o", "--output", help="where to write the file (default: CLIENT.knock); "
+                     "the configuration goes beside it, as .conf")
+    enr.add_argument("--timeout", type=float, default=30.0, help="seconds per reply (default 30)")
+    enr.add_argument("--force", action="store_true", help="replace existing output files")
+    enr.set_defaults(run=_enroll)
 
     stat = commands.add_parser("status", help="clients, knocks left, lockouts")
     stat.add_argument("--config", help=f"server configuration file (default: {DEFAULT_CONFIG})")

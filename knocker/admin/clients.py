@@ -39,7 +39,7 @@ class ClientExists(ValueError):
     """
 
 
-def generate_client(config, client: str, knocks: int, ports: int, output: str,
+def generate_client(config, client: str, knocks: int, ports: int, output: str | None,
                     force: bool = False) -> Generated:
     """
     Make C{client}'s portknock file: write the client's copy at C{output},
@@ -49,11 +49,7 @@ def generate_client(config, client: str, knocks: int, ports: int, output: str,
     written as its directory's owner (the client's copy as the caller).
     """
     owner = StateOwner(config.state_dir)
-    if config.database:
-        store = open_database(config, create_key=True)
-    else:
-        with owner:
-            store = SQLiteStore(config.state_dir)
+    store = open_store(config, create_key=True)
     try:
         with owner:
             existing = store.client(client)
@@ -70,8 +66,10 @@ def generate_client(config, client: str, knocks: int, ports: int, output: str,
             secrets.token_bytes(32), datetime.now(timezone.utc),
         )
         # The client's copy first: if it cannot be written, nothing changed
-        # and the client's old file still works.
-        write_private(output, format_knockfile(kf))
+        # and the client's old file still works.  None: no client copy
+        # (knocker invite: the client fetches the server's by enrolling).
+        if output is not None:
+            write_private(output, format_knockfile(kf))
         with owner:
             if config.database:
                 # Counter and sealed copy in one transaction, for every gateway.
@@ -86,6 +84,18 @@ def generate_client(config, client: str, knocks: int, ports: int, output: str,
             store.close()
     ordered, unordered = keyspace(len(pool), ports)
     return Generated(kf, output, server_copy, len(pool), ordered, unordered)
+
+
+def open_store(config, create_key: bool = False):
+    """
+    The state a command works on, as the daemon finds it: the fleet's
+    database when C{database} is set, else SQLite in C{state-dir} (opened
+    as the directory's owner).
+    """
+    if config.database:
+        return open_database(config, create_key=create_key)
+    with StateOwner(config.state_dir):
+        return SQLiteStore(config.state_dir)
 
 
 def open_database(config, create_key: bool = False):
@@ -127,14 +137,15 @@ def status(config) -> dict:
     What C{knocker status} shows: the pool, each client's knocks left and
     the lockouts in force, read from the state the daemon commits.
     """
+    store = open_store(config)
     if config.database:
-        return _status(config, open_database(config))
-    owner = StateOwner(config.state_dir)
-    with owner:
-        return _status(config, SQLiteStore(config.state_dir))
+        return _status(config, store)
+    with StateOwner(config.state_dir):
+        return _status(config, store)
 
 
 def _status(config, store) -> dict:
+    now = time.time()
     try:
         pool = store.pool() or ()
         return {
@@ -149,6 +160,11 @@ def _status(config, store) -> dict:
             "lockouts": store.lockouts(time.time()),
             "pending_closes": (store.all_pending_closes() if hasattr(store, "all_pending_closes")
                                else len(store.pending_closes())),
+            "invitations": [
+                {"slot": i.slot, "client": i.client, "state": i.state(now),
+                 "expires": i.expires, "tries_left": i.tries - i.attempts}
+                for i in store.invitations()
+            ],
         }
     finally:
         store.close()

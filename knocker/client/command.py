@@ -34,21 +34,9 @@ def run_knock(config, knockfile, verbose: bool = False):
     """
     if all(plain_tcp(endpoint) is not None for endpoint in config.server.split()):
         return run_blocking(knock(BlockingDriver(verbose), config, knockfile))
-    from twisted.internet.task import react
+    from knocker.client.twisted_driver import run_in_reactor
 
-    from knocker.client.twisted_driver import knock as twisted_knock
-
-    results = []
-
-    def main(reactor):
-        return twisted_knock(reactor, config, knockfile).addCallback(results.append)
-
-    try:
-        react(main)
-    except SystemExit as done:
-        if done.code:
-            raise
-    return results[0]
+    return run_in_reactor(lambda driver: knock(driver, config, knockfile))
 
 
 def parse_knock_args(argv: list[str]) -> tuple[str | None, dict[str, str], bool]:

@@ -210,7 +210,10 @@ async def _attempt(io, config, knockfile, known, deadline) -> KnockResult:
                     await io.hit(conn.peer_host, port, deadline.bound(config.connect_timeout))
                 doing = "while waiting for the server's verdict"
             else:
-                return _result(action.reply, index, ports)
+                result = _result(action.reply, index, ports)
+                if result.outcome is Outcome.OPEN and config.knock_file is not None:
+                    result = await _renewal(io, conn, config, knockfile, machine, deadline, result)
+                return result
     except hs.ProtocolError as failure:
         return KnockResult(Outcome.BAD_SERVER, str(failure), index, ports)
     except Trouble as failure:
@@ -226,6 +229,27 @@ async def _attempt(io, config, knockfile, known, deadline) -> KnockResult:
         return KnockResult(Outcome.BAD_FILE, str(failure), machine.granted_index)
     finally:
         conn.close()
+
+
+async def _renewal(io, conn, config, knockfile, machine, deadline, result) -> KnockResult:
+    """
+    After OPEN the server closes, or offers a renewed file (docs/spec.md
+    section 10), which is taken unasked; only then are the modules that
+    handle it imported.  Whatever goes wrong leaves the current file, and
+    the OPEN stands.
+    """
+    try:
+        line = await conn.readline(deadline.bound(config.connect_timeout))
+        if line is None or not line.startswith(b"OFFER "):
+            return result
+        from knocker.enrol.renewal import take_offer
+
+        note = await take_offer(conn, line, config, knockfile, machine.nonce,
+                                deadline.bound(config.connect_timeout))
+    except Exception as failure:  # noqa: BLE001 - the knock is done; the file stays
+        note = f"renewal not taken: {failure}"
+    io.say(note)
+    return result.replace(detail=note)
 
 
 def over_long_line(data: bytes) -> hs.ProtocolError:

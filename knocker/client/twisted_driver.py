@@ -184,3 +184,25 @@ def knock(reactor, config, knockfile) -> defer.Deferred:
     Knock once in C{reactor}; a L{Deferred} firing with a L{KnockResult}.
     """
     return defer.ensureDeferred(_knock(TwistedDriver(reactor), config, knockfile))
+
+
+def run_in_reactor(coroutine_for):
+    """
+    Run C{coroutine_for(TwistedDriver(reactor))} in a reactor started for
+    it, and return its result (C{knocker knock} and C{knocker enroll} on
+    endpoints other than plain TCP).
+    """
+    from twisted.internet.task import react
+
+    results = []
+
+    def main(reactor):
+        d = defer.ensureDeferred(coroutine_for(TwistedDriver(reactor)))
+        return d.addCallback(results.append)
+
+    try:
+        react(main)
+    except SystemExit as done:
+        if done.code:
+            raise
+    return results[0]

@@ -182,6 +182,7 @@ SERVER_TABLE = (
         (_env_names, "names of environment variables (letters, digits, _) separated by "
                      "spaces or commas, other than " + ", ".join(ACTION_OWN_ENV) +
                      " (the daemon sets those)")),
+    Key("renew-at", None, _number(int, 0, 1_000_000)),
     Key("audit-log", None, _PATH, is_path=True),
     Key("audit-hit-rate", 100, _number(int, 1, 1_000_000)),
     Key("audit-min-free", 100, _number(int, 0, 1_000_000)),

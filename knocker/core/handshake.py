@@ -236,6 +236,11 @@ class ClientHandshake:
     def hello(self) -> SendLine:
         return SendLine(format_hello(self._kf.client))
 
+    @property
+    def nonce(self) -> str | None:
+        """The server's CHALLENGE, once it came (a renewal's key binds it)."""
+        return self._nonce
+
     def receive(self, line: bytes) -> SendLine | KnockPorts | Finished:
         """
         @raise ProtocolError: the server said something out of turn, or its

@@ -42,6 +42,11 @@ def _sleep_until(moment: float) -> None:
         select.select([], [], [], remaining)  # a relative wait, to the microsecond
 
 
+def is_enrol(line: bytes) -> bool:
+    """A first line that enrols (knocker.enrol.server is loaded only then)."""
+    return line.startswith(b"KNOCKER/1 ENROLL ")
+
+
 class CentralProtocol(LineOnlyReceiver):
     """
     One client's exchange on the central port: HELLO, PROOF, then the
@@ -57,7 +62,10 @@ class CentralProtocol(LineOnlyReceiver):
         self._timeout = timeout
         self._timer = None
         self._handshake = hs.ServerHandshake(server.new_nonce)
+        self._exchange = None  # an enrolment, or a renewal after OPEN
+        self._nonce = None
         self._lost = False
+        self._waiting = False  # for a store's answer to an enrolment or renewal
         self.ip = None
 
     def connectionMade(self):
@@ -66,9 +74,22 @@ class CentralProtocol(LineOnlyReceiver):
             self._timeout, lambda: self._apply(self._handshake.fault("handshake-timeout")))
 
     def lineReceived(self, line: bytes):
+        if self._exchange is not None or (self._handshake.client is None and is_enrol(line)):
+            if self._waiting:
+                # A line before the answer it should wait for: the
+                # exchange ends (its late answer is dropped).
+                self._waiting = False
+                self._exchange.done = True
+                self._end_exchange(b"ERROR out-of-turn\n", "out-of-turn")
+                return
+            if self._exchange is None:
+                self._exchange = self._server.enrolment(self.ip)
+            self._send(self._exchange.receive(line))
+            return
         step = self._handshake.receive(line)
         if isinstance(step, hs.Judge):
             self._cancel_timer()
+            self._nonce = step.nonce
             proved_at = self._clock.seconds()
             try:
                 reply = self._server.answer(self.ip, step.client, step.nonce, step.proof, self)
@@ -103,6 +124,47 @@ class CentralProtocol(LineOnlyReceiver):
             return
         self._apply(step)
 
+    def _send(self, sends) -> None:
+        """
+        Lines of an enrolment or a renewal (L{knocker.enrol}), which run
+        instead of, or after, the knock; the handshake's rules are done.
+        With a store that answers later, C{sends} is a L{Deferred} of them.
+        """
+        if isinstance(sends, Deferred):
+            self._waiting = True
+            sends.addCallbacks(self._sent_later, self._exchange_failed)
+            return
+        for send in sends:
+            if send.fault:
+                self._server.protocol_error(self.ip, send.fault)
+            self.transport.write(send.line)
+            if send.close:
+                self._close_exchange()
+
+    def _sent_later(self, sends) -> None:
+        if self._waiting and not self._lost:
+            self._waiting = False
+            self._send(sends)
+
+    def _exchange_failed(self, failure) -> None:
+        log.failure("enrolling or renewing from {ip}", failure, ip=self.ip)
+        if self._waiting and not self._lost:
+            self._waiting = False
+            self._exchange.done = True
+            self._end_exchange(b"ERROR server-error\n")
+
+    def _end_exchange(self, line: bytes, fault: str | None = None) -> None:
+        if fault:
+            self._server.protocol_error(self.ip, fault)
+        self.transport.write(line)
+        self._close_exchange()
+
+    def _close_exchange(self) -> None:
+        self._handshake.done = True
+        self._cancel_timer()
+        self.transport.loseConnection()
+        self._timer = _abort_later(self._clock, self.transport)
+
     def lineLengthExceeded(self, line):
         self._apply(self._handshake.fault("line-too-long"))
 
@@ -112,9 +174,36 @@ class CentralProtocol(LineOnlyReceiver):
 
     def finish(self, reply: hs.Reply) -> None:
         """
-        The coordinator's verdict for a granted knock.
+        The coordinator's verdict for a granted knock; after OPEN, perhaps
+        an offer of a renewed file (section 10) on this connection.  A
+        store that answers later decides the offer after OPEN is sent.
         """
+        if isinstance(reply, hs.Open) and not self._handshake.done:
+            offer = self._server.renewal(self.ip, self._handshake.client, self._nonce)
+            if offer is not None:
+                self._handshake.done = True
+                self.transport.write(hs.format_reply(reply))
+                self._timer = self._clock.callLater(self._timeout, self.transport.loseConnection)
+                if isinstance(offer, Deferred):
+                    self._waiting = True
+                    offer.addCallback(self._offer_later)
+                else:
+                    self._start_offer(offer)
+                return
         self._apply(self._handshake.verdict(reply))
+
+    def _offer_later(self, offer) -> None:
+        if not self._waiting or self._lost:
+            return
+        self._waiting = False
+        if offer is None:
+            self._close_exchange()
+        else:
+            self._start_offer(offer)
+
+    def _start_offer(self, offer) -> None:
+        self._exchange = offer
+        self._send(offer.start())
 
     def _apply(self, step: hs.Respond | None) -> None:
         if step is None:
@@ -143,6 +232,9 @@ class CentralProtocol(LineOnlyReceiver):
         self._cancel_timer()
         granted = self._handshake.granted and not self._handshake.done
         self._handshake.done = True
+        ended = getattr(self._exchange, "connection_lost", None)
+        if ended is not None:
+            ended()  # an enrolment cut after ENROLLING counts as a failed attempt
         if granted:
             self._server.session_lost(self)
 

@@ -21,6 +21,7 @@ from knocker.core.tracker import GLOBAL, HitVerdict, Lockout, Slot, Tracker
 from knocker.daemon.actionenv import action_env, passed_env
 from knocker.daemon.clock import WallTime
 from knocker.daemon.closes import CloseSchedule
+from knocker.state.interface import secret_id, then
 
 log = Logger()
 
@@ -35,6 +36,18 @@ def _hmac_hex(secret: bytes, message: bytes) -> str:
     L{knocker.core.mac}, so every handshake checks one against the other.
     """
     return hmac.digest(secret, message, "sha256").hex()
+
+
+def _generation_of(state, secret: bytes):
+    """C{(state, secret)} if C{state} counts the file of C{secret}, else C{None}."""
+    if state is None or state.secret_id != secret_id(secret):
+        return None
+    return state, secret
+
+
+def _renewal_due(state, renew_at: int | None) -> bool:
+    """Knocks left down to renew-at (a third of the file by default)."""
+    return 0 < state.left <= (state.knocks // 3 if renew_at is None else renew_at)
 
 
 class KnockServer:
@@ -131,7 +144,6 @@ class KnockServer:
         early = self._stopped_or_locked(ip, client)
         if early is not None:
             return early
-        refusal = self.tracker.refusal(ip)
         # Unknown clients have their proof checked by the same code, against
         # a random stand-in secret; the central port sends every DENIED at
         # one fixed delay after the PROOF, so the time of the two denials
@@ -148,6 +160,25 @@ class KnockServer:
                 return hs.Error("server-error")
         else:
             secret = None
+        expected = _hmac_hex(secret or self._dummy_secret, hs.hello_message(client, nonce))
+        if secret is not None and not hmac.compare_digest(expected, proof):
+            # A renewed file proving itself (section 10): it becomes current.
+            # Its lookup may answer later too (a fleet's database).
+            return then(self._proven_renewal(ip, client, nonce, proof), self._proved,
+                        state, secret, ip, client, nonce, proof, session)
+        return self._proved(None, state, secret, ip, client, nonce, proof, session)
+
+    def _proved(self, renewed, state, secret, ip, client, nonce, proof, session):
+        """
+        The rest of L{_judge}, once the proof's secret is known: C{renewed}
+        is C{(state, secret)} of a pending generation just promoted.
+        """
+        if renewed is not None:
+            state, secret = renewed
+            early = self._stopped_or_locked(ip, client)
+            if early is not None:
+                return early
+        refusal = self.tracker.refusal(ip)
         expected = _hmac_hex(secret or self._dummy_secret, hs.hello_message(client, nonce))
         if not hmac.compare_digest(expected, proof) or secret is None:
             reason = "unknown-client" if secret is None else "bad-proof"
@@ -236,6 +267,119 @@ class KnockServer:
         log.info("granted knock {index} of {client} to {ip}", index=index, client=client, ip=ip)
         return hs.Grant(index, self.config.knock_window,
                         _hmac_hex(secret, hs.grant_message(client, nonce, index)))
+
+    def _proven_renewal(self, ip: str, client: str, nonce: str, proof: str):
+        """
+        C{(state, secret)} of C{client}'s pending generation if C{proof} is
+        made with its secret, after promoting it; otherwise C{None}.  With
+        a store that answers later, a L{Deferred} of that.
+        """
+        return then(self._store.pending(client), self._pending_proof, ip, client, nonce, proof)
+
+    def _pending_proof(self, pending, ip, client, nonce, proof):
+        if pending is None:
+            return None
+        secret = self._book.pending_secret(client, pending.secret_id)
+        expected = _hmac_hex(secret or self._dummy_secret, hs.hello_message(client, nonce))
+        if secret is None or not hmac.compare_digest(expected, proof):
+            return None
+        return then(self._promote(ip, client, pending, "proof"), self._current, client, secret)
+
+    def _current(self, _promoted, client: str, secret: bytes):
+        """
+        The state once the generation of C{secret} is current: promoted by
+        this call, or just before by another (a CONFIRM, another gateway).
+        """
+        return then(self._store.client(client), _generation_of, secret)
+
+    def _promote(self, ip: str, client: str, pending, how: str):
+        return then(self._store.promote(client, pending.secret_id), self._promoted,
+                    ip, client, pending, how)
+
+    def _promoted(self, done: bool, ip: str, client: str, pending, how: str) -> bool:
+        if not done:
+            return False
+        self._book.promote(client)
+        self._audit.record("renew-confirm", ip=ip, client=client, knocks=pending.knocks, by=how)
+        log.info("{client} proved its renewed file ({how}): it is current now",
+                 client=client, how=how)
+        return True
+
+    def renewal(self, ip: str, client: str, nonce: str):
+        """
+        After OPEN: an offer of a new file if C{client}'s knocks left are
+        down to renew-at (L{knocker.enrol.renewal.RenewServer}), or C{None};
+        with a store that answers later, a L{Deferred} of either.  A
+        failure is logged and offers nothing: the OPEN stands.
+        """
+        return self._guarded(None, "preparing a renewal for {client}", client,
+                             lambda: then(self._store.client(client), self._offer,
+                                          ip, client, nonce))
+
+    def _offer(self, state, ip: str, client: str, nonce: str):
+        if state is None or not _renewal_due(state, self.config.renew_at):
+            return None
+        from knocker.enrol.renewal import prepare_offer
+
+        secret = self._book.secret(client, state.secret_id)
+        # A fleet draws it in its database threads (its book is there).
+        prepare = getattr(self._store, "prepare_offer", None)
+        made = (prepare(client, self._wall.now()) if prepare is not None
+                else prepare_offer(self._store, self._book, client, self._wall.now()))
+        return then(made, self._offered, ip, client, nonce, state, secret)
+
+    def _offered(self, made, ip: str, client: str, nonce: str, state, secret: bytes):
+        from knocker.enrol.renewal import RenewServer
+
+        text, new = made
+        self._audit.record("renew-offer", ip=ip, client=client, left=state.left, new=new)
+        return RenewServer(client, secret, nonce, text,
+                           lambda wanted_id: self._confirmed(ip, client, wanted_id))
+
+    def _confirmed(self, ip: str, client: str, wanted_id: str):
+        """
+        The client's CONFIRM after a renewal, made with the new secret
+        (C{wanted_id}): promote its pending file, if that is still the one.
+        """
+        return self._guarded(False, "promoting {client}'s renewed file", client,
+                             lambda: then(self._store.pending(client), self._confirm_pending,
+                                          ip, client, wanted_id))
+
+    def _confirm_pending(self, pending, ip: str, client: str, wanted_id: str):
+        if pending is None or pending.secret_id != wanted_id:
+            return False
+        return self._promote(ip, client, pending, "confirm")
+
+    @staticmethod
+    def _guarded(fallback, what: str, client: str, work):
+        """
+        C{work()}, its failure (now or, from a L{Deferred}, later) logged
+        as C{what} and replaced by C{fallback}.
+        """
+        try:
+            result = work()
+        except Exception:
+            log.failure(what, client=client)
+            return fallback
+        if isinstance(result, Deferred):
+            def failed(failure):
+                log.failure(what, failure, client=client)
+                return fallback
+
+            result.addErrback(failed)
+        return result
+
+    def enrolment(self, ip: str):
+        """
+        A central connection opened with ENROLL: its state machine
+        (L{knocker.enrol.server.EnrolServer}), given what it needs.  A
+        fleet reads the server's copy in its database threads.
+        """
+        from knocker.enrol.server import EnrolServer
+
+        read_file = getattr(self._store, "book_text", None) or self._book.text
+        return EnrolServer(ip, self._store, read_file, self._audit, self.tracker,
+                           self._wall.now)
 
     def protocol_error(self, ip: str, reason: str) -> None:
         self._audit.record("error", ip=ip, reason=reason)

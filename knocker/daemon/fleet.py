@@ -4,9 +4,11 @@ side of L{knocker.state.postgres.PostgresStore}.
 
 The reactor never waits for the database.  L{ThreadedStore} runs the calls
 of the knock path (a client's state, the burn, the record of a close before
-on-success) in a small thread pool and hands the coordinator L{Deferred}s;
-the saves it does not wait for (lockouts, forgetting a close that has run)
-go the same way.  Only start-up and stop are synchronous.
+on-success) and of section 10's (invitations, pending generations, drawing
+a renewed file) in a small thread pool and hands the coordinator
+L{Deferred}s; the saves it does not wait for (lockouts, forgetting a close
+that has run) go the same way and log their failure.  Only start-up and
+stop are synchronous.
 
 Without its database the gateway fails closed: the lookup or the burn
 fails, the handshake gets C{ERROR server-error}, no GRANT; hits are still
@@ -29,6 +31,7 @@ from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 
 from knocker.core.knockfile import KnockFileError, find_knock, parse_header
+from knocker.state.book import ClientBook
 from knocker.state.interface import PendingClose, StateError, secret_id
 from knocker.state.postgres import LOCKOUT_CHANNEL
 
@@ -57,6 +60,7 @@ class DatabaseBook:
         self._store = store
         self._pool = frozenset(pool)
         self._copies: dict[str, tuple[str, object]] = {}  # client: (text, header)
+        self._pending: dict[str, tuple[str, object]] = {}  # renewed, not yet proven
         self.skipped: list[tuple[str, str]] = []  # (client, why) not loaded at start
 
     def path(self, client: str) -> str:
@@ -117,6 +121,74 @@ class DatabaseBook:
         self._store.put_book(kf.client, kf.secret, format_knockfile(kf))
         return self.path(kf.client)
 
+    def text(self, client: str) -> str:
+        return self._copies[client][0]
+
+    def ports_per_knock(self, client: str) -> int:
+        """From a database thread (L{knocker.enrol.renewal.prepare_offer})."""
+        if client not in self._copies:
+            self.refresh(client)
+        return self._copies[client][1].ports_per_knock
+
+    # Renewal (section 10): the pending generation's copy is in the
+    # database too (sealed, in the pending table), not in a file, so any
+    # gateway can offer it again or accept its proof.
+
+    pending_id = staticmethod(ClientBook.pending_id)
+
+    def pending_path(self, client: str) -> str:
+        return f"{self._store.path} (pending copy of {client})"
+
+    def refresh_pending(self, client: str) -> None:
+        """From a database thread: hold the pending copy the database has."""
+        text = self._store.pending_book(client)
+        if text is None:
+            self._pending.pop(client, None)
+        else:
+            self._pending[client] = (text, parse_header(text[:4096], self.pending_path(client)))
+
+    def held_pending_id(self, client: str) -> str | None:
+        copy = self._pending.get(client)
+        return secret_id(copy[1].secret) if copy else None
+
+    def pending_text(self, client: str) -> str | None:
+        """From a database thread: the pending copy, read again."""
+        self.refresh_pending(client)
+        copy = self._pending.get(client)
+        return copy[0] if copy else None
+
+    def add_pending(self, kf) -> str:
+        """
+        From a database thread: the counter and the sealed copy at once.
+        Returns the pending file's text: this one, or the one another
+        gateway drew first.
+        """
+        from knocker.core.knockgen import format_knockfile
+
+        text = self._store.add_pending_with_book(kf.client, len(kf.knocks), kf.secret,
+                                                 format_knockfile(kf))
+        self._pending[kf.client] = (text, parse_header(text[:4096], self.pending_path(kf.client)))
+        return text
+
+    def pending_secret(self, client: str, wanted_id: str) -> bytes | None:
+        """In the reactor: memory only (L{ThreadedStore.pending} fetched it)."""
+        copy = self._pending.get(client)
+        if copy is None or secret_id(copy[1].secret) != wanted_id:
+            return None
+        return copy[1].secret
+
+    def promote(self, client: str) -> None:
+        """
+        In the reactor, after the database promoted (which moved the sealed
+        copy already): the pending copy held becomes the current one; if
+        none is held, the next lookup reads the current one again.
+        """
+        copy = self._pending.pop(client, None)
+        if copy is None:
+            self._copies.pop(client, None)
+        else:
+            self._copies[client] = copy
+
 
 class ThreadedStore:
     """
@@ -153,10 +225,18 @@ class ThreadedStore:
         return self._defer(self._client, client)
 
     def _client(self, client: str):
-        state = self._store.client(client)
-        if (state is not None and self.book is not None
-                and self.book.held_secret_id(client) != state.secret_id):
-            self.book.refresh(client)
+        return self._copy_held(client, self._store.client(client), current=True)
+
+    def _copy_held(self, client: str, state, current: bool):
+        """
+        C{state} (a current or a pending counter), once the book holds the
+        copy of the file it counts (read again if it held another).
+        """
+        if state is None or self.book is None:
+            return state
+        held = self.book.held_secret_id if current else self.book.held_pending_id
+        if held(client) != state.secret_id:
+            (self.book.refresh if current else self.book.refresh_pending)(client)
         return state
 
     def burn(self, client: str, wanted_secret_id: str | None = None) -> Deferred:
@@ -174,6 +254,42 @@ class ThreadedStore:
                 raise StateError(f"{client!r} was generated again while it knocked; "
                                  f"nothing burned")
         return index
+
+    # Section 10 on the network path: in the threads too.
+
+    def pending(self, client: str) -> Deferred:
+        return self._defer(self._pending, client)
+
+    def _pending(self, client: str):
+        return self._copy_held(client, self._store.pending(client), current=False)
+
+    def promote(self, client: str, wanted_id: str) -> Deferred:
+        return self._defer(self._store.promote, client, wanted_id)
+
+    def prepare_offer(self, client: str, now: float) -> Deferred:
+        """The offer's file drawn (or the pending one read) in a thread."""
+        from knocker.enrol.renewal import prepare_offer
+
+        return self._defer(prepare_offer, self._store, self.book, client, now)
+
+    def invitation(self, slot: int) -> Deferred:
+        return self._defer(self._store.invitation, slot)
+
+    def invitation_attempt(self, slot: int, now: float) -> Deferred:
+        return self._defer(self._store.invitation_attempt, slot, now)
+
+    def use_invitation(self, slot: int, client: str, now: float) -> Deferred:
+        return self._defer(self._store.use_invitation, slot, client, now)
+
+    def book_text(self, client: str) -> Deferred:
+        """The server's copy of C{client}'s file, for its enrolment."""
+        return self._defer(self._book_text, client)
+
+    def _book_text(self, client: str) -> str:
+        text = self._store.book(client)
+        if text is None:
+            raise StateError(f"{self.path}: no server's copy of {client!r}")
+        return text
 
     # Saves nobody waits for.
 

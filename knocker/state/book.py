@@ -45,6 +45,10 @@ class ClientBook:
     def path(self, client: str) -> str:
         return os.path.join(self.directory, client + ".knock")
 
+    def text(self, client: str) -> str:
+        """The whole server's copy of C{client}'s file (to enrol it)."""
+        return read_private(self.path(client))
+
     def load(self) -> None:
         """
         Index every client file's header.
@@ -87,6 +91,8 @@ class ClientBook:
             path = self.path(client)
             header = parse_header(_read(path, _HEADER_BYTES), path)
             if header.client != client or secret_id(header.secret) != wanted_id:
+                if self._finish_promotion(client, wanted_id):
+                    return self._headers[client].secret
                 raise KnockFileError(
                     f"{path} is not the file the state's counter for {client!r} belongs to; "
                     f"run 'knocker generate {client} --force' again"
@@ -156,6 +162,67 @@ class ClientBook:
             kf.client, kf.secret, kf.ports_per_knock, kf.created, ()
         )
         return path
+
+
+    # Renewal: a pending generation's copy, C{clients/CLIENT.pending}, not
+    # indexed by load() (which reads *.knock only).
+
+    def pending_path(self, client: str) -> str:
+        return os.path.join(self.directory, client + ".pending")
+
+    def add_pending(self, kf: KnockFile) -> str:
+        """Write the pending copy; returns its text."""
+        ensure_private_dir(self.directory)
+        text = format_knockfile(kf)
+        write_private(self.pending_path(kf.client), text)
+        return text
+
+    def pending_text(self, client: str) -> str | None:
+        """The pending copy's text, or C{None} if there is none."""
+        try:
+            return read_private(self.pending_path(client))
+        except OSError:
+            return None
+
+    def ports_per_knock(self, client: str) -> int:
+        path = self.path(client)
+        return parse_header(_read(path, _HEADER_BYTES), path).ports_per_knock
+
+    @staticmethod
+    def pending_id(text: str) -> str:
+        return secret_id(parse_header(text, "pending").secret)
+
+    def pending_secret(self, client: str, wanted_id: str) -> bytes | None:
+        """
+        The pending generation's secret, if its copy is there and is the
+        one the state's pending row belongs to.
+        """
+        path = self.pending_path(client)
+        try:
+            header = parse_header(_read(path, _HEADER_BYTES), path)
+        except KnockFileError:
+            return None
+        if header.client != client or secret_id(header.secret) != wanted_id:
+            return None
+        return header.secret
+
+    def promote(self, client: str) -> None:
+        """
+        The pending copy becomes the client's file (the state promoted it
+        first; L{secret} finishes this after a crash in between).
+        """
+        path = self.pending_path(client)
+        header = parse_header(_read(path, _HEADER_BYTES), path)
+        os.replace(path, self.path(client))
+        self._headers[client] = header
+        self._hints.pop(client, None)
+
+    def _finish_promotion(self, client: str, wanted_id: str) -> bool:
+        if self.pending_secret(client, wanted_id) is None:
+            return False
+        log.warn("finishing the promotion of {client}'s renewed file", client=client)
+        self.promote(client)
+        return True
 
 
 def _read(path: str, limit: int | None = None) -> str:

@@ -27,6 +27,23 @@ def secret_id(secret: bytes) -> str:
     return hashlib.sha256(b"knocker secret id|" + secret).hexdigest()[:32]
 
 
+def then(value, callback, *args):
+    """
+    C{callback(value, *args)} now, or when C{value} fires if it is a
+    L{Deferred} (a store that answers later, L{knocker.daemon.fleet}):
+    so one piece of code serves SQLite's answers and a fleet's.  Returns
+    what C{callback} returns, or that Deferred.
+    """
+    if hasattr(value, "addCallback"):
+        return value.addCallback(callback, *args)
+    return callback(value, *args)
+
+
+def lowest_free(held) -> int:
+    """The lowest slot number from 1 not in C{held} (an invitation's)."""
+    return next(n for n in range(1, len(held) + 2) if n not in held)
+
+
 @frozen
 class ClientState:
     client: str
@@ -46,6 +63,35 @@ class PendingClose:
     ip: str
     client: str
     index: int
+
+
+@frozen
+class Invitation:
+    """
+    An invitation to enrol (docs/spec.md section 10): C{code} is the secret
+    part of its code (the words); C{tries} attempts are allowed, C{attempts}
+    were started; C{used} once a client enrolled with it.
+    """
+
+    slot: int
+    client: str
+    code: str
+    expires: float
+    tries: int
+    attempts: int
+    used: bool
+
+    def state(self, now: float) -> str:
+        """
+        C{open}, C{used}, C{void} (every try taken) or C{expired} at C{now}.
+        """
+        if self.used:
+            return "used"
+        if self.attempts >= self.tries:
+            return "void"
+        if now >= self.expires:
+            return "expired"
+        return "open"
 
 
 class IStore(Interface):
@@ -100,3 +146,57 @@ class IStore(Interface):
 
     def lockouts(now):
         """The lockouts still in force at C{now}: C{{key: until}}."""
+
+    # Invitations (docs/spec.md section 10).  Kept apart from the rest:
+    # every backend implements these five.
+
+    def add_invitation(client, code, expires, tries, now):
+        """
+        Keep an invitation for C{client} with secret C{code} until
+        C{expires} (wall time), allowing C{tries} attempts; return its
+        slot: the lowest number not held by an invitation still open at
+        C{now}.
+        """
+
+    def invitation(slot):
+        """The L{Invitation} in C{slot}, or C{None}."""
+
+    def invitations():
+        """Every L{Invitation}, by slot."""
+
+    def invitation_attempt(slot, now):
+        """
+        Take one of the tries of the invitation in C{slot} if it is open at
+        C{now} (not used, a try left, not expired), in one step that
+        parallel callers cannot interleave.  Return it as this call left it
+        if I{this call} took a try, else C{None} (no invitation, or not
+        open: whoever gets C{None} must not go on).  Durable before it
+        returns: parallel or crashed attempts all count.
+        """
+
+    def use_invitation(slot, client, now):
+        """
+        Mark the invitation in C{slot} used, if it is not already, is
+        C{client}'s (the slot may have been given again meanwhile) and has
+        not expired at C{now}, and say whether this call did: only one
+        caller ever gets C{True}.
+        """
+
+    # Renewal (docs/spec.md section 10): at most one pending generation
+    # per client, which replaces the current one once the client proves it
+    # holds it.  register() forgets a pending generation.
+
+    def set_pending(client, knocks, secret):
+        """
+        Keep a pending generation of C{client}: C{knocks} knocks of the file
+        with C{secret}, numbered from 1 once it is current.
+        """
+
+    def pending(client):
+        """C{client}'s pending generation as a L{ClientState}, or C{None}."""
+
+    def promote(client, wanted_id):
+        """
+        Make C{client}'s pending generation current if its secret id is
+        C{wanted_id}; say whether it did (once, in one transaction).
+        """

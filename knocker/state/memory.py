@@ -2,9 +2,18 @@
 An L{IStore} in memory, for unit tests of everything above the state.
 """
 
+from attrs import evolve
 from zope.interface import implementer
 
-from knocker.state.interface import ClientState, IStore, PendingClose, StateError, secret_id
+from knocker.state.interface import (
+    ClientState,
+    Invitation,  # section 10's part
+    IStore,
+    PendingClose,
+    StateError,
+    lowest_free,
+    secret_id,
+)
 
 
 @implementer(IStore)
@@ -15,6 +24,8 @@ class MemoryStore:
         self._closes: dict[int, PendingClose] = {}
         self._next_close = 1
         self._lockouts: dict[str, float] = {}
+        self._invitations: dict[int, Invitation] = {}
+        self._pending: dict[str, ClientState] = {}
         self.path = "<memory>"
 
     def close(self) -> None:
@@ -30,6 +41,7 @@ class MemoryStore:
 
     def register(self, client, knocks, secret) -> None:
         self._clients[client] = ClientState(client, 1, knocks, secret_id(secret))
+        self._pending.pop(client, None)
 
     def client(self, client):
         return self._clients.get(client)
@@ -68,3 +80,46 @@ class MemoryStore:
     def lockouts(self, now):
         self._lockouts = {k: u for k, u in self._lockouts.items() if u > now}
         return dict(self._lockouts)
+
+    # Invitations.
+
+    def add_invitation(self, client, code, expires, tries, now) -> int:
+        held = {i.slot for i in self._invitations.values() if i.state(now) == "open"}
+        slot = lowest_free(held)
+        self._invitations[slot] = Invitation(slot, client, code, expires, tries, 0, False)
+        return slot
+
+    def invitation(self, slot):
+        return self._invitations.get(slot)
+
+    def invitations(self):
+        return [self._invitations[slot] for slot in sorted(self._invitations)]
+
+    def invitation_attempt(self, slot, now):
+        found = self._invitations.get(slot)
+        if found is None or found.state(now) != "open":
+            return None
+        found = self._invitations[slot] = evolve(found, attempts=found.attempts + 1)
+        return found
+
+    def use_invitation(self, slot, client, now) -> bool:
+        found = self._invitations.get(slot)
+        if found is None or found.used or found.client != client or now >= found.expires:
+            return False
+        self._invitations[slot] = evolve(found, used=True)
+        return True
+
+    # Renewal.
+
+    def set_pending(self, client, knocks, secret) -> None:
+        self._pending[client] = ClientState(client, 1, knocks, secret_id(secret))
+
+    def pending(self, client):
+        return self._pending.get(client)
+
+    def promote(self, client, wanted_id) -> bool:
+        found = self._pending.get(client)
+        if found is None or found.secret_id != wanted_id or client not in self._clients:
+            return False
+        self._clients[client] = self._pending.pop(client)
+        return True

@@ -1,8 +1,12 @@
 """
 The state of a fleet of gateways (docs/spec.md section 11) in PostgreSQL:
 the pool, the clients and their knock numbers, the server's copies of
-their files (encrypted), lockouts and pending closes, shared by every
-gateway given the same C{database}.
+their files (encrypted), lockouts and pending closes, invitations and
+renewed files not yet proven (section 10), shared by every gateway given
+the same C{database}.  Nothing secret is stored in the clear: the server's
+copies (current and pending) and the invitation codes are sealed with
+C{database-key-file}, the secrets named only by their L{secret_id}, so a
+dump of the database holds no secret and no code.
 
 Every method is synchronous and blocks its thread: the commands call it
 directly, the daemon only from its database threads
@@ -24,16 +28,39 @@ import threading
 
 from zope.interface import implementer
 
-from knocker.state.interface import ClientState, IStore, PendingClose, StateError, secret_id
+from knocker.state.interface import (
+    ClientState,
+    Invitation,
+    IStore,
+    PendingClose,
+    StateError,
+    lowest_free,
+    secret_id,
+)
 
 STATEMENT_TIMEOUT_MS = 2000
 CONNECT_TIMEOUT = 3
 LOCKOUT_CHANNEL = "knocker_lockout"
 KEY_BYTES = 32
 MAX_LOCKOUT_BATCH = 10000
+INVITATION_LOCK = 7171002
+_PUT_BOOK = ("INSERT INTO books (client, secret_id, sealed) VALUES (%s, %s, %s) "
+             "ON CONFLICT (client) DO UPDATE SET secret_id = excluded.secret_id, "
+             "sealed = excluded.sealed")
 #: Most rows the lockouts table keeps (those ending soonest go first), as
 #: the tracker remembers at most knocker.core.tracker.MAX_SOURCES.
 MAX_LOCKOUT_ROWS = 100_000
+
+#: Migration 1: the escalation step travels with the lockout; seq, taken
+#: from a sequence on every change, lets a gateway read only the rows changed
+#: since its last read.  Idempotent, as migration 2 runs it again (see there).
+_LOCKOUTS_STEP_AND_SEQ = """
+    CREATE SEQUENCE IF NOT EXISTS lockouts_seq;
+    ALTER TABLE lockouts ADD COLUMN IF NOT EXISTS step integer NOT NULL DEFAULT 0,
+        ADD COLUMN IF NOT EXISTS seq bigint NOT NULL DEFAULT nextval('lockouts_seq');
+    CREATE INDEX IF NOT EXISTS lockouts_by_seq ON lockouts (seq);
+    CREATE INDEX IF NOT EXISTS lockouts_by_until ON lockouts (until);
+    """
 
 #: The schema, as migrations: MIGRATIONS[n] takes version n to n + 1.
 MIGRATIONS = (
@@ -62,16 +89,34 @@ MIGRATIONS = (
     CREATE INDEX closes_gateway ON closes (gateway, due);
     CREATE TABLE lockouts (key text PRIMARY KEY, until double precision NOT NULL);
     """,
-    # lockouts: step and seq.  The escalation step travels with the lockout;
-    # seq, taken from a sequence on every change, lets a gateway read only
-    # the rows changed since its last read.  (The integrator may renumber.)
+    # 1: lockouts: step and seq (see _LOCKOUTS_STEP_AND_SEQ).
+    _LOCKOUTS_STEP_AND_SEQ,
+    # 2: section 10.  The invitation code is sealed, not hashed: SPAKE2 needs
+    # it.  A pending generation's copy is sealed as a current one is, so
+    # promote() moves it into books in the same transaction.
+    #
+    # Two branches each numbered their change "2" before they were merged: a
+    # database at version 2 may hold the lockouts' step and seq (the fleet's
+    # fixes) or the invitations and pending tables (enrolment) but not both.
+    # So every statement here is idempotent and migration 1 runs again: from
+    # either version 2, this one leaves the same schema.
     """
-    CREATE SEQUENCE lockouts_seq;
-    ALTER TABLE lockouts ADD COLUMN step integer NOT NULL DEFAULT 0,
-        ADD COLUMN seq bigint NOT NULL DEFAULT nextval('lockouts_seq');
-    CREATE INDEX lockouts_by_seq ON lockouts (seq);
-    CREATE INDEX lockouts_by_until ON lockouts (until);
-    """,
+    CREATE TABLE IF NOT EXISTS invitations (
+        slot integer PRIMARY KEY,
+        client text NOT NULL,
+        sealed_code bytea NOT NULL,
+        expires double precision NOT NULL,
+        tries integer NOT NULL,
+        attempts integer NOT NULL DEFAULT 0,
+        used boolean NOT NULL DEFAULT false
+    );
+    CREATE TABLE IF NOT EXISTS pending (
+        client text PRIMARY KEY REFERENCES clients (id) ON DELETE CASCADE,
+        knocks integer NOT NULL,
+        secret_id text NOT NULL,
+        sealed bytea
+    );
+    """ + _LOCKOUTS_STEP_AND_SEQ,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -155,22 +200,33 @@ class SecretBox:
 
         return hmac.digest(self._key, b"knocker database key check", "sha256").hex()
 
-    def seal(self, client: str, plain: bytes) -> bytes:
+    def seal(self, client: str, plain: bytes, context: str | None = None) -> bytes:
+        """
+        C{plain} sealed for C{client}; C{context} (default: the client id,
+        as for the server's copies) is what the seal is bound to.
+        """
         nonce = os.urandom(12)
-        return b"\x01" + nonce + self._aead.encrypt(nonce, plain, client.encode())
+        aad = (context or client).encode()
+        return b"\x01" + nonce + self._aead.encrypt(nonce, plain, aad)
 
-    def open(self, client: str, sealed: bytes) -> bytes:
+    def open(self, client: str, sealed: bytes, context: str | None = None,
+             what: str = "the server's copy") -> bytes:
         from cryptography.exceptions import InvalidTag
 
         sealed = bytes(sealed)
         if sealed[:1] != b"\x01":
-            raise StateError(f"the server's copy for {client!r}: unknown format")
+            raise StateError(f"{what} for {client!r}: unknown format")
         try:
-            return self._aead.decrypt(sealed[1:13], sealed[13:], client.encode())
+            return self._aead.decrypt(sealed[1:13], sealed[13:], (context or client).encode())
         except InvalidTag:
             raise StateError(
-                f"the server's copy for {client!r} does not open with database-key-file "
+                f"{what} for {client!r} does not open with database-key-file "
                 f"(another fleet's key, or altered)") from None
+
+
+def _code_context(slot: int, client: str) -> str:
+    """What an invitation's sealed code is bound to: its slot and client."""
+    return f"invitation|{slot}|{client}"
 
 
 def load_key(path: str | None, create: bool = False) -> bytes:
@@ -376,11 +432,21 @@ class PostgresStore:
     # Clients and their knock numbers.
 
     def register(self, client, knocks, secret) -> None:
-        self._run(lambda c: c.execute(
+        def work(conn):
+            with conn.transaction():
+                self._register(conn, client, knocks, secret)
+
+        self._run(work)
+
+    @staticmethod
+    def _register(conn, client, knocks, secret) -> None:
+        """A new file's counter from 1; a pending generation is forgotten."""
+        conn.execute(
             "INSERT INTO clients (id, next_index, knocks, secret_id) VALUES (%s, 1, %s, %s) "
             "ON CONFLICT (id) DO UPDATE SET next_index = 1, knocks = excluded.knocks, "
             "secret_id = excluded.secret_id",
-            (client, knocks, secret_id(secret))))
+            (client, knocks, secret_id(secret)))
+        conn.execute("DELETE FROM pending WHERE client = %s", (client,))
 
     def client(self, client):
         row = self._run(lambda c: c.execute(
@@ -414,9 +480,7 @@ class PostgresStore:
         box = self._need_box()
         sealed = box.seal(client, text.encode("utf-8"))
         self._run(lambda c: c.execute(
-            "INSERT INTO books (client, secret_id, sealed) VALUES (%s, %s, %s) "
-            "ON CONFLICT (client) DO UPDATE SET secret_id = excluded.secret_id, "
-            "sealed = excluded.sealed", (client, secret_id(secret), sealed)))
+            _PUT_BOOK, (client, secret_id(secret), sealed)))
 
     def register_with_book(self, client: str, knocks: int, secret: bytes, text: str) -> None:
         """
@@ -427,15 +491,9 @@ class PostgresStore:
 
         def work(conn):
             with conn.transaction():
+                self._register(conn, client, knocks, secret)
                 conn.execute(
-                    "INSERT INTO clients (id, next_index, knocks, secret_id) "
-                    "VALUES (%s, 1, %s, %s) ON CONFLICT (id) DO UPDATE SET next_index = 1, "
-                    "knocks = excluded.knocks, secret_id = excluded.secret_id",
-                    (client, knocks, secret_id(secret)))
-                conn.execute(
-                    "INSERT INTO books (client, secret_id, sealed) VALUES (%s, %s, %s) "
-                    "ON CONFLICT (client) DO UPDATE SET secret_id = excluded.secret_id, "
-                    "sealed = excluded.sealed", (client, secret_id(secret), sealed))
+                    _PUT_BOOK, (client, secret_id(secret), sealed))
 
         self._run(work)
 
@@ -497,6 +555,141 @@ class PostgresStore:
         if self._box is None:
             raise StateError("database-key-file is needed for the server's copies")
         return self._box
+
+    # Invitations (section 10): the code sealed, bound to its slot and client.
+
+    _INVITATION = ("SELECT slot, client, sealed_code, expires, tries, attempts, used "
+                   "FROM invitations")
+
+    def add_invitation(self, client, code, expires, tries, now) -> int:
+        box = self._need_box()
+
+        def work(conn):
+            with conn.transaction():
+                # Commands inviting at once on several hosts take turns.
+                conn.execute("SELECT pg_advisory_xact_lock(%s)", (INVITATION_LOCK,))
+                held = {row[0] for row in conn.execute(
+                    "SELECT slot FROM invitations "
+                    "WHERE NOT used AND attempts < tries AND expires > %s", (now,))}
+                slot = lowest_free(held)
+                sealed = box.seal(client, code.encode("utf-8"), _code_context(slot, client))
+                conn.execute(
+                    "INSERT INTO invitations (slot, client, sealed_code, expires, tries) "
+                    "VALUES (%s, %s, %s, %s, %s) ON CONFLICT (slot) DO UPDATE SET "
+                    "client = excluded.client, sealed_code = excluded.sealed_code, "
+                    "expires = excluded.expires, tries = excluded.tries, attempts = 0, "
+                    "used = false", (slot, client, sealed, expires, tries))
+                return slot
+
+        return self._run(work)
+
+    def _invitation(self, row) -> Invitation:
+        slot, client, sealed, expires, tries, attempts, used = row
+        code = self._need_box().open(client, sealed, _code_context(slot, client),
+                                     what="the invitation code")
+        return Invitation(slot, client, code.decode("utf-8"), expires, tries, attempts, used)
+
+    def invitation(self, slot):
+        row = self._run(lambda c: c.execute(
+            self._INVITATION + " WHERE slot = %s", (slot,)).fetchone())
+        return self._invitation(row) if row else None
+
+    def invitations(self):
+        rows = self._run(lambda c: c.execute(self._INVITATION + " ORDER BY slot").fetchall())
+        return [self._invitation(row) for row in rows]
+
+    def invitation_attempt(self, slot, now):
+        """
+        One statement: gateways taking tries at once each count (the row
+        lock orders them, and each re-checks the condition on the row it
+        locked), none past the last; C{None} to every caller whose UPDATE
+        changed nothing.
+        """
+        row = self._run(lambda c: c.execute(
+            "UPDATE invitations SET attempts = attempts + 1 "
+            "WHERE slot = %s AND NOT used AND attempts < tries AND expires > %s "
+            "RETURNING slot, client, sealed_code, expires, tries, attempts, used",
+            (slot, now)).fetchone())
+        return self._invitation(row) if row else None
+
+    def use_invitation(self, slot, client, now) -> bool:
+        row = self._run(lambda c: c.execute(
+            "UPDATE invitations SET used = true "
+            "WHERE slot = %s AND NOT used AND client = %s AND expires > %s RETURNING slot",
+            (slot, client, now)).fetchone())
+        return row is not None
+
+    # Renewal (section 10): one pending generation per client, its copy sealed.
+
+    def set_pending(self, client, knocks, secret) -> None:
+        """
+        The pending generation's counter; a copy kept for another secret is
+        dropped (L{add_pending_with_book} keeps both at once).
+        """
+        self._run(lambda c: c.execute(
+            "INSERT INTO pending (client, knocks, secret_id) VALUES (%s, %s, %s) "
+            "ON CONFLICT (client) DO UPDATE SET knocks = excluded.knocks, "
+            "secret_id = excluded.secret_id, sealed = CASE WHEN "
+            "pending.secret_id = excluded.secret_id THEN pending.sealed END",
+            (client, knocks, secret_id(secret))))
+
+    def add_pending_with_book(self, client: str, knocks: int, secret: bytes, text: str) -> str:
+        """
+        L{set_pending} and the pending file's sealed copy in one statement,
+        unless another pending file with its copy is there already (drawn
+        meanwhile by another gateway, or thread): the first one drawn is
+        kept, so every offer sends the same file.  Returns the text of the
+        pending file kept.
+        """
+        sealed = self._need_box().seal(client, text.encode("utf-8"))
+        row = self._run(lambda c: c.execute(
+            "INSERT INTO pending (client, knocks, secret_id, sealed) VALUES (%s, %s, %s, %s) "
+            "ON CONFLICT (client) DO UPDATE SET knocks = excluded.knocks, "
+            "secret_id = excluded.secret_id, sealed = excluded.sealed "
+            "WHERE pending.sealed IS NULL RETURNING client",
+            (client, knocks, secret_id(secret), sealed)).fetchone())
+        if row is not None:
+            return text
+        kept = self.pending_book(client)
+        return text if kept is None else kept
+
+    def pending(self, client):
+        row = self._run(lambda c: c.execute(
+            "SELECT client, 1, knocks, secret_id FROM pending WHERE client = %s",
+            (client,)).fetchone())
+        return ClientState(*row) if row else None
+
+    def pending_book(self, client: str) -> str | None:
+        """The pending generation's file (its text), or C{None}."""
+        row = self._run(lambda c: c.execute(
+            "SELECT sealed FROM pending WHERE client = %s AND sealed IS NOT NULL",
+            (client,)).fetchone())
+        if row is None:
+            return None
+        return self._need_box().open(client, row[0]).decode("utf-8")
+
+    def promote(self, client, wanted_id) -> bool:
+        """
+        The pending generation becomes current in one transaction: its
+        counter from 1 and its sealed copy in books, for every gateway.
+        """
+        def work(conn):
+            with conn.transaction():
+                row = conn.execute(
+                    "DELETE FROM pending WHERE client = %s AND secret_id = %s "
+                    "RETURNING knocks, sealed", (client, wanted_id)).fetchone()
+                if row is None:
+                    return False
+                knocks, sealed = row
+                conn.execute(
+                    "UPDATE clients SET next_index = 1, knocks = %s, secret_id = %s "
+                    "WHERE id = %s", (knocks, wanted_id, client))
+                if sealed is not None:
+                    conn.execute(
+                        _PUT_BOOK, (client, wanted_id, sealed))
+                return True
+
+        return self._run(work)
 
     # Pending closes: each belongs to the gateway that opened the door.
 

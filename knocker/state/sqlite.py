@@ -16,7 +16,15 @@ from contextlib import contextmanager
 from zope.interface import implementer
 
 from knocker.files import ensure_private_dir
-from knocker.state.interface import ClientState, IStore, PendingClose, StateError, secret_id
+from knocker.state.interface import (
+    ClientState,
+    Invitation,  # section 10's part
+    IStore,
+    PendingClose,
+    StateError,
+    lowest_free,
+    secret_id,
+)
 
 SCHEMA_VERSION = 1
 
@@ -39,6 +47,20 @@ CREATE TABLE IF NOT EXISTS closes (
     knock INTEGER NOT NULL
 );
 CREATE TABLE IF NOT EXISTS lockouts (key TEXT PRIMARY KEY, until REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS pending (
+    id TEXT PRIMARY KEY,
+    knocks INTEGER NOT NULL,
+    secret_id TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS invitations (
+    slot INTEGER PRIMARY KEY,
+    client TEXT NOT NULL,
+    code TEXT NOT NULL,
+    expires REAL NOT NULL,
+    tries INTEGER NOT NULL,
+    attempts INTEGER NOT NULL,
+    used INTEGER NOT NULL
+);
 """
 
 
@@ -64,6 +86,13 @@ class SQLiteStore:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.execute(f"PRAGMA busy_timeout={int(busy_timeout * 1000)}")
+        try:
+            self._create()
+        except BaseException:
+            self._db.close()  # now, not whenever it is collected (it deletes its WAL file)
+            raise
+
+    def _create(self) -> None:
         with self._transaction():
             version = self._db.execute("PRAGMA user_version").fetchone()[0]
             tables = self._db.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
@@ -120,6 +149,7 @@ class SQLiteStore:
                 "secret_id = excluded.secret_id",
                 (client, knocks, secret_id(secret)),
             )
+            self._db.execute("DELETE FROM pending WHERE id = ?", (client,))
 
     def client(self, client: str) -> ClientState | None:
         row = self._db.execute(
@@ -186,3 +216,76 @@ class SQLiteStore:
         with self._transaction():
             self._db.execute("DELETE FROM lockouts WHERE until <= ?", (now,))
         return dict(self._db.execute("SELECT key, until FROM lockouts"))
+
+    # Invitations (docs/spec.md section 10).
+
+    _INVITATION = "SELECT slot, client, code, expires, tries, attempts, used FROM invitations"
+
+    def add_invitation(self, client: str, code: str, expires: float, tries: int,
+                       now: float) -> int:
+        with self._transaction():
+            held = {row[0] for row in self._db.execute(
+                "SELECT slot FROM invitations WHERE NOT used AND attempts < tries AND expires > ?",
+                (now,))}
+            slot = lowest_free(held)
+            self._db.execute(
+                "INSERT OR REPLACE INTO invitations "
+                "(slot, client, code, expires, tries, attempts, used) VALUES (?, ?, ?, ?, ?, 0, 0)",
+                (slot, client, code, expires, tries))
+        return slot
+
+    def invitation(self, slot: int) -> Invitation | None:
+        row = self._db.execute(self._INVITATION + " WHERE slot = ?", (slot,)).fetchone()
+        return _invitation(row) if row else None
+
+    def invitations(self) -> list[Invitation]:
+        return [_invitation(row) for row in self._db.execute(self._INVITATION + " ORDER BY slot")]
+
+    def invitation_attempt(self, slot: int, now: float) -> Invitation | None:
+        with self._transaction():
+            row = self._db.execute(
+                "UPDATE invitations SET attempts = attempts + 1 "
+                "WHERE slot = ? AND NOT used AND attempts < tries AND expires > ? "
+                "RETURNING slot, client, code, expires, tries, attempts, used",
+                (slot, now)).fetchone()
+        return _invitation(row) if row else None
+
+    def use_invitation(self, slot: int, client: str, now: float) -> bool:
+        with self._transaction():
+            rows = self._db.execute(
+                "UPDATE invitations SET used = 1 "
+                "WHERE slot = ? AND NOT used AND client = ? AND expires > ? RETURNING slot",
+                (slot, client, now)).fetchall()
+        return bool(rows)
+
+    # Renewal: one pending generation per client.
+
+    def set_pending(self, client: str, knocks: int, secret: bytes) -> None:
+        with self._transaction():
+            self._db.execute(
+                "INSERT INTO pending (id, knocks, secret_id) VALUES (?, ?, ?) "
+                "ON CONFLICT (id) DO UPDATE SET knocks = excluded.knocks, "
+                "secret_id = excluded.secret_id", (client, knocks, secret_id(secret)))
+
+    def pending(self, client: str) -> ClientState | None:
+        row = self._db.execute(
+            "SELECT id, 1, knocks, secret_id FROM pending WHERE id = ?", (client,)).fetchone()
+        return ClientState(*row) if row else None
+
+    def promote(self, client: str, wanted_id: str) -> bool:
+        with self._transaction():
+            rows = self._db.execute(
+                "DELETE FROM pending WHERE id = ? AND secret_id = ? RETURNING knocks",
+                (client, wanted_id)).fetchall()
+            if not rows:
+                return False
+            updated = self._db.execute(
+                "UPDATE clients SET next_index = 1, knocks = ?, secret_id = ? WHERE id = ? "
+                "RETURNING id", (rows[0][0], wanted_id, client)).fetchall()
+            if not updated:
+                raise StateError(f"{self.path}: a pending generation of unknown {client!r}")
+        return True
+
+
+def _invitation(row) -> Invitation:
+    return Invitation(*row[:6], bool(row[6]))

@@ -9,13 +9,18 @@ from twisted.internet.defer import Deferred, fail, succeed
 from twisted.trial.unittest import SynchronousTestCase
 
 from knocker.core import handshake as hs
-from knocker.state.interface import StateError
+from knocker.core.knockfile import KnockFileText
+from knocker.state.interface import StateError, secret_id
 from tests.helpers.harness import Harness
+
+LATER = ("client", "burn", "pending", "promote", "invitation", "invitation_attempt",
+         "use_invitation")
+"""What a fleet's store answers later: the knock path, and section 10's."""
 
 
 class LaterStore:
     """
-    The harness's store, its C{client} and C{burn} answering through
+    The harness's store, the calls in L{LATER} answering through
     L{Deferred}s: at once (C{held=False}) or when the test fires them.
     """
 
@@ -26,7 +31,10 @@ class LaterStore:
         self.broken = False
 
     def __getattr__(self, name):
-        return getattr(self._store, name)
+        found = getattr(self._store, name)
+        if name in LATER:
+            return lambda *args: self._later(found, *args)
+        return found
 
     def _later(self, function, *args):
         if self.broken:
@@ -42,11 +50,11 @@ class LaterStore:
         d, work = self.waiting.pop(0)
         d.callback(work())
 
-    def client(self, client):
-        return self._later(self._store.client, client)
+    def prepare_offer(self, client, now):
+        """As a fleet's store does: the whole drawing in its thread."""
+        from knocker.enrol.renewal import prepare_offer
 
-    def burn(self, client, secret_id=None):
-        return self._later(self._store.burn, client, secret_id)
+        return self._later(prepare_offer, self._store, self.book, client, now)
 
 
 def later_harness(case, **config) -> tuple[Harness, LaterStore]:
@@ -155,6 +163,199 @@ class LaterStoreTests(SynchronousTestCase):
         h.clock.advance(60)
         self.assertEqual(h.tracker_lockouts(), {})
         self.assertEqual(h.store.client("alice").next_index, 2, "the number stays burned")
+
+
+class RenewalThroughDeferredsTests(SynchronousTestCase):
+    """
+    Section 10 on a store that answers later: the offer after OPEN, the
+    CONFIRM, and a renewed file proving itself at its first handshake
+    (the pending lookup and the promotion are Deferreds).
+    """
+
+    def renewing(self):
+        from tests.enrol.test_renewal import renewing
+
+        h, c = renewing(self)
+        later = LaterStore(h.store)
+        later.book = h.book
+        h.server._store = later
+        return h, c, later
+
+    def pending_renewal(self):
+        """A renewed file written by the client, its CONFIRM lost: pending."""
+        h, c, later = self.renewing()
+        for _ in range(5):
+            c.knock()
+        self.assertEqual(c.knock(cut="confirm-lost"), hs.Open())
+        return h, c, later
+
+    def test_offer_and_confirm(self):
+        h, c, later = self.renewing()
+        old = c.secret()
+        for _ in range(6):
+            self.assertEqual(c.knock(), hs.Open())
+        self.assertEqual(c.renewed, 1)
+        self.assertNotEqual(c.secret(), old)
+        self.assertEqual([e["by"] for e in h.audit.of("renew-confirm")], ["confirm"])
+        self.assertEqual(c.knock(c.previous()), hs.Denied(), "the old secret refused now")
+
+    def test_pending_proven_by_the_next_knock(self):
+        h, c, later = self.pending_renewal()
+        new = c.secret()
+        self.assertEqual(h.store.pending("alice").secret_id, secret_id(new))
+        self.assertEqual(c.knock(c.previous(), cut="before-accept"), hs.Open(),
+                         "the old file, still current")
+        self.assertEqual(c.knock(), hs.Open(), "the new file proves itself")
+        self.assertEqual(c.granted[-1], (new, 1))
+        self.assertEqual([e["by"] for e in h.audit.of("renew-confirm")], ["proof"])
+        self.assertIsNone(h.store.pending("alice"))
+
+    def test_burn_after_promotion_names_the_new_secret(self):
+        """The burn is tied to the secret just proven: the promoted one."""
+        h, c, later = self.pending_renewal()
+        burns = []
+        real = h.store.burn
+        h.store.burn = lambda client, wanted=None: burns.append(wanted) or real(client, wanted)
+        self.assertEqual(c.knock(), hs.Open())
+        self.assertEqual(burns, [secret_id(c.secret())])
+
+    def test_proof_waits_for_the_pending_lookup(self):
+        h, c, later = self.pending_renewal()
+        later.held = True
+        proto, transport = h.connect()
+        machine = hs.ClientHandshake(KnockFileText(c.text(), "alice.knock"))
+        proto.dataReceived(machine.hello().line)
+        step = machine.receive(transport.value().rstrip(b"\n"))
+        transport.clear()
+        proto.dataReceived(step.line)
+        for _ in range(4):  # the client, the pending row, the promotion, the client again
+            self.assertEqual(transport.value(), b"")
+            later.release()
+        later.release()  # the burn
+        grant = hs.parse_reply(transport.value().rstrip(b"\n"))
+        self.assertEqual(grant.index, 1)
+        self.assertEqual(h.store.client("alice").secret_id, secret_id(c.secret()))
+
+    def test_pending_lookup_fails_grants_nothing(self):
+        h, c, later = self.pending_renewal()
+
+        def gone(client):
+            raise StateError("the database is gone")
+
+        h.store.pending = gone
+        self.assertEqual(c.knock(), hs.Error("server-error"))
+        self.assertEqual(h.tracker_lockouts(), {}, "the server's fault locks nobody out")
+        self.flushLoggedErrors(StateError)
+
+
+WORDS = "crossover-clockwork-lantern"
+
+
+class _HarnessConn:
+    """The enrolling client's connection: lines to the protocol and back."""
+
+    def __init__(self, proto, transport):
+        self.proto = proto
+        self.transport = transport
+        self.lines = []
+
+    def send(self, line):
+        self.proto.dataReceived(line)
+
+    async def readline(self, timeout):
+        if not self.lines:
+            self.lines = self.transport.value().split(b"\n")[:-1]
+            self.transport.clear()
+        return self.lines.pop(0) if self.lines else None
+
+
+class EnrolThroughDeferredsTests(SynchronousTestCase):
+    """
+    An enrolment on the central port when the invitation's lookups, its
+    try, its use and the server's copy all answer later.
+    """
+
+    def setUp(self):
+        self.h, self.later = later_harness(self)
+        now = self.h.clock.seconds()
+        self.slot = self.h.store.add_invitation("alice", WORDS, now + 3600, 3, now)
+
+    def enroll(self, words=WORDS):
+        from knocker.client.knock import run_blocking
+        from knocker.enrol.client import _exchange
+
+        proto, transport = self.h.connect()
+        return run_blocking(_exchange(_HarnessConn(proto, transport), self.slot, words, 5))
+
+    def test_enrolled(self):
+        from knocker.enrol.client import Outcome
+
+        result = self.enroll()
+        self.assertEqual(result.outcome, Outcome.ENROLLED)
+        self.assertEqual(result.text, self.h.book.text("alice"))
+        self.assertTrue(self.h.store.invitation(self.slot).used)
+
+    def test_wrong_code_counts(self):
+        from knocker.enrol.client import Outcome
+
+        self.assertEqual(self.enroll("acorn-admiral").outcome, Outcome.WRONG_CODE)
+        self.assertEqual(self.h.store.invitation(self.slot).attempts, 1)
+
+    def start(self, ip="192.0.2.10"):
+        """A connection that has sent its ENROLL line."""
+        from knocker.enrol import keys as k
+
+        proto, transport = self.h.connect(ip)
+        pake = k.Pake(self.slot, WORDS)
+        proto.dataReceived(b"KNOCKER/1 ENROLL %d %s\n" % (self.slot, k.b64(pake.message).encode()))
+        return proto, transport
+
+    def test_reply_waits_and_an_early_line_ends_it(self):
+        self.later.held = True
+        proto, transport = self.start()
+        self.assertEqual(transport.value(), b"")
+        self.later.release()  # the invitation
+        self.assertEqual(transport.value(), b"")
+        proto.dataReceived(b"CONFIRM 00\n")
+        self.assertEqual(transport.value(), b"ERROR out-of-turn\n")
+        self.assertTrue(transport.disconnecting)
+        self.later.release()  # the try: counted, its answer dropped
+        self.assertEqual(transport.value(), b"ERROR out-of-turn\n")
+        self.assertEqual(self.h.store.invitation(self.slot).attempts, 1)
+
+    def test_parallel_enrolls_get_at_most_the_tries(self):
+        """
+        Ten ENROLLs at once, each reading the invitation before any takes a
+        try: only TRIES get ENROLLING (one guess each), the rest REFUSED
+        void, and no try is counted past the last.
+        """
+        from knocker.enrol.server import TRIES
+
+        self.later.held = True
+        connections = [self.start(f"192.0.2.{20 + n}") for n in range(10)]
+        while self.later.waiting:
+            self.later.release()
+        replies = [transport.value() for proto, transport in connections]
+        enrolling = [reply for reply in replies if reply.startswith(b"ENROLLING ")]
+        self.assertEqual(len(enrolling), TRIES)
+        self.assertEqual(replies.count(b"REFUSED void\n"), 10 - TRIES)
+        self.assertEqual(self.h.store.invitation(self.slot).attempts, TRIES)
+
+    def test_hang_up_after_enrolling_is_a_failed_attempt(self):
+        proto, transport = self.start()
+        self.assertTrue(transport.value().startswith(b"ENROLLING "))
+        self.h.clock.advance(self.h.server.config.handshake_timeout + 1)
+        self.assertIn(b"ERROR", transport.value())
+        proto.connectionLost(None)
+        self.assertEqual([e["outcome"] for e in self.h.audit.of("enrol")], ["dropped"])
+        self.assertNotEqual(self.h.tracker_lockouts(), {}, "the source locked out")
+
+    def test_store_gone_is_error(self):
+        self.later.broken = True
+        proto, transport = self.start()
+        self.assertEqual(transport.value(), b"ERROR server-error\n")
+        self.assertTrue(transport.disconnecting)
+        self.assertEqual(len(self.flushLoggedErrors(StateError)), 1)
 
 
 class LaterCloseTests(SynchronousTestCase):

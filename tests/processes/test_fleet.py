@@ -8,6 +8,7 @@ C{knocker generate}, C{status} and C{knock}.
 import os
 import shutil
 import socket
+import stat
 import tempfile
 import threading
 import time
@@ -17,6 +18,7 @@ from twisted.trial.unittest import TestCase
 from knocker.core import handshake as hs
 from knocker.core.knockfile import parse_knockfile
 from knocker.daemon.audit import read_audit
+from knocker.files import read_private
 from tests.helpers import postgres
 from tests.helpers.processes import Daemon, knocker, read_lines, write_config, write_recorder
 
@@ -49,6 +51,8 @@ def handshake(host: str, port: int, client: str, secret: bytes, timeout: float =
 class FleetCase(TestCase):
     timeout = 180
     skip = postgres.skip_reason()
+    extra_config: dict = {}
+    """More keys for both gateways' configurations."""
 
     def setUp(self):
         self.cluster = postgres.Cluster()
@@ -78,7 +82,7 @@ class FleetCase(TestCase):
                 on_close=on_close, open_duration=300,
                 audit_log="audit.log", knock_window=5, lockout=3, max_concurrent=50,
                 database=self.cluster.uri(self.db), database_key_file=self.key_file,
-                gateway=f"gw-{n}"))
+                gateway=f"gw-{n}", **self.extra_config))
 
     def _stop_all(self):
         for daemon in self.gateways:
@@ -340,6 +344,148 @@ class FleetTests(FleetCase):
         import base64
 
         self.assertNotIn(base64.b64encode(kf.secret).decode()[:20], dump)
+
+
+class FleetEnrolTests(FleetCase):
+    """
+    Section 10 on a fleet: an invitation kept in the database, enrolled at
+    one gateway; renewals drawn by either gateway, the renewed file
+    knocking OPEN at the other; nothing of it in a file or in the dump.
+    """
+
+    extra_config = {"renew_at": 2}
+
+    def renew(self, knock_file, n, knocks) -> list[str]:
+        """C{knocks} knocks at gateway C{n}, all OPEN; their outputs."""
+        outputs = []
+        for _ in range(knocks):
+            done = self.knock(knock_file, self.endpoint(n))
+            self.assertEqual(done.returncode, 0, done.stdout + done.stderr
+                             + self.gateways[n].log()[-2000:])
+            outputs.append(done.stdout)
+        return outputs
+
+    def test_invite_enroll_and_renew_across_the_fleet(self):
+        invited = knocker("invite", "bob", "--config", self.confs[0], "--knocks", "6",
+                          "--ports", "3")
+        self.assertEqual(invited.returncode, 0, invited.stderr)
+        code = invited.stdout.strip()
+        self.start(0)
+        self.start(1)
+        listed = knocker("status", "--config", self.confs[1], "--json")
+        self.assertIn('"state": "open"', listed.stdout, listed.stderr)
+        out = os.path.join(self.dir, "client", "bob.knock")
+        os.makedirs(os.path.dirname(out))
+        enrolled = knocker("enroll", code, "--server", self.endpoint(0), "-o", out)
+        self.assertEqual(enrolled.returncode, 0, enrolled.stdout + enrolled.stderr
+                         + self.gateways[0].log()[-2000:])
+        self.assertEqual(stat.S_IMODE(os.stat(out).st_mode), 0o600)
+        again = knocker("enroll", code, "--server", self.endpoint(1), "-o", out + ".2")
+        self.assertEqual(again.returncode, 21, "used, seen by the other gateway too")
+        first = parse_knockfile(read_private(out), out)
+
+        # Knocks 1-4 at gateway 0: 2 left after the 4th, which renews.
+        outputs = self.renew(out, 0, 4)
+        self.assertEqual(["renewed" in o for o in outputs], [False, False, False, True])
+        second = parse_knockfile(read_private(out), out)
+        self.assertNotEqual(second.secret, first.secret)
+        # The renewed file at the other gateway: OPEN from knock 1; and that
+        # gateway draws the next renewal itself.
+        outputs = self.renew(out, 1, 4)
+        self.assertEqual(["renewed" in o for o in outputs], [False, False, False, True])
+        third = parse_knockfile(read_private(out), out)
+        self.assertNotEqual(third.secret, second.secret)
+        # The third file, drawn by gateway 1, back at gateway 0.
+        self.assertNotIn("renewed", self.renew(out, 0, 1)[0])
+        grants = [(n, e["index"]) for n in (0, 1) for e in self.audit(n, "grant")]
+        self.assertEqual(sorted(grants), sorted([(0, i) for i in (1, 2, 3, 4, 1)]
+                                                + [(1, i) for i in (1, 2, 3, 4)]))
+        self.assertEqual([e["by"] for n in (0, 1) for e in self.audit(n, "renew-confirm")],
+                         ["confirm", "confirm"])
+        old = self.knock(out + ".prev", self.endpoint(0))
+        self.assertEqual(old.returncode, 4, old.stdout + old.stderr)
+
+        for n in (0, 1):
+            clients = os.path.join(os.path.dirname(self.confs[n]), "state", "clients")
+            self.assertFalse(os.path.exists(os.path.join(clients, "bob.pending")),
+                             "a fleet keeps the pending copy in the database")
+        dump = self.cluster.dump(self.db)
+        self.assertIn("CREATE TABLE public.invitations", dump)
+        self.assertNotIn(code.split("-", 1)[1], dump, "the code is sealed")
+        for kf in (first, second, third):
+            self.assertNotIn(kf.secret.hex(), dump)
+
+    def test_renewal_proven_at_the_other_gateway(self):
+        """
+        The CONFIRM of a renewal at gateway 0 is lost: the new file is
+        pending in the database, and its first handshake at gateway 1
+        proves it there (the pending copy read from the database).
+        """
+        knock_file = self.generate("alice", knocks=6, ports=3)
+        self.start(0)
+        self.start(1)
+        self.renew(knock_file, 0, 3)
+        old = parse_knockfile(read_private(knock_file), knock_file)
+        note = take_offer_losing_confirm(HOSTS[0], self.ports[0], old, knock_file)
+        self.assertIn("to be confirmed by the next knock", note)
+        new = parse_knockfile(read_private(knock_file), knock_file)
+        self.assertNotEqual(new.secret, old.secret)
+        self.assertEqual(self.audit(0, "renew-confirm"), [], "pending")
+        done = self.knock(knock_file, self.endpoint(1))
+        self.assertEqual(done.returncode, 0, done.stdout + done.stderr
+                         + self.gateways[1].log()[-2000:])
+        self.assertEqual([e["by"] for e in self.audit(1, "renew-confirm")], ["proof"])
+        self.assertEqual([e["index"] for e in self.audit(1, "grant")], [1])
+        for n in (0, 1):
+            refused = self.knock(knock_file + ".prev", self.endpoint(n))
+            self.assertEqual(refused.returncode, 4, refused.stdout + refused.stderr)
+
+
+class _LosingConfirm:
+    """take_offer's connection over a socket; its CONFIRM is lost (cut)."""
+
+    def __init__(self, sock):
+        self.sock = sock
+        self.reader = sock.makefile("rb")
+
+    def send(self, line: bytes) -> None:
+        if line.startswith(b"CONFIRM "):
+            self.sock.shutdown(socket.SHUT_RDWR)
+            return
+        self.sock.sendall(line)
+
+    async def readline(self, timeout):
+        line = self.reader.readline()
+        return line.rstrip(b"\n") if line else None
+
+
+def take_offer_losing_confirm(host: str, port: int, kf, knock_file: str) -> str:
+    """
+    One knock by hand from 127.0.0.1 with C{kf}, whose OPEN must come with
+    an offer: taken as C{knocker knock} takes it, but the CONFIRM is cut.
+    """
+    from types import SimpleNamespace
+
+    from knocker.client.knock import run_blocking
+    from knocker.enrol.renewal import take_offer
+
+    sock = socket.create_connection((host, port), timeout=10, source_address=("127.0.0.1", 0))
+    try:
+        conn = _LosingConfirm(sock)
+        sock.sendall(hs.format_hello(kf.client))
+        nonce = conn.reader.readline().decode().split()[-1]
+        sock.sendall(hs.format_proof(hs.hello_mac(kf.secret, kf.client, nonce)))
+        grant = hs.parse_reply(conn.reader.readline().rstrip(b"\n"))
+        for knock_port in kf.knock(grant.index):
+            socket.create_connection((host, knock_port), timeout=5,
+                                     source_address=("127.0.0.1", 0)).close()
+        assert conn.reader.readline() == b"OPEN\n"
+        offer = conn.reader.readline().rstrip(b"\n")
+        assert offer.startswith(b"OFFER "), offer
+        config = SimpleNamespace(knock_file=knock_file)
+        return run_blocking(take_offer(conn, offer, config, kf, nonce, 10))
+    finally:
+        sock.close()
 
 
 def kf_pool(case) -> list[int]:

@@ -265,6 +265,173 @@ class RedactTests(SynchronousTestCase):
         self.assertIn("parses", str(error))
 
 
+class Section10Tests(SynchronousTestCase):
+    """
+    Invitations and pending generations in PostgreSQL: sealed at rest, the
+    schema migrated from version 1, a promotion moving the copy.
+    """
+
+    skip = postgres.skip_reason()
+
+    def setUp(self):
+        self.uri = postgres.database_for(self)
+
+    def store(self, **kwargs):
+        return PostgresStoreTests.store(self, **kwargs)
+
+    def dumped(self, store) -> bytes:
+        """Every row of every table, as bytes (what a dump holds)."""
+        def work(conn):
+            tables = [row[0] for row in conn.execute(
+                "SELECT tablename FROM pg_tables WHERE schemaname = 'public'")]
+            return b"".join(repr(conn.execute(f"SELECT * FROM {t}").fetchall()).encode()
+                            for t in tables)
+
+        return store._run(work)
+
+    def test_migrated_from_version_one(self):
+        from knocker.state.postgres import MIGRATIONS, SCHEMA_VERSION, PostgresStore
+
+        old = PostgresStore(self.uri, KEY, migrate=False)
+        self.addCleanup(old.close)
+        old._run(lambda c: c.execute(
+            "CREATE TABLE schema_version (version integer NOT NULL);"
+            "INSERT INTO schema_version VALUES (1);" + MIGRATIONS[0] +
+            "INSERT INTO clients VALUES ('alice', 1, 5, 'x');"))
+        store = self.store()
+        self.assertEqual(store.schema_version(), SCHEMA_VERSION)
+        self.assertEqual(store.client("alice").knocks, 5, "kept across the migration")
+        self.assertIsNone(store.pending("alice"))
+        self.assertEqual(store.invitations(), [])
+
+    #: Schema 2 as the enrol branch had it before the fleet's fixes took
+    #: number 2 (docs: knocker/state/postgres.py, migration 2).
+    ENROL_SCHEMA_2 = """
+    CREATE TABLE invitations (
+        slot integer PRIMARY KEY, client text NOT NULL, sealed_code bytea NOT NULL,
+        expires double precision NOT NULL, tries integer NOT NULL,
+        attempts integer NOT NULL DEFAULT 0, used boolean NOT NULL DEFAULT false);
+    CREATE TABLE pending (
+        client text PRIMARY KEY REFERENCES clients (id) ON DELETE CASCADE,
+        knocks integer NOT NULL, secret_id text NOT NULL, sealed bytea);
+    """
+
+    def at_version_two(self, second: str):
+        from knocker.state.postgres import MIGRATIONS, PostgresStore
+
+        old = PostgresStore(self.uri, KEY, migrate=False)
+        self.addCleanup(old.close)
+        old._run(lambda c: c.execute(
+            "CREATE TABLE schema_version (version integer NOT NULL);"
+            "INSERT INTO schema_version VALUES (2);" + MIGRATIONS[0] + second))
+        return old
+
+    def check_whole_schema(self):
+        from knocker.state.postgres import SCHEMA_VERSION
+
+        store = self.store()
+        self.assertEqual(store.schema_version(), SCHEMA_VERSION)
+        store.register_with_book("alice", 5, SECRET, "current " + SECRET.hex())
+        slot = store.add_invitation("alice", "crossover-clockwork-lantern", 2000.0, 3, 1000.0)
+        self.assertEqual(store.invitation(slot).client, "alice")
+        store.add_pending_with_book("alice", 7, bytes(32), "pending")
+        self.assertEqual(store.pending("alice").knocks, 7)
+        store.save_lockouts({"192.0.2.1": 1600.0}, steps={"192.0.2.1": 3})
+        self.assertIn(("192.0.2.1", 1600.0, 3),
+                      [row[1:] for row in store.lockouts_since(0, 10)])
+        return store
+
+    def test_migrated_from_the_fleets_version_two(self):
+        from knocker.state.postgres import MIGRATIONS
+
+        old = self.at_version_two(MIGRATIONS[1])
+        old._run(lambda c: c.execute(
+            "INSERT INTO lockouts (key, until, step) VALUES ('*', 1500.0, 2)"))
+        store = self.check_whole_schema()
+        self.assertEqual(store.lockouts(1000.0)["*"], 1500.0, "kept across the migration")
+
+    def test_migrated_from_enrolments_version_two(self):
+        old = self.at_version_two(self.ENROL_SCHEMA_2)
+        old._run(lambda c: c.execute(
+            "INSERT INTO lockouts (key, until) VALUES ('*', 1500.0);"
+            "INSERT INTO clients VALUES ('bob', 1, 5, 'x');"
+            "INSERT INTO pending (client, knocks, secret_id) VALUES ('bob', 9, 'y')"))
+        store = self.check_whole_schema()
+        self.assertEqual(store.pending("bob").knocks, 9, "kept across the migration")
+        self.assertEqual(store.lockouts(1000.0)["*"], 1500.0)
+        self.assertEqual(len(store.lockouts_since(0, 10)), 2, "the old row has a seq too")
+
+    def test_code_and_pending_copy_sealed(self):
+        store = self.store()
+        code = "crossover-clockwork-zulu"
+        store.register_with_book("alice", 5, SECRET, "current " + SECRET.hex())
+        slot = store.add_invitation("alice", code, 2000.0, 3, 1000.0)
+        new = bytes(range(200, 232))
+        store.add_pending_with_book("alice", 7, new, "pending " + new.hex())
+        dump = self.dumped(store)
+        for secret in (code.encode(), SECRET.hex().encode(), new.hex().encode(), SECRET, new):
+            self.assertNotIn(secret, dump)
+        self.assertEqual(store.invitation(slot).code, code)
+        self.assertEqual(store.pending_book("alice"), "pending " + new.hex())
+        other = self.store(key=bytes(32))
+        self.assertRaises(StateError, other.invitation, slot)
+        store._run(lambda c: c.execute("UPDATE invitations SET client = 'bob'"))
+        error = self.assertRaises(StateError, store.invitation, slot)
+        self.assertIn("does not open", str(error))
+
+    def test_promote_moves_the_sealed_copy(self):
+        from knocker.state.interface import secret_id
+
+        one, two = self.store(), self.store()
+        one.register_with_book("alice", 5, SECRET, "current")
+        new = bytes(range(200, 232))
+        one.add_pending_with_book("alice", 7, new, "renewed")
+        self.assertTrue(two.promote("alice", secret_id(new)))
+        self.assertEqual(one.book("alice"), "renewed")
+        self.assertEqual(one.client("alice").secret_id, secret_id(new))
+        self.assertIsNone(one.pending_book("alice"))
+        self.assertFalse(one.promote("alice", secret_id(new)), "once, across gateways")
+
+    def test_the_first_pending_file_drawn_is_kept(self):
+        """Two gateways drawing a renewal at once: both offer the first one."""
+        from knocker.state.interface import secret_id
+
+        one, two = self.store(), self.store()
+        one.register("alice", 5, SECRET)
+        first, second = bytes(range(200, 232)), bytes(range(150, 182))
+        self.assertEqual(one.add_pending_with_book("alice", 7, first, "first"), "first")
+        self.assertEqual(two.add_pending_with_book("alice", 7, second, "second"), "first")
+        self.assertEqual(two.pending("alice").secret_id, secret_id(first))
+
+    def test_set_pending_for_another_secret_drops_the_copy(self):
+        store = self.store()
+        store.register("alice", 5, SECRET)
+        new = bytes(range(200, 232))
+        store.add_pending_with_book("alice", 7, new, "renewed")
+        store.set_pending("alice", 7, new)
+        self.assertEqual(store.pending_book("alice"), "renewed", "the same generation")
+        store.set_pending("alice", 7, SECRET)
+        self.assertIsNone(store.pending_book("alice"))
+
+    def test_attempts_from_many_threads_stop_at_the_tries(self):
+        store = self.store()
+        slot = store.add_invitation("alice", "x", 2000.0, 3, 1000.0)
+        counted = []
+
+        def attempt():
+            found = store.invitation_attempt(slot, 1000.0)
+            counted.append(found and found.attempts)
+
+        threads = [threading.Thread(target=attempt) for _ in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        self.assertEqual(sorted(counted, key=str), [1, 2, 3] + [None] * 5,
+                         "each of the three tries told to one caller, None to the rest")
+        self.assertEqual(store.invitation(slot).attempts, 3)
+
+
 class KeyFileTests(SynchronousTestCase):
     skip = postgres.skip_reason()
 

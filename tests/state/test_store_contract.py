@@ -9,7 +9,14 @@ from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.exceptions import Invalid
 from zope.interface.verify import verifyObject
 
-from knocker.state.interface import ClientState, IStore, PendingClose, StateError, secret_id
+from knocker.state.interface import (
+    ClientState,
+    Invitation,  # section 10's part
+    IStore,
+    PendingClose,
+    StateError,
+    secret_id,
+)
 from knocker.state.memory import MemoryStore
 from knocker.state.sqlite import SQLiteStore
 from tests.helpers import postgres
@@ -201,23 +208,159 @@ class StoreContract:
         self.assertEqual(self.store.lockouts(1100.0), {"*": 1120.0})
 
 
-class MemoryStoreContractTests(StoreContract, SynchronousTestCase):
+class InvitationContract:
+    """
+    The invitation part of L{IStore} (docs/spec.md section 10), kept apart
+    so a new backend can take it on by itself.
+    """
+
+    def test_none_at_first(self):
+        self.assertIsNone(self.store.invitation(1))
+        self.assertEqual(self.store.invitations(), [])
+
+    def test_add_and_read(self):
+        slot = self.store.add_invitation("alice", "crossover-clockwork", 2000.0, 3, 1000.0)
+        self.assertEqual(slot, 1)
+        found = self.store.invitation(slot)
+        self.assertEqual(found, Invitation(1, "alice", "crossover-clockwork", 2000.0, 3, 0, False))
+        self.assertEqual(found.state(1999.0), "open")
+        self.assertEqual(found.state(2000.0), "expired")
+        self.assertEqual(self.store.invitations(), [found])
+
+    def test_slots_are_the_lowest_free(self):
+        add = self.store.add_invitation
+        self.assertEqual(add("a", "x", 2000.0, 3, 1000.0), 1)
+        self.assertEqual(add("b", "y", 1500.0, 3, 1000.0), 2)
+        self.assertEqual(add("c", "z", 2000.0, 1, 1000.0), 3)
+        self.assertEqual(add("c", "z", 2000.0, 3, 1000.0), 4)
+        self.assertTrue(self.store.use_invitation(1, "a", 1000.0))
+        self.assertEqual(add("d", "w", 3000.0, 3, 1000.0), 1, "used: freed")
+        self.assertEqual(add("e", "v", 3000.0, 3, 1600.0), 2, "expired: freed")
+        self.assertEqual(self.store.invitation(2).client, "e")
+        self.store.invitation_attempt(3, 1000.0)
+        self.assertEqual(add("f", "u", 3000.0, 3, 1600.0), 3, "void: freed")
+        self.assertEqual(add("g", "t", 3000.0, 3, 1600.0), 5)
+
+    def test_used_once(self):
+        slot = self.store.add_invitation("alice", "x", 2000.0, 3, 1000.0)
+        self.assertTrue(self.store.use_invitation(slot, "alice", 1000.0))
+        self.assertFalse(self.store.use_invitation(slot, "alice", 1000.0))
+        self.assertEqual(self.store.invitation(slot).state(1000.0), "used")
+        self.assertFalse(self.store.use_invitation(99, "alice", 1000.0))
+
+    def test_used_only_by_its_client_before_it_expires(self):
+        slot = self.store.add_invitation("alice", "x", 2000.0, 3, 1000.0)
+        self.assertFalse(self.store.use_invitation(slot, "bob", 1000.0), "another client")
+        self.assertFalse(self.store.use_invitation(slot, "alice", 2000.0), "expired")
+        self.assertFalse(self.store.invitation(slot).used)
+        self.assertTrue(self.store.use_invitation(slot, "alice", 1999.0))
+
+    def test_tries_run_out(self):
+        slot = self.store.add_invitation("alice", "x", 2000.0, 3, 1000.0)
+        self.assertEqual(self.store.invitation_attempt(slot, 1000.0).attempts, 1)
+        self.assertEqual(self.store.invitation_attempt(slot, 1000.0).state(1000.0), "open")
+        third = self.store.invitation_attempt(slot, 1000.0)
+        self.assertEqual((third.attempts, third.state(1000.0)), (3, "void"))
+        self.assertIsNone(self.store.invitation_attempt(slot, 1000.0), "no fourth")
+        self.assertEqual(self.store.invitation(slot).attempts, 3)
+        self.assertTrue(self.store.use_invitation(slot, "alice", 1000.0), "the third try may still succeed")
+        self.assertIsNone(self.store.invitation_attempt(42, 1000.0))
+
+    def test_interleaved_attempts_each_learn_whether_they_counted(self):
+        """
+        Connections that all read the invitation before any takes a try (as
+        parallel ENROLLs do): only TRIES of them are told they counted, the
+        others get None, whatever they read before.
+        """
+        slot = self.store.add_invitation("alice", "x", 2000.0, 3, 1000.0)
+        seen = [self.store.invitation(slot) for _ in range(5)]
+        self.assertEqual({each.attempts for each in seen}, {0})
+        counted = [self.store.invitation_attempt(slot, 1000.0) for _ in seen]
+        self.assertEqual([each and each.attempts for each in counted], [1, 2, 3, None, None])
+        self.assertEqual(self.store.invitation(slot).attempts, 3)
+
+    def test_no_attempt_once_used_or_expired(self):
+        slot = self.store.add_invitation("alice", "x", 2000.0, 3, 1000.0)
+        self.assertIsNone(self.store.invitation_attempt(slot, 2000.0), "expired")
+        self.assertEqual(self.store.invitation(slot).attempts, 0)
+        self.assertTrue(self.store.use_invitation(slot, "alice", 1000.0))
+        self.assertIsNone(self.store.invitation_attempt(slot, 1000.0), "used")
+        self.assertEqual(self.store.invitation(slot).attempts, 0)
+
+    def test_kept_across_reopening(self):
+        if not hasattr(self, "reopen"):
+            return
+        slot = self.store.add_invitation("alice", "x", 2000.0, 3, 1000.0)
+        self.store.invitation_attempt(slot, 1000.0)
+        store = self.reopen()
+        self.assertEqual(store.invitation(slot), Invitation(1, "alice", "x", 2000.0, 3, 1, False))
+
+
+class RenewalContract:
+    """
+    The pending generations of L{IStore} (docs/spec.md section 10).
+    """
+
+    def test_none_pending_at_first(self):
+        self.store.register("alice", 9, SECRET)
+        self.assertIsNone(self.store.pending("alice"))
+        self.assertFalse(self.store.promote("alice", secret_id(NEW_SECRET)))
+
+    def test_promote_makes_it_current_from_one(self):
+        self.store.register("alice", 9, SECRET)
+        for _ in range(6):
+            self.store.burn("alice")
+        self.store.set_pending("alice", 12, NEW_SECRET)
+        self.assertEqual(self.store.pending("alice"),
+                         ClientState("alice", 1, 12, secret_id(NEW_SECRET)))
+        self.assertEqual(self.store.client("alice").next_index, 7, "current untouched")
+        self.assertFalse(self.store.promote("alice", secret_id(SECRET)), "only the pending one")
+        self.assertTrue(self.store.promote("alice", secret_id(NEW_SECRET)))
+        self.assertEqual(self.store.client("alice"),
+                         ClientState("alice", 1, 12, secret_id(NEW_SECRET)))
+        self.assertIsNone(self.store.pending("alice"))
+        self.assertFalse(self.store.promote("alice", secret_id(NEW_SECRET)), "once")
+
+    def test_set_pending_replaces(self):
+        self.store.register("alice", 9, SECRET)
+        self.store.set_pending("alice", 9, NEW_SECRET)
+        self.store.set_pending("alice", 5, SECRET)
+        self.assertEqual(self.store.pending("alice").knocks, 5)
+
+    def test_register_forgets_pending(self):
+        self.store.register("alice", 9, SECRET)
+        self.store.set_pending("alice", 9, NEW_SECRET)
+        self.store.register("alice", 9, SECRET)
+        self.assertIsNone(self.store.pending("alice"))
+
+
+class MemoryStoreContractTests(StoreContract, InvitationContract, RenewalContract,
+                               SynchronousTestCase):
 
     def make_store(self):
         return MemoryStore()
 
 
-class SQLiteStoreContractTests(StoreContract, SynchronousTestCase):
+class SQLiteStoreContractTests(StoreContract, InvitationContract, RenewalContract,
+                               SynchronousTestCase):
 
     def make_store(self):
         state_dir = self.mktemp()
         store = SQLiteStore(state_dir)
         self.addCleanup(store.close)
         self.assertTrue(os.path.exists(os.path.join(state_dir, "state.sqlite")))
+        self.state_dir = state_dir
+        return store
+
+    def reopen(self):
+        self.store.close()
+        store = self.store = SQLiteStore(self.state_dir)
+        self.addCleanup(store.close)
         return store
 
 
-class PostgresStoreContractTests(StoreContract, SynchronousTestCase):
+class PostgresStoreContractTests(StoreContract, InvitationContract, RenewalContract,
+                                 SynchronousTestCase):
     """
     The same contract on a real PostgreSQL (tests/helpers/postgres.py):
     one database per test.
@@ -228,6 +371,15 @@ class PostgresStoreContractTests(StoreContract, SynchronousTestCase):
     def make_store(self):
         from knocker.state.postgres import PostgresStore
 
-        store = PostgresStore(postgres.database_for(self), key=bytes(32), gateway="g1")
+        self.uri = postgres.database_for(self)
+        store = PostgresStore(self.uri, key=bytes(32), gateway="g1")
+        self.addCleanup(store.close)
+        return store
+
+    def reopen(self):
+        from knocker.state.postgres import PostgresStore
+
+        self.store.close()
+        store = self.store = PostgresStore(self.uri, key=bytes(32), gateway="g1")
         self.addCleanup(store.close)
         return store

@@ -1,0 +1,205 @@
+"""
+The server's side of an enrolment (docs/protocol.md, "Enrolment"), one per
+central connection that opens with C{KNOCKER/1 ENROLL}: lines in, lines
+out, no I/O.  Its collaborators are given: the state (L{IStore}), a reader
+of the server's copy of a client's portknock file, the audit log, and the
+coordinator's tracker (a wrong code is a failed attempt of its source,
+exactly like a DENIED).
+"""
+
+from knocker.core.handshake import MAGIC, MAX_LINE
+from knocker.core.record import Record
+from knocker.enrol import keys as k
+from knocker.state.interface import then
+
+TRIES = 3
+"""Wrong codes allowed on one invitation before it is void."""
+
+CHUNK = 400
+"""Base64 characters of the sealed file per DATA line (lines stay < 512)."""
+
+REFUSALS = ("unknown", "used", "expired", "void", "wrong-code")
+
+
+class Send(Record):
+    """
+    Write C{line}; close after it if C{close}; C{fault} names a protocol
+    error (logged as an audit C{error}, not a failed attempt).
+    """
+
+    __slots__ = ("line", "close", "fault")
+    _defaults = {"close": False, "fault": None}
+
+
+def file_associated(keys: k.Keys) -> bytes:
+    """What the sealed file's AEAD binds besides the file: this exchange."""
+    return b"knocker/1|enrol-file|" + keys.transcript
+
+
+class EnrolServer:
+    def __init__(self, ip: str, store, read_file, audit, tracker, now):
+        self.ip = ip
+        self._store = store
+        self._read_file = read_file
+        self._audit = audit
+        self._tracker = tracker
+        self._now = now
+        self._slot = None
+        self._client = None
+        self._keys = None
+        self._counted = None
+        self._confirmed = False
+        self.done = False
+
+    def receive(self, line: bytes) -> list[Send]:
+        if self.done:
+            return []
+        words = words_of(line)
+        if words is None:
+            return self._end(b"ERROR malformed", fault="malformed")
+        if self._keys is None and len(words) == 4 and words[:2] == [MAGIC, "ENROLL"]:
+            return self._enrol(words[2], words[3])
+        if self._keys is not None and len(words) == 2 and words[0] == "CONFIRM":
+            return self._confirm(words[1])
+        if self._keys is not None and not self._confirmed:
+            self._dropped()  # anything but CONFIRM after ENROLLING: a spent guess
+        return self._end(b"ERROR out-of-turn" if words else b"ERROR malformed",
+                         fault="out-of-turn" if words else "malformed")
+
+    def _enrol(self, slot_text: str, message_text: str) -> list[Send]:
+        if not (slot_text.isdigit() and len(slot_text) <= 6 and slot_text[0] != "0"):
+            return self._end(b"ERROR malformed", fault="malformed")
+        try:
+            theirs = k.unb64(message_text)
+        except k.VerifyError:
+            return self._end(b"ERROR malformed", fault="malformed")
+        slot = self._slot = int(slot_text)
+        refusal = self._tracker.refusal(self.ip)
+        if refusal is not None and refusal.kind == "locked":
+            self._audit.record("locked", ip=self.ip, slot=slot, retry_after=refusal.retry_after)
+            return self._end(b"LOCKED %d" % refusal.retry_after)
+        # The state may answer later (a fleet's database): each step goes on
+        # when it has.
+        return then(self._store.invitation(slot), self._found, slot, theirs)
+
+    def _found(self, found, slot: int, theirs: bytes) -> list[Send]:
+        if found is None:
+            self._tracker.failed_attempt(self.ip, "denied")
+            return self._refuse("unknown")
+        self._client = found.client
+        state = found.state(self._now())
+        if state != "open":
+            return self._refuse(state)
+        return then(self._store.invitation_attempt(slot, self._now()), self._attempt,
+                    slot, theirs)
+
+    def _attempt(self, counted, slot: int, theirs: bytes) -> list[Send]:
+        # The store says whether this call took a try, in the same step as
+        # it took it: what was read before may be stale (parallel attempts
+        # on other connections or gateways read it too).
+        if counted is None:
+            return self._refuse("void")  # parallel attempts took the last try
+        self._client = counted.client
+        pake = k.Pake(slot, counted.code)
+        try:
+            self._keys = pake.finish(theirs, pake.message, theirs)
+        except k.VerifyError:
+            return self._wrong(counted)
+        self._counted = counted
+        return [Send(b"ENROLLING " + k.b64(pake.message).encode("ascii") + b"\n")]
+
+    def connection_lost(self) -> None:
+        """
+        The connection ended: the client hung up, or the central port's
+        timeout closed it.  After ENROLLING and before CONFIRM, that is a
+        try spent on a guess the server never saw checked (the client may
+        have tested it against the server's message offline): a failed
+        attempt of its source, as a wrong code is.
+        """
+        if not self.done and self._keys is not None and not self._confirmed:
+            self._dropped()
+        self.done = True
+
+    def _dropped(self) -> None:
+        self._tracker.failed_attempt(self.ip, "denied")
+        self._audit.record("enrol", ip=self.ip, slot=self._slot, client=self._client,
+                           outcome="dropped", attempts=self._counted.attempts)
+
+    def _confirm(self, mac: str) -> list[Send]:
+        self._confirmed = True
+        if not self._keys.check_client(mac):
+            return self._wrong(self._counted)
+        # The file is read and sealed first, the invitation used after, the
+        # lines sent last: a file that cannot be read leaves the invitation
+        # as it was (no used code without its file).
+        try:
+            text = self._read_file(self._client)
+        except Exception as error:
+            return self._file_error(error)
+        if hasattr(text, "addCallbacks"):
+            return text.addCallbacks(self._sealed, lambda failure: self._file_error(failure.value))
+        return self._sealed(text)
+
+    def _sealed(self, text: str) -> list[Send]:
+        sealed = k.b64(k.seal(self._keys.file_key, text.encode("utf-8"),
+                              file_associated(self._keys)))
+        if len(sealed) > k.MAX_DATA_LINES * CHUNK:
+            return self._file_error(ValueError(f"the file is larger than {k.MAX_DATA_LINES} "
+                                               f"DATA lines: no client would take it"))
+        return then(self._store.use_invitation(self._slot, self._client, self._now()),
+                    self._used, sealed)
+
+    def _used(self, used: bool, sealed: str) -> list[Send]:
+        if used:
+            return self._deliver(sealed)
+        # Used by a parallel attempt, or expired since the try was taken.
+        return then(self._store.invitation(self._slot), self._not_used)
+
+    def _not_used(self, found) -> list[Send]:
+        expired = (found is not None and found.client == self._client and not found.used
+                   and self._now() >= found.expires)
+        return self._refuse("expired" if expired else "used")
+
+    def _file_error(self, error) -> list[Send]:
+        self._audit.record("error", ip=self.ip, client=self._client, reason="client-file",
+                           detail=str(error))
+        return self._end(b"ERROR server-error")
+
+    def _deliver(self, sealed: str) -> list[Send]:
+        chunks = [sealed[i:i + CHUNK] for i in range(0, len(sealed), CHUNK)]
+        self._audit.record("enrol", ip=self.ip, slot=self._slot, client=self._client,
+                           outcome="ok")
+        out = [Send(f"ENROLLED {self._keys.server_mac()} {len(chunks)}\n".encode("ascii"))]
+        out += [Send(f"DATA {chunk}\n".encode("ascii")) for chunk in chunks]
+        out[-1] = out[-1].replace(close=True)
+        self.done = True
+        return out
+
+    def _wrong(self, counted) -> list[Send]:
+        self._tracker.failed_attempt(self.ip, "denied")
+        if counted.attempts >= counted.tries:
+            self._audit.record("enrol", ip=self.ip, slot=self._slot, client=self._client,
+                               outcome="void", attempts=counted.attempts)
+        return self._refuse("wrong-code", attempts=counted.attempts)
+
+    def _refuse(self, reason: str, **fields) -> list[Send]:
+        self._audit.record("enrol", ip=self.ip, slot=self._slot, client=self._client,
+                           outcome=reason, **fields)
+        return self._end(f"REFUSED {reason}".encode("ascii"))
+
+    def _end(self, line: bytes, fault: str | None = None) -> list[Send]:
+        self.done = True
+        return [Send(line + b"\n", close=True, fault=fault)]
+
+
+def words_of(line: bytes) -> list[str] | None:
+    if len(line) > MAX_LINE:
+        return None
+    try:
+        text = line.decode("ascii").removesuffix("\r")
+    except UnicodeDecodeError:
+        return None
+    words = text.split(" ")
+    if not text.isprintable() or "" in words:
+        return None
+    return words

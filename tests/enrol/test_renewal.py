@@ -1,0 +1,411 @@
+"""
+Renewal against the coordinator on a L{Clock} (the harness: real SQLite
+state and book, in-memory transport): the pending -> current state
+machine, repeated offers, confirmation by the new secret, the old secret
+refused after it, crash recovery, tampering; then a hypothesis state
+machine that cuts the exchange everywhere.
+"""
+
+import os
+
+from hypothesis import event, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
+from twisted.trial.unittest import TestCase
+
+from knocker.core import handshake as hs
+from knocker.enrol import keys as k
+from knocker.enrol import renewal
+from knocker.files import write_private
+from knocker.state.interface import secret_id
+from tests.enrol.renewing import RenewingClient
+from tests.helpers.harness import Harness
+
+
+def _new_file() -> str:
+    import random
+    from datetime import datetime, timezone
+
+    from knocker.core.knockgen import format_knockfile, generate
+
+    return format_knockfile(generate("alice", tuple(range(20000, 20020)), 3, 3,
+                                     random.Random(7), bytes(range(32, 64)),
+                                     datetime(2026, 1, 1, tzinfo=timezone.utc)))
+
+
+NEW_FILE = _new_file()
+
+
+def renewing(testcase, knocks=9, **config):
+    harness = Harness(testcase, knocks=knocks, **config)
+    path = os.path.join(harness.dir, "client", "alice.knock")
+    os.makedirs(os.path.dirname(path))
+    write_private(path, open(os.path.join(harness.dir, "alice.knock")).read())
+    return harness, RenewingClient(harness, path)
+
+
+class PendingToCurrentTests(TestCase):
+    def test_no_offer_before_renew_at(self):
+        h, c = renewing(self)
+        for _ in range(5):
+            self.assertEqual(c.knock(), hs.Open())
+        self.assertEqual(h.audit.of("renew-offer"), [])
+        self.assertIsNone(h.store.pending("alice"))
+
+    def test_a_thief_of_the_old_file_takes_the_renewal(self):
+        """
+        docs/protocol.md: no man in the middle needed.  A copy of the file
+        knocked from elsewhere down to renew-at takes the offer; the
+        owner's file is DENIED after, and the audit names the thief's
+        address.  With renew-at = 0 nothing is offered.
+        """
+        from tests.enrol.renewing import RenewingClient
+
+        for renew_at, taken in ((None, True), (0, False)):
+            with self.subTest(renew_at=renew_at):
+                h, owner = renewing(self, **({} if renew_at is None else {"renew_at": renew_at}))
+                stolen = os.path.join(h.dir, "thief.knock")
+                write_private(stolen, owner.text())
+                thief = RenewingClient(h, stolen, ip="198.51.100.66")
+                for _ in range(6):
+                    self.assertEqual(thief.knock(), hs.Open())
+                self.assertEqual(thief.renewed, 1 if taken else 0)
+                self.assertEqual(owner.knock(), hs.Denied() if taken else hs.Open())
+                if taken:
+                    self.assertEqual([(e["ip"], e["by"]) for e in h.audit.of("renew-confirm")],
+                                     [("198.51.100.66", "confirm")])
+                    self.assertEqual([e["ip"] for e in h.audit.of("renew-offer")],
+                                     ["198.51.100.66"])
+
+    def test_offer_then_explicit_confirmation(self):
+        h, c = renewing(self)
+        old = c.secret()
+        for _ in range(6):
+            self.assertEqual(c.knock(), hs.Open())
+        self.assertEqual(c.renewed, 1)
+        self.assertEqual([e["left"] for e in h.audit.of("renew-offer")], [3])
+        new = c.secret()
+        self.assertNotEqual(new, old)
+        self.assertEqual(c.secret(c.previous()), old, "the old file kept as FILE.prev")
+        self.assertEqual(os.stat(c.path).st_mode & 0o777, 0o600)
+        self.assertEqual(os.stat(c.previous()).st_mode & 0o777, 0o600)
+        self.assertEqual([e["by"] for e in h.audit.of("renew-confirm")], ["confirm"])
+        self.assertIsNone(h.store.pending("alice"))
+        self.assertEqual(h.store.client("alice").secret_id, secret_id(new))
+        self.assertEqual(c.knock(c.previous()), hs.Denied(), "the old secret refused now")
+        h.clock.advance(3600)
+        self.assertEqual(c.knock(), hs.Open())
+        self.assertEqual(c.granted[-1], (new, 1), "new numbers from 1 under the new secret")
+
+    def test_confirmation_lost_then_proven_by_the_next_knock(self):
+        h, c = renewing(self)
+        old = c.secret()
+        for _ in range(5):
+            c.knock()
+        self.assertEqual(c.knock(cut="confirm-lost"), hs.Open())
+        new = c.secret()
+        self.assertNotEqual(new, old, "written before confirming")
+        pending = h.store.pending("alice")
+        self.assertEqual(pending.secret_id, secret_id(new), "pending until proven")
+        self.assertEqual(h.store.client("alice").secret_id, secret_id(old))
+        self.assertEqual(c.knock(), hs.Open())
+        self.assertEqual(c.granted[-1], (new, 1))
+        self.assertEqual([e["by"] for e in h.audit.of("renew-confirm")], ["proof"])
+        self.assertIsNone(h.store.pending("alice"))
+        self.assertEqual(c.knock(c.previous()), hs.Denied(), "the old secret refused now")
+
+    def test_both_secrets_work_while_pending(self):
+        h, c = renewing(self)
+        for _ in range(5):
+            c.knock()
+        c.knock(cut="confirm-lost")
+        self.assertEqual(c.knock(c.previous(), cut="before-accept"), hs.Open(),
+                         "the old one, still current")
+        self.assertEqual(c.granted[-1][1], 7)
+        self.assertEqual(c.knock(), hs.Open(), "the new one, proving itself")
+
+    def test_repeated_offers_resend_the_same_generation(self):
+        h, c = renewing(self)
+        for _ in range(5):
+            c.knock()
+        c.knock(cut="before-accept")
+        first = h.store.pending("alice")
+        self.assertIsNotNone(first)
+        c.knock(cut="mid-file")
+        c.knock(cut="confirm-lost")
+        self.assertEqual(h.store.pending("alice"), first)
+        self.assertEqual(secret_id(c.secret()), first.secret_id)
+        self.assertEqual([e["new"] for e in h.audit.of("renew-offer")], [True, False, False])
+
+    def test_pending_survives_a_restart(self):
+        h, c = renewing(self)
+        for _ in range(5):
+            c.knock()
+        c.knock(cut="confirm-lost")
+        h.restart()
+        self.assertEqual(c.knock(), hs.Open())
+        self.assertEqual(len(h.audit.of("renew-confirm")), 1)
+
+    def test_crash_between_state_and_file_promotion(self):
+        """
+        The state promoted, the server's copy not yet renamed: the book
+        finishes the promotion at the next handshake.
+        """
+        h, c = renewing(self)
+        for _ in range(5):
+            c.knock()
+        c.knock(cut="confirm-lost")
+        self.assertTrue(h.store.promote("alice", secret_id(c.secret())))
+        h.restart()
+        self.assertEqual(c.knock(), hs.Open())
+        self.assertEqual(c.granted[-1], (c.secret(), 1))
+        self.assertFalse(os.path.exists(h.book.pending_path("alice")))
+
+    def test_exhausted_without_renewing(self):
+        h, c = renewing(self, renew_at=0)
+        for _ in range(9):
+            self.assertEqual(c.knock(), hs.Open())
+        self.assertEqual(c.knock(), hs.Exhausted())
+        self.assertEqual(h.audit.of("renew-offer"), [])
+
+    def test_a_client_that_never_takes_the_offer(self):
+        h, c = renewing(self)
+        for _ in range(9):
+            self.assertEqual(c.knock(cut="before-accept"), hs.Open())
+        self.assertEqual(c.knock(), hs.Exhausted())
+        self.assertEqual([e["left"] for e in h.audit.of("renew-offer")], [3, 2, 1])
+
+    def test_garbage_instead_of_accept(self):
+        h, c = renewing(self)
+        for _ in range(5):
+            c.knock()
+        line, proto, transport, nonce = h.handshake()
+        grant = hs.parse_reply(line.rstrip(b"\n"))
+        transport.clear()
+        for port in h.files["alice"].knock(grant.index):
+            h.hit("192.0.2.10", port)
+        self.assertTrue(transport.value().startswith(b"OPEN\nOFFER "))
+        transport.clear()
+        proto.dataReceived(b"ACCEPT nonsense\n")
+        self.assertEqual(transport.value(), b"ERROR malformed\n")
+        self.assertTrue(transport.disconnecting)
+
+    def test_a_failing_renewal_leaves_a_plain_open(self):
+        h, c = renewing(self)
+        for _ in range(5):
+            c.knock()
+
+        def broken(client):
+            raise OSError("disk on fire")
+
+        h.store.pending = broken
+        line, proto, transport, nonce = h.handshake()
+        grant = hs.parse_reply(line.rstrip(b"\n"))
+        transport.clear()
+        for port in h.files["alice"].knock(grant.index):
+            h.hit("192.0.2.10", port)
+        self.assertEqual(transport.value(), b"OPEN\n")
+        self.assertTrue(transport.disconnecting)
+        self.assertEqual(len(self.flushLoggedErrors(OSError)), 1)
+
+    def test_offer_unanswered_is_closed(self):
+        h, c = renewing(self, handshake_timeout=2)
+        for _ in range(5):
+            c.knock()
+        line, proto, transport, nonce = h.handshake()
+        grant = hs.parse_reply(line.rstrip(b"\n"))
+        for port in h.files["alice"].knock(grant.index):
+            h.hit("192.0.2.10", port)
+        self.assertFalse(transport.disconnecting)
+        h.clock.advance(2)
+        self.assertTrue(transport.disconnecting)
+
+
+class RenewalCryptoTests(TestCase):
+    def exchange(self, old_secret, client_secret=None):
+        server = renewal.RenewServer("alice", old_secret, "ab" * 32, NEW_FILE)
+        offer = server.start()[0].line.rstrip(b"\n")
+        private = renewal.X25519PrivateKey.generate()
+        public = renewal._raw(private.public_key())
+        sends = server.receive(b"ACCEPT " + k.b64(public).encode())
+        sealed = k.unb64("".join(s.line[5:].decode().strip() for s in sends[1:]))
+        server_public = k.unb64(offer[6:].decode())
+        key = renewal.renewal_key(private.exchange(
+            renewal.X25519PublicKey.from_public_bytes(server_public)),
+            client_secret or old_secret, "alice", "ab" * 32, server_public, public)
+        return key, sealed, sends
+
+    def test_round_trip(self):
+        key, sealed, sends = self.exchange(bytes(32))
+        self.assertEqual(k.unseal(key, sealed, renewal.associated("alice")), NEW_FILE.encode())
+        self.assertFalse(sends[-1].close, "the client's CONFIRM may follow")
+
+    def test_confirm_needs_the_new_secret(self):
+        from knocker.core.knockfile import parse_header
+
+        new_secret = parse_header(NEW_FILE, "x").secret
+        for secret, done, reply, promoted in (
+                (bytes(32), True, b"ERROR bad-proof\n", []),
+                (new_secret, True, b"CONFIRMED\n", [secret_id(new_secret)]),
+                (new_secret, False, b"ERROR server-error\n", [secret_id(new_secret)])):
+            calls = []
+
+            def promote(wanted_id, done=done, calls=calls):
+                calls.append(wanted_id)
+                return done
+
+            server = renewal.RenewServer("alice", bytes(32), "ab" * 32, NEW_FILE, promote)
+            server.start()
+            public = renewal._raw(renewal.X25519PrivateKey.generate().public_key())
+            server.receive(b"ACCEPT " + k.b64(public).encode())
+            mac = renewal.confirm_mac(secret, "alice", "ab" * 32)
+            sends = server.receive(b"CONFIRM " + mac.encode())
+            self.assertEqual([s.line for s in sends], [reply])
+            self.assertTrue(sends[0].close)
+            self.assertEqual(calls, promoted)
+
+    def test_file_too_large_not_sent(self):
+        from unittest import mock
+
+        server = renewal.RenewServer("alice", bytes(32), "ab" * 32, NEW_FILE)
+        server.start()
+        public = renewal._raw(renewal.X25519PrivateKey.generate().public_key())
+        with mock.patch.object(k, "MAX_DATA_LINES", 1):
+            sends = server.receive(b"ACCEPT " + k.b64(public).encode())
+        self.assertEqual([s.line for s in sends], [b"ERROR server-error\n"])
+
+    def test_endless_renewal_refused(self):
+        from knocker.client.knock import run_blocking
+        from knocker.core.knockfile import KnockFileText
+
+        class Endless:
+            reads = 0
+
+            def send(self, line):
+                pass
+
+            async def readline(self, timeout):
+                self.reads += 1
+                return b"RENEWAL %d" % (k.MAX_DATA_LINES + 1) if self.reads == 1 else b"DATA AAAA"
+
+        conn = Endless()
+        offer = b"OFFER " + k.b64(renewal._raw(
+            renewal.X25519PrivateKey.generate().public_key())).encode()
+        with self.assertRaises(k.VerifyError) as caught:
+            run_blocking(renewal.take_offer(conn, offer, None, KnockFileText(NEW_FILE, "x"),
+                                            "ab" * 32, 5.0))
+        self.assertIn("more than", str(caught.exception))
+        self.assertEqual(conn.reads, 1)
+
+    def test_without_the_old_secret_nothing(self):
+        """
+        A man in the middle of the X25519 exchange who lacks the current
+        secret derives another key: the AEAD refuses.
+        """
+        key, sealed, _ = self.exchange(bytes(32), client_secret=bytes([1]) * 32)
+        self.assertRaises(k.VerifyError, k.unseal, key, sealed, renewal.associated("alice"))
+
+    def test_tampered_ciphertext_refused(self):
+        key, sealed, _ = self.exchange(bytes(32))
+        for n in (0, len(sealed) // 2, len(sealed) - 1):
+            bad = bytearray(sealed)
+            bad[n] ^= 0x40
+            self.assertRaises(k.VerifyError, k.unseal, key, bytes(bad),
+                              renewal.associated("alice"))
+
+    def test_tampered_offer_leaves_the_file(self):
+        h, c = renewing(self)
+        for _ in range(5):
+            c.knock()
+        before = c.text()
+        line, proto, transport, nonce = h.handshake(secret=c.secret())
+        grant = hs.parse_reply(line.rstrip(b"\n"))
+        transport.clear()
+        for port in h.files["alice"].knock(grant.index):
+            h.hit("192.0.2.10", port)
+        lines = transport.value().split(b"\n")
+        transport.clear()
+        from knocker.client.knock import run_blocking
+        from knocker.core.knockfile import KnockFileText
+        from tests.enrol.renewing import _Config, _Conn
+
+        tampered = []
+
+        def flip(line):
+            if line.startswith(b"DATA ") and not tampered:
+                line = line[:15] + (b"B" if line[15:16] != b"B" else b"C") + line[16:]
+                tampered.append(line)
+            return line
+
+        conn = _Conn(proto, transport, None, flip)
+        kf = KnockFileText(before, c.path)
+        with self.assertRaises(k.VerifyError) as caught:
+            run_blocking(renewal.take_offer(conn, lines[1], _Config(c.path), kf, nonce, 5.0))
+        self.assertIn("does not verify", str(caught.exception))
+        self.assertEqual(c.text(), before, "the current file untouched")
+        self.assertIsNone(c.previous())
+        self.assertEqual(len(tampered), 1)
+
+
+CUTS = st.sampled_from([None, None, "before-accept", "after-accept", "mid-file",
+                        "before-write", "between-writes", "confirm-lost"])
+
+
+class RenewalMachine(RuleBasedStateMachine):
+    """
+    Knocks with renewals cut at every step, server restarts (and a crash
+    mid-promotion); the client always knocks OPEN with its file or the
+    previous one, until EXHAUSTED at worst, and no (secret, number) is
+    granted twice.
+    """
+
+    case = None
+
+    def __init__(self):
+        super().__init__()
+        self.harness, self.client = renewing(self.case, knocks=6)
+        self.exhausted = False
+
+    @rule(cut=CUTS)
+    def knock(self, cut):
+        if self.exhausted:
+            return
+        verdict = self.client.knock(cut=cut)
+        if verdict == hs.Denied() and self.client.previous():
+            self.harness.clock.advance(3600)  # past the lockout the DENIED started
+            verdict = self.client.knock(self.client.previous(), cut="before-accept")
+        if verdict == hs.Exhausted():
+            self.exhausted = True
+            return
+        assert verdict == hs.Open(), verdict
+        event(f"renewed {min(self.client.renewed, 3)}+ times")
+
+    @rule()
+    def restart(self):
+        self.harness.restart()
+
+    @rule()
+    def crash_mid_promotion(self):
+        pending = self.harness.store.pending("alice")
+        if pending is not None and secret_id(self.client.secret()) == pending.secret_id:
+            self.harness.store.promote("alice", pending.secret_id)
+            self.harness.restart()
+
+    @invariant()
+    def never_granted_twice(self):
+        granted = self.client.granted
+        assert len(set(granted)) == len(granted), granted
+
+    @invariant()
+    def file_is_private(self):
+        assert os.stat(self.client.path).st_mode & 0o777 == 0o600
+
+
+class RenewalMachineTests(TestCase):
+    timeout = 600
+
+    def test_renewals_cut_everywhere(self):
+        RenewalMachine.case = self
+        run = RenewalMachine.TestCase
+        run.settings = settings(max_examples=25, stateful_step_count=30, deadline=None)
+        run("runTest").runTest()
