@@ -200,6 +200,12 @@ class Tracker:
             found[GLOBAL] = self._global_until
         return found
 
+    def slots(self) -> list[Slot]:
+        """
+        The knocks granted and not over yet (knocking, or acting).
+        """
+        return list(self._slots.values())
+
     def take_changes(self) -> list[tuple[str, float, int]]:
         """
         C{(key, until, step)} of each source lockout started since the last

@@ -110,6 +110,9 @@ class KnockServer:
         # one fixed delay after the PROOF, so the time of the two denials
         # does not depend on their work.
         state = self._store.client(client)
+        revoked = state is not None and self._store.is_revoked(client)
+        if revoked:
+            state = None  # denied like an unknown client, by the same code
         if state is not None:
             try:
                 secret = self._book.secret(client, state.secret_id)
@@ -124,7 +127,7 @@ class KnockServer:
             secret = None
         expected = _hmac_hex(secret or self._dummy_secret, hs.hello_message(client, nonce))
         if not hmac.compare_digest(expected, proof) or secret is None:
-            reason = "unknown-client" if secret is None else "bad-proof"
+            reason = "revoked" if revoked else "unknown-client" if secret is None else "bad-proof"
             self._audit.record("denied", ip=ip, client=client, reason=reason)
             log.warn("denied {client} from {ip}: {reason}", client=client, ip=ip, reason=reason)
             self.tracker.failed_attempt(ip, "denied")
@@ -304,6 +307,33 @@ class KnockServer:
         return self.closes.reopen(
             lambda ip, client, index: self._run("on-success", self._success, ip, client, index,
                                                 reopen=True))
+
+    # The operator (the console, knocker unlock and revoke; they audit it).
+
+    @property
+    def store(self):
+        return self._store
+
+    def lift(self, key: str | None = None) -> list[str]:
+        """
+        End the lockout of C{key} (a source key or L{GLOBAL}; every lockout
+        with C{None}) now and in the state, so a restart does not bring it
+        back; returns the keys lifted.
+        """
+        lifted = self.tracker.lift(key)
+        for each in lifted:
+            self._store.set_lockout(each, 0.0)  # expired: the state forgets it
+        return lifted
+
+    def revoke(self, client: str) -> bool:
+        """
+        Refuse C{client} from its next HELLO on (DENIED), for good; C{False}
+        if there is no such client.
+        """
+        if self._store.client(client) is None:
+            return False
+        self._store.revoke(client)
+        return True
 
     def stop(self) -> None:
         """

@@ -64,7 +64,10 @@ class IStore(Interface):
         """Keep the pool, once, for good; a second call raises L{StateError}."""
 
     def register(client, knocks, secret):
-        """Start C{client} at knock 1 of C{knocks} of the file with C{secret}."""
+        """
+        Start C{client} at knock 1 of C{knocks} of the file with C{secret}
+        (and lift a revocation: a new file is a new start).
+        """
 
     def client(client):
         """C{client}'s L{ClientState}, or C{None}."""
@@ -95,3 +98,11 @@ class IStore(Interface):
 
     def lockouts(now):
         """The lockouts still in force at C{now}: C{{key: until}}."""
+
+    # Revocation (the console, knocker revoke): kept apart from the counters.
+
+    def revoke(client):
+        """Refuse C{client} from now on, for good, until L{register} starts it again."""
+
+    def is_revoked(client):
+        """Whether C{client} is revoked."""

@@ -15,6 +15,7 @@ class MemoryStore:
         self._closes: dict[int, PendingClose] = {}
         self._next_close = 1
         self._lockouts: dict[str, float] = {}
+        self._revoked: set[str] = set()
         self.path = "<memory>"
 
     def close(self) -> None:
@@ -30,6 +31,7 @@ class MemoryStore:
 
     def register(self, client, knocks, secret) -> None:
         self._clients[client] = ClientState(client, 1, knocks, secret_id(secret))
+        self._revoked.discard(client)
 
     def client(self, client):
         return self._clients.get(client)
@@ -66,3 +68,9 @@ class MemoryStore:
     def lockouts(self, now):
         self._lockouts = {k: u for k, u in self._lockouts.items() if u > now}
         return dict(self._lockouts)
+
+    def revoke(self, client) -> None:
+        self._revoked.add(client)
+
+    def is_revoked(self, client) -> bool:
+        return client in self._revoked

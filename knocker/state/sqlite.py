@@ -39,6 +39,7 @@ CREATE TABLE IF NOT EXISTS closes (
     knock INTEGER NOT NULL
 );
 CREATE TABLE IF NOT EXISTS lockouts (key TEXT PRIMARY KEY, until REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS revoked (id TEXT PRIMARY KEY);
 """
 
 
@@ -120,6 +121,7 @@ class SQLiteStore:
                 "secret_id = excluded.secret_id",
                 (client, knocks, secret_id(secret)),
             )
+            self._db.execute("DELETE FROM revoked WHERE id = ?", (client,))
 
     def client(self, client: str) -> ClientState | None:
         row = self._db.execute(
@@ -184,3 +186,13 @@ class SQLiteStore:
         with self._transaction():
             self._db.execute("DELETE FROM lockouts WHERE until <= ?", (now,))
         return dict(self._db.execute("SELECT key, until FROM lockouts"))
+
+    # Revocation.  (A table of its own, created if missing: a state written
+    # before it existed opens unchanged, so the schema version stays 1.)
+
+    def revoke(self, client: str) -> None:
+        with self._transaction():
+            self._db.execute("INSERT OR IGNORE INTO revoked (id) VALUES (?)", (client,))
+
+    def is_revoked(self, client: str) -> bool:
+        return self._db.execute("SELECT 1 FROM revoked WHERE id = ?", (client,)).fetchone() is not None

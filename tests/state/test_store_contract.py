@@ -184,6 +184,24 @@ class StoreContract:
         self.assertEqual(self.store.lockouts(1000.0), {"*": 1120.0})
         self.assertEqual(self.store.lockouts(1100.0), {"*": 1120.0})
 
+    # Revocation (knocker revoke, the console).
+
+    def test_revoke(self):
+        self.store.register("alice", 3, SECRET)
+        self.store.register("bob", 3, SECRET)
+        self.assertFalse(self.store.is_revoked("alice"))
+        self.store.revoke("alice")
+        self.store.revoke("alice")  # twice is once
+        self.assertTrue(self.store.is_revoked("alice"))
+        self.assertFalse(self.store.is_revoked("bob"))
+        self.assertEqual(self.store.client("alice").left, 3, "the counter is left alone")
+
+    def test_register_again_lifts_revocation(self):
+        self.store.register("alice", 3, SECRET)
+        self.store.revoke("alice")
+        self.store.register("alice", 3, NEW_SECRET)
+        self.assertFalse(self.store.is_revoked("alice"))
+
 
 class MemoryStoreContractTests(StoreContract, SynchronousTestCase):
 
@@ -199,3 +217,13 @@ class SQLiteStoreContractTests(StoreContract, SynchronousTestCase):
         self.addCleanup(store.close)
         self.assertTrue(os.path.exists(os.path.join(state_dir, "state.sqlite")))
         return store
+
+    def test_revocation_survives_reopening(self):
+        state_dir = self.mktemp()
+        store = SQLiteStore(state_dir)
+        store.register("alice", 3, SECRET)
+        store.revoke("alice")
+        store.close()
+        again = SQLiteStore(state_dir)
+        self.addCleanup(again.close)
+        self.assertTrue(again.is_revoked("alice"))
