@@ -29,6 +29,7 @@ ul.events{font-family:monospace;font-size:90%;padding-left:1em}
 NAV = (("/", "Overview"), ("/clients", "Clients"), ("/lockouts", "Lockouts"),
        ("/reports", "Reports"), ("/audit", "Audit log"))
 
+# (The template escapes text, so the script holds no "<", ">" or "&".)
 LIVE_SCRIPT = """
 (function(){
   var list=document.getElementById('events');
@@ -38,7 +39,7 @@ LIVE_SCRIPT = """
     var e=JSON.parse(m.data),li=document.createElement('li');
     li.textContent=e.time+' '+e.event+' '+(e.client||'')+' '+(e.ip||e.source||'')+' '+(e.reason||'');
     list.insertBefore(li,list.firstChild);
-    while(list.children.length>50)list.removeChild(list.lastChild);
+    if(list.children.length===51)list.removeChild(list.lastChild);
   };
 })();
 """

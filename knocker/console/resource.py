@@ -64,7 +64,9 @@ ROUTES = (
 HEADERS = {
     b"x-frame-options": b"DENY",
     b"x-content-type-options": b"nosniff",
-    b"referrer-policy": b"no-referrer",  # the login URL carries its token
+    # same-origin: the login URL (its token) never leaves in a Referer, and
+    # Chromium still sends Origin on our POSTs (no-referrer makes it "null")
+    b"referrer-policy": b"same-origin",
     b"cache-control": b"no-store",
     b"content-security-policy": b"default-src 'none'; style-src 'unsafe-inline'; "
                                 b"script-src 'unsafe-inline'; img-src 'self'; connect-src 'self'; "

@@ -40,7 +40,7 @@ def bar_chart(labels: list[str], series: dict[str, list[int]], title: str,
                 f"<title>{escape(label)} {escape(name)}: {value}</title></rect>")
         if groups <= 12 or g % max(1, groups // 12) == 0:
             parts.append(f'<text x="{x0:.1f}" y="{height - bottom + 14}" font-size="9">'
-                         f"{escape(label[-5:] if len(label) > 10 else label)}</text>")
+                         f"{escape(_short(label))}</text>")
     for s, name in enumerate(series):
         x = left + s * 100
         parts.append(f'<rect x="{x}" y="{height - 14}" width="10" height="10" '
@@ -48,6 +48,14 @@ def bar_chart(labels: list[str], series: dict[str, list[int]], title: str,
                      f'<text x="{x + 14}" y="{height - 5}" font-size="11">{escape(name)}</text>')
     parts.append("</svg>")
     return "".join(parts)
+
+
+def _short(label: str) -> str:
+    """
+    "2026-12-01T14" -> "12-01 14h", "2026-12-01" -> "12-01".
+    """
+    day, _, hour = label.partition("T")
+    return day[5:] + (f" {hour}h" if hour else "")
 
 
 def report_chart(report) -> str:
