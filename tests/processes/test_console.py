@@ -30,7 +30,27 @@ def get(url: str, token: str | None = None) -> tuple[int, bytes]:
         return error.code, error.read()
 
 
-class ConsoleProcessTests(DaemonCase):
+class ConsoleDaemonCase(DaemonCase):
+    """
+    A daemon with its console on a free loopback port.
+    """
+
+    def lock_myself_out(self, knock_file) -> None:
+        """
+        A stray hit on a pool port locks 127.0.0.1 out (lockout-scope =
+        source); a knock then gets LOCKED.
+        """
+        store = SQLiteStore(os.path.join(self.dir, "state"))
+        port = store.pool()[0]
+        store.close()
+        with socket.create_connection(("127.0.0.1", port), timeout=5):
+            pass
+        locked = self.knock(knock_file)
+        self.assertNotEqual(locked.returncode, 0)
+        self.assertIn("LOCKED", locked.stdout + locked.stderr)
+
+
+class ConsoleProcessTests(ConsoleDaemonCase):
     def setUp(self):
         super().setUp()
         self.configure(admin=ADMIN, lockout=600, lockout_scope="source")
@@ -67,15 +87,7 @@ class ConsoleProcessTests(DaemonCase):
 
     def test_unlock_and_revoke_act_at_once(self):
         self.start()
-        # a stray hit on a pool port locks the source out (lockout-scope = source)
-        store = SQLiteStore(os.path.join(self.dir, "state"))
-        port = store.pool()[0]
-        store.close()
-        with socket.create_connection(("127.0.0.1", port), timeout=5):
-            pass
-        locked = self.knock(self.alice)
-        self.assertNotEqual(locked.returncode, 0)
-        self.assertIn("LOCKED", locked.stdout + locked.stderr)
+        self.lock_myself_out(self.alice)
         done = knocker("unlock", "--source", "127.0.0.1", "--config", self.server_conf)
         self.assertEqual(done.returncode, 0, done.stderr)
         self.assertIn("lifted: 127.0.0.1", done.stdout)

@@ -12,12 +12,11 @@ only when Chromium, its driver or selenium are not installed
 
 import os
 import shutil
-import socket
 import tempfile
 import unittest
 
-from knocker.state.sqlite import SQLiteStore
-from tests.helpers.processes import ROOT, DaemonCase, knocker
+from tests.helpers.processes import ROOT, knocker
+from tests.processes.test_console import ConsoleDaemonCase
 
 CHROMIUM = shutil.which("chromium")
 DRIVER = "/usr/bin/chromedriver"
@@ -25,6 +24,7 @@ SCREENSHOTS = os.path.join(ROOT, "tests", "screenshots")
 
 try:
     from selenium import webdriver
+    from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.wait import WebDriverWait
@@ -42,7 +42,7 @@ def _missing() -> str | None:
 
 
 @unittest.skipIf(_missing(), _missing())
-class ConsoleBrowserTests(DaemonCase):
+class ConsoleBrowserTests(ConsoleDaemonCase):
     timeout = 180
 
     def setUp(self):
@@ -71,21 +71,19 @@ class ConsoleBrowserTests(DaemonCase):
     def text(self) -> str:
         return self.browser.find_element(By.TAG_NAME, "body").text
 
-    def lock_myself_out(self) -> None:
+    def wait_until(self, condition) -> None:
         """
-        A stray hit on a pool port: 127.0.0.1 is locked out for 600 s.
+        A click that loads a page returns before the page is there.
         """
-        store = SQLiteStore(os.path.join(self.dir, "state"))
-        port = store.pool()[0]
-        store.close()
-        with socket.create_connection(("127.0.0.1", port), timeout=5):
-            pass
-        locked = self.knock(self.alice)
-        self.assertIn("LOCKED", locked.stdout + locked.stderr)
+        WebDriverWait(self.browser, 10, ignored_exceptions=(StaleElementReferenceException,)
+                      ).until(lambda browser: condition())
+
+    def wait_for_title(self, title: str) -> None:
+        self.wait_until(lambda: self.browser.title.startswith(title))
 
     def test_an_operator_session(self):
         self.assertOpens(self.alice)
-        self.lock_myself_out()
+        self.lock_myself_out(self.alice)
         done = knocker("console", "--config", self.server_conf)
         self.assertEqual(done.returncode, 0, done.stderr)
         url = done.stdout.strip()
@@ -99,12 +97,13 @@ class ConsoleBrowserTests(DaemonCase):
         # The URL knocker console printed, then Log in.
         self.browser.get(url)
         self.browser.find_element(By.ID, "login").click()
-        self.assertIn("Overview", self.browser.title, self.text())
+        self.wait_for_title("Overview")
         self.assertIn("Up since", self.text())
         self.shot("overview")
 
         # Clients and their knocks left.
         self.browser.find_element(By.LINK_TEXT, "Clients").click()
+        self.wait_for_title("Clients")
         rows = {row.text.split()[0]: row.text for row in
                 self.browser.find_elements(By.CSS_SELECTOR, "tbody tr")}
         self.assertIn("9 of 10", rows["alice"])
@@ -113,9 +112,11 @@ class ConsoleBrowserTests(DaemonCase):
 
         # A lockout lifted with one click.
         self.browser.find_element(By.LINK_TEXT, "Lockouts").click()
+        self.wait_for_title("Lockouts")
         self.assertIn("127.0.0.1", self.text())
         self.shot("lockouts")
         self.browser.find_element(By.XPATH, "//button[text()='Lift 127.0.0.1']").click()
+        self.wait_until(lambda: "Lifted" in self.text())
         self.assertIn("Lifted: 127.0.0.1", self.text())
         self.assertIn("No lockout in force", self.text())
         self.assertOpens(self.alice)  # CHALLENGE, GRANT, OPEN again
@@ -129,6 +130,7 @@ class ConsoleBrowserTests(DaemonCase):
 
         # Reports with a chart.
         self.browser.find_element(By.LINK_TEXT, "Reports").click()
+        self.wait_for_title("Reports")
         chart = self.browser.find_element(By.CSS_SELECTOR, "svg.chart")
         self.assertGreater(chart.size["width"], 100)
         self.assertTrue(self.browser.find_elements(By.CSS_SELECTOR, "svg.chart rect"))
@@ -147,8 +149,8 @@ class ConsoleBrowserTests(DaemonCase):
         self.assertNotIn("admin-revoke", self.text())
         done = knocker("revoke", "bob", "--config", self.server_conf)
         self.assertEqual(done.returncode, 0, done.stderr)
-        WebDriverWait(self.browser, 10).until(
-            lambda browser: "admin-revoke" in browser.find_element(By.ID, "events").text)
+        self.wait_until(
+            lambda: "admin-revoke" in self.browser.find_element(By.ID, "events").text)
 
         # Narrow screen: the overview still reads.
         self.browser.set_window_size(400, 900)
