@@ -75,3 +75,9 @@ class KnockerBenchTests(SynchronousTestCase):
             self.assertPositive(row["grants_per_s_p50"], row)
             self.assertPositive(row["latency_p50_ms"], row)
         self.assertIn("fsync_us_per_burn", report["cost"])
+
+    def test_audit_report(self):
+        report = self.run_bench("audit_report.py")
+        self.assertTrue(report["totals_match"], report)
+        self.assertEqual(report["lines"], 10_000)
+        self.assertPositive(report["seconds_best"], "seconds_best")

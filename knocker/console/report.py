@@ -17,6 +17,11 @@ BUCKETS = {"hour": 13, "day": 10}
 
 FIGURES = ("opens", "failures", "lockouts", "denials", "hits")
 
+#: A hit line from L{knocker.daemon.audit.AuditLog.hit}: {"time":"<27 chars>","event":"hit","ip":"
+_HIT_AT = 9 + 27
+_HIT = b'","event":"hit","ip":"'
+_IP_AT = _HIT_AT + len(_HIT)
+
 
 class Row:
     """
@@ -71,8 +76,7 @@ class Report:
 
 def summarise(lines, bucket: str = "hour", since: str | None = None) -> Report:
     """
-    A L{Report} of C{lines} (audit-log lines as bytes or str, or events as
-    dicts), counting only events at or after C{since} (an ISO time string,
+    A L{Report} of C{lines} (audit-log lines as bytes, or events as dicts), counting only events at or after C{since} (an ISO time string,
     compared as text, which is time order for the log's one format).
     Lines that are not JSON (a torn last line) are skipped.
     """
@@ -83,14 +87,21 @@ def summarise(lines, bucket: str = "hour", since: str | None = None) -> Report:
     first = last = None
     count = 0
     for line in lines:
+        hit_from = None
         if isinstance(line, dict):
             event = line
+            when = event.get("time")
+        elif line.startswith(_HIT, _HIT_AT) and line[:9] == b'{"time":"':
+            # A hit line as the daemon writes it (most of a scanned log):
+            # its time and address by position, without a JSON parse.
+            when = line[9:_HIT_AT].decode("ascii")
+            hit_from = line[_IP_AT:line.index(b'"', _IP_AT)].decode("ascii")
         else:
             try:
                 event = loads(line)
             except ValueError:
                 continue
-        when = event.get("time")
+            when = event.get("time")
         if not isinstance(when, str) or (since is not None and when < since):
             continue
         count += 1
@@ -101,6 +112,10 @@ def summarise(lines, bucket: str = "hour", since: str | None = None) -> Report:
         row = rows.get(key)
         if row is None:
             row = rows[key] = Row()
+        if hit_from is not None:
+            row.hits += 1
+            sources[hit_from] += 1
+            continue
         kind = event.get("event")
         ip = event.get("ip")
         if kind == "hit":

@@ -82,14 +82,11 @@ class RotatedFilesTests(SynchronousTestCase):
         folder = self.mktemp()
         os.makedirs(folder)
         path = os.path.join(folder, "audit.log")
-        with gzip.open(path + ".2.gz", "wb") as handle:
-            handle.write(DAY[0])
-        with open(path + ".1", "wb") as handle:
-            handle.write(DAY[1])
-        with open(path, "wb") as handle:
-            handle.write(DAY[2])
-        with open(os.path.join(folder, "audit.log.bak"), "wb") as handle:
-            handle.write(DAY[3])
+        written = ((".2.gz", gzip.open, DAY[0]), (".1", open, DAY[1]), ("", open, DAY[2]),
+                   (".bak", open, DAY[3]))
+        for suffix, opener, data in written:
+            with opener(path + suffix, "wb") as handle:
+                handle.write(data)
         self.assertEqual([os.path.basename(p) for p in audit_files(path)],
                          ["audit.log.2.gz", "audit.log.1", "audit.log"])
         self.assertEqual(list(audit_lines(path)), DAY[:3])
@@ -113,3 +110,33 @@ class QueryTests(SynchronousTestCase):
         self.assertEqual(total, 25)
         self.assertEqual(first[0]["time"][17:19], "24")
         self.assertEqual([e["time"][17:19] for e in last], ["04", "03", "02", "01", "00"])
+
+
+class DaemonLinesTests(SynchronousTestCase):
+    def test_hit_lines_read_by_position_as_by_json(self):
+        """
+        Hit lines are read without a JSON parse: on what the daemon's
+        audit log writes, the figures are those of the parsed events.
+        """
+        from twisted.internet.task import Clock
+
+        from knocker.daemon.audit import AuditLog
+
+        path = self.mktemp()
+        clock = Clock()
+        clock.advance(1_800_000_000.25)
+        audit = AuditLog(path, clock, min_free_mib=0)
+        for n in range(50):
+            audit.hit(f"198.51.100.{n % 7}", 40000 + n, 20000, "no-slot")
+            audit.hit("2001:db8::1", 40000, 20001, "locked")
+            clock.advance(97.3)
+        audit.record("open", ip="192.0.2.1", client="alice", index=1)
+        audit.close()
+        with open(path, "rb") as handle:
+            lines = handle.readlines()
+        fast, parsed = summarise(lines), summarise([json.loads(x) for x in lines])
+        self.assertEqual(fast.as_dict(), parsed.as_dict())
+        self.assertEqual(fast.totals().hits, 100)
+        self.assertEqual(summarise(lines, since=parsed.as_dict()["rows"][1]["start"]).as_dict(),
+                         summarise([json.loads(x) for x in lines],
+                                   since=parsed.as_dict()["rows"][1]["start"]).as_dict())
