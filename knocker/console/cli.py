@@ -108,8 +108,35 @@ def report_command(config, args) -> int:
         start = time.time() - parse_duration(args.since)
     report = summarise(audit_lines(config.audit_path, start), args.per,
                        iso_time(start) if start is not None else None)
+    states = _client_states(config)
+    if states:
+        span = time.time() - start if start is not None else _span(report)
+        report.add_clients(states, span)
     sys.stdout.write(FORMATS[args.format](report))
     return 0
+
+
+def _client_states(config) -> list:
+    """
+    The clients' counters, if the state is there (a report may be run on
+    a copied audit log alone).
+    """
+    import os
+
+    from knocker.admin.clients import status
+
+    if not os.path.exists(os.path.join(config.state_dir, "state.sqlite")):
+        return []
+    return status(config)["clients"]
+
+
+def _span(report) -> float:
+    from datetime import datetime
+
+    if report.first is None:
+        return 0.0
+    first = datetime.fromisoformat(report.first.replace("Z", "+00:00"))
+    return max(0.0, time.time() - first.timestamp())
 
 
 def unlock_command(config, args) -> int:

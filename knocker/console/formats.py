@@ -47,6 +47,11 @@ def as_text(report) -> str:
         f"{s['source']} ({s['events']})" for s in data["top_sources"]) or "none"))
     lines.append("top clients: " + (", ".join(
         f"{c['client']} ({c['events']})" for c in data["top_clients"]) or "none"))
+    for row in data["knocks_left"]:
+        eta = row["runs_out_in_seconds"]
+        lines.append(f"  {row['client']:<24} {row['left']:>7} of {row['knocks']} knocks left; "
+                     + ("no knock in this report" if eta is None else
+                        f"runs out in about {eta / 86400:.1f} days at this rate"))
     return "\n".join(lines) + "\n"
 
 

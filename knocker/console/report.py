@@ -54,6 +54,22 @@ class Report:
         self.first: str | None = None
         self.last: str | None = None
         self.events = 0
+        self.knocks_left: list[dict] = []
+
+    def add_clients(self, states, seconds: float) -> None:
+        """
+        Each client's knocks left (C{states}: dicts with C{client}, C{left},
+        C{knocks}, as C{knocker status} gives them) and when it runs out at
+        the rate of its grants in this report, which spans C{seconds}.
+        """
+        for state in states:
+            client, left = state["client"], max(0, state["left"])
+            eta = run_out(left, self.grants.get(client, 0), seconds)
+            self.knocks_left.append({
+                "client": client, "left": left, "knocks": state["knocks"],
+                "knocks_used_in_report": self.grants.get(client, 0),
+                "runs_out_in_seconds": None if eta is None else round(eta),
+            })
 
     def totals(self) -> Row:
         total = Row()
@@ -71,6 +87,7 @@ class Report:
             "rows": [{"start": start, **row.as_dict()} for start, row in sorted(self.rows.items())],
             "top_sources": [{"source": ip, "events": n} for ip, n in self.sources.most_common(top)],
             "top_clients": [{"client": c, "events": n} for c, n in self.clients.most_common(top)],
+            "knocks_left": self.knocks_left,
         }
 
 

@@ -140,3 +140,14 @@ class DaemonLinesTests(SynchronousTestCase):
         self.assertEqual(summarise(lines, since=parsed.as_dict()["rows"][1]["start"]).as_dict(),
                          summarise([json.loads(x) for x in lines],
                                    since=parsed.as_dict()["rows"][1]["start"]).as_dict())
+
+
+class KnocksLeftTests(SynchronousTestCase):
+    def test_run_out_at_the_reports_rate(self):
+        report = summarise(DAY)
+        report.add_clients([{"client": "alice", "left": 10, "knocks": 20},
+                            {"client": "bob", "left": 5, "knocks": 5}], seconds=86400)
+        rows = {row["client"]: row for row in report.as_dict()["knocks_left"]}
+        self.assertEqual(rows["alice"]["runs_out_in_seconds"], 864000, "1 knock a day, 10 left")
+        self.assertIsNone(rows["bob"]["runs_out_in_seconds"])
+        self.assertIn("alice", FORMATS["text"](report))
