@@ -5,6 +5,7 @@ lines in, a page of events out.
 """
 
 import json
+from collections import deque
 
 PER_PAGE = 50
 
@@ -17,7 +18,10 @@ def query(lines, ip: str = "", client: str = "", event: str = "", since: str = "
     prefixes compared as text ("2026-12-01T13" is that hour on).
     """
     ip_bytes = ip.encode() if ip else None
-    matches = []
+    # Only the newest page * per_page matches are kept: a log of millions
+    # of lines costs a page's worth of memory, not the log's.
+    matches: deque = deque(maxlen=page * per_page)
+    total = 0
     for line in lines:
         if ip_bytes is not None and ip_bytes not in line:
             continue  # cheap test before parsing
@@ -37,6 +41,6 @@ def query(lines, ip: str = "", client: str = "", event: str = "", since: str = "
         if until and when[:len(until)] > until:
             continue
         matches.append(entry)
-    total = len(matches)
-    end = total - (page - 1) * per_page
-    return list(reversed(matches[max(0, end - per_page):max(0, end)])), total
+        total += 1
+    newest_first = list(reversed(matches))
+    return newest_first[(page - 1) * per_page:page * per_page], total

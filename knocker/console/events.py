@@ -17,6 +17,7 @@ from knocker.core.isotime import iso_time
 
 RECENT = 50
 STREAM_LIMIT = 100
+MAX_SUBSCRIBERS = 20
 
 
 class EventBus:

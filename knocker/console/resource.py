@@ -26,7 +26,7 @@ from twisted.web.server import NOT_DONE_YET
 from knocker.console import auditquery, pages, view
 from knocker.console.access import COOKIE
 from knocker.console.auditfiles import audit_lines
-from knocker.console.events import EventStream
+from knocker.console.events import MAX_SUBSCRIBERS, EventStream
 from knocker.console.formats import as_csv, table_html
 from knocker.console.report import parse_duration, summarise
 from knocker.console.svg import report_chart
@@ -296,6 +296,9 @@ class Console(Resource):
         return d.addCallback(draw)
 
     def page_events(self, request, who):
+        if len(self.bus.subscribers) >= MAX_SUBSCRIBERS:
+            request.setResponseCode(503)  # the browser's EventSource retries later
+            return b"too many live pages open\n"
         EventStream(request, self.bus)
         return NOT_DONE_YET
 

@@ -151,3 +151,11 @@ class KnocksLeftTests(SynchronousTestCase):
         self.assertEqual(rows["alice"]["runs_out_in_seconds"], 864000, "1 knock a day, 10 left")
         self.assertIsNone(rows["bob"]["runs_out_in_seconds"])
         self.assertIn("alice", FORMATS["text"](report))
+
+    def test_pages_past_the_end_and_beyond_the_kept_window(self):
+        lines = [line(f"2027-01-15T08:{n // 60:02d}:{n % 60:02d}.000000Z", "hit", ip="192.0.2.1")
+                 for n in range(1000)]
+        entries, total = query(lines, page=7, per_page=10)
+        self.assertEqual(total, 1000)
+        self.assertEqual(entries[0]["time"], "2027-01-15T08:15:39.000000Z")  # n = 999 - 60
+        self.assertEqual(query(lines, page=101, per_page=10), ([], 1000))
