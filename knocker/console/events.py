@@ -32,8 +32,12 @@ class EventBus:
 
     def publish(self, entry: dict) -> None:
         self.recent.append(entry)
-        for subscriber in list(self.subscribers):
-            subscriber.push(entry)
+        if self.subscribers:
+            import json
+
+            data = b"data: " + json.dumps(entry).encode("utf-8") + b"\n\n"  # once for all
+            for subscriber in list(self.subscribers):
+                subscriber.push(data)
 
     def subscribe(self, subscriber) -> None:
         self.subscribers.add(subscriber)
@@ -91,7 +95,10 @@ class EventStream:
         request.notifyFinish().addBoth(self._gone)
         bus.subscribe(self)
 
-    def push(self, entry: dict) -> None:
+    def push(self, data: bytes) -> None:
+        """
+        One event, as its C{data:} field (L{EventBus.publish} encodes it).
+        """
         if self.closed:
             return
         if self.paused:
@@ -99,14 +106,9 @@ class EventStream:
                 self._bus.dropped += 1
                 self.close()
                 return
-            self._pending.append(entry)
+            self._pending.append(data)
             return
-        self._write(entry)
-
-    def _write(self, entry: dict) -> None:
-        import json
-
-        self._request.write(b"data: " + json.dumps(entry).encode("utf-8") + b"\n\n")
+        self._request.write(data)
 
     def pauseProducing(self) -> None:
         self.paused = True
@@ -114,7 +116,7 @@ class EventStream:
     def resumeProducing(self) -> None:
         self.paused = False
         while self._pending and not self.paused and not self.closed:
-            self._write(self._pending.popleft())
+            self._request.write(self._pending.popleft())
 
     def stopProducing(self) -> None:
         self._gone(None)

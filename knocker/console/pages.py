@@ -144,7 +144,18 @@ def overview_page(data: dict, events: list, csrf: str) -> bytes:
     )
 
 
-def clients_page(rows: list, csrf: str, message: str = "") -> bytes:
+def _pager(number: int, pages: int, link, label: str) -> Tag:
+    parts = []
+    if number > 1:
+        parts.append(tags.a("Previous", href=link(number - 1), rel="prev"))
+    parts.append(f" page {number} of {pages} ")
+    if number < pages:
+        parts.append(tags.a("Next", href=link(number + 1), rel="next"))
+    return tags.nav(*parts, **{"aria-label": label})
+
+
+def clients_page(rows: list, csrf: str, message: str = "", number: int = 1,
+                 pages: int = 1) -> bytes:
     body = []
     if message:
         body.append(tags.p(message, role="status"))
@@ -157,6 +168,8 @@ def clients_page(rows: list, csrf: str, message: str = "") -> bytes:
     body.append(_table(("client", "knocks left", "last open", "runs out", "revoke"),
                        table_rows, "Clients and their one-time knocks") if rows
                 else tags.p("No clients yet: run 'knocker generate CLIENT' on the server."))
+    if pages > 1:
+        body.append(_pager(number, pages, lambda n: f"/clients?page={n}", "pages of clients"))
     return page(
         "Clients",
         "Each client's knocks left, its last open, and when it will run out at its recent "
@@ -220,12 +233,6 @@ def audit_page(entries: list, total: int, filters: dict, page_number: int, pages
              " ".join(f"{k}={v}" for k, v in e.items()
                       if k not in ("time", "event", "ip", "client", "source"))[:200]]
             for e in entries]
-    nav = []
-    if page_number > 1:
-        nav.append(tags.a("Newer", href=link(page_number - 1), rel="prev"))
-    nav.append(f" page {page_number} of {pages} ")
-    if page_number < pages:
-        nav.append(tags.a("Older", href=link(page_number + 1), rel="next"))
     return page(
         "Audit log",
         "Every event the daemon recorded, newest first.  To answer 'was my address swept "
@@ -233,5 +240,5 @@ def audit_page(entries: list, total: int, filters: dict, page_number: int, pages
         "of a time (2026-12-01 or 2026-12-01T13).",
         form, tags.p(f"{total} events match."),
         _table(("time", "event", "address", "client", "details"), rows, "Matching events"),
-        tags.nav(*nav, **{"aria-label": "pages of events"}),
+        _pager(page_number, pages, link, "pages of events"),
         csrf=csrf)

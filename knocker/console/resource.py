@@ -234,10 +234,17 @@ class Console(Resource):
         return self._html(request, pages.overview_page(data, list(self.bus.recent), who.csrf))
 
     def page_clients(self, request, who):
-        rows = view.clients(self.server, self.clock, self.activity)
+        try:
+            number = max(1, int(self._arg(request, "page") or 1))
+        except ValueError:
+            number = 1
+        per = view.CLIENTS_PER_PAGE
+        total = len(self.server.store.clients())
+        rows = view.clients(self.server, self.clock, self.activity, (number - 1) * per, per)
         message = self._arg(request, "revoked")
         message = f"{message} is revoked: its next knock is DENIED." if message else ""
-        return self._html(request, pages.clients_page(rows, who.csrf or "", message))
+        return self._html(request, pages.clients_page(
+            rows, who.csrf or "", message, number, max(1, -(-total // per))))
 
     def page_lockouts(self, request, who):
         rows = view.lockouts(self.server, self.clock, self.activity)

@@ -67,10 +67,18 @@ def lockouts(server, clock, activity: Activity | None) -> list[dict]:
     return rows
 
 
-def clients(server, clock, activity: Activity) -> list[dict]:
+CLIENTS_PER_PAGE = 100
+
+
+def clients(server, clock, activity: Activity, first: int = 0,
+            count: int | None = None) -> list[dict]:
+    """
+    The clients from the C{first}th (by id), C{count} of them (all: C{None}).
+    """
     now = clock.seconds()
     rows = []
-    for state in server.store.clients():
+    states = server.store.clients()
+    for state in states[first:None if count is None else first + count]:
         times = activity.grants.get(state.client, ())
         eta = None
         if len(times) >= 2:

@@ -95,6 +95,17 @@ class MetricsTests(SynchronousTestCase):
         for value in values:
             self.assertNotRegex(value, r"\d+\.\d+\.\d+\.\d+|:.*:", value)
 
+    def test_the_scrape_parses(self):
+        from prometheus_client.parser import text_string_to_metric_families
+
+        f = ConsoleFixture(self)
+        f.h.knock("alice")
+        families = {family.name: family for family in
+                    text_string_to_metric_families(self.scrape(f))}
+        left = {s.labels["client"]: s.value for s in families["knocker_knocks_left"].samples}
+        self.assertEqual(left, {"alice": 4.0, "bob": 5.0})
+        self.assertEqual(families["knocker_knocks_left"].type, "gauge")
+
     def test_names(self):
         f = ConsoleFixture(self)
         for line in self.scrape(f).splitlines():

@@ -265,6 +265,7 @@ class PagesTests(SynchronousTestCase):
         self.assertIn("page 1 of 2", first)
         self.assertIn("08:00:59", first)
         self.assertIn("08:00:00", f.browser.get("/audit?page=2").text)
+        self.assertIn("Next", first)
 
     def test_metrics_for_a_bearer(self):
         f = ConsoleFixture(self)
