@@ -80,7 +80,7 @@ def build(folder, clients, console):
         from knocker.console.metrics import Metrics
         from knocker.console.view import Activity
 
-        bus, metrics, activity = EventBus(), Metrics(clock), Activity(clock)
+        bus, metrics, activity = EventBus(clock), Metrics(clock), Activity(clock)
         observed = console_audit(audit, clock, bus, metrics, activity)
         for _ in range(3):
             EventStream(Sink(), bus)

@@ -18,19 +18,46 @@ from knocker.core.isotime import iso_time
 RECENT = 50
 STREAM_LIMIT = 100
 MAX_SUBSCRIBERS = 20
+LIVE_RATE = 50
 
 
 class EventBus:
     """
     The last C{RECENT} events, and the live subscribers.
+
+    At most C{rate} events a second go live (C{clock}'s seconds): in a
+    flood from many sources (a lockout event each) the rest are only
+    counted, and the next second's first event is preceded by a
+    C{live-skipped} event saying how many; the audit log and the metrics
+    still have every one.
     """
 
-    def __init__(self, recent: int = RECENT):
+    def __init__(self, clock=None, recent: int = RECENT, rate: int = LIVE_RATE):
         self.recent: deque = deque(maxlen=recent)
         self.subscribers: set = set()
         self.dropped = 0
+        self._clock = clock
+        self._rate = rate
+        self._second = None
+        self._sent = 0
+        self.skipped = 0
 
     def publish(self, entry: dict) -> None:
+        if self._clock is not None:
+            second = int(self._clock.seconds())
+            if second != self._second:
+                self._second, self._sent = second, 0
+                if self.skipped:
+                    skipped, self.skipped = self.skipped, 0
+                    self._send({"time": entry.get("time"), "event": "live-skipped",
+                                "count": skipped})
+            if self._sent >= self._rate:
+                self.skipped += 1
+                return
+            self._sent += 1
+        self._send(entry)
+
+    def _send(self, entry: dict) -> None:
         self.recent.append(entry)
         if self.subscribers:
             import json

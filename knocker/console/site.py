@@ -33,7 +33,7 @@ class ConsoleService:
         self.config = config
         self._reactor = reactor
         self._wall = wall
-        self.bus = EventBus()
+        self.bus = EventBus(reactor)
         self.metrics = Metrics(reactor)
         self.activity = Activity(reactor)
         self.credentials = Credentials(config.state_dir)

@@ -57,6 +57,21 @@ class StreamTests(SynchronousTestCase):
         stream.resumeProducing()
         self.assertEqual(len(request.written), written + 1)
 
+    def test_a_flood_goes_live_at_a_bounded_rate(self):
+        from twisted.internet.task import Clock
+
+        clock = Clock()
+        bus = EventBus(clock, rate=10)
+        request = StreamRequest([b"events"])
+        EventStream(request, bus)
+        for n in range(1000):
+            bus.publish({"event": "lockout", "n": n})
+        self.assertEqual(len(request.written), 1 + 10)
+        clock.advance(1)
+        bus.publish({"event": "open"})
+        self.assertIn(b'"event": "live-skipped", "count": 990', request.written[-2])
+        self.assertIn(b'"open"', request.written[-1])
+
     def test_the_recent_buffer_is_bounded(self):
         bus = EventBus(recent=5)
         for n in range(100):

@@ -98,7 +98,7 @@ class ConsoleFixture:
         self.h = Harness(testcase, clients=("alice", "bob"), **config)
         self.wall = Clock()
         self.wall.advance(1_800_000_000)
-        self.bus = EventBus()
+        self.bus = EventBus(self.h.clock)
         self.metrics = Metrics(self.h.clock)
         self.activity = Activity(self.h.clock)
         self.audit = ObservedAudit(self.h.audit, self.wall.seconds,
