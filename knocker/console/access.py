@@ -53,9 +53,22 @@ class Credentials:
 
     def new_login(self, now: float, seconds: float = LOGIN_SECONDS) -> str:
         ensure_private_dir(self.directory)
+        self._forget_expired(now)
         token = secrets.token_urlsafe(32)
         write_private(self._path("login-" + _digest(token)), f"{now + seconds}\n")
         return token
+
+    def _forget_expired(self, now: float) -> None:
+        """
+        Delete the login files nobody used in time.
+        """
+        for name in os.listdir(self.directory):
+            if name.startswith("login-"):
+                try:
+                    if float(read_private(self._path(name), limit=64).strip() or 0) <= now:
+                        os.unlink(self._path(name))
+                except (OSError, ValueError):
+                    pass
 
     def redeem_login(self, token, now: float) -> bool:
         """

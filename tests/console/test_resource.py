@@ -153,6 +153,16 @@ class LoginTests(SynchronousTestCase):
         self.assertEqual(f.browser.post("/login", {"token": token}).code, 403)
         self.assertEqual(f.browser.get("/").code, 401)
 
+    def test_unused_logins_are_forgotten(self):
+        f = ConsoleFixture(self)
+        f.credentials.new_login(f.wall.seconds())
+        f.wall.advance(301)
+        f.credentials.new_login(f.wall.seconds())
+        import os
+
+        names = [n for n in os.listdir(f.credentials.directory) if n.startswith("login-")]
+        self.assertEqual(len(names), 1)
+
     def test_login_from_a_foreign_origin_refused(self):
         f = ConsoleFixture(self)
         token = f.credentials.new_login(f.wall.seconds())
