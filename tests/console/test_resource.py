@@ -5,6 +5,8 @@ console's own Origin, and every change in the audit log.  The tests walk
 L{ROUTES}, so a route added later is held to the same checks.
 """
 
+import os
+
 from twisted.trial.unittest import SynchronousTestCase
 
 from knocker.console.access import SESSION_SECONDS
@@ -158,8 +160,6 @@ class LoginTests(SynchronousTestCase):
         f.credentials.new_login(f.wall.seconds())
         f.wall.advance(301)
         f.credentials.new_login(f.wall.seconds())
-        import os
-
         names = [n for n in os.listdir(f.credentials.directory) if n.startswith("login-")]
         self.assertEqual(len(names), 1)
 

@@ -123,3 +123,42 @@ class ConsoleProcessTests(ConsoleDaemonCase):
         self.assertNotEqual(done.returncode, 0)
         self.assertIn("admin", done.stdout + done.stderr)
         self.assertIn("ssl:", done.stdout + done.stderr)
+
+
+class ConsoleOverTLSTests(ConsoleDaemonCase):
+    """
+    admin = ssl: on every address (allowed: TLS), the session cookie marked
+    Secure, and knocker unlock through https on loopback.
+    """
+
+    def test_tls_console(self):
+        import http.client
+        import ssl
+        import urllib.parse
+
+        from tests.network import tls
+
+        ca = tls.make_ca(self.dir)
+        files = tls.make_server(self.dir, ca, dns_names=["console.test"], ips=["127.0.0.1"])
+        self.configure(admin=tls.server_endpoint(files, port=0, interface="0.0.0.0"))
+        self.generate("alice")
+        self.start()
+        url = knocker("console", "--config", self.server_conf).stdout.strip()
+        self.assertTrue(url.startswith("https://127.0.0.1:"), url)
+        parts = urllib.parse.urlsplit(url)
+        context = ssl.create_default_context(cafile=ca.cert_path)
+        connection = http.client.HTTPSConnection("127.0.0.1", parts.port, context=context,
+                                                 timeout=10)
+        origin = f"https://127.0.0.1:{parts.port}"
+        connection.request("POST", "/login", body=f"token={parts.query[6:]}", headers={
+            "Content-Type": "application/x-www-form-urlencoded", "Origin": origin})
+        reply = connection.getresponse()
+        reply.read()
+        self.assertEqual(reply.status, 302)
+        cookie = reply.getheader("Set-Cookie")
+        self.assertIn("Secure", cookie)
+        self.assertIn("HttpOnly", cookie)
+        done = knocker("unlock", "--all", "--config", self.server_conf)
+        self.assertEqual(done.returncode, 0, done.stderr)
+        self.assertEqual(self.events("admin-lift")[-1]["by"], "bearer")
+
