@@ -321,8 +321,7 @@ class KnockServer:
         back; returns the keys lifted.
         """
         lifted = self.tracker.lift(key)
-        for each in lifted:
-            self._store.set_lockout(each, 0.0)  # expired: the state forgets it
+        self._store.lift_lockouts(key)
         return lifted
 
     def revoke(self, client: str) -> bool:

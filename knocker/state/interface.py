@@ -99,7 +99,10 @@ class IStore(Interface):
     def lockouts(now):
         """The lockouts still in force at C{now}: C{{key: until}}."""
 
-    # Revocation (the console, knocker revoke): kept apart from the counters.
+    # The operator's changes (the console, knocker unlock and revoke).
+
+    def lift_lockouts(key=None):
+        """Forget the lockout of C{key} (every lockout with C{None}), for good."""
 
     def revoke(client):
         """Refuse C{client} from now on, for good, until L{register} starts it again."""

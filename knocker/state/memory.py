@@ -69,6 +69,12 @@ class MemoryStore:
         self._lockouts = {k: u for k, u in self._lockouts.items() if u > now}
         return dict(self._lockouts)
 
+    def lift_lockouts(self, key=None) -> None:
+        if key is None:
+            self._lockouts.clear()
+        else:
+            self._lockouts.pop(key, None)
+
     def revoke(self, client) -> None:
         self._revoked.add(client)
 

@@ -187,8 +187,16 @@ class SQLiteStore:
             self._db.execute("DELETE FROM lockouts WHERE until <= ?", (now,))
         return dict(self._db.execute("SELECT key, until FROM lockouts"))
 
-    # Revocation.  (A table of its own, created if missing: a state written
-    # before it existed opens unchanged, so the schema version stays 1.)
+    # The operator's changes.  (Revocations: a table of its own, created if
+    # missing: a state written before it existed opens unchanged, so the
+    # schema version stays 1.)
+
+    def lift_lockouts(self, key: str | None = None) -> None:
+        with self._transaction():
+            if key is None:
+                self._db.execute("DELETE FROM lockouts")
+            else:
+                self._db.execute("DELETE FROM lockouts WHERE key = ?", (key,))
 
     def revoke(self, client: str) -> None:
         with self._transaction():

@@ -184,7 +184,18 @@ class StoreContract:
         self.assertEqual(self.store.lockouts(1000.0), {"*": 1120.0})
         self.assertEqual(self.store.lockouts(1100.0), {"*": 1120.0})
 
-    # Revocation (knocker revoke, the console).
+    # The operator's changes (knocker unlock and revoke, the console).
+
+    def test_lift_one_lockout(self):
+        self.store.save_lockouts({"198.51.100.1": 2000.0, "198.51.100.2": 2000.0})
+        self.store.lift_lockouts("198.51.100.1")
+        self.assertEqual(self.store.lockouts(1000.0), {"198.51.100.2": 2000.0})
+
+    def test_lift_every_lockout(self):
+        self.store.set_lockout("*", 2000.0)
+        self.store.save_lockouts({"198.51.100.1": 2000.0})
+        self.store.lift_lockouts()
+        self.assertEqual(self.store.lockouts(1000.0), {})
 
     def test_revoke(self):
         self.store.register("alice", 3, SECRET)
