@@ -91,7 +91,7 @@ def clients(server, clock, activity: Activity, first: int = 0,
             "knocks": state.knocks,
             "last_open": activity.last_open.get(state.client, "-"),
             "run_out": describe_seconds(eta),
-            "revoked": server.store.is_revoked(state.client),
+            "revoked": server.is_revoked(state),
         })
     return rows
 

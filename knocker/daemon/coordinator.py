@@ -58,6 +58,7 @@ class KnockServer:
         self.tracker = tracker
         tracker.observer = self
         self._lockout_flush = None
+        self._revoked: dict[str, str] = {}  # client -> secret_id of its revoked file
         # The action-env names' values, taken once: every action gets the same.
         self.passed_env = passed_env(config.action_env)
         self.closes = CloseSchedule(
@@ -76,6 +77,7 @@ class KnockServer:
         holds at once (fail-closed: doors a previous run opened are closed,
         not kept open to their time).
         """
+        self._revoked = dict(self._store.revoked())
         for key, until in self._store.lockouts(self._wall.now()).items():
             self.tracker.restore_lockout(key, self._wall.from_wall(until))
             log.warn("lockout of {key} still in force from before the restart", key=key)
@@ -110,7 +112,7 @@ class KnockServer:
         # one fixed delay after the PROOF, so the time of the two denials
         # does not depend on their work.
         state = self._store.client(client)
-        revoked = state is not None and self._store.is_revoked(client)
+        revoked = state is not None and self.is_revoked(state)
         if revoked:
             state = None  # denied like an unknown client, by the same code
         if state is not None:
@@ -326,13 +328,23 @@ class KnockServer:
 
     def revoke(self, client: str) -> bool:
         """
-        Refuse C{client} from its next HELLO on (DENIED), for good; C{False}
-        if there is no such client.
+        Refuse C{client}'s current file from its next HELLO on (DENIED), for
+        good; a new file (knocker generate --force) is not revoked.
+        C{False} if there is no such client.
         """
-        if self._store.client(client) is None:
+        state = self._store.client(client)
+        if state is None:
             return False
         self._store.revoke(client)
+        self._revoked[client] = state.secret_id
         return True
+
+    def is_revoked(self, state) -> bool:
+        """
+        Whether C{state}'s file is revoked (a lookup in memory: no store call
+        on the handshake's path).
+        """
+        return self._revoked.get(state.client) == state.secret_id
 
     def stop(self) -> None:
         """

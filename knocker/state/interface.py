@@ -64,10 +64,7 @@ class IStore(Interface):
         """Keep the pool, once, for good; a second call raises L{StateError}."""
 
     def register(client, knocks, secret):
-        """
-        Start C{client} at knock 1 of C{knocks} of the file with C{secret}
-        (and lift a revocation: a new file is a new start).
-        """
+        """Start C{client} at knock 1 of C{knocks} of the file with C{secret}."""
 
     def client(client):
         """C{client}'s L{ClientState}, or C{None}."""
@@ -105,7 +102,10 @@ class IStore(Interface):
         """Forget the lockout of C{key} (every lockout with C{None}), for good."""
 
     def revoke(client):
-        """Refuse C{client} from now on, for good, until L{register} starts it again."""
+        """
+        Revoke C{client}'s current file: keep its C{secret_id}, for good (a
+        new file, with a new secret, is not revoked).
+        """
 
-    def is_revoked(client):
-        """Whether C{client} is revoked."""
+    def revoked():
+        """C{{client: secret_id}} of every revoked file."""

@@ -15,7 +15,7 @@ class MemoryStore:
         self._closes: dict[int, PendingClose] = {}
         self._next_close = 1
         self._lockouts: dict[str, float] = {}
-        self._revoked: set[str] = set()
+        self._revoked: dict[str, str] = {}
         self.path = "<memory>"
 
     def close(self) -> None:
@@ -31,7 +31,6 @@ class MemoryStore:
 
     def register(self, client, knocks, secret) -> None:
         self._clients[client] = ClientState(client, 1, knocks, secret_id(secret))
-        self._revoked.discard(client)
 
     def client(self, client):
         return self._clients.get(client)
@@ -76,7 +75,9 @@ class MemoryStore:
             self._lockouts.pop(key, None)
 
     def revoke(self, client) -> None:
-        self._revoked.add(client)
+        state = self._clients.get(client)
+        if state is not None:
+            self._revoked[client] = state.secret_id
 
-    def is_revoked(self, client) -> bool:
-        return client in self._revoked
+    def revoked(self):
+        return dict(self._revoked)

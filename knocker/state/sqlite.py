@@ -39,7 +39,7 @@ CREATE TABLE IF NOT EXISTS closes (
     knock INTEGER NOT NULL
 );
 CREATE TABLE IF NOT EXISTS lockouts (key TEXT PRIMARY KEY, until REAL NOT NULL);
-CREATE TABLE IF NOT EXISTS revoked (id TEXT PRIMARY KEY);
+CREATE TABLE IF NOT EXISTS revoked (id TEXT PRIMARY KEY, secret_id TEXT NOT NULL);
 """
 
 
@@ -121,7 +121,6 @@ class SQLiteStore:
                 "secret_id = excluded.secret_id",
                 (client, knocks, secret_id(secret)),
             )
-            self._db.execute("DELETE FROM revoked WHERE id = ?", (client,))
 
     def client(self, client: str) -> ClientState | None:
         row = self._db.execute(
@@ -200,7 +199,10 @@ class SQLiteStore:
 
     def revoke(self, client: str) -> None:
         with self._transaction():
-            self._db.execute("INSERT OR IGNORE INTO revoked (id) VALUES (?)", (client,))
+            self._db.execute(
+                "INSERT INTO revoked (id, secret_id) SELECT id, secret_id FROM clients "
+                "WHERE id = ? ON CONFLICT (id) DO UPDATE SET secret_id = excluded.secret_id",
+                (client,))
 
-    def is_revoked(self, client: str) -> bool:
-        return self._db.execute("SELECT 1 FROM revoked WHERE id = ?", (client,)).fetchone() is not None
+    def revoked(self) -> dict[str, str]:
+        return dict(self._db.execute("SELECT id, secret_id FROM revoked"))

@@ -137,7 +137,7 @@ class ConsoleFixture:
         store = self.h.store
         return (
             [(c.client, c.next_index) for c in store.clients()],
-            [store.is_revoked(c.client) for c in store.clients()],
+            store.revoked(),
             sorted(self.h.server.tracker.lockouts()),
             store.lockouts(0),
             [e for e in self.h.audit.events if not e["event"].startswith("admin-log")],

@@ -28,6 +28,20 @@ class RevokeTests(SynchronousTestCase):
         line, *_ = h.handshake("alice")
         self.assertEqual(line, b"DENIED\n")
 
+    def test_a_new_file_is_not_revoked(self):
+        h = Harness(self)
+        h.server.revoke("alice")
+        from knocker.admin.clients import generate_client
+        from knocker.core.knockfile import parse_knockfile
+        from knocker.files import read_private
+
+        out = h.dir + "/alice-new.knock"
+        generate_client(h.config, "alice", 5, 3, out, force=True)
+        h.files["alice"] = parse_knockfile(read_private(out), out)
+        h.restart()  # the daemon reads the new server copy
+        line, *_ = h.handshake("alice")
+        self.assertTrue(line.startswith(b"GRANT "), line)
+
     def test_unknown_client(self):
         h = Harness(self)
         self.assertFalse(h.server.revoke("mallory"))

@@ -200,19 +200,19 @@ class StoreContract:
     def test_revoke(self):
         self.store.register("alice", 3, SECRET)
         self.store.register("bob", 3, SECRET)
-        self.assertFalse(self.store.is_revoked("alice"))
+        self.assertEqual(self.store.revoked(), {})
         self.store.revoke("alice")
         self.store.revoke("alice")  # twice is once
-        self.assertTrue(self.store.is_revoked("alice"))
-        self.assertFalse(self.store.is_revoked("bob"))
+        self.store.revoke("mallory")  # no such client: nothing
+        self.assertEqual(self.store.revoked(), {"alice": secret_id(SECRET)})
         self.assertEqual(self.store.client("alice").left, 3, "the counter is left alone")
 
-    def test_register_again_lifts_revocation(self):
+    def test_revocation_names_the_file(self):
         self.store.register("alice", 3, SECRET)
         self.store.revoke("alice")
         self.store.register("alice", 3, NEW_SECRET)
-        self.assertFalse(self.store.is_revoked("alice"))
-
+        self.assertEqual(self.store.revoked(), {"alice": secret_id(SECRET)},
+                         "the old file stays revoked; the new one has another secret")
 
 class MemoryStoreContractTests(StoreContract, SynchronousTestCase):
 
@@ -237,4 +237,4 @@ class SQLiteStoreContractTests(StoreContract, SynchronousTestCase):
         store.close()
         again = SQLiteStore(state_dir)
         self.addCleanup(again.close)
-        self.assertTrue(again.is_revoked("alice"))
+        self.assertEqual(again.revoked(), {"alice": secret_id(SECRET)})
