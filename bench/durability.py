@@ -29,7 +29,6 @@ import random
 import shutil
 import sys
 import tempfile
-import threading
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -139,37 +138,12 @@ def start_daemon(base, knocks, root, preferred):
 
 def exchange_window(daemon, threads, seconds, first_source):
     """`threads` clients doing HELLO->GRANT back to back for `seconds`."""
-    results = [[] for _ in range(threads)]
-    errors = []
-    end = time.perf_counter() + seconds
     cpu0 = daemon.proc.cpu_seconds()
-
-    def worker(n):
-        source = knockerlib.Source(first=first_source + n * 50, count=50)
-        try:
-            while time.perf_counter() < end and len(results[n]) < MAX_PER_WINDOW:
-                t_hello, t_connect, kind, _ = knockerlib.grant_exchange(
-                    daemon.central_port, daemon.knockfile, source=source.next())
-                if kind != "Grant":
-                    errors.append(kind)
-                    if len(errors) > 20:
-                        return
-                    continue
-                results[n].append(t_connect)
-        except Exception as error:  # noqa: BLE001 - reported, not hidden
-            errors.append(repr(error))
-
-    started = time.perf_counter()
-    pool = [threading.Thread(target=worker, args=(n,), daemon=True) for n in range(threads)]
-    for t in pool:
-        t.start()
-    for t in pool:
-        t.join(seconds + 30)
-    elapsed = time.perf_counter() - started
+    rate, lat, errors = knockerlib.exchange_window(
+        [daemon], threads, seconds, daemon.knockfile, first_source, MAX_PER_WINDOW)
     cpu1 = daemon.proc.cpu_seconds()
-    lat = [x for r in results for x in r]
     cpu_per = ((cpu1 - cpu0) / len(lat) * 1e6) if lat and cpu0 is not None and cpu1 is not None else None
-    return len(lat) / elapsed, lat, errors, cpu_per
+    return rate, lat, errors, cpu_per
 
 
 def main():

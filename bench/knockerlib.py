@@ -233,6 +233,48 @@ def grant_exchange(port, knockfile, source="127.0.0.1", host="127.0.0.1", timeou
         sock.close()
 
 
+def exchange_window(daemons, threads, seconds, knockfile, first_source=2, max_each=20000):
+    """
+    C{threads} clients doing HELLO -> GRANT back to back for C{seconds},
+    spread over C{daemons} (each with C{central_port}, and C{host} or
+    127.0.0.1), each from its own run of source addresses.  Returns
+    (exchanges per second, connect -> GRANT seconds of each, what was
+    not a grant).
+    """
+    import threading
+
+    results = [[] for _ in range(threads)]
+    errors = []
+    end = time.perf_counter() + seconds
+
+    def worker(n):
+        daemon = daemons[n % len(daemons)]
+        host = getattr(daemon, "host", "127.0.0.1")
+        source = Source(first=first_source + n * 50, count=50)
+        try:
+            while time.perf_counter() < end and len(results[n]) < max_each:
+                _, t_connect, kind, _ = grant_exchange(
+                    daemon.central_port, knockfile, source=source.next(), host=host)
+                if kind != "Grant":
+                    errors.append(kind)
+                    if len(errors) > 20:
+                        return
+                    continue
+                results[n].append(t_connect)
+        except Exception as error:  # noqa: BLE001 - reported, not hidden
+            errors.append(repr(error))
+
+    started = time.perf_counter()
+    pool = [threading.Thread(target=worker, args=(n,), daemon=True) for n in range(threads)]
+    for t in pool:
+        t.start()
+    for t in pool:
+        t.join(seconds + 30)
+    elapsed = time.perf_counter() - started
+    lat = [x for r in results for x in r]
+    return len(lat) / elapsed, lat, errors
+
+
 def check_venv():
     """Exit with a clear message when knocker or twisted cannot be imported."""
     try:

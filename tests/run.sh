@@ -9,7 +9,8 @@ cd "$(dirname "$0")/.."
 # systemd: systemd-analyze for the unit's tests; logrotate: etc/knocker.logrotate;
 # python3-venv, util-linux, passwd: README's installation (tests/network/test_deploy.py)
 # chromium, chromium-driver: the console in a real browser (tests/processes/test_console_browser.py)
-packages="iproute2 nftables nmap faketime openssh-server openssh-client systemd logrotate python3-venv util-linux passwd chromium chromium-driver"
+# postgresql: the throwaway clusters of a fleet's tests (tests/helpers/postgres.py)
+packages="iproute2 nftables nmap faketime openssh-server openssh-client systemd logrotate python3-venv util-linux passwd chromium chromium-driver postgresql"
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     missing=""
     for package in $packages; do
@@ -22,6 +23,6 @@ if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
 fi
 
 python3 -m venv .venv
-.venv/bin/pip install -q --disable-pip-version-check '.[test]'
+.venv/bin/pip install -q --disable-pip-version-check '.[test,postgresql]'
 .venv/bin/ruff check .
 exec .venv/bin/python -m pytest "$@"

@@ -11,6 +11,8 @@ import sys
 
 from twisted.trial.unittest import SynchronousTestCase
 
+from tests.helpers import postgres
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BENCH = os.path.join(ROOT, "bench")
 
@@ -89,3 +91,19 @@ class KnockerBenchTests(SynchronousTestCase):
             self.assertPositive(report[flood]["hits_per_second_console"], flood)
         for key in ("overview_ms", "clients_page_ms", "metrics_ms"):
             self.assertPositive(report[key], key)
+
+    def test_fleet(self):
+        """
+        bench/fleet.py on a throwaway PostgreSQL cluster (root, Debian's
+        postgresql).
+        """
+        report = self.run_bench("fleet.py")
+        states = {row["state"] for row in report["exchanges"]}
+        self.assertEqual(states, {"SQLite, 1 daemon", "PostgreSQL, 1 gateway",
+                                  "PostgreSQL, 2 gateways"})
+        for row in report["exchanges"]:
+            self.assertEqual(row["not_granted"], 0, row)
+            self.assertPositive(row["grants_per_s_p50"], row["state"])
+        self.assertEqual(report["lockout_propagation"]["failures"], 0)
+
+    test_fleet.skip = postgres.skip_reason()

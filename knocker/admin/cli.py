@@ -71,7 +71,8 @@ def _status(args) -> int:
     if args.json:
         print(json.dumps(report, indent=2))
         return 0
-    print(f"state: {report['state_dir']}  pool: {report['pool_size']} ports")
+    where = report["database"] or report["state_dir"]
+    print(f"state: {where}  pool: {report['pool_size']} ports")
     for row in report["clients"]:
         print(f"  {row['client']:<24} {row['left']:>7} of {row['knocks']} knocks left")
     if not report["clients"]:

@@ -7,6 +7,7 @@ state is read and written as that user (L{knocker.admin.owner.StateOwner}),
 so the server's copies and the database stay the daemon's.
 """
 
+import os
 import secrets
 import time
 from datetime import datetime, timezone
@@ -48,8 +49,11 @@ def generate_client(config, client: str, knocks: int, ports: int, output: str,
     written as its directory's owner (the client's copy as the caller).
     """
     owner = StateOwner(config.state_dir)
-    with owner:
-        store = SQLiteStore(config.state_dir)
+    if config.database:
+        store = open_database(config, create_key=True)
+    else:
+        with owner:
+            store = SQLiteStore(config.state_dir)
     try:
         with owner:
             existing = store.client(client)
@@ -69,9 +73,14 @@ def generate_client(config, client: str, knocks: int, ports: int, output: str,
         # and the client's old file still works.
         write_private(output, format_knockfile(kf))
         with owner:
-            book = ClientBook(config.state_dir, pool)
-            server_copy = book.add(kf)
-            store.register(client, knocks, kf.secret)
+            if config.database:
+                # Counter and sealed copy in one transaction, for every gateway.
+                store.register_with_book(client, knocks, kf.secret, format_knockfile(kf))
+                server_copy = f"{store.path} (sealed with {config.database_key_file})"
+            else:
+                book = ClientBook(config.state_dir, pool)
+                server_copy = book.add(kf)
+                store.register(client, knocks, kf.secret)
     finally:
         with owner:
             store.close()
@@ -79,11 +88,47 @@ def generate_client(config, client: str, knocks: int, ports: int, output: str,
     return Generated(kf, output, server_copy, len(pool), ordered, unordered)
 
 
+def open_database(config, create_key: bool = False):
+    """
+    The fleet's database (C{database}, docs/fleet.md) for a command; with
+    C{create_key}, C{database-key-file} is made (0600, 32 random bytes, as
+    the state directory's owner) when it does not exist yet.
+    """
+    from knocker.state.interface import StateError
+    from knocker.state.postgres import PostgresStore, load_key
+
+    path = config.database_key_file
+    if create_key and path and not os.path.exists(path):
+        # A new key only for a new fleet: one made beside existing copies
+        # would open none of them.
+        probe = PostgresStore(config.database)
+        try:
+            sealed = probe.has_sealed_state()
+        finally:
+            probe.close()
+        if sealed:
+            raise StateError(
+                f"database-key-file = {path} does not exist, but {probe.path} already holds "
+                f"copies sealed under the fleet's key: copy that key file here "
+                f"(a new key would open none of them)")
+    with StateOwner(config.state_dir):
+        key = load_key(path, create=create_key)
+    store = PostgresStore(config.database, key)
+    try:
+        store.check_key()
+    except StateError as error:
+        store.close()
+        raise StateError(f"database-key-file = {path}: {error}") from None
+    return store
+
+
 def status(config) -> dict:
     """
     What C{knocker status} shows: the pool, each client's knocks left and
     the lockouts in force, read from the state the daemon commits.
     """
+    if config.database:
+        return _status(config, open_database(config))
     owner = StateOwner(config.state_dir)
     with owner:
         return _status(config, SQLiteStore(config.state_dir))
@@ -94,6 +139,7 @@ def _status(config, store) -> dict:
         pool = store.pool() or ()
         return {
             "state_dir": config.state_dir,
+            "database": store.path if config.database else None,
             "pool_size": len(pool),
             "pool": list(pool),
             "clients": [
@@ -101,7 +147,8 @@ def _status(config, store) -> dict:
                 for c in store.clients()
             ],
             "lockouts": store.lockouts(time.time()),
-            "pending_closes": len(store.pending_closes()),
+            "pending_closes": (store.all_pending_closes() if hasattr(store, "all_pending_closes")
+                               else len(store.pending_closes())),
         }
     finally:
         store.close()

@@ -32,7 +32,7 @@ def run_knock(config, knockfile, verbose: bool = False):
     """
     Knock once with the fastest driver that handles C{config.server}.
     """
-    if plain_tcp(config.server) is not None:
+    if all(plain_tcp(endpoint) is not None for endpoint in config.server.split()):
         return run_blocking(knock(BlockingDriver(verbose), config, knockfile))
     from twisted.internet.task import react
 

@@ -175,13 +175,20 @@ class _Deadline:
 async def _attempt(io, config, knockfile, known, deadline) -> KnockResult:
     if deadline.passed():
         return KnockResult(Outcome.NO_VERDICT, deadline.passed_message("before connecting"))
-    try:
-        conn = await io.connect(config.server, deadline.bound(config.connect_timeout))
-    except (Unreachable, Trouble) as failure:
-        if deadline.passed():  # cut short by the deadline, not refused
-            return KnockResult(Outcome.NO_VERDICT, deadline.passed_message(
-                f"while connecting to {config.server} ({failure})"))
-        return KnockResult(Outcome.UNREACHABLE, f"{config.server}: {failure}")
+    # A fleet's gateways, in the order given: the first whose central port
+    # answers is the one knocked (its peer_host gets the hits).
+    for endpoint in config.server.split():
+        try:
+            conn = await io.connect(endpoint, deadline.bound(config.connect_timeout))
+            break
+        except (Unreachable, Trouble) as failure:
+            if deadline.passed():  # cut short by the deadline, not refused
+                return KnockResult(Outcome.NO_VERDICT, deadline.passed_message(
+                    f"while connecting to {endpoint} ({failure})"))
+            io.say(f"{endpoint}: {failure}")
+            unreachable = failure
+    else:
+        return KnockResult(Outcome.UNREACHABLE, f"{config.server}: {unreachable}")
     machine = hs.ClientHandshake(knockfile)
     index, ports = None, ()
     doing = "while waiting for the server's reply"

@@ -99,6 +99,25 @@ def _admin(text: str) -> str | None:
     return text
 
 
+def _endpoints(text: str) -> str:
+    """
+    One endpoint, or several separated by spaces or newlines (a fleet's
+    gateways, tried in turn): kept as one space-separated string.
+    """
+    items = text.split()
+    if not items:
+        raise ValueError("an endpoint")
+    for item in items:
+        _endpoint(item)
+    return " ".join(items)
+
+
+def _database(text: str) -> str:
+    if text and not text.startswith(("postgresql://", "postgres://")):
+        raise ValueError("empty (SQLite in state-dir) or a postgresql:// URI")
+    return text
+
+
 def _address(text: str) -> str:
     import ipaddress
 
@@ -199,11 +218,17 @@ SERVER_TABLE = (
     Key("admin", "tcp:8750:interface=127.0.0.1",
         (_admin, "empty (no console), tcp:PORT:interface=ADDRESS on a loopback address, or "
                  "ssl:PORT:privateKey=...:certKey=... (TLS) on any address")),
+    Key("database", "", (_database, "empty (SQLite in state-dir) or a libpq URI such as "
+                                    "postgresql://knocker@db.example/knocker?sslmode=verify-full")),
+    Key("database-key-file", None, _PATH, is_path=True),
+    Key("gateway", "", (lambda text: text, "a name for this gateway, its own in the fleet "
+                                           "(required with database)")),
 )
 
 CLIENT_TABLE = (
     Key("server", "tcp:host=127.0.0.1:port=7000",
-        (_endpoint, "a Twisted client endpoint string such as tcp:host=example.org:port=7000")),
+        (_endpoints, "a Twisted client endpoint string such as tcp:host=example.org:port=7000, "
+                     "or several separated by spaces or newlines")),
     Key("knock-file", None, _PATH, is_path=True),
     Key("log-file", "~/.knocker/client.log", _PATH, is_path=True),
     Key("timeout", 60.0, _number(float, 1, 3600)),

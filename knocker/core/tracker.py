@@ -206,6 +206,23 @@ class Tracker:
         """
         return list(self._slots.values())
 
+    def source_until(self, key: str) -> tuple[float, int]:
+        """
+        C{(until, step)} of C{key}'s lockout (L{GLOBAL}: the server's, step
+        0), C{(0.0, 0)} if none is remembered: one lookup, where
+        L{lockouts} builds the whole table.
+        """
+        if key == GLOBAL:
+            return self._global_until, 0
+        entry = self._sources.get(key)
+        return (entry[0], entry[1]) if entry is not None else (0.0, 0)
+
+    def changed_again(self, keys) -> None:
+        """
+        Source lockouts whose save failed: saved with the next batch.
+        """
+        self._changed.update(key for key in keys if key in self._sources)
+
     def take_changes(self) -> list[tuple[str, float, int]]:
         """
         C{(key, until, step)} of each source lockout started since the last
@@ -304,6 +321,28 @@ class Tracker:
         else:
             self._remember(key, until, step)
             self._changed.discard(key)
+
+    def shared_lockout(self, key: str, until: float, step: int = 0) -> None:
+        """
+        A lockout another gateway of the fleet started (docs/fleet.md): held
+        here as if started here, so the knocks it covers end now
+        (C{locked-out}) instead of timing out into a lockout of their own,
+        but not told to the observer, which would save and spread it again.
+        The later end and the higher escalation C{step} of the two are kept.
+        """
+        if until <= self._clock.seconds():
+            return
+        if key != GLOBAL:
+            local_until, local_step = self.source_until(key)
+            until, step = max(until, local_until), min(max(step, local_step), MAX_STEP)
+        unsaved = key in self._changed
+        self.restore_lockout(key, until, step)
+        if unsaved:
+            self._changed.add(key)  # still ours to save
+        ended = [slot for slot in self._slots.values() if not slot.acting
+                 and (key == GLOBAL or self.source_of(slot.ip) == key)]
+        for slot in ended:
+            self._end(slot, "locked-out")
 
     def stop(self) -> None:
         """

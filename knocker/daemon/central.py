@@ -8,6 +8,7 @@ import select
 import time
 
 from twisted.internet import protocol
+from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.protocols.basic import LineOnlyReceiver
 
@@ -56,6 +57,7 @@ class CentralProtocol(LineOnlyReceiver):
         self._timeout = timeout
         self._timer = None
         self._handshake = hs.ServerHandshake(server.new_nonce)
+        self._lost = False
         self.ip = None
 
     def connectionMade(self):
@@ -73,12 +75,32 @@ class CentralProtocol(LineOnlyReceiver):
             except Exception:
                 log.failure("answering {client} from {ip}", client=step.client, ip=self.ip)
                 reply = hs.Error("server-error")
-            step = self._handshake.judged(reply)
-            if isinstance(reply, (hs.Denied, hs.Error)):
-                moment = proved_at + DENIED_AT
-                wake = max(0.0, moment - self.factory.early - self._clock.seconds())
-                self._timer = self._clock.callLater(wake, self._send_at, moment, step)
+            if isinstance(reply, Deferred):
+                # A fleet's database answers later (knocker.daemon.fleet).
+                reply.addErrback(self._answer_failed, step.client)
+                reply.addCallback(self._judged, proved_at)
                 return
+            self._judged(reply, proved_at)
+            return
+        self._apply(step)
+
+    def _answer_failed(self, failure, client):
+        log.failure("answering {client} from {ip}", failure, client=client, ip=self.ip)
+        return hs.Error("server-error")
+
+    def _judged(self, reply: hs.Reply, proved_at: float) -> None:
+        if self._lost:
+            # The client left while the state answered: a grant made
+            # meanwhile ends as abandoned (its number stays burned).
+            if isinstance(reply, hs.Grant):
+                self._server.session_lost(self)
+            return
+        step = self._handshake.judged(reply)
+        if isinstance(reply, (hs.Denied, hs.Error)):
+            moment = proved_at + DENIED_AT
+            wake = max(0.0, moment - self.factory.early - self._clock.seconds())
+            self._timer = self._clock.callLater(wake, self._send_at, moment, step)
+            return
         self._apply(step)
 
     def lineLengthExceeded(self, line):
@@ -106,11 +128,17 @@ class CentralProtocol(LineOnlyReceiver):
             self.transport.loseConnection()
             self._timer = _abort_later(self._clock, self.transport)
 
+    @property
+    def lost(self) -> bool:
+        """The client has hung up."""
+        return self._lost
+
     def _cancel_timer(self):
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
 
     def connectionLost(self, reason):
+        self._lost = True
         self.factory.connection_ended(self)
         self._cancel_timer()
         granted = self._handshake.granted and not self._handshake.done

@@ -84,8 +84,15 @@ class CloseSchedule:
         latest it can fall due), so a crash in between still closes.  The
         caller runs on-success next, and says when it has finished with
         L{opened} (or L{schedule}); until then no close of this id runs.
+        With a store that answers later, a L{Deferred} firing with the id.
         """
-        close_id = self._store.add_close(due, ip, client, index)
+        recorded = self._store.add_close(due, ip, client, index)
+        if isinstance(recorded, defer.Deferred):
+            # A fleet's database records it off the reactor: the id later.
+            return recorded.addCallback(self._recorded)
+        return self._recorded(recorded)
+
+    def _recorded(self, close_id: int) -> int:
         self._opening.begin(close_id)
         self._unscheduled.add(close_id)
         return close_id

@@ -11,6 +11,7 @@ import hmac
 import secrets
 import sys
 
+from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
 from knocker.core import handshake as hs
@@ -25,6 +26,7 @@ log = Logger()
 
 BUILTIN_SUCCESS = (sys.executable, "-m", "knocker.daemon.logaction")
 LOCKOUT_FLUSH = 1.0
+LOCKOUT_RETRY = 5.0
 
 
 def _hmac_hex(secret: bytes, message: bytes) -> str:
@@ -96,22 +98,46 @@ class KnockServer:
     def new_nonce(self) -> str:
         return secrets.token_hex(32)
 
-    def answer(self, ip: str, client: str, nonce: str, proof: str, session) -> hs.Reply:
+    def answer(self, ip: str, client: str, nonce: str, proof: str, session):
         """
         Decide the reply to a finished handshake (docs/spec.md section 4), in this
         order: LOCKED, DENIED, EXHAUSTED, BUSY, GRANT.
+
+        With a store that answers at once (SQLite) the reply is returned;
+        with one that answers later (a fleet's database,
+        L{knocker.daemon.fleet.ThreadedStore}) a L{Deferred} that fires with
+        it: the lookup and the burn run off the reactor, and whatever
+        cannot be known (the database gone, a burn whose commit is in doubt)
+        becomes C{ERROR server-error}, never a GRANT.
         """
+        early = self._stopped_or_locked(ip, client)
+        if early is not None:
+            return early
+        state = self._store.client(client)
+        if isinstance(state, Deferred):
+            return state.addCallbacks(
+                self._judge, self._store_failed,
+                callbackArgs=(ip, client, nonce, proof, session), errbackArgs=(ip, client))
+        return self._judge(state, ip, client, nonce, proof, session)
+
+    def _stopped_or_locked(self, ip, client):
         if self._stopped:
             return hs.Error("shutting-down")
         refusal = self.tracker.refusal(ip)
         if refusal is not None and refusal.kind == "locked":
             self._audit.record("locked", ip=ip, client=client, retry_after=refusal.retry_after)
             return hs.Locked(refusal.retry_after)
+        return None
+
+    def _judge(self, state, ip, client, nonce, proof, session):
+        early = self._stopped_or_locked(ip, client)
+        if early is not None:
+            return early
+        refusal = self.tracker.refusal(ip)
         # Unknown clients have their proof checked by the same code, against
         # a random stand-in secret; the central port sends every DENIED at
         # one fixed delay after the PROOF, so the time of the two denials
         # does not depend on their work.
-        state = self._store.client(client)
         revoked = state is not None and self.is_revoked(state)
         if revoked:
             state = None  # denied like an unknown client, by the same code
@@ -148,10 +174,66 @@ class KnockServer:
                       index=state.next_index, client=client, error=error)
             self._audit.record("error", ip=ip, client=client, reason="client-file")
             return hs.Error("server-error")
-        index = self._store.burn(client)
+        if getattr(session, "lost", False):
+            return hs.Error("server-error")  # gone while the state answered: burn nothing
+        index = self._store.burn(client, state.secret_id)
+        if isinstance(index, Deferred):
+            return index.addCallbacks(
+                self._burned, self._store_failed,
+                callbackArgs=(state, ports, secret, ip, client, nonce, session),
+                errbackArgs=(ip, client))
         if index != state.next_index:
             self._audit.record("exhausted", ip=ip, client=client)
             return hs.Exhausted()
+        return self._grant(index, ports, secret, ip, client, nonce, session)
+
+    def _burned(self, index, state, ports, secret, ip, client, nonce, session):
+        """
+        A burn that answered later: committed, so C{index} is this
+        grant's alone, but the world may have moved meanwhile (another
+        gateway took the number read before, a lockout came, the daemon is
+        stopping).  The number is spent either way; a refusal costs it.
+        """
+        if index is None:
+            self._audit.record("exhausted", ip=ip, client=client)
+            return hs.Exhausted()
+        held = getattr(self._book, "held_secret_id", None)
+        if held is not None and held(client) != state.secret_id:
+            # generate --force came in between: the book holds another file.
+            log.error("{client} was generated again while knock {index} was burned; "
+                      "granting nothing", client=client, index=index)
+            self._audit.record("error", ip=ip, client=client, reason="client-file",
+                               detail="generated again meanwhile")
+            return hs.Error("server-error")
+        if self._stopped:
+            return hs.Error("shutting-down")
+        refusal = self.tracker.refusal(ip)
+        if refusal is not None:
+            self._audit.record(refusal.kind, ip=ip, client=client, index=index,
+                               retry_after=refusal.retry_after)
+            return (hs.Locked if refusal.kind == "locked" else hs.Busy)(refusal.retry_after)
+        if index != state.next_index:
+            try:
+                ports = self._book.knock(client, index)
+            except (KnockFileError, IndexError, KeyError) as error:
+                log.error("cannot read knock {index} of {client}: {error}",
+                          index=index, client=client, error=error)
+                self._audit.record("error", ip=ip, client=client, reason="client-file")
+                return hs.Error("server-error")
+        return self._grant(index, ports, secret, ip, client, nonce, session)
+
+    def _store_failed(self, failure, ip, client):
+        """
+        The database did not answer, or a burn's commit is in doubt: no
+        GRANT (fail closed); the audit log and the log say why.
+        """
+        log.error("the state did not answer for {client} from {ip}: {error}; granting nothing",
+                  client=client, ip=ip, error=failure.value)
+        self._audit.record("error", ip=ip, client=client, reason="state",
+                           detail=str(failure.value))
+        return hs.Error("server-error")
+
+    def _grant(self, index, ports, secret, ip, client, nonce, session):
         slot = self.tracker.grant(ip, client, index, ports)
         self._sessions[slot] = session
         self._audit.record("grant", ip=ip, client=client, index=index,
@@ -205,12 +287,36 @@ class KnockServer:
                 # closes; scheduled only once on-success has finished.
                 due = self._wall.now() + self.config.open_duration + self.config.script_timeout
                 close_id = self.closes.record(due, slot.ip, slot.client, slot.index)
+                if isinstance(close_id, Deferred):
+                    # Recorded off the reactor: on-success once it is (fail
+                    # closed: no record, no door).
+                    close_id.addCallbacks(self._start_success, self._close_not_recorded,
+                                          callbackArgs=(slot,), errbackArgs=(slot,))
+                    return
+        except Exception:
+            log.failure("recording the close for {client}", client=slot.client)
+            self._succeeded(None, slot, None)
+            return
+        self._start_success(close_id, slot)
+
+    def _start_success(self, close_id, slot: Slot) -> None:
+        if self._stopped:
+            self._succeeded(None, slot, close_id)
+            return
+        try:
             d = self._run("on-success", self._success, slot.ip, slot.client, slot.index)
         except Exception:
             log.failure("starting on-success for {client}", client=slot.client)
             self._succeeded(None, slot, close_id)
             return
         d.addCallback(self._succeeded, slot, close_id)
+
+    def _close_not_recorded(self, failure, slot: Slot) -> None:
+        log.error("cannot record the close for {client} at {ip} ({error}); on-success not run",
+                  client=slot.client, ip=slot.ip, error=failure.value)
+        self._audit.record("error", ip=slot.ip, client=slot.client, reason="state",
+                           detail=str(failure.value))
+        self._succeeded(None, slot, None)
 
     def _succeeded(self, result, slot: Slot, close_id) -> None:
         """
@@ -265,12 +371,31 @@ class KnockServer:
         self._lockout_flush = None
         changes = self.tracker.take_changes()
         if changes:
+            keys = [key for key, _, _ in changes]
             try:
-                self._store.save_lockouts(
-                    {key: self._wall.to_wall(until) for key, until, _ in changes})
+                saved = self._store.save_lockouts(
+                    {key: self._wall.to_wall(until) for key, until, _ in changes},
+                    steps={key: step for key, _, step in changes})
             except Exception:
-                log.failure("saving {n} source lockouts (they hold until a restart)",
-                            n=len(changes))
+                log.failure("saving {n} source lockouts", n=len(changes))
+                self._lockouts_not_saved(keys)
+                return
+            if isinstance(saved, Deferred):
+                saved.addErrback(self._lockouts_save_failed, keys)
+
+    def _lockouts_save_failed(self, failure, keys) -> None:
+        log.error("saving {n} source lockouts failed ({error}); trying again",
+                  n=len(keys), error=failure.value)
+        self._lockouts_not_saved(keys)
+
+    def _lockouts_not_saved(self, keys) -> None:
+        """
+        A batch of source lockouts could not be saved: its keys go back
+        into the next batch, tried again in L{LOCKOUT_RETRY} seconds.
+        """
+        self.tracker.changed_again(keys)
+        if not self._stopped and self._lockout_flush is None:
+            self._lockout_flush = self._clock.callLater(LOCKOUT_RETRY, self.save_lockouts)
 
     # Actions.
 

@@ -34,6 +34,7 @@ from knocker.daemon.coordinator import KnockServer
 from knocker.daemon.firewall import FirewallWatch
 from knocker.daemon.paths import check_paths
 from knocker.daemon.poolport import PoolPort, SpareDescriptor
+from knocker.files import ensure_private_dir
 from knocker.state.book import ClientBook
 from knocker.state.lock import StateLock
 from knocker.state.sqlite import DAEMON_BUSY_TIMEOUT, SQLiteStore
@@ -82,6 +83,7 @@ class KnockServerService(service.Service):
         self._previous_sighup = None
         self.firewall: FirewallWatch | None = None
         self.console = None
+        self._sync = None
 
     def privilegedStartService(self):
         try:
@@ -131,16 +133,20 @@ class KnockServerService(service.Service):
                      "paper's rule for failed knocks without that lever",
                      interface=config.interface)
         check_paths(config)
-        try:
-            self._store = SQLiteStore(config.state_dir, busy_timeout=DAEMON_BUSY_TIMEOUT)
-        except Exception as error:
-            raise StartupError(f"state-dir = {config.state_dir}: cannot open the state: "
-                               f"{error}") from error
-        self._lock = StateLock(config.state_dir)
-        self._lock.acquire()
-        pool = ensure_pool(self._store, config)
-        book = ClientBook(config.state_dir, pool)
-        book.load()
+        if config.database:
+            book = self._open_database(config)
+            pool = book.pool
+        else:
+            try:
+                self._store = SQLiteStore(config.state_dir, busy_timeout=DAEMON_BUSY_TIMEOUT)
+            except Exception as error:
+                raise StartupError(f"state-dir = {config.state_dir}: cannot open the state: "
+                                   f"{error}") from error
+            self._lock = StateLock(config.state_dir)
+            self._lock.acquire()
+            pool = ensure_pool(self._store, config)
+            book = ClientBook(config.state_dir, pool)
+            book.load()
         registered = {state.client for state in self._store.clients()}
         missing = [client for client in book.clients() if client not in registered]
         if missing:
@@ -153,6 +159,8 @@ class KnockServerService(service.Service):
                                    min_free_mib=config.audit_min_free, wall=time.time)
         except OSError as error:
             raise StartupError(f"audit-log = {config.audit_path}: {error}") from error
+        for client, error in getattr(book, "skipped", ()):
+            self._audit.record("error", client=client, reason="client-file", detail=error)
         runner = ProcessRunner(reactor, config.script_timeout)
         audit = self._audit
         if config.admin:
@@ -163,10 +171,10 @@ class KnockServerService(service.Service):
             self.console = ConsoleService(config, reactor, time.time)
             audit = self.console.observe(self._audit)
             runner = self.console.timed(runner)
+        wall = WallTime(reactor, time.time)
         self.server = KnockServer(
             config, reactor, self._store, book, runner, audit,
-            Tracker(reactor, Policy.from_config(config)),
-            WallTime(reactor, time.time),
+            Tracker(reactor, Policy.from_config(config)), wall,
         )
         if config.on_check:
             self.firewall = FirewallWatch(
@@ -188,6 +196,12 @@ class KnockServerService(service.Service):
             raise StartupError(f"central endpoint {config.central!r}: {result[0].value}")
         self.central_port = result[0]
         self.server.restore()
+        if config.database:
+            from knocker.daemon.fleet import LockoutSync
+
+            self._sync = LockoutSync(reactor, self._store, self._store.raw, self.server.tracker,
+                                     wall, self._audit)
+            self._sync.start()
         admin_port = None
         if self.console is not None:
             try:
@@ -206,6 +220,46 @@ class KnockServerService(service.Service):
                  port=address.port, n=len(pool), interface=config.interface,
                  clients=len(book.clients()), scope=config.lockout_scope)
 
+    def _open_database(self, config):
+        """
+        A gateway of a fleet: the state in PostgreSQL (docs/fleet.md); the
+        state directory keeps the lock and the audit log.  Returns the
+        book, its pool as C{book.pool}.
+        """
+        from knocker.daemon.fleet import DatabaseBook, ThreadedStore
+        from knocker.state.postgres import PostgresStore, load_key, redact
+
+        if not config.gateway:
+            # A name made up from the host would change with it, and two
+            # gateways sharing one would run and delete each other's closes.
+            raise StartupError(
+                "database is set but gateway is not: give each gateway of the fleet its "
+                "own name (gateway = gw-1), the same across restarts (docs/fleet.md)")
+        ensure_private_dir(config.state_dir)
+        self._lock = StateLock(config.state_dir)
+        self._lock.acquire()
+        raw = None
+        try:
+            key = load_key(config.database_key_file)
+            raw = PostgresStore(config.database, key, config.gateway)
+            raw.hold_gateway()
+            raw.check_key()
+        except Exception as error:
+            if raw is not None:
+                raw.close()
+            raise StartupError(f"database = {redact(config.database)}: {error}") from error
+        self._store = ThreadedStore(raw, self._reactor)
+        try:
+            pool = ensure_pool(raw, config)
+            book = DatabaseBook(raw, pool)
+            book.load()
+        except Exception as error:
+            raise StartupError(f"database = {raw.path}: {error}") from error
+        self._store.book = book
+        book.pool = pool
+        log.info("gateway {gateway} of the fleet in {db}", gateway=raw.gateway, db=raw.path)
+        return book
+
     def _clock_stepped(self, seconds: float) -> None:
         log.warn("the wall clock stepped by {seconds:+.1f}s; windows, lockouts and open "
                  "doors run on the monotonic clock and are not stretched", seconds=seconds)
@@ -218,6 +272,9 @@ class KnockServerService(service.Service):
         The L{Deferred} fires when all is done; twistd waits for it.
         """
         service.Service.stopService(self)
+        if self._sync is not None:
+            self._sync.stop()
+            self._sync = None
         if self._step_watch is not None:
             self._step_watch.stop()
             self._step_watch = None

@@ -72,10 +72,11 @@ class IStore(Interface):
     def clients():
         """Every L{ClientState}, by id."""
 
-    def burn(client):
+    def burn(client, secret_id=None):
         """
         Take C{client}'s next knock number for good and return it, or
-        C{None} when every number is used; durable before it returns.
+        C{None} when every number is used (or, given C{secret_id}, when the
+        counter belongs to another secret now); durable before it returns.
         """
 
     def add_close(due, ip, client, index):
@@ -90,8 +91,12 @@ class IStore(Interface):
     def set_lockout(key, until):
         """Keep a lockout of C{key} until C{until} (wall time)."""
 
-    def save_lockouts(lockouts):
-        """Keep every C{{key: until}} of C{lockouts}, in one write."""
+    def save_lockouts(lockouts, steps=None):
+        """
+        Keep every C{{key: until}} of C{lockouts}; C{steps} (C{{key:
+        step}}), the escalation steps, may be kept too (a fleet's database
+        does, for the other gateways).
+        """
 
     def lockouts(now):
         """The lockouts still in force at C{now}: C{{key: until}}."""

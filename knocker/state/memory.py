@@ -38,9 +38,11 @@ class MemoryStore:
     def clients(self):
         return [self._clients[name] for name in sorted(self._clients)]
 
-    def burn(self, client):
+    def burn(self, client, secret_id=None):
         state = self._clients.get(client)
         if state is None or state.next_index > state.knocks:
+            return None
+        if secret_id is not None and state.secret_id != secret_id:
             return None
         self._clients[client] = ClientState(
             client, state.next_index + 1, state.knocks, state.secret_id)
@@ -61,7 +63,7 @@ class MemoryStore:
     def set_lockout(self, key, until) -> None:
         self._lockouts[key] = until
 
-    def save_lockouts(self, lockouts) -> None:
+    def save_lockouts(self, lockouts, steps=None) -> None:
         self._lockouts.update(lockouts)
 
     def lockouts(self, now):

@@ -132,16 +132,18 @@ class SQLiteStore:
         rows = self._db.execute("SELECT id, next_index, knocks, secret_id FROM clients ORDER BY id")
         return [ClientState(*row) for row in rows]
 
-    def burn(self, client: str) -> int | None:
+    def burn(self, client: str, secret_id: str | None = None) -> int | None:
         """
         Take C{client}'s next knock number for good and return it, or
-        C{None} when every number is used.  Committed before it returns.
+        C{None} when every number is used (or, with C{secret_id}, when the
+        counter is no longer that secret's).  Committed before it returns.
         """
         with self._transaction():
             row = self._db.execute(
                 "UPDATE clients SET next_index = next_index + 1 "
-                "WHERE id = ? AND next_index <= knocks RETURNING next_index - 1",
-                (client,),
+                "WHERE id = ? AND next_index <= knocks AND (? IS NULL OR secret_id = ?) "
+                "RETURNING next_index - 1",
+                (client, secret_id, secret_id),
             ).fetchall()
         return row[0][0] if row else None
 
@@ -173,7 +175,7 @@ class SQLiteStore:
                 (key, until),
             )
 
-    def save_lockouts(self, lockouts: dict[str, float]) -> None:
+    def save_lockouts(self, lockouts: dict[str, float], steps=None) -> None:
         with self._transaction():
             self._db.executemany(
                 "INSERT INTO lockouts (key, until) VALUES (?, ?) "

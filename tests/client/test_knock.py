@@ -351,3 +351,50 @@ class ClientLogTests(SynchronousTestCase):
         written = datetime.strptime(entry["time"], "%Y-%m-%dT%H:%M:%S.%fZ")
         self.assertLessEqual(abs(written.replace(tzinfo=timezone.utc).timestamp() - started),
                              1e-5)
+
+
+class FailoverIO(ScriptedIO):
+    """
+    A fleet: C{dead} endpoints refuse, the others answer from the script.
+    """
+
+    def __init__(self, dead, *scripts):
+        super().__init__(*scripts)
+        self.dead = dead
+        self.tried = []
+
+    async def connect(self, endpoint, timeout):
+        from knocker.client.knock import Unreachable
+
+        self.tried.append(endpoint)
+        if endpoint in self.dead:
+            raise Unreachable("connection refused")
+        return await super().connect(endpoint, timeout)
+
+
+class FailoverTests(SynchronousTestCase):
+    """
+    C{server} naming several gateways (spaces or newlines): tried in turn,
+    the first whose central port answers is knocked.
+    """
+
+    def test_dead_first_endpoint_is_passed_over(self):
+        io = FailoverIO({"tcp:a:7000"}, [f"CHALLENGE {NONCE}".encode(), grant(2), b"OPEN"])
+        cfg = parse_client_config("[client]\nserver = tcp:a:7000\n  tcp:b:7000 tcp:c:7000\n",
+                                  "/x/client.conf",
+                                  overrides={"log-file": "/dev/null"})
+        self.assertEqual(cfg.server, "tcp:a:7000 tcp:b:7000 tcp:c:7000")
+        result = run_blocking(knock(io, cfg, KF))
+        self.assertEqual(result.outcome, Outcome.OPEN)
+        self.assertEqual(io.tried, ["tcp:a:7000", "tcp:b:7000"])
+
+    def test_all_dead_is_unreachable(self):
+        io = FailoverIO({"tcp:a:7000", "tcp:b:7000"})
+        result = run_blocking(knock(io, config(server="tcp:a:7000 tcp:b:7000"), KF))
+        self.assertEqual(result.outcome, Outcome.UNREACHABLE)
+        self.assertEqual(io.tried, ["tcp:a:7000", "tcp:b:7000"])
+
+    def test_each_endpoint_is_checked(self):
+        from knocker.core.config import ConfigError
+
+        self.assertRaises(ConfigError, config, server="tcp:a:7000 nonsense")

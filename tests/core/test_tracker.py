@@ -189,6 +189,30 @@ class LockoutTests(SynchronousTestCase):
         tracker.failed_attempt(A, "denied")
         self.assertEqual(seen.failed, [(A, 3, "locked-out")])
 
+    def test_shared_global_lockout_ends_slots_quietly(self):
+        """
+        A lockout of the whole server from another gateway of the fleet
+        ends the knocks here at once (not a timeout that would start a
+        lockout of its own) and is not reported as started here.
+        """
+        clock, tracker, seen = make(scope="knock", slots=2)
+        tracker.grant(A, "alice", 7, PORTS)
+        tracker.shared_lockout(GLOBAL, clock.seconds() + 30)
+        self.assertEqual(seen.failed, [(A, 7, "locked-out")])
+        self.assertEqual(seen.lockouts, [], "saved and spread already")
+        self.assertEqual(tracker.refusal(B).kind, "locked")
+        clock.advance(31)
+        self.assertIsNone(tracker.refusal(B))
+
+    def test_shared_source_lockout_ends_only_its_source(self):
+        clock, tracker, seen = make(scope="source", slots=2)
+        tracker.grant(A, "alice", 7, PORTS)
+        tracker.grant(B, "bob", 2, PORTS)
+        tracker.shared_lockout(B, clock.seconds() + 30)
+        tracker.shared_lockout(A, clock.seconds() - 1)  # over already: nothing
+        self.assertEqual(seen.failed, [(B, 2, "locked-out")])
+        self.assertEqual(tracker.hit(A, PORTS[0]), HitVerdict.PROGRESS)
+
     def test_source_lockouts_are_bounded_newest_kept(self):
         """
         A flood from more addresses than the bound: the newest lockouts

@@ -394,7 +394,7 @@ class StoreFailureTests(SynchronousTestCase):
     def test_a_failing_state_gives_error_not_a_dropped_connection(self):
         h = Harness(self)
 
-        def broken(client):
+        def broken(client, secret_id=None):
             raise OSError("disk I/O error")
 
         h.store.burn = broken

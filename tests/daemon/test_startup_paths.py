@@ -79,3 +79,20 @@ class StartupPathTests(TestCase):
         service = self.start(on_check="/bin/true", check_interval=5)
         self.assertIsNotNone(service.firewall)
         self.assertIsNone(self.start(state_dir=os.path.join(self.dir, "other")).firewall)
+
+
+class FleetStartupTests(TestCase):
+
+    def test_database_without_gateway_refused(self):
+        """
+        With C{database} set, C{gateway} must be set too: a made-up name
+        could change, or be shared, and closes would be lost or stolen.
+        """
+        base = self.mktemp()
+        os.makedirs(base)
+        config = server_config(os.path.join(base, "state"),
+                               database="postgresql:///knocker?host=/nonexistent")
+        service = KnockServerService(config, MemoryReactorClock())
+        error = self.assertRaises(SystemExit, service.privilegedStartService)
+        self.assertIn("gateway", str(error))
+        self.assertIn("database is set", str(error))

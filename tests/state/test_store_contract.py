@@ -12,6 +12,7 @@ from zope.interface.verify import verifyObject
 from knocker.state.interface import ClientState, IStore, PendingClose, StateError, secret_id
 from knocker.state.memory import MemoryStore
 from knocker.state.sqlite import SQLiteStore
+from tests.helpers import postgres
 
 SECRET = bytes(range(32))
 NEW_SECRET = bytes(range(32, 64))
@@ -96,6 +97,21 @@ class StoreContract:
         self.store.burn("alice")  # exhausted: changes nothing
         state = self.store.client("alice")
         self.assertEqual((state.next_index, state.left), (4, 0))
+
+    def test_burn_only_from_the_proven_secrets_counter(self):
+        """
+        A burn given the secret the client proved takes nothing once the
+        client was generated again (another secret, a counter from 1).
+        """
+        from knocker.state.interface import secret_id
+
+        self.store.register("alice", 3, SECRET)
+        proven = self.store.client("alice").secret_id
+        self.assertEqual(self.store.burn("alice", proven), 1)
+        self.store.register("alice", 3, bytes(32))
+        self.assertIsNone(self.store.burn("alice", proven))
+        self.assertEqual(self.store.client("alice").next_index, 1, "the new counter untouched")
+        self.assertEqual(self.store.burn("alice", secret_id(bytes(32))), 1)
 
     def test_burn_unknown_client(self):
         self.assertIsNone(self.store.burn("mallory"))
@@ -238,3 +254,19 @@ class SQLiteStoreContractTests(StoreContract, SynchronousTestCase):
         again = SQLiteStore(state_dir)
         self.addCleanup(again.close)
         self.assertEqual(again.revoked(), {"alice": secret_id(SECRET)})
+
+
+class PostgresStoreContractTests(StoreContract, SynchronousTestCase):
+    """
+    The same contract on a real PostgreSQL (tests/helpers/postgres.py):
+    one database per test.
+    """
+
+    skip = postgres.skip_reason()
+
+    def make_store(self):
+        from knocker.state.postgres import PostgresStore
+
+        store = PostgresStore(postgres.database_for(self), key=bytes(32), gateway="g1")
+        self.addCleanup(store.close)
+        return store

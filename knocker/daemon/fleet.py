@@ -1,0 +1,420 @@
+"""
+A gateway of a fleet (docs/spec.md section 11, docs/fleet.md): the daemon's
+side of L{knocker.state.postgres.PostgresStore}.
+
+The reactor never waits for the database.  L{ThreadedStore} runs the calls
+of the knock path (a client's state, the burn, the record of a close before
+on-success) in a small thread pool and hands the coordinator L{Deferred}s;
+the saves it does not wait for (lockouts, forgetting a close that has run)
+go the same way.  Only start-up and stop are synchronous.
+
+Without its database the gateway fails closed: the lookup or the burn
+fails, the handshake gets C{ERROR server-error}, no GRANT; hits are still
+judged and recorded in the audit log; L{LockoutSync} notices the outage
+and the return (logged and audited as C{database} events).
+
+L{LockoutSync} keeps the tracker's lockouts in step with the shared table:
+a dedicated connection LISTENs for NOTIFY (a lockout of the whole server,
+or "read again" after a batch of source lockouts), and every
+L{REREAD} seconds the rows changed since the last read are read anyway,
+since a gateway that was reconnecting has missed its notifications.
+"""
+
+import threading
+
+from twisted.internet.defer import Deferred
+from twisted.internet.task import LoopingCall
+from twisted.internet.threads import deferToThreadPool
+from twisted.logger import Logger
+from twisted.python.threadpool import ThreadPool
+
+from knocker.core.knockfile import KnockFileError, find_knock, parse_header
+from knocker.state.interface import PendingClose, StateError, secret_id
+from knocker.state.postgres import LOCKOUT_CHANNEL
+
+log = Logger()
+
+REREAD = 5.0
+FULL_EVERY = 12
+PAGE = 5000
+APPLY_CHUNK = 500
+LISTEN_POLL = 0.5
+RECONNECT = 1.0
+THREADS = 4
+
+
+class DatabaseBook:
+    """
+    The server's copies of the portknock files, from the database (sealed
+    there; see L{knocker.state.postgres.SecretBox}), with
+    L{knocker.state.book.ClientBook}'s interface.  L{secret} and L{knock}
+    use only memory, so the reactor may call them; L{refresh} reads one
+    client's copy and is called from a database thread (by
+    L{ThreadedStore.client}) whenever the state names a secret not held.
+    """
+
+    def __init__(self, store, pool: tuple[int, ...]):
+        self._store = store
+        self._pool = frozenset(pool)
+        self._copies: dict[str, tuple[str, object]] = {}  # client: (text, header)
+        self.skipped: list[tuple[str, str]] = []  # (client, why) not loaded at start
+
+    def path(self, client: str) -> str:
+        return f"{self._store.path} (server's copy of {client})"
+
+    def load(self) -> None:
+        """
+        Every client's copy.  One that does not open (altered, sealed under
+        another key, unreadable) is skipped and logged, and listed in
+        L{skipped} for the audit log: that client cannot knock here, every
+        other one can.  (A wrong key file is refused before, by
+        L{knocker.state.postgres.PostgresStore.check_key}.)
+        """
+        for client in self._store.book_clients():
+            try:
+                self.refresh(client)
+            except (StateError, KnockFileError) as error:
+                self._copies.pop(client, None)
+                self.skipped.append((client, str(error)))
+                log.error("the server's copy for {client} cannot be used, so {client} cannot "
+                          "knock on this gateway: {error}", client=client, error=error)
+
+    def clients(self) -> list[str]:
+        return sorted(self._copies)
+
+    def refresh(self, client: str) -> None:
+        text = self._store.book(client)
+        if text is None:
+            self._copies.pop(client, None)
+            return
+        header = parse_header(text[:4096], self.path(client))
+        self._copies[client] = (text, header)
+
+    def held_secret_id(self, client: str) -> str | None:
+        copy = self._copies.get(client)
+        return secret_id(copy[1].secret) if copy else None
+
+    def secret(self, client: str, wanted_id: str) -> bytes:
+        copy = self._copies.get(client)
+        if copy is None or secret_id(copy[1].secret) != wanted_id:
+            raise KnockFileError(
+                f"{self.path(client)} is not the file the state's counter for {client!r} "
+                f"belongs to; run 'knocker generate {client} --force' again")
+        return copy[1].secret
+
+    def knock(self, client: str, index: int) -> tuple[int, ...]:
+        text, header = self._copies[client]
+        ports, _ = find_knock(text, self.path(client), index, header.ports_per_knock)
+        outside = set(ports) - self._pool
+        if outside:
+            raise KnockFileError(f"{self.path(client)}: knock {index} names ports "
+                                 f"{sorted(outside)} outside the server's pool")
+        return ports
+
+    def add(self, kf) -> str:
+        from knocker.core.knockgen import format_knockfile
+
+        self._store.put_book(kf.client, kf.secret, format_knockfile(kf))
+        return self.path(kf.client)
+
+
+class ThreadedStore:
+    """
+    L{knocker.state.postgres.PostgresStore} for the daemon: the knock
+    path's calls return L{Deferred}s fired from a thread pool.
+    """
+
+    def __init__(self, store, reactor, book: DatabaseBook | None = None,
+                 threads: int = THREADS):
+        self._store = store
+        self.raw = store
+        self._reactor = reactor
+        self.book = book
+        self.path = store.path
+        self.gateway = store.gateway
+        self._closes: dict[int, PendingClose] = {}
+        self._pool = ThreadPool(minthreads=1, maxthreads=threads, name="knocker-db")
+        self._pool.start()
+        self._closed = False
+        # However the daemon ends, its threads must not keep the process alive.
+        reactor.addSystemEventTrigger("after", "shutdown", self._stop_threads)
+
+    def _defer(self, function, *args) -> Deferred:
+        return deferToThreadPool(self._reactor, self._pool, function, *args)
+
+    def _background(self, what: str, function, *args) -> None:
+        d = self._defer(function, *args)
+        d.addErrback(lambda failure: log.error("database: {what} failed: {error}",
+                                               what=what, error=failure.value))
+
+    # The knock path: never on the reactor.
+
+    def client(self, client: str) -> Deferred:
+        return self._defer(self._client, client)
+
+    def _client(self, client: str):
+        state = self._store.client(client)
+        if (state is not None and self.book is not None
+                and self.book.held_secret_id(client) != state.secret_id):
+            self.book.refresh(client)
+        return state
+
+    def burn(self, client: str, wanted_secret_id: str | None = None) -> Deferred:
+        """
+        The burn, from the counter of C{wanted_secret_id} (the secret the
+        client proved) only; fails if the client was generated again since.
+        """
+        return self._defer(self._burn, client, wanted_secret_id)
+
+    def _burn(self, client, wanted_secret_id):
+        index = self._store.burn(client, wanted_secret_id)
+        if index is None and wanted_secret_id is not None:
+            state = self._store.client(client)
+            if state is not None and state.secret_id != wanted_secret_id:
+                raise StateError(f"{client!r} was generated again while it knocked; "
+                                 f"nothing burned")
+        return index
+
+    # Saves nobody waits for.
+
+    def set_lockout(self, key: str, until: float) -> None:
+        self._background("saving the lockout", self._store.set_lockout, key, until)
+
+    def save_lockouts(self, lockouts: dict[str, float], steps=None) -> Deferred:
+        """
+        Saved in the thread pool; the L{Deferred} fails if it could not be
+        (the coordinator saves those keys again with the next batch).
+        """
+        return self._defer(self._store.save_lockouts, dict(lockouts), dict(steps or {}))
+
+    def remove_close(self, close_id: int) -> None:
+        self._closes.pop(close_id, None)
+        self._background("forgetting a close that ran", self._store.remove_close, close_id)
+
+    def read_lockouts(self, after: int, limit: int, prune_before: float | None = None) -> Deferred:
+        """
+        The lockout rows changed after seq C{after} (at most C{limit});
+        with C{prune_before}, the table is pruned first.
+        """
+        return self._defer(self._read_lockouts, after, limit, prune_before)
+
+    def _read_lockouts(self, after, limit, prune_before):
+        if prune_before is not None:
+            self._store.prune_lockouts(prune_before)
+        return self._store.lockouts_since(after, limit)
+
+    # Start and stop: synchronous.
+
+    def pool(self):
+        return self._store.pool()
+
+    def set_pool(self, ports) -> None:
+        self._store.set_pool(ports)
+
+    def clients(self):
+        return self._store.clients()
+
+    def register(self, client, knocks, secret) -> None:
+        self._store.register(client, knocks, secret)
+
+    def lockouts(self, now: float):
+        return self._store.lockouts(now)
+
+    def add_close(self, due, ip, client, index) -> Deferred:
+        """
+        Recorded in the thread pool (an unreachable database must not hold
+        the reactor): the L{Deferred} fires with the close's id, or fails.
+        """
+        def recorded(close_id):
+            self._closes[close_id] = PendingClose(close_id, due, ip, client, index)
+            return close_id
+
+        return self._defer(self._store.add_close, due, ip, client, index).addCallback(recorded)
+
+    def pending_closes(self):
+        """
+        This gateway's pending closes; without the database, those this
+        run recorded (so a stop still closes the doors it opened).
+        """
+        try:
+            return self._store.pending_closes()
+        except StateError as error:
+            log.error("database: cannot read the pending closes ({error}); running the "
+                      "{n} this run knows of", error=error, n=len(self._closes))
+            return sorted(self._closes.values(), key=lambda close: close.due)
+
+    def _stop_threads(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._pool.stop()
+
+    def close(self) -> None:
+        self._stop_threads()
+        self._store.close()
+
+
+class LockoutSync:
+    """
+    The tracker's lockouts kept in step with the fleet's table: NOTIFY
+    through a dedicated connection read in its own thread, and the rows
+    changed since the last read every C{reread} seconds (which also notices
+    the database going and coming back); every L{FULL_EVERY}th time, and
+    after each (re)connection, the whole table again, pruned first.
+
+    The reactor is never held long: rows come in pages of L{PAGE}, applied
+    L{APPLY_CHUNK} a reactor turn, each with one lookup in the tracker.  A
+    notice that comes while a read is under way is not lost: another read
+    follows it.
+    """
+
+    def __init__(self, reactor, store: ThreadedStore, raw_store, tracker, wall, audit,
+                 reread: float = REREAD):
+        self._reactor = reactor
+        self._store = store
+        self._raw = raw_store
+        self._tracker = tracker
+        self._wall = wall
+        self._audit = audit
+        self._reread = reread
+        self._loop = LoopingCall(self._tick)
+        self._loop.clock = reactor
+        self._stopping = threading.Event()
+        self._thread = None
+        self._reading = False
+        self._again = False
+        self._full_again = False
+        self._last_seq = 0
+        self._ticks = 0
+        self._chunk_call = None
+        self.available = True
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._listen, name="knocker-listen", daemon=True)
+        self._thread.start()
+        self._loop.start(self._reread, now=False)
+
+    def stop(self) -> None:
+        self._stopping.set()
+        if self._loop.running:
+            self._loop.stop()
+        if self._chunk_call is not None and self._chunk_call.active():
+            self._chunk_call.cancel()
+        self._chunk_call = None
+        if self._thread is not None:
+            self._thread.join(timeout=LISTEN_POLL * 4)
+
+    # In the reactor.
+
+    def apply(self, key: str, until: float, step: int = 0) -> bool:
+        """
+        Take a lockout from the table (wall time C{until}) if it ends later
+        than the tracker's own, or escalated further; returns whether it did.
+        """
+        local = self._wall.from_wall(until)
+        held_until, held_step = self._tracker.source_until(key)
+        if local <= held_until + 0.001 and step <= held_step:
+            return False
+        self._tracker.shared_lockout(key, local, step)
+        return True
+
+    def _tick(self) -> None:
+        self._ticks += 1
+        self.read_all(full=self._ticks % FULL_EVERY == 0)
+
+    def read_all(self, full: bool = False):
+        """
+        Read the rows changed since the last read (C{full}: every row, and
+        prune the table first).  While a read is under way, another follows
+        it.
+        """
+        if self._reading:
+            self._again = True
+            self._full_again = self._full_again or full
+            return None
+        self._reading = True
+        if full:
+            self._last_seq = 0
+        self._read_page(prune=full)
+        return None
+
+    def _read_page(self, prune: bool = False) -> None:
+        d = self._store.read_lockouts(self._last_seq, PAGE,
+                                      self._wall.now() if prune else None)
+        d.addCallbacks(self._read, self._failed)
+
+    def _read(self, rows) -> None:
+        self._set_available(True)
+        self._apply_chunk(list(rows), 0)
+
+    def _apply_chunk(self, rows, start: int) -> None:
+        self._chunk_call = None
+        if self._stopping.is_set():
+            self._reading = False
+            return
+        for seq, key, until, step in rows[start:start + APPLY_CHUNK]:
+            self.apply(key, until, step)
+            self._last_seq = max(self._last_seq, seq)
+        start += APPLY_CHUNK
+        if start < len(rows):
+            # The rest at the next reactor turn: hits and handshakes first.
+            self._chunk_call = self._reactor.callLater(0, self._apply_chunk, rows, start)
+        elif len(rows) >= PAGE:
+            self._read_page()
+        else:
+            self._done_reading()
+
+    def _failed(self, failure) -> None:
+        self._set_available(False, str(failure.value))
+        self._done_reading()
+
+    def _done_reading(self) -> None:
+        self._reading = False
+        if self._again and not self._stopping.is_set():
+            full, self._again, self._full_again = self._full_again, False, False
+            self.read_all(full=full)
+
+    def _set_available(self, available: bool, error: str = "") -> None:
+        if available == self.available:
+            return
+        self.available = available
+        if available:
+            log.info("database {db} is back: granting again", db=self._store.path)
+            self._audit.record("database", state="up")
+        else:
+            log.error("database {db} is unavailable: granting nothing until it is back "
+                      "({error})", db=self._store.path, error=error)
+            self._audit.record("database", state="down", detail=error)
+
+    def _notified(self, payload: str) -> None:
+        if payload == "reread":
+            self.read_all()
+            return
+        until, _, key = payload.partition(" ")
+        try:
+            self.apply(key, float(until))
+        except ValueError:
+            log.warn("database: a lockout notice not understood: {payload!r}", payload=payload)
+
+    # In the listening thread.
+
+    def _listen(self) -> None:
+        while not self._stopping.is_set():
+            conn = None
+            try:
+                conn = self._raw.connect()
+                conn.execute(f"LISTEN {LOCKOUT_CHANNEL}")
+                # Notices missed while (re)connecting: read the whole table now.
+                self._reactor.callFromThread(self.read_all, True)
+                while not self._stopping.is_set():
+                    for notice in conn.notifies(timeout=LISTEN_POLL):
+                        self._reactor.callFromThread(self._notified, notice.payload)
+            except (StateError, Exception) as error:
+                if not self._stopping.is_set():
+                    self._reactor.callFromThread(self._set_available, False, str(error))
+                    self._stopping.wait(RECONNECT)
+            finally:
+                if conn is not None:
+                    try:
+                        conn.close()
+                    except Exception:
+                        pass

@@ -1,0 +1,596 @@
+"""
+The state of a fleet of gateways (docs/spec.md section 11) in PostgreSQL:
+the pool, the clients and their knock numbers, the server's copies of
+their files (encrypted), lockouts and pending closes, shared by every
+gateway given the same C{database}.
+
+Every method is synchronous and blocks its thread: the commands call it
+directly, the daemon only from its database threads
+(L{knocker.daemon.fleet.ThreadedStore}), never from the reactor.  Each
+thread has its own connection, in autocommit: every write is one
+statement or one short transaction, committed when the call returns.  A
+connection that fails is dropped and the call raises L{StateError}; the
+next call connects again, so a gateway recovers by itself.
+
+L{burn} is one statement, C{UPDATE ... RETURNING}: PostgreSQL's row lock
+serialises the gateways, so each number is handed out once across the
+fleet; if the call raises, nobody knows whether the commit happened, and
+the caller grants nothing (the number may be lost, never reused).
+"""
+
+import os
+import re
+import threading
+
+from zope.interface import implementer
+
+from knocker.state.interface import ClientState, IStore, PendingClose, StateError, secret_id
+
+STATEMENT_TIMEOUT_MS = 2000
+CONNECT_TIMEOUT = 3
+LOCKOUT_CHANNEL = "knocker_lockout"
+KEY_BYTES = 32
+MAX_LOCKOUT_BATCH = 10000
+#: Most rows the lockouts table keeps (those ending soonest go first), as
+#: the tracker remembers at most knocker.core.tracker.MAX_SOURCES.
+MAX_LOCKOUT_ROWS = 100_000
+
+#: The schema, as migrations: MIGRATIONS[n] takes version n to n + 1.
+MIGRATIONS = (
+    """
+    CREATE TABLE meta (key text PRIMARY KEY, value text NOT NULL);
+    CREATE TABLE clients (
+        id text PRIMARY KEY,
+        next_index integer NOT NULL,
+        knocks integer NOT NULL,
+        secret_id text NOT NULL,
+        CHECK (next_index >= 1 AND next_index <= knocks + 1)
+    );
+    CREATE TABLE books (
+        client text PRIMARY KEY REFERENCES clients (id) ON DELETE CASCADE,
+        secret_id text NOT NULL,
+        sealed bytea NOT NULL
+    );
+    CREATE TABLE closes (
+        id bigserial PRIMARY KEY,
+        gateway text NOT NULL,
+        due double precision NOT NULL,
+        ip text NOT NULL,
+        client text NOT NULL,
+        knock integer NOT NULL
+    );
+    CREATE INDEX closes_gateway ON closes (gateway, due);
+    CREATE TABLE lockouts (key text PRIMARY KEY, until double precision NOT NULL);
+    """,
+    # lockouts: step and seq.  The escalation step travels with the lockout;
+    # seq, taken from a sequence on every change, lets a gateway read only
+    # the rows changed since its last read.  (The integrator may renumber.)
+    """
+    CREATE SEQUENCE lockouts_seq;
+    ALTER TABLE lockouts ADD COLUMN step integer NOT NULL DEFAULT 0,
+        ADD COLUMN seq bigint NOT NULL DEFAULT nextval('lockouts_seq');
+    CREATE INDEX lockouts_by_seq ON lockouts (seq);
+    CREATE INDEX lockouts_by_until ON lockouts (until);
+    """,
+)
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+def is_database_uri(text: str) -> bool:
+    return text.startswith(("postgresql://", "postgres://"))
+
+
+_SECRET_PARAMS = re.compile(r"((?:^|[?&])(?:ssl)?password=)[^&]*", re.IGNORECASE)
+
+
+def _secrets_in(uri: str) -> list[str]:
+    """The password and sslpassword of C{uri} as libpq reads them, if it can."""
+    try:
+        from psycopg.conninfo import conninfo_to_dict
+
+        params = conninfo_to_dict(uri)
+    except Exception:
+        return []
+    return [value for key, value in params.items()
+            if key in ("password", "sslpassword") and value]
+
+
+def redact(uri: str) -> str:
+    """
+    The URI without its passwords (in the user part, and C{password} or
+    C{sslpassword} in the query string), for messages and logs.  When
+    libpq cannot parse it, everything between C{//} and C{@} is masked.
+    """
+    scheme, sep, rest = uri.partition("://")
+    userinfo, at, host = rest.rpartition("@")
+    if at and ":" in userinfo:
+        userinfo = userinfo.split(":", 1)[0] + ":***"
+    if at and not _parses(uri):
+        userinfo = "***"
+    host = _SECRET_PARAMS.sub(r"\1***", host)
+    return scrub(f"{scheme}{sep}{userinfo}{at}{host}", uri)
+
+
+def _parses(uri: str) -> bool:
+    try:
+        from psycopg.conninfo import conninfo_to_dict
+
+        conninfo_to_dict(uri)
+    except ImportError:
+        return True
+    except Exception:
+        return False
+    return True
+
+
+def scrub(text: str, uri: str) -> str:
+    """C{text} with every password of C{uri} (as written or decoded) masked."""
+    from urllib.parse import quote
+
+    for secret in _secrets_in(uri):
+        for form in {secret, quote(secret, safe=""), quote(secret)}:
+            if len(form) >= 3:
+                text = text.replace(form, "***")
+    return text
+
+
+class SecretBox:
+    """
+    Seals the server's copies of portknock files with AES-256-GCM under
+    the key in C{database-key-file}, the client's id as associated data
+    (a sealed copy moved to another client's row does not open).
+    """
+
+    def __init__(self, key: bytes):
+        from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+        if len(key) != KEY_BYTES:
+            raise StateError(f"the database key must be {KEY_BYTES} bytes, not {len(key)}")
+        self._aead = AESGCM(key)
+        self._key = key
+
+    def check_value(self) -> str:
+        """Names the key without revealing it: an HMAC of a constant under it."""
+        import hmac
+
+        return hmac.digest(self._key, b"knocker database key check", "sha256").hex()
+
+    def seal(self, client: str, plain: bytes) -> bytes:
+        nonce = os.urandom(12)
+        return b"\x01" + nonce + self._aead.encrypt(nonce, plain, client.encode())
+
+    def open(self, client: str, sealed: bytes) -> bytes:
+        from cryptography.exceptions import InvalidTag
+
+        sealed = bytes(sealed)
+        if sealed[:1] != b"\x01":
+            raise StateError(f"the server's copy for {client!r}: unknown format")
+        try:
+            return self._aead.decrypt(sealed[1:13], sealed[13:], client.encode())
+        except InvalidTag:
+            raise StateError(
+                f"the server's copy for {client!r} does not open with database-key-file "
+                f"(another fleet's key, or altered)") from None
+
+
+def load_key(path: str | None, create: bool = False) -> bytes:
+    """
+    The 32-byte key in C{path} (0600, owner only): 64 hex digits (what
+    C{create} writes, and C{openssl rand -hex 32} makes) or 32 raw bytes.
+    C{create}: make it from 32 random bytes when it does not exist yet, as
+    the commands do; the daemon never creates one (a fresh key opens no
+    existing copy).
+    """
+    from knocker.files import PrivateFileError, open_private, write_private
+
+    if not path:
+        raise StateError("database-key-file is not set; a database needs it (docs/fleet.md)")
+    if create and not os.path.exists(path):
+        write_private(path, os.urandom(KEY_BYTES).hex() + "\n")
+    try:
+        with open_private(path) as handle:
+            data = handle.read(200)
+    except PrivateFileError as error:
+        raise StateError(f"database-key-file = {path}: {error}") from None
+    except OSError as error:
+        raise StateError(f"database-key-file = {path}: {error.strerror}") from None
+    if len(data) != KEY_BYTES:
+        try:
+            data = bytes.fromhex(data.decode("ascii").strip())
+        except ValueError:
+            data = b""
+    if len(data) != KEY_BYTES:
+        raise StateError(f"database-key-file = {path}: not a key: {KEY_BYTES * 2} hex digits "
+                         f"or {KEY_BYTES} raw bytes are needed")
+    return data
+
+
+@implementer(IStore)
+class PostgresStore:
+    """
+    The state in the PostgreSQL database at C{uri} (a libpq URI), as seen
+    by gateway C{gateway} (its pending closes are its own).
+    """
+
+    def __init__(self, uri: str, key: bytes | None = None, gateway: str = "",
+                 statement_timeout_ms: int = STATEMENT_TIMEOUT_MS, migrate: bool = True):
+        import psycopg
+
+        self._psycopg = psycopg
+        self.uri = uri
+        self.path = redact(uri)
+        self.gateway = gateway
+        self._box = SecretBox(key) if key is not None else None
+        self._timeout = statement_timeout_ms
+        self._local = threading.local()
+        self._all: list = []
+        self._all_lock = threading.Lock()
+        if migrate:
+            self.migrate()
+
+    # Connections.
+
+    def connect(self, autocommit: bool = True):
+        """
+        A new connection with the fleet's settings: statement and lock
+        timeouts, synchronous commit (a burn is on disk before GRANT), TCP
+        keepalives so a vanished server is noticed.
+        """
+        if not _parses(self.uri):
+            # libpq's parse error may quote the URI, password and all.
+            raise StateError(f"{self.path}: not a libpq connection URI that parses "
+                             f"(check its syntax and percent-encoding)")
+        try:
+            return self._psycopg.connect(
+                self.uri, autocommit=autocommit, connect_timeout=CONNECT_TIMEOUT,
+                options=(f"-c statement_timeout={self._timeout} "
+                         f"-c lock_timeout={self._timeout} "
+                         f"-c idle_in_transaction_session_timeout={self._timeout * 5} "
+                         f"-c synchronous_commit=on"),
+                keepalives=1, keepalives_idle=5, keepalives_interval=2, keepalives_count=2,
+                tcp_user_timeout=self._timeout * 2,
+            )
+        except self._psycopg.Error as error:
+            raise StateError(f"{self.path}: cannot connect: "
+                             f"{scrub(_first_line(error), self.uri)}") from None
+
+    def _conn(self):
+        conn = getattr(self._local, "conn", None)
+        if conn is None or conn.closed:
+            conn = self.connect()
+            self._local.conn = conn
+            with self._all_lock:
+                self._all.append(conn)
+        return conn
+
+    def _run(self, work):
+        """
+        C{work(connection)} on this thread's connection; any database error
+        drops the connection and becomes a L{StateError}.
+        """
+        conn = self._conn()
+        try:
+            return work(conn)
+        except self._psycopg.Error as error:
+            if conn.closed or conn.broken or isinstance(error, self._psycopg.OperationalError):
+                self._drop(conn)
+            elif not conn.autocommit or conn.info.transaction_status:
+                conn.rollback()
+            raise StateError(f"{self.path}: {scrub(_first_line(error), self.uri)}") from None
+
+    def _drop(self, conn) -> None:
+        try:
+            conn.close()
+        except Exception:
+            pass
+        if getattr(self._local, "conn", None) is conn:
+            self._local.conn = None
+        with self._all_lock:
+            if conn in self._all:
+                self._all.remove(conn)
+
+    def hold_gateway(self) -> None:
+        """
+        Take, for as long as this store is open, a session advisory lock on
+        a hash of C{gateway} on a connection of its own: a second gateway
+        given the same name (it would run, and delete, the first one's
+        pending closes) cannot start.
+        """
+        import hashlib
+
+        digest = hashlib.sha256(b"knocker gateway|" + self.gateway.encode()).digest()
+        lock_id = int.from_bytes(digest[:8], "big", signed=True)
+        conn = self.connect()
+        try:
+            held = conn.execute("SELECT pg_try_advisory_lock(%s)", (lock_id,)).fetchone()[0]
+        except self._psycopg.Error as error:
+            conn.close()
+            raise StateError(f"{self.path}: {scrub(_first_line(error), self.uri)}") from None
+        if not held:
+            conn.close()
+            raise StateError(
+                f"gateway = {self.gateway}: another gateway of this name is running on "
+                f"{self.path}; give each gateway its own 'gateway' name")
+        self._gateway_conn = conn
+
+    def close(self) -> None:
+        conn, self._gateway_conn = getattr(self, "_gateway_conn", None), None
+        if conn is not None:
+            try:
+                conn.close()
+            except Exception:
+                pass
+        with self._all_lock:
+            conns, self._all = self._all, []
+        for conn in conns:
+            try:
+                conn.close()
+            except Exception:
+                pass
+        self._local = threading.local()
+
+    def migrate(self) -> int:
+        """
+        Bring the schema to L{SCHEMA_VERSION}, one migration per
+        transaction, under an advisory lock so that gateways starting
+        together migrate once.  Returns the version found.
+        """
+        def work(conn):
+            with conn.transaction():
+                conn.execute("SELECT pg_advisory_xact_lock(7171001)")
+                conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version integer NOT NULL)")
+                row = conn.execute("SELECT version FROM schema_version").fetchone()
+                if row is None:
+                    conn.execute("INSERT INTO schema_version VALUES (0)")
+                    found = 0
+                else:
+                    found = row[0]
+                if found > SCHEMA_VERSION:
+                    raise StateError(
+                        f"{self.path}: schema version {found} is newer than this knocker's "
+                        f"{SCHEMA_VERSION}; upgrade knocker on this gateway")
+                for version in range(found, SCHEMA_VERSION):
+                    conn.execute(MIGRATIONS[version])
+                    conn.execute("UPDATE schema_version SET version = %s", (version + 1,))
+                return found
+
+        return self._run(work)
+
+    def schema_version(self) -> int:
+        return self._run(lambda c: c.execute("SELECT version FROM schema_version").fetchone()[0])
+
+    # The pool.
+
+    def pool(self):
+        row = self._run(lambda c: c.execute("SELECT value FROM meta WHERE key = 'pool'").fetchone())
+        return tuple(int(port) for port in row[0].split(",")) if row else None
+
+    def set_pool(self, ports) -> None:
+        value = ",".join(map(str, ports))
+        row = self._run(lambda c: c.execute(
+            "INSERT INTO meta (key, value) VALUES ('pool', %s) ON CONFLICT (key) DO NOTHING "
+            "RETURNING key", (value,)).fetchone())
+        if row is None:
+            raise StateError(f"{self.path}: the pool is drawn once and kept")
+
+    # Clients and their knock numbers.
+
+    def register(self, client, knocks, secret) -> None:
+        self._run(lambda c: c.execute(
+            "INSERT INTO clients (id, next_index, knocks, secret_id) VALUES (%s, 1, %s, %s) "
+            "ON CONFLICT (id) DO UPDATE SET next_index = 1, knocks = excluded.knocks, "
+            "secret_id = excluded.secret_id",
+            (client, knocks, secret_id(secret))))
+
+    def client(self, client):
+        row = self._run(lambda c: c.execute(
+            "SELECT id, next_index, knocks, secret_id FROM clients WHERE id = %s",
+            (client,)).fetchone())
+        return ClientState(*row) if row else None
+
+    def clients(self):
+        rows = self._run(lambda c: c.execute(
+            "SELECT id, next_index, knocks, secret_id FROM clients ORDER BY id").fetchall())
+        return [ClientState(*row) for row in rows]
+
+    def burn(self, client, secret_id=None):
+        """
+        One statement, committed when it returns (autocommit): the row lock
+        orders gateways burning for one client, each gets its own number.
+        With C{secret_id}, only from the counter of that secret (the one
+        the client proved): after a C{generate --force} nothing is taken.
+        A L{StateError} means the outcome is unknown: grant nothing.
+        """
+        row = self._run(lambda c: c.execute(
+            "UPDATE clients SET next_index = next_index + 1 "
+            "WHERE id = %s AND next_index <= knocks AND (%s::text IS NULL OR secret_id = %s) "
+            "RETURNING next_index - 1",
+            (client, secret_id, secret_id)).fetchone())
+        return row[0] if row else None
+
+    # The server's copies of the portknock files, sealed.
+
+    def put_book(self, client: str, secret: bytes, text: str) -> None:
+        box = self._need_box()
+        sealed = box.seal(client, text.encode("utf-8"))
+        self._run(lambda c: c.execute(
+            "INSERT INTO books (client, secret_id, sealed) VALUES (%s, %s, %s) "
+            "ON CONFLICT (client) DO UPDATE SET secret_id = excluded.secret_id, "
+            "sealed = excluded.sealed", (client, secret_id(secret), sealed)))
+
+    def register_with_book(self, client: str, knocks: int, secret: bytes, text: str) -> None:
+        """
+        L{register} and L{put_book} in one transaction: no gateway ever
+        sees the new counter without its file, or the reverse.
+        """
+        sealed = self._need_box().seal(client, text.encode("utf-8"))
+
+        def work(conn):
+            with conn.transaction():
+                conn.execute(
+                    "INSERT INTO clients (id, next_index, knocks, secret_id) "
+                    "VALUES (%s, 1, %s, %s) ON CONFLICT (id) DO UPDATE SET next_index = 1, "
+                    "knocks = excluded.knocks, secret_id = excluded.secret_id",
+                    (client, knocks, secret_id(secret)))
+                conn.execute(
+                    "INSERT INTO books (client, secret_id, sealed) VALUES (%s, %s, %s) "
+                    "ON CONFLICT (client) DO UPDATE SET secret_id = excluded.secret_id, "
+                    "sealed = excluded.sealed", (client, secret_id(secret), sealed))
+
+        self._run(work)
+
+    def book(self, client: str) -> str | None:
+        """The server's copy of C{client}'s file (its text), or C{None}."""
+        row = self._run(lambda c: c.execute(
+            "SELECT sealed FROM books WHERE client = %s", (client,)).fetchone())
+        if row is None:
+            return None
+        return self._need_box().open(client, row[0]).decode("utf-8")
+
+    def book_clients(self) -> list[str]:
+        return [row[0] for row in self._run(lambda c: c.execute(
+            "SELECT client FROM books ORDER BY client").fetchall())]
+
+    def has_sealed_state(self) -> bool:
+        """Whether the database holds copies sealed under some key already."""
+        return self._run(lambda c: c.execute(
+            "SELECT EXISTS (SELECT 1 FROM books) "
+            "OR EXISTS (SELECT 1 FROM meta WHERE key = 'key_check')").fetchone()[0])
+
+    def check_key(self) -> None:
+        """
+        Refuse a C{database-key-file} that is not the fleet's: the database
+        keeps a check value (an HMAC of a constant under the key), written
+        by the first user of a key while no copy exists yet, or once a copy
+        opens with it.
+        """
+        import hmac
+
+        box = self._need_box()
+        mine = box.check_value()
+        row = self._run(lambda c: c.execute(
+            "SELECT value FROM meta WHERE key = 'key_check'").fetchone())
+        if row is None:
+            clients = self.book_clients()
+            if clients and not any(self._opens(client) for client in clients):
+                raise StateError(
+                    f"database-key-file opens none of the server's copies in {self.path}: "
+                    f"it is not this fleet's key")
+            self._run(lambda c: c.execute(
+                "INSERT INTO meta (key, value) VALUES ('key_check', %s) "
+                "ON CONFLICT (key) DO NOTHING", (mine,)))
+            row = self._run(lambda c: c.execute(
+                "SELECT value FROM meta WHERE key = 'key_check'").fetchone())
+        if not hmac.compare_digest(row[0], mine):
+            raise StateError(
+                f"database-key-file is not the key of the fleet in {self.path} (its check "
+                f"value does not match): copy the fleet's key file to this host")
+
+    def _opens(self, client: str) -> bool:
+        try:
+            self.book(client)
+        except StateError:
+            return False
+        return True
+
+    def _need_box(self) -> SecretBox:
+        if self._box is None:
+            raise StateError("database-key-file is needed for the server's copies")
+        return self._box
+
+    # Pending closes: each belongs to the gateway that opened the door.
+
+    def add_close(self, due, ip, client, index) -> int:
+        return self._run(lambda c: c.execute(
+            "INSERT INTO closes (gateway, due, ip, client, knock) VALUES (%s, %s, %s, %s, %s) "
+            "RETURNING id", (self.gateway, due, ip, client, index)).fetchone()[0])
+
+    def remove_close(self, close_id) -> None:
+        self._run(lambda c: c.execute(
+            "DELETE FROM closes WHERE id = %s AND gateway = %s", (close_id, self.gateway)))
+
+    def pending_closes(self):
+        rows = self._run(lambda c: c.execute(
+            "SELECT id, due, ip, client, knock FROM closes WHERE gateway = %s ORDER BY due",
+            (self.gateway,)).fetchall())
+        return [PendingClose(*row) for row in rows]
+
+    def all_pending_closes(self) -> int:
+        return self._run(lambda c: c.execute("SELECT count(*) FROM closes").fetchone()[0])
+
+    # Lockouts: the table is the truth, NOTIFY the fast path.
+
+    # An upsert that keeps the later end and the higher step, and takes a new
+    # seq only when it changed something (so the others re-read only that).
+    _UPSERT = (
+        "INSERT INTO lockouts (key, until, step) VALUES (%s, %s, %s) ON CONFLICT (key) "
+        "DO UPDATE SET until = GREATEST(lockouts.until, excluded.until), "
+        "step = GREATEST(lockouts.step, excluded.step), seq = nextval('lockouts_seq') "
+        "WHERE lockouts.until < excluded.until OR lockouts.step < excluded.step")
+
+    def set_lockout(self, key, until) -> None:
+        def work(conn):
+            with conn.transaction():
+                conn.execute(self._UPSERT, (key, until, 0))
+                conn.execute("SELECT pg_notify(%s, %s)", (LOCKOUT_CHANNEL, f"{until!r} {key}"))
+
+        self._run(work)
+
+    def save_lockouts(self, lockouts, steps=None) -> None:
+        """
+        Every C{{key: until}} of C{lockouts} (with its escalation step from
+        C{steps}, if given), in transactions of at most L{MAX_LOCKOUT_BATCH}
+        rows, each in key order: two gateways saving overlapping batches
+        lock the rows in the same order, so they cannot deadlock.
+        """
+        steps = steps or {}
+        items = [(key, until, steps.get(key, 0)) for key, until in sorted(lockouts.items())]
+        for start in range(0, len(items), MAX_LOCKOUT_BATCH):
+            chunk = items[start:start + MAX_LOCKOUT_BATCH]
+
+            def work(conn, chunk=chunk):
+                with conn.transaction():
+                    with conn.cursor() as cursor:
+                        cursor.executemany(self._UPSERT, chunk)
+                    # One notice a batch: the others read the changed rows.
+                    conn.execute("SELECT pg_notify(%s, %s)", (LOCKOUT_CHANNEL, "reread"))
+
+            self._run(work)
+
+    def lockouts(self, now):
+        def work(conn):
+            conn.execute("DELETE FROM lockouts WHERE until <= %s", (now,))
+            return dict(conn.execute("SELECT key, until FROM lockouts").fetchall())
+
+        return self._run(work)
+
+    def lockouts_since(self, after: int, limit: int) -> list[tuple[int, str, float, int]]:
+        """
+        C{(seq, key, until, step)} of at most C{limit} rows changed after
+        C{after} (a seq), in seq order: the next read starts at the last.
+        """
+        return self._run(lambda c: c.execute(
+            "SELECT seq, key, until, step FROM lockouts WHERE seq > %s ORDER BY seq LIMIT %s",
+            (after, limit)).fetchall())
+
+    def prune_lockouts(self, now: float, keep: int = MAX_LOCKOUT_ROWS) -> None:
+        """
+        Forget the lockouts ended by C{now}, and past C{keep} rows those
+        ending soonest: a flood from many addresses cannot grow the table
+        without bound.
+        """
+        def work(conn):
+            conn.execute("DELETE FROM lockouts WHERE until <= %s", (now,))
+            conn.execute(
+                "DELETE FROM lockouts WHERE key IN (SELECT key FROM lockouts "
+                "ORDER BY until DESC OFFSET %s)", (keep,))
+
+        self._run(work)
+
+    def lift_lockouts(self) -> None:
+        self._run(lambda c: c.execute("DELETE FROM lockouts"))
+
+
+def _first_line(error: Exception) -> str:
+    text = str(error).strip() or type(error).__name__
+    return text.splitlines()[0]

@@ -1,0 +1,226 @@
+"""
+L{knocker.daemon.fleet.LockoutSync} on a L{Clock} with a store that
+answers through L{Deferred}s: a big read is applied a bounded chunk per
+reactor turn with one tracker lookup a row, only rows changed since the
+last read are asked for, a notice during a read is not lost, and the
+escalation step travels with the lockout.  Also the coordinator saving
+source lockouts again after a failed save.
+"""
+
+from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.task import Clock
+from twisted.trial.unittest import SynchronousTestCase
+
+from knocker.core.tracker import Policy, Tracker
+from knocker.daemon import fleet
+from knocker.daemon.audit import MemoryAudit
+from knocker.daemon.clock import WallTime
+from knocker.state.interface import StateError
+from tests.helpers.harness import Harness
+
+
+class TableStore:
+    """The lockouts table as rows (seq, key, until, step), read by seq."""
+
+    path = "postgresql:///fleet"
+
+    def __init__(self, rows=()):
+        self.rows = list(rows)
+        self.reads: list[tuple[int, int, object]] = []
+        self.held: list[Deferred] | None = None
+
+    def read_lockouts(self, after, limit, prune_before=None):
+        self.reads.append((after, limit, prune_before))
+        page = [row for row in sorted(self.rows) if row[0] > after][:limit]
+        if self.held is not None:
+            d = Deferred()
+            self.held.append((d, page))
+            return d
+        return succeed(page)
+
+
+class TurnByTurn:
+    """
+    A reactor's C{callLater(0, ...)} as a real reactor runs it: at the next
+    turn, not within this one (L{Clock.advance} would run them all at once).
+    """
+
+    def __init__(self):
+        self.calls = []
+
+    def callLater(self, delay, function, *args):
+        call = _Call(function, args)
+        self.calls.append(call)
+        return call
+
+    def next_turn(self):
+        calls, self.calls = self.calls, []
+        for call in calls:
+            call.run()
+
+
+class _Call:
+    def __init__(self, function, args):
+        self.function, self.args, self.cancelled = function, args, False
+
+    def active(self):
+        return not self.cancelled
+
+    def cancel(self):
+        self.cancelled = True
+
+    def run(self):
+        if not self.cancelled:
+            self.function(*self.args)
+
+
+class CountingTracker(Tracker):
+    """A tracker that refuses to build its whole table (the old O(n) a row)."""
+
+    def lockouts(self):
+        raise AssertionError("LockoutSync must look up one key, not build the table")
+
+
+def make_sync(case, rows=()):
+    clock = Clock()
+    clock.advance(1000)
+    tracker = CountingTracker(clock, Policy(scope="source"))
+    store = TableStore(rows)
+    sync = fleet.LockoutSync(clock, store, None, tracker, WallTime(clock, clock.seconds),
+                             MemoryAudit())
+    return clock, tracker, store, sync
+
+
+class LockoutSyncTests(SynchronousTestCase):
+
+    def test_big_read_applied_in_bounded_chunks(self):
+        """
+        20,000 rows: read in pages, applied at most APPLY_CHUNK a reactor
+        turn (the reactor serves hits in between), all applied in the end.
+        """
+        rows = [(seq, f"198.51.{seq // 250}.{seq % 250}", 2000.0, 0)
+                for seq in range(1, 20_001)]
+        clock, tracker, store, sync = make_sync(self, rows)
+        applied = []
+        original = tracker.shared_lockout
+
+        def counting(key, until, step=0):
+            applied[-1] += 1
+            original(key, until, step)
+
+        tracker.shared_lockout = counting
+        turns = TurnByTurn()
+        sync._reactor = turns
+        read = store.read_lockouts
+
+        def from_a_thread(*args):
+            # The answer comes from the pool: at a turn of its own.
+            d = Deferred()
+            turns.callLater(0, lambda: read(*args).chainDeferred(d))
+            return d
+
+        store.read_lockouts = from_a_thread
+        applied.append(0)
+        sync.read_all()
+        while turns.calls:
+            applied.append(0)
+            turns.next_turn()
+        self.assertLessEqual(max(applied), fleet.APPLY_CHUNK)
+        self.assertEqual(sum(applied), 20_000)
+        self.assertGreaterEqual(len(applied), 20_000 // fleet.APPLY_CHUNK)
+        self.assertEqual(len(tracker._sources), 20_000)
+        self.assertEqual([after for after, _, _ in store.reads],
+                         [0, 5000, 10000, 15000, 20000], "pages, then an empty one")
+
+    def test_only_changed_rows_read_again(self):
+        clock, tracker, store, sync = make_sync(self, [(1, "192.0.2.1", 2000.0, 0)])
+        sync.read_all()
+        store.rows.append((7, "192.0.2.2", 2000.0, 0))
+        sync.read_all()
+        self.assertEqual(store.reads[-1][0], 1, "from the last seq read")
+        self.assertEqual(tracker.source_until("192.0.2.2"), (2000.0, 0))
+        sync.read_all(full=True)
+        self.assertEqual(store.reads[-1][0], 0, "a full read starts again")
+        self.assertIsNotNone(store.reads[-1][2], "and prunes the table first")
+
+    def test_notice_during_a_read_reads_again(self):
+        clock, tracker, store, sync = make_sync(self, [(1, "192.0.2.1", 2000.0, 0)])
+        store.held = []
+        sync.read_all()
+        store.rows.append((2, "192.0.2.2", 2000.0, 0))
+        sync._notified("reread")
+        self.assertEqual(len(store.reads), 1, "one read at a time")
+        d, page = store.held.pop(0)
+        d.callback(page)
+        self.assertEqual(len(store.reads), 2, "the notice is not lost")
+        d, page = store.held.pop(0)
+        d.callback(page)
+        self.assertEqual(tracker.source_until("192.0.2.2"), (2000.0, 0))
+
+    def test_failed_read_then_next_works(self):
+        clock, tracker, store, sync = make_sync(self)
+        store.read_lockouts = lambda *a: fail(StateError("gone"))
+        sync.read_all()
+        self.assertFalse(sync.available)
+        del store.read_lockouts
+        store.rows.append((1, "192.0.2.1", 2000.0, 0))
+        sync.read_all()
+        self.assertTrue(sync.available)
+        self.assertEqual(tracker.source_until("192.0.2.1"), (2000.0, 0))
+
+    def test_step_keeps_the_higher(self):
+        """
+        The escalation step another gateway reached is kept, and a lower
+        one does not lower the local step.
+        """
+        clock, tracker, store, sync = make_sync(self)
+        self.assertTrue(sync.apply("192.0.2.1", 1100.0, 3))
+        self.assertEqual(tracker.source_until("192.0.2.1"), (1100.0, 3))
+        self.assertTrue(sync.apply("192.0.2.1", 1200.0, 1), "later end")
+        self.assertEqual(tracker.source_until("192.0.2.1"), (1200.0, 3))
+        self.assertTrue(sync.apply("192.0.2.1", 1150.0, 5), "higher step, earlier end")
+        self.assertEqual(tracker.source_until("192.0.2.1"), (1200.0, 5))
+        self.assertFalse(sync.apply("192.0.2.1", 1200.0, 2))
+        # Its next failure here escalates from the shared step.
+        clock.advance(300)
+        tracker.observer = _Observer()
+        tracker.failed_attempt("192.0.2.1", "denied")
+        self.assertEqual(tracker.observer.lockouts[0].step, 6)
+
+
+class _Observer:
+    def __init__(self):
+        self.lockouts = []
+
+    def lockout_started(self, lockout):
+        self.lockouts.append(lockout)
+
+    def knock_failed(self, slot, reason):
+        pass
+
+
+class SaveAgainTests(SynchronousTestCase):
+
+    def test_failed_save_is_saved_again(self):
+        """
+        A batch of source lockouts whose save failed is not forgotten: its
+        keys go back into the next batch, which is tried again.
+        """
+        h = Harness(self, lockout_scope="source")
+        saved, failing = [], [True]
+
+        def save(lockouts, steps=None):
+            if failing[0]:
+                return fail(StateError("the database is gone"))
+            saved.append((dict(lockouts), dict(steps or {})))
+            return succeed(None)
+
+        h.server._store.save_lockouts = save
+        h.server.tracker.failed_attempt("192.0.2.1", "denied")
+        h.clock.advance(1)
+        self.assertEqual(saved, [])
+        failing[0] = False
+        h.clock.advance(10)
+        self.assertEqual(len(saved), 1)
+        self.assertEqual(list(saved[0][0]), ["192.0.2.1"])
+        self.assertEqual(saved[0][1], {"192.0.2.1": 0})

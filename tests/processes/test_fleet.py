@@ -1,0 +1,347 @@
+"""
+A fleet (docs/spec.md section 11, docs/fleet.md) for real: two
+C{twistd knockserver} gateways on 127.0.0.2 and 127.0.0.3 with one pool in
+one throwaway PostgreSQL cluster (tests/helpers/postgres.py), the real
+C{knocker generate}, C{status} and C{knock}.
+"""
+
+import os
+import shutil
+import socket
+import tempfile
+import threading
+import time
+
+from twisted.trial.unittest import TestCase
+
+from knocker.core import handshake as hs
+from knocker.core.knockfile import parse_knockfile
+from knocker.daemon.audit import read_audit
+from tests.helpers import postgres
+from tests.helpers.processes import Daemon, knocker, read_lines, write_config, write_recorder
+
+HOSTS = ("127.0.0.2", "127.0.0.3")
+
+
+def _free_port(host: str) -> int:
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
+def handshake(host: str, port: int, client: str, secret: bytes, timeout: float = 10,
+              source: str = "127.0.0.1"):
+    """
+    HELLO and PROOF on a gateway's central port from C{source}; the reply
+    line, and the open socket (a GRANT's slot lives while it stays open).
+    """
+    sock = socket.create_connection((host, port), timeout=timeout,
+                                    source_address=(source, 0))
+    reader = sock.makefile("rb")
+    sock.sendall(hs.format_hello(client))
+    challenge = reader.readline().decode().split()
+    nonce = challenge[-1]
+    sock.sendall(hs.format_proof(hs.hello_mac(secret, client, nonce)))
+    reply = reader.readline().decode().strip()
+    return reply, sock
+
+
+class FleetCase(TestCase):
+    timeout = 180
+    skip = postgres.skip_reason()
+
+    def setUp(self):
+        self.cluster = postgres.Cluster()
+        self.addCleanup(self.cluster.destroy)
+        self.cluster.start()
+        self.db = self.cluster.new_database()
+        self.dir = tempfile.mkdtemp(prefix="knocker-fleet-")
+        self.addCleanup(shutil.rmtree, self.dir, ignore_errors=True)
+        self.key_file = os.path.join(self.dir, "fleet.key")
+        self.gateways: list[Daemon] = []
+        self.addCleanup(self._stop_all)
+        self.success, _ = write_recorder(self.dir, "on-success")
+        self.confs = []
+        self.ports = []
+        self.closed = []
+        for n, host in enumerate(HOSTS):
+            home = os.path.join(self.dir, f"g{n}")
+            os.mkdir(home)
+            on_close, closed = write_recorder(home, "on-close")
+            self.closed.append(closed)
+            port = _free_port(host)
+            self.ports.append(port)
+            self.confs.append(write_config(
+                os.path.join(home, "server.conf"), "server",
+                central=f"tcp:{port}:interface={host}", interface=host, state_dir="state",
+                pool_size=20, pool_range="3000-9999", on_success=self.success,
+                on_close=on_close, open_duration=300,
+                audit_log="audit.log", knock_window=5, lockout=3, max_concurrent=50,
+                database=self.cluster.uri(self.db), database_key_file=self.key_file,
+                gateway=f"gw-{n}"))
+
+    def _stop_all(self):
+        for daemon in self.gateways:
+            daemon.stop()
+
+    def generate(self, client="alice", knocks=200, ports=4) -> str:
+        out = os.path.join(self.dir, client + ".knock")
+        done = knocker("generate", client, "--config", self.confs[0], "--knocks", str(knocks),
+                       "--ports", str(ports), "-o", out)
+        self.assertEqual(done.returncode, 0, done.stderr)
+        return out
+
+    def start(self, n: int) -> Daemon:
+        home = os.path.dirname(self.confs[n])
+        daemon = Daemon(self.confs[n], os.path.join(home, "audit.log"), home)
+        daemon.wait_ready()
+        if n < len(self.gateways):
+            self.gateways[n] = daemon
+        else:
+            self.gateways.append(daemon)
+        return daemon
+
+    def audit(self, n: int, event: str | None = None) -> list[dict]:
+        path = os.path.join(os.path.dirname(self.confs[n]), "audit.log")
+        events = read_audit(path) if os.path.exists(path) else []
+        return events if event is None else [e for e in events if e["event"] == event]
+
+    def knock(self, knock_file, server) -> object:
+        return knocker("knock", "--server", server, "--knock-file", knock_file,
+                       "--log-file", os.path.join(self.dir, "client.log"))
+
+    def locked_after(self, n, secret, started, limit, source="127.0.0.1") -> float | None:
+        """
+        Seconds from C{started} until gateway C{n} answers C{source}'s
+        handshake with LOCKED, or C{None} if not within C{limit}.
+        """
+        while time.monotonic() - started < limit:
+            reply, sock = handshake(HOSTS[n], self.ports[n], "alice", secret, source=source)
+            sock.close()
+            if reply.startswith("LOCKED"):
+                return time.monotonic() - started
+            time.sleep(0.05)
+        return None
+
+    def endpoint(self, n: int) -> str:
+        return f"tcp:host={HOSTS[n]}:port={self.ports[n]}"
+
+
+class FleetTests(FleetCase):
+
+    def test_knocks_alternate_between_gateways(self):
+        """
+        One client file, knocked alternately at either gateway: every knock
+        opens, and the numbers run on across both (one counter).
+        """
+        knock_file = self.generate()
+        self.start(0)
+        self.start(1)
+        for turn in range(4):
+            result = self.knock(knock_file, self.endpoint(turn % 2))
+            self.assertEqual(result.returncode, 0, result.stdout + result.stderr
+                             + self.gateways[turn % 2].log()[-2000:])
+            self.assertIn("OPEN", result.stdout)
+        grants = sorted(e["index"] for n in (0, 1) for e in self.audit(n, "grant"))
+        self.assertEqual(grants, [1, 2, 3, 4])
+        # A client generated while the gateways run: each reads its copy.
+        bob = self.generate("bob")
+        for n in (1, 0):
+            result = self.knock(bob, self.endpoint(n))
+            self.assertIn("OPEN", result.stdout, result.stderr)
+        done = knocker("status", "--config", self.confs[1], "--json")
+        self.assertEqual(done.returncode, 0, done.stderr)
+        self.assertIn('"left": 196', done.stdout)
+        self.assertIn('"database": "postgresql:///', done.stdout)
+        done = knocker("status", "--config", self.confs[0])
+        self.assertIn("state: postgresql:///", done.stdout)
+
+    def test_contended_grants_are_distinct_and_survive_kill9(self):
+        """
+        Many handshakes for one client at once on both gateways: every
+        GRANT carries its own number; after kill -9 of one gateway and its
+        restart, no number is granted again.
+        """
+        knock_file = self.generate(knocks=500)
+        kf = parse_knockfile(open(knock_file).read(), knock_file)
+        self.start(0)
+        self.start(1)
+        granted, lock = [], threading.Lock()
+
+        def worker(n, source, count):
+            for _ in range(count):
+                # Each worker its own address: its own slot, so no BUSY.
+                reply, sock = handshake(HOSTS[n], self.ports[n], "alice", kf.secret,
+                                        source=source)
+                sock.close()  # abandoned: the number stays burned, no lockout
+                with lock:
+                    granted.append(reply)
+
+        def round_(count):
+            threads = [threading.Thread(target=worker, args=(n, f"127.0.1.{n * 10 + t}", count))
+                       for n in (0, 1) for t in range(4)]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+
+        round_(10)
+        self.gateways[0].kill9()
+        self.start(0)
+        round_(5)
+        # The database restarted under both: some handshakes get ERROR
+        # (a connection that was cut), none a number given before.
+        self.cluster.stop()
+        self.cluster.start()
+        round_(5)
+        numbers = [int(reply.split()[1]) for reply in granted if reply.startswith("GRANT")]
+        self.assertEqual(len(numbers), len(set(numbers)), "a number granted twice")
+        self.assertGreaterEqual(len(numbers), 130, [r for r in granted if "GRANT" not in r])
+        self.assertTrue(all(r.startswith(("GRANT", "ERROR server-error")) for r in granted),
+                        set(r[:10] for r in granted))
+
+    def test_global_lockout_spreads_within_a_second(self):
+        """
+        A failed knock on one gateway locks the whole server out; the other
+        refuses (LOCKED) within a second.
+        """
+        knock_file = self.generate()
+        kf = parse_knockfile(open(knock_file).read(), knock_file)
+        self.start(0)
+        self.start(1)
+        time.sleep(0.5)  # the listeners are up
+        reply, sock = handshake(HOSTS[0], self.ports[0], "alice", kf.secret)
+        self.assertTrue(reply.startswith("GRANT"), reply)
+        index = int(reply.split()[1])
+        wrong = next(p for p in kf_pool(self) if p != kf.knocks[index - 1][0])
+        started = time.monotonic()
+        try:
+            socket.create_connection((HOSTS[0], wrong), timeout=2).close()
+        except OSError:
+            pass
+        sock.close()
+        seen = self.locked_after(1, kf.secret, started, 3)
+        self.assertIsNotNone(seen, "gateway 2 never refused")
+        self.assertLess(seen, 1.0)
+
+    def test_source_lockout_is_shared(self):
+        """
+        A stray hit on gateway 1's pool locks its source out on gateway 2
+        too (saved in the second's batch, then a notice to read again).
+        """
+        knock_file = self.generate()
+        kf = parse_knockfile(open(knock_file).read(), knock_file)
+        self.start(0)
+        self.start(1)
+        time.sleep(0.5)
+        stray = "127.0.1.77"
+        started = time.monotonic()
+        sock = socket.create_connection((HOSTS[0], kf_pool(self)[0]), timeout=2,
+                                        source_address=(stray, 0))
+        sock.close()
+        seen = self.locked_after(1, kf.secret, started, 5, source=stray)
+        self.assertIsNotNone(seen, "gateway 2 never refused the source")
+        self.assertLess(seen, 2.5, "one batch (1 s) and a notice")
+        reply, other = handshake(HOSTS[1], self.ports[1], "alice", kf.secret)
+        other.close()
+        self.assertTrue(reply.startswith("GRANT"), "other sources still knock: " + reply)
+
+    def test_failover_to_second_endpoint(self):
+        """
+        A client whose first endpoint is dead knocks at the second.
+        """
+        knock_file = self.generate()
+        self.start(1)
+        dead = f"tcp:host={HOSTS[0]}:port={_free_port(HOSTS[0])}"
+        result = self.knock(knock_file, f"{dead} {self.endpoint(1)}")
+        self.assertEqual(result.returncode, 0, result.stdout + result.stderr)
+        self.assertIn("OPEN", result.stdout)
+
+    def test_fails_closed_and_recovers(self):
+        """
+        With the cluster stopped the gateway grants nothing, still records
+        hits, says so; started again, it grants again by itself.
+        """
+        knock_file = self.generate()
+        kf = parse_knockfile(open(knock_file).read(), knock_file)
+        self.start(0)
+        port = kf_pool(self)[0]
+        self.cluster.stop()
+        reply, sock = handshake(HOSTS[0], self.ports[0], "alice", kf.secret)
+        sock.close()
+        self.assertEqual(reply, "ERROR server-error")
+        socket.create_connection((HOSTS[0], port), timeout=2).close()
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and not self.audit(0, "hit"):
+            time.sleep(0.1)
+        self.assertTrue(self.audit(0, "hit"), "hits are recorded without the database")
+        self.cluster.start()
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            reply, sock = handshake(HOSTS[0], self.ports[0], "alice", kf.secret)
+            sock.close()
+            if reply.startswith(("GRANT", "LOCKED")):
+                break
+            time.sleep(0.5)
+        self.assertTrue(reply.startswith(("GRANT", "LOCKED")), reply)
+        self.assertTrue(self.audit(0, "database"), "the outage is audited")
+        self.assertIn("unavailable", self.gateways[0].log())
+
+    def test_closes_belong_to_the_gateway_that_opened(self):
+        """
+        A door opened through gateway 1 is closed by gateway 1 alone: not by
+        gateway 2 while 1 is down, but by 1 when it comes back, once.
+        """
+        knock_file = self.generate()
+        self.start(0)
+        result = self.knock(knock_file, self.endpoint(0))
+        self.assertIn("OPEN", result.stdout, result.stderr)
+        self.gateways[0].kill9()
+        self.start(1)
+        self.gateways[1].stop()
+        self.assertEqual(read_lines(self.closed[1]), [], "gateway 2 ran 1's close")
+        self.start(0)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and not read_lines(self.closed[0]):
+            time.sleep(0.1)
+        self.gateways[0].stop()
+        closes = read_lines(self.closed[0])
+        self.assertEqual(len(closes), 1, closes)
+        self.assertEqual(closes[0]["argv"][1:], ["127.0.0.1", "alice", "1"])
+        self.assertEqual(self.cluster.psql(self.db, "SELECT count(*) FROM closes").strip(), "0")
+
+    def test_start_refused_without_key_or_database(self):
+        """
+        A gateway without its key file, or whose database cannot be
+        reached, does not start, and says which.
+        """
+        self.generate()
+        os.rename(self.key_file, self.key_file + ".away")
+        home = os.path.dirname(self.confs[0])
+        daemon = Daemon(self.confs[0], os.path.join(home, "audit.log"), home)
+        self.assertEqual(daemon.wait_exit(), 1)
+        self.assertIn("database-key-file", daemon.log())
+        self.assertFalse(os.path.exists(self.key_file), "the daemon makes no key")
+        daemon.stop()
+        os.rename(self.key_file + ".away", self.key_file)
+        self.cluster.stop()
+        daemon = Daemon(self.confs[0], os.path.join(home, "audit.log"), home)
+        self.assertEqual(daemon.wait_exit(), 1)
+        self.assertIn("cannot connect", daemon.log())
+        daemon.stop()
+
+    def test_dump_holds_no_secret(self):
+        knock_file = self.generate()
+        kf = parse_knockfile(open(knock_file).read(), knock_file)
+        dump = self.cluster.dump(self.db)
+        self.assertIn("CREATE TABLE public.books", dump)
+        self.assertNotIn(kf.secret.hex(), dump)
+        self.assertNotIn(kf.secret.hex().upper(), dump)
+        import base64
+
+        self.assertNotIn(base64.b64encode(kf.secret).decode()[:20], dump)
+
+
+def kf_pool(case) -> list[int]:
+    return [int(p) for p in case.cluster.psql(case.db, "SELECT value FROM meta WHERE key = "
+                                              "'pool'").strip().split(",")]

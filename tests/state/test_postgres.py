@@ -1,0 +1,299 @@
+"""
+What the PostgreSQL store does beyond the IStore contract
+(tests/state/test_store_contract.py runs that): the schema and its
+migrations, burns from many threads at once, the sealed server copies and
+their key file, closes kept per gateway, a lost connection.
+"""
+
+import os
+import threading
+import time
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from knocker.state.interface import StateError
+from tests.helpers import postgres
+
+KEY = bytes(range(32))
+SECRET = bytes(range(100, 132))
+
+
+class PostgresStoreTests(SynchronousTestCase):
+    skip = postgres.skip_reason()
+
+    def store(self, **kwargs):
+        from knocker.state.postgres import PostgresStore
+
+        kwargs.setdefault("key", KEY)
+        store = PostgresStore(self.uri, **kwargs)
+        self.addCleanup(store.close)
+        return store
+
+    def setUp(self):
+        self.uri = postgres.database_for(self)
+
+    def test_schema_versioned_and_migrated_once(self):
+        from knocker.state.postgres import SCHEMA_VERSION
+
+        first = self.store()
+        self.assertEqual(first.schema_version(), SCHEMA_VERSION)
+        self.assertEqual(self.store().migrate(), SCHEMA_VERSION, "nothing left to apply")
+
+    def test_newer_schema_refused(self):
+        first = self.store()
+        first._run(lambda c: c.execute("UPDATE schema_version SET version = 99"))
+        error = self.assertRaises(StateError, self.store)
+        self.assertIn("schema version 99 is newer", str(error))
+
+    def test_burns_from_many_threads_are_distinct(self):
+        store = self.store()
+        store.register("alice", 400, SECRET)
+        got, lock = [], threading.Lock()
+
+        def burn():
+            for _ in range(50):
+                number = store.burn("alice")
+                with lock:
+                    got.append(number)
+
+        threads = [threading.Thread(target=burn) for _ in range(10)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        numbers = [n for n in got if n is not None]
+        self.assertEqual(sorted(numbers), list(range(1, 401)))
+        self.assertEqual(got.count(None), 100, "past the end: nothing")
+
+    def test_server_copy_sealed_and_bound_to_its_client(self):
+        store = self.store()
+        store.register_with_book("alice", 5, SECRET, "the text " + SECRET.hex())
+        self.assertEqual(store.book("alice"), "the text " + SECRET.hex())
+        raw = store._run(lambda c: c.execute("SELECT sealed FROM books").fetchone()[0])
+        self.assertNotIn(SECRET.hex().encode(), bytes(raw))
+        store.register("bob", 5, SECRET)
+        store._run(lambda c: c.execute(
+            "INSERT INTO books SELECT 'bob', secret_id, sealed FROM books WHERE client = 'alice'"))
+        error = self.assertRaises(StateError, store.book, "bob")
+        self.assertIn("does not open", str(error))
+        other = self.store(key=bytes(32))
+        self.assertRaises(StateError, other.book, "alice")
+
+    def test_key_check_refuses_another_key(self):
+        """
+        The first key used leaves a check value; a gateway or a command
+        with another key file is refused, naming database-key-file.
+        """
+        first = self.store()
+        first.check_key()
+        first.check_key()
+        error = self.assertRaises(StateError, self.store(key=bytes(32)).check_key)
+        self.assertIn("database-key-file", str(error))
+
+    def test_key_check_without_a_check_value_yet(self):
+        """
+        Copies sealed before there was a check value: a key that opens
+        none of them is refused; the right one records the check.
+        """
+        store = self.store()
+        store.register_with_book("alice", 5, SECRET, "text")
+        self.assertRaises(StateError, self.store(key=bytes(32)).check_key)
+        store.check_key()
+        self.assertRaises(StateError, self.store(key=bytes(32)).check_key)
+
+    def test_an_unopenable_copy_is_skipped_at_load(self):
+        """
+        One altered copy stops only its client, not the gateway.
+        """
+        from knocker.daemon.fleet import DatabaseBook
+
+        store = self.store()
+        store.register_with_book("alice", 5, SECRET, _knock_text(store, "alice"))
+        store.register("bob", 5, SECRET)
+        store._run(lambda c: c.execute(
+            "INSERT INTO books SELECT 'bob', secret_id, sealed FROM books WHERE client = 'alice'"))
+        book = DatabaseBook(store, (20000, 20001, 20002))
+        book.load()
+        self.assertEqual(book.clients(), ["alice"])
+        self.assertEqual([client for client, _ in book.skipped], ["bob"])
+        self.flushLoggedErrors()
+
+    def test_generate_makes_no_key_beside_existing_copies(self):
+        """
+        C{knocker generate} creates the key file only for a new fleet: with
+        copies already in the database it refuses, naming the key file.
+        """
+        from knocker.admin.clients import open_database
+        from tests.helpers.harness import server_config
+
+        self.store().register_with_book("alice", 5, SECRET, "text")
+        base = self.mktemp()
+        os.makedirs(base)
+        path = os.path.join(base, "fleet.key")
+        config = server_config(os.path.join(base, "state"), database=self.uri,
+                               database_key_file=path)
+        error = self.assertRaises(StateError, open_database, config, create_key=True)
+        self.assertIn("database-key-file", str(error))
+        self.assertFalse(os.path.exists(path))
+
+    def test_closes_are_the_gateways_own(self):
+        one, two = self.store(gateway="one"), self.store(gateway="two")
+        close = one.add_close(100.0, "192.0.2.1", "alice", 3)
+        self.assertEqual([c.id for c in one.pending_closes()], [close])
+        self.assertEqual(two.pending_closes(), [])
+        two.remove_close(close)
+        self.assertEqual(len(one.pending_closes()), 1, "another gateway cannot remove it")
+        self.assertEqual(two.all_pending_closes(), 1)
+
+    def test_one_gateway_of_a_name_at_a_time(self):
+        """
+        A second gateway given a running one's name would run and delete
+        its pending closes: it is refused, naming C{gateway}.
+        """
+        one = self.store(gateway="gw-1")
+        one.hold_gateway()
+        two = self.store(gateway="gw-1")
+        error = self.assertRaises(StateError, two.hold_gateway)
+        self.assertIn("gateway = gw-1", str(error))
+        self.store(gateway="gw-2").hold_gateway()
+        one.close()
+        two.hold_gateway()
+
+    def test_lost_connection_raises_then_reconnects(self):
+        store = self.store()
+        store.register("alice", 5, SECRET)
+        pid = store._run(lambda c: c.execute("SELECT pg_backend_pid()").fetchone()[0])
+        admin = self.store()
+        admin._run(lambda c: c.execute("SELECT pg_terminate_backend(%s)", (pid,)))
+        self.assertRaises(StateError, store.burn, "alice")
+        self.assertIsNotNone(store.client("alice"), "the next call connects again")
+
+    def test_burn_times_out_rather_than_wait(self):
+        """
+        A burn stuck behind a lock (a hung transaction, an administrator's
+        session) gives up after the timeout with an error, so the gateway
+        grants nothing instead of hanging; the number is not taken.
+        """
+        store = self.store(statement_timeout_ms=200)
+        store.register("alice", 5, SECRET)
+        holder = store.connect(autocommit=False)
+        self.addCleanup(holder.close)
+        holder.execute("SELECT * FROM clients WHERE id = 'alice' FOR UPDATE")
+        started = time.monotonic()
+        self.assertRaises(StateError, store.burn, "alice")
+        self.assertLess(time.monotonic() - started, 2)
+        holder.rollback()
+        self.assertEqual(store.client("alice").next_index, 1)
+        self.assertEqual(store.burn("alice"), 1)
+
+    def test_lockouts_keep_the_latest_end(self):
+        one, two = self.store(), self.store()
+        one.set_lockout("*", 2000.0)
+        two.save_lockouts({"*": 1500.0, "192.0.2.1": 1600.0})
+        self.assertEqual(one.lockouts(1000.0), {"*": 2000.0, "192.0.2.1": 1600.0})
+
+    def test_lockouts_read_by_seq_with_their_step(self):
+        """
+        Each change takes a new seq, so a gateway reads only what changed
+        since its last read; an upsert that changes nothing takes none.
+        """
+        one, two = self.store(), self.store()
+        one.save_lockouts({"192.0.2.1": 1600.0, "192.0.2.2": 1600.0}, steps={"192.0.2.2": 4})
+        rows = two.lockouts_since(0, 100)
+        self.assertEqual([(key, until, step) for _, key, until, step in rows],
+                         [("192.0.2.1", 1600.0, 0), ("192.0.2.2", 1600.0, 4)])
+        last = rows[-1][0]
+        two.save_lockouts({"192.0.2.1": 1500.0, "192.0.2.2": 1600.0}, steps={"192.0.2.2": 2})
+        self.assertEqual(one.lockouts_since(last, 100), [], "nothing changed")
+        two.save_lockouts({"192.0.2.2": 1600.0}, steps={"192.0.2.2": 5})
+        self.assertEqual([row[1:] for row in one.lockouts_since(last, 100)],
+                         [("192.0.2.2", 1600.0, 5)])
+        self.assertEqual(len(one.lockouts_since(0, 1)), 1, "at most limit rows")
+
+    def test_big_batch_saved_whole_and_table_bounded(self):
+        """
+        Past MAX_LOCKOUT_BATCH keys the batch is saved in several
+        transactions, none dropped; pruning bounds the table.
+        """
+        from knocker.state import postgres
+
+        store = self.store()
+        self.patch(postgres, "MAX_LOCKOUT_BATCH", 1000)
+        store.save_lockouts({f"198.51.100.{n}/{n}": 2000.0 + n for n in range(2500)})
+        self.assertEqual(len(store.lockouts(1000.0)), 2500)
+        store.prune_lockouts(2100.0, keep=1000)
+        left = store.lockouts(1000.0)
+        self.assertEqual(len(left), 1000)
+        self.assertEqual(min(left.values()), 3500.0, "the soonest to end went first")
+
+
+def _knock_text(store, client):
+    """A portknock file for C{client} whose knocks use pool ports 20000-20002."""
+    import random
+    from datetime import datetime, timezone
+
+    from knocker.core.knockgen import format_knockfile, generate
+
+    kf = generate(client, (20000, 20001, 20002), 5, 2, random.Random(1), SECRET,
+                  datetime(2026, 1, 1, tzinfo=timezone.utc))
+    return format_knockfile(kf)
+
+
+class RedactTests(SynchronousTestCase):
+    skip = postgres.skip_reason()
+
+    def test_passwords_masked_wherever_given(self):
+        from knocker.state.postgres import redact
+
+        for uri in ("postgresql://knocker:hunter22@db/knocker",
+                    "postgresql://knocker@db/knocker?password=hunter22&sslmode=require",
+                    "postgresql://knocker@db/knocker?sslmode=require&sslpassword=hunter22",
+                    "postgresql://knocker@db/knocker?PASSWORD=hunter22",
+                    "postgresql://knocker@db/knocker?pass%77ord=hunter22",
+                    "postgresql://knocker:hunter%2022@db/knocker"):
+            shown = redact(uri)
+            self.assertNotIn("hunter", shown, uri)
+            self.assertIn("db/knocker", shown)
+
+    def test_unparsable_uri_masked_and_parse_error_withheld(self):
+        from knocker.state.postgres import PostgresStore, redact
+
+        uri = "postgresql://knocker:hunter 22@db:notaport/knocker?password=hunter33&bogus=1"
+        self.assertNotIn("hunter", redact(uri))
+        error = self.assertRaises(StateError, PostgresStore, uri, key=KEY)
+        self.assertNotIn("hunter", str(error))
+        self.assertIn("parses", str(error))
+
+
+class KeyFileTests(SynchronousTestCase):
+    skip = postgres.skip_reason()
+
+    def test_created_0600_and_read_back(self):
+        from knocker.state.postgres import load_key
+
+        path = os.path.join(self.mktemp() + "-dir", "fleet.key")
+        os.makedirs(os.path.dirname(path))
+        key = load_key(path, create=True)
+        self.assertEqual(len(key), 32)
+        self.assertEqual(os.stat(path).st_mode & 0o777, 0o600)
+        self.assertEqual(load_key(path), key)
+
+    def test_refused_when_others_can_read_or_missing(self):
+        from knocker.state.postgres import load_key
+
+        path = self.mktemp()
+        with open(path, "w") as handle:
+            handle.write(KEY.hex())
+        os.chmod(path, 0o644)
+        self.assertIn("chmod 600", str(self.assertRaises(StateError, load_key, path)))
+        self.assertRaises(StateError, load_key, path + "-missing")
+        self.assertRaises(StateError, load_key, None)
+
+    def test_not_a_key(self):
+        from knocker.state.postgres import load_key
+
+        path = self.mktemp()
+        with open(path, "w") as handle:
+            handle.write("short\n")
+        os.chmod(path, 0o600)
+        self.assertIn("hex digits", str(self.assertRaises(StateError, load_key, path)))
