@@ -102,9 +102,19 @@ class Metrics:
         self._gauges = StateGauges(server)
         self.registry.register(self._gauges)
 
-    def text(self) -> bytes:
-        return generate_latest(self.registry) + (
-            self._gauges.knocks_left() if self._gauges is not None else b"")
+    def text(self, state=None) -> bytes:
+        """
+        The text format; the state's gauges from C{state} (a
+        L{knocker.console.view.StateView} read off the reactor), or read
+        here when none is given (a store that answers at once).
+        """
+        if self._gauges is None:
+            return generate_latest(self.registry)
+        self._gauges.state = state if state is not None else self._gauges.read()
+        try:
+            return generate_latest(self.registry) + self._gauges.knocks_left()
+        finally:
+            self._gauges.state = None
 
 
 class HitCounts:
@@ -157,16 +167,23 @@ class StateGauges:
 
     def __init__(self, server):
         self._server = server
+        self.state = None  # the StateView of the scrape under way
+
+    def read(self):
+        from knocker.console.view import snapshot
+
+        return snapshot(self._server.store)
 
     def collect(self):
         server = self._server
         tracker = server.tracker
+        state = self.state if self.state is not None else self.read()
         yield GaugeMetricFamily("knocker_lockouts_in_force", "Lockouts in force now",
                                 value=len(tracker.lockouts()))
         yield GaugeMetricFamily("knocker_slots", "Granted knocks in progress",
                                 value=len(tracker.slots()))
         yield GaugeMetricFamily("knocker_pending_closes", "Close actions waiting to run",
-                                value=len(server.store.pending_closes()))
+                                value=state.pending_closes)
 
     def knocks_left(self) -> bytes:
         """
@@ -178,7 +195,7 @@ class StateGauges:
         """
         lines = ["# HELP knocker_knocks_left One-time knocks left per client\n"
                  "# TYPE knocker_knocks_left gauge\n"]
-        for state in self._server.store.clients():
+        for state in self.state.clients:
             client = state.client
             if not _PLAIN_LABEL.issuperset(client):
                 client = client.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')

@@ -32,6 +32,7 @@ from knocker.console.report import parse_duration, summarise
 from knocker.console.svg import report_chart
 from knocker.core.isotime import iso_time
 from knocker.core.tracker import GLOBAL
+from knocker.state.interface import StateError
 
 log = Logger()
 
@@ -145,9 +146,17 @@ class Console(Resource):
             request.finish()
 
     def _failed(self, failure, request):
-        log.failure("console request {path}", failure, path=request.path)
-        request.setResponseCode(500)
-        request.write(b"internal error")
+        if failure.check(StateError):
+            # The database of a fleet did not answer: say so, 503.
+            log.error("console request {path}: {error}", path=request.path,
+                      error=failure.value)
+            request.setResponseCode(503)
+            request.setHeader(b"content-type", b"text/plain; charset=utf-8")
+            request.write(f"the state did not answer: {failure.value}\n".encode())
+        else:
+            log.failure("console request {path}", failure, path=request.path)
+            request.setResponseCode(500)
+            request.write(b"internal error")
         request.finish()
 
     def _who(self, request) -> Who | None:
@@ -229,9 +238,16 @@ class Console(Resource):
 
     # Pages.
 
+    def _state(self) -> Deferred:
+        """The state's part of a page (L{view.read_state}): never read on the reactor."""
+        return view.read_state(self.server.store)
+
     def page_overview(self, request, who):
-        data = view.overview(self.server, self.started, self.clock, self.config)
-        return self._html(request, pages.overview_page(data, list(self.bus.recent), who.csrf))
+        def draw(state):
+            data = view.overview(self.server, state, self.started, self.clock, self.config)
+            return self._html(request, pages.overview_page(data, list(self.bus.recent),
+                                                           who.csrf))
+        return self._state().addCallback(draw)
 
     def page_clients(self, request, who):
         try:
@@ -239,12 +255,16 @@ class Console(Resource):
         except ValueError:
             number = 1
         per = view.CLIENTS_PER_PAGE
-        total = len(self.server.store.clients())
-        rows = view.clients(self.server, self.clock, self.activity, (number - 1) * per, per)
         message = self._arg(request, "revoked")
         message = f"{message} is revoked: its next knock is DENIED." if message else ""
-        return self._html(request, pages.clients_page(
-            rows, who.csrf or "", message, number, max(1, -(-total // per))))
+
+        def draw(state):
+            total = len(state.clients)
+            rows = view.clients(self.server, state, self.clock, self.activity,
+                                (number - 1) * per, per)
+            return self._html(request, pages.clients_page(
+                rows, who.csrf or "", message, number, max(1, -(-total // per))))
+        return self._state().addCallback(draw)
 
     def page_lockouts(self, request, who):
         rows = view.lockouts(self.server, self.clock, self.activity)
@@ -312,15 +332,20 @@ class Console(Resource):
     def page_metrics(self, request, who):
         from prometheus_client import CONTENT_TYPE_LATEST
 
-        request.setHeader(b"content-type", CONTENT_TYPE_LATEST.encode())
-        return self.metrics.text()
+        def write(state):
+            request.setHeader(b"content-type", CONTENT_TYPE_LATEST.encode())
+            return self.metrics.text(state)
+        return self._state().addCallback(write)
 
     def page_api_status(self, request, who):
-        request.setHeader(b"content-type", b"application/json")
-        return json.dumps({
-            "overview": view.overview(self.server, self.started, self.clock, self.config),
-            "clients": view.clients(self.server, self.clock, self.activity),
-        }).encode() + b"\n"
+        def write(state):
+            request.setHeader(b"content-type", b"application/json")
+            return json.dumps({
+                "overview": view.overview(self.server, state, self.started, self.clock,
+                                          self.config),
+                "clients": view.clients(self.server, state, self.clock, self.activity),
+            }).encode() + b"\n"
+        return self._state().addCallback(write)
 
     # Changes (POST only, audited).
 
@@ -338,18 +363,25 @@ class Console(Resource):
                 return self._changed(request, Who("bearer"), "", "",
                                      {"error": f"{source!r} is not an address"})
             key = self.server.tracker.source_of(source)
-        lifted = self.server.lift(key)
-        self.audit.record("admin-lift", source=source, lifted=lifted, by=who.kind)
-        return self._changed(request, who, "admin-lift",
-                             "/lockouts?" + urlencode({"lifted": ", ".join(lifted) or "nothing"}),
-                             {"lifted": lifted})
+        def done(lifted):
+            self.audit.record("admin-lift", source=source, lifted=lifted, by=who.kind)
+            return self._changed(
+                request, who, "admin-lift",
+                "/lockouts?" + urlencode({"lifted": ", ".join(lifted) or "nothing"}),
+                {"lifted": lifted})
+        # Answered once the state has it (a fleet: every gateway is told).
+        return maybeDeferred(self.server.lift, key).addCallback(done)
 
     def page_revoke(self, request, who):
         client = self._arg(request, "client").strip()
-        if not self.server.revoke(client):
-            request.setResponseCode(404)
-            return self._changed(request, Who("bearer"), "", "",
-                                 {"error": f"no client {client!r}"})
-        self.audit.record("admin-revoke", client=client, by=who.kind)
-        return self._changed(request, who, "admin-revoke",
-                             "/clients?" + urlencode({"revoked": client}), {"revoked": client})
+
+        def done(revoked):
+            if not revoked:
+                request.setResponseCode(404)
+                return self._changed(request, Who("bearer"), "", "",
+                                     {"error": f"no client {client!r}"})
+            self.audit.record("admin-revoke", client=client, by=who.kind)
+            return self._changed(request, who, "admin-revoke",
+                                 "/clients?" + urlencode({"revoked": client}),
+                                 {"revoked": client})
+        return maybeDeferred(self.server.revoke, client).addCallback(done)

@@ -2,6 +2,11 @@
 What the console's pages show, read from the running daemon: plain dicts,
 no HTML (L{knocker.console.pages} draws them).
 
+The state's part (the pool, the pending closes, the clients' counters) is
+read by L{read_state} once a request, into a L{StateView}: at once from a
+store that answers at once (SQLite), in the database threads from a
+fleet's (L{knocker.daemon.fleet.ThreadedStore}), never on the reactor.
+
 L{Activity} listens to the audit events for what the state does not keep:
 the last open of each client, its recent knocks (for the run-out rate),
 the reason of each lockout.  It knows what happened since the daemon
@@ -9,6 +14,9 @@ started; the pages say so.
 """
 
 from collections import defaultdict, deque
+
+from attrs import frozen
+from twisted.internet.defer import Deferred, succeed
 
 from knocker.console.report import run_out
 from knocker.core.tracker import GLOBAL
@@ -39,18 +47,43 @@ class Activity:
             self.lockout_reasons[entry.get("source")] = entry.get("reason", "")
 
 
-def overview(server, started: str, clock, config) -> dict:
+@frozen
+class StateView:
+    """What the console shows of the state, read once for a request."""
+
+    pool_size: int
+    pending_closes: int
+    clients: list
+
+
+def snapshot(store) -> StateView:
+    """The L{StateView} of C{store}, read here and now (blocking)."""
+    return StateView(len(store.pool() or ()), len(store.pending_closes()), store.clients())
+
+
+def read_state(store) -> Deferred:
+    """
+    A L{Deferred} firing with C{store}'s L{StateView}: read in the store's
+    threads if it has them (C{store.read}), else at once.
+    """
+    read = getattr(store, "read", None)
+    if read is not None:
+        return read(snapshot)
+    return succeed(snapshot(store))
+
+
+def overview(server, state: StateView, started: str, clock, config) -> dict:
     tracker = server.tracker
     now = clock.seconds()
     return {
         "started": started,
-        "pool_size": len(server.store.pool() or ()),
+        "pool_size": state.pool_size,
         "central": config.central,
         "slots": [{"client": s.client, "index": s.index, "ip": s.ip,
                    "state": "running its action" if s.acting else f"{s.position} of {len(s.ports)} ports",
                    "left": max(0, round(s.deadline - now))} for s in tracker.slots()],
         "lockouts": lockouts(server, clock, None),
-        "pending_closes": len(server.store.pending_closes()),
+        "pending_closes": state.pending_closes,
     }
 
 
@@ -70,14 +103,14 @@ def lockouts(server, clock, activity: Activity | None) -> list[dict]:
 CLIENTS_PER_PAGE = 100
 
 
-def clients(server, clock, activity: Activity, first: int = 0,
+def clients(server, state: StateView, clock, activity: Activity, first: int = 0,
             count: int | None = None) -> list[dict]:
     """
     The clients from the C{first}th (by id), C{count} of them (all: C{None}).
     """
     now = clock.seconds()
     rows = []
-    states = server.store.clients()
+    states = state.clients
     for state in states[first:None if count is None else first + count]:
         times = activity.grants.get(state.client, ())
         eta = None

@@ -441,28 +441,48 @@ class KnockServer:
     def store(self):
         return self._store
 
-    def lift(self, key: str | None = None) -> list[str]:
+    def lift(self, key: str | None = None):
         """
         End the lockout of C{key} (a source key or L{GLOBAL}; every lockout
         with C{None}) now and in the state, so a restart does not bring it
-        back; returns the keys lifted.
+        back (and, in a fleet, on every gateway); returns the keys lifted
+        here, or a L{Deferred} firing with them once the state has it
+        (lifted here then: a state that fails it lifts nothing).
         """
-        lifted = self.tracker.lift(key)
-        self._store.lift_lockouts(key)
-        return lifted
+        done = self._store.lift_lockouts(key)
+        if isinstance(done, Deferred):
+            return done.addCallback(lambda _: self.tracker.lift(key))
+        return self.tracker.lift(key)
 
-    def revoke(self, client: str) -> bool:
+    def revoke(self, client: str):
         """
         Refuse C{client}'s current file from its next HELLO on (DENIED), for
         good; a new file (knocker generate --force) is not revoked.
-        C{False} if there is no such client.
+        C{False} if there is no such client; a L{Deferred} firing with the
+        answer with a store that answers later (a fleet's).
         """
         state = self._store.client(client)
+        if isinstance(state, Deferred):
+            return state.addCallback(self._revoke, client)
+        return self._revoke(state, client)
+
+    def _revoke(self, state, client: str):
         if state is None:
             return False
-        self._store.revoke(client)
+        # Refused here at once, whether or not the state takes it.
         self._revoked[client] = state.secret_id
+        done = self._store.revoke(client)
+        if isinstance(done, Deferred):
+            return done.addCallback(lambda _: True)
         return True
+
+    def revocations_read(self, revoked: dict[str, str]) -> None:
+        """
+        The revocations as the state holds them (a fleet's gateways read
+        them again on notice and every few seconds): added to those held.
+        A revocation is never withdrawn, so none held is dropped.
+        """
+        self._revoked.update(revoked)
 
     def is_revoked(self, state) -> bool:
         """

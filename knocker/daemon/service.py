@@ -200,7 +200,7 @@ class KnockServerService(service.Service):
             from knocker.daemon.fleet import LockoutSync
 
             self._sync = LockoutSync(reactor, self._store, self._store.raw, self.server.tracker,
-                                     wall, self._audit)
+                                     wall, audit, revoked=self.server.revocations_read)
             self._sync.start()
         admin_port = None
         if self.console is not None:

@@ -46,6 +46,9 @@ class Browser:
         self.site = Site(resource)
         self.cookies: dict[str, str] = {}
         self.secure = secure
+        #: Called with the channel after the request is in, before its answer
+        #: is read (a test answering a store that answers later).
+        self.settle = None
 
     def request(self, method: str, path: str, fields: dict | None = None,
                 headers: dict | None = None, origin: bytes | None = ORIGIN) -> Response:
@@ -71,6 +74,8 @@ class Browser:
         request.content.seek(0, 2)  # as if received: the length is where it ends
         request.parseCookies()  # (the channel does it when the headers are in)
         request.requestReceived(method.encode(), path.encode(), b"HTTP/1.1")
+        if self.settle is not None:
+            self.settle(channel)
         response = Response(channel.transport.written.getvalue())
         for name, value in response.headers:
             if name.lower() == b"set-cookie":
