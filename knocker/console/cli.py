@@ -119,12 +119,19 @@ def report_command(config, args) -> int:
 def _client_states(config) -> list:
     """
     The clients' counters, if the state is there (a report may be run on
-    a copied audit log alone).
+    a copied audit log alone; a fleet's database may be out of reach).
     """
     import os
 
     from knocker.admin.clients import status
+    from knocker.state.interface import StateError
 
+    if config.database:
+        try:
+            return status(config)["clients"]  # a fleet's: from its database
+        except StateError as error:
+            print(f"knocker report: without the clients' counters: {error}", file=sys.stderr)
+            return []
     if not os.path.exists(os.path.join(config.state_dir, "state.sqlite")):
         return []
     return status(config)["clients"]

@@ -449,10 +449,17 @@ class KnockServer:
         here, or a L{Deferred} firing with them once the state has it
         (lifted here then: a state that fails it lifts nothing).
         """
+        # Those in force now: in a fleet this gateway's own notice of the
+        # lift may come back and lift them before the state's answer does.
+        held = [k for k in self.tracker.lockouts() if key is None or k == key]
+
+        def lift(_=None):
+            return sorted(set(held) | set(self.tracker.lift(key)))
+
         done = self._store.lift_lockouts(key)
         if isinstance(done, Deferred):
-            return done.addCallback(lambda _: self.tracker.lift(key))
-        return self.tracker.lift(key)
+            return done.addCallback(lift)
+        return lift()
 
     def revoke(self, client: str):
         """
