@@ -139,7 +139,7 @@ def main():
         for n, host in enumerate(HOSTS):
             daemons[f"gw{n + 1}"] = start(root, f"gw{n + 1}", host, dict(
                 fleet_keys, central=f"tcp:0:interface={host}", interface=host,
-                state_dir=os.path.join(root, f"gw{n + 1}-state")))
+                state_dir=os.path.join(root, f"gw{n + 1}-state"), gateway=f"gw{n + 1}"))
         targets = {"SQLite, 1 daemon": ([daemons["sqlite"]], knockfiles["sqlite"]),
                    "PostgreSQL, 1 gateway": ([daemons["gw1"]], knockfiles["postgres"]),
                    "PostgreSQL, 2 gateways": ([daemons["gw1"], daemons["gw2"]],

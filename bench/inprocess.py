@@ -103,7 +103,7 @@ def setup(reactor, workdir, knocks):
         "central": "tcp:0:interface=127.0.0.1", "interface": "127.0.0.1",
         "state-dir": state, "pool-size": "100", "pool-range": f"{low}-{high}",
         "lockout-scope": "source", "knock-window": "10", "lockout": "1",
-        "audit-log": os.path.join(workdir, "audit.log"),
+        "audit-log": os.path.join(workdir, "audit.log"), "admin": "",
     })
     knock_path = os.path.join(workdir, "bench.knock")
     generate_client(config, "bench", knocks, 6, knock_path)

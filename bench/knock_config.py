@@ -81,7 +81,7 @@ class Tree:
             self.server_conf = os.path.join(self.dir, "knockserver.conf")
             with open(self.server_conf, "w") as f:
                 f.write("[server]\ncentral = tcp:%d:interface=127.0.0.1\ninterface = 127.0.0.1\n"
-                        "state-dir = %s\nlockout-scope = source\n" % (self.port, state))
+                        "state-dir = %s\nlockout-scope = source\nadmin =\n" % (self.port, state))
                 if self.on_success != "builtin":
                     f.write("on-success = %s\n" % self.on_success)
             knock_file = os.path.join(self.dir, "bench.knock")

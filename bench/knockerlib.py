@@ -70,6 +70,7 @@ def busy_ports(ports) -> list:
 
 
 def write_config(path, **keys) -> str:
+    keys.setdefault("admin", "")  # no console: daemons in parallel would share its port
     with open(path, "w") as handle:
         handle.write("[server]\n")
         for key, value in keys.items():

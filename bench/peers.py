@@ -397,6 +397,7 @@ class Knocker(Peer):
                     "pool-range = %d-%d\n"
                     "%s"
                     "lockout-scope = source\n"
+                    "admin =\n"
                     "lockout = %s\n"
                     "knock-window = 10\n"
                     "audit-log = %s/audit.log\n"

@@ -8,8 +8,9 @@ cd "$(dirname "$0")/.."
 
 # systemd: systemd-analyze for the unit's tests; logrotate: etc/knocker.logrotate;
 # python3-venv, util-linux, passwd: README's installation (tests/network/test_deploy.py)
+# chromium, chromium-driver: the console in a real browser (tests/processes/test_console_browser.py)
 # postgresql: the throwaway clusters of a fleet's tests (tests/helpers/postgres.py)
-packages="iproute2 nftables nmap faketime openssh-server openssh-client systemd logrotate python3-venv util-linux passwd postgresql"
+packages="iproute2 nftables nmap faketime openssh-server openssh-client systemd logrotate python3-venv util-linux passwd chromium chromium-driver postgresql"
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     missing=""
     for package in $packages; do

@@ -78,6 +78,19 @@ class KnockerBenchTests(SynchronousTestCase):
             self.assertPositive(row["latency_p50_ms"], row)
         self.assertIn("fsync_us_per_burn", report["cost"])
 
+    def test_audit_report(self):
+        report = self.run_bench("audit_report.py")
+        self.assertTrue(report["totals_match"], report)
+        self.assertEqual(report["lines"], 10_000)
+        self.assertPositive(report["seconds_best"], "seconds_best")
+
+    def test_console(self):
+        report = self.run_bench("console.py")
+        for flood in ("scan_256_sources", "new_source_every_hit"):
+            self.assertPositive(report[flood]["hits_per_second_bare"], flood)
+            self.assertPositive(report[flood]["hits_per_second_console"], flood)
+        for key in ("overview_ms", "clients_page_ms", "metrics_ms"):
+            self.assertPositive(report[key], key)
 
     def test_fleet(self):
         """

@@ -54,7 +54,9 @@ class PluginTests(SynchronousTestCase):
         self.assertEqual(reactor.tcpServers, [], "makeService must not bind")
         service.privilegedStartService()
         self.addCleanup(service.stopService)
-        self.assertEqual([server[0] for server in reactor.tcpServers], [7123])
+        # the central port, then the console on its default admin port
+        self.assertEqual([server[0] for server in reactor.tcpServers], [7123, 8750])
+        self.assertEqual(reactor.tcpServers[1][3], "127.0.0.1")
         pool = sorted(reader.port for reader in reactor.getReaders())
         self.assertEqual(len(pool), 8)
         self.assertTrue(all(3000 <= port <= 3100 for port in pool))

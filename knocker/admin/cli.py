@@ -1,5 +1,6 @@
 """
-The C{knocker} command: generate, knock, connect, status, demo.
+The C{knocker} command: generate, knock, connect, status, demo, and the
+console's (console, report, unlock, revoke: L{knocker.console.cli}).
 
 Imports are kept inside the subcommands so that C{knocker generate} and
 C{knocker status} never load the reactor.
@@ -230,7 +231,21 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = commands.add_parser("demo", help="one real knock on this machine, server and client")
     demo.set_defaults(run=_demo)
+
+    from knocker.console.cli import add_commands  # (imports nothing heavy)
+
+    add_commands(commands, _on_server_state)
     return parser
+
+
+def _on_server_state(sub) -> None:
+    """
+    The options of a command on the daemon's state; its C{run} gets the config.
+    """
+    sub.add_argument("--config", help=f"server configuration file (default: {DEFAULT_CONFIG})")
+    sub.add_argument("--state-dir", help="override state-dir")
+    command = sub.get_default("run")
+    sub.set_defaults(run=lambda args: command(server_config(args), args))
 
 
 def main(argv: list[str] | None = None) -> int:

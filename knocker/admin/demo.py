@@ -56,7 +56,9 @@ def run_demo() -> int:
     print(f"1. generated demo.knock: {done.pool_size}-port pool, keyspace {done.ordered:.3g} ordered")
     daemon_log = open("twistd.log", "wb")
     server = subprocess.Popen(
-        twistd_command() + ["-n", "--pidfile=", "knockserver"],
+        # (no console: the tour is the knock, and a daemon already on the
+        # admin port must not stop it)
+        twistd_command() + ["-n", "--pidfile=", "knockserver", "--admin="],
         stdout=daemon_log, stderr=subprocess.STDOUT,
     )
     try:

@@ -69,6 +69,36 @@ def _endpoint(text: str) -> str:
     return text
 
 
+def admin_endpoint(text: str) -> tuple[str, str, int]:
+    """
+    C{(kind, host, port)} of an C{admin} endpoint string: C{tcp}, C{tcp6} or
+    C{ssl}; the host is the C{interface} (all addresses when absent).
+    """
+    kind, _, rest = text.partition(":")
+    fields = [field.replace("\0", ":") for field in rest.replace("\\:", "\0").split(":")]
+    if kind not in ("tcp", "tcp6", "ssl") or not fields or not fields[0].isdigit():
+        raise ValueError(text)
+    options = dict(field.partition("=")[::2] for field in fields[1:])
+    default = "::" if kind == "tcp6" else "0.0.0.0"
+    return kind, options.get("interface", default), int(fields[0])
+
+
+def _admin(text: str) -> str | None:
+    """
+    The console's endpoint: empty turns it off; off loopback it must be TLS,
+    since a session cookie and the bearer tokens cross it.
+    """
+    import ipaddress
+
+    if not text:
+        return None
+    _endpoint(text)
+    kind, host, _ = admin_endpoint(text)
+    if kind != "ssl" and not ipaddress.ip_address(host).is_loopback:
+        raise ValueError(text)
+    return text
+
+
 def _endpoints(text: str) -> str:
     """
     One endpoint, or several separated by spaces or newlines (a fleet's
@@ -186,6 +216,9 @@ SERVER_TABLE = (
     Key("audit-log", None, _PATH, is_path=True),
     Key("audit-hit-rate", 100, _number(int, 1, 1_000_000)),
     Key("audit-min-free", 100, _number(int, 0, 1_000_000)),
+    Key("admin", "tcp:8750:interface=127.0.0.1",
+        (_admin, "empty (no console), tcp:PORT:interface=ADDRESS on a loopback address, or "
+                 "ssl:PORT:privateKey=...:certKey=... (TLS) on any address")),
     Key("database", "", (_database, "empty (SQLite in state-dir) or a libpq URI such as "
                                     "postgresql://knocker@db.example/knocker?sslmode=verify-full")),
     Key("database-key-file", None, _PATH, is_path=True),

@@ -200,6 +200,12 @@ class Tracker:
             found[GLOBAL] = self._global_until
         return found
 
+    def slots(self) -> list[Slot]:
+        """
+        The knocks granted and not over yet (knocking, or acting).
+        """
+        return list(self._slots.values())
+
     def source_until(self, key: str) -> tuple[float, int]:
         """
         C{(until, step)} of C{key}'s lockout (L{GLOBAL}: the server's, step

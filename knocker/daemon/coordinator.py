@@ -73,6 +73,7 @@ class KnockServer:
         self.tracker = tracker
         tracker.observer = self
         self._lockout_flush = None
+        self._revoked: dict[str, str] = {}  # client -> secret_id of its revoked file
         # The action-env names' values, taken once: every action gets the same.
         self.passed_env = passed_env(config.action_env)
         self.closes = CloseSchedule(
@@ -91,6 +92,7 @@ class KnockServer:
         holds at once (fail-closed: doors a previous run opened are closed,
         not kept open to their time).
         """
+        self._revoked = dict(self._store.revoked())
         for key, until in self._store.lockouts(self._wall.now()).items():
             self.tracker.restore_lockout(key, self._wall.from_wall(until))
             log.warn("lockout of {key} still in force from before the restart", key=key)
@@ -148,6 +150,9 @@ class KnockServer:
         # a random stand-in secret; the central port sends every DENIED at
         # one fixed delay after the PROOF, so the time of the two denials
         # does not depend on their work.
+        revoked = state is not None and self.is_revoked(state)
+        if revoked:
+            state = None  # denied like an unknown client, by the same code
         if state is not None:
             try:
                 secret = self._book.secret(client, state.secret_id)
@@ -181,7 +186,9 @@ class KnockServer:
         refusal = self.tracker.refusal(ip)
         expected = _hmac_hex(secret or self._dummy_secret, hs.hello_message(client, nonce))
         if not hmac.compare_digest(expected, proof) or secret is None:
-            reason = "unknown-client" if secret is None else "bad-proof"
+            # A revoked file reaches here as an unknown client (state None).
+            revoked = secret is None and client in self._revoked
+            reason = "revoked" if revoked else "unknown-client" if secret is None else "bad-proof"
             self._audit.record("denied", ip=ip, client=client, reason=reason)
             log.warn("denied {client} from {ip}: {reason}", client=client, ip=ip, reason=reason)
             self.tracker.failed_attempt(ip, "denied")
@@ -573,6 +580,69 @@ class KnockServer:
         return self.closes.reopen(
             lambda ip, client, index: self._run("on-success", self._success, ip, client, index,
                                                 reopen=True))
+
+    # The operator (the console, knocker unlock and revoke; they audit it).
+
+    @property
+    def store(self):
+        return self._store
+
+    def lift(self, key: str | None = None):
+        """
+        End the lockout of C{key} (a source key or L{GLOBAL}; every lockout
+        with C{None}) now and in the state, so a restart does not bring it
+        back (and, in a fleet, on every gateway); returns the keys lifted
+        here, or a L{Deferred} firing with them once the state has it
+        (lifted here then: a state that fails it lifts nothing).
+        """
+        # Those in force now: in a fleet this gateway's own notice of the
+        # lift may come back and lift them before the state's answer does.
+        held = [k for k in self.tracker.lockouts() if key is None or k == key]
+
+        def lift(_=None):
+            return sorted(set(held) | set(self.tracker.lift(key)))
+
+        done = self._store.lift_lockouts(key)
+        if isinstance(done, Deferred):
+            return done.addCallback(lift)
+        return lift()
+
+    def revoke(self, client: str):
+        """
+        Refuse C{client}'s current file from its next HELLO on (DENIED), for
+        good; a new file (knocker generate --force) is not revoked.
+        C{False} if there is no such client; a L{Deferred} firing with the
+        answer with a store that answers later (a fleet's).
+        """
+        state = self._store.client(client)
+        if isinstance(state, Deferred):
+            return state.addCallback(self._revoke, client)
+        return self._revoke(state, client)
+
+    def _revoke(self, state, client: str):
+        if state is None:
+            return False
+        # Refused here at once, whether or not the state takes it.
+        self._revoked[client] = state.secret_id
+        done = self._store.revoke(client)
+        if isinstance(done, Deferred):
+            return done.addCallback(lambda _: True)
+        return True
+
+    def revocations_read(self, revoked: dict[str, str]) -> None:
+        """
+        The revocations as the state holds them (a fleet's gateways read
+        them again on notice and every few seconds): added to those held.
+        A revocation is never withdrawn, so none held is dropped.
+        """
+        self._revoked.update(revoked)
+
+    def is_revoked(self, state) -> bool:
+        """
+        Whether C{state}'s file is revoked (a lookup in memory: no store call
+        on the handshake's path).
+        """
+        return self._revoked.get(state.client) == state.secret_id
 
     def stop(self) -> None:
         """

@@ -33,7 +33,7 @@ from twisted.python.threadpool import ThreadPool
 from knocker.core.knockfile import KnockFileError, find_knock, parse_header
 from knocker.state.book import ClientBook
 from knocker.state.interface import PendingClose, StateError, secret_id
-from knocker.state.postgres import LOCKOUT_CHANNEL
+from knocker.state.postgres import LIFT_NOTICE, LOCKOUT_CHANNEL, REVOKED_NOTICE
 
 log = Logger()
 
@@ -319,7 +319,30 @@ class ThreadedStore:
             self._store.prune_lockouts(prune_before)
         return self._store.lockouts_since(after, limit)
 
+    # The operator's changes (the console, knocker unlock and revoke):
+    # committed, and told to the other gateways, when the Deferred fires.
+
+    def lift_lockouts(self, key: str | None = None) -> Deferred:
+        return self._defer(self._store.lift_lockouts, key)
+
+    def revoke(self, client: str) -> Deferred:
+        return self._defer(self._store.revoke, client)
+
+    def read_revoked(self) -> Deferred:
+        """Every revocation, read in the thread pool (L{LockoutSync})."""
+        return self._defer(self._store.revoked)
+
+    def read(self, function) -> Deferred:
+        """
+        C{function(store)} in the thread pool, for the console's pages and
+        gauges: their reads never hold the reactor.
+        """
+        return self._defer(function, self._store)
+
     # Start and stop: synchronous.
+
+    def revoked(self):
+        return self._store.revoked()
 
     def pool(self):
         return self._store.pool()
@@ -384,8 +407,12 @@ class LockoutSync:
     """
 
     def __init__(self, reactor, store: ThreadedStore, raw_store, tracker, wall, audit,
-                 reread: float = REREAD):
+                 reread: float = REREAD, revoked=None):
         self._reactor = reactor
+        # Revocations: C{revoked({client: secret_id})} after each read (on a
+        # notice, and every tick, since a notice can be missed).
+        self._revoked = revoked
+        self._reading_revoked = False
         self._store = store
         self._raw = raw_store
         self._tracker = tracker
@@ -436,6 +463,34 @@ class LockoutSync:
     def _tick(self) -> None:
         self._ticks += 1
         self.read_all(full=self._ticks % FULL_EVERY == 0)
+        self.read_revoked()
+
+    def read_revoked(self) -> None:
+        """
+        Read the revocations and hand them over (one read at a time; a
+        failed read is left to the next tick, the lockouts' read reports
+        the outage).
+        """
+        if self._revoked is None or self._reading_revoked or self._stopping.is_set():
+            return
+        self._reading_revoked = True
+
+        def done(result):
+            self._reading_revoked = False
+            return result
+
+        d = self._store.read_revoked()
+        d.addBoth(done)
+        d.addCallbacks(self._revoked, lambda failure: log.error(
+            "database: cannot read the revocations: {error}", error=failure.value))
+
+    def lifted(self, key: str | None) -> None:
+        """
+        Another gateway lifted the lockout of C{key} (every one: C{None}).
+        """
+        lifted = self._tracker.lift(key)
+        if lifted:
+            log.info("lockouts lifted on another gateway: {keys}", keys=", ".join(lifted))
 
     def read_all(self, full: bool = False):
         """
@@ -505,6 +560,12 @@ class LockoutSync:
         if payload == "reread":
             self.read_all()
             return
+        if payload == REVOKED_NOTICE:
+            self.read_revoked()
+            return
+        if payload == LIFT_NOTICE or payload.startswith(LIFT_NOTICE + " "):
+            self.lifted(payload[len(LIFT_NOTICE) + 1:] or None)
+            return
         until, _, key = payload.partition(" ")
         try:
             self.apply(key, float(until))
@@ -521,6 +582,7 @@ class LockoutSync:
                 conn.execute(f"LISTEN {LOCKOUT_CHANNEL}")
                 # Notices missed while (re)connecting: read the whole table now.
                 self._reactor.callFromThread(self.read_all, True)
+                self._reactor.callFromThread(self.read_revoked)
                 while not self._stopping.is_set():
                     for notice in conn.notifies(timeout=LISTEN_POLL):
                         self._reactor.callFromThread(self._notified, notice.payload)

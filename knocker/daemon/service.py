@@ -82,6 +82,7 @@ class KnockServerService(service.Service):
         self._spare = None
         self._previous_sighup = None
         self.firewall: FirewallWatch | None = None
+        self.console = None
         self._sync = None
 
     def privilegedStartService(self):
@@ -161,15 +162,24 @@ class KnockServerService(service.Service):
         for client, error in getattr(book, "skipped", ()):
             self._audit.record("error", client=client, reason="client-file", detail=error)
         runner = ProcessRunner(reactor, config.script_timeout)
+        audit = self._audit
+        if config.admin:
+            # Loaded only with a console: the live events and the metrics
+            # hear every event through the audit log and every action run.
+            from knocker.console.site import ConsoleService
+
+            self.console = ConsoleService(config, reactor, time.time)
+            audit = self.console.observe(self._audit)
+            runner = self.console.timed(runner)
         wall = WallTime(reactor, time.time)
         self.server = KnockServer(
-            config, reactor, self._store, book, runner, self._audit,
+            config, reactor, self._store, book, runner, audit,
             Tracker(reactor, Policy.from_config(config)), wall,
         )
         if config.on_check:
             self.firewall = FirewallWatch(
                 reactor, runner, config.on_check, config.check_interval,
-                check_env(self.server.passed_env), self._audit, self.server.reopen_doors)
+                check_env(self.server.passed_env), audit, self.server.reopen_doors)
         raise_descriptor_limit(len(pool) + config.max_connections + 256)
         self._spare = SpareDescriptor()
         for port in pool:
@@ -190,14 +200,21 @@ class KnockServerService(service.Service):
             from knocker.daemon.fleet import LockoutSync
 
             self._sync = LockoutSync(reactor, self._store, self._store.raw, self.server.tracker,
-                                     wall, self._audit)
+                                     wall, audit, revoked=self.server.revocations_read)
             self._sync.start()
+        admin_port = None
+        if self.console is not None:
+            try:
+                admin_port = self.console.listen(self.server, audit)
+            except ValueError as error:
+                raise StartupError(str(error)) from error
         self._step_watch = ClockStepWatch(reactor, time.time, self._clock_stepped)
         self._step_watch.start()
         address = self.central_port.getHost()
         self._audit.record("start", central=config.central, central_port=address.port,
                            interface=config.interface, pool_size=len(pool),
-                           clients=len(book.clients()), lockout_scope=config.lockout_scope)
+                           clients=len(book.clients()), lockout_scope=config.lockout_scope,
+                           admin_port=admin_port)
         log.info("knockserver: central port {port}, {n} pool ports on {interface}, "
                  "{clients} clients, lockout {scope}",
                  port=address.port, n=len(pool), interface=config.interface,
@@ -294,10 +311,14 @@ class KnockServerService(service.Service):
     def _stop_listening(self):
         ports = self.pool_ports + ([self.central_port] if self.central_port else [])
         self.pool_ports, self.central_port = [], None
+        stopping = [maybeDeferred(port.stopListening) for port in ports]
+        if self.console is not None:
+            stopping.append(maybeDeferred(self.console.stop))
+            self.console = None
         if self._spare is not None:
             self._spare.close()
             self._spare = None
-        return gatherResults([maybeDeferred(port.stopListening) for port in ports])
+        return gatherResults(stopping)
 
 
 def _is_loopback(interface: str) -> bool:

@@ -200,3 +200,17 @@ class IStore(Interface):
         Make C{client}'s pending generation current if its secret id is
         C{wanted_id}; say whether it did (once, in one transaction).
         """
+
+    # The operator's changes (the console, knocker unlock and revoke).
+
+    def lift_lockouts(key=None):
+        """Forget the lockout of C{key} (every lockout with C{None}), for good."""
+
+    def revoke(client):
+        """
+        Revoke C{client}'s current file: keep its C{secret_id}, for good (a
+        new file, with a new secret, is not revoked).
+        """
+
+    def revoked():
+        """C{{client: secret_id}} of every revoked file."""

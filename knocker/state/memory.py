@@ -26,6 +26,7 @@ class MemoryStore:
         self._lockouts: dict[str, float] = {}
         self._invitations: dict[int, Invitation] = {}
         self._pending: dict[str, ClientState] = {}
+        self._revoked: dict[str, str] = {}
         self.path = "<memory>"
 
     def close(self) -> None:
@@ -123,3 +124,17 @@ class MemoryStore:
             return False
         self._clients[client] = self._pending.pop(client)
         return True
+
+    def lift_lockouts(self, key=None) -> None:
+        if key is None:
+            self._lockouts.clear()
+        else:
+            self._lockouts.pop(key, None)
+
+    def revoke(self, client) -> None:
+        state = self._clients.get(client)
+        if state is not None:
+            self._revoked[client] = state.secret_id
+
+    def revoked(self):
+        return dict(self._revoked)

@@ -41,6 +41,11 @@ from knocker.state.interface import (
 STATEMENT_TIMEOUT_MS = 2000
 CONNECT_TIMEOUT = 3
 LOCKOUT_CHANNEL = "knocker_lockout"
+#: Notices on LOCKOUT_CHANNEL besides a lockout's ("UNTIL KEY") and
+#: "reread": a lockout lifted ("lift KEY", or "lift" for every one), and
+#: a client revoked (the others read the revocations again).
+LIFT_NOTICE = "lift"
+REVOKED_NOTICE = "revoked"
 KEY_BYTES = 32
 MAX_LOCKOUT_BATCH = 10000
 INVITATION_LOCK = 7171002
@@ -117,8 +122,18 @@ MIGRATIONS = (
         sealed bytea
     );
     """ + _LOCKOUTS_STEP_AND_SEQ,
+    # 3: console: revocations.  The revoked file of each client, named by its
+    # secret_id (a digest, as in clients: no secret is kept here), for good;
+    # a new file (generate --force) is not revoked.
+    """
+    CREATE TABLE IF NOT EXISTS revocations (client text PRIMARY KEY, secret_id text NOT NULL);
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
+
+
+def lift_notice(key: str | None) -> str:
+    return LIFT_NOTICE if key is None else f"{LIFT_NOTICE} {key}"
 
 
 def is_database_uri(text: str) -> bool:
@@ -780,8 +795,43 @@ class PostgresStore:
 
         self._run(work)
 
-    def lift_lockouts(self) -> None:
-        self._run(lambda c: c.execute("DELETE FROM lockouts"))
+    def lift_lockouts(self, key: str | None = None) -> None:
+        """
+        Forget the lockout of C{key} (every lockout with C{None}), and tell
+        the other gateways (C{lift KEY} or C{lift}), whose trackers lift it
+        too (L{knocker.daemon.fleet.LockoutSync}).
+        """
+        def work(conn):
+            with conn.transaction():
+                if key is None:
+                    conn.execute("DELETE FROM lockouts")
+                else:
+                    conn.execute("DELETE FROM lockouts WHERE key = %s", (key,))
+                conn.execute("SELECT pg_notify(%s, %s)",
+                             (LOCKOUT_CHANNEL, lift_notice(key)))
+
+        self._run(work)
+
+    # Revocations (the console, knocker revoke): shared by the fleet.
+
+    def revoke(self, client: str) -> None:
+        """
+        Revoke C{client}'s current file, and tell the other gateways
+        (C{revoked}): they read the revocations again.
+        """
+        def work(conn):
+            with conn.transaction():
+                conn.execute(
+                    "INSERT INTO revocations (client, secret_id) SELECT id, secret_id "
+                    "FROM clients WHERE id = %s ON CONFLICT (client) DO UPDATE "
+                    "SET secret_id = excluded.secret_id", (client,))
+                conn.execute("SELECT pg_notify(%s, %s)", (LOCKOUT_CHANNEL, REVOKED_NOTICE))
+
+        self._run(work)
+
+    def revoked(self) -> dict[str, str]:
+        return dict(self._run(lambda c: c.execute(
+            "SELECT client, secret_id FROM revocations").fetchall()))
 
 
 def _first_line(error: Exception) -> str:

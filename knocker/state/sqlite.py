@@ -61,6 +61,7 @@ CREATE TABLE IF NOT EXISTS invitations (
     attempts INTEGER NOT NULL,
     used INTEGER NOT NULL
 );
+CREATE TABLE IF NOT EXISTS revoked (id TEXT PRIMARY KEY, secret_id TEXT NOT NULL);
 """
 
 
@@ -285,6 +286,27 @@ class SQLiteStore:
             if not updated:
                 raise StateError(f"{self.path}: a pending generation of unknown {client!r}")
         return True
+
+    # The operator's changes.  (Revocations: a table of its own, created if
+    # missing: a state written before it existed opens unchanged, so the
+    # schema version stays 1.)
+
+    def lift_lockouts(self, key: str | None = None) -> None:
+        with self._transaction():
+            if key is None:
+                self._db.execute("DELETE FROM lockouts")
+            else:
+                self._db.execute("DELETE FROM lockouts WHERE key = ?", (key,))
+
+    def revoke(self, client: str) -> None:
+        with self._transaction():
+            self._db.execute(
+                "INSERT INTO revoked (id, secret_id) SELECT id, secret_id FROM clients "
+                "WHERE id = ? ON CONFLICT (id) DO UPDATE SET secret_id = excluded.secret_id",
+                (client,))
+
+    def revoked(self) -> dict[str, str]:
+        return dict(self._db.execute("SELECT id, secret_id FROM revoked"))
 
 
 def _invitation(row) -> Invitation:

@@ -588,3 +588,34 @@ class SimpleIniTests(SynchronousTestCase):
             with open(os.path.join(ETC, name)) as handle:
                 text = handle.read()
             self.assertEqual(simple_ini(text, section), configparser_values(text, section), name)
+
+
+class AdminKeyTests(SynchronousTestCase):
+    """
+    The console's endpoint: on by default on loopback, off when empty, and
+    refused off loopback unless it is TLS.
+    """
+
+    def test_default_is_loopback(self):
+        self.assertEqual(parse_server_config().admin, "tcp:8750:interface=127.0.0.1")
+
+    def test_empty_turns_it_off(self):
+        self.assertIsNone(server("admin =\n").admin)
+        self.assertIsNone(server("", overrides={"admin": ""}).admin)
+
+    def test_loopback_tcp(self):
+        self.assertEqual(server("admin = tcp:0:interface=127.0.0.1\n").admin,
+                         "tcp:0:interface=127.0.0.1")
+        self.assertEqual(server("admin = tcp6:8750:interface=\\:\\:1\n").admin,
+                         "tcp6:8750:interface=\\:\\:1")
+
+    def test_tls_anywhere(self):
+        text = "admin = ssl:8750:interface=0.0.0.0:privateKey=k.pem\n"
+        self.assertEqual(server(text).admin, text[8:-1])
+
+    def test_plain_tcp_off_loopback_refused(self):
+        for value in ("tcp:8750:interface=0.0.0.0", "tcp:8750", "tcp:8750:interface=192.0.2.1",
+                      "tcp6:8750:interface=\\:\\:", "unix:/tmp/admin.sock"):
+            error = self.assertRaises(ConfigError, server, f"admin = {value}\n")
+            self.assertIn("admin", str(error))
+            self.assertIn("ssl:", str(error))

@@ -11,7 +11,7 @@ from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from knocker.core.tracker import Policy, Tracker
+from knocker.core.tracker import GLOBAL, Policy, Tracker
 from knocker.daemon import fleet
 from knocker.daemon.audit import MemoryAudit
 from knocker.daemon.clock import WallTime
@@ -224,3 +224,68 @@ class SaveAgainTests(SynchronousTestCase):
         self.assertEqual(len(saved), 1)
         self.assertEqual(list(saved[0][0]), ["192.0.2.1"])
         self.assertEqual(saved[0][1], {"192.0.2.1": 0})
+
+
+class LiftAndRevokeNoticeTests(SynchronousTestCase):
+    """
+    The console's changes made on another gateway: a lift notice lifts
+    here, a revocation notice (and every tick, since a notice can be
+    missed) reads the revocations again.
+    """
+
+    def make(self):
+        clock, _, store, sync = make_sync(self)
+        # A lift reads the whole table (rare, by hand): a plain tracker.
+        tracker = sync._tracker = Tracker(clock, Policy(scope="source"))
+        revoked = {"alice": "id-1"}
+        reads = []
+
+        def read_revoked():
+            reads.append(dict(revoked))
+            return succeed(dict(revoked))
+
+        store.read_revoked = read_revoked
+        got = []
+        sync._revoked = got.append
+        return clock, tracker, sync, reads, got
+
+    def test_lift_one_and_all(self):
+        clock, tracker, sync, _, _ = self.make()
+        tracker.shared_lockout("192.0.2.1", 2000.0)
+        tracker.shared_lockout("192.0.2.2", 2000.0)
+        tracker.shared_lockout(GLOBAL, 2000.0)
+        sync._notified("lift 192.0.2.1")
+        self.assertEqual(sorted(tracker.lockouts()), [GLOBAL, "192.0.2.2"])
+        sync._notified("lift *")
+        self.assertEqual(sorted(tracker.lockouts()), ["192.0.2.2"])
+        sync._notified("lift")
+        self.assertEqual(tracker.lockouts(), {})
+
+    def test_revocations_read_on_notice_and_tick(self):
+        clock, tracker, sync, reads, got = self.make()
+        sync._notified("revoked")
+        self.assertEqual(got, [{"alice": "id-1"}])
+        sync._loop.start(sync._reread, now=False)
+        self.addCleanup(sync._loop.stop)
+        clock.advance(sync._reread)
+        self.assertEqual(len(got), 2, "read again every tick")
+
+    def test_failed_revocation_read_is_left_to_the_next(self):
+        clock, tracker, sync, reads, got = self.make()
+        sync._store.read_revoked = lambda: fail(StateError("gone"))
+        sync.read_revoked()
+        self.assertEqual(got, [])
+        self.assertFalse(sync._reading_revoked)
+        self.flushLoggedErrors()
+
+
+class RevocationsReadTests(SynchronousTestCase):
+
+    def test_revocations_read_are_added_never_dropped(self):
+        h = Harness(self, clients=("alice", "bob"))
+        alice = h.store.client("alice")
+        self.assertTrue(h.server.revoke("alice"))
+        h.server.revocations_read({"bob": h.store.client("bob").secret_id})
+        h.server.revocations_read({})
+        self.assertTrue(h.server.is_revoked(alice))
+        self.assertTrue(h.server.is_revoked(h.store.client("bob")))

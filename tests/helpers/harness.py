@@ -26,7 +26,10 @@ from knocker.state.sqlite import SQLiteStore
 
 
 def server_config(state_dir, **overrides):
-    values = {"state-dir": state_dir, "pool-size": "20", "pool-range": "20000-20999"}
+    # admin off: a service started on the real reactor (tests/processes/
+    # test_loopback.py) would otherwise bind the console's port 8750
+    values = {"state-dir": state_dir, "pool-size": "20", "pool-range": "20000-20999",
+              "admin": ""}
     values.update({key.replace("_", "-"): str(value) for key, value in overrides.items()})
     return parse_server_config(overrides=values)
 

@@ -139,6 +139,7 @@ class DaemonInNamespace(TestCase):
             "on-success": on_success,
             "script-timeout": "5",
             "audit-log": self.audit_path,
+            "admin": "",
         }
         values.update({key.replace("_", "-"): str(value) for key, value in keys.items()})
         self.config_path = os.path.join(self.directory, "server.conf")

@@ -5,6 +5,7 @@ one throwaway PostgreSQL cluster (tests/helpers/postgres.py), the real
 C{knocker generate}, C{status} and C{knock}.
 """
 
+import json
 import os
 import shutil
 import socket
@@ -130,6 +131,30 @@ class FleetCase(TestCase):
     def endpoint(self, n: int) -> str:
         return f"tcp:host={HOSTS[n]}:port={self.ports[n]}"
 
+    def two_gateways(self):
+        """Alice generated, both gateways up and listening: her file."""
+        knock_file = self.generate()
+        kf = parse_knockfile(open(knock_file).read(), knock_file)
+        self.start(0)
+        self.start(1)
+        time.sleep(0.5)  # the listeners are up
+        return kf
+
+    def fail_a_knock(self, n, kf) -> None:
+        """
+        A GRANT on gateway C{n}, then a wrong port: with lockout-scope =
+        knock, the whole server is locked out.
+        """
+        reply, sock = handshake(HOSTS[n], self.ports[n], "alice", kf.secret)
+        self.assertTrue(reply.startswith("GRANT"), reply)
+        index = int(reply.split()[1])
+        wrong = next(p for p in kf_pool(self) if p != kf.knocks[index - 1][0])
+        try:
+            socket.create_connection((HOSTS[n], wrong), timeout=2).close()
+        except OSError:
+            pass
+        sock.close()
+
 
 class FleetTests(FleetCase):
 
@@ -209,21 +234,9 @@ class FleetTests(FleetCase):
         A failed knock on one gateway locks the whole server out; the other
         refuses (LOCKED) within a second.
         """
-        knock_file = self.generate()
-        kf = parse_knockfile(open(knock_file).read(), knock_file)
-        self.start(0)
-        self.start(1)
-        time.sleep(0.5)  # the listeners are up
-        reply, sock = handshake(HOSTS[0], self.ports[0], "alice", kf.secret)
-        self.assertTrue(reply.startswith("GRANT"), reply)
-        index = int(reply.split()[1])
-        wrong = next(p for p in kf_pool(self) if p != kf.knocks[index - 1][0])
+        kf = self.two_gateways()
         started = time.monotonic()
-        try:
-            socket.create_connection((HOSTS[0], wrong), timeout=2).close()
-        except OSError:
-            pass
-        sock.close()
+        self.fail_a_knock(0, kf)
         seen = self.locked_after(1, kf.secret, started, 3)
         self.assertIsNotNone(seen, "gateway 2 never refused")
         self.assertLess(seen, 1.0)
@@ -491,3 +504,83 @@ def take_offer_losing_confirm(host: str, port: int, kf, knock_file: str) -> str:
 def kf_pool(case) -> list[int]:
     return [int(p) for p in case.cluster.psql(case.db, "SELECT value FROM meta WHERE key = "
                                               "'pool'").strip().split(",")]
+
+
+class FleetConsoleTests(FleetCase):
+    """
+    The console's changes on a fleet: made through one gateway's admin API
+    (knocker revoke, knocker unlock), they hold on the other within a
+    couple of seconds.
+    """
+
+    def setUp(self):
+        super().setUp()
+        for conf in self.confs:
+            with open(conf) as handle:
+                text = handle.read()
+            # Each gateway its console on a free loopback port; lockouts
+            # long enough that only a lift ends them.
+            text = text.replace("admin = \n", "admin = tcp:0:interface=127.0.0.1\n")
+            text = text.replace("lockout = 3\n", "lockout = 600\n")
+            with open(conf, "w") as handle:
+                handle.write(text)
+
+    def reply_within(self, n, secret, wanted, limit, source="127.0.0.1") -> tuple[str, float]:
+        """
+        Handshakes on gateway C{n} until one's reply starts with C{wanted}
+        (or C{limit} seconds pass): the last reply and the seconds taken.
+        """
+        started = time.monotonic()
+        while True:
+            reply, sock = handshake(HOSTS[n], self.ports[n], "alice", secret, source=source)
+            sock.close()
+            taken = time.monotonic() - started
+            if reply.startswith(wanted) or taken > limit:
+                return reply, taken
+            time.sleep(0.05)
+
+    def test_revoke_through_one_gateway_denies_on_the_other(self):
+        kf = self.two_gateways()
+        reply, sock = handshake(HOSTS[1], self.ports[1], "alice", kf.secret)
+        sock.close()
+        self.assertTrue(reply.startswith("GRANT"), reply)
+        done = knocker("revoke", "alice", "--config", self.confs[0])
+        self.assertEqual(done.returncode, 0, done.stdout + done.stderr)
+        self.assertIn("alice is revoked", done.stdout)
+        reply, taken = self.reply_within(1, kf.secret, "DENIED", 5)
+        self.assertEqual(reply, "DENIED", self.gateways[1].log()[-2000:])
+        self.assertLess(taken, 2.0, "the revocation's notice reaches the other gateway")
+        self.assertEqual(self.audit(1, "denied")[-1]["reason"], "revoked")
+        self.assertEqual(self.audit(0, "admin-revoke")[0]["client"], "alice")
+        # knocker report on a gateway: the clients' counters from the database.
+        done = knocker("report", "--format", "json", "--config", self.confs[1])
+        self.assertEqual(done.returncode, 0, done.stderr)
+        left = json.loads(done.stdout)["knocks_left"]
+        self.assertEqual([(c["client"], c["knocks"]) for c in left], [("alice", 200)])
+        # A new file for alice is not revoked, on either gateway (once the
+        # lockout the denials started is lifted).
+        done = knocker("unlock", "--all", "--config", self.confs[0])
+        self.assertEqual(done.returncode, 0, done.stdout + done.stderr)
+        done = knocker("generate", "alice", "--config", self.confs[0], "--knocks", "20",
+                       "--ports", "4", "-o", os.path.join(self.dir, "alice.knock"), "--force")
+        self.assertEqual(done.returncode, 0, done.stderr)
+        kf = parse_knockfile(open(os.path.join(self.dir, "alice.knock")).read(), "alice.knock")
+        for n in (0, 1):
+            reply, taken = self.reply_within(n, kf.secret, "GRANT", 5)
+            self.assertTrue(reply.startswith("GRANT"), (n, reply))
+
+    def test_unlock_all_through_one_gateway_lifts_on_the_other(self):
+        kf = self.two_gateways()
+        self.fail_a_knock(0, kf)  # on gateway 1
+        for n in (0, 1):
+            reply, _ = self.reply_within(n, kf.secret, "LOCKED", 5)
+            self.assertTrue(reply.startswith("LOCKED"), (n, reply))
+        done = knocker("unlock", "--all", "--config", self.confs[1])
+        self.assertEqual(done.returncode, 0, done.stdout + done.stderr)
+        self.assertIn("lifted: *", done.stdout)
+        # Gateway 1, where the lockout started, lets alice knock again.
+        reply, taken = self.reply_within(0, kf.secret, "GRANT", 5)
+        self.assertTrue(reply.startswith("GRANT"), reply + self.gateways[0].log()[-2000:])
+        self.assertLess(taken, 2.0)
+        self.assertEqual(self.cluster.psql(self.db, "SELECT count(*) FROM lockouts").strip(), "0")
+        self.assertEqual(self.audit(1, "admin-lift")[0]["lifted"], ["*"])

@@ -226,6 +226,35 @@ class PostgresStoreTests(SynchronousTestCase):
         self.assertEqual(len(left), 1000)
         self.assertEqual(min(left.values()), 3500.0, "the soonest to end went first")
 
+    def test_lift_and_revoke_tell_the_other_gateways(self):
+        """
+        The console's changes are NOTIFYd on the lockouts' channel, in the
+        transaction that makes them: "lift KEY", "lift" (every one),
+        "revoked"; a revocation names the file by its digest, never a secret.
+        """
+        from knocker.state.postgres import LOCKOUT_CHANNEL
+
+        one, two = self.store(), self.store()
+        listener = one.connect()
+        self.addCleanup(listener.close)
+        listener.execute(f"LISTEN {LOCKOUT_CHANNEL}")
+        one.save_lockouts({"192.0.2.1": 2000.0, "192.0.2.2": 2000.0})
+        one.set_lockout("*", 2000.0)
+        two.lift_lockouts("192.0.2.1")
+        two.lift_lockouts("*")
+        self.assertEqual(one.lockouts(1000.0), {"192.0.2.2": 2000.0})
+        two.lift_lockouts()
+        self.assertEqual(one.lockouts(1000.0), {})
+        two.register("alice", 5, SECRET)
+        two.revoke("alice")
+        two.revoke("nobody")
+        notices = [n.payload for n in listener.notifies(timeout=1, stop_after=8)]
+        self.assertEqual(notices[-5:], ["lift 192.0.2.1", "lift *", "lift", "revoked",
+                                        "revoked"])
+        self.assertEqual(list(one.revoked()), ["alice"])
+        rows = one._run(lambda c: c.execute("SELECT * FROM revocations").fetchall())
+        self.assertNotIn(SECRET.hex(), repr(rows))
+
 
 def _knock_text(store, client):
     """A portknock file for C{client} whose knocks use pool ports 20000-20002."""

@@ -207,6 +207,35 @@ class StoreContract:
         self.assertEqual(self.store.lockouts(1000.0), {"*": 1120.0})
         self.assertEqual(self.store.lockouts(1100.0), {"*": 1120.0})
 
+    # The operator's changes (knocker unlock and revoke, the console).
+
+    def test_lift_one_lockout(self):
+        self.store.save_lockouts({"198.51.100.1": 2000.0, "198.51.100.2": 2000.0})
+        self.store.lift_lockouts("198.51.100.1")
+        self.assertEqual(self.store.lockouts(1000.0), {"198.51.100.2": 2000.0})
+
+    def test_lift_every_lockout(self):
+        self.store.set_lockout("*", 2000.0)
+        self.store.save_lockouts({"198.51.100.1": 2000.0})
+        self.store.lift_lockouts()
+        self.assertEqual(self.store.lockouts(1000.0), {})
+
+    def test_revoke(self):
+        self.store.register("alice", 3, SECRET)
+        self.store.register("bob", 3, SECRET)
+        self.assertEqual(self.store.revoked(), {})
+        self.store.revoke("alice")
+        self.store.revoke("alice")  # twice is once
+        self.store.revoke("mallory")  # no such client: nothing
+        self.assertEqual(self.store.revoked(), {"alice": secret_id(SECRET)})
+        self.assertEqual(self.store.client("alice").left, 3, "the counter is left alone")
+
+    def test_revocation_names_the_file(self):
+        self.store.register("alice", 3, SECRET)
+        self.store.revoke("alice")
+        self.store.register("alice", 3, NEW_SECRET)
+        self.assertEqual(self.store.revoked(), {"alice": secret_id(SECRET)},
+                         "the old file stays revoked; the new one has another secret")
 
 class InvitationContract:
     """
@@ -357,6 +386,16 @@ class SQLiteStoreContractTests(StoreContract, InvitationContract, RenewalContrac
         store = self.store = SQLiteStore(self.state_dir)
         self.addCleanup(store.close)
         return store
+
+    def test_revocation_survives_reopening(self):
+        state_dir = self.mktemp()
+        store = SQLiteStore(state_dir)
+        store.register("alice", 3, SECRET)
+        store.revoke("alice")
+        store.close()
+        again = SQLiteStore(state_dir)
+        self.addCleanup(again.close)
+        self.assertEqual(again.revoked(), {"alice": secret_id(SECRET)})
 
 
 class PostgresStoreContractTests(StoreContract, InvitationContract, RenewalContract,

@@ -1,0 +1,46 @@
+"""
+The audit page's question: which events match an address, a client, an
+event name and a time range, newest first, one page at a time.  Pure:
+lines in, a page of events out.
+"""
+
+import json
+from collections import deque
+
+PER_PAGE = 50
+
+
+def query(lines, ip: str = "", client: str = "", event: str = "", since: str = "",
+          until: str = "", page: int = 1, per_page: int = PER_PAGE) -> tuple[list[dict], int]:
+    """
+    The C{page}th page (from 1) of matching events, newest first, and how
+    many match in all.  An empty filter matches everything; times are ISO
+    prefixes compared as text ("2026-12-01T13" is that hour on).
+    """
+    ip_bytes = ip.encode() if ip else None
+    # Only the newest page * per_page matches are kept: a log of millions
+    # of lines costs a page's worth of memory, not the log's.
+    matches: deque = deque(maxlen=page * per_page)
+    total = 0
+    for line in lines:
+        if ip_bytes is not None and ip_bytes not in line:
+            continue  # cheap test before parsing
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            continue
+        if ip and entry.get("ip") != ip and entry.get("source") != ip:
+            continue
+        if client and entry.get("client") != client:
+            continue
+        if event and entry.get("event") != event:
+            continue
+        when = entry.get("time", "")
+        if since and when < since:
+            continue
+        if until and when[:len(until)] > until:
+            continue
+        matches.append(entry)
+        total += 1
+    newest_first = list(reversed(matches))
+    return newest_first[(page - 1) * per_page:page * per_page], total

@@ -1,0 +1,194 @@
+"""
+C{knocker console}, C{knocker report}, C{knocker unlock}, C{knocker revoke}:
+the operator's commands on a running daemon (docs/console.md).
+
+C{unlock} and C{revoke} act at once through the console's API, with the
+token the running daemon keeps in C{state-dir/console/daemon.json} (0600):
+whoever can read the daemon's state may use them, and the change is
+audited by the daemon like one made on the page.
+"""
+
+import json
+import sys
+import time
+
+
+class NotRunning(OSError):
+    """
+    The daemon (or its console) is not running; the message says how to
+    tell.  (An L{OSError}: C{knocker} exits 1 with the message.)
+    """
+
+
+def _daemon(config) -> dict:
+    from knocker.console.access import Credentials
+
+    if not config.admin:
+        raise NotRunning(f"the console is off (admin is empty in the configuration of "
+                         f"{config.state_dir})")
+    found = Credentials(config.state_dir).daemon()
+    if found is None:
+        raise NotRunning(f"the daemon is not running on {config.state_dir} (no "
+                         f"console/daemon.json); start it: systemctl start knocker")
+    return found
+
+
+def _context(url: str):
+    import ssl
+    import urllib.parse
+
+    host = urllib.parse.urlsplit(url).hostname or ""
+    if url.startswith("https:") and host in ("127.0.0.1", "::1", "localhost"):
+        # The daemon's own certificate names the public host, not loopback,
+        # and nothing stands between two processes on loopback.
+        return ssl._create_unverified_context()
+    return None
+
+
+def call(config, path: str, fields: dict) -> dict:
+    """
+    POST C{fields} to the running daemon's API; its JSON answer.
+    """
+    import urllib.error
+    import urllib.parse
+    import urllib.request
+
+    daemon = _daemon(config)
+    request = urllib.request.Request(
+        daemon["url"].rstrip("/") + path, data=urllib.parse.urlencode(fields).encode(),
+        headers={"Authorization": f"Bearer {daemon['token']}"}, method="POST")
+    try:
+        with urllib.request.urlopen(request, timeout=10, context=_context(daemon["url"])) as reply:
+            return json.loads(reply.read())
+    except urllib.error.HTTPError as error:
+        body = error.read()
+        try:
+            message = json.loads(body)["error"]
+        except (ValueError, KeyError, TypeError):
+            message = f"HTTP {error.code}"
+        raise ValueError(message) from None
+    except (urllib.error.URLError, OSError) as error:
+        raise NotRunning(f"the daemon's console at {daemon['url']} does not answer "
+                         f"({getattr(error, 'reason', error)}): is the daemon running?") from None
+
+
+def console_command(config, args) -> int:
+    from urllib.parse import urlsplit
+
+    from knocker.admin.owner import StateOwner
+    from knocker.console.access import LOGIN_SECONDS, Credentials
+
+    credentials = Credentials(config.state_dir)
+    if args.token:
+        with StateOwner(config.state_dir):
+            token = credentials.new_bearer()
+        print(token)
+        print("a bearer token for the API and /metrics (Authorization: Bearer TOKEN); only "
+              "its hash is kept, so keep it now", file=sys.stderr)
+        return 0
+    url = _daemon(config)["url"]
+    with StateOwner(config.state_dir):
+        token = credentials.new_login(time.time())
+    port = urlsplit(url).port
+    print(f"{url}login?token={token}")
+    print(f"open it within {LOGIN_SECONDS // 60} minutes; it works once.  From another "
+          f"machine: ssh -L {port}:127.0.0.1:{port} THIS-HOST, then open the URL there.",
+          file=sys.stderr)
+    return 0
+
+
+def report_command(config, args) -> int:
+    from knocker.console.auditfiles import audit_lines
+    from knocker.console.formats import FORMATS
+    from knocker.console.report import parse_duration, summarise
+    from knocker.core.isotime import iso_time
+
+    start = None
+    if args.since:
+        start = time.time() - parse_duration(args.since)
+    report = summarise(audit_lines(config.audit_path, start), args.per,
+                       iso_time(start) if start is not None else None)
+    states = _client_states(config)
+    if states:
+        span = time.time() - start if start is not None else _span(report)
+        report.add_clients(states, span)
+    sys.stdout.write(FORMATS[args.format](report))
+    return 0
+
+
+def _client_states(config) -> list:
+    """
+    The clients' counters, if the state is there (a report may be run on
+    a copied audit log alone; a fleet's database may be out of reach).
+    """
+    import os
+
+    from knocker.admin.clients import status
+    from knocker.state.interface import StateError
+
+    if config.database:
+        try:
+            return status(config)["clients"]  # a fleet's: from its database
+        except StateError as error:
+            print(f"knocker report: without the clients' counters: {error}", file=sys.stderr)
+            return []
+    if not os.path.exists(os.path.join(config.state_dir, "state.sqlite")):
+        return []
+    return status(config)["clients"]
+
+
+def _span(report) -> float:
+    from datetime import datetime
+
+    if report.first is None:
+        return 0.0
+    first = datetime.fromisoformat(report.first.replace("Z", "+00:00"))
+    return max(0.0, time.time() - first.timestamp())
+
+
+def unlock_command(config, args) -> int:
+    answer = call(config, "/lift", {"source": "all" if args.all else args.source})
+    lifted = answer.get("lifted", [])
+    print(f"lifted: {', '.join(lifted)}" if lifted else "no such lockout in force")
+    return 0
+
+
+def revoke_command(config, args) -> int:
+    answer = call(config, "/revoke", {"client": args.client})
+    print(f"{answer['revoked']} is revoked: its next knock is DENIED "
+          f"(knocker generate {answer['revoked']} --force gives it a new file)")
+    return 0
+
+
+def add_commands(commands, common) -> None:
+    """
+    The four subcommands on C{knocker}'s parser; C{common(parser)}, once
+    C{run} is set, adds --config and --state-dir and hands C{run} the config.
+    """
+    console = commands.add_parser("console", help="print a one-time login URL for the web "
+                                  "console (or --token: a bearer token for the API)")
+    console.add_argument("--token", action="store_true",
+                         help="make a bearer token for the API and /metrics instead")
+    console.set_defaults(run=console_command)
+    common(console)
+
+    report = commands.add_parser("report", help="sum up the audit log: opens, failures, "
+                                 "lockouts, denials, hits")
+    report.add_argument("--since", help="only the last DURATION (30m, 24h, 7d)")
+    report.add_argument("--per", choices=("hour", "day"), default="hour",
+                        help="one row per hour or per day")
+    report.add_argument("--format", choices=("text", "csv", "json", "html"), default="text")
+    report.set_defaults(run=report_command)
+    common(report)
+
+    unlock = commands.add_parser("unlock", help="lift lockouts on the running daemon")
+    which = unlock.add_mutually_exclusive_group(required=True)
+    which.add_argument("--source", help="the address (or source key) to lift")
+    which.add_argument("--all", action="store_true", help="lift every lockout")
+    unlock.set_defaults(run=unlock_command)
+    common(unlock)
+
+    revoke = commands.add_parser("revoke", help="refuse a client from its next knock on")
+    revoke.add_argument("client")
+    revoke.set_defaults(run=revoke_command)
+    common(revoke)

@@ -1,0 +1,194 @@
+"""
+The figures of docs/spec.md section 12 from audit-log events: opens,
+failures by reason, lockouts, denials and hits per hour or per day, the
+top sources and clients.  Pure: lines or events in, a L{Report} out; the
+reports page and C{knocker report} both call L{summarise}.
+
+Events are read as the audit log writes them: a C{hit} line is one hit, a
+C{hits} or C{hits-overflow} summary counts C{count} hits, so the totals
+match what the daemon saw even through a flood.
+"""
+
+import json
+from collections import Counter
+
+#: Bucket key length in an ISO time "2026-12-01T13:44:26.123456Z".
+BUCKETS = {"hour": 13, "day": 10}
+
+FIGURES = ("opens", "failures", "lockouts", "denials", "hits")
+
+#: A hit line from L{knocker.daemon.audit.AuditLog.hit}: {"time":"<27 chars>","event":"hit","ip":"
+_HIT_AT = 9 + 27
+_HIT = b'","event":"hit","ip":"'
+_IP_AT = _HIT_AT + len(_HIT)
+
+
+class Row:
+    """
+    The figures of one hour or day.
+    """
+
+    __slots__ = ("opens", "failures", "lockouts", "denials", "hits", "reasons")
+
+    def __init__(self):
+        self.opens = self.failures = self.lockouts = self.denials = self.hits = 0
+        self.reasons: Counter = Counter()
+
+    def as_dict(self) -> dict:
+        return {name: getattr(self, name) for name in FIGURES} | {
+            "failures_by_reason": dict(self.reasons)}
+
+
+class Report:
+    """
+    Per-bucket L{Row}s (keys sort in time order), the C{sources} and
+    C{clients} seen, and the first and last event time.
+    """
+
+    def __init__(self, bucket: str = "hour"):
+        self.bucket = bucket
+        self.rows: dict[str, Row] = {}
+        self.sources: Counter = Counter()
+        self.clients: Counter = Counter()
+        self.grants: Counter = Counter()
+        self.first: str | None = None
+        self.last: str | None = None
+        self.events = 0
+        self.knocks_left: list[dict] = []
+
+    def add_clients(self, states, seconds: float) -> None:
+        """
+        Each client's knocks left (C{states}: dicts with C{client}, C{left},
+        C{knocks}, as C{knocker status} gives them) and when it runs out at
+        the rate of its grants in this report, which spans C{seconds}.
+        """
+        for state in states:
+            client, left = state["client"], max(0, state["left"])
+            eta = run_out(left, self.grants.get(client, 0), seconds)
+            self.knocks_left.append({
+                "client": client, "left": left, "knocks": state["knocks"],
+                "knocks_used_in_report": self.grants.get(client, 0),
+                "runs_out_in_seconds": None if eta is None else round(eta),
+            })
+
+    def totals(self) -> Row:
+        total = Row()
+        for row in self.rows.values():
+            for name in FIGURES:
+                setattr(total, name, getattr(total, name) + getattr(row, name))
+            total.reasons.update(row.reasons)
+        return total
+
+    def as_dict(self, top: int = 10) -> dict:
+        return {
+            "bucket": self.bucket, "first": self.first, "last": self.last,
+            "events": self.events,
+            "totals": self.totals().as_dict(),
+            "rows": [{"start": start, **row.as_dict()} for start, row in sorted(self.rows.items())],
+            "top_sources": [{"source": ip, "events": n} for ip, n in self.sources.most_common(top)],
+            "top_clients": [{"client": c, "events": n} for c, n in self.clients.most_common(top)],
+            "knocks_left": self.knocks_left,
+        }
+
+
+def summarise(lines, bucket: str = "hour", since: str | None = None) -> Report:
+    """
+    A L{Report} of C{lines} (audit-log lines as bytes, or events as dicts), counting only events at or after C{since} (an ISO time string,
+    compared as text, which is time order for the log's one format).
+    Lines that are not JSON (a torn last line) are skipped.
+    """
+    width = BUCKETS[bucket]
+    report = Report(bucket)
+    rows, sources, clients, grants = report.rows, report.sources, report.clients, report.grants
+    loads = json.loads
+    first = last = None
+    count = 0
+    for line in lines:
+        hit_from = None
+        if isinstance(line, dict):
+            event = line
+            when = event.get("time")
+        elif line.startswith(_HIT, _HIT_AT) and line[:9] == b'{"time":"':
+            # A hit line as the daemon writes it (most of a scanned log):
+            # its time and address by position, without a JSON parse.
+            when = line[9:_HIT_AT].decode("ascii")
+            hit_from = line[_IP_AT:line.index(b'"', _IP_AT)].decode("ascii")
+        else:
+            try:
+                event = loads(line)
+            except ValueError:
+                continue
+            when = event.get("time")
+        if not isinstance(when, str) or (since is not None and when < since):
+            continue
+        count += 1
+        if first is None:
+            first = when
+        last = when
+        key = when[:width]
+        row = rows.get(key)
+        if row is None:
+            row = rows[key] = Row()
+        if hit_from is not None:
+            row.hits += 1
+            sources[hit_from] += 1
+            continue
+        kind = event.get("event")
+        ip = event.get("ip")
+        if kind == "hit":
+            row.hits += 1
+            sources[ip] += 1
+            continue
+        if kind == "hits" or kind == "hits-overflow":
+            n = event.get("count", 0)
+            row.hits += n
+            if ip is not None:
+                sources[ip] += n
+            continue
+        client = event.get("client")
+        if kind == "open":
+            row.opens += 1
+        elif kind == "fail":
+            row.failures += 1
+            row.reasons[event.get("reason", "?")] += 1
+        elif kind == "lockout":
+            row.lockouts += 1
+        elif kind == "denied" or kind == "revoked":
+            row.denials += 1
+        elif kind == "grant":
+            grants[client] += 1
+        else:
+            continue
+        if ip is not None:
+            sources[ip] += 1
+        if client is not None:
+            clients[client] += 1
+    report.first, report.last, report.events = first, last, count
+    return report
+
+
+def run_out(left: int, used: int, seconds: float) -> float | None:
+    """
+    Seconds until a client with C{left} knocks runs out at the rate of
+    C{used} knocks in C{seconds}, or C{None} when it used none.
+    """
+    if used <= 0 or seconds <= 0:
+        return None
+    return left * seconds / used
+
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def parse_duration(text: str) -> float:
+    """
+    C{30m}, C{24h}, C{7d}, C{2w} (or plain seconds) in seconds.
+
+    @raise ValueError: anything else.
+    """
+    text = text.strip()
+    unit = _UNITS.get(text[-1:], None)
+    number = text[:-1] if unit else text
+    if not number.isdigit() or not number.isascii():
+        raise ValueError(f"{text!r} is not a duration such as 30m, 24h, 7d")
+    return int(number) * (unit or 1)

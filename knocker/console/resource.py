@@ -1,0 +1,387 @@
+"""
+The console's routes and the one gate every request goes through.
+
+L{ROUTES} is the whole site.  L{Console.render} looks the route up, then,
+before any handler runs: refuses a request with neither an open session
+(cookie) nor a valid bearer token, unless the route is public (the login);
+and for a POST made with a session, refuses it unless its C{Origin} is
+this site and its C{csrf} field is the session's token.  Only POST routes
+change anything, and each change is an audit event (C{admin-...}).
+A bearer token (the API, C{knocker unlock}/C{revoke}, a Prometheus
+scraper) sends no cookie, so a page elsewhere cannot ride it: no CSRF
+token is asked of it.
+"""
+
+import hmac
+import ipaddress
+import json
+from urllib.parse import urlencode
+
+from attrs import frozen
+from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.logger import Logger
+from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET
+
+from knocker.console import auditquery, pages, view
+from knocker.console.access import COOKIE
+from knocker.console.auditfiles import audit_lines
+from knocker.console.events import MAX_SUBSCRIBERS, EventStream
+from knocker.console.formats import as_csv, table_html
+from knocker.console.report import parse_duration, summarise
+from knocker.console.svg import report_chart
+from knocker.core.isotime import iso_time
+from knocker.core.tracker import GLOBAL
+from knocker.state.interface import StateError
+
+log = Logger()
+
+
+@frozen
+class Route:
+    method: str
+    path: str
+    handler: str
+    public: bool = False
+
+
+ROUTES = (
+    Route("GET", "/login", "login_form", public=True),
+    Route("POST", "/login", "login", public=True),
+    Route("GET", "/", "overview"),
+    Route("GET", "/clients", "clients"),
+    Route("GET", "/lockouts", "lockouts"),
+    Route("GET", "/reports", "reports"),
+    Route("GET", "/reports.csv", "reports_csv"),
+    Route("GET", "/audit", "audit"),
+    Route("GET", "/events", "events"),
+    Route("GET", "/metrics", "metrics"),
+    Route("GET", "/api/status", "api_status"),
+    Route("POST", "/lift", "lift"),
+    Route("POST", "/revoke", "revoke"),
+    Route("POST", "/logout", "logout"),
+)
+
+HEADERS = {
+    b"x-frame-options": b"DENY",
+    b"x-content-type-options": b"nosniff",
+    # same-origin: the login URL (its token) never leaves in a Referer, and
+    # Chromium still sends Origin on our POSTs (no-referrer makes it "null")
+    b"referrer-policy": b"same-origin",
+    b"cache-control": b"no-store",
+    b"content-security-policy": b"default-src 'none'; style-src 'unsafe-inline'; "
+                                b"script-src 'unsafe-inline'; img-src 'self'; connect-src 'self'; "
+                                b"form-action 'self'; frame-ancestors 'none'",
+}
+
+
+class Who:
+    """
+    Who is asking: a session (with its CSRF token) or a bearer token.
+    """
+
+    def __init__(self, kind: str, session: str | None = None, csrf: str | None = None):
+        self.kind, self.session, self.csrf = kind, session, csrf
+
+
+class Console(Resource):
+    """
+    The console.  C{server} is the L{KnockServer}; C{audit} the observed
+    audit log (changes are recorded there); C{clock} the reactor's,
+    C{wall} POSIX time; C{blocking} runs a function reading files away
+    from the reactor (C{deferToThread} in the daemon) and returns a
+    L{Deferred}.
+    """
+
+    isLeaf = True
+
+    def __init__(self, server, config, audit, clock, wall, credentials, sessions, bus,
+                 activity, metrics, daemon_token: str | None = None, blocking=maybeDeferred):
+        super().__init__()
+        self.server, self.config, self.audit = server, config, audit
+        self.clock, self.wall = clock, wall
+        self.credentials, self.sessions = credentials, sessions
+        self.bus, self.activity, self.metrics = bus, activity, metrics
+        self.daemon_token = daemon_token
+        self.blocking = blocking
+        self.started = iso_time(wall())
+        self.routes = {(route.method, route.path): route for route in ROUTES}
+
+    # The gate.
+
+    def render(self, request):
+        for name, value in HEADERS.items():
+            request.setHeader(name, value)
+        method = request.method.decode("ascii", "replace")
+        path = request.path.decode("utf-8", "replace")
+        route = self.routes.get((method, path))
+        who = None if route is not None and route.public else self._who(request)
+        if route is None:
+            if who is None:
+                return self._refuse(request, 401, "Log in first.")
+            known = any(p == path for _, p in self.routes)
+            return self._refuse(request, 405 if known else 404,
+                                "Not here." if not known else "Not with this method.")
+        if not route.public and who is None:
+            return self._refuse(request, 401, "You are not logged in.  On the server, run "
+                                "'knocker console' and open the URL it prints.")
+        if method == "POST" and (who is None or who.kind == "session"):
+            if not self._same_origin(request):
+                return self._refuse(request, 403, "Refused: this form was not sent from the "
+                                    "console's own page (Origin).")
+            if who is not None and not hmac.compare_digest(
+                    (self._arg(request, "csrf") or "").encode(), who.csrf.encode()):
+                return self._refuse(request, 403, "Refused: the form's CSRF token is missing "
+                                    "or stale.  Reload the page and try again.")
+        result = getattr(self, "page_" + route.handler)(request, who)
+        if isinstance(result, Deferred):
+            result.addCallback(self._finish, request)
+            result.addErrback(self._failed, request)
+            return NOT_DONE_YET
+        return result
+
+    def _finish(self, body, request):
+        if body is not NOT_DONE_YET:
+            request.write(body)
+            request.finish()
+
+    def _failed(self, failure, request):
+        if failure.check(StateError):
+            # The database of a fleet did not answer: say so, 503.
+            log.error("console request {path}: {error}", path=request.path,
+                      error=failure.value)
+            request.setResponseCode(503)
+            request.setHeader(b"content-type", b"text/plain; charset=utf-8")
+            request.write(f"the state did not answer: {failure.value}\n".encode())
+        else:
+            log.failure("console request {path}", failure, path=request.path)
+            request.setResponseCode(500)
+            request.write(b"internal error")
+        request.finish()
+
+    def _who(self, request) -> Who | None:
+        authorization = request.getHeader(b"authorization") or b""
+        if authorization.startswith(b"Bearer "):
+            token = authorization[7:].decode("ascii", "replace").strip()
+            if self.credentials.bearer_ok(token, self.daemon_token):
+                return Who("bearer")
+            return None
+        session = request.getCookie(COOKIE)
+        if session is None:
+            return None
+        session = session.decode("ascii", "replace")
+        csrf = self.sessions.csrf(session)
+        return Who("session", session, csrf) if csrf is not None else None
+
+    def _same_origin(self, request) -> bool:
+        origin = request.getHeader(b"origin")
+        host = request.getHeader(b"host")
+        if not origin or not host:
+            return False
+        scheme = b"https://" if request.isSecure() else b"http://"
+        return hmac.compare_digest(origin, scheme + host)
+
+    def _refuse(self, request, code: int, message: str) -> bytes:
+        request.setResponseCode(code)
+        if request.getHeader(b"authorization") or request.path.startswith((b"/api/", b"/metrics")):
+            request.setHeader(b"content-type", b"application/json")
+            return json.dumps({"error": message}).encode() + b"\n"
+        request.setHeader(b"content-type", b"text/html; charset=utf-8")
+        return pages.refused_page(message)
+
+    @staticmethod
+    def _arg(request, name: str) -> str:
+        values = request.args.get(name.encode())
+        return values[0].decode("utf-8", "replace") if values else ""
+
+    def _html(self, request, body: bytes) -> bytes:
+        request.setHeader(b"content-type", b"text/html; charset=utf-8")
+        return body
+
+    def _changed(self, request, who: Who, event: str, location: str, answer: dict) -> bytes:
+        """
+        After a change: JSON to a bearer, a redirect to the page for a browser.
+        """
+        if who.kind == "bearer":
+            request.setHeader(b"content-type", b"application/json")
+            return json.dumps(answer).encode() + b"\n"
+        request.redirect(location.encode())
+        return b""
+
+    # Logging in and out.
+
+    def page_login_form(self, request, who):
+        return self._html(request, pages.login_page(self._arg(request, "token")))
+
+    def page_login(self, request, who):
+        if not self.credentials.redeem_login(self._arg(request, "token"), self.wall()):
+            request.setResponseCode(403)
+            return self._html(request, pages.login_page(
+                "", "This login URL has been used or has expired.  Run 'knocker console' "
+                    "again for a new one."))
+        session, _ = self.sessions.open()
+        request.addCookie(COOKIE, session.encode(), path=b"/", httpOnly=True,
+                          secure=request.isSecure(), sameSite="strict",
+                          max_age=str(int(self.sessions.seconds)).encode())
+        self.audit.record("admin-login")
+        request.redirect(b"/")
+        return b""
+
+    def page_logout(self, request, who):
+        if who.session is not None:
+            self.sessions.close(who.session)
+            self.audit.record("admin-logout")
+        request.addCookie(COOKIE, b"", path=b"/", httpOnly=True, secure=request.isSecure(),
+                          sameSite="strict", max_age=b"0")
+        request.redirect(b"/login")
+        return b""
+
+    # Pages.
+
+    def _state(self) -> Deferred:
+        """The state's part of a page (L{view.read_state}): never read on the reactor."""
+        return view.read_state(self.server.store)
+
+    def page_overview(self, request, who):
+        def draw(state):
+            data = view.overview(self.server, state, self.started, self.clock, self.config)
+            return self._html(request, pages.overview_page(data, list(self.bus.recent),
+                                                           who.csrf))
+        return self._state().addCallback(draw)
+
+    def page_clients(self, request, who):
+        try:
+            number = max(1, int(self._arg(request, "page") or 1))
+        except ValueError:
+            number = 1
+        per = view.CLIENTS_PER_PAGE
+        message = self._arg(request, "revoked")
+        message = f"{message} is revoked: its next knock is DENIED." if message else ""
+
+        def draw(state):
+            total = len(state.clients)
+            rows = view.clients(self.server, state, self.clock, self.activity,
+                                (number - 1) * per, per)
+            return self._html(request, pages.clients_page(
+                rows, who.csrf or "", message, number, max(1, -(-total // per))))
+        return self._state().addCallback(draw)
+
+    def page_lockouts(self, request, who):
+        rows = view.lockouts(self.server, self.clock, self.activity)
+        lifted = self._arg(request, "lifted")
+        message = f"Lifted: {lifted}." if lifted else ""
+        return self._html(request, pages.lockouts_page(rows, who.csrf or "", message))
+
+    def _report(self, request):
+        bucket = self._arg(request, "bucket") or "hour"
+        if bucket not in ("hour", "day"):
+            bucket = "hour"
+        since_text = self._arg(request, "since") or ("7d" if bucket == "day" else "24h")
+        try:
+            seconds = parse_duration(since_text)
+        except ValueError:
+            since_text, seconds = "24h", 86400.0
+        start = self.wall() - seconds
+        path = self.config.audit_path
+        d = self.blocking(lambda: summarise(audit_lines(path, start), bucket, iso_time(start)))
+        return d.addCallback(lambda report: (report, bucket, since_text))
+
+    def page_reports(self, request, who):
+        def draw(found):
+            report, bucket, since = found
+            return self._html(request, pages.reports_page(
+                report, report_chart(report), table_html(report), bucket, since, who.csrf))
+        return self._report(request).addCallback(draw)
+
+    def page_reports_csv(self, request, who):
+        def write(found):
+            request.setHeader(b"content-type", b"text/csv; charset=utf-8")
+            request.setHeader(b"content-disposition",
+                              b'attachment; filename="knocker-report.csv"')
+            return as_csv(found[0]).encode()
+        return self._report(request).addCallback(write)
+
+    def page_audit(self, request, who):
+        filters = {name: self._arg(request, name)[:100]
+                   for name in ("ip", "client", "event", "since", "until")}
+        try:
+            number = max(1, int(self._arg(request, "page") or 1))
+        except ValueError:
+            number = 1
+        path = self.config.audit_path
+
+        def draw(found):
+            entries, total = found
+            pages_count = max(1, -(-total // auditquery.PER_PAGE))
+
+            def link(n):
+                return "/audit?" + urlencode({**{k: v for k, v in filters.items() if v},
+                                              "page": n})
+            return self._html(request, pages.audit_page(entries, total, filters, number,
+                                                        pages_count, who.csrf, link))
+        d = self.blocking(lambda: auditquery.query(audit_lines(path), page=number, **filters))
+        return d.addCallback(draw)
+
+    def page_events(self, request, who):
+        if len(self.bus.subscribers) >= MAX_SUBSCRIBERS:
+            request.setResponseCode(503)  # the browser's EventSource retries later
+            return b"too many live pages open\n"
+        EventStream(request, self.bus)
+        return NOT_DONE_YET
+
+    def page_metrics(self, request, who):
+        from prometheus_client import CONTENT_TYPE_LATEST
+
+        def write(state):
+            request.setHeader(b"content-type", CONTENT_TYPE_LATEST.encode())
+            return self.metrics.text(state)
+        return self._state().addCallback(write)
+
+    def page_api_status(self, request, who):
+        def write(state):
+            request.setHeader(b"content-type", b"application/json")
+            return json.dumps({
+                "overview": view.overview(self.server, state, self.started, self.clock,
+                                          self.config),
+                "clients": view.clients(self.server, state, self.clock, self.activity),
+            }).encode() + b"\n"
+        return self._state().addCallback(write)
+
+    # Changes (POST only, audited).
+
+    def page_lift(self, request, who):
+        source = self._arg(request, "source").strip()
+        if source == "all":
+            key = None
+        elif source == GLOBAL or source in self.server.tracker.lockouts():
+            key = source  # a key as the lockouts page shows it
+        else:
+            try:
+                ipaddress.ip_address(source)
+            except ValueError:
+                request.setResponseCode(400)
+                return self._changed(request, Who("bearer"), "", "",
+                                     {"error": f"{source!r} is not an address"})
+            key = self.server.tracker.source_of(source)
+        def done(lifted):
+            self.audit.record("admin-lift", source=source, lifted=lifted, by=who.kind)
+            return self._changed(
+                request, who, "admin-lift",
+                "/lockouts?" + urlencode({"lifted": ", ".join(lifted) or "nothing"}),
+                {"lifted": lifted})
+        # Answered once the state has it (a fleet: every gateway is told).
+        return maybeDeferred(self.server.lift, key).addCallback(done)
+
+    def page_revoke(self, request, who):
+        client = self._arg(request, "client").strip()
+
+        def done(revoked):
+            if not revoked:
+                request.setResponseCode(404)
+                return self._changed(request, Who("bearer"), "", "",
+                                     {"error": f"no client {client!r}"})
+            self.audit.record("admin-revoke", client=client, by=who.kind)
+            return self._changed(request, who, "admin-revoke",
+                                 "/clients?" + urlencode({"revoked": client}),
+                                 {"revoked": client})
+        return maybeDeferred(self.server.revoke, client).addCallback(done)

@@ -1,0 +1,138 @@
+"""
+What the console's pages show, read from the running daemon: plain dicts,
+no HTML (L{knocker.console.pages} draws them).
+
+The state's part (the pool, the pending closes, the clients' counters) is
+read by L{read_state} once a request, into a L{StateView}: at once from a
+store that answers at once (SQLite), in the database threads from a
+fleet's (L{knocker.daemon.fleet.ThreadedStore}), never on the reactor.
+
+L{Activity} listens to the audit events for what the state does not keep:
+the last open of each client, its recent knocks (for the run-out rate),
+the reason of each lockout.  It knows what happened since the daemon
+started; the pages say so.
+"""
+
+from collections import defaultdict, deque
+
+from attrs import frozen
+from twisted.internet.defer import Deferred, succeed
+
+from knocker.console.report import run_out
+from knocker.core.tracker import GLOBAL
+
+RATE_KNOCKS = 20
+
+
+class Activity:
+    """
+    An audit listener: last opens, recent grants, lockout reasons.
+    """
+
+    def __init__(self, clock):
+        self._clock = clock
+        self.last_open: dict[str, str] = {}
+        self.grants: dict[str, deque] = defaultdict(lambda: deque(maxlen=RATE_KNOCKS))
+        self.lockout_reasons: dict[str, str] = {}
+
+    def __call__(self, entry: dict) -> None:
+        kind = entry["event"]
+        if kind == "open":
+            self.last_open[entry.get("client")] = entry["time"]
+        elif kind == "grant":
+            self.grants[entry.get("client")].append(self._clock.seconds())
+        elif kind == "lockout":
+            if len(self.lockout_reasons) > 10000:
+                self.lockout_reasons.clear()
+            self.lockout_reasons[entry.get("source")] = entry.get("reason", "")
+
+
+@frozen
+class StateView:
+    """What the console shows of the state, read once for a request."""
+
+    pool_size: int
+    pending_closes: int
+    clients: list
+
+
+def snapshot(store) -> StateView:
+    """The L{StateView} of C{store}, read here and now (blocking)."""
+    return StateView(len(store.pool() or ()), len(store.pending_closes()), store.clients())
+
+
+def read_state(store) -> Deferred:
+    """
+    A L{Deferred} firing with C{store}'s L{StateView}: read in the store's
+    threads if it has them (C{store.read}), else at once.
+    """
+    read = getattr(store, "read", None)
+    if read is not None:
+        return read(snapshot)
+    return succeed(snapshot(store))
+
+
+def overview(server, state: StateView, started: str, clock, config) -> dict:
+    tracker = server.tracker
+    now = clock.seconds()
+    return {
+        "started": started,
+        "pool_size": state.pool_size,
+        "central": config.central,
+        "slots": [{"client": s.client, "index": s.index, "ip": s.ip,
+                   "state": "running its action" if s.acting else f"{s.position} of {len(s.ports)} ports",
+                   "left": max(0, round(s.deadline - now))} for s in tracker.slots()],
+        "lockouts": lockouts(server, clock, None),
+        "pending_closes": state.pending_closes,
+    }
+
+
+def lockouts(server, clock, activity: Activity | None) -> list[dict]:
+    now = clock.seconds()
+    rows = []
+    for key, until in sorted(server.tracker.lockouts().items()):
+        rows.append({
+            "source": key,
+            "scope": "everyone (the whole server)" if key == GLOBAL else "this source",
+            "reason": (activity.lockout_reasons.get(key, "") if activity else "") or "-",
+            "left": max(1, round(until - now)),
+        })
+    return rows
+
+
+CLIENTS_PER_PAGE = 100
+
+
+def clients(server, state: StateView, clock, activity: Activity, first: int = 0,
+            count: int | None = None) -> list[dict]:
+    """
+    The clients from the C{first}th (by id), C{count} of them (all: C{None}).
+    """
+    now = clock.seconds()
+    rows = []
+    states = state.clients
+    for state in states[first:None if count is None else first + count]:
+        times = activity.grants.get(state.client, ())
+        eta = None
+        if len(times) >= 2:
+            eta = run_out(max(0, state.left), len(times) - 1, times[-1] - times[0])
+        elif len(times) == 1:
+            eta = run_out(max(0, state.left), 1, now - times[0])
+        rows.append({
+            "client": state.client,
+            "left": max(0, state.left),
+            "knocks": state.knocks,
+            "last_open": activity.last_open.get(state.client, "-"),
+            "run_out": describe_seconds(eta),
+            "revoked": server.is_revoked(state),
+        })
+    return rows
+
+
+def describe_seconds(seconds: float | None) -> str:
+    if seconds is None:
+        return "no knock since the daemon started"
+    for unit, size in (("days", 86400), ("hours", 3600), ("minutes", 60)):
+        if seconds >= 2 * size:
+            return f"in about {seconds / size:.0f} {unit}"
+    return f"in about {seconds:.0f} seconds"

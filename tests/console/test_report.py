@@ -1,0 +1,161 @@
+"""
+The report's figures (docs/spec.md section 12), shared by the reports page
+and `knocker report`: what an operator checks against the audit log.
+"""
+
+import gzip
+import json
+import os
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from knocker.console.auditfiles import audit_files, audit_lines
+from knocker.console.auditquery import query
+from knocker.console.formats import FORMATS, as_csv
+from knocker.console.report import parse_duration, run_out, summarise
+
+
+def line(time, event, **fields):
+    return json.dumps({"time": time, "event": event, **fields}).encode() + b"\n"
+
+
+DAY = [
+    line("2027-01-15T08:00:01.000000Z", "grant", ip="192.0.2.1", client="alice", index=1),
+    line("2027-01-15T08:00:02.000000Z", "open", ip="192.0.2.1", client="alice", index=1),
+    line("2027-01-15T08:10:00.000000Z", "hit", ip="198.51.100.9", port=1, outcome="no-slot"),
+    line("2027-01-15T08:10:01.000000Z", "lockout", ip="198.51.100.9", source="198.51.100.9",
+         scope="source", reason="no-slot"),
+    line("2027-01-15T09:00:00.000000Z", "denied", ip="203.0.113.5", client="eve",
+         reason="unknown-client"),
+    line("2027-01-15T09:30:00.000000Z", "fail", ip="192.0.2.1", client="alice",
+         reason="timeout"),
+    line("2027-01-16T10:00:00.000000Z", "hits", ip="198.51.100.9", port=1, count=500),
+    line("2027-01-16T10:00:10.000000Z", "hits-overflow", count=1000, sources=300),
+    b'{"time":"2027-01-16T10:00:11',  # torn by a crash
+]
+
+
+class SummaryTests(SynchronousTestCase):
+    def test_per_hour(self):
+        report = summarise(DAY)
+        rows = report.as_dict()["rows"]
+        self.assertEqual([r["start"] for r in rows], ["2027-01-15T08", "2027-01-15T09",
+                                                      "2027-01-16T10"])
+        self.assertEqual([(r["opens"], r["failures"], r["lockouts"], r["denials"], r["hits"])
+                          for r in rows], [(1, 0, 1, 0, 1), (0, 1, 0, 1, 0), (0, 0, 0, 0, 1500)])
+        self.assertEqual(rows[1]["failures_by_reason"], {"timeout": 1})
+
+    def test_per_day_and_tops(self):
+        data = summarise(DAY, "day").as_dict()
+        self.assertEqual([r["start"] for r in data["rows"]], ["2027-01-15", "2027-01-16"])
+        self.assertEqual(data["totals"]["hits"], 1501, "summaries count their hits")
+        self.assertEqual(data["top_sources"][0], {"source": "198.51.100.9", "events": 502})
+        self.assertEqual(data["top_clients"][0], {"client": "alice", "events": 3})
+
+    def test_since(self):
+        report = summarise(DAY, since="2027-01-16")
+        self.assertEqual(report.totals().opens, 0)
+        self.assertEqual(report.totals().hits, 1500)
+
+    def test_formats(self):
+        report = summarise(DAY)
+        self.assertEqual(as_csv(report).splitlines()[1], "2027-01-15T08,1,0,1,0,1,")
+        self.assertEqual(json.loads(FORMATS["json"](report))["totals"]["opens"], 1)
+        self.assertIn("top sources: 198.51.100.9 (502)", FORMATS["text"](report))
+        html = FORMATS["html"](report)
+        self.assertIn("<svg", html)
+        self.assertNotIn("src=", html, "self-contained")
+
+    def test_duration(self):
+        self.assertEqual([parse_duration(t) for t in ("90", "30m", "24h", "7d")],
+                         [90, 1800, 86400, 604800])
+        self.assertRaises(ValueError, parse_duration, "soon")
+        self.assertRaises(ValueError, parse_duration, "-5h")
+
+    def test_run_out(self):
+        self.assertEqual(run_out(100, 10, 3600), 36000)
+        self.assertIsNone(run_out(100, 0, 3600))
+
+
+class RotatedFilesTests(SynchronousTestCase):
+    def test_rotations_read_oldest_first(self):
+        folder = self.mktemp()
+        os.makedirs(folder)
+        path = os.path.join(folder, "audit.log")
+        written = ((".2.gz", gzip.open, DAY[0]), (".1", open, DAY[1]), ("", open, DAY[2]),
+                   (".bak", open, DAY[3]))
+        for suffix, opener, data in written:
+            with opener(path + suffix, "wb") as handle:
+                handle.write(data)
+        self.assertEqual([os.path.basename(p) for p in audit_files(path)],
+                         ["audit.log.2.gz", "audit.log.1", "audit.log"])
+        self.assertEqual(list(audit_lines(path)), DAY[:3])
+
+
+class QueryTests(SynchronousTestCase):
+    def test_filters(self):
+        entries, total = query(DAY, ip="192.0.2.1")
+        self.assertEqual(total, 3)
+        self.assertEqual(entries[0]["event"], "fail", "newest first")
+        self.assertEqual(query(DAY, client="eve")[1], 1)
+        self.assertEqual(query(DAY, event="hits")[1], 1)
+        self.assertEqual(query(DAY, since="2027-01-16")[1], 2)
+        self.assertEqual(query(DAY, until="2027-01-15T08")[1], 4)
+
+    def test_pages(self):
+        lines = [line(f"2027-01-15T08:00:{n:02d}.000000Z", "hit", ip="192.0.2.1")
+                 for n in range(25)]
+        first, total = query(lines, per_page=10)
+        last, _ = query(lines, page=3, per_page=10)
+        self.assertEqual(total, 25)
+        self.assertEqual(first[0]["time"][17:19], "24")
+        self.assertEqual([e["time"][17:19] for e in last], ["04", "03", "02", "01", "00"])
+
+
+class DaemonLinesTests(SynchronousTestCase):
+    def test_hit_lines_read_by_position_as_by_json(self):
+        """
+        Hit lines are read without a JSON parse: on what the daemon's
+        audit log writes, the figures are those of the parsed events.
+        """
+        from twisted.internet.task import Clock
+
+        from knocker.daemon.audit import AuditLog
+
+        path = self.mktemp()
+        clock = Clock()
+        clock.advance(1_800_000_000.25)
+        audit = AuditLog(path, clock, min_free_mib=0)
+        for n in range(50):
+            audit.hit(f"198.51.100.{n % 7}", 40000 + n, 20000, "no-slot")
+            audit.hit("2001:db8::1", 40000, 20001, "locked")
+            clock.advance(97.3)
+        audit.record("open", ip="192.0.2.1", client="alice", index=1)
+        audit.close()
+        with open(path, "rb") as handle:
+            lines = handle.readlines()
+        fast, parsed = summarise(lines), summarise([json.loads(x) for x in lines])
+        self.assertEqual(fast.as_dict(), parsed.as_dict())
+        self.assertEqual(fast.totals().hits, 100)
+        self.assertEqual(summarise(lines, since=parsed.as_dict()["rows"][1]["start"]).as_dict(),
+                         summarise([json.loads(x) for x in lines],
+                                   since=parsed.as_dict()["rows"][1]["start"]).as_dict())
+
+
+class KnocksLeftTests(SynchronousTestCase):
+    def test_run_out_at_the_reports_rate(self):
+        report = summarise(DAY)
+        report.add_clients([{"client": "alice", "left": 10, "knocks": 20},
+                            {"client": "bob", "left": 5, "knocks": 5}], seconds=86400)
+        rows = {row["client"]: row for row in report.as_dict()["knocks_left"]}
+        self.assertEqual(rows["alice"]["runs_out_in_seconds"], 864000, "1 knock a day, 10 left")
+        self.assertIsNone(rows["bob"]["runs_out_in_seconds"])
+        self.assertIn("alice", FORMATS["text"](report))
+
+    def test_pages_past_the_end_and_beyond_the_kept_window(self):
+        lines = [line(f"2027-01-15T08:{n // 60:02d}:{n % 60:02d}.000000Z", "hit", ip="192.0.2.1")
+                 for n in range(1000)]
+        entries, total = query(lines, page=7, per_page=10)
+        self.assertEqual(total, 1000)
+        self.assertEqual(entries[0]["time"], "2027-01-15T08:15:39.000000Z")  # n = 999 - 60
+        self.assertEqual(query(lines, page=101, per_page=10), ([], 1000))

@@ -1,0 +1,288 @@
+"""
+Every route of the console through its one gate (docs/console.md, "Access"):
+nothing without a login, no change without POST, a CSRF token and the
+console's own Origin, and every change in the audit log.  The tests walk
+L{ROUTES}, so a route added later is held to the same checks.
+"""
+
+import os
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from knocker.console.access import SESSION_SECONDS
+from knocker.console.resource import ROUTES
+from tests.console.web import Browser, ConsoleFixture
+
+BAD_SECRET = b"\x01" * 32
+
+#: The fields of a valid change for each POST route behind the login; a new
+#: POST route fails test_every_change_is_known until it is added here.
+CHANGES = {
+    "/lift": {"source": "198.51.100.1"},
+    "/revoke": {"client": "alice"},
+    "/logout": {},
+}
+
+PROTECTED = [route for route in ROUTES if not route.public]
+
+
+def locked_out(fixture, ip="198.51.100.1"):
+    fixture.h.handshake(secret=BAD_SECRET, ip=ip)
+    assert ip in fixture.h.server.tracker.lockouts()
+
+
+class RoutesTests(SynchronousTestCase):
+    def test_every_change_is_known(self):
+        posts = {route.path for route in PROTECTED if route.method == "POST"}
+        self.assertEqual(posts, set(CHANGES))
+
+    def test_only_login_is_public(self):
+        self.assertEqual({(r.method, r.path) for r in ROUTES if r.public},
+                         {("GET", "/login"), ("POST", "/login")})
+
+    def test_every_route_has_its_handler(self):
+        f = ConsoleFixture(self)
+        for route in ROUTES:
+            self.assertTrue(callable(getattr(f.console, "page_" + route.handler)), route)
+
+
+class NoSessionTests(SynchronousTestCase):
+    def test_every_route_refused_without_a_session(self):
+        f = ConsoleFixture(self, lockout=600)
+        locked_out(f)
+        before = f.state()
+        for route in PROTECTED:
+            response = f.browser.request(route.method, route.path, CHANGES.get(route.path))
+            self.assertEqual(response.code, 401, route)
+            self.assertNotIn(b"alice", response.body, route)
+        self.assertEqual(f.state(), before)
+
+    def test_unknown_paths_say_nothing_without_a_session(self):
+        f = ConsoleFixture(self)
+        self.assertEqual(f.browser.get("/no-such-page").code, 401)
+        f.login()
+        self.assertEqual(f.browser.get("/no-such-page").code, 404)
+
+    def test_a_forged_cookie_or_bearer_is_refused(self):
+        f = ConsoleFixture(self)
+        f.browser.cookies["knocker_session"] = "x" * 43
+        self.assertEqual(f.browser.get("/clients").code, 401)
+        bearer = Browser(f.console)
+        response = bearer.get("/metrics", headers={"authorization": "Bearer " + "y" * 43})
+        self.assertEqual(response.code, 401)
+
+    def test_a_session_expires(self):
+        f = ConsoleFixture(self)
+        f.login()
+        self.assertEqual(f.browser.get("/clients").code, 200)
+        f.h.clock.advance(SESSION_SECONDS + 1)
+        self.assertEqual(f.browser.get("/clients").code, 401)
+
+
+class PostChecksTests(SynchronousTestCase):
+    def setUp(self):
+        self.f = ConsoleFixture(self, lockout=600)
+        locked_out(self.f)
+        self.csrf = self.f.login()
+        self.before = self.f.state()
+
+    def test_post_without_csrf_refused(self):
+        for path, fields in CHANGES.items():
+            response = self.f.browser.post(path, fields)
+            self.assertEqual(response.code, 403, path)
+            self.assertIn(b"CSRF", response.body)
+        self.assertEqual(self.f.state(), self.before)
+        self.assertEqual(self.f.browser.get("/clients").code, 200, "still logged in")
+
+    def test_post_with_a_wrong_csrf_refused(self):
+        for path, fields in CHANGES.items():
+            response = self.f.browser.post(path, {**fields, "csrf": "z" * 43})
+            self.assertEqual(response.code, 403, path)
+        self.assertEqual(self.f.state(), self.before)
+
+    def test_post_from_a_foreign_origin_refused(self):
+        for origin in (b"http://evil.example", b"null", None):
+            for path, fields in CHANGES.items():
+                response = self.f.browser.post(path, {**fields, "csrf": self.csrf}, origin=origin)
+                self.assertEqual(response.code, 403, (path, origin))
+                self.assertIn(b"Origin", response.body)
+        self.assertEqual(self.f.state(), self.before)
+
+    def test_every_change_is_audited(self):
+        for path, fields in CHANGES.items():
+            count = len(self.f.h.audit.events)
+            response = self.f.browser.post(path, {**fields, "csrf": self.csrf})
+            self.assertEqual(response.code, 302, (path, response.text))
+            added = [e["event"] for e in self.f.h.audit.events[count:]]
+            self.assertTrue(any(e.startswith("admin-") for e in added), (path, added))
+
+
+class GetChangesNothingTests(SynchronousTestCase):
+    def test_every_get_leaves_the_state_alone(self):
+        f = ConsoleFixture(self, lockout=600)
+        locked_out(f)
+        f.login()
+        before = f.state()
+        for route in PROTECTED:
+            if route.method == "GET":
+                # even with a change's fields in the query
+                query = "&".join(f"{k}={v}" for k, v in CHANGES.get("/revoke", {}).items())
+                response = f.browser.get(f"{route.path}?{query}&source=all")
+                self.assertEqual(response.code, 200, route)
+        for path in CHANGES:
+            self.assertEqual(f.browser.get(path).code, 405, path)
+        self.assertEqual(f.state(), before)
+
+
+class LoginTests(SynchronousTestCase):
+    def test_login_url_works_once(self):
+        f = ConsoleFixture(self)
+        token = f.credentials.new_login(f.wall.seconds())
+        page = f.browser.get(f"/login?token={token}")
+        self.assertEqual(page.code, 200)
+        self.assertIn(token.encode(), page.body, "the GET only shows the form")
+        self.assertEqual(f.browser.get("/clients").code, 401, "a GET logs nobody in")
+        self.assertEqual(f.browser.post("/login", {"token": token}).code, 302)
+        self.assertEqual(f.browser.get("/clients").code, 200)
+        other = Browser(f.console)
+        self.assertEqual(other.post("/login", {"token": token}).code, 403)
+        self.assertEqual(other.get("/clients").code, 401)
+
+    def test_login_url_expires(self):
+        f = ConsoleFixture(self)
+        token = f.credentials.new_login(f.wall.seconds())
+        f.wall.advance(301)
+        self.assertEqual(f.browser.post("/login", {"token": token}).code, 403)
+        self.assertEqual(f.browser.get("/").code, 401)
+
+    def test_unused_logins_are_forgotten(self):
+        f = ConsoleFixture(self)
+        f.credentials.new_login(f.wall.seconds())
+        f.wall.advance(301)
+        f.credentials.new_login(f.wall.seconds())
+        names = [n for n in os.listdir(f.credentials.directory) if n.startswith("login-")]
+        self.assertEqual(len(names), 1)
+
+    def test_login_from_a_foreign_origin_refused(self):
+        f = ConsoleFixture(self)
+        token = f.credentials.new_login(f.wall.seconds())
+        self.assertEqual(f.browser.post("/login", {"token": token},
+                                        origin=b"http://evil.example").code, 403)
+
+    def test_cookie_flags(self):
+        f = ConsoleFixture(self)
+        token = f.credentials.new_login(f.wall.seconds())
+        cookie = f.browser.post("/login", {"token": token}).header(b"set-cookie")
+        self.assertIn(b"HttpOnly", cookie)
+        self.assertIn(b"SameSite=strict", cookie)
+        self.assertIn(b"Max-Age=", cookie)
+        self.assertNotIn(b"Secure", cookie)
+
+    def test_cookie_secure_under_tls(self):
+        f = ConsoleFixture(self, secure=True)
+        token = f.credentials.new_login(f.wall.seconds())
+        response = f.browser.post("/login", {"token": token}, origin=b"https://127.0.0.1:8750")
+        self.assertIn(b"Secure", response.header(b"set-cookie"))
+
+    def test_logout_ends_the_session(self):
+        f = ConsoleFixture(self)
+        csrf = f.login()
+        self.assertEqual(f.browser.post("/logout", {"csrf": csrf}).code, 302)
+        self.assertEqual(f.browser.get("/clients").code, 401)
+
+
+class PagesTests(SynchronousTestCase):
+    def test_clients_show_knocks_left(self):
+        f = ConsoleFixture(self, knocks=5)
+        f.h.knock("alice")
+        f.login()
+        page = f.browser.get("/clients").text
+        self.assertIn("alice", page)
+        self.assertIn("4 of 5", page)
+        self.assertIn("5 of 5", page)
+
+    def test_lift_from_the_lockouts_page(self):
+        f = ConsoleFixture(self, lockout=600)
+        locked_out(f)
+        csrf = f.login()
+        page = f.browser.get("/lockouts").text
+        self.assertIn("198.51.100.1", page)
+        self.assertIn("denied", page)
+        self.assertIn("600 s", page)
+        response = f.browser.post("/lift", {"source": "198.51.100.1", "csrf": csrf})
+        self.assertEqual(response.header(b"location"), b"/lockouts?lifted=198.51.100.1")
+        line, *_ = f.h.handshake(ip="198.51.100.1")
+        self.assertTrue(line.startswith(b"GRANT "), line)
+        event = f.h.audit.of("admin-lift")[-1]
+        self.assertEqual((event["lifted"], event["by"]), (["198.51.100.1"], "session"))
+
+    def test_revoke_from_the_clients_page(self):
+        f = ConsoleFixture(self)
+        csrf = f.login()
+        f.browser.post("/revoke", {"client": "alice", "csrf": csrf})
+        line, *_ = f.h.handshake("alice")
+        self.assertEqual(line, b"DENIED\n")
+        self.assertIn("revoked", f.browser.get("/clients").text)
+
+    def test_bearer_changes_without_csrf(self):
+        f = ConsoleFixture(self, lockout=600)
+        locked_out(f)
+        token = f.credentials.new_bearer()
+        api = Browser(f.console)
+        response = api.post("/lift", {"source": "all"}, origin=None,
+                            headers={"authorization": f"Bearer {token}"})
+        self.assertEqual(response.code, 200, response.text)
+        self.assertEqual(f.h.server.tracker.lockouts(), {})
+        self.assertEqual(f.h.audit.of("admin-lift")[-1]["by"], "bearer")
+
+    def test_overview_shows_lockouts_and_last_events(self):
+        f = ConsoleFixture(self, lockout=600)
+        locked_out(f)
+        f.login()
+        page = f.browser.get("/").text
+        self.assertIn("198.51.100.1", page)
+        self.assertIn("lockout", page)
+        self.assertIn("Up since", page)
+
+    def test_reports_page_has_a_chart_and_csv(self):
+        f = ConsoleFixture(self)
+        now = "2027-01-15T08"
+        f.wall.advance(0)
+        f.audit_path_lines([
+            f'{{"time":"{now}:00:01.000000Z","event":"open","ip":"192.0.2.1","client":"alice"}}',
+            f'{{"time":"{now}:00:02.000000Z","event":"fail","ip":"192.0.2.1","client":"alice",'
+            f'"reason":"timeout"}}',
+        ])
+        f.login()
+        page = f.browser.get("/reports?since=99999d").text
+        self.assertIn("<svg", page)
+        self.assertIn("1 opens, 1 failures", page)
+        csv = f.browser.get("/reports.csv?since=99999d")
+        self.assertEqual(csv.header(b"content-type"), b"text/csv; charset=utf-8")
+        self.assertIn(b"2027-01-15T08,1,1,0,0,0,timeout=1", csv.body)
+
+    def test_audit_page_filters_by_address(self):
+        f = ConsoleFixture(self)
+        f.audit_path_lines(
+            [f'{{"time":"2027-01-15T08:00:{n:02d}.000000Z","event":"hit","ip":"192.0.2.{n % 2}"}}'
+             for n in range(60)])
+        f.login()
+        page = f.browser.get("/audit?ip=192.0.2.1").text
+        self.assertIn("30 events match", page)
+        self.assertNotIn("192.0.2.0<", page)
+        first = f.browser.get("/audit").text
+        self.assertIn("60 events match", first)
+        self.assertIn("page 1 of 2", first)
+        self.assertIn("08:00:59", first)
+        self.assertIn("08:00:00", f.browser.get("/audit?page=2").text)
+        self.assertIn("Next", first)
+
+    def test_metrics_for_a_bearer(self):
+        f = ConsoleFixture(self)
+        f.h.knock("alice")
+        token = f.credentials.new_bearer()
+        response = Browser(f.console).get("/metrics",
+                                          headers={"authorization": f"Bearer {token}"})
+        self.assertEqual(response.code, 200)
+        self.assertIn(b'knocker_handshakes_total{result="grant"} 1.0', response.body)
+        self.assertIn(b'knocker_knocks_left{client="alice"} 4.0', response.body)

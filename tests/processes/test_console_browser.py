@@ -1,0 +1,159 @@
+"""
+The console in a real headless Chromium against a real daemon, as an
+operator uses it: the login URL that `knocker console` prints, clients with
+their knocks left, a lockout lifted with one click (the source gets a
+CHALLENGE again, and the audit log says who lifted it), the reports with
+their chart, a POST without its CSRF token refused, nothing without login.
+
+Screenshots go to tests/screenshots/ (git-ignored).  Skips, saying why,
+only when Chromium, its driver or selenium are not installed
+(tests/run.sh installs them).
+"""
+
+import os
+import shutil
+import tempfile
+import unittest
+
+from tests.helpers.processes import ROOT, knocker
+from tests.processes.test_console import ConsoleDaemonCase
+
+CHROMIUM = shutil.which("chromium")
+DRIVER = "/usr/bin/chromedriver"
+SCREENSHOTS = os.path.join(ROOT, "tests", "screenshots")
+
+try:
+    from selenium import webdriver
+    from selenium.common.exceptions import StaleElementReferenceException
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.wait import WebDriverWait
+except ImportError:  # pragma: no cover
+    webdriver = None
+
+
+def _missing() -> str | None:
+    if webdriver is None:
+        return "selenium is not installed (pip install '.[test]')"
+    if CHROMIUM is None or not os.path.exists(DRIVER):
+        return "chromium and chromium-driver are not installed (apt-get install chromium " \
+               "chromium-driver; tests/run.sh does it as root)"
+    return None
+
+
+@unittest.skipIf(_missing(), _missing())
+class ConsoleBrowserTests(ConsoleDaemonCase):
+    timeout = 180
+
+    def setUp(self):
+        super().setUp()
+        os.environ["SE_OFFLINE"] = "true"  # selenium must not fetch a driver
+        self.configure(admin="tcp:0:interface=127.0.0.1", lockout=600, lockout_scope="source")
+        self.alice = self.generate("alice", knocks=10)
+        self.generate("bob", knocks=30)
+        self.start()
+        profile = tempfile.mkdtemp(prefix="knocker-chromium-")
+        self.addCleanup(shutil.rmtree, profile, ignore_errors=True)
+        options = webdriver.ChromeOptions()
+        options.binary_location = CHROMIUM
+        for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+                     "--no-first-run", "--disable-background-networking",
+                     "--disable-component-update", "--disable-sync",
+                     "--window-size=1100,900", f"--user-data-dir={profile}"):
+            options.add_argument(flag)
+        self.browser = webdriver.Chrome(service=Service(DRIVER), options=options)
+        self.addCleanup(self.browser.quit)
+        os.makedirs(SCREENSHOTS, exist_ok=True)
+
+    def shot(self, name: str) -> None:
+        self.browser.save_screenshot(os.path.join(SCREENSHOTS, f"console-{name}.png"))
+
+    def text(self) -> str:
+        return self.browser.find_element(By.TAG_NAME, "body").text
+
+    def wait_until(self, condition) -> None:
+        """
+        A click that loads a page returns before the page is there.
+        """
+        WebDriverWait(self.browser, 10, ignored_exceptions=(StaleElementReferenceException,)
+                      ).until(lambda browser: condition())
+
+    def wait_for_title(self, title: str) -> None:
+        self.wait_until(lambda: self.browser.title.startswith(title))
+
+    def test_an_operator_session(self):
+        self.assertOpens(self.alice)
+        self.lock_myself_out(self.alice)
+        done = knocker("console", "--config", self.server_conf)
+        self.assertEqual(done.returncode, 0, done.stderr)
+        url = done.stdout.strip()
+        base = url.split("login")[0]
+
+        # Nothing without login.
+        self.browser.get(base + "clients")
+        self.assertIn("not logged in", self.text())
+        self.assertNotIn("alice", self.text())
+
+        # The URL knocker console printed, then Log in.
+        self.browser.get(url)
+        self.browser.find_element(By.ID, "login").click()
+        self.wait_for_title("Overview")
+        self.assertIn("Up since", self.text())
+        self.shot("overview")
+
+        # Clients and their knocks left.
+        self.browser.find_element(By.LINK_TEXT, "Clients").click()
+        self.wait_for_title("Clients")
+        rows = {row.text.split()[0]: row.text for row in
+                self.browser.find_elements(By.CSS_SELECTOR, "tbody tr")}
+        self.assertIn("9 of 10", rows["alice"])
+        self.assertIn("30 of 30", rows["bob"])
+        self.shot("clients")
+
+        # A lockout lifted with one click.
+        self.browser.find_element(By.LINK_TEXT, "Lockouts").click()
+        self.wait_for_title("Lockouts")
+        self.assertIn("127.0.0.1", self.text())
+        self.shot("lockouts")
+        self.browser.find_element(By.XPATH, "//button[text()='Lift 127.0.0.1']").click()
+        self.wait_until(lambda: "Lifted" in self.text())
+        self.assertIn("Lifted: 127.0.0.1", self.text())
+        self.assertIn("No lockout in force", self.text())
+        self.assertOpens(self.alice)  # CHALLENGE, GRANT, OPEN again
+        lifted = self.events("admin-lift")
+        self.assertEqual((lifted[-1]["lifted"], lifted[-1]["by"]), (["127.0.0.1"], "session"))
+
+        # ... and the audit page shows it.
+        self.browser.get(base + "audit?event=admin-lift")
+        self.assertIn("1 events match", self.text())
+        self.assertIn("admin-lift", self.text())
+
+        # Reports with a chart.
+        self.browser.find_element(By.LINK_TEXT, "Reports").click()
+        self.wait_for_title("Reports")
+        chart = self.browser.find_element(By.CSS_SELECTOR, "svg.chart")
+        self.assertGreater(chart.size["width"], 100)
+        self.assertTrue(self.browser.find_elements(By.CSS_SELECTOR, "svg.chart rect"))
+        self.shot("reports")
+
+        # A POST without its CSRF token, from the console's own page, is refused.
+        status = self.browser.execute_async_script(
+            "var done = arguments[arguments.length - 1];"
+            "fetch('/revoke', {method: 'POST', body: new URLSearchParams({client: 'bob'})})"
+            ".then(function (r) { done(r.status); });")
+        self.assertEqual(status, 403)
+        self.assertNotIn("admin-revoke", [e["event"] for e in self.events()])
+
+        # The overview's last events arrive as they happen (server-sent events).
+        self.browser.get(base)
+        self.assertNotIn("admin-revoke", self.text())
+        done = knocker("revoke", "bob", "--config", self.server_conf)
+        self.assertEqual(done.returncode, 0, done.stderr)
+        self.wait_until(
+            lambda: "admin-revoke" in self.browser.find_element(By.ID, "events").text)
+
+        # Narrow screen: the overview still reads.
+        self.browser.set_window_size(400, 900)
+        self.browser.get(base)
+        self.assertIn("Up since", self.text())
+        self.shot("overview-narrow")
