@@ -56,6 +56,18 @@ class PeerBenchTests(SynchronousTestCase):
             self.assertGreater(row["cpu_us_per_hit"], 0)
             self.assertEqual(row["lost_p50"], 0, f"{row['name']} lost hits: {row}")
 
+    def test_console_under_a_real_flood(self):
+        """
+        bench/console_flood.py for one short round: the daemon with its
+        console and three live subscribers takes a real connect flood, and
+        the subscribers are still connected at its end.
+        """
+        report = self.run_bench(os.path.join(BENCH, "console_flood.py"), "--seconds", "1",
+                                "--repeat", "1")
+        for mode in ("bare", "console"):
+            self.assertGreater(report[mode]["completed_per_s_p50"], 0, report)
+        self.assertEqual(report["runs"]["console"][0]["subscribers_alive_at_end"], 3, report)
+
     def test_knock_then_connect_through_a_door(self):
         """
         bench/door.py at one run an entry.  No timing is asserted, but one
