@@ -95,7 +95,8 @@ class KnockerBenchTests(SynchronousTestCase):
     def test_fleet(self):
         """
         bench/fleet.py on a throwaway PostgreSQL cluster (root, Debian's
-        postgresql).
+        postgresql): exchanges, lockout propagation, and time to open
+        through the fleet, where every knock must end OPEN.
         """
         report = self.run_bench("fleet.py")
         states = {row["state"] for row in report["exchanges"]}
@@ -105,5 +106,20 @@ class KnockerBenchTests(SynchronousTestCase):
             self.assertEqual(row["not_granted"], 0, row)
             self.assertPositive(row["grants_per_s_p50"], row["state"])
         self.assertEqual(report["lockout_propagation"]["failures"], 0)
+        opened = {row["entry"]: row for row in report["time_to_open"]["entries"]}
+        self.assertEqual(set(opened), {"python -c pass", "SQLite, 1 daemon",
+                                       "PostgreSQL, 2 gateways",
+                                       "PostgreSQL, 2 gateways, first dead"})
+        for entry, row in opened.items():
+            self.assertEqual(row["failures"], 0, row)
+            self.assertGreaterEqual(row["n"], 1, entry)
+            self.assertPositive(row["p50_ms"], entry)
+            self.assertPositive(row["p95_ms"], entry)
+            if entry != "python -c pass":  # every knock ended in an OPEN logged by a daemon
+                self.assertEqual(sum(row["opened_by"].values()), row["n"], row)
+                self.assertNotIn(None, row["opened_by"], row)
+        # the fleet's knocks reached both gateways, past the dead endpoint too
+        for entry in ("PostgreSQL, 2 gateways", "PostgreSQL, 2 gateways, first dead"):
+            self.assertEqual(set(opened[entry]["opened_by"]), {"gw1", "gw2"}, opened[entry])
 
     test_fleet.skip = postgres.skip_reason()
