@@ -629,6 +629,23 @@ class KnockServer:
             return done.addCallback(lambda _: True)
         return True
 
+    def invite(self, client: str, knocks: int, ports: int, expires: float, force: bool,
+               now: float | None = None):
+        """
+        C{client} created (or, with C{force}, replaced) in this daemon's own
+        store and book, with an invitation to enrol it
+        (L{knocker.enrol.invite.invite_in}): served at once.  Returns the
+        L{knocker.enrol.invite.Invited}, or a L{Deferred} firing with it
+        from a store that answers later (a fleet's, in its threads).
+        """
+        from knocker.enrol.invite import invite_in
+
+        now = self._wall.now() if now is None else now
+        run = getattr(self._store, "invite", None)
+        if run is not None:
+            return run(client, knocks, ports, expires, force, now)
+        return invite_in(self._store, self._book, client, knocks, ports, expires, force, now)
+
     def revocations_read(self, revoked: dict[str, str]) -> None:
         """
         The revocations as the state holds them (a fleet's gateways read
