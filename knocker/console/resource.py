@@ -417,7 +417,7 @@ class Console(Resource):
                               expires=iso_time(invited.expires), knocks=knocks,
                               replaced=force, by=who.kind)
             command = (f"knocker enroll {invited.code} --server "
-                       f"{view.enrol_endpoint(self.config.central, socket.getfqdn())}")
+                       f"{view.enrol_endpoint(self.config.central, socket.getfqdn(), self.server.central_port)}")
             if who.kind == "bearer":
                 request.setHeader(b"content-type", b"application/json")
                 return json.dumps({"client": client, "code": invited.code,

@@ -13,6 +13,7 @@ the reason of each lockout.  It knows what happened since the daemon
 started; the pages say so.
 """
 
+import re
 from collections import defaultdict, deque
 
 from attrs import frozen
@@ -142,18 +143,19 @@ def invitations(state: StateView, now: float) -> list[dict]:
             for slot, client, expires, tries in sorted(state.invitations) if expires > now]
 
 
-def enrol_endpoint(central: str, host: str) -> str:
+def enrol_endpoint(central: str, host: str, bound: int | None = None) -> str:
     """
     The C{--server} a client gives C{knocker enroll} to reach C{central}
     (this daemon's server endpoint): C{tcp:HOST:PORT}, C{tls:} for an
-    C{ssl:} one; the host is C{central}'s interface when it names one,
-    else C{host}.
+    C{ssl:} one; the port is C{bound} (where it listens) if known; the host
+    is C{central}'s interface when it names one, else C{host}.
     """
-    kind, *fields = central.split(":")
+    kind, *fields = re.split(r"(?<!\\):", central)  # "\:" is a colon inside a field
     port = next((f for f in fields if f.isdigit()), "7000")
     named = dict(f.partition("=")[::2] for f in fields if "=" in f)
-    port = named.get("port", port)
+    port = str(bound) if bound else named.get("port", port)
     interface = named.get("interface", "")
+    interface = interface.replace("\\:", ":")
     if interface and interface not in ("0.0.0.0", "::"):
         host = interface
     if ":" in host:

@@ -74,6 +74,9 @@ class KnockServer:
         tracker.observer = self
         self._lockout_flush = None
         self._revoked: dict[str, str] = {}  # client -> secret_id of its revoked file
+        #: The central port's number once it listens (the daemon sets it), for
+        #: the enrol command the console shows when C{central} says port 0.
+        self.central_port: int | None = None
         # The action-env names' values, taken once: every action gets the same.
         self.passed_env = passed_env(config.action_env)
         self.closes = CloseSchedule(

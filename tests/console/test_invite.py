@@ -139,3 +139,19 @@ class FleetInviteTests(SynchronousTestCase):
         self.assertEqual([i.client for i in f.h.store.invitations()], ["carol"])
         response = invite(f, csrf)
         self.assertEqual(response.code, 409)
+
+
+class EnrolEndpointTests(SynchronousTestCase):
+    def test_the_command_names_this_daemons_central_port(self):
+        from knocker.console.view import enrol_endpoint
+
+        self.assertEqual(enrol_endpoint("tcp:7000:interface=127.0.0.1", "gw"),
+                         "tcp:127.0.0.1:7000")
+        self.assertEqual(enrol_endpoint("tcp:0:interface=127.0.0.1", "gw", 41234),
+                         "tcp:127.0.0.1:41234", "where it listens")
+        self.assertEqual(enrol_endpoint("tcp:7000", "gw.example"), "tcp:gw.example:7000")
+        self.assertEqual(enrol_endpoint("tcp:port=7000:interface=0.0.0.0", "gw"), "tcp:gw:7000")
+        self.assertEqual(enrol_endpoint("ssl:7443:privateKey=k.pem:certKey=c.pem", "gw"),
+                         "tls:gw:7443")
+        self.assertEqual(enrol_endpoint("tcp:7000:interface=2001\\:db8\\:\\:1", "gw"),
+                         "tcp:2001\\:db8\\:\\:1:7000")
