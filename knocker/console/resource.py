@@ -424,7 +424,7 @@ class Console(Resource):
                                    "slot": invited.slot, "expires": invited.expires,
                                    "command": command}).encode() + b"\n"
             return self._html(request, pages.invited_page(
-                client, invited.code, command, iso_time(invited.expires), knocks, who.csrf))
+                client, invited.code, command, view.minute(invited.expires), knocks, who.csrf))
 
         def refused(failure):
             failure.trap(ValueError)

@@ -137,10 +137,15 @@ def clients(server, state: StateView, clock, activity: Activity, first: int = 0,
 
 def invitations(state: StateView, now: float) -> list[dict]:
     """The invitations still open at C{now} (wall time), by slot, without their words."""
-    return [{"slot": slot, "client": client, "expires": iso_time(expires),
+    return [{"slot": slot, "client": client, "expires": minute(expires),
              "left": describe_seconds(expires - now).removeprefix("in "),
              "tries_left": tries}
             for slot, client, expires, tries in sorted(state.invitations) if expires > now]
+
+
+def minute(seconds: float) -> str:
+    """POSIX time as a person reads it: C{2026-12-01 16:19} (UTC)."""
+    return iso_time(seconds)[:16].replace("T", " ")
 
 
 def enrol_endpoint(central: str, host: str, bound: int | None = None) -> str:
