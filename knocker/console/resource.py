@@ -436,8 +436,11 @@ class Console(Resource):
                 f"'Replace an existing client' and press Invite again: its old file stops "
                 f"working.  ({str(failure.value).split(';')[0]}.)")
         return maybeDeferred(self.server.invite, client, knocks,
-                             self.config.ports_per_knock, expires, force, self.wall()
-                             ).addCallbacks(done, refused)
+                             self.config.ports_per_knock, expires, force, self.wall(),
+                             self._blocking_call).addCallbacks(done, refused)
+
+    def _blocking_call(self, function, *args) -> Deferred:
+        return self.blocking(lambda: function(*args))
 
     def _problem(self, request, who, code: int, title: str, message: str) -> bytes:
         request.setResponseCode(code)

@@ -633,21 +633,29 @@ class KnockServer:
         return True
 
     def invite(self, client: str, knocks: int, ports: int, expires: float, force: bool,
-               now: float | None = None):
+               now: float | None = None, blocking=None):
         """
         C{client} created (or, with C{force}, replaced) in this daemon's own
         store and book, with an invitation to enrol it
         (L{knocker.enrol.invite.invite_in}): served at once.  Returns the
-        L{knocker.enrol.invite.Invited}, or a L{Deferred} firing with it
-        from a store that answers later (a fleet's, in its threads).
+        L{knocker.enrol.invite.Invited}, or a L{Deferred} firing with it.
+        A fleet's store does it all in its threads; with SQLite the file
+        is drawn by C{blocking} (C{deferToThread} in the daemon: a big file
+        takes seconds) and kept here.
         """
-        from knocker.enrol.invite import invite_in
+        from knocker.admin.clients import refuse_existing
+        from knocker.enrol.invite import draw_file, invite_in, keep_invited
 
         now = self._wall.now() if now is None else now
         run = getattr(self._store, "invite", None)
         if run is not None:
             return run(client, knocks, ports, expires, force, now)
-        return invite_in(self._store, self._book, client, knocks, ports, expires, force, now)
+        if blocking is None:
+            return invite_in(self._store, self._book, client, knocks, ports, expires, force, now)
+        refuse_existing(self._store.client(client), client, force)
+        pool = self._store.pool() or ()
+        return blocking(draw_file, client, pool, knocks, ports).addCallback(
+            lambda kf: keep_invited(self._store, self._book, kf, expires, force, now))
 
     def revocations_read(self, revoked: dict[str, str]) -> None:
         """

@@ -85,30 +85,54 @@ def invite_in(store, book, client: str, knocks: int, ports: int, expires: float,
     (SQLite and L{knocker.state.book.ClientBook}, or a fleet's
     L{knocker.state.postgres.PostgresStore} and
     L{knocker.daemon.fleet.DatabaseBook}, called from a database thread).
-    Blocking.
+    Blocking: L{draw_file}, then L{keep_invited}.
 
     @raise knocker.admin.clients.ClientExists: the client is registered
         and C{force} is not set.
     @raise ValueError: more C{ports} a knock than the pool holds.
     """
     from knocker.admin.clients import refuse_existing
-    from knocker.core.knockgen import format_knockfile, generate
 
-    refuse_existing(store.client(client), client, force)
-    pool = store.pool() or ()
+    refuse_existing(store.client(client), client, force)  # before the work of drawing
+    kf = draw_file(client, store.pool() or (), knocks, ports)
+    return keep_invited(store, book, kf, expires, force, now)
+
+
+def draw_file(client: str, pool, knocks: int, ports: int):
+    """
+    A new portknock file for C{client} (CPU only, no state: a thread may
+    draw it; a million knocks take seconds).
+
+    @raise ValueError: more C{ports} a knock than C{pool} holds, or no knock.
+    """
+    from knocker.core.knockgen import generate
+
     if not 0 < ports <= len(pool):
         raise ValueError(f"{ports} ports per knock, but the pool holds {len(pool)}")
     if knocks < 1:
         raise ValueError("knocks must be at least 1")
-    kf = generate(client, pool, knocks, ports, secrets.SystemRandom(),
-                  secrets.token_bytes(32), datetime.now(timezone.utc))
+    return generate(client, tuple(pool), knocks, ports, secrets.SystemRandom(),
+                    secrets.token_bytes(32), datetime.now(timezone.utc))
+
+
+def keep_invited(store, book, kf, expires: float, force: bool, now: float) -> Invited:
+    """
+    C{kf} registered in C{store} and C{book} (replacing the client only
+    with C{force}, checked again: it may have been made meanwhile), and an
+    invitation for it.
+    """
+    from knocker.admin.clients import refuse_existing
+    from knocker.core.knockgen import format_knockfile
+
+    client = kf.client
+    refuse_existing(store.client(client), client, force)
     if hasattr(store, "register_with_book"):
         # A fleet: counter and sealed copy in one transaction, every gateway.
-        store.register_with_book(client, knocks, kf.secret, format_knockfile(kf))
+        store.register_with_book(client, len(kf.knocks), kf.secret, format_knockfile(kf))
         book.refresh(client)
     else:
         book.add(kf)
-        store.register(client, knocks, kf.secret)
+        store.register(client, len(kf.knocks), kf.secret)
     return open_invitation(store, client, expires, now, book.path(client))
 
 
