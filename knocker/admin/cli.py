@@ -66,14 +66,10 @@ def _generate(args) -> int:
 
 def _invite(args) -> int:
     from knocker.admin.clients import ClientExists
-    from knocker.core.knockfile import valid_client_id
-    from knocker.enrol.invite import invite_client
+    from knocker.enrol.invite import check_invite, invite_client
 
     config = server_config(args)
-    if not valid_client_id(args.client):
-        raise ValueError(f"client id {args.client!r} must match [a-z0-9][a-z0-9_.-]{{0,63}}")
-    if args.expires <= 0:
-        raise ValueError("--expires must be a positive number of seconds")
+    check_invite(args.client, args.expires)
     knocks = args.knocks if args.knocks is not None else config.knocks
     ports = args.ports if args.ports is not None else config.ports_per_knock
     try:

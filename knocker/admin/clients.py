@@ -39,6 +39,18 @@ class ClientExists(ValueError):
     """
 
 
+def refuse_existing(existing, client: str, force: bool) -> None:
+    """
+    @raise ClientExists: C{existing} (C{client}'s state) is not C{None}
+        and C{force} is not set.
+    """
+    if existing is not None and not force:
+        raise ClientExists(
+            f"client {client!r} exists ({existing.left} of {existing.knocks} knocks "
+            f"left); --force replaces its file and secret (the old file stops working)"
+        )
+
+
 def generate_client(config, client: str, knocks: int, ports: int, output: str | None,
                     force: bool = False) -> Generated:
     """
@@ -52,12 +64,7 @@ def generate_client(config, client: str, knocks: int, ports: int, output: str | 
     store = open_store(config, create_key=True)
     try:
         with owner:
-            existing = store.client(client)
-            if existing is not None and not force:
-                raise ClientExists(
-                    f"client {client!r} exists ({existing.left} of {existing.knocks} knocks "
-                    f"left); --force replaces its file and secret (the old file stops working)"
-                )
+            refuse_existing(store.client(client), client, force)
             pool = ensure_pool(store, config)
         if ports > len(pool):
             raise ValueError(f"{ports} ports per knock, but the pool holds {len(pool)}")

@@ -154,8 +154,25 @@ def _pager(number: int, pages: int, link, label: str) -> Tag:
     return tags.nav(*parts, **{"aria-label": label})
 
 
+def invite_form(csrf: str, defaults: dict) -> Tag:
+    """Invite: a client name, knocks and expiry, and the Replace box."""
+    return tags.form(
+        tags.input(type="hidden", name="csrf", value=csrf),
+        tags.label("Client name ", tags.input(
+            name="client", required="required", size="20", maxlength="64",
+            pattern="[a-z0-9][a-z0-9_.\\-]{0,63}", id="invite-client")),
+        tags.label(" Knocks ", tags.input(name="knocks", size="6", inputmode="numeric",
+                                          placeholder=str(defaults["knocks"]))),
+        tags.label(" Code works for ", tags.input(name="expires", size="5",
+                                                  placeholder="1h"), " (30m, 1h, 2d)"),
+        tags.label(" ", tags.input(type="checkbox", name="replace", value="yes"),
+                   " Replace an existing client (its old file stops working)"),
+        " ", tags.button("Invite", type="submit", id="invite"),
+        method="post", action="/invite", class_="filters")
+
+
 def clients_page(rows: list, csrf: str, message: str = "", number: int = 1,
-                 pages: int = 1) -> bytes:
+                 pages: int = 1, invitations: list = (), defaults: dict | None = None) -> bytes:
     body = []
     if message:
         body.append(tags.p(message, role="status"))
@@ -170,12 +187,49 @@ def clients_page(rows: list, csrf: str, message: str = "", number: int = 1,
                 else tags.p("No clients yet: run 'knocker generate CLIENT' on the server."))
     if pages > 1:
         body.append(_pager(number, pages, lambda n: f"/clients?page={n}", "pages of clients"))
+    body.append(tags.h2("Invite a client"))
+    body.append(tags.p("Makes the client and a one-time code; on the client's machine, "
+                       "'knocker enroll CODE --server ...' fetches its file.  The code is "
+                       "shown once, on the next page."))
+    body.append(invite_form(csrf, defaults or {"knocks": 1000}))
+    body.append(tags.h2("Open invitations"))
+    body.append(_table(("slot", "client", "expires (UTC)", "time left", "tries left"),
+                       [[str(i["slot"]), i["client"], i["expires"], i["left"],
+                         str(i["tries_left"])] for i in invitations],
+                       "Codes not used yet (their words are never shown again)")
+                if invitations else tags.p("None."))
     return page(
         "Clients",
         "Each client's knocks left, its last open, and when it will run out at its recent "
         "rate.  Revoke a client whose file is lost or stolen: its next knock is DENIED.  "
-        "When few knocks are left, give it a new file (knocker generate CLIENT --force).",
+        "When few knocks are left, give it a new file (knocker generate CLIENT --force).  "
+        "Invite a new client below.",
         *body, csrf=csrf)
+
+
+def invited_page(client: str, code: str, command: str, expires: str, knocks: int,
+                 csrf: str) -> bytes:
+    """The one-time code, shown this once."""
+    return page(
+        "Invitation made",
+        f"Client {client} is created, with {knocks} knocks.  Give its user the command "
+        f"below, over a channel you trust (in person, by phone, a signed message).  It works "
+        f"once, until {expires} UTC, with 3 tries.  This page is the only time the code is "
+        f"shown: it is not kept anywhere you can read it again.",
+        tags.p("The code: ", tags.strong(code, id="code")),
+        tags.p("On the client's machine, run:"),
+        tags.pre(tags.code(command, id="command")),
+        tags.p("If the client reaches this server by another name or address, put that in "
+               "place of the host.  Lost the code?  Invite the client again with Replace "
+               "ticked."),
+        tags.p(tags.a("Back to the clients", href="/clients")),
+        csrf=csrf)
+
+
+def problem_page(title: str, message: str, csrf: str) -> bytes:
+    """A change refused for what was asked (not for who asked)."""
+    return page(title, message, tags.p(tags.a("Back to the clients", href="/clients")),
+                csrf=csrf)
 
 
 def lockouts_page(rows: list, csrf: str, message: str = "") -> bytes:

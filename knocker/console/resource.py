@@ -15,6 +15,7 @@ token is asked of it.
 import hmac
 import ipaddress
 import json
+import socket
 from urllib.parse import urlencode
 
 from attrs import frozen
@@ -59,6 +60,7 @@ ROUTES = (
     Route("GET", "/api/status", "api_status"),
     Route("POST", "/lift", "lift"),
     Route("POST", "/revoke", "revoke"),
+    Route("POST", "/invite", "invite"),
     Route("POST", "/logout", "logout"),
 )
 
@@ -263,7 +265,8 @@ class Console(Resource):
             rows = view.clients(self.server, state, self.clock, self.activity,
                                 (number - 1) * per, per)
             return self._html(request, pages.clients_page(
-                rows, who.csrf or "", message, number, max(1, -(-total // per))))
+                rows, who.csrf or "", message, number, max(1, -(-total // per)),
+                view.invitations(state, self.wall()), {"knocks": self.config.knocks}))
         return self._state().addCallback(draw)
 
     def page_lockouts(self, request, who):
@@ -385,3 +388,63 @@ class Console(Resource):
                                  "/clients?" + urlencode({"revoked": client}),
                                  {"revoked": client})
         return maybeDeferred(self.server.revoke, client).addCallback(done)
+
+    def page_invite(self, request, who):
+        """
+        C{knocker invite} in the running daemon: the client made in its own
+        store and book (served at once) and the code shown this once (the
+        audit event names the client, never the code).
+        """
+        from knocker.admin.clients import ClientExists
+        from knocker.enrol.invite import DEFAULT_EXPIRES, check_invite
+
+        client = self._arg(request, "client").strip()
+        force = self._arg(request, "replace") in ("yes", "on", "true", "1")
+        try:
+            knocks_text = self._arg(request, "knocks").strip()
+            knocks = int(knocks_text) if knocks_text else self.config.knocks
+            if not 1 <= knocks <= 1_000_000:
+                raise ValueError(f"knocks must be from 1 to 1000000, not {knocks}")
+            expires_text = self._arg(request, "expires").strip()
+            expires = parse_duration(expires_text) if expires_text else DEFAULT_EXPIRES
+            check_invite(client, expires)
+        except ValueError as error:
+            return self._problem(request, who, 400, "Not invited",
+                                 str(error).replace("--expires", "the time the code works"))
+
+        def done(invited):
+            self.audit.record("admin-invite", client=client, slot=invited.slot,
+                              expires=iso_time(invited.expires), knocks=knocks,
+                              replaced=force, by=who.kind)
+            command = (f"knocker enroll {invited.code} --server "
+                       f"{view.enrol_endpoint(self.config.central, socket.getfqdn(), self.server.central_port)}")
+            if who.kind == "bearer":
+                request.setHeader(b"content-type", b"application/json")
+                return json.dumps({"client": client, "code": invited.code,
+                                   "slot": invited.slot, "expires": invited.expires,
+                                   "command": command}).encode() + b"\n"
+            return self._html(request, pages.invited_page(
+                client, invited.code, command, view.minute(invited.expires), knocks, who.csrf))
+
+        def refused(failure):
+            failure.trap(ValueError)
+            if not failure.check(ClientExists):  # more ports a knock than the pool holds
+                return self._problem(request, who, 400, "Not invited", str(failure.value))
+            return self._problem(
+                request, who, 409, "Not invited",
+                f"Client {client} exists already.  To give it a new file and a code, tick "
+                f"'Replace an existing client' and press Invite again: its old file stops "
+                f"working.  ({str(failure.value).split(';')[0]}.)")
+        return maybeDeferred(self.server.invite, client, knocks,
+                             self.config.ports_per_knock, expires, force, self.wall(),
+                             self._blocking_call).addCallbacks(done, refused)
+
+    def _blocking_call(self, function, *args) -> Deferred:
+        return self.blocking(lambda: function(*args))
+
+    def _problem(self, request, who, code: int, title: str, message: str) -> bytes:
+        request.setResponseCode(code)
+        if who.kind == "bearer":
+            request.setHeader(b"content-type", b"application/json")
+            return json.dumps({"error": message}).encode() + b"\n"
+        return self._html(request, pages.problem_page(title, message, who.csrf))

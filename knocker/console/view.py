@@ -13,12 +13,14 @@ the reason of each lockout.  It knows what happened since the daemon
 started; the pages say so.
 """
 
+import re
 from collections import defaultdict, deque
 
 from attrs import frozen
 from twisted.internet.defer import Deferred, succeed
 
 from knocker.console.report import run_out
+from knocker.core.isotime import iso_time
 from knocker.core.tracker import GLOBAL
 
 RATE_KNOCKS = 20
@@ -54,11 +56,15 @@ class StateView:
     pool_size: int
     pending_closes: int
     clients: list
+    invitations: tuple = ()  # (slot, client, expires, tries left) of those unused: no words
 
 
 def snapshot(store) -> StateView:
     """The L{StateView} of C{store}, read here and now (blocking)."""
-    return StateView(len(store.pool() or ()), len(store.pending_closes()), store.clients())
+    invitations = [(i.slot, i.client, i.expires, i.tries - i.attempts)
+                   for i in store.invitations() if not i.used and i.attempts < i.tries]
+    return StateView(len(store.pool() or ()), len(store.pending_closes()), store.clients(),
+                     invitations)
 
 
 def read_state(store) -> Deferred:
@@ -127,6 +133,39 @@ def clients(server, state: StateView, clock, activity: Activity, first: int = 0,
             "revoked": server.is_revoked(state),
         })
     return rows
+
+
+def invitations(state: StateView, now: float) -> list[dict]:
+    """The invitations still open at C{now} (wall time), by slot, without their words."""
+    return [{"slot": slot, "client": client, "expires": minute(expires),
+             "left": describe_seconds(expires - now).removeprefix("in "),
+             "tries_left": tries}
+            for slot, client, expires, tries in sorted(state.invitations) if expires > now]
+
+
+def minute(seconds: float) -> str:
+    """POSIX time as a person reads it: C{2026-12-01 16:19} (UTC)."""
+    return iso_time(seconds)[:16].replace("T", " ")
+
+
+def enrol_endpoint(central: str, host: str, bound: int | None = None) -> str:
+    """
+    The C{--server} a client gives C{knocker enroll} to reach C{central}
+    (this daemon's server endpoint): C{tcp:HOST:PORT}, C{tls:} for an
+    C{ssl:} one; the port is C{bound} (where it listens) if known; the host
+    is C{central}'s interface when it names one, else C{host}.
+    """
+    kind, *fields = re.split(r"(?<!\\):", central)  # "\:" is a colon inside a field
+    port = next((f for f in fields if f.isdigit()), "7000")
+    named = dict(f.partition("=")[::2] for f in fields if "=" in f)
+    port = str(bound) if bound else named.get("port", port)
+    interface = named.get("interface", "")
+    interface = interface.replace("\\:", ":")
+    if interface and interface not in ("0.0.0.0", "::"):
+        host = interface
+    if ":" in host:
+        host = host.replace(":", "\\:")  # an IPv6 address, as Twisted's endpoints write it
+    return f"{'tls' if kind == 'ssl' else 'tcp'}:{host}:{port}"
 
 
 def describe_seconds(seconds: float | None) -> str:

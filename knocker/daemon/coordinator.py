@@ -74,6 +74,9 @@ class KnockServer:
         tracker.observer = self
         self._lockout_flush = None
         self._revoked: dict[str, str] = {}  # client -> secret_id of its revoked file
+        #: The central port's number once it listens (the daemon sets it), for
+        #: the enrol command the console shows when C{central} says port 0.
+        self.central_port: int | None = None
         # The action-env names' values, taken once: every action gets the same.
         self.passed_env = passed_env(config.action_env)
         self.closes = CloseSchedule(
@@ -628,6 +631,31 @@ class KnockServer:
         if isinstance(done, Deferred):
             return done.addCallback(lambda _: True)
         return True
+
+    def invite(self, client: str, knocks: int, ports: int, expires: float, force: bool,
+               now: float | None = None, blocking=None):
+        """
+        C{client} created (or, with C{force}, replaced) in this daemon's own
+        store and book, with an invitation to enrol it
+        (L{knocker.enrol.invite.invite_in}): served at once.  Returns the
+        L{knocker.enrol.invite.Invited}, or a L{Deferred} firing with it.
+        A fleet's store does it all in its threads; with SQLite the file
+        is drawn by C{blocking} (C{deferToThread} in the daemon: a big file
+        takes seconds) and kept here.
+        """
+        from knocker.admin.clients import refuse_existing
+        from knocker.enrol.invite import draw_file, invite_in, keep_invited
+
+        now = self._wall.now() if now is None else now
+        run = getattr(self._store, "invite", None)
+        if run is not None:
+            return run(client, knocks, ports, expires, force, now)
+        if blocking is None:
+            return invite_in(self._store, self._book, client, knocks, ports, expires, force, now)
+        refuse_existing(self._store.client(client), client, force)
+        pool = self._store.pool() or ()
+        return blocking(draw_file, client, pool, knocks, ports).addCallback(
+            lambda kf: keep_invited(self._store, self._book, kf, expires, force, now))
 
     def revocations_read(self, revoked: dict[str, str]) -> None:
         """

@@ -328,6 +328,13 @@ class ThreadedStore:
     def revoke(self, client: str) -> Deferred:
         return self._defer(self._store.revoke, client)
 
+    def invite(self, client, knocks, ports, expires, force, now) -> Deferred:
+        """L{knocker.enrol.invite.invite_in} in the thread pool, on the raw store."""
+        from knocker.enrol.invite import invite_in
+
+        return self._defer(invite_in, self._store, self.book, client, knocks, ports, expires,
+                           force, now)
+
     def read_revoked(self) -> Deferred:
         """Every revocation, read in the thread pool (L{LockoutSync})."""
         return self._defer(self._store.revoked)

@@ -195,6 +195,7 @@ class KnockServerService(service.Service):
         if isinstance(result[0], Failure):
             raise StartupError(f"central endpoint {config.central!r}: {result[0].value}")
         self.central_port = result[0]
+        self.server.central_port = self.central_port.getHost().port
         self.server.restore()
         if config.database:
             from knocker.daemon.fleet import LockoutSync

@@ -145,5 +145,7 @@ class ConsoleFixture:
             store.revoked(),
             sorted(self.h.server.tracker.lockouts()),
             store.lockouts(0),
+            store.invitations(),
+            sorted(os.listdir(os.path.join(self.h.config.state_dir, "clients"))),
             [e for e in self.h.audit.events if not e["event"].startswith("admin-log")],
         )

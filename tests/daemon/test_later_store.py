@@ -11,7 +11,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from knocker.core import handshake as hs
 from knocker.core.knockfile import KnockFileText
 from knocker.state.interface import StateError, secret_id
-from tests.helpers.harness import Harness
+from tests.helpers.harness import Harness, enroll
 
 LATER = ("client", "burn", "pending", "promote", "invitation", "invitation_attempt",
          "use_invitation")
@@ -251,24 +251,6 @@ class RenewalThroughDeferredsTests(SynchronousTestCase):
 WORDS = "crossover-clockwork-lantern"
 
 
-class _HarnessConn:
-    """The enrolling client's connection: lines to the protocol and back."""
-
-    def __init__(self, proto, transport):
-        self.proto = proto
-        self.transport = transport
-        self.lines = []
-
-    def send(self, line):
-        self.proto.dataReceived(line)
-
-    async def readline(self, timeout):
-        if not self.lines:
-            self.lines = self.transport.value().split(b"\n")[:-1]
-            self.transport.clear()
-        return self.lines.pop(0) if self.lines else None
-
-
 class EnrolThroughDeferredsTests(SynchronousTestCase):
     """
     An enrolment on the central port when the invitation's lookups, its
@@ -281,11 +263,7 @@ class EnrolThroughDeferredsTests(SynchronousTestCase):
         self.slot = self.h.store.add_invitation("alice", WORDS, now + 3600, 3, now)
 
     def enroll(self, words=WORDS):
-        from knocker.client.knock import run_blocking
-        from knocker.enrol.client import _exchange
-
-        proto, transport = self.h.connect()
-        return run_blocking(_exchange(_HarnessConn(proto, transport), self.slot, words, 5))
+        return enroll(self.h, self.slot, words)
 
     def test_enrolled(self):
         from knocker.enrol.client import Outcome

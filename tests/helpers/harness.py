@@ -125,6 +125,39 @@ class Harness:
         return grant, transport
 
 
+class HarnessConnection:
+    """
+    An enrolling client's connection (L{knocker.enrol.client}'s C{conn})
+    to the harness's central port: lines to the protocol and back.
+    """
+
+    def __init__(self, proto, transport):
+        self.proto = proto
+        self.transport = transport
+        self.lines = []
+
+    def send(self, line):
+        self.proto.dataReceived(line)
+
+    async def readline(self, timeout):
+        if not self.lines:
+            self.lines = self.transport.value().split(b"\n")[:-1]
+            self.transport.clear()
+        return self.lines.pop(0) if self.lines else None
+
+
+def enroll(harness, slot: int, words: str, ip="192.0.2.10"):
+    """
+    The real client's exchange (L{knocker.enrol.client}) on the harness's
+    central port; its L{knocker.enrol.client.Result}.
+    """
+    from knocker.client.knock import run_blocking
+    from knocker.enrol.client import _exchange
+
+    proto, transport = harness.connect(ip)
+    return run_blocking(_exchange(HarnessConnection(proto, transport), slot, words, 5))
+
+
 def a_decoy(harness, client="alice", index=1):
     """
     A pool port that is not in knock C{index}.

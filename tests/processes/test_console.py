@@ -12,6 +12,7 @@ import socket
 import stat
 import subprocess
 import urllib.request
+from urllib.parse import urlencode
 
 from knocker.admin.demo import twistd_command
 from knocker.state.sqlite import SQLiteStore
@@ -20,9 +21,11 @@ from tests.helpers.processes import DaemonCase, environment, knocker, write_conf
 ADMIN = "tcp:0:interface=127.0.0.1"
 
 
-def get(url: str, token: str | None = None) -> tuple[int, bytes]:
+def get(url: str, token: str | None = None, post: dict | None = None) -> tuple[int, bytes]:
+    """C{url} fetched (POSTed C{post}, if given), with a bearer C{token}."""
     request = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"}
-                                     if token else {})
+                                     if token else {},
+                                     data=None if post is None else urlencode(post).encode())
     try:
         with urllib.request.urlopen(request, timeout=10) as reply:
             return reply.status, reply.read()

@@ -3,7 +3,7 @@ The console in a real headless Chromium against a real daemon, as an
 operator uses it: the login URL that `knocker console` prints, clients with
 their knocks left, a lockout lifted with one click (the source gets a
 CHALLENGE again, and the audit log says who lifted it), the reports with
-their chart, a POST without its CSRF token refused, nothing without login.
+their chart, a client invited whose code enrols with `knocker enroll`, a POST without its CSRF token refused, nothing without login.
 
 Screenshots go to tests/screenshots/ (git-ignored).  Skips, saying why,
 only when Chromium, its driver or selenium are not installed
@@ -151,6 +151,33 @@ class ConsoleBrowserTests(ConsoleDaemonCase):
         self.assertEqual(done.returncode, 0, done.stderr)
         self.wait_until(
             lambda: "admin-revoke" in self.browser.find_element(By.ID, "events").text)
+
+        # Invite: the code shown once enrols with the real knocker enroll, and knocks.
+        self.browser.get(base + "clients")
+        self.browser.find_element(By.ID, "invite-client").send_keys("carol")
+        self.browser.find_element(By.NAME, "knocks").send_keys("5")
+        self.browser.find_element(By.ID, "invite").click()
+        self.wait_for_title("Invitation made")
+        code = self.browser.find_element(By.ID, "code").text
+        command = self.browser.find_element(By.ID, "command").text
+        self.assertEqual(command, f"knocker enroll {code} --server tcp:127.0.0.1:{self.port}")
+        self.shot("invited")
+        self.assertNotIn(code.split("-", 1)[1], open(self.audit).read(), "no code in the log")
+        self.assertEqual(self.events("admin-invite")[-1]["client"], "carol")
+        out = os.path.join(self.dir, "carol", "carol.knock")
+        os.makedirs(os.path.dirname(out))
+        done = knocker(*command.split()[1:], "-o", out)
+        self.assertEqual(done.returncode, 0, done.stdout + done.stderr)
+        knocked = knocker("knock", "--config", out[:-len(".knock")] + ".conf", "--log-file",
+                          os.path.join(self.dir, "carol.log"))
+        self.assertIn("OPEN", knocked.stdout, knocked.stdout + knocked.stderr)
+        # An existing client is refused unless Replace is ticked.
+        self.browser.get(base + "clients")
+        self.assertIn("Open invitations", self.text())
+        self.browser.find_element(By.ID, "invite-client").send_keys("bob")
+        self.browser.find_element(By.ID, "invite").click()
+        self.wait_for_title("Not invited")
+        self.assertIn("exists already", self.text())
 
         # Narrow screen: the overview still reads.
         self.browser.set_window_size(400, 900)

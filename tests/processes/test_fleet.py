@@ -510,7 +510,7 @@ class FleetConsoleTests(FleetCase):
     """
     The console's changes on a fleet: made through one gateway's admin API
     (knocker revoke, knocker unlock), they hold on the other within a
-    couple of seconds.
+    couple of seconds; a client invited there enrols at the other.
     """
 
     def setUp(self):
@@ -568,6 +568,34 @@ class FleetConsoleTests(FleetCase):
         for n in (0, 1):
             reply, taken = self.reply_within(n, kf.secret, "GRANT", 5)
             self.assertTrue(reply.startswith("GRANT"), (n, reply))
+
+    def test_invite_through_one_gateway_enrols_on_the_other(self):
+        from knocker.console.access import Credentials
+        from tests.processes.test_console import get
+
+        self.two_gateways()
+        home = os.path.dirname(self.confs[0])
+        daemon = Credentials(os.path.join(home, "state")).daemon()
+        status, body = get(daemon["url"] + "invite", daemon["token"],
+                           {"client": "carol", "knocks": "5", "expires": "10m"})
+        self.assertEqual(status, 200, body + self.gateways[0].log()[-2000:].encode())
+        answer = json.loads(body)
+        self.assertEqual(answer["command"], f"knocker enroll {answer['code']} --server "
+                                            f"tcp:{HOSTS[0]}:{self.ports[0]}")
+        out = os.path.join(self.dir, "client", "carol.knock")
+        os.makedirs(os.path.dirname(out))
+        enrolled = knocker("enroll", answer["code"], "--server", self.endpoint(1), "-o", out)
+        self.assertEqual(enrolled.returncode, 0, enrolled.stdout + enrolled.stderr
+                         + self.gateways[1].log()[-2000:])
+        for n in (0, 1):  # served at once by the gateway that made it, and by the other
+            done = self.knock(out, self.endpoint(n))
+            self.assertEqual(done.returncode, 0, done.stdout + done.stderr
+                             + self.gateways[n].log()[-2000:])
+        self.assertEqual(self.audit(0, "admin-invite")[0]["client"], "carol")
+        self.assertNotIn(answer["code"].split("-", 1)[1],
+                         open(os.path.join(home, "audit.log")).read())
+        status, body = get(daemon["url"] + "invite", daemon["token"], {"client": "carol"})
+        self.assertEqual(status, 409, body)
 
     def test_unlock_all_through_one_gateway_lifts_on_the_other(self):
         kf = self.two_gateways()
