@@ -132,7 +132,7 @@ class KnockServer:
         state = self._store.client(client)
         if isinstance(state, Deferred):
             return state.addCallbacks(
-                self._judge, self._store_failed,
+                self._judge_later, self._store_failed,
                 callbackArgs=(ip, client, nonce, proof, session), errbackArgs=(ip, client))
         return self._judge(state, ip, client, nonce, proof, session)
 
@@ -145,10 +145,17 @@ class KnockServer:
             return hs.Locked(refusal.retry_after)
         return None
 
-    def _judge(self, state, ip, client, nonce, proof, session):
+    def _judge_later(self, state, ip, client, nonce, proof, session):
+        """
+        L{_judge} once a store that answers later has: the daemon may have
+        stopped, or the source been locked out, meanwhile.
+        """
         early = self._stopped_or_locked(ip, client)
         if early is not None:
             return early
+        return self._judge(state, ip, client, nonce, proof, session)
+
+    def _judge(self, state, ip, client, nonce, proof, session):
         # Unknown clients have their proof checked by the same code, against
         # a random stand-in secret; the central port sends every DENIED at
         # one fixed delay after the PROOF, so the time of the two denials
@@ -169,26 +176,29 @@ class KnockServer:
         else:
             secret = None
         expected = _hmac_hex(secret or self._dummy_secret, hs.hello_message(client, nonce))
-        if secret is not None and not hmac.compare_digest(expected, proof):
+        matched = hmac.compare_digest(expected, proof) and secret is not None
+        if secret is not None and not matched:
             # A renewed file proving itself (section 10): it becomes current.
             # Its lookup may answer later too (a fleet's database).
             return then(self._proven_renewal(ip, client, nonce, proof), self._proved,
-                        state, secret, ip, client, nonce, proof, session)
-        return self._proved(None, state, secret, ip, client, nonce, proof, session)
+                        False, state, secret, ip, client, nonce, session)
+        return self._proved(None, matched, state, secret, ip, client, nonce, session)
 
-    def _proved(self, renewed, state, secret, ip, client, nonce, proof, session):
+    def _proved(self, renewed, matched, state, secret, ip, client, nonce, session):
         """
-        The rest of L{_judge}, once the proof's secret is known: C{renewed}
-        is C{(state, secret)} of a pending generation just promoted.
+        The rest of L{_judge}, once the proof is checked: C{matched} says
+        whether it was made with C{secret}; C{renewed} is C{(state,
+        secret)} of a pending generation the proof was made with, just
+        promoted.
         """
         if renewed is not None:
             state, secret = renewed
+            matched = True
             early = self._stopped_or_locked(ip, client)
             if early is not None:
                 return early
         refusal = self.tracker.refusal(ip)
-        expected = _hmac_hex(secret or self._dummy_secret, hs.hello_message(client, nonce))
-        if not hmac.compare_digest(expected, proof) or secret is None:
+        if not matched:
             # A revoked file reaches here as an unknown client (state None).
             revoked = secret is None and client in self._revoked
             reason = "revoked" if revoked else "unknown-client" if secret is None else "bad-proof"
