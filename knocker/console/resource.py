@@ -416,8 +416,12 @@ class Console(Resource):
             self.audit.record("admin-invite", client=client, slot=invited.slot,
                               expires=iso_time(invited.expires), knocks=knocks,
                               replaced=force, by=who.kind)
+            # getfqdn may ask DNS: off the reactor.
+            return self._blocking_call(socket.getfqdn).addCallback(shown, invited)
+
+        def shown(host, invited):
             command = (f"knocker enroll {invited.code} --server "
-                       f"{view.enrol_endpoint(self.config.central, socket.getfqdn(), self.server.central_port)}")
+                       f"{view.enrol_endpoint(self.config.central, host, self.server.central_port)}")
             if who.kind == "bearer":
                 request.setHeader(b"content-type", b"application/json")
                 return json.dumps({"client": client, "code": invited.code,

@@ -332,6 +332,8 @@ class KnockServer:
         with a store that answers later, a L{Deferred} of either.  A
         failure is logged and offers nothing: the OPEN stands.
         """
+        if self.config.renew_at == 0:
+            return None  # renewal off: no state to read on every OPEN
         return self._guarded(None, "preparing a renewal for {client}", client,
                              lambda: then(self._store.client(client), self._offer,
                                           ip, client, nonce))
