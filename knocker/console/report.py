@@ -153,7 +153,7 @@ def summarise(lines, bucket: str = "hour", since: str | None = None) -> Report:
             row.reasons[event.get("reason", "?")] += 1
         elif kind == "lockout":
             row.lockouts += 1
-        elif kind == "denied" or kind == "revoked":
+        elif kind == "denied":
             row.denials += 1
         elif kind == "grant":
             grants[client] += 1

@@ -593,7 +593,7 @@ class LockoutSync:
                 while not self._stopping.is_set():
                     for notice in conn.notifies(timeout=LISTEN_POLL):
                         self._reactor.callFromThread(self._notified, notice.payload)
-            except (StateError, Exception) as error:
+            except Exception as error:
                 if not self._stopping.is_set():
                     self._reactor.callFromThread(self._set_available, False, str(error))
                     self._stopping.wait(RECONNECT)

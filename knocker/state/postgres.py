@@ -136,10 +136,6 @@ def lift_notice(key: str | None) -> str:
     return LIFT_NOTICE if key is None else f"{LIFT_NOTICE} {key}"
 
 
-def is_database_uri(text: str) -> bool:
-    return text.startswith(("postgresql://", "postgres://"))
-
-
 _SECRET_PARAMS = re.compile(r"((?:^|[?&])(?:ssl)?password=)[^&]*", re.IGNORECASE)
 
 
