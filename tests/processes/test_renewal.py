@@ -47,10 +47,19 @@ class RenewalTests(DaemonCase):
         self.assertEqual(self.status()["clients"][0]["used"], 2)
 
     def test_knock_start_up_loads_no_enrolment_module(self):
+        """
+        A whole knock that OPENs with no renewal due (8 of 9 knocks left)
+        loads nothing of enrolment or its cryptography.
+        """
+        self.configure()
+        knock_file = self.generate(knocks=9, ports=3)
+        self.start()
         done = subprocess.run(
-            [sys.executable, "-X", "importtime", "-m", "knocker.main", "knock", "--help"],
+            [sys.executable, "-X", "importtime", "-m", "knocker.main", "knock",
+             "--server", f"tcp:host=127.0.0.1:port={self.port}", "--knock-file", knock_file],
             cwd=ROOT, env=environment(), capture_output=True, text=True, timeout=60)
-        self.assertEqual(done.returncode, 0, done.stderr)
+        self.assertEqual(done.returncode, 0, done.stdout + done.stderr)
+        self.assertIn("OPEN", done.stdout)
         loaded = [line.rsplit("|", 1)[-1].strip() for line in done.stderr.splitlines()
                   if line.startswith("import time:")]
         self.assertTrue(any(name.startswith("knocker.client") for name in loaded), loaded)

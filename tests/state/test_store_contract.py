@@ -316,14 +316,6 @@ class InvitationContract:
         self.assertIsNone(self.store.invitation_attempt(slot, 1000.0), "used")
         self.assertEqual(self.store.invitation(slot).attempts, 0)
 
-    def test_kept_across_reopening(self):
-        if not hasattr(self, "reopen"):
-            return
-        slot = self.store.add_invitation("alice", "x", 2000.0, 3, 1000.0)
-        self.store.invitation_attempt(slot, 1000.0)
-        store = self.reopen()
-        self.assertEqual(store.invitation(slot), Invitation(1, "alice", "x", 2000.0, 3, 1, False))
-
 
 class RenewalContract:
     """
@@ -363,6 +355,25 @@ class RenewalContract:
         self.assertIsNone(self.store.pending("alice"))
 
 
+class DurableContract:
+    """
+    What a store on disk keeps when it is closed and opened again
+    (C{reopen}): the memory store has no such thing.
+    """
+
+    def test_invitation_kept_across_reopening(self):
+        slot = self.store.add_invitation("alice", "x", 2000.0, 3, 1000.0)
+        self.store.invitation_attempt(slot, 1000.0)
+        store = self.reopen()
+        self.assertEqual(store.invitation(slot), Invitation(1, "alice", "x", 2000.0, 3, 1, False))
+
+    def test_revocation_survives_reopening(self):
+        self.store.register("alice", 3, SECRET)
+        self.store.revoke("alice")
+        store = self.reopen()
+        self.assertEqual(store.revoked(), {"alice": secret_id(SECRET)})
+
+
 class MemoryStoreContractTests(StoreContract, InvitationContract, RenewalContract,
                                SynchronousTestCase):
 
@@ -371,7 +382,7 @@ class MemoryStoreContractTests(StoreContract, InvitationContract, RenewalContrac
 
 
 class SQLiteStoreContractTests(StoreContract, InvitationContract, RenewalContract,
-                               SynchronousTestCase):
+                               DurableContract, SynchronousTestCase):
 
     def make_store(self):
         state_dir = self.mktemp()
@@ -387,19 +398,10 @@ class SQLiteStoreContractTests(StoreContract, InvitationContract, RenewalContrac
         self.addCleanup(store.close)
         return store
 
-    def test_revocation_survives_reopening(self):
-        state_dir = self.mktemp()
-        store = SQLiteStore(state_dir)
-        store.register("alice", 3, SECRET)
-        store.revoke("alice")
-        store.close()
-        again = SQLiteStore(state_dir)
-        self.addCleanup(again.close)
-        self.assertEqual(again.revoked(), {"alice": secret_id(SECRET)})
 
 
 class PostgresStoreContractTests(StoreContract, InvitationContract, RenewalContract,
-                                 SynchronousTestCase):
+                                 DurableContract, SynchronousTestCase):
     """
     The same contract on a real PostgreSQL (tests/helpers/postgres.py):
     one database per test.
