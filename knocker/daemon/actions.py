@@ -59,6 +59,9 @@ class ProcessRunner:
         self._reactor = reactor
         self._timeout = timeout
         self._use_pidfd = use_pidfd and hasattr(os, "pidfd_open")
+        # Read once: asking for all 64 dispositions took 0.1 ms of every
+        # knock, and nothing in the daemon ignores a signal after it starts.
+        self._ignored = ignored_signals()
         _no_inherited_descriptors()
 
     def run(self, argv: list[str], env: dict[str, str]) -> defer.Deferred:
@@ -66,7 +69,8 @@ class ProcessRunner:
         @return: a L{Deferred} that fires with an L{ActionResult}, never errs.
         """
         try:
-            child = _Child(self._reactor, list(argv), env, self._timeout, self._use_pidfd)
+            child = _Child(self._reactor, list(argv), env, self._timeout, self._use_pidfd,
+                           self._ignored)
         except Exception as failure:  # OSError, or a bad argv (TypeError)
             return defer.succeed(
                 ActionResult(tuple(argv), None, None, False, "", "", spawn_error=str(failure))
@@ -98,16 +102,24 @@ def _no_inherited_descriptors() -> None:
                 pass  # not open (or the listing's own descriptor, closed by now)
 
 
-def _spawn(argv: list[str], env: dict[str, str], stdout: int, stderr: int) -> int:
+def ignored_signals() -> list[int]:
     """
-    Start C{argv} in a new session with stdin from /dev/null, and the signal
-    mask and the dispositions this process ignores (SIGPIPE, at least) reset.
+    The signals this process ignores (SIGPIPE, at least: Python does), which
+    a program it starts must not inherit ignored.
     """
-    ignored = [
+    return [
         number for number in range(1, signal.NSIG)
         if number not in (signal.SIGKILL, signal.SIGSTOP)
         and signal.getsignal(number) == signal.SIG_IGN
     ]
+
+
+def _spawn(argv: list[str], env: dict[str, str], stdout: int, stderr: int,
+           ignored: list[int]) -> int:
+    """
+    Start C{argv} in a new session with stdin from /dev/null, and the signal
+    mask and the C{ignored} dispositions reset.
+    """
     return os.posix_spawn(
         argv[0], argv, env,
         file_actions=[
@@ -180,7 +192,7 @@ class _Child:
     exited, when a child it left in the background still holds them).
     """
 
-    def __init__(self, reactor, argv, env, timeout, use_pidfd):
+    def __init__(self, reactor, argv, env, timeout, use_pidfd, ignored):
         self.done = defer.Deferred()
         self._reactor = reactor
         self._argv = tuple(argv)
@@ -195,7 +207,7 @@ class _Child:
             os.close(out_w)
             raise
         try:
-            self.pid = _spawn(argv, env, out_w, err_w)
+            self.pid = _spawn(argv, env, out_w, err_w, ignored)
         except BaseException:
             os.close(out_r)
             os.close(err_r)

@@ -5,9 +5,10 @@ means, and the coordinator, which decides the verdict.
 """
 
 import select
+import socket
 import time
 
-from twisted.internet import protocol
+from twisted.internet import protocol, tcp
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.protocols.basic import LineOnlyReceiver
@@ -42,6 +43,14 @@ def _sleep_until(moment: float) -> None:
         select.select([], [], [], remaining)  # a relative wait, to the microsecond
 
 
+def sends_directly(transport) -> bool:
+    """
+    Whether lines may go straight to C{transport}'s socket: plain TCP only
+    (TLS must write through its own protocol).
+    """
+    return isinstance(transport, tcp.Connection)
+
+
 def is_enrol(line: bytes) -> bool:
     """A first line that enrols (knocker.enrol.server is loaded only then)."""
     return line.startswith(b"KNOCKER/1 ENROLL ")
@@ -66,10 +75,13 @@ class CentralProtocol(LineOnlyReceiver):
         self._nonce = None
         self._lost = False
         self._waiting = False  # for a store's answer to an enrolment or renewal
+        self._after_reply = []
+        self._direct = False  # lines sent straight to the socket (see _write)
         self.ip = None
 
     def connectionMade(self):
         self.ip = normalise_ip(self.transport.getPeer().host)
+        self._direct = sends_directly(self.transport)
         self._timer = self._clock.callLater(
             self._timeout, lambda: self._apply(self._handshake.fault("handshake-timeout")))
 
@@ -113,6 +125,7 @@ class CentralProtocol(LineOnlyReceiver):
         if self._lost:
             # The client left while the state answered: a grant made
             # meanwhile ends as abandoned (its number stays burned).
+            self._replied()
             if isinstance(reply, hs.Grant):
                 self._server.session_lost(self)
             return
@@ -137,7 +150,7 @@ class CentralProtocol(LineOnlyReceiver):
         for send in sends:
             if send.fault:
                 self._server.protocol_error(self.ip, send.fault)
-            self.transport.write(send.line)
+            self._write(send.line)
             if send.close:
                 self._close_exchange()
 
@@ -156,13 +169,13 @@ class CentralProtocol(LineOnlyReceiver):
     def _end_exchange(self, line: bytes, fault: str | None = None) -> None:
         if fault:
             self._server.protocol_error(self.ip, fault)
-        self.transport.write(line)
+        self._write(line)
         self._close_exchange()
 
     def _close_exchange(self) -> None:
         self._handshake.done = True
         self._cancel_timer()
-        self.transport.loseConnection()
+        self._close()
         self._timer = _abort_later(self._clock, self.transport)
 
     def lineLengthExceeded(self, line):
@@ -182,7 +195,7 @@ class CentralProtocol(LineOnlyReceiver):
             offer = self._server.renewal(self.ip, self._handshake.client, self._nonce)
             if offer is not None:
                 self._handshake.done = True
-                self.transport.write(hs.format_reply(reply))
+                self._write(hs.format_reply(reply))
                 self._timer = self._clock.callLater(self._timeout, self.transport.loseConnection)
                 if isinstance(offer, Deferred):
                     self._waiting = True
@@ -211,11 +224,57 @@ class CentralProtocol(LineOnlyReceiver):
         if step.fault:
             log.info("central {ip}: ERROR {reason}", ip=self.ip, reason=step.reply.reason)
             self._server.protocol_error(self.ip, step.reply.reason)
-        self.transport.write(hs.format_reply(step.reply))
+        self._write(hs.format_reply(step.reply))
         if step.close:
             self._cancel_timer()
-            self.transport.loseConnection()
+            self._close()
             self._timer = _abort_later(self._clock, self.transport)
+        self._replied()
+
+    def _replied(self) -> None:
+        after, self._after_reply = self._after_reply, []
+        for work, args in after:
+            work(*args)
+
+    def after_reply(self, work, *args) -> None:
+        """
+        Run C{work(*args)} once the reply being decided has been written:
+        the coordinator's records of a GRANT (audit line, log) wait for it,
+        so the client, which waits for every line, does not.
+        """
+        self._after_reply.append((work, args))
+
+    def _write(self, line: bytes) -> None:
+        """
+        Write C{line}; on a plain TCP connection, send it now rather than on
+        the reactor's next turn.  The client waits for every line, and a
+        knock is a chain of them (then the daemon's records, which can wait).
+        Once part of a line had to wait in Twisted's buffer, every later line
+        goes there too, so the order holds.
+        """
+        if self._direct and not self.transport.disconnecting:
+            try:
+                sent = self.transport.getHandle().send(line)
+            except OSError:  # full (EAGAIN), or gone: Twisted's buffer will say
+                sent = 0
+            if sent == len(line):
+                return
+            line = line[sent:]
+            self._direct = False
+        self.transport.write(line)
+
+    def _close(self) -> None:
+        """
+        Close once the last line is out.  When it went out directly, the FIN
+        follows it now (the client reads to the end of the connection after
+        the verdict, in case a renewal comes); Twisted closes on its next turn.
+        """
+        if self._direct:
+            try:
+                self.transport.getHandle().shutdown(socket.SHUT_WR)
+            except OSError:
+                pass
+        self.transport.loseConnection()
 
     @property
     def lost(self) -> bool:
@@ -230,6 +289,7 @@ class CentralProtocol(LineOnlyReceiver):
         self._lost = True
         self.factory.connection_ended(self)
         self._cancel_timer()
+        self._replied()
         granted = self._handshake.granted and not self._handshake.done
         self._handshake.done = True
         ended = getattr(self._exchange, "connection_lost", None)

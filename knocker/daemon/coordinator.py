@@ -38,6 +38,18 @@ def _hmac_hex(secret: bytes, message: bytes) -> str:
     return hmac.digest(secret, message, "sha256").hex()
 
 
+def after_reply(session, work, *args) -> None:
+    """
+    C{work(*args)} once the reply to C{session} is on its way (records the
+    client need not wait for), or now for a session that cannot say.
+    """
+    hook = getattr(session, "after_reply", None)
+    if hook is None:
+        work(*args)
+    else:
+        hook(work, *args)
+
+
 def _generation_of(state, secret: bytes):
     """C{(state, secret)} if C{state} counts the file of C{secret}, else C{None}."""
     if state is None or state.secret_id != secret_id(secret):
@@ -282,11 +294,14 @@ class KnockServer:
     def _grant(self, index, ports, secret, ip, client, nonce, session):
         slot = self.tracker.grant(ip, client, index, ports)
         self._sessions[slot] = session
+        after_reply(session, self._granted, ip, client, index)
+        return hs.Grant(index, self.config.knock_window,
+                        _hmac_hex(secret, hs.grant_message(client, nonce, index)))
+
+    def _granted(self, ip, client, index) -> None:
         self._audit.record("grant", ip=ip, client=client, index=index,
                            window=self.config.knock_window)
         log.info("granted knock {index} of {client} to {ip}", index=index, client=client, ip=ip)
-        return hs.Grant(index, self.config.knock_window,
-                        _hmac_hex(secret, hs.grant_message(client, nonce, index)))
 
     def _proven_renewal(self, ip: str, client: str, nonce: str, proof: str):
         """
@@ -439,8 +454,6 @@ class KnockServer:
     # Tracker observer.
 
     def knock_completed(self, slot: Slot) -> None:
-        log.info("knock {index} of {client} from {ip} complete; running on-success",
-                 index=slot.index, client=slot.client, ip=slot.ip)
         close_id = None
         try:
             if self.config.on_close:
@@ -465,12 +478,16 @@ class KnockServer:
             self._succeeded(None, slot, close_id)
             return
         try:
-            d = self._run("on-success", self._success, slot.ip, slot.client, slot.index)
+            done = self._run("on-success", self._success, slot.ip, slot.client, slot.index,
+                             verdict=lambda result: self._send_verdict(result, slot, close_id))
         except Exception:
             log.failure("starting on-success for {client}", client=slot.client)
             self._succeeded(None, slot, close_id)
             return
-        d.addCallback(self._succeeded, slot, close_id)
+        done.addCallback(self._record_verdict, slot)
+        # Logged once started: the client is waiting for the program.
+        log.info("knock {index} of {client} from {ip} complete; running on-success",
+                 index=slot.index, client=slot.client, ip=slot.ip)
 
     def _close_not_recorded(self, failure, slot: Slot) -> None:
         log.error("cannot record the close for {client} at {ip} ({error}); on-success not run",
@@ -484,20 +501,30 @@ class KnockServer:
         on-success has finished (C{result} is its L{ActionResult}, or
         C{None} if it could not be started): verdict, then the close timer.
         """
+        self._send_verdict(result, slot, close_id)
+        self._record_verdict(result, slot)
+
+    def _send_verdict(self, result, slot: Slot, close_id) -> None:
         self.tracker.release(slot)
         if close_id is not None:
             due = self._wall.now() + self.config.open_duration
             self.closes.opened(close_id, due, slot.ip, slot.client, slot.index,
                                ok=result is not None and result.ok)
+        self._verdict(slot, hs.Open() if result is not None and result.ok
+                      else hs.Fail("action-failed"))
+
+    def _record_verdict(self, result, slot: Slot) -> None:
+        """
+        The audit line and log of a verdict already sent (after the
+        program's own record, so the audit log reads script, then open).
+        """
         if result is not None and result.ok:
             self._audit.record("open", ip=slot.ip, client=slot.client, index=slot.index)
             log.info("OPEN for {client} at {ip} (knock {index})",
                      client=slot.client, ip=slot.ip, index=slot.index)
-            self._verdict(slot, hs.Open())
         else:
             self._audit.record("fail", ip=slot.ip, client=slot.client, index=slot.index,
                                reason="action-failed")
-            self._verdict(slot, hs.Fail("action-failed"))
 
     def knock_failed(self, slot: Slot, reason: str) -> None:
         self._audit.record("fail", ip=slot.ip, client=slot.client, index=slot.index,
@@ -566,11 +593,22 @@ class KnockServer:
             session.finish(reply)
 
     def _run(self, which: str, program: tuple[str, ...], ip: str, client: str, index: int,
-             **extra):
+             verdict=None, **extra):
+        """
+        Start C{program}; the L{Deferred} fires with its result once it is
+        recorded.  C{verdict(result)}, if given, runs first: a client is
+        waiting for it, and the records can wait.
+        """
         argv = [*program, ip, client, str(index)]
         d = self._runner.run(argv, action_env(ip, client, index, self.passed_env))
 
         def report(result):
+            if verdict is not None:
+                try:
+                    verdict(result)
+                except Exception:
+                    log.failure("the verdict after {which} for {client}", which=which,
+                                client=client)
             self._audit.record(
                 "script", action=which, ip=ip, client=client, index=index, **extra,
                 exit_code=result.exit_code, signal=result.signal, timed_out=result.timed_out,

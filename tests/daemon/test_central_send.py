@@ -1,0 +1,131 @@
+"""
+The central port sends each line the moment it is decided, and records what
+it did afterwards: a knock is a chain of lines the client waits for.
+"""
+
+import socket
+
+from twisted.internet.address import IPv4Address
+from twisted.internet.testing import StringTransport
+from twisted.trial import unittest
+
+from knocker.core import handshake as hs
+from knocker.daemon import central
+from tests.helpers.harness import Harness
+
+
+class FakeSocket:
+    """A connected socket's send and shutdown; takes at most C{room} bytes."""
+
+    def __init__(self, room=None):
+        self.sent = b""
+        self.room = room
+        self.shut = []
+
+    def send(self, data):
+        take = len(data) if self.room is None else min(self.room, len(data))
+        if self.room is not None:
+            self.room -= take
+        if not take:
+            raise BlockingIOError
+        self.sent += bytes(data[:take])
+        return take
+
+    def shutdown(self, how):
+        self.shut.append(how)
+
+
+class SocketTransport(StringTransport):
+    """A plain TCP transport as the central port sees one: it has a socket."""
+
+    def __init__(self, sock, **kwargs):
+        super().__init__(**kwargs)
+        self.sock = sock
+
+    def getHandle(self):
+        return self.sock
+
+
+class DirectSendTests(unittest.TestCase):
+    def setUp(self):
+        self.patch(central, "sends_directly", lambda transport: True)
+        self.h = Harness(self)
+
+    def knock(self, sock):
+        h = self.h
+        address = IPv4Address("TCP", "192.0.2.10", 40000)
+        proto = h.central.buildProtocol(address)
+        transport = SocketTransport(sock, peerAddress=address)
+        proto.makeConnection(transport)
+        proto.dataReceived(hs.format_hello("alice"))
+        stream = lambda: sock.sent + transport.value()  # noqa: E731 - what the client reads
+        nonce = hs.parse_reply(stream().split(b"\n")[0]).nonce
+        proto.dataReceived(hs.format_proof(hs.hello_mac(h.files["alice"].secret, "alice", nonce)))
+        grant = hs.parse_reply(stream().split(b"\n")[1])
+        for port in h.files["alice"].knock(grant.index):
+            h.hit("192.0.2.10", port)
+        return stream().split(b"\n"), transport
+
+    def test_lines_go_to_the_socket_and_the_fin_follows_the_verdict(self):
+        sock = FakeSocket()
+        lines, transport = self.knock(sock)
+        self.assertEqual([line.split()[0] for line in lines[:3]],
+                         [b"CHALLENGE", b"GRANT", b"OPEN"])
+        self.assertEqual(transport.value(), b"")  # nothing waited for a reactor turn
+        self.assertEqual(sock.shut, [socket.SHUT_WR])
+        self.assertTrue(transport.disconnecting)
+
+    def test_a_line_the_socket_took_in_part_keeps_the_order(self):
+        sock = FakeSocket(room=30)  # part of the CHALLENGE, then nothing
+        lines, transport = self.knock(sock)
+        self.assertEqual(len(sock.sent), 30)
+        self.assertEqual([line.split()[0] for line in lines[:3]],
+                         [b"CHALLENGE", b"GRANT", b"OPEN"])
+        self.assertTrue(lines[0].startswith(b"CHALLENGE ") and len(lines[0]) == 74)
+        # The rest waited in Twisted's buffer: no early FIN ahead of it.
+        self.assertEqual(sock.shut, [])
+        self.assertTrue(transport.disconnecting)
+
+
+class RecordsAfterReplyTests(unittest.TestCase):
+    def test_grant_is_on_the_wire_before_it_is_recorded(self):
+        h = Harness(self)
+        seen = {}
+        record = h.audit.record
+
+        def spy(event, **fields):
+            if event == "grant":
+                seen["sent"] = transport.value()
+            record(event, **fields)
+
+        h.audit.record = spy
+        proto, transport = h.connect()
+        proto.dataReceived(hs.format_hello("alice"))
+        nonce = hs.parse_reply(transport.value().rstrip(b"\n")).nonce
+        transport.clear()
+        proto.dataReceived(hs.format_proof(hs.hello_mac(h.files["alice"].secret, "alice", nonce)))
+        self.assertTrue(seen["sent"].startswith(b"GRANT "), seen)
+        self.assertEqual([e["event"] for e in h.audit.events][-1:], ["grant"])
+
+    def test_open_is_sent_before_the_program_is_recorded(self):
+        h = Harness(self)
+        seen = {}
+        record = h.audit.record
+        holder = {}
+
+        def spy(event, **fields):
+            if event == "script":
+                seen["sent"] = holder["transport"].value()
+            record(event, **fields)
+
+        h.audit.record = spy
+        line, proto, transport, nonce = h.handshake()
+        holder["transport"] = transport
+        transport.clear()
+        grant = hs.parse_reply(line.rstrip(b"\n"))
+        for port in h.files["alice"].knock(grant.index):
+            h.hit("192.0.2.10", port)
+        self.assertEqual(seen["sent"], b"OPEN\n")
+        # The audit log still reads as it happened: the program, then OPEN.
+        events = [e["event"] for e in h.audit.events if e["event"] in ("script", "open")]
+        self.assertEqual(events, ["script", "open"])
