@@ -194,6 +194,7 @@ async def _attempt(io, config, knockfile, known, deadline) -> KnockResult:
     doing = "while waiting for the server's reply"
     try:
         conn.send(machine.hello().line)
+        machine.prepare()
         while True:
             line = await conn.readline(deadline.bound(config.timeout))
             if line is None:

@@ -10,7 +10,6 @@ faster than the C{hmac} module the server uses.
 """
 
 from knocker.core.knockfile import KnockFile, is_digits, is_hex64, valid_client_id
-from knocker.core.mac import digests_equal, hmac_sha256
 from knocker.core.record import Record
 
 MAX_LINE = 512
@@ -39,13 +38,20 @@ def grant_message(client: str, nonce: str, index: int) -> bytes:
 
 
 # The client's MACs (the server computes its own with the hmac module).
+# Their module loads a C extension, SHA-256's: L{ClientHandshake.hello}
+# leaves it to L{ClientHandshake.prepare}, which a knock calls once HELLO is
+# sent, so the loading overlaps the server's answer.
 
 
 def hello_mac(secret: bytes, client: str, nonce: str) -> str:
+    from knocker.core.mac import hmac_sha256
+
     return hmac_sha256(secret, hello_message(client, nonce)).hex()
 
 
 def grant_mac(secret: bytes, client: str, nonce: str, index: int) -> str:
+    from knocker.core.mac import hmac_sha256
+
     return hmac_sha256(secret, grant_message(client, nonce, index)).hex()
 
 
@@ -236,6 +242,14 @@ class ClientHandshake:
     def hello(self) -> SendLine:
         return SendLine(format_hello(self._kf.client))
 
+    @staticmethod
+    def prepare() -> None:
+        """
+        Load what the CHALLENGE will need; call it once HELLO is sent, when
+        the time it takes is spent waiting for the server anyway.
+        """
+        import knocker.core.mac  # noqa: F401
+
     @property
     def nonce(self) -> str | None:
         """The server's CHALLENGE, once it came (a renewal's key binds it)."""
@@ -264,6 +278,8 @@ class ClientHandshake:
         return self._final(reply, before=(Open, Fail, Error))
 
     def _grant(self, grant: Grant) -> KnockPorts:
+        from knocker.core.mac import digests_equal
+
         expected = grant_mac(self._kf.secret, self._kf.client, self._nonce, grant.index)
         if not digests_equal(expected, grant.mac):
             raise ProtocolError("the GRANT's HMAC is wrong: not our server, or tampered")
