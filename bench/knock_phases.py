@@ -21,13 +21,14 @@ interleaved in shuffled rounds with random pauses:
                                    load up front), then config/knockfile/files
                args                parse_knock_args
                config read         load_client_config (read + parse FILE)
-               file check          load_knockfile (mode 0600, header) and
-                                   read_checked (FILE.checked fingerprint)
+               file check          load_knockfile (mode 0600, header)
                connect             TCP connect to the central port
                handshake           connected -> first hit (HELLO, CHALLENGE,
-                                   PROOF, GRANT; the whole-file check runs
-                                   here, after PROOF is sent: `file check
-                                   (whole)` is that part of it)
+                                   PROOF, GRANT; the MAC code loads after
+                                   HELLO is sent, and FILE.checked is read
+                                   and the whole-file check runs after PROOF
+                                   is sent: `file check (whole)` is that
+                                   check)
                hits                first hit's connect -> last hit's close
                verdict             last hit -> OPEN read (the daemon runs
                                    on-success, then answers)
@@ -85,7 +86,6 @@ def wrap(owner, attr, name):
 wrap(cmd, "parse_knock_args", "args")
 wrap(cfg, "load_client_config", "config")
 wrap(kn, "load_knockfile", "load_knockfile")
-wrap(kn, "read_checked", "read_checked")
 wrap(kf.KnockFileText, "check", "whole_check")
 wrap(kn, "log_attempt", "log")
 wrap(kn, "remember_checked", "remember")
@@ -135,8 +135,7 @@ def phases_of(t0, t_exit, stamps):
         "imports": ms(first["start"], first["imported config, knockfile, files"]),
         "args": ms(first["args <"], first["args >"]),
         "config read": ms(first["config <"], first["config >"]),
-        "file check": ms(first["load_knockfile <"], first["load_knockfile >"])
-        + ms(first["read_checked <"], first["read_checked >"]),
+        "file check": ms(first["load_knockfile <"], first["load_knockfile >"]),
         "connect": ms(first["connect <"], first["connect >"]),
         "handshake": ms(first["connect >"], hits_start),
         "file check (whole, in handshake)": ms(first["whole_check <"], first["whole_check >"]),

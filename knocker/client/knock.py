@@ -112,11 +112,10 @@ async def knock(io, config, knockfile, uniform=None) -> KnockResult:
     """
     started = time.time()
     deadline = _Deadline(io, config.timeout)
-    known = read_checked(config)
     attempts = 0
     while True:
         attempts += 1
-        result = (await _attempt(io, config, knockfile, known, deadline)).replace(attempts=attempts)
+        result = (await _attempt(io, config, knockfile, deadline)).replace(attempts=attempts)
         if result.outcome is not Outcome.BUSY or attempts > config.busy_retries:
             break
         if uniform is None:
@@ -172,7 +171,7 @@ class _Deadline:
         return f"the client's timeout of {self.seconds:g}s {verb} {doing}"
 
 
-async def _attempt(io, config, knockfile, known, deadline) -> KnockResult:
+async def _attempt(io, config, knockfile, deadline) -> KnockResult:
     if deadline.passed():
         return KnockResult(Outcome.NO_VERDICT, deadline.passed_message("before connecting"))
     # A fleet's gateways, in the order given: the first whose central port
@@ -202,7 +201,9 @@ async def _attempt(io, config, knockfile, known, deadline) -> KnockResult:
             action = machine.receive(line)
             if isinstance(action, hs.SendLine):
                 conn.send(action.line)
-                knockfile.check(known)  # the whole file, while the server decides
+                # The whole file, while the server decides (FILE.checked is
+                # read only now, off the way to HELLO).
+                knockfile.check(read_checked(config))
             elif isinstance(action, hs.KnockPorts):
                 index, ports = action.index, action.ports
                 io.say(f"granted knock {index}: knocking {conn.peer_host} ports {ports}")
