@@ -294,13 +294,16 @@ class KnockServer:
     def _grant(self, index, ports, secret, ip, client, nonce, session):
         slot = self.tracker.grant(ip, client, index, ports)
         self._sessions[slot] = session
-        after_reply(session, self._granted, ip, client, index)
+        # Audited before it is sent: a client never holds a GRANT the audit
+        # log lacks, whenever the daemon dies.  The log line can wait.
+        self._audit.record("grant", ip=ip, client=client, index=index,
+                           window=self.config.knock_window)
+        after_reply(session, self._log_grant, ip, client, index)
         return hs.Grant(index, self.config.knock_window,
                         _hmac_hex(secret, hs.grant_message(client, nonce, index)))
 
-    def _granted(self, ip, client, index) -> None:
-        self._audit.record("grant", ip=ip, client=client, index=index,
-                           window=self.config.knock_window)
+    @staticmethod
+    def _log_grant(ip, client, index) -> None:
         log.info("granted knock {index} of {client} to {ip}", index=index, client=client, ip=ip)
 
     def _proven_renewal(self, ip: str, client: str, nonce: str, proof: str):
@@ -484,7 +487,7 @@ class KnockServer:
             log.failure("starting on-success for {client}", client=slot.client)
             self._succeeded(None, slot, close_id)
             return
-        done.addCallback(self._record_verdict, slot)
+        done.addCallback(self._log_verdict, slot)
         # Logged once started: the client is waiting for the program.
         log.info("knock {index} of {client} from {ip} complete; running on-success",
                  index=slot.index, client=slot.client, ip=slot.ip)
@@ -502,7 +505,7 @@ class KnockServer:
         C{None} if it could not be started): verdict, then the close timer.
         """
         self._send_verdict(result, slot, close_id)
-        self._record_verdict(result, slot)
+        self._log_verdict(result, slot)
 
     def _send_verdict(self, result, slot: Slot, close_id) -> None:
         self.tracker.release(slot)
@@ -510,21 +513,21 @@ class KnockServer:
             due = self._wall.now() + self.config.open_duration
             self.closes.opened(close_id, due, slot.ip, slot.client, slot.index,
                                ok=result is not None and result.ok)
-        self._verdict(slot, hs.Open() if result is not None and result.ok
-                      else hs.Fail("action-failed"))
-
-    def _record_verdict(self, result, slot: Slot) -> None:
-        """
-        The audit line and log of a verdict already sent (after the
-        program's own record, so the audit log reads script, then open).
-        """
+        # Audited before it is sent, as a GRANT is.
         if result is not None and result.ok:
             self._audit.record("open", ip=slot.ip, client=slot.client, index=slot.index)
-            log.info("OPEN for {client} at {ip} (knock {index})",
-                     client=slot.client, ip=slot.ip, index=slot.index)
+            self._verdict(slot, hs.Open())
         else:
             self._audit.record("fail", ip=slot.ip, client=slot.client, index=slot.index,
                                reason="action-failed")
+            self._verdict(slot, hs.Fail("action-failed"))
+
+    @staticmethod
+    def _log_verdict(result, slot: Slot) -> None:
+        """The log line of a verdict already sent (the client need not wait for it)."""
+        if result is not None and result.ok:
+            log.info("OPEN for {client} at {ip} (knock {index})",
+                     client=slot.client, ip=slot.ip, index=slot.index)
 
     def knock_failed(self, slot: Slot, reason: str) -> None:
         self._audit.record("fail", ip=slot.ip, client=slot.client, index=slot.index,
@@ -596,25 +599,26 @@ class KnockServer:
              verdict=None, **extra):
         """
         Start C{program}; the L{Deferred} fires with its result once it is
-        recorded.  C{verdict(result)}, if given, runs first: a client is
-        waiting for it, and the records can wait.
+        recorded.  C{verdict(result)}, if given, runs once the audit log has
+        the program's result and before the log line: a client is waiting
+        for it, the operator's log can wait.
         """
         argv = [*program, ip, client, str(index)]
         d = self._runner.run(argv, action_env(ip, client, index, self.passed_env))
 
         def report(result):
-            if verdict is not None:
-                try:
-                    verdict(result)
-                except Exception:
-                    log.failure("the verdict after {which} for {client}", which=which,
-                                client=client)
             self._audit.record(
                 "script", action=which, ip=ip, client=client, index=index, **extra,
                 exit_code=result.exit_code, signal=result.signal, timed_out=result.timed_out,
                 stdout=result.stdout[-2000:], stderr=result.stderr[-2000:],
                 **({"error": result.spawn_error} if result.spawn_error else {}),
             )
+            if verdict is not None:
+                try:
+                    verdict(result)
+                except Exception:
+                    log.failure("the verdict after {which} for {client}", which=which,
+                                client=client)
             level = log.info if result.ok else log.error
             level("{which} for {client} at {ip}: exit {code}{killed}; stdout {out!r} stderr {err!r}",
                   which=which, client=client, ip=ip, code=result.exit_code,

@@ -1,12 +1,13 @@
 """
-The central port sends each line the moment it is decided, and records what
-it did afterwards: a knock is a chain of lines the client waits for.
+The central port sends each line the moment it is decided: a knock is a
+chain of lines the client waits for.
 """
 
 import socket
 
 from twisted.internet.address import IPv4Address
 from twisted.internet.testing import StringTransport
+from twisted.logger import globalLogPublisher
 from twisted.trial import unittest
 
 from knocker.core import handshake as hs
@@ -87,45 +88,57 @@ class DirectSendTests(unittest.TestCase):
         self.assertTrue(transport.disconnecting)
 
 
-class RecordsAfterReplyTests(unittest.TestCase):
-    def test_grant_is_on_the_wire_before_it_is_recorded(self):
-        h = Harness(self)
-        seen = {}
-        record = h.audit.record
+class RecordsAndReplyTests(unittest.TestCase):
+    """
+    The audit line of a GRANT or an OPEN is written before the line leaves
+    (a client never holds one the audit log lacks, however the daemon
+    dies); the operator's log line after it (the client need not wait).
+    """
+
+    def setUp(self):
+        self.h = Harness(self)
+        self.sent_at = {}
+        self.transport = None
+        record = self.h.audit.record
 
         def spy(event, **fields):
-            if event == "grant":
-                seen["sent"] = transport.value()
+            self.sent_at.setdefault(event, self.transport.value())
             record(event, **fields)
 
-        h.audit.record = spy
-        proto, transport = h.connect()
+        self.h.audit.record = spy
+
+        def observe(event):
+            text = event.get("log_format", "")
+            for key in ("granted knock", "OPEN for"):
+                if text.startswith(key):
+                    self.sent_at.setdefault(key, self.transport.value())
+
+        globalLogPublisher.addObserver(observe)
+        self.addCleanup(globalLogPublisher.removeObserver, observe)
+
+    def test_grant_is_audited_before_it_is_sent_and_logged_after(self):
+        h = self.h
+        proto, self.transport = h.connect()
         proto.dataReceived(hs.format_hello("alice"))
-        nonce = hs.parse_reply(transport.value().rstrip(b"\n")).nonce
-        transport.clear()
+        nonce = hs.parse_reply(self.transport.value().rstrip(b"\n")).nonce
+        self.transport.clear()
         proto.dataReceived(hs.format_proof(hs.hello_mac(h.files["alice"].secret, "alice", nonce)))
-        self.assertTrue(seen["sent"].startswith(b"GRANT "), seen)
-        self.assertEqual([e["event"] for e in h.audit.events][-1:], ["grant"])
+        self.assertTrue(self.transport.value().startswith(b"GRANT "))
+        self.assertEqual(self.sent_at["grant"], b"")
+        self.assertTrue(self.sent_at["granted knock"].startswith(b"GRANT "))
 
-    def test_open_is_sent_before_the_program_is_recorded(self):
-        h = Harness(self)
-        seen = {}
-        record = h.audit.record
-        holder = {}
-
-        def spy(event, **fields):
-            if event == "script":
-                seen["sent"] = holder["transport"].value()
-            record(event, **fields)
-
-        h.audit.record = spy
-        line, proto, transport, nonce = h.handshake()
-        holder["transport"] = transport
-        transport.clear()
+    def test_open_is_audited_before_it_is_sent_and_logged_after(self):
+        h = self.h
+        self.transport = StringTransport()  # until the knock's own
+        line, proto, self.transport, nonce = h.handshake()
+        self.transport.clear()
+        self.sent_at.clear()
         grant = hs.parse_reply(line.rstrip(b"\n"))
         for port in h.files["alice"].knock(grant.index):
             h.hit("192.0.2.10", port)
-        self.assertEqual(seen["sent"], b"OPEN\n")
-        # The audit log still reads as it happened: the program, then OPEN.
+        self.assertEqual(self.transport.value(), b"OPEN\n")
+        self.assertEqual(self.sent_at["script"], b"")
+        self.assertEqual(self.sent_at["open"], b"")
+        self.assertEqual(self.sent_at["OPEN for"], b"OPEN\n")
         events = [e["event"] for e in h.audit.events if e["event"] in ("script", "open")]
         self.assertEqual(events, ["script", "open"])
