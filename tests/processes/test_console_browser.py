@@ -24,7 +24,7 @@ SCREENSHOTS = os.path.join(ROOT, "tests", "screenshots")
 
 try:
     from selenium import webdriver
-    from selenium.common.exceptions import StaleElementReferenceException
+    from selenium.common.exceptions import StaleElementReferenceException, WebDriverException
     from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.wait import WebDriverWait
@@ -73,9 +73,14 @@ class ConsoleBrowserTests(ConsoleDaemonCase):
 
     def wait_until(self, condition) -> None:
         """
-        A click that loads a page returns before the page is there.
+        A click that loads a page returns before the page is there, and the
+        old page can go away between finding an element and reading it:
+        Chromium then says "stale element" or, for the same race, "Node with
+        given id does not belong to the document" (a bare WebDriverException).
+        Both only mean "look again".
         """
-        WebDriverWait(self.browser, 10, ignored_exceptions=(StaleElementReferenceException,)
+        WebDriverWait(self.browser, 10, ignored_exceptions=(StaleElementReferenceException,
+                                                            WebDriverException)
                       ).until(lambda browser: condition())
 
     def wait_for_title(self, title: str) -> None:
