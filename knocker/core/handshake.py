@@ -333,7 +333,9 @@ class ServerHandshake:
         self._new_nonce = new_nonce
         self.client: str | None = None
         self._nonce: str | None = None
+        self.judging = False   # a PROOF is with the coordinator
         self.granted = False
+        self.answered = False  # the last word of a granted knock was sent
         self.done = False
 
     def receive(self, line: bytes) -> Respond | Judge | None:
@@ -349,19 +351,27 @@ class ServerHandshake:
             return self.fault(str(error))
         if self.granted:
             return self.fault("unexpected-line")
+        if self.judging:
+            # One PROOF a connection: a store that answers later must not be
+            # asked again (each answer would burn a number or cost a lookup).
+            return self.fault("out-of-turn")
         if isinstance(request, Hello) and self._nonce is None:
             self.client = request.client
             self._nonce = self._new_nonce()
             return Respond(Challenge(self._nonce))
         if isinstance(request, Proof) and self._nonce is not None:
+            self.judging = True
             return Judge(self.client, self._nonce, request.mac)
         return self.fault("out-of-turn")
 
-    def judged(self, reply: Reply) -> Respond:
+    def judged(self, reply: Reply) -> Respond | None:
         """
         The coordinator's answer to L{Judge}: a GRANT keeps the connection
-        open for the verdict, anything else ends it.
+        open for the verdict, anything else ends it.  C{None} when the
+        exchange already ended meanwhile (the peer broke the protocol): a
+        GRANT then is the caller's to give up.
         """
+        self.judging = False
         if isinstance(reply, Grant) and not self.done:
             self.granted = True
             return Respond(reply)
@@ -374,7 +384,16 @@ class ServerHandshake:
         if self.done:
             return None
         self.done = True
+        self.answered = True
         return Respond(reply, close=True)
+
+    @property
+    def knocking(self) -> bool:
+        """
+        Granted, and no last word sent: a connection that ends now leaves
+        its knock unfinished (a fault after GRANT is no verdict).
+        """
+        return self.granted and not self.answered
 
     def fault(self, reason: str) -> Respond | None:
         """

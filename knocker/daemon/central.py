@@ -130,6 +130,12 @@ class CentralProtocol(LineOnlyReceiver):
                 self._server.session_lost(self)
             return
         step = self._handshake.judged(reply)
+        if step is None:
+            # The peer broke the protocol while the state answered: the
+            # connection is closing, so a grant made meanwhile is abandoned.
+            if isinstance(reply, hs.Grant):
+                self._server.session_lost(self)
+            return
         if isinstance(reply, (hs.Denied, hs.Error)):
             moment = proved_at + DENIED_AT
             wake = max(0.0, moment - self.factory.early - self._clock.seconds())
@@ -194,7 +200,7 @@ class CentralProtocol(LineOnlyReceiver):
         if isinstance(reply, hs.Open) and not self._handshake.done:
             offer = self._server.renewal(self.ip, self._handshake.client, self._nonce)
             if offer is not None:
-                self._handshake.done = True
+                self._handshake.answered = self._handshake.done = True
                 self._write(hs.format_reply(reply))
                 self._timer = self._clock.callLater(self._timeout, self.transport.loseConnection)
                 if isinstance(offer, Deferred):
@@ -224,6 +230,10 @@ class CentralProtocol(LineOnlyReceiver):
         if step.fault:
             log.info("central {ip}: ERROR {reason}", ip=self.ip, reason=step.reply.reason)
             self._server.protocol_error(self.ip, step.reply.reason)
+            if self._handshake.knocking:
+                # No verdict can follow: the knock ends now, not when the
+                # connection does (its last hits must open nothing).
+                self._server.session_lost(self)
         self._write(hs.format_reply(step.reply))
         if step.close:
             self._cancel_timer()
@@ -290,12 +300,12 @@ class CentralProtocol(LineOnlyReceiver):
         self.factory.connection_ended(self)
         self._cancel_timer()
         self._replied()
-        granted = self._handshake.granted and not self._handshake.done
+        knocking = self._handshake.knocking  # (a fault after GRANT sent no verdict)
         self._handshake.done = True
         ended = getattr(self._exchange, "connection_lost", None)
         if ended is not None:
             ended()  # an enrolment cut after ENROLLING counts as a failed attempt
-        if granted:
+        if knocking:
             self._server.session_lost(self)
 
 

@@ -540,6 +540,32 @@ class ServerHandshakeTests(SynchronousTestCase):
         self.hello("bob")
         self.assertEqual(self.proof("0f" * 32), Judge("bob", NONCE, "0f" * 32))
 
+    def test_a_second_proof_while_judged_is_out_of_turn(self):
+        """
+        One PROOF a connection: another, before the coordinator answered
+        the first, ends the exchange; the answer that comes after is for
+        nobody (the caller gives a GRANT up).
+        """
+        self.hello()
+        self.proof()
+        self.assertFault(self.proof(), "out-of-turn")
+        self.assertIsNone(self.server.judged(Grant(1, 10, "ab" * 32)))
+        self.assertFalse(self.server.knocking)
+
+    def test_knocking_until_the_verdict_not_a_fault(self):
+        """
+        Granted and no verdict sent: a fault then (a stray line) leaves the
+        knock unfinished, which the connection's end must give up.
+        """
+        from knocker.core.handshake import Open
+
+        self.granted(1)
+        self.assertTrue(self.server.knocking)
+        self.assertFault(self.server.receive(b"garbage"), "malformed")
+        self.assertTrue(self.server.knocking)
+        self.server.verdict(Open())
+        self.assertTrue(self.server.knocking, "the fault ended the exchange; no verdict went out")
+
     def test_grant_keeps_the_connection_open(self):
         grant = self.granted(3)
         self.assertTrue(self.server.granted)

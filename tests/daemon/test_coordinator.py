@@ -132,6 +132,29 @@ class BadLineTests(SynchronousTestCase):
         proto.dataReceived(b"PROOF " + b"0" * 64 + b"\n")
         self.assertEqual(transport.value(), b"ERROR unexpected-line\n")
 
+    def test_line_after_grant_gives_the_knock_up(self):
+        """
+        A stray line after GRANT ends the connection with ERROR and no
+        verdict: its knock ends as abandoned, as a hang-up does, so no door
+        opens without an OPEN and the slot does not time out into a
+        lockout of everyone (lockout-scope = knock).
+        """
+        h = Harness(self)
+        line, proto, transport, _ = h.handshake()
+        proto.dataReceived(b"garbage\n")
+        self.assertEqual(h.audit.of("fail")[-1]["reason"], "abandoned")
+        for port in h.files["alice"].knock(1):  # before the connection is gone
+            h.hit(IP, port)
+        self.assertEqual(h.runner.calls, [], "no door for the knock given up")
+        proto.connectionLost(None)
+        self.assertEqual(len(h.audit.of("fail")), 1, "given up once")
+        h2 = Harness(self)
+        line, proto, transport, _ = h2.handshake()
+        proto.dataReceived(b"garbage\n")
+        proto.connectionLost(None)
+        h2.clock.advance(h2.config.knock_window + 1)
+        self.assertEqual(h2.tracker_lockouts(), {})
+
     def test_connection_bound(self):
         h = Harness(self, max_connections=2)
         h.connect()

@@ -164,6 +164,40 @@ class LaterStoreTests(SynchronousTestCase):
         self.assertEqual(h.tracker_lockouts(), {})
         self.assertEqual(h.store.client("alice").next_index, 2, "the number stays burned")
 
+    def test_one_proof_a_connection(self):
+        """
+        A PROOF sent again while the state answers the first is refused
+        (ERROR out-of-turn, closed): it is not judged again, so it burns
+        no second number and starts no second lookup; the grant the first
+        one got meanwhile is given up, and locks nobody out.
+        """
+        h, later = later_harness(self)
+        later.held = True
+        proto, transport = h.connect()
+        proto.dataReceived(hs.format_hello("alice"))
+        nonce = hs.parse_reply(transport.value().rstrip(b"\n")).nonce
+        transport.clear()
+        proof = hs.format_proof(hs.hello_mac(h.files["alice"].secret, "alice", nonce))
+        proto.dataReceived(proof + proof)
+        self.assertEqual(transport.value(), b"ERROR out-of-turn\n")
+        self.assertEqual(len(later.waiting), 1, "one lookup, for the first PROOF")
+        while later.waiting:
+            later.release()
+        self.assertEqual(transport.value(), b"ERROR out-of-turn\n", "no GRANT after the ERROR")
+        self.assertEqual(h.store.client("alice").next_index, 2, "one number burned")
+        self.assertEqual(h.audit.of("fail")[-1]["reason"], "abandoned")
+        proto.connectionLost(None)
+        h.clock.advance(60)
+        self.assertEqual(h.tracker_lockouts(), {})
+
+    def test_a_proof_flood_on_one_connection_costs_one_lookup(self):
+        h, later = later_harness(self)
+        later.held = True
+        proto, transport = h.connect(ip="198.51.100.7")
+        proto.dataReceived(hs.format_hello("alice"))
+        proto.dataReceived(hs.format_proof("0" * 64) * 1000)
+        self.assertEqual(len(later.waiting), 1)
+
 
 class RenewalThroughDeferredsTests(SynchronousTestCase):
     """
