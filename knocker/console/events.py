@@ -92,6 +92,19 @@ class ObservedAudit:
         for listener in self._listeners:
             listener(entry)
 
+    def protocol_error(self, ip: str, reason: str) -> bool:
+        """
+        Listeners see the protocol errors the log writes one by one; those
+        past its budget are only counted there, and here.
+        """
+        written = self._audit.protocol_error(ip, reason)
+        if written:
+            entry = {"time": iso_time(self._wall()), "event": "error", "ip": ip,
+                     "reason": reason}
+            for listener in self._listeners:
+                listener(entry)
+        return written
+
     def hit(self, ip: str, src_port: int, port: int, outcome: str) -> None:
         self._audit.hit(ip, src_port, port, outcome)
         if self._on_hit is not None:

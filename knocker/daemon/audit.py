@@ -47,9 +47,14 @@ line beyond.  This module writes what it gives, and guards the free space:
 
 Every hit is therefore in exactly one place: its own C{hit} line, the
 C{count} of a C{hits} line, or the C{count} of a C{hits-overflow} line.
-All other events (grant, open, fail, lockout, denied, script, close,
-start, stop, ...) are always written one by one, whatever the budget and
-the free space.
+
+The central port's protocol errors (L{AuditLog.protocol_error}: garbage,
+timeouts, too many connections; no failed attempt, so no lockout stops a
+source sending them) are bounded the same way, with a budget of their own:
+an C{error} line, or the count of an C{errors} line (per address, the
+reasons as outcomes) or of the C{errors-overflow} line.  All other events
+(grant, open, fail, lockout, denied, script, close, start, stop, ...) are
+always written one by one, whatever the budget and the free space.
 """
 
 import errno
@@ -93,6 +98,8 @@ class AuditLog:
         self._statvfs = statvfs
         self._now = wall or clock.seconds
         self._hits = HitSummary(clock, self._flush, hit_rate, self._now(), summary_keys)
+        self._errors = HitSummary(clock, self._flush, hit_rate, self._now(), summary_keys,
+                                  event="errors", key_field=None)
         self._min_free = min_free_mib * MIB
         self._low = False
         self._space_checked = float("-inf")
@@ -119,6 +126,24 @@ class AuditLog:
         entry = {"time": iso_time(self._now()), "event": event}
         entry.update(fields)
         return (json.dumps(entry, separators=(",", ":")) + "\n").encode("utf-8")
+
+    def protocol_error(self, ip: str, reason: str) -> bool:
+        """
+        A central-port protocol error (C{ERROR <reason>} sent to C{ip}): an
+        C{error} line of its own within a budget of C{hit_rate} a second
+        (free space allowing), as for hits; past it counted in C{errors}
+        summaries, so garbage sent to the central port cannot fill the disk
+        either.  Returns whether it got a line of its own (the daemon log
+        follows suit).
+        """
+        now = self._now()
+        if not 0.0 <= now - self._space_checked < 1.0:
+            self._check_space(now)
+        if self._errors.take(now) and self._append(
+                self._line("error", {"ip": ip, "reason": reason})):
+            return True
+        self._errors.add(ip, None, reason, now)
+        return False
 
     def hit(self, ip: str, src_port: int, port: int, outcome: str) -> None:
         """
@@ -255,6 +280,7 @@ class AuditLog:
         if not 0.0 <= now - self._space_checked < 1.0:
             self._check_space(now)
         self._hits.drain(self._write)
+        self._errors.drain(self._write)
 
     def _write(self, event: str, fields: dict) -> bool:
         return self._append(self._line(event, fields))
@@ -275,6 +301,7 @@ class AuditLog:
             return
         self._low = low
         self._hits.set_low(low)
+        self._errors.set_low(low)
         fields = {"free_mib": free // MIB, "min_free_mib": self._min_free // MIB}
         if low:
             self.record("audit-low-space", **fields)
@@ -314,11 +341,15 @@ class AuditLog:
         """
         Flush the pending summaries and close the file.
         """
-        if self._hits.pending:
+        if self._hits.pending or self._errors.pending:
             self._flush()
         lost = self._hits.close()
         if lost:
             log.error("audit log {path}: {n} summarised hits could not be written",
+                      path=self.path, n=lost)
+        lost = self._errors.close()
+        if lost:
+            log.error("audit log {path}: {n} summarised protocol errors could not be written",
                       path=self.path, n=lost)
         if self._rest:
             self._complete_torn_line()
@@ -363,6 +394,10 @@ class MemoryAudit:
 
     def hit(self, ip: str, src_port: int, port: int, outcome: str) -> None:
         self.record("hit", ip=ip, src_port=src_port, port=port, outcome=outcome)
+
+    def protocol_error(self, ip: str, reason: str) -> bool:
+        self.record("error", ip=ip, reason=reason)
+        return True
 
     def of(self, event: str) -> list[dict]:
         return [entry for entry in self.events if entry["event"] == event]

@@ -228,8 +228,8 @@ class CentralProtocol(LineOnlyReceiver):
         if step is None:
             return
         if step.fault:
-            log.info("central {ip}: ERROR {reason}", ip=self.ip, reason=step.reply.reason)
-            self._server.protocol_error(self.ip, step.reply.reason)
+            if self._server.protocol_error(self.ip, step.reply.reason):
+                log.info("central {ip}: ERROR {reason}", ip=self.ip, reason=step.reply.reason)
             if self._handshake.knocking:
                 # No verdict can follow: the knock ends now, not when the
                 # connection does (its last hits must open nothing).

@@ -421,8 +421,12 @@ class KnockServer:
         return EnrolServer(ip, self._store, read_file, self._audit, self.tracker,
                            self._wall.now)
 
-    def protocol_error(self, ip: str, reason: str) -> None:
-        self._audit.record("error", ip=ip, reason=reason)
+    def protocol_error(self, ip: str, reason: str) -> bool:
+        """
+        Audit an C{ERROR} sent for a broken protocol; whether it got a line
+        of its own (past the budget it is only counted, and not logged).
+        """
+        return self._audit.protocol_error(ip, reason)
 
     def session_lost(self, session) -> None:
         """

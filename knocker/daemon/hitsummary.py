@@ -54,12 +54,23 @@ class HitSummary:
     (no arguments); it is expected to call L{drain} with a function that
     writes one line, so the owner can do what it must first.
 
+    The same accounting bounds the central port's protocol errors: a table
+    made with C{event="errors"} and C{key_field=None} is keyed by address
+    alone (L{add} with C{port=None}), the reason as the outcome, and writes
+    C{errors} and C{errors-overflow} lines.
+
     @param rate: hit lines a second (the config's C{audit-hit-rate}).
     @param now: the time the budget starts, full, from.
     @param keys: the bound on C{(ip, port)} keys an interval.
+    @param event: the summary lines' event (C{event}, C{event-overflow}).
+    @param key_field: the name of the key's second part in a summary line,
+        or C{None} for a table keyed by address alone.
     """
 
-    def __init__(self, clock, due, rate: float, now: float, keys: int = SUMMARY_KEYS):
+    def __init__(self, clock, due, rate: float, now: float, keys: int = SUMMARY_KEYS,
+                 event: str = "hits", key_field: str | None = "port"):
+        self._event = event
+        self._key_field = key_field
         self._clock = clock
         self._due = due
         self._rate = float(rate)
@@ -144,7 +155,7 @@ class HitSummary:
         """
         Write the table with C{write(event, fields)}, which returns whether
         the line was written: one C{hits} line a key, then the
-        C{hits-overflow} line.  After a failed write, the rest is kept for
+        C{hits-overflow} line (C{errors}, C{errors-overflow} for errors).  After a failed write, the rest is kept for
         the next interval, and the timer scheduled again.
         """
         call, self._call = self._call, None
@@ -155,10 +166,12 @@ class HitSummary:
         failed = False
         for key, entry in table.items():
             first, last, outcomes = entry
-            if failed or not write("hits", {
-                "ip": key[0], "port": key[1], "count": sum(outcomes.values()),
-                "first": iso_time(first), "last": iso_time(last), "outcomes": outcomes,
-            }):
+            fields = {"ip": key[0]}
+            if self._key_field is not None:
+                fields[self._key_field] = key[1]
+            fields.update(count=sum(outcomes.values()), first=iso_time(first),
+                          last=iso_time(last), outcomes=outcomes)
+            if failed or not write(self._event, fields):
                 failed = True
                 self._table[key] = entry
         if overflow is not None:
@@ -167,7 +180,7 @@ class HitSummary:
                       "first": iso_time(first), "last": iso_time(last), "outcomes": outcomes}
             if len(sources) >= OVERFLOW_SOURCES:
                 fields["sources_capped"] = True
-            if failed or not write("hits-overflow", fields):
+            if failed or not write(self._event + "-overflow", fields):
                 self._overflow = overflow
         if self.pending:
             # kept for the next interval, not lost

@@ -71,6 +71,50 @@ class AuditLogTests(TestCase):
         self.assertFalse(os.path.exists(path))
 
 
+class ProtocolErrorBudgetTests(TestCase):
+    """
+    Garbage on the central port is no failed attempt, so nothing locks its
+    source out: its error lines are bounded like hit lines, and counted.
+    """
+
+    def setUp(self):
+        from twisted.internet.task import Clock
+
+        from knocker.daemon.audit import AuditLog
+
+        self.clock = Clock()
+        self.clock.advance(1764028800.0)
+        self.path = self.mktemp()
+        self.audit = AuditLog(self.path, self.clock, hit_rate=20, min_free_mib=0)
+
+    def test_a_flood_of_errors_is_counted_not_written_line_by_line(self):
+        written = [self.audit.protocol_error("203.0.113.9", "malformed") for _ in range(10_000)]
+        self.audit.protocol_error("198.51.100.1", "handshake-timeout")
+        self.audit.record("grant", ip="192.0.2.7", client="alice", index=3)
+        self.assertEqual(written.count(True), 20, "the budget: a second's worth")
+        self.clock.advance(10)
+        self.audit.close()
+        events = strict_lines(self.path)
+        self.assertEqual(len(events), 20 + 1 + 2, "20 lines, the grant, two summaries")
+        self.assertLess(os.path.getsize(self.path), 4096)
+        self.assertIn({"event": "grant", "ip": "192.0.2.7", "client": "alice", "index": 3},
+                      [{k: v for k, v in e.items() if k != "time"} for e in events])
+        summaries = {e["ip"]: e for e in events if e["event"] == "errors"}
+        self.assertEqual(summaries["203.0.113.9"]["count"], 10_000 - 20)
+        self.assertEqual(summaries["203.0.113.9"]["outcomes"], {"malformed": 10_000 - 20})
+        self.assertEqual(summaries["198.51.100.1"]["outcomes"], {"handshake-timeout": 1})
+        lines = [e for e in events if e["event"] == "error"]
+        self.assertEqual(len(lines) + summaries["203.0.113.9"]["count"]
+                         + summaries["198.51.100.1"]["count"], 10_001, "every error counted")
+
+    def test_the_budget_refills(self):
+        for _ in range(30):
+            self.audit.protocol_error("203.0.113.9", "malformed")
+        self.clock.advance(1)
+        self.assertTrue(self.audit.protocol_error("203.0.113.9", "malformed"))
+        self.audit.close()
+
+
 class TornAuditTests(TestCase):
     def test_reopening_after_a_torn_line_keeps_every_line_json(self):
         from twisted.internet.task import Clock

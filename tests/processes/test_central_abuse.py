@@ -200,6 +200,8 @@ class CentralAbuseTests(DaemonCase):
         gets a CHALLENGE) and 180 get ERROR too-many-connections and a
         close.  The daemon stays up, its memory grows by less than 20 MB,
         it leaks no descriptor, and a real client gets OPEN afterwards.
+        Every refusal is in the audit log: its own line, or past
+        audit-hit-rate a second, the count of an C{errors} summary.
         """
         self.configure(max_connections=20, max_connections_per_source=1000,
                        handshake_timeout=30)
@@ -227,11 +229,40 @@ class CentralAbuseTests(DaemonCase):
         grown = rss_kib(pid) - rss_before
         self.assertLess(grown, 20 * 1024, f"RSS grew by {grown} KiB over 1000 connections")
         self.assertEqual(descriptors(pid), fds_before, "descriptors leaked")
+        self.assertStillServing()
+        self.daemon.stop()  # (which writes the summaries pending)
         errors = self.events("error")
-        self.assertEqual(len(errors), 5 * 180)
+        summaries = self.events("errors")
         self.assertEqual({(e["ip"], e["reason"]) for e in errors},
                          {(ATTACKER, "too-many-connections")})
+        self.assertEqual({(e["ip"], *e["outcomes"]) for e in summaries},
+                         {(ATTACKER, "too-many-connections")} if summaries else set())
+        self.assertEqual(len(errors) + sum(e["count"] for e in summaries), 5 * 180,
+                         "every refusal is in the audit log: a line, or a summary's count")
+
+    def test_garbage_flood_is_counted_not_logged_line_by_line(self):
+        """
+        Garbage is no failed attempt, so nothing locks its source out; a
+        flood of it would fill the disk if each ERROR were an audit line
+        and a daemon log line.  Past audit-hit-rate a second they are only
+        counted (an C{errors} summary per address), and every one is.
+        """
+        self.configure(max_connections=20, max_connections_per_source=1000,
+                       handshake_timeout=2, audit_hit_rate=10)
+        self.start()
+        started = time.monotonic()
+        for _ in range(1500):
+            self.assertEqual(self.exchange(b"x\n"), b"ERROR malformed\n")
+        seconds = time.monotonic() - started
         self.assertStillServing()
+        self.daemon.stop()
+        lines = self.events("error")
+        summaries = self.events("errors")
+        allowed = 10 * (seconds + 2) + 10  # the budget over the flood, and a burst
+        self.assertLessEqual(len(lines), allowed, f"{seconds:.1f}s of flood")
+        self.assertEqual(len(lines) + sum(e["count"] for e in summaries), 1500)
+        self.assertEqual({e["reason"] for e in lines}, {"malformed"})
+        self.assertLessEqual(self.daemon.log().count("ERROR malformed"), allowed)
 
     def connect_all(self, count: int, batch: int = 20) -> list[socket.socket]:
         """
