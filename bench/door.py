@@ -105,8 +105,7 @@ class Door:
         if r.returncode != 0:
             raise RuntimeError("nft-setup: exit %s: %s%s" % (r.returncode, r.stdout, r.stderr))
         with self.net.inside("server"):
-            self.service = Daemon([sys.executable, "-c", SERVICE, self.net.server_ip, str(PORT)],
-                                  os.path.join(self.workdir, "service.out"))
+            self.service = Daemon(self.service_argv(), os.path.join(self.workdir, "service.out"))
 
         def up():
             with self.net.inside("server"):
@@ -114,6 +113,10 @@ class Door:
         if not common.wait_for(lambda: up() or not self.service.alive(), 10, interval=0.02) \
                 or not self.service.alive():
             raise RuntimeError("the service did not listen:\n" + self.service.log_text())
+
+    def service_argv(self):
+        """The protected service: a banner and a close (ssh_door.py runs sshd)."""
+        return [sys.executable, "-c", SERVICE, self.net.server_ip, str(PORT)]
 
     def drops(self):
         """Packets the drop rule (tcp dport @protected_ports drop) counted."""

@@ -183,6 +183,32 @@ def door(report, out):
                 f"{k['first_failed']} failed)."]
 
 
+def ssh_door(report, out):
+    entries = report["entries"]
+    order = [n for n in ("ssh-open", "knocker-connect", "knocker-knock-ssh", "knockd-ssh")
+             if n in entries]
+    base = entries.get("ssh-open", {}).get("p50_ms")
+
+    def added(name):
+        p50 = entries[name].get("p50_ms")
+        return "" if base is None or p50 is None or name == "ssh-open" else f"{p50 - base:+.1f}"
+
+    rows = [[f"`{n}`", entries[n]["n"], entries[n]["failures"], ms(entries[n].get("p50_ms")),
+             ms(entries[n].get("p95_ms")), ms(entries[n].get("max_ms")), added(n),
+             entries[n]["first_failed"]] for n in order]
+    out += ["", "## `ssh door true` through the door", "",
+            f"The same door with a real `sshd` on port {report.get('port', 2222)}: from the "
+            "first command's start to `ssh door true` exiting 0 in the client namespace.  "
+            "`ssh-open`: the door opened beforehand, no knock (ssh and sshd alone); "
+            "`knocker-connect`: `ssh` with `ProxyCommand knocker connect --config FILE %h %p`; "
+            "`knocker-knock-ssh`: `knocker knock --config FILE && ssh door true`; "
+            "`knockd-ssh`: `knock IP p1..p6 && ssh door true`.  A first connect fails when "
+            "the door's drop rule counted a SYN of the run (ssh then waits for the one Linux "
+            "resends a second later).", "",
+            table(["entry", "runs", "failed", "p50 ms", "p95 ms", "max", "over ssh-open p50",
+                   "first connect failed"], rows)]
+
+
 def phases(report, out):
     order = ("interpreter start", "imports", "args", "config read", "file check", "connect",
              "handshake", "file check (whole, in handshake)", "hits", "verdict", "log write",
@@ -308,12 +334,14 @@ def main():
                 f"{c['grants_per_s_disk_vs_tmpfs_1']:.2f}x the grants per second of tmpfs "
                 f"with one client and {c['grants_per_s_disk_vs_tmpfs_4']:.2f}x with four. "
                 "Grants are rare (one per knock), so knocker keeps the fsync."]
-    peers_veth, door_report, phase_report = (load(n) for n in
-                                             ("peers-veth", "door", "knock_phases"))
+    peers_veth, door_report, ssh_report, phase_report = (
+        load(n) for n in ("peers-veth", "door", "ssh_door", "knock_phases"))
     if peers_veth:
         veth(peers_veth, out)
     if door_report:
         door(door_report, out)
+    if ssh_report:
+        ssh_door(ssh_report, out)
     if phase_report:
         phases(phase_report, out)
     out.append("")

@@ -15,6 +15,9 @@ declare -A want=(
     # peers.py --netns and door.py: namespaces, a veth pair, an nftables door
     [iproute2]=/usr/sbin/ip
     [nftables]=/usr/sbin/nft
+    # ssh_door.py: a real sshd behind the door, and ssh
+    [openssh-server]=/usr/sbin/sshd
+    [openssh-client]=/usr/bin/ssh
 )
 missing=()
 for pkg in "${!want[@]}"; do

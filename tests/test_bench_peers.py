@@ -81,6 +81,23 @@ class PeerBenchTests(SynchronousTestCase):
         self.assertEqual(knocker["first_connect_failed"], 0, knocker)
         self.assertEqual(knocker["syns_dropped"], 0, knocker)
 
+    def test_ssh_door_true_through_the_door(self):
+        """
+        bench/ssh_door.py at one run an entry: a real ssh reaches a real
+        sshd behind the door in every entry; with knocker (as ProxyCommand,
+        or knocked first) none of its SYNs is dropped, while knockd's client
+        exits before its door is open.
+        """
+        report = self.run_bench(os.path.join(BENCH, "ssh_door.py"), "--runs", "1",
+                                "--max-seconds", "300")
+        entries = report["entries"]
+        for name in ("ssh-open", "knocker-connect", "knocker-knock-ssh", "knockd-ssh"):
+            self.assertIn(name, entries, report.get("skipped"))
+            self.assertEqual((entries[name]["n"], entries[name]["failures"]), (1, 0),
+                             entries[name])
+        for name in ("ssh-open", "knocker-connect", "knocker-knock-ssh"):
+            self.assertEqual(entries[name]["syns_dropped"], 0, entries[name])
+
     def test_time_to_open_over_veth(self):
         report = self.run_bench(os.path.join(BENCH, "peers.py"), "--netns", "--runs", "1",
                                 "--max-seconds", "300")
