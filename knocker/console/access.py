@@ -168,5 +168,11 @@ class Sessions:
             return None
         return entry[1]
 
+    def expiry(self, session) -> float | None:
+        """
+        When C{session} ends (C{clock}'s seconds), if it is open.
+        """
+        return self._open[session][0] if self.csrf(session) is not None else None
+
     def close(self, session) -> None:
         self._open.pop(session, None)

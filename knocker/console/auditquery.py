@@ -8,6 +8,9 @@ import json
 from collections import deque
 
 PER_PAGE = 50
+#: The newest C{page * per_page} matches are kept while the log is read:
+#: deeper pages cost more memory, and older events are better found by time.
+MAX_PAGE = 1000
 
 
 def query(lines, ip: str = "", client: str = "", event: str = "", since: str = "",
@@ -16,7 +19,11 @@ def query(lines, ip: str = "", client: str = "", event: str = "", since: str = "
     The C{page}th page (from 1) of matching events, newest first, and how
     many match in all.  An empty filter matches everything; times are ISO
     prefixes compared as text ("2026-12-01T13" is that hour on).
+
+    @raise ValueError: C{page} is not from 1 to C{MAX_PAGE}.
     """
+    if not 1 <= page <= MAX_PAGE:
+        raise ValueError(f"page must be from 1 to {MAX_PAGE}, not {page}")
     ip_bytes = ip.encode() if ip else None
     # Only the newest page * per_page matches are kept: a log of millions
     # of lines costs a page's worth of memory, not the log's.

@@ -9,6 +9,8 @@ counter (the pool ports' hot path); the live page shows the other events.
 A browser that reads slowly must never slow the daemon: each
 L{EventStream} keeps at most C{limit} events while its connection is
 backed up (Twisted pauses it as a producer) and is dropped past that.
+A stream lasts no longer than the session that opened it: it ends when
+that session logs out (L{EventBus.end_session}) or expires.
 """
 
 from collections import deque
@@ -72,6 +74,14 @@ class EventBus:
     def unsubscribe(self, subscriber) -> None:
         self.subscribers.discard(subscriber)
 
+    def end_session(self, session: str) -> None:
+        """
+        End the streams C{session} opened: it logged out.
+        """
+        for subscriber in list(self.subscribers):
+            if subscriber.session == session:
+                subscriber.close()
+
 
 class ObservedAudit:
     """
@@ -119,15 +129,24 @@ class EventStream:
     One browser's C{text/event-stream}: a streaming producer on its
     request, so Twisted pauses it when the connection backs up; while
     paused it keeps at most C{limit} events, then gives up on the browser.
+
+    C{session} is the session that opened it, if any, and C{ends} when that
+    session expires, in C{clock}'s seconds: the stream ends then, since
+    the session is checked only when a request starts.
     """
 
-    def __init__(self, request, bus: EventBus, limit: int = STREAM_LIMIT):
+    def __init__(self, request, bus: EventBus, limit: int = STREAM_LIMIT,
+                 session: str | None = None, clock=None, ends: float | None = None):
         self._request = request
         self._bus = bus
         self._limit = limit
         self._pending: deque = deque()
         self.paused = False
         self.closed = False
+        self.session = session
+        self._expiry = None
+        if ends is not None:
+            self._expiry = clock.callLater(max(0.0, ends - clock.seconds()), self.close)
         request.setHeader(b"content-type", b"text/event-stream; charset=utf-8")
         request.setHeader(b"cache-control", b"no-store")
         request.registerProducer(self, True)
@@ -163,8 +182,10 @@ class EventStream:
 
     def close(self) -> None:
         """
-        Drop this subscriber (too slow): end its response.
+        End the response: the browser is too slow, or its session is over.
         """
+        if self.closed:
+            return
         self._gone(None)
         self._request.unregisterProducer()
         self._request.finish()
@@ -173,3 +194,5 @@ class EventStream:
         self.closed = True
         self._pending.clear()
         self._bus.unsubscribe(self)
+        if self._expiry is not None and self._expiry.active():
+            self._expiry.cancel()

@@ -226,9 +226,15 @@ def invited_page(client: str, code: str, command: str, expires: str, knocks: int
         csrf=csrf)
 
 
-def problem_page(title: str, message: str, csrf: str) -> bytes:
-    """A change refused for what was asked (not for who asked)."""
-    return page(title, message, tags.p(tags.a("Back to the clients", href="/clients")),
+def problem_page(title: str, message: str, csrf: str, back: str = "/clients") -> bytes:
+    """
+    Refused for what was asked (not for who asked), with a link back to
+    the page it was asked from (C{back}, a path of L{NAV}).
+    """
+    labels = dict(NAV)
+    if back not in labels:
+        back = "/"
+    return page(title, message, tags.p(tags.a(f"Back to {labels[back]}", href=back)),
                 csrf=csrf)
 
 

@@ -179,16 +179,25 @@ def run_out(left: int, used: int, seconds: float) -> float | None:
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
+#: Ten years: longer than any audit log is kept, and "now minus it" is
+#: always a time (a huge one is not).
+MAX_DURATION = 3650 * 86400
+
 
 def parse_duration(text: str) -> float:
     """
-    C{30m}, C{24h}, C{7d}, C{2w} (or plain seconds) in seconds.
+    C{30m}, C{24h}, C{7d}, C{2w} (or plain seconds) in seconds, at most
+    C{MAX_DURATION}.
 
     @raise ValueError: anything else.
     """
     text = text.strip()
     unit = _UNITS.get(text[-1:], None)
     number = text[:-1] if unit else text
-    if not number.isdigit() or not number.isascii():
-        raise ValueError(f"{text!r} is not a duration such as 30m, 24h, 7d")
-    return int(number) * (unit or 1)
+    # (few digits first: int() is slow on thousands and refuses more)
+    if number.isdigit() and number.isascii() and len(number) <= 12:
+        seconds = int(number) * (unit or 1)
+        if seconds <= MAX_DURATION:
+            return seconds
+    raise ValueError(f"{text[:20]!r} is not a duration such as 30m, 24h or 7d, "
+                     f"of at most 3650d (ten years)")

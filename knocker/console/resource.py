@@ -77,6 +77,13 @@ HEADERS = {
 }
 
 
+class BadArgument(ValueError):
+    """
+    A query field the console cannot answer: 400, with this message
+    naming the field and what it may be.
+    """
+
+
 class Who:
     """
     Who is asking: a session (with its CSRF token) or a bearer token.
@@ -135,7 +142,11 @@ class Console(Resource):
                     (self._arg(request, "csrf") or "").encode(), who.csrf.encode()):
                 return self._refuse(request, 403, "Refused: the form's CSRF token is missing "
                                     "or stale.  Reload the page and try again.")
-        result = getattr(self, "page_" + route.handler)(request, who)
+        try:
+            result = getattr(self, "page_" + route.handler)(request, who)
+        except BadArgument as error:
+            return self._problem(request, who, 400, "Not understood", str(error),
+                                 back=route.path.removesuffix(".csv"))
         if isinstance(result, Deferred):
             result.addCallback(self._finish, request)
             result.addErrback(self._failed, request)
@@ -232,6 +243,7 @@ class Console(Resource):
     def page_logout(self, request, who):
         if who.session is not None:
             self.sessions.close(who.session)
+            self.bus.end_session(who.session)
             self.audit.record("admin-logout")
         request.addCookie(COOKIE, b"", path=b"/", httpOnly=True, secure=request.isSecure(),
                           sameSite="strict", max_age=b"0")
@@ -282,8 +294,8 @@ class Console(Resource):
         since_text = self._arg(request, "since") or ("7d" if bucket == "day" else "24h")
         try:
             seconds = parse_duration(since_text)
-        except ValueError:
-            since_text, seconds = "24h", 86400.0
+        except ValueError as error:
+            raise BadArgument(f"since: {error}") from None
         start = self.wall() - seconds
         path = self.config.audit_path
         d = self.blocking(lambda: summarise(audit_lines(path, start), bucket, iso_time(start)))
@@ -307,15 +319,18 @@ class Console(Resource):
     def page_audit(self, request, who):
         filters = {name: self._arg(request, name)[:100]
                    for name in ("ip", "client", "event", "since", "until")}
-        try:
-            number = max(1, int(self._arg(request, "page") or 1))
-        except ValueError:
-            number = 1
+        number = self._arg(request, "page") or "1"
+        if not (number.isascii() and number.isdigit() and len(number) <= 9
+                and 1 <= int(number) <= auditquery.MAX_PAGE):
+            raise BadArgument(f"page: a whole number from 1 to {auditquery.MAX_PAGE}, not "
+                              f"{number[:20]!r}; for older events, narrow the search with "
+                              f"until")
+        number = int(number)
         path = self.config.audit_path
 
         def draw(found):
             entries, total = found
-            pages_count = max(1, -(-total // auditquery.PER_PAGE))
+            pages_count = max(1, min(-(-total // auditquery.PER_PAGE), auditquery.MAX_PAGE))
 
             def link(n):
                 return "/audit?" + urlencode({**{k: v for k, v in filters.items() if v},
@@ -327,9 +342,13 @@ class Console(Resource):
 
     def page_events(self, request, who):
         if len(self.bus.subscribers) >= MAX_SUBSCRIBERS:
-            request.setResponseCode(503)  # the browser's EventSource retries later
+            # EventSource gives up for good on a non-200 answer (no retry):
+            # that page shows no new events until it is reloaded.
+            request.setResponseCode(503)
             return b"too many live pages open\n"
-        EventStream(request, self.bus)
+        # Ended at logout or expiry: the gate checked the session only now.
+        EventStream(request, self.bus, session=who.session, clock=self.clock,
+                    ends=self.sessions.expiry(who.session))
         return NOT_DONE_YET
 
     def page_metrics(self, request, who):
@@ -446,9 +465,10 @@ class Console(Resource):
     def _blocking_call(self, function, *args) -> Deferred:
         return self.blocking(lambda: function(*args))
 
-    def _problem(self, request, who, code: int, title: str, message: str) -> bytes:
+    def _problem(self, request, who, code: int, title: str, message: str,
+                 back: str = "/clients") -> bytes:
         request.setResponseCode(code)
         if who.kind == "bearer":
             request.setHeader(b"content-type", b"application/json")
             return json.dumps({"error": message}).encode() + b"\n"
-        return self._html(request, pages.problem_page(title, message, who.csrf))
+        return self._html(request, pages.problem_page(title, message, who.csrf, back))

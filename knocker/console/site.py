@@ -4,12 +4,22 @@ C{admin} is set.  Before the coordinator exists it wraps the audit log
 (L{observe}) and the action runner (L{timed}) so the live events and the
 metrics see everything; once the daemon is up, L{listen} serves the
 console on C{admin} and writes C{daemon.json} for the commands.
+
+The web server is bounded before any request reaches the console's gate:
+a body over C{MAX_BODY} is refused unread (L{BoundedRequest}), and past
+C{MAX_CONNECTIONS} at once a connection is told to come back later
+(L{ConnectionLimit}), so nobody, logged in or not, can take the daemon's
+memory, reactor or file descriptors through the console.
 """
 
+from io import BytesIO
+
 from twisted.internet.endpoints import serverFromString
+from twisted.internet.protocol import Protocol
 from twisted.internet.threads import deferToThread
+from twisted.protocols.policies import WrappingFactory
 from twisted.python.failure import Failure
-from twisted.web.server import Site
+from twisted.web.server import Request, Site
 
 from knocker.console.access import Credentials, Sessions
 from knocker.console.events import EventBus, ObservedAudit
@@ -18,14 +28,118 @@ from knocker.console.resource import Console
 from knocker.console.view import Activity
 from knocker.core.config import admin_endpoint
 
+#: The console's forms are a few short fields.
+MAX_BODY = 64 * 1024
+#: Browsers open about 6 each, a live page holds one (at most 20 of those).
+MAX_CONNECTIONS = 50
+#: A connection that sends nothing for this long is closed, so idle ones do
+#: not hold the connections above (a live page's request in progress has no
+#: idle timeout).
+IDLE_SECONDS = 60
+#: How long a turned-away connection may take to close before it is cut.
+BUSY_SECONDS = 5
+
+
+def _answer(status: bytes, text: bytes) -> bytes:
+    """
+    A whole HTTP/1.1 answer that closes its connection.
+    """
+    return (b"HTTP/1.1 " + status + b"\r\ncontent-type: text/plain; charset=utf-8\r\n"
+            b"content-length: " + str(len(text)).encode() + b"\r\nconnection: close\r\n\r\n"
+            + text)
+
+
+TOO_LARGE = _answer(b"413 Content Too Large",
+                    b"request body over %d bytes\n" % MAX_BODY)
+BUSY = _answer(b"503 Service Unavailable", b"too many connections to the console\n")
+
+
+class BoundedRequest(Request):
+    """
+    A request whose body may not pass C{MAX_BODY}.  twisted.web keeps a
+    whole body, then parses a form on the reactor, all before the console
+    knows who is asking: a bigger body is answered 413 and its connection
+    closed as soon as its Content-Length or its chunks say so, and is
+    never kept, parsed nor rendered.
+    """
+
+    refused = False
+    _received = 0
+
+    def gotLength(self, length):
+        if length is not None and length > MAX_BODY:
+            self._refuse()
+        self.content = BytesIO()  # never more than MAX_BODY: no temporary file
+
+    def handleContentChunk(self, data):
+        if self.refused:
+            return
+        self._received += len(data)
+        if self._received > MAX_BODY:
+            self._refuse()
+            return
+        self.content.write(data)
+
+    def requestReceived(self, command, path, version):
+        if not self.refused:
+            super().requestReceived(command, path, version)
+
+    def _refuse(self):
+        self.refused = True
+        # allHeadersReceived would answer "100 Continue" after the 413
+        self.requestHeaders.removeHeader(b"expect")
+        self.channel.transport.write(TOO_LARGE)
+        self.channel.loseConnection()
+
 
 class QuietSite(Site):
     """
     No access log: login URLs carry their token in the query.
     """
 
+    requestFactory = BoundedRequest
+
     def log(self, request):
         pass
+
+
+class Busy(Protocol):
+    """
+    A connection past the limit: told so, then closed, and cut after
+    C{BUSY_SECONDS} if it has not closed by then (under TLS the answer
+    waits for a handshake the client may never finish).
+    """
+
+    def __init__(self, clock):
+        self._clock = clock
+        self._cut = None
+
+    def connectionMade(self):
+        self._cut = self._clock.callLater(BUSY_SECONDS, self.transport.abortConnection)
+        self.transport.write(BUSY)
+        self.transport.loseConnection()
+
+    def connectionLost(self, reason):
+        if self._cut is not None and self._cut.active():
+            self._cut.cancel()
+
+
+class ConnectionLimit(WrappingFactory):
+    """
+    C{site} with at most C{limit} connections at once; each holds a file
+    descriptor, which the daemon needs for its pool ports and knocks.  A
+    wrapped connection is still what it wraps (TLS included), so requests
+    over C{ssl:} stay secure.
+    """
+
+    def __init__(self, site, limit: int = MAX_CONNECTIONS):
+        super().__init__(site)
+        self.limit = limit
+
+    def buildProtocol(self, addr):
+        if len(self.protocols) >= self.limit:
+            return Busy(self.wrappedFactory.reactor)
+        return super().buildProtocol(addr)
 
 
 class ConsoleService:
@@ -59,7 +173,8 @@ class ConsoleService:
                           self.metrics, blocking=deferToThread)
         result = []
         endpoint = serverFromString(self._reactor, self.config.admin)
-        endpoint.listen(QuietSite(console)).addBoth(result.append)
+        site = QuietSite(console, timeout=IDLE_SECONDS, reactor=self._reactor)
+        endpoint.listen(ConnectionLimit(site)).addBoth(result.append)
         if not result or isinstance(result[0], Failure):
             why = result[0].value if result else "did not listen at once"
             raise ValueError(f"admin = {self.config.admin}: {why}")

@@ -69,18 +69,58 @@ def _endpoint(text: str) -> str:
     return text
 
 
+def _endpoint_fields(text: str) -> list[tuple[str, ...]]:
+    """
+    C{text} split as Twisted's C{serverFromString} splits it, so the
+    C{admin} check reads what will be bound: fields at C{:}, a field's key
+    from its value at its first C{=}, a backslash taking the next
+    character as it is (C{interface=\\:\\:1}).
+    """
+    fields, field, current = [], [], ""
+    separators = ":="
+    characters = iter(text)
+    for character in characters:
+        if character in separators:
+            field.append(current)
+            current = ""
+            if character == ":":
+                fields.append(tuple(field))
+                field, separators = [], ":="
+            else:
+                separators = ":"
+        elif character == "\\":
+            escaped = next(characters, None)
+            if escaped is None:
+                raise ValueError(f"{text}: a backslash at the end")
+            current += escaped
+        else:
+            current += character
+    fields.append((*field, current))
+    return fields
+
+
 def admin_endpoint(text: str) -> tuple[str, str, int]:
     """
     C{(kind, host, port)} of an C{admin} endpoint string: C{tcp}, C{tcp6} or
     C{ssl}; the host is the C{interface} (all addresses when absent).
+
+    Read as Twisted reads it, and refused where Twisted reads it otherwise
+    than a person would: an option given twice (Twisted keeps the last) or
+    a value without its name (after the port, Twisted takes it for the
+    address).
     """
-    kind, _, rest = text.partition(":")
-    fields = [field.replace("\0", ":") for field in rest.replace("\\:", "\0").split(":")]
-    if kind not in ("tcp", "tcp6", "ssl") or not fields or not fields[0].isdigit():
+    fields = _endpoint_fields(text)
+    if not (len(fields) >= 2 and fields[0] in (("tcp",), ("tcp6",), ("ssl",))
+            and len(fields[1]) == 1 and fields[1][0].isascii() and fields[1][0].isdigit()):
         raise ValueError(text)
-    options = dict(field.partition("=")[::2] for field in fields[1:])
+    options = {}
+    for field in fields[2:]:
+        if len(field) != 2 or field[0] in options:
+            raise ValueError(f"{text}: each option once, as NAME=VALUE")
+        options[field[0]] = field[1]
+    kind = fields[0][0]
     default = "::" if kind == "tcp6" else "0.0.0.0"
-    return kind, options.get("interface", default), int(fields[0])
+    return kind, options.get("interface", default), int(fields[1][0])
 
 
 def _admin(text: str) -> str | None:
@@ -218,7 +258,8 @@ SERVER_TABLE = (
     Key("audit-min-free", 100, _number(int, 0, 1_000_000)),
     Key("admin", "tcp:8750:interface=127.0.0.1",
         (_admin, "empty (no console), tcp:PORT:interface=ADDRESS on a loopback address, or "
-                 "ssl:PORT:privateKey=...:certKey=... (TLS) on any address")),
+                 "ssl:PORT:privateKey=...:certKey=... (TLS) on any address; each option "
+                 "once, as NAME=VALUE")),
     Key("database", "", (_database, "empty (SQLite in state-dir) or a libpq URI such as "
                                     "postgresql://knocker@db.example/knocker?sslmode=verify-full")),
     Key("database-key-file", None, _PATH, is_path=True),

@@ -5,11 +5,14 @@ daemon up, and /metrics counts what happens without an address in a label.
 
 import re
 
+from twisted.internet.error import ConnectionDone
+from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.test.requesthelper import DummyRequest
 
+from knocker.console.access import SESSION_SECONDS
 from knocker.console.events import EventBus, EventStream
-from tests.console.web import ConsoleFixture
+from tests.console.web import Browser, ConsoleFixture
 from tests.helpers.harness import a_decoy
 
 
@@ -77,6 +80,52 @@ class StreamTests(SynchronousTestCase):
         for n in range(100):
             bus.publish({"event": "x", "n": n})
         self.assertEqual([e["n"] for e in bus.recent], [95, 96, 97, 98, 99])
+
+
+class StreamSessionTests(SynchronousTestCase):
+    """
+    A live page's stream lasts no longer than its session: the session is
+    checked when the stream starts, and the stream must not outlive it.
+    """
+
+    def test_logout_ends_that_sessions_streams(self):
+        f = ConsoleFixture(self)
+        csrf = f.login()
+        _, mine = f.browser.stream("/events")
+        other = Browser(f.console)
+        f.login(other)
+        _, theirs = other.stream("/events")
+        self.assertEqual(f.browser.post("/logout", {"csrf": csrf}).code, 302)
+        self.assertTrue(mine.getvalue().endswith(b"0\r\n\r\n"), "ended")
+        f.audit.record("lockout", source="203.0.113.7", reason="after-logout")
+        self.assertNotIn(b"after-logout", mine.getvalue())
+        self.assertIn(b"after-logout", theirs.getvalue())
+        self.assertEqual(len(f.bus.subscribers), 1)
+
+    def test_a_stream_ends_when_its_session_expires(self):
+        f = ConsoleFixture(self)
+        f.login()
+        timers = list(f.h.clock.getDelayedCalls())
+        _, stream = f.browser.stream("/events")
+        f.h.clock.advance(SESSION_SECONDS - 1)
+        f.audit.record("lockout", source="203.0.113.7", reason="before-expiry")
+        self.assertIn(b"before-expiry", stream.getvalue())
+        f.h.clock.advance(1)
+        self.assertTrue(stream.getvalue().endswith(b"0\r\n\r\n"), "ended")
+        f.audit.record("lockout", source="203.0.113.8", reason="after-expiry")
+        self.assertNotIn(b"after-expiry", stream.getvalue())
+        self.assertEqual(f.bus.subscribers, set())
+        self.assertEqual(f.h.clock.getDelayedCalls(), timers, "no timer left behind")
+
+    def test_a_closed_stream_leaves_no_timer(self):
+        f = ConsoleFixture(self)
+        f.login()
+        timers = list(f.h.clock.getDelayedCalls())
+        request, _ = f.browser.stream("/events")
+        self.assertEqual(len(f.h.clock.getDelayedCalls()), len(timers) + 1)
+        request.connectionLost(Failure(ConnectionDone()))
+        self.assertEqual(f.bus.subscribers, set())
+        self.assertEqual(f.h.clock.getDelayedCalls(), timers)
 
 
 class MetricsTests(SynchronousTestCase):

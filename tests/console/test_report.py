@@ -10,9 +10,9 @@ import os
 from twisted.trial.unittest import SynchronousTestCase
 
 from knocker.console.auditfiles import audit_files, audit_lines
-from knocker.console.auditquery import query
+from knocker.console.auditquery import MAX_PAGE, query
 from knocker.console.formats import FORMATS, as_csv
-from knocker.console.report import parse_duration, run_out, summarise
+from knocker.console.report import MAX_DURATION, parse_duration, run_out, summarise
 
 
 def line(time, event, **fields):
@@ -71,6 +71,12 @@ class SummaryTests(SynchronousTestCase):
                          [90, 1800, 86400, 604800])
         self.assertRaises(ValueError, parse_duration, "soon")
         self.assertRaises(ValueError, parse_duration, "-5h")
+
+    def test_duration_at_most_ten_years(self):
+        self.assertEqual(parse_duration("3650d"), MAX_DURATION)
+        for text in ("3651d", "522w", "99999999999d", "9" * 400 + "d", "9" * 5000):
+            error = self.assertRaises(ValueError, parse_duration, text)
+            self.assertIn("at most 3650d", str(error))
 
     def test_run_out(self):
         self.assertEqual(run_out(100, 10, 3600), 36000)
@@ -159,3 +165,13 @@ class KnocksLeftTests(SynchronousTestCase):
         self.assertEqual(total, 1000)
         self.assertEqual(entries[0]["time"], "2027-01-15T08:15:39.000000Z")  # n = 999 - 60
         self.assertEqual(query(lines, page=101, per_page=10), ([], 1000))
+
+    def test_pages_are_bounded(self):
+        """
+        The newest page * per_page matches are kept while reading: a page
+        past MAX_PAGE is refused, not paid for in memory.
+        """
+        lines = [line("2027-01-15T08:00:00.000000Z", "hit", ip="192.0.2.1")]
+        self.assertEqual(query(lines, page=MAX_PAGE), ([], 1))
+        for page in (0, MAX_PAGE + 1, 10 ** 19):
+            self.assertRaises(ValueError, query, lines, page=page)

@@ -5,6 +5,7 @@ console's own Origin, and every change in the audit log.  The tests walk
 L{ROUTES}, so a route added later is held to the same checks.
 """
 
+import json
 import os
 
 from twisted.trial.unittest import SynchronousTestCase
@@ -257,10 +258,10 @@ class PagesTests(SynchronousTestCase):
             f'"reason":"timeout"}}',
         ])
         f.login()
-        page = f.browser.get("/reports?since=99999d").text
+        page = f.browser.get("/reports?since=3650d").text
         self.assertIn("<svg", page)
         self.assertIn("1 opens, 1 failures", page)
-        csv = f.browser.get("/reports.csv?since=99999d")
+        csv = f.browser.get("/reports.csv?since=3650d")
         self.assertEqual(csv.header(b"content-type"), b"text/csv; charset=utf-8")
         self.assertIn(b"2027-01-15T08,1,1,0,0,0,timeout=1", csv.body)
 
@@ -289,3 +290,42 @@ class PagesTests(SynchronousTestCase):
         self.assertEqual(response.code, 200)
         self.assertIn(b'knocker_handshakes_total{result="grant"} 1.0', response.body)
         self.assertIn(b'knocker_knocks_left{client="alice"} 4.0', response.body)
+
+
+class OddQueryTests(SynchronousTestCase):
+    """
+    Query values no page links to get a 400 naming the field and what it
+    may be, never a 500 with a traceback in the log.
+    """
+
+    def setUp(self):
+        self.f = ConsoleFixture(self)
+        self.f.audit_path_lines(
+            ['{"time":"2027-01-15T08:00:00.000000Z","event":"hit","ip":"192.0.2.1"}'])
+        self.f.login()
+
+    def assertRefused(self, path, field, allowed):
+        response = self.f.browser.get(path)
+        self.assertEqual(response.code, 400, path[:40])
+        self.assertIn(f"{field}: ", response.text)
+        self.assertIn(allowed, response.text)
+        self.assertEqual(self.flushLoggedErrors(), [])
+
+    def test_audit_pages_past_the_bound(self):
+        for page in ("9" * 19, "9" * 5000, "1001", "0", "-1", "2.5", "two"):
+            self.assertRefused("/audit?page=" + page, "page", "a whole number from 1 to 1000")
+        self.assertIn("1 events match", self.f.browser.get("/audit?page=1000").text)
+
+    def test_report_durations_past_ten_years(self):
+        for since in ("9" * 400 + "d", "99999999999d", "3651d", "soon"):
+            for route in ("/reports", "/reports.csv"):
+                self.assertRefused(f"{route}?since={since}", "since", "at most 3650d")
+        self.assertEqual(self.f.browser.get("/reports?since=3650d").code, 200)
+
+    def test_a_bearer_is_told_in_json(self):
+        token = self.f.credentials.new_bearer()
+        response = Browser(self.f.console).get(
+            "/audit?page=" + "9" * 30, headers={"authorization": f"Bearer {token}"})
+        self.assertEqual(response.code, 400)
+        self.assertEqual(response.header(b"content-type"), b"application/json")
+        self.assertIn("page: a whole number", json.loads(response.body)["error"])

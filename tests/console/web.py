@@ -52,6 +52,25 @@ class Browser:
 
     def request(self, method: str, path: str, fields: dict | None = None,
                 headers: dict | None = None, origin: bytes | None = ORIGIN) -> Response:
+        _, written = self._send(method, path, fields, headers, origin)
+        response = Response(written.getvalue())
+        for name, value in response.headers:
+            if name.lower() == b"set-cookie":
+                for key, morsel in SimpleCookie(value.decode()).items():
+                    if morsel.value:
+                        self.cookies[key] = morsel.value
+                    else:
+                        self.cookies.pop(key, None)
+        return response
+
+    def stream(self, path: str) -> tuple[Request, BytesIO]:
+        """
+        A GET left open (server-sent events): its request, and what is
+        written to it so far (it grows as the answer goes on).
+        """
+        return self._send("GET", path, None, None, ORIGIN)
+
+    def _send(self, method, path, fields, headers, origin) -> tuple[Request, BytesIO]:
         channel = DummyChannel()
         if self.secure:
             channel.transport = DummyChannel.SSL()
@@ -76,15 +95,7 @@ class Browser:
         request.requestReceived(method.encode(), path.encode(), b"HTTP/1.1")
         if self.settle is not None:
             self.settle(channel)
-        response = Response(channel.transport.written.getvalue())
-        for name, value in response.headers:
-            if name.lower() == b"set-cookie":
-                for key, morsel in SimpleCookie(value.decode()).items():
-                    if morsel.value:
-                        self.cookies[key] = morsel.value
-                    else:
-                        self.cookies.pop(key, None)
-        return response
+        return request, channel.transport.written
 
     def get(self, path: str, **kwargs) -> Response:
         return self.request("GET", path, **kwargs)

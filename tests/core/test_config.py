@@ -17,6 +17,7 @@ from knocker.core.config import (
     ClientConfig,
     ConfigError,
     ServerConfig,
+    admin_endpoint,
     load_client_config,
     load_server_config,
     parse_client_config,
@@ -619,3 +620,35 @@ class AdminKeyTests(SynchronousTestCase):
             error = self.assertRaises(ConfigError, server, f"admin = {value}\n")
             self.assertIn("admin", str(error))
             self.assertIn("ssl:", str(error))
+
+    def test_checked_as_twisted_reads_it(self):
+        """
+        Twisted's endpoint parser drops a backslash before any character,
+        keeps the last of an option given twice and takes a bare value for
+        the address: the check reads it the same way, so what it allows
+        binds where it says, and a spelling that binds every address in
+        plain HTTP is refused.
+        """
+        from twisted.internet.endpoints import serverFromString
+        from twisted.internet.protocol import Factory
+        from twisted.internet.testing import MemoryReactor
+
+        def bound(value):
+            reactor = MemoryReactor()
+            serverFromString(reactor, value).listen(Factory())
+            return reactor.tcpServers[0][3]
+
+        for value in ("tcp:0:interface=127.0.0.1", "tcp:0:interface=12\\7.0.0.1:backlog=5",
+                      "tcp6:8750:interface=\\:\\:1"):
+            self.assertEqual(server(f"admin = {value}\n").admin, value)
+            self.assertEqual(admin_endpoint(value)[1], bound(value))
+        for value in ("tcp:0:interface=127.0.0.1:\\interface=0.0.0.0",
+                      "tcp:0:interface=127.0.0.1:inter\\face=0.0.0.0",
+                      "tcp:0:interface=127.0.0.1:interface=0.0.0.0",
+                      "tcp:0:0.0.0.0", "tcp:0:"):
+            self.assertIn(bound(value), ("0.0.0.0", ""), value)
+            error = self.assertRaises(ConfigError, server, f"admin = {value}\n")
+            self.assertIn("admin", str(error))
+            self.assertIn("each option once, as NAME=VALUE", str(error))
+        error = self.assertRaises(ConfigError, server, "admin = tcp:0:interface=127.0.0.1\\\n")
+        self.assertIn("admin", str(error))

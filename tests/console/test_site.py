@@ -1,0 +1,241 @@
+"""
+The console's web server before its gate (knocker/console/site.py): a big
+body is refused unread, and past the connection limit a connection is
+turned away, so nobody can take the daemon's memory, reactor or file
+descriptors through the console.  First over fake transports, then once
+over real loopback sockets.
+"""
+
+from twisted.internet import reactor
+from twisted.internet.address import IPv4Address
+from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import TCP4ClientEndpoint, TCP4ServerEndpoint
+from twisted.internet.error import ConnectionDone
+from twisted.internet.interfaces import ISSLTransport
+from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.task import deferLater
+from twisted.internet.testing import StringTransport
+from twisted.python.failure import Failure
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+from zope.interface import implementer
+
+from knocker.console.site import (
+    BUSY_SECONDS,
+    MAX_BODY,
+    BoundedRequest,
+    ConnectionLimit,
+    QuietSite,
+)
+from tests.console.web import ConsoleFixture
+
+PEER = IPv4Address("TCP", "127.0.0.1", 40000)
+FORM = (b"Host: 127.0.0.1:8750\r\nOrigin: http://127.0.0.1:8750\r\n"
+        b"Content-Type: application/x-www-form-urlencoded\r\n")
+
+
+@implementer(ISSLTransport)
+class TLSTransport(StringTransport):
+    """
+    What a C{ssl:} endpoint's connection says it is.
+    """
+
+    def getPeerCertificate(self):
+        return None
+
+    def setTcpNoDelay(self, enabled):
+        pass
+
+
+class Hanging(StringTransport):
+    """
+    A connection whose closing waits on its client (a TLS handshake never
+    finished): only an abort ends it.
+    """
+
+    aborted = False
+
+    def abortConnection(self):
+        self.aborted = True
+
+
+def console_factory(testcase, limit=50):
+    """
+    The console's L{ConnectionLimit}, keeping each request in its
+    C{requests} for a test to look into.
+    """
+    fixture = ConsoleFixture(testcase)
+    requests = []
+
+    class KeptRequest(BoundedRequest):
+        def gotLength(self, length):
+            requests.append(self)
+            super().gotLength(length)
+
+    site = QuietSite(fixture.console, reactor=fixture.h.clock)
+    site.requestFactory = KeptRequest
+    factory = ConnectionLimit(site, limit)
+    factory.requests = requests
+    return fixture, factory
+
+
+def connect(factory, transport=None):
+    """
+    A new connection to C{factory}: its protocol and transport.
+    """
+    protocol = factory.buildProtocol(PEER)
+    transport = transport or StringTransport(peerAddress=PEER)
+    protocol.makeConnection(transport)
+    return protocol, transport
+
+
+class BodyLimitTests(SynchronousTestCase):
+    def test_a_big_content_length_is_refused_before_the_body(self):
+        f, factory = console_factory(self)
+        before = f.state()
+        connection, transport = connect(factory)
+        connection.dataReceived(b"POST /lift HTTP/1.1\r\n" + FORM +
+                                b"Content-Length: 104857600\r\n\r\n" + b"a=1&" * 65536)
+        self.assertTrue(transport.value().startswith(b"HTTP/1.1 413 "), transport.value())
+        self.assertIn(b"connection: close", transport.value())
+        self.assertTrue(transport.disconnecting)
+        [request] = factory.requests
+        self.assertEqual(request.content.getvalue(), b"", "none of the body is kept")
+        connection.connectionLost(Failure(ConnectionDone()))
+        self.assertEqual(transport.value().count(b"HTTP/1.1 "), 1, "the gate never answered")
+        self.assertEqual(f.state(), before)
+
+    def test_no_continue_after_the_refusal(self):
+        f, factory = console_factory(self)
+        connection, transport = connect(factory)
+        connection.dataReceived(b"POST /login HTTP/1.1\r\n" + FORM + b"Expect: 100-continue\r\n"
+                                b"Content-Length: %d\r\n\r\n" % (MAX_BODY + 1))
+        self.assertTrue(transport.value().startswith(b"HTTP/1.1 413 "))
+        self.assertNotIn(b"100 Continue", transport.value())
+
+    def test_a_chunked_body_is_cut_off_at_the_limit(self):
+        f, factory = console_factory(self)
+        connection, transport = connect(factory)
+        connection.dataReceived(b"POST /login HTTP/1.1\r\n" + FORM +
+                                b"Transfer-Encoding: chunked\r\n\r\n")
+        chunk = b"%x\r\n%s\r\n" % (16384, b"a" * 16384)
+        for _ in range(MAX_BODY // 16384):
+            connection.dataReceived(chunk)
+        self.assertEqual(transport.value(), b"", "up to the limit it is read")
+        connection.dataReceived(chunk + chunk + b"0\r\n\r\n")
+        self.assertTrue(transport.value().startswith(b"HTTP/1.1 413 "))
+        self.assertTrue(transport.disconnecting)
+        self.assertLessEqual(len(factory.requests[0].content.getvalue()), MAX_BODY)
+        self.assertEqual(transport.value().count(b"HTTP/1.1 "), 1, "never rendered")
+
+    def test_a_login_form_still_works(self):
+        f, factory = console_factory(self)
+        token = f.credentials.new_login(f.wall.seconds()).encode()
+        connection, transport = connect(factory)
+        body = b"token=" + token
+        connection.dataReceived(b"POST /login HTTP/1.1\r\n" + FORM +
+                                b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+        self.assertTrue(transport.value().startswith(b"HTTP/1.1 302 "), transport.value())
+        self.assertIn(b"knocker_session=", transport.value())
+        self.assertNotIn(b"Secure", transport.value())
+
+
+class ConnectionLimitTests(SynchronousTestCase):
+    def test_past_the_limit_a_connection_is_turned_away_until_one_closes(self):
+        f, factory = console_factory(self, limit=3)
+        held = [connect(factory) for _ in range(3)]
+        extra, transport = connect(factory)
+        self.assertTrue(transport.value().startswith(b"HTTP/1.1 503 "), transport.value())
+        self.assertTrue(transport.disconnecting)
+        extra.connectionLost(Failure(ConnectionDone()))
+        self.assertTrue(connect(factory)[1].disconnecting, "a refused one freed nothing")
+        held[0][0].connectionLost(Failure(ConnectionDone()))
+        again, transport = connect(factory)
+        again.dataReceived(b"GET /login HTTP/1.1\r\nHost: 127.0.0.1:8750\r\n\r\n")
+        self.assertTrue(transport.value().startswith(b"HTTP/1.1 200 "), transport.value())
+
+    def test_a_turned_away_connection_that_does_not_close_is_cut(self):
+        f, factory = console_factory(self, limit=1)
+        connect(factory)
+        timers = list(f.h.clock.getDelayedCalls())
+        closes, transport = connect(factory, Hanging(peerAddress=PEER))
+        closes.connectionLost(Failure(ConnectionDone()))
+        self.assertEqual(f.h.clock.getDelayedCalls(), timers, "closed: no timer left")
+        _, transport = connect(factory, Hanging(peerAddress=PEER))
+        f.h.clock.advance(BUSY_SECONDS)
+        self.assertTrue(transport.aborted)
+
+    def test_tls_stays_secure_through_the_limit(self):
+        f, factory = console_factory(self)
+        token = f.credentials.new_login(f.wall.seconds()).encode()
+        connection, transport = connect(factory, TLSTransport(peerAddress=PEER))
+        body = b"token=" + token
+        connection.dataReceived(b"POST /login HTTP/1.1\r\nHost: 127.0.0.1:8750\r\n"
+                                b"Origin: https://127.0.0.1:8750\r\n"
+                                b"Content-Type: application/x-www-form-urlencoded\r\n"
+                                b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+        self.assertTrue(transport.value().startswith(b"HTTP/1.1 302 "), transport.value())
+        self.assertIn(b"; Secure", transport.value())
+
+    def test_live_events_through_the_limit(self):
+        f, factory = console_factory(self)
+        f.login()
+        cookie = "; ".join(f"{k}={v}" for k, v in f.browser.cookies.items()).encode()
+        connection, transport = connect(factory)
+        connection.dataReceived(b"GET /events HTTP/1.1\r\nHost: 127.0.0.1:8750\r\n"
+                                b"Cookie: " + cookie + b"\r\n\r\n")
+        f.audit.record("lockout", source="203.0.113.7", reason="typo")
+        self.assertIn(b"text/event-stream", transport.value())
+        self.assertIn(b'"source": "203.0.113.7"', transport.value())
+
+
+class Reader(Protocol):
+    """
+    A client that keeps what it is sent; C{done} fires with it when the
+    server closes.
+    """
+
+    def __init__(self):
+        self.received = b""
+        self.done = Deferred()
+
+    def dataReceived(self, data):
+        self.received += data
+
+    def connectionLost(self, reason):
+        self.done.callback(self.received)
+
+
+class LoopbackTests(TestCase):
+    """
+    The same on real sockets, on the real reactor.
+    """
+
+    timeout = 30
+
+    async def test_body_and_connection_limits_on_a_real_port(self):
+        f, factory = console_factory(self, limit=2)
+        factory.wrappedFactory.reactor = reactor
+        port = await TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(factory)
+        self.addCleanup(port.stopListening)
+        client = TCP4ClientEndpoint(reactor, "127.0.0.1", port.getHost().port)
+
+        async def connection(data: bytes = b"") -> Reader:
+            reader = await client.connect(Factory.forProtocol(Reader))
+            reader.transport.write(data)
+            return reader
+
+        big = await connection(b"POST /lift HTTP/1.1\r\n" + FORM +
+                               b"Content-Length: 104857600\r\n\r\n")
+        self.assertTrue((await big.done).startswith(b"HTTP/1.1 413 "))
+
+        held = [await connection(b"GET /login HTTP/1.1\r\n") for _ in range(2)]
+        turned_away = await connection()
+        self.assertTrue((await turned_away.done).startswith(b"HTTP/1.1 503 "))
+        held[0].transport.loseConnection()
+        await held[0].done
+        await deferLater(reactor, 0.05, lambda: None)  # the server sees it go
+        served = await connection(b"GET /login HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                                  b"Connection: close\r\n\r\n")
+        self.assertTrue((await served.done).startswith(b"HTTP/1.1 200 "))
+        held[1].transport.loseConnection()
+        await held[1].done
