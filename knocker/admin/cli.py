@@ -68,8 +68,8 @@ def _invite(args) -> int:
     from knocker.admin.clients import ClientExists
     from knocker.enrol.invite import check_invite, invite_client
 
+    check_invite(args.client, args.expires)  # before the configuration or the state
     config = server_config(args)
-    check_invite(args.client, args.expires)
     knocks = args.knocks if args.knocks is not None else config.knocks
     ports = args.ports if args.ports is not None else config.ports_per_knock
     try:
@@ -198,7 +198,7 @@ def build_parser() -> argparse.ArgumentParser:
                               "for knocker enroll")
     inv.add_argument("client", help="client id: [a-z0-9][a-z0-9_.-]{0,63}")
     inv.add_argument("--expires", type=float, default=3600.0,
-                     help="seconds the code works (default 3600)")
+                     help="seconds the code works (default 3600, at most 2592000: 30 days)")
     inv.add_argument("--knocks", type=int, help="number of one-time knocks (default: config, 1000)")
     inv.add_argument("--ports", type=int, help="ports per knock (default: config, 6)")
     inv.add_argument("--config", help=f"server configuration file (default: {DEFAULT_CONFIG})")

@@ -238,7 +238,8 @@ async def _renewal(io, conn, config, knockfile, machine, deadline, result) -> Kn
     After OPEN the server closes, or offers a renewed file (docs/spec.md
     section 10), which is taken unasked; only then are the modules that
     handle it imported.  Whatever goes wrong leaves the current file, and
-    the OPEN stands.
+    the OPEN stands.  The renewal has what is left of the knock's one
+    deadline, for all its reads together.
     """
     try:
         line = await conn.readline(deadline.bound(config.connect_timeout))
@@ -247,8 +248,10 @@ async def _renewal(io, conn, config, knockfile, machine, deadline, result) -> Kn
         from knocker.enrol.renewal import take_offer
 
         note = await take_offer(conn, line, config, knockfile, machine.nonce,
-                                deadline.bound(config.connect_timeout))
+                                deadline.remaining(), io.now)
     except Exception as failure:  # noqa: BLE001 - the knock is done; the file stays
+        if deadline.passed():
+            failure = deadline.passed_message(f"during the renewal ({failure})")
         note = f"renewal not taken: {failure}"
     io.say(note)
     return result.replace(detail=note)

@@ -374,21 +374,40 @@ class KnockServer:
         text, new = made
         self._audit.record("renew-offer", ip=ip, client=client, left=state.left, new=new)
         return RenewServer(client, secret, nonce, text,
-                           lambda wanted_id: self._confirmed(ip, client, wanted_id))
+                           lambda wanted_id: self._confirmed(ip, client, wanted_id,
+                                                             state.secret_id))
 
-    def _confirmed(self, ip: str, client: str, wanted_id: str):
+    def _confirmed(self, ip: str, client: str, wanted_id: str, offered_id: str):
         """
         The client's CONFIRM after a renewal, made with the new secret
-        (C{wanted_id}): promote its pending file, if that is still the one.
+        (C{wanted_id}): promote its pending file, if that is still the one
+        and the file it was offered to (C{offered_id}) is not revoked.
         """
         return self._guarded(False, "promoting {client}'s renewed file", client,
                              lambda: then(self._store.pending(client), self._confirm_pending,
-                                          ip, client, wanted_id))
+                                          ip, client, wanted_id, offered_id))
 
-    def _confirm_pending(self, pending, ip: str, client: str, wanted_id: str):
+    def _confirm_pending(self, pending, ip: str, client: str, wanted_id: str,
+                         offered_id: str):
+        if self._revoked.get(client) == offered_id:
+            return self._renewal_revoked(ip, client)
         if pending is None or pending.secret_id != wanted_id:
             return False
         return self._promote(ip, client, pending, "confirm")
+
+    def _renewal_revoked(self, ip: str, client: str):
+        """
+        Revoked between the offer and the CONFIRM: the renewed file must
+        not outlive the revocation.  The state forgot it with the
+        revocation (and never promotes a revoked client's), so it is only
+        refused here.
+        """
+        from knocker.enrol.renewal import REVOKED
+
+        self._audit.record("renew-refused", ip=ip, client=client, reason="revoked")
+        log.warn("{client} was revoked during its renewal: the renewed file is refused",
+                 client=client)
+        return REVOKED
 
     @staticmethod
     def _guarded(fallback, what: str, client: str, work):
@@ -700,10 +719,14 @@ class KnockServer:
         A fleet's store does it all in its threads; with SQLite the file
         is drawn by C{blocking} (C{deferToThread} in the daemon: a big file
         takes seconds) and kept here.
+
+        @raise ValueError: a client id or an expiry L{check_invite
+            <knocker.enrol.invite.check_invite>} refuses, before any change.
         """
         from knocker.admin.clients import refuse_existing
-        from knocker.enrol.invite import draw_file, invite_in, keep_invited
+        from knocker.enrol.invite import check_invite, draw_file, invite_in, keep_invited
 
+        check_invite(client, expires)  # before anything changes
         now = self._wall.now() if now is None else now
         run = getattr(self._store, "invite", None)
         if run is not None:

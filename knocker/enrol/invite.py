@@ -10,6 +10,7 @@ so the daemon serves the new client's file at once.
 """
 
 import json
+import math
 import os
 import secrets
 import time
@@ -21,6 +22,9 @@ from knocker.enrol.server import TRIES
 from knocker.enrol.words import format_code, new_words
 
 DEFAULT_EXPIRES = 3600
+MAX_EXPIRES = 30 * 86400
+"""The longest an invitation may stay open (30 days): a code is for handing
+over a file now, and a bound keeps every expiry a time that can be shown."""
 
 
 @frozen
@@ -33,15 +37,20 @@ class Invited:
 
 def check_invite(client: str, expires: float) -> None:
     """
+    Called before anything changes, so a refused invitation leaves no
+    client behind.
+
     @raise ValueError: C{client} is not a valid id, or C{expires} is not
-        a positive number of seconds (the message says which).
+        a number of seconds above 0 and at most L{MAX_EXPIRES} (the
+        message says which, and names the value).
     """
     from knocker.core.knockfile import valid_client_id
 
     if not valid_client_id(client):
         raise ValueError(f"client id {client!r} must match [a-z0-9][a-z0-9_.-]{{0,63}}")
-    if not expires > 0:
-        raise ValueError("--expires must be a positive number of seconds")
+    if not (math.isfinite(expires) and 0 < expires <= MAX_EXPIRES):
+        raise ValueError(f"--expires is {expires:g} seconds: it must be more than 0 and at "
+                         f"most {MAX_EXPIRES} (30 days)")
 
 
 def open_invitation(store, client: str, expires: float, now: float,
@@ -61,6 +70,7 @@ def invite_client(config, client: str, knocks: int, ports: int, expires: float =
     from knocker.admin.clients import generate_client, open_store
     from knocker.admin.owner import StateOwner
 
+    check_invite(client, expires)
     done = generate_client(config, client, knocks, ports, None, force=force)
     owner = StateOwner(config.state_dir)
     now = time.time()
@@ -93,6 +103,7 @@ def invite_in(store, book, client: str, knocks: int, ports: int, expires: float,
     """
     from knocker.admin.clients import refuse_existing
 
+    check_invite(client, expires)
     refuse_existing(store.client(client), client, force)  # before the work of drawing
     kf = draw_file(client, store.pool() or (), knocks, ports)
     return keep_invited(store, book, kf, expires, force, now)

@@ -26,6 +26,16 @@ from knocker.enrol.server import CHUNK, Send, words_of
 
 PREVIOUS_SUFFIX = ".prev"
 
+REVOKED = "revoked"
+"""What C{promote} returns when the client was revoked since the offer: the
+renewed file is never promoted, and the CONFIRM gets C{REFUSED revoked}."""
+
+_REFUSED_REVOKED = b"REFUSED " + REVOKED.encode("ascii")
+
+
+class Refused(ValueError):
+    """The server refused the renewal at CONFIRM: it is not taken."""
+
 
 def _raw(public) -> bytes:
     return public.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
@@ -71,7 +81,8 @@ class RenewServer:
     The server's side of one offer: L{start} is the OFFER line; the
     client's ACCEPT brings the sealed file; its CONFIRM, made with the new
     secret, promotes the new file at once (C{promote(secret id)}, which
-    says whether it did) and ends the exchange with CONFIRMED.
+    says whether it did, or L{REVOKED}) and ends the exchange with
+    CONFIRMED.
     """
 
     def __init__(self, client: str, old_secret: bytes, nonce: str, text: str, promote=None):
@@ -134,8 +145,10 @@ class RenewServer:
         return then(self._promote(secret_id(self._new_secret)), _confirmed_or_not)
 
 
-def _confirmed_or_not(promoted: bool) -> list[Send]:
-    return [Send(b"CONFIRMED\n" if promoted else b"ERROR server-error\n", close=True)]
+def _confirmed_or_not(promoted) -> list[Send]:
+    if promoted == REVOKED:
+        return [Send(_REFUSED_REVOKED + b"\n", close=True)]
+    return [Send(b"CONFIRMED\n" if promoted is True else b"ERROR server-error\n", close=True)]
 
 
 def prepare_offer(store, book, client: str, now, rng=None) -> tuple[str, bool]:
@@ -170,17 +183,23 @@ def prepare_offer(store, book, client: str, now, rng=None) -> tuple[str, bool]:
     return text, True
 
 
-async def take_offer(conn, offer: bytes, config, knockfile, nonce: str, timeout: float) -> str:
+async def take_offer(conn, offer: bytes, config, knockfile, nonce: str, timeout: float,
+                     clock=None) -> str:
     """
     The client's side: answer the OFFER, receive and open the new file,
     keep the current one as C{FILE.prev}, write the new one atomically
     (0600).  Returns what happened, for the knock's detail; raises
     L{k.VerifyError} or L{ValueError} when the offer cannot be taken (the
     current file is then untouched and still works).
+
+    The whole renewal ends within C{timeout} seconds on C{clock} (default
+    L{time.monotonic}): what is left of the knock's one deadline bounds
+    every read, so a server that drips lines cannot hold the knock.
     """
     from knocker.core.knockfile import parse_knockfile
     from knocker.files import read_private, write_private
 
+    read = _reader(conn, timeout, clock)
     words = offer.decode("ascii", "replace").split(" ")
     if len(words) != 2:
         raise k.VerifyError("malformed OFFER")
@@ -189,7 +208,7 @@ async def take_offer(conn, offer: bytes, config, knockfile, nonce: str, timeout:
     public = _raw(private.public_key())
     shared = _agree(private, server_public)
     conn.send(b"ACCEPT " + k.b64(public).encode("ascii") + b"\n")
-    line = await conn.readline(timeout)
+    line = await read()
     words = (line or b"").decode("ascii", "replace").split(" ")
     if len(words) != 2 or words[0] != "RENEWAL" or not words[1].isdigit():
         raise k.VerifyError(f"expected RENEWAL, got {(line or b'(end)')[:40]!r}")
@@ -198,7 +217,7 @@ async def take_offer(conn, offer: bytes, config, knockfile, nonce: str, timeout:
                             f"{k.MAX_DATA_LINES}")
     chunks = []
     for _ in range(int(words[1])):
-        line = await conn.readline(timeout)
+        line = await read()
         if line is None or not line.startswith(b"DATA "):
             raise k.VerifyError("the renewal was cut short")
         chunks.append(line[5:].decode("ascii", "replace"))
@@ -219,7 +238,29 @@ async def take_offer(conn, offer: bytes, config, knockfile, nonce: str, timeout:
     # is lost, the next handshake with the new file confirms it.
     try:
         conn.send(f"CONFIRM {confirm_mac(new.secret, new.client, nonce)}\n".encode("ascii"))
-        confirmed = await conn.readline(timeout) == b"CONFIRMED"
+        answer = await read()
     except Exception:  # noqa: BLE001 - the file is written; the next knock confirms
-        confirmed = False
-    return note + ("; confirmed" if confirmed else "; to be confirmed by the next knock")
+        answer = None
+    if answer == _REFUSED_REVOKED:
+        # Both files are left as they are: a refusal forged on a plain
+        # connection must not cost the client the file the server may hold.
+        raise Refused(f"the server refused it at CONFIRM (this client is revoked); "
+                      f"{os.path.basename(path)} holds the refused file, "
+                      f"{os.path.basename(path)}{PREVIOUS_SUFFIX} the one knocked with")
+    return note + ("; confirmed" if answer == b"CONFIRMED" else "; to be confirmed by the next knock")
+
+
+def _reader(conn, timeout: float, clock):
+    """C{conn.readline}, each call bounded by what is left of C{timeout}."""
+    if clock is None:
+        from time import monotonic as clock
+    end = clock() + timeout
+
+    async def read():
+        left = end - clock()
+        if left <= 0:
+            raise ValueError(f"the knock's timeout passed during the renewal "
+                             f"({timeout:.1f}s were left for it)")
+        return await conn.readline(left)
+
+    return read

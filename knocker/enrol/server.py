@@ -90,6 +90,8 @@ class EnrolServer:
         state = found.state(self._now())
         if state != "open":
             return self._refuse(state)
+        if self.done:
+            return []  # ended while the state answered (a line out of turn): no try taken
         return then(self._store.invitation_attempt(slot, self._now()), self._attempt,
                     slot, theirs)
 
@@ -100,6 +102,12 @@ class EnrolServer:
         if counted is None:
             return self._refuse("void")  # parallel attempts took the last try
         self._client = counted.client
+        if self.done:
+            # Ended while the try was being taken (a line out of turn, a
+            # hang-up): the try is spent all the same, so it counts.
+            self._counted = counted
+            self._dropped()
+            return []
         pake = k.Pake(slot, counted.code)
         try:
             self._keys = pake.finish(theirs, pake.message, theirs)
@@ -141,6 +149,8 @@ class EnrolServer:
         return self._sealed(text)
 
     def _sealed(self, text: str) -> list[Send]:
+        if self.done:
+            return []  # ended while the file was read: the invitation stays unused
         sealed = k.b64(k.seal(self._keys.file_key, text.encode("utf-8"),
                               file_associated(self._keys)))
         if len(sealed) > k.MAX_DATA_LINES * CHUNK:
@@ -156,9 +166,10 @@ class EnrolServer:
         return then(self._store.invitation(self._slot), self._not_used)
 
     def _not_used(self, found) -> list[Send]:
-        expired = (found is not None and found.client == self._client and not found.used
-                   and self._now() >= found.expires)
-        return self._refuse("expired" if expired else "used")
+        ours = found is not None and found.client == self._client and not found.used
+        if ours and found.cancelled:
+            return self._refuse("void")  # the client's file was replaced or revoked meanwhile
+        return self._refuse("expired" if ours and self._now() >= found.expires else "used")
 
     def _file_error(self, error) -> list[Send]:
         self._audit.record("error", ip=self.ip, client=self._client, reason="client-file",

@@ -70,7 +70,9 @@ class Invitation:
     """
     An invitation to enrol (docs/spec.md section 10): C{code} is the secret
     part of its code (the words); C{tries} attempts are allowed, C{attempts}
-    were started; C{used} once a client enrolled with it.
+    were started; C{used} once a client enrolled with it.  A I{cancelled}
+    invitation (its client's file replaced or revoked) has no tries and no
+    attempts: it is void, and no exchange begun before may use it.
     """
 
     slot: int
@@ -81,9 +83,14 @@ class Invitation:
     attempts: int
     used: bool
 
+    @property
+    def cancelled(self) -> bool:
+        return self.tries == 0
+
     def state(self, now: float) -> str:
         """
-        C{open}, C{used}, C{void} (every try taken) or C{expired} at C{now}.
+        C{open}, C{used}, C{void} (every try taken, or cancelled) or
+        C{expired} at C{now}.
         """
         if self.used:
             return "used"
@@ -110,7 +117,11 @@ class IStore(Interface):
         """Keep the pool, once, for good; a second call raises L{StateError}."""
 
     def register(client, knocks, secret):
-        """Start C{client} at knock 1 of C{knocks} of the file with C{secret}."""
+        """
+        Start C{client} at knock 1 of C{knocks} of the file with C{secret},
+        and cancel every invitation of C{client} not used yet: an earlier
+        code must not fetch the new file.
+        """
 
     def client(client):
         """C{client}'s L{ClientState}, or C{None}."""
@@ -154,8 +165,9 @@ class IStore(Interface):
         """
         Keep an invitation for C{client} with secret C{code} until
         C{expires} (wall time), allowing C{tries} attempts; return its
-        slot: the lowest number not held by an invitation still open at
-        C{now}.
+        slot: the lowest number not held at C{now} by an invitation still
+        open, or cancelled and not expired (an old code is told C{void},
+        not tried against the new invitation).
         """
 
     def invitation(slot):
@@ -177,9 +189,9 @@ class IStore(Interface):
     def use_invitation(slot, client, now):
         """
         Mark the invitation in C{slot} used, if it is not already, is
-        C{client}'s (the slot may have been given again meanwhile) and has
-        not expired at C{now}, and say whether this call did: only one
-        caller ever gets C{True}.
+        C{client}'s (the slot may have been given again meanwhile), is not
+        cancelled and has not expired at C{now}, and say whether this call
+        did: only one caller ever gets C{True}.
         """
 
     # Renewal (docs/spec.md section 10): at most one pending generation
@@ -198,7 +210,9 @@ class IStore(Interface):
     def promote(client, wanted_id):
         """
         Make C{client}'s pending generation current if its secret id is
-        C{wanted_id}; say whether it did (once, in one transaction).
+        C{wanted_id}; say whether it did (once, in one transaction).  Never
+        while C{client}'s current file is revoked: the pending generation
+        is forgotten instead (the renewed file must not outlive it).
         """
 
     # The operator's changes (the console, knocker unlock and revoke).
@@ -209,7 +223,8 @@ class IStore(Interface):
     def revoke(client):
         """
         Revoke C{client}'s current file: keep its C{secret_id}, for good (a
-        new file, with a new secret, is not revoked).
+        new file, with a new secret, is not revoked).  Its pending
+        generation is forgotten and its unused invitations cancelled.
         """
 
     def revoked():

@@ -43,6 +43,7 @@ class MemoryStore:
     def register(self, client, knocks, secret) -> None:
         self._clients[client] = ClientState(client, 1, knocks, secret_id(secret))
         self._pending.pop(client, None)
+        self._cancel_invitations(client)
 
     def client(self, client):
         return self._clients.get(client)
@@ -85,7 +86,8 @@ class MemoryStore:
     # Invitations.
 
     def add_invitation(self, client, code, expires, tries, now) -> int:
-        held = {i.slot for i in self._invitations.values() if i.state(now) == "open"}
+        held = {i.slot for i in self._invitations.values()
+                if i.state(now) == "open" or (i.cancelled and now < i.expires)}
         slot = lowest_free(held)
         self._invitations[slot] = Invitation(slot, client, code, expires, tries, 0, False)
         return slot
@@ -105,7 +107,8 @@ class MemoryStore:
 
     def use_invitation(self, slot, client, now) -> bool:
         found = self._invitations.get(slot)
-        if found is None or found.used or found.client != client or now >= found.expires:
+        if (found is None or found.used or found.client != client or found.cancelled
+                or now >= found.expires):
             return False
         self._invitations[slot] = evolve(found, used=True)
         return True
@@ -122,6 +125,9 @@ class MemoryStore:
         found = self._pending.get(client)
         if found is None or found.secret_id != wanted_id or client not in self._clients:
             return False
+        if self._revoked.get(client) == self._clients[client].secret_id:
+            del self._pending[client]
+            return False
         self._clients[client] = self._pending.pop(client)
         return True
 
@@ -135,6 +141,13 @@ class MemoryStore:
         state = self._clients.get(client)
         if state is not None:
             self._revoked[client] = state.secret_id
+            self._pending.pop(client, None)
+            self._cancel_invitations(client)
 
     def revoked(self):
         return dict(self._revoked)
+
+    def _cancel_invitations(self, client) -> None:
+        for slot, found in self._invitations.items():
+            if found.client == client and not found.used and not found.cancelled:
+                self._invitations[slot] = evolve(found, tries=0, attempts=0)

@@ -451,13 +451,17 @@ class PostgresStore:
 
     @staticmethod
     def _register(conn, client, knocks, secret) -> None:
-        """A new file's counter from 1; a pending generation is forgotten."""
+        """
+        A new file's counter from 1; a pending generation is forgotten and
+        the unused invitations cancelled.
+        """
         conn.execute(
             "INSERT INTO clients (id, next_index, knocks, secret_id) VALUES (%s, 1, %s, %s) "
             "ON CONFLICT (id) DO UPDATE SET next_index = 1, knocks = excluded.knocks, "
             "secret_id = excluded.secret_id",
             (client, knocks, secret_id(secret)))
         conn.execute("DELETE FROM pending WHERE client = %s", (client,))
+        _cancel_invitations(conn, client)
 
     def client(self, client):
         row = self._run(lambda c: c.execute(
@@ -581,7 +585,8 @@ class PostgresStore:
                 conn.execute("SELECT pg_advisory_xact_lock(%s)", (INVITATION_LOCK,))
                 held = {row[0] for row in conn.execute(
                     "SELECT slot FROM invitations "
-                    "WHERE NOT used AND attempts < tries AND expires > %s", (now,))}
+                    "WHERE NOT used AND (attempts < tries OR tries = 0) AND expires > %s",
+                    (now,))}
                 slot = lowest_free(held)
                 sealed = box.seal(client, code.encode("utf-8"), _code_context(slot, client))
                 conn.execute(
@@ -626,7 +631,8 @@ class PostgresStore:
     def use_invitation(self, slot, client, now) -> bool:
         row = self._run(lambda c: c.execute(
             "UPDATE invitations SET used = true "
-            "WHERE slot = %s AND NOT used AND client = %s AND expires > %s RETURNING slot",
+            "WHERE slot = %s AND NOT used AND client = %s AND tries > 0 AND expires > %s "
+            "RETURNING slot",
             (slot, client, now)).fetchone())
         return row is not None
 
@@ -682,10 +688,15 @@ class PostgresStore:
     def promote(self, client, wanted_id) -> bool:
         """
         The pending generation becomes current in one transaction: its
-        counter from 1 and its sealed copy in books, for every gateway.
+        counter from 1 and its sealed copy in books, for every gateway;
+        unless the current file is revoked (the client's row is locked
+        first, as L{revoke} locks it, so the two take turns).
         """
         def work(conn):
             with conn.transaction():
+                if _revoked_now(conn, client):
+                    conn.execute("DELETE FROM pending WHERE client = %s", (client,))
+                    return False
                 row = conn.execute(
                     "DELETE FROM pending WHERE client = %s AND secret_id = %s "
                     "RETURNING knocks, sealed", (client, wanted_id)).fetchone()
@@ -812,15 +823,21 @@ class PostgresStore:
 
     def revoke(self, client: str) -> None:
         """
-        Revoke C{client}'s current file, and tell the other gateways
+        Revoke C{client}'s current file (its pending generation forgotten,
+        its unused invitations cancelled), and tell the other gateways
         (C{revoked}): they read the revocations again.
         """
         def work(conn):
             with conn.transaction():
+                # The row locked first: a promote in progress ends before
+                # this reads the current secret, or sees the revocation.
+                conn.execute("SELECT id FROM clients WHERE id = %s FOR UPDATE", (client,))
                 conn.execute(
                     "INSERT INTO revocations (client, secret_id) SELECT id, secret_id "
                     "FROM clients WHERE id = %s ON CONFLICT (client) DO UPDATE "
                     "SET secret_id = excluded.secret_id", (client,))
+                conn.execute("DELETE FROM pending WHERE client = %s", (client,))
+                _cancel_invitations(conn, client)
                 conn.execute("SELECT pg_notify(%s, %s)", (LOCKOUT_CHANNEL, REVOKED_NOTICE))
 
         self._run(work)
@@ -828,6 +845,21 @@ class PostgresStore:
     def revoked(self) -> dict[str, str]:
         return dict(self._run(lambda c: c.execute(
             "SELECT client, secret_id FROM revocations").fetchall()))
+
+
+def _cancel_invitations(conn, client: str) -> None:
+    """Inside the caller's transaction."""
+    conn.execute("UPDATE invitations SET tries = 0, attempts = 0 "
+                 "WHERE client = %s AND NOT used AND tries > 0", (client,))
+
+
+def _revoked_now(conn, client: str) -> bool:
+    """Whether C{client}'s current file is revoked, its row locked till the commit."""
+    row = conn.execute(
+        "SELECT secret_id FROM clients WHERE id = %s FOR UPDATE", (client,)).fetchone()
+    return row is not None and conn.execute(
+        "SELECT 1 FROM revocations WHERE client = %s AND secret_id = %s",
+        (client, row[0])).fetchone() is not None
 
 
 def _first_line(error: Exception) -> str:

@@ -151,6 +151,7 @@ class SQLiteStore:
                 (client, knocks, secret_id(secret)),
             )
             self._db.execute("DELETE FROM pending WHERE id = ?", (client,))
+            self._cancel_invitations(client)
 
     def client(self, client: str) -> ClientState | None:
         row = self._db.execute(
@@ -226,8 +227,8 @@ class SQLiteStore:
                        now: float) -> int:
         with self._transaction():
             held = {row[0] for row in self._db.execute(
-                "SELECT slot FROM invitations WHERE NOT used AND attempts < tries AND expires > ?",
-                (now,))}
+                "SELECT slot FROM invitations "
+                "WHERE NOT used AND (attempts < tries OR tries = 0) AND expires > ?", (now,))}
             slot = lowest_free(held)
             self._db.execute(
                 "INSERT OR REPLACE INTO invitations "
@@ -255,7 +256,8 @@ class SQLiteStore:
         with self._transaction():
             rows = self._db.execute(
                 "UPDATE invitations SET used = 1 "
-                "WHERE slot = ? AND NOT used AND client = ? AND expires > ? RETURNING slot",
+                "WHERE slot = ? AND NOT used AND client = ? AND tries > 0 AND expires > ? "
+                "RETURNING slot",
                 (slot, client, now)).fetchall()
         return bool(rows)
 
@@ -275,6 +277,13 @@ class SQLiteStore:
 
     def promote(self, client: str, wanted_id: str) -> bool:
         with self._transaction():
+            revoked = self._db.execute(
+                "SELECT 1 FROM clients JOIN revoked ON revoked.id = clients.id "
+                "AND revoked.secret_id = clients.secret_id WHERE clients.id = ?",
+                (client,)).fetchone()
+            if revoked:
+                self._db.execute("DELETE FROM pending WHERE id = ?", (client,))
+                return False
             rows = self._db.execute(
                 "DELETE FROM pending WHERE id = ? AND secret_id = ? RETURNING knocks",
                 (client, wanted_id)).fetchall()
@@ -304,9 +313,17 @@ class SQLiteStore:
                 "INSERT INTO revoked (id, secret_id) SELECT id, secret_id FROM clients "
                 "WHERE id = ? ON CONFLICT (id) DO UPDATE SET secret_id = excluded.secret_id",
                 (client,))
+            self._db.execute("DELETE FROM pending WHERE id = ?", (client,))
+            self._cancel_invitations(client)
 
     def revoked(self) -> dict[str, str]:
         return dict(self._db.execute("SELECT id, secret_id FROM revoked"))
+
+    def _cancel_invitations(self, client: str) -> None:
+        """Inside the caller's transaction."""
+        self._db.execute(
+            "UPDATE invitations SET tries = 0, attempts = 0 "
+            "WHERE client = ? AND NOT used AND tries > 0", (client,))
 
 
 def _invitation(row) -> Invitation:

@@ -11,6 +11,7 @@ the blocking driver (which holds the test's thread) and the Twisted driver
 (which runs in the reactor) alike.
 """
 
+import os
 import socket
 import threading
 import time
@@ -144,6 +145,39 @@ def granting(index):
     return handle
 
 
+def closing(conn, stop):
+    """A pool port: accepts, then closes."""
+
+
+def renewal_dripping(pool_port):
+    """
+    A central port that grants and opens, offers a renewal, then announces
+    65536 DATA lines and drips one every half second (12 of them, then
+    hangs up: a knock that waits for each line ends after 6 s, not never).
+    """
+
+    def handle(conn, stop):
+        from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
+        from knocker.enrol import keys as k
+        from knocker.enrol.renewal import _raw
+
+        read_line(conn, stop)  # HELLO
+        conn.sendall(f"CHALLENGE {NONCE}\n".encode())
+        read_line(conn, stop)  # PROOF
+        mac = hs.grant_mac(SECRET, "alice", NONCE, 1)
+        offer = k.b64(_raw(X25519PrivateKey.generate().public_key()))
+        conn.sendall(f"GRANT 1 30 {mac}\nOPEN\nOFFER {offer}\n".encode())
+        read_line(conn, stop)  # ACCEPT
+        conn.sendall(b"RENEWAL 65536\n")
+        for _ in range(12):
+            if stop.wait(0.5):
+                return
+            conn.sendall(b"DATA " + b"A" * 400 + b"\n")
+
+    return handle
+
+
 def client_config(port, **keys):
     keys.setdefault("log-file", "/dev/null")
     keys.setdefault("timeout", TIMEOUT)
@@ -221,6 +255,31 @@ class _DeadlineTests:
         result, elapsed = await self.timed_knock(config, knock_file())
         self.assertEqual((result.outcome, result.attempts), (Outcome.BUSY, 2), result.message())
         self.assertEqual(server.accepted, 2)
+
+    async def test_renewal_that_drips_ends_at_the_timeout_with_the_open(self):
+        """
+        After OPEN, a renewal whose lines keep coming (a server, or anyone
+        who can write into a plain TCP connection) is bounded by what is
+        left of the knock's timeout, not by a timeout for each line: the
+        OPEN stands, the renewal is not taken, the file is untouched.
+        """
+        from knocker.core.knockgen import format_knockfile
+        from knocker.files import read_private, write_private
+
+        pool = FakeServer(self, closing)
+        central = FakeServer(self, renewal_dripping(pool.port))
+        kf = knock_file((pool.port,))
+        path = os.path.join(self.mktemp() + "-client", "alice.knock")
+        os.makedirs(os.path.dirname(path))
+        write_private(path, format_knockfile(kf))
+        config = client_config(central.port, **{"knock-file": path, "connect-timeout": 1})
+        result, elapsed = await self.timed_knock(config, kf)
+        self.assertEqual(result.outcome, Outcome.OPEN, result.message())
+        self.assertIn("renewal not taken", result.detail)
+        self.assertIn("timeout", result.detail)
+        self.assertLessEqual(elapsed, TIMEOUT + GRACE, result.message())
+        self.assertEqual(read_private(path), format_knockfile(kf))
+        self.assertFalse(os.path.exists(path + ".prev"))
 
     async def test_over_long_line_is_a_broken_protocol(self):
         server = FakeServer(self, over_long_line)

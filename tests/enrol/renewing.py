@@ -63,6 +63,7 @@ class RenewingClient:
         self.ip = ip
         self.granted = []  # (secret, index) of every GRANT whose HMAC checked out
         self.renewed = 0
+        self.refused = []  # what take_offer said of each renewal refused at CONFIRM
 
     def text(self, path=None):
         return read_private(path or self.path)
@@ -132,6 +133,8 @@ class RenewingClient:
             self.renewed += 1
         except Cut:
             pass
+        except renewal.Refused as refusal:
+            self.refused.append(str(refusal))
         finally:
             files.write_private = original
 

@@ -18,7 +18,7 @@ from knocker.enrol import keys as k
 from knocker.enrol import renewal
 from knocker.files import write_private
 from knocker.state.interface import secret_id
-from tests.enrol.renewing import RenewingClient
+from tests.enrol.renewing import RenewingClient, _Conn
 from tests.helpers.harness import Harness
 
 
@@ -219,6 +219,76 @@ class PendingToCurrentTests(TestCase):
         self.assertFalse(transport.disconnecting)
         h.clock.advance(2)
         self.assertTrue(transport.disconnecting)
+
+
+class RevokedWhileRenewingTests(TestCase):
+    """
+    A revocation names the file current when it is made; a renewal pending
+    then must not bring the client back.
+    """
+
+    def revoke_before_confirm(self, revoke):
+        """
+        Knock down to renew-at, take the offer, and C{revoke()} just before
+        the CONFIRM goes out; returns the harness, the client, the old
+        secret and the path of a copy of the renewed file.
+        """
+        h, c = renewing(self)
+        old = c.secret()
+        for _ in range(5):
+            c.knock()
+        renewed = os.path.join(h.dir, "renewed.knock")
+        original = _Conn.send
+
+        def send(conn, line):
+            if line.startswith(b"CONFIRM "):
+                write_private(renewed, h.book.pending_text("alice"))
+                revoke(h)
+            return original(conn, line)
+
+        self.patch(_Conn, "send", send)
+        self.assertEqual(c.knock(), hs.Open(), "the OPEN stands")
+        return h, c, old, renewed
+
+    def test_revoked_between_offer_and_confirm(self):
+        h, c, old, renewed = self.revoke_before_confirm(
+            lambda h: self.assertTrue(h.server.revoke("alice")))
+        self.assertEqual(len(c.refused), 1)
+        self.assertIn("refused it at CONFIRM (this client is revoked)", c.refused[0])
+        self.assertEqual(h.audit.of("renew-confirm"), [])
+        self.assertEqual([(e["client"], e["reason"]) for e in h.audit.of("renew-refused")],
+                         [("alice", "revoked")])
+        self.assertIsNone(h.store.pending("alice"))
+        self.assertEqual(h.store.client("alice").secret_id, secret_id(old))
+        self.assertEqual(c.knock(renewed), hs.Denied(), "the renewed file")
+        c.ip = "192.0.2.11"  # the first source is locked out now
+        self.assertEqual(c.knock(c.previous()), hs.Denied(), "the revoked one")
+        self.assertEqual([e["reason"] for e in h.audit.of("denied")], ["revoked", "revoked"])
+
+    def test_revoked_elsewhere_between_offer_and_confirm(self):
+        """
+        Revoked in the state by another gateway of a fleet, before this
+        daemon has heard of it: the state refuses the promotion.
+        """
+        h, c, old, renewed = self.revoke_before_confirm(lambda h: h.store.revoke("alice"))
+        self.assertEqual(h.audit.of("renew-confirm"), [])
+        self.assertIsNone(h.store.pending("alice"))
+        self.assertEqual(c.knock(renewed), hs.Denied(), "the renewed file")
+        h.server.revocations_read(h.store.revoked())
+        c.ip = "192.0.2.11"
+        self.assertEqual(c.knock(c.previous()), hs.Denied(), "the revoked one")
+
+    def test_revoked_while_the_confirmation_is_lost(self):
+        h, c = renewing(self)
+        for _ in range(5):
+            c.knock()
+        c.knock(cut="confirm-lost")
+        self.assertIsNotNone(h.store.pending("alice"))
+        self.assertTrue(h.server.revoke("alice"))
+        self.assertEqual(c.knock(), hs.Denied(), "the renewed file proves nothing now")
+        c.ip = "192.0.2.11"
+        self.assertEqual(c.knock(c.previous()), hs.Denied())
+        self.assertEqual(h.audit.of("renew-confirm"), [])
 
 
 class RenewalCryptoTests(TestCase):

@@ -316,6 +316,44 @@ class InvitationContract:
         self.assertIsNone(self.store.invitation_attempt(slot, 1000.0), "used")
         self.assertEqual(self.store.invitation(slot).attempts, 0)
 
+    def test_a_new_file_cancels_the_unused_invitations(self):
+        """
+        C{invite --force}, C{generate --force}: an earlier code must not
+        fetch the new file, not even from an exchange begun before.
+        """
+        self.store.register("alice", 3, SECRET)
+        first = self.store.add_invitation("alice", "x", 2000.0, 3, 1000.0)
+        begun = self.store.add_invitation("alice", "y", 2000.0, 3, 1000.0)
+        used = self.store.add_invitation("alice", "z", 2000.0, 3, 1000.0)
+        other = self.store.add_invitation("bob", "w", 2000.0, 3, 1000.0)
+        self.assertIsNotNone(self.store.invitation_attempt(begun, 1000.0))
+        self.assertTrue(self.store.use_invitation(used, "alice", 1000.0))
+        self.store.register("alice", 3, NEW_SECRET)
+        self.assertEqual([self.store.invitation(slot).state(1000.0)
+                          for slot in (first, begun, used, other)],
+                         ["void", "void", "used", "open"])
+        self.assertEqual(self.store.invitation(first).tries - self.store.invitation(first).attempts, 0)
+        self.assertIsNone(self.store.invitation_attempt(first, 1000.0))
+        self.assertFalse(self.store.use_invitation(begun, "alice", 1000.0), "begun before")
+        self.assertTrue(self.store.use_invitation(other, "bob", 1000.0))
+
+    def test_revoking_cancels_the_unused_invitations(self):
+        self.store.register("alice", 3, SECRET)
+        slot = self.store.add_invitation("alice", "x", 2000.0, 3, 1000.0)
+        self.store.revoke("alice")
+        self.assertEqual(self.store.invitation(slot).state(1000.0), "void")
+        self.assertFalse(self.store.use_invitation(slot, "alice", 1000.0))
+
+    def test_a_cancelled_slot_is_held_until_it_expires(self):
+        """So the old code is told void, not tried against the new invitation."""
+        self.store.register("alice", 3, SECRET)
+        old = self.store.add_invitation("alice", "x", 2000.0, 3, 1000.0)
+        self.store.register("alice", 3, NEW_SECRET)
+        new = self.store.add_invitation("alice", "y", 5000.0, 3, 1000.0)
+        self.assertEqual((old, new), (1, 2))
+        self.assertEqual(self.store.invitation(old).code, "x")
+        self.assertEqual(self.store.add_invitation("bob", "z", 5000.0, 3, 2000.0), 1, "expired")
+
 
 class RenewalContract:
     """
@@ -347,6 +385,24 @@ class RenewalContract:
         self.store.set_pending("alice", 9, NEW_SECRET)
         self.store.set_pending("alice", 5, SECRET)
         self.assertEqual(self.store.pending("alice").knocks, 5)
+
+    def test_revoking_forgets_pending(self):
+        self.store.register("alice", 9, SECRET)
+        self.store.set_pending("alice", 9, NEW_SECRET)
+        self.store.revoke("alice")
+        self.assertIsNone(self.store.pending("alice"))
+        self.assertFalse(self.store.promote("alice", secret_id(NEW_SECRET)))
+        self.assertEqual(self.store.client("alice").secret_id, secret_id(SECRET))
+
+    def test_no_promotion_while_revoked(self):
+        """A renewal drawn as the revocation came is dropped, not promoted."""
+        self.store.register("alice", 9, SECRET)
+        self.store.revoke("alice")
+        self.store.set_pending("alice", 9, NEW_SECRET)
+        self.assertFalse(self.store.promote("alice", secret_id(NEW_SECRET)))
+        self.assertIsNone(self.store.pending("alice"))
+        self.assertEqual(self.store.client("alice").secret_id, secret_id(SECRET))
+        self.assertEqual(self.store.revoked(), {"alice": secret_id(SECRET)})
 
     def test_register_forgets_pending(self):
         self.store.register("alice", 9, SECRET)

@@ -1,0 +1,137 @@
+"""
+Invitations as the administrator makes and replaces them, against the
+harness's central port (real SQLite state and book, the real client's
+exchange): a code only ever fetches the file it was made for, so a file
+replaced (C{invite --force}, the console's Replace, C{generate --force})
+or revoked leaves the earlier codes void, even mid-exchange; and an
+expiry is bounded before anything is made.
+"""
+
+import math
+import os
+
+from twisted.trial.unittest import TestCase
+
+from knocker.admin.cli import main
+from knocker.admin.clients import generate_client
+from knocker.client.knock import run_blocking
+from knocker.enrol.client import Outcome, _exchange
+from knocker.enrol.invite import MAX_EXPIRES, check_invite, invite_client
+from knocker.enrol.words import parse_code
+from knocker.state.sqlite import SQLiteStore
+from tests.helpers.harness import Harness, HarnessConnection, enroll
+
+
+def enrol_with(h, code, ip="192.0.2.10"):
+    return enroll(h, *parse_code(code), ip=ip)
+
+
+def served(h, client="alice") -> str:
+    return h.book.text(client)
+
+
+class ReplacedFileTests(TestCase):
+    def test_forced_invite_voids_the_earlier_code(self):
+        """knocker invite CLIENT --force: the old code is refused, the new one enrols."""
+        h = Harness(self, clients=())
+        h.stop()
+        first = invite_client(h.config, "alice", 9, 3, 3600)
+        second = invite_client(h.config, "alice", 9, 3, 3600, force=True)
+        h.start()
+        old = enrol_with(h, first.code)
+        self.assertIs(old.outcome, Outcome.VOID, old.message())
+        self.assertIsNone(old.text)
+        self.assertEqual(h.tracker_lockouts(), {}, "a stale code proves nothing")
+        new = enrol_with(h, second.code)
+        self.assertIs(new.outcome, Outcome.ENROLLED, new.message())
+        self.assertEqual(new.text, served(h))
+
+    def test_replace_in_the_console_voids_the_earlier_code(self):
+        h = Harness(self, clients=())
+        first = h.server.invite("alice", 9, 3, 3600, force=False)
+        second = h.server.invite("alice", 9, 3, 3600, force=True)
+        self.assertIs(enrol_with(h, first.code).outcome, Outcome.VOID)
+        self.assertIs(enrol_with(h, second.code).outcome, Outcome.ENROLLED)
+
+    def test_generate_force_voids_the_code(self):
+        h = Harness(self, clients=())
+        invited = h.server.invite("alice", 9, 3, 3600, force=False)
+        generate_client(h.config, "alice", 9, 3, None, force=True)
+        self.assertIs(enrol_with(h, invited.code).outcome, Outcome.VOID)
+
+    def test_revoking_voids_the_code(self):
+        h = Harness(self, clients=())
+        invited = h.server.invite("alice", 9, 3, 3600, force=False)
+        self.assertTrue(h.server.revoke("alice"))
+        self.assertIs(enrol_with(h, invited.code).outcome, Outcome.VOID)
+
+    def test_replaced_during_the_exchange(self):
+        """
+        The old code's exchange has its try and ENROLLING when the file is
+        replaced: its CONFIRM gets neither the new file nor the new
+        invitation, which still enrols.
+        """
+        h = Harness(self, clients=())
+        first = h.server.invite("alice", 9, 3, 3600, force=False)
+        replaced = []
+
+        class ReplacedBeforeConfirm(HarnessConnection):
+            def send(self, line):
+                if line.startswith(b"CONFIRM "):
+                    replaced.append(h.server.invite("alice", 9, 3, 3600, force=True))
+                super().send(line)
+
+        proto, transport = h.connect()
+        slot, words = parse_code(first.code)
+        old = run_blocking(_exchange(ReplacedBeforeConfirm(proto, transport), slot, words, 5))
+        self.assertIs(old.outcome, Outcome.VOID, old.message())
+        self.assertIsNone(old.text)
+        self.assertEqual([e["outcome"] for e in h.audit.of("enrol")], ["void"])
+        new = enrol_with(h, replaced[0].code)
+        self.assertIs(new.outcome, Outcome.ENROLLED, new.message())
+        self.assertEqual(new.text, served(h))
+
+
+class ExpiryBoundTests(TestCase):
+    def test_check_invite(self):
+        check_invite("alice", 1)
+        check_invite("alice", MAX_EXPIRES)
+        self.assertEqual(MAX_EXPIRES, 30 * 86400)
+        for bad in (0, -1, MAX_EXPIRES + 1, 3_000_000 * 86400, math.inf, -math.inf, math.nan):
+            with self.assertRaises(ValueError) as caught:
+                check_invite("alice", bad)
+            self.assertIn(f"--expires is {bad:g} seconds", str(caught.exception))
+            self.assertIn("at most 2592000", str(caught.exception))
+
+    def test_console_invite_refused_before_any_change(self):
+        h = Harness(self, clients=())
+        for bad in (3_000_000 * 86400, math.inf):
+            self.assertRaises(ValueError, h.server.invite, "alice", 9, 3, bad, False)
+        self.assertIsNone(h.store.client("alice"))
+        self.assertEqual(h.store.invitations(), [])
+        self.assertFalse(os.path.exists(h.book.path("alice")))
+
+    def test_command_refuses_before_any_change(self):
+        h = Harness(self, clients=())
+        h.stop()
+        state_dir = h.config.state_dir
+        for bad in ("inf", "nan", "259200000", "2592001"):
+            err = self.command(["invite", "alice", "--expires", bad, "--state-dir", state_dir])
+            self.assertEqual(err[0], 2, bad)
+            self.assertIn(f"--expires is {float(bad):g} seconds", err[1])
+        store = SQLiteStore(state_dir)
+        self.addCleanup(store.close)
+        self.assertIsNone(store.client("alice"))
+        self.assertEqual(store.invitations(), [])
+        code, _ = self.command(["invite", "alice", "--expires", "2592000", "--state-dir", state_dir])
+        self.assertEqual(code, 0)
+        self.assertEqual(len(store.invitations()), 1)
+
+    def command(self, argv):
+        import contextlib
+        import io
+
+        err, out = io.StringIO(), io.StringIO()
+        with contextlib.redirect_stderr(err), contextlib.redirect_stdout(out):
+            code = main(argv)
+        return code, err.getvalue()
