@@ -115,10 +115,14 @@ class SQLiteStore:
         self._db.execute("BEGIN IMMEDIATE")
         try:
             yield
+            self._db.execute("COMMIT")
         except BaseException:
-            self._db.execute("ROLLBACK")
+            # A COMMIT that failed (a busy lock, a full disk, an fsync error)
+            # may leave the transaction open: every later BEGIN would fail,
+            # and the daemon would grant nothing until restarted.
+            if self._db.in_transaction:
+                self._db.execute("ROLLBACK")
             raise
-        self._db.execute("COMMIT")
 
     # The pool.
 

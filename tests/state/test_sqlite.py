@@ -5,6 +5,7 @@ number is never handed out again, across restarts.
 
 import os
 import shutil
+import sqlite3
 import stat
 import tempfile
 
@@ -35,6 +36,41 @@ class StoreTestCase(SynchronousTestCase):
         self.store.close()
         self.store = self.open()
         return self.store
+
+
+class _FailingCommit:
+    """
+    The store's connection, whose next COMMIT fails as a full disk or an
+    fsync error would, leaving the transaction open.
+    """
+
+    def __init__(self, db):
+        self._db = db
+        self.fail_next = True
+
+    def execute(self, sql, *args):
+        if sql == "COMMIT" and self.fail_next:
+            self.fail_next = False
+            raise sqlite3.OperationalError("disk I/O error")
+        return self._db.execute(sql, *args)
+
+    def __getattr__(self, name):
+        return getattr(self._db, name)
+
+
+class FailedCommitTests(StoreTestCase):
+    def test_a_failed_commit_burns_nothing_and_the_next_burn_works(self):
+        """
+        The burn whose COMMIT failed is not durable, so it is not kept (its
+        caller grants nothing), and the store goes on: the next burn hands
+        out that same number, durably.
+        """
+        self.store.register("alice", 10, SECRET)
+        self.store._db = _FailingCommit(self.store._db)
+        with self.assertRaises(sqlite3.OperationalError):
+            self.store.burn("alice")
+        self.assertEqual(self.store.burn("alice"), 1)
+        self.assertEqual(self.reopen().client("alice").next_index, 2)
 
 
 class BurnTests(StoreTestCase):
