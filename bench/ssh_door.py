@@ -326,7 +326,7 @@ def main():
                      if s.get("p50_ms") is not None and name != "ssh-open"}
             result["added_to_ssh_p50_ms"] = added
             print("\nadded to `ssh door true` with the door open (p50 %.1f ms): %s"
-                  % (base, ", ".join("%s +%.1f ms" % item for item in added.items())))
+                  % (base, ", ".join("%s %+.1f ms" % item for item in added.items())))
     finally:
         common.clean_up([e.teardown for e in started]
                         + ([gate.teardown] if gate is not None else [])
