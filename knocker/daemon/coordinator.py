@@ -25,7 +25,9 @@ from knocker.state.interface import secret_id, then
 
 log = Logger()
 
-BUILTIN_SUCCESS = (sys.executable, "-m", "knocker.daemon.logaction")
+# -P: not the working directory first on sys.path, where someone who may
+# write there could plant a knocker/daemon/logaction.py for root to run.
+BUILTIN_SUCCESS = (sys.executable, "-P", "-m", "knocker.daemon.logaction")
 LOCKOUT_FLUSH = 1.0
 LOCKOUT_RETRY = 5.0
 

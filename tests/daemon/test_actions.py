@@ -13,6 +13,29 @@ from twisted.internet.task import deferLater
 from twisted.trial.unittest import TestCase
 
 
+class BuiltinActionTests(TestCase):
+    def test_the_working_directory_cannot_plant_it(self):
+        """
+        The built-in on-success runs knocker's own module, not one that
+        someone planted in the daemon's working directory.
+        """
+        import subprocess
+
+        from knocker.daemon.coordinator import BUILTIN_SUCCESS
+
+        where = os.path.abspath(self.mktemp())
+        os.makedirs(os.path.join(where, "knocker", "daemon"))
+        for name in ("knocker/__init__.py", "knocker/daemon/__init__.py"):
+            open(os.path.join(where, name), "w").close()
+        with open(os.path.join(where, "knocker", "daemon", "logaction.py"), "w") as handle:
+            handle.write("print('PLANTED')\n")
+        done = subprocess.run([*BUILTIN_SUCCESS, "192.0.2.7", "alice", "3"], cwd=where,
+                              capture_output=True, text=True, timeout=60)
+        self.assertEqual(done.returncode, 0, done.stderr)
+        self.assertNotIn("PLANTED", done.stdout)
+        self.assertIn("knock 3 of alice from 192.0.2.7 accepted", done.stdout)
+
+
 class ActionRunnerTests(TestCase):
     async def test_background_child_does_not_hold_the_verdict(self):
         """
