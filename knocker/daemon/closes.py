@@ -2,7 +2,8 @@
 The life of an on-close action (docs/spec.md section 6): recorded in the
 state before on-success runs, scheduled once on-success has finished,
 retried while it fails; at start every close left in the state runs at
-once, and at stop every pending close runs before the daemon exits.
+once, and at stop every pending close runs before the daemon exits (at
+most L{ACTIONS_AT_ONCE} actions at a time, the rest queued).
 
 The schedule also knows which doors are open now (on-success worked and
 their close is not yet due), so that a firewall that lost them (a ruleset
@@ -17,6 +18,12 @@ from twisted.logger import Logger
 log = Logger()
 
 CLOSE_RETRY = 60.0
+#: Firewall actions (closes, and opens run again by L{CloseSchedule.reopen})
+#: running at once.  A start, a stop or a ruleset flush can find thousands
+#: due together (one per ssh connection made through knocker connect); all
+#: at once, they outran script-timeout (nft serialises its transactions) and
+#: the daemon's descriptors; queued, each has its whole timeout once started.
+ACTIONS_AT_ONCE = 8
 
 
 class _Runs:
@@ -77,6 +84,7 @@ class CloseSchedule:
         self._unscheduled: set[int] = set()
         self._closing = _Runs()
         self._stopped = False
+        self._slots = defer.DeferredSemaphore(ACTIONS_AT_ONCE)
 
     def record(self, due: float, ip: str, client: str, index: int) -> int:
         """
@@ -153,7 +161,7 @@ class CloseSchedule:
         doors = list(self._open.items())
         for close_id, (ip, client, index) in doors:
             self._opening.begin(close_id)
-            d = run_open(ip, client, index)
+            d = self._slots.run(run_open, ip, client, index)
             d.addBoth(self._reopened, close_id)
         return len(doors)
 
@@ -197,7 +205,7 @@ class CloseSchedule:
         self._open.pop(close_id, None)
         self._closing.begin(close_id)
         d = self._opening.done(close_id)
-        d.addCallback(lambda _: self._run_close(ip, client, index))
+        d.addCallback(lambda _: self._slots.run(self._run_close, ip, client, index))
         d.addCallback(self._closed, close_id, ip, client, index)
         d.addErrback(lambda failure: log.failure("on-close for {client} at {ip}", failure,
                                                  client=client, ip=ip))

@@ -236,6 +236,35 @@ class StopTests(SynchronousTestCase):
         self.assertEqual([c.id for c in self.store.pending_closes()], [close_id],
                          "the close stays for the next start")
 
+    def test_a_burst_of_closes_runs_a_few_at_a_time(self):
+        """
+        Thousands of closes due at once (a restart after a busy day) run
+        ACTIONS_AT_ONCE at a time, every one of them in the end.
+        """
+        from knocker.daemon.closes import ACTIONS_AT_ONCE
+
+        running = []
+
+        def run_close(ip, client, index):
+            d = defer.Deferred()
+            running.append(d)
+            return d
+
+        closes = CloseSchedule(self.clock, WallTime(self.clock), self.store, run_close,
+                               self.audit, retry=RETRY)
+        for index in range(1, 1001):
+            closes.record(0, IP, "alice", index)
+        self.assertEqual(closes.restore(), 1000)
+        self.clock.advance(0)
+        done = 0
+        while running:
+            self.assertLessEqual(len(running), ACTIONS_AT_ONCE)
+            running.pop(0).callback(result(True))
+            done += 1
+        self.assertEqual(done, 1000)
+        self.assertEqual(self.store.pending_closes(), [])
+        self.assertEqual(len(self.audit.of("close")), 1000)
+
     def test_scheduling_an_id_again_replaces_its_timer(self):
         closer = FakeCloser(True)
         closes = CloseSchedule(self.clock, WallTime(self.clock), self.store, closer, self.audit, retry=RETRY)
