@@ -23,8 +23,9 @@ since a gateway that was reconnecting has missed its notifications.
 """
 
 import threading
+import time
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, fail
 from twisted.internet.task import LoopingCall
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
@@ -44,6 +45,16 @@ APPLY_CHUNK = 500
 LISTEN_POLL = 0.5
 RECONNECT = 1.0
 THREADS = 4
+#: Database calls waiting or running at once, past which a new one fails at
+#: once: anyone can send a PROOF, and each costs a lookup, so a database
+#: that fell behind (or stopped answering) must not let them queue without
+#: bound.  The knock then gets ERROR server-error, as without a database.
+MAX_CALLS = 256
+#: Seconds a call may take before its knock is answered ERROR server-error:
+#: a database frozen behind a kernel that still ACKs (a paused machine, a
+#: stalled disk) trips no socket timeout, and the client would get silence.
+#: The thread stays in the call until the database answers.
+CALL_DEADLINE = 10.0
 
 
 class DatabaseBook:
@@ -190,6 +201,60 @@ class DatabaseBook:
             self._copies[client] = copy
 
 
+class _DatabaseThreads(ThreadPool):
+    """
+    The pool's threads, which a database that stopped answering may hold
+    forever: daemon threads, and a stop that waits for them only so long,
+    so that stopping the daemon (and running its closes) never hangs.
+    """
+
+    def threadFactory(self, *args, **kwargs):  # noqa: N802 - Twisted's name
+        return threading.Thread(*args, daemon=True, **kwargs)
+
+    def stop(self, seconds: float = CALL_DEADLINE) -> bool:
+        """
+        Whether every thread ended within C{seconds}.
+        """
+        self.joined = True
+        self.started = False
+        self._team.quit()
+        end = time.monotonic() + seconds
+        for thread in self.threads:
+            thread.join(max(0.0, end - time.monotonic()))
+        stuck = [thread for thread in self.threads if thread.is_alive()]
+        if stuck:
+            log.error("database: {n} threads still wait for it; leaving them",
+                      n=len(stuck))
+        return not stuck
+
+
+def _within(seconds: float, function, *args):
+    """
+    C{function(*args)} in a thread of its own, given C{seconds}: its result,
+    or L{StateError} if it raised one or did not answer in time (the thread
+    is left to finish on its own).
+    """
+    outcome = []
+
+    def run():
+        try:
+            outcome.append((True, function(*args)))
+        except Exception as error:  # noqa: BLE001 - handed to the caller
+            outcome.append((False, error))
+
+    thread = threading.Thread(target=run, name="knocker-db-once", daemon=True)
+    thread.start()
+    thread.join(seconds)
+    if not outcome:
+        raise StateError(f"no answer within {seconds:g}s")
+    ok, value = outcome[0]
+    if ok:
+        return value
+    if isinstance(value, StateError):
+        raise value
+    raise StateError(str(value)) from value
+
+
 class ThreadedStore:
     """
     L{knocker.state.postgres.PostgresStore} for the daemon: the knock
@@ -197,7 +262,12 @@ class ThreadedStore:
     """
 
     def __init__(self, store, reactor, book: DatabaseBook | None = None,
-                 threads: int = THREADS):
+                 threads: int = THREADS, most: int = MAX_CALLS,
+                 deadline: float = CALL_DEADLINE):
+        self._most = most
+        self._deadline = deadline
+        self.calls = 0  # waiting or running, counted in the reactor
+        self._overdue = 0  # calls past the deadline, not yet answered
         self._store = store
         self.raw = store
         self._reactor = reactor
@@ -205,14 +275,49 @@ class ThreadedStore:
         self.path = store.path
         self.gateway = store.gateway
         self._closes: dict[int, PendingClose] = {}
-        self._pool = ThreadPool(minthreads=1, maxthreads=threads, name="knocker-db")
+        self._pool = _DatabaseThreads(minthreads=1, maxthreads=threads, name="knocker-db")
         self._pool.start()
         self._closed = False
+        self._stuck = False
         # However the daemon ends, its threads must not keep the process alive.
         reactor.addSystemEventTrigger("after", "shutdown", self._stop_threads)
 
     def _defer(self, function, *args) -> Deferred:
-        return deferToThreadPool(self._reactor, self._pool, function, *args)
+        """
+        C{function(*args)} in a database thread; fails with L{StateError}
+        at once when L{MAX_CALLS} are waiting, or after the deadline
+        without an answer.
+        """
+        if self.calls >= self._most:
+            return fail(StateError(f"database: {self.calls} calls already waiting for it"))
+        self.calls += 1
+        late = []  # set when the deadline passed first
+
+        def run():
+            try:
+                return function(*args)
+            finally:
+                self._reactor.callFromThread(self._ended, late)
+
+        d = deferToThreadPool(self._reactor, self._pool, run)
+        return d.addTimeout(self._deadline, self._reactor, onTimeoutCancel=self._late(late))
+
+    def _late(self, late: list):
+        def overdue(result, timeout):
+            late.append(True)
+            if not self._overdue:
+                log.error("database {db}: no answer within {s:g}s; knocks get ERROR "
+                          "server-error until it answers", db=self.path, s=timeout)
+            self._overdue += 1
+            raise StateError(f"database: no answer within {timeout:g}s")
+        return overdue
+
+    def _ended(self, late: list) -> None:
+        self.calls -= 1
+        if late:
+            self._overdue -= 1
+            if not self._overdue:
+                log.info("database {db} answers again", db=self.path)
 
     def _background(self, what: str, function, *args) -> None:
         d = self._defer(function, *args)
@@ -383,7 +488,9 @@ class ThreadedStore:
         run recorded (so a stop still closes the doors it opened).
         """
         try:
-            return self._store.pending_closes()
+            # At stop, on the reactor: a database that stopped answering
+            # must not keep the doors this run opened from closing.
+            return _within(self._deadline, self._store.pending_closes)
         except StateError as error:
             log.error("database: cannot read the pending closes ({error}); running the "
                       "{n} this run knows of", error=error, n=len(self._closes))
@@ -392,11 +499,12 @@ class ThreadedStore:
     def _stop_threads(self) -> None:
         if not self._closed:
             self._closed = True
-            self._pool.stop()
+            self._stuck = not self._pool.stop(self._deadline)
 
     def close(self) -> None:
         self._stop_threads()
-        self._store.close()
+        if not self._stuck:  # (a connection a thread still waits on is left to the exit)
+            self._store.close()
 
 
 class LockoutSync:

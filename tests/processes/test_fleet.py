@@ -304,6 +304,67 @@ class FleetTests(FleetCase):
         self.assertTrue(self.audit(0, "database"), "the outage is audited")
         self.assertIn("unavailable", self.gateways[0].log())
 
+    def test_a_frozen_database_gets_an_answer_and_a_stop(self):
+        """
+        The database stops answering while its connections stay up (every
+        server process stopped with SIGSTOP, as a paused machine): a
+        handshake still gets ERROR server-error, after the call deadline,
+        not silence; and SIGTERM still stops the gateway, closing the door
+        it opened, instead of hanging on the database.
+        """
+        from knocker.daemon.fleet import CALL_DEADLINE
+
+        knock_file = self.generate()
+        kf = parse_knockfile(open(knock_file).read(), knock_file)
+        daemon = self.start(0)
+        result = self.knock(knock_file, self.endpoint(0))
+        self.assertIn("OPEN", result.stdout, result.stderr)
+        frozen = self.freeze_cluster()
+        started = time.monotonic()
+        reply, sock = handshake(HOSTS[0], self.ports[0], "alice", kf.secret,
+                                timeout=CALL_DEADLINE + 20)
+        sock.close()
+        self.assertEqual(reply, "ERROR server-error")
+        self.assertLess(time.monotonic() - started, CALL_DEADLINE + 10)
+        self.assertIn("no answer within", daemon.log())
+        started = time.monotonic()
+        daemon.process.terminate()
+        daemon.process.wait(timeout=4 * CALL_DEADLINE + 30)
+        self.assertLess(time.monotonic() - started, 4 * CALL_DEADLINE + 30)
+        closes = read_lines(self.closed[0])
+        self.assertEqual([close["argv"][1:] for close in closes], [["127.0.0.1", "alice", "1"]])
+        self.assertTrue(frozen)
+
+    def freeze_cluster(self) -> list[int]:
+        """
+        SIGSTOP the cluster's postmaster and its children (SIGCONT at cleanup).
+        """
+        import signal
+
+        with open(os.path.join(self.cluster.data, "postmaster.pid")) as handle:
+            postmaster = int(handle.readline())
+        pids = [postmaster]
+        for entry in os.listdir("/proc"):
+            if entry.isdigit():
+                try:
+                    with open(f"/proc/{entry}/stat") as handle:
+                        ppid = int(handle.read().rsplit(")", 1)[1].split()[1])
+                except (OSError, ValueError, IndexError):
+                    continue
+                if ppid == postmaster:
+                    pids.append(int(entry))
+        for pid in pids:
+            os.kill(pid, signal.SIGSTOP)
+
+        def thaw():
+            for pid in pids:
+                try:
+                    os.kill(pid, signal.SIGCONT)
+                except ProcessLookupError:
+                    pass
+        self.addCleanup(thaw)
+        return pids
+
     def test_closes_belong_to_the_gateway_that_opened(self):
         """
         A door opened through gateway 1 is closed by gateway 1 alone: not by

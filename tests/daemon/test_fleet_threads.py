@@ -1,0 +1,98 @@
+"""
+A gateway whose database stops answering (knocker.daemon.fleet.ThreadedStore):
+a frozen server behind a kernel that still ACKs trips no socket timeout, so
+the calls themselves are bounded: each fails after a deadline (the knock gets
+ERROR server-error, not silence), at most so many wait at once (a flood of
+PROOFs queues nothing more), and stopping the daemon neither hangs on the
+stuck threads nor on reading the closes it must run.
+"""
+
+import threading
+import time
+
+from twisted.internet import reactor
+from twisted.trial.unittest import TestCase
+
+from knocker.daemon.fleet import ThreadedStore
+from knocker.state.interface import PendingClose, StateError
+
+
+class FrozenDatabase:
+    """
+    A store whose calls block until C{thaw} is set, as a PostgreSQL server
+    stopped with SIGSTOP does.
+    """
+
+    path = "postgresql://frozen.invalid/knocker"
+    gateway = "gw1"
+
+    def __init__(self):
+        self.thaw = threading.Event()
+        self.entered = 0
+
+    def client(self, client):
+        self.entered += 1
+        self.thaw.wait(30)
+        return None
+
+    def pending_closes(self):
+        self.thaw.wait(30)
+        return []
+
+    def close(self):
+        pass
+
+
+class FrozenDatabaseTests(TestCase):
+    def setUp(self):
+        self.db = FrozenDatabase()
+        self.addCleanup(self.db.thaw.set)
+
+    def store(self, **bounds) -> ThreadedStore:
+        store = ThreadedStore(self.db, reactor, threads=2, **bounds)
+        self.addCleanup(store.close)
+        return store
+
+    async def test_a_call_past_its_deadline_fails(self):
+        store = self.store(deadline=0.3)
+        started = time.monotonic()
+        with self.assertRaises(StateError) as raised:
+            await store.client("alice")
+        self.assertLess(time.monotonic() - started, 5)
+        self.assertIn("no answer within 0.3s", str(raised.exception))
+
+    async def test_calls_past_the_bound_fail_at_once(self):
+        store = self.store(most=5, deadline=5)
+        waiting = [store.client(f"c{i}") for i in range(5)]
+        for d in waiting:
+            d.addErrback(lambda failure: None)
+        started = time.monotonic()
+        with self.assertRaises(StateError) as raised:
+            await store.client("one-too-many")
+        self.assertLess(time.monotonic() - started, 0.5)
+        self.assertIn("5 calls already waiting", str(raised.exception))
+        self.assertLessEqual(self.db.entered, 2, "no more than the threads entered")
+        self.db.thaw.set()
+        for d in waiting:
+            await d
+        self.assertEqual(store.calls, 0, "the count follows the calls that ended")
+        self.assertIsNone(await store.client("after"))
+
+    def test_the_closes_at_stop_fall_back_to_this_runs(self):
+        store = self.store(deadline=0.3)
+        store._closes[7] = PendingClose(7, 100.0, "192.0.2.7", "alice", 3)
+        started = time.monotonic()
+        closes = store.pending_closes()
+        self.assertLess(time.monotonic() - started, 5)
+        self.assertEqual([close.id for close in closes], [7])
+
+    def test_stopping_does_not_wait_for_a_stuck_thread(self):
+        store = ThreadedStore(self.db, reactor, threads=1, deadline=0.3)
+        d = store.client("alice")
+        d.addErrback(lambda failure: None)
+        deadline = time.monotonic() + 5
+        while not self.db.entered and time.monotonic() < deadline:
+            time.sleep(0.01)
+        started = time.monotonic()
+        store.close()
+        self.assertLess(time.monotonic() - started, 3)
