@@ -151,6 +151,9 @@ class BlockingDriver:
             sock.setsockopt(_socket.IPPROTO_TCP, _socket.TCP_NODELAY, 1)
         except OSError as failure:
             raise Unreachable(str(failure) or type(failure).__name__) from None
+        except (OverflowError, UnicodeError, ValueError) as failure:
+            # a port past 65535, a host name that is not ASCII
+            raise Unreachable(f"not a usable endpoint ({failure})") from None
         return _Connection(sock)
 
     async def hit(self, host: str, port: int, timeout: float) -> None:

@@ -153,7 +153,11 @@ class TwistedDriver:
     async def connect(self, endpoint: str, timeout: float) -> _Connection:
         lines = _Lines()
         try:
-            connecting = _connect(endpoints.clientFromString(self._reactor, endpoint), lines)
+            described = endpoints.clientFromString(self._reactor, endpoint)
+        except (ValueError, TypeError) as failure:  # an unknown kind, an unknown option
+            raise Unreachable(f"not a usable endpoint ({failure})") from None
+        try:
+            connecting = _connect(described, lines)
             connecting.addTimeout(timeout, self._reactor)
             await connecting
         except (error.ConnectError, error.DNSLookupError, defer.TimeoutError, OSError) as failure:

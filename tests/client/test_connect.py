@@ -450,3 +450,35 @@ def _reap(process):
     for stream in (process.stdin, process.stdout, process.stderr):
         if stream is not None:
             stream.close()
+
+
+class BadEndpointTests(SynchronousTestCase):
+    """
+    A server endpoint the config check lets through but no driver can use
+    is UNREACHABLE with a message naming it, not a traceback; in a fleet's
+    list the next gateway is tried.
+    """
+
+    def knock(self, server: str, *extra: str):
+        directory = self.mktemp()
+        os.makedirs(directory)
+        knock_file = os.path.join(directory, "alice.knock")
+        write_private(knock_file, format_knockfile(SAMPLE))
+        return knocker("knock", "--server", server, "--knock-file", knock_file, "--log-file",
+                       os.path.join(directory, "client.log"), "--timeout", "5", *extra)
+
+    def test_each_is_unreachable_with_a_reason(self):
+        for server in ("tcp:host=127.0.0.1:port=99999", "tcp:host=ex\u00e4mple.org:port=7000",
+                       "foo:bar", f"tcp:host=127.0.0.1:port={free_port()}:bogus=1",
+                       "tls:127.0.0.1"):
+            done = self.knock(server)
+            self.assertEqual(done.returncode, 3, f"{server}: {done.stdout}{done.stderr}")
+            self.assertNotIn("Traceback", done.stderr, server)
+            self.assertIn("UNREACHABLE", done.stderr, server)
+
+    def test_a_bad_first_gateway_is_passed_over(self):
+        port = free_port()
+        done = self.knock(f"tcp:host=127.0.0.1:port=99999 tcp:host=127.0.0.1:port={port}", "-v")
+        self.assertEqual(done.returncode, 3, done.stderr)
+        self.assertIn("not a usable endpoint", done.stderr + done.stdout)
+        self.assertIn("Connection refused", done.stderr)
