@@ -88,19 +88,21 @@ def split_target(argv: list[str]) -> tuple[list[str], str, int]:
     return options, host, number
 
 
-def resolve(host: str, port: int) -> list[tuple]:
+def resolve(host: str, port: int, seconds: float = 5.0) -> list[tuple]:
     """
-    C{(family, type, proto, address)} for each address of C{host}.
+    C{(family, type, proto, address)} for each address of C{host}, within
+    C{seconds}.
 
-    @raise OSError: the name does not resolve.
+    @raise OSError: the name does not resolve (in time).
     """
+    from knocker.client.blocking_driver import getaddrinfo_within
+
     try:
         name = host.encode("ascii")  # bytes: a str would load the idna codec
     except UnicodeEncodeError:
         name = host
     found = []
-    for family, kind, proto, _, address in _socket.getaddrinfo(name, port, 0,
-                                                              _socket.SOCK_STREAM):
+    for family, kind, proto, _, address in getaddrinfo_within(name, port, seconds):
         if (family, kind, proto, address) not in found:
             found.append((family, kind, proto, address))
     if not found:
@@ -267,7 +269,7 @@ def _connect(argv: list[str]) -> int:
         return USAGE_ERROR
     target = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     try:
-        addresses = resolve(host, port)
+        addresses = resolve(host, port, config.connect_timeout)
     except OSError as failure:
         _say(f"{host}: cannot resolve: {_describe(failure)}; nothing was knocked")
         return UNREACHABLE_TARGET

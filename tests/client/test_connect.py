@@ -83,7 +83,7 @@ class CommandLineTests(SynchronousTestCase):
         """
         from knocker.client import command
 
-        def resolve(host, port):
+        def resolve(host, port, seconds):
             raise OSError("Name or service not known")
 
         knocked = []

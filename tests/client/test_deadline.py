@@ -308,3 +308,37 @@ class TwistedDriverDeadlineTests(_DeadlineTests, TestCase):
         from knocker.client.twisted_driver import knock as twisted_knock
 
         return await twisted_knock(reactor, config, kf)
+
+
+class SilentResolverTests(TestCase):
+    """
+    A resolver that never answers (the C library's getaddrinfo has no
+    deadline of its own) holds neither a knock nor a connect past its time.
+    """
+
+    def setUp(self):
+        from knocker.client import blocking_driver
+
+        self.release = threading.Event()
+        self.addCleanup(self.release.set)
+        self.patch(blocking_driver._socket, "getaddrinfo",
+                   lambda *args: self.release.wait(30) or [])
+
+    def test_the_knock_is_unreachable_within_its_timeout(self):
+        config = parse_client_config(overrides={
+            "server": "tcp:host=door.example.org:port=7000", "timeout": "2",
+            "connect-timeout": "1", "log-file": os.devnull})
+        started = time.monotonic()
+        result = run_blocking(knock(BlockingDriver(), config, knock_file((7001,))))
+        self.assertLess(time.monotonic() - started, 2.5)
+        self.assertEqual(result.outcome, Outcome.UNREACHABLE)
+        self.assertIn("no answer from the resolver for door.example.org within", result.detail)
+
+    def test_connects_target_is_given_up_too(self):
+        from knocker.client.connect import resolve
+
+        started = time.monotonic()
+        with self.assertRaises(OSError) as raised:
+            resolve("door.example.org", 22, 0.5)
+        self.assertLess(time.monotonic() - started, 1.5)
+        self.assertIn("within 0.5s", str(raised.exception))
