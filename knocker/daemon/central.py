@@ -122,17 +122,12 @@ class CentralProtocol(LineOnlyReceiver):
         return hs.Error("server-error")
 
     def _judged(self, reply: hs.Reply, proved_at: float) -> None:
-        if self._lost:
-            # The client left while the state answered: a grant made
-            # meanwhile ends as abandoned (its number stays burned).
-            self._replied()
-            if isinstance(reply, hs.Grant):
-                self._server.session_lost(self)
-            return
         step = self._handshake.judged(reply)
         if step is None:
-            # The peer broke the protocol while the state answered: the
-            # connection is closing, so a grant made meanwhile is abandoned.
+            # The exchange ended while the state answered (the client left,
+            # or broke the protocol): a grant made meanwhile ends as
+            # abandoned (its number stays burned).
+            self._replied()
             if isinstance(reply, hs.Grant):
                 self._server.session_lost(self)
             return
