@@ -66,9 +66,8 @@ def _generate(args) -> int:
 
 def _invite(args) -> int:
     from knocker.admin.clients import ClientExists
-    from knocker.enrol.invite import check_invite, invite_client
+    from knocker.enrol.invite import invite_client
 
-    check_invite(args.client, args.expires)  # before the configuration or the state
     config = server_config(args)
     knocks = args.knocks if args.knocks is not None else config.knocks
     ports = args.ports if args.ports is not None else config.ports_per_knock

@@ -97,13 +97,15 @@ def invite_in(store, book, client: str, knocks: int, ports: int, expires: float,
     L{knocker.daemon.fleet.DatabaseBook}, called from a database thread).
     Blocking: L{draw_file}, then L{keep_invited}.
 
+    The caller has passed C{client} and C{expires} through L{check_invite}
+    (L{knocker.daemon.coordinator.KnockServer.invite} does, for every store).
+
     @raise knocker.admin.clients.ClientExists: the client is registered
         and C{force} is not set.
     @raise ValueError: more C{ports} a knock than the pool holds.
     """
     from knocker.admin.clients import refuse_existing
 
-    check_invite(client, expires)
     refuse_existing(store.client(client), client, force)  # before the work of drawing
     kf = draw_file(client, store.pool() or (), knocks, ports)
     return keep_invited(store, book, kf, expires, force, now)
