@@ -261,6 +261,54 @@ def make_entries(tools):
             DoorFwknop(tools, "udp"), DoorFwknop(tools, "pcap")]
 
 
+def interleave(entries, runs, pause, rng, deadline, door):
+    """
+    Round 0 a discarded warm-up, then C{runs} rounds, each visiting every
+    entry once in a fresh random order with a random pause between runs,
+    until C{deadline} (monotonic).  Returns each entry's C{last} records
+    and failure reasons; after a failure the door is flushed, so the next
+    run starts closed; an entry whose daemon died is run no more.
+    """
+    data = {e.name: {"runs": [], "failures": []} for e in entries}
+    dead = set()
+    for rnd in range(1 + runs):
+        if time.monotonic() > deadline:
+            print("time bound reached after %d rounds" % rnd)
+            break
+        order = [e for e in entries if e.name not in dead]
+        rng.shuffle(order)
+        for e in order:
+            e.last = {}
+            try:
+                e.one_run()
+            except peers.RunFailed as exc:
+                print("  %s: run %d failed: %s" % (e.name, rnd, exc))
+                if rnd:
+                    data[e.name]["failures"].append(str(exc))
+                if isinstance(exc, peers.DaemonDied):
+                    dead.add(e.name)
+                try:
+                    door.flush()
+                except RuntimeError:
+                    pass
+                time.sleep(e.recover_after)
+            if rnd and e.last:
+                data[e.name]["runs"].append(dict(e.last))
+            common.random_pause(pause[0], pause[1], rng)
+    return data
+
+
+def summaries(entries, data, summarize, result):
+    """Each entry's C{summarize}d figures, also put in C{result["entries"]}."""
+    rows = []
+    for e in entries:
+        s = summarize(e.name, data[e.name]["runs"], data[e.name]["failures"], e.description)
+        s["leftover_opens"] = getattr(e, "leftovers", 0)
+        result["entries"][e.name] = s
+        rows.append(s)
+    return rows
+
+
 def summarize(name, runs, failures, description):
     ok = [r for r in runs if "total_ms" in r]
     s = common.summarize([r["total_ms"] / 1000 for r in ok], len(failures))
@@ -313,7 +361,6 @@ def main():
               "pause_s": pause, "entries": {}, "skipped": skipped,
               "failed_first_connect": "connect > %.1f s (a resent SYN), a failed connect, or "
                                       "a SYN to the port counted by the drop rule" % RETRANSMITTED}
-    data = {}
     try:
         net = netns.make("veth")
         peers.Peer.net = net
@@ -326,38 +373,8 @@ def main():
         active = common.set_up(entries, root, started, skipped)
         print("entries: %s; %d runs each, interleaved, pause %.2f-%.2fs, seed %d"
               % (", ".join(e.name for e in active), args.runs, pause[0], pause[1], seed))
-        data = {e.name: {"runs": [], "failures": []} for e in active}
-        dead = set()
-        for rnd in range(1 + args.runs):  # round 0: warm-up
-            if time.monotonic() > deadline:
-                print("time bound reached after %d rounds" % rnd)
-                break
-            order = [e for e in active if e.name not in dead]
-            rng.shuffle(order)
-            for e in order:
-                e.last = {}
-                try:
-                    e.one_run()
-                except peers.RunFailed as exc:
-                    print("  %s: run %d failed: %s" % (e.name, rnd, exc))
-                    if rnd:
-                        data[e.name]["failures"].append(str(exc))
-                    if isinstance(exc, peers.DaemonDied):
-                        dead.add(e.name)
-                    try:
-                        door.flush()
-                    except RuntimeError:
-                        pass
-                    time.sleep(e.recover_after)
-                if rnd and e.last:
-                    data[e.name]["runs"].append(dict(e.last))
-                common.random_pause(pause[0], pause[1], rng)
-        rows = []
-        for e in active:
-            s = summarize(e.name, data[e.name]["runs"], data[e.name]["failures"], e.description)
-            s["leftover_opens"] = getattr(e, "leftovers", 0)
-            result["entries"][e.name] = s
-            rows.append(s)
+        data = interleave(active, args.runs, pause, rng, deadline, door)
+        rows = summaries(active, data, summarize, result)
         common.print_table(rows, [
             ("name", "entry"), ("n", "n"), ("failures", "fail"), ("p50_ms", "p50 ms"),
             ("p95_ms", "p95 ms"), ("min_ms", "min ms"), ("max_ms", "max ms"),

@@ -268,7 +268,6 @@ def main():
     result = {"machine": common.machine_info(), "seed": seed, "runs": args.runs,
               "port": door.PORT, "pause_s": pause, "entries": {}, "skipped": skipped,
               "failed_first_connect": "a SYN of the run counted by the door's drop rule"}
-    data = {}
     try:
         net = netns.make("veth")
         peers.Peer.net = net
@@ -281,38 +280,8 @@ def main():
         active = common.set_up(entries, root, started, skipped)
         print("entries: %s; %d runs each, interleaved, pause %.2f-%.2fs, seed %d"
               % (", ".join(e.name for e in active), args.runs, pause[0], pause[1], seed))
-        data = {e.name: {"runs": [], "failures": []} for e in active}
-        dead = set()
-        for rnd in range(1 + args.runs):  # round 0: warm-up
-            if time.monotonic() > deadline:
-                print("time bound reached after %d rounds" % rnd)
-                break
-            order = [e for e in active if e.name not in dead]
-            rng.shuffle(order)
-            for e in order:
-                e.last = {}
-                try:
-                    e.one_run()
-                except peers.RunFailed as exc:
-                    print("  %s: run %d failed: %s" % (e.name, rnd, exc))
-                    if rnd:
-                        data[e.name]["failures"].append(str(exc))
-                    if isinstance(exc, peers.DaemonDied):
-                        dead.add(e.name)
-                    try:
-                        gate.flush()
-                    except RuntimeError:
-                        pass
-                    time.sleep(e.recover_after)
-                if rnd and e.last:
-                    data[e.name]["runs"].append(dict(e.last))
-                common.random_pause(pause[0], pause[1], rng)
-        rows = []
-        for e in active:
-            s = summarize(e.name, data[e.name]["runs"], data[e.name]["failures"], e.description)
-            s["leftover_opens"] = getattr(e, "leftovers", 0)
-            result["entries"][e.name] = s
-            rows.append(s)
+        data = door.interleave(active, args.runs, pause, rng, deadline, gate)
+        rows = door.summaries(active, data, summarize, result)
         common.print_table(rows, [
             ("name", "entry"), ("n", "n"), ("failures", "fail"), ("p50_ms", "p50 ms"),
             ("p95_ms", "p95 ms"), ("min_ms", "min ms"), ("max_ms", "max ms"),
