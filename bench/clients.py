@@ -78,8 +78,8 @@ def client_name(i):
 
 def build_cache(clients, knocks):
     """The cached state directory for `clients` x `knocks`; built if missing."""
-    from knocker.core.config import parse_server_config
     from knocker.core.pool import ensure_pool
+    from knocker.core.serverconfig import parse_server_config
     from knocker.state.sqlite import SQLiteStore
 
     key = "v%d-%dc-%dk-%dp-%d-%d" % (CACHE_VERSION, clients, knocks, POOL_SIZE, *POOL_RANGE)

@@ -54,7 +54,7 @@ class Sink:
 def build(folder, clients, console):
     from twisted.internet.task import Clock
 
-    from knocker.core.config import parse_server_config
+    from knocker.core.serverconfig import parse_server_config
     from knocker.core.tracker import Policy, Tracker
     from knocker.daemon.audit import AuditLog
     from knocker.daemon.coordinator import KnockServer

@@ -113,8 +113,8 @@ def raw_window(target, seconds):
 
 def start_daemon(base, knocks, root, preferred):
     from knocker.admin.clients import generate_client
-    from knocker.core.config import parse_server_config
     from knocker.core.knockfile import parse_knockfile
+    from knocker.core.serverconfig import parse_server_config
     from knocker.files import read_private
 
     low, high = knockerlib.free_range(100, preferred=preferred)

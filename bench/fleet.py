@@ -218,8 +218,8 @@ def main():
     if reason:
         raise SystemExit(f"bench/fleet.py: {reason}")
     from knocker.admin.clients import generate_client
-    from knocker.core.config import parse_server_config
     from knocker.core.knockfile import parse_knockfile
+    from knocker.core.serverconfig import parse_server_config
     from knocker.files import read_private
 
     rng = random.Random(args.seed)

@@ -7,7 +7,8 @@ import re
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from knocker.core.config import CLIENT_KEYS, SERVER_KEYS, load_client_config, load_server_config
+from knocker.core.config import CLIENT_KEYS, load_client_config
+from knocker.core.serverconfig import SERVER_KEYS, load_server_config
 
 ETC = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "etc")
 

@@ -17,8 +17,9 @@ import os
 import sys
 import time
 
-from knocker.core.config import ConfigError, load_server_config
+from knocker.core.config import ConfigError
 from knocker.core.knockfile import KnockFileError
+from knocker.core.serverconfig import load_server_config
 from knocker.files import PrivateFileError
 
 USAGE_ERROR = 2

@@ -17,7 +17,7 @@ import tempfile
 import time
 
 from knocker.admin.clients import generate_client
-from knocker.core.config import parse_server_config
+from knocker.core.serverconfig import parse_server_config
 from knocker.daemon.audit import read_audit
 
 

@@ -26,7 +26,7 @@ from knocker.console.events import EventBus, ObservedAudit
 from knocker.console.metrics import Metrics
 from knocker.console.resource import Console
 from knocker.console.view import Activity
-from knocker.core.config import admin_endpoint
+from knocker.core.serverconfig import admin_endpoint
 
 #: The console's forms are a few short fields.
 MAX_BODY = 64 * 1024

@@ -4,7 +4,8 @@ C{twistd knockserver}: options and service wiring only.
 
 from twisted.python import usage
 
-from knocker.core.config import SERVER_KEYS, ConfigError, load_server_config
+from knocker.core.config import ConfigError
+from knocker.core.serverconfig import SERVER_KEYS, load_server_config
 
 
 class Options(usage.Options):

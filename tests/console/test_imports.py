@@ -35,7 +35,7 @@ class ImportTests(SynchronousTestCase):
     def test_daemon_without_console_loads_none(self):
         log = imported(
             "import tempfile\nfrom twisted.internet.testing import MemoryReactorClock\n"
-            "from knocker.core.config import parse_server_config\n"
+            "from knocker.core.serverconfig import parse_server_config\n"
             "from knocker.daemon.service import KnockServerService\n"
             "d = tempfile.mkdtemp()\n"
             "config = parse_server_config(overrides={'state-dir': d, 'admin': '',\n"

@@ -13,16 +13,18 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from knocker.core.config import (
     CLIENT_KEYS,
-    SERVER_KEYS,
     ClientConfig,
     ConfigError,
+    load_client_config,
+    parse_client_config,
+    simple_ini,
+)
+from knocker.core.serverconfig import (
+    SERVER_KEYS,
     ServerConfig,
     admin_endpoint,
-    load_client_config,
     load_server_config,
-    parse_client_config,
     parse_server_config,
-    simple_ini,
 )
 
 SOURCE = "/etc/knocker/knockserver.conf"

@@ -194,7 +194,7 @@ class ConfigKeyTests(SynchronousTestCase):
     """
 
     def server(self, body: str):
-        from knocker.core.config import parse_server_config
+        from knocker.core.serverconfig import parse_server_config
 
         return parse_server_config("[server]\n" + body, "/etc/knocker/knockserver.conf")
 

@@ -12,9 +12,9 @@ from twisted.internet.testing import StringTransport
 
 from knocker.admin.clients import generate_client
 from knocker.core import handshake as hs
-from knocker.core.config import parse_server_config
 from knocker.core.knockfile import parse_knockfile
 from knocker.core.pool import ensure_pool
+from knocker.core.serverconfig import parse_server_config
 from knocker.core.tracker import Policy, Tracker
 from knocker.daemon.actions import MemoryRunner
 from knocker.daemon.audit import MemoryAudit
