@@ -209,9 +209,11 @@ def parse_knockfile(text: str, name: str, header_only: bool = False) -> KnockFil
     def fail(lineno: int, why: str) -> KnockFileError:
         return KnockFileError(f"{name}, line {lineno}: {why}")
 
-    lines = text.split("\n")
-    first_knock = len(lines)
-    for lineno, raw in enumerate(lines, start=1):
+    # The header alone is read on every knock, from a file of a thousand
+    # lines: split only as far as the first knock line then.
+    lines = None if header_only else text.split("\n")
+    first_knock = None if header_only else len(lines)
+    for lineno, raw in enumerate(_lines(text) if header_only else lines, start=1):
         line = raw.removesuffix("\r")
         if not line.strip() or line.startswith("#"):
             continue
@@ -247,6 +249,18 @@ def parse_knockfile(text: str, name: str, header_only: bool = False) -> KnockFil
         created=header["created"],
         knocks=tuple(knocks),
     )
+
+
+def _lines(text: str):
+    """C{text.split("\\n")}, one line at a time."""
+    start = 0
+    while True:
+        end = text.find("\n", start)
+        if end < 0:
+            yield text[start:]
+            return
+        yield text[start:end]
+        start = end + 1
 
 
 def _check_header(key: str, value: str, fail) -> None:

@@ -217,6 +217,34 @@ class HeaderOnlyTests(SynchronousTestCase):
         self.assertIn("secret", str(error))
 
 
+    @settings(max_examples=300, deadline=None)
+    @given(st.lists(st.sampled_from(HEADER + KNOCKS + [
+        "# a comment", "   ", "\r", "secret = abc", "client = bob", "version = 2",
+        "colour = red", "1 10001,10002", "ports-per-knock = 3\r", "",
+    ]), max_size=14), st.sampled_from(["\n", "\r\n", ""]))
+    def test_same_header_as_the_whole_parse(self, lines, ending):
+        """
+        The header read alone (split only as far as the first knock) says
+        what the whole parse says of it: the same header, or the same
+        refusal when the header is at fault.
+        """
+        content = ending.join(lines) + ending
+        try:
+            whole = parse_knockfile(content, NAME)
+        except KnockFileError as error:
+            whole = error
+        try:
+            alone = parse_header(content, NAME)
+        except KnockFileError as error:
+            self.assertIsInstance(whole, KnockFileError)
+            self.assertEqual(str(error), str(whole))
+            return
+        if isinstance(whole, KnockFile):
+            self.assertEqual(alone, whole.replace(knocks=()))
+        else:  # the knocks are at fault, or missing: only the whole parse reads them
+            self.assertTrue("line" in str(whole) or "no knocks" in str(whole), str(whole))
+
+
 class GlanceTests(SynchronousTestCase):
     """
     L{knocks_at_a_glance}, the client's fast whole-file check, must never
