@@ -10,6 +10,13 @@ their close is not yet due), so that a firewall that lost them (a ruleset
 flush) can be given them back (L{CloseSchedule.reopen}), and it never runs
 a close while an action opening the same door still runs, so a close can
 never be overtaken by the open it undoes.
+
+A door is an address: a second knock from it while its door is open opens
+the same door again (the nft scripts keep one set element an address).  So
+a close that falls due while a later knock's door for the same address is
+open, or being opened, waits for that door's close and runs with it: the
+door stays open until the later knock's time is up, and each knock's close
+still runs, for a program that keeps a rule a knock.
 """
 
 from twisted.internet import defer
@@ -80,8 +87,9 @@ class CloseSchedule:
         self._retry = retry
         self._timers: dict[int, object] = {}
         self._open: dict[int, tuple[str, str, int]] = {}
+        self._due: dict[int, float] = {}  # close id -> when its timer is set for (wall)
         self._opening = _Runs()
-        self._unscheduled: set[int] = set()
+        self._unscheduled: dict[int, str] = {}  # close id -> address, on-success running
         self._closing = _Runs()
         self._stopped = False
         self._slots = defer.DeferredSemaphore(ACTIONS_AT_ONCE)
@@ -97,12 +105,12 @@ class CloseSchedule:
         recorded = self._store.add_close(due, ip, client, index)
         if isinstance(recorded, defer.Deferred):
             # A fleet's database records it off the reactor: the id later.
-            return recorded.addCallback(self._recorded)
-        return self._recorded(recorded)
+            return recorded.addCallback(self._recorded, ip)
+        return self._recorded(recorded, ip)
 
-    def _recorded(self, close_id: int) -> int:
+    def _recorded(self, close_id: int, ip: str) -> int:
         self._opening.begin(close_id)
-        self._unscheduled.add(close_id)
+        self._unscheduled[close_id] = ip
         return close_id
 
     def opened(self, close_id: int, due: float, ip: str, client: str, index: int,
@@ -126,10 +134,10 @@ class CloseSchedule:
             if previous is not None and previous.active():
                 previous.cancel()
             delay = max(0.0, due - self._wall.now())
+            self._due[close_id] = due
             self._timers[close_id] = self._clock.callLater(
-                delay, self._run, close_id, ip, client, index)
-        if close_id in self._unscheduled:
-            self._unscheduled.discard(close_id)
+                delay, self._fall_due, close_id, ip, client, index)
+        if self._unscheduled.pop(close_id, None) is not None:
             self._opening.end(close_id)
 
     def restore(self) -> int:
@@ -175,6 +183,7 @@ class CloseSchedule:
         """
         self._stopped = True
         self._open.clear()
+        self._due.clear()
         for timer in self._timers.values():
             if timer.active():
                 timer.cancel()
@@ -200,8 +209,37 @@ class CloseSchedule:
         done = defer.gatherResults(runs, consumeErrors=True)
         return done.addBoth(lambda _: len(pending))
 
+    def _fall_due(self, close_id, ip, client, index) -> None:
+        """
+        Close C{close_id}'s time has come: it runs now, unless a later
+        knock from C{ip} holds the same door (see the module's docstring).
+        """
+        self._timers.pop(close_id, None)
+        if self._stopped:
+            return  # close_now runs it
+        opening = [other for other, address in self._unscheduled.items()
+                   if address == ip and other != close_id]
+        if opening:
+            # Its on-success decides whether the door stays open: ask again
+            # once it has finished.
+            self._opening.done(opening[0]).addCallback(
+                lambda _: self._fall_due(close_id, ip, client, index))
+            return
+        now = self._wall.now()
+        later = max((self._due.get(other, now) for other, door in self._open.items()
+                     if door[0] == ip and other != close_id and self._due.get(other, now) > now),
+                    default=None)
+        if later is not None:
+            log.info("the close of knock {index} of {client} at {ip} waits for a later "
+                     "knock's door, open {s:.0f}s more", index=index, client=client, ip=ip,
+                     s=later - now)
+            self.schedule(close_id, later, ip, client, index)
+            return
+        self._run(close_id, ip, client, index)
+
     def _run(self, close_id, ip, client, index) -> defer.Deferred:
         self._timers.pop(close_id, None)
+        self._due.pop(close_id, None)
         self._open.pop(close_id, None)
         self._closing.begin(close_id)
         d = self._opening.done(close_id)

@@ -273,3 +273,122 @@ class StopTests(SynchronousTestCase):
         closes.schedule(close_id, 20, IP, "alice", 1)
         self.clock.advance(30)
         self.assertEqual(len(closer.runs), 1)
+
+
+class SameAddressTests(SynchronousTestCase):
+    """
+    A door is an address: a second knock from it while the door is open
+    keeps the door open until the second knock's close, and every knock's
+    close still runs (docs/spec.md section 6).
+    """
+
+    def setUp(self):
+        CloseScheduleTests.setUp(self)  # the clock at 1000, a closer that works
+        self.closes = CloseScheduleTests.schedule_of(self)
+
+    def knock(self, index, ip=IP, duration=300.0, ok=True) -> int:
+        """A knock whose on-success has finished now (C{ok}: it worked)."""
+        due = self.clock.seconds() + duration
+        close_id = self.closes.record(due + 10, ip, "alice", index)
+        self.closes.opened(close_id, due, ip, "alice", index, ok=ok)
+        return close_id
+
+    def test_a_second_knock_keeps_the_door_open_to_its_own_time(self):
+        self.knock(1)  # door open until 1300
+        self.clock.advance(200)
+        self.knock(2)  # and again, until 1500
+        self.clock.advance(100)  # 1300: the first knock's time is up
+        self.assertEqual(self.closer.runs, [], "the second knock holds the door")
+        self.assertEqual(sorted(self.closes.open_doors()), [(IP, "alice", 1), (IP, "alice", 2)])
+        self.assertEqual(len(self.store.pending_closes()), 2)
+        self.clock.advance(199.9)
+        self.assertEqual(self.closer.runs, [])
+        self.clock.advance(0.1)  # 1500
+        self.assertEqual(sorted(self.closer.runs), [(IP, "alice", 1), (IP, "alice", 2)],
+                         "both closes run, at the later time")
+        self.assertEqual(self.store.pending_closes(), [])
+        self.assertEqual(self.closes.open_doors(), [])
+
+    def test_a_third_knock_holds_it_longer_still(self):
+        self.knock(1)
+        self.clock.advance(200)
+        self.knock(2)  # until 1500
+        self.clock.advance(200)
+        self.knock(3)  # until 1700
+        self.clock.advance(299)  # 1699
+        self.assertEqual(self.closer.runs, [])
+        self.clock.advance(1)
+        self.assertEqual(sorted(index for _, _, index in self.closer.runs), [1, 2, 3])
+
+    def test_a_later_knock_whose_open_failed_holds_nothing(self):
+        self.knock(1)
+        self.clock.advance(200)
+        self.knock(2, ok=False)
+        self.clock.advance(100)
+        self.assertEqual(self.closer.runs, [(IP, "alice", 1)], "closed at its own time")
+        self.clock.advance(200)
+        self.assertEqual(self.closer.runs, [(IP, "alice", 1), (IP, "alice", 2)])
+
+    def test_another_address_holds_nothing(self):
+        self.knock(1)
+        self.clock.advance(200)
+        self.knock(2, ip="198.51.100.7")
+        self.clock.advance(100)
+        self.assertEqual(self.closer.runs, [(IP, "alice", 1)])
+
+    def test_an_earlier_knock_does_not_shorten_nor_hold_a_later_one(self):
+        """
+        A close falling due earlier than another door's runs; one falling
+        due later is not moved earlier by anything.
+        """
+        self.knock(1, duration=500)  # until 1500
+        self.clock.advance(100)
+        self.knock(2, duration=100)  # until 1200: the first door outlasts it
+        self.clock.advance(100)  # 1200
+        self.assertEqual(self.closer.runs, [], "knock 2's close waits for knock 1's door")
+        self.clock.advance(300)  # 1500
+        self.assertEqual(sorted(index for _, _, index in self.closer.runs), [1, 2])
+
+    def test_a_close_falling_due_while_a_knock_opens_the_door_again_waits_for_it(self):
+        self.knock(1)
+        self.clock.advance(299)
+        second = self.closes.record(1610.0, IP, "alice", 2)  # on-success running
+        self.clock.advance(1)  # 1300: knock 1's time is up
+        self.assertEqual(self.closer.runs, [], "not while the door is being opened again")
+        self.closes.opened(second, 1600.0, IP, "alice", 2, ok=True)
+        self.assertEqual(self.closer.runs, [], "the door is open until 1600 now")
+        self.clock.advance(300)
+        self.assertEqual(sorted(index for _, _, index in self.closer.runs), [1, 2])
+
+    def test_the_open_again_failing_lets_the_close_run_at_once(self):
+        self.knock(1)
+        self.clock.advance(299)
+        second = self.closes.record(1610.0, IP, "alice", 2)
+        self.clock.advance(1)
+        self.closes.opened(second, 1600.0, IP, "alice", 2, ok=False)
+        self.assertEqual(self.closer.runs, [(IP, "alice", 1)])
+
+    def test_stop_runs_a_held_close_once(self):
+        self.knock(1)
+        self.clock.advance(200)
+        self.knock(2)
+        self.clock.advance(100)  # knock 1's close is held
+        done = []
+        self.closes.close_now().addCallback(done.append)
+        self.assertEqual(done, [2])
+        self.assertEqual(sorted(index for _, _, index in self.closer.runs), [1, 2])
+        self.clock.advance(1000)
+        self.assertEqual(len(self.closer.runs), 2, "nothing runs twice")
+
+    def test_stop_while_a_close_waits_for_an_open(self):
+        self.knock(1)
+        self.clock.advance(299)
+        second = self.closes.record(1610.0, IP, "alice", 2)
+        self.clock.advance(1)  # knock 1's close waits for knock 2's on-success
+        self.closes.close_now()
+        self.assertEqual(self.closer.runs, [(IP, "alice", 1)],
+                         "knock 2's close waits for its on-success, knock 1's does not")
+        self.closes.opened(second, 1600.0, IP, "alice", 2, ok=True)
+        self.assertEqual(sorted(index for _, _, index in self.closer.runs), [1, 2])
+        self.clock.advance(1000)
+        self.assertEqual(len(self.closer.runs), 2)

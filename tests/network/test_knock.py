@@ -127,6 +127,35 @@ class KnockTests(DaemonInNamespace):
         self.assertEqual(len(hits), 4)
         self.assertEqual({e.get("ip") for e in hits}, {client4})
 
+    def test_a_second_knock_keeps_the_door_open(self) -> None:
+        """
+        Knocking again while the door is open keeps it open open-duration
+        from the second knock: the first knock's close, falling due in
+        between, waits for the second's (nft-close takes the address out,
+        whichever knock it runs for).  Both closes run in the end.
+        """
+        self.start_server()
+        self.assertKnockOpens()
+        first = time.monotonic()
+        time.sleep(1.5)
+        self.assertKnockOpens()
+        second = time.monotonic()
+        client4 = self.net.address4["client"]
+        self.assertEqual(self.allowed(), {client4: "knocker alice #2"})
+        # Past the first knock's time, well before the second's.
+        time.sleep(max(0.0, first + OPEN_DURATION + 0.8 - time.monotonic()))
+        self.assertLess(time.monotonic(), second + OPEN_DURATION - 0.3, "the host is too slow")
+        self.assertEqual(self.allowed(), {client4: "knocker alice #2"})
+        self.assertEqual(self.connect("client"), "ok")
+        self.wait_until(lambda: not self.allowed(), OPEN_DURATION + 10, "the close")
+        self.assertGreaterEqual(time.monotonic(), second + OPEN_DURATION - 0.2)
+        self.assertEqual(self.connect("client"), "timeout")
+        self.wait_until(lambda: len([e for e in read_audit(self.audit_path)
+                                     if e["event"] == "close"]) == 2, 10, "both closes")
+        closes = [e for e in read_audit(self.audit_path) if e["event"] == "close"]
+        self.assertEqual(sorted(e["index"] for e in closes), [1, 2])
+        self.assertTrue(all(e["ok"] for e in closes), closes)
+
     def test_replay_by_attacker(self) -> None:
         """
         The attacker, knowing the ports of a used knock, replays them: the
