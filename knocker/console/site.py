@@ -15,11 +15,14 @@ memory, reactor or file descriptors through the console.
 from io import BytesIO
 
 from twisted.internet.endpoints import serverFromString
+from twisted.internet.interfaces import IProtocolNegotiationFactory
 from twisted.internet.protocol import Protocol
 from twisted.internet.threads import deferToThread
 from twisted.protocols.policies import WrappingFactory
 from twisted.python.failure import Failure
+from twisted.web.http import HTTPChannel
 from twisted.web.server import Request, Site
+from zope.interface import implementer
 
 from knocker.console.access import Credentials, Sessions
 from knocker.console.events import EventBus, ObservedAudit
@@ -94,10 +97,17 @@ class BoundedRequest(Request):
 
 class QuietSite(Site):
     """
-    No access log: login URLs carry their token in the query.
+    No access log: login URLs carry their token in the query.  HTTP/1.1
+    only: twisted.web switches to HTTP/2 when the h2 package is installed
+    and TLS agrees on it, and its HTTP/2 requests would not pass through
+    L{BoundedRequest}'s limit.
     """
 
+    protocol = HTTPChannel
     requestFactory = BoundedRequest
+
+    def acceptableProtocols(self):
+        return [b"http/1.1"]
 
     def log(self, request):
         pass
@@ -124,6 +134,7 @@ class Busy(Protocol):
             self._cut.cancel()
 
 
+@implementer(IProtocolNegotiationFactory)
 class ConnectionLimit(WrappingFactory):
     """
     C{site} with at most C{limit} connections at once; each holds a file
@@ -135,6 +146,12 @@ class ConnectionLimit(WrappingFactory):
     def __init__(self, site, limit: int = MAX_CONNECTIONS):
         super().__init__(site)
         self.limit = limit
+
+    def acceptableProtocols(self):
+        # Twisted's TLS asks the factory it wraps which protocols to agree
+        # on (ALPN), and fails the handshake of a client that offers some
+        # (every browser does) when the answer is none.
+        return self.wrappedFactory.acceptableProtocols()
 
     def buildProtocol(self, addr):
         if len(self.protocols) >= self.limit:

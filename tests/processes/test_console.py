@@ -136,6 +136,7 @@ class ConsoleOverTLSTests(ConsoleDaemonCase):
 
     def test_tls_console(self):
         import http.client
+        import socket
         import ssl
         import urllib.parse
 
@@ -164,4 +165,14 @@ class ConsoleOverTLSTests(ConsoleDaemonCase):
         done = knocker("unlock", "--all", "--config", self.server_conf)
         self.assertEqual(done.returncode, 0, done.stderr)
         self.assertEqual(self.events("admin-lift")[-1]["by"], "bearer")
+        # A client that would rather speak HTTP/2 gets HTTP/1.1, and with
+        # it the body limit (twisted.web's HTTP/2, present when h2 is
+        # installed, would skip it).
+        context.set_alpn_protocols(["h2", "http/1.1"])
+        with socket.create_connection(("127.0.0.1", parts.port), timeout=10) as raw, \
+                context.wrap_socket(raw, server_hostname="127.0.0.1") as tls_socket:
+            self.assertIn(tls_socket.selected_alpn_protocol(), (None, "http/1.1"))
+            tls_socket.sendall(b"POST /login HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                               b"Content-Length: 1000000\r\n\r\n")
+            self.assertTrue(tls_socket.recv(100).startswith(b"HTTP/1.1 413 "))
 
