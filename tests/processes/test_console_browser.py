@@ -42,13 +42,24 @@ def _missing() -> str | None:
 
 
 @unittest.skipIf(_missing(), _missing())
-class ConsoleBrowserTests(ConsoleDaemonCase):
+class BrowserCase(ConsoleDaemonCase):
+    """
+    A daemon with its console on L{admin}, clients alice and bob, and a
+    headless Chromium given L{browser_flags}.
+    """
+
     timeout = 180
+
+    def admin(self) -> str:
+        return "tcp:0:interface=127.0.0.1"
+
+    def browser_flags(self) -> tuple[str, ...]:
+        return ()
 
     def setUp(self):
         super().setUp()
         os.environ["SE_OFFLINE"] = "true"  # selenium must not fetch a driver
-        self.configure(admin="tcp:0:interface=127.0.0.1", lockout=600, lockout_scope="source")
+        self.configure(admin=self.admin(), lockout=600, lockout_scope="source")
         self.alice = self.generate("alice", knocks=10)
         self.generate("bob", knocks=30)
         self.start()
@@ -59,7 +70,8 @@ class ConsoleBrowserTests(ConsoleDaemonCase):
         for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
                      "--no-first-run", "--disable-background-networking",
                      "--disable-component-update", "--disable-sync",
-                     "--window-size=1100,900", f"--user-data-dir={profile}"):
+                     "--window-size=1100,900", f"--user-data-dir={profile}",
+                     *self.browser_flags()):
             options.add_argument(flag)
         self.browser = webdriver.Chrome(service=Service(DRIVER), options=options)
         self.addCleanup(self.browser.quit)
@@ -86,6 +98,8 @@ class ConsoleBrowserTests(ConsoleDaemonCase):
     def wait_for_title(self, title: str) -> None:
         self.wait_until(lambda: self.browser.title.startswith(title))
 
+
+class ConsoleBrowserTests(BrowserCase):
     def test_an_operator_session(self):
         self.assertOpens(self.alice)
         self.lock_myself_out(self.alice)
@@ -189,3 +203,62 @@ class ConsoleBrowserTests(ConsoleDaemonCase):
         self.browser.get(base)
         self.assertIn("Up since", self.text())
         self.shot("overview-narrow")
+
+
+class ConsoleOverTLSBrowserTests(BrowserCase):
+    """
+    admin = ssl:, as a console off loopback must be: Chromium trusts the
+    test CA's server key alone (--ignore-certificate-errors-spki-list), and
+    offers HTTP/2 and HTTP/1.1 over ALPN as it does everywhere.
+    """
+
+    def admin(self) -> str:
+        from tests.network import tls
+
+        ca = tls.make_ca(self.dir)
+        files = tls.make_server(self.dir, ca, dns_names=["console.test"], ips=["127.0.0.1"])
+        with open(files.cert_path, "rb") as handle:
+            self.spki = _spki_sha256(handle.read())
+        return tls.server_endpoint(files, port=0, interface="127.0.0.1")
+
+    def browser_flags(self) -> tuple[str, ...]:
+        return (f"--ignore-certificate-errors-spki-list={self.spki}",)
+
+    def test_log_in_lift_and_watch_over_tls(self):
+        self.assertOpens(self.alice)
+        self.lock_myself_out(self.alice)
+        url = knocker("console", "--config", self.server_conf).stdout.strip()
+        self.assertTrue(url.startswith("https://127.0.0.1:"), url)
+        base = url.split("login")[0]
+        self.browser.get(url)
+        self.browser.find_element(By.ID, "login").click()
+        self.wait_for_title("Overview")
+        cookie = self.browser.get_cookies()[0]
+        self.assertTrue(cookie["secure"] and cookie["httpOnly"], cookie)
+        self.assertEqual(self.browser.execute_script(
+            "return performance.getEntriesByType('navigation')[0].nextHopProtocol"), "http/1.1")
+        # A form POST with its CSRF token, then the live events, over TLS.
+        self.browser.find_element(By.LINK_TEXT, "Lockouts").click()
+        self.wait_for_title("Lockouts")
+        self.browser.find_element(By.XPATH, "//button[text()='Lift 127.0.0.1']").click()
+        self.wait_until(lambda: "Lifted: 127.0.0.1" in self.text())
+        self.assertEqual(self.events("admin-lift")[-1]["by"], "session")
+        self.browser.get(base)
+        done = knocker("revoke", "bob", "--config", self.server_conf)
+        self.assertEqual(done.returncode, 0, done.stderr)
+        self.wait_until(
+            lambda: "admin-revoke" in self.browser.find_element(By.ID, "events").text)
+
+
+def _spki_sha256(pem: bytes) -> str:
+    """Chromium's pin of a certificate: the SHA-256 of its public key, base64."""
+    import base64
+    import hashlib
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+
+    key = x509.load_pem_x509_certificate(pem).public_key()
+    der = key.public_bytes(serialization.Encoding.DER,
+                           serialization.PublicFormat.SubjectPublicKeyInfo)
+    return base64.b64encode(hashlib.sha256(der).digest()).decode()
