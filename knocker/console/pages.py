@@ -41,6 +41,13 @@ LIVE_SCRIPT = """
     list.insertBefore(li,list.firstChild);
     if(list.children.length===51)list.removeChild(list.lastChild);
   };
+  source.onerror=function(){
+    if(source.readyState!==EventSource.CLOSED)return;
+    var note=document.getElementById('live');
+    note.textContent='Live updates stopped (logged out, session over, or the daemon '+
+      'restarted): reload the page.';
+    note.hidden=false;
+  };
 })();
 """
 
@@ -139,6 +146,7 @@ def overview_page(data: dict, events: list, csrf: str) -> bytes:
         _table(("source", "scope", "time left"), locks, "Who cannot knock now")
         if locks else tags.p("None: everyone may knock."),
         tags.h2("Last events"),
+        tags.p(id="live", hidden="hidden", role="status"),
         tags.ul(*items, id="events", class_="events", **{"aria-live": "polite"}),
         csrf=csrf, script=LIVE_SCRIPT,
     )

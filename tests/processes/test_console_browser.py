@@ -170,6 +170,22 @@ class ConsoleBrowserTests(BrowserCase):
         self.assertEqual(done.returncode, 0, done.stderr)
         self.wait_until(
             lambda: "admin-revoke" in self.browser.find_element(By.ID, "events").text)
+        live = self.browser.find_element(By.ID, "live")
+        self.assertFalse(live.is_displayed())
+
+        # Logged out in another tab: this page's live events end, and it says so.
+        overview = self.browser.current_window_handle
+        self.browser.switch_to.new_window("tab")
+        self.browser.get(base)
+        self.browser.find_element(By.XPATH, "//button[text()='Log out']").click()
+        self.wait_for_title("Log in")
+        self.browser.switch_to.window(overview)
+        self.wait_until(lambda: live.is_displayed())
+        self.assertIn("Live updates stopped", live.text)
+        again = knocker("console", "--config", self.server_conf).stdout.strip()
+        self.browser.get(again)  # a login URL serves once: a new one for the rest
+        self.browser.find_element(By.ID, "login").click()
+        self.wait_for_title("Overview")
 
         # Invite: the code shown once enrols with the real knocker enroll, and knocks.
         self.browser.get(base + "clients")
