@@ -13,10 +13,13 @@ never be overtaken by the open it undoes.
 
 A door is an address: a second knock from it while its door is open opens
 the same door again (the nft scripts keep one set element an address).  So
-a close that falls due while a later knock's door for the same address is
-open, or being opened, waits for that door's close and runs with it: the
-door stays open until the later knock's time is up, and each knock's close
-still runs, for a program that keeps a rule a knock.
+the actions of one address are kept in order: a close that falls due (or
+reaches its turn to run) while another door of its address is open, or
+being opened, is parked until the address's last door falls due, and then
+runs with it, each close with its own arguments (for a program that keeps
+a rule a knock); an open waits for a close of its address already running.
+Times are kept on the monotonic clock: a step of the wall clock neither
+stretches nor cuts a door.
 """
 
 from twisted.internet import defer
@@ -69,6 +72,33 @@ class _Runs:
         return waiter
 
 
+class _Address:
+    """
+    One address's door: the closes whose door is open and not yet due
+    (C{holders}), the opens running (C{opening}), the closes due but held
+    (C{parked}: id -> (client, index)), the closes running (C{closing}) and
+    who waits for those to end (C{quiet}).
+    """
+
+    __slots__ = ("holders", "opening", "parked", "closing", "quiet")
+
+    def __init__(self):
+        self.holders: set[int] = set()
+        self.opening = 0
+        self.parked: dict[int, tuple[str, int]] = {}
+        self.closing = 0
+        self.quiet: list[defer.Deferred] = []
+
+    def held(self) -> bool:
+        return bool(self.opening or self.holders)
+
+    def idle(self) -> bool:
+        return not (self.holders or self.opening or self.parked or self.closing or self.quiet)
+
+
+_PARKED = object()  # what a close that was parked instead of run "returns"
+
+
 class CloseSchedule:
     """
     Pending closes: C{store} keeps them across restarts with their due
@@ -87,31 +117,65 @@ class CloseSchedule:
         self._retry = retry
         self._timers: dict[int, object] = {}
         self._open: dict[int, tuple[str, str, int]] = {}
-        self._due: dict[int, float] = {}  # close id -> when its timer is set for (wall)
         self._opening = _Runs()
         self._unscheduled: dict[int, str] = {}  # close id -> address, on-success running
         self._closing = _Runs()
+        self._addresses: dict[str, _Address] = {}
         self._stopped = False
         self._slots = defer.DeferredSemaphore(ACTIONS_AT_ONCE)
+
+    def _address(self, ip: str) -> _Address:
+        found = self._addresses.get(ip)
+        if found is None:
+            found = self._addresses[ip] = _Address()
+        return found
+
+    def _forget_if_idle(self, ip: str) -> None:
+        found = self._addresses.get(ip)
+        if found is not None and found.idle():
+            del self._addresses[ip]
 
     def record(self, due: float, ip: str, client: str, index: int) -> int:
         """
         Note a close in the state before the door opens (C{due} is the
         latest it can fall due), so a crash in between still closes.  The
         caller runs on-success next, and says when it has finished with
-        L{opened} (or L{schedule}); until then no close of this id runs.
-        With a store that answers later, a L{Deferred} firing with the id.
+        L{opened} (or L{schedule}); until then no close of this id, nor of
+        this address, runs.  With a store that answers later, a
+        L{Deferred} firing with the id.
         """
-        recorded = self._store.add_close(due, ip, client, index)
+        self._address(ip).opening += 1  # now: a fleet's id comes later
+        try:
+            recorded = self._store.add_close(due, ip, client, index)
+        except BaseException:
+            self._open_ended(ip)
+            raise
         if isinstance(recorded, defer.Deferred):
-            # A fleet's database records it off the reactor: the id later.
-            return recorded.addCallback(self._recorded, ip)
+            return recorded.addCallbacks(self._recorded, self._not_recorded,
+                                         callbackArgs=(ip,), errbackArgs=(ip,))
         return self._recorded(recorded, ip)
 
     def _recorded(self, close_id: int, ip: str) -> int:
         self._opening.begin(close_id)
         self._unscheduled[close_id] = ip
         return close_id
+
+    def _not_recorded(self, failure, ip: str):
+        self._open_ended(ip)  # on-success will not run
+        return failure
+
+    def quiet(self, ip: str) -> defer.Deferred | None:
+        """
+        C{None} if no close of C{ip} is running; else a L{Deferred} that
+        fires once none is.  An open waits for it, so that it cannot be
+        undone by a close that started before it.
+        """
+        found = self._addresses.get(ip)
+        if found is None or not found.closing:
+            return None
+        waiter = defer.Deferred()
+        found.quiet.append(waiter)
+        return waiter
 
     def opened(self, close_id: int, due: float, ip: str, client: str, index: int,
                ok: bool) -> None:
@@ -121,24 +185,55 @@ class CloseSchedule:
         """
         if ok and not self._stopped:
             self._open[close_id] = (ip, client, index)
+            self._address(ip).holders.add(close_id)
         self.schedule(close_id, due, ip, client, index)
 
     def schedule(self, close_id: int, due: float, ip: str, client: str, index: int) -> None:
         """
-        Run close C{close_id} at C{due}; a close already scheduled under
-        that id is replaced, and nothing is scheduled once stopped.  The
-        first schedule of a recorded close says its on-success has finished.
+        Run close C{close_id} at C{due} (wall time, timed from now on the
+        monotonic clock); a close already scheduled under that id is
+        replaced, and nothing is scheduled once stopped.  The first
+        schedule of a recorded close says its on-success has finished.
         """
         if not self._stopped:
             previous = self._timers.pop(close_id, None)
             if previous is not None and previous.active():
                 previous.cancel()
             delay = max(0.0, due - self._wall.now())
-            self._due[close_id] = due
             self._timers[close_id] = self._clock.callLater(
                 delay, self._fall_due, close_id, ip, client, index)
         if self._unscheduled.pop(close_id, None) is not None:
             self._opening.end(close_id)
+            self._open_ended(ip)
+
+    def _open_ended(self, ip: str) -> None:
+        self._address(ip).opening -= 1
+        self._release(ip)
+
+    def _release(self, ip: str) -> None:
+        """Run the parked closes of C{ip} once nothing holds its door."""
+        found = self._addresses.get(ip)
+        if found is None:
+            return
+        if not self._stopped and not found.held() and found.parked:
+            parked, found.parked = found.parked, {}
+            for close_id, (client, index) in parked.items():
+                self._run(close_id, ip, client, index)
+        self._forget_if_idle(ip)
+
+    def _fall_due(self, close_id, ip, client, index) -> None:
+        self._timers.pop(close_id, None)
+        found = self._address(ip)
+        found.holders.discard(close_id)
+        if self._stopped:
+            return  # close_now runs it
+        if found.held():
+            log.info("the close of knock {index} of {client} at {ip} waits for the address's "
+                     "later door", index=index, client=client, ip=ip)
+            found.parked[close_id] = (client, index)
+            return
+        self._run(close_id, ip, client, index)
+        self._release(ip)
 
     def restore(self) -> int:
         """
@@ -162,19 +257,26 @@ class CloseSchedule:
 
     def reopen(self, run_open) -> int:
         """
-        Run C{run_open(ip, client, index)} (on-success again) for every
-        door open now, after the firewall lost them; a close falling due
-        meanwhile waits until it has finished.  Returns how many.
+        Run C{run_open(ip, client, index)} (on-success again) once for each
+        address with a door open now, for its latest knock, after the
+        firewall lost them; closes of the address wait until it has
+        finished, and it waits for one already running.  Returns how many.
         """
-        doors = list(self._open.items())
-        for close_id, (ip, client, index) in doors:
+        latest = {}
+        for close_id, (ip, client, index) in self._open.items():
+            latest[ip] = (close_id, client, index)
+        for ip, (close_id, client, index) in latest.items():
+            self._address(ip).opening += 1
             self._opening.begin(close_id)
-            d = self._slots.run(run_open, ip, client, index)
-            d.addBoth(self._reopened, close_id)
-        return len(doors)
+            waited = self.quiet(ip) or defer.succeed(None)
+            d = waited.addCallback(lambda _, ip=ip, client=client, index=index:
+                                   self._slots.run(run_open, ip, client, index))
+            d.addBoth(self._reopened, close_id, ip)
+        return len(latest)
 
-    def _reopened(self, result, close_id):
+    def _reopened(self, result, close_id, ip):
         self._opening.end(close_id)
+        self._open_ended(ip)
         return result
 
     def stop(self) -> None:
@@ -183,11 +285,13 @@ class CloseSchedule:
         """
         self._stopped = True
         self._open.clear()
-        self._due.clear()
         for timer in self._timers.values():
             if timer.active():
                 timer.cancel()
         self._timers.clear()
+        for found in self._addresses.values():
+            found.holders.clear()
+            found.parked.clear()  # close_now runs them: they are in the state
 
     def close_now(self) -> defer.Deferred:
         """
@@ -209,52 +313,48 @@ class CloseSchedule:
         done = defer.gatherResults(runs, consumeErrors=True)
         return done.addBoth(lambda _: len(pending))
 
-    def _fall_due(self, close_id, ip, client, index) -> None:
-        """
-        Close C{close_id}'s time has come: it runs now, unless a later
-        knock from C{ip} holds the same door (see the module's docstring).
-        """
-        self._timers.pop(close_id, None)
-        if self._stopped:
-            return  # close_now runs it
-        opening = [other for other, address in self._unscheduled.items()
-                   if address == ip and other != close_id]
-        if opening:
-            # Its on-success decides whether the door stays open: ask again
-            # once it has finished.
-            self._opening.done(opening[0]).addCallback(
-                lambda _: self._fall_due(close_id, ip, client, index))
-            return
-        now = self._wall.now()
-        later = max((self._due.get(other, now) for other, door in self._open.items()
-                     if door[0] == ip and other != close_id and self._due.get(other, now) > now),
-                    default=None)
-        if later is not None:
-            log.info("the close of knock {index} of {client} at {ip} waits for a later "
-                     "knock's door, open {s:.0f}s more", index=index, client=client, ip=ip,
-                     s=later - now)
-            self.schedule(close_id, later, ip, client, index)
-            return
-        self._run(close_id, ip, client, index)
-
     def _run(self, close_id, ip, client, index) -> defer.Deferred:
         self._timers.pop(close_id, None)
-        self._due.pop(close_id, None)
         self._open.pop(close_id, None)
         self._closing.begin(close_id)
         d = self._opening.done(close_id)
-        d.addCallback(lambda _: self._slots.run(self._run_close, ip, client, index))
+        d.addCallback(lambda _: self._slots.run(self._start, close_id, ip, client, index))
         d.addCallback(self._closed, close_id, ip, client, index)
         d.addErrback(lambda failure: log.failure("on-close for {client} at {ip}", failure,
                                                  client=client, ip=ip))
         d.addBoth(self._close_ended, close_id)
         return d
 
+    def _start(self, close_id, ip, client, index):
+        """
+        Its turn to run (closes queue for L{ACTIONS_AT_ONCE}): parked
+        instead if a door of its address opened meanwhile, or is opening.
+        """
+        found = self._address(ip)
+        if not self._stopped and found.held():
+            found.parked[close_id] = (client, index)
+            return _PARKED
+        found.closing += 1
+        d = defer.maybeDeferred(self._run_close, ip, client, index)
+        return d.addBoth(self._close_finished, ip)
+
+    def _close_finished(self, result, ip):
+        found = self._address(ip)
+        found.closing -= 1
+        if not found.closing:
+            waiters, found.quiet = found.quiet, []
+            for waiter in waiters:
+                waiter.callback(None)
+        self._forget_if_idle(ip)
+        return result
+
     def _close_ended(self, result, close_id):
         self._closing.end(close_id)
         return result
 
     def _closed(self, result, close_id, ip, client, index) -> None:
+        if result is _PARKED:
+            return
         # Log first, then forget: a crash in between runs the (idempotent)
         # close again after the restart, rather than leave a close unlogged.
         self._audit.record("close", ip=ip, client=client, index=index, ok=result.ok)

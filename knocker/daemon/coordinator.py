@@ -505,6 +505,12 @@ class KnockServer:
         if self._stopped:
             self._succeeded(None, slot, close_id)
             return
+        running = self.closes.quiet(slot.ip)
+        if running is not None:
+            # A close of this address already runs: the open goes after it,
+            # or the close could land last and shut the door just opened.
+            running.addCallback(lambda _: self._start_success(close_id, slot))
+            return
         try:
             done = self._run("on-success", self._success, slot.ip, slot.client, slot.index,
                              verdict=lambda result: self._send_verdict(result, slot, close_id))
@@ -533,11 +539,12 @@ class KnockServer:
         self._log_verdict(result, slot)
 
     def _send_verdict(self, result, slot: Slot, close_id) -> None:
-        self.tracker.release(slot)
         if close_id is not None:
+            # First: until the schedule hears of it, no close of this address runs.
             due = self._wall.now() + self.config.open_duration
             self.closes.opened(close_id, due, slot.ip, slot.client, slot.index,
                                ok=result is not None and result.ok)
+        self.tracker.release(slot)
         # Audited before it is sent, as a GRANT is.
         if result is not None and result.ok:
             self._audit.record("open", ip=slot.ip, client=slot.client, index=slot.index)

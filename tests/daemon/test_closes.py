@@ -392,3 +392,147 @@ class SameAddressTests(SynchronousTestCase):
         self.assertEqual(sorted(index for _, _, index in self.closer.runs), [1, 2])
         self.clock.advance(1000)
         self.assertEqual(len(self.closer.runs), 2)
+
+
+class HeldInOrderTests(SynchronousTestCase):
+    """
+    The actions of one address stay in order under a stepped wall clock,
+    a queue of closes, a store that answers later, and an address that
+    never stops knocking.
+    """
+
+    def setUp(self):
+        self.clock = Clock()
+        self.clock.advance(1000)
+        self.offset = 0.0
+        self.wall = WallTime(self.clock, wall=lambda: self.clock.seconds() + self.offset)
+        self.store = MemoryStore()
+        self.running: list[tuple[tuple, defer.Deferred]] = []
+        self.ran: list[int] = []
+        self.closes = CloseSchedule(self.clock, self.wall, self.store, self.close,
+                                    MemoryAudit(), retry=RETRY)
+
+    def close(self, ip, client, index):
+        d = defer.Deferred()
+        self.running.append(((ip, client, index), d))
+        self.ran.append(index)
+        return d
+
+    def finish_all(self):
+        while self.running:
+            self.running.pop(0)[1].callback(result(True))
+
+    def knock(self, index, ip=IP, duration=300.0) -> int:
+        due = self.wall.now() + duration
+        close_id = self.closes.record(due + 10, ip, "alice", index)
+        self.closes.opened(close_id, due, ip, "alice", index, ok=True)
+        return close_id
+
+    def started(self) -> list[int]:
+        return [index for (_, _, index), _ in self.running]
+
+    def test_a_wall_clock_step_neither_stretches_nor_cuts_a_held_door(self):
+        self.knock(1)  # until 1300
+        self.clock.advance(200)
+        self.knock(2)  # until 1500
+        self.offset = -3600.0  # the wall clock stepped back an hour
+        self.clock.advance(299.9)
+        self.assertEqual(self.started(), [])
+        self.clock.advance(0.1)  # 1500 on the monotonic clock
+        self.assertEqual(sorted(self.started()), [1, 2])
+
+    def test_a_queued_close_whose_address_opened_meanwhile_is_held(self):
+        """
+        Closes queue for ACTIONS_AT_ONCE; one whose turn comes after its
+        address opened again is held to that door's time, not run.
+        """
+        from knocker.daemon.closes import ACTIONS_AT_ONCE
+
+        for n in range(ACTIONS_AT_ONCE):
+            self.knock(100 + n, ip=f"198.51.100.{n + 1}", duration=299)
+        self.knock(1)  # falls due at 1300, behind the eight
+        self.clock.advance(300)
+        self.assertEqual(len(self.running), ACTIONS_AT_ONCE, "knock 1's close waits its turn")
+        self.knock(2)  # its door opens again meanwhile, until 1600
+        self.finish_all()
+        self.assertNotIn(1, self.started(), "held, not run behind the open")
+        self.clock.advance(300)
+        self.assertEqual(sorted(self.started()), [1, 2])
+
+    def test_an_open_waits_for_a_close_of_its_address_already_running(self):
+        self.knock(1)
+        self.clock.advance(300)
+        self.assertEqual(self.started(), [1])
+        running = self.closes.quiet(IP)
+        self.assertIsNotNone(running, "a close of the address runs")
+        self.assertIsNone(self.closes.quiet("198.51.100.7"), "none for another")
+        self.assertNoResult(running)
+        self.finish_all()
+        self.successResultOf(running)
+        self.assertIsNone(self.closes.quiet(IP))
+
+    def test_a_knock_still_being_recorded_holds_the_door(self):
+        """
+        A fleet's store records a close later: from the record on, the
+        address's door is being opened, and a close falling due waits.
+        """
+        class LaterStore(MemoryStore):
+            def __init__(self):
+                super().__init__()
+                self.answers = []
+
+            def add_close(self, due, ip, client, index):
+                d = defer.Deferred()
+                self.answers.append((d, super().add_close(due, ip, client, index)))
+                return d
+
+        store = LaterStore()
+        closes = CloseSchedule(self.clock, self.wall, store, self.close, MemoryAudit())
+        first = closes.record(1310.0, IP, "alice", 1)
+        store.answers.pop(0)[0].callback(1)
+        closes.opened(self.successResultOf(first), 1300.0, IP, "alice", 1, ok=True)
+        self.clock.advance(299)
+        second = closes.record(1610.0, IP, "alice", 2)  # the database has not answered
+        self.clock.advance(1)
+        self.assertEqual(self.started(), [], "held while the second knock is recorded")
+        d, close_id = store.answers.pop(0)
+        d.callback(close_id)
+        closes.opened(self.successResultOf(second), 1600.0, IP, "alice", 2, ok=True)
+        self.assertEqual(self.started(), [])
+        self.clock.advance(300)
+        self.assertEqual(sorted(self.started()), [1, 2])
+
+    def test_a_knock_whose_record_failed_holds_nothing(self):
+        class FailingStore(MemoryStore):
+            fail = False
+
+            def add_close(self, due, ip, client, index):
+                if self.fail:
+                    return defer.fail(OSError("the database is gone"))
+                return super().add_close(due, ip, client, index)
+
+        store = FailingStore()
+        closes = CloseSchedule(self.clock, self.wall, store, self.close, MemoryAudit())
+        closes.opened(closes.record(1310.0, IP, "alice", 1), 1300.0, IP, "alice", 1, ok=True)
+        self.clock.advance(299)
+        store.fail = True
+        self.failureResultOf(closes.record(1610.0, IP, "alice", 2), OSError)
+        self.clock.advance(1)
+        self.assertEqual(self.started(), [1])
+
+    def test_an_address_that_never_stops_knocking(self):
+        """
+        Knocking once a second with a 30 s door: every close is held while
+        the knocks go on, each falls due once (one timer per open door, not
+        one per held close), and all run once the knocking stops.
+        """
+        for index in range(1, 601):
+            self.knock(index, duration=30)
+            self.clock.advance(1)
+            self.assertLessEqual(len(self.clock.getDelayedCalls()), 31)
+        self.assertEqual(self.ran, [], "the door stayed open throughout")
+        self.clock.advance(30)
+        self.finish_all()  # eight at a time
+        self.assertEqual(sorted(self.ran), list(range(1, 601)), "each close once")
+        self.assertEqual(self.store.pending_closes(), [])
+        self.assertEqual(self.clock.getDelayedCalls(), [])

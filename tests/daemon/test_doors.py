@@ -80,14 +80,21 @@ class DoorTests(SynchronousTestCase):
         self.clock.advance(300)
         self.assertEqual(self.log, [("close", "start", 1)], "closed all the same")
 
-    def test_reopen_runs_the_open_again_for_every_open_door(self):
+    def test_reopen_runs_the_open_again_once_an_address(self):
+        """
+        A door is an address: each address with a door open gets its latest
+        knock's on-success again, once.
+        """
         self.open_door(1)
         self.open_door(2, due=1400.0)
+        other = self.closes.record(1410.0, "198.51.100.7", "bob", 5)
+        self.closes.opened(other, 1400.0, "198.51.100.7", "bob", 5, ok=True)
         self.assertEqual(self.closes.reopen(self.opener), 2)
-        self.assertEqual(self.log, [("open", "start", 1), ("open", "start", 2)])
+        self.assertEqual(self.log, [("open", "start", 2), ("open", "start", 5)])
         self.opener.finish()
         self.opener.finish()
-        self.assertEqual(self.closes.open_doors(), [(IP, "alice", 1), (IP, "alice", 2)])
+        self.assertEqual(self.closes.open_doors(),
+                         [(IP, "alice", 1), (IP, "alice", 2), ("198.51.100.7", "bob", 5)])
 
     def test_a_close_falling_due_waits_for_a_reopen(self):
         """
@@ -265,6 +272,27 @@ class CoordinatorDoorTests(SynchronousTestCase):
         self.assertEqual((again["action"], again["reopen"]), ("on-success", True))
         self.assertEqual(len(h.audit.of("open")), 1, "no second OPEN")
         self.assertEqual(len(h.store.pending_closes()), 1, "no second close")
+
+    def test_an_open_waits_for_a_close_of_its_address_still_running(self):
+        """
+        Knock 1's close runs (nft takes the address out) when knock 2 from
+        the same address completes: knock 2's on-success starts after the
+        close has finished, so the door ends open, and OPEN says so then.
+        """
+        h = Harness(self, on_success="/bin/echo", on_close="/bin/true", open_duration=300)
+        h.knock()
+        h.runner.hold = True
+        h.clock.advance(300)
+        self.assertEqual(h.runner.calls[-1][0], ["/bin/true", IP, "alice", "1"])
+        _, transport = h.knock()
+        self.assertEqual(h.runner.calls[-1][0], ["/bin/true", IP, "alice", "1"],
+                         "on-success waits for the close")
+        self.assertEqual(transport.value(), b"")
+        h.runner.finish(0)  # the close ends
+        self.assertEqual(h.runner.calls[-1][0], ["/bin/echo", IP, "alice", "2"])
+        h.runner.finish(0)
+        self.assertEqual(transport.value(), b"OPEN\n")
+        self.assertEqual(h.server.closes.open_doors(), [(IP, "alice", 2)])
 
     def test_no_doors_to_reopen_without_on_close(self):
         h = Harness(self)
