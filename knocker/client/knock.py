@@ -64,6 +64,7 @@ _FAILS = {
     "timeout": Outcome.TIMEOUT,
     "locked-out": Outcome.LOCKED_OUT,
     "action-failed": Outcome.ACTION_FAILED,
+    "revoked": Outcome.DENIED,  # revoked between GRANT and the verdict
 }
 
 

@@ -255,6 +255,23 @@ class CloseSchedule:
         """
         return list(self._open.values())
 
+    def close_client(self, client: str) -> int:
+        """
+        C{client}'s doors fall due now (it is revoked): each close runs at
+        once, or with its address's last door when another client's knock
+        holds the address open.  None is given back by L{reopen}.  Returns
+        how many doors there were.
+        """
+        doors = [(close_id, door) for close_id, door in self._open.items() if door[1] == client]
+        for close_id, (ip, _, index) in doors:
+            timer = self._timers.get(close_id)
+            if timer is not None and timer.active():
+                timer.cancel()
+            self._open.pop(close_id)
+            if close_id in self._address(ip).holders:
+                self._fall_due(close_id, ip, client, index)
+        return len(doors)
+
     def reopen(self, run_open) -> int:
         """
         Run C{run_open(ip, client, index)} (on-success again) once for each

@@ -82,6 +82,8 @@ class KnockServer:
         self._runner = runner
         self._audit = audit
         self._sessions: dict[Slot, object] = {}
+        self._granted_ids: dict[Slot, str] = {}  # the secret id of each granted file
+        self._refused: dict[Slot, bool] = {}  # verdicts that became FAIL revoked
         self._stopped = False
         self._dummy_secret = secrets.token_bytes(32)
         self.tracker = tracker
@@ -296,6 +298,7 @@ class KnockServer:
     def _grant(self, index, ports, secret, ip, client, nonce, session):
         slot = self.tracker.grant(ip, client, index, ports)
         self._sessions[slot] = session
+        self._granted_ids[slot] = secret_id(secret)
         # Audited before it is sent: a client never holds a GRANT the audit
         # log lacks, whenever the daemon dies.  The log line can wait.
         self._audit.record("grant", ip=ip, client=client, index=index,
@@ -460,6 +463,7 @@ class KnockServer:
         if slot is None:
             return
         del self._sessions[slot]
+        self._granted_ids.pop(slot, None)
         if not slot.acting:
             self.tracker.abandon(slot)
             self._audit.record("fail", ip=slot.ip, client=slot.client, index=slot.index,
@@ -482,6 +486,15 @@ class KnockServer:
     # Tracker observer.
 
     def knock_completed(self, slot: Slot) -> None:
+        if self._revoked.get(slot.client) == self._granted_ids.get(slot):
+            # Revoked between the GRANT and the last hit: no door.
+            self.tracker.release(slot)
+            self._audit.record("fail", ip=slot.ip, client=slot.client, index=slot.index,
+                               reason="revoked")
+            log.warn("knock {index} of {client} from {ip} ended: the file is revoked",
+                     index=slot.index, client=slot.client, ip=slot.ip)
+            self._verdict(slot, hs.Fail("revoked"))
+            return
         close_id = None
         try:
             if self.config.on_close:
@@ -539,14 +552,23 @@ class KnockServer:
         self._log_verdict(result, slot)
 
     def _send_verdict(self, result, slot: Slot, close_id) -> None:
+        # Revoked while on-success ran: its door closes at once.
+        revoked = self._revoked.get(slot.client) == self._granted_ids.get(slot)
         if close_id is not None:
             # First: until the schedule hears of it, no close of this address runs.
             due = self._wall.now() + self.config.open_duration
             self.closes.opened(close_id, due, slot.ip, slot.client, slot.index,
                                ok=result is not None and result.ok)
+            if revoked:
+                self.closes.close_client(slot.client)
         self.tracker.release(slot)
         # Audited before it is sent, as a GRANT is.
-        if result is not None and result.ok:
+        if revoked:
+            self._refused[slot] = True
+            self._audit.record("fail", ip=slot.ip, client=slot.client, index=slot.index,
+                               reason="revoked")
+            self._verdict(slot, hs.Fail("revoked"))
+        elif result is not None and result.ok:
             self._audit.record("open", ip=slot.ip, client=slot.client, index=slot.index)
             self._verdict(slot, hs.Open())
         else:
@@ -554,10 +576,13 @@ class KnockServer:
                                reason="action-failed")
             self._verdict(slot, hs.Fail("action-failed"))
 
-    @staticmethod
-    def _log_verdict(result, slot: Slot) -> None:
+    def _log_verdict(self, result, slot: Slot) -> None:
         """The log line of a verdict already sent (the client need not wait for it)."""
-        if result is not None and result.ok:
+        if self._refused.pop(slot, False):
+            log.warn("knock {index} of {client} from {ip}: the file was revoked while "
+                     "on-success ran; its door is closed again", index=slot.index,
+                     client=slot.client, ip=slot.ip)
+        elif result is not None and result.ok:
             log.info("OPEN for {client} at {ip} (knock {index})",
                      client=slot.client, ip=slot.ip, index=slot.index)
 
@@ -623,6 +648,7 @@ class KnockServer:
     # Actions.
 
     def _verdict(self, slot: Slot, reply: hs.Reply) -> None:
+        self._granted_ids.pop(slot, None)
         session = self._sessions.pop(slot, None)
         if session is not None:
             session.finish(reply)
@@ -713,6 +739,7 @@ class KnockServer:
             return False
         # Refused here at once, whether or not the state takes it.
         self._revoked[client] = state.secret_id
+        self._close_revoked(client)
         done = self._store.revoke(client)
         if isinstance(done, Deferred):
             return done.addCallback(lambda _: True)
@@ -753,7 +780,20 @@ class KnockServer:
         them again on notice and every few seconds): added to those held.
         A revocation is never withdrawn, so none held is dropped.
         """
-        self._revoked.update(revoked)
+        for client, revoked_id in revoked.items():
+            if self._revoked.get(client) != revoked_id:
+                self._revoked[client] = revoked_id
+                self._close_revoked(client)
+
+    def _close_revoked(self, client: str) -> None:
+        """
+        A revoked client's doors close now, not at their time (a door is an
+        address: one another client's knock holds open closes with it).
+        """
+        closed = self.closes.close_client(client)
+        if closed:
+            log.warn("{client} is revoked: closing its {n} open doors now",
+                     client=client, n=closed)
 
     def is_revoked(self, state) -> bool:
         """

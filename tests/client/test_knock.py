@@ -200,7 +200,8 @@ class KnockCoroutineTests(SynchronousTestCase):
     def test_each_fail_reason_has_its_own_outcome(self):
         for reason, outcome in [("wrong-port", Outcome.WRONG_PORT), ("timeout", Outcome.TIMEOUT),
                                 ("locked-out", Outcome.LOCKED_OUT),
-                                ("action-failed", Outcome.ACTION_FAILED)]:
+                                ("action-failed", Outcome.ACTION_FAILED),
+                                ("revoked", Outcome.DENIED)]:
             io = ScriptedIO([f"CHALLENGE {NONCE}".encode(), grant(1), f"FAIL {reason}".encode()])
             self.assertEqual(self.run_knock(io).outcome, outcome)
 

@@ -5,8 +5,11 @@ revoking a client and lifting lockouts, at once and across a restart.
 
 from twisted.trial.unittest import SynchronousTestCase
 
+from knocker.core import handshake as hs
 from knocker.core.tracker import GLOBAL
 from tests.helpers.harness import Harness
+
+IP = "192.0.2.10"
 
 BAD_SECRET = b"\x01" * 32
 
@@ -41,6 +44,75 @@ class RevokeTests(SynchronousTestCase):
         h.restart()  # the daemon reads the new server copy
         line, *_ = h.handshake("alice")
         self.assertTrue(line.startswith(b"GRANT "), line)
+
+    def test_a_revoked_clients_open_doors_close_now(self):
+        """
+        Revoking a file that holds an open door closes it at once (not
+        open-duration later), and a firewall restored after a flush does
+        not get it back.
+        """
+        h = Harness(self, on_success="/bin/echo", on_close="/bin/true", open_duration=300)
+        _, transport = h.knock()
+        self.assertEqual(transport.value(), b"OPEN\n")
+        self.assertTrue(h.server.revoke("alice"))
+        self.assertEqual(h.runner.calls[-1][0], ["/bin/true", IP, "alice", "1"])
+        self.assertEqual([e["ok"] for e in h.audit.of("close")], [True])
+        self.assertEqual(h.store.pending_closes(), [])
+        self.assertEqual(h.server.closes.open_doors(), [])
+        self.assertEqual(h.server.reopen_doors(), 0)
+        h.clock.advance(300)
+        self.assertEqual(len(h.audit.of("close")), 1, "closed once")
+
+    def test_a_door_another_client_holds_closes_with_it(self):
+        """
+        A door is an address: when another client's knock holds the same
+        address open, the revoked client's close runs with that door's.
+        """
+        h = Harness(self, clients=("alice", "bob"), on_success="/bin/echo",
+                    on_close="/bin/true", open_duration=300)
+        h.knock("alice")
+        h.clock.advance(10)
+        h.knock("bob")
+        h.server.revoke("alice")
+        self.assertEqual(h.audit.of("close"), [], "bob holds the address open")
+        self.assertEqual(h.server.closes.open_doors(), [(IP, "bob", 1)])
+        h.clock.advance(300)
+        self.assertEqual(sorted(e["client"] for e in h.audit.of("close")), ["alice", "bob"])
+
+    def test_revoked_during_the_knock_opens_nothing(self):
+        h = Harness(self, on_success="/bin/echo", on_close="/bin/true", open_duration=300)
+        line, proto, transport, _ = h.handshake()
+        grant = hs.parse_reply(line.rstrip(b"\n"))
+        transport.clear()
+        h.server.revoke("alice")
+        for port in h.files["alice"].knock(grant.index):
+            h.hit(IP, port)
+        self.assertEqual(transport.value(), b"FAIL revoked\n")
+        self.assertEqual(h.runner.calls, [], "no on-success")
+        self.assertEqual(h.audit.of("fail")[-1]["reason"], "revoked")
+        self.assertEqual(h.store.pending_closes(), [])
+
+    def test_revoked_while_on_success_runs_closes_the_door_again(self):
+        h = Harness(self, on_success="/bin/echo", on_close="/bin/true", open_duration=300)
+        h.runner.hold = True
+        _, transport = h.knock()
+        self.assertEqual(h.runner.calls[-1][0], ["/bin/echo", IP, "alice", "1"])
+        h.server.revoke("alice")
+        h.runner.finish(0)  # on-success opened the door
+        self.assertEqual(transport.value(), b"FAIL revoked\n")
+        self.assertEqual(h.runner.calls[-1][0], ["/bin/true", IP, "alice", "1"])
+        h.runner.finish(0)
+        self.assertEqual(h.store.pending_closes(), [])
+        self.assertEqual(h.server.closes.open_doors(), [])
+
+    def test_a_revocation_read_from_the_fleet_closes_doors_here(self):
+        h = Harness(self, on_success="/bin/echo", on_close="/bin/true", open_duration=300)
+        h.knock()
+        state = h.store.client("alice")
+        h.server.revocations_read({"alice": state.secret_id})
+        self.assertEqual([e["ok"] for e in h.audit.of("close")], [True])
+        h.server.revocations_read({"alice": state.secret_id})  # read again: nothing more
+        self.assertEqual(len(h.audit.of("close")), 1)
 
     def test_unknown_client(self):
         h = Harness(self)
