@@ -47,27 +47,56 @@ def wait_for_start(audit_path: str, process, seconds: float = 20.0) -> dict:
     raise RuntimeError(f"the daemon did not start within {seconds:g}s")
 
 
+def _free(port: int) -> bool:
+    """Whether C{port} on 127.0.0.1 can be listened on now."""
+    import socket
+
+    with socket.socket() as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def _tail(path: str, lines: int = 8) -> str:
+    with open(path, encoding="utf-8", errors="replace") as handle:
+        return "".join(handle.readlines()[-lines:])
+
+
 def run_demo() -> int:
     work = tempfile.mkdtemp(prefix="knocker-demo-")
     os.chdir(work)
     config = parse_server_config()
-    print(f"knocker demo in {work}")
+    print(f"knocker demo in {work} (its files stay there: remove it when done)")
     done = generate_client(config, "demo", 1000, 6, "demo.knock")
     print(f"1. generated demo.knock: {done.pool_size}-port pool, keyspace {done.ordered:.3g} ordered")
+    # (no console: the tour is the knock, and a daemon already on the admin
+    # port must not stop it; nor one on the default central port, say a
+    # real knockserver on this machine: then any free port)
+    options = ["--admin="]
+    default_port = int(config.central.split(":")[1])
+    if not _free(default_port):
+        print(f"   (port {default_port} is taken here: the demo's daemon takes a free one)")
+        options += ["--central", "tcp:0:interface=127.0.0.1"]
     daemon_log = open("twistd.log", "wb")
     server = subprocess.Popen(
-        # (no console: the tour is the knock, and a daemon already on the
-        # admin port must not stop it)
-        twistd_command() + ["-n", "--pidfile=", "knockserver", "--admin="],
+        twistd_command() + ["-n", "--pidfile=", "knockserver", *options],
         stdout=daemon_log, stderr=subprocess.STDOUT,
     )
     try:
-        start = wait_for_start(config.audit_path, server)
+        try:
+            start = wait_for_start(config.audit_path, server)
+        except RuntimeError as why:
+            print(f"knocker demo: {why}; its log ({work}/twistd.log) ends:\n"
+                  f"{_tail('twistd.log')}", file=sys.stderr)
+            return 1
         print(f"2. knockserver is up: central port {start['central_port']}, "
               f"{start['pool_size']} pool ports on {start['interface']}")
         knock = subprocess.run(
             [sys.executable, "-m", "knocker.main", "knock", "--knock-file", "demo.knock",
-             "--log-file", "client.log"],
+             "--log-file", "client.log",
+             "--server", f"tcp:host=127.0.0.1:port={start['central_port']}"],
             capture_output=True, text=True, timeout=60,
         )
         print(f"3. knocker knock exited {knock.returncode}: {(knock.stdout + knock.stderr).strip()}")
@@ -76,8 +105,9 @@ def run_demo() -> int:
         for event in read_audit(config.audit_path):
             print("   " + json.dumps(event))
     finally:
-        server.send_signal(signal.SIGTERM)
-        server.wait(timeout=15)
+        if server.poll() is None:
+            server.send_signal(signal.SIGTERM)
+            server.wait(timeout=15)
         daemon_log.close()
     said = [line for line in open("twistd.log", encoding="utf-8") if "on-success" in line]
     print("5. the daemon log on the success action:")
