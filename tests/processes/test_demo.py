@@ -3,7 +3,6 @@
 on this machine, whether or not the default central port is free.
 """
 
-import os
 import socket
 import subprocess
 import sys
