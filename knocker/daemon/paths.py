@@ -35,8 +35,24 @@ def _who() -> str:
         return f"uid {uid}"
 
 
+def _user() -> str:
+    """The name of the user the daemon runs as (its uid when it has none)."""
+    try:
+        import pwd
+
+        return pwd.getpwuid(os.geteuid()).pw_name
+    except (ImportError, KeyError):
+        return str(os.geteuid())
+
+
 def _owner_hint(path: str) -> str:
-    return f"chown it to the daemon's user (the unit's User=), e.g. chown -R knocker: {path}"
+    return f"chown it to the daemon's user (the unit's User=), e.g. chown -R {_user()}: {path}"
+
+
+def _install(folder: str) -> str:
+    """The command that makes C{folder} for the user the daemon runs as."""
+    user = _user()
+    return f"install -d -m 0700 -o {user} -g {user} {folder}"
 
 
 def check_state_dir(state_dir: str) -> None:
@@ -49,8 +65,7 @@ def check_state_dir(state_dir: str) -> None:
         except OSError as error:
             raise PathError(
                 f"{key}: missing, and {_who()} cannot create it ({error.strerror}); create it "
-                f"for the daemon's user (install -d -m 0700 -o knocker -g knocker {state_dir}) "
-                f"or set state-dir"
+                f"for the daemon's user ({_install(state_dir)}) or set state-dir"
             ) from None
     if not os.access(state_dir, os.R_OK | os.W_OK | os.X_OK):
         raise PathError(f"{key}: {_who()} cannot read and write it; {_owner_hint(state_dir)}")
@@ -73,8 +88,8 @@ def check_audit_log(path: str, configured: bool) -> None:
         if not os.path.isdir(parent):
             raise PathError(
                 f"{key}: its folder {folder} does not exist, nor does {parent}; create it for "
-                f"the daemon's user (install -d -m 0700 -o knocker -g knocker {folder}) or set "
-                f"audit-log to a path whose folder exists"
+                f"the daemon's user ({_install(folder)}) or set audit-log to a path whose "
+                f"folder exists"
             )
         try:
             os.mkdir(folder, 0o700)
@@ -83,8 +98,7 @@ def check_audit_log(path: str, configured: bool) -> None:
         except OSError as error:
             raise PathError(
                 f"{key}: its folder {folder} is missing, and {_who()} cannot create it "
-                f"({error.strerror}); create it (install -d -m 0700 -o knocker -g knocker "
-                f"{folder}) or set audit-log"
+                f"({error.strerror}); create it ({_install(folder)}) or set audit-log"
             ) from None
     if os.path.exists(path):
         if not os.access(path, os.W_OK):

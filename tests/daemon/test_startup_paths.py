@@ -5,6 +5,7 @@ not a bare "[Errno 2] ... audit.log".
 """
 
 import os
+import pwd
 import stat
 
 from twisted.internet.testing import MemoryReactorClock
@@ -47,6 +48,8 @@ class StartupPathTests(TestCase):
         message = self.refused(f"audit-log = {audit}", "does not exist", "install -d",
                                audit_log=audit)
         self.assertNotIn("Errno", message)
+        user = pwd.getpwuid(os.geteuid()).pw_name  # the user it runs as, not always knocker
+        self.assertIn(f"-o {user} -g {user}", message)
         self.assertFalse(os.path.exists(os.path.join(self.dir, "var")), "nothing made")
 
     def test_audit_folder_is_a_file(self):
