@@ -84,10 +84,14 @@ def _invite(args) -> int:
 
 
 def _enroll(args) -> int:
+    from knocker.client.command import endpoint_problem
     from knocker.enrol import client
     from knocker.enrol.words import parse_code
 
     slot, words = parse_code(args.code)
+    problem = endpoint_problem(args.server)
+    if problem is not None:
+        raise ValueError(f"--server {args.server}: not a usable endpoint ({problem})")
     if args.output:
         # Checked before the exchange: once it succeeds the code is spent.
         for path in client.output_paths(args.output):

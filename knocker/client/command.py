@@ -28,6 +28,39 @@ def help_text() -> str:
     return "\n".join(lines)
 
 
+def endpoint_problem(endpoint: str) -> str | None:
+    """
+    Why no driver can use C{endpoint}, or C{None}: a mistake in the
+    configuration (exit 2), not a server out of reach (exit 3).  Only an
+    endpoint the blocking driver leaves to Twisted pays for loading it.
+    """
+    plain = plain_tcp(endpoint)
+    if plain is not None:
+        host, port = plain
+        if not 0 < port < 65536:
+            return f"port {port} is not 1-65535"
+        if not host.isascii():
+            return "the host name is not ASCII (give its xn-- form)"
+        return None
+    from twisted.internet import endpoints, reactor
+
+    try:
+        endpoints.clientFromString(reactor, endpoint)
+    except (ValueError, TypeError, KeyError, OSError) as failure:
+        return str(failure) or type(failure).__name__
+    return None
+
+
+def check_servers(config) -> None:
+    """
+    @raise ValueError: an endpoint of C{server} no driver can use; names it.
+    """
+    for endpoint in config.server.split():
+        problem = endpoint_problem(endpoint)
+        if problem is not None:
+            raise ValueError(f"server = {endpoint}: not a usable endpoint ({problem})")
+
+
 def run_knock(config, knockfile, verbose: bool = False):
     """
     Knock once with the fastest driver that handles C{config.server}.
@@ -82,6 +115,7 @@ def knock_command(argv: list[str]) -> int:
     try:
         path, overrides, verbose = parse_knock_args(argv)
         config = load_client_config(path, overrides)
+        check_servers(config)
         knockfile = load_knockfile(config)
     except (ConfigError, ValueError) as error:
         print(f"knocker knock: {error}", file=sys.stderr)

@@ -255,7 +255,7 @@ def connect_command(argv: list[str]) -> int:
 
 def _connect(argv: list[str]) -> int:
     from knocker.client.command import USAGE as KNOCK_USAGE
-    from knocker.client.command import parse_knock_args, run_knock
+    from knocker.client.command import check_servers, parse_knock_args, run_knock
     from knocker.client.knock import load_knockfile
     from knocker.core.config import ConfigError, load_client_config
 
@@ -263,6 +263,7 @@ def _connect(argv: list[str]) -> int:
         options, host, port = split_target(argv)
         path, overrides, verbose = parse_knock_args(options)
         config = load_client_config(path, overrides)
+        check_servers(config)
         knockfile = load_knockfile(config)
     except (ConfigError, ValueError) as error:
         _say(str(error).replace(KNOCK_USAGE, USAGE))

@@ -69,6 +69,29 @@ class CommandLineTests(SynchronousTestCase):
         self.assertIn("unknown option '--no-such-key'", done.stderr)
         self.assertIn("usage: knocker connect [--config FILE]", done.stderr)
 
+    def test_an_endpoint_no_driver_can_use_is_a_usage_error(self):
+        """
+        A mistyped server is the configuration's fault: exit 2 naming it,
+        not UNREACHABLE (3), which a script would retry.  For knock,
+        connect and enroll alike.
+        """
+        knock_file = os.path.join(os.path.dirname(__file__), "no-such.knock")
+        for server, why in [("tcp:host=127.0.0.1:port=notaport", "invalid literal"),
+                            ("tcp:host=127.0.0.1:port=70000", "port 70000 is not 1-65535"),
+                            ("tcp6:host=::1:port=7000", "Unknown endpoint type: 'tcp6'")]:
+            for command in (["knock"], ["connect"]):
+                args = [*command, "--server", server, "--knock-file", knock_file]
+                if command == ["connect"]:
+                    args += ["127.0.0.1", "22"]
+                done = knocker(*args)
+                self.assertEqual((done.returncode, done.stdout), (2, ""), (args, done.stderr))
+                self.assertIn(f"server = {server}: not a usable endpoint", done.stderr)
+                self.assertIn(why, done.stderr)
+        done = knocker("enroll", "1-paper-piano-teapot", "--server", "10.77.0.1:7000")
+        self.assertEqual(done.returncode, 2, done.stderr)
+        self.assertIn("--server 10.77.0.1:7000: not a usable endpoint (Unknown endpoint type",
+                      done.stderr)
+
     def test_help_lists_the_statuses(self):
         done = knocker("connect", "--help")
         self.assertEqual(done.returncode, 0, done.stderr)
