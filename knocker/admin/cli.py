@@ -83,6 +83,23 @@ def _invite(args) -> int:
     return 0
 
 
+def _duration(text: str) -> float:
+    """
+    Seconds, or a duration as the console's forms take it (30m, 12h, 2d);
+    the range is checked with the rest of the invitation.
+    """
+    from knocker.console.report import parse_duration
+
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    try:
+        return float(parse_duration(text))
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
 def _enroll(args) -> int:
     from knocker.client.command import endpoint_problem
     from knocker.enrol import client
@@ -139,7 +156,9 @@ def _status(args) -> int:
     where = report["database"] or report["state_dir"]
     print(f"state: {where}  pool: {report['pool_size']} ports")
     for row in report["clients"]:
-        print(f"  {row['client']:<24} {row['left']:>7} of {row['knocks']} knocks left")
+        print(f"  {row['client']:<24} {row['left']:>7} of {row['knocks']} knocks left"
+              + ("  REVOKED: knocks are denied (knocker generate --force for a new file)"
+                 if row["revoked"] else ""))
     if not report["clients"]:
         print("  no clients yet: knocker generate CLIENT")
     for key, until in sorted(report["lockouts"].items()):
@@ -201,8 +220,9 @@ def build_parser() -> argparse.ArgumentParser:
     inv = commands.add_parser("invite", help="create a client and print a one-time code "
                               "for knocker enroll")
     inv.add_argument("client", help="client id: [a-z0-9][a-z0-9_.-]{0,63}")
-    inv.add_argument("--expires", type=float, default=3600.0,
-                     help="seconds the code works (default 3600, at most 2592000: 30 days)")
+    inv.add_argument("--expires", type=_duration, default=3600.0,
+                     help="how long the code works: seconds, or 30m, 12h, 2d as in the "
+                          "console (default 1h, at most 30d)")
     inv.add_argument("--knocks", type=int, help="number of one-time knocks (default: config, 1000)")
     inv.add_argument("--ports", type=int, help="ports per knock (default: config, 6)")
     inv.add_argument("--config", help=f"server configuration file (default: {DEFAULT_CONFIG})")

@@ -155,13 +155,15 @@ def _status(config, store) -> dict:
     now = time.time()
     try:
         pool = store.pool() or ()
+        revoked = store.revoked()
         return {
             "state_dir": config.state_dir,
             "database": store.path if config.database else None,
             "pool_size": len(pool),
             "pool": list(pool),
             "clients": [
-                {"client": c.client, "used": c.next_index - 1, "left": c.left, "knocks": c.knocks}
+                {"client": c.client, "used": c.next_index - 1, "left": c.left, "knocks": c.knocks,
+                 "revoked": revoked.get(c.client) == c.secret_id}
                 for c in store.clients()
             ],
             "lockouts": store.lockouts(time.time()),

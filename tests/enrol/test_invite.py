@@ -9,6 +9,9 @@ expiry is bounded before anything is made.
 
 import math
 import os
+import subprocess
+import sys
+import time
 
 from twisted.trial.unittest import TestCase
 
@@ -20,6 +23,7 @@ from knocker.enrol.invite import MAX_EXPIRES, check_invite, invite_client
 from knocker.enrol.words import parse_code
 from knocker.state.sqlite import SQLiteStore
 from tests.helpers.harness import Harness, HarnessConnection, enroll
+from tests.helpers.processes import environment
 
 
 def enrol_with(h, code, ip="192.0.2.10"):
@@ -126,6 +130,23 @@ class ExpiryBoundTests(TestCase):
         code, _ = self.command(["invite", "alice", "--expires", "2592000", "--state-dir", state_dir])
         self.assertEqual(code, 0)
         self.assertEqual(len(store.invitations()), 1)
+
+    def test_command_takes_the_consoles_durations(self):
+        h = Harness(self, clients=())
+        h.stop()
+        state_dir = h.config.state_dir
+        before = time.time()
+        code, _ = self.command(["invite", "alice", "--expires", "30m", "--state-dir", state_dir])
+        self.assertEqual(code, 0)
+        store = SQLiteStore(state_dir)
+        self.addCleanup(store.close)
+        [invitation] = store.invitations()
+        self.assertLess(abs(invitation.expires - before - 1800), 60)
+        done = subprocess.run([sys.executable, "-m", "knocker.main", "invite", "bob", "--expires",
+                               "30x", "--state-dir", state_dir], capture_output=True, text=True,
+                              env=environment(), timeout=60)
+        self.assertEqual(done.returncode, 2)
+        self.assertIn("--expires: '30x' is not a duration such as 30m", done.stderr)
 
     def command(self, argv):
         import contextlib

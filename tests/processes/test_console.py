@@ -104,6 +104,12 @@ class ConsoleProcessTests(ConsoleDaemonCase):
         self.assertIn("admin-lift", events)
         self.assertIn("admin-revoke", events)
         self.assertEqual(self.events("denied")[-1]["reason"], "revoked")
+        # knocker status says so, rather than list alice as any other client.
+        done = knocker("status", "--config", self.server_conf)
+        [line] = [line for line in done.stdout.splitlines() if "alice" in line]
+        self.assertIn("REVOKED", line)
+        report = json.loads(knocker("status", "--config", self.server_conf, "--json").stdout)
+        self.assertEqual([c["revoked"] for c in report["clients"]], [True])
 
     def test_commands_say_when_the_daemon_is_not_running(self):
         for command in (["unlock", "--all"], ["revoke", "alice"], ["console"]):

@@ -113,7 +113,8 @@ class DaemonTests(SynchronousTestCase):
         self.assertEqual([r["argv"][1:] for r in read_lines(self.success_out)],
                          [["127.0.0.1", "alice", "1"], ["127.0.0.1", "alice", "2"]])
         status = json.loads(knocker("status", "--config", self.server_conf, "--json").stdout)
-        self.assertEqual(status["clients"], [{"client": "alice", "used": 2, "left": 8, "knocks": 10}])
+        self.assertEqual(status["clients"], [{"client": "alice", "used": 2, "left": 8, "knocks": 10,
+                                              "revoked": False}])
 
     def tampered(self, knock_file, name, **change):
         """
