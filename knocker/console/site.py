@@ -6,10 +6,14 @@ metrics see everything; once the daemon is up, L{listen} serves the
 console on C{admin} and writes C{daemon.json} for the commands.
 
 The web server is bounded before any request reaches the console's gate:
-a body over C{MAX_BODY} is refused unread (L{BoundedRequest}), and past
-C{MAX_CONNECTIONS} at once a connection is told to come back later
-(L{ConnectionLimit}), so nobody, logged in or not, can take the daemon's
-memory, reactor or file descriptors through the console.
+a body over C{MAX_BODY} is refused unread (L{BoundedRequest}), a request
+line or header over 16 KiB at once (L{ConsoleChannel}), a request whose
+head is not all there within C{HEAD_SECONDS} is cut, and past
+C{MAX_CONNECTIONS} at once, or C{MAX_PER_SOURCE} from one address, a
+connection is told to come back later (L{ConnectionLimit}), so nobody,
+logged in or not, can take the daemon's memory, reactor or file
+descriptors through the console, nor hold its connections by sending
+slowly.
 """
 
 from io import BytesIO
@@ -18,6 +22,7 @@ from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IProtocolNegotiationFactory
 from twisted.internet.protocol import Protocol
 from twisted.internet.threads import deferToThread
+from twisted.logger import Logger
 from twisted.protocols.policies import WrappingFactory
 from twisted.python.failure import Failure
 from twisted.web.http import HTTPChannel
@@ -31,10 +36,16 @@ from knocker.console.resource import Console
 from knocker.console.view import Activity
 from knocker.core.serverconfig import admin_endpoint
 
+log = Logger()
+
 #: The console's forms are a few short fields.
 MAX_BODY = 64 * 1024
 #: Browsers open about 6 each, a live page holds one (at most 20 of those).
 MAX_CONNECTIONS = 50
+#: From one address: the rest stay for everyone else.
+MAX_PER_SOURCE = 20
+#: From a connection (or its last answer) to a request's whole head.
+HEAD_SECONDS = 10
 #: A connection that sends nothing for this long is closed, so idle ones do
 #: not hold the connections above (a live page's request in progress has no
 #: idle timeout).
@@ -54,6 +65,8 @@ def _answer(status: bytes, text: bytes) -> bytes:
 
 TOO_LARGE = _answer(b"413 Content Too Large",
                     b"request body over %d bytes\n" % MAX_BODY)
+LINE_TOO_LONG = _answer(b"431 Request Header Fields Too Large",
+                        b"a request line or header over 16384 bytes\n")
 BUSY = _answer(b"503 Service Unavailable", b"too many connections to the console\n")
 
 
@@ -95,6 +108,53 @@ class BoundedRequest(Request):
         self.channel.loseConnection()
 
 
+class ConsoleChannel(HTTPChannel):
+    """
+    twisted.web's HTTP/1.1 channel, bounded in time and line length: a
+    request's head (request line and headers) must be all there within
+    C{HEAD_SECONDS} of the connection or of the previous answer, and an
+    over-long line is answered 431 and closed at once.  (Twisted's own
+    close of an over-long line waits, under TLS, for the idle timeout.)
+    """
+
+    _head_timer = None
+
+    def connectionMade(self):
+        super().connectionMade()
+        self._await_head()
+
+    def _await_head(self):
+        self._stop_head_timer()
+        self._head_timer = self.callLater(HEAD_SECONDS, self._head_too_slow)
+
+    def _stop_head_timer(self):
+        if self._head_timer is not None and self._head_timer.active():
+            self._head_timer.cancel()
+        self._head_timer = None
+
+    def _head_too_slow(self):
+        self._head_timer = None
+        self.transport.abortConnection()
+
+    def allHeadersReceived(self):
+        self._stop_head_timer()
+        super().allHeadersReceived()
+
+    def requestDone(self, request):
+        super().requestDone(request)
+        if self.persistent and not self.transport.disconnecting:
+            self._await_head()
+
+    def lineLengthExceeded(self, line):
+        self._stop_head_timer()
+        self.transport.write(LINE_TOO_LONG)
+        self.loseConnection()
+
+    def connectionLost(self, reason):
+        self._stop_head_timer()
+        super().connectionLost(reason)
+
+
 class QuietSite(Site):
     """
     No access log: login URLs carry their token in the query.  HTTP/1.1
@@ -103,7 +163,7 @@ class QuietSite(Site):
     L{BoundedRequest}'s limit.
     """
 
-    protocol = HTTPChannel
+    protocol = ConsoleChannel
     requestFactory = BoundedRequest
 
     def acceptableProtocols(self):
@@ -143,9 +203,12 @@ class ConnectionLimit(WrappingFactory):
     over C{ssl:} stay secure.
     """
 
-    def __init__(self, site, limit: int = MAX_CONNECTIONS):
+    def __init__(self, site, limit: int = MAX_CONNECTIONS, per_source: int = MAX_PER_SOURCE):
         super().__init__(site)
         self.limit = limit
+        self.per_source = per_source
+        self._sources: dict[str, int] = {}
+        self._said = None  # when a turned-away connection was last logged
 
     def acceptableProtocols(self):
         # Twisted's TLS asks the factory it wraps which protocols to agree
@@ -154,9 +217,30 @@ class ConnectionLimit(WrappingFactory):
         return self.wrappedFactory.acceptableProtocols()
 
     def buildProtocol(self, addr):
-        if len(self.protocols) >= self.limit:
+        source = getattr(addr, "host", "")
+        if len(self.protocols) >= self.limit or self._sources.get(source, 0) >= self.per_source:
+            self._turned_away(source)
             return Busy(self.wrappedFactory.reactor)
-        return super().buildProtocol(addr)
+        protocol = super().buildProtocol(addr)
+        protocol.source = source
+        self._sources[source] = self._sources.get(source, 0) + 1
+        return protocol
+
+    def unregisterProtocol(self, protocol):
+        super().unregisterProtocol(protocol)
+        source = getattr(protocol, "source", None)
+        if source in self._sources:
+            self._sources[source] -= 1
+            if not self._sources[source]:
+                del self._sources[source]
+
+    def _turned_away(self, source: str) -> None:
+        now = self.wrappedFactory.reactor.seconds()
+        if self._said is None or now - self._said >= 60:
+            self._said = now
+            log.warn("console: turning connections away ({n} open, {m} from {source}); "
+                     "logged once a minute", n=len(self.protocols),
+                     m=self._sources.get(source, 0), source=source)
 
 
 class ConsoleService:

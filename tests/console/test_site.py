@@ -21,7 +21,9 @@ from zope.interface import implementer
 
 from knocker.console.site import (
     BUSY_SECONDS,
+    HEAD_SECONDS,
     MAX_BODY,
+    MAX_PER_SOURCE,
     BoundedRequest,
     ConnectionLimit,
     QuietSite,
@@ -186,6 +188,56 @@ class ConnectionLimitTests(SynchronousTestCase):
         f.audit.record("lockout", source="203.0.113.7", reason="typo")
         self.assertIn(b"text/event-stream", transport.value())
         self.assertIn(b'"source": "203.0.113.7"', transport.value())
+
+
+class SlowClientTests(SynchronousTestCase):
+    """
+    Connections that send slowly, or too much on one line, give their place
+    back at once or within HEAD_SECONDS, and no address takes them all.
+    """
+
+    def test_an_over_long_line_is_answered_431_and_closed_at_once(self):
+        f, factory = console_factory(self)
+        connection, transport = connect(factory, TLSTransport(peerAddress=PEER))
+        connection.dataReceived(b"GET /login?x=" + b"a" * 17000 + b" HTTP/1.1\r\n")
+        self.assertTrue(transport.value().startswith(b"HTTP/1.1 431 "), transport.value()[:80])
+        self.assertTrue(transport.disconnecting)
+
+    def test_a_head_that_drips_in_is_cut_after_head_seconds(self):
+        f, factory = console_factory(self)
+        connection, transport = connect(factory, Hanging(peerAddress=PEER))
+        connection.dataReceived(b"GET /login HTTP/1.1\r\n")
+        for _ in range(HEAD_SECONDS - 1):
+            f.h.clock.advance(1)
+            connection.dataReceived(b"X")  # a byte a second resets the idle timeout
+        self.assertFalse(transport.aborted)
+        f.h.clock.advance(1)
+        self.assertTrue(transport.aborted, "the head was not all there in time")
+
+    def test_a_whole_head_in_time_is_served_and_the_next_gets_its_own_time(self):
+        f, factory = console_factory(self)
+        connection, transport = connect(factory, Hanging(peerAddress=PEER))
+        f.h.clock.advance(HEAD_SECONDS - 1)
+        connection.dataReceived(b"GET /login HTTP/1.1\r\nHost: 127.0.0.1:8750\r\n\r\n")
+        self.assertTrue(transport.value().startswith(b"HTTP/1.1 200 "), transport.value()[:80])
+        f.h.clock.advance(HEAD_SECONDS - 1)
+        self.assertFalse(transport.aborted)
+        f.h.clock.advance(1)
+        self.assertTrue(transport.aborted, "an idle kept-alive connection waits no longer")
+
+    def test_one_address_cannot_take_every_connection(self):
+        f, factory = console_factory(self, limit=50)
+        for _ in range(MAX_PER_SOURCE):
+            _, transport = connect(factory)
+            self.assertFalse(transport.disconnecting)
+        _, transport = connect(factory)
+        self.assertTrue(transport.value().startswith(b"HTTP/1.1 503 "), transport.value())
+        other = IPv4Address("TCP", "198.51.100.7", 40000)
+        served = factory.buildProtocol(other)
+        t = StringTransport(peerAddress=other)
+        served.makeConnection(t)
+        served.dataReceived(b"GET /login HTTP/1.1\r\nHost: 127.0.0.1:8750\r\n\r\n")
+        self.assertTrue(t.value().startswith(b"HTTP/1.1 200 "), t.value()[:80])
 
 
 class Reader(Protocol):

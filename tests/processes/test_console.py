@@ -181,4 +181,10 @@ class ConsoleOverTLSTests(ConsoleDaemonCase):
             tls_socket.sendall(b"POST /login HTTP/1.1\r\nHost: 127.0.0.1\r\n"
                                b"Content-Length: 1000000\r\n\r\n")
             self.assertTrue(tls_socket.recv(100).startswith(b"HTTP/1.1 413 "))
+        # A request line over 16 KiB: answered and closed at once (over TLS
+        # twisted.web's own close waited for the 60 s idle timeout).
+        with socket.create_connection(("127.0.0.1", parts.port), timeout=5) as raw, \
+                context.wrap_socket(raw, server_hostname="127.0.0.1") as tls_socket:
+            tls_socket.sendall(b"GET /login?x=" + b"a" * 17000 + b" HTTP/1.1\r\n")
+            self.assertTrue(tls_socket.recv(100).startswith(b"HTTP/1.1 431 "))
 
