@@ -10,13 +10,18 @@ import time
 
 from twisted.internet import protocol, tcp
 from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IProtocolNegotiationFactory
 from twisted.logger import Logger
 from twisted.protocols.basic import LineOnlyReceiver
+from zope.interface import implementer
 
 from knocker.core import handshake as hs
 from knocker.core.sources import normalise_ip
 
 log = Logger()
+
+#: The central port's protocol, as TLS clients may name it (ALPN).
+ALPN = b"knocker/1"
 
 CLOSE_GRACE = 2.0
 
@@ -304,6 +309,7 @@ class CentralProtocol(LineOnlyReceiver):
             self._server.session_lost(self)
 
 
+@implementer(IProtocolNegotiationFactory)
 class CentralFactory(protocol.Factory):
     """
     Builds a L{CentralProtocol} per connection, up to C{max_connections} at
@@ -312,6 +318,11 @@ class CentralFactory(protocol.Factory):
     C{ERROR too-many-connections}, so one address holding idle connections
     cannot take every place.
     """
+
+    def acceptableProtocols(self):
+        # Over TLS, the protocol named in ALPN: Twisted fails the handshake
+        # of any client that offers ALPN when the factory names none.
+        return [ALPN]
 
     early = 0.0
     """How much before its moment a DENIED's timer fires, for L{wait_until}

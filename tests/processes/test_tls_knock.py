@@ -52,6 +52,24 @@ class TLSKnockTests(DaemonCase):
         self.assertEqual([e["index"] for e in self.events("grant")], [1])
         self.assertEqual([e["index"] for e in self.events("open")], [1])
 
+    def test_a_client_that_offers_alpn(self):
+        """
+        TLS clients that name protocols (ALPN), as proxies and most TLS
+        libraries do: knocker/1 is agreed and the exchange starts (Twisted
+        failed every such handshake while the central port named none).
+        """
+        import socket
+        import ssl
+
+        self.start()
+        context = ssl.create_default_context(cafile=self.ca.cert_path)
+        context.set_alpn_protocols(["knocker/1"])
+        with socket.create_connection(("127.0.0.1", self.port), timeout=10) as raw, \
+                context.wrap_socket(raw, server_hostname="knock.test") as tls_socket:
+            self.assertEqual(tls_socket.selected_alpn_protocol(), "knocker/1")
+            tls_socket.sendall(b"KNOCKER/1 HELLO alice\n")
+            self.assertTrue(tls_socket.recv(200).startswith(b"CHALLENGE "))
+
     def test_wrong_server_name(self):
         """
         A name the certificate does not hold: refused by the client during
