@@ -33,16 +33,38 @@ def _daemon(config) -> dict:
     return found
 
 
-def _context(url: str):
+def _context(url: str, config):
+    """
+    For an C{https} console, a TLS context that trusts the certificate the
+    daemon serves and nothing else (read from the file its C{admin}
+    endpoint names): the commands reach their own daemon on whatever
+    address it listens, with a private CA or a self-signed certificate,
+    and the name in the certificate need not be the address they dial.
+    """
     import ssl
-    import urllib.parse
 
-    host = urllib.parse.urlsplit(url).hostname or ""
-    if url.startswith("https:") and host in ("127.0.0.1", "::1", "localhost"):
-        # The daemon's own certificate names the public host, not loopback,
-        # and nothing stands between two processes on loopback.
-        return ssl._create_unverified_context()
-    return None
+    from knocker.core.serverconfig import admin_certificate
+
+    if not url.startswith("https:"):
+        return None
+    path = admin_certificate(config.admin)
+    try:
+        with open(path, encoding="ascii") as handle:
+            text = handle.read()
+    except (OSError, TypeError, UnicodeDecodeError) as error:
+        raise NotRunning(f"cannot read the console's certificate ({path}: {error}); the "
+                         f"commands trust that certificate alone") from None
+    blocks = [block.split("-----END CERTIFICATE-----")[0]
+              for block in text.split("-----BEGIN CERTIFICATE-----")[1:]]
+    if not blocks:
+        raise NotRunning(f"{path} holds no certificate; the commands trust the console's "
+                         f"certificate alone")
+    pem = "".join(f"-----BEGIN CERTIFICATE-----{block}-----END CERTIFICATE-----\n"
+                  for block in blocks)
+    context = ssl.create_default_context(cadata=pem)
+    context.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN  # the served certificate, pinned
+    context.check_hostname = False
+    return context
 
 
 def call(config, path: str, fields: dict) -> dict:
@@ -58,7 +80,8 @@ def call(config, path: str, fields: dict) -> dict:
         daemon["url"].rstrip("/") + path, data=urllib.parse.urlencode(fields).encode(),
         headers={"Authorization": f"Bearer {daemon['token']}"}, method="POST")
     try:
-        with urllib.request.urlopen(request, timeout=10, context=_context(daemon["url"])) as reply:
+        context = _context(daemon["url"], config)
+        with urllib.request.urlopen(request, timeout=10, context=context) as reply:
             return json.loads(reply.read())
     except urllib.error.HTTPError as error:
         body = error.read()
@@ -68,8 +91,14 @@ def call(config, path: str, fields: dict) -> dict:
             message = f"HTTP {error.code}"
         raise ValueError(message) from None
     except (urllib.error.URLError, OSError) as error:
+        reason = getattr(error, "reason", error)
+        import ssl
+
+        if isinstance(reason, ssl.SSLError):
+            raise NotRunning(f"the console at {daemon['url']} does not serve the certificate "
+                             f"in {config.admin} ({reason})") from None
         raise NotRunning(f"the daemon's console at {daemon['url']} does not answer "
-                         f"({getattr(error, 'reason', error)}): is the daemon running?") from None
+                         f"({reason}): is the daemon running?") from None
 
 
 def console_command(config, args) -> int:

@@ -71,6 +71,23 @@ def admin_endpoint(text: str) -> tuple[str, str, int]:
     a value without its name (after the port, Twisted takes it for the
     address).
     """
+    kind, port, options = _admin_fields(text)
+    default = "::" if kind == "tcp6" else "0.0.0.0"
+    return kind, options.get("interface", default), port
+
+
+def admin_certificate(text: str) -> str | None:
+    """
+    The file holding the certificate an C{ssl:} C{admin} endpoint serves
+    (C{certKey}, else C{privateKey}, as Twisted reads them), or C{None}.
+    """
+    kind, _, options = _admin_fields(text)
+    if kind != "ssl":
+        return None
+    return options.get("certKey") or options.get("privateKey")
+
+
+def _admin_fields(text: str) -> tuple[str, int, dict[str, str]]:
     fields = _endpoint_fields(text)
     if not (len(fields) >= 2 and fields[0] in (("tcp",), ("tcp6",), ("ssl",))
             and len(fields[1]) == 1 and fields[1][0].isascii() and fields[1][0].isdigit()):
@@ -80,9 +97,7 @@ def admin_endpoint(text: str) -> tuple[str, str, int]:
         if len(field) != 2 or field[0] in options:
             raise ValueError(f"{text}: each option once, as NAME=VALUE")
         options[field[0]] = field[1]
-    kind = fields[0][0]
-    default = "::" if kind == "tcp6" else "0.0.0.0"
-    return kind, options.get("interface", default), int(fields[1][0])
+    return fields[0][0], int(fields[1][0]), options
 
 
 def _admin(text: str) -> str | None:

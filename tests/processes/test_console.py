@@ -140,6 +140,23 @@ class ConsoleOverTLSTests(ConsoleDaemonCase):
     Secure, and knocker unlock through https on loopback.
     """
 
+    def test_commands_reach_a_tls_console_on_its_own_address(self):
+        """
+        unlock and revoke trust the certificate the daemon serves (the file
+        its admin endpoint names), on any address: here 127.0.0.2, which the
+        certificate does not name, and with a CA the system does not know.
+        """
+        from tests.network import tls
+
+        ca = tls.make_ca(self.dir)
+        files = tls.make_server(self.dir, ca, dns_names=["console.test"], ips=["192.0.2.1"])
+        self.configure(admin=tls.server_endpoint(files, port=0, interface="127.0.0.2"))
+        self.generate("alice")
+        self.start()
+        done = knocker("unlock", "--all", "--config", self.server_conf)
+        self.assertEqual(done.returncode, 0, done.stderr)
+        self.assertEqual(self.events("admin-lift")[-1]["by"], "bearer")
+
     def test_tls_console(self):
         import http.client
         import socket
