@@ -24,8 +24,11 @@ def _daemon(config) -> dict:
     from knocker.console.access import Credentials
 
     if not config.admin:
-        raise NotRunning(f"the console is off (admin is empty in the configuration of "
-                         f"{config.state_dir})")
+        raise NotRunning("the running daemon is reached through its console, which is off "
+                         "(admin is empty in the server configuration): set admin (the "
+                         "default, tcp:8750:interface=127.0.0.1, serves loopback only) and "
+                         "restart it (to shut a client out without it: knocker generate "
+                         "CLIENT --force gives it a new file, and the old one is refused)")
     found = Credentials(config.state_dir).daemon()
     if found is None:
         raise NotRunning(f"the daemon is not running on {config.state_dir} (no "

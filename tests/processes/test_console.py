@@ -122,6 +122,15 @@ class ConsoleProcessTests(ConsoleDaemonCase):
         self.assertEqual(done.returncode, 1)
         self.assertIn("not running", done.stderr)
 
+    def test_commands_say_what_to_do_with_the_console_off(self):
+        self.configure(admin="")
+        self.start()
+        for command in (["unlock", "--all"], ["revoke", "alice"]):
+            done = knocker(*command, "--config", self.server_conf)
+            self.assertEqual(done.returncode, 1, command)
+            self.assertIn("admin is empty in the server configuration", done.stderr)
+            self.assertIn("knocker generate CLIENT --force", done.stderr)
+
     def test_plain_tcp_off_loopback_refused_at_start(self):
         conf = write_config(os.path.join(self.dir, "open.conf"), "server",
                             central="tcp:0:interface=127.0.0.1", state_dir="state2",
