@@ -227,8 +227,10 @@ def invited_page(client: str, code: str, command: str, expires: str, knocks: int
         tags.p("The code: ", tags.strong(code, id="code")),
         tags.p("On the client's machine, run:"),
         tags.pre(tags.code(command, id="command")),
-        tags.p("If the client reaches this server by another name or address, put that in "
-               "place of the host.  Lost the code?  Invite the client again with Replace "
+        tags.p("In place of GATEWAY, put the name or address the client reaches this "
+               "server by." if "GATEWAY" in command else
+               "If the client reaches this server by another name or address, put that in "
+               "place of the host.", "  Lost the code?  Invite the client again with Replace "
                "ticked."),
         tags.p(tags.a("Back to the clients", href="/clients")),
         csrf=csrf)

@@ -153,7 +153,8 @@ def enrol_endpoint(central: str, host: str, bound: int | None = None) -> str:
     The C{--server} a client gives C{knocker enroll} to reach C{central}
     (this daemon's server endpoint): C{tcp:HOST:PORT}, C{tls:} for an
     C{ssl:} one; the port is C{bound} (where it listens) if known; the host
-    is C{central}'s interface when it names one, else C{host}.
+    is C{central}'s interface when it names one, else C{host}, unless that
+    is only C{localhost}: then C{GATEWAY}, for the operator to fill in.
     """
     kind, *fields = re.split(r"(?<!\\):", central)  # "\:" is a colon inside a field
     port = next((f for f in fields if f.isdigit()), "7000")
@@ -163,6 +164,9 @@ def enrol_endpoint(central: str, host: str, bound: int | None = None) -> str:
     interface = interface.replace("\\:", ":")
     if interface and interface not in ("0.0.0.0", "::"):
         host = interface
+    elif host == "localhost" or host.startswith("localhost."):
+        # This machine's own name says nothing to a client elsewhere.
+        host = "GATEWAY"
     if ":" in host:
         host = host.replace(":", "\\:")  # an IPv6 address, as Twisted's endpoints write it
     return f"{'tls' if kind == 'ssl' else 'tcp'}:{host}:{port}"

@@ -155,3 +155,7 @@ class EnrolEndpointTests(SynchronousTestCase):
                          "tls:gw:7443")
         self.assertEqual(enrol_endpoint("tcp:7000:interface=2001\\:db8\\:\\:1", "gw"),
                          "tcp:2001\\:db8\\:\\:1:7000")
+        # A machine that knows itself only as localhost: a place to fill in.
+        self.assertEqual(enrol_endpoint("tcp:7000:interface=0.0.0.0", "localhost"),
+                         "tcp:GATEWAY:7000")
+        self.assertEqual(enrol_endpoint("tcp:7000", "localhost.localdomain"), "tcp:GATEWAY:7000")
