@@ -53,12 +53,20 @@ def endpoint_problem(endpoint: str) -> str | None:
 
 def check_servers(config) -> None:
     """
-    @raise ValueError: an endpoint of C{server} no driver can use; names it.
+    Say which endpoints of C{server} no driver can use; a fleet's knock
+    passes over them to the others.
+
+    @raise ValueError: none can be used (a mistake in the configuration,
+        not a server out of reach); names them.
     """
-    for endpoint in config.server.split():
-        problem = endpoint_problem(endpoint)
-        if problem is not None:
-            raise ValueError(f"server = {endpoint}: not a usable endpoint ({problem})")
+    endpoints = config.server.split()
+    problems = [f"server = {endpoint}: not a usable endpoint ({problem})"
+                for endpoint in endpoints
+                for problem in [endpoint_problem(endpoint)] if problem is not None]
+    if len(problems) == len(endpoints):
+        raise ValueError("; ".join(problems))
+    for problem in problems:
+        print(f"knocker: {problem}; passed over", file=sys.stderr)
 
 
 def run_knock(config, knockfile, verbose: bool = False):

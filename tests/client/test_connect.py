@@ -482,8 +482,9 @@ def _reap(process):
 class BadEndpointTests(SynchronousTestCase):
     """
     A server endpoint the config check lets through but no driver can use
-    is UNREACHABLE with a message naming it, not a traceback; in a fleet's
-    list the next gateway is tried.
+    is a usage error (exit 2) with a message naming it, not a traceback and
+    not UNREACHABLE; in a fleet's list it is named and passed over, and
+    the next gateway is tried.
     """
 
     def knock(self, server: str, *extra: str):
@@ -494,18 +495,19 @@ class BadEndpointTests(SynchronousTestCase):
         return knocker("knock", "--server", server, "--knock-file", knock_file, "--log-file",
                        os.path.join(directory, "client.log"), "--timeout", "5", *extra)
 
-    def test_each_is_unreachable_with_a_reason(self):
+    def test_each_is_a_usage_error_with_a_reason(self):
         for server in ("tcp:host=127.0.0.1:port=99999", "tcp:host=ex\u00e4mple.org:port=7000",
                        "foo:bar", f"tcp:host=127.0.0.1:port={free_port()}:bogus=1",
                        "tls:127.0.0.1"):
             done = self.knock(server)
-            self.assertEqual(done.returncode, 3, f"{server}: {done.stdout}{done.stderr}")
+            self.assertEqual(done.returncode, 2, f"{server}: {done.stdout}{done.stderr}")
             self.assertNotIn("Traceback", done.stderr, server)
-            self.assertIn("UNREACHABLE", done.stderr, server)
+            self.assertIn(f"server = {server}: not a usable endpoint (", done.stderr, server)
 
     def test_a_bad_first_gateway_is_passed_over(self):
         port = free_port()
         done = self.knock(f"tcp:host=127.0.0.1:port=99999 tcp:host=127.0.0.1:port={port}", "-v")
         self.assertEqual(done.returncode, 3, done.stderr)
-        self.assertIn("not a usable endpoint", done.stderr + done.stdout)
+        self.assertIn("server = tcp:host=127.0.0.1:port=99999: not a usable endpoint (port "
+                      "99999 is not 1-65535); passed over", done.stderr)
         self.assertIn("Connection refused", done.stderr)
