@@ -39,7 +39,7 @@ def _daemon(config) -> dict:
 def _context(url: str, config):
     """
     For an C{https} console, a TLS context that trusts the certificate the
-    daemon serves and nothing else (read from the file its C{admin}
+    daemon serves and nothing else (the first in the file its C{admin}
     endpoint names): the commands reach their own daemon on whatever
     address it listens, with a private CA or a self-signed certificate,
     and the name in the certificate need not be the address they dial.
@@ -62,8 +62,9 @@ def _context(url: str, config):
     if not blocks:
         raise NotRunning(f"{path} holds no certificate; the commands trust the console's "
                          f"certificate alone")
-    pem = "".join(f"-----BEGIN CERTIFICATE-----{block}-----END CERTIFICATE-----\n"
-                  for block in blocks)
+    # The first is the one served; the rest of a chain file would make
+    # whatever its CA signed trusted too.
+    pem = f"-----BEGIN CERTIFICATE-----{blocks[0]}-----END CERTIFICATE-----\n"
     context = ssl.create_default_context(cadata=pem)
     context.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN  # the served certificate, pinned
     context.check_hostname = False

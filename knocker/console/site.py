@@ -7,8 +7,8 @@ console on C{admin} and writes C{daemon.json} for the commands.
 
 The web server is bounded before any request reaches the console's gate:
 a body over C{MAX_BODY} is refused unread (L{BoundedRequest}), a request
-line or header over 16 KiB at once (L{ConsoleChannel}), a request whose
-head is not all there within C{HEAD_SECONDS} is cut, and past
+line or header over 16 KiB at once (L{ConsoleChannel}), a request not all
+there (head and body) within C{REQUEST_SECONDS} is cut, and past
 C{MAX_CONNECTIONS} at once, or C{MAX_PER_SOURCE} from one address, a
 connection is told to come back later (L{ConnectionLimit}), so nobody,
 logged in or not, can take the daemon's memory, reactor or file
@@ -44,8 +44,9 @@ MAX_BODY = 64 * 1024
 MAX_CONNECTIONS = 50
 #: From one address: the rest stay for everyone else.
 MAX_PER_SOURCE = 20
-#: From a connection (or its last answer) to a request's whole head.
-HEAD_SECONDS = 10
+#: From a connection (or its last answer) to a whole request, head and body
+#: (the forms are a few short fields).
+REQUEST_SECONDS = 10
 #: A connection that sends nothing for this long is closed, so idle ones do
 #: not hold the connections above (a live page's request in progress has no
 #: idle timeout).
@@ -111,8 +112,8 @@ class BoundedRequest(Request):
 class ConsoleChannel(HTTPChannel):
     """
     twisted.web's HTTP/1.1 channel, bounded in time and line length: a
-    request's head (request line and headers) must be all there within
-    C{HEAD_SECONDS} of the connection or of the previous answer, and an
+    request (its line, headers and body) must be all there within
+    C{REQUEST_SECONDS} of the connection or of the previous answer, and an
     over-long line is answered 431 and closed at once.  (Twisted's own
     close of an over-long line waits, under TLS, for the idle timeout.)
     """
@@ -125,7 +126,7 @@ class ConsoleChannel(HTTPChannel):
 
     def _await_head(self):
         self._stop_head_timer()
-        self._head_timer = self.callLater(HEAD_SECONDS, self._head_too_slow)
+        self._head_timer = self.callLater(REQUEST_SECONDS, self._head_too_slow)
 
     def _stop_head_timer(self):
         if self._head_timer is not None and self._head_timer.active():
@@ -136,14 +137,16 @@ class ConsoleChannel(HTTPChannel):
         self._head_timer = None
         self.transport.abortConnection()
 
-    def allHeadersReceived(self):
+    def allContentReceived(self):
         self._stop_head_timer()
-        super().allHeadersReceived()
+        super().allContentReceived()
 
     def requestDone(self, request):
-        super().requestDone(request)
-        if self.persistent and not self.transport.disconnecting:
+        if self.persistent:
+            # Before the channel replays what a client pipelined: a request
+            # already there stops the timer again at once.
             self._await_head()
+        super().requestDone(request)
 
     def lineLengthExceeded(self, line):
         self._stop_head_timer()
@@ -194,6 +197,18 @@ class Busy(Protocol):
             self._cut.cancel()
 
 
+def _source(host: str) -> str:
+    """The address a connection counts under: an IPv6 address by its /64."""
+    if ":" not in host:
+        return host
+    import ipaddress
+
+    try:
+        return str(ipaddress.ip_network(f"{host}/64", strict=False))
+    except ValueError:
+        return host
+
+
 @implementer(IProtocolNegotiationFactory)
 class ConnectionLimit(WrappingFactory):
     """
@@ -217,7 +232,7 @@ class ConnectionLimit(WrappingFactory):
         return self.wrappedFactory.acceptableProtocols()
 
     def buildProtocol(self, addr):
-        source = getattr(addr, "host", "")
+        source = _source(getattr(addr, "host", ""))
         if len(self.protocols) >= self.limit or self._sources.get(source, 0) >= self.per_source:
             self._turned_away(source)
             return Busy(self.wrappedFactory.reactor)

@@ -463,8 +463,8 @@ class KnockServer:
         if slot is None:
             return
         del self._sessions[slot]
-        self._granted_ids.pop(slot, None)
         if not slot.acting:
+            self._granted_ids.pop(slot, None)
             self.tracker.abandon(slot)
             self._audit.record("fail", ip=slot.ip, client=slot.client, index=slot.index,
                                reason="abandoned")
@@ -485,15 +485,29 @@ class KnockServer:
 
     # Tracker observer.
 
+    def _revoked_since_grant(self, slot: Slot) -> bool:
+        """Whether the file this knock was granted to is revoked now."""
+        granted = self._granted_ids.get(slot)
+        return granted is not None and self._revoked.get(slot.client) == granted
+
+    def _end_revoked(self, slot: Slot, close_id=None) -> None:
+        """
+        Revoked between the GRANT and on-success: no door.  A close already
+        recorded is told its open failed (it runs, harmlessly, at once).
+        """
+        if close_id is not None:
+            self.closes.opened(close_id, self._wall.now(), slot.ip, slot.client, slot.index,
+                               ok=False)
+        self.tracker.release(slot)
+        self._audit.record("fail", ip=slot.ip, client=slot.client, index=slot.index,
+                           reason="revoked")
+        log.warn("knock {index} of {client} from {ip} ended: the file is revoked",
+                 index=slot.index, client=slot.client, ip=slot.ip)
+        self._verdict(slot, hs.Fail("revoked"))
+
     def knock_completed(self, slot: Slot) -> None:
-        if self._revoked.get(slot.client) == self._granted_ids.get(slot):
-            # Revoked between the GRANT and the last hit: no door.
-            self.tracker.release(slot)
-            self._audit.record("fail", ip=slot.ip, client=slot.client, index=slot.index,
-                               reason="revoked")
-            log.warn("knock {index} of {client} from {ip} ended: the file is revoked",
-                     index=slot.index, client=slot.client, ip=slot.ip)
-            self._verdict(slot, hs.Fail("revoked"))
+        if self._revoked_since_grant(slot):
+            self._end_revoked(slot)
             return
         close_id = None
         try:
@@ -524,6 +538,9 @@ class KnockServer:
             # or the close could land last and shut the door just opened.
             running.addCallback(lambda _: self._start_success(close_id, slot))
             return
+        if self._revoked_since_grant(slot):  # while the close was recorded, or ran
+            self._end_revoked(slot, close_id)
+            return
         try:
             done = self._run("on-success", self._success, slot.ip, slot.client, slot.index,
                              verdict=lambda result: self._send_verdict(result, slot, close_id))
@@ -553,7 +570,7 @@ class KnockServer:
 
     def _send_verdict(self, result, slot: Slot, close_id) -> None:
         # Revoked while on-success ran: its door closes at once.
-        revoked = self._revoked.get(slot.client) == self._granted_ids.get(slot)
+        revoked = self._revoked_since_grant(slot)
         if close_id is not None:
             # First: until the schedule hears of it, no close of this address runs.
             due = self._wall.now() + self.config.open_duration

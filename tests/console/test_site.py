@@ -7,7 +7,7 @@ over real loopback sockets.
 """
 
 from twisted.internet import reactor
-from twisted.internet.address import IPv4Address
+from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import TCP4ClientEndpoint, TCP4ServerEndpoint
 from twisted.internet.error import ConnectionDone
@@ -21,9 +21,9 @@ from zope.interface import implementer
 
 from knocker.console.site import (
     BUSY_SECONDS,
-    HEAD_SECONDS,
     MAX_BODY,
     MAX_PER_SOURCE,
+    REQUEST_SECONDS,
     BoundedRequest,
     ConnectionLimit,
     QuietSite,
@@ -193,7 +193,7 @@ class ConnectionLimitTests(SynchronousTestCase):
 class SlowClientTests(SynchronousTestCase):
     """
     Connections that send slowly, or too much on one line, give their place
-    back at once or within HEAD_SECONDS, and no address takes them all.
+    back at once or within REQUEST_SECONDS, and no address takes them all.
     """
 
     def test_an_over_long_line_is_answered_431_and_closed_at_once(self):
@@ -207,7 +207,7 @@ class SlowClientTests(SynchronousTestCase):
         f, factory = console_factory(self)
         connection, transport = connect(factory, Hanging(peerAddress=PEER))
         connection.dataReceived(b"GET /login HTTP/1.1\r\n")
-        for _ in range(HEAD_SECONDS - 1):
+        for _ in range(REQUEST_SECONDS - 1):
             f.h.clock.advance(1)
             connection.dataReceived(b"X")  # a byte a second resets the idle timeout
         self.assertFalse(transport.aborted)
@@ -217,13 +217,49 @@ class SlowClientTests(SynchronousTestCase):
     def test_a_whole_head_in_time_is_served_and_the_next_gets_its_own_time(self):
         f, factory = console_factory(self)
         connection, transport = connect(factory, Hanging(peerAddress=PEER))
-        f.h.clock.advance(HEAD_SECONDS - 1)
+        f.h.clock.advance(REQUEST_SECONDS - 1)
         connection.dataReceived(b"GET /login HTTP/1.1\r\nHost: 127.0.0.1:8750\r\n\r\n")
         self.assertTrue(transport.value().startswith(b"HTTP/1.1 200 "), transport.value()[:80])
-        f.h.clock.advance(HEAD_SECONDS - 1)
+        f.h.clock.advance(REQUEST_SECONDS - 1)
         self.assertFalse(transport.aborted)
         f.h.clock.advance(1)
         self.assertTrue(transport.aborted, "an idle kept-alive connection waits no longer")
+
+    def test_a_body_that_drips_in_is_cut_too(self):
+        f, factory = console_factory(self)
+        connection, transport = connect(factory, Hanging(peerAddress=PEER))
+        connection.dataReceived(b"POST /login HTTP/1.1\r\nHost: 127.0.0.1:8750\r\n"
+                                b"Content-Length: 65536\r\n\r\n")
+        for _ in range(REQUEST_SECONDS - 1):
+            f.h.clock.advance(1)
+            connection.dataReceived(b"a")
+        self.assertFalse(transport.aborted)
+        f.h.clock.advance(1)
+        self.assertTrue(transport.aborted, "the body was not all there in time")
+
+    def test_a_pipelined_live_stream_is_not_cut(self):
+        f, factory = console_factory(self)
+        f.login()
+        cookie = "; ".join(f"{k}={v}" for k, v in f.browser.cookies.items()).encode()
+        connection, transport = connect(factory, Hanging(peerAddress=PEER))
+        connection.dataReceived(b"GET /login HTTP/1.1\r\nHost: 127.0.0.1:8750\r\n\r\n"
+                                b"GET /events HTTP/1.1\r\nHost: 127.0.0.1:8750\r\n"
+                                b"Cookie: " + cookie + b"\r\n\r\n")
+        self.assertIn(b"text/event-stream", transport.value())
+        f.h.clock.advance(REQUEST_SECONDS * 3)
+        self.assertFalse(transport.aborted, "the stream was in progress")
+
+    def test_an_ipv6_host_counts_by_its_64(self):
+        f, factory = console_factory(self, limit=50)
+        for n in range(MAX_PER_SOURCE):
+            peer = IPv6Address("TCP", f"2001:db8::{n + 1:x}", 40000)
+            protocol = factory.buildProtocol(peer)
+            protocol.makeConnection(StringTransport(peerAddress=peer))
+        other = IPv6Address("TCP", "2001:db8::ffff", 40000)
+        protocol = factory.buildProtocol(other)
+        transport = StringTransport(peerAddress=other)
+        protocol.makeConnection(transport)
+        self.assertTrue(transport.value().startswith(b"HTTP/1.1 503 "), transport.value())
 
     def test_one_address_cannot_take_every_connection(self):
         f, factory = console_factory(self, limit=50)

@@ -3,6 +3,8 @@ What the operator does to a running daemon (docs/spec.md section 12):
 revoking a client and lifting lockouts, at once and across a restart.
 """
 
+from twisted.internet.error import ConnectionDone
+from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from knocker.core import handshake as hs
@@ -104,6 +106,38 @@ class RevokeTests(SynchronousTestCase):
         h.runner.finish(0)
         self.assertEqual(h.store.pending_closes(), [])
         self.assertEqual(h.server.closes.open_doors(), [])
+
+    def test_a_client_that_hangs_up_while_on_success_runs_is_not_revoked(self):
+        """
+        The client leaves (timeout, Ctrl-C, a lost network) while on-success
+        opens its door: the door stays open to its time; nothing says
+        revoked, and no other door of the client is touched.
+        """
+        h = Harness(self, on_success="/bin/echo", on_close="/bin/true", open_duration=300)
+        h.knock(ip="192.0.2.20")  # another door of alice, open
+        h.runner.hold = True
+        line, proto, _, _ = h.handshake()
+        grant = hs.parse_reply(line.rstrip(b"\n"))
+        for port in h.files["alice"].knock(grant.index):
+            h.hit(IP, port)
+        self.assertEqual(h.runner.calls[-1][0], ["/bin/echo", IP, "alice", "2"])
+        proto.connectionLost(Failure(ConnectionDone()))  # the client is gone
+        h.runner.finish(0)
+        self.assertEqual([e.get("reason") for e in h.audit.of("fail")], [])
+        self.assertEqual(h.audit.of("close"), [])
+        self.assertEqual(sorted(ip for ip, _, _ in h.server.closes.open_doors()),
+                         ["192.0.2.10", "192.0.2.20"])
+
+    def test_revoked_while_a_close_of_its_address_runs_opens_nothing(self):
+        h = Harness(self, on_success="/bin/echo", on_close="/bin/true", open_duration=300)
+        h.knock()
+        h.runner.hold = True
+        h.clock.advance(300)  # knock 1's close runs (held)
+        _, transport = h.knock()  # knock 2 waits for it
+        h.server.revoke("alice")
+        h.runner.finish(0)  # the close ends: knock 2 must not open now
+        self.assertEqual(transport.value(), b"FAIL revoked\n")
+        self.assertNotIn(["/bin/echo", IP, "alice", "2"], [argv for argv, _ in h.runner.calls])
 
     def test_a_revocation_read_from_the_fleet_closes_doors_here(self):
         h = Harness(self, on_success="/bin/echo", on_close="/bin/true", open_duration=300)

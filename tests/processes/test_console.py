@@ -166,6 +166,28 @@ class ConsoleOverTLSTests(ConsoleDaemonCase):
         self.assertEqual(done.returncode, 0, done.stderr)
         self.assertEqual(self.events("admin-lift")[-1]["by"], "bearer")
 
+    def test_commands_trust_the_served_certificate_alone(self):
+        """
+        A certKey file holding the chain (server certificate, then its CA):
+        the commands trust the first, the one served, not the CA, which
+        would make whatever else it signed trusted too.
+        """
+        from knocker.console.cli import _context
+        from knocker.core.serverconfig import parse_server_config
+        from tests.network import tls
+
+        ca = tls.make_ca(self.dir)
+        files = tls.make_server(self.dir, ca)
+        chain = os.path.join(self.dir, "fullchain.pem")
+        with open(chain, "w") as out:
+            out.write(open(files.cert_path).read() + open(ca.cert_path).read())
+        config = parse_server_config(overrides={
+            "state-dir": self.dir,
+            "admin": f"ssl:8750:interface=0.0.0.0:privateKey={files.key_path}:certKey={chain}"})
+        context = _context("https://127.0.0.1:8750/", config)
+        self.assertEqual(context.cert_store_stats(), {"x509": 1, "crl": 0, "x509_ca": 0},
+                         "one certificate trusted, and no CA")
+
     def test_tls_console(self):
         import http.client
         import socket
@@ -203,7 +225,7 @@ class ConsoleOverTLSTests(ConsoleDaemonCase):
         context.set_alpn_protocols(["h2", "http/1.1"])
         with socket.create_connection(("127.0.0.1", parts.port), timeout=10) as raw, \
                 context.wrap_socket(raw, server_hostname="127.0.0.1") as tls_socket:
-            self.assertIn(tls_socket.selected_alpn_protocol(), (None, "http/1.1"))
+            self.assertEqual(tls_socket.selected_alpn_protocol(), "http/1.1")
             tls_socket.sendall(b"POST /login HTTP/1.1\r\nHost: 127.0.0.1\r\n"
                                b"Content-Length: 1000000\r\n\r\n")
             self.assertTrue(tls_socket.recv(100).startswith(b"HTTP/1.1 413 "))
