@@ -38,11 +38,12 @@ ACTIONS_AT_ONCE = 8
 
 class _Runs:
     """
-    Actions in flight, counted per close id, and who waits for them to end.
+    Actions in flight, counted per key (a close id, or an address), and
+    who waits for them to end.
     """
 
     def __init__(self):
-        self._entries: dict[int, list] = {}  # close id -> [count, waiters]
+        self._entries: dict[int | str, list] = {}  # key -> [count, waiters]
 
     def begin(self, close_id: int) -> None:
         self._entries.setdefault(close_id, [0, []])[0] += 1
@@ -75,25 +76,22 @@ class _Runs:
 class _Address:
     """
     One address's door: the closes whose door is open and not yet due
-    (C{holders}), the opens running (C{opening}), the closes due but held
-    (C{parked}: id -> (client, index)), the closes running (C{closing}) and
-    who waits for those to end (C{quiet}).
+    (C{holders}), the opens running (C{opening}), and the closes due but
+    held (C{parked}: id -> (client, index)).
     """
 
-    __slots__ = ("holders", "opening", "parked", "closing", "quiet")
+    __slots__ = ("holders", "opening", "parked")
 
     def __init__(self):
         self.holders: set[int] = set()
         self.opening = 0
         self.parked: dict[int, tuple[str, int]] = {}
-        self.closing = 0
-        self.quiet: list[defer.Deferred] = []
 
     def held(self) -> bool:
         return bool(self.opening or self.holders)
 
     def idle(self) -> bool:
-        return not (self.holders or self.opening or self.parked or self.closing or self.quiet)
+        return not (self.holders or self.opening or self.parked)
 
 
 _PARKED = object()  # what a close that was parked instead of run "returns"
@@ -118,8 +116,9 @@ class CloseSchedule:
         self._timers: dict[int, object] = {}
         self._open: dict[int, tuple[str, str, int]] = {}
         self._opening = _Runs()
-        self._unscheduled: dict[int, str] = {}  # close id -> address, on-success running
+        self._unscheduled: set[int] = set()  # recorded, on-success still running
         self._closing = _Runs()
+        self._closing_at = _Runs()  # the same, per address
         self._addresses: dict[str, _Address] = {}
         self._stopped = False
         self._slots = defer.DeferredSemaphore(ACTIONS_AT_ONCE)
@@ -157,7 +156,7 @@ class CloseSchedule:
 
     def _recorded(self, close_id: int, ip: str) -> int:
         self._opening.begin(close_id)
-        self._unscheduled[close_id] = ip
+        self._unscheduled.add(close_id)
         return close_id
 
     def _not_recorded(self, failure, ip: str):
@@ -170,12 +169,7 @@ class CloseSchedule:
         fires once none is.  An open waits for it, so that it cannot be
         undone by a close that started before it.
         """
-        found = self._addresses.get(ip)
-        if found is None or not found.closing:
-            return None
-        waiter = defer.Deferred()
-        found.quiet.append(waiter)
-        return waiter
+        return self._closing_at.done(ip) if ip in self._closing_at else None
 
     def opened(self, close_id: int, due: float, ip: str, client: str, index: int,
                ok: bool) -> None:
@@ -202,7 +196,8 @@ class CloseSchedule:
             delay = max(0.0, due - self._wall.now())
             self._timers[close_id] = self._clock.callLater(
                 delay, self._fall_due, close_id, ip, client, index)
-        if self._unscheduled.pop(close_id, None) is not None:
+        if close_id in self._unscheduled:
+            self._unscheduled.discard(close_id)
             self._opening.end(close_id)
             self._open_ended(ip)
 
@@ -351,17 +346,12 @@ class CloseSchedule:
         if not self._stopped and found.held():
             found.parked[close_id] = (client, index)
             return _PARKED
-        found.closing += 1
+        self._closing_at.begin(ip)
         d = defer.maybeDeferred(self._run_close, ip, client, index)
         return d.addBoth(self._close_finished, ip)
 
     def _close_finished(self, result, ip):
-        found = self._address(ip)
-        found.closing -= 1
-        if not found.closing:
-            waiters, found.quiet = found.quiet, []
-            for waiter in waiters:
-                waiter.callback(None)
+        self._closing_at.end(ip)
         self._forget_if_idle(ip)
         return result
 
