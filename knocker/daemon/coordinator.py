@@ -247,7 +247,7 @@ class KnockServer:
         if index != state.next_index:
             self._audit.record("exhausted", ip=ip, client=client)
             return hs.Exhausted()
-        return self._grant(index, ports, secret, ip, client, nonce, session)
+        return self._grant(index, ports, secret, state.secret_id, ip, client, nonce, session)
 
     def _burned(self, index, state, ports, secret, ip, client, nonce, session):
         """
@@ -282,7 +282,7 @@ class KnockServer:
                           index=index, client=client, error=error)
                 self._audit.record("error", ip=ip, client=client, reason="client-file")
                 return hs.Error("server-error")
-        return self._grant(index, ports, secret, ip, client, nonce, session)
+        return self._grant(index, ports, secret, state.secret_id, ip, client, nonce, session)
 
     def _store_failed(self, failure, ip, client):
         """
@@ -295,10 +295,10 @@ class KnockServer:
                            detail=str(failure.value))
         return hs.Error("server-error")
 
-    def _grant(self, index, ports, secret, ip, client, nonce, session):
+    def _grant(self, index, ports, secret, granted_id, ip, client, nonce, session):
         slot = self.tracker.grant(ip, client, index, ports)
         self._sessions[slot] = session
-        self._granted_ids[slot] = secret_id(secret)
+        self._granted_ids[slot] = granted_id
         # Audited before it is sent: a client never holds a GRANT the audit
         # log lacks, whenever the daemon dies.  The log line can wait.
         self._audit.record("grant", ip=ip, client=client, index=index,
