@@ -25,16 +25,6 @@ class PathError(Exception):
     """
 
 
-def _who() -> str:
-    uid = os.geteuid()
-    try:
-        import pwd
-
-        return f"user {pwd.getpwuid(uid).pw_name} (uid {uid})"
-    except (ImportError, KeyError):
-        return f"uid {uid}"
-
-
 def _user() -> str:
     """The name of the user the daemon runs as (its uid when it has none)."""
     try:
@@ -43,6 +33,11 @@ def _user() -> str:
         return pwd.getpwuid(os.geteuid()).pw_name
     except (ImportError, KeyError):
         return str(os.geteuid())
+
+
+def _who() -> str:
+    uid, user = os.geteuid(), _user()
+    return f"uid {uid}" if user == str(uid) else f"user {user} (uid {uid})"
 
 
 def _owner_hint(path: str) -> str:
