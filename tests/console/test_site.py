@@ -203,16 +203,23 @@ class SlowClientTests(SynchronousTestCase):
         self.assertTrue(transport.value().startswith(b"HTTP/1.1 431 "), transport.value()[:80])
         self.assertTrue(transport.disconnecting)
 
-    def test_a_head_that_drips_in_is_cut_after_head_seconds(self):
+    def assertCutWhileDripping(self, start: bytes, drip: bytes) -> None:
+        """
+        C{start}, then C{drip} once a second (each byte resets the idle
+        timeout): the connection is cut REQUEST_SECONDS after it opened.
+        """
         f, factory = console_factory(self)
         connection, transport = connect(factory, Hanging(peerAddress=PEER))
-        connection.dataReceived(b"GET /login HTTP/1.1\r\n")
+        connection.dataReceived(start)
         for _ in range(REQUEST_SECONDS - 1):
             f.h.clock.advance(1)
-            connection.dataReceived(b"X")  # a byte a second resets the idle timeout
+            connection.dataReceived(drip)
         self.assertFalse(transport.aborted)
         f.h.clock.advance(1)
-        self.assertTrue(transport.aborted, "the head was not all there in time")
+        self.assertTrue(transport.aborted, "the request was not all there in time")
+
+    def test_a_head_that_drips_in_is_cut_after_head_seconds(self):
+        self.assertCutWhileDripping(b"GET /login HTTP/1.1\r\n", b"X")
 
     def test_a_whole_head_in_time_is_served_and_the_next_gets_its_own_time(self):
         f, factory = console_factory(self)
@@ -226,16 +233,8 @@ class SlowClientTests(SynchronousTestCase):
         self.assertTrue(transport.aborted, "an idle kept-alive connection waits no longer")
 
     def test_a_body_that_drips_in_is_cut_too(self):
-        f, factory = console_factory(self)
-        connection, transport = connect(factory, Hanging(peerAddress=PEER))
-        connection.dataReceived(b"POST /login HTTP/1.1\r\nHost: 127.0.0.1:8750\r\n"
-                                b"Content-Length: 65536\r\n\r\n")
-        for _ in range(REQUEST_SECONDS - 1):
-            f.h.clock.advance(1)
-            connection.dataReceived(b"a")
-        self.assertFalse(transport.aborted)
-        f.h.clock.advance(1)
-        self.assertTrue(transport.aborted, "the body was not all there in time")
+        self.assertCutWhileDripping(b"POST /login HTTP/1.1\r\nHost: 127.0.0.1:8750\r\n"
+                                    b"Content-Length: 65536\r\n\r\n", b"a")
 
     def test_a_pipelined_live_stream_is_not_cut(self):
         f, factory = console_factory(self)
