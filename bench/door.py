@@ -330,30 +330,45 @@ def summarize(name, runs, failures, description):
     return s
 
 
-def main():
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def options(doc: str, result: str):
+    """The command line door.py and ssh_door.py share; SIGTERM ends the run."""
+    ap = argparse.ArgumentParser(description=doc.split("\n\n")[0])
     ap.add_argument("--runs", type=int, default=30, help="timed runs per entry (default 30)")
     ap.add_argument("--pause", default="0.05,0.35", help="random pause LO,HI s between runs")
     ap.add_argument("--only", help="comma list of entries")
     ap.add_argument("--max-seconds", type=float, default=900, help="overall time bound")
     ap.add_argument("--seed", type=int)
-    ap.add_argument("--out", default=os.path.join(common.RESULTS, "door.json"))
+    ap.add_argument("--out", default=os.path.join(common.RESULTS, result))
     ap.add_argument("--keep", action="store_true", help="keep the temp dir and logs")
     args = ap.parse_args()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    return args
+
+
+def why_not() -> str | None:
+    """Why the door cannot be built here (namespaces, nft), or None."""
     ok, why = netns.available()
     if ok and netns.nft_cmd() is None:
         ok, why = False, "nft (nftables) is not installed"
-    if not ok:
-        sys.exit("door.py: %s" % why)
+    return None if ok else why
+
+
+def plan(args, make_entries):
+    """C{(pause, seed, rng, deadline, entries)} of a run as C{args} ask."""
     pause = tuple(float(x) for x in args.pause.split(","))
     seed = args.seed if args.seed is not None else random.randrange(1 << 30)
-    rng = random.Random(seed)
-    deadline = time.monotonic() + args.max_seconds
-    tools = common.ensure_built()
-    entries = make_entries(tools)
+    entries = make_entries(common.ensure_built())
     if args.only:
         entries = [e for e in entries if e.name in args.only.split(",")]
+    return pause, seed, random.Random(seed), time.monotonic() + args.max_seconds, entries
+
+
+def main():
+    args = options(__doc__, "door.json")
+    why = why_not()
+    if why is not None:
+        sys.exit("door.py: %s" % why)
+    pause, seed, rng, deadline, entries = plan(args, make_entries)
 
     root = tempfile.mkdtemp(prefix="knocker-door-")
     net, door, started, active, skipped = None, None, [], [], {}

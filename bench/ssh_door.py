@@ -36,17 +36,13 @@ Usage: python3 bench/ssh_door.py [--runs 30] [--only ssh-open,knocker-connect]
            [--out FILE] [--keep]
 """
 
-import argparse
 import os
 import pwd
-import random
 import shlex
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common  # noqa: E402
@@ -236,32 +232,14 @@ def summarize(name, runs, failures, description):
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--runs", type=int, default=30, help="timed runs per entry (default 30)")
-    ap.add_argument("--pause", default="0.05,0.35", help="random pause LO,HI s between runs")
-    ap.add_argument("--only", help="comma list of entries")
-    ap.add_argument("--max-seconds", type=float, default=900, help="overall time bound")
-    ap.add_argument("--seed", type=int)
-    ap.add_argument("--out", default=os.path.join(common.RESULTS, "ssh_door.json"))
-    ap.add_argument("--keep", action="store_true", help="keep the temp dir and logs")
-    args = ap.parse_args()
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    ok, why = netns.available()
-    if ok and netns.nft_cmd() is None:
-        ok, why = False, "nft (nftables) is not installed"
+    args = door.options(__doc__, "ssh_door.json")
+    why = door.why_not()
     missing = [p for p in (SSHD, SSH, SSH_KEYGEN) if not os.access(p, os.X_OK)]
-    if ok and missing:
-        ok, why = False, "%s not installed (bench/setup.sh installs openssh)" % ", ".join(missing)
-    if not ok:
+    if why is None and missing:
+        why = "%s not installed (bench/setup.sh installs openssh)" % ", ".join(missing)
+    if why is not None:
         sys.exit("ssh_door.py: %s" % why)
-    pause = tuple(float(x) for x in args.pause.split(","))
-    seed = args.seed if args.seed is not None else random.randrange(1 << 30)
-    rng = random.Random(seed)
-    deadline = time.monotonic() + args.max_seconds
-    tools = common.ensure_built()
-    entries = make_entries(tools)
-    if args.only:
-        entries = [e for e in entries if e.name in args.only.split(",")]
+    pause, seed, rng, deadline, entries = door.plan(args, make_entries)
 
     root = tempfile.mkdtemp(prefix="knocker-ssh-door-")
     net, gate, started, active, skipped = None, None, [], [], {}
