@@ -12,7 +12,7 @@ from twisted.application import service
 from twisted.logger import Logger
 from twisted.python import usage
 
-from knocker.core.config import CLIENT_TABLE, ConfigError, load_client_config
+from knocker.core.config import CLIENT_TABLE, ConfigError, load_client_config, refused
 
 log = Logger()
 
@@ -60,7 +60,7 @@ class Options(usage.Options):
             self.config = load_client_config(self["config"], overrides)
             self.knockfile = load_knockfile(self.config).load()
         except (ConfigError, ValueError) as error:
-            raise usage.UsageError(str(error)) from None
+            raise refused("twistd knockclient", error) from None
 
 
 class KnockOnceService(service.Service):

@@ -25,6 +25,16 @@ class ConfigError(ValueError):
     """
 
 
+def refused(program: str, problem) -> SystemExit:
+    """
+    What a twistd plugin raises for settings it cannot start with: exit
+    status 1 and the problem alone on stderr.  A C{UsageError} would have
+    twistd print its eighty lines of options first and the problem last,
+    on stdout; that stays for a mistyped option, where the list helps.
+    """
+    return SystemExit(f"{program}: {problem}")
+
+
 Parser = "Callable[[str], object]"
 
 

@@ -4,7 +4,7 @@ C{twistd knockserver}: options and service wiring only.
 
 from twisted.python import usage
 
-from knocker.core.config import ConfigError
+from knocker.core.config import ConfigError, refused
 from knocker.core.serverconfig import SERVER_KEYS, load_server_config
 
 
@@ -25,9 +25,9 @@ class Options(usage.Options):
         overrides = {key: self[key] for key in SERVER_KEYS if self[key] is not None}
         try:
             self.config = load_server_config(self["config"], overrides)
+            check_programs(self.config)
         except ConfigError as error:
-            raise usage.UsageError(str(error)) from None
-        check_programs(self.config)
+            raise refused("twistd knockserver", error) from None
 
 
 def check_programs(config) -> None:
@@ -38,7 +38,7 @@ def check_programs(config) -> None:
 
     for key, path in (("on-success", config.on_success), ("on-close", config.on_close)):
         if path is not None and not (os.path.isfile(path) and os.access(path, os.X_OK)):
-            raise usage.UsageError(f"{key} = {path}: not an executable file")
+            raise ConfigError(f"{key} = {path}: not an executable file")
 
 
 def makeService(options, reactor=None):

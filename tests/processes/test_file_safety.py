@@ -142,6 +142,8 @@ class ServerFileTests(DaemonCase):
         log = daemon.log()
         for words in expected:
             self.assertIn(words, log)
+        # The problem alone, not after twistd's eighty lines of options.
+        self.assertNotIn("--audit-log=", log)
         self.assertTrue(connect_refused(self.central), "the central port is listening")
         self.assertTrue(connect_refused(self.pool[0]), "a pool port is listening")
         self.assertFalse(os.path.exists(self.audit), "the audit log was started")
