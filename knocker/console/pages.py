@@ -230,8 +230,13 @@ def invited_page(client: str, code: str, command: str, expires: str, knocks: int
         tags.p("In place of GATEWAY, put the name or address the client reaches this "
                "server by." if "GATEWAY" in command else
                "If the client reaches this server by another name or address, put that in "
-               "place of the host.", "  Lost the code?  Invite the client again with Replace "
-               "ticked."),
+               "place of the host.",
+               "  In place of CERTS, put a directory on the client's machine holding, as a "
+               ".pem file, the certificate of the CA that signed the central port's "
+               "certificate (the certificate itself, if it is self-signed); leave out "
+               "':trustRoots=CERTS' if a CA the client's system trusts signed it."
+               if "trustRoots=CERTS" in command else "",
+               "  Lost the code?  Invite the client again with Replace ticked."),
         tags.p(tags.a("Back to the clients", href="/clients")),
         csrf=csrf)
 

@@ -155,6 +155,10 @@ def enrol_endpoint(central: str, host: str, bound: int | None = None) -> str:
     C{ssl:} one; the port is C{bound} (where it listens) if known; the host
     is C{central}'s interface when it names one, else C{host}, unless that
     is only C{localhost}: then C{GATEWAY}, for the operator to fill in.
+    A C{tls:} one ends in C{trustRoots=CERTS}: the client checks the
+    server's certificate against the directory it puts there (without it,
+    only against the CAs its system trusts, which a daemon's own
+    certificate is rarely signed by).
     """
     kind, *fields = re.split(r"(?<!\\):", central)  # "\:" is a colon inside a field
     port = next((f for f in fields if f.isdigit()), "7000")
@@ -169,7 +173,9 @@ def enrol_endpoint(central: str, host: str, bound: int | None = None) -> str:
         host = "GATEWAY"
     if ":" in host:
         host = host.replace(":", "\\:")  # an IPv6 address, as Twisted's endpoints write it
-    return f"{'tls' if kind == 'ssl' else 'tcp'}:{host}:{port}"
+    if kind == "ssl":
+        return f"tls:{host}:{port}:trustRoots=CERTS"
+    return f"tcp:{host}:{port}"
 
 
 def describe_seconds(seconds: float | None) -> str:

@@ -151,11 +151,23 @@ class EnrolEndpointTests(SynchronousTestCase):
                          "tcp:127.0.0.1:41234", "where it listens")
         self.assertEqual(enrol_endpoint("tcp:7000", "gw.example"), "tcp:gw.example:7000")
         self.assertEqual(enrol_endpoint("tcp:port=7000:interface=0.0.0.0", "gw"), "tcp:gw:7000")
+        # TLS: the client checks the certificate against what it puts in CERTS
         self.assertEqual(enrol_endpoint("ssl:7443:privateKey=k.pem:certKey=c.pem", "gw"),
-                         "tls:gw:7443")
+                         "tls:gw:7443:trustRoots=CERTS")
         self.assertEqual(enrol_endpoint("tcp:7000:interface=2001\\:db8\\:\\:1", "gw"),
                          "tcp:2001\\:db8\\:\\:1:7000")
         # A machine that knows itself only as localhost: a place to fill in.
         self.assertEqual(enrol_endpoint("tcp:7000:interface=0.0.0.0", "localhost"),
                          "tcp:GATEWAY:7000")
         self.assertEqual(enrol_endpoint("tcp:7000", "localhost.localdomain"), "tcp:GATEWAY:7000")
+
+    def test_the_page_says_what_to_put_in_place_of_certs(self):
+        from knocker.console.pages import invited_page
+
+        tls = invited_page("bob", "7-a-b-c", "knocker enroll 7-a-b-c --server "
+                           "tls:gw:7443:trustRoots=CERTS", "2026-12-01 18:00", 9, "t").decode()
+        self.assertIn("In place of CERTS", tls)
+        self.assertIn("self-signed", tls)
+        plain = invited_page("bob", "7-a-b-c", "knocker enroll 7-a-b-c --server tcp:gw:7000",
+                             "2026-12-01 18:00", 9, "t").decode()
+        self.assertNotIn("CERTS", plain)

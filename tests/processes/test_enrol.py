@@ -146,3 +146,23 @@ class TLSEnrolTests(EnrolCase):
         with open(conf) as handle:
             self.assertIn(f"server = {server}", handle.read())
         self.assertEqual([e["outcome"] for e in self.events("enrol")], ["ok"])
+
+    def test_the_consoles_command_enrols_once_certs_is_filled_in(self):
+        """
+        The command the console shows for a TLS central port, with CERTS
+        replaced by a directory holding the CA's certificate, as its page
+        says: it enrols, and the knock from the written configuration
+        opens.
+        """
+        from knocker.console.view import enrol_endpoint
+
+        ca = tls.make_ca(self.dir)
+        files = tls.make_server(self.dir, ca, dns_names=["knock.test"], ips=["127.0.0.1"])
+        central = tls.server_endpoint(files, port=0, interface="127.0.0.1")
+        self.configure(central=central)
+        self.start()
+        shown = enrol_endpoint(central, "gw.example", self.port)
+        self.assertEqual(shown, f"tls:127.0.0.1:{self.port}:trustRoots=CERTS")
+        out = os.path.join(self.dir, "client", "bob.knock")
+        self.assertEnrolled(
+            self.enroll(self.invite(), out, shown.replace("CERTS", ca.trust_dir)), out)
