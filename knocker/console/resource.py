@@ -123,14 +123,19 @@ class Console(Resource):
             request.setHeader(name, value)
         method = request.method.decode("ascii", "replace")
         path = request.path.decode("utf-8", "replace")
-        route = self.routes.get((method, path))
+        # HEAD is GET without the body (Twisted drops what a HEAD writes).
+        route = self.routes.get(("GET" if method == "HEAD" else method, path))
         who = None if route is not None and route.public else self._who(request)
         if route is None:
             if who is None:
                 return self._refuse(request, 401, "Log in first.")
-            known = any(p == path for _, p in self.routes)
-            return self._refuse(request, 405 if known else 404,
-                                "Not here." if not known else "Not with this method.")
+            allowed = [m for m, p in self.routes if p == path]
+            if not allowed:
+                return self._refuse(request, 404, "Not here.")
+            if "GET" in allowed:
+                allowed.append("HEAD")
+            request.setHeader(b"allow", ", ".join(allowed).encode())
+            return self._refuse(request, 405, "Not with this method.")
         if not route.public and who is None:
             return self._refuse(request, 401, "You are not logged in.  On the server, run "
                                 "'knocker console' and open the URL it prints.")
@@ -341,6 +346,9 @@ class Console(Resource):
         return d.addCallback(draw)
 
     def page_events(self, request, who):
+        if request.method == b"HEAD":
+            request.setHeader(b"content-type", b"text/event-stream; charset=utf-8")
+            return b""  # no stream to start for headers alone
         if len(self.bus.subscribers) >= MAX_SUBSCRIBERS:
             # EventSource gives up for good on a non-200 answer (no retry):
             # that page shows no new events until it is reloaded.

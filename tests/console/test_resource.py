@@ -134,8 +134,39 @@ class GetChangesNothingTests(SynchronousTestCase):
                 response = f.browser.get(f"{route.path}?{query}&source=all")
                 self.assertEqual(response.code, 200, route)
         for path in CHANGES:
-            self.assertEqual(f.browser.get(path).code, 405, path)
+            response = f.browser.get(path)
+            self.assertEqual(response.code, 405, path)
+            self.assertEqual(response.header(b"allow"), b"POST", path)  # RFC 9110, 15.5.6
         self.assertEqual(f.state(), before)
+
+
+class HeadTests(SynchronousTestCase):
+    """
+    HEAD is GET without the body, under the same gate (RFC 9110 asks every
+    server to take it where it takes GET).
+    """
+
+    def test_head_answers_as_get_without_the_body(self):
+        f = ConsoleFixture(self)
+        f.login()
+        for route in PROTECTED:
+            if route.method != "GET":
+                continue
+            got, head = f.browser.get(route.path), f.browser.request("HEAD", route.path)
+            self.assertEqual((head.code, head.body), (got.code, b""), route)
+            self.assertEqual(head.header(b"content-type"), got.header(b"content-type"), route)
+
+    def test_head_of_the_login_page_needs_no_session(self):
+        f = ConsoleFixture(self)
+        self.assertEqual(f.browser.request("HEAD", "/login").code, 200)
+        self.assertEqual(f.browser.request("HEAD", "/clients").code, 401)
+
+    def test_a_get_route_refuses_post_naming_get_and_head(self):
+        f = ConsoleFixture(self)
+        f.login()
+        response = f.browser.post("/clients", {"csrf": "x"})
+        self.assertEqual(response.code, 405)
+        self.assertEqual(response.header(b"allow"), b"GET, HEAD")
 
 
 class LoginTests(SynchronousTestCase):
