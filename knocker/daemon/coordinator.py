@@ -11,7 +11,7 @@ import hmac
 import secrets
 import sys
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.logger import Logger
 
 from knocker.core import handshake as hs
@@ -69,12 +69,16 @@ class KnockServer:
     The coordinator.  Everything it touches is given to it: C{clock} (an
     L{IReactorTime}), C{store} (an L{knocker.state.interface.IStore}),
     C{book} (L{knocker.state.book.ClientBook}), C{runner} (runs programs),
-    C{audit}, and the C{tracker}, whose observer it becomes.
+    C{audit}, and the C{tracker}, whose observer it becomes; C{blocking}
+    runs file writes that may be long (a renewed file) away from the
+    reactor.
     """
 
     def __init__(self, config, clock, store, book, runner, audit, tracker: Tracker,
-                 wall: WallTime | None = None):
+                 wall: WallTime | None = None, blocking=maybeDeferred):
         self.config = config
+        self._blocking = blocking  # f(*args) in a thread, as a Deferred (the daemon's)
+        self._draws = None  # renewed files being drawn (made when first needed)
         self._clock = clock
         self._wall = wall or WallTime(clock)
         self._store = store
@@ -364,18 +368,25 @@ class KnockServer:
     def _offer(self, state, ip: str, client: str, nonce: str):
         if state is None or not _renewal_due(state, self.config.renew_at):
             return None
-        from knocker.enrol.renewal import prepare_offer
-
         secret = self._book.secret(client, state.secret_id)
         # A fleet draws it in its database threads (its book is there).
         prepare = getattr(self._store, "prepare_offer", None)
         made = (prepare(client, self._wall.now()) if prepare is not None
-                else prepare_offer(self._store, self._book, client, self._wall.now()))
+                else self._renewal_draws().offer(client, self._wall.now()))
         return then(made, self._offered, ip, client, nonce, state, secret)
+
+    def _renewal_draws(self):
+        if self._draws is None:
+            from knocker.daemon.renewals import RenewalDraws
+
+            self._draws = RenewalDraws(self._store, self._book, self._clock, self._blocking)
+        return self._draws
 
     def _offered(self, made, ip: str, client: str, nonce: str, state, secret: bytes):
         from knocker.enrol.renewal import RenewServer
 
+        if made is None or self._stopped or self._revoked.get(client) == state.secret_id:
+            return None  # replaced or revoked while the new file was drawn
         text, new = made
         self._audit.record("renew-offer", ip=ip, client=client, left=state.left, new=new)
         return RenewServer(client, secret, nonce, text,
@@ -825,6 +836,8 @@ class KnockServer:
         pending closes stay in the state (L{close_doors} runs them).
         """
         self._stopped = True
+        if self._draws is not None:
+            self._draws.stop()
         self.save_lockouts()
         self.tracker.stop()
         self.closes.stop()

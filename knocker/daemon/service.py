@@ -18,6 +18,7 @@ import signal
 import time
 
 from twisted.application import service
+from twisted.internet import threads
 from twisted.internet.defer import gatherResults, maybeDeferred, succeed
 from twisted.internet.endpoints import serverFromString
 from twisted.logger import Logger
@@ -175,6 +176,8 @@ class KnockServerService(service.Service):
         self.server = KnockServer(
             config, reactor, self._store, book, runner, audit,
             Tracker(reactor, Policy.from_config(config)), wall,
+            blocking=lambda f, *args: threads.deferToThreadPool(
+                reactor, reactor.getThreadPool(), f, *args),
         )
         if config.on_check:
             self.firewall = FirewallWatch(

@@ -151,11 +151,13 @@ def _confirmed_or_not(promoted) -> list[Send]:
     return [Send(b"CONFIRMED\n" if promoted is True else b"ERROR server-error\n", close=True)]
 
 
-def prepare_offer(store, book, client: str, now, rng=None) -> tuple[str, bool]:
+def prepare_offer(store, book, client: str, now, rng=None) -> tuple[str, bool] | None:
     """
     The text of the file to offer C{client}: its pending generation's, or a
     new one (kept as pending first: its server copy, then the state).
-    Returns C{(text, new)}.
+    Returns C{(text, new)}, or C{None} when the client's file was replaced
+    meanwhile.  In one go: a fleet's database threads call it; a lone
+    daemon draws on the reactor in slices (L{knocker.daemon.renewals}).
     """
     import secrets
     from datetime import datetime, timezone
@@ -163,15 +165,9 @@ def prepare_offer(store, book, client: str, now, rng=None) -> tuple[str, bool]:
     from knocker.core.knockgen import generate
     from knocker.state.interface import secret_id
 
-    pending = store.pending(client)
-    if pending is not None:
-        text = book.pending_text(client)
-        try:
-            if text is not None and book.pending_id(text) == pending.secret_id:
-                return text, False
-        except ValueError:
-            pass  # a damaged copy: draw a new generation
-
+    text = pending_offer(store, book, client)
+    if text is not None:
+        return text, False
     state = store.client(client)
     kf = generate(client, store.pool(), state.knocks, book.ports_per_knock(client),
                   rng or secrets.SystemRandom(), secrets.token_bytes(32),
@@ -179,8 +175,26 @@ def prepare_offer(store, book, client: str, now, rng=None) -> tuple[str, bool]:
     text = book.add_pending(kf)
     if book.pending_id(text) != secret_id(kf.secret):
         return text, False  # another gateway of a fleet drew one first: that one
-    store.set_pending(client, state.knocks, kf.secret)
+    if not store.set_pending(client, state.knocks, kf.secret, current_id=state.secret_id):
+        return None
     return text, True
+
+
+def pending_offer(store, book, client: str) -> str | None:
+    """
+    The text of C{client}'s pending generation, if there is one and its
+    copy is intact: repeated offers send the same file.
+    """
+    pending = store.pending(client)
+    if pending is None:
+        return None
+    text = book.pending_text(client)
+    try:
+        if text is not None and book.pending_id(text) == pending.secret_id:
+            return text
+    except ValueError:
+        pass  # a damaged copy: draw a new generation
+    return None
 
 
 async def take_offer(conn, offer: bytes, config, knockfile, nonce: str, timeout: float,

@@ -172,10 +172,14 @@ class ClientBook:
 
     def add_pending(self, kf: KnockFile) -> str:
         """Write the pending copy; returns its text."""
-        ensure_private_dir(self.directory)
         text = format_knockfile(kf)
-        write_private(self.pending_path(kf.client), text)
+        self.write_pending(kf.client, text)
         return text
+
+    def write_pending(self, client: str, text: str) -> None:
+        """Write C{text} as C{client}'s pending copy (0600, atomically)."""
+        ensure_private_dir(self.directory)
+        write_private(self.pending_path(client), text)
 
     def pending_text(self, client: str) -> str | None:
         """The pending copy's text, or C{None} if there is none."""

@@ -198,10 +198,13 @@ class IStore(Interface):
     # per client, which replaces the current one once the client proves it
     # holds it.  register() forgets a pending generation.
 
-    def set_pending(client, knocks, secret):
+    def set_pending(client, knocks, secret, current_id=None):
         """
         Keep a pending generation of C{client}: C{knocks} knocks of the file
-        with C{secret}, numbered from 1 once it is current.
+        with C{secret}, numbered from 1 once it is current.  With
+        C{current_id}, only while C{client}'s current file is that one (a
+        file drawn for a generation replaced meanwhile is not kept).
+        Returns whether it was kept.
         """
 
     def pending(client):

@@ -115,8 +115,12 @@ class MemoryStore:
 
     # Renewal.
 
-    def set_pending(self, client, knocks, secret) -> None:
+    def set_pending(self, client, knocks, secret, current_id=None) -> bool:
+        state = self._clients.get(client)
+        if current_id is not None and (state is None or state.secret_id != current_id):
+            return False
         self._pending[client] = ClientState(client, 1, knocks, secret_id(secret))
+        return True
 
     def pending(self, client):
         return self._pending.get(client)

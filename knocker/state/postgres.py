@@ -638,17 +638,19 @@ class PostgresStore:
 
     # Renewal (section 10): one pending generation per client, its copy sealed.
 
-    def set_pending(self, client, knocks, secret) -> None:
+    def set_pending(self, client, knocks, secret, current_id=None) -> bool:
         """
         The pending generation's counter; a copy kept for another secret is
         dropped (L{add_pending_with_book} keeps both at once).
         """
-        self._run(lambda c: c.execute(
-            "INSERT INTO pending (client, knocks, secret_id) VALUES (%s, %s, %s) "
+        return self._run(lambda c: c.execute(
+            "INSERT INTO pending (client, knocks, secret_id) SELECT %s, %s, %s "
+            "WHERE %s::text IS NULL OR EXISTS "
+            "(SELECT 1 FROM clients WHERE id = %s AND secret_id = %s) "
             "ON CONFLICT (client) DO UPDATE SET knocks = excluded.knocks, "
             "secret_id = excluded.secret_id, sealed = CASE WHEN "
             "pending.secret_id = excluded.secret_id THEN pending.sealed END",
-            (client, knocks, secret_id(secret))))
+            (client, knocks, secret_id(secret), current_id, client, current_id)).rowcount > 0)
 
     def add_pending_with_book(self, client: str, knocks: int, secret: bytes, text: str) -> str:
         """

@@ -267,12 +267,17 @@ class SQLiteStore:
 
     # Renewal: one pending generation per client.
 
-    def set_pending(self, client: str, knocks: int, secret: bytes) -> None:
+    def set_pending(self, client: str, knocks: int, secret: bytes,
+                    current_id: str | None = None) -> bool:
         with self._transaction():
-            self._db.execute(
-                "INSERT INTO pending (id, knocks, secret_id) VALUES (?, ?, ?) "
+            cursor = self._db.execute(
+                "INSERT INTO pending (id, knocks, secret_id) SELECT ?, ?, ? "
+                "WHERE ? IS NULL OR EXISTS "
+                "(SELECT 1 FROM clients WHERE id = ? AND secret_id = ?) "
                 "ON CONFLICT (id) DO UPDATE SET knocks = excluded.knocks, "
-                "secret_id = excluded.secret_id", (client, knocks, secret_id(secret)))
+                "secret_id = excluded.secret_id",
+                (client, knocks, secret_id(secret), current_id, client, current_id))
+        return cursor.rowcount > 0
 
     def pending(self, client: str) -> ClientState | None:
         row = self._db.execute(

@@ -46,6 +46,26 @@ class RenewalTests(DaemonCase):
         self.assertIn("DENIED", denied.stderr)
         self.assertEqual(self.status()["clients"][0]["used"], 2)
 
+    def test_a_big_file_is_renewed_while_the_daemon_serves(self):
+        """
+        A file of 20,000 knocks: its renewal is drawn on the reactor in
+        slices and written in a thread (knocker.daemon.renewals).  The first
+        knock OPENs and takes the whole new file; another client's knock,
+        straight after, OPENs too.
+        """
+        self.configure(renew_at=20_000)
+        big = self.generate("alice", knocks=20_000, ports=3)
+        other = self.generate("bob", knocks=9, ports=3)
+        self.start()
+        result = self.knock(big)
+        self.assertEqual(result.returncode, 0, result.stdout + result.stderr)
+        self.assertIn("renewed", result.stdout)
+        renewed = parse_knockfile(read_private(big), big)
+        self.assertEqual(len(renewed.knocks), 20_000)
+        self.assertEqual([e["new"] for e in self.events("renew-offer")], [True])
+        result = self.knock(other)
+        self.assertEqual(result.returncode, 0, result.stdout + result.stderr)
+
     def test_knock_start_up_loads_no_enrolment_module(self):
         """
         A whole knock that OPENs with no renewal due (8 of 9 knocks left)

@@ -380,6 +380,22 @@ class RenewalContract:
         self.assertIsNone(self.store.pending("alice"))
         self.assertFalse(self.store.promote("alice", secret_id(NEW_SECRET)), "once")
 
+    def test_set_pending_only_for_the_current_file_when_asked(self):
+        """
+        A file drawn to renew one generation is not kept once the client
+        was generated again meanwhile (nor for a client that is gone).
+        """
+        self.store.register("alice", 9, SECRET)
+        self.assertFalse(self.store.set_pending("alice", 9, NEW_SECRET,
+                                                current_id=secret_id(NEW_SECRET)))
+        self.assertIsNone(self.store.pending("alice"))
+        self.assertFalse(self.store.set_pending("nobody", 9, NEW_SECRET,
+                                                current_id=secret_id(SECRET)))
+        self.assertIsNone(self.store.pending("nobody"))
+        self.assertTrue(self.store.set_pending("alice", 9, NEW_SECRET,
+                                               current_id=secret_id(SECRET)))
+        self.assertEqual(self.store.pending("alice").secret_id, secret_id(NEW_SECRET))
+
     def test_set_pending_replaces(self):
         self.store.register("alice", 9, SECRET)
         self.store.set_pending("alice", 9, NEW_SECRET)
