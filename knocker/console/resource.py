@@ -119,6 +119,15 @@ class Console(Resource):
     # The gate.
 
     def render(self, request):
+        body = self._render(request)
+        if request.method == b"HEAD" and isinstance(body, bytes):
+            # Its length only: given a HEAD's body, Twisted logs a warning
+            # naming the request's URI, which may hold a login token.
+            request.setHeader(b"content-length", b"%d" % len(body))
+            return b""
+        return body
+
+    def _render(self, request):
         for name, value in HEADERS.items():
             request.setHeader(name, value)
         method = request.method.decode("ascii", "replace")
@@ -346,14 +355,14 @@ class Console(Resource):
         return d.addCallback(draw)
 
     def page_events(self, request, who):
-        if request.method == b"HEAD":
-            request.setHeader(b"content-type", b"text/event-stream; charset=utf-8")
-            return b""  # no stream to start for headers alone
         if len(self.bus.subscribers) >= MAX_SUBSCRIBERS:
             # EventSource gives up for good on a non-200 answer (no retry):
             # that page shows no new events until it is reloaded.
             request.setResponseCode(503)
             return b"too many live pages open\n"
+        if request.method == b"HEAD":
+            request.setHeader(b"content-type", b"text/event-stream; charset=utf-8")
+            return b""  # no stream to start for headers alone
         # Ended at logout or expiry: the gate checked the session only now.
         EventStream(request, self.bus, session=who.session, clock=self.clock,
                     ends=self.sessions.expiry(who.session))

@@ -161,6 +161,24 @@ class HeadTests(SynchronousTestCase):
         self.assertEqual(f.browser.request("HEAD", "/login").code, 200)
         self.assertEqual(f.browser.request("HEAD", "/clients").code, 401)
 
+    def test_head_logs_no_login_token(self):
+        """
+        A link preview's HEAD of a login URL: the token stays out of the
+        log (Twisted warns about a HEAD's body naming the URI).
+        """
+        from twisted.logger import formatEvent, globalLogPublisher
+
+        f = ConsoleFixture(self)
+        token = f.credentials.new_login(f.wall.seconds())
+        logged = []
+        globalLogPublisher.addObserver(logged.append)
+        self.addCleanup(globalLogPublisher.removeObserver, logged.append)
+        head = f.browser.request("HEAD", f"/login?token={token}")
+        self.assertEqual(head.code, 200)
+        self.assertEqual(int(head.header(b"content-length")),
+                         len(f.browser.get(f"/login?token={token}").body))
+        self.assertFalse([e for e in logged if token in formatEvent(e) + repr(e)])
+
     def test_a_get_route_refuses_post_naming_get_and_head(self):
         f = ConsoleFixture(self)
         f.login()
