@@ -1,9 +1,10 @@
 """
 C{twistd knockclient}: knock once, log the outcome, stop the reactor.
 
-twistd itself exits 0 whatever happens (the service cannot set its exit
-status); the outcome is in the log.  Use C{knocker knock} where a script
-needs the exit status.
+twistd itself exits 0 whatever the knock's outcome (the service cannot
+set its exit status); the outcome is in the log.  Use C{knocker knock}
+where a script needs the exit status.  Settings it cannot knock with end
+it at once, with status 1 and the problem on stderr.
 """
 
 import sys
@@ -29,7 +30,8 @@ class Options(usage.Options):
         "Knock once on a knocker server and stop.  Settings come from the "
         "[client] section of --config (see etc/knockclient.conf); any key "
         "can be overridden as --KEY VALUE.  The outcome is logged; twistd "
-        "exits 0 regardless, so use 'knocker knock' for an exit status."
+        "exits 0 whatever the outcome (1 for settings it cannot use), so use "
+        "'knocker knock' for the outcome as an exit status."
     )
     optParameters = [["config", "c", None, "INI file with a [client] section."]] + [
         [key.name, None, None, f"override '{key.name}': {key.allowed}"] for key in CLIENT_TABLE

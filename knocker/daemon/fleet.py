@@ -162,23 +162,36 @@ class DatabaseBook:
         copy = self._pending.get(client)
         return secret_id(copy[1].secret) if copy else None
 
+    def drop_pending(self, client: str, text: str) -> None:
+        """
+        From a database thread: forget C{text} as the pending copy (the
+        state refused it: the client was generated again or revoked, which
+        deleted the pending row with its sealed copy).
+        """
+        copy = self._pending.get(client)
+        if copy is not None and copy[0] == text:
+            del self._pending[client]
+
     def pending_text(self, client: str) -> str | None:
         """From a database thread: the pending copy, read again."""
         self.refresh_pending(client)
         copy = self._pending.get(client)
         return copy[0] if copy else None
 
-    def add_pending(self, kf) -> str:
+    def add_pending(self, kf, current_id: str | None = None) -> str | None:
         """
         From a database thread: the counter and the sealed copy at once.
         Returns the pending file's text: this one, or the one another
-        gateway drew first.
+        gateway drew first; C{None} if the client's current file is no
+        longer C{current_id} (generated again, or revoked, meanwhile).
         """
         from knocker.core.knockgen import format_knockfile
 
         text = self._store.add_pending_with_book(kf.client, len(kf.knocks), kf.secret,
-                                                 format_knockfile(kf))
-        self._pending[kf.client] = (text, parse_header(text[:4096], self.pending_path(kf.client)))
+                                                 format_knockfile(kf), current_id)
+        if text is not None:
+            self._pending[kf.client] = (text, parse_header(text[:4096],
+                                                           self.pending_path(kf.client)))
         return text
 
     def pending_secret(self, client: str, wanted_id: str) -> bytes | None:

@@ -49,6 +49,7 @@ class RenewalDraws:
             started=True,
         )
         self._drawing: dict[str, list[Deferred]] = {}
+        self._stopped = False
 
     def offer(self, client: str, now: float):
         """
@@ -70,6 +71,7 @@ class RenewalDraws:
 
     def stop(self) -> None:
         """Abandon every drawing (the daemon stops); their offers are not made."""
+        self._stopped = True
         self._cooperator.stop()
 
     def _draw(self, client: str, now: float) -> Deferred:
@@ -91,8 +93,18 @@ class RenewalDraws:
         done.addCallback(lambda _: "".join(parts))
         done.addCallback(self._write, client)
         done.addCallback(self._keep, client, state, secret)
-        done.addErrback(_stopped)
+        done.addErrback(self._abandoned)
         return done
+
+    def _abandoned(self, failure):
+        """
+        A drawing the daemon's stop cut short (in its batches, or while
+        its file was written): no offer, nothing to log.
+        """
+        if self._stopped:
+            return None
+        failure.trap(SchedulerStopped)
+        return None
 
     def _write(self, text: str, client: str) -> Deferred:
         return self._blocking(self._book.write_pending, client, text).addCallback(
@@ -101,8 +113,11 @@ class RenewalDraws:
     def _keep(self, text: str, client: str, state, secret: bytes):
         # Back on the reactor: kept only if the client's file is still the
         # one this file renews (not generated again or revoked meanwhile).
+        if self._stopped:
+            return None  # the state may be closed by now
         if not self._store.set_pending(client, state.knocks, secret,
                                        current_id=state.secret_id):
+            self._book.drop_pending(client, text)
             return None
         return text, True
 
@@ -117,11 +132,6 @@ class RenewalDraws:
 
 def _after_one() -> bool:
     return True
-
-
-def _stopped(failure) -> None:
-    failure.trap(SchedulerStopped)  # the daemon stopped: no offer, nothing to log
-    return None
 
 
 def _batches(lines, parts: list):

@@ -172,10 +172,13 @@ def prepare_offer(store, book, client: str, now, rng=None) -> tuple[str, bool] |
     kf = generate(client, store.pool(), state.knocks, book.ports_per_knock(client),
                   rng or secrets.SystemRandom(), secrets.token_bytes(32),
                   datetime.fromtimestamp(now, timezone.utc))
-    text = book.add_pending(kf)
+    text = book.add_pending(kf, current_id=state.secret_id)
+    if text is None:
+        return None  # a fleet's: generated again or revoked meanwhile
     if book.pending_id(text) != secret_id(kf.secret):
         return text, False  # another gateway of a fleet drew one first: that one
     if not store.set_pending(client, state.knocks, kf.secret, current_id=state.secret_id):
+        book.drop_pending(client, text)
         return None
     return text, True
 

@@ -170,11 +170,22 @@ class ClientBook:
     def pending_path(self, client: str) -> str:
         return os.path.join(self.directory, client + ".pending")
 
-    def add_pending(self, kf: KnockFile) -> str:
-        """Write the pending copy; returns its text."""
+    def add_pending(self, kf: KnockFile, current_id: str | None = None) -> str:
+        """
+        Write the pending copy; returns its text.  (C{current_id} is for a
+        fleet's book; here the state's L{set_pending} checks it.)
+        """
         text = format_knockfile(kf)
         self.write_pending(kf.client, text)
         return text
+
+    def drop_pending(self, client: str, text: str) -> None:
+        """Remove C{client}'s pending copy if it is still C{text}."""
+        if self.pending_text(client) == text:
+            try:
+                os.unlink(self.pending_path(client))
+            except FileNotFoundError:
+                pass
 
     def write_pending(self, client: str, text: str) -> None:
         """Write C{text} as C{client}'s pending copy (0600, atomically)."""

@@ -117,7 +117,8 @@ class MemoryStore:
 
     def set_pending(self, client, knocks, secret, current_id=None) -> bool:
         state = self._clients.get(client)
-        if current_id is not None and (state is None or state.secret_id != current_id):
+        if current_id is not None and (state is None or state.secret_id != current_id
+                                       or self._revoked.get(client) == current_id):
             return False
         self._pending[client] = ClientState(client, 1, knocks, secret_id(secret))
         return True

@@ -644,29 +644,45 @@ class PostgresStore:
         dropped (L{add_pending_with_book} keeps both at once).
         """
         return self._run(lambda c: c.execute(
-            "INSERT INTO pending (client, knocks, secret_id) SELECT %s, %s, %s "
-            "WHERE %s::text IS NULL OR EXISTS "
-            "(SELECT 1 FROM clients WHERE id = %s AND secret_id = %s) "
-            "ON CONFLICT (client) DO UPDATE SET knocks = excluded.knocks, "
+            "INSERT INTO pending (client, knocks, secret_id) SELECT %(client)s, %(knocks)s, "
+            "%(new)s WHERE " + _STILL_CURRENT +
+            " ON CONFLICT (client) DO UPDATE SET knocks = excluded.knocks, "
             "secret_id = excluded.secret_id, sealed = CASE WHEN "
             "pending.secret_id = excluded.secret_id THEN pending.sealed END",
-            (client, knocks, secret_id(secret), current_id, client, current_id)).rowcount > 0)
+            {"client": client, "knocks": knocks, "new": secret_id(secret),
+             "current": current_id}).rowcount > 0)
 
-    def add_pending_with_book(self, client: str, knocks: int, secret: bytes, text: str) -> str:
+    def add_pending_with_book(self, client: str, knocks: int, secret: bytes, text: str,
+                              current_id: str | None = None) -> str | None:
         """
         L{set_pending} and the pending file's sealed copy in one statement,
         unless another pending file with its copy is there already (drawn
         meanwhile by another gateway, or thread): the first one drawn is
         kept, so every offer sends the same file.  Returns the text of the
-        pending file kept.
+        pending file kept; C{None} if, with C{current_id}, the client's
+        current file is no longer that one, or is revoked.
         """
         sealed = self._need_box().seal(client, text.encode("utf-8"))
-        row = self._run(lambda c: c.execute(
-            "INSERT INTO pending (client, knocks, secret_id, sealed) VALUES (%s, %s, %s, %s) "
-            "ON CONFLICT (client) DO UPDATE SET knocks = excluded.knocks, "
-            "secret_id = excluded.secret_id, sealed = excluded.sealed "
-            "WHERE pending.sealed IS NULL RETURNING client",
-            (client, knocks, secret_id(secret), sealed)).fetchone())
+        values = {"client": client, "knocks": knocks, "new": secret_id(secret),
+                  "sealed": sealed, "current": current_id}
+
+        def work(conn):
+            with conn.transaction():
+                # the client's row locked, as register and revoke lock it
+                conn.execute("SELECT 1 FROM clients WHERE id = %(client)s FOR UPDATE", values)
+                if not conn.execute("SELECT " + _STILL_CURRENT, values).fetchone()[0]:
+                    return None, False
+                row = conn.execute(
+                    "INSERT INTO pending (client, knocks, secret_id, sealed) "
+                    "VALUES (%(client)s, %(knocks)s, %(new)s, %(sealed)s) "
+                    "ON CONFLICT (client) DO UPDATE SET knocks = excluded.knocks, "
+                    "secret_id = excluded.secret_id, sealed = excluded.sealed "
+                    "WHERE pending.sealed IS NULL RETURNING client", values).fetchone()
+                return row, True
+
+        row, current = self._run(work)
+        if not current:
+            return None
         if row is not None:
             return text
         kept = self.pending_book(client)
@@ -853,6 +869,17 @@ def _cancel_invitations(conn, client: str) -> None:
     """Inside the caller's transaction."""
     conn.execute("UPDATE invitations SET tries = 0, attempts = 0 "
                  "WHERE client = %s AND NOT used AND tries > 0", (client,))
+
+
+#: With C{current}, whether C{client}'s current file is that one and not
+#: revoked (C{set_pending} and C{add_pending_with_book}: a file drawn to renew
+#: a generation replaced or revoked meanwhile is not kept).
+_STILL_CURRENT = (
+    "(%(current)s::text IS NULL OR (EXISTS "
+    "(SELECT 1 FROM clients WHERE id = %(client)s AND secret_id = %(current)s) "
+    "AND NOT EXISTS (SELECT 1 FROM revocations "
+    "WHERE client = %(client)s AND secret_id = %(current)s)))"
+)
 
 
 def _revoked_now(conn, client: str) -> bool:

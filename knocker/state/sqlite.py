@@ -271,12 +271,13 @@ class SQLiteStore:
                     current_id: str | None = None) -> bool:
         with self._transaction():
             cursor = self._db.execute(
-                "INSERT INTO pending (id, knocks, secret_id) SELECT ?, ?, ? "
-                "WHERE ? IS NULL OR EXISTS "
-                "(SELECT 1 FROM clients WHERE id = ? AND secret_id = ?) "
+                "INSERT INTO pending (id, knocks, secret_id) SELECT ?1, ?2, ?3 "
+                "WHERE ?4 IS NULL OR (EXISTS "
+                "(SELECT 1 FROM clients WHERE id = ?1 AND secret_id = ?4) AND NOT EXISTS "
+                "(SELECT 1 FROM revoked WHERE id = ?1 AND secret_id = ?4)) "
                 "ON CONFLICT (id) DO UPDATE SET knocks = excluded.knocks, "
                 "secret_id = excluded.secret_id",
-                (client, knocks, secret_id(secret), current_id, client, current_id))
+                (client, knocks, secret_id(secret), current_id))
         return cursor.rowcount > 0
 
     def pending(self, client: str) -> ClientState | None:

@@ -89,6 +89,35 @@ class RenewalDrawsTests(SynchronousTestCase):
         _, result = self.turns_until(drawn)
         self.assertIsNone(result)
         self.assertIsNone(self.h.store.pending("alice"))
+        self.assertFalse(os.path.exists(self.h.book.pending_path("alice")), "no copy left")
+
+    def test_revoked_meanwhile_keeps_nothing(self):
+        drawn = self.draws.offer("alice", 1_800_000_000)
+        self.turns.turn()
+        self.h.store.revoke("alice")
+        _, result = self.turns_until(drawn)
+        self.assertIsNone(result)
+        self.assertIsNone(self.h.store.pending("alice"))
+        self.assertFalse(os.path.exists(self.h.book.pending_path("alice")), "no copy left")
+
+    def test_stopping_while_the_file_is_written_keeps_nothing(self):
+        from twisted.internet.defer import Deferred
+
+        writing = []
+
+        def blocking(f, *args):  # a thread still writing when the daemon stops
+            writing.append(Deferred())
+            return writing[-1].addCallback(lambda _: f(*args))
+
+        draws = RenewalDraws(self.h.store, self.h.book, self.turns, blocking)
+        drawn = draws.offer("alice", 1_800_000_000)
+        while not writing:
+            self.turns.turn()
+        draws.stop()
+        self.h.store.close()  # as the daemon's stop does, before the thread is done
+        writing[0].callback(None)
+        self.assertIsNone(self.successResultOf(drawn))
+        self.assertEqual(self.flushLoggedErrors(), [])
 
     def test_an_offer_asked_while_drawing_gets_the_same_file(self):
         first = self.draws.offer("alice", 1_800_000_000)

@@ -48,23 +48,37 @@ class RenewalTests(DaemonCase):
 
     def test_a_big_file_is_renewed_while_the_daemon_serves(self):
         """
-        A file of 20,000 knocks: its renewal is drawn on the reactor in
-        slices and written in a thread (knocker.daemon.renewals).  The first
-        knock OPENs and takes the whole new file; another client's knock,
-        straight after, OPENs too.
+        A file of 50,000 knocks: its renewal is drawn on the reactor a batch
+        a turn and written in a thread (knocker.daemon.renewals), about half
+        a second here.  Another client's knock, started once the first one's
+        OPEN is in the audit log, OPENs before that renewal is offered: the
+        daemon served it mid-drawing (drawn in one go, it waited).  The first
+        client takes the whole new file.
         """
-        self.configure(renew_at=20_000)
-        big = self.generate("alice", knocks=20_000, ports=3)
+        import time
+
+        self.configure(renew_at=50_000)
+        big = self.generate("alice", knocks=50_000, ports=3)
         other = self.generate("bob", knocks=9, ports=3)
         self.start()
-        result = self.knock(big)
-        self.assertEqual(result.returncode, 0, result.stdout + result.stderr)
-        self.assertIn("renewed", result.stdout)
-        renewed = parse_knockfile(read_private(big), big)
-        self.assertEqual(len(renewed.knocks), 20_000)
-        self.assertEqual([e["new"] for e in self.events("renew-offer")], [True])
+        first = subprocess.Popen(
+            [sys.executable, "-m", "knocker.main", "knock", "--server",
+             f"tcp:host=127.0.0.1:port={self.port}", "--knock-file", big,
+             "--log-file", os.path.join(self.dir, "client.log")],
+            env=environment(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        self.addCleanup(first.kill)
+        deadline = time.monotonic() + 30
+        while not self.events("open") and time.monotonic() < deadline:
+            time.sleep(0.005)
         result = self.knock(other)
         self.assertEqual(result.returncode, 0, result.stdout + result.stderr)
+        out, err = first.communicate(timeout=60)
+        self.assertEqual(first.returncode, 0, out + err)
+        self.assertIn("renewed", out)
+        self.assertEqual(len(parse_knockfile(read_private(big), big).knocks), 50_000)
+        order = [(e["event"], e["client"]) for e in self.events()
+                 if e["event"] == "open" or e["event"] == "renew-offer" and e["client"] == "alice"]
+        self.assertEqual(order, [("open", "alice"), ("open", "bob"), ("renew-offer", "alice")])
 
     def test_knock_start_up_loads_no_enrolment_module(self):
         """

@@ -432,6 +432,27 @@ class Section10Tests(SynchronousTestCase):
         self.assertEqual(two.add_pending_with_book("alice", 7, second, "second"), "first")
         self.assertEqual(two.pending("alice").secret_id, secret_id(first))
 
+    def test_a_pending_file_for_a_replaced_or_revoked_file_is_not_kept(self):
+        """
+        Drawn for the file C{current_id} names, but it was generated again,
+        or revoked, meanwhile: neither counter nor sealed copy is kept.
+        """
+        from knocker.state.interface import secret_id
+
+        store = self.store()
+        store.register("alice", 5, SECRET)
+        old = secret_id(SECRET)
+        store.register("alice", 5, bytes(range(50, 82)))  # generate --force
+        self.assertIsNone(store.add_pending_with_book("alice", 7, bytes(range(200, 232)),
+                                                      "renewed", old))
+        self.assertIsNone(store.pending("alice"))
+        self.assertIsNone(store.pending_book("alice"))
+        store.register("alice", 5, SECRET)
+        store.revoke("alice")
+        self.assertIsNone(store.add_pending_with_book("alice", 7, bytes(range(200, 232)),
+                                                      "renewed", old))
+        self.assertIsNone(store.pending("alice"))
+
     def test_set_pending_for_another_secret_drops_the_copy(self):
         store = self.store()
         store.register("alice", 5, SECRET)

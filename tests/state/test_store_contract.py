@@ -395,6 +395,16 @@ class RenewalContract:
         self.assertTrue(self.store.set_pending("alice", 9, NEW_SECRET,
                                                current_id=secret_id(SECRET)))
         self.assertEqual(self.store.pending("alice").secret_id, secret_id(NEW_SECRET))
+        self.assertTrue(self.store.set_pending("alice", 5, NEW_SECRET,
+                                               current_id=secret_id(SECRET)))
+        self.assertEqual(self.store.pending("alice").knocks, 5, "replaced, when current")
+
+    def test_set_pending_not_for_a_revoked_file_when_asked(self):
+        self.store.register("alice", 9, SECRET)
+        self.store.revoke("alice")
+        self.assertFalse(self.store.set_pending("alice", 9, NEW_SECRET,
+                                                current_id=secret_id(SECRET)))
+        self.assertIsNone(self.store.pending("alice"))
 
     def test_set_pending_replaces(self):
         self.store.register("alice", 9, SECRET)
