@@ -153,12 +153,19 @@ class CentralProtocol(LineOnlyReceiver):
             self._waiting = True
             sends.addCallbacks(self._sent_later, self._exchange_failed)
             return
+        # In one write: a renewed file is a line per 400 bytes (135 for
+        # 1000 knocks, 14,000 for 100,000), one send each otherwise.
+        lines = []
         for send in sends:
             if send.fault:
                 self._server.protocol_error(self.ip, send.fault)
-            self._write(send.line)
+            lines.append(send.line)
             if send.close:
+                self._write(b"".join(lines))
+                lines = []
                 self._close_exchange()
+        if lines:
+            self._write(b"".join(lines))
 
     def _sent_later(self, sends) -> None:
         if self._waiting and not self._lost:

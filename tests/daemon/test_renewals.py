@@ -146,6 +146,32 @@ class OfferAfterOpenTests(SynchronousTestCase):
         self.h.clock.advance(0)
         self.assertTrue(transport.value().startswith(b"OPEN\nOFFER "))
 
+    def test_the_sealed_file_goes_out_in_one_write(self):
+        from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
+        from knocker.core import handshake as hs
+        from knocker.enrol import keys
+        from knocker.enrol.renewal import _raw
+
+        line, proto, transport, _ = self.h.handshake()
+        grant = hs.parse_reply(line.rstrip(b"\n"))
+        for port in self.h.files["alice"].knock(grant.index):
+            self.h.hit("192.0.2.10", port)
+        self.h.clock.advance(0)
+        self.assertIn(b"\nOFFER ", transport.value())
+        transport.clear()
+        writes = []
+        write = transport.write
+        transport.write = lambda data: (writes.append(data), write(data))
+        public = keys.b64(_raw(X25519PrivateKey.generate().public_key())).encode()
+        proto.dataReceived(b"ACCEPT " + public + b"\n")
+        self.assertEqual(len(writes), 1)
+        lines = writes[0].split(b"\n")[:-1]
+        count = int(lines[0].split()[1])
+        self.assertGreater(count, 10)
+        self.assertEqual(len(lines), 1 + count)
+        self.assertTrue(all(each.startswith(b"DATA ") for each in lines[1:]))
+
     def test_no_offer_to_a_client_revoked_while_it_was_drawn(self):
         grant, transport = self.h.knock()
         self.h.server.revoke("alice")
