@@ -1,7 +1,8 @@
 """
 The knocker-only benchmarks (bench/inprocess.py, scale.py, clients.py,
-durability.py) run on a tiny size and write sane JSON.  No timing is
-asserted: figures belong to bench/, the suite only keeps the scripts working.
+durability.py, renewal_stall.py and the rest below) run on a tiny size and
+write sane JSON.  No timing is asserted: figures belong to bench/, the
+suite only keeps the scripts working.
 """
 
 import json
@@ -45,6 +46,13 @@ class KnockerBenchTests(SynchronousTestCase):
         profile = report["profile"]
         self.assertPositive(profile["total_ms_per_knock"], "profile total")
         self.assertTrue(profile["top_tottime"])
+
+    def test_renewal_stall(self):
+        report = self.run_bench("renewal_stall.py")
+        self.assertEqual(set(report["ways"]), {"batched", "in-one-go"})
+        for way, summary in report["ways"].items():
+            self.assertPositive(summary["ready_ms"], way)
+            self.assertGreater(summary["samples"][0]["probe_calls"], 0, way)
 
     def test_scale(self):
         report = self.run_bench("scale.py")
