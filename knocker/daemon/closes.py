@@ -45,27 +45,27 @@ class _Runs:
     def __init__(self):
         self._entries: dict[int | str, list] = {}  # key -> [count, waiters]
 
-    def begin(self, close_id: int) -> None:
-        self._entries.setdefault(close_id, [0, []])[0] += 1
+    def begin(self, key: int | str) -> None:
+        self._entries.setdefault(key, [0, []])[0] += 1
 
-    def end(self, close_id: int) -> None:
-        entry = self._entries.get(close_id)
+    def end(self, key: int | str) -> None:
+        entry = self._entries.get(key)
         if entry is None:
             return
         entry[0] -= 1
         if entry[0] <= 0:
-            del self._entries[close_id]
+            del self._entries[key]
             for waiter in entry[1]:
                 waiter.callback(None)
 
-    def __contains__(self, close_id: int) -> bool:
-        return close_id in self._entries
+    def __contains__(self, key: int | str) -> bool:
+        return key in self._entries
 
-    def done(self, close_id: int) -> defer.Deferred:
+    def done(self, key: int | str) -> defer.Deferred:
         """
-        Fires once nothing runs for C{close_id} (at once if nothing does).
+        Fires once nothing runs for C{key} (at once if nothing does).
         """
-        entry = self._entries.get(close_id)
+        entry = self._entries.get(key)
         if entry is None:
             return defer.succeed(None)
         waiter = defer.Deferred()

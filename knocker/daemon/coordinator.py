@@ -87,7 +87,7 @@ class KnockServer:
         self._audit = audit
         self._sessions: dict[Slot, object] = {}
         self._granted_ids: dict[Slot, str] = {}  # the secret id of each granted file
-        self._refused: dict[Slot, bool] = {}  # verdicts that became FAIL revoked
+        self._refused: set[Slot] = set()  # verdicts that became FAIL revoked
         self._stopped = False
         self._dummy_secret = secrets.token_bytes(32)
         self.tracker = tracker
@@ -385,7 +385,7 @@ class KnockServer:
     def _offered(self, made, ip: str, client: str, nonce: str, state, secret: bytes):
         from knocker.enrol.renewal import RenewServer
 
-        if made is None or self._stopped or self._revoked.get(client) == state.secret_id:
+        if made is None or self._stopped or self.is_revoked(state):
             return None  # replaced or revoked while the new file was drawn
         text, new = made
         self._audit.record("renew-offer", ip=ip, client=client, left=state.left, new=new)
@@ -592,7 +592,7 @@ class KnockServer:
         self.tracker.release(slot)
         # Audited before it is sent, as a GRANT is.
         if revoked:
-            self._refused[slot] = True
+            self._refused.add(slot)
             self._audit.record("fail", ip=slot.ip, client=slot.client, index=slot.index,
                                reason="revoked")
             self._verdict(slot, hs.Fail("revoked"))
@@ -606,7 +606,8 @@ class KnockServer:
 
     def _log_verdict(self, result, slot: Slot) -> None:
         """The log line of a verdict already sent (the client need not wait for it)."""
-        if self._refused.pop(slot, False):
+        if slot in self._refused:
+            self._refused.discard(slot)
             log.warn("knock {index} of {client} from {ip}: the file was revoked while "
                      "on-success ran; its door is closed again", index=slot.index,
                      client=slot.client, ip=slot.ip)
