@@ -93,7 +93,7 @@ def make_phase_io(reactor, marks):
 
 def setup(reactor, workdir, knocks):
     from knocker.admin.clients import generate_client
-    from knocker.client.knock import load_knockfile
+    from knocker.client.command import load_knockfile
     from knocker.core.config import parse_client_config
     from knocker.core.serverconfig import parse_server_config
     from knocker.daemon.service import KnockServerService

@@ -12,8 +12,9 @@ interleaved in shuffled rounds with random pauses:
              stamps CLOCK_MONOTONIC around each step and then calls the real
              `knocker.main.main(["knock", "--config", FILE])`, the console
              script's own call; the steps are timed by wrapping the functions
-             knock_command calls (module attributes, looked up at call time),
-             so the code path is the installed one:
+             knock_command calls (module attributes, looked up at call time;
+             those of the modules the knock loads after HELLO are wrapped as
+             they load), so the code path is the installed one:
                interpreter start   spawn -> first line of CODE (exec, the
                                    runtime, site and its .pth files)
                imports             knocker.main and knocker.client.command
@@ -22,13 +23,16 @@ interleaved in shuffled rounds with random pauses:
                args                parse_knock_args
                config read         load_client_config (read + parse FILE)
                file check          load_knockfile (mode 0600, header)
-               connect             TCP connect to the central port
-               handshake           connected -> first hit (HELLO, CHALLENGE,
-                                   PROOF, GRANT; the MAC code loads after
-                                   HELLO is sent, and FILE.checked is read
-                                   and the whole-file check runs after PROOF
-                                   is sent: `file check (whole)` is that
-                                   check)
+               hello               connect to the central port and say HELLO
+                                   (knocker.client.tcp.EarlyHello)
+               protocol imports    the driver, the coroutine and the protocol,
+                                   loaded while CHALLENGE is on its way
+               handshake           the driver takes the connection -> first
+                                   hit (CHALLENGE, PROOF, GRANT; the MAC code
+                                   loads after HELLO is sent, and FILE.checked
+                                   is read and the whole-file check runs after
+                                   PROOF is sent: `file check (whole)` is
+                                   that check)
                hits                first hit's connect -> last hit's close
                verdict             last hit -> OPEN read (the daemon runs
                                    on-success, then answers)
@@ -63,11 +67,30 @@ _M = time.CLOCK_MONOTONIC
 T = [("start", _now(_M))]
 def mark(name):
     T.append((name, _now(_M)))
+
+# Modules the knock loads late (after HELLO) get their wrappers as they load,
+# so the instrumented run loads what the real one loads, when it does.
+import sys
+import importlib.machinery as _machinery
+AFTER = {}
+class _Hook:
+    def find_spec(self, name, path, target=None):
+        if name not in AFTER:
+            return None
+        spec = _machinery.PathFinder.find_spec(name, path, target)
+        real = spec.loader.exec_module
+        def exec_module(module):
+            real(module)
+            AFTER[name](module)
+        spec.loader.exec_module = exec_module
+        return spec
+sys.meta_path.insert(0, _Hook())
+mark("hooked")
+
 import knocker.main
 mark("imported knocker.main")
 import knocker.client.command as cmd
-mark("imported knocker.client.command")
-import knocker.client.knock as kn
+import knocker.client.tcp as tcp
 import knocker.core.config as cfg
 import knocker.core.knockfile as kf
 import knocker.files
@@ -85,27 +108,33 @@ def wrap(owner, attr, name):
 
 wrap(cmd, "parse_knock_args", "args")
 wrap(cfg, "load_client_config", "config")
-wrap(kn, "load_knockfile", "load_knockfile")
+wrap(cmd, "load_knockfile", "load_knockfile")
 wrap(kf.KnockFileText, "check", "whole_check")
-wrap(kn, "log_attempt", "log")
-wrap(kn, "remember_checked", "remember")
+wrap(tcp.EarlyHello, "__init__", "hello")
 
-class Driver(cmd.BlockingDriver):
-    async def connect(self, endpoint, timeout):
-        mark("connect <")
-        try:
-            return await super().connect(endpoint, timeout)
-        finally:
-            mark("connect >")
-    async def hit(self, host, port, timeout):
-        mark("hit <")
-        try:
-            return await super().hit(host, port, timeout)
-        finally:
-            mark("hit >")
-cmd.BlockingDriver = Driver
+def knock_loaded(kn):
+    wrap(kn, "log_attempt", "log")
+    wrap(kn, "remember_checked", "remember")
+AFTER["knocker.client.knock"] = knock_loaded
 
-import os, sys
+def driver_loaded(bd):
+    class Driver(bd.BlockingDriver):
+        async def connect(self, endpoint, timeout):
+            mark("connect <")
+            try:
+                return await super().connect(endpoint, timeout)
+            finally:
+                mark("connect >")
+        async def hit(self, host, port, timeout):
+            mark("hit <")
+            try:
+                return await super().hit(host, port, timeout)
+            finally:
+                mark("hit >")
+    bd.BlockingDriver = Driver
+AFTER["knocker.client.blocking_driver"] = driver_loaded
+
+import os
 rc = knocker.main.main(["knock", "--config", sys.argv[1]])
 mark("returned")
 sys.stdout.flush()
@@ -117,9 +146,9 @@ sys.exit(rc)
 FLOOR_CODE = ("import os, time; "
               "os.write(2, b'T %d\\n' % time.clock_gettime_ns(time.CLOCK_MONOTONIC))")
 
-PHASES = ("interpreter start", "imports", "args", "config read", "file check", "connect",
-          "handshake", "file check (whole, in handshake)", "hits", "verdict", "log write",
-          "remember checked", "print + return", "interpreter exit")
+PHASES = ("interpreter start", "imports", "args", "config read", "file check", "hello",
+          "protocol imports", "handshake", "file check (whole, in handshake)", "hits",
+          "verdict", "log write", "remember checked", "print + return", "interpreter exit")
 
 
 def phases_of(t0, t_exit, stamps):
@@ -132,12 +161,13 @@ def phases_of(t0, t_exit, stamps):
     hits_start, hits_end = first["hit <"], last["hit >"]
     out = {
         "interpreter start": ms(t0, first["start"]),
-        "imports": ms(first["start"], first["imported config, knockfile, files"]),
+        "imports": ms(first["hooked"], first["imported config, knockfile, files"]),
         "args": ms(first["args <"], first["args >"]),
         "config read": ms(first["config <"], first["config >"]),
         "file check": ms(first["load_knockfile <"], first["load_knockfile >"]),
-        "connect": ms(first["connect <"], first["connect >"]),
-        "handshake": ms(first["connect >"], hits_start),
+        "hello": ms(first["hello <"], first["hello >"]),
+        "protocol imports": ms(first["hello >"], first["connect <"]),
+        "handshake": ms(first["connect <"], hits_start),
         "file check (whole, in handshake)": ms(first["whole_check <"], first["whole_check >"]),
         "hits": ms(hits_start, hits_end),
         "verdict": ms(hits_end, first["log <"]),
@@ -153,6 +183,7 @@ def phases_of(t0, t_exit, stamps):
     # coroutine's set-up): what no phase above holds
     covered = sum(v for k, v in out.items()
                   if k not in ("total", "file check (whole, in handshake)"))
+    covered += ms(first["start"], first["hooked"])  # the instrument's own set-up
     out["between phases"] = out["total"] - covered
     return out
 

@@ -210,8 +210,9 @@ def ssh_door(report, out):
 
 
 def phases(report, out):
-    order = ("interpreter start", "imports", "args", "config read", "file check", "connect",
-             "handshake", "file check (whole, in handshake)", "hits", "verdict", "log write",
+    order = ("interpreter start", "imports", "args", "config read", "file check", "hello",
+             "protocol imports", "handshake", "file check (whole, in handshake)", "hits",
+             "verdict", "log write",
              "remember checked", "print + return", "interpreter exit", "between phases", "total")
     got = report["phases_ms"]
     rows = [[name, f"{got[name]['p50']:.2f}", f"{got[name]['p95']:.2f}"]

@@ -95,7 +95,7 @@ def resolve(host: str, port: int, seconds: float = 5.0) -> list[tuple]:
 
     @raise OSError: the name does not resolve (in time).
     """
-    from knocker.client.blocking_driver import getaddrinfo_within
+    from knocker.client.tcp import getaddrinfo_within
 
     try:
         name = host.encode("ascii")  # bytes: a str would load the idna codec
@@ -255,8 +255,7 @@ def connect_command(argv: list[str]) -> int:
 
 def _connect(argv: list[str]) -> int:
     from knocker.client.command import USAGE as KNOCK_USAGE
-    from knocker.client.command import check_servers, parse_knock_args, run_knock
-    from knocker.client.knock import load_knockfile
+    from knocker.client.command import check_servers, load_knockfile, parse_knock_args, run_knock
     from knocker.core.config import ConfigError, load_client_config
 
     try:

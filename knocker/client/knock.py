@@ -77,42 +77,24 @@ class KnockResult(Record):
         return f"{text} ({self.detail})" if self.detail else text
 
 
-def load_knockfile(config):
-    """
-    The client's portknock file named by C{config}: mode 0600 and its header
-    checked now, its knocks during the handshake (see
-    L{knocker.core.knockfile.KnockFileText}).
-
-    @raise ValueError: no file set, unsafe, unreadable or malformed; the
-        message names the file.
-    """
-    from knocker.core.knockfile import KnockFileText
-    from knocker.files import read_private
-
-    if config.knock_file is None:
-        raise ValueError(
-            "no portknock file: set knock-file in the [client] section or pass --knock-file"
-        )
-    try:
-        return KnockFileText(read_private(config.knock_file), config.knock_file)
-    except OSError as error:
-        raise ValueError(f"{config.knock_file}: cannot read: {error.strerror}") from None
-
-
-async def knock(io, config, knockfile, uniform=None) -> KnockResult:
+async def knock(io, config, knockfile, uniform=None, began=None) -> KnockResult:
     """
     Knock once, retrying BUSY up to C{config.busy_retries} times with a
     growing, jittered pause; log the attempt to C{config.log_file}.
 
     The whole knock, retries included, ends within C{config.timeout}: one
-    deadline, taken now from C{io.now()}, bounds every connection, line,
+    deadline, taken from C{io.now()}, bounds every connection, line,
     knock and pause; a wait that would pass it ends the knock as
     L{Outcome.NO_VERDICT}.
 
     @param uniform: C{uniform(a, b)} for the jitter (default: L{random}).
+    @param began: C{io.now()} when the knock began, if before this call (a
+        driver that said HELLO early); the deadline counts from then.
     """
     started = time.time()
-    deadline = _Deadline(io, config.timeout)
+    if began is not None:
+        started -= max(0.0, io.now() - began)
+    deadline = _Deadline(io, config.timeout, began)
     attempts = 0
     while True:
         attempts += 1
@@ -150,10 +132,10 @@ class _Deadline:
     # reads it (float rounding): that close counts as reached.
     SLACK = 0.01
 
-    def __init__(self, io, seconds: float):
+    def __init__(self, io, seconds: float, began: float | None = None):
         self._io = io
         self.seconds = seconds
-        self._end = io.now() + seconds
+        self._end = (io.now() if began is None else began) + seconds
 
     def remaining(self) -> float:
         return self._end - self._io.now()
@@ -193,7 +175,9 @@ async def _attempt(io, config, knockfile, deadline) -> KnockResult:
     index, ports = None, ()
     doing = "while waiting for the server's reply"
     try:
-        conn.send(machine.hello().line)
+        hello = machine.hello().line
+        if getattr(conn, "greeted", None) != hello:  # not said early by the driver
+            conn.send(hello)
         machine.prepare()
         while True:
             line = await conn.readline(deadline.bound(config.timeout))
@@ -205,6 +189,7 @@ async def _attempt(io, config, knockfile, deadline) -> KnockResult:
                 # The whole file, while the server decides (FILE.checked is
                 # read only now, off the way to HELLO).
                 knockfile.check(read_checked(config))
+                machine.prepare()
             elif isinstance(action, hs.KnockPorts):
                 index, ports = action.index, action.ports
                 io.say(f"granted knock {index}: knocking {conn.peer_host} ports {ports}")

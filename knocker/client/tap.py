@@ -54,7 +54,7 @@ class Options(usage.Options):
         self.postOptions()
 
     def postOptions(self):
-        from knocker.client.knock import load_knockfile
+        from knocker.client.command import load_knockfile
 
         overrides = {key.name: self[key.name] for key in CLIENT_TABLE
                      if self.get(key.name) is not None}

@@ -9,11 +9,11 @@ every client driver; it computes its HMACs with L{knocker.core.mac}, which start
 faster than the C{hmac} module the server uses.
 """
 
+from knocker.core.hello import MAGIC, format_hello
 from knocker.core.knockfile import KnockFile, is_digits, is_hex64, valid_client_id
 from knocker.core.record import Record
 
 MAX_LINE = 512
-MAGIC = "KNOCKER/1"
 _REASON_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789-")
 
 
@@ -77,10 +77,6 @@ def parse_request(line: bytes) -> Hello | Proof:
             raise ProtocolError("bad-proof")
         return Proof(words[1])
     raise ProtocolError("malformed")
-
-
-def format_hello(client: str) -> bytes:
-    return f"{MAGIC} HELLO {client}\n".encode("ascii")
 
 
 def format_proof(mac: str) -> bytes:
@@ -242,13 +238,18 @@ class ClientHandshake:
     def hello(self) -> SendLine:
         return SendLine(format_hello(self._kf.client))
 
-    @staticmethod
-    def prepare() -> None:
+    def prepare(self) -> None:
         """
-        Load what the CHALLENGE will need; call it once HELLO is sent, when
-        the time it takes is spent waiting for the server anyway.
+        Load what the server's next line will need, while it is on its way
+        (the time is spent waiting for the server anyway): the MAC once
+        HELLO is sent, the comparison of the GRANT's MAC once PROOF is.
         """
-        import knocker.core.mac  # noqa: F401
+        if self._nonce is None:
+            import knocker.core.mac  # noqa: F401
+        else:
+            from knocker.core.mac import prepare_comparison
+
+            prepare_comparison()
 
     @property
     def nonce(self) -> str | None:

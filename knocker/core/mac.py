@@ -12,19 +12,19 @@ Comparison is the standard library's own constant-time function: the one
 C{hmac.compare_digest} is when OpenSSL is absent.
 """
 
-from _operator import _compare_digest
+import sys
 
-try:  # Python 3.12 and later keep every SHA-2 in one built-in module
-    from _sha2 import sha256
-except ImportError:
-    try:
+try:  # the module's name is asked for once: a miss searches all of sys.path
+    if sys.version_info >= (3, 12):  # every SHA-2 in one built-in module
+        from _sha2 import sha256
+    else:
         from _sha256 import sha256
-    except ImportError:  # an interpreter built without it: OpenSSL it is
-        from hashlib import sha256
+except ImportError:  # an interpreter built without it: OpenSSL it is
+    from hashlib import sha256
 
 BLOCK = 64  # SHA-256 block size, bytes
-_INNER = bytes(x ^ 0x36 for x in range(256))
-_OUTER = bytes(x ^ 0x5C for x in range(256))
+_IPAD = int.from_bytes(b"\x36" * BLOCK, "big")
+_OPAD = int.from_bytes(b"\x5c" * BLOCK, "big")
 
 
 def hmac_sha256(key: bytes, message: bytes) -> bytes:
@@ -33,9 +33,16 @@ def hmac_sha256(key: bytes, message: bytes) -> bytes:
     """
     if len(key) > BLOCK:
         key = sha256(key).digest()
-    key = key.ljust(BLOCK, b"\0")
-    inner = sha256(key.translate(_INNER) + message).digest()
-    return sha256(key.translate(_OUTER) + inner).digest()
+    padded = int.from_bytes(key.ljust(BLOCK, b"\0"), "big")
+    inner = sha256((padded ^ _IPAD).to_bytes(BLOCK, "big") + message).digest()
+    return sha256((padded ^ _OPAD).to_bytes(BLOCK, "big") + inner).digest()
+
+
+def prepare_comparison() -> None:
+    """
+    Load L{digests_equal}'s function, while the client waits for its GRANT.
+    """
+    import _operator  # noqa: F401
 
 
 def digests_equal(a: bytes | str, b: bytes | str) -> bool:
@@ -43,4 +50,6 @@ def digests_equal(a: bytes | str, b: bytes | str) -> bool:
     Whether two MACs are equal, in time that does not depend on where they
     differ.  Both bytes, or both ASCII text.
     """
+    from _operator import _compare_digest
+
     return _compare_digest(a, b)

@@ -141,8 +141,9 @@ def run(server: str, slot: int, words: str, timeout: float = 30.0) -> Result:
     """
     L{enroll} with the driver C{knocker knock} would use for C{server}.
     """
-    from knocker.client.blocking_driver import BlockingDriver, plain_tcp
+    from knocker.client.blocking_driver import BlockingDriver
     from knocker.client.knock import run_blocking
+    from knocker.client.tcp import plain_tcp
 
     if plain_tcp(server) is not None:
         return run_blocking(enroll(BlockingDriver(), server, slot, words, timeout))

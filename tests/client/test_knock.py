@@ -47,6 +47,7 @@ class ScriptedIO:
 
 class ScriptedConnection:
     peer_host = "192.0.2.1"
+    greeted = None
 
     def __init__(self, io, replies):
         self._io = io
@@ -122,6 +123,31 @@ class KnockCoroutineTests(SynchronousTestCase):
         self.assertEqual(io.hits, [4, 5, 6])
         self.assertEqual(io.sent[0], b"KNOCKER/1 HELLO alice\n")
         self.assertEqual(io.sent[1], f"PROOF {hs.hello_mac(SECRET, 'alice', NONCE)}\n".encode())
+
+    def test_hello_said_early_is_not_said_again(self):
+        class Greeted(ScriptedIO):
+            async def connect(self, endpoint, timeout):
+                conn = await super().connect(endpoint, timeout)
+                if len(self.scripts) == 1:  # the first connection only
+                    conn.greeted = b"KNOCKER/1 HELLO alice\n"
+                return conn
+
+        busy_then_open = [f"CHALLENGE {NONCE}".encode(), b"BUSY 1"]
+        io = Greeted(busy_then_open, [f"CHALLENGE {NONCE}".encode(), grant(2), b"OPEN"])
+        result = self.run_knock(io, **{"busy-retries": 1})
+        self.assertEqual(result.outcome, Outcome.OPEN)
+        proof = f"PROOF {hs.hello_mac(SECRET, 'alice', NONCE)}\n".encode()
+        # The retry's connection was not greeted: it says HELLO itself.
+        self.assertEqual(io.sent, [proof, b"KNOCKER/1 HELLO alice\n", proof])
+
+    def test_a_knock_begun_earlier_has_only_what_is_left_of_its_timeout(self):
+        io = TimedIO([f"CHALLENGE {NONCE}".encode(), grant(2), b"OPEN"])
+        io.clock = 4.0
+        result = run_blocking(knock(io, config(timeout=10, **{"connect-timeout": 9}), KF,
+                                    began=1.0))
+        self.assertEqual(result.outcome, Outcome.OPEN)
+        self.assertEqual(io.timeouts[0], ("connect", 7.0))
+        self.assertEqual(io.timeouts[1], ("readline", 7.0))
 
     def test_busy_is_polled_sooner_than_the_other_knocks_window(self):
         """

@@ -16,8 +16,8 @@ import random
 import threading
 import time
 
-from knocker.client.command import run_knock
-from knocker.client.knock import Outcome, load_knockfile
+from knocker.client.command import load_knockfile, run_knock
+from knocker.client.knock import Outcome
 from knocker.core.config import parse_client_config
 from knocker.daemon.audit import read_audit
 from tests.helpers.processes import Daemon, DaemonCase, free_port, read_lines, write_recorder

@@ -1,0 +1,186 @@
+"""
+Plain TCP for C{knocker knock}: endpoints, addresses, a connection within a
+deadline, and the knock's first line said early.
+
+Only C{_socket} is imported here (not C{socket}, which loads enum and
+selectors): the command loads this module, reads its configuration and
+portknock file, and says HELLO (L{EarlyHello}) before it loads the protocol's
+code, so that the server's CHALLENGE comes back while the client imports.
+"""
+
+import _socket
+import time
+
+
+def plain_tcp(endpoint: str) -> tuple[str, int] | None:
+    """
+    C{(host, port)} for a plain C{tcp:host=H:port=P} or C{tcp:H:P} client
+    endpoint, or C{None} for anything this driver leaves to Twisted.
+    """
+    if "\\" in endpoint:
+        return None
+    kind, *fields = endpoint.split(":")
+    if kind != "tcp":
+        return None
+    named = {}
+    positional = []
+    for field in fields:
+        key, sep, value = field.partition("=")
+        if sep:
+            named[key] = value
+        else:
+            positional.append(field)
+    host = named.pop("host", positional[0] if positional else None)
+    port = named.pop("port", positional[1] if len(positional) > 1 else None)
+    if named or len(positional) > 2 or not host or not port or not port.isdigit():
+        return None
+    return host, int(port)
+
+
+def addresses(host: str, port: int, seconds: float) -> list[tuple]:
+    """
+    C{getaddrinfo}'s answer for C{host} within C{seconds}, found without it
+    for an address written out (the hits go to the central connection's
+    peer address: six resolver calls saved on every knock).
+    """
+    for family in (_socket.AF_INET, _socket.AF_INET6):
+        try:
+            _socket.inet_pton(family, host)
+        except (OSError, ValueError):
+            continue
+        return [(family, _socket.SOCK_STREAM, _socket.IPPROTO_TCP, "", (host, port))]
+    # Bytes, not str: a str host would load the idna codec (and re).
+    return getaddrinfo_within(host.encode("ascii", "strict"), port, seconds)
+
+
+def getaddrinfo_within(name, port: int, seconds: float) -> list[tuple]:
+    """
+    C{getaddrinfo(name, port)} for stream sockets, given C{seconds}: the C
+    resolver has no deadline of its own (one that never answers held a knock
+    10 s past a 2 s timeout), so it runs in a thread of its own, left to
+    finish alone if it is late.  (C{_thread}, not C{threading}: it costs the
+    knock nothing to import.)
+
+    @raise TimeoutError: no answer in time.
+    """
+    import _thread
+
+    answered = _thread.allocate_lock()
+    answered.acquire()
+    outcome = []
+
+    def resolve():
+        try:
+            outcome.append(_socket.getaddrinfo(name, port, 0, _socket.SOCK_STREAM))
+        except BaseException as failure:  # handed to the caller
+            outcome.append(failure)
+        finally:
+            answered.release()
+
+    _thread.start_new_thread(resolve, ())
+    if not answered.acquire(True, max(0.0, seconds)):
+        shown = name.decode("ascii", "replace") if isinstance(name, bytes) else name
+        raise TimeoutError(f"no answer from the resolver for {shown} within {seconds:.1f}s")
+    if isinstance(outcome[0], BaseException):
+        raise outcome[0]
+    return outcome[0]
+
+
+def timed_out() -> OSError:
+    return TimeoutError("timed out")
+
+
+def connect_within(host: str, port: int, deadline: float):
+    """
+    A blocking socket connected to C{host}:C{port} by C{deadline}
+    (monotonic), trying each address in turn within it.
+    """
+    last = None
+    for family, kind, proto, _, address in addresses(host, port, deadline - time.monotonic()):
+        left = deadline - time.monotonic()
+        if left <= 0:  # settimeout(0) would make the socket non-blocking
+            raise last or timed_out()
+        sock = _socket.socket(family, kind, proto)
+        sock.settimeout(left)
+        try:
+            sock.connect(address)
+            return sock
+        except OSError as failure:
+            sock.close()
+            last = failure
+    raise last or OSError(f"no address for {host}")
+
+
+def connect_central(endpoint: str, timeout: float):
+    """
+    A socket connected to the central port at C{endpoint} (plain TCP) within
+    C{timeout}, Nagle off: each line of the exchange goes out at once.
+
+    @raise OSError: not reached in time, refused, no address.
+    @raise OverflowError, UnicodeError, ValueError: a port past 65535, a
+        host name that is not ASCII.
+    """
+    host, port = plain_tcp(endpoint)
+    sock = connect_within(host, port, time.monotonic() + timeout)
+    try:
+        sock.setsockopt(_socket.IPPROTO_TCP, _socket.TCP_NODELAY, 1)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+class EarlyHello:
+    """
+    The first server of a knock, connected and greeted with C{line} (its
+    HELLO) as soon as the command knows them, before the protocol's code is
+    loaded.  The driver hands the connection to the knock's first attempt as
+    if it had just opened it (L{take}); whatever failed here is raised then,
+    as the driver's own connect would have raised it.  Nothing is decided
+    here: a CHALLENGE is read, and the PROOF made, by the handshake as ever.
+    """
+
+    def __init__(self, endpoint: str, line: bytes, timeout: float, clock=time.monotonic):
+        self.endpoint = endpoint
+        self.line = line
+        self.began = clock()
+        self.sock = None
+        self.peer_host = None
+        self.failure = None
+        self.said = False
+        try:
+            self.sock = connect_central(endpoint, timeout)
+            # Now: a server that turns us away (a full central port) may
+            # have closed by the time the knock takes the connection.
+            self.peer_host = self.sock.getpeername()[0]
+        except (OSError, OverflowError, UnicodeError, ValueError) as failure:
+            if self.sock is not None:
+                self.sock.close()
+                self.sock = None
+            self.failure = failure
+            return
+        try:
+            self.sock.sendall(line)
+            self.said = True
+        except OSError:
+            pass  # the knock's own send of HELLO meets the failure and reports it
+
+    def take(self, endpoint: str):
+        """
+        C{(socket, peer address, said)} for the knock's first connection if
+        it goes to this server, once; C{None} otherwise.
+
+        @raise: what connecting raised.
+        """
+        if endpoint != self.endpoint or (self.sock is None and self.failure is None):
+            return None
+        sock, failure, self.sock, self.failure = self.sock, self.failure, None, None
+        if failure is not None:
+            raise failure
+        return sock, self.peer_host, self.said
+
+    def close(self) -> None:
+        """Hang up a connection no knock took."""
+        if self.sock is not None:
+            self.sock.close()
+            self.sock = None

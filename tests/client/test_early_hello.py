@@ -1,0 +1,182 @@
+"""
+HELLO said early: C{knocker knock} on plain TCP connects to its first
+server and says HELLO before it loads the protocol's code, then knocks on
+that connection as on any other.  Checked over real loopback sockets
+against a small scripted server: the server hears HELLO once, the knock goes
+on to PROOF, a dead first server is passed over, and the command has not
+loaded the protocol when HELLO goes out.
+"""
+
+import os
+import socket
+import subprocess
+import sys
+import threading
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from knocker.client.command import run_knock
+from knocker.client.knock import Outcome
+from knocker.client.tcp import EarlyHello
+from knocker.core import handshake as hs
+from knocker.core.config import parse_client_config
+from knocker.core.knockfile import KnockFile, KnockFileText
+from knocker.core.knockgen import format_knockfile
+from knocker.files import write_private
+from tests.helpers.processes import environment, free_port
+
+SECRET = bytes(range(32))
+KF = KnockFile("alice", SECRET, 3, "2026-11-25T10:00:00Z", ((1, 2, 3), (4, 5, 6)))
+NONCE = "cd" * 32
+
+
+class DenyingServer:
+    """
+    A central port that answers every exchange with a CHALLENGE, then DENIED
+    once a valid PROOF has come (ERROR for anything else); it keeps the
+    lines each connection sent.
+    """
+
+    def __init__(self):
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.listener.settimeout(10)
+        self.port = self.listener.getsockname()[1]
+        self.exchanges = []
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def _serve(self):
+        try:
+            while True:
+                conn, _ = self.listener.accept()
+                with conn:
+                    conn.settimeout(10)
+                    self._exchange(conn.makefile("rb"), conn)
+        except OSError:
+            pass  # closed by the test
+
+    def _exchange(self, lines, conn):
+        heard = []
+        self.exchanges.append(heard)
+        hello = lines.readline()
+        heard.append(hello)
+        conn.sendall(f"CHALLENGE {NONCE}\n".encode())
+        proof = lines.readline()
+        heard.append(proof)
+        good = proof == f"PROOF {hs.hello_mac(SECRET, 'alice', NONCE)}\n".encode()
+        conn.sendall(b"DENIED\n" if good else b"ERROR bad-proof\n")
+        heard.extend(iter(lines.readline, b""))  # whatever else comes before the close
+
+    def close(self):
+        try:
+            self.listener.shutdown(socket.SHUT_RDWR)  # wakes the accept (Linux)
+        except OSError:
+            pass
+        self.listener.close()
+        self._thread.join(10)
+
+
+def client_config(server: str, directory: str):
+    return parse_client_config(overrides={
+        "server": server, "knock-file": os.path.join(directory, "alice.knock"),
+        "log-file": os.path.join(directory, "client.log"), "timeout": "5",
+        "connect-timeout": "2"})
+
+
+class EarlyHelloTests(SynchronousTestCase):
+    def setUp(self):
+        self.server = DenyingServer()
+        self.addCleanup(self.server.close)
+        self.dir = os.path.abspath(self.mktemp())
+        os.makedirs(self.dir, mode=0o700)
+        self.knock_file = os.path.join(self.dir, "alice.knock")
+        write_private(self.knock_file, format_knockfile(KF))
+
+    def knockfile(self):
+        with open(self.knock_file) as handle:
+            return KnockFileText(handle.read(), self.knock_file)
+
+    def test_the_server_hears_hello_once_then_the_proof(self):
+        config = client_config(f"tcp:127.0.0.1:{self.server.port}", self.dir)
+        result = run_knock(config, self.knockfile())
+        self.assertEqual(result.outcome, Outcome.DENIED)
+        self.assertEqual(self.server.exchanges, [[
+            b"KNOCKER/1 HELLO alice\n",
+            f"PROOF {hs.hello_mac(SECRET, 'alice', NONCE)}\n".encode(),
+        ]])
+
+    def test_a_dead_first_server_is_passed_over(self):
+        dead = free_port()
+        config = client_config(f"tcp:127.0.0.1:{dead} tcp:127.0.0.1:{self.server.port}",
+                               self.dir)
+        result = run_knock(config, self.knockfile())
+        self.assertEqual(result.outcome, Outcome.DENIED)
+        self.assertEqual([heard[0] for heard in self.server.exchanges],
+                         [b"KNOCKER/1 HELLO alice\n"])
+
+    def test_all_dead_is_unreachable_naming_the_servers(self):
+        dead = free_port()
+        config = client_config(f"tcp:127.0.0.1:{dead}", self.dir)
+        result = run_knock(config, self.knockfile())
+        self.assertEqual(result.outcome, Outcome.UNREACHABLE)
+        self.assertIn(f"tcp:127.0.0.1:{dead}", result.message())
+        self.assertIn("refused", result.message().lower())
+
+    def test_hello_goes_out_before_the_protocol_is_loaded(self):
+        config_path = os.path.join(self.dir, "client.conf")
+        with open(config_path, "w") as handle:
+            handle.write(f"[client]\nserver = tcp:host=127.0.0.1:port={self.server.port}\n"
+                         f"knock-file = {self.knock_file}\n"
+                         f"log-file = {os.path.join(self.dir, 'client.log')}\n")
+        code = (
+            "import sys\n"
+            "from knocker.client import tcp\n"
+            "said = tcp.EarlyHello.__init__\n"
+            "def watched(self, *args, **kwargs):\n"
+            "    loaded = [m for m in ('knocker.core.handshake', 'knocker.client.knock',\n"
+            "              'knocker.client.blocking_driver', 'knocker.core.mac')\n"
+            "              if m in sys.modules]\n"
+            "    said(self, *args, **kwargs)\n"
+            "    print('LOADED AT HELLO', loaded, self.said, flush=True)\n"
+            "tcp.EarlyHello.__init__ = watched\n"
+            "from knocker.main import main\n"
+            f"sys.exit(main(['knock', '--config', {config_path!r}]))\n"
+        )
+        done = subprocess.run([sys.executable, "-c", code], env=environment(),
+                              capture_output=True, text=True, timeout=60)
+        self.assertIn("LOADED AT HELLO [] True", done.stdout, done.stderr[-500:])
+        self.assertIn("denied", done.stderr.lower())
+        self.assertEqual(len(self.server.exchanges), 1)
+
+
+class TakeTests(SynchronousTestCase):
+    def test_taken_once_and_only_for_its_server(self):
+        with socket.create_server(("127.0.0.1", 0)) as listener:
+            endpoint = f"tcp:127.0.0.1:{listener.getsockname()[1]}"
+            early = EarlyHello(endpoint, b"KNOCKER/1 HELLO alice\n", 2)
+            self.addCleanup(early.close)
+            self.assertIsNone(early.take("tcp:127.0.0.1:1"))
+            sock, peer_host, said = early.take(endpoint)
+            self.addCleanup(sock.close)
+            self.assertEqual((peer_host, said), ("127.0.0.1", True))
+            self.assertIsNone(early.take(endpoint))
+            conn, _ = listener.accept()
+            with conn:
+                self.assertEqual(conn.recv(100), b"KNOCKER/1 HELLO alice\n")
+
+    def test_a_failure_is_raised_when_taken(self):
+        endpoint = f"tcp:127.0.0.1:{free_port()}"
+        early = EarlyHello(endpoint, b"KNOCKER/1 HELLO alice\n", 2)
+        self.assertRaises(ConnectionRefusedError, early.take, endpoint)
+        self.assertIsNone(early.take(endpoint))
+
+    def test_an_untaken_connection_is_hung_up(self):
+        with socket.create_server(("127.0.0.1", 0)) as listener:
+            early = EarlyHello(f"tcp:127.0.0.1:{listener.getsockname()[1]}",
+                               b"KNOCKER/1 HELLO alice\n", 2)
+            early.close()
+            conn, _ = listener.accept()
+            with conn:
+                conn.settimeout(5)
+                self.assertEqual(conn.recv(100), b"KNOCKER/1 HELLO alice\n")
+                self.assertEqual(conn.recv(100), b"")  # the client hung up
