@@ -59,9 +59,9 @@ def _generation_of(state, secret: bytes):
     return state, secret
 
 
-def _renewal_due(state, renew_at: int | None) -> bool:
+def _renewal_due(left: int, knocks: int, renew_at: int | None) -> bool:
     """Knocks left down to renew-at (a third of the file by default)."""
-    return 0 < state.left <= (state.knocks // 3 if renew_at is None else renew_at)
+    return 0 < left <= (knocks // 3 if renew_at is None else renew_at)
 
 
 class KnockServer:
@@ -79,6 +79,7 @@ class KnockServer:
         self.config = config
         self._blocking = blocking  # f(*args) in a thread, as a Deferred (the daemon's)
         self._draws = None  # renewed files being drawn (made when first needed)
+        self._due_at_grant: dict[str, bool] = {}  # client: renewal due after its last grant
         self._clock = clock
         self._wall = wall or WallTime(clock)
         self._store = store
@@ -251,7 +252,7 @@ class KnockServer:
         if index != state.next_index:
             self._audit.record("exhausted", ip=ip, client=client)
             return hs.Exhausted()
-        return self._grant(index, ports, secret, state.secret_id, ip, client, nonce, session)
+        return self._grant(index, ports, secret, state, ip, client, nonce, session)
 
     def _burned(self, index, state, ports, secret, ip, client, nonce, session):
         """
@@ -286,7 +287,7 @@ class KnockServer:
                           index=index, client=client, error=error)
                 self._audit.record("error", ip=ip, client=client, reason="client-file")
                 return hs.Error("server-error")
-        return self._grant(index, ports, secret, state.secret_id, ip, client, nonce, session)
+        return self._grant(index, ports, secret, state, ip, client, nonce, session)
 
     def _store_failed(self, failure, ip, client):
         """
@@ -299,10 +300,12 @@ class KnockServer:
                            detail=str(failure.value))
         return hs.Error("server-error")
 
-    def _grant(self, index, ports, secret, granted_id, ip, client, nonce, session):
+    def _grant(self, index, ports, secret, state, ip, client, nonce, session):
         slot = self.tracker.grant(ip, client, index, ports)
         self._sessions[slot] = session
-        self._granted_ids[slot] = granted_id
+        self._granted_ids[slot] = state.secret_id
+        self._due_at_grant[client] = _renewal_due(state.knocks - index, state.knocks,
+                                                  self.config.renew_at)
         # Audited before it is sent: a client never holds a GRANT the audit
         # log lacks, whenever the daemon dies.  The log line can wait.
         self._audit.record("grant", ip=ip, client=client, index=index,
@@ -361,12 +364,16 @@ class KnockServer:
         """
         if self.config.renew_at == 0:
             return None  # renewal off: no state to read on every OPEN
+        if not self._due_at_grant.pop(client, True):
+            # Not due when this knock was granted: no state read before the
+            # client hears the connection end (a renewal comes at a later OPEN).
+            return None
         return self._guarded(None, "preparing a renewal for {client}", client,
                              lambda: then(self._store.client(client), self._offer,
                                           ip, client, nonce))
 
     def _offer(self, state, ip: str, client: str, nonce: str):
-        if state is None or not _renewal_due(state, self.config.renew_at):
+        if state is None or not _renewal_due(state.left, state.knocks, self.config.renew_at):
             return None
         secret = self._book.secret(client, state.secret_id)
         # A fleet draws it in its database threads (its book is there).
@@ -681,6 +688,10 @@ class KnockServer:
         session = self._sessions.pop(slot, None)
         if session is not None:
             session.finish(reply)
+        # Sent: the client's next knock, read now, costs its GRANT a stat.
+        read_ahead = getattr(self._book, "read_ahead", None)
+        if read_ahead is not None:
+            read_ahead(slot.client, slot.index + 1)
 
     def _run(self, which: str, program: tuple[str, ...], ip: str, client: str, index: int,
              verdict=None, **extra):

@@ -3,6 +3,8 @@ The coordinator and the central-port protocol over StringTransport, with a
 fake clock, a fake action runner and an in-memory audit log.
 """
 
+import os
+
 from twisted.trial.unittest import SynchronousTestCase
 
 from knocker.core import handshake as hs
@@ -411,6 +413,78 @@ class BookTests(SynchronousTestCase):
         h.book.secret("alice", state.secret_id)
         self.assertEqual(h.book.knock("alice", 50), fresh.knock(50))
         self.assertEqual(h.book.knock("alice", 1), fresh.knock(1))
+
+
+class ReadAheadTests(SynchronousTestCase):
+    """
+    After a verdict the book reads the client's next knock, so that granting
+    it costs a stat; a file changed in any way since is read again (and
+    refused, if it must be).
+    """
+
+    def counting_opens(self):
+        import knocker.state.book as book
+
+        opened = []
+        real = book.open_private
+
+        def counted(path):
+            opened.append(path)
+            return real(path)
+
+        self.patch(book, "open_private", counted)
+        return opened
+
+    def test_the_next_knock_is_read_after_the_verdict(self):
+        h = Harness(self, knocks=10)
+        grant, transport = h.knock()
+        self.assertEqual((grant.index, transport.value()), (1, b"OPEN\n"))
+        opened = self.counting_opens()
+        self.assertEqual(h.book.knock("alice", 2), h.files["alice"].knock(2))
+        self.assertEqual(opened, [])
+        # Taken once: asked again, it is read from the file.
+        self.assertEqual(h.book.knock("alice", 2), h.files["alice"].knock(2))
+        self.assertEqual(len(opened), 1)
+
+    def test_another_knock_than_the_one_read_ahead_is_read(self):
+        h = Harness(self, knocks=10)
+        h.book.read_ahead("alice", 2)
+        opened = self.counting_opens()
+        self.assertEqual(h.book.knock("alice", 5), h.files["alice"].knock(5))
+        self.assertEqual(len(opened), 1)
+
+    def test_a_file_opened_to_others_since_is_refused(self):
+        from knocker.core.knockfile import KnockFileError
+
+        h = Harness(self, knocks=10)
+        h.book.read_ahead("alice", 2)
+        os.chmod(h.book.path("alice"), 0o644)
+        with self.assertRaises(KnockFileError) as caught:
+            h.book.knock("alice", 2)
+        self.assertIn("open to group or others", str(caught.exception))
+
+    def test_a_file_rewritten_since_is_read_again(self):
+        from knocker.files import read_private, write_private
+
+        h = Harness(self, knocks=10)
+        h.book.read_ahead("alice", 2)
+        path = h.book.path("alice")
+        text = read_private(path)
+        line = next(line for line in text.splitlines() if line.startswith("2 "))
+        ports = line.split()[1].split(",")
+        swapped = "2 " + ",".join(reversed(ports))
+        write_private(path, text.replace(line, swapped))
+        self.assertEqual(h.book.knock("alice", 2),
+                         tuple(int(port) for port in reversed(ports)))
+
+    def test_a_knock_the_file_lacks_is_left_to_the_grant_to_refuse(self):
+        from knocker.core.knockfile import KnockFileError
+
+        h = Harness(self, knocks=3)
+        h.book.read_ahead("alice", 4)  # past the end: nothing kept, nothing raised
+        with self.assertRaises(KnockFileError) as caught:
+            h.book.knock("alice", 4)
+        self.assertIn("no knock number 4", str(caught.exception))
 
 
 class StoreFailureTests(SynchronousTestCase):

@@ -52,6 +52,22 @@ class PendingToCurrentTests(TestCase):
         self.assertEqual(h.audit.of("renew-offer"), [])
         self.assertIsNone(h.store.pending("alice"))
 
+    def test_an_open_reads_the_state_again_only_when_a_renewal_may_be_due(self):
+        """
+        Whether a renewal is due is known at the GRANT: until it is, the
+        OPEN and the close after it wait for no state read.
+        """
+        h, c = renewing(self)  # 9 knocks: due from 3 left, after knock 6
+        reads = []
+        real = h.store.client
+        self.patch(h.store, "client", lambda client: reads.append(client) or real(client))
+        for _ in range(5):
+            self.assertEqual(c.knock(), hs.Open())
+        self.assertEqual(len(reads), 5)  # each PROOF's, nothing at OPEN
+        self.assertEqual(c.knock(), hs.Open())
+        self.assertGreater(len(reads), 6)  # knock 6: its PROOF's, then the OPEN's, ...
+        self.assertEqual(len(h.audit.of("renew-offer")), 1)
+
     def test_a_thief_of_the_old_file_takes_the_renewal(self):
         """
         docs/protocol.md: no man in the middle needed.  A copy of the file
