@@ -8,7 +8,11 @@ on 127.0.0.1 -- the command users actually type, with a client config like
 etc/knockclient.conf and its log-file ON.  Beside it, `VENV/bin/python -c pass`
 from the same venv: the interpreter's start-up, the floor no knock can beat.
 A knock is start-up bound (most of it is the interpreter and imports), so
-"p50 - floor" is the part a change to knocker itself can move.
+"p50 - floor" is the part a change to knocker itself can move.  Beside each
+wall time, the CPU the process used (user + system, from getrusage of the
+reaped child): it leaves out every wait, so on a shared machine, where the
+wall time's spread hides a change of a few tenths of a millisecond, it
+still shows what a change did to the client's own work.
 
 Each --tree is a venv (give its bin/python) holding a normal (not editable)
 install of some knocker checkout; each gets its own daemon, temp dir, server
@@ -31,6 +35,7 @@ import argparse
 import json
 import os
 import random
+import resource
 import shutil
 import signal
 import socket
@@ -140,10 +145,23 @@ class Tree:
         return [self.python, "-c", "pass"]
 
 
+def children_cpu():
+    """CPU seconds (user + system) of every child reaped so far."""
+    used = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return used.ru_utime + used.ru_stime
+
+
 def timed(tree, entry):
-    """Seconds from just before spawn to exit, or (None, reason) on failure."""
+    """
+    C{(seconds from just before spawn to exit, CPU seconds the process
+    used)}, or C{(None, reason)} on failure.  The CPU figure is far steadier
+    than the wall time on a shared machine: it leaves out every wait (the
+    daemon, the disk, other tenants), so it shows a change in the client's
+    own work when the wall time's noise hides it.
+    """
     if entry == "knock" and tree.daemon.poll() is not None:
         raise RuntimeError("%s: daemon exited:\n%s" % (tree.label, tree.log_tail()))
+    cpu0 = children_cpu()
     t0 = time.perf_counter()
     p = subprocess.Popen(tree.argv(entry), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                          stderr=subprocess.PIPE, env=tree.env, cwd=tree.dir)
@@ -156,7 +174,7 @@ def timed(tree, entry):
     t = time.perf_counter() - t0
     if p.returncode != 0:
         return None, "exit %s: %s" % (p.returncode, err.decode(errors="replace").strip()[-300:])
-    return t, None
+    return t, children_cpu() - cpu0
 
 
 def main():
@@ -173,6 +191,7 @@ def main():
     trees = [Tree(*spec.split("=", 1), args.on_success) for spec in args.tree]
     entries = [(t, e) for t in trees for e in ("knock", "python -c pass")]
     times = {(t.label, e): [] for t, e in entries}
+    cpus = {(t.label, e): [] for t, e in entries}
     fails = {(t.label, e): [] for t, e in entries}
     try:
         for t in trees:
@@ -182,12 +201,13 @@ def main():
             rng.shuffle(order)
             for t, e in order:
                 time.sleep(rng.uniform(0.05, 0.3))
-                s, why = timed(t, e)
-                if why:
-                    (fails[t.label, e].append(why) if rnd else
-                     print("warm-up %s %s failed: %s" % (t.label, e, why), file=sys.stderr))
+                s, cpu = timed(t, e)
+                if s is None:
+                    (fails[t.label, e].append(cpu) if rnd else
+                     print("warm-up %s %s failed: %s" % (t.label, e, cpu), file=sys.stderr))
                 elif rnd:
                     times[t.label, e].append(s * 1000)
+                    cpus[t.label, e].append(cpu * 1000)
     finally:
         for t in trees:
             t.stop()
@@ -198,16 +218,20 @@ def main():
             "tree": t.label, "entry": e, "python": t.python, "n": len(v),
             "failures": len(fails[t.label, e]), "failure_reasons": fails[t.label, e][:5],
             "p50_ms": percentile(v, 50), "p95_ms": percentile(v, 95),
-            "min_ms": min(v, default=NAN), "max_ms": max(v, default=NAN), "samples_ms": v}
+            "min_ms": min(v, default=NAN), "max_ms": max(v, default=NAN), "samples_ms": v,
+            "cpu_p50_ms": percentile(cpus[t.label, e], 50), "cpu_samples_ms": cpus[t.label, e]}
     for t in trees:
         k, f = stats[t.label + " knock"], stats[t.label + " python -c pass"]
         k["p50_minus_floor_ms"] = k["p50_ms"] - f["p50_ms"]
-    print("%-28s %4s %5s %8s %8s %8s %8s %10s" % ("entry (ms)", "n", "fail", "p50", "p95", "min",
-                                                  "max", "p50-floor"))
+        k["cpu_p50_minus_floor_ms"] = k["cpu_p50_ms"] - f["cpu_p50_ms"]
+    print("%-28s %4s %5s %8s %8s %8s %8s %10s %8s %10s" % (
+        "entry (ms)", "n", "fail", "p50", "p95", "min", "max", "p50-floor", "CPU p50", "CPU-floor"))
     for name, s in stats.items():
-        print("%-28s %4d %5d %8.2f %8.2f %8.2f %8.2f %s" % (
+        knock = "p50_minus_floor_ms" in s
+        print("%-28s %4d %5d %8.2f %8.2f %8.2f %8.2f %10s %8.2f %10s" % (
             name, s["n"], s["failures"], s["p50_ms"], s["p95_ms"], s["min_ms"], s["max_ms"],
-            "%10.2f" % s["p50_minus_floor_ms"] if "p50_minus_floor_ms" in s else ""))
+            "%.2f" % s["p50_minus_floor_ms"] if knock else "", s["cpu_p50_ms"],
+            "%.2f" % s["cpu_p50_minus_floor_ms"] if knock else ""))
         for why in s["failure_reasons"]:
             print("    failed: " + why)
     ratios = []
@@ -216,12 +240,16 @@ def main():
             kb, ka = stats[b.label + " knock"], stats[a.label + " knock"]
             ratios.append({"a": b.label, "b": a.label, "knock_p50": div(kb["p50_ms"], ka["p50_ms"]),
                            "minus_floor_p50": div(kb["p50_minus_floor_ms"],
-                                                  ka["p50_minus_floor_ms"])})
+                                                  ka["p50_minus_floor_ms"]),
+                           "cpu_minus_floor_p50_ms": (kb["cpu_p50_minus_floor_ms"]
+                                                      - ka["cpu_p50_minus_floor_ms"])})
     if ratios:
-        print("\nratios a / b of knock p50, and of knock p50 minus floor p50:")
+        print("\nratios a / b of knock p50, and of knock p50 minus floor p50; the client's CPU"
+              " over its floor, a - b:")
         for r in ratios:
-            print("  %-12s / %-12s  knock %.3f   minus floor %.3f"
-                  % (r["a"], r["b"], r["knock_p50"], r["minus_floor_p50"]))
+            print("  %-12s / %-12s  knock %.3f   minus floor %.3f   CPU %+.2f ms"
+                  % (r["a"], r["b"], r["knock_p50"], r["minus_floor_p50"],
+                     r["cpu_minus_floor_p50_ms"]))
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"runs": args.runs, "seed": args.seed, "on_success": args.on_success,
