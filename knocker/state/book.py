@@ -4,9 +4,10 @@ C{state-dir/clients/CLIENT.knock}.
 
 Startup reads only each file's header (secret and size), so ten thousand
 clients cost ten thousand small reads, not ten million knock lines; at each
-grant the file is read again and only the granted knock's line is checked
-(format, and every port in the pool).  Files come from 'knocker generate',
-which writes them whole and checked.
+grant only the granted knock's line is checked (format, and every port in
+the pool), read from the file then, or after the client's previous verdict
+and taken if a stat finds the file unchanged since.  Files come from
+'knocker generate', which writes them whole and checked.
 """
 
 import os
