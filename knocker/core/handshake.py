@@ -1,16 +1,18 @@
 """
-The central-port protocol (docs/spec.md section 4), free of I/O.
+The central-port protocol (docs/spec.md section 4), free of I/O: its
+messages, and the client's half.
 
-Lines in, lines out: L{parse_request} and L{parse_reply} turn a line into a
-message or raise L{ProtocolError}; the C{format_*} helpers do the opposite;
+Lines in, lines out: L{parse_reply} turns a line into a message or raises
+L{ProtocolError}; the C{format_*} helpers do the opposite (the HELLO line's
+is in L{knocker.core.hello}, the server's in L{knocker.core.serverhandshake});
 L{hello_message} and L{grant_message} are what the two HMACs cover.
 L{ClientHandshake} is the client's side as a small state machine, shared by
 every client driver; it computes its HMACs with L{knocker.core.mac}, which starts
 faster than the C{hmac} module the server uses.
 """
 
-from knocker.core.hello import MAGIC, format_hello
-from knocker.core.knockfile import KnockFile, is_digits, is_hex64, valid_client_id
+from knocker.core.hello import format_hello
+from knocker.core.knockfile import KnockFile, is_digits, is_hex64
 from knocker.core.record import Record
 
 MAX_LINE = 512
@@ -56,27 +58,6 @@ def grant_mac(secret: bytes, client: str, nonce: str, index: int) -> str:
 
 
 # Requests (client to server).
-
-
-class Hello(Record):
-    __slots__ = ("client",)
-
-
-class Proof(Record):
-    __slots__ = ("mac",)
-
-
-def parse_request(line: bytes) -> Hello | Proof:
-    words = _words(line)
-    if len(words) == 3 and words[:2] == [MAGIC, "HELLO"]:
-        if not valid_client_id(words[2]):
-            raise ProtocolError("bad-client-id")
-        return Hello(words[2])
-    if len(words) == 2 and words[0] == "PROOF":
-        if not is_hex64(words[1]):
-            raise ProtocolError("bad-proof")
-        return Proof(words[1])
-    raise ProtocolError("malformed")
 
 
 def format_proof(mac: str) -> bytes:
@@ -125,31 +106,8 @@ class Fail(Record):
 Reply = Challenge | Grant | Busy | Locked | Denied | Exhausted | Error | Open | Fail
 
 
-def format_reply(reply: Reply) -> bytes:
-    match reply:
-        case Challenge(nonce):
-            text = f"CHALLENGE {nonce}"
-        case Grant(index, window, mac):
-            text = f"GRANT {index} {window} {mac}"
-        case Busy(seconds):
-            text = f"BUSY {seconds}"
-        case Locked(seconds):
-            text = f"LOCKED {seconds}"
-        case Denied():
-            text = "DENIED"
-        case Exhausted():
-            text = "EXHAUSTED"
-        case Error(reason):
-            text = f"ERROR {reason}"
-        case Open():
-            text = "OPEN"
-        case Fail(reason):
-            text = f"FAIL {reason}"
-    return (text + "\n").encode("ascii")
-
-
 def parse_reply(line: bytes) -> Reply:
-    words = _words(line)
+    words = line_words(line)
     match words:
         case ["CHALLENGE", nonce] if is_hex64(nonce):
             return Challenge(nonce)
@@ -178,7 +136,7 @@ def _is_reason(text: str) -> bool:
     return 0 < len(text) <= 64 and text[0] != "-" and all(c in _REASON_CHARS for c in text)
 
 
-def _words(line: bytes) -> list[str]:
+def line_words(line: bytes) -> list[str]:
     if len(line) > MAX_LINE:
         raise ProtocolError("line-too-long")
     try:
@@ -298,110 +256,3 @@ class ClientHandshake:
             raise ProtocolError(f"reply {type(reply).__name__.upper()} out of turn")
         self._finished = True
         return Finished(reply)
-
-
-# The server's side.
-
-
-class Respond(Record):
-    """
-    The adapter should write C{reply}, then close if C{close}.  C{fault} is
-    set when the reply is an C{ERROR} for a peer that broke the protocol
-    (logged, but not a failed attempt: it proves nothing).
-    """
-
-    __slots__ = ("reply", "close", "fault")
-    _defaults = {"close": False, "fault": False}
-
-
-class Judge(Record):
-    """
-    The handshake is complete: the coordinator must decide the reply to
-    C{client}'s C{proof} of C{nonce}, then hand it to L{ServerHandshake.judged}.
-    """
-
-    __slots__ = ("client", "nonce", "proof")
-
-
-class ServerHandshake:
-    """
-    The server's half of one central connection, as a state machine: lines
-    in (L{receive}), what to send out; the verdict itself is the
-    coordinator's (L{Judge}).  C{new_nonce} makes the CHALLENGE.
-    """
-
-    def __init__(self, new_nonce):
-        self._new_nonce = new_nonce
-        self.client: str | None = None
-        self._nonce: str | None = None
-        self.judging = False   # a PROOF is with the coordinator
-        self.granted = False
-        self.answered = False  # the last word of a granted knock was sent
-        self.done = False
-
-    def receive(self, line: bytes) -> Respond | Judge | None:
-        """
-        One line from the peer; C{None} once the exchange is over (late
-        lines are ignored).
-        """
-        if self.done:
-            return None
-        try:
-            request = parse_request(line)
-        except ProtocolError as error:
-            return self.fault(str(error))
-        if self.granted:
-            return self.fault("unexpected-line")
-        if self.judging:
-            # One PROOF a connection: a store that answers later must not be
-            # asked again (each answer would burn a number or cost a lookup).
-            return self.fault("out-of-turn")
-        if isinstance(request, Hello) and self._nonce is None:
-            self.client = request.client
-            self._nonce = self._new_nonce()
-            return Respond(Challenge(self._nonce))
-        if isinstance(request, Proof) and self._nonce is not None:
-            self.judging = True
-            return Judge(self.client, self._nonce, request.mac)
-        return self.fault("out-of-turn")
-
-    def judged(self, reply: Reply) -> Respond | None:
-        """
-        The coordinator's answer to L{Judge}: a GRANT keeps the connection
-        open for the verdict, anything else ends it.  C{None} when the
-        exchange already ended meanwhile (the peer broke the protocol): a
-        GRANT then is the caller's to give up.
-        """
-        self.judging = False
-        if isinstance(reply, Grant) and not self.done:
-            self.granted = True
-            return Respond(reply)
-        return self.verdict(reply)
-
-    def verdict(self, reply: Reply) -> Respond | None:
-        """
-        The last word (OPEN, FAIL, or a refusal), sent once.
-        """
-        if self.done:
-            return None
-        self.done = True
-        self.answered = True
-        return Respond(reply, close=True)
-
-    @property
-    def knocking(self) -> bool:
-        """
-        Granted, and no last word sent: a connection that ends now leaves
-        its knock unfinished (a fault after GRANT is no verdict).
-        """
-        return self.granted and not self.answered
-
-    def fault(self, reason: str) -> Respond | None:
-        """
-        The peer broke the protocol (or let the handshake time out, or sent
-        an over-long line): C{ERROR <reason>} and close.
-        """
-        if self.done:
-            return None
-        self.done = True
-        return Respond(Error(reason), close=True, fault=True)

@@ -1,6 +1,6 @@
 """
 The central port: a thin adapter between TCP and
-L{knocker.core.handshake.ServerHandshake}, which decides what each line
+L{knocker.core.serverhandshake.ServerHandshake}, which decides what each line
 means, and the coordinator, which decides the verdict.
 """
 
@@ -16,6 +16,7 @@ from twisted.protocols.basic import LineOnlyReceiver
 from zope.interface import implementer
 
 from knocker.core import handshake as hs
+from knocker.core import serverhandshake as shs
 from knocker.core.sources import normalise_ip
 
 log = Logger()
@@ -75,7 +76,7 @@ class CentralProtocol(LineOnlyReceiver):
         self._clock = clock
         self._timeout = timeout
         self._timer = None
-        self._handshake = hs.ServerHandshake(server.new_nonce)
+        self._handshake = shs.ServerHandshake(server.new_nonce)
         self._exchange = None  # an enrolment, or a renewal after OPEN
         self._nonce = None
         self._lost = False
@@ -104,7 +105,7 @@ class CentralProtocol(LineOnlyReceiver):
             self._send(self._exchange.receive(line))
             return
         step = self._handshake.receive(line)
-        if isinstance(step, hs.Judge):
+        if isinstance(step, shs.Judge):
             self._cancel_timer()
             self._nonce = step.nonce
             proved_at = self._clock.seconds()
@@ -194,7 +195,7 @@ class CentralProtocol(LineOnlyReceiver):
     def lineLengthExceeded(self, line):
         self._apply(self._handshake.fault("line-too-long"))
 
-    def _send_at(self, moment: float, step: hs.Respond) -> None:
+    def _send_at(self, moment: float, step: shs.Respond) -> None:
         self.factory.wait_until(moment)
         self._apply(step)
 
@@ -208,7 +209,7 @@ class CentralProtocol(LineOnlyReceiver):
             offer = self._server.renewal(self.ip, self._handshake.client, self._nonce)
             if offer is not None:
                 self._handshake.answered = self._handshake.done = True
-                self._write(hs.format_reply(reply))
+                self._write(shs.format_reply(reply))
                 self._timer = self._clock.callLater(self._timeout, self.transport.loseConnection)
                 if isinstance(offer, Deferred):
                     self._waiting = True
@@ -231,7 +232,7 @@ class CentralProtocol(LineOnlyReceiver):
         self._exchange = offer
         self._send(offer.start())
 
-    def _apply(self, step: hs.Respond | None) -> None:
+    def _apply(self, step: shs.Respond | None) -> None:
         if step is None:
             return
         if step.fault:
@@ -241,7 +242,7 @@ class CentralProtocol(LineOnlyReceiver):
                 # No verdict can follow: the knock ends now, not when the
                 # connection does (its last hits must open nothing).
                 self._server.session_lost(self)
-        self._write(hs.format_reply(step.reply))
+        self._write(shs.format_reply(step.reply))
         if step.close:
             self._cancel_timer()
             self._close()
@@ -384,7 +385,7 @@ class _Refuse(protocol.Protocol):
     def connectionMade(self):
         self._server.protocol_error(normalise_ip(self.transport.getPeer().host),
                                     "too-many-connections")
-        self.transport.write(hs.format_reply(hs.Error("too-many-connections")))
+        self.transport.write(shs.format_reply(hs.Error("too-many-connections")))
         self.transport.loseConnection()
         self._timer = _abort_later(self._clock, self.transport)
 

@@ -445,9 +445,10 @@ class FastPathTests(DaemonCase):
         """
         C{knocker connect} on a plain C{tcp:} server knocks and relays
         without argparse or the reactor; C{knocker knock} never loads
-        knocker.client.connect, the daemon's keys, or itertools (whose
-        set-up costs a tenth of a millisecond; the whole-file check uses it
-        on a file's first knock only).
+        knocker.client.connect, the daemon's keys or its half of the
+        handshake, or itertools (whose set-up costs a tenth of a
+        millisecond; the whole-file check uses it on a file's first knock
+        only).
         """
         self.configure()
         knock_file = self.generate()
@@ -466,7 +467,8 @@ class FastPathTests(DaemonCase):
         status, modules = self.modules("knock", *options)
         self.assertEqual(status, 0)
         self.assertIn("knocker.core.config", modules)
-        for unused in ("knocker.client.connect", "knocker.core.serverconfig", "itertools"):
+        for unused in ("knocker.client.connect", "knocker.core.serverconfig",
+                       "knocker.core.serverhandshake", "itertools"):
             self.assertNotIn(unused, modules)
 
 

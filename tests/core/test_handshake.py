@@ -19,23 +19,20 @@ from knocker.core.handshake import (
     Fail,
     Finished,
     Grant,
-    Hello,
     KnockPorts,
     Locked,
     Open,
-    Proof,
     ProtocolError,
     SendLine,
     format_hello,
     format_proof,
-    format_reply,
     grant_mac,
     hello_mac,
     parse_reply,
-    parse_request,
 )
 from knocker.core.knockfile import KnockFile, KnockFileError, KnockFileText
 from knocker.core.knockgen import format_knockfile
+from knocker.core.serverhandshake import Hello, Proof, format_reply, parse_request
 
 SECRET = hashlib.sha256(b"a fixed test secret").digest()
 NONCE = "ab" * 32
@@ -461,7 +458,7 @@ class ServerHandshakeTests(SynchronousTestCase):
     """
 
     def setUp(self):
-        from knocker.core.handshake import ServerHandshake
+        from knocker.core.serverhandshake import ServerHandshake
 
         self.nonces = [NONCE, OTHER_NONCE]
         self.made = []
@@ -480,7 +477,7 @@ class ServerHandshakeTests(SynchronousTestCase):
         return self.server.receive(format_proof(mac).rstrip(b"\n"))
 
     def granted(self, index=1):
-        from knocker.core.handshake import Respond
+        from knocker.core.serverhandshake import Respond
 
         self.hello()
         self.proof()
@@ -489,14 +486,14 @@ class ServerHandshakeTests(SynchronousTestCase):
         return grant
 
     def assertFault(self, step, reason):
-        from knocker.core.handshake import Respond
+        from knocker.core.serverhandshake import Respond
 
         self.assertEqual(step, Respond(Error(reason), close=True, fault=True))
         self.assertEqual(format_reply(step.reply), b"ERROR " + reason.encode() + b"\n")
         self.assertTrue(self.server.done)
 
     def test_hello_gets_challenge_with_a_fresh_nonce(self):
-        from knocker.core.handshake import Respond
+        from knocker.core.serverhandshake import Respond
 
         step = self.hello()
         self.assertEqual(step, Respond(Challenge(NONCE)))
@@ -508,7 +505,7 @@ class ServerHandshakeTests(SynchronousTestCase):
         self.assertFalse(self.server.done)
 
     def test_hello_with_crlf(self):
-        from knocker.core.handshake import Respond
+        from knocker.core.serverhandshake import Respond
 
         self.assertEqual(
             self.server.receive(b"KNOCKER/1 HELLO alice\r"), Respond(Challenge(NONCE))
@@ -524,7 +521,7 @@ class ServerHandshakeTests(SynchronousTestCase):
         self.assertEqual(self.made, [NONCE], "no second nonce")
 
     def test_proof_after_hello_asks_for_judgement(self):
-        from knocker.core.handshake import Judge
+        from knocker.core.serverhandshake import Judge
 
         self.hello()
         mac = hello_mac(SECRET, "alice", NONCE)
@@ -535,7 +532,7 @@ class ServerHandshakeTests(SynchronousTestCase):
         """
         The state machine does not check the HMAC; it hands on what it got.
         """
-        from knocker.core.handshake import Judge
+        from knocker.core.serverhandshake import Judge
 
         self.hello("bob")
         self.assertEqual(self.proof("0f" * 32), Judge("bob", NONCE, "0f" * 32))
@@ -576,7 +573,7 @@ class ServerHandshakeTests(SynchronousTestCase):
         )
 
     def test_refusals_close(self):
-        from knocker.core.handshake import Respond, ServerHandshake
+        from knocker.core.serverhandshake import Respond, ServerHandshake
 
         for reply in [Denied(), Locked(60), Busy(5), Exhausted(), Error("server-error")]:
             server = ServerHandshake(lambda: NONCE)
@@ -625,7 +622,7 @@ class ServerHandshakeTests(SynchronousTestCase):
         self.assertFault(self.server.receive(b"PROOF " + b"0f" * 300), "line-too-long")
 
     def test_verdict_after_grant_closes_once(self):
-        from knocker.core.handshake import Respond
+        from knocker.core.serverhandshake import Respond
 
         self.granted()
         step = self.server.verdict(Open())
@@ -636,7 +633,7 @@ class ServerHandshakeTests(SynchronousTestCase):
         self.assertIsNone(self.server.verdict(Fail("timeout")))
 
     def test_fail_verdict(self):
-        from knocker.core.handshake import Respond
+        from knocker.core.serverhandshake import Respond
 
         self.granted()
         step = self.server.verdict(Fail("wrong-port"))
