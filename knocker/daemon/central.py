@@ -252,7 +252,12 @@ class CentralProtocol(LineOnlyReceiver):
     def _replied(self) -> None:
         after, self._after_reply = self._after_reply, []
         for work, args in after:
-            work(*args)
+            try:
+                work(*args)
+            except Exception:
+                # Records that follow the reply; the knock goes on without
+                # them (raised here, the connection would be dropped).
+                log.failure("after the reply to {ip}", ip=self.ip)
 
     def after_reply(self, work, *args) -> None:
         """
