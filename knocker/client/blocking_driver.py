@@ -91,12 +91,16 @@ class BlockingDriver:
                 greeted = self._early.line if said else None
             else:
                 sock = connect_central(endpoint, timeout)
+            try:  # a server that resets at once leaves no peer to name
+                return _Connection(sock, peer_host, greeted)
+            except OSError:
+                sock.close()
+                raise
         except OSError as failure:
             raise Unreachable(str(failure) or type(failure).__name__) from None
         except (OverflowError, UnicodeError, ValueError) as failure:
             # a port past 65535, a host name that is not ASCII
             raise Unreachable(f"not a usable endpoint ({failure})") from None
-        return _Connection(sock, peer_host, greeted)
 
     async def hit(self, host: str, port: int, timeout: float) -> None:
         """

@@ -40,7 +40,10 @@ class IKnockDriver(Interface):
 
 class IKnockConnection(Interface):
     """
-    One central-port connection, as the coroutine sees it.
+    One central-port connection, as the coroutine sees it.  A connection
+    may also have C{greeted}: the line its driver said on it before handing
+    it over (HELLO said early), which the knock then does not send again;
+    without it, nothing was said.
     """
 
     peer_host = Attribute("The address the connection reached (the one to knock).")

@@ -98,7 +98,8 @@ async def knock(io, config, knockfile, uniform=None, began=None) -> KnockResult:
     attempts = 0
     while True:
         attempts += 1
-        result = (await _attempt(io, config, knockfile, deadline)).replace(attempts=attempts)
+        result = (await _attempt(io, config, knockfile, deadline,
+                                 first=attempts == 1)).replace(attempts=attempts)
         if result.outcome is not Outcome.BUSY or attempts > config.busy_retries:
             break
         if uniform is None:
@@ -154,8 +155,11 @@ class _Deadline:
         return f"the client's timeout of {self.seconds:g}s {verb} {doing}"
 
 
-async def _attempt(io, config, knockfile, deadline) -> KnockResult:
-    if deadline.passed():
+async def _attempt(io, config, knockfile, deadline, first: bool = True) -> KnockResult:
+    # A retry's pause can end at the deadline.  (A first attempt's cannot
+    # have passed it, unless a HELLO said early took it all: the connect
+    # below then names the server and why.)
+    if not first and deadline.passed():
         return KnockResult(Outcome.NO_VERDICT, deadline.passed_message("before connecting"))
     # A fleet's gateways, in the order given: the first whose central port
     # answers is the one knocked (its peer_host gets the hits).

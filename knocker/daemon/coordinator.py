@@ -304,8 +304,11 @@ class KnockServer:
         slot = self.tracker.grant(ip, client, index, ports)
         self._sessions[slot] = session
         self._granted_ids[slot] = state.secret_id
-        self._due_at_grant[client] = _renewal_due(state.knocks - index, state.knocks,
-                                                  self.config.renew_at)
+        # Two knocks of one file in flight: the one a renewal is due at wins
+        # (its OPEN may come first, or alone).
+        self._due_at_grant[client] = (
+            _renewal_due(state.knocks - index, state.knocks, self.config.renew_at)
+            or self._due_at_grant.get(client, False))
         # Audited before it is sent: a client never holds a GRANT the audit
         # log lacks, whenever the daemon dies.  The log line can wait.
         self._audit.record("grant", ip=ip, client=client, index=index,

@@ -105,8 +105,8 @@ class ClientBook:
 
     def knock(self, client: str, index: int) -> tuple[int, ...]:
         """
-        The ports of knock C{index} of C{client}, read from its file now:
-        the header (to check the secret) and the granted line only (format,
+        The ports of knock C{index} of C{client}, read from its file: the
+        header (to check the secret) and the granted line only (format,
         every port in the pool).  Knocks are granted in order, so the line
         is looked for first just after the previous one; the whole file is
         read only when that guess misses (first grant, or a changed file).

@@ -149,6 +149,20 @@ class KnockCoroutineTests(SynchronousTestCase):
         self.assertEqual(io.timeouts[0], ("connect", 7.0))
         self.assertEqual(io.timeouts[1], ("readline", 7.0))
 
+    def test_a_first_server_that_took_the_whole_timeout_is_named(self):
+        """
+        A HELLO said early whose connect used up the timeout: the knock
+        says which server and why, not just that the time passed.
+        """
+        io = TimedIO()
+        io.stall_connect = True
+        io.clock = 10.0
+        result = run_blocking(knock(io, config(timeout=2, server="tcp:192.0.2.1:7000"), KF,
+                                    began=7.0))
+        self.assertEqual(result.outcome, Outcome.NO_VERDICT)
+        self.assertIn("passed while connecting to tcp:192.0.2.1:7000 (timed out)",
+                      result.message())
+
     def test_busy_is_polled_sooner_than_the_other_knocks_window(self):
         """
         BUSY 4 is what is left of another knock's window, which usually
