@@ -87,8 +87,7 @@ class BlockingDriver:
         try:
             early = self._early.take(endpoint) if self._early is not None else None
             if early is not None:
-                sock, peer_host, said = early
-                greeted = self._early.line if said else None
+                sock, peer_host, greeted = early
             else:
                 sock = connect_central(endpoint, timeout)
             try:  # a server that resets at once leaves no peer to name

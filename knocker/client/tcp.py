@@ -140,10 +140,10 @@ class EarlyHello:
     here: a CHALLENGE is read, and the PROOF made, by the handshake as ever.
     """
 
-    def __init__(self, endpoint: str, line: bytes, timeout: float, clock=time.monotonic):
+    def __init__(self, endpoint: str, line: bytes, timeout: float):
         self.endpoint = endpoint
         self.line = line
-        self.began = clock()
+        self.began = time.monotonic()  # the blocking driver's clock
         self.sock = None
         self.peer_host = None
         self.failure = None
@@ -167,8 +167,9 @@ class EarlyHello:
 
     def take(self, endpoint: str):
         """
-        C{(socket, peer address, said)} for the knock's first connection if
-        it goes to this server, once; C{None} otherwise.
+        C{(socket, peer address, the line said on it or None)} for the
+        knock's first connection if it goes to this server, once; C{None}
+        otherwise.
 
         @raise: what connecting raised.
         """
@@ -177,7 +178,7 @@ class EarlyHello:
         sock, failure, self.sock, self.failure = self.sock, self.failure, None, None
         if failure is not None:
             raise failure
-        return sock, self.peer_host, self.said
+        return sock, self.peer_host, self.line if self.said else None
 
     def close(self) -> None:
         """Hang up a connection no knock took."""

@@ -156,9 +156,9 @@ class TakeTests(SynchronousTestCase):
             early = EarlyHello(endpoint, b"KNOCKER/1 HELLO alice\n", 2)
             self.addCleanup(early.close)
             self.assertIsNone(early.take("tcp:127.0.0.1:1"))
-            sock, peer_host, said = early.take(endpoint)
+            sock, peer_host, greeted = early.take(endpoint)
             self.addCleanup(sock.close)
-            self.assertEqual((peer_host, said), ("127.0.0.1", True))
+            self.assertEqual((peer_host, greeted), ("127.0.0.1", b"KNOCKER/1 HELLO alice\n"))
             self.assertIsNone(early.take(endpoint))
             conn, _ = listener.accept()
             with conn:
