@@ -26,7 +26,7 @@ from knocker.core.knockgen import (
     header_lines,
     knock_lines,
 )
-from knocker.enrol.renewal import pending_offer
+from knocker.enrol.renewal import keep_pending, pending_offer
 
 BATCH = 200
 """Knocks drawn in one turn of the reactor: about 2 ms here."""
@@ -92,7 +92,7 @@ class RenewalDraws:
             done = self._cooperator.cooperate(_batches(lines, parts)).whenDone()
         done.addCallback(lambda _: "".join(parts))
         done.addCallback(self._write, client)
-        done.addCallback(self._keep, client, state, secret)
+        done.addCallback(self._keep, state, secret)
         done.addErrback(self._abandoned)
         return done
 
@@ -110,16 +110,11 @@ class RenewalDraws:
         return self._blocking(self._book.write_pending, client, text).addCallback(
             lambda _: text)
 
-    def _keep(self, text: str, client: str, state, secret: bytes):
-        # Back on the reactor: kept only if the client's file is still the
-        # one this file renews (not generated again or revoked meanwhile).
+    def _keep(self, text: str, state, secret: bytes):
+        # Back on the reactor.
         if self._stopped:
             return None  # the state may be closed by now
-        if not self._store.set_pending(client, state.knocks, secret,
-                                       current_id=state.secret_id):
-            self._book.drop_pending(client, text)
-            return None
-        return text, True
+        return keep_pending(self._store, self._book, state, secret, text)
 
     def _tell_the_others(self, result, client: str):
         for waiting in self._drawing.pop(client, []):

@@ -177,8 +177,18 @@ def prepare_offer(store, book, client: str, now, rng=None) -> tuple[str, bool] |
         return None  # a fleet's: generated again or revoked meanwhile
     if book.pending_id(text) != secret_id(kf.secret):
         return text, False  # another gateway of a fleet drew one first: that one
-    if not store.set_pending(client, state.knocks, kf.secret, current_id=state.secret_id):
-        book.drop_pending(client, text)
+    return keep_pending(store, book, state, kf.secret, text)
+
+
+def keep_pending(store, book, state, secret: bytes, text: str) -> tuple[str, bool] | None:
+    """
+    Count a new generation drawn for C{state}'s file, whose copy C{text}
+    is written: C{(text, True)} to offer, or C{None} (its copy removed) if
+    that file is no longer the client's (generated again, or revoked,
+    while the new one was drawn).
+    """
+    if not store.set_pending(state.client, state.knocks, secret, current_id=state.secret_id):
+        book.drop_pending(state.client, text)
         return None
     return text, True
 
