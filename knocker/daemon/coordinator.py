@@ -52,6 +52,13 @@ def after_reply(session, work, *args) -> None:
         hook(work, *args)
 
 
+def _output_text(result) -> str:
+    """What a program printed, for a log line; nothing if it printed nothing."""
+    if not (result.stdout or result.stderr):
+        return ""
+    return f"; stdout {result.stdout[-500:]!r} stderr {result.stderr[-500:]!r}"
+
+
 def _generation_of(state, secret: bytes):
     """C{(state, secret)} if C{state} counts the file of C{secret}, else C{None}."""
     if state is None or state.secret_id != secret_id(secret):
@@ -570,9 +577,6 @@ class KnockServer:
             self._succeeded(None, slot, close_id)
             return
         done.addCallback(self._log_verdict, slot)
-        # Logged once started: the client is waiting for the program.
-        log.info("knock {index} of {client} from {ip} complete; running on-success",
-                 index=slot.index, client=slot.client, ip=slot.ip)
 
     def _close_not_recorded(self, failure, slot: Slot) -> None:
         log.error("cannot record the close for {client} at {ip} ({error}); on-success not run",
@@ -619,11 +623,16 @@ class KnockServer:
         if slot in self._refused:
             self._refused.discard(slot)
             log.warn("knock {index} of {client} from {ip}: the file was revoked while "
-                     "on-success ran; its door is closed again", index=slot.index,
-                     client=slot.client, ip=slot.ip)
+                     "on-success ran{ran}; its door is closed again", index=slot.index,
+                     client=slot.client, ip=slot.ip,
+                     ran=f" (exit 0{_output_text(result)})" if result is not None and result.ok
+                     else "")
         elif result is not None and result.ok:
-            log.info("OPEN for {client} at {ip} (knock {index})",
-                     client=slot.client, ip=slot.ip, index=slot.index)
+            # One line for the knock's success and its program's: a daemon's
+            # log line costs it tens of microseconds, on every knock.
+            log.info("OPEN for {client} at {ip} (knock {index}): on-success exit 0{output}",
+                     client=slot.client, ip=slot.ip, index=slot.index,
+                     output=_output_text(result))
 
     def knock_failed(self, slot: Slot, reason: str) -> None:
         self._audit.record("fail", ip=slot.ip, client=slot.client, index=slot.index,
@@ -720,11 +729,13 @@ class KnockServer:
                 except Exception:
                     log.failure("the verdict after {which} for {client}", which=which,
                                 client=client)
+            if result.ok and verdict is not None:
+                return result  # the verdict's own line (OPEN) names it
             level = log.info if result.ok else log.error
-            level("{which} for {client} at {ip}: exit {code}{killed}; stdout {out!r} stderr {err!r}",
+            level("{which} for {client} at {ip}: exit {code}{killed}{output}",
                   which=which, client=client, ip=ip, code=result.exit_code,
                   killed=" (killed: timeout)" if result.timed_out else "",
-                  out=result.stdout[-500:], err=result.stderr[-500:])
+                  output=_output_text(result))
             return result
 
         return d.addCallback(report)

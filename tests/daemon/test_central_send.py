@@ -7,11 +7,12 @@ import socket
 
 from twisted.internet.address import IPv4Address
 from twisted.internet.testing import StringTransport
-from twisted.logger import globalLogPublisher
+from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial import unittest
 
 from knocker.core import handshake as hs
 from knocker.daemon import central
+from knocker.daemon.actions import ActionResult, MemoryRunner
 from tests.helpers.harness import Harness
 
 
@@ -142,3 +143,57 @@ class RecordsAndReplyTests(unittest.TestCase):
         self.assertEqual(self.sent_at["OPEN for"], b"OPEN\n")
         events = [e["event"] for e in h.audit.events if e["event"] in ("script", "open")]
         self.assertEqual(events, ["script", "open"])
+
+
+class OperatorLogTests(unittest.TestCase):
+    """
+    The daemon's own log (not the audit log): a successful knock is two
+    lines, the grant and the OPEN naming its program's exit; a program that
+    prints, or fails, is shown as it was.
+    """
+
+    def setUp(self):
+        self.lines = []
+
+        def observe(event):
+            if event.get("log_namespace") == "knocker.daemon.coordinator":
+                self.lines.append((event["log_level"].name, formatEvent(event)))
+
+        globalLogPublisher.addObserver(observe)
+        self.addCleanup(globalLogPublisher.removeObserver, observe)
+
+    def knock(self, h, result=None):
+        line, _, transport, _ = h.handshake()
+        grant = hs.parse_reply(line.rstrip(b"\n"))
+        transport.clear()
+        for port in h.files["alice"].knock(grant.index):
+            h.hit("192.0.2.10", port)
+        if result is not None:
+            d, argv = h.runner.pending.pop(0)
+            d.callback(ActionResult(tuple(argv), *result))
+        return grant.index, transport.value()
+
+    def test_a_successful_knock_is_two_lines(self):
+        h = Harness(self)
+        index, sent = self.knock(h)
+        self.assertEqual(sent, b"OPEN\n")
+        self.assertEqual(self.lines, [
+            ("info", f"granted knock {index} of alice to 192.0.2.10"),
+            ("info", f"OPEN for alice at 192.0.2.10 (knock {index}): on-success exit 0"),
+        ])
+
+    def test_what_the_program_printed_is_on_the_open_line(self):
+        h = Harness(self, runner=MemoryRunner(hold=True))
+        index, sent = self.knock(h, (0, None, False, "rule added\n", ""))
+        self.assertEqual(sent, b"OPEN\n")
+        self.assertEqual(self.lines[-1], (
+            "info", f"OPEN for alice at 192.0.2.10 (knock {index}): on-success exit 0; "
+                    "stdout 'rule added\\n' stderr ''"))
+
+    def test_a_failed_program_is_an_error_line(self):
+        h = Harness(self, runner=MemoryRunner(hold=True))
+        index, sent = self.knock(h, (1, None, False, "", "nft: no such table\n"))
+        self.assertEqual(sent, b"FAIL action-failed\n")
+        self.assertIn(("error", "on-success for alice at 192.0.2.10: exit 1; "
+                                "stdout '' stderr 'nft: no such table\\n'"), self.lines)
+        self.assertFalse([text for _, text in self.lines if text.startswith("OPEN")])
