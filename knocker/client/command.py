@@ -100,7 +100,7 @@ def run_knock(config, knockfile, verbose: bool = False):
     endpoints = config.server.split()
     if all(plain_tcp(endpoint) is not None for endpoint in endpoints):
         from knocker.client.tcp import EarlyHello
-        from knocker.core.hello import format_hello
+        from knocker.core import format_hello
 
         early = EarlyHello(endpoints[0], format_hello(knockfile.client),
                            min(config.connect_timeout, config.timeout))

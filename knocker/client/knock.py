@@ -15,9 +15,9 @@ imports nothing slow.
 import os
 import time
 
+from knocker.core import Record
 from knocker.core import handshake as hs
 from knocker.core.knockfile import KnockFileError
-from knocker.core.record import Record
 
 BUSY_WAIT_CAP = 30.0
 BUSY_POLL = 1.0

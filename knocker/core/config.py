@@ -16,7 +16,7 @@ relative paths on the command line, relative to the working directory.
 
 import os
 
-from knocker.core.record import Record
+from knocker.core import Record
 
 
 class ConfigError(ValueError):

@@ -4,16 +4,15 @@ messages, and the client's half.
 
 Lines in, lines out: L{parse_reply} turns a line into a message or raises
 L{ProtocolError}; the C{format_*} helpers do the opposite (the HELLO line's
-is in L{knocker.core.hello}, the server's in L{knocker.core.serverhandshake});
+is L{knocker.core.format_hello}, the server's in L{knocker.core.serverhandshake});
 L{hello_message} and L{grant_message} are what the two HMACs cover.
 L{ClientHandshake} is the client's side as a small state machine, shared by
 every client driver; it computes its HMACs with L{knocker.core.mac}, which starts
 faster than the C{hmac} module the server uses.
 """
 
-from knocker.core.hello import format_hello
+from knocker.core import Record, format_hello
 from knocker.core.knockfile import KnockFile, is_digits, is_hex64
-from knocker.core.record import Record
 
 MAX_LINE = 512
 _REASON_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789-")

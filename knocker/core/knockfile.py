@@ -4,10 +4,10 @@ The portknock file (docs/spec.md section 3): generate, format and parse.
 Pure: no file system access here (see L{knocker.files}).  Every refusal is a
 L{KnockFileError} that names the file and the line, so an operator can fix
 the file without reading code.  Parsed on every knock, so it imports only
-what starts fast (no re, no attrs; see L{knocker.core.record}).
+what starts fast (no re, no attrs; see L{knocker.core.Record}).
 """
 
-from knocker.core.record import Record
+from knocker.core import Record
 
 FORMAT_VERSION = 1
 SECRET_BYTES = 32

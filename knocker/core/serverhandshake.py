@@ -7,6 +7,7 @@ Apart from L{knocker.core.handshake} (the messages and the client's half),
 which every C{knocker knock} loads: the client has no use for these.
 """
 
+from knocker.core import MAGIC, Record
 from knocker.core.handshake import (
     Busy,
     Challenge,
@@ -21,9 +22,7 @@ from knocker.core.handshake import (
     Reply,
     line_words,
 )
-from knocker.core.hello import MAGIC
 from knocker.core.knockfile import is_hex64, valid_client_id
-from knocker.core.record import Record
 
 
 class Hello(Record):

@@ -10,8 +10,7 @@ both paths.  Each way it can end has its own exit status (L{OUTCOMES}).
 
 import os
 
-from knocker.core.hello import MAGIC
-from knocker.core.record import Record
+from knocker.core import MAGIC, Record
 from knocker.enrol import keys as k
 
 

@@ -7,9 +7,8 @@ coordinator's tracker (a wrong code is a failed attempt of its source,
 exactly like a DENIED).
 """
 
+from knocker.core import MAGIC, Record
 from knocker.core.handshake import MAX_LINE
-from knocker.core.hello import MAGIC
-from knocker.core.record import Record
 from knocker.enrol import keys as k
 from knocker.state.interface import then
 
