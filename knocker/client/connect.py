@@ -25,6 +25,7 @@ connection or a standard stream failed once connected.
 """
 
 import _socket
+import gc
 import os
 import sys
 import time
@@ -289,4 +290,7 @@ def _connect(argv: list[str]) -> int:
         return UNREACHABLE_TARGET
     if verbose:
         _say(f"connected to {target}; relaying")
+    # bin/knocker knocks with the cycle collector off; a relay can last
+    # as long as the SSH session it carries.
+    gc.enable()
     return relay(sock, name=target)
