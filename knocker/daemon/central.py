@@ -81,7 +81,6 @@ class CentralProtocol(LineOnlyReceiver):
         self._nonce = None
         self._lost = False
         self._waiting = False  # for a store's answer to an enrolment or renewal
-        self._after_reply = []
         self._direct = False  # lines sent straight to the socket (see _write)
         self.ip = None
 
@@ -133,7 +132,6 @@ class CentralProtocol(LineOnlyReceiver):
             # The exchange ended while the state answered (the client left,
             # or broke the protocol): a grant made meanwhile ends as
             # abandoned (its number stays burned).
-            self._replied()
             if isinstance(reply, hs.Grant):
                 self._server.session_lost(self)
             return
@@ -247,25 +245,6 @@ class CentralProtocol(LineOnlyReceiver):
             self._cancel_timer()
             self._close()
             self._timer = _abort_later(self._clock, self.transport)
-        self._replied()
-
-    def _replied(self) -> None:
-        after, self._after_reply = self._after_reply, []
-        for work, args in after:
-            try:
-                work(*args)
-            except Exception:
-                # Records that follow the reply; the knock goes on without
-                # them (raised here, the connection would be dropped).
-                log.failure("after the reply to {ip}", ip=self.ip)
-
-    def after_reply(self, work, *args) -> None:
-        """
-        Run C{work(*args)} once the reply being decided has been written:
-        the coordinator's records of a GRANT (audit line, log) wait for it,
-        so the client, which waits for every line, does not.
-        """
-        self._after_reply.append((work, args))
 
     def _write(self, line: bytes) -> None:
         """
@@ -312,7 +291,6 @@ class CentralProtocol(LineOnlyReceiver):
         self._lost = True
         self.factory.connection_ended(self)
         self._cancel_timer()
-        self._replied()
         knocking = self._handshake.knocking  # (a fault after GRANT sent no verdict)
         self._handshake.done = True
         ended = getattr(self._exchange, "connection_lost", None)

@@ -110,14 +110,14 @@ class RecordsAndReplyTests(unittest.TestCase):
 
         def observe(event):
             text = event.get("log_format", "")
-            for key in ("granted knock", "OPEN for"):
+            for key in ("OPEN for",):
                 if text.startswith(key):
                     self.sent_at.setdefault(key, self.transport.value())
 
         globalLogPublisher.addObserver(observe)
         self.addCleanup(globalLogPublisher.removeObserver, observe)
 
-    def test_grant_is_audited_before_it_is_sent_and_logged_after(self):
+    def test_grant_is_audited_before_it_is_sent(self):
         h = self.h
         proto, self.transport = h.connect()
         proto.dataReceived(hs.format_hello("alice"))
@@ -126,7 +126,6 @@ class RecordsAndReplyTests(unittest.TestCase):
         proto.dataReceived(hs.format_proof(hs.hello_mac(h.files["alice"].secret, "alice", nonce)))
         self.assertTrue(self.transport.value().startswith(b"GRANT "))
         self.assertEqual(self.sent_at["grant"], b"")
-        self.assertTrue(self.sent_at["granted knock"].startswith(b"GRANT "))
 
     def test_open_is_audited_before_it_is_sent_and_logged_after(self):
         h = self.h
@@ -147,8 +146,8 @@ class RecordsAndReplyTests(unittest.TestCase):
 
 class OperatorLogTests(unittest.TestCase):
     """
-    The daemon's own log (not the audit log): a successful knock is two
-    lines, the grant and the OPEN naming its program's exit; a program that
+    The daemon's own log (not the audit log): a knock is one line, when it
+    ends; a successful one names its program's exit, and a program that
     prints, or fails, is shown as it was.
     """
 
@@ -173,13 +172,25 @@ class OperatorLogTests(unittest.TestCase):
             d.callback(ActionResult(tuple(argv), *result))
         return grant.index, transport.value()
 
-    def test_a_successful_knock_is_two_lines(self):
+    def test_a_successful_knock_is_one_line(self):
         h = Harness(self)
         index, sent = self.knock(h)
         self.assertEqual(sent, b"OPEN\n")
         self.assertEqual(self.lines, [
-            ("info", f"granted knock {index} of alice to 192.0.2.10"),
             ("info", f"OPEN for alice at 192.0.2.10 (knock {index}): on-success exit 0"),
+        ])
+
+    def test_a_failed_knock_is_one_line_and_its_lockout_another(self):
+        h = Harness(self)
+        line, _, transport, _ = h.handshake()
+        grant = hs.parse_reply(line.rstrip(b"\n"))
+        transport.clear()
+        ports = h.files["alice"].knock(grant.index)
+        h.hit("192.0.2.10", ports[1])  # the second port first
+        self.assertEqual(transport.value(), b"FAIL wrong-port\n")
+        self.assertEqual(self.lines, [
+            ("warn", f"knock {grant.index} of alice from 192.0.2.10 failed: wrong-port"),
+            ("warn", "lockout (global) of * for 60.0s after wrong-port from 192.0.2.10"),
         ])
 
     def test_what_the_program_printed_is_on_the_open_line(self):

@@ -415,23 +415,6 @@ class BookTests(SynchronousTestCase):
         self.assertEqual(h.book.knock("alice", 1), fresh.knock(1))
 
 
-class AfterReplyTests(SynchronousTestCase):
-    def test_a_failing_record_after_the_grant_costs_the_knock_nothing(self):
-        """
-        The work that follows a GRANT (the daemon's log line) raising is
-        logged; the connection stays, and the knock opens.
-        """
-        h = Harness(self)
-
-        def broken(ip, client, index):
-            raise RuntimeError("the log is broken")
-
-        self.patch(h.server, "_log_grant", broken)
-        grant, transport = h.knock()
-        self.assertEqual(transport.value(), b"OPEN\n")
-        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
-
-
 class ReadAheadTests(SynchronousTestCase):
     """
     After a verdict the book reads the client's next knock, so that granting
