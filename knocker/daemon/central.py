@@ -250,7 +250,7 @@ class CentralProtocol(LineOnlyReceiver):
         """
         Write C{line}; on a plain TCP connection, send it now rather than on
         the reactor's next turn.  The client waits for every line, and a
-        knock is a chain of them (then the daemon's records, which can wait).
+        knock is a chain of them.
         Once part of a line had to wait in Twisted's buffer, every later line
         goes there too, so the order holds.
         """

@@ -40,6 +40,17 @@ def _hmac_hex(secret: bytes, message: bytes) -> str:
     return hmac.digest(secret, message, "sha256").hex()
 
 
+def _ending(result) -> str:
+    """How a program ended, for a log line."""
+    if result.spawn_error:
+        return f"could not start ({result.spawn_error})"
+    if result.timed_out:
+        return "killed: it outlived script-timeout"
+    if result.exit_code is None:
+        return f"killed by signal {result.signal}"
+    return f"exit {result.exit_code}"
+
+
 def _output_text(result) -> str:
     """What a program printed, for a log line; nothing if it printed nothing."""
     if not (result.stdout or result.stderr):
@@ -542,6 +553,8 @@ class KnockServer:
 
     def _start_success(self, close_id, slot: Slot) -> None:
         if self._stopped:
+            log.warn("knock {index} of {client} from {ip} not opened: the daemon is stopping",
+                     index=slot.index, client=slot.client, ip=slot.ip)
             self._succeeded(None, slot, close_id)
             return
         running = self.closes.quiet(slot.ip)
@@ -694,8 +707,9 @@ class KnockServer:
         """
         Start C{program}; the L{Deferred} fires with its result once it is
         recorded.  C{verdict(result)}, if given, runs once the audit log has
-        the program's result and before the log line: a client is waiting
-        for it, the operator's log can wait.
+        the program's result and before any log line: a client is waiting
+        for it, the operator's log can wait.  A program that succeeded with
+        a verdict to send gets no line here: the verdict's (OPEN) names it.
         """
         argv = [*program, ip, client, str(index)]
         d = self._runner.run(argv, action_env(ip, client, index, self.passed_env))
@@ -716,9 +730,8 @@ class KnockServer:
             if result.ok and verdict is not None:
                 return result  # the verdict's own line (OPEN) names it
             level = log.info if result.ok else log.error
-            level("{which} for {client} at {ip}: exit {code}{killed}{output}",
-                  which=which, client=client, ip=ip, code=result.exit_code,
-                  killed=" (killed: timeout)" if result.timed_out else "",
+            level("{which} for {client} at {ip} (knock {index}): {ended}{output}",
+                  which=which, client=client, ip=ip, index=index, ended=_ending(result),
                   output=_output_text(result))
             return result
 

@@ -338,6 +338,32 @@ class ConnectCommandTests(DaemonCase):
                          ["grant", "open"])
         self.assertEqual(server.connections, 1)
 
+    def test_the_relay_runs_with_the_cycle_collector_on(self):
+        """
+        bin/knocker knocks with the cycle collector off (a knock lives
+        milliseconds); the relay, which lasts as long as the session it
+        carries, runs with it on.
+        """
+        server = self.echo()
+        spy = (
+            "import gc, sys\n"
+            "gc.disable()\n"
+            "import knocker.client.connect as connect\n"
+            "relay = connect.relay\n"
+            "def spying(*args, **kwargs):\n"
+            "    print('collector on:', gc.isenabled(), file=sys.stderr)\n"
+            "    return relay(*args, **kwargs)\n"
+            "connect.relay = spying\n"
+            "sys.exit(connect.connect_command(sys.argv[1:]))\n"
+        )
+        done = subprocess.run(
+            [sys.executable, "-c", spy, *self.options(), "127.0.0.1", str(server.port)],
+            input=b"ping", capture_output=True, env=environment(), timeout=60,
+        )
+        self.assertEqual(done.returncode, 0, done.stderr.decode())
+        self.assertEqual(done.stdout, b"ping")
+        self.assertEqual(done.stderr, b"collector on: True\n")
+
     def test_interactive_both_ways(self):
         """
         Line by line, as ssh talks: each write is answered before the next,

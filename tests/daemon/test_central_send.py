@@ -205,6 +205,60 @@ class OperatorLogTests(unittest.TestCase):
         h = Harness(self, runner=MemoryRunner(hold=True))
         index, sent = self.knock(h, (1, None, False, "", "nft: no such table\n"))
         self.assertEqual(sent, b"FAIL action-failed\n")
-        self.assertIn(("error", "on-success for alice at 192.0.2.10: exit 1; "
-                                "stdout '' stderr 'nft: no such table\\n'"), self.lines)
-        self.assertFalse([text for _, text in self.lines if text.startswith("OPEN")])
+        self.assertEqual(self.lines, [
+            ("error", f"on-success for alice at 192.0.2.10 (knock {index}): exit 1; "
+                      "stdout '' stderr 'nft: no such table\\n'"),
+        ])
+
+    def test_a_program_that_could_not_start_says_why(self):
+        h = Harness(self, runner=MemoryRunner(hold=True))
+        index, _ = self.knock(h, (None, None, False, "", "", "[Errno 2] No such file"))
+        self.assertEqual(self.lines, [
+            ("error", f"on-success for alice at 192.0.2.10 (knock {index}): "
+                      "could not start ([Errno 2] No such file)"),
+        ])
+
+    def test_a_program_killed_at_the_timeout_says_so(self):
+        h = Harness(self, runner=MemoryRunner(hold=True))
+        index, _ = self.knock(h, (None, 9, True, "", ""))
+        self.assertEqual(self.lines, [
+            ("error", f"on-success for alice at 192.0.2.10 (knock {index}): "
+                      "killed: it outlived script-timeout"),
+        ])
+
+    def test_the_door_closing_is_a_line_of_its_own(self):
+        h = Harness(self, on_close="/bin/true", open_duration=300)
+        index, _ = self.knock(h)
+        h.clock.advance(300)
+        self.assertEqual(self.lines, [
+            ("info", f"OPEN for alice at 192.0.2.10 (knock {index}): on-success exit 0"),
+            ("info", f"on-close for alice at 192.0.2.10 (knock {index}): exit 0"),
+        ])
+
+    def test_a_file_revoked_while_on_success_ran_is_a_warning(self):
+        h = Harness(self, runner=MemoryRunner(hold=True))
+        line, _, transport, _ = h.handshake()
+        index = hs.parse_reply(line.rstrip(b"\n")).index
+        for port in h.files["alice"].knock(index):
+            h.hit("192.0.2.10", port)
+        h.server.revoke("alice")
+        self.lines.clear()
+        h.runner.finish(0)
+        self.assertTrue(transport.value().endswith(b"FAIL revoked\n"))
+        self.assertEqual(self.lines, [
+            ("warn", f"knock {index} of alice from 192.0.2.10: the file was revoked while "
+                     "on-success ran (exit 0); its door is closed again"),
+        ])
+
+    def test_a_knock_done_as_the_daemon_stops_is_a_warning(self):
+        h = Harness(self)
+        line, _, transport, _ = h.handshake()
+        index = hs.parse_reply(line.rstrip(b"\n")).index
+        h.server.stop()
+        for port in h.files["alice"].knock(index):
+            h.hit("192.0.2.10", port)
+        self.assertTrue(transport.value().endswith(b"FAIL action-failed\n"))
+        self.assertEqual(self.lines, [
+            ("warn", f"knock {index} of alice from 192.0.2.10 not opened: "
+                     "the daemon is stopping"),
+        ])
