@@ -190,6 +190,61 @@ def machine_info():
     return info
 
 
+def pressure():
+    """
+    The kernel's stall counters (/proc/pressure, PSI): for cpu, io and
+    memory, the microseconds some task (and, for io and memory, every task)
+    has waited since boot; with a monotonic stamp.  None without PSI.
+    """
+    counters = {}
+    for kind in ("cpu", "io", "memory"):
+        try:
+            with open(f"/proc/pressure/{kind}") as handle:
+                text = handle.read()
+        except OSError:
+            return None
+        counters[kind] = parse_pressure(text)
+    return {"at_s": time.monotonic(), "stalls_us": counters}
+
+
+def parse_pressure(text):
+    """{"some": total_us, "full": total_us} from one /proc/pressure file."""
+    totals = {}
+    for line in text.splitlines():
+        kind, _, fields = line.partition(" ")
+        for field in fields.split():
+            name, _, value = field.partition("=")
+            if name == "total":
+                totals[kind] = int(value)
+    return totals
+
+
+def pressure_share(before, after):
+    """
+    The share of the wall time between two L{pressure} readings that tasks
+    stalled, per resource and kind, in percent (e.g. io full 12.5: for an
+    eighth of the run every runnable task waited on I/O).
+    """
+    if not before or not after:
+        return None
+    wall_us = (after["at_s"] - before["at_s"]) * 1e6
+    if wall_us <= 0:
+        return None
+    return {
+        kind: {which: round(100.0 * (after["stalls_us"][kind][which]
+                                     - before["stalls_us"][kind][which]) / wall_us, 1)
+               for which in after["stalls_us"][kind]}
+        for kind in after["stalls_us"]
+    }
+
+
+def stalls_text(stalls):
+    """A L{pressure_share}: CPU some, I/O some and full, in words."""
+    return (f"some task waiting for a CPU {stalls['cpu'].get('some', 0):.1f}%, "
+            f"for I/O {stalls['io'].get('some', 0):.1f}% "
+            f"(every task {stalls['io'].get('full', 0):.1f}%)")
+
+
 def repo_state():
     """Commit the knocker figures belong to, and whether knocker/ had
     uncommitted changes (read-only git calls)."""

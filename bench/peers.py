@@ -760,6 +760,7 @@ def main():
     result = {"machine": common.machine_info(), "seed": seed, "runs": args.runs,
               "pause_s": pause, "daemon_nofile": args.daemon_nofile, "clock": "CLOCK_MONOTONIC (harness spawn time and marker stamp)",
               "entries": {}, "skipped": skipped}
+    stalls_from = common.pressure()
     try:
         net = netns.make("veth" if args.netns else "loopback")
         Peer.net = net
@@ -836,6 +837,11 @@ def main():
         common.clean_up([p.teardown for p in started]
                         + ([net.destroy] if net is not None else []), root, args.keep)
     result["machine"]["loadavg_end"] = common.machine_info().get("loadavg")
+    stalls = common.pressure_share(stalls_from, common.pressure())
+    if stalls is not None:
+        result["machine"]["stalls_pct"] = stalls
+        print("\nthe machine during this run (/proc/pressure, share of its wall time): "
+              + common.stalls_text(stalls))
     common.write_result(args.out, result)
 
 

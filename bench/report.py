@@ -12,6 +12,9 @@ import os
 import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+import common  # noqa: E402
+
 RESULTS = os.path.join(HERE, "results")
 # BENCH_DOCS_DIR writes the page elsewhere (a trial run that must not touch
 # the committed docs/benchmarks.md)
@@ -88,6 +91,7 @@ def time_to_open(peers, out):
             f"p50 ≤ 15 ms ({verdict(knocker['p50_ms'] <= 15)}: {knocker['p50_ms']:.1f} ms)."
         )
     config_targets(peers, out)
+    stalls_line(peers, out)
     plot_time_to_open(entries, [n for n in order if n not in ("python-reactor",)])
     out.append("")
     out.append(f"![time to open, each run]({PLOT})")
@@ -149,6 +153,16 @@ def veth(report, out):
             "(setns, no `ip netns exec`); `python-pass` runs there too.", ""]
     open_table(report["entries"], out)
     config_targets(report, out)
+    stalls_line(report, out)
+
+
+def stalls_line(report, out):
+    """How much the machine stalled during the run, when the run recorded it."""
+    stalls = report.get("machine", {}).get("stalls_pct")
+    if stalls:
+        out += ["", "The machine during this run (`/proc/pressure`, share of the run's wall "
+                f"time): {common.stalls_text(stalls)}.  Figures from a run with much waiting "
+                "are slower across the board; compare entries within the run."]
 
 
 def door(report, out):
