@@ -200,10 +200,9 @@ def pressure():
     for kind in ("cpu", "io", "memory"):
         try:
             with open(f"/proc/pressure/{kind}") as handle:
-                text = handle.read()
-        except OSError:
-            return None
-        counters[kind] = parse_pressure(text)
+                counters[kind] = parse_pressure(handle.read())
+        except (OSError, ValueError):
+            return None  # no PSI here, or a format this does not know
     return {"at_s": time.monotonic(), "stalls_us": counters}
 
 
@@ -225,7 +224,7 @@ def pressure_share(before, after):
     stalled, per resource and kind, in percent (e.g. io full 12.5: for an
     eighth of the run every runnable task waited on I/O).
     """
-    if not before or not after:
+    if not before or not after or before["stalls_us"].keys() != after["stalls_us"].keys():
         return None
     wall_us = (after["at_s"] - before["at_s"]) * 1e6
     if wall_us <= 0:
@@ -233,16 +232,20 @@ def pressure_share(before, after):
     return {
         kind: {which: round(100.0 * (after["stalls_us"][kind][which]
                                      - before["stalls_us"][kind][which]) / wall_us, 1)
-               for which in after["stalls_us"][kind]}
+               for which in after["stalls_us"][kind] if which in before["stalls_us"][kind]}
         for kind in after["stalls_us"]
     }
 
 
 def stalls_text(stalls):
     """A L{pressure_share}: CPU some, I/O some and full, in words."""
-    return (f"some task waiting for a CPU {stalls['cpu'].get('some', 0):.1f}%, "
-            f"for I/O {stalls['io'].get('some', 0):.1f}% "
-            f"(every task {stalls['io'].get('full', 0):.1f}%)")
+    cpu, io = stalls.get("cpu", {}), stalls.get("io", {})
+
+    def pct(kind, which):
+        return f"{kind[which]:.1f}%" if which in kind else "unknown"
+
+    return (f"some task waiting for a CPU {pct(cpu, 'some')}, for I/O {pct(io, 'some')} "
+            f"(every task {pct(io, 'full')})")
 
 
 def repo_state():

@@ -760,7 +760,6 @@ def main():
     result = {"machine": common.machine_info(), "seed": seed, "runs": args.runs,
               "pause_s": pause, "daemon_nofile": args.daemon_nofile, "clock": "CLOCK_MONOTONIC (harness spawn time and marker stamp)",
               "entries": {}, "skipped": skipped}
-    stalls_from = common.pressure()
     try:
         net = netns.make("veth" if args.netns else "loopback")
         Peer.net = net
@@ -772,7 +771,13 @@ def main():
 
         print("entries: %s; %d runs each, interleaved, pause %.2f-%.2fs, seed %d"
               % (", ".join(p.name for p in active), args.runs, pause[0], pause[1], seed))
+        # the machine's stalls over the timed rounds only (not the set-up,
+        # nor the floods below, which load the machine on purpose)
+        stalls_from = common.pressure()
         data = rotate(active, args.runs, pause, rng, deadline)
+        stalls = common.pressure_share(stalls_from, common.pressure())
+        if stalls is not None:
+            result["machine"]["stalls_pct"] = stalls
 
         rows = []
         ref = None
@@ -837,11 +842,10 @@ def main():
         common.clean_up([p.teardown for p in started]
                         + ([net.destroy] if net is not None else []), root, args.keep)
     result["machine"]["loadavg_end"] = common.machine_info().get("loadavg")
-    stalls = common.pressure_share(stalls_from, common.pressure())
+    stalls = result["machine"].get("stalls_pct")
     if stalls is not None:
-        result["machine"]["stalls_pct"] = stalls
-        print("\nthe machine during this run (/proc/pressure, share of its wall time): "
-              + common.stalls_text(stalls))
+        print("\nthe machine during the timed rounds (/proc/pressure, share of their wall "
+              "time): " + common.stalls_text(stalls))
     common.write_result(args.out, result)
 
 

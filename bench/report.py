@@ -160,8 +160,8 @@ def stalls_line(report, out):
     """How much the machine stalled during the run, when the run recorded it."""
     stalls = report.get("machine", {}).get("stalls_pct")
     if stalls:
-        out += ["", "The machine during this run (`/proc/pressure`, share of the run's wall "
-                f"time): {common.stalls_text(stalls)}.  Figures from a run with much waiting "
+        out += ["", "The machine during the timed rounds (`/proc/pressure`, share of their "
+                f"wall time): {common.stalls_text(stalls)}.  Figures from a run with much waiting "
                 "are slower across the board; compare entries within the run."]
 
 

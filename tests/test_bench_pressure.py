@@ -11,9 +11,13 @@ from twisted.trial.unittest import SynchronousTestCase
 
 BENCH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench")
 sys.path.insert(0, BENCH)
-
-import common  # noqa: E402
-import report  # noqa: E402
+try:
+    import common
+    import report
+finally:  # bench's module names stay out of the rest of the suite's way
+    sys.path.remove(BENCH)
+    for name in ("common", "report"):
+        sys.modules.pop(name, None)
 
 IO = """some avg10=0.72 avg60=1.56 avg300=3.73 total=1793386405
 full avg10=0.72 avg60=1.51 avg300=3.59 total=1670518634
@@ -50,9 +54,17 @@ class PressureTests(SynchronousTestCase):
         report.stalls_line({"machine": {}}, quiet)
         self.assertEqual(quiet, [])
 
+    def test_a_reading_without_some_counter_is_not_compared(self):
+        before = reading(100.0, 1, 1, 1)
+        after = reading(110.0, 2, 2, 2)
+        del after["stalls_us"]["memory"]
+        self.assertIsNone(common.pressure_share(before, after))
+        self.assertIn("for I/O unknown", common.stalls_text({"cpu": {"some": 1.0}}))
+
     def test_this_machine_has_the_counters_or_says_none(self):
         now = common.pressure()
         if os.path.exists("/proc/pressure/io"):
+            self.assertIsNotNone(now, "PSI is here but could not be read")
             self.assertIn("full", now["stalls_us"]["io"])
         else:
             self.assertIsNone(now)

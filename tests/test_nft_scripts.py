@@ -68,6 +68,16 @@ class ScriptLookupTests(SynchronousTestCase):
         self.assertEqual(done.returncode, 0, done.stderr)
         self.assertEqual(self.called()[0][:2], [nft, "create"])
 
+    def test_a_folder_named_like_the_helper_is_passed_over(self):
+        links = os.path.join(self.dir, "links")
+        os.makedirs(os.path.join(links, "knocker-nft"))
+        os.symlink(os.path.join(SCRIPTS, "nft-open"), os.path.join(links, "nft-open"))
+        nft = self.stand_in(os.path.join(self.dir, "bin"))
+        done = self.run_script(os.path.join(links, "nft-open"), "192.0.2.7",
+                               search=f"{os.path.dirname(nft)}:/usr/bin:/bin")
+        self.assertEqual(done.returncode, 0, done.stderr)
+        self.assertEqual(self.called()[0][:2], [nft, "create"])
+
     def test_a_copy_without_its_helper_fails_naming_it(self):
         alone = os.path.join(self.dir, "alone")
         os.makedirs(alone)
@@ -77,12 +87,14 @@ class ScriptLookupTests(SynchronousTestCase):
         self.assertNotEqual(done.returncode, 0)
         self.assertIn("knocker-nft", done.stderr)
 
-    def test_nft_is_the_first_on_path_and_relative_folders_are_skipped(self):
+    def test_nft_is_the_first_program_on_path_in_an_absolute_folder(self):
         os.makedirs(os.path.join(self.dir, "relative"))
         self.stand_in(os.path.join(self.dir, "relative"))
         first = self.stand_in(os.path.join(self.dir, "first"))
         self.stand_in(os.path.join(self.dir, "second"))
-        search = ":".join(["relative", "", os.path.dirname(first),
+        os.makedirs(os.path.join(self.dir, "folder", "nft"))  # a folder, not a program
+        search = ":".join(["relative", "", os.path.join(self.dir, "folder"),
+                           os.path.dirname(first),
                            os.path.join(self.dir, "second"), "/usr/bin", "/bin"])
         done = self.run_script(os.path.join(SCRIPTS, "nft-open"), "192.0.2.7", search=search)
         self.assertEqual(done.returncode, 0, done.stderr)
