@@ -698,9 +698,7 @@ class KnockServer:
         if session is not None:
             session.finish(reply)
         # Sent: the client's next knock, read now, costs its GRANT a stat.
-        read_ahead = getattr(self._book, "read_ahead", None)
-        if read_ahead is not None:
-            read_ahead(slot.client, slot.index + 1)
+        self._book.read_ahead(slot.client, slot.index + 1)
 
     def _run(self, which: str, program: tuple[str, ...], ip: str, client: str, index: int,
              verdict=None, **extra):
