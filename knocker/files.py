@@ -8,6 +8,7 @@ goes through L{read_private}.
 
 import os
 import stat
+import time
 
 
 class PrivateFileError(ValueError):
@@ -48,6 +49,11 @@ def open_private(path: str):
     Open a secret file for reading (binary), refusing one that group or
     others may read, or that is not a regular file.
     """
+    return _open_private(path)[0]
+
+
+def _open_private(path: str):
+    """L{open_private}'s file, and the C{fstat} it was checked by."""
     # O_NONBLOCK: a FIFO in place of the file must not hang the daemon.
     fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     try:
@@ -59,7 +65,7 @@ def open_private(path: str):
                 f"{path}: open to group or others "
                 f"(mode {stat.S_IMODE(info.st_mode):04o}); run: chmod 600 {path}"
             )
-        return os.fdopen(fd, "rb")
+        return os.fdopen(fd, "rb"), info
     except BaseException:
         os.close(fd)
         raise
@@ -77,6 +83,35 @@ def read_private(path: str, limit: int | None = None) -> str:
         return data.decode("utf-8", errors="strict" if limit is None else "ignore")
     except UnicodeDecodeError as error:
         raise PrivateFileError(f"{path}: not UTF-8 text ({error.reason})") from None
+
+
+# A file changed this recently may change again without its times moving:
+# they come from a clock that ticks in steps (jiffies; whole seconds, or
+# two, on some file systems).
+SETTLED_SECONDS = 2.0
+
+
+def read_private_identified(path: str, now=time.time) -> tuple[str, str | None]:
+    """
+    L{read_private} of the whole file, and what identifies the text read:
+    device, inode, size and modification and change times, taken before
+    the read.  Text written since has other times (the kernel sets the
+    change time, which no one but root can set back), or another inode
+    if the file was replaced.  C{None} instead of an identity for a file
+    changed in the last L{SETTLED_SECONDS}: a change in the same tick of
+    the file system's clock could leave the times as they were.
+    """
+    handle, info = _open_private(path)
+    with handle:
+        data = handle.read()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise PrivateFileError(f"{path}: not UTF-8 text ({error.reason})") from None
+    if now() - max(info.st_mtime, info.st_ctime) < SETTLED_SECONDS:
+        return text, None
+    return text, (f"file {info.st_dev} {info.st_ino} {info.st_size} "
+                  f"{info.st_mtime_ns} {info.st_ctime_ns}")
 
 
 def ensure_private_dir(path: str) -> None:

@@ -78,14 +78,15 @@ def load_knockfile(config):
         message names the file.
     """
     from knocker.core.knockfile import KnockFileText
-    from knocker.files import read_private
+    from knocker.files import read_private_identified
 
     if config.knock_file is None:
         raise ValueError(
             "no portknock file: set knock-file in the [client] section or pass --knock-file"
         )
     try:
-        return KnockFileText(read_private(config.knock_file), config.knock_file)
+        text, identity = read_private_identified(config.knock_file)
+        return KnockFileText(text, config.knock_file, identity)
     except OSError as error:
         raise ValueError(f"{config.knock_file}: cannot read: {error.strerror}") from None
 

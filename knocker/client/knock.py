@@ -118,9 +118,9 @@ async def knock(io, config, knockfile, uniform=None, began=None) -> KnockResult:
         io.say(f"server busy; retrying in {wait:.1f}s")
         await io.sleep(wait)
     log_attempt(config, knockfile.client, started, result)
-    if knockfile.checked_now and config.knock_file is not None:
-        remember_checked(config, knockfile.fingerprint())
-        knockfile.checked_now = False  # remembered: once per text is enough
+    if knockfile.checked_now and knockfile.identity is not None and config.knock_file is not None:
+        remember_checked(config, knockfile.identity)
+        knockfile.checked_now = False  # remembered: once per file is enough
     return result
 
 
@@ -325,40 +325,43 @@ def log_attempt(config, client: str, started: float, result: KnockResult) -> Non
         print(f"knocker: cannot write the client log {path}: {failure}", file=sys.stderr)
 
 
-# A portknock file that passed the whole-file check leaves its fingerprint
-# in FILE.checked (0600, beside it): the check costs 1-2 ms, most of a
-# knock's own time, and the file does not change from one knock to the
-# next.  Changed text has another fingerprint and is checked again.
+# A portknock file that passed the whole-file check leaves its identity
+# (device, inode, size, times: knocker.files.read_private_identified) in
+# FILE.checked (0600, beside it): the check costs 1-2 ms, most of a knock's
+# own time, and the file does not change from one knock to the next.  A
+# changed or replaced file has another identity and is checked again.
 CHECKED_SUFFIX = ".checked"
 
 
 def read_checked(config) -> tuple[str, ...]:
     """
-    The fingerprint recorded for C{config.knock_file}, if any; none if the
-    record is missing, unsafe or unreadable (the file is then checked
-    again, which is only slower).
+    The identity recorded for C{config.knock_file}, if any; none if the
+    record is missing, unsafe, unreadable or not one (the file is then
+    checked again, which is only slower).
     """
-    from knocker.core.knockfile import is_hex64
     from knocker.files import PrivateFileError, read_private
 
     if config.knock_file is None:
         return ()
     try:
-        recorded = read_private(config.knock_file + CHECKED_SUFFIX).strip()
+        recorded = read_private(config.knock_file + CHECKED_SUFFIX, limit=200).strip()
     except (OSError, PrivateFileError):
         return ()
-    return (recorded,) if is_hex64(recorded) else ()
+    words = recorded.split(" ")
+    if len(words) == 6 and words[0] == "file" and all(w.isdigit() and w.isascii() for w in words[1:]):
+        return (recorded,)
+    return ()
 
 
-def remember_checked(config, fingerprint: str) -> None:
+def remember_checked(config, identity: str) -> None:
     """
-    Record C{fingerprint} for the next knock (after the verdict, off the
+    Record C{identity} for the next knock (after the verdict, off the
     knock's path); where it cannot be written, the next knock checks again.
     """
     from knocker.files import write_private
 
     try:
-        write_private(config.knock_file + CHECKED_SUFFIX, fingerprint + "\n")
+        write_private(config.knock_file + CHECKED_SUFFIX, identity + "\n")
     except OSError:
         pass
 

@@ -3,6 +3,8 @@ The knock coroutine on a scripted driver: what it sends, what it knocks,
 when it retries, and the outcome it reports (no sockets, no reactor).
 """
 
+import time
+
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
@@ -255,8 +257,9 @@ class KnockCoroutineTests(SynchronousTestCase):
 
 class CheckedRecordTests(SynchronousTestCase):
     """
-    The whole-file check runs once per file content: its fingerprint is
-    kept in FILE.checked, and a file whose text changed is checked again.
+    The whole-file check runs once per file: its identity (device, inode,
+    size, times) is kept in FILE.checked, and a file that changed, or was
+    replaced, is checked again.
     """
 
     def setUp(self):
@@ -271,11 +274,20 @@ class CheckedRecordTests(SynchronousTestCase):
         self.text = format_knockfile(KF)
         write_private(self.path, self.text)
         self.checks = []
+        # A file written this instant has not settled (its times could
+        # stay as they are through another write); the knocks in these
+        # tests come a minute later by this clock.
+        self.now = lambda: time.time() + 60
 
-    def run_knock(self, text=None):
+    def read(self):
         from knocker.core.knockfile import KnockFileText
+        from knocker.files import read_private_identified
 
-        kf = KnockFileText(self.text if text is None else text, self.path)
+        text, identity = read_private_identified(self.path, now=self.now)
+        return KnockFileText(text, self.path, identity)
+
+    def run_knock(self, kf=None):
+        kf = self.read() if kf is None else kf
         io = ScriptedIO([f"CHALLENGE {NONCE}".encode(), grant(1), b"OPEN"])
         conf = config(**{"knock-file": self.path})
         return run_blocking(knock(io, conf, kf)), io
@@ -291,22 +303,53 @@ class CheckedRecordTests(SynchronousTestCase):
 
         self.patch(knockfile, "knocks_at_a_glance", counted)
 
+    def rewrite(self, text):
+        """
+        Write the file again in place, as an editor that keeps the inode
+        does, with its modification time set back: only its change time
+        (set by the kernel) tells.
+        """
+        import os
+
+        before = os.stat(self.path)
+        time.sleep(0.05)  # past the tick of the file system's clock
+        with open(self.path, "r+") as handle:
+            handle.write(text)
+            handle.truncate()
+        os.utime(self.path, ns=(before.st_atime_ns, before.st_mtime_ns))
+
     def test_checked_once_then_remembered(self):
         import os
         import stat
-
-        from knocker.core.knockfile import KnockFileText
 
         self.count_checks()
         first, _ = self.run_knock()
         record = self.path + ".checked"
         self.assertEqual(stat.S_IMODE(os.stat(record).st_mode), 0o600)
+        info = os.stat(self.path)
         with open(record) as handle:
-            self.assertEqual(handle.read(), KnockFileText(self.text, self.path).fingerprint() + "\n")
+            self.assertEqual(handle.read().split(), [
+                "file", str(info.st_dev), str(info.st_ino), str(info.st_size),
+                str(info.st_mtime_ns), str(info.st_ctime_ns)])
         second, io = self.run_knock()
         self.assertEqual((first.outcome, second.outcome), (Outcome.OPEN, Outcome.OPEN))
         self.assertEqual(len(self.checks), 1, "the unchanged file was checked again")
         self.assertEqual(io.hits, [1, 2, 3])
+
+    def test_a_file_changed_just_now_is_not_remembered(self):
+        """
+        Its times could stay the same through another write in the same
+        tick of the file system's clock: it is checked until it settles.
+        """
+        import os
+
+        self.now = time.time
+        self.count_checks()
+        for _ in range(2):
+            result, _ = self.run_knock()
+            self.assertEqual(result.outcome, Outcome.OPEN)
+        self.assertEqual(len(self.checks), 2)
+        self.assertFalse(os.path.exists(self.path + ".checked"))
 
     def test_one_file_object_knocking_twice_writes_the_record_once(self):
         """
@@ -314,25 +357,46 @@ class CheckedRecordTests(SynchronousTestCase):
         check once, not at every knock.
         """
         from knocker.client import knock as module
-        from knocker.core.knockfile import KnockFileText
 
         writes = []
         real = module.remember_checked
         self.patch(module, "remember_checked", lambda *a: (writes.append(a), real(*a)))
-        kf = KnockFileText(self.text, self.path)
+        kf = self.read()
         conf = config(**{"knock-file": self.path})
         for index in (1, 2):
             io = ScriptedIO([f"CHALLENGE {NONCE}".encode(), grant(index), b"OPEN"])
             self.assertEqual(run_blocking(knock(io, conf, kf)).outcome, Outcome.OPEN)
         self.assertEqual(len(writes), 1)
 
-    def test_changed_text_is_checked_again_and_refused(self):
+    def test_changed_file_is_checked_again_and_refused(self):
         self.run_knock()
-        damaged = self.text.replace("\n2 ", "\n2 99999,")
-        result, io = self.run_knock(damaged)
+        damaged = self.text.replace("\n2 4,5,6", "\n2 4,4,6")  # the same size
+        self.assertNotEqual(damaged, self.text)
+        self.rewrite(damaged)
+        result, io = self.run_knock()
         self.assertEqual(result.outcome, Outcome.BAD_FILE)
         self.assertIn(f"{self.path}, line ", result.detail)
         self.assertEqual(io.hits, [])
+
+    def test_replaced_file_is_checked_again(self):
+        from knocker.core.knockgen import format_knockfile
+        from knocker.files import write_private
+
+        self.run_knock()
+        write_private(self.path, format_knockfile(KF))  # same text, a new inode
+        self.count_checks()
+        result, _ = self.run_knock()
+        self.assertEqual(result.outcome, Outcome.OPEN)
+        self.assertEqual(len(self.checks), 1)
+
+    def test_text_without_a_file_is_checked_every_time(self):
+        from knocker.core.knockfile import KnockFileText
+
+        self.count_checks()
+        for _ in range(2):
+            result, _ = self.run_knock(KnockFileText(self.text, self.path))
+            self.assertEqual(result.outcome, Outcome.OPEN)
+        self.assertEqual(len(self.checks), 2)
 
     def test_unsafe_record_is_ignored(self):
         import os
@@ -343,6 +407,20 @@ class CheckedRecordTests(SynchronousTestCase):
         result, _ = self.run_knock()
         self.assertEqual(result.outcome, Outcome.OPEN)
         self.assertEqual(len(self.checks), 1, "a record others could have written was trusted")
+
+    def test_a_record_that_is_not_an_identity_is_ignored(self):
+        """
+        A record from before (a SHA-256 of the text), or anything else,
+        is not trusted: the file is checked and the record replaced.
+        """
+        from knocker.files import read_private, write_private
+
+        write_private(self.path + ".checked", "ab" * 32 + "\n")
+        self.count_checks()
+        result, _ = self.run_knock()
+        self.assertEqual(result.outcome, Outcome.OPEN)
+        self.assertEqual(len(self.checks), 1)
+        self.assertTrue(read_private(self.path + ".checked").startswith("file "))
 
     def test_record_that_cannot_be_written_costs_only_time(self):
         import os
