@@ -35,7 +35,8 @@ LOCKOUT_RETRY = 5.0
 def _hmac_hex(secret: bytes, message: bytes) -> str:
     """
     The server's HMAC-SHA256, from the standard hmac module; the client uses
-    L{knocker.core.mac}, so every handshake checks one against the other.
+    L{knocker.core.handshake.hmac_sha256}, so every handshake checks one
+    against the other.
     """
     return hmac.digest(secret, message, "sha256").hex()
 

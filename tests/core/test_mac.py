@@ -1,6 +1,7 @@
 """
-The client's HMAC-SHA256 (L{knocker.core.mac}) against RFC 4231's test vectors
-and against the standard hmac module the server uses.
+The client's HMAC-SHA256 (L{knocker.core.handshake.hmac_sha256}) against
+RFC 4231's test vectors and against the standard hmac module the server
+uses.
 """
 
 import hmac
@@ -9,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
-from knocker.core.mac import digests_equal, hmac_sha256
+from knocker.core.handshake import digests_equal, hmac_sha256
 
 # RFC 4231, section 4: (key, data, HMAC-SHA-256).  Case 5 tests truncated
 # output, which the protocol does not use.
