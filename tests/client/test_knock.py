@@ -471,6 +471,23 @@ class ClientLogTests(SynchronousTestCase):
         self.assertLessEqual(abs(written.replace(tzinfo=timezone.utc).timestamp() - started),
                              1e-5)
 
+    def test_a_missing_folder_is_made_private_and_lines_are_appended(self):
+        import json
+        import os
+        import stat
+
+        from knocker.client.knock import KnockResult, log_attempt
+
+        base = self.mktemp()
+        path = os.path.join(base, "knocker", "client.log")
+        conf = parse_client_config(overrides={"log-file": path})
+        for index in (1, 2):
+            log_attempt(conf, "alice", time.time(), KnockResult(Outcome.OPEN, "", index, (1, 2), 1))
+        self.assertEqual(stat.S_IMODE(os.stat(os.path.dirname(path)).st_mode), 0o700)
+        self.assertEqual(stat.S_IMODE(os.stat(path).st_mode), 0o600)
+        with open(path, encoding="utf-8") as handle:
+            self.assertEqual([json.loads(line)["index"] for line in handle], [1, 2])
+
 
 class FailoverIO(ScriptedIO):
     """
