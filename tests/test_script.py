@@ -36,3 +36,21 @@ class ScriptTests(TestCase):
                 self.assertEqual(by_script, run("-m", "knocker.main", *args))
                 # a refusal is not a success (and the help is)
                 self.assertEqual(by_script[0] == 0, args[-1] == "--help", by_script[2][-300:])
+
+    def test_nothing_is_imported_from_the_scripts_folder(self):
+        """
+        The script's folder (a venv's bin/, where anyone who can write
+        there could leave a module) is not on the import path: a package
+        named knocker beside the script is not the one imported.
+        """
+        import shutil
+
+        folder = os.path.abspath(self.mktemp())
+        os.makedirs(os.path.join(folder, "knocker"))
+        with open(os.path.join(folder, "knocker", "__init__.py"), "w") as handle:
+            handle.write("raise SystemExit('imported from the script folder')\n")
+        script = os.path.join(folder, "knocker-copy")
+        shutil.copy(SCRIPT, script)
+        status, out, err = run(script, "knock", "--help")
+        self.assertEqual((status, err), (0, ""))
+        self.assertIn("usage: knocker knock", out)
