@@ -94,24 +94,36 @@ SETTLED_SECONDS = 2.0
 def read_private_identified(path: str, now=time.time) -> tuple[str, str | None]:
     """
     L{read_private} of the whole file, and what identifies the text read:
-    device, inode, size and modification and change times, taken before
-    the read.  Text written since has other times (the kernel sets the
-    change time, which no one but root can set back), or another inode
-    if the file was replaced.  C{None} instead of an identity for a file
-    changed in the last L{SETTLED_SECONDS}: a change in the same tick of
-    the file system's clock could leave the times as they were.
+    device, inode, size and modification and change times, the same before
+    the read and after it.  Text written since has another change time
+    (the kernel sets it on every write; no system call sets it back), or
+    another inode if the file was replaced.  C{None} instead of an
+    identity for a file changed in the last L{SETTLED_SECONDS} (a change in
+    the same tick of the file system's clock could leave its times as they
+    were), or changed while it was read.
+
+    This trusts the local file system's change time; it is no integrity
+    check (a disk edited offline, or a file system that makes its change
+    time up, would get past it).  The client uses it only to skip
+    re-checking a file it has checked, and still checks the knock it uses.
     """
-    handle, info = _open_private(path)
+    handle, before = _open_private(path)
     with handle:
         data = handle.read()
+        after = os.fstat(handle.fileno())
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as error:
         raise PrivateFileError(f"{path}: not UTF-8 text ({error.reason})") from None
-    if now() - max(info.st_mtime, info.st_ctime) < SETTLED_SECONDS:
+    identity = _identity(after)
+    if identity != _identity(before) or now() - after.st_ctime < SETTLED_SECONDS:
         return text, None
-    return text, (f"file {info.st_dev} {info.st_ino} {info.st_size} "
-                  f"{info.st_mtime_ns} {info.st_ctime_ns}")
+    return text, identity
+
+
+def _identity(info) -> str:
+    return (f"file {info.st_dev} {info.st_ino} {info.st_size} "
+            f"{info.st_mtime_ns} {info.st_ctime_ns}")
 
 
 def ensure_private_dir(path: str) -> None:

@@ -9,10 +9,17 @@ import stat
 import subprocess
 import sys
 import tempfile
+import time
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from knocker.files import PrivateFileError, ensure_private_dir, read_private, write_private
+from knocker.files import (
+    PrivateFileError,
+    ensure_private_dir,
+    read_private,
+    read_private_identified,
+    write_private,
+)
 
 
 def tempdir(case) -> str:
@@ -220,6 +227,53 @@ class ReadPrivateTests(SynchronousTestCase):
 
     def test_error_is_value_error(self):
         self.assertTrue(issubclass(PrivateFileError, ValueError))
+
+
+class IdentifiedReadTests(SynchronousTestCase):
+    """
+    read_private_identified: the text, and an identity only for a file
+    that did not change while it was read, nor just before.
+    """
+
+    def setUp(self):
+        self.path = os.path.join(tempdir(self), "alice.knock")
+        write_private(self.path, "version = 1\n")
+        self.later = lambda: time.time() + 60
+
+    def test_a_settled_file_has_its_stat_as_identity(self):
+        text, identity = read_private_identified(self.path, now=self.later)
+        info = os.stat(self.path)
+        self.assertEqual(text, "version = 1\n")
+        self.assertEqual(identity, f"file {info.st_dev} {info.st_ino} {info.st_size} "
+                                   f"{info.st_mtime_ns} {info.st_ctime_ns}")
+
+    def test_a_file_just_written_has_none(self):
+        self.assertIsNone(read_private_identified(self.path)[1])
+
+    def test_a_file_changed_while_it_is_read_has_none(self):
+        """
+        The identity must be that of the text read: a write between the
+        check of the file and its read gives none, not the one before.
+        """
+        from knocker import files
+
+        real = files._open_private
+
+        def opened_then_written(path):
+            opened = real(path)
+            time.sleep(0.05)  # past the tick of the file system's clock
+            with open(path, "r+") as handle:
+                handle.write("version = 2\n")
+            return opened
+
+        self.patch(files, "_open_private", opened_then_written)
+        text, identity = read_private_identified(self.path, now=self.later)
+        self.assertEqual(text, "version = 2\n")
+        self.assertIsNone(identity)
+
+    def test_refused_as_read_private_refuses(self):
+        os.chmod(self.path, 0o644)
+        self.assertRaises(PrivateFileError, read_private_identified, self.path)
 
 
 class PrivateDirTests(SynchronousTestCase):

@@ -1,8 +1,8 @@
 """
-bin/knocker, the script pip installs as the C{knocker} command: it sends
-C{knock} and C{connect} straight to their modules (and leaves with
-C{os._exit}), everything else to L{knocker.main}, and users must not be able
-to tell the two routes apart.
+bin/knocker, the script pip installs as the C{knocker} command, and
+L{knocker.command_line}, which it calls: C{knock} and C{connect} go
+straight to their modules (and leave with C{os._exit}), everything else to
+L{knocker.main}, and users must not be able to tell the two routes apart.
 """
 
 import os
@@ -52,5 +52,35 @@ class ScriptTests(TestCase):
         script = os.path.join(folder, "knocker-copy")
         shutil.copy(SCRIPT, script)
         status, out, err = run(script, "knock", "--help")
+        self.assertEqual((status, err), (0, ""))
+        self.assertIn("usage: knocker knock", out)
+
+    def test_with_python_P_the_path_is_left_alone(self):
+        """
+        Under python -P the script's folder was never added: the first
+        entry is someone else's (here PYTHONPATH's, where knocker is), and
+        stays.
+        """
+        status, out, err = run("-P", SCRIPT, "knock", "--help")
+        self.assertEqual((status, err), (0, ""))
+        self.assertIn("usage: knocker knock", out)
+
+    def test_through_a_link_the_real_folder_leaves_the_path(self):
+        """
+        A link on the PATH (README's /usr/local/bin/knocker, pipx's) to the
+        script: Python puts the folder the link leads to on the path, and
+        that is the one that goes.
+        """
+        folder = os.path.abspath(self.mktemp())
+        real, elsewhere = os.path.join(folder, "real"), os.path.join(folder, "elsewhere")
+        os.makedirs(os.path.join(real, "knocker"))
+        os.makedirs(elsewhere)
+        with open(os.path.join(real, "knocker", "__init__.py"), "w") as handle:
+            handle.write("raise SystemExit('imported from the script folder')\n")
+        import shutil
+
+        shutil.copy(SCRIPT, os.path.join(real, "knocker-copy"))
+        os.symlink(os.path.join(real, "knocker-copy"), os.path.join(elsewhere, "knocker"))
+        status, out, err = run(os.path.join(elsewhere, "knocker"), "knock", "--help")
         self.assertEqual((status, err), (0, ""))
         self.assertIn("usage: knocker knock", out)

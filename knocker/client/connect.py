@@ -290,7 +290,7 @@ def _connect(argv: list[str]) -> int:
         return UNREACHABLE_TARGET
     if verbose:
         _say(f"connected to {target}; relaying")
-    # bin/knocker knocks with the cycle collector off; a relay can last
-    # as long as the SSH session it carries.
+    # The knocker command (knocker.command_line) knocks with the cycle
+    # collector off; a relay can last as long as the SSH session it carries.
     gc.enable()
     return relay(sock, name=target)

@@ -287,14 +287,11 @@ def _json_text(text: str) -> str:
     C{text} as a JSON string: quotes, backslashes and control characters
     escaped; anything else is valid JSON as it is (UTF-8).
     """
-    if not _JSON_ESCAPES:  # made on first use: a knock writes three strings
-        _JSON_ESCAPES.update({code: f"\\u{code:04x}" for code in range(32)})
-        _JSON_ESCAPES[ord('"')] = '\\"'
-        _JSON_ESCAPES[ord("\\")] = "\\\\"
     return '"' + text.translate(_JSON_ESCAPES) + '"'
 
 
-_JSON_ESCAPES: dict[int, str] = {}
+_JSON_ESCAPES = {**{code: f"\\u{code:04x}" for code in range(32)},
+                 ord('"'): '\\"', ord("\\"): "\\\\"}
 
 
 def log_attempt(config, client: str, started: float, result: KnockResult) -> None:

@@ -56,8 +56,8 @@ def grant_message(client: str, nonce: str, index: int) -> bytes:
 # handshake.  The interpreter has its own SHA-256 built in; hmac_sha256
 # runs the RFC 2104 construction on it.  The tests check it against the
 # hmac module and the RFC 4231 test vectors, and every knock checks it
-# against the other side's.  This module is loaded once HELLO is sent, so
-# SHA-256's C extension loads while the server answers.
+# against the other side's.  On plain TCP this module is loaded once HELLO
+# is sent, so SHA-256's C extension loads while the server answers.
 
 BLOCK = 64  # SHA-256 block size, bytes
 _IPAD = int.from_bytes(b"\x36" * BLOCK, "big")

@@ -45,6 +45,7 @@ class KnockFile(Record):
         return self
 
     checked_now = False  # parsed whole when read: nothing for the client to remember
+    identity = None
 
     def check(self, known=()) -> None:
         pass
@@ -56,7 +57,7 @@ class KnockFileText:
     at once (the handshake needs the secret); the whole file by L{check},
     which the client calls while it waits for the server's GRANT, so a file
     that breaks a rule is refused before any port is knocked.  L{check}
-    skips a text checked before, takes the fast path of
+    skips a file checked before, takes the fast path of
     L{knocks_at_a_glance} for a file in the form C{knocker generate}
     writes, and parses line by line (naming the line at fault) otherwise.
     A file checked before is known by its identity, not its text: hashing

@@ -340,7 +340,7 @@ class ConnectCommandTests(DaemonCase):
 
     def test_the_relay_runs_with_the_cycle_collector_on(self):
         """
-        bin/knocker knocks with the cycle collector off (a knock lives
+        The knocker command knocks with the cycle collector off (a knock lives
         milliseconds); the relay, which lasts as long as the session it
         carries, runs with it on.
         """

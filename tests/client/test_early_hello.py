@@ -134,7 +134,7 @@ class EarlyHelloTests(SynchronousTestCase):
             "said = tcp.EarlyHello.__init__\n"
             "def watched(self, *args, **kwargs):\n"
             "    loaded = [m for m in ('knocker.core.handshake', 'knocker.client.knock',\n"
-            "              'knocker.client.blocking_driver')\n"
+            "              'knocker.client.blocking_driver', '_sha256', '_sha2')\n"
             "              if m in sys.modules]\n"
             "    said(self, *args, **kwargs)\n"
             "    print('LOADED AT HELLO', loaded, self.said, flush=True)\n"
