@@ -79,8 +79,12 @@ def read_private(path: str, limit: int | None = None) -> str:
     """
     with open_private(path) as handle:
         data = handle.read() if limit is None else handle.read(limit)
+    return _text(path, data, errors="strict" if limit is None else "ignore")
+
+
+def _text(path: str, data: bytes, errors: str = "strict") -> str:
     try:
-        return data.decode("utf-8", errors="strict" if limit is None else "ignore")
+        return data.decode("utf-8", errors=errors)
     except UnicodeDecodeError as error:
         raise PrivateFileError(f"{path}: not UTF-8 text ({error.reason})") from None
 
@@ -111,10 +115,7 @@ def read_private_identified(path: str, now=time.time) -> tuple[str, str | None]:
     with handle:
         data = handle.read()
         after = os.fstat(handle.fileno())
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as error:
-        raise PrivateFileError(f"{path}: not UTF-8 text ({error.reason})") from None
+    text = _text(path, data)
     identity = _identity(after)
     if identity != _identity(before) or now() - after.st_ctime < SETTLED_SECONDS:
         return text, None
@@ -124,6 +125,13 @@ def read_private_identified(path: str, now=time.time) -> tuple[str, str | None]:
 def _identity(info) -> str:
     return (f"file {info.st_dev} {info.st_ino} {info.st_size} "
             f"{info.st_mtime_ns} {info.st_ctime_ns}")
+
+
+def is_identity(text: str) -> bool:
+    """Whether C{text} is an identity as L{read_private_identified} gives them."""
+    words = text.split(" ")
+    return (len(words) == 6 and words[0] == "file"
+            and all(word.isdigit() and word.isascii() for word in words[1:]))
 
 
 def ensure_private_dir(path: str) -> None:

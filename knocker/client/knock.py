@@ -344,7 +344,7 @@ def read_checked(config) -> tuple[str, ...]:
     record is missing, unsafe, unreadable or not one (the file is then
     checked again, which is only slower).
     """
-    from knocker.files import PrivateFileError, read_private
+    from knocker.files import PrivateFileError, is_identity, read_private
 
     if config.knock_file is None:
         return ()
@@ -352,10 +352,7 @@ def read_checked(config) -> tuple[str, ...]:
         recorded = read_private(config.knock_file + CHECKED_SUFFIX, limit=200).strip()
     except (OSError, PrivateFileError):
         return ()
-    words = recorded.split(" ")
-    if len(words) == 6 and words[0] == "file" and all(w.isdigit() and w.isascii() for w in words[1:]):
-        return (recorded,)
-    return ()
+    return (recorded,) if is_identity(recorded) else ()
 
 
 def remember_checked(config, identity: str) -> None:
