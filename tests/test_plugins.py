@@ -53,6 +53,18 @@ class PluginTests(SynchronousTestCase):
                                   ["--on-success", "/nonexistent/open-door"])
         self.assertIn("on-success = /nonexistent/open-door: not an executable file", error.code)
 
+    def test_server_options_refuse_a_program_anyone_can_change(self):
+        folder = os.path.abspath(self.mktemp())
+        os.makedirs(folder)
+        program = os.path.join(folder, "open-door")
+        with open(program, "w") as handle:
+            handle.write("#!/bin/sh\n")
+        os.chmod(program, 0o777)
+        error = self.assertRaises(SystemExit, server_tap.Options().parseOptions,
+                                  ["--on-success", program])
+        self.assertIn(f"on-success = {program}: anyone can change the file", error.code)
+        self.assertTrue(error.code.startswith("twistd knockserver: "), error.code)
+
     def test_make_server_service_binds_on_start(self):
         state = os.path.abspath(self.mktemp())
         options = server_tap.Options()

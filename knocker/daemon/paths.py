@@ -12,10 +12,13 @@ than a bare C{[Errno 2]} from deep inside.
     start is refused; the folder (or the file, if it exists) must be
     writable;
   - C{on-check}: an executable file (on-success and on-close are checked
-    as the options are read, L{knocker.daemon.tap.check_programs}).
+    as the options are read, L{knocker.daemon.tap.check_programs});
+  - every program and the configuration file: no one but root and the
+    daemon's own user can change them (L{check_trusted}).
 """
 
 import os
+import stat
 
 
 class PathError(Exception):
@@ -104,8 +107,81 @@ def check_audit_log(path: str, configured: bool) -> None:
 
 
 def check_program(key: str, path: str | None) -> None:
-    if path is not None and not (os.path.isfile(path) and os.access(path, os.X_OK)):
+    if path is None:
+        return
+    if not (os.path.isfile(path) and os.access(path, os.X_OK)):
         raise PathError(f"{key} = {path}: not an executable file")
+    check_trusted(key, path)
+
+
+def check_trusted(key: str, path: str) -> None:
+    """
+    Refuse a program the daemon runs, or the configuration that names the
+    programs, when anyone but root and the daemon's own user could change
+    it: whoever can would run code as the daemon (root, as a rule).  That
+    is the file itself and every folder above it, links followed, as
+    OpenSSH's StrictModes and sudo look at what they trust.
+
+    A folder anyone may write to is fine when it is sticky (C{/tmp}):
+    others cannot rename or remove what is not theirs in it.  A group may
+    write only if it is root's group or the daemon's own.
+
+    @raise PathError: the first file or folder that will not do, and how
+        to mend it.
+    """
+    real = os.path.realpath(path)
+    trusted_users = {0, os.geteuid()}
+    trusted_groups = {0, os.getegid()}
+    shown = f"{key} = {path}" + ("" if real == os.path.abspath(path) else f" (that is {real})")
+    current = real
+    while True:
+        try:
+            info = os.stat(current)
+        except OSError as error:
+            raise PathError(f"{shown}: cannot look at {current} ({error.strerror})") from None
+        mode = info.st_mode
+        sticky = stat.S_ISDIR(mode) and mode & stat.S_ISVTX
+        what = "folder" if stat.S_ISDIR(mode) else "file"
+        if info.st_uid not in trusted_users:
+            raise PathError(
+                f"{shown}: the {what} {current} belongs to {_name(info.st_uid)}, who could "
+                f"change what the daemon runs as {_who()}; make it root's "
+                f"(chown root: {current}) or the daemon's"
+            )
+        if not sticky and mode & stat.S_IWOTH:
+            raise PathError(
+                f"{shown}: anyone can change the {what} {current} (mode "
+                f"{stat.S_IMODE(mode):04o}), and so what the daemon runs as {_who()}; "
+                f"run: chmod o-w {current}"
+            )
+        if not sticky and mode & stat.S_IWGRP and info.st_gid not in trusted_groups:
+            raise PathError(
+                f"{shown}: group {_group(info.st_gid)} can change the {what} {current} (mode "
+                f"{stat.S_IMODE(mode):04o}), and so what the daemon runs as {_who()}; "
+                f"run: chmod g-w {current}"
+            )
+        parent = os.path.dirname(current)
+        if parent == current:
+            return
+        current = parent
+
+
+def _name(uid: int) -> str:
+    try:
+        import pwd
+
+        return f"user {pwd.getpwuid(uid).pw_name} (uid {uid})"
+    except (ImportError, KeyError):
+        return f"uid {uid}"
+
+
+def _group(gid: int) -> str:
+    try:
+        import grp
+
+        return f"{grp.getgrgid(gid).gr_name} (gid {gid})"
+    except (ImportError, KeyError):
+        return f"gid {gid}"
 
 
 def check_paths(config) -> None:

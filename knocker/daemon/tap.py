@@ -24,6 +24,8 @@ class Options(usage.Options):
     def postOptions(self):
         overrides = {key: self[key] for key in SERVER_KEYS if self[key] is not None}
         try:
+            if self["config"] is not None:
+                check_config_file(self["config"])
             self.config = load_server_config(self["config"], overrides)
             check_programs(self.config)
         except ConfigError as error:
@@ -32,13 +34,34 @@ class Options(usage.Options):
 
 def check_programs(config) -> None:
     """
-    Refuse to start with an action program that is missing or not executable.
+    Refuse to start with an action program that is missing, not executable,
+    or open to change by anyone but root and the daemon's user.
+    """
+    from knocker.daemon.paths import PathError, check_program
+
+    for key, path in (("on-success", config.on_success), ("on-close", config.on_close)):
+        try:
+            check_program(key, path)
+        except PathError as error:
+            raise ConfigError(str(error)) from None
+
+
+def check_config_file(path: str) -> None:
+    """
+    The configuration names the programs the daemon runs: refuse one that
+    anyone but root and the daemon's user could change.  A missing file is
+    left to the loader, which says so.
     """
     import os
 
-    for key, path in (("on-success", config.on_success), ("on-close", config.on_close)):
-        if path is not None and not (os.path.isfile(path) and os.access(path, os.X_OK)):
-            raise ConfigError(f"{key} = {path}: not an executable file")
+    from knocker.daemon.paths import PathError, check_trusted
+
+    if not os.path.exists(path):
+        return
+    try:
+        check_trusted("--config", path)
+    except PathError as error:
+        raise ConfigError(str(error)) from None
 
 
 def makeService(options, reactor=None):

@@ -222,6 +222,27 @@ class ServerFileTests(DaemonCase):
         self.assertRefusesToStart(f"on-success = {missing}", "not an executable file",
                                   config=config)
 
+    def test_action_program_others_can_change(self):
+        """
+        An on-success program, or the configuration naming it, that anyone
+        may write to: whoever did could run code as the daemon (root, in
+        the field).  The daemon names the key, the file and the chmod, and
+        nothing listens.
+        """
+        from tests.helpers.processes import write_recorder
+
+        program, _ = write_recorder(self.dir, "on-success")
+        config = write_config(os.path.join(self.dir, "loose.conf"), "server",
+                              central=f"tcp:{self.central}:interface=127.0.0.1",
+                              state_dir="state", on_success=program)
+        os.chmod(program, 0o757)
+        self.assertRefusesToStart(f"on-success = {program}: anyone can change the file",
+                                  f"chmod o-w {program}", config=config)
+        os.chmod(program, 0o755)
+        os.chmod(config, 0o646)
+        self.assertRefusesToStart(f"--config = {config}: anyone can change the file",
+                                  f"chmod o-w {config}", config=config)
+
 
 class ActionProgramTests(DaemonCase):
     def test_action_path_is_a_file_name_not_shell_text(self):

@@ -1,0 +1,142 @@
+"""
+The programs the daemon runs, and the configuration that names them, must
+be out of reach of everyone but root and the daemon's own user
+(knocker/daemon/paths.py, check_trusted): whoever could change them would
+run code as the daemon.
+"""
+
+import os
+import pwd
+import stat
+import tempfile
+
+from twisted.trial.unittest import SkipTest, TestCase
+
+from knocker.daemon.paths import PathError, check_program, check_trusted
+
+NOBODY = "nobody"
+
+
+def other_user() -> tuple[int, int]:
+    """A uid and gid that are not this process's: only root can hand files to them."""
+    if os.geteuid() != 0:
+        raise SkipTest("giving a file to another user takes root (CI runs the suite as root)")
+    entry = pwd.getpwnam(NOBODY)
+    return entry.pw_uid, entry.pw_gid
+
+
+class TrustedPathTests(TestCase):
+    def setUp(self):
+        # A private folder of our own, out of the test runner's tree, so
+        # that only what each test changes is in question.
+        self.dir = tempfile.mkdtemp(prefix="knocker-trust-")
+        self.addCleanup(self._remove)
+        self.program = self.make_program(self.dir, "open-door")
+
+    def _remove(self):
+        for root, dirs, files in os.walk(self.dir, topdown=False):
+            for name in files:
+                os.unlink(os.path.join(root, name))
+            for name in dirs:
+                path = os.path.join(root, name)
+                (os.unlink if os.path.islink(path) else os.rmdir)(path)
+        os.rmdir(self.dir)
+
+    def make_program(self, folder: str, name: str) -> str:
+        path = os.path.join(folder, name)
+        with open(path, "w") as handle:
+            handle.write("#!/bin/sh\nexit 0\n")
+        os.chmod(path, 0o755)
+        return path
+
+    def refused(self, path: str, *words: str, key: str = "on-success") -> str:
+        message = str(self.assertRaises(PathError, check_program, key, path))
+        self.assertTrue(message.startswith(f"{key} = {path}"), message)
+        for word in words:
+            self.assertIn(word, message)
+        return message
+
+    def test_program_of_our_own_in_a_private_folder(self):
+        check_program("on-success", self.program)
+
+    def test_program_anyone_can_write(self):
+        os.chmod(self.program, 0o777)
+        self.refused(self.program, "anyone can change the file", "mode 0777",
+                     f"chmod o-w {self.program}")
+
+    def test_folder_anyone_can_write(self):
+        """Anyone could put another program in its place."""
+        folder = os.path.join(self.dir, "scripts")
+        os.mkdir(folder)
+        os.chmod(folder, 0o777)
+        program = self.make_program(folder, "open-door")
+        self.refused(program, f"anyone can change the folder {folder}", f"chmod o-w {folder}")
+
+    def test_sticky_folder_anyone_can_write(self):
+        """Like /tmp: others cannot rename or remove what is not theirs."""
+        folder = os.path.join(self.dir, "shared")
+        os.mkdir(folder)
+        os.chmod(folder, 0o1777)
+        check_program("on-success", self.make_program(folder, "open-door"))
+
+    def test_group_of_our_own_may_write(self):
+        os.chmod(self.program, 0o775)
+        os.chown(self.program, -1, os.getegid())
+        check_program("on-success", self.program)
+
+    def test_another_group_may_not_write(self):
+        _, gid = other_user()
+        os.chown(self.program, -1, gid)
+        os.chmod(self.program, 0o775)
+        self.refused(self.program, "group", "can change the file", f"chmod g-w {self.program}")
+
+    def test_program_of_another_user(self):
+        uid, _ = other_user()
+        os.chown(self.program, uid, -1)
+        self.refused(self.program, f"belongs to user {NOBODY} (uid {uid})",
+                     f"chown root: {self.program}")
+
+    def test_folder_of_another_user(self):
+        """Its owner could rename the program and put another in its place."""
+        uid, _ = other_user()
+        folder = os.path.join(self.dir, "theirs")
+        os.mkdir(folder, 0o755)
+        program = self.make_program(folder, "open-door")
+        os.chown(folder, uid, -1)
+        self.refused(program, f"the folder {folder} belongs to user {NOBODY}")
+
+    def test_link_to_a_program_anyone_can_write(self):
+        """Links are followed: what runs is the file they lead to."""
+        loose = os.path.join(self.dir, "loose")
+        os.mkdir(loose)
+        os.chmod(loose, 0o777)
+        target = self.make_program(loose, "real-door")
+        link = os.path.join(self.dir, "open-door-link")
+        os.symlink(target, link)
+        message = self.refused(link, f"(that is {target})", f"the folder {loose}")
+        self.assertNotIn("not an executable", message)
+
+    def test_missing_program_still_says_so_first(self):
+        missing = os.path.join(self.dir, "no-such-program")
+        self.refused(missing, "not an executable file")
+
+    def test_configuration_file_checked_the_same_way(self):
+        config = os.path.join(self.dir, "knockserver.conf")
+        with open(config, "w") as handle:
+            handle.write("[server]\n")
+        os.chmod(config, 0o644)
+        check_trusted("--config", config)
+        os.chmod(config, 0o666)
+        message = str(self.assertRaises(PathError, check_trusted, "--config", config))
+        self.assertIn(f"--config = {config}: anyone can change the file", message)
+
+    def test_every_folder_up_to_the_root_is_looked_at(self):
+        """A world-writable folder high above still lets anyone swap the tree."""
+        top = os.path.join(self.dir, "a")
+        deep = os.path.join(top, "b", "c")
+        os.makedirs(deep)
+        program = self.make_program(deep, "open-door")
+        check_program("on-success", program)
+        os.chmod(top, 0o777)
+        self.refused(program, f"the folder {top}")
+        self.assertEqual(stat.S_IMODE(os.stat(deep).st_mode) & 0o022, 0)
