@@ -8,7 +8,7 @@ from twisted.application.service import IServiceMaker
 from twisted.internet.testing import MemoryReactorClock
 from twisted.plugin import getPlugins
 from twisted.python import usage
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
 from knocker.admin.clients import generate_client
 from knocker.client import tap as client_tap
@@ -53,17 +53,45 @@ class PluginTests(SynchronousTestCase):
                                   ["--on-success", "/nonexistent/open-door"])
         self.assertIn("on-success = /nonexistent/open-door: not an executable file", error.code)
 
-    def test_server_options_refuse_a_program_anyone_can_change(self):
+    def program(self, name: str, mode: int) -> str:
         folder = os.path.abspath(self.mktemp())
         os.makedirs(folder)
-        program = os.path.join(folder, "open-door")
+        program = os.path.join(folder, name)
         with open(program, "w") as handle:
             handle.write("#!/bin/sh\n")
-        os.chmod(program, 0o777)
+        os.chmod(program, mode)
+        return program
+
+    def test_server_options_refuse_a_program_anyone_can_change(self):
+        program = self.program("open-door", 0o777)
         error = self.assertRaises(SystemExit, server_tap.Options().parseOptions,
                                   ["--on-success", program])
         self.assertIn(f"on-success = {program}: anyone can change the file", error.code)
         self.assertTrue(error.code.startswith("twistd knockserver: "), error.code)
+
+    def test_server_options_judge_programs_for_twistds_uid(self):
+        """
+        twistd --uid USER reads the options as root and then switches: a
+        program (here on-check, relative to where twistd was started)
+        owned by that user is as good as root's.
+        """
+        import pwd
+
+        from twisted.scripts._twistd_unix import ServerOptions
+
+        if os.geteuid() != 0:
+            raise SkipTest("handing a file to another user takes root (CI runs as root)")
+        nobody = pwd.getpwnam("nobody")
+        program = self.program("check-door", 0o755)
+        os.chown(program, nobody.pw_uid, -1)
+        relative = os.path.relpath(program)
+        twistd = ServerOptions()
+        twistd.parseOptions(["--uid", str(nobody.pw_uid), "knockserver", "--on-check", relative])
+        self.assertEqual(twistd.subOptions.config.on_check, program)
+        error = self.assertRaises(SystemExit, ServerOptions().parseOptions,
+                                  ["knockserver", "--on-check", relative])
+        self.assertIn(f"on-check = {program}: the file {program} belongs to user nobody",
+                      error.code)
 
     def test_make_server_service_binds_on_start(self):
         state = os.path.abspath(self.mktemp())

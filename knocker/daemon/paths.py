@@ -11,10 +11,11 @@ than a bare C{[Errno 2]} from deep inside.
     folder is created 0700 if missing but its parent exists, else the
     start is refused; the folder (or the file, if it exists) must be
     writable;
-  - C{on-check}: an executable file (on-success and on-close are checked
-    as the options are read, L{knocker.daemon.tap.check_programs});
-  - every program and the configuration file: no one but root and the
-    daemon's own user can change them (L{check_trusted}).
+  - C{on-check}: an executable file;
+  - every program (on-success, on-close, on-check) and the configuration
+    file: no one but root and the daemon's own user can change them
+    (L{check_trusted}), checked as the options are read
+    (L{knocker.daemon.tap.check_programs}).
 """
 
 import os
@@ -106,73 +107,118 @@ def check_audit_log(path: str, configured: bool) -> None:
                         f"{_owner_hint(folder)}")
 
 
-def check_program(key: str, path: str | None) -> None:
-    if path is None:
-        return
-    if not (os.path.isfile(path) and os.access(path, os.X_OK)):
+def check_executable(key: str, path: str | None) -> None:
+    if path is not None and not (os.path.isfile(path) and os.access(path, os.X_OK)):
         raise PathError(f"{key} = {path}: not an executable file")
-    check_trusted(key, path)
 
 
-def check_trusted(key: str, path: str) -> None:
+def check_program(key: str, path: str | None, runs_as: tuple[int, int] | None = None) -> None:
+    """An action program: executable, and out of reach (L{check_trusted})."""
+    check_executable(key, path)
+    if path is not None:
+        check_trusted(key, path, runs_as)
+
+
+def check_trusted(key: str, path: str, runs_as: tuple[int, int] | None = None) -> None:
     """
     Refuse a program the daemon runs, or the configuration that names the
     programs, when anyone but root and the daemon's own user could change
     it: whoever can would run code as the daemon (root, as a rule).  That
-    is the file itself and every folder above it, links followed, as
-    OpenSSH's StrictModes and sudo look at what they trust.
+    is the file itself and every folder its path passes through as the
+    kernel resolves it, links included (a link's folder, too: whoever can
+    write there can point the link elsewhere), much as OpenSSH's
+    StrictModes looks at what it trusts.
 
     A folder anyone may write to is fine when it is sticky (C{/tmp}):
     others cannot rename or remove what is not theirs in it.  A group may
-    write only if it is root's group or the daemon's own.
+    write only if it is root's group or the daemon's own.  POSIX ACLs are
+    not read.
 
+    @param runs_as: C{(uid, gid)} the daemon will run as (twistd's
+        C{--uid}/C{--gid}); this process's by default.
     @raise PathError: the first file or folder that will not do, and how
         to mend it.
     """
-    real = os.path.realpath(path)
-    trusted_users = {0, os.geteuid()}
-    trusted_groups = {0, os.getegid()}
+    uid, gid = runs_as if runs_as is not None else (os.geteuid(), os.getegid())
+    users, groups = {0, uid}, {0, gid}
+    runs = _name(uid)
+    folders, real = _resolution(key, path)
     shown = f"{key} = {path}" + ("" if real == os.path.abspath(path) else f" (that is {real})")
-    current = real
-    while True:
+    for current in folders + [real]:
         try:
             info = os.stat(current)
         except OSError as error:
             raise PathError(f"{shown}: cannot look at {current} ({error.strerror})") from None
         mode = info.st_mode
-        sticky = stat.S_ISDIR(mode) and mode & stat.S_ISVTX
-        what = "folder" if stat.S_ISDIR(mode) else "file"
-        if info.st_uid not in trusted_users:
-            raise PathError(
-                f"{shown}: the {what} {current} belongs to {_name(info.st_uid)}, who could "
-                f"change what the daemon runs as {_who()}; make it root's "
-                f"(chown root: {current}) or the daemon's"
-            )
+        folder = current != real
+        sticky = folder and mode & stat.S_ISVTX
+        what = "folder" if folder else "file"
+        # A folder is mended by moving what is in it (its owner may be a
+        # user, or root squashed by NFS), a file by chown.
+        move = (f"move {os.path.basename(real)} into a folder only root can change, such as "
+                f"/etc/knocker/scripts")
+        if info.st_uid not in users:
+            mend = (move if folder else
+                    f"make it root's (chown root: {current})"
+                    + ("" if uid == 0 else f" or the daemon's (chown {_login(uid)}: {current})"))
+            raise PathError(f"{shown}: the {what} {current} belongs to {_name(info.st_uid)}, "
+                            f"who could change what the daemon runs as {runs}; {mend}")
         if not sticky and mode & stat.S_IWOTH:
             raise PathError(
                 f"{shown}: anyone can change the {what} {current} (mode "
-                f"{stat.S_IMODE(mode):04o}), and so what the daemon runs as {_who()}; "
-                f"run: chmod o-w {current}"
+                f"{stat.S_IMODE(mode):04o}), and so what the daemon runs as {runs}; "
+                f"run: chmod o-w {current}" + (f", or {move}" if folder else "")
             )
-        if not sticky and mode & stat.S_IWGRP and info.st_gid not in trusted_groups:
+        if not sticky and mode & stat.S_IWGRP and info.st_gid not in groups:
             raise PathError(
                 f"{shown}: group {_group(info.st_gid)} can change the {what} {current} (mode "
-                f"{stat.S_IMODE(mode):04o}), and so what the daemon runs as {_who()}; "
-                f"run: chmod g-w {current}"
+                f"{stat.S_IMODE(mode):04o}), and so what the daemon runs as {runs}; "
+                f"run: chmod g-w {current}" + (f", or {move}" if folder else "")
             )
-        parent = os.path.dirname(current)
-        if parent == current:
-            return
-        current = parent
+
+
+def _resolution(key: str, path: str) -> tuple[list[str], str]:
+    """
+    Every folder a name is looked up in while C{path} is resolved, links
+    followed as the kernel follows them, and the real path it ends at.
+    """
+    parts = os.path.abspath(path).split("/")[::-1]  # a stack: next part last
+    current, folders, links = "/", [], 0
+    while parts:
+        name = parts.pop()
+        if name in ("", "."):
+            continue
+        if name == "..":
+            current = os.path.dirname(current)
+            continue
+        if current not in folders:
+            folders.append(current)
+        candidate = os.path.join(current, name)
+        if os.path.islink(candidate):
+            links += 1
+            if links > 40:  # as the kernel gives up (ELOOP)
+                raise PathError(f"{key} = {path}: too many links")
+            target = os.readlink(candidate)
+            if target.startswith("/"):
+                current = "/"
+            parts.extend(target.split("/")[::-1])
+            continue
+        current = candidate
+    return folders, current
 
 
 def _name(uid: int) -> str:
+    login = _login(uid)
+    return f"uid {uid}" if login == str(uid) else f"user {login} (uid {uid})"
+
+
+def _login(uid: int) -> str:
     try:
         import pwd
 
-        return f"user {pwd.getpwuid(uid).pw_name} (uid {uid})"
+        return pwd.getpwuid(uid).pw_name
     except (ImportError, KeyError):
-        return f"uid {uid}"
+        return str(uid)
 
 
 def _group(gid: int) -> str:
@@ -190,4 +236,6 @@ def check_paths(config) -> None:
     """
     check_state_dir(config.state_dir)
     check_audit_log(config.audit_path, config.audit_log is not None)
-    check_program("on-check", config.on_check)
+    # (Who may change it was judged as the options were read, knowing
+    # twistd's --uid: L{knocker.daemon.tap.check_programs}.)
+    check_executable("on-check", config.on_check)

@@ -2,6 +2,8 @@
 C{twistd knockserver}: options and service wiring only.
 """
 
+import os
+
 from twisted.python import usage
 
 from knocker.core.config import ConfigError, refused
@@ -23,43 +25,74 @@ class Options(usage.Options):
 
     def postOptions(self):
         overrides = {key: self[key] for key in SERVER_KEYS if self[key] is not None}
+        for key in PROGRAM_KEYS:
+            # From where twistd was started (as a file's paths are from its
+            # folder): the daemon may run in another (--rundir).
+            if key in overrides:
+                overrides[key] = os.path.abspath(os.path.expanduser(overrides[key]))
+        runs_as = _runs_as(getattr(self, "parent", None))
         try:
             if self["config"] is not None:
-                check_config_file(self["config"])
+                check_config_file(self["config"], runs_as)
             self.config = load_server_config(self["config"], overrides)
-            check_programs(self.config)
+            check_programs(self.config, runs_as)
         except ConfigError as error:
             raise refused("twistd knockserver", error) from None
 
 
-def check_programs(config) -> None:
+PROGRAM_KEYS = ("on-success", "on-close", "on-check")
+
+
+def _runs_as(twistd_options) -> tuple[int, int] | None:
+    """
+    C{(uid, gid)} twistd will switch to after reading the options
+    (C{--uid}, C{--gid}, else the user's own group), or C{None} if it
+    stays this process.
+    """
+    if twistd_options is None:
+        return None
+    try:
+        uid, gid = twistd_options["uid"], twistd_options["gid"]
+    except KeyError:
+        return None
+    if uid is None:
+        return None if gid is None else (os.geteuid(), gid)
+    if gid is None:
+        import pwd
+
+        try:
+            gid = pwd.getpwuid(uid).pw_gid
+        except KeyError:
+            gid = os.getegid()
+    return uid, gid
+
+
+def check_programs(config, runs_as: tuple[int, int] | None = None) -> None:
     """
     Refuse to start with an action program that is missing, not executable,
-    or open to change by anyone but root and the daemon's user.
+    or open to change by anyone but root and the user the daemon runs as.
     """
     from knocker.daemon.paths import PathError, check_program
 
-    for key, path in (("on-success", config.on_success), ("on-close", config.on_close)):
+    for key in PROGRAM_KEYS:
         try:
-            check_program(key, path)
+            check_program(key, getattr(config, key.replace("-", "_")), runs_as)
         except PathError as error:
             raise ConfigError(str(error)) from None
 
 
-def check_config_file(path: str) -> None:
+def check_config_file(path: str, runs_as: tuple[int, int] | None = None) -> None:
     """
     The configuration names the programs the daemon runs: refuse one that
     anyone but root and the daemon's user could change.  A missing file is
     left to the loader, which says so.
     """
-    import os
-
     from knocker.daemon.paths import PathError, check_trusted
 
     if not os.path.exists(path):
         return
     try:
-        check_trusted("--config", path)
+        check_trusted("--config", path, runs_as)
     except PathError as error:
         raise ConfigError(str(error)) from None
 

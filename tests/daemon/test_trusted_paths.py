@@ -7,7 +7,6 @@ run code as the daemon.
 
 import os
 import pwd
-import stat
 import tempfile
 
 from twisted.trial.unittest import SkipTest, TestCase
@@ -93,8 +92,9 @@ class TrustedPathTests(TestCase):
     def test_program_of_another_user(self):
         uid, _ = other_user()
         os.chown(self.program, uid, -1)
-        self.refused(self.program, f"belongs to user {NOBODY} (uid {uid})",
-                     f"chown root: {self.program}")
+        message = self.refused(self.program, f"belongs to user {NOBODY} (uid {uid})",
+                               f"chown root: {self.program}")
+        self.assertNotIn("such as /etc/knocker/scripts", message)
 
     def test_folder_of_another_user(self):
         """Its owner could rename the program and put another in its place."""
@@ -138,5 +138,46 @@ class TrustedPathTests(TestCase):
         program = self.make_program(deep, "open-door")
         check_program("on-success", program)
         os.chmod(top, 0o777)
-        self.refused(program, f"the folder {top}")
-        self.assertEqual(stat.S_IMODE(os.stat(deep).st_mode) & 0o022, 0)
+        self.refused(program, f"the folder {top}", "such as /etc/knocker/scripts")
+
+    def test_link_in_a_folder_anyone_can_write(self):
+        """
+        The link is what runs: whoever can write its folder can point it
+        at another program, however safe the one it points at now.
+        """
+        drop = os.path.join(self.dir, "drop")
+        os.mkdir(drop)
+        os.chmod(drop, 0o777)
+        link = os.path.join(drop, "open-door")
+        os.symlink(self.program, link)
+        self.refused(link, f"(that is {self.program})", f"anyone can change the folder {drop}")
+
+    def test_relative_link_through_folders(self):
+        """A relative link is followed from its own folder, "..", included."""
+        safe = os.path.join(self.dir, "safe")
+        loose = os.path.join(self.dir, "loose")
+        os.mkdir(safe)
+        os.mkdir(loose)
+        target = self.make_program(loose, "real-door")
+        link = os.path.join(safe, "open-door")
+        os.symlink("../loose/real-door", link)
+        check_program("on-success", link)
+        os.chmod(loose, 0o777)
+        self.refused(link, f"(that is {target})", f"the folder {loose}")
+
+    def test_the_user_twistd_switches_to(self):
+        """
+        Started as root with twistd --uid, the daemon runs as that user: its
+        files and its group are as good as root's, and the message names it.
+        """
+        uid, gid = other_user()
+        os.chown(self.program, uid, gid)
+        os.chmod(self.program, 0o775)
+        check_program("on-success", self.program, runs_as=(uid, gid))
+        message = self.refused(self.program, f"belongs to user {NOBODY}")
+        self.assertIn("runs as user root (uid 0)", message)
+        os.chown(self.program, 0, gid)
+        message = str(self.assertRaises(PathError, check_program, "on-success", self.program,
+                                        runs_as=(uid, 0)))
+        self.assertIn(f"runs as user {NOBODY} (uid {uid})", message)
+        self.assertIn(f"chmod g-w {self.program}", message)
