@@ -410,6 +410,9 @@ class NoiseTests(DaemonInNamespace):
         self.assertEqual(held.verdict("wait"), "FAIL wrong-port")
 
         client, attacker = self.net.address4["client"], self.net.address4["attacker"]
+        # The FAIL goes out first; the lockout's line follows once the
+        # lockout is saved (an fsync), so it may be a moment behind.
+        self.wait_until(lambda: self.audit("lockout"), 5, "the lockout")
         self.assertEqual(
             [(e["ip"], e["source"], e["scope"], e["reason"], e["seconds"])
              for e in self.audit("lockout")],
