@@ -167,17 +167,26 @@ class Console(Resource):
             return self._problem(request, who, 400, "Not understood", str(error),
                                  back=route.path.removesuffix(".csv"))
         if isinstance(result, Deferred):
-            result.addCallback(self._finish, request)
-            result.addErrback(self._failed, request)
+            # A browser may leave while a thread draws its page (a tab
+            # closed): then there is no one to answer, and nothing failed.
+            gone = []
+            request.notifyFinish().addErrback(gone.append)
+            result.addCallback(self._finish, request, gone)
+            result.addErrback(self._failed, request, gone)
             return NOT_DONE_YET
         return result
 
-    def _finish(self, body, request):
-        if body is not NOT_DONE_YET:
+    def _finish(self, body, request, gone=()):
+        if body is not NOT_DONE_YET and not gone:
             request.write(body)
             request.finish()
 
-    def _failed(self, failure, request):
+    def _failed(self, failure, request, gone=()):
+        if gone:
+            if not failure.check(StateError):
+                log.failure("console request {path} (its browser had left)", failure,
+                            path=request.path)
+            return
         if failure.check(StateError):
             # The database of a fleet did not answer: say so, 503.
             log.error("console request {path}: {error}", path=request.path,

@@ -316,6 +316,35 @@ class PagesTests(SynchronousTestCase):
         digest = hashlib.sha256(scripts[0].encode("utf-8")).digest()
         self.assertEqual(script_src, ["'sha256-%s'" % base64.b64encode(digest).decode()])
 
+    def test_a_browser_gone_before_a_slow_page_is_no_error(self):
+        """
+        A report or audit page is answered from a thread; a browser that
+        left meanwhile (closed the tab) gets nothing written, and the log
+        gets no "internal error" and no unhandled failure.
+        """
+        from twisted.internet.defer import Deferred
+        from twisted.internet.error import ConnectionDone
+        from twisted.python.failure import Failure
+
+        f = ConsoleFixture(self)
+        f.login()
+        waiting = []
+
+        def later(function):
+            d = Deferred()
+            waiting.append((d, function))
+            return d
+
+        f.console.blocking = later
+        for path in ("/reports", "/audit"):
+            request, written = f.browser.stream(path)
+            self.assertEqual(len(waiting), 1)
+            request.connectionLost(Failure(ConnectionDone()))
+            d, function = waiting.pop()
+            d.callback(function())
+            self.assertEqual(written.getvalue(), b"", path)
+        self.assertEqual(self.flushLoggedErrors(), [])
+
     def test_reports_page_has_a_chart_and_csv(self):
         f = ConsoleFixture(self)
         now = "2027-01-15T08"
