@@ -112,6 +112,13 @@ class Credentials:
 
     # The running daemon's address and own token.
 
+    def command_socket(self) -> str:
+        """
+        Where the daemon listens for the operator's commands (C{unlock},
+        C{revoke}): a UNIX socket in this private folder.
+        """
+        return self._path("commands.sock")
+
     def publish(self, url: str) -> str:
         """
         Write C{daemon.json} (the daemon at start); return its token.

@@ -2,8 +2,9 @@
 C{knocker console}, C{knocker report}, C{knocker unlock}, C{knocker revoke}:
 the operator's commands on a running daemon (docs/console.md).
 
-C{unlock} and C{revoke} act at once through the console's API, with the
-token the running daemon keeps in C{state-dir/console/daemon.json} (0600):
+C{unlock} and C{revoke} act at once through the console's API (on the
+daemon's commands socket, else its console), with the token the running
+daemon keeps in C{state-dir/console/daemon.json} (0600):
 whoever can read the daemon's state may use them, and the change is
 audited by the daemon like one made on the page.
 """
@@ -71,29 +72,75 @@ def _context(url: str, config):
     return context
 
 
+def _answer(code: int, body: bytes) -> dict:
+    """The API's JSON answer, or L{ValueError} with its error."""
+    if code == 200:
+        return json.loads(body)
+    try:
+        message = json.loads(body)["error"]
+    except (ValueError, KeyError, TypeError):
+        message = f"HTTP {code}"
+    raise ValueError(message)
+
+
+def _call_socket(socket_path: str, path: str, body: bytes, token: str) -> dict | None:
+    """
+    POST C{body} to the API on the daemon's commands socket; C{None} when
+    nothing listens there (a daemon whose socket's name would be too long,
+    or an older one), so the caller tries the TCP console.
+    """
+    import http.client
+    import socket
+
+    class Local(http.client.HTTPConnection):
+        def connect(self):
+            self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            self.sock.settimeout(self.timeout)
+            self.sock.connect(socket_path)
+
+    connection = Local("localhost", timeout=10)
+    try:
+        connection.request("POST", path, body, {
+            "Authorization": f"Bearer {token}",
+            "Content-Type": "application/x-www-form-urlencoded"})
+        reply = connection.getresponse()
+        return _answer(reply.status, reply.read())
+    except (FileNotFoundError, ConnectionRefusedError):
+        return None
+    except (OSError, http.client.HTTPException) as error:
+        raise NotRunning(f"the daemon's commands socket {socket_path} does not answer "
+                         f"({error}): is the daemon running?") from None
+    finally:
+        connection.close()
+
+
 def call(config, path: str, fields: dict) -> dict:
     """
-    POST C{fields} to the running daemon's API; its JSON answer.
+    POST C{fields} to the running daemon's API, through its commands socket
+    (L{knocker.console.site.ConsoleService}) or else its console; its JSON
+    answer.
     """
     import urllib.error
     import urllib.parse
     import urllib.request
 
+    from knocker.console.access import Credentials
+
     daemon = _daemon(config)
+    body = urllib.parse.urlencode(fields).encode()
+    answer = _call_socket(Credentials(config.state_dir).command_socket(), path, body,
+                          daemon["token"])
+    if answer is not None:
+        return answer
     request = urllib.request.Request(
-        daemon["url"].rstrip("/") + path, data=urllib.parse.urlencode(fields).encode(),
+        daemon["url"].rstrip("/") + path, data=body,
         headers={"Authorization": f"Bearer {daemon['token']}"}, method="POST")
     try:
         context = _context(daemon["url"], config)
         with urllib.request.urlopen(request, timeout=10, context=context) as reply:
             return json.loads(reply.read())
     except urllib.error.HTTPError as error:
-        body = error.read()
-        try:
-            message = json.loads(body)["error"]
-        except (ValueError, KeyError, TypeError):
-            message = f"HTTP {error.code}"
-        raise ValueError(message) from None
+        return _answer(error.code, error.read())
     except (urllib.error.URLError, OSError) as error:
         reason = getattr(error, "reason", error)
         import ssl

@@ -18,6 +18,7 @@ slowly.
 
 from io import BytesIO
 
+from twisted.internet.defer import gatherResults
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IProtocolNegotiationFactory
 from twisted.internet.protocol import Protocol
@@ -53,6 +54,8 @@ REQUEST_SECONDS = 10
 IDLE_SECONDS = 60
 #: How long a turned-away connection may take to close before it is cut.
 BUSY_SECONDS = 5
+#: Connections at once on the commands' socket (C{knocker unlock}/C{revoke}).
+MAX_COMMANDS = 8
 
 
 def _answer(status: bytes, text: bytes) -> bytes:
@@ -268,6 +271,7 @@ class ConsoleService:
         self.activity = Activity(reactor)
         self.credentials = Credentials(config.state_dir)
         self.port = None
+        self.commands = None
         self.url = None
 
     def observe(self, audit) -> ObservedAudit:
@@ -301,10 +305,51 @@ class ConsoleService:
             host = "127.0.0.1"
         shown = f"[{host}]" if ":" in host else host
         self.url = f"{'https' if kind == 'ssl' else 'http'}://{shown}:{port}/"
+        self._listen_for_commands(console)
         console.daemon_token = self.credentials.publish(self.url)
         return port
 
+    def _listen_for_commands(self, console) -> None:
+        """
+        The same API on a UNIX socket in the state's private console folder
+        (mode 0600), for C{knocker unlock} and C{knocker revoke}: only the
+        daemon's user and root reach it, and its connections have a budget
+        of their own, so that anyone filling the console's TCP limits (any
+        local user can, from 127.0.0.1) cannot keep the operator from
+        lifting a lockout or revoking a stolen file.  Where it cannot
+        listen (a path past the 107 bytes a socket's name may have), the
+        commands use the TCP console, and the log says so.
+        """
+        import os
+
+        from twisted.internet.endpoints import UNIXServerEndpoint
+
+        from knocker.files import ensure_private_dir
+
+        path = self.credentials.command_socket()
+        try:
+            ensure_private_dir(os.path.dirname(path))
+            os.unlink(path)  # one an earlier run left (the state's lock is ours)
+        except FileNotFoundError:
+            pass
+        except OSError as error:
+            log.warn("console: no commands socket ({error}); knocker unlock and revoke "
+                     "will use {url}", error=error, url=self.url)
+            return
+        site = QuietSite(console, timeout=IDLE_SECONDS, reactor=self._reactor)
+        result = []
+        UNIXServerEndpoint(self._reactor, path, mode=0o600).listen(
+            ConnectionLimit(site, MAX_COMMANDS, MAX_COMMANDS)).addBoth(result.append)
+        if not result or isinstance(result[0], Failure):
+            why = result[0].value if result else "did not listen at once"
+            log.warn("console: no commands socket at {path} ({why}); knocker unlock and "
+                     "revoke will use {url}", path=path, why=why, url=self.url)
+            return
+        self.commands = result[0]
+
     def stop(self):
         self.credentials.unpublish()
-        port, self.port = self.port, None
-        return port.stopListening() if port is not None else None
+        ports = [port for port in (self.port, self.commands) if port is not None]
+        self.port = self.commands = None
+        # (Twisted removes the socket's file as it stops listening.)
+        return gatherResults([port.stopListening() for port in ports]) if ports else None

@@ -111,6 +111,28 @@ class ConsoleProcessTests(ConsoleDaemonCase):
         report = json.loads(knocker("status", "--config", self.server_conf, "--json").stdout)
         self.assertEqual([c["revoked"] for c in report["clients"]], [True])
 
+    def test_commands_get_through_a_full_console(self):
+        """
+        Anyone on the gateway can fill the console's connections from
+        127.0.0.1 (20 an address).  unlock and revoke still act, through
+        the daemon's commands socket (0600, in the state's private folder),
+        whose connections have a budget of their own.
+        """
+        start = self.start().wait_ready()
+        held = [socket.create_connection(("127.0.0.1", start["admin_port"]), timeout=5)
+                for _ in range(20)]
+        self.addCleanup(lambda: [connection.close() for connection in held])
+        with socket.create_connection(("127.0.0.1", start["admin_port"]), timeout=5) as extra:
+            self.assertIn(b" 503 ", extra.recv(200), "the console is full")
+        path = os.path.join(self.dir, "state", "console", "commands.sock")
+        self.assertTrue(stat.S_ISSOCK(os.stat(path).st_mode))
+        self.assertEqual(stat.S_IMODE(os.stat(path).st_mode), 0o600)
+        done = knocker("revoke", "alice", "--config", self.server_conf)
+        self.assertEqual(done.returncode, 0, done.stderr)
+        self.assertEqual(self.events("admin-revoke")[-1]["client"], "alice")
+        self.daemon.stop()
+        self.assertFalse(os.path.exists(path), "the socket outlived the daemon")
+
     def test_commands_say_when_the_daemon_is_not_running(self):
         for command in (["unlock", "--all"], ["revoke", "alice"], ["console"]):
             done = knocker(*command, "--config", self.server_conf)
@@ -162,6 +184,9 @@ class ConsoleOverTLSTests(ConsoleDaemonCase):
         self.configure(admin=tls.server_endpoint(files, port=0, interface="127.0.0.2"))
         self.generate("alice")
         self.start()
+        # Without the commands socket (a daemon that could not make it),
+        # the commands go to the console itself, over TLS.
+        os.unlink(os.path.join(self.dir, "state", "console", "commands.sock"))
         done = knocker("unlock", "--all", "--config", self.server_conf)
         self.assertEqual(done.returncode, 0, done.stderr)
         self.assertEqual(self.events("admin-lift")[-1]["by"], "bearer")
