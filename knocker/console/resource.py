@@ -420,9 +420,10 @@ class Console(Resource):
             try:
                 ipaddress.ip_address(source)
             except ValueError:
-                request.setResponseCode(400)
-                return self._changed(request, Who("bearer"), "", "",
-                                     {"error": f"{source!r} is not an address"})
+                # (A lockout lifted or ended since the page was drawn, too.)
+                return self._problem(request, who, 400, "Not understood",
+                                     f"{source[:100]!r} is not an address nor a lockout in "
+                                     f"force", back="/lockouts")
             key = self.server.tracker.source_of(source)
         def done(lifted):
             self.audit.record("admin-lift", source=source, lifted=lifted, by=who.kind)
@@ -438,9 +439,8 @@ class Console(Resource):
 
         def done(revoked):
             if not revoked:
-                request.setResponseCode(404)
-                return self._changed(request, Who("bearer"), "", "",
-                                     {"error": f"no client {client!r}"})
+                return self._problem(request, who, 404, "No such client",
+                                     f"no client {client[:100]!r}")
             self.audit.record("admin-revoke", client=client, by=who.kind)
             return self._changed(request, who, "admin-revoke",
                                  "/clients?" + urlencode({"revoked": client}),

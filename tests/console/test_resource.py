@@ -277,6 +277,31 @@ class PagesTests(SynchronousTestCase):
         self.assertEqual(line, b"DENIED\n")
         self.assertIn("revoked", f.browser.get("/clients").text)
 
+    def test_a_lift_or_revoke_that_cannot_be_done_says_why(self):
+        """
+        A browser gets a page (a lockout may have ended since the lockouts
+        page was drawn), a bearer JSON; nothing changes and nothing is
+        audited as done.
+        """
+        f = ConsoleFixture(self)
+        csrf = f.login()
+        token = f.credentials.new_bearer()
+        api = Browser(f.console)
+        for path, fields, code, words in (
+                ("/lift", {"source": "2001:db8::/64"}, 400, "is not an address nor a lockout"),
+                ("/revoke", {"client": "mallory"}, 404, "no client 'mallory'")):
+            page = f.browser.post(path, {**fields, "csrf": csrf})
+            self.assertEqual(page.code, code, page.text)
+            self.assertEqual(page.header(b"content-type"), b"text/html; charset=utf-8")
+            self.assertIn(words, page.text)
+            answer = api.post(path, fields, origin=None,
+                              headers={"authorization": f"Bearer {token}"})
+            self.assertEqual(answer.code, code, answer.text)
+            self.assertEqual(answer.header(b"content-type"), b"application/json")
+            self.assertIn('{"error": ', answer.text)
+            self.assertIn(words, answer.text)
+        self.assertEqual(f.h.audit.of("admin-lift") + f.h.audit.of("admin-revoke"), [])
+
     def test_bearer_changes_without_csrf(self):
         f = ConsoleFixture(self, lockout=600)
         locked_out(f)
