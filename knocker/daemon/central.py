@@ -82,6 +82,7 @@ class CentralProtocol(LineOnlyReceiver):
         self._lost = False
         self._waiting = False  # for a store's answer to an enrolment or renewal
         self._direct = False  # lines sent straight to the socket (see _write)
+        self._closing = False  # the last line is out: what comes in is dropped
         self.ip = None
 
     def connectionMade(self):
@@ -89,6 +90,14 @@ class CentralProtocol(LineOnlyReceiver):
         self._direct = sends_directly(self.transport)
         self._timer = self._clock.callLater(
             self._timeout, lambda: self._apply(self._handshake.fault("handshake-timeout")))
+
+    def dataReceived(self, data: bytes):
+        # Past the last line the connection is closing, but under TLS the
+        # peer's bytes keep coming until it closes its own side: dropped,
+        # not joined to a buffer on every read (quadratic, and unbounded
+        # for as long as the close takes).
+        if not self._closing:
+            super().dataReceived(data)
 
     def lineReceived(self, line: bytes):
         if self._exchange is not None or (self._handshake.client is None and is_enrol(line)):
@@ -271,6 +280,8 @@ class CentralProtocol(LineOnlyReceiver):
         follows it now (the client reads to the end of the connection after
         the verdict, in case a renewal comes); Twisted closes on its next turn.
         """
+        self._closing = True
+        self._buffer = b""  # LineOnlyReceiver's: an over-long line's remainder, say
         if self._direct:
             try:
                 self.transport.getHandle().shutdown(socket.SHUT_WR)

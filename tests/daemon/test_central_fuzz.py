@@ -68,6 +68,27 @@ class FuzzCentralTests(SynchronousTestCase):
         self.assertEqual(transport.value(), b"OPEN\n")
 
 
+class AfterTheLastLineTests(SynchronousTestCase):
+    def test_bytes_after_the_last_line_are_dropped(self):
+        """
+        Under TLS a closing connection still delivers what its peer sends
+        until the peer closes too; those bytes are not kept, however many,
+        newline or not, and get no answer.
+        """
+        h = Harness(self)
+        for opening in (b"x\n", b"y" * (hs.MAX_LINE + 10)):
+            proto, transport = h.connect(ip="198.51.100.9")
+            proto.dataReceived(opening)
+            answered = transport.value()
+            self.assertTrue(answered.startswith(b"ERROR "), answered)
+            for _ in range(50):
+                proto.dataReceived(b"z" * 65536)
+            self.assertEqual(proto._buffer, b"", "3 MB kept")
+            proto.dataReceived(b"\nKNOCKER/1 HELLO alice\n")
+            self.assertEqual(transport.value(), answered)
+            proto.connectionLost(None)
+
+
 class SlowlorisTests(SynchronousTestCase):
     def test_half_finished_handshakes_time_out_and_free_their_place(self):
         h = Harness(self, max_connections=5, handshake_timeout=5)
