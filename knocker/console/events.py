@@ -115,6 +115,17 @@ class ObservedAudit:
                 listener(entry)
         return written
 
+    def locked(self, **fields) -> bool:
+        """
+        Listeners see every LOCKED answer (the metrics count them all); the
+        log writes those within its budget.
+        """
+        written = self._audit.locked(**fields)
+        entry = {"time": iso_time(self._wall()), "event": "locked", **fields}
+        for listener in self._listeners:
+            listener(entry)
+        return written
+
     def hit(self, ip: str, src_port: int, port: int, outcome: str) -> None:
         self._audit.hit(ip, src_port, port, outcome)
         if self._on_hit is not None:

@@ -52,9 +52,12 @@ The central port's protocol errors (L{AuditLog.protocol_error}: garbage,
 timeouts, too many connections; no failed attempt, so no lockout stops a
 source sending them) are bounded the same way, with a budget of their own:
 an C{error} line, or the count of an C{errors} line (per address, the
-reasons as outcomes) or of the C{errors-overflow} line.  All other events
-(grant, open, fail, lockout, denied, script, close, start, stop, ...) are
-always written one by one, whatever the budget and the free space.
+reasons as outcomes) or of the C{errors-overflow} line.  So are the LOCKED
+answers (L{AuditLog.locked}), which a locked-out source may ask for without
+end: a C{locked} line, or the count of the reason C{locked} in those
+summaries.  All other events (grant, open, fail, lockout, denied, script,
+close, start, stop, ...) are always written one by one, whatever the budget
+and the free space.
 """
 
 import errno
@@ -143,6 +146,23 @@ class AuditLog:
                 self._line("error", {"ip": ip, "reason": reason})):
             return True
         self._errors.add(ip, None, reason, now)
+        return False
+
+    def locked(self, **fields) -> bool:
+        """
+        A LOCKED answer to a locked-out source (its C{ip} among C{fields}),
+        which it may ask for again and again: a C{locked} line within the
+        protocol errors' budget (free space allowing), else counted in
+        their C{errors} summaries with the reason C{locked}, so a
+        locked-out source cannot fill the disk with them.  Returns whether
+        it got a line of its own.
+        """
+        now = self._now()
+        if not 0.0 <= now - self._space_checked < 1.0:
+            self._check_space(now)
+        if self._errors.take(now) and self._append(self._line("locked", fields)):
+            return True
+        self._errors.add(fields.get("ip"), None, "locked", now)
         return False
 
     def hit(self, ip: str, src_port: int, port: int, outcome: str) -> None:
@@ -397,6 +417,10 @@ class MemoryAudit:
 
     def protocol_error(self, ip: str, reason: str) -> bool:
         self.record("error", ip=ip, reason=reason)
+        return True
+
+    def locked(self, **fields) -> bool:
+        self.record("locked", **fields)
         return True
 
     def of(self, event: str) -> list[dict]:

@@ -169,7 +169,7 @@ class KnockServer:
             return hs.Error("shutting-down")
         refusal = self.tracker.refusal(ip)
         if refusal is not None and refusal.kind == "locked":
-            self._audit.record("locked", ip=ip, client=client, retry_after=refusal.retry_after)
+            self._audit.locked(ip=ip, client=client, retry_after=refusal.retry_after)
             return hs.Locked(refusal.retry_after)
         return None
 

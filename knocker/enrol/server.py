@@ -76,7 +76,7 @@ class EnrolServer:
         slot = self._slot = int(slot_text)
         refusal = self._tracker.refusal(self.ip)
         if refusal is not None and refusal.kind == "locked":
-            self._audit.record("locked", ip=self.ip, slot=slot, retry_after=refusal.retry_after)
+            self._audit.locked(ip=self.ip, slot=slot, retry_after=refusal.retry_after)
             return self._end(b"LOCKED %d" % refusal.retry_after)
         # The state may answer later (a fleet's database): each step goes on
         # when it has.

@@ -107,6 +107,27 @@ class ProtocolErrorBudgetTests(TestCase):
         self.assertEqual(len(lines) + summaries["203.0.113.9"]["count"]
                          + summaries["198.51.100.1"]["count"], 10_001, "every error counted")
 
+    def test_a_locked_out_source_asking_again_and_again(self):
+        """
+        A locked-out source may connect and prove again without end, each
+        time answered LOCKED: those lines share the errors' budget, and the
+        rest are counted under the reason "locked".
+        """
+        written = [self.audit.locked(ip="203.0.113.9", client="alice", retry_after=60)
+                   for _ in range(10_000)]
+        self.assertEqual(written.count(True), 20)
+        self.clock.advance(10)
+        self.audit.close()
+        events = strict_lines(self.path)
+        self.assertLess(os.path.getsize(self.path), 4096)
+        lines = [e for e in events if e["event"] == "locked"]
+        self.assertEqual({k: v for k, v in lines[0].items() if k != "time"},
+                         {"event": "locked", "ip": "203.0.113.9", "client": "alice",
+                          "retry_after": 60})
+        [summary] = [e for e in events if e["event"] == "errors"]
+        self.assertEqual(summary["outcomes"], {"locked": 10_000 - 20})
+        self.assertEqual(len(lines) + summary["count"], 10_000, "every answer counted")
+
     def test_the_budget_refills(self):
         for _ in range(30):
             self.audit.protocol_error("203.0.113.9", "malformed")

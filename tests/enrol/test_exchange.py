@@ -37,6 +37,10 @@ class Audit:
     def record(self, event, **fields):
         self.events.append((event, fields))
 
+    def locked(self, **fields):
+        self.record("locked", **fields)
+        return True
+
     def outcomes(self):
         return [fields["outcome"] for event, fields in self.events if event == "enrol"]
 
