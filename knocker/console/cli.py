@@ -79,18 +79,28 @@ def _answer(code: int, body: bytes) -> dict:
     try:
         message = json.loads(body)["error"]
     except (ValueError, KeyError, TypeError):
-        message = f"HTTP {code}"
+        # A plain-text refusal (too many connections, the state down): its line.
+        first = body.decode("utf-8", "replace").strip().splitlines()[:1]
+        message = f"HTTP {code}" + (f": {first[0][:200]}" if first else "")
     raise ValueError(message)
+
+
+#: The longest name a UNIX socket may have (sun_path, less its final NUL).
+SOCKET_NAME_MAX = 107
 
 
 def _call_socket(socket_path: str, path: str, body: bytes, token: str) -> dict | None:
     """
     POST C{body} to the API on the daemon's commands socket; C{None} when
-    nothing listens there (a daemon whose socket's name would be too long,
-    or an older one), so the caller tries the TCP console.
+    there is none (a name too long for a socket, or an older daemon) or
+    this user may not use it, so the caller tries the TCP console.
     """
     import http.client
+    import os
     import socket
+
+    if len(os.fsencode(socket_path)) > SOCKET_NAME_MAX:
+        return None
 
     class Local(http.client.HTTPConnection):
         def connect(self):
@@ -105,8 +115,17 @@ def _call_socket(socket_path: str, path: str, body: bytes, token: str) -> dict |
             "Content-Type": "application/x-www-form-urlencoded"})
         reply = connection.getresponse()
         return _answer(reply.status, reply.read())
-    except (FileNotFoundError, ConnectionRefusedError):
+    except (FileNotFoundError, PermissionError):
         return None
+    except ConnectionRefusedError:
+        # Left by a daemon that was killed: the one on the console's port,
+        # if any, is not the one whose token we hold.
+        raise NotRunning(f"the daemon is not running (its commands socket {socket_path} "
+                         f"refuses); start it: systemctl start knocker") from None
+    except TimeoutError:
+        raise NotRunning(f"the daemon did not answer within {connection.timeout:.0f} s on "
+                         f"{socket_path}; the change may still be made: see the audit "
+                         f"log") from None
     except (OSError, http.client.HTTPException) as error:
         raise NotRunning(f"the daemon's commands socket {socket_path} does not answer "
                          f"({error}): is the daemon running?") from None

@@ -183,7 +183,10 @@ class Console(Resource):
 
     def _failed(self, failure, request, gone=()):
         if gone:
-            if not failure.check(StateError):
+            if failure.check(StateError):
+                log.error("console request {path} (its browser had left): {error}",
+                          path=request.path, error=failure.value)
+            else:
                 log.failure("console request {path} (its browser had left)", failure,
                             path=request.path)
             return

@@ -18,7 +18,7 @@ slowly.
 
 from io import BytesIO
 
-from twisted.internet.defer import gatherResults
+from twisted.internet.defer import gatherResults, maybeDeferred
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IProtocolNegotiationFactory
 from twisted.internet.protocol import Protocol
@@ -351,5 +351,13 @@ class ConsoleService:
         self.credentials.unpublish()
         ports = [port for port in (self.port, self.commands) if port is not None]
         self.port = self.commands = None
-        # (Twisted removes the socket's file as it stops listening.)
-        return gatherResults([port.stopListening() for port in ports]) if ports else None
+        return gatherResults([maybeDeferred(port.stopListening).addErrback(self._not_removed)
+                              for port in ports], consumeErrors=True) if ports else None
+
+    def _not_removed(self, failure):
+        # Twisted removes the socket's file as it stops listening, and fails
+        # if it is gone already or not ours to remove (made before twistd's
+        # --uid took effect); the next start removes what is left.
+        failure.trap(FileNotFoundError, PermissionError)
+        log.info("console: the commands socket was not removed ({error})",
+                 error=failure.value)

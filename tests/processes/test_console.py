@@ -127,6 +127,16 @@ class ConsoleProcessTests(ConsoleDaemonCase):
         path = os.path.join(self.dir, "state", "console", "commands.sock")
         self.assertTrue(stat.S_ISSOCK(os.stat(path).st_mode))
         self.assertEqual(stat.S_IMODE(os.stat(path).st_mode), 0o600)
+        # The console's own URL made useless, so only the socket can serve:
+        # (the held connections would be cut after 10 s).
+        published = os.path.join(self.dir, "state", "console", "daemon.json")
+        with open(published) as handle:
+            daemon = json.load(handle)
+        with socket.socket() as closed:
+            closed.bind(("127.0.0.1", 0))
+            dead = closed.getsockname()[1]
+        with open(published, "w") as handle:
+            json.dump({**daemon, "url": f"http://127.0.0.1:{dead}/"}, handle)
         done = knocker("revoke", "alice", "--config", self.server_conf)
         self.assertEqual(done.returncode, 0, done.stderr)
         self.assertEqual(self.events("admin-revoke")[-1]["client"], "alice")
@@ -190,6 +200,9 @@ class ConsoleOverTLSTests(ConsoleDaemonCase):
         done = knocker("unlock", "--all", "--config", self.server_conf)
         self.assertEqual(done.returncode, 0, done.stderr)
         self.assertEqual(self.events("admin-lift")[-1]["by"], "bearer")
+        # Its file gone, the socket still stops cleanly.
+        self.daemon.stop()
+        self.assertNotIn("Traceback", self.daemon.log())
 
     def test_commands_trust_the_served_certificate_alone(self):
         """
