@@ -101,13 +101,15 @@ class HitSummary:
         """
         Spend a token of the budget for a hit at C{now}, if there is one.
         """
-        tokens = self._tokens + (now - self._refilled) * self._rate
+        elapsed = now - self._refilled
         self._refilled = now
+        # A clock stepped back neither gives debt nor takes the tokens held
+        # (the first LOCKED after a step would otherwise go unwritten).
+        tokens = self._tokens + elapsed * self._rate if elapsed > 0.0 else self._tokens
         if tokens > self._burst:
             tokens = self._burst
         if tokens < 1.0:
-            # a clock stepped back gives no debt
-            self._tokens = tokens if tokens > 0.0 else 0.0
+            self._tokens = tokens
             return False
         self._tokens = tokens - 1.0
         return True

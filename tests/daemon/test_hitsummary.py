@@ -234,6 +234,12 @@ class HitSummaryTests(TestCase):
         self.assertFalse(summary.take(50.0))
         self.assertEqual(sum(summary.take(50.5) for _ in range(20)), 5)
 
+    def test_a_time_stepped_back_keeps_the_tokens_held(self):
+        summary = self.make(rate=10)
+        self.assertEqual(sum(summary.take(100.0) for _ in range(3)), 3)
+        self.assertEqual(sum(summary.take(-3500.0) for _ in range(20)), 7)
+        self.assertEqual(sum(summary.take(-3499.5) for _ in range(20)), 5)
+
     def test_the_table_is_bounded_and_the_overflow_counts_the_rest(self):
         summary = self.make(keys=2)
         self.assertFalse(summary.pending)
