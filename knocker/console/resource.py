@@ -25,7 +25,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
 from knocker.console import auditquery, pages, view
-from knocker.console.access import COOKIE
+from knocker.console.access import COOKIE, SESSION_SECONDS
 from knocker.console.auditfiles import audit_lines
 from knocker.console.events import MAX_SUBSCRIBERS, EventStream
 from knocker.console.formats import as_csv, table_html
@@ -389,8 +389,11 @@ class Console(Resource):
             request.setHeader(b"content-type", b"text/event-stream; charset=utf-8")
             return b""  # no stream to start for headers alone
         # Ended at logout or expiry: the gate checked the session only now.
-        EventStream(request, self.bus, session=who.session, clock=self.clock,
-                    ends=self.sessions.expiry(who.session))
+        # A bearer's stream ends as a session would, so a token taken out of
+        # the tokens file stops streaming within that time.
+        ends = (self.sessions.expiry(who.session) if who.session is not None
+                else self.clock.seconds() + SESSION_SECONDS)
+        EventStream(request, self.bus, session=who.session, clock=self.clock, ends=ends)
         return NOT_DONE_YET
 
     def page_metrics(self, request, who):

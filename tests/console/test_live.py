@@ -117,6 +117,23 @@ class StreamSessionTests(SynchronousTestCase):
         self.assertEqual(f.bus.subscribers, set())
         self.assertEqual(f.h.clock.getDelayedCalls(), timers, "no timer left behind")
 
+    def test_a_bearers_stream_ends_as_a_session_would(self):
+        """
+        A bearer token has no session to expire; its stream still ends
+        after a session's time, so a token taken out of the tokens file
+        does not stream on for ever.
+        """
+        f = ConsoleFixture(self)
+        token = f.credentials.new_bearer()
+        _, stream = Browser(f.console).stream(
+            "/events", headers={"authorization": f"Bearer {token}"})
+        f.h.clock.advance(SESSION_SECONDS - 1)
+        f.audit.record("lockout", source="203.0.113.7", reason="before-the-end")
+        self.assertIn(b"before-the-end", stream.getvalue())
+        f.h.clock.advance(1)
+        self.assertTrue(stream.getvalue().endswith(b"0\r\n\r\n"), "ended")
+        self.assertEqual(f.bus.subscribers, set())
+
     def test_a_closed_stream_leaves_no_timer(self):
         f = ConsoleFixture(self)
         f.login()

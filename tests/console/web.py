@@ -63,12 +63,12 @@ class Browser:
                         self.cookies.pop(key, None)
         return response
 
-    def stream(self, path: str) -> tuple[Request, BytesIO]:
+    def stream(self, path: str, headers: dict | None = None) -> tuple[Request, BytesIO]:
         """
         A GET left open (server-sent events): its request, and what is
         written to it so far (it grows as the answer goes on).
         """
-        return self._send("GET", path, None, None, ORIGIN)
+        return self._send("GET", path, None, headers, ORIGIN)
 
     def _send(self, method, path, fields, headers, origin) -> tuple[Request, BytesIO]:
         channel = DummyChannel()
