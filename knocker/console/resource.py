@@ -182,23 +182,20 @@ class Console(Resource):
             request.finish()
 
     def _failed(self, failure, request, gone=()):
+        left = " (its browser had left)" if gone else ""
+        if failure.check(StateError):
+            log.error("console request {path}{left}: {error}", path=request.path, left=left,
+                      error=failure.value)
+        else:
+            log.failure("console request {path}{left}", failure, path=request.path, left=left)
         if gone:
-            if failure.check(StateError):
-                log.error("console request {path} (its browser had left): {error}",
-                          path=request.path, error=failure.value)
-            else:
-                log.failure("console request {path} (its browser had left)", failure,
-                            path=request.path)
             return
         if failure.check(StateError):
             # The database of a fleet did not answer: say so, 503.
-            log.error("console request {path}: {error}", path=request.path,
-                      error=failure.value)
             request.setResponseCode(503)
             request.setHeader(b"content-type", b"text/plain; charset=utf-8")
             request.write(f"the state did not answer: {failure.value}\n".encode())
         else:
-            log.failure("console request {path}", failure, path=request.path)
             request.setResponseCode(500)
             request.write(b"internal error")
         request.finish()

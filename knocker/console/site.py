@@ -261,6 +261,26 @@ class ConnectionLimit(WrappingFactory):
                      m=self._sources.get(source, 0), source=source)
 
 
+class ListenFailed(Exception):
+    """An endpoint that did not listen at once; the message says why."""
+
+
+def _listen_now(endpoint, factory):
+    """
+    The port C{endpoint} listens on for C{factory}: the daemon's endpoints
+    listen at once (their Deferred has fired when listen returns).
+
+    @raise ListenFailed: it failed, or had not listened yet.
+    """
+    result = []
+    endpoint.listen(factory).addBoth(result.append)
+    if not result:
+        raise ListenFailed("did not listen at once")
+    if isinstance(result[0], Failure):
+        raise ListenFailed(str(result[0].value))
+    return result[0]
+
+
 class ConsoleService:
     def __init__(self, config, reactor, wall):
         self.config = config
@@ -291,14 +311,12 @@ class ConsoleService:
         console = Console(server, self.config, audit, self._reactor, self._wall,
                           self.credentials, Sessions(self._reactor), self.bus, self.activity,
                           self.metrics, blocking=deferToThread)
-        result = []
-        endpoint = serverFromString(self._reactor, self.config.admin)
         site = QuietSite(console, timeout=IDLE_SECONDS, reactor=self._reactor)
-        endpoint.listen(ConnectionLimit(site)).addBoth(result.append)
-        if not result or isinstance(result[0], Failure):
-            why = result[0].value if result else "did not listen at once"
-            raise ValueError(f"admin = {self.config.admin}: {why}")
-        self.port = result[0]
+        try:
+            self.port = _listen_now(serverFromString(self._reactor, self.config.admin),
+                                    ConnectionLimit(site))
+        except ListenFailed as failed:
+            raise ValueError(f"admin = {self.config.admin}: {failed}") from None
         kind, host, _ = admin_endpoint(self.config.admin)
         port = self.port.getHost().port
         if host in ("0.0.0.0", "::"):
@@ -337,15 +355,12 @@ class ConsoleService:
                      "will use {url}", error=error, url=self.url)
             return
         site = QuietSite(console, timeout=IDLE_SECONDS, reactor=self._reactor)
-        result = []
-        UNIXServerEndpoint(self._reactor, path, mode=0o600).listen(
-            ConnectionLimit(site, MAX_COMMANDS, MAX_COMMANDS)).addBoth(result.append)
-        if not result or isinstance(result[0], Failure):
-            why = result[0].value if result else "did not listen at once"
+        try:
+            self.commands = _listen_now(UNIXServerEndpoint(self._reactor, path, mode=0o600),
+                                        ConnectionLimit(site, MAX_COMMANDS, MAX_COMMANDS))
+        except ListenFailed as why:
             log.warn("console: no commands socket at {path} ({why}); knocker unlock and "
                      "revoke will use {url}", path=path, why=why, url=self.url)
-            return
-        self.commands = result[0]
 
     def stop(self):
         self.credentials.unpublish()

@@ -139,14 +139,7 @@ class AuditLog:
         either.  Returns whether it got a line of its own (the daemon log
         follows suit).
         """
-        now = self._now()
-        if not 0.0 <= now - self._space_checked < 1.0:
-            self._check_space(now)
-        if self._errors.take(now) and self._append(
-                self._line("error", {"ip": ip, "reason": reason})):
-            return True
-        self._errors.add(ip, None, reason, now)
-        return False
+        return self._within_errors_budget("error", {"ip": ip, "reason": reason}, ip, reason)
 
     def locked(self, **fields) -> bool:
         """
@@ -157,12 +150,16 @@ class AuditLog:
         locked-out source cannot fill the disk with them.  Returns whether
         it got a line of its own.
         """
+        return self._within_errors_budget("locked", fields, fields.get("ip"), "locked")
+
+    def _within_errors_budget(self, event: str, fields: dict, ip, reason: str) -> bool:
+        """C{event}'s line if the errors' budget and the free space allow, else its count."""
         now = self._now()
         if not 0.0 <= now - self._space_checked < 1.0:
             self._check_space(now)
-        if self._errors.take(now) and self._append(self._line("locked", fields)):
+        if self._errors.take(now) and self._append(self._line(event, fields)):
             return True
-        self._errors.add(fields.get("ip"), None, "locked", now)
+        self._errors.add(ip, None, reason, now)
         return False
 
     def hit(self, ip: str, src_port: int, port: int, outcome: str) -> None:

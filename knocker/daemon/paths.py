@@ -31,17 +31,11 @@ class PathError(Exception):
 
 def _user() -> str:
     """The name of the user the daemon runs as (its uid when it has none)."""
-    try:
-        import pwd
-
-        return pwd.getpwuid(os.geteuid()).pw_name
-    except (ImportError, KeyError):
-        return str(os.geteuid())
+    return _login(os.geteuid())
 
 
 def _who() -> str:
-    uid, user = os.geteuid(), _user()
-    return f"uid {uid}" if user == str(uid) else f"user {user} (uid {uid})"
+    return _name(os.geteuid())
 
 
 def _owner_hint(path: str) -> str:
@@ -144,6 +138,10 @@ def check_trusted(key: str, path: str, runs_as: tuple[int, int] | None = None) -
     runs = _name(uid)
     folders, real = _resolution(key, path)
     shown = f"{key} = {path}" + ("" if real == os.path.abspath(path) else f" (that is {real})")
+    # A folder is mended by moving what is in it (its owner may be a user,
+    # or root squashed by NFS), a file by chown.
+    move = (f"move {os.path.basename(real)} into a folder only root can change, such as "
+            f"/etc/knocker/scripts")
     for current in folders + [real]:
         try:
             info = os.stat(current)
@@ -153,10 +151,6 @@ def check_trusted(key: str, path: str, runs_as: tuple[int, int] | None = None) -
         folder = current != real
         sticky = folder and mode & stat.S_ISVTX
         what = "folder" if folder else "file"
-        # A folder is mended by moving what is in it (its owner may be a
-        # user, or root squashed by NFS), a file by chown.
-        move = (f"move {os.path.basename(real)} into a folder only root can change, such as "
-                f"/etc/knocker/scripts")
         if info.st_uid not in users:
             mend = (move if folder else
                     f"make it root's (chown root: {current})"
