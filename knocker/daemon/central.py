@@ -294,6 +294,37 @@ class CentralProtocol(LineOnlyReceiver):
         """The client has hung up."""
         return self._lost
 
+    @property
+    def unproven(self) -> bool:
+        """
+        Still before its PROOF (or its first line): the one state a
+        connection can be made to give up its place in (L{CentralFactory}).
+        Not a knock (after PROOF), an enrolment (an enrolment cut short
+        counts as one of its invitation's failed attempts) or a closing one.
+        """
+        return (self._nonce is None and self._exchange is None
+                and not self._closing and not self._lost)
+
+    def evict(self) -> None:
+        """
+        Give up this place to a newcomer: C{ERROR too-many-connections},
+        as a refusal gets, and the connection ends at once.  On plain TCP
+        the line goes straight to the socket, which then closes in order;
+        otherwise (TLS, or a send buffer already full) the connection is
+        cut, line and all, so an eviction never leaves a descriptor held
+        for a peer that does not read.
+        """
+        self._handshake.done = True
+        self._cancel_timer()
+        self._server.protocol_error(self.ip, "too-many-connections")
+        self._closing = True
+        self._buffer = b""
+        self._write(shs.format_reply(hs.Error("too-many-connections")))
+        if self._direct:
+            self.transport.loseConnection()  # nothing is left in Twisted's buffer
+        else:
+            self.transport.abortConnection()
+
     def _cancel_timer(self):
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
@@ -319,6 +350,19 @@ class CentralFactory(protocol.Factory):
     one, as for lockouts); past either a connection gets
     C{ERROR too-many-connections}, so one address holding idle connections
     cannot take every place.
+
+    When every place is taken, a newcomer still gets one if some source
+    holds at least as many connections as the newcomer's will: the oldest
+    of the busiest source's connections that has not sent its PROOF is
+    evicted
+    (L{CentralProtocol.evict}).  Without that, a handful of addresses
+    (max-connections / max-connections-per-source: 8 by default, or any
+    IPv6 /61) holding idle connections, renewed every handshake-timeout,
+    shut the door for everyone.  A client sends its PROOF one round trip
+    after it connects, so to push one out an attacker must spread over as
+    many sources as there are places and make that many connections within
+    the client's round trip; a knock under way (after PROOF) is never
+    evicted.
     """
 
     def acceptableProtocols(self):
@@ -344,24 +388,49 @@ class CentralFactory(protocol.Factory):
         self._timeout = timeout
         self.connections = 0
         self.per_source: dict[str, int] = {}
+        self._open: dict[CentralProtocol, None] = {}  # in the order they came
 
     def buildProtocol(self, addr):
         source = self._source_of(normalise_ip(addr.host)) if addr is not None else ""
         held = self.per_source.get(source, 0)
-        if self.connections >= self._max or held >= self._max_per_source:
+        if held >= self._max_per_source:
             return _Refuse(self._server, self._clock)
+        if self.connections >= self._max:
+            victim = self._victim(held + 1)
+            if victim is None:
+                return _Refuse(self._server, self._clock)
+            self.connection_ended(victim)
+            victim.evict()
         self.connections += 1
         self.per_source[source] = held + 1
         proto = CentralProtocol(self._server, self._clock, self._timeout)
         proto.factory = self
         proto.source = source
+        self._open[proto] = None
         return proto
+
+    def _victim(self, newcomer_holds: int) -> CentralProtocol | None:
+        """
+        The oldest unproven connection of the source holding the most
+        connections, if that source holds at least C{newcomer_holds}
+        (what the newcomer's source would hold once it is in); else none.
+        """
+        victim, most = None, newcomer_holds - 1
+        for proto in self._open:  # oldest first: only a strictly busier source wins
+            held = self.per_source[proto.source]
+            if held > most and proto.unproven:
+                victim, most = proto, held
+        return victim
 
     @staticmethod
     def wait_until(moment: float) -> None:
         """Tests' clocks need no finishing: the timer fired on the moment."""
 
     def connection_ended(self, proto: CentralProtocol) -> None:
+        """Its place is free (once: an evicted connection's end comes later)."""
+        if proto not in self._open:
+            return
+        del self._open[proto]
         self.connections -= 1
         left = self.per_source[proto.source] - 1
         if left:

@@ -95,7 +95,8 @@ class SlowlorisTests(SynchronousTestCase):
         held = [h.connect(ip=f"198.51.100.{n}") for n in range(5)]
         for proto, _ in held:
             proto.dataReceived(b"KNOCKER/1 HEL")  # never finished
-        proto, transport = h.connect()
+        # (from one of theirs: a source holding fewer would take a place)
+        proto, transport = h.connect(ip="198.51.100.0")
         self.assertEqual(transport.value(), b"ERROR too-many-connections\n")
         h.clock.advance(5)
         for proto, transport in held:

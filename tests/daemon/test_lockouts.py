@@ -71,6 +71,95 @@ class ConnectionBoundTests(SynchronousTestCase):
         self.assertEqual(transport.value(), b"")
 
 
+class EvictionTests(SynchronousTestCase):
+    """
+    A full central port (every place held by a few sources) still takes a
+    newcomer from a source holding fewer: the busiest source's oldest
+    connection that has not sent its PROOF gives up its place.
+    """
+
+    A, B, C = "198.51.100.1", "198.51.100.2", "203.0.113.7"
+
+    def fill(self, h, *sources):
+        held = []
+        for ip in sources:
+            held.append(h.connect(ip=ip))
+        return held
+
+    def test_a_few_idle_sources_cannot_shut_the_door(self):
+        h = Harness(self, max_connections=4, max_connections_per_source=2)
+        held = self.fill(h, self.A, self.A, self.B, self.B)
+        held[0][0].dataReceived(hs.format_hello("alice"))  # CHALLENGE sent, no PROOF yet
+        self.assertTrue(held[0][1].value().startswith(b"CHALLENGE "))
+        held[0][1].clear()
+
+        line, *_ = h.handshake(ip=self.C)
+        self.assertTrue(line.startswith(b"GRANT "), line)
+        self.assertEqual(held[0][1].value(), b"ERROR too-many-connections\n")
+        self.assertTrue(held[0][1].disconnecting)
+        self.assertEqual([t.value() for _, t in held[1:]], [b""] * 3, "only one gave way")
+        self.assertEqual([(e["ip"], e["reason"]) for e in h.audit.of("error")],
+                         [(self.A, "too-many-connections")])
+        self.assertEqual(h.tracker_lockouts(), {}, "giving way is no failed attempt")
+
+    def test_the_evicted_connection_ending_frees_no_second_place(self):
+        h = Harness(self, max_connections=4, max_connections_per_source=2)
+        held = self.fill(h, self.A, self.A, self.B, self.B)
+        h.connect(ip=self.C)
+        held[0][0].connectionLost(None)  # the evicted one's end, later
+        self.assertEqual((h.central.connections, h.central.per_source),
+                         (4, {self.A: 1, self.B: 2, self.C: 1}))
+        proto, transport = h.connect(ip=self.A)  # A would hold 2, as B does: B gives way
+        self.assertEqual(held[2][1].value(), b"ERROR too-many-connections\n")
+        self.assertEqual((h.central.connections, h.central.per_source),
+                         (4, {self.A: 2, self.B: 1, self.C: 1}))
+
+    def test_a_source_as_busy_as_the_busiest_is_refused(self):
+        h = Harness(self, max_connections=4, max_connections_per_source=3)
+        held = self.fill(h, self.A, self.A, self.B, self.B)
+        proto, transport = h.connect(ip=self.A)
+        self.assertEqual(transport.value(), b"ERROR too-many-connections\n")
+        self.assertEqual([t.value() for _, t in held], [b""] * 4)
+
+    def test_the_busiest_source_gives_way_first(self):
+        h = Harness(self, max_connections=4)
+        held = self.fill(h, self.A, self.B, self.B, self.B)
+        h.connect(ip=self.C)
+        self.assertEqual([t.value() for _, t in held],
+                         [b"", b"ERROR too-many-connections\n", b"", b""],
+                         "B's oldest, though A's is older")
+
+    def test_a_knock_under_way_is_never_evicted(self):
+        h = Harness(self, clients=("alice", "bob"), max_connections=2, max_concurrent=2)
+        granted = [h.handshake("alice", ip=self.A), h.handshake("bob", ip=self.B)]
+        for line, _, transport, _ in granted:
+            self.assertTrue(line.startswith(b"GRANT "), line)
+            transport.clear()
+        proto, transport = h.connect(ip=self.C)
+        self.assertEqual(transport.value(), b"ERROR too-many-connections\n")
+        self.assertEqual([t.value() for _, _, t, _ in granted], [b"", b""])
+
+    def test_an_enrolment_under_way_is_never_evicted(self):
+        """
+        Cutting an enrolment short counts against its invitation, so a
+        newcomer must not be able to do it.
+        """
+        from knocker.enrol import keys as k
+
+        h = Harness(self, max_connections=1)
+        now = h.clock.seconds()
+        slot = h.store.add_invitation("carol", "crossover-clockwork-lantern", now + 3600, 3, now)
+        enrolling, transport = h.connect(ip=self.A)
+        pake = k.Pake(slot, "crossover-clockwork-lantern")
+        enrolling.dataReceived(b"KNOCKER/1 ENROLL %d %s\n" % (slot, k.b64(pake.message).encode()))
+        self.assertTrue(transport.value().startswith(b"ENROLLING "), transport.value())
+        transport.clear()
+        proto, refused = h.connect(ip=self.C)
+        self.assertEqual(refused.value(), b"ERROR too-many-connections\n")
+        self.assertEqual(transport.value(), b"", "the enrolment goes on")
+        self.assertFalse(transport.disconnecting)
+
+
 class ServerCopyTests(SynchronousTestCase):
     """
     A registered client whose server copy cannot be used is the server's

@@ -40,6 +40,7 @@ KNOCK_PERIOD = 2.0
 
 IDLE_CONNECTIONS = 100
 PER_SOURCE = 8  # max-connections-per-source, the default
+PLACES = 64  # max-connections, the default
 
 GLOBAL_WARNING = "lockout-scope = global on"
 
@@ -133,29 +134,41 @@ def _count(states: list[str]) -> dict[str, int]:
     return counted
 
 
-def idle(host: str, port: int, count: int) -> int:
+def idle(host: str, port: int, count: int, sources: list[str] | None = None) -> int:
     """
-    Open C{count} connections to C{host}:C{port} and send nothing on them.
-    Prints one JSON line once a second has passed after the last one: how
-    many connected and what state they are in.  Then, for each line on
-    stdin (60 s at most each), prints their states again; end of file
-    closes them all.
+    Open C{count} connections to C{host}:C{port} and send nothing on them,
+    from each of C{sources} in turn if given.  Prints one JSON line once a
+    second has passed after the last one: how many connected and what
+    state they are in (and, with C{sources}, the states by source).  Then,
+    for each line on stdin (60 s at most each), prints their states again;
+    end of file closes them all.
     """
-    sockets, failed = [], 0
-    for _ in range(count):
+    sockets, failed, bound = [], 0, []
+    for n in range(count):
+        source = sources[n % len(sources)] if sources else None
         try:
-            sockets.append(socket.create_connection((host, port), timeout=5))
+            sockets.append(socket.create_connection(
+                (host, port), timeout=5, source_address=(source, 0) if source else None))
+            bound.append(source)
         except OSError:
             failed += 1
+
+    def report(**fields) -> None:
+        states = [_idle_state(s) for s in sockets]
+        fields["states"] = _count(states)
+        if sources:
+            fields["by_source"] = {source: _count([state for state, at in zip(states, bound)
+                                                   if at == source]) for source in sources}
+        print(json.dumps(fields), flush=True)
+
     time.sleep(1.0)
-    print(json.dumps({"connected": len(sockets), "failed": failed,
-                      "states": _count([_idle_state(s) for s in sockets])}), flush=True)
+    report(connected=len(sockets), failed=failed)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         readable, _, _ = select.select([sys.stdin], [], [], deadline - time.monotonic())
         if not readable or not sys.stdin.readline():
             break
-        print(json.dumps({"states": _count([_idle_state(s) for s in sockets])}), flush=True)
+        report()
     for sock in sockets:
         sock.close()
     return 0
@@ -171,10 +184,11 @@ def main(argv: list[str]) -> int:
         )
         print(json.dumps(report), flush=True)
         return 0
-    if len(argv) == 4 and argv[0] == "idle":
-        return idle(argv[1], int(argv[2]), int(argv[3]))
-    print("usage: noise HOST PORTS ADDRESSES RATE:SECONDS,... SEED | idle HOST PORT COUNT",
-          file=sys.stderr)
+    if len(argv) in (4, 5) and argv[0] == "idle":
+        return idle(argv[1], int(argv[2]), int(argv[3]),
+                    argv[4].split(",") if len(argv) == 5 else None)
+    print("usage: noise HOST PORTS ADDRESSES RATE:SECONDS,... SEED"
+          " | idle HOST PORT COUNT [ADDRESSES]", file=sys.stderr)
     return 2
 
 
@@ -390,6 +404,47 @@ class NoiseTests(DaemonInNamespace):
         errors = self.audit("error")
         self.assertEqual([(e["ip"], e["reason"]) for e in errors],
                          [(attacker, "too-many-connections")] * (IDLE_CONNECTIONS - PER_SOURCE))
+        self.assertEqual([(e["ip"], e["index"]) for e in self.audit("open")], [(client, 1)])
+        self.assertEqual(self.audit("lockout"), [])
+
+    def test_idle_connections_from_a_few_addresses_do_not_shut_the_door(self) -> None:
+        """
+        Eight attacker addresses hold eight idle connections each, every
+        one of the 64 places (handshake-timeout = 30, so none is reaped
+        during the test).  alice's knock still opens: her connection takes
+        the place of the oldest idle one of a busiest source, which gets
+        ERROR too-many-connections; the other 63 stay open.
+        """
+        self.start_server(handshake_timeout=30)
+        self.add_noise_addresses()
+        sources = NOISE_ADDRESSES[:PLACES // PER_SOURCE]
+        holder = self.helper("idle", self.server_address(), str(CENTRAL), str(PLACES),
+                             ",".join(sources), stdin=subprocess.PIPE)
+        line = netns.read_line(holder, 60)
+        self.assertTrue(line, "the idle connections' holder said nothing")
+        first = json.loads(line)
+        self.report(f"idle: {first['states']}")
+        self.assertEqual((first["connected"], first["states"]), (PLACES, {"idle": PLACES}), first)
+
+        result = self.knock()
+        self.assertEqual(result.returncode, 0,
+                         f"{result.stdout}{result.stderr}\n{self.daemon_tail()}")
+        self.assertIn("OPEN", result.stdout)
+
+        holder.stdin.write("again\n")
+        holder.stdin.flush()
+        line = netns.read_line(holder, 10)
+        self.assertTrue(line, "the idle connections' holder said nothing the second time")
+        after = json.loads(line)
+        holder.stdin.close()
+        self.assertEqual(after["states"], {"idle": PLACES - 1,
+                                           "ERROR too-many-connections": 1}, after)
+        self.assertEqual(after["by_source"][sources[0]],
+                         {"idle": PER_SOURCE - 1, "ERROR too-many-connections": 1},
+                         "the oldest connection gave way")
+        client = self.net.address4["client"]
+        self.assertEqual([(e["ip"], e["reason"]) for e in self.audit("error")],
+                         [(sources[0], "too-many-connections")])
         self.assertEqual([(e["ip"], e["index"]) for e in self.audit("open")], [(client, 1)])
         self.assertEqual(self.audit("lockout"), [])
 
