@@ -10,6 +10,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from knocker.core import handshake as hs
 from knocker.core.knockfile import KnockFileText
+from knocker.daemon.central import DENIED_AT
 from knocker.state.interface import StateError, secret_id
 from tests.helpers.harness import Harness, enroll
 
@@ -197,6 +198,35 @@ class LaterStoreTests(SynchronousTestCase):
         proto.dataReceived(hs.format_hello("alice"))
         proto.dataReceived(hs.format_proof("0" * 64) * 1000)
         self.assertEqual(len(later.waiting), 1)
+
+
+class DeniedLookupsTests(SynchronousTestCase):
+    """
+    DENIED goes out at a fixed moment after the PROOF, which hides the
+    work behind it only while that work is shorter.  On a fleet's database
+    each lookup is a round trip, so a wrong proof for a real client and a
+    proof for an unknown one must wait for as many.
+    """
+
+    def lookups_before_denied(self, client: str) -> int:
+        h, later = later_harness(self)
+        later.held = True
+        proto, transport = h.connect()
+        proto.dataReceived(hs.format_hello(client))
+        challenge = hs.parse_reply(transport.value().rstrip(b"\n"))
+        transport.clear()
+        proto.dataReceived(hs.format_proof(hs.hello_mac(b"\x01" * 32, client, challenge.nonce)))
+        lookups = 0
+        while later.waiting:
+            later.release()
+            lookups += 1
+        h.clock.advance(DENIED_AT)
+        self.assertEqual(transport.value(), b"DENIED\n")
+        return lookups
+
+    def test_a_real_client_and_a_stranger_wait_for_as_many_lookups(self):
+        self.assertEqual(self.lookups_before_denied("alice"),
+                         self.lookups_before_denied("mallory"))
 
 
 class RenewalThroughDeferredsTests(SynchronousTestCase):
