@@ -30,6 +30,19 @@ COOKIE = b"knocker_session"
 _TOKEN_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")
 
 
+def cookie_name(host: bytes | None) -> bytes:
+    """
+    The session cookie's name for a console reached at C{host} (the
+    request's Host header): one per port.  Browsers keep cookies by host
+    name, not by port, so two gateways' consoles tunnelled to
+    localhost:8750 and localhost:8751 would otherwise log each other out.
+    """
+    head, colon, port = (host or b"").rpartition(b":")
+    if colon and port.isdigit() and len(port) <= 5 and (b":" not in head or head.endswith(b"]")):
+        return COOKIE + b"_" + port
+    return COOKIE
+
+
 def _digest(token: str) -> str:
     return hashlib.sha256(token.encode("ascii")).hexdigest()
 

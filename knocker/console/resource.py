@@ -25,7 +25,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
 from knocker.console import auditquery, pages, view
-from knocker.console.access import COOKIE, SESSION_SECONDS
+from knocker.console.access import SESSION_SECONDS, cookie_name
 from knocker.console.auditfiles import audit_lines
 from knocker.console.events import MAX_SUBSCRIBERS, EventStream
 from knocker.console.formats import as_csv, table_html
@@ -207,7 +207,7 @@ class Console(Resource):
             if self.credentials.bearer_ok(token, self.daemon_token):
                 return Who("bearer")
             return None
-        session = request.getCookie(COOKIE)
+        session = request.getCookie(cookie_name(request.getHeader(b"host")))
         if session is None:
             return None
         session = session.decode("ascii", "replace")
@@ -261,20 +261,23 @@ class Console(Resource):
                 "", "This login URL has been used or has expired.  Run 'knocker console' "
                     "again for a new one."))
         session, _ = self.sessions.open()
-        request.addCookie(COOKIE, session.encode(), path=b"/", httpOnly=True,
-                          secure=request.isSecure(), sameSite="strict",
-                          max_age=str(int(self.sessions.seconds)).encode())
+        self._set_cookie(request, session.encode(), str(int(self.sessions.seconds)).encode())
         self.audit.record("admin-login")
         request.redirect(b"/")
         return b""
+
+    @staticmethod
+    def _set_cookie(request, value: bytes, max_age: bytes) -> None:
+        request.addCookie(cookie_name(request.getHeader(b"host")), value, path=b"/",
+                          httpOnly=True, secure=request.isSecure(), sameSite="strict",
+                          max_age=max_age)
 
     def page_logout(self, request, who):
         if who.session is not None:
             self.sessions.close(who.session)
             self.bus.end_session(who.session)
             self.audit.record("admin-logout")
-        request.addCookie(COOKIE, b"", path=b"/", httpOnly=True, secure=request.isSecure(),
-                          sameSite="strict", max_age=b"0")
+        self._set_cookie(request, b"", b"0")
         request.redirect(b"/login")
         return b""
 

@@ -67,7 +67,7 @@ class NoSessionTests(SynchronousTestCase):
 
     def test_a_forged_cookie_or_bearer_is_refused(self):
         f = ConsoleFixture(self)
-        f.browser.cookies["knocker_session"] = "x" * 43
+        f.browser.cookies["knocker_session_8750"] = "x" * 43
         self.assertEqual(f.browser.get("/clients").code, 401)
         bearer = Browser(f.console)
         response = bearer.get("/metrics", headers={"authorization": "Bearer " + "y" * 43})
@@ -79,6 +79,31 @@ class NoSessionTests(SynchronousTestCase):
         self.assertEqual(f.browser.get("/clients").code, 200)
         f.h.clock.advance(SESSION_SECONDS + 1)
         self.assertEqual(f.browser.get("/clients").code, 401)
+
+
+class CookieTests(SynchronousTestCase):
+    def test_two_consoles_on_one_host_keep_their_own_sessions(self):
+        """
+        Two gateways' consoles tunnelled to 127.0.0.1:8750 and :8751: a
+        browser keeps cookies by host name, not port, so logging in to
+        the second must not log out of the first.
+        """
+        first, second = ConsoleFixture(self), ConsoleFixture(self)
+        jar: dict[str, str] = {}
+        one = Browser(first.console, host=b"127.0.0.1:8750", cookies=jar)
+        two = Browser(second.console, host=b"127.0.0.1:8751", cookies=jar)
+        first.login(one)
+        second.login(two)
+        self.assertEqual(sorted(jar), ["knocker_session_8750", "knocker_session_8751"])
+        self.assertEqual((one.get("/").code, two.get("/").code), (200, 200))
+
+    def test_the_cookie_name_follows_the_port_of_the_host_header(self):
+        from knocker.console.access import cookie_name
+
+        self.assertEqual([cookie_name(host) for host in (
+            b"127.0.0.1:8750", b"[::1]:8751", b"gateway.example", b"[::1]", None,
+            b"gateway.example:http", b"a:b:8750", b"x:123456")],
+            [b"knocker_session_8750", b"knocker_session_8751"] + [b"knocker_session"] * 6)
 
 
 class PostChecksTests(SynchronousTestCase):

@@ -137,7 +137,7 @@ class BodyLimitTests(SynchronousTestCase):
         connection.dataReceived(b"POST /login HTTP/1.1\r\n" + FORM +
                                 b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
         self.assertTrue(transport.value().startswith(b"HTTP/1.1 302 "), transport.value())
-        self.assertIn(b"knocker_session=", transport.value())
+        self.assertIn(b"knocker_session_8750=", transport.value())
         self.assertNotIn(b"Secure", transport.value())
 
 

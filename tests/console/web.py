@@ -19,7 +19,9 @@ from knocker.console.resource import Console
 from knocker.console.view import Activity
 from tests.helpers.harness import Harness
 
-ORIGIN = b"http://127.0.0.1:8750"
+HOST = b"127.0.0.1:8750"
+ORIGIN = b"http://" + HOST
+_OWN = object()  # the browser's own origin
 
 
 class Response:
@@ -42,16 +44,22 @@ class Browser:
     Requests to C{resource}; C{secure} makes the channel TLS.
     """
 
-    def __init__(self, resource, secure: bool = False):
+    def __init__(self, resource, secure: bool = False, host: bytes = HOST,
+                 cookies: dict[str, str] | None = None):
         self.site = Site(resource)
-        self.cookies: dict[str, str] = {}
+        #: Kept by host name, not port, as browsers do: give two browsers
+        #: the same dict for one browser visiting two ports of a host.
+        self.cookies: dict[str, str] = {} if cookies is None else cookies
         self.secure = secure
+        self.host = host
         #: Called with the channel after the request is in, before its answer
         #: is read (a test answering a store that answers later).
         self.settle = None
 
     def request(self, method: str, path: str, fields: dict | None = None,
-                headers: dict | None = None, origin: bytes | None = ORIGIN) -> Response:
+                headers: dict | None = None, origin: bytes | None | object = _OWN) -> Response:
+        if origin is _OWN:
+            origin = b"http://" + self.host
         _, written = self._send(method, path, fields, headers, origin)
         response = Response(written.getvalue())
         for name, value in response.headers:
@@ -68,7 +76,7 @@ class Browser:
         A GET left open (server-sent events): its request, and what is
         written to it so far (it grows as the answer goes on).
         """
-        return self._send("GET", path, None, headers, ORIGIN)
+        return self._send("GET", path, None, headers, b"http://" + self.host)
 
     def _send(self, method, path, fields, headers, origin) -> tuple[Request, BytesIO]:
         channel = DummyChannel()
@@ -77,7 +85,7 @@ class Browser:
         channel.site = self.site
         request = Request(channel)
         body = urlencode(fields or {}).encode()
-        request.requestHeaders.setRawHeaders(b"host", [b"127.0.0.1:8750"])
+        request.requestHeaders.setRawHeaders(b"host", [self.host])
         if method == "POST":
             request.requestHeaders.setRawHeaders(
                 b"content-type", [b"application/x-www-form-urlencoded"])
