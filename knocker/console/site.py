@@ -74,6 +74,18 @@ LINE_TOO_LONG = _answer(b"431 Request Header Fields Too Large",
 BUSY = _answer(b"503 Service Unavailable", b"too many connections to the console\n")
 
 
+def _shown(line: bytes, limit: int = 80) -> str:
+    """A line of a request as an error may quote it: printable ASCII, cut short."""
+    text = "".join(c if " " <= c <= "~" else f"\\x{ord(c):02x}"
+                   for c in line.decode("latin-1"))
+    return "'" + (text[:limit] + "..." if len(text) > limit else text) + "'"
+
+
+def bad_request(reason: str) -> bytes:
+    """C{400 Bad Request} saying what was wrong, and the connection closes."""
+    return _answer(b"400 Bad Request", f"bad request: {reason}\n".encode("ascii", "replace"))
+
+
 class BoundedRequest(Request):
     """
     A request whose body may not pass C{MAX_BODY}.  twisted.web keeps a
@@ -122,10 +134,47 @@ class ConsoleChannel(HTTPChannel):
     """
 
     _head_timer = None
+    _head_lines = 0  # lines of the request's head read so far
+    _line = _header = None  # the line read last, and the header line before it
 
     def connectionMade(self):
         super().connectionMade()
         self._await_head()
+
+    def lineReceived(self, line):
+        # Twisted reads a header when the line after it arrives: what it
+        # refuses then is the header line before this one.
+        if not line and self._head_lines == 0:
+            super().lineReceived(line)  # the empty line some browsers send after a POST
+            return
+        self._head_lines += 1
+        if self._line is not None and self._head_lines > 2 and self._line[:1] not in (b" ", b"\t"):
+            self._header = self._line
+        self._line = line
+        super().lineReceived(line)
+
+    def allHeadersReceived(self):
+        self._head_lines, self._line, self._header = 0, None, None
+        super().allHeadersReceived()
+
+    def _respondToBadRequestAndDisconnect(self):
+        # Twisted's own answer is a bare "400 Bad Request"; this one says
+        # what it could not read.
+        self._stop_head_timer()
+        self.transport.write(bad_request(self._what_was_wrong()))
+        self.loseConnection()
+
+    def _what_was_wrong(self) -> str:
+        if self._receivedHeaderSize > self.totalHeadersSize:
+            return f"a request head over {self.totalHeadersSize} bytes"
+        if self._receivedHeaderCount > self.maxHeaders:
+            return f"more than {self.maxHeaders} headers"
+        if self._line is None:
+            return "a body that cannot be read (its chunks, or its form)"
+        if self._head_lines == 1:
+            return f"not an HTTP/1.x request line: {_shown(self._line)}"
+        header = self._header if self._header is not None else self._line
+        return f"a header that cannot be read: {_shown(header)}"
 
     def _await_head(self):
         self._stop_head_timer()

@@ -190,6 +190,62 @@ class ConnectionLimitTests(SynchronousTestCase):
         self.assertIn(b'"source": "203.0.113.7"', transport.value())
 
 
+class BadRequestTests(SynchronousTestCase):
+    """
+    What twisted.web cannot read gets a 400 that says what it was (Twisted's
+    own is a bare status line), the connection closes, and the console
+    goes on serving.
+    """
+
+    def answer(self, data: bytes) -> bytes:
+        f, factory = console_factory(self)
+        connection, transport = connect(factory)
+        connection.dataReceived(data)
+        self.assertTrue(transport.disconnecting)
+        again, transport2 = connect(factory)
+        again.dataReceived(b"GET /login HTTP/1.1\r\nHost: 127.0.0.1:8750\r\n\r\n")
+        self.assertTrue(transport2.value().startswith(b"HTTP/1.1 200 "), "still serving")
+        return transport.value()
+
+    def assertBad(self, data: bytes, reason: bytes) -> None:
+        answer = self.answer(data)
+        self.assertTrue(answer.startswith(b"HTTP/1.1 400 Bad Request\r\n"), answer[:80])
+        head, _, body = answer.partition(b"\r\n\r\n")
+        self.assertIn(b"content-length: %d" % len(body), head)
+        self.assertEqual(body, b"bad request: " + reason + b"\n")
+
+    def test_a_request_line_that_is_not_http(self):
+        self.assertBad(b"HELLO\r\n\r\n", b"not an HTTP/1.x request line: 'HELLO'")
+
+    def test_a_header_without_a_colon(self):
+        self.assertBad(b"GET /login HTTP/1.1\r\nHost: 127.0.0.1:8750\r\nno colon here\r\n"
+                       b"Accept: */*\r\n\r\n",
+                       b"a header that cannot be read: 'no colon here'")
+
+    def test_the_last_header_is_named_too(self):
+        self.assertBad(b"POST /login HTTP/1.1\r\nHost: 127.0.0.1:8750\r\n"
+                       b"Content-Length: many\r\n\r\n",
+                       b"a header that cannot be read: 'Content-Length: many'")
+
+    def test_a_folded_header_is_named_by_its_first_line(self):
+        self.assertBad(b"GET / HTTP/1.1\r\nBad Name: x\r\n  folded\r\n\r\n",
+                       b"a header that cannot be read: 'Bad Name: x'")
+
+    def test_a_line_out_of_ascii_is_shown_escaped_and_cut(self):
+        self.assertBad(b"\xff" * 100 + b"\r\n\r\n",
+                       b"not an HTTP/1.x request line: '" + b"\\xff" * 20 + b"...'")
+
+    def test_too_many_headers(self):
+        headers = b"".join(b"X-%d: y\r\n" % n for n in range(600))
+        answer = self.answer(b"GET / HTTP/1.1\r\n" + headers + b"\r\n")
+        self.assertIn(b"bad request: more than ", answer)
+
+    def test_a_broken_chunked_body(self):
+        self.assertBad(b"POST /login HTTP/1.1\r\nHost: 127.0.0.1:8750\r\n"
+                       b"Transfer-Encoding: chunked\r\n\r\nzz\r\n",
+                       b"a body that cannot be read (its chunks, or its form)")
+
+
 class SlowClientTests(SynchronousTestCase):
     """
     Connections that send slowly, or too much on one line, give their place
