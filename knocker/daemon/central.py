@@ -18,6 +18,7 @@ from zope.interface import implementer
 from knocker.core import handshake as hs
 from knocker.core import serverhandshake as shs
 from knocker.core.sources import normalise_ip
+from knocker.daemon.places import Places
 
 log = Logger()
 
@@ -25,6 +26,11 @@ log = Logger()
 ALPN = b"knocker/1"
 
 CLOSE_GRACE = 2.0
+
+LINGER_MAX = 64
+"""Connections given way that may still be closing in order at once (under
+TLS a close waits for the peer, up to L{CLOSE_GRACE}); past that they are
+cut, so churn cannot pile up descriptors."""
 
 DENIED_AT = 0.02
 """Seconds after the PROOF at which every DENIED (and ERROR) is sent.  An
@@ -83,6 +89,8 @@ class CentralProtocol(LineOnlyReceiver):
         self._waiting = False  # for a store's answer to an enrolment or renewal
         self._direct = False  # lines sent straight to the socket (see _write)
         self._closing = False  # the last line is out: what comes in is dropped
+        self._granted = False
+        self._lingering = False  # given way, closing in order (LINGER_MAX)
         self.ip = None
 
     def connectionMade(self):
@@ -144,6 +152,8 @@ class CentralProtocol(LineOnlyReceiver):
             if isinstance(reply, hs.Grant):
                 self._server.session_lost(self)
             return
+        if isinstance(reply, hs.Grant):
+            self._granted = True
         if isinstance(reply, (hs.Denied, hs.Error)):
             moment = proved_at + DENIED_AT
             wake = max(0.0, moment - self.factory.early - self._clock.seconds())
@@ -295,25 +305,31 @@ class CentralProtocol(LineOnlyReceiver):
         return self._lost
 
     @property
-    def unproven(self) -> bool:
+    def may_give_way(self) -> bool:
         """
-        Still before its PROOF (or its first line): the one state a
-        connection can be made to give up its place in (L{CentralFactory}).
-        Not a knock (after PROOF), an enrolment (an enrolment cut short
-        counts as one of its invitation's failed attempts) or a closing one.
+        Whether this connection may give its place to a newcomer
+        (L{CentralFactory}): one short of its PROOF (or of its first line),
+        or one closing after a refusal.  Never a knock (from its PROOF on,
+        verdict and all), nor an enrolment (one cut short counts against
+        its invitation).
         """
-        return (self._nonce is None and self._exchange is None
-                and not self._closing and not self._lost)
+        if self._lost or self._exchange is not None or self._granted:
+            return False
+        return self._closing or self._nonce is None
 
-    def evict(self) -> None:
+    def give_way(self) -> None:
         """
-        Give up this place to a newcomer: C{ERROR too-many-connections},
-        as a refusal gets, and the connection ends at once.  On plain TCP
-        the line goes straight to the socket, which then closes in order;
-        otherwise (TLS, or a send buffer already full) the connection is
-        cut, line and all, so an eviction never leaves a descriptor held
-        for a peer that does not read.
+        Give up this place to a newcomer.  One already closing after a
+        refusal had its answer: it is cut if its close still waits (under
+        TLS, for the peer), else left to close.
+        An idle one gets C{ERROR too-many-connections}, as a refusal does:
+        on plain TCP straight to the socket, then an orderly close; under
+        TLS in order too, unless L{LINGER_MAX} already are, then it is cut.
         """
+        if self._closing:
+            if not self._direct:
+                self.transport.abortConnection()
+            return
         self._handshake.done = True
         self._cancel_timer()
         self._server.protocol_error(self.ip, "too-many-connections")
@@ -322,6 +338,11 @@ class CentralProtocol(LineOnlyReceiver):
         self._write(shs.format_reply(hs.Error("too-many-connections")))
         if self._direct:
             self.transport.loseConnection()  # nothing is left in Twisted's buffer
+        elif self.factory.lingering < LINGER_MAX:
+            self.factory.lingering += 1
+            self._lingering = True
+            self.transport.loseConnection()
+            self._timer = _abort_later(self._clock, self.transport)
         else:
             self.transport.abortConnection()
 
@@ -331,6 +352,8 @@ class CentralProtocol(LineOnlyReceiver):
 
     def connectionLost(self, reason):
         self._lost = True
+        if self._lingering:
+            self.factory.lingering -= 1
         self.factory.connection_ended(self)
         self._cancel_timer()
         knocking = self._handshake.knocking  # (a fault after GRANT sent no verdict)
@@ -351,18 +374,14 @@ class CentralFactory(protocol.Factory):
     C{ERROR too-many-connections}, so one address holding idle connections
     cannot take every place.
 
-    When every place is taken, a newcomer still gets one if some source
-    holds at least as many connections as the newcomer's will: the oldest
-    of the busiest source's connections that has not sent its PROOF is
-    evicted
-    (L{CentralProtocol.evict}).  Without that, a handful of addresses
-    (max-connections / max-connections-per-source: 8 by default, or any
-    IPv6 /61) holding idle connections, renewed every handshake-timeout,
-    shut the door for everyone.  A client sends its PROOF one round trip
-    after it connects, so to push one out an attacker must spread over as
-    many sources as there are places and make that many connections within
-    the client's round trip; a knock under way (after PROOF) is never
-    evicted.
+    When every place is taken, a newcomer may still get one
+    (L{knocker.daemon.places.Places}) from a connection that may give way
+    (L{CentralProtocol.may_give_way}: short of its PROOF, or closing after
+    a refusal).  Without that, a handful of addresses (max-connections /
+    max-connections-per-source: 8 by default, or any IPv6 /61) holding
+    idle connections renewed every handshake-timeout, or refused ones
+    whose close waits (TLS), shut the door for everyone.  A knock (from
+    its PROOF on) never gives way.
     """
 
     def acceptableProtocols(self):
@@ -381,62 +400,49 @@ class CentralFactory(protocol.Factory):
             self.wait_until = _sleep_until
         self._server = server
         self._clock = clock
-        self._max = max_connections
         self._max_per_source = (max_per_source if max_per_source is not None
                                 else server.config.max_connections_per_source)
         self._source_of = server.tracker.source_of
         self._timeout = timeout
-        self.connections = 0
-        self.per_source: dict[str, int] = {}
-        self._open: dict[CentralProtocol, None] = {}  # in the order they came
+        self._places = Places(max_connections, self._max_per_source)
+        self.lingering = 0  # given way, closing in order (LINGER_MAX)
+
+    @property
+    def connections(self) -> int:
+        return len(self._places)
+
+    @property
+    def per_source(self) -> dict[str, int]:
+        return self._places.by_source()
 
     def buildProtocol(self, addr):
         source = self._source_of(normalise_ip(addr.host)) if addr is not None else ""
-        held = self.per_source.get(source, 0)
-        if held >= self._max_per_source:
+        room, victim = self._places.make_room(source, _gives_way)
+        if not room:
             return _Refuse(self._server, self._clock)
-        if self.connections >= self._max:
-            victim = self._victim(held + 1)
-            if victim is None:
-                return _Refuse(self._server, self._clock)
-            self.connection_ended(victim)
-            victim.evict()
-        self.connections += 1
-        self.per_source[source] = held + 1
+        if victim is not None:
+            try:
+                victim.give_way()
+            except Exception:
+                log.failure("giving way to a newcomer, {ip}", ip=victim.ip)
+                victim.transport.abortConnection()
         proto = CentralProtocol(self._server, self._clock, self._timeout)
         proto.factory = self
         proto.source = source
-        self._open[proto] = None
+        self._places.add(source, proto)
         return proto
-
-    def _victim(self, newcomer_holds: int) -> CentralProtocol | None:
-        """
-        The oldest unproven connection of the source holding the most
-        connections, if that source holds at least C{newcomer_holds}
-        (what the newcomer's source would hold once it is in); else none.
-        """
-        victim, most = None, newcomer_holds - 1
-        for proto in self._open:  # oldest first: only a strictly busier source wins
-            held = self.per_source[proto.source]
-            if held > most and proto.unproven:
-                victim, most = proto, held
-        return victim
 
     @staticmethod
     def wait_until(moment: float) -> None:
         """Tests' clocks need no finishing: the timer fired on the moment."""
 
     def connection_ended(self, proto: CentralProtocol) -> None:
-        """Its place is free (once: an evicted connection's end comes later)."""
-        if proto not in self._open:
-            return
-        del self._open[proto]
-        self.connections -= 1
-        left = self.per_source[proto.source] - 1
-        if left:
-            self.per_source[proto.source] = left
-        else:
-            del self.per_source[proto.source]
+        """Its place is free (if it still held one: not one that gave way)."""
+        self._places.remove(proto)
+
+
+def _gives_way(proto: CentralProtocol) -> bool:
+    return proto.may_give_way
 
 
 class _Refuse(protocol.Protocol):

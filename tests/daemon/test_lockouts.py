@@ -71,11 +71,13 @@ class ConnectionBoundTests(SynchronousTestCase):
         self.assertEqual(transport.value(), b"")
 
 
-class EvictionTests(SynchronousTestCase):
+class GiveWayTests(SynchronousTestCase):
     """
     A full central port (every place held by a few sources) still takes a
-    newcomer from a source holding fewer: the busiest source's oldest
-    connection that has not sent its PROOF gives up its place.
+    newcomer from a source holding fewer: the oldest connection of the
+    busiest source that has not sent its PROOF, or was refused and is still
+    closing, gives up its place.  (The harness's transports, like TLS,
+    close only when the test says so.)
     """
 
     A, B, C = "198.51.100.1", "198.51.100.2", "203.0.113.7"
@@ -102,11 +104,11 @@ class EvictionTests(SynchronousTestCase):
                          [(self.A, "too-many-connections")])
         self.assertEqual(h.tracker_lockouts(), {}, "giving way is no failed attempt")
 
-    def test_the_evicted_connection_ending_frees_no_second_place(self):
+    def test_the_end_of_one_that_gave_way_frees_no_second_place(self):
         h = Harness(self, max_connections=4, max_connections_per_source=2)
         held = self.fill(h, self.A, self.A, self.B, self.B)
         h.connect(ip=self.C)
-        held[0][0].connectionLost(None)  # the evicted one's end, later
+        held[0][0].connectionLost(None)  # its end, later
         self.assertEqual((h.central.connections, h.central.per_source),
                          (4, {self.A: 1, self.B: 2, self.C: 1}))
         proto, transport = h.connect(ip=self.A)  # A would hold 2, as B does: B gives way
@@ -129,7 +131,7 @@ class EvictionTests(SynchronousTestCase):
                          [b"", b"ERROR too-many-connections\n", b"", b""],
                          "B's oldest, though A's is older")
 
-    def test_a_knock_under_way_is_never_evicted(self):
+    def test_a_knock_under_way_never_gives_way(self):
         h = Harness(self, clients=("alice", "bob"), max_connections=2, max_concurrent=2)
         granted = [h.handshake("alice", ip=self.A), h.handshake("bob", ip=self.B)]
         for line, _, transport, _ in granted:
@@ -139,7 +141,48 @@ class EvictionTests(SynchronousTestCase):
         self.assertEqual(transport.value(), b"ERROR too-many-connections\n")
         self.assertEqual([t.value() for _, _, t, _ in granted], [b"", b""])
 
-    def test_an_enrolment_under_way_is_never_evicted(self):
+    def test_refused_connections_still_closing_give_way(self):
+        """
+        Under TLS a refused connection's close waits for its peer (up to
+        2 s): sources sending one bad line on every place would otherwise
+        keep the door shut as well as idle ones do.  The one cut had its
+        answer already: no second line, no second audit event.
+        """
+        h = Harness(self, max_connections=4, max_connections_per_source=2)
+        held = self.fill(h, self.A, self.A, self.B, self.B)
+        for proto, transport in held:
+            proto.dataReceived(b"garbage\n")
+            self.assertEqual(transport.value(), b"ERROR malformed\n")
+        line, *_ = h.handshake(ip=self.C)
+        self.assertTrue(line.startswith(b"GRANT "), line)
+        self.assertEqual([t.disconnected for _, t in held], [True, False, False, False])
+        self.assertEqual(held[0][1].value(), b"ERROR malformed\n")
+        self.assertEqual(len(h.audit.of("error")), 4)
+
+    def test_an_idle_one_giving_way_closes_in_order_or_is_cut(self):
+        """
+        Under TLS an idle connection giving way gets its ERROR line in
+        order, then is cut after the close's grace; past LINGER_MAX at
+        once closing so, the next ones are cut at once.
+        """
+        from knocker.daemon import central
+
+        self.patch(central, "LINGER_MAX", 1)
+        h = Harness(self, max_connections=2)
+        held = self.fill(h, self.A, self.B)
+        h.connect(ip=self.C)
+        h.connect(ip="203.0.113.8")
+        (first, one), (second, two) = held
+        self.assertEqual((one.value(), one.disconnecting, one.disconnected),
+                         (b"ERROR too-many-connections\n", True, False))
+        self.assertTrue(two.disconnected, "past LINGER_MAX: cut")
+        h.clock.advance(central.CLOSE_GRACE)
+        self.assertTrue(one.disconnected, "cut after the grace")
+        first.connectionLost(None)
+        second.connectionLost(None)
+        self.assertEqual((h.central.lingering, h.central.connections), (0, 2))
+
+    def test_an_enrolment_under_way_never_gives_way(self):
         """
         Cutting an enrolment short counts against its invitation, so a
         newcomer must not be able to do it.
