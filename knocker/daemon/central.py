@@ -28,9 +28,9 @@ ALPN = b"knocker/1"
 CLOSE_GRACE = 2.0
 
 LINGER_MAX = 64
-"""Connections given way that may still be closing in order at once (under
-TLS a close waits for the peer, up to L{CLOSE_GRACE}); past that they are
-cut, so churn cannot pile up descriptors."""
+"""Connections refused, or that gave way, which may still be closing in
+order at once (under TLS a close waits for the peer, up to L{CLOSE_GRACE});
+past that they are cut, so churn cannot pile up descriptors."""
 
 DENIED_AT = 0.02
 """Seconds after the PROOF at which every DENIED (and ERROR) is sent.  An
@@ -309,25 +309,28 @@ class CentralProtocol(LineOnlyReceiver):
         """
         Whether this connection may give its place to a newcomer
         (L{CentralFactory}): one short of its PROOF (or of its first line),
-        or one closing after a refusal.  Never a knock (from its PROOF on,
-        verdict and all), nor an enrolment (one cut short counts against
-        its invitation).
+        or one closing after a refusal.  Never a granted knock (verdict and
+        all), nor an enrolment under way (one cut short counts against its
+        invitation) or one closing with its file.
         """
-        if self._lost or self._exchange is not None or self._granted:
+        if self._lost or self._granted:
             return False
+        if self._exchange is not None:
+            return (self._closing and self._exchange.done
+                    and not getattr(self._exchange, "delivered", True))
         return self._closing or self._nonce is None
 
     def give_way(self) -> None:
         """
         Give up this place to a newcomer.  One already closing after a
-        refusal had its answer: it is cut if its close still waits (under
-        TLS, for the peer), else left to close.
-        An idle one gets C{ERROR too-many-connections}, as a refusal does:
-        on plain TCP straight to the socket, then an orderly close; under
-        TLS in order too, unless L{LINGER_MAX} already are, then it is cut.
+        refusal had its answer: left to close (under TLS counted among
+        L{LINGER_MAX}, or cut past it).  An idle one gets C{ERROR
+        too-many-connections}, as a refusal does: on plain TCP straight to
+        the socket, then an orderly close; under TLS in order too, counted
+        among L{LINGER_MAX}, or cut past it.
         """
         if self._closing:
-            if not self._direct:
+            if not self._direct and not self.factory.linger(self):
                 self.transport.abortConnection()
             return
         self._handshake.done = True
@@ -338,9 +341,7 @@ class CentralProtocol(LineOnlyReceiver):
         self._write(shs.format_reply(hs.Error("too-many-connections")))
         if self._direct:
             self.transport.loseConnection()  # nothing is left in Twisted's buffer
-        elif self.factory.lingering < LINGER_MAX:
-            self.factory.lingering += 1
-            self._lingering = True
+        elif self.factory.linger(self):
             self.transport.loseConnection()
             self._timer = _abort_later(self._clock, self.transport)
         else:
@@ -352,8 +353,7 @@ class CentralProtocol(LineOnlyReceiver):
 
     def connectionLost(self, reason):
         self._lost = True
-        if self._lingering:
-            self.factory.lingering -= 1
+        self.factory.lingered(self)
         self.factory.connection_ended(self)
         self._cancel_timer()
         knocking = self._handshake.knocking  # (a fault after GRANT sent no verdict)
@@ -419,7 +419,9 @@ class CentralFactory(protocol.Factory):
         source = self._source_of(normalise_ip(addr.host)) if addr is not None else ""
         room, victim = self._places.make_room(source, _gives_way)
         if not room:
-            return _Refuse(self._server, self._clock)
+            refusal = _Refuse(self._server, self._clock)
+            refusal.factory = self
+            return refusal
         if victim is not None:
             try:
                 victim.give_way()
@@ -436,6 +438,22 @@ class CentralFactory(protocol.Factory):
     def wait_until(moment: float) -> None:
         """Tests' clocks need no finishing: the timer fired on the moment."""
 
+    def linger(self, proto) -> bool:
+        """
+        Whether C{proto}, closing, may wait for its peer (under TLS, up to
+        L{CLOSE_GRACE}); if so it is counted until it is gone.
+        """
+        if self.lingering >= LINGER_MAX:
+            return False
+        self.lingering += 1
+        proto._lingering = True
+        return True
+
+    def lingered(self, proto) -> None:
+        if proto._lingering:
+            proto._lingering = False
+            self.lingering -= 1
+
     def connection_ended(self, proto: CentralProtocol) -> None:
         """Its place is free (if it still held one: not one that gave way)."""
         self._places.remove(proto)
@@ -446,6 +464,15 @@ def _gives_way(proto: CentralProtocol) -> bool:
 
 
 class _Refuse(protocol.Protocol):
+    """
+    A connection past the limits: C{ERROR too-many-connections}, then
+    closed.  Under TLS the close waits for the peer, so such ones are
+    counted among L{LINGER_MAX} and past it cut at once (their line lost):
+    a flood of them cannot pile up descriptors.
+    """
+
+    _lingering = False
+
     def __init__(self, server, clock):
         self._server = server
         self._clock = clock
@@ -455,10 +482,14 @@ class _Refuse(protocol.Protocol):
         self._server.protocol_error(normalise_ip(self.transport.getPeer().host),
                                     "too-many-connections")
         self.transport.write(shs.format_reply(hs.Error("too-many-connections")))
-        self.transport.loseConnection()
-        self._timer = _abort_later(self._clock, self.transport)
+        if sends_directly(self.transport) or self.factory.linger(self):
+            self.transport.loseConnection()
+            self._timer = _abort_later(self._clock, self.transport)
+        else:
+            self.transport.abortConnection()
 
     def connectionLost(self, reason):
+        self.factory.lingered(self)
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
 

@@ -9,6 +9,8 @@ which holders may give way.
 
 from collections.abc import Callable, Hashable
 
+_NONE = object()
+
 SCAN = 1024
 """At most this many holders are looked at for one that may give way, so
 that an accept costs a bounded time however many places there are."""
@@ -82,8 +84,8 @@ class Places:
 
     def remove(self, holder: Hashable) -> bool:
         """Free C{holder}'s place; C{False} if it held none (any more)."""
-        source = self._source_of.pop(holder, None)
-        if source is None:
+        source = self._source_of.pop(holder, _NONE)
+        if source is _NONE:
             return False
         holders = self._held[source]
         del holders[holder]

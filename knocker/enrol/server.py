@@ -50,6 +50,7 @@ class EnrolServer:
         self._counted = None
         self._confirmed = False
         self.done = False
+        self.delivered = False  # the file went out (ENROLLED and its DATA)
 
     def receive(self, line: bytes) -> list[Send]:
         if self.done:
@@ -183,7 +184,7 @@ class EnrolServer:
         out = [Send(f"ENROLLED {self._keys.server_mac()} {len(chunks)}\n".encode("ascii"))]
         out += [Send(f"DATA {chunk}\n".encode("ascii")) for chunk in chunks]
         out[-1] = out[-1].replace(close=True)
-        self.done = True
+        self.done = self.delivered = True
         return out
 
     def _wrong(self, counted) -> list[Send]:

@@ -145,8 +145,8 @@ class GiveWayTests(SynchronousTestCase):
         """
         Under TLS a refused connection's close waits for its peer (up to
         2 s): sources sending one bad line on every place would otherwise
-        keep the door shut as well as idle ones do.  The one cut had its
-        answer already: no second line, no second audit event.
+        keep the door shut as well as idle ones do.  The one giving way had
+        its answer already: no second line, no second audit event.
         """
         h = Harness(self, max_connections=4, max_connections_per_source=2)
         held = self.fill(h, self.A, self.A, self.B, self.B)
@@ -155,7 +155,9 @@ class GiveWayTests(SynchronousTestCase):
             self.assertEqual(transport.value(), b"ERROR malformed\n")
         line, *_ = h.handshake(ip=self.C)
         self.assertTrue(line.startswith(b"GRANT "), line)
-        self.assertEqual([t.disconnected for _, t in held], [True, False, False, False])
+        self.assertEqual(h.central.per_source, {self.A: 1, self.B: 2, self.C: 1},
+                         "A's oldest gave way")
+        self.assertEqual(h.central.lingering, 1, "left to close, counted")
         self.assertEqual(held[0][1].value(), b"ERROR malformed\n")
         self.assertEqual(len(h.audit.of("error")), 4)
 
@@ -201,6 +203,39 @@ class GiveWayTests(SynchronousTestCase):
         self.assertEqual(refused.value(), b"ERROR too-many-connections\n")
         self.assertEqual(transport.value(), b"", "the enrolment goes on")
         self.assertFalse(transport.disconnecting)
+
+    def test_an_enrolment_line_refused_still_gives_way(self):
+        """
+        Any first line starting KNOCKER/1 ENROLL begins an enrolment; one
+        refused at once is closing like any refusal, and under TLS its
+        close waits for the peer: it must give way as a bad line does.
+        """
+        h = Harness(self, max_connections=2, max_connections_per_source=1)
+        held = self.fill(h, self.A, self.B)
+        for proto, transport in held:
+            proto.dataReceived(b"KNOCKER/1 ENROLL x\n")
+            self.assertTrue(transport.value().startswith(b"ERROR "), transport.value())
+        line, *_ = h.handshake(ip=self.C)
+        self.assertTrue(line.startswith(b"GRANT "), line)
+
+    def test_refusals_closing_under_tls_are_bounded(self):
+        """
+        Refused connections whose close waits for the peer (TLS) are
+        counted, and past LINGER_MAX cut at once, line and all, so a flood
+        of refusals cannot pile up descriptors.
+        """
+        from knocker.daemon import central
+
+        self.patch(central, "LINGER_MAX", 2)
+        h = Harness(self, max_connections=1)
+        h.connect(ip=self.A)
+        refused = [h.connect(ip=self.A)[1] for _ in range(3)]
+        self.assertEqual([(t.value(), t.disconnected) for t in refused],
+                         [(b"ERROR too-many-connections\n", False)] * 2
+                         + [(b"ERROR too-many-connections\n", True)])
+        self.assertEqual(h.central.lingering, 2)
+        h.clock.advance(central.CLOSE_GRACE)
+        self.assertTrue(all(t.disconnected for t in refused), "cut after the grace")
 
 
 class ServerCopyTests(SynchronousTestCase):

@@ -38,7 +38,7 @@ class PlacesTests(TestCase):
         self.fill(places, ("a", "a1"), ("b", "b1"), ("b", "b2"), ("a", "a2"))
         self.assertEqual(places.make_room("c", anyone), (True, "b1"))
 
-    def test_never_for_a_source_that_would_be_as_busy(self):
+    def test_only_a_source_holding_at_least_what_the_newcomer_will_gives_way(self):
         places = Places(total=4, per_source=8)
         self.fill(places, ("a", "a1"), ("a", "a2"), ("b", "b1"), ("b", "b2"))
         self.assertEqual(places.make_room("a", anyone), (False, None))
