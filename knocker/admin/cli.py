@@ -234,7 +234,7 @@ def build_parser() -> argparse.ArgumentParser:
     enr = commands.add_parser(
         "enroll", help="fetch a portknock file with a code from knocker invite",
         epilog=_enroll_epilog(), formatter_class=argparse.RawDescriptionHelpFormatter)
-    enr.add_argument("code", help="the invitation code, e.g. 7-crossover-clockwork-lantern")
+    enr.add_argument("code", help="the invitation code, e.g. 417-crossover-clockwork-lantern")
     enr.add_argument("--server", required=True,
                      help="the central port: tcp:host=H:port=P or tls:H:P:trustRoots=DIR...")
     enr.add_argument("-o", "--output", help="where to write the file (default: CLIENT.knock); "

@@ -1,6 +1,6 @@
 """
 The invitation code's word list and the code's format:
-C{SLOT-WORD-WORD-WORD}, e.g. C{7-crossover-clockwork-lantern}, easy to read
+C{SLOT-WORD-WORD-WORD}, e.g. C{417-crossover-clockwork-lantern}, easy to read
 aloud over the phone.
 
 260 plain English words of 3 to 9 lowercase letters; three words give
@@ -79,7 +79,7 @@ def parse_code(code: str) -> tuple[int, str]:
     text = "-".join(code.strip().lower().replace(" ", "-").split("-"))
     slot, _, words = text.partition("-")
     if not slot.isdigit() or not 1 <= int(slot) <= MAX_SLOT or slot != str(int(slot)):
-        raise CodeError(f"{code!r}: an invitation code starts with its number, e.g. 7-crossover-clockwork-lantern")
+        raise CodeError(f"{code!r}: an invitation code starts with its number, e.g. 417-crossover-clockwork-lantern")
     parts = words.split("-")
     unknown = [word for word in parts if word not in _WORD_SET]
     if not words or unknown:

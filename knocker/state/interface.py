@@ -8,6 +8,7 @@ sends GRANT.
 """
 
 import hashlib
+import secrets
 
 from attrs import frozen
 from zope.interface import Interface
@@ -39,9 +40,25 @@ def then(value, callback, *args):
     return callback(value, *args)
 
 
-def lowest_free(held) -> int:
-    """The lowest slot number from 1 not in C{held} (an invitation's)."""
-    return next(n for n in range(1, len(held) + 2) if n not in held)
+SLOTS = range(100, 1000)
+"""Where a new invitation's number is drawn from while some are free."""
+
+
+def free_slot(held) -> int:
+    """
+    A number for a new invitation, not in C{held}: drawn at random among
+    the free three-digit ones (more digits only once 900 are open), so
+    that wrong codes sent to guessed numbers rarely reach an invitation
+    at all.  With numbers counting from 1, three wrong tries at slot 1
+    from three addresses voided the invitation just made.
+    """
+    free = [n for n in SLOTS if n not in held]
+    if free:
+        return secrets.choice(free)
+    while True:
+        n = 1000 + secrets.randbelow(999_000)  # up to the codes' largest, 999,999
+        if n not in held:
+            return n
 
 
 @frozen

@@ -11,7 +11,7 @@ from knocker.state.interface import (
     IStore,
     PendingClose,
     StateError,
-    lowest_free,
+    free_slot,
     secret_id,
 )
 
@@ -88,7 +88,7 @@ class MemoryStore:
     def add_invitation(self, client, code, expires, tries, now) -> int:
         held = {i.slot for i in self._invitations.values()
                 if i.state(now) == "open" or (i.cancelled and now < i.expires)}
-        slot = lowest_free(held)
+        slot = free_slot(held)
         self._invitations[slot] = Invitation(slot, client, code, expires, tries, 0, False)
         return slot
 

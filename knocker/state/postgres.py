@@ -34,7 +34,7 @@ from knocker.state.interface import (
     IStore,
     PendingClose,
     StateError,
-    lowest_free,
+    free_slot,
     secret_id,
 )
 
@@ -587,7 +587,7 @@ class PostgresStore:
                     "SELECT slot FROM invitations "
                     "WHERE NOT used AND (attempts < tries OR tries = 0) AND expires > %s",
                     (now,))}
-                slot = lowest_free(held)
+                slot = free_slot(held)
                 sealed = box.seal(client, code.encode("utf-8"), _code_context(slot, client))
                 conn.execute(
                     "INSERT INTO invitations (slot, client, sealed_code, expires, tries) "

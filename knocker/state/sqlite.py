@@ -22,7 +22,7 @@ from knocker.state.interface import (
     IStore,
     PendingClose,
     StateError,
-    lowest_free,
+    free_slot,
     secret_id,
 )
 
@@ -233,7 +233,7 @@ class SQLiteStore:
             held = {row[0] for row in self._db.execute(
                 "SELECT slot FROM invitations "
                 "WHERE NOT used AND (attempts < tries OR tries = 0) AND expires > ?", (now,))}
-            slot = lowest_free(held)
+            slot = free_slot(held)
             self._db.execute(
                 "INSERT OR REPLACE INTO invitations "
                 "(slot, client, code, expires, tries, attempts, used) VALUES (?, ?, ?, ?, ?, 0, 0)",

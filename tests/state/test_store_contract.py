@@ -10,6 +10,7 @@ from zope.interface.exceptions import Invalid
 from zope.interface.verify import verifyObject
 
 from knocker.state.interface import (
+    SLOTS,
     ClientState,
     Invitation,  # section 10's part
     IStore,
@@ -249,26 +250,45 @@ class InvitationContract:
 
     def test_add_and_read(self):
         slot = self.store.add_invitation("alice", "crossover-clockwork", 2000.0, 3, 1000.0)
-        self.assertEqual(slot, 1)
+        self.assertIn(slot, SLOTS)
         found = self.store.invitation(slot)
-        self.assertEqual(found, Invitation(1, "alice", "crossover-clockwork", 2000.0, 3, 0, False))
+        self.assertEqual(found, Invitation(slot, "alice", "crossover-clockwork", 2000.0, 3, 0, False))
         self.assertEqual(found.state(1999.0), "open")
         self.assertEqual(found.state(2000.0), "expired")
         self.assertEqual(self.store.invitations(), [found])
 
-    def test_slots_are_the_lowest_free(self):
+    def fill_slots(self, now: float, expires: float = 9000.0) -> list[int]:
+        """Invitations on every three-digit slot still free at C{now}."""
+        held = {i.slot for i in self.store.invitations() if i.state(now) == "open"}
+        return [self.store.add_invitation("filler", "f", expires, 3, now)
+                for _ in range(len(SLOTS) - len(held & set(SLOTS)))]
+
+    def test_slots_are_drawn_among_the_free_three_digit_ones(self):
+        """
+        Drawn at random, so a stranger sending wrong codes to small numbers
+        does not hit (and void) the invitation just made.
+        """
         add = self.store.add_invitation
-        self.assertEqual(add("a", "x", 2000.0, 3, 1000.0), 1)
-        self.assertEqual(add("b", "y", 1500.0, 3, 1000.0), 2)
-        self.assertEqual(add("c", "z", 2000.0, 1, 1000.0), 3)
-        self.assertEqual(add("c", "z", 2000.0, 3, 1000.0), 4)
-        self.assertTrue(self.store.use_invitation(1, "a", 1000.0))
-        self.assertEqual(add("d", "w", 3000.0, 3, 1000.0), 1, "used: freed")
-        self.assertEqual(add("e", "v", 3000.0, 3, 1600.0), 2, "expired: freed")
-        self.assertEqual(self.store.invitation(2).client, "e")
-        self.store.invitation_attempt(3, 1000.0)
-        self.assertEqual(add("f", "u", 3000.0, 3, 1600.0), 3, "void: freed")
-        self.assertEqual(add("g", "t", 3000.0, 3, 1600.0), 5)
+        first = [add("a", "x", 2000.0, 3, 1000.0) for _ in range(3)]
+        self.assertEqual(len(set(first)), 3, "distinct")
+        self.assertTrue(set(first) <= set(SLOTS))
+        self.assertNotEqual(first, [SLOTS[0], SLOTS[1], SLOTS[2]], "not counted up (1 in 7e8)")
+        filled = self.fill_slots(1000.0)
+        self.assertEqual(sorted(first + filled), list(SLOTS), "every free one, once")
+        self.assertGreaterEqual(add("b", "y", 2000.0, 3, 1000.0), 1000, "900 open: four digits")
+
+    def test_a_slot_is_free_again_once_used_expired_or_void(self):
+        add = self.store.add_invitation
+        used = add("a", "x", 2000.0, 3, 1000.0)
+        expiring = add("b", "y", 1500.0, 3, 1000.0)
+        voided = add("c", "z", 2000.0, 1, 1000.0)
+        self.fill_slots(1000.0)
+        self.assertTrue(self.store.use_invitation(used, "a", 1000.0))
+        self.assertEqual(add("d", "w", 3000.0, 3, 1000.0), used, "used: freed")
+        self.assertEqual(add("e", "v", 3000.0, 3, 1600.0), expiring, "expired: freed")
+        self.assertEqual(self.store.invitation(expiring).client, "e")
+        self.store.invitation_attempt(voided, 1600.0)
+        self.assertEqual(add("f", "u", 3000.0, 3, 1600.0), voided, "void: freed")
 
     def test_used_once(self):
         slot = self.store.add_invitation("alice", "x", 2000.0, 3, 1000.0)
@@ -350,9 +370,10 @@ class InvitationContract:
         old = self.store.add_invitation("alice", "x", 2000.0, 3, 1000.0)
         self.store.register("alice", 3, NEW_SECRET)
         new = self.store.add_invitation("alice", "y", 5000.0, 3, 1000.0)
-        self.assertEqual((old, new), (1, 2))
+        self.fill_slots(1000.0)
+        self.assertNotEqual(old, new)
         self.assertEqual(self.store.invitation(old).code, "x")
-        self.assertEqual(self.store.add_invitation("bob", "z", 5000.0, 3, 2000.0), 1, "expired")
+        self.assertEqual(self.store.add_invitation("bob", "z", 5000.0, 3, 2000.0), old, "expired")
 
 
 class RenewalContract:
@@ -447,7 +468,7 @@ class DurableContract:
         slot = self.store.add_invitation("alice", "x", 2000.0, 3, 1000.0)
         self.store.invitation_attempt(slot, 1000.0)
         store = self.reopen()
-        self.assertEqual(store.invitation(slot), Invitation(1, "alice", "x", 2000.0, 3, 1, False))
+        self.assertEqual(store.invitation(slot), Invitation(slot, "alice", "x", 2000.0, 3, 1, False))
 
     def test_revocation_survives_reopening(self):
         self.store.register("alice", 3, SECRET)
