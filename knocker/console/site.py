@@ -63,6 +63,7 @@ def _answer(status: bytes, text: bytes) -> bytes:
     A whole HTTP/1.1 answer that closes its connection.
     """
     return (b"HTTP/1.1 " + status + b"\r\ncontent-type: text/plain; charset=utf-8\r\n"
+            b"x-content-type-options: nosniff\r\n"
             b"content-length: " + str(len(text)).encode() + b"\r\nconnection: close\r\n\r\n"
             + text)
 
@@ -136,6 +137,7 @@ class ConsoleChannel(HTTPChannel):
     _head_timer = None
     _head_lines = 0  # lines of the request's head read so far
     _line = _header = None  # the line read last, and the header line before it
+    _blank_eaten = False  # Twisted eats one empty line before a request, once
 
     def connectionMade(self):
         super().connectionMade()
@@ -144,25 +146,37 @@ class ConsoleChannel(HTTPChannel):
     def lineReceived(self, line):
         # Twisted reads a header when the line after it arrives: what it
         # refuses then is the header line before this one.
-        if not line and self._head_lines == 0:
-            super().lineReceived(line)  # the empty line some browsers send after a POST
+        if not line and self._head_lines == 0 and not self._blank_eaten:
+            self._blank_eaten = True  # the empty line some browsers send after a POST
+            super().lineReceived(line)
             return
         self._head_lines += 1
-        if self._line is not None and self._head_lines > 2 and self._line[:1] not in (b" ", b"\t"):
+        if self._line is not None and self._head_lines > 2 and (
+                self._line[:1] not in (b" ", b"\t") or self._header is None):
             self._header = self._line
         self._line = line
         super().lineReceived(line)
 
     def allHeadersReceived(self):
-        self._head_lines, self._line, self._header = 0, None, None
+        self._head_lines, self._line, self._header, self._blank_eaten = 0, None, None, False
         super().allHeadersReceived()
 
     def _respondToBadRequestAndDisconnect(self):
         # Twisted's own answer is a bare "400 Bad Request"; this one says
         # what it could not read.
+        self._answer_and_close(bad_request(self._what_was_wrong()))
+
+    def _answer_and_close(self, answer: bytes) -> None:
+        """
+        The last answer: nothing more is read, and the connection is cut
+        if its close is still waiting (under TLS, for the peer) after
+        L{BUSY_SECONDS}.
+        """
         self._stop_head_timer()
-        self.transport.write(bad_request(self._what_was_wrong()))
+        self.dataReceived = lambda data: None
+        self.transport.write(answer)
         self.loseConnection()
+        self._head_timer = self.callLater(BUSY_SECONDS, self.transport.abortConnection)
 
     def _what_was_wrong(self) -> str:
         if self._receivedHeaderSize > self.totalHeadersSize:
@@ -201,9 +215,7 @@ class ConsoleChannel(HTTPChannel):
         super().requestDone(request)
 
     def lineLengthExceeded(self, line):
-        self._stop_head_timer()
-        self.transport.write(LINE_TOO_LONG)
-        self.loseConnection()
+        self._answer_and_close(LINE_TOO_LONG)
 
     def connectionLost(self, reason):
         self._stop_head_timer()

@@ -245,6 +245,34 @@ class BadRequestTests(SynchronousTestCase):
                        b"Transfer-Encoding: chunked\r\n\r\nzz\r\n",
                        b"a body that cannot be read (its chunks, or its form)")
 
+    def test_a_second_empty_line_before_a_request_is_its_request_line(self):
+        self.assertBad(b"\r\n\r\nGET / HTTP/1.1\r\n\r\n",
+                       b"not an HTTP/1.x request line: ''")
+
+    def test_a_folded_line_right_after_the_request_line_is_named(self):
+        self.assertBad(b"GET / HTTP/1.1\r\n x: y\r\nHost: 127.0.0.1:8750\r\n\r\n",
+                       b"a header that cannot be read: ' x: y'")
+
+    def test_after_the_answer_nothing_is_read_and_a_waiting_close_is_cut(self):
+        """
+        Under TLS the close waits for the peer, whose bytes would reset the
+        idle timeout: the connection is cut BUSY_SECONDS after the 400 (or
+        the 431) however it trickles, and what it sends is not read.
+        """
+        for start in (b"HELLO\r\n", b"GET /?" + b"a" * 17000):
+            f, factory = console_factory(self)
+            connection, transport = connect(factory, Hanging(peerAddress=PEER))
+            connection.dataReceived(start)
+            answered = transport.value()
+            self.assertTrue(answered.startswith((b"HTTP/1.1 400 ", b"HTTP/1.1 431 ")), answered)
+            for _ in range(BUSY_SECONDS - 1):
+                f.h.clock.advance(1)
+                connection.dataReceived(b"GET / HTTP/1.1\r\nHost: 127.0.0.1:8750\r\n\r\n")
+            self.assertFalse(transport.aborted)
+            self.assertEqual(transport.value(), answered, "nothing more read or answered")
+            f.h.clock.advance(1)
+            self.assertTrue(transport.aborted, start[:10])
+
 
 class SlowClientTests(SynchronousTestCase):
     """
