@@ -156,10 +156,15 @@ def pool_of(cache):
     return [int(p) for p in row[0].split(",")]
 
 
-def wait_pool_free(pool, seconds=15.0):
-    busy = common.wait_for(lambda: not knockerlib.busy_ports(pool), seconds, interval=0.2)
-    if not busy:
-        raise RuntimeError("pool ports busy (another process listens there): %s"
+def wait_pool_free(cache, seconds=15.0):
+    pool = pool_of(cache)
+    free = common.wait_for(lambda: not knockerlib.busy_ports(pool), seconds, interval=0.2)
+    if not free:
+        # Something started listening on a port of the cached pool: the
+        # cache goes, so the next run draws a pool clear of it.
+        shutil.rmtree(cache, ignore_errors=True)
+        raise RuntimeError("pool ports busy (another process listens there): %s; "
+                           "the cached state was removed, run again"
                            % knockerlib.busy_ports(pool)[:10])
 
 
@@ -175,7 +180,7 @@ def one_run(label, cache, clients, args, rng, root):
     workdir = tempfile.mkdtemp(prefix="run-", dir=root)
     try:
         state = prepare_state(cache, workdir)
-        wait_pool_free(pool_of(cache))
+        wait_pool_free(cache)
         audit = os.path.join(workdir, "audit.log")
         config = knockerlib.write_config(
             os.path.join(workdir, "server.conf"),
