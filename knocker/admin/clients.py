@@ -139,6 +139,12 @@ def open_database(config, create_key: bool = False):
     return store
 
 
+INVITATIONS_SHOWN = 7 * 86400
+"""Invitations are listed until this long after they expired: their rows
+stay (numbers are reused only when a draw lands on them), so listing all
+would grow toward 900 lines."""
+
+
 def status(config) -> dict:
     """
     What C{knocker status} shows: the pool, each client's knocks left and
@@ -172,7 +178,7 @@ def _status(config, store) -> dict:
             "invitations": [
                 {"slot": i.slot, "client": i.client, "state": i.state(now),
                  "expires": i.expires, "tries_left": i.tries - i.attempts}
-                for i in store.invitations()
+                for i in store.invitations() if i.expires > now - INVITATIONS_SHOWN
             ],
         }
     finally:

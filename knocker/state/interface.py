@@ -182,9 +182,9 @@ class IStore(Interface):
         """
         Keep an invitation for C{client} with secret C{code} until
         C{expires} (wall time), allowing C{tries} attempts; return its
-        slot: the lowest number not held at C{now} by an invitation still
-        open, or cancelled and not expired (an old code is told C{void},
-        not tried against the new invitation).
+        slot: L{free_slot} of the numbers held at C{now} by invitations
+        still open, or cancelled and not expired (an old code is told
+        C{void}, not tried against the new invitation).
         """
 
     def invitation(slot):

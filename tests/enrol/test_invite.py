@@ -156,3 +156,22 @@ class ExpiryBoundTests(TestCase):
         with contextlib.redirect_stderr(err), contextlib.redirect_stdout(out):
             code = main(argv)
         return code, err.getvalue()
+
+
+class StatusListTests(TestCase):
+    def test_status_lists_invitations_until_a_week_after_they_expire(self):
+        """
+        Numbers are reused only when a random draw lands on them, so old
+        rows stay; `knocker status` must not list them for ever.
+        """
+        from knocker.admin.clients import _status
+
+        h = Harness(self, clients=())
+        now = time.time()
+        old = h.store.add_invitation("old", "x", now - 8 * 86400, 3, now - 9 * 86400)
+        recent = h.store.add_invitation("recent", "y", now - 86400, 3, now - 2 * 86400)
+        current = h.store.add_invitation("current", "z", now + 3600, 3, now)
+        listed = _status(h.config, SQLiteStore(h.config.state_dir))["invitations"]
+        self.assertEqual([(i["slot"], i["state"]) for i in listed],
+                         sorted([(recent, "expired"), (current, "open")]))
+        self.assertIsNotNone(h.store.invitation(old), "kept in the state, only not listed")
