@@ -90,7 +90,7 @@ class CentralProtocol(LineOnlyReceiver):
         self._direct = False  # lines sent straight to the socket (see _write)
         self._closing = False  # the last line is out: what comes in is dropped
         self._granted = False
-        self._lingering = False  # given way, closing in order (LINGER_MAX)
+        self._lingering = False  # counted among LINGER_MAX (CentralFactory.linger)
         self.ip = None
 
     def connectionMade(self):
@@ -323,28 +323,19 @@ class CentralProtocol(LineOnlyReceiver):
     def give_way(self) -> None:
         """
         Give up this place to a newcomer.  One already closing after a
-        refusal had its answer: left to close (under TLS counted among
-        L{LINGER_MAX}, or cut past it).  An idle one gets C{ERROR
-        too-many-connections}, as a refusal does: on plain TCP straight to
-        the socket, then an orderly close; under TLS in order too, counted
-        among L{LINGER_MAX}, or cut past it.
+        refusal had its answer: left to close.  An idle one gets C{ERROR
+        too-many-connections}, as a refusal does, and closes as any last
+        line does.  Either way a close that waits for its peer (TLS) is
+        counted among L{LINGER_MAX}, and cut past it.
         """
-        if self._closing:
-            if not self._direct and not self.factory.linger(self):
-                self.transport.abortConnection()
-            return
-        self._handshake.done = True
-        self._cancel_timer()
-        self._server.protocol_error(self.ip, "too-many-connections")
-        self._closing = True
-        self._buffer = b""
-        self._write(shs.format_reply(hs.Error("too-many-connections")))
-        if self._direct:
-            self.transport.loseConnection()  # nothing is left in Twisted's buffer
-        elif self.factory.linger(self):
-            self.transport.loseConnection()
+        if not self._closing:
+            self._handshake.done = True
+            self._cancel_timer()
+            self._server.protocol_error(self.ip, "too-many-connections")
+            self._write(shs.format_reply(hs.Error("too-many-connections")))
+            self._close()
             self._timer = _abort_later(self._clock, self.transport)
-        else:
+        if not self._direct and not self.factory.linger(self):
             self.transport.abortConnection()
 
     def _cancel_timer(self):
@@ -380,8 +371,8 @@ class CentralFactory(protocol.Factory):
     a refusal).  Without that, a handful of addresses (max-connections /
     max-connections-per-source: 8 by default, or any IPv6 /61) holding
     idle connections renewed every handshake-timeout, or refused ones
-    whose close waits (TLS), shut the door for everyone.  A knock (from
-    its PROOF on) never gives way.
+    whose close waits (TLS), shut the door for everyone.  A granted knock
+    never gives way.
     """
 
     def acceptableProtocols(self):
@@ -405,7 +396,7 @@ class CentralFactory(protocol.Factory):
         self._source_of = server.tracker.source_of
         self._timeout = timeout
         self._places = Places(max_connections, self._max_per_source)
-        self.lingering = 0  # given way, closing in order (LINGER_MAX)
+        self.lingering = 0  # closes waiting for their peers (LINGER_MAX)
 
     @property
     def connections(self) -> int:
