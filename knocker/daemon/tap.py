@@ -98,6 +98,14 @@ def check_config_file(path: str, runs_as: tuple[int, int] | None = None) -> None
 
 
 def makeService(options, reactor=None):
+    import signal
+
+    # SIGHUP (a reload: logrotate, `systemctl reload nftables`) ends a
+    # process that has no handler for it, and the service installs its own
+    # only once it has started, a second or so from now: a reload meanwhile
+    # would kill a daemon that may have doors to close.  Ignored until then;
+    # the start opens the audit log afresh and checks the firewall anyway.
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     from knocker.daemon.service import KnockServerService
 
     if reactor is None:

@@ -177,6 +177,39 @@ class DaemonTests(SynchronousTestCase):
         self.assertIn("grant", after)
         self.assertIn("open", after)
 
+    def test_a_reload_while_the_daemon_starts_does_not_end_it(self):
+        """
+        systemd sends SIGHUP whenever nftables is reloaded or logrotate
+        runs, also while the daemon is still starting (reading its state,
+        binding its pool).  It must not die of it: systemd counts a death by
+        SIGHUP as a clean exit and would not start it again, and the doors
+        it has to close would stay open.
+        """
+        knock_file, _ = self.generate()
+        self.daemon = Daemon(self.server_conf, self.audit, self.dir)
+        pid = self.daemon.process.pid
+        sent = 0
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and self.daemon.process.poll() is None:
+            if os.path.exists(self.audit) and any(
+                    e["event"] == "start" for e in read_audit(self.audit)):
+                break
+            try:
+                with open(f"/proc/{pid}/status") as status:
+                    ignored = next(int(line.split()[1], 16) for line in status
+                                   if line.startswith("SigIgn:"))
+            except (OSError, StopIteration):
+                break
+            if ignored & 1 << (signal.SIGHUP - 1):
+                os.kill(pid, signal.SIGHUP)
+                sent += 1
+            time.sleep(0.002)
+        self.assertIsNone(self.daemon.process.poll(), self.daemon.log()[-2000:])
+        self.assertGreater(sent, 0, "SIGHUP was never ignored while the daemon started")
+        self.port = self.daemon.wait_ready()["central_port"]
+        result = self.knock(knock_file)
+        self.assertEqual(result.returncode, 0, result.stdout + result.stderr)
+
     def test_damaged_knock_file_is_refused_before_knocking(self):
         """
         A malformed line, whichever knock it holds: exit 2, the file and
