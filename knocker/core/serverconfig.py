@@ -133,12 +133,17 @@ def _address(text: str) -> str:
 
 
 def _networks(text: str) -> tuple[str, ...]:
+    """
+    Strict: a network with bits set past its prefix (C{192.0.2.10/3}) is
+    a typo, most likely of C{/32}; read loosely it would exempt an eighth
+    of IPv4 from lockouts.
+    """
     import ipaddress
 
     networks = []
     for item in text.replace(",", " ").split():
         try:
-            networks.append(str(ipaddress.ip_network(item, strict=False)))
+            networks.append(str(ipaddress.ip_network(item)))
         except ValueError:
             raise ValueError(item) from None
     return tuple(networks)
@@ -175,7 +180,9 @@ SERVER_TABLE = (
     Key("lockout-memory", 3600.0, number(float, 0, 31_536_000)),
     Key("lockout-max", 3600.0, number(float, 0, 31_536_000)),
     Key("source-prefix6", 64, number(int, 1, 128)),
-    Key("never-lock", (), (_networks, "addresses or CIDR networks, separated by commas or spaces")),
+    Key("never-lock", (), (_networks, "addresses or CIDR networks with no bits set past the "
+                                      "prefix (10.0.0.0/8, not 10.1.2.3/8), separated by commas "
+                                      "or spaces")),
     Key("max-concurrent", 1, number(int, 1, 10000)),
     Key("max-connections", 64, number(int, 1, 100000)),
     Key("max-connections-per-source", 8, number(int, 1, 100000)),

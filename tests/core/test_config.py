@@ -282,6 +282,12 @@ class ServerErrorTests(SynchronousTestCase):
         self.refused("never-lock = 192.0.2.7, monitoring-host\n", SOURCE, "never-lock",
                      "monitoring-host", "CIDR")
 
+    def test_never_lock_network_with_host_bits_is_refused(self):
+        # 192.0.2.10/3, read loosely, is 192.0.0.0/3: an eighth of IPv4 never locked out.
+        for typo in ["192.0.2.10/3", "2001:db8::10/12"]:
+            self.refused(f"never-lock = 10.0.0.0/8, {typo}\n", SOURCE, "never-lock", typo,
+                         "no bits set past the prefix")
+
     def test_bad_source_prefix6(self):
         self.refused("source-prefix6 = 129\n", SOURCE, "source-prefix6", "1 to 128")
 
