@@ -291,6 +291,7 @@ class ThreadedStore:
         self.path = store.path
         self.gateway = store.gateway
         self._closes: dict[int, PendingClose] = {}
+        self._earlier_closes_read = False  # see pending_closes
         self._pool = _DatabaseThreads(minthreads=1, maxthreads=threads, name="knocker-db")
         self._pool.start()
         self._closed = False
@@ -500,17 +501,27 @@ class ThreadedStore:
 
     def pending_closes(self):
         """
-        This gateway's pending closes; without the database, those this
-        run recorded (so a stop still closes the doors it opened).
+        This gateway's pending closes.  Without the database: at stop,
+        those this run recorded (a database that stopped answering must not
+        keep the doors this run opened from closing); at start, before the
+        closes earlier runs left have been read once, L{StateError}, so
+        that the gateway does not start (and systemd tries again) rather
+        than serve while a crashed run's doors stay open.
         """
         try:
-            # At stop, on the reactor: a database that stopped answering
-            # must not keep the doors this run opened from closing.
-            return _within(self._deadline, self._store.pending_closes)
+            # On the reactor, within the deadline.
+            pending = _within(self._deadline, self._store.pending_closes)
         except StateError as error:
+            if not self._earlier_closes_read:
+                raise StateError(
+                    f"cannot read the closes earlier runs left pending ({error}): without "
+                    f"them the doors they opened would stay open"
+                ) from error
             log.error("database: cannot read the pending closes ({error}); running the "
                       "{n} this run knows of", error=error, n=len(self._closes))
             return sorted(self._closes.values(), key=lambda close: close.due)
+        self._earlier_closes_read = True
+        return pending
 
     def _stop_threads(self) -> None:
         if not self._closed:

@@ -80,11 +80,26 @@ class FrozenDatabaseTests(TestCase):
 
     def test_the_closes_at_stop_fall_back_to_this_runs(self):
         store = self.store(deadline=0.3)
+        self.db.thaw.set()
+        self.assertEqual(store.pending_closes(), [], "read at start")
+        self.db.thaw.clear()  # the database stops answering while the gateway runs
         store._closes[7] = PendingClose(7, 100.0, "192.0.2.7", "alice", 3)
         started = time.monotonic()
         closes = store.pending_closes()
         self.assertLess(time.monotonic() - started, 5)
         self.assertEqual([close.id for close in closes], [7])
+
+    def test_a_start_that_cannot_read_the_closes_fails(self):
+        """
+        Before the closes earlier runs left have been read, there is no
+        fallback: this run knows of none, and a crashed run's doors would
+        stay open while the gateway served.
+        """
+        store = self.store(deadline=0.3)
+        with self.assertRaises(StateError) as raised:
+            store.pending_closes()
+        self.assertIn("closes earlier runs left pending", str(raised.exception))
+        self.assertIn("no answer within 0.3s", str(raised.exception))
 
     def test_stopping_does_not_wait_for_a_stuck_thread(self):
         store = ThreadedStore(self.db, reactor, threads=1, deadline=0.3)
@@ -96,3 +111,39 @@ class FrozenDatabaseTests(TestCase):
         started = time.monotonic()
         store.close()
         self.assertLess(time.monotonic() - started, 3)
+
+
+class LostBetweenReads:
+    """
+    A gateway's raw store as the database restarts under it: the revoked
+    files and the lockouts are read, the pending closes are not.
+    """
+
+    path = "postgresql://db.invalid/knocker"
+    gateway = "gw1"
+
+    def __init__(self, store):
+        self._store = store
+
+    def __getattr__(self, name):
+        return getattr(self._store, name)
+
+    def pending_closes(self):
+        raise StateError("connection refused")
+
+
+class RestartTests(TestCase):
+    def test_a_restart_that_cannot_read_a_crashed_runs_closes_does_not_serve(self):
+        from tests.helpers.harness import Harness
+
+        harness = Harness(self, **{"on-close": "/bin/true"})
+        wall_now = harness.server._wall.now()
+        harness.store.add_close(wall_now - 5, "10.0.0.5", "alice", 1)  # left by a crash
+        store = ThreadedStore(LostBetweenReads(harness.store), reactor, deadline=5)
+        self.addCleanup(store.close)
+        harness.server._store = store
+        harness.server.closes._store = store
+        with self.assertRaises(StateError) as raised:
+            harness.server.restore()
+        self.assertIn("closes earlier runs left pending", str(raised.exception))
+        self.assertEqual(len(harness.store.pending_closes()), 1, "still there for the next start")
