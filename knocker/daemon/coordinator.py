@@ -106,6 +106,7 @@ class KnockServer:
         self.tracker = tracker
         tracker.observer = self
         self._lockout_flush = None
+        self._global_retry = None  # the server's lockout, saved again (L{_save_global})
         self._revoked: dict[str, str] = {}  # client -> secret_id of its revoked file
         #: The central port's number once it listens (the daemon sets it), for
         #: the enrol command the console shows when C{central} says port 0.
@@ -652,10 +653,7 @@ class KnockServer:
 
     def lockout_started(self, lockout: Lockout) -> None:
         if lockout.key == GLOBAL:
-            try:
-                self._store.set_lockout(GLOBAL, self._wall.to_wall(lockout.until))
-            except Exception:
-                log.failure("saving the lockout (it holds until a restart)")
+            self._save_global()
         elif self._lockout_flush is None:
             # Source lockouts are saved in a batch a second: a flood from
             # many addresses costs one write a second, not one per address.
@@ -665,6 +663,31 @@ class KnockServer:
         log.warn("lockout ({scope}) of {key} for {seconds}s after {reason} from {ip}",
                  scope=lockout.scope, key=lockout.key, seconds=lockout.seconds,
                  reason=lockout.reason, ip=lockout.ip)
+
+    def _save_global(self) -> None:
+        """
+        Save the server's lockout at once (the other gateways of a fleet
+        learn of it from the save); a save that fails is tried again every
+        L{LOCKOUT_RETRY} seconds while the lockout lasts, as a batch of
+        source lockouts is.
+        """
+        self._global_retry = None
+        until, _ = self.tracker.source_until(GLOBAL)
+        if self._stopped or until <= self._clock.seconds():
+            return
+        try:
+            saved = self._store.set_lockout(GLOBAL, self._wall.to_wall(until))
+        except Exception as error:
+            self._global_not_saved(error)
+            return
+        if isinstance(saved, Deferred):
+            saved.addErrback(lambda failure: self._global_not_saved(failure.value))
+
+    def _global_not_saved(self, error) -> None:
+        log.error("saving the server's lockout failed ({error}); trying again in {seconds}s",
+                  error=error, seconds=LOCKOUT_RETRY)
+        if not self._stopped and self._global_retry is None:
+            self._global_retry = self._clock.callLater(LOCKOUT_RETRY, self._save_global)
 
     def save_lockouts(self) -> None:
         """
@@ -871,6 +894,8 @@ class KnockServer:
         self._stopped = True
         if self._draws is not None:
             self._draws.stop()
+        if self._global_retry is not None and self._global_retry.active():
+            self._global_retry.cancel()
         self.save_lockouts()
         self.tracker.stop()
         self.closes.stop()

@@ -415,8 +415,9 @@ class ThreadedStore:
 
     # Saves nobody waits for.
 
-    def set_lockout(self, key: str, until: float) -> None:
-        self._background("saving the lockout", self._store.set_lockout, key, until)
+    def set_lockout(self, key: str, until: float) -> Deferred:
+        """The caller hears of a failure (and tries again)."""
+        return self._defer(self._store.set_lockout, key, until)
 
     def save_lockouts(self, lockouts: dict[str, float], steps=None) -> Deferred:
         """

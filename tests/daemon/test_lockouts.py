@@ -48,6 +48,51 @@ class SavedTests(SynchronousTestCase):
         self.assertEqual(len(saved), 50)
         self.assertEqual(saved["198.51.100.7"], h.clock.seconds() - 1 + 60)
 
+    def test_a_server_lockout_whose_save_failed_is_saved_later(self):
+        """
+        The server's lockout is saved at once (a fleet's other gateways
+        learn of it from the save); a database that fails that save (a
+        blip, a full queue) gets it again, whether the store raises at once
+        or, as a fleet's does, answers later.
+        """
+        for later in (False, True):
+            h = Harness(self, lockout=600)
+            flaky = FailingFirstSave(h.store, later)
+            h.server._store = flaky
+            line, *_ = h.handshake()
+            grant = hs.parse_reply(line.rstrip(b"\n"))
+            wrong = next(p for p in h.pool if p != h.files["alice"].knock(grant.index)[0])
+            h.hit("192.0.2.10", wrong)  # lockout-scope = knock: the server is locked
+            self.assertEqual(flaky.failed, 1)
+            self.assertNotIn(GLOBAL, h.store.lockouts(h.clock.seconds()))
+            h.clock.advance(5)
+            self.assertEqual(h.store.lockouts(h.clock.seconds()).get(GLOBAL),
+                             h.clock.seconds() - 5 + 600, f"answers later: {later}")
+
+
+class FailingFirstSave:
+    """A store whose first save of a lockout fails."""
+
+    def __init__(self, store, later: bool):
+        self._store = store
+        self._later = later
+        self.failed = 0
+
+    def __getattr__(self, name):
+        return getattr(self._store, name)
+
+    def set_lockout(self, key, until):
+        from twisted.internet import defer
+
+        if not self.failed:
+            self.failed += 1
+            error = RuntimeError("database: 256 calls already waiting for it")
+            if self._later:
+                return defer.fail(error)
+            raise error
+        self._store.set_lockout(key, until)
+        return defer.succeed(None) if self._later else None
+
 
 class ConnectionBoundTests(SynchronousTestCase):
     def test_one_source_cannot_take_every_place(self):
