@@ -30,6 +30,7 @@ log = Logger()
 BUILTIN_SUCCESS = (sys.executable, "-P", "-m", "knocker.daemon.logaction")
 LOCKOUT_FLUSH = 1.0
 LOCKOUT_RETRY = 5.0
+LOCKOUT_PRUNE = 60.0  # seconds between prunes of the saved lockouts (SQLite)
 
 
 def _hmac_hex(secret: bytes, message: bytes) -> str:
@@ -107,6 +108,7 @@ class KnockServer:
         tracker.observer = self
         self._lockout_flush = None
         self._global_retry = None  # the server's lockout, saved again (L{_save_global})
+        self._pruned = None  # when the saved lockouts were last pruned
         self._revoked: dict[str, str] = {}  # client -> secret_id of its revoked file
         #: The central port's number once it listens (the daemon sets it), for
         #: the enrol command the console shows when C{central} says port 0.
@@ -710,6 +712,25 @@ class KnockServer:
                 return
             if isinstance(saved, Deferred):
                 saved.addErrback(self._lockouts_save_failed, keys)
+            self._prune_lockouts()
+
+    def _prune_lockouts(self) -> None:
+        """
+        At most once a L{LOCKOUT_PRUNE}, with a batch: the saved lockouts
+        that have ended are forgotten, so that a flood from ever new
+        addresses does not grow the state for as long as the daemon runs.
+        (A fleet's gateways prune the shared table as they read it.)
+        """
+        if self.config.database:
+            return
+        now = self._wall.now()
+        if self._pruned is not None and now - self._pruned < LOCKOUT_PRUNE:
+            return
+        self._pruned = now
+        try:
+            self._store.prune_lockouts(now)
+        except Exception:
+            log.failure("pruning the saved lockouts")
 
     def _lockouts_save_failed(self, failure, keys) -> None:
         log.error("saving {n} source lockouts failed ({error}); trying again",

@@ -13,6 +13,10 @@ import secrets
 from attrs import frozen
 from zope.interface import Interface
 
+#: Most lockouts the state keeps (those ending soonest go first), as the
+#: tracker remembers at most knocker.core.tracker.MAX_SOURCES.
+MAX_LOCKOUT_ROWS = 100_000
+
 
 class StateError(Exception):
     """
@@ -174,6 +178,13 @@ class IStore(Interface):
 
     def lockouts(now):
         """The lockouts still in force at C{now}: C{{key: until}}."""
+
+    def prune_lockouts(now, keep=None):
+        """
+        Forget the lockouts ended by C{now}, and past C{keep} rows (default
+        L{MAX_LOCKOUT_ROWS}) those ending soonest: a flood from many
+        addresses, each saved, cannot grow the state without bound.
+        """
 
     # Invitations (docs/spec.md section 10).  Kept apart from the rest:
     # every backend implements these five.

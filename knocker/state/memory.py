@@ -6,6 +6,7 @@ from attrs import evolve
 from zope.interface import implementer
 
 from knocker.state.interface import (
+    MAX_LOCKOUT_ROWS,
     ClientState,
     Invitation,  # section 10's part
     IStore,
@@ -80,8 +81,12 @@ class MemoryStore:
         self._lockouts.update(lockouts)
 
     def lockouts(self, now):
-        self._lockouts = {k: u for k, u in self._lockouts.items() if u > now}
+        self.prune_lockouts(now)
         return dict(self._lockouts)
+
+    def prune_lockouts(self, now, keep=MAX_LOCKOUT_ROWS) -> None:
+        kept = sorted(((u, k) for k, u in self._lockouts.items() if u > now), reverse=True)
+        self._lockouts = {k: u for u, k in kept[:keep]}
 
     # Invitations.
 

@@ -29,6 +29,7 @@ import threading
 from zope.interface import implementer
 
 from knocker.state.interface import (
+    MAX_LOCKOUT_ROWS,
     ClientState,
     Invitation,
     IStore,
@@ -52,9 +53,6 @@ INVITATION_LOCK = 7171002
 _PUT_BOOK = ("INSERT INTO books (client, secret_id, sealed) VALUES (%s, %s, %s) "
              "ON CONFLICT (client) DO UPDATE SET secret_id = excluded.secret_id, "
              "sealed = excluded.sealed")
-#: Most rows the lockouts table keeps (those ending soonest go first), as
-#: the tracker remembers at most knocker.core.tracker.MAX_SOURCES.
-MAX_LOCKOUT_ROWS = 100_000
 
 #: Migration 1: the escalation step travels with the lockout; seq, taken
 #: from a sequence on every change, lets a gateway read only the rows changed

@@ -17,6 +17,7 @@ from zope.interface import implementer
 
 from knocker.files import ensure_private_dir
 from knocker.state.interface import (
+    MAX_LOCKOUT_ROWS,
     ClientState,
     Invitation,  # section 10's part
     IStore,
@@ -219,9 +220,15 @@ class SQLiteStore:
             )
 
     def lockouts(self, now: float) -> dict[str, float]:
+        self.prune_lockouts(now)
+        return dict(self._db.execute("SELECT key, until FROM lockouts"))
+
+    def prune_lockouts(self, now: float, keep: int = MAX_LOCKOUT_ROWS) -> None:
         with self._transaction():
             self._db.execute("DELETE FROM lockouts WHERE until <= ?", (now,))
-        return dict(self._db.execute("SELECT key, until FROM lockouts"))
+            self._db.execute(
+                "DELETE FROM lockouts WHERE key IN (SELECT key FROM lockouts "
+                "ORDER BY until DESC LIMIT -1 OFFSET ?)", (keep,))
 
     # Invitations (docs/spec.md section 10).
 

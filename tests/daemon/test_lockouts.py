@@ -48,6 +48,21 @@ class SavedTests(SynchronousTestCase):
         self.assertEqual(len(saved), 50)
         self.assertEqual(saved["198.51.100.7"], h.clock.seconds() - 1 + 60)
 
+    def test_ended_lockouts_do_not_pile_up_in_the_state(self):
+        """
+        A flood from ever new addresses, each locked out and saved: the
+        state keeps what is in force, not every address ever seen.
+        """
+        h = Harness(self, **{"lockout-scope": "source", "lockout": 60})
+        for hour in range(4):
+            for n in range(500):
+                h.hit(f"10.{hour}.{n // 250}.{n % 250 + 1}", h.pool[0])
+            h.clock.advance(1.5)  # the batch is saved
+            h.clock.advance(3600)  # and every one of them has ended
+        rows = h.store._db.execute("SELECT count(*) FROM lockouts").fetchone()[0]
+        self.assertLessEqual(rows, 500, "at most the last hour's batch")
+        self.assertEqual(h.store.lockouts(h.clock.seconds()), {})
+
     def test_a_server_lockout_whose_save_failed_is_saved_later(self):
         """
         The server's lockout is saved at once (a fleet's other gateways

@@ -202,6 +202,15 @@ class StoreContract:
         self.assertEqual(self.store.lockouts(1060.0), {})
         self.assertEqual(self.store.lockouts(0.0), {}, "dropped for good, not hidden")
 
+    def test_pruning_forgets_ended_lockouts_and_keeps_the_latest(self):
+        self.store.save_lockouts({f"198.51.100.{n}": 1000.0 + n for n in range(10)})
+        self.store.prune_lockouts(1004.0)
+        self.assertEqual(self.store.lockouts(0.0), {f"198.51.100.{n}": 1000.0 + n
+                                                    for n in range(5, 10)}, "ended ones gone")
+        self.store.prune_lockouts(0.0, keep=2)
+        self.assertEqual(self.store.lockouts(0.0), {"198.51.100.8": 1008.0,
+                                                    "198.51.100.9": 1009.0}, "ending last kept")
+
     def test_set_lockout_replaces(self):
         self.store.set_lockout("*", 1060.0)
         self.store.set_lockout("*", 1120.0)
