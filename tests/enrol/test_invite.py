@@ -96,6 +96,30 @@ class ReplacedFileTests(TestCase):
         self.assertEqual(new.text, served(h))
 
 
+class BigFileTests(TestCase):
+    def test_a_big_file_is_not_cut_while_a_slow_link_takes_it(self):
+        """
+        The file goes out last, then the connection closes, and is cut if
+        the close cannot finish: not two seconds after the last line, when a
+        client on a 512 kbit/s link is still taking a file of 20,000 knocks
+        (its invitation already used), but once such a link would be done.
+        """
+        from knocker.daemon.central import CLOSE_GRACE, MIN_RATE
+
+        h = Harness(self, clients=())
+        invitation = h.server.invite("alice", 20000, 6, 3600, force=False)
+        proto, transport = h.connect()
+        slot, words = parse_code(invitation.code)
+        result = run_blocking(_exchange(HarnessConnection(proto, transport), slot, words, 5))
+        self.assertIs(result.outcome, Outcome.ENROLLED, result.message())
+        self.assertGreater(len(result.text), 10 * MIN_RATE)
+        self.assertTrue(transport.disconnecting)
+        h.clock.advance(CLOSE_GRACE + 5)
+        self.assertFalse(transport.disconnected, "cut while a slow link still takes the file")
+        h.clock.advance(len(result.text) / MIN_RATE)
+        self.assertTrue(transport.disconnected, "cut in the end")
+
+
 class ExpiryBoundTests(TestCase):
     def test_check_invite(self):
         check_invite("alice", 1)

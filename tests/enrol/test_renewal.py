@@ -236,6 +236,46 @@ class PendingToCurrentTests(TestCase):
         h.clock.advance(2)
         self.assertTrue(transport.disconnecting)
 
+    def offered(self, **config):
+        """A knock that ends in OPEN and an OFFER: the harness, protocol, transport."""
+        h, c = renewing(self, **config)
+        for _ in range(5):
+            c.knock()
+        line, proto, transport, nonce = h.handshake()
+        grant = hs.parse_reply(line.rstrip(b"\n"))
+        for port in h.files["alice"].knock(grant.index):
+            h.hit("192.0.2.10", port)
+        self.assertIn(b"OFFER", transport.value())
+        transport.clear()
+        return h, proto, transport
+
+    def test_a_renewal_whose_client_stops_reading_is_cut(self):
+        """
+        A close waits for what is written to go out; a client that stops
+        reading would hold its place (a granted knock never gives way) for
+        ever.  Past the exchange's time the connection is cut.
+        """
+        from knocker.daemon.central import CLOSE_GRACE
+
+        h, proto, transport = self.offered(handshake_timeout=2)
+        h.clock.advance(2)
+        self.assertTrue(transport.disconnecting)
+        self.assertFalse(transport.disconnected)
+        h.clock.advance(CLOSE_GRACE)
+        self.assertTrue(transport.disconnected, "cut")
+
+    def test_an_over_long_line_ends_the_renewal(self):
+        """
+        After OPEN the knock's rules are done, but a line past the limit
+        still gets ERROR and a close: no buffer grows with what is sent.
+        """
+        h, proto, transport = self.offered()
+        proto.dataReceived(b"A" * (hs.MAX_LINE + 100))
+        self.assertEqual(transport.value(), b"ERROR line-too-long\n")
+        self.assertTrue(transport.disconnecting)
+        proto.dataReceived(b"B" * 65536)
+        self.assertEqual(proto._buffer, b"", "nothing more kept")
+
 
 class RevokedWhileRenewingTests(TestCase):
     """
