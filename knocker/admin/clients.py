@@ -84,6 +84,11 @@ def generate_client(config, client: str, knocks: int, ports: int, output: str | 
                 server_copy = f"{store.path} (sealed with {config.database_key_file})"
             else:
                 book = ClientBook(config.state_dir, pool)
+                # A daemon reads the server copy as it goes: until the new
+                # counter is registered, nothing made for the old file (an
+                # invitation's CONFIRM, a renewal's promotion) may meet the
+                # new copy.
+                store.cancel_offers(client)
                 server_copy = book.add(kf)
                 store.register(client, knocks, kf.secret)
     finally:

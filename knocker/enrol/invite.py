@@ -144,6 +144,9 @@ def keep_invited(store, book, kf, expires: float, force: bool, now: float) -> In
         store.register_with_book(client, len(kf.knocks), kf.secret, format_knockfile(kf))
         book.refresh(client)
     else:
+        # As generate_client does (there another process may take a CONFIRM
+        # in between; here the reactor cannot, but the order is one).
+        store.cancel_offers(client)
         book.add(kf)
         store.register(client, len(kf.knocks), kf.secret)
     return open_invitation(store, client, expires, now, book.path(client))

@@ -144,6 +144,14 @@ class IStore(Interface):
         code must not fetch the new file.
         """
 
+    def cancel_offers(client):
+        """
+        Cancel every invitation of C{client} not used yet, and forget its
+        pending renewal: done before a replacing file's server copy is
+        written (then L{register}), so that nothing made for the file being
+        replaced can hand out the new one, nor put a renewal in its place.
+        """
+
     def client(client):
         """C{client}'s L{ClientState}, or C{None}."""
 

@@ -46,6 +46,10 @@ class MemoryStore:
         self._pending.pop(client, None)
         self._cancel_invitations(client)
 
+    def cancel_offers(self, client) -> None:
+        self._pending.pop(client, None)
+        self._cancel_invitations(client)
+
     def client(self, client):
         return self._clients.get(client)
 

@@ -461,6 +461,14 @@ class PostgresStore:
         conn.execute("DELETE FROM pending WHERE client = %s", (client,))
         _cancel_invitations(conn, client)
 
+    def cancel_offers(self, client) -> None:
+        def work(conn):
+            with conn.transaction():
+                conn.execute("DELETE FROM pending WHERE client = %s", (client,))
+                _cancel_invitations(conn, client)
+
+        self._run(work)
+
     def client(self, client):
         row = self._run(lambda c: c.execute(
             "SELECT id, next_index, knocks, secret_id FROM clients WHERE id = %s",

@@ -158,6 +158,11 @@ class SQLiteStore:
             self._db.execute("DELETE FROM pending WHERE id = ?", (client,))
             self._cancel_invitations(client)
 
+    def cancel_offers(self, client: str) -> None:
+        with self._transaction():
+            self._db.execute("DELETE FROM pending WHERE id = ?", (client,))
+            self._cancel_invitations(client)
+
     def client(self, client: str) -> ClientState | None:
         row = self._db.execute(
             "SELECT id, next_index, knocks, secret_id FROM clients WHERE id = ?", (client,)

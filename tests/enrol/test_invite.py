@@ -96,6 +96,45 @@ class ReplacedFileTests(TestCase):
         self.assertEqual(new.text, served(h))
 
 
+    def test_a_confirm_between_the_new_copy_and_its_registration(self):
+        """
+        C{generate --force} (or C{invite --force}) in another process
+        writes the new file's server copy, then registers its counter; a
+        CONFIRM of the old code that the daemon takes between the two (a
+        few milliseconds) must not fetch the new file.
+        """
+        import knocker.admin.clients
+
+        h = Harness(self, clients=())
+        first = h.server.invite("alice", 9, 3, 3600, force=False)
+        confirm = []
+
+        class CopyWritten(knocker.admin.clients.ClientBook):
+            def add(self, kf):
+                path = super().add(kf)
+                confirm.pop()()  # the daemon takes the CONFIRM now
+                return path
+
+        class ConfirmWhileReplaced(HarnessConnection):
+            def send(self, line):
+                if line.startswith(b"CONFIRM "):
+                    confirm.append(lambda: HarnessConnection.send(self, line))
+                    generate_client(h.config, "alice", 9, 3, None, force=True)
+                    self.confirmed_between = not confirm
+                    return
+                super().send(line)
+
+        self.patch(knocker.admin.clients, "ClientBook", CopyWritten)
+        proto, transport = h.connect()
+        slot, words = parse_code(first.code)
+        conn = ConfirmWhileReplaced(proto, transport)
+        old = run_blocking(_exchange(conn, slot, words, 5))
+        self.assertTrue(conn.confirmed_between, "the CONFIRM went in between")
+        self.assertIs(old.outcome, Outcome.VOID, old.message())
+        self.assertIsNone(old.text)
+        self.assertEqual(h.store.invitation(first.slot).state(time.time()), "void")
+
+
 class BigFileTests(TestCase):
     def test_a_big_file_is_not_cut_while_a_slow_link_takes_it(self):
         """

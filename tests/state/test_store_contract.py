@@ -366,6 +366,23 @@ class InvitationContract:
         self.assertFalse(self.store.use_invitation(begun, "alice", 1000.0), "begun before")
         self.assertTrue(self.store.use_invitation(other, "bob", 1000.0))
 
+    def test_cancelling_offers_before_a_new_copy_is_written(self):
+        """
+        C{generate --force} cancels what was made for the file it replaces
+        before it writes the new server copy: the unused invitations and the
+        pending renewal; the counter stays until the new one is registered.
+        """
+        self.store.register("alice", 3, SECRET)
+        self.store.set_pending("alice", 5, NEW_SECRET)
+        slot = self.store.add_invitation("alice", "x", 2000.0, 3, 1000.0)
+        other = self.store.add_invitation("bob", "w", 2000.0, 3, 1000.0)
+        self.store.cancel_offers("alice")
+        self.assertEqual(self.store.invitation(slot).state(1000.0), "void")
+        self.assertFalse(self.store.use_invitation(slot, "alice", 1000.0))
+        self.assertIsNone(self.store.pending("alice"))
+        self.assertEqual(self.store.client("alice").secret_id, secret_id(SECRET))
+        self.assertEqual(self.store.invitation(other).state(1000.0), "open")
+
     def test_revoking_cancels_the_unused_invitations(self):
         self.store.register("alice", 3, SECRET)
         slot = self.store.add_invitation("alice", "x", 2000.0, 3, 1000.0)
