@@ -100,6 +100,32 @@ def _admin_fields(text: str) -> tuple[str, int, dict[str, str]]:
     return fields[0][0], int(fields[1][0]), options
 
 
+def listening_port(text: str) -> int | None:
+    """
+    The TCP port a C{tcp:}, C{tcp6:} or C{ssl:} endpoint string listens on,
+    or C{None} for another kind or port 0 (any free port).
+    """
+    fields = _endpoint_fields(text)
+    if (len(fields) >= 2 and fields[0] in (("tcp",), ("tcp6",), ("ssl",))
+            and len(fields[1]) == 1 and fields[1][0].isascii() and fields[1][0].isdigit()):
+        return int(fields[1][0]) or None
+    return None
+
+
+def ports_in_pool(config, pool) -> list[tuple[str, int]]:
+    """
+    C{(key, port)} of C{central} and C{admin} where the port is one of
+    C{pool}'s: the daemon could not bind both.
+    """
+    pool = set(pool)
+    found = []
+    for key, text in (("central", config.central), ("admin", config.admin)):
+        port = listening_port(text) if text else None
+        if port in pool:
+            found.append((key, port))
+    return found
+
+
 def _admin(text: str) -> str | None:
     """
     The console's endpoint: empty turns it off; off loopback it must be TLS,
@@ -246,6 +272,14 @@ def parse_server_config(
         raise ConfigError(
             f"{source}: [server] ports-per-knock = {config.ports_per_knock} is more "
             f"than pool-size = {config.pool_size}"
+        )
+    for key, port in ports_in_pool(config, range(low, high + 1)):
+        # The pool is drawn once and kept (the clients' files name its
+        # ports): a port drawn over the central or admin one would stop
+        # every start with "address already in use".
+        raise ConfigError(
+            f"{source}: [server] {key} listens on port {port}, inside pool-range = "
+            f"{low}-{high}, from which the pool is drawn; move one of them"
         )
     return config
 

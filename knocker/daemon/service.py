@@ -25,6 +25,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from knocker.core.pool import ensure_pool
+from knocker.core.serverconfig import ports_in_pool
 from knocker.core.tracker import Policy, Tracker
 from knocker.daemon.actionenv import check_env
 from knocker.daemon.actions import ProcessRunner
@@ -148,6 +149,12 @@ class KnockServerService(service.Service):
             pool = ensure_pool(self._store, config)
             book = ClientBook(config.state_dir, pool)
             book.load()
+        for key, port in ports_in_pool(config, pool):
+            raise StartupError(
+                f"{key} listens on port {port}, which is one of the pool's (drawn and "
+                f"kept in {self._store.path} when pool-range held it; the clients' files "
+                f"name the pool's ports): move {key} to a port outside the pool"
+            )
         registered = {state.client for state in self._store.clients()}
         missing = [client for client in book.clients() if client not in registered]
         if missing:

@@ -295,6 +295,15 @@ class ServerErrorTests(SynchronousTestCase):
         for bad in ["5-2", "abc", "0-100", "20000-70000", "20000", "20000-", "-5-10", "1,2"]:
             self.refused(f"pool-range = {bad}\n", SOURCE, "pool-range", repr(bad), "allowed", "LOW-HIGH")
 
+    def test_central_or_admin_port_inside_the_pool_range(self):
+        self.refused("central = tcp:20005\npool-range = 20000-20009\npool-size = 8\n", SOURCE,
+                     "central listens on port 20005", "pool-range = 20000-20009",
+                     "move one of them")
+        self.refused("admin = tcp:12345:interface=127.0.0.1\n", SOURCE,
+                     "admin listens on port 12345", "pool-range = 10000-32000")
+        self.assertEqual(server("central = tcp:0\nadmin =\npool-range = 1-65535\n").central, "tcp:0",
+                         "port 0: any free port, none of the pool's")
+
     def test_pool_size_larger_than_range(self):
         message = self.refused(
             "pool-range = 20000-20009\npool-size = 11\n", SOURCE, "pool-size", "pool-range"

@@ -37,6 +37,23 @@ class StartupPathTests(TestCase):
             self.assertIn(word, message)
         return message
 
+    def test_a_kept_pool_holding_the_central_port(self):
+        """
+        The pool is drawn once and kept; moving pool-range away later does
+        not move it, so a central port among its ports is named as such,
+        not left to fail as "address already in use".
+        """
+        from knocker.state.sqlite import SQLiteStore
+
+        first = self.start(pool_range="20000-20009", pool_size=8)
+        first.stopService()
+        store = SQLiteStore(os.path.join(self.dir, "state"))
+        taken = sorted(store.pool())[0]
+        store.close()
+        self.refused(f"central listens on port {taken}, which is one of the pool's",
+                     "move central", pool_range="30000-30009", pool_size=8,
+                     central=f"tcp:{taken}:interface=127.0.0.1")
+
     def test_audit_folder_made_0700_when_its_parent_exists(self):
         audit = os.path.join(self.dir, "logs", "audit.log")
         self.start(audit_log=audit)
