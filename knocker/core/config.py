@@ -99,17 +99,20 @@ class Key:
     """
     One configuration key, declared once: its name in the file (and as
     C{--name} on the command line), its default, how its text is parsed and
-    what is allowed (for the error message), and whether it is a path.
+    what is allowed (for the error message), whether it is a path, and
+    whether it is a list (which may go on over indented lines).
     """
 
-    __slots__ = ("name", "attribute", "default", "parse", "allowed", "is_path")
+    __slots__ = ("name", "attribute", "default", "parse", "allowed", "is_path", "is_list")
 
-    def __init__(self, name: str, default, rule: tuple[Parser, str], is_path: bool = False):
+    def __init__(self, name: str, default, rule: tuple[Parser, str], is_path: bool = False,
+                 is_list: bool = False):
         self.name = name
         self.attribute = name.replace("-", "_")
         self.default = default
         self.parse, self.allowed = rule
         self.is_path = is_path
+        self.is_list = is_list
 
 
 PATH = (nonempty, "a path")
@@ -117,7 +120,7 @@ PATH = (nonempty, "a path")
 CLIENT_TABLE = (
     Key("server", "tcp:host=127.0.0.1:port=7000",
         (endpoints, "a Twisted client endpoint string such as tcp:host=example.org:port=7000, "
-                    "or several separated by spaces or newlines")),
+                    "or several separated by spaces or newlines"), is_list=True),
     Key("knock-file", None, PATH, is_path=True),
     Key("log-file", "~/.knocker/client.log", PATH, is_path=True),
     Key("timeout", 60.0, number(float, 1, 3600)),
@@ -254,6 +257,18 @@ def _value(source, section, keys, key, raw, base):
             f"{source}: [{section}] unknown key {key!r}; allowed: {', '.join(keys)}"
         )
     declared = keys[key]
+    if "\n" in raw and not declared.is_list:
+        raise ConfigError(
+            f"{source}: [{section}] {key} = {raw!r} spans more than one line: an indented "
+            f"line continues the value above it; start the line at the margin"
+        )
+    if " #" in raw or "\t#" in raw or " ;" in raw or "\t;" in raw:
+        # configparser keeps it as part of the value: a path would name
+        # another file, and a number would be refused with a puzzling reason.
+        raise ConfigError(
+            f"{source}: [{section}] {key} = {raw!r} has a comment after it, which would be "
+            f"read as part of the value; put comments on lines of their own"
+        )
     try:
         value = declared.parse(raw)
     except ValueError:

@@ -208,7 +208,7 @@ SERVER_TABLE = (
     Key("source-prefix6", 64, number(int, 1, 128)),
     Key("never-lock", (), (_networks, "addresses or CIDR networks with no bits set past the "
                                       "prefix (10.0.0.0/8, not 10.1.2.3/8), separated by commas "
-                                      "or spaces")),
+                                      "or spaces"), is_list=True),
     Key("max-concurrent", 1, number(int, 1, 10000)),
     Key("max-connections", 64, number(int, 1, 100000)),
     Key("max-connections-per-source", 8, number(int, 1, 100000)),
@@ -223,7 +223,7 @@ SERVER_TABLE = (
                        "KNOCKER_NFT"),
         (_env_names, "names of environment variables (letters, digits, _) separated by "
                      "spaces or commas, other than " + ", ".join(ACTION_OWN_ENV) +
-                     " (the daemon sets those)")),
+                     " (the daemon sets those)"), is_list=True),
     Key("renew-at", None, number(int, 0, 1_000_000)),
     Key("audit-log", None, PATH, is_path=True),
     Key("audit-hit-rate", 100, number(int, 1, 1_000_000)),

@@ -295,6 +295,23 @@ class ServerErrorTests(SynchronousTestCase):
         for bad in ["5-2", "abc", "0-100", "20000-70000", "20000", "20000-", "-5-10", "1,2"]:
             self.refused(f"pool-range = {bad}\n", SOURCE, "pool-range", repr(bad), "allowed", "LOW-HIGH")
 
+    def test_a_comment_after_a_value_is_refused(self):
+        """
+        configparser keeps it as part of the value: the audit log would be
+        written to a file named "audit.log  # rotated daily".
+        """
+        self.refused("audit-log = /var/log/knocker/audit.log  # rotated daily\n", SOURCE,
+                     "audit-log", "has a comment after it", "lines of their own")
+        self.refused("state-dir = /var/lib/knocker\t; state\n", SOURCE, "state-dir",
+                     "has a comment after it")
+        self.refused("lockout = 60 # a minute\n", SOURCE, "lockout", "has a comment after it")
+        self.assertEqual(server("audit-log = /var/log/knocker#1/audit.log\n").audit_log,
+                         "/var/log/knocker#1/audit.log", "a # inside a path is the path's")
+
+    def test_an_indented_line_is_not_swallowed_by_the_value_above(self):
+        self.refused("gateway = gw1\n  lockout = 0\n", SOURCE, "gateway", "more than one line",
+                     "at the margin")
+
     def test_central_or_admin_port_inside_the_pool_range(self):
         self.refused("central = tcp:20005\npool-range = 20000-20009\npool-size = 8\n", SOURCE,
                      "central listens on port 20005", "pool-range = 20000-20009",
