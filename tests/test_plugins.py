@@ -69,6 +69,14 @@ class PluginTests(SynchronousTestCase):
         self.assertIn(f"on-success = {program}: anyone can change the file", error.code)
         self.assertTrue(error.code.startswith("twistd knockserver: "), error.code)
 
+    def test_server_options_refuse_a_state_anyone_can_change(self):
+        state = os.path.join(os.path.dirname(self.program("unused", 0o755)), "state")
+        os.mkdir(state)
+        os.chmod(state, 0o777)
+        error = self.assertRaises(SystemExit, server_tap.Options().parseOptions,
+                                  ["--state-dir", state])
+        self.assertIn(f"state-dir = {state}: anyone can change the folder", error.code)
+
     def test_server_options_judge_programs_for_twistds_uid(self):
         """
         twistd --uid USER reads the options as root and then switches: a

@@ -12,10 +12,10 @@ than a bare C{[Errno 2]} from deep inside.
     start is refused; the folder (or the file, if it exists) must be
     writable;
   - C{on-check}: an executable file;
-  - every program (on-success, on-close, on-check) and the configuration
-    file: no one but root and the daemon's own user can change them
-    (L{check_trusted}), checked as the options are read
-    (L{knocker.daemon.tap.check_programs}).
+  - every program (on-success, on-close, on-check), the configuration
+    file and the state directory: no one but root and the daemon's own
+    user can change them (L{check_trusted}), checked as the options are
+    read (L{knocker.daemon.tap.check_programs}).
 """
 
 import os
@@ -113,7 +113,8 @@ def check_program(key: str, path: str | None, runs_as: tuple[int, int] | None = 
         check_trusted(key, path, runs_as)
 
 
-def check_trusted(key: str, path: str, runs_as: tuple[int, int] | None = None) -> None:
+def check_trusted(key: str, path: str, runs_as: tuple[int, int] | None = None,
+                  stake: str | None = None, safe_folder: str = "/etc/knocker/scripts") -> None:
     """
     Refuse a program the daemon runs, or the configuration that names the
     programs, when anyone but root and the daemon's own user could change
@@ -130,18 +131,21 @@ def check_trusted(key: str, path: str, runs_as: tuple[int, int] | None = None) -
 
     @param runs_as: C{(uid, gid)} the daemon will run as (twistd's
         C{--uid}/C{--gid}); this process's by default.
+    @param stake: what whoever could change C{path} would change (for the
+        message); by default, what the daemon runs.
+    @param safe_folder: where to move it instead (for the message).
     @raise PathError: the first file or folder that will not do, and how
         to mend it.
     """
     uid, gid = runs_as if runs_as is not None else (os.geteuid(), os.getegid())
     users, groups = {0, uid}, {0, gid}
-    runs = _name(uid)
+    stake = stake or f"what the daemon runs as {_name(uid)}"
     folders, real = _resolution(key, path)
     shown = f"{key} = {path}" + ("" if real == os.path.abspath(path) else f" (that is {real})")
     # A folder is mended by moving what is in it (its owner may be a user,
     # or root squashed by NFS), a file by chown.
     move = (f"move {os.path.basename(real)} into a folder only root can change, such as "
-            f"/etc/knocker/scripts")
+            f"{safe_folder}")
     for current in folders + [real]:
         try:
             info = os.stat(current)
@@ -150,25 +154,37 @@ def check_trusted(key: str, path: str, runs_as: tuple[int, int] | None = None) -
         mode = info.st_mode
         folder = current != real
         sticky = folder and mode & stat.S_ISVTX
-        what = "folder" if folder else "file"
+        what = "folder" if folder or stat.S_ISDIR(mode) else "file"
         if info.st_uid not in users:
             mend = (move if folder else
                     f"make it root's (chown root: {current})"
                     + ("" if uid == 0 else f" or the daemon's (chown {_login(uid)}: {current})"))
             raise PathError(f"{shown}: the {what} {current} belongs to {_name(info.st_uid)}, "
-                            f"who could change what the daemon runs as {runs}; {mend}")
+                            f"who could change {stake}; {mend}")
         if not sticky and mode & stat.S_IWOTH:
             raise PathError(
                 f"{shown}: anyone can change the {what} {current} (mode "
-                f"{stat.S_IMODE(mode):04o}), and so what the daemon runs as {runs}; "
+                f"{stat.S_IMODE(mode):04o}), and so {stake}; "
                 f"run: chmod o-w {current}" + (f", or {move}" if folder else "")
             )
         if not sticky and mode & stat.S_IWGRP and info.st_gid not in groups:
             raise PathError(
                 f"{shown}: group {_group(info.st_gid)} can change the {what} {current} (mode "
-                f"{stat.S_IMODE(mode):04o}), and so what the daemon runs as {runs}; "
+                f"{stat.S_IMODE(mode):04o}), and so {stake}; "
                 f"run: chmod g-w {current}" + (f", or {move}" if folder else "")
             )
+
+
+def check_state_trusted(state_dir: str, runs_as: tuple[int, int] | None = None) -> None:
+    """
+    The state decides whom the daemon lets in (the client files and their
+    counters): refuse a C{state-dir} that anyone but root and the daemon's
+    user could change, as L{check_trusted} does a program.  One not made
+    yet is made 0700 by the daemon itself.
+    """
+    if os.path.exists(state_dir):
+        check_trusted("state-dir", state_dir, runs_as,
+                      stake="which clients the daemon lets in", safe_folder="/var/lib")
 
 
 def _resolution(key: str, path: str) -> tuple[list[str], str]:

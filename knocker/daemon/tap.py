@@ -70,15 +70,17 @@ def _runs_as(twistd_options) -> tuple[int, int] | None:
 def check_programs(config, runs_as: tuple[int, int] | None = None) -> None:
     """
     Refuse to start with an action program that is missing, not executable,
-    or open to change by anyone but root and the user the daemon runs as.
+    or open to change by anyone but root and the user the daemon runs as;
+    or with a state directory open to change by anyone else.
     """
-    from knocker.daemon.paths import PathError, check_program
+    from knocker.daemon.paths import PathError, check_program, check_state_trusted
 
-    for key in PROGRAM_KEYS:
-        try:
+    try:
+        for key in PROGRAM_KEYS:
             check_program(key, getattr(config, key.replace("-", "_")), runs_as)
-        except PathError as error:
-            raise ConfigError(str(error)) from None
+        check_state_trusted(config.state_dir, runs_as)
+    except PathError as error:
+        raise ConfigError(str(error)) from None
 
 
 def check_config_file(path: str, runs_as: tuple[int, int] | None = None) -> None:

@@ -181,3 +181,54 @@ class TrustedPathTests(TestCase):
                                         runs_as=(uid, 0)))
         self.assertIn(f"runs as user {NOBODY} (uid {uid})", message)
         self.assertIn(f"chmod g-w {self.program}", message)
+
+
+class TrustedStateTests(TestCase):
+    """
+    The state directory holds the client files and their counters: whoever
+    can change it decides who may open the firewall.
+    """
+
+    def setUp(self):
+        self.dir = tempfile.mkdtemp(prefix="knocker-trust-state-")
+        self.addCleanup(os.rmdir, self.dir)
+        self.state = os.path.join(self.dir, "state")
+        os.mkdir(self.state, 0o700)
+        self.addCleanup(os.rmdir, self.state)
+
+    def refused(self, *words, runs_as=None) -> str:
+        from knocker.daemon.paths import check_state_trusted
+
+        message = str(self.assertRaises(PathError, check_state_trusted, self.state, runs_as))
+        self.assertTrue(message.startswith(f"state-dir = {self.state}"), message)
+        for word in words:
+            self.assertIn(word, message)
+        return message
+
+    def test_a_private_state_of_our_own(self):
+        from knocker.daemon.paths import check_state_trusted
+
+        check_state_trusted(self.state)
+        check_state_trusted(os.path.join(self.dir, "not-made-yet"))
+
+    def test_a_state_anyone_can_write(self):
+        os.chmod(self.state, 0o777)
+        self.refused("anyone can change the folder", "mode 0777",
+                     "which clients the daemon lets in", f"chmod o-w {self.state}")
+
+    def test_a_sticky_state_anyone_can_write(self):
+        """Sticky is no defence here: anyone could add a client file."""
+        os.chmod(self.state, 0o1777)
+        self.refused("anyone can change the folder")
+
+    def test_a_state_of_another_user(self):
+        uid, gid = other_user()
+        os.chown(self.state, uid, gid)
+        self.refused(f"belongs to user {NOBODY}", f"chown root: {self.state}")
+
+    def test_the_daemons_own_user_may_own_it(self):
+        from knocker.daemon.paths import check_state_trusted
+
+        uid, gid = other_user()
+        os.chown(self.state, uid, gid)
+        check_state_trusted(self.state, runs_as=(uid, gid))  # twistd --uid nobody
