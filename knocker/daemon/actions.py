@@ -102,6 +102,37 @@ def _no_inherited_descriptors() -> None:
                 pass  # not open (or the listing's own descriptor, closed by now)
 
 
+def run_blocking(argv: list[str], env: dict[str, str], timeout: float) -> bool:
+    """
+    Run C{argv} to its end outside any reactor (a start that is being
+    refused), as L{ProcessRunner} starts a program (its own session, the
+    signals this process ignores reset), output dropped; killed with its
+    session past C{timeout}.  Whether it exited 0.
+    """
+    import time
+
+    devnull = os.open(os.devnull, os.O_WRONLY | os.O_CLOEXEC)
+    try:
+        pid = _spawn(list(argv), env, devnull, devnull, ignored_signals())
+    except (OSError, TypeError, ValueError):
+        return False
+    finally:
+        os.close(devnull)
+    deadline = time.monotonic() + timeout
+    while True:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return os.waitstatus_to_exitcode(status) == 0
+        if time.monotonic() >= deadline:
+            try:
+                os.killpg(pid, signal.SIGKILL)
+            except OSError:
+                pass
+            os.waitpid(pid, 0)
+            return False
+        time.sleep(0.01)
+
+
 def ignored_signals() -> list[int]:
     """
     The signals this process ignores (SIGPIPE, at least: Python does), which

@@ -92,14 +92,58 @@ class KnockServerService(service.Service):
             self._start()
         except Exception as error:
             self._stop_listening()
+            closed = self._close_left_doors()
             if self._store is not None:
                 self._store.close()
             if self._lock is not None:
                 self._lock.release()
             # SystemExit: twistd prints the one line and exits 1, where any
             # other exception would bury the cause in a traceback.
-            raise SystemExit(f"knockserver cannot start: {error}") from error
+            raise SystemExit(f"knockserver cannot start: {error}{closed}") from error
         service.Service.privilegedStartService(self)
+
+    def _close_left_doors(self) -> str:
+        """
+        A start refused after this daemon took the state (its lock; a
+        fleet's gateway, its name) still closes the doors an earlier run
+        left open, whatever stops it (a port taken, a client file, an edit
+        of the configuration): otherwise a crash followed by failing starts
+        would keep them open for good.  Each pending close runs now, in
+        turn, within script-timeout, and leaves the state if it worked.
+        Returns what to add to the refusal's message.
+        """
+        if (self._lock is None or not self._lock.held or self._store is None
+                or not self.config.on_close):
+            return ""
+        store = getattr(self._store, "raw", self._store)  # no reactor runs yet
+        try:
+            pending = store.pending_closes()
+        except Exception as error:
+            return (f"; the closes an earlier run left pending could not be read ({error}): "
+                    f"the doors it opened may still be open")
+        if not pending:
+            return ""
+        from knocker.daemon.actionenv import action_env, passed_env
+        from knocker.daemon.actions import run_blocking
+
+        passed = passed_env(self.config.action_env)
+        closed = 0
+        for close in pending:
+            ok = run_blocking([self.config.on_close, close.ip, close.client, str(close.index)],
+                              action_env(close.ip, close.client, close.index, passed),
+                              self.config.script_timeout)
+            if self._audit is not None:
+                self._audit.record("close", ip=close.ip, client=close.client,
+                                   index=close.index, ok=ok)
+            if ok:
+                closed += 1
+                try:
+                    store.remove_close(close.id)
+                except Exception:
+                    pass  # it runs again at the next start: closes are idempotent
+        return (f"; of the {len(pending)} doors an earlier run left open, on-close closed "
+                f"{closed} before this exit" + ("" if closed == len(pending) else
+                                                 " (the rest stay pending for the next start)"))
 
     def startService(self):
         service.Service.startService(self)

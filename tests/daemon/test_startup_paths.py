@@ -37,6 +37,52 @@ class StartupPathTests(TestCase):
             self.assertIn(word, message)
         return message
 
+    def test_a_refused_start_still_closes_the_doors_a_crash_left_open(self):
+        """
+        A daemon killed with a door open leaves its close pending; if the
+        next start is refused (here a damaged client copy), that close runs
+        before the exit, as it would have at a start that went through.
+        """
+        from knocker.state.sqlite import SQLiteStore
+        from tests.helpers.processes import read_lines, write_recorder
+
+        close, closed = write_recorder(self.dir, "on-close")
+        state = os.path.join(self.dir, "state")
+        first = self.start(on_close=close)
+        first.stopService()
+        store = SQLiteStore(state)
+        store.add_close(1000.0, "192.0.2.7", "alice", 4)  # what the crash left
+        store.close()
+        with open(os.path.join(state, "clients", "stray.knock"), "w") as handle:
+            handle.write("not registered\n")
+        os.chmod(os.path.join(state, "clients", "stray.knock"), 0o600)
+        message = self.refused("stray.knock, line 1: header is missing",
+                               "of the 1 doors an earlier run left open, on-close closed 1",
+                               on_close=close)
+        self.assertEqual([run["argv"][1:] for run in read_lines(closed)],
+                         [["192.0.2.7", "alice", "4"]], message)
+        store = SQLiteStore(state)
+        self.assertEqual(store.pending_closes(), [], "done, so not run again")
+        store.close()
+
+    def test_a_start_refused_for_the_lock_runs_no_close(self):
+        """The other daemon holding the state has those doors open on purpose."""
+        from knocker.state.lock import StateLock
+        from knocker.state.sqlite import SQLiteStore
+        from tests.helpers.processes import read_lines, write_recorder
+
+        close, closed = write_recorder(self.dir, "on-close")
+        state = os.path.join(self.dir, "state")
+        self.start(on_close=close).stopService()
+        store = SQLiteStore(state)
+        store.add_close(1000.0, "192.0.2.7", "alice", 4)
+        store.close()
+        other = StateLock(state)
+        other.acquire()
+        self.addCleanup(other.release)
+        self.refused("another knockserver", on_close=close)
+        self.assertEqual(read_lines(closed), [])
+
     def test_a_kept_pool_holding_the_central_port(self):
         """
         The pool is drawn once and kept; moving pool-range away later does
