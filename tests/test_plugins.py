@@ -107,6 +107,10 @@ class PluginTests(SynchronousTestCase):
         options.parseOptions(["--state-dir", state, "--pool-size", "8",
                               "--pool-range", "3000-3100", "--central", "tcp:7123"])
         reactor = MemoryReactorClock()
+        import signal
+
+        # makeService notes SIGHUPs for the daemon it makes: not this process's.
+        self.addCleanup(signal.signal, signal.SIGHUP, signal.getsignal(signal.SIGHUP))
         service = server_tap.makeService(options, reactor)
         self.assertIsInstance(service, KnockServerService)
         self.assertEqual(reactor.tcpServers, [], "makeService must not bind")

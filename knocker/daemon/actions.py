@@ -102,15 +102,39 @@ def _no_inherited_descriptors() -> None:
                 pass  # not open (or the listing's own descriptor, closed by now)
 
 
-def run_blocking(argv: list[str], env: dict[str, str], timeout: float) -> bool:
+def run_blocking(argv: list[str], env: dict[str, str], timeout: float,
+                 runs_as: tuple[int, int] | None = None) -> bool:
     """
     Run C{argv} to its end outside any reactor (a start that is being
     refused), as L{ProcessRunner} starts a program (its own session, the
     signals this process ignores reset), output dropped; killed with its
     session past C{timeout}.  Whether it exited 0.
+
+    @param runs_as: C{(uid, gid)} to run it as, when that is not this
+        process's (twistd's C{--uid}, which takes effect only after the
+        start): never as root in its stead.
     """
     import time
 
+    if runs_as is not None and runs_as != (os.geteuid(), os.getegid()):
+        import subprocess
+
+        try:
+            process = subprocess.Popen(
+                argv, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL, start_new_session=True, user=runs_as[0],
+                group=runs_as[1], extra_groups=[])
+        except (OSError, ValueError):
+            return False
+        try:
+            return process.wait(timeout) == 0
+        except subprocess.TimeoutExpired:
+            try:
+                os.killpg(process.pid, signal.SIGKILL)
+            except OSError:
+                pass
+            process.wait()
+            return False
     devnull = os.open(os.devnull, os.O_WRONLY | os.O_CLOEXEC)
     try:
         pid = _spawn(list(argv), env, devnull, devnull, ignored_signals())

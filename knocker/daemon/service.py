@@ -34,7 +34,7 @@ from knocker.daemon.central import CentralFactory
 from knocker.daemon.clock import ClockStepWatch, WallTime, use_monotonic_time
 from knocker.daemon.coordinator import KnockServer
 from knocker.daemon.firewall import FirewallWatch
-from knocker.daemon.paths import check_paths
+from knocker.daemon.paths import check_paths, check_state_trusted
 from knocker.daemon.poolport import PoolPort, SpareDescriptor
 from knocker.files import ensure_private_dir
 from knocker.state.book import ClientBook
@@ -71,9 +71,16 @@ class StartupError(Exception):
 class KnockServerService(service.Service):
     name = "knockserver"
 
-    def __init__(self, config, reactor):
+    def __init__(self, config, reactor, runs_as: tuple[int, int] | None = None,
+                 early_reloads: list | None = None):
         self.config = config
         self._reactor = reactor
+        #: C{(uid, gid)} twistd switches to once the service has started
+        #: (C{--uid}), or C{None} if it stays this process's.
+        self.runs_as = runs_as
+        #: SIGHUPs that came before L{startService} (see
+        #: L{knocker.daemon.tap.makeService}).
+        self._early_reloads = early_reloads if early_reloads is not None else []
         self.server: KnockServer | None = None
         self.central_port = None
         self.pool_ports = []
@@ -129,9 +136,11 @@ class KnockServerService(service.Service):
         passed = passed_env(self.config.action_env)
         closed = 0
         for close in pending:
+            # As the user twistd switches to (--uid): that is who runs
+            # on-close at a start that goes through.
             ok = run_blocking([self.config.on_close, close.ip, close.client, str(close.index)],
                               action_env(close.ip, close.client, close.index, passed),
-                              self.config.script_timeout)
+                              self.config.script_timeout, self.runs_as)
             if self._audit is not None:
                 self._audit.record("close", ip=close.ip, client=close.client,
                                    index=close.index, ok=ok)
@@ -156,6 +165,9 @@ class KnockServerService(service.Service):
         self._previous_sighup = (previous,)
         if self.firewall is not None:
             self.firewall.start()
+        if self._early_reloads:
+            # A reload asked for while the daemon started: done now.
+            self._reactor.callWhenRunning(self.reopen_logs)
 
     def reopen_logs(self):
         """
@@ -179,6 +191,9 @@ class KnockServerService(service.Service):
                      "paper's rule for failed knocks without that lever",
                      interface=config.interface)
         check_paths(config)
+        # Again now that it exists (check_paths may have made it; the options
+        # were judged before, when it may not have).
+        check_state_trusted(config.state_dir, self.runs_as)
         if config.database:
             book = self._open_database(config)
             pool = book.pool

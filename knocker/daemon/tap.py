@@ -30,7 +30,7 @@ class Options(usage.Options):
             # folder): the daemon may run in another (--rundir).
             if key in overrides:
                 overrides[key] = os.path.abspath(os.path.expanduser(overrides[key]))
-        runs_as = _runs_as(getattr(self, "parent", None))
+        runs_as = self.runs_as = _runs_as(getattr(self, "parent", None))
         try:
             if self["config"] is not None:
                 check_config_file(self["config"], runs_as)
@@ -105,11 +105,13 @@ def makeService(options, reactor=None):
     # SIGHUP (a reload: logrotate, `systemctl reload nftables`) ends a
     # process that has no handler for it, and the service installs its own
     # only once it has started, a second or so from now: a reload meanwhile
-    # would kill a daemon that may have doors to close.  Ignored until then;
-    # the start opens the audit log afresh and checks the firewall anyway.
-    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    # would kill a daemon that may have doors to close.  Until then it is
+    # noted, and the service does what it asks once it has started.
+    reloads: list[int] = []
+    signal.signal(signal.SIGHUP, lambda number, frame: reloads.append(number))
     from knocker.daemon.service import KnockServerService
 
     if reactor is None:
         from twisted.internet import reactor
-    return KnockServerService(options.config, reactor)
+    return KnockServerService(options.config, reactor, runs_as=getattr(options, "runs_as", None),
+                              early_reloads=reloads)

@@ -65,6 +65,47 @@ class StartupPathTests(TestCase):
         self.assertEqual(store.pending_closes(), [], "done, so not run again")
         store.close()
 
+    def test_a_refused_start_runs_the_closes_as_twistds_uid(self):
+        """
+        twistd --uid starts the service as root and switches after: the
+        closes a refused start runs are run as that user, as they would
+        have been at a start that went through, never as root.
+        """
+        from twisted.trial.unittest import SkipTest
+
+        from knocker.state.sqlite import SQLiteStore
+
+        if os.geteuid() != 0:
+            raise SkipTest("switching to another user takes root (CI runs the suite as root)")
+        import shutil
+        import tempfile
+
+        nobody = pwd.getpwnam("nobody")
+        shared = tempfile.mkdtemp(prefix="knocker-runs-as-")  # a folder nobody may enter
+        self.addCleanup(shutil.rmtree, shared, ignore_errors=True)
+        os.chmod(shared, 0o755)
+        ran_as = os.path.join(shared, "ran-as")
+        open(ran_as, "w").close()
+        os.chown(ran_as, nobody.pw_uid, nobody.pw_gid)
+        close = os.path.join(shared, "on-close")
+        with open(close, "w") as handle:
+            handle.write(f"#!/bin/sh\nid -u > {ran_as}\n")
+        os.chmod(close, 0o755)
+        state = os.path.join(self.dir, "state")
+        self.start(on_close=close).stopService()
+        store = SQLiteStore(state)
+        store.add_close(1000.0, "192.0.2.7", "alice", 4)
+        store.close()
+        with open(os.path.join(state, "clients", "stray.knock"), "w") as handle:
+            handle.write("not a portknock file\n")
+        os.chmod(os.path.join(state, "clients", "stray.knock"), 0o600)
+        service = KnockServerService(server_config(state, central="tcp:0", on_close=close),
+                                     MemoryReactorClock(), runs_as=(nobody.pw_uid, nobody.pw_gid))
+        error = self.assertRaises(SystemExit, service.privilegedStartService)
+        self.assertIn("on-close closed 1", str(error))
+        with open(ran_as) as handle:
+            self.assertEqual(handle.read().strip(), str(nobody.pw_uid))
+
     def test_a_start_refused_for_the_lock_runs_no_close(self):
         """The other daemon holding the state has those doors open on purpose."""
         from knocker.state.lock import StateLock

@@ -183,8 +183,12 @@ class DaemonTests(SynchronousTestCase):
         runs, also while the daemon is still starting (reading its state,
         binding its pool).  It must not die of it: systemd counts a death by
         SIGHUP as a clean exit and would not start it again, and the doors
-        it has to close would stay open.
+        it has to close would stay open.  What the reload asks (the audit
+        log reopened) is done once the daemon has started.
         """
+        # The daemon must start as systemd starts it: SIGHUP not ignored.
+        self.addCleanup(signal.signal, signal.SIGHUP, signal.getsignal(signal.SIGHUP))
+        signal.signal(signal.SIGHUP, signal.SIG_DFL)
         knock_file, _ = self.generate()
         self.daemon = Daemon(self.server_conf, self.audit, self.dir)
         pid = self.daemon.process.pid
@@ -196,19 +200,23 @@ class DaemonTests(SynchronousTestCase):
                 break
             try:
                 with open(f"/proc/{pid}/status") as status:
-                    ignored = next(int(line.split()[1], 16) for line in status
-                                   if line.startswith("SigIgn:"))
-            except (OSError, StopIteration):
+                    fields = dict(line.split(":", 1) for line in status if ":" in line)
+            except OSError:
                 break
-            if ignored & 1 << (signal.SIGHUP - 1):
+            handled = int(fields["SigCgt"], 16) | int(fields["SigIgn"], 16)
+            if handled & 1 << (signal.SIGHUP - 1):
                 os.kill(pid, signal.SIGHUP)
                 sent += 1
             time.sleep(0.002)
         self.assertIsNone(self.daemon.process.poll(), self.daemon.log()[-2000:])
-        self.assertGreater(sent, 0, "SIGHUP was never ignored while the daemon started")
+        self.assertGreater(sent, 0, "SIGHUP was never handled while the daemon started")
         self.port = self.daemon.wait_ready()["central_port"]
         result = self.knock(knock_file)
         self.assertEqual(result.returncode, 0, result.stdout + result.stderr)
+        deadline = time.monotonic() + 10
+        while "audit-reopened" not in [e["event"] for e in read_audit(self.audit)]:
+            self.assertLess(time.monotonic(), deadline, "the reload was not done once started")
+            time.sleep(0.05)
 
     def test_damaged_knock_file_is_refused_before_knocking(self):
         """
