@@ -230,14 +230,15 @@ class CloseSchedule:
         self._run(close_id, ip, client, index)
         self._release(ip)
 
-    def restore(self) -> int:
+    def restore(self, pending=None) -> int:
         """
-        At start: every close the state holds runs at once, whenever it was
-        due.  A door that an earlier run left open is closed rather than
-        kept open to its time (fail-closed); its client knocks again.
-        Returns how many.
+        At start: every close the state holds (C{pending}, if the caller
+        has read them) runs at once, whenever it was due.  A door that an
+        earlier run left open is closed rather than kept open to its time
+        (fail-closed); its client knocks again.  Returns how many.
         """
-        pending = self._store.pending_closes()
+        if pending is None:
+            pending = self._store.pending_closes()
         now = self._wall.now()
         for close in pending:
             self.schedule(close.id, now, close.ip, close.client, close.index)

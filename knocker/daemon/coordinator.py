@@ -141,7 +141,7 @@ class KnockServer:
                 f"{len(pending)} close actions are pending in the state but on-close is not "
                 f"set; set it again so they can run"
             )
-        if self.closes.restore():
+        if self.closes.restore(pending):  # read once: a second read could fail
             log.warn("{n} doors left open by the previous run are closed now (their clients "
                      "knock again)", n=len(pending))
 
@@ -673,6 +673,8 @@ class KnockServer:
         L{LOCKOUT_RETRY} seconds while the lockout lasts, as a batch of
         source lockouts is.
         """
+        if self._global_retry is not None and self._global_retry.active():
+            self._global_retry.cancel()  # this save is the retry: one chain at most
         self._global_retry = None
         until, _ = self.tracker.source_until(GLOBAL)
         if self._stopped or until <= self._clock.seconds():

@@ -132,7 +132,37 @@ class LostBetweenReads:
         raise StateError("connection refused")
 
 
+class LostAfterOneRead(LostBetweenReads):
+    """The closes are read once; a second read would fail."""
+
+    reads = 0
+
+    def pending_closes(self):
+        self.reads += 1
+        if self.reads > 1:
+            raise StateError("connection refused")
+        return self._store.pending_closes()
+
+
 class RestartTests(TestCase):
+    def test_the_closes_are_read_once_at_start(self):
+        """
+        A second read that failed would fall back to this run's closes
+        (none): the start reads them once and runs what it read.
+        """
+        from tests.helpers.harness import Harness
+
+        harness = Harness(self, **{"on-close": "/bin/true"})
+        harness.store.add_close(harness.server._wall.now() - 5, "10.0.0.5", "alice", 1)
+        raw = LostAfterOneRead(harness.store)
+        store = ThreadedStore(raw, reactor, deadline=5)
+        self.addCleanup(store.close)
+        harness.server._store = store
+        harness.server.closes._store = store
+        harness.server.restore()
+        self.assertEqual(raw.reads, 1)
+        self.assertEqual(len(harness.server.closes._timers), 1, "the crashed run's close runs")
+
     def test_a_restart_that_cannot_read_a_crashed_runs_closes_does_not_serve(self):
         from tests.helpers.harness import Harness
 
