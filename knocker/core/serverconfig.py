@@ -106,10 +106,15 @@ def listening_port(text: str) -> int | None:
     or C{None} for another kind or port 0 (any free port).
     """
     fields = _endpoint_fields(text)
-    if (len(fields) >= 2 and fields[0] in (("tcp",), ("tcp6",), ("ssl",))
-            and len(fields[1]) == 1 and fields[1][0].isascii() and fields[1][0].isdigit()):
-        return int(fields[1][0]) or None
-    return None
+    if not fields or fields[0] not in (("tcp",), ("tcp6",), ("ssl",)):
+        return None
+    named = [field[1] for field in fields[2:] if len(field) == 2 and field[0] == "port"]
+    if len(fields) >= 2 and len(fields[1]) == 2 and fields[1][0] == "port":
+        named.insert(0, fields[1][1])  # tcp:port=7000:...
+    elif len(fields) >= 2 and len(fields[1]) == 1:
+        named.insert(0, fields[1][0])  # tcp:7000:...
+    port = named[0] if named else ""
+    return int(port) or None if port.isascii() and port.isdigit() else None
 
 
 def ports_in_pool(config, pool) -> list[tuple[str, int]]:

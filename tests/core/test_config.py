@@ -318,6 +318,9 @@ class ServerErrorTests(SynchronousTestCase):
                      "move one of them")
         self.refused("admin = tcp:12345:interface=127.0.0.1\n", SOURCE,
                      "admin listens on port 12345", "pool-range = 10000-32000")
+        self.refused("central = tcp:interface=127.0.0.1:port=20001\nadmin =\n"
+                     "pool-range = 20000-20009\npool-size = 8\n", SOURCE,
+                     "central listens on port 20001")
         self.assertEqual(server("central = tcp:0\nadmin =\npool-range = 1-65535\n").central, "tcp:0",
                          "port 0: any free port, none of the pool's")
 

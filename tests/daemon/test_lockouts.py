@@ -85,12 +85,28 @@ class SavedTests(SynchronousTestCase):
                              h.clock.seconds() - 5 + 600, f"answers later: {later}")
 
 
+class RetryChainTests(SynchronousTestCase):
+    def test_one_retry_at_a_time_however_often_the_save_fails(self):
+        h = Harness(self, lockout=600)
+        h.server._store = FailingFirstSave(h.store, later=False, failures=100)
+        line, *_ = h.handshake()
+        grant = hs.parse_reply(line.rstrip(b"\n"))
+        wrong = next(p for p in h.pool if p != h.files["alice"].knock(grant.index)[0])
+        h.hit("192.0.2.10", wrong)  # the server is locked, its save fails
+        for _ in range(3):  # started again meanwhile, failing each time
+            h.server._save_global()
+        retries = [call for call in h.clock.getDelayedCalls()
+                   if getattr(call.func, "__name__", "") == "_save_global"]
+        self.assertEqual(len(retries), 1)
+
+
 class FailingFirstSave:
     """A store whose first save of a lockout fails."""
 
-    def __init__(self, store, later: bool):
+    def __init__(self, store, later: bool, failures: int = 1):
         self._store = store
         self._later = later
+        self._failures = failures
         self.failed = 0
 
     def __getattr__(self, name):
@@ -99,7 +115,7 @@ class FailingFirstSave:
     def set_lockout(self, key, until):
         from twisted.internet import defer
 
-        if not self.failed:
+        if self.failed < self._failures:
             self.failed += 1
             error = RuntimeError("database: 256 calls already waiting for it")
             if self._later:
