@@ -274,8 +274,10 @@ def _result(reply, index, ports) -> KnockResult:
             return KnockResult(Outcome.DENIED)
         case hs.Exhausted():
             return KnockResult(Outcome.EXHAUSTED)
-        case hs.Error("too-many-connections"):
-            # The central port is full (a flood, most likely): as good as BUSY.
+        case hs.Error("too-many-connections") if index is None:
+            # The central port is full (a flood, most likely): as good as
+            # BUSY.  Not after a GRANT, where no server of ours says it: a
+            # retry would take (and knock) another number of the file.
             return KnockResult(Outcome.BUSY, "central port full", retry_after=1)
         case hs.Error(reason):
             return KnockResult(Outcome.SERVER_ERROR, reason, index, ports)

@@ -185,6 +185,19 @@ class KnockCoroutineTests(SynchronousTestCase):
         self.assertEqual((result.outcome, result.attempts), (Outcome.OPEN, 2))
         self.assertEqual(io.sleeps, [1.0])
 
+    def test_full_central_port_after_a_grant_is_not_retried(self):
+        """
+        A server of ours never says it after GRANT; a man in the middle of
+        a plain TCP central port might, to make the client burn its file's
+        knocks one retry after another.  One knock, logged with its number.
+        """
+        io = ScriptedIO([f"CHALLENGE {NONCE}".encode(), grant(1), b"ERROR too-many-connections"],
+                        [f"CHALLENGE {NONCE}".encode(), grant(2), b"OPEN"])
+        result = self.run_knock(io)
+        self.assertEqual((result.outcome, result.attempts), (Outcome.SERVER_ERROR, 1))
+        self.assertEqual((result.index, result.ports), (1, (1, 2, 3)))
+        self.assertEqual(io.sleeps, [])
+
     def test_forged_grant_knocks_nothing(self):
         forged = f"GRANT 1 10 {'0' * 64}".encode()
         io = ScriptedIO([f"CHALLENGE {NONCE}".encode(), forged])
