@@ -18,6 +18,14 @@ log = Logger()
 __all__ = ["knock", "TwistedDriver", "KnockResult", "Outcome"]
 
 
+#: Lines queued before the connection is no longer read (until the knock
+#: has taken half of them): the coroutine reads nothing while it knocks,
+#: and a server (or a man in the middle of plain TCP) that floods lines
+#: meanwhile must not fill the client's memory.  A renewal's DATA lines
+#: come at the pace the coroutine takes them.
+QUEUED_LINES = 256
+
+
 class _Lines(LineOnlyReceiver):
     """
     Central-port lines into a queue the coroutine awaits.
@@ -31,10 +39,20 @@ class _Lines(LineOnlyReceiver):
         self.closed = defer.Deferred()
         self.received = False
         self.tls_failure = None
+        self._paused = False
 
     def lineReceived(self, line):
         self.received = True
         self.lines.put(line)
+        if not self._paused and len(self.lines.pending) >= QUEUED_LINES:
+            self._paused = True
+            self.transport.pauseProducing()
+
+    def taken(self) -> None:
+        """A line was taken from the queue: read on once half of it is free."""
+        if self._paused and len(self.lines.pending) <= QUEUED_LINES // 2:
+            self._paused = False
+            self.transport.resumeProducing()
 
     def lineLengthExceeded(self, line):
         # The server broke the protocol: readline raises this, before the
@@ -70,6 +88,7 @@ class _Connection:
             line = await waiting
         except defer.TimeoutError:
             raise Trouble(f"no reply within {timeout:.1f}s") from None
+        self._lines.taken()
         if isinstance(line, hs.ProtocolError):
             raise line
         if line is None and self._lines.tls_failure is not None:

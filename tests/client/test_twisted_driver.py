@@ -38,3 +38,33 @@ class TwistedDriverTests(TestCase):
         self.addCleanup(listening.stopListening)
         await TwistedDriver(reactor).hit("127.0.0.1", listening.getHost().port, 5)
         self.assertGreaterEqual(reactor.seconds(), closed[0] - 0.01)
+
+
+class QueueBoundTests(TestCase):
+    def test_a_flood_of_lines_is_not_read_faster_than_the_knock_takes_them(self):
+        """
+        While the knock hits its ports it reads no line; lines that keep
+        coming (a hostile server, or a man in the middle of plain TCP) stop
+        being read once QUEUED_LINES wait, and are read again as the knock
+        takes them: the client's memory stays bounded.
+        """
+        from twisted.internet.testing import StringTransport
+
+        from knocker.client.knock import run_blocking
+        from knocker.client.twisted_driver import QUEUED_LINES, _Connection, _Lines
+
+        lines = _Lines()
+        transport = StringTransport()
+        lines.makeConnection(transport)
+        for _ in range(QUEUED_LINES * 4):
+            if transport.producerState == "paused":
+                break  # a real transport reads no more: nothing more arrives
+            lines.dataReceived(b"ab\n")
+        self.assertEqual(transport.producerState, "paused")
+        self.assertEqual(len(lines.lines.pending), QUEUED_LINES)
+        connection = _Connection(reactor, lines)
+        for _ in range(QUEUED_LINES // 2 - 1):
+            self.assertEqual(run_blocking(connection.readline(5)), b"ab")
+        self.assertEqual(transport.producerState, "paused")
+        run_blocking(connection.readline(5))
+        self.assertEqual(transport.producerState, "producing")
