@@ -47,6 +47,21 @@ def endpoint_problem(endpoint: str) -> str | None:
         endpoints.clientFromString(reactor, endpoint)
     except (ValueError, TypeError, KeyError, OSError) as failure:
         return str(failure) or type(failure).__name__
+    # Twisted takes any number as a port, and fails only when it connects
+    # (OverflowError, a traceback): said here, as for a plain endpoint.
+    fields, current, characters = [], "", iter(endpoint)
+    for character in characters:
+        if character == "\\":  # the next one as it is (host=2001\:db8\:\:1)
+            current += next(characters, "")
+        elif character == ":":
+            fields.append(current)
+            current = ""
+        else:
+            current += character
+    for field in [*fields, current]:
+        name, equals, value = field.partition("=")
+        if equals and name == "port" and not (value.isdigit() and 0 < int(value) < 65536):
+            return f"port {value} is not 1-65535"
     return None
 
 

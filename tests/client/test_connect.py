@@ -78,6 +78,9 @@ class CommandLineTests(SynchronousTestCase):
         knock_file = os.path.join(os.path.dirname(__file__), "no-such.knock")
         for server, why in [("tcp:host=127.0.0.1:port=notaport", "invalid literal"),
                             ("tcp:host=127.0.0.1:port=70000", "port 70000 is not 1-65535"),
+                            # one the blocking driver leaves to Twisted
+                            ("tcp:host=127.0.0.1:port=99999:timeout=3",
+                             "port 99999 is not 1-65535"),
                             ("tcp6:host=::1:port=7000", "Unknown endpoint type: 'tcp6'")]:
             for command in (["knock"], ["connect"]):
                 args = [*command, "--server", server, "--knock-file", knock_file]

@@ -5,16 +5,20 @@ The enrolment exchange without sockets: the client's coroutine
 L{MemoryStore}; and the key schedule by itself.
 """
 
+import random
+from datetime import datetime, timezone
 from unittest import TestCase
 
 from knocker.client.knock import run_blocking
+from knocker.core.knockgen import format_knockfile, generate
 from knocker.core.tracker import Refusal
 from knocker.enrol import keys as k
 from knocker.enrol.client import Outcome, enroll
 from knocker.enrol.server import TRIES, EnrolServer
 from knocker.state.memory import MemoryStore
 
-FILE = "knocker portknock file\nsecret: " + "ab" * 32 + "\n"
+FILE = format_knockfile(generate("alice", tuple(range(20000, 20010)), 3, 2, random.Random(7),
+                                 b"\xab" * 32, datetime(2026, 12, 1, tzinfo=timezone.utc)))
 WORDS = "crossover-clockwork-lantern"
 
 
@@ -221,6 +225,20 @@ class ExchangeTests(TestCase):
         self.assertIn("does not verify", result.detail)
         self.assertIsNone(result.text)
 
+    def test_a_file_that_does_not_parse_is_the_servers_fault(self):
+        """
+        Sealed with the right key, so from the server that holds the code:
+        its copy is damaged.  Exit 13 (the server broke the protocol), not
+        an ENROLLED that the command then refuses as a usage error.
+        """
+        damaged = EnrolServer("192.0.2.7", self.store, lambda client: "garbage\n", self.audit,
+                              self.tracker, lambda: self.now)
+        self.server = lambda: damaged
+        result = self.enroll()
+        self.assertIs(result.outcome, Outcome.BAD_SERVER)
+        self.assertIn("not a portknock file", result.detail)
+        self.assertIsNone(result.text)
+
     def test_tampered_spake_message_fails_both_ways(self):
         """
         An active attacker who swaps the server's SPAKE2 message for its own
@@ -271,7 +289,10 @@ class ExchangeTests(TestCase):
         self.assertEqual(self.store.invitation(self.slot).attempts, 0)
 
     def test_lines_stay_short(self):
-        big = FILE * 400
+        big = format_knockfile(generate("alice", tuple(range(20000, 20100)), 2000, 6,
+                                        random.Random(7), b"\xab" * 32,
+                                        datetime(2026, 12, 1, tzinfo=timezone.utc)))
+        self.assertGreater(len(big), 80_000)
         server = EnrolServer("192.0.2.7", self.store, lambda client: big, self.audit,
                              self.tracker, lambda: self.now)
         pipe = Pipe(self)
