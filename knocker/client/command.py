@@ -58,10 +58,14 @@ def endpoint_problem(endpoint: str) -> str | None:
             current = ""
         else:
             current += character
-    for field in [*fields, current]:
-        name, equals, value = field.partition("=")
-        if equals and name == "port" and not (value.isdigit() and 0 < int(value) < 65536):
-            return f"port {value} is not 1-65535"
+    fields.append(current)
+    named = [value for name, equals, value in (f.partition("=") for f in fields[1:])
+             if equals and name == "port"]
+    positional = [field for field in fields[1:] if "=" not in field]
+    # tcp:HOST:PORT, tls:HOST:PORT: the second field without a name.
+    port = (named or positional[1:2] or [None])[0]
+    if port is not None and not (port.isdigit() and 0 < int(port) < 65536):
+        return f"port {port} is not 1-65535"
     return None
 
 

@@ -108,12 +108,11 @@ def listening_port(text: str) -> int | None:
     fields = _endpoint_fields(text)
     if not fields or fields[0] not in (("tcp",), ("tcp6",), ("ssl",)):
         return None
-    named = [field[1] for field in fields[2:] if len(field) == 2 and field[0] == "port"]
-    if len(fields) >= 2 and len(fields[1]) == 2 and fields[1][0] == "port":
-        named.insert(0, fields[1][1])  # tcp:port=7000:...
-    elif len(fields) >= 2 and len(fields[1]) == 1:
-        named.insert(0, fields[1][0])  # tcp:7000:...
-    port = named[0] if named else ""
+    # As Twisted reads it: port=N wherever it is, else the first field
+    # without a name (tcp:7000, tcp:interface=127.0.0.1:7000).
+    named = [field[1] for field in fields[1:] if len(field) == 2 and field[0] == "port"]
+    positional = [field[0] for field in fields[1:] if len(field) == 1]
+    port = (named or positional or [""])[0]
     return int(port) or None if port.isascii() and port.isdigit() else None
 
 

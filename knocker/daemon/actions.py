@@ -112,18 +112,25 @@ def run_blocking(argv: list[str], env: dict[str, str], timeout: float,
 
     @param runs_as: C{(uid, gid)} to run it as, when that is not this
         process's (twistd's C{--uid}, which takes effect only after the
-        start): never as root in its stead.
+        start): never as root in its stead.  Then it is started as twistd
+        would have started it, with that user's groups (initgroups), by
+        C{subprocess}, which resets only SIGPIPE of the signals ignored.
     """
     import time
 
     if runs_as is not None and runs_as != (os.geteuid(), os.getegid()):
+        import pwd
         import subprocess
 
+        try:
+            groups = os.getgrouplist(pwd.getpwuid(runs_as[0]).pw_name, runs_as[1])
+        except (KeyError, OSError):
+            groups = []  # a uid with no name: its own group alone, as initgroups cannot
         try:
             process = subprocess.Popen(
                 argv, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL, start_new_session=True, user=runs_as[0],
-                group=runs_as[1], extra_groups=[])
+                group=runs_as[1], extra_groups=groups)
         except (OSError, ValueError):
             return False
         try:

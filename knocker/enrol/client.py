@@ -107,14 +107,14 @@ async def _exchange(conn, slot: int, words: str, timeout: float) -> Result:
         if line[0] != "DATA" or len(line) != 2:
             raise _Protocol(f"expected DATA, got {line[0][:20]!r}")
         chunks.append(line[1])
-    from knocker.core.knockfile import KnockFileError, parse_knockfile
+    from knocker.core.knockfile import parse_knockfile
     from knocker.enrol.server import file_associated
 
     sealed = k.unseal(keys.file_key, k.unb64("".join(chunks)), file_associated(keys))
     try:
         text = sealed.decode("utf-8")
         parse_knockfile(text, "the file the server sent")
-    except (UnicodeDecodeError, KnockFileError) as failure:
+    except ValueError as failure:  # KnockFileError, UnicodeDecodeError, an int() too long
         # Sealed with the right key, so the server's own fault (a damaged
         # copy, say): a broken protocol, not a mistake of the user's.
         raise _Protocol(f"the file the server sent is not a portknock file: {failure}") from None

@@ -81,6 +81,7 @@ class CommandLineTests(SynchronousTestCase):
                             # one the blocking driver leaves to Twisted
                             ("tcp:host=127.0.0.1:port=99999:timeout=3",
                              "port 99999 is not 1-65535"),
+                            ("tcp:127.0.0.1:99999:timeout=3", "port 99999 is not 1-65535"),
                             ("tcp6:host=::1:port=7000", "Unknown endpoint type: 'tcp6'")]:
             for command in (["knock"], ["connect"]):
                 args = [*command, "--server", server, "--knock-file", knock_file]

@@ -318,9 +318,10 @@ class ServerErrorTests(SynchronousTestCase):
                      "move one of them")
         self.refused("admin = tcp:12345:interface=127.0.0.1\n", SOURCE,
                      "admin listens on port 12345", "pool-range = 10000-32000")
-        self.refused("central = tcp:interface=127.0.0.1:port=20001\nadmin =\n"
-                     "pool-range = 20000-20009\npool-size = 8\n", SOURCE,
-                     "central listens on port 20001")
+        for central in ["tcp:interface=127.0.0.1:port=20001", "tcp:interface=127.0.0.1:20001",
+                        "tcp:backlog=5:20001"]:  # every way Twisted reads a port
+            self.refused(f"central = {central}\nadmin =\npool-range = 20000-20009\n"
+                         "pool-size = 8\n", SOURCE, "central listens on port 20001")
         self.assertEqual(server("central = tcp:0\nadmin =\npool-range = 1-65535\n").central, "tcp:0",
                          "port 0: any free port, none of the pool's")
 

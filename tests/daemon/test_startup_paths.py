@@ -124,6 +124,18 @@ class StartupPathTests(TestCase):
         self.refused("another knockserver", on_close=close)
         self.assertEqual(read_lines(closed), [])
 
+    def test_a_state_dir_made_where_others_can_change_it_is_refused(self):
+        """
+        The options judge a state-dir that exists; one the start makes is
+        judged once made, with the folder it was made in.
+        """
+        shared = os.path.join(self.dir, "shared")
+        os.mkdir(shared)
+        os.chmod(shared, 0o777)  # not sticky: anyone could swap the state
+        state = os.path.join(shared, "state")
+        self.refused(f"state-dir = {state}", f"anyone can change the folder {shared}",
+                     state_dir=state)
+
     def test_a_kept_pool_holding_the_central_port(self):
         """
         The pool is drawn once and kept; moving pool-range away later does
