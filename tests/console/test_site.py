@@ -80,6 +80,18 @@ def console_factory(testcase, limit=50):
     return fixture, factory
 
 
+def one_turn(clock):
+    """
+    One turn of a real reactor on C{clock}: the calls due now run, and
+    those they schedule for now wait for the next turn (Clock.advance
+    would run them too).
+    """
+    due = [call for call in clock.getDelayedCalls() if call.getTime() <= clock.seconds()]
+    for call in due:
+        clock.calls.remove(call)
+        call.func(*call.args, **call.kw)
+
+
 def connect(factory, transport=None):
     """
     A new connection to C{factory}: its protocol and transport.
@@ -328,9 +340,33 @@ class SlowClientTests(SynchronousTestCase):
         connection.dataReceived(b"GET /login HTTP/1.1\r\nHost: 127.0.0.1:8750\r\n\r\n"
                                 b"GET /events HTTP/1.1\r\nHost: 127.0.0.1:8750\r\n"
                                 b"Cookie: " + cookie + b"\r\n\r\n")
+        f.h.clock.advance(0)  # the pipelined request: on the next turn
         self.assertIn(b"text/event-stream", transport.value())
         f.h.clock.advance(REQUEST_SECONDS * 3)
         self.assertFalse(transport.aborted, "the stream was in progress")
+
+    def test_pipelined_requests_are_answered_one_a_turn(self):
+        """
+        Requests sent ahead on one connection (no login needed: each gets
+        its 401) are answered one a reactor turn, and nothing more is read
+        meanwhile: 64 kB of them no longer hold the reactor, and every
+        knock, for the time of 1,300 answers.
+        """
+        f, factory = console_factory(self)
+        connection, transport = connect(factory)
+        request = b"GET /clients HTTP/1.1\r\nHost: 127.0.0.1:8750\r\n\r\n"
+        connection.dataReceived(request * 200)
+        answers = lambda: transport.value().count(b"HTTP/1.1 ")  # noqa: E731
+        self.assertEqual(answers(), 1)
+        self.assertEqual(transport.producerState, "paused")
+        one_turn(f.h.clock)
+        self.assertEqual(answers(), 2)
+        for _ in range(198):
+            one_turn(f.h.clock)
+        self.assertEqual(answers(), 200, "every one answered, in turn")
+        self.assertEqual(transport.value().count(b"HTTP/1.1 401 "), 200)
+        one_turn(f.h.clock)
+        self.assertEqual(transport.producerState, "producing", "reading again once done")
 
     def test_an_ipv6_host_counts_by_its_64(self):
         f, factory = console_factory(self, limit=50)
@@ -343,6 +379,17 @@ class SlowClientTests(SynchronousTestCase):
         transport = StringTransport(peerAddress=other)
         protocol.makeConnection(transport)
         self.assertTrue(transport.value().startswith(b"HTTP/1.1 503 "), transport.value())
+
+    def test_ipv4_clients_of_a_console_on_ipv6_count_apart(self):
+        """On ::, an IPv4 client comes as ::ffff:a.b.c.d: not one /64 for all."""
+        f, factory = console_factory(self, limit=50)
+        for n in range(MAX_PER_SOURCE):
+            peer = IPv6Address("TCP", "::ffff:198.51.100.1", 40000 + n)
+            factory.buildProtocol(peer).makeConnection(StringTransport(peerAddress=peer))
+        other = IPv6Address("TCP", "::ffff:198.51.100.2", 40000)
+        transport = StringTransport(peerAddress=other)
+        factory.buildProtocol(other).makeConnection(transport)
+        self.assertFalse(transport.value().startswith(b"HTTP/1.1 503 "), transport.value())
 
     def test_one_address_cannot_take_every_connection(self):
         f, factory = console_factory(self, limit=50)
