@@ -111,8 +111,11 @@ def summarise(lines, bucket: str = "hour", since: str | None = None) -> Report:
         elif line.startswith(_HIT, _HIT_AT) and line[:9] == b'{"time":"':
             # A hit line as the daemon writes it (most of a scanned log):
             # its time and address by position, without a JSON parse.
-            when = line[9:_HIT_AT].decode("ascii")
-            hit_from = line[_IP_AT:line.index(b'"', _IP_AT)].decode("ascii")
+            end = line.find(b'"', _IP_AT)
+            if end < 0:
+                continue  # torn (a crash, a full disk, a line being written)
+            when = line[9:_HIT_AT].decode("ascii", "replace")
+            hit_from = line[_IP_AT:end].decode("ascii", "replace")
         else:
             try:
                 event = loads(line)

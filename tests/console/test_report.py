@@ -146,6 +146,10 @@ class DaemonLinesTests(SynchronousTestCase):
         self.assertEqual(summarise(lines, since=parsed.as_dict()["rows"][1]["start"]).as_dict(),
                          summarise([json.loads(x) for x in lines],
                                    since=parsed.as_dict()["rows"][1]["start"]).as_dict())
+        # A torn last line (a crash, a full disk, a line being written) is
+        # skipped, as the unparsable are, not a failed report.
+        torn = summarise(lines + [lines[0][:lines[0].index(b'"ip":"') + 9]])
+        self.assertEqual(torn.as_dict(), fast.as_dict())
 
 
 class KnocksLeftTests(SynchronousTestCase):

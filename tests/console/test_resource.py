@@ -412,6 +412,37 @@ class PagesTests(SynchronousTestCase):
         self.assertEqual(csv.header(b"content-type"), b"text/csv; charset=utf-8")
         self.assertIn(b"2027-01-15T08,1,1,0,0,0,timeout=1", csv.body)
 
+    def test_one_read_of_the_log_at_a_time(self):
+        """
+        A report or an audit search reads the whole log in a thread; while
+        one runs, another gets 503 and when to try again, rather than a
+        second copy of its memory and a second thread.
+        """
+        from twisted.internet.defer import Deferred
+
+        f = ConsoleFixture(self)
+        f.audit_path_lines(['{"time":"2027-01-15T08:00:01.000000Z","event":"open",'
+                            '"ip":"192.0.2.1","client":"alice"}'])
+        f.login()
+        running = []
+
+        def in_a_thread(work):
+            running.append((Deferred(), work))
+            return running[-1][0]
+
+        at_once, f.console.blocking = f.console.blocking, in_a_thread
+        _, first = f.browser.stream("/reports?since=31d")  # its answer waits for the thread
+        for path in ("/reports?since=31d", "/audit", "/reports.csv?since=31d"):
+            busy = f.browser.get(path)
+            self.assertEqual(busy.code, 503, path)
+            self.assertEqual(busy.header(b"retry-after"), b"5")
+            self.assertIn("try again in a few seconds", busy.text)
+        done, work = running.pop()
+        done.callback(work())
+        self.assertIn(b"<svg", first.getvalue(), "the first one answered")
+        f.console.blocking = at_once
+        self.assertEqual(f.browser.get("/audit").code, 200, "free again once it is done")
+
     def test_audit_page_filters_by_address(self):
         f = ConsoleFixture(self)
         f.audit_path_lines(
