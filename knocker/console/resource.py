@@ -537,7 +537,12 @@ class Console(Resource):
             self._scanning = False
             return result
 
-        return self.blocking(work).addBoth(done)
+        try:
+            running = self.blocking(work)
+        except BaseException:
+            self._scanning = False  # it never started: the gate stays open
+            raise
+        return running.addBoth(done)
 
     def _problem(self, request, who, code: int, title: str, message: str,
                  back: str = "/clients") -> bytes:

@@ -442,6 +442,12 @@ class PagesTests(SynchronousTestCase):
         self.assertIn(b"<svg", first.getvalue(), "the first one answered")
         f.console.blocking = at_once
         self.assertEqual(f.browser.get("/audit").code, 200, "free again once it is done")
+        f.console.blocking = in_a_thread
+        f.browser.stream("/audit")
+        running.pop()[0].errback(OSError("the log could not be read"))
+        self.flushLoggedErrors(OSError)
+        f.console.blocking = at_once
+        self.assertEqual(f.browser.get("/audit").code, 200, "free again after a failed one")
 
     def test_audit_page_filters_by_address(self):
         f = ConsoleFixture(self)
