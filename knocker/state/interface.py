@@ -187,10 +187,10 @@ class IStore(Interface):
     def lockouts(now):
         """The lockouts still in force at C{now}: C{{key: until}}."""
 
-    def prune_lockouts(now, keep=None):
+    def prune_lockouts(now, keep=MAX_LOCKOUT_ROWS):
         """
-        Forget the lockouts ended by C{now}, and past C{keep} rows (default
-        L{MAX_LOCKOUT_ROWS}) those ending soonest: a flood from many
+        Forget the lockouts ended by C{now}, and past C{keep} rows those
+        ending soonest: a flood from many
         addresses, each saved, cannot grow the state without bound.
         """
 

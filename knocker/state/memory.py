@@ -43,12 +43,13 @@ class MemoryStore:
 
     def register(self, client, knocks, secret) -> None:
         self._clients[client] = ClientState(client, 1, knocks, secret_id(secret))
-        self._pending.pop(client, None)
-        self._cancel_invitations(client)
+        self.cancel_offers(client)
 
     def cancel_offers(self, client) -> None:
         self._pending.pop(client, None)
-        self._cancel_invitations(client)
+        for slot, found in self._invitations.items():
+            if found.client == client and not found.used and not found.cancelled:
+                self._invitations[slot] = evolve(found, tries=0, attempts=0)
 
     def client(self, client):
         return self._clients.get(client)
@@ -155,13 +156,7 @@ class MemoryStore:
         state = self._clients.get(client)
         if state is not None:
             self._revoked[client] = state.secret_id
-            self._pending.pop(client, None)
-            self._cancel_invitations(client)
+            self.cancel_offers(client)
 
     def revoked(self):
         return dict(self._revoked)
-
-    def _cancel_invitations(self, client) -> None:
-        for slot, found in self._invitations.items():
-            if found.client == client and not found.used and not found.cancelled:
-                self._invitations[slot] = evolve(found, tries=0, attempts=0)

@@ -458,14 +458,12 @@ class PostgresStore:
             "ON CONFLICT (id) DO UPDATE SET next_index = 1, knocks = excluded.knocks, "
             "secret_id = excluded.secret_id",
             (client, knocks, secret_id(secret)))
-        conn.execute("DELETE FROM pending WHERE client = %s", (client,))
-        _cancel_invitations(conn, client)
+        _cancel_offers(conn, client)
 
     def cancel_offers(self, client) -> None:
         def work(conn):
             with conn.transaction():
-                conn.execute("DELETE FROM pending WHERE client = %s", (client,))
-                _cancel_invitations(conn, client)
+                _cancel_offers(conn, client)
 
         self._run(work)
 
@@ -860,8 +858,7 @@ class PostgresStore:
                     "INSERT INTO revocations (client, secret_id) SELECT id, secret_id "
                     "FROM clients WHERE id = %s ON CONFLICT (client) DO UPDATE "
                     "SET secret_id = excluded.secret_id", (client,))
-                conn.execute("DELETE FROM pending WHERE client = %s", (client,))
-                _cancel_invitations(conn, client)
+                _cancel_offers(conn, client)
                 conn.execute("SELECT pg_notify(%s, %s)", (LOCKOUT_CHANNEL, REVOKED_NOTICE))
 
         self._run(work)
@@ -871,8 +868,9 @@ class PostgresStore:
             "SELECT client, secret_id FROM revocations").fetchall()))
 
 
-def _cancel_invitations(conn, client: str) -> None:
-    """Inside the caller's transaction."""
+def _cancel_offers(conn, client: str) -> None:
+    """C{cancel_offers}, inside the caller's transaction."""
+    conn.execute("DELETE FROM pending WHERE client = %s", (client,))
     conn.execute("UPDATE invitations SET tries = 0, attempts = 0 "
                  "WHERE client = %s AND NOT used AND tries > 0", (client,))
 

@@ -158,13 +158,11 @@ class SQLiteStore:
                 "secret_id = excluded.secret_id",
                 (client, knocks, secret_id(secret)),
             )
-            self._db.execute("DELETE FROM pending WHERE id = ?", (client,))
-            self._cancel_invitations(client)
+            self._cancel_offers(client)
 
     def cancel_offers(self, client: str) -> None:
         with self._transaction():
-            self._db.execute("DELETE FROM pending WHERE id = ?", (client,))
-            self._cancel_invitations(client)
+            self._cancel_offers(client)
 
     def client(self, client: str) -> ClientState | None:
         row = self._db.execute(
@@ -338,14 +336,14 @@ class SQLiteStore:
                 "INSERT INTO revoked (id, secret_id) SELECT id, secret_id FROM clients "
                 "WHERE id = ? ON CONFLICT (id) DO UPDATE SET secret_id = excluded.secret_id",
                 (client,))
-            self._db.execute("DELETE FROM pending WHERE id = ?", (client,))
-            self._cancel_invitations(client)
+            self._cancel_offers(client)
 
     def revoked(self) -> dict[str, str]:
         return dict(self._db.execute("SELECT id, secret_id FROM revoked"))
 
-    def _cancel_invitations(self, client: str) -> None:
-        """Inside the caller's transaction."""
+    def _cancel_offers(self, client: str) -> None:
+        """L{cancel_offers}, inside the caller's transaction."""
+        self._db.execute("DELETE FROM pending WHERE id = ?", (client,))
         self._db.execute(
             "UPDATE invitations SET tries = 0, attempts = 0 "
             "WHERE client = ? AND NOT used AND tries > 0", (client,))

@@ -225,13 +225,7 @@ class PendingToCurrentTests(TestCase):
         self.assertEqual(len(self.flushLoggedErrors(OSError)), 1)
 
     def test_offer_unanswered_is_closed(self):
-        h, c = renewing(self, handshake_timeout=2)
-        for _ in range(5):
-            c.knock()
-        line, proto, transport, nonce = h.handshake()
-        grant = hs.parse_reply(line.rstrip(b"\n"))
-        for port in h.files["alice"].knock(grant.index):
-            h.hit("192.0.2.10", port)
+        h, proto, transport = self.offered(handshake_timeout=2)
         self.assertFalse(transport.disconnecting)
         h.clock.advance(2)
         self.assertTrue(transport.disconnecting)
