@@ -49,19 +49,11 @@ def endpoint_problem(endpoint: str) -> str | None:
         return str(failure) or type(failure).__name__
     # Twisted takes any number as a port, and fails only when it connects
     # (OverflowError, a traceback): said here, as for a plain endpoint.
-    fields, current, characters = [], "", iter(endpoint)
-    for character in characters:
-        if character == "\\":  # the next one as it is (host=2001\:db8\:\:1)
-            current += next(characters, "")
-        elif character == ":":
-            fields.append(current)
-            current = ""
-        else:
-            current += character
-    fields.append(current)
-    named = [value for name, equals, value in (f.partition("=") for f in fields[1:])
-             if equals and name == "port"]
-    positional = [field for field in fields[1:] if "=" not in field]
+    from knocker.core.serverconfig import endpoint_fields
+
+    fields = endpoint_fields(endpoint)[1:]
+    named = [field[1] for field in fields if len(field) == 2 and field[0] == "port"]
+    positional = [field[0] for field in fields if len(field) == 1]
     # tcp:HOST:PORT, tls:HOST:PORT: the second field without a name.
     port = (named or positional[1:2] or [None])[0]
     if port is not None and not (port.isdigit() and 0 < int(port) < 65536):

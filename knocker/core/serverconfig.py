@@ -31,10 +31,10 @@ def _port_range(text: str) -> tuple[int, int]:
     return low, high
 
 
-def _endpoint_fields(text: str) -> list[tuple[str, ...]]:
+def endpoint_fields(text: str) -> list[tuple[str, ...]]:
     """
-    C{text} split as Twisted's C{serverFromString} splits it, so the
-    C{admin} check reads what will be bound: fields at C{:}, a field's key
+    C{text} split as Twisted's endpoint parsers split it, so a check reads
+    what will be bound or connected to: fields at C{:}, a field's key
     from its value at its first C{=}, a backslash taking the next
     character as it is (C{interface=\\:\\:1}).
     """
@@ -88,7 +88,7 @@ def admin_certificate(text: str) -> str | None:
 
 
 def _admin_fields(text: str) -> tuple[str, int, dict[str, str]]:
-    fields = _endpoint_fields(text)
+    fields = endpoint_fields(text)
     if not (len(fields) >= 2 and fields[0] in (("tcp",), ("tcp6",), ("ssl",))
             and len(fields[1]) == 1 and fields[1][0].isascii() and fields[1][0].isdigit()):
         raise ValueError(text)
@@ -105,7 +105,7 @@ def listening_port(text: str) -> int | None:
     The TCP port a C{tcp:}, C{tcp6:} or C{ssl:} endpoint string listens on,
     or C{None} for another kind or port 0 (any free port).
     """
-    fields = _endpoint_fields(text)
+    fields = endpoint_fields(text)
     if not fields or fields[0] not in (("tcp",), ("tcp6",), ("ssl",)):
         return None
     # As Twisted reads it: port=N wherever it is, else the first field

@@ -119,8 +119,6 @@ class CentralProtocol(LineOnlyReceiver):
             if self._waiting:
                 # A line before the answer it should wait for: the
                 # exchange ends (its late answer is dropped).
-                self._waiting = False
-                self._exchange.done = True
                 self._end_exchange(b"ERROR out-of-turn\n", "out-of-turn")
                 return
             if self._exchange is None:
@@ -212,14 +210,20 @@ class CentralProtocol(LineOnlyReceiver):
     def _exchange_failed(self, failure) -> None:
         log.failure("enrolling or renewing from {ip}", failure, ip=self.ip)
         if self._waiting and not self._lost:
-            self._waiting = False
-            self._exchange.done = True
             self._end_exchange(b"ERROR server-error\n")
 
-    def _end_exchange(self, line: bytes, fault: str | None = None) -> None:
+    def _end_exchange(self, line: bytes | None = None, fault: str | None = None) -> None:
+        """
+        The enrolment or renewal ends here (a late answer of the store is
+        dropped), with C{line} as the last word if there is one.
+        """
+        self._waiting = False
+        if self._exchange is not None:
+            self._exchange.done = True
         if fault:
             self._server.protocol_error(self.ip, fault)
-        self._write(line)
+        if line is not None:
+            self._write(line)
         self._close_exchange()
 
     def _close_exchange(self, draining: float = 0.0) -> None:
@@ -240,19 +244,13 @@ class CentralProtocol(LineOnlyReceiver):
         client that stops reading would otherwise hold its place for ever.
         """
         self._timer = None
-        self._waiting = False
-        if self._exchange is not None:
-            self._exchange.done = True
-        self._close_exchange()
+        self._end_exchange()
 
     def lineLengthExceeded(self, line):
         step = self._handshake.fault("line-too-long")
         if step is None:
             # After OPEN, in a renewal: ends it as any fault of its own does
             # (else the buffer would keep growing until the exchange's end).
-            self._waiting = False
-            if self._exchange is not None:
-                self._exchange.done = True
             self._end_exchange(b"ERROR line-too-long\n", "line-too-long")
             return
         self._apply(step)
