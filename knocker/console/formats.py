@@ -8,7 +8,7 @@ import io
 import json
 from xml.sax.saxutils import escape
 
-from knocker.console.report import FIGURES
+from knocker.console.report import FIGURES, TOP_KEPT
 from knocker.console.svg import report_chart
 
 CSV_FIELDS = ("start", *FIGURES, "failures_by_reason")
@@ -28,6 +28,17 @@ def as_json(report) -> str:
     return json.dumps(report.as_dict(), indent=2) + "\n"
 
 
+def short_note(short_by: int) -> str:
+    """
+    What to say of top counts that come from a bounded summary (see
+    L{knocker.console.report.TopCounts}): nothing while they are exact.
+    """
+    if not short_by:
+        return ""
+    return (f" (more than {2 * TOP_KEPT:,} of them, counted in bounded memory: "
+            f"each count may be short by up to {short_by})")
+
+
 def as_text(report) -> str:
     data = report.as_dict()
     totals = data["totals"]
@@ -44,9 +55,11 @@ def as_text(report) -> str:
         lines.append("failures by reason: " + ", ".join(
             f"{k} {v}" for k, v in sorted(totals["failures_by_reason"].items())))
     lines.append("top sources: " + (", ".join(
-        f"{s['source']} ({s['events']})" for s in data["top_sources"]) or "none"))
+        f"{s['source']} ({s['events']})" for s in data["top_sources"]) or "none")
+        + short_note(data["top_sources_short_by"]))
     lines.append("top clients: " + (", ".join(
-        f"{c['client']} ({c['events']})" for c in data["top_clients"]) or "none"))
+        f"{c['client']} ({c['events']})" for c in data["top_clients"]) or "none")
+        + short_note(data["top_clients_short_by"]))
     for row in data["knocks_left"]:
         eta = row["runs_out_in_seconds"]
         lines.append(f"  {row['client']:<24} {row['left']:>7} of {row['knocks']} knocks left; "
@@ -74,7 +87,14 @@ def table_html(report) -> str:
             f"<thead><tr>{head}</tr></thead><tbody>"
             f"{''.join(rows)}"
             f"</tbody></table></div><h2>Top sources</h2><ol>{sources}</ol>"
-            f"<h2>Top clients</h2><ol>{clients}</ol>")
+            f"{short_html(data['top_sources_short_by'])}"
+            f"<h2>Top clients</h2><ol>{clients}</ol>"
+            f"{short_html(data['top_clients_short_by'])}")
+
+
+def short_html(short_by: int) -> str:
+    note = short_note(short_by).strip(" ()")
+    return f"<p>{escape(note[0].upper() + note[1:])}.</p>" if note else ""
 
 
 def as_html(report) -> str:

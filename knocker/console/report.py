@@ -9,6 +9,7 @@ C{hits} or C{hits-overflow} summary counts C{count} hits, so the totals
 match what the daemon saw even through a flood.
 """
 
+import heapq
 import json
 from collections import Counter
 
@@ -21,6 +22,53 @@ FIGURES = ("opens", "failures", "lockouts", "denials", "hits")
 _HIT_AT = 9 + 27
 _HIT = b'","event":"hit","ip":"'
 _IP_AT = _HIT_AT + len(_HIT)
+
+
+#: How many sources (and clients) a report keeps counts for, at least; past
+#: twice as many it keeps the heaviest (see L{TopCounts}).
+TOP_KEPT = 10_000
+
+
+class TopCounts:
+    """
+    Events per source (or per client) in bounded memory.
+
+    Outsiders choose the addresses hits come from (one host on an IPv6 /64
+    can use a fresh one for every connection) and the client names HELLO
+    claims, so counting each exactly would let them fill the daemon's
+    memory through the reports page.  This is the Misra-Gries summary kept
+    between C{kept} and twice as many keys: past that, every count loses
+    the (C{kept}+1)th largest count and the keys left at zero go.  Each
+    such cut removes at least C{kept}+1 times what it adds to C{short_by},
+    so a count is short by at most C{short_by} <= events / (C{kept}+1),
+    and any key with more events than that is still counted.  Exact (and
+    C{short_by} 0) while there are no more than twice C{kept} keys.
+    """
+
+    def __init__(self, kept: int = TOP_KEPT):
+        self.kept = kept
+        self.counts: dict = {}
+        self.short_by = 0
+
+    def add(self, key, n: int = 1) -> None:
+        counts = self.counts
+        counts[key] = counts.get(key, 0) + n
+        if len(counts) > 2 * self.kept:
+            self._cut()
+
+    def _cut(self) -> None:
+        counts = self.counts
+        cut = heapq.nlargest(self.kept + 1, counts.values())[-1]
+        self.short_by += cut
+        left = {key: n - cut for key, n in counts.items() if n > cut}
+        counts.clear()  # the same dict: summarise holds it
+        counts.update(left)
+
+    def get(self, key, default: int = 0) -> int:
+        return self.counts.get(key, default)
+
+    def most_common(self, top: int) -> list:
+        return heapq.nlargest(top, self.counts.items(), key=lambda item: item[1])
 
 
 class Row:
@@ -48,9 +96,9 @@ class Report:
     def __init__(self, bucket: str = "hour"):
         self.bucket = bucket
         self.rows: dict[str, Row] = {}
-        self.sources: Counter = Counter()
-        self.clients: Counter = Counter()
-        self.grants: Counter = Counter()
+        self.sources = TopCounts()
+        self.clients = TopCounts()
+        self.grants: Counter = Counter()  # clients that were granted: registered ones
         self.first: str | None = None
         self.last: str | None = None
         self.events = 0
@@ -87,6 +135,9 @@ class Report:
             "rows": [{"start": start, **row.as_dict()} for start, row in sorted(self.rows.items())],
             "top_sources": [{"source": ip, "events": n} for ip, n in self.sources.most_common(top)],
             "top_clients": [{"client": c, "events": n} for c, n in self.clients.most_common(top)],
+            # How many events each top count may be missing (0: exact).
+            "top_sources_short_by": self.sources.short_by,
+            "top_clients_short_by": self.clients.short_by,
             "knocks_left": self.knocks_left,
         }
 
@@ -99,7 +150,8 @@ def summarise(lines, bucket: str = "hour", since: str | None = None) -> Report:
     """
     width = BUCKETS[bucket]
     report = Report(bucket)
-    rows, sources, clients, grants = report.rows, report.sources, report.clients, report.grants
+    rows, grants = report.rows, report.grants
+    count_source, count_client = report.sources.add, report.clients.add
     loads = json.loads
     first = last = None
     count = 0
@@ -134,19 +186,19 @@ def summarise(lines, bucket: str = "hour", since: str | None = None) -> Report:
             row = rows[key] = Row()
         if hit_from is not None:
             row.hits += 1
-            sources[hit_from] += 1
+            count_source(hit_from)
             continue
         kind = event.get("event")
         ip = event.get("ip")
         if kind == "hit":
             row.hits += 1
-            sources[ip] += 1
+            count_source(ip)
             continue
         if kind == "hits" or kind == "hits-overflow":
             n = event.get("count", 0)
             row.hits += n
             if ip is not None:
-                sources[ip] += n
+                count_source(ip, n)
             continue
         client = event.get("client")
         if kind == "open":
@@ -163,9 +215,9 @@ def summarise(lines, bucket: str = "hour", since: str | None = None) -> Report:
         else:
             continue
         if ip is not None:
-            sources[ip] += 1
+            count_source(ip)
         if client is not None:
-            clients[client] += 1
+            count_client(client)
     report.first, report.last, report.events = first, last, count
     return report
 

@@ -179,3 +179,74 @@ class KnocksLeftTests(SynchronousTestCase):
         self.assertEqual(query(lines, page=MAX_PAGE), ([], 1))
         for page in (0, MAX_PAGE + 1, 10 ** 19):
             self.assertRaises(ValueError, query, lines, page=page)
+
+
+class BoundedTopsTests(SynchronousTestCase):
+    """
+    Outsiders choose the addresses of hits and the client names of HELLOs:
+    a report over their flood keeps bounded counts, still names the heavy
+    sources, and says how far its counts may be off.
+    """
+
+    def test_a_flood_of_fresh_addresses_keeps_memory_bounded(self):
+        from knocker.console.report import TOP_KEPT
+
+        fresh = [line("2027-01-15T08:00:00.000000Z", "hit", ip=f"2001:db8::{n:x}", port=1)
+                 for n in range(3 * TOP_KEPT)]
+        heavy = [line("2027-01-15T08:30:00.000000Z", "hit", ip="198.51.100.9", port=1)] * 50
+        names = [line("2027-01-15T09:00:00.000000Z", "denied", ip="203.0.113.5",
+                      client=f"guess{n}", reason="unknown-client") for n in range(3 * TOP_KEPT)]
+        # The heavy source's hits come between the fresh ones.
+        report = summarise(fresh[:TOP_KEPT] + heavy + fresh[TOP_KEPT:] + names)
+        self.assertLessEqual(len(report.sources.counts), 2 * TOP_KEPT)
+        self.assertLessEqual(len(report.clients.counts), 2 * TOP_KEPT)
+        data = report.as_dict()
+        self.assertEqual(data["totals"]["hits"], 3 * TOP_KEPT + 50, "totals stay exact")
+        self.assertEqual(data["totals"]["denials"], 3 * TOP_KEPT)
+        top = data["top_sources"][0]
+        short_by = data["top_sources_short_by"]
+        # 203.0.113.5 made 30,000 denials, the most of any source; then
+        # the heavy hitter, found with a count at most short_by too low.
+        self.assertEqual(top["source"], "203.0.113.5")
+        second = data["top_sources"][1]
+        self.assertEqual(second["source"], "198.51.100.9")
+        self.assertGreater(short_by, 0)
+        self.assertLessEqual(short_by, (6 * TOP_KEPT + 50) // (TOP_KEPT + 1))
+        self.assertTrue(50 - short_by <= second["events"] <= 50)
+        self.assertIn(f"may be short by up to {short_by}", FORMATS["text"](report))
+        self.assertIn(f"may be short by up to {short_by}", FORMATS["html"](report))
+
+    def test_counts_are_exact_below_the_bound(self):
+        report = summarise(DAY)
+        data = report.as_dict()
+        self.assertEqual((data["top_sources_short_by"], data["top_clients_short_by"]), (0, 0))
+        self.assertNotIn("short by", FORMATS["text"](report))
+
+    def test_summary_bounds_hold_for_any_stream(self):
+        """
+        For any stream of weighted keys, against exact counting: every
+        kept count is at most the true one and at least it minus
+        C{short_by}; a key missing has at most C{short_by} events; and
+        C{short_by} is at most the events over C{kept}+1.
+        """
+        from collections import Counter
+
+        from hypothesis import given, settings
+        from hypothesis import strategies as st
+
+        from knocker.console.report import TopCounts
+
+        @settings(max_examples=300, deadline=None)
+        @given(st.integers(1, 5), st.lists(st.tuples(st.integers(0, 40), st.integers(1, 9))))
+        def check(kept, stream):
+            summary, exact = TopCounts(kept), Counter()
+            for key, n in stream:
+                summary.add(key, n)
+                exact[key] += n
+                self.assertLessEqual(len(summary.counts), 2 * kept)
+            for key, true in exact.items():
+                self.assertLessEqual(summary.get(key), true)
+                self.assertGreaterEqual(summary.get(key), true - summary.short_by)
+            self.assertLessEqual(summary.short_by, sum(exact.values()) // (kept + 1))
+
+        check()
