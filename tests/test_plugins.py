@@ -129,6 +129,22 @@ class PluginTests(SynchronousTestCase):
         self.assertTrue(error.code.startswith("twistd knockclient: "), error.code)
         self.assertIn("knock-file", error.code)
 
+    def test_client_options_refuse_an_unusable_server(self):
+        """
+        As C{knocker knock} does: named, not a traceback from Twisted's
+        parser when the knock starts.
+        """
+        state = os.path.abspath(self.mktemp())
+        out = os.path.join(os.path.dirname(state), "alice.knock")
+        generate_client(server_config(state), "alice", 3, 3, out)
+        for server, why in [("tls:127.0.0.1:7000\\", "a backslash at the end"),
+                            ("tcp6:host=::1:port=7000", "Unknown endpoint type")]:
+            error = self.assertRaises(SystemExit, client_tap.Options().parseOptions,
+                                      ["--knock-file", out, "--server", server])
+            self.assertTrue(error.code.startswith("twistd knockclient: "), error.code)
+            self.assertIn(f"server = {server}: not a usable endpoint", error.code)
+            self.assertIn(why, error.code)
+
     def test_client_options_refuse_readable_knock_file(self):
         state = os.path.abspath(self.mktemp())
         out = os.path.join(os.path.dirname(state), "alice.knock")

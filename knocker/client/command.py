@@ -41,6 +41,14 @@ def endpoint_problem(endpoint: str) -> str | None:
         if not host.isascii():
             return "the host name is not ASCII (give its xn-- form)"
         return None
+    from knocker.core.serverconfig import endpoint_fields
+
+    try:
+        # First, as Twisted's parser fails on a trailing backslash with a
+        # RuntimeError (a generator's StopIteration), a traceback.
+        fields = endpoint_fields(endpoint)[1:]
+    except ValueError as failure:
+        return str(failure)
     from twisted.internet import endpoints, reactor
 
     try:
@@ -49,9 +57,6 @@ def endpoint_problem(endpoint: str) -> str | None:
         return str(failure) or type(failure).__name__
     # Twisted takes any number as a port, and fails only when it connects
     # (OverflowError, a traceback): said here, as for a plain endpoint.
-    from knocker.core.serverconfig import endpoint_fields
-
-    fields = endpoint_fields(endpoint)[1:]
     named = [field[1] for field in fields if len(field) == 2 and field[0] == "port"]
     positional = [field[0] for field in fields if len(field) == 1]
     # tcp:HOST:PORT, tls:HOST:PORT: the second field without a name.

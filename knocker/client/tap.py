@@ -54,12 +54,13 @@ class Options(usage.Options):
         self.postOptions()
 
     def postOptions(self):
-        from knocker.client.command import load_knockfile
+        from knocker.client.command import check_servers, load_knockfile
 
         overrides = {key.name: self[key.name] for key in CLIENT_TABLE
                      if self.get(key.name) is not None}
         try:
             self.config = load_client_config(self["config"], overrides)
+            check_servers(self.config)  # as knocker knock: a usable endpoint, or a clear no
             self.knockfile = load_knockfile(self.config).load()
         except (ConfigError, ValueError) as error:
             raise refused("twistd knockclient", error) from None
