@@ -73,8 +73,15 @@ def _generation_of(state, secret: bytes):
 
 
 def _renewal_due(left: int, knocks: int, renew_at: int | None) -> bool:
-    """Knocks left down to renew-at (a third of the file by default)."""
-    return 0 < left <= (knocks // 3 if renew_at is None else renew_at)
+    """
+    Knocks left down to renew-at (a third of the file by default, at least
+    one: a file of one or two knocks renews too).  The last knock (none
+    left) is included: it is the client's last chance to be offered one
+    before EXHAUSTED, if every offer so far was cut.
+    """
+    if renew_at == 0:
+        return False  # renewal off
+    return left <= (max(1, knocks // 3) if renew_at is None else renew_at)
 
 
 class KnockServer:

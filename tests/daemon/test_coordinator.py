@@ -61,7 +61,7 @@ class HandshakeTests(SynchronousTestCase):
         self.assertTrue(line.startswith(b"GRANT 1 "))
 
     def test_exhausted(self):
-        h = Harness(self, knocks=2)
+        h = Harness(self, knocks=2, renew_at=0)  # a file that is never renewed
         for _ in range(2):
             grant, transport = h.knock()
             self.assertEqual(transport.value(), b"OPEN\n")

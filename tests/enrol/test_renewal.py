@@ -52,6 +52,31 @@ class PendingToCurrentTests(TestCase):
         self.assertEqual(h.audit.of("renew-offer"), [])
         self.assertIsNone(h.store.pending("alice"))
 
+    def test_small_files_and_the_last_knock_are_offered_a_renewal(self):
+        """
+        A file of one knock renews on that knock (a third of one is none);
+        a file whose every offer was cut is still offered one on its last
+        knock, and the new file then knocks where the old one is EXHAUSTED.
+        """
+        h, c = renewing(self, knocks=1)
+        self.assertEqual(c.knock(), hs.Open())
+        self.assertEqual(c.renewed, 1)
+        self.assertEqual([e["left"] for e in h.audit.of("renew-offer")], [0])
+        self.assertEqual(c.knock(), hs.Open(), "the new file knocks")
+        self.assertEqual(c.knock(c.previous()), hs.Denied())
+
+        h, c = renewing(self, knocks=9)  # due from 3 left: knocks 6, 7, 8, 9
+        for _ in range(5):
+            self.assertEqual(c.knock(), hs.Open())
+        for _ in range(3):
+            self.assertEqual(c.knock(cut="before-accept"), hs.Open())
+        self.assertEqual((c.renewed, len(h.audit.of("renew-offer"))), (0, 3))
+        self.assertEqual(c.knock(), hs.Open())  # the ninth and last
+        self.assertEqual([e["left"] for e in h.audit.of("renew-offer")], [3, 2, 1, 0])
+        self.assertEqual(c.renewed, 1)
+        self.assertEqual(c.knock(), hs.Open(), "the new file knocks")
+        self.assertEqual(c.knock(c.previous()), hs.Denied(), "the old one is replaced")
+
     def test_an_open_reads_the_state_again_only_when_a_renewal_may_be_due(self):
         """
         Whether a renewal is due is known at the GRANT: until it is, the
@@ -189,7 +214,8 @@ class PendingToCurrentTests(TestCase):
         for _ in range(9):
             self.assertEqual(c.knock(cut="before-accept"), hs.Open())
         self.assertEqual(c.knock(), hs.Exhausted())
-        self.assertEqual([e["left"] for e in h.audit.of("renew-offer")], [3, 2, 1])
+        # Offered at every knock from renew-at down, the last one included.
+        self.assertEqual([e["left"] for e in h.audit.of("renew-offer")], [3, 2, 1, 0])
 
     def test_garbage_instead_of_accept(self):
         h, c = renewing(self)
