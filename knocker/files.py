@@ -25,7 +25,10 @@ def write_private(path: str, text: str) -> None:
     import tempfile
 
     directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".knocker-", suffix=".tmp")
+    try:
+        fd, tmp = tempfile.mkstemp(dir=directory, prefix=".knocker-", suffix=".tmp")
+    except OSError as error:  # named as the file asked for, not the temporary one
+        raise OSError(error.errno, error.strerror, path) from None
     try:
         os.fchmod(fd, 0o600)
         with os.fdopen(fd, "w", encoding="utf-8") as handle:

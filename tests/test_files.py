@@ -51,6 +51,16 @@ class WritePrivateTests(SynchronousTestCase):
             os.umask(old)
         self.assertEqual(mode(self.path), 0o600)
 
+    def test_a_missing_folder_is_named_as_asked(self):
+        """
+        C{knocker generate --out DIR/x} with no DIR: the error names the
+        file asked for, not the temporary one it was to be written through.
+        """
+        path = os.path.join(self.folder, "missing", "alice.knock")
+        error = self.assertRaises(OSError, write_private, path, "x")
+        self.assertEqual(error.filename, path)
+        self.assertEqual(str(error), f"[Errno 2] No such file or directory: {path!r}")
+
     def test_utf8(self):
         write_private(self.path, "# caf\u00e9\n")
         with open(self.path, "rb") as handle:
