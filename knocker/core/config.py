@@ -167,9 +167,13 @@ def read_file(path: str | None) -> tuple[str, str]:
         return "", "<defaults>"
     try:
         with open(path, encoding="utf-8") as handle:
-            return handle.read(), path
+            text = handle.read()
     except (OSError, UnicodeDecodeError) as error:
         raise ConfigError(f"{path}: cannot read the configuration: {error}") from None
+    # A byte-order mark, which some Windows editors write first, is no
+    # part of the text (stripped here rather than with the utf-8-sig codec,
+    # a module more to import on every knock).
+    return text[1:] if text[:1] == "\ufeff" else text, path
 
 
 def parse_section(text, source, section, keys, defaults, overrides):

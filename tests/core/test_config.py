@@ -490,6 +490,22 @@ class LoadTests(SynchronousTestCase):
         error = self.assertRaises(ConfigError, load_server_config, path)
         self.assertIn(path, str(error))
 
+    def test_a_byte_order_mark_is_no_part_of_the_file(self):
+        """
+        Some Windows editors write one first: the file reads as without it
+        (on the fast path and through configparser alike), and one
+        anywhere else is still refused.
+        """
+        plain = self.write("knockclient.conf", "\ufeff[client]\nserver = tcp:host=a:port=7\n")
+        fancy = self.write("knockclient2.conf",
+                           "\ufeff[client]\nserver = tcp:host=a:port=7\n    tcp:host=b:port=7\n")
+        self.assertEqual(load_client_config(plain).server, "tcp:host=a:port=7")
+        self.assertEqual(load_client_config(fancy).server, "tcp:host=a:port=7 tcp:host=b:port=7")
+        path = self.write("knockserver.conf", "\ufeff[server]\nlockout = 9\n")
+        self.assertEqual(load_server_config(path).lockout, 9)
+        inside = self.write("bad.conf", "[server]\n\ufefflockout = 9\n")
+        self.assertRaises(ConfigError, load_server_config, inside)
+
     def test_load_error_names_file(self):
         path = self.write("knockserver.conf", "[server]\nlockout = soon\n")
         error = self.assertRaises(ConfigError, load_server_config, path)
