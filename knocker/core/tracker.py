@@ -223,6 +223,17 @@ class Tracker:
         """
         self._changed.update(key for key in keys if key in self._sources)
 
+    def unsaved(self, key: str | None = None) -> None:
+        """
+        Leave C{key}'s lockout (every one with C{None}) out of the batches
+        to save: the operator is lifting it, and a save after the lift
+        would bring it back.
+        """
+        if key is None:
+            self._changed.clear()
+        else:
+            self._changed.discard(key)
+
     def take_changes(self) -> list[tuple[str, float, int]]:
         """
         C{(key, until, step)} of each source lockout started since the last

@@ -831,6 +831,9 @@ class KnockServer:
         def lift(_=None):
             return sorted(set(held) | set(self.tracker.lift(key)))
 
+        # Not saved from now on: a batch taken while the state lifts it
+        # would bring it back (the state writes them in the order asked).
+        self.tracker.unsaved(key)
         done = self._store.lift_lockouts(key)
         if isinstance(done, Deferred):
             return done.addCallback(lift)

@@ -25,7 +25,7 @@ since a gateway that was reconnecting has missed its notifications.
 import threading
 import time
 
-from twisted.internet.defer import Deferred, fail
+from twisted.internet.defer import Deferred, DeferredLock, fail
 from twisted.internet.task import LoopingCall
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
@@ -292,6 +292,7 @@ class ThreadedStore:
         self.gateway = store.gateway
         self._closes: dict[int, PendingClose] = {}
         self._earlier_closes_read = False  # see pending_closes
+        self._lockout_writes = DeferredLock()  # see _in_order
         self._pool = _DatabaseThreads(minthreads=1, maxthreads=threads, name="knocker-db")
         self._pool.start()
         self._closed = False
@@ -335,6 +336,15 @@ class ThreadedStore:
             self._overdue -= 1
             if not self._overdue:
                 log.info("database {db} answers again", db=self.path)
+
+    def _in_order(self, function, *args) -> Deferred:
+        """
+        L{_defer} for the lockout writes, one after another in the order
+        they were asked for: with several threads, an operator's lift
+        could otherwise commit before a batch of saves asked for earlier,
+        whose rows would then bring the lockout back on every gateway.
+        """
+        return self._lockout_writes.run(self._defer, function, *args)
 
     def _background(self, what: str, function, *args) -> None:
         d = self._defer(function, *args)
@@ -417,14 +427,14 @@ class ThreadedStore:
 
     def set_lockout(self, key: str, until: float) -> Deferred:
         """The caller hears of a failure (and tries again)."""
-        return self._defer(self._store.set_lockout, key, until)
+        return self._in_order(self._store.set_lockout, key, until)
 
     def save_lockouts(self, lockouts: dict[str, float], steps=None) -> Deferred:
         """
         Saved in the thread pool; the L{Deferred} fails if it could not be
         (the coordinator saves those keys again with the next batch).
         """
-        return self._defer(self._store.save_lockouts, dict(lockouts), dict(steps or {}))
+        return self._in_order(self._store.save_lockouts, dict(lockouts), dict(steps or {}))
 
     def remove_close(self, close_id: int) -> None:
         self._closes.pop(close_id, None)
@@ -446,7 +456,7 @@ class ThreadedStore:
     # committed, and told to the other gateways, when the Deferred fires.
 
     def lift_lockouts(self, key: str | None = None) -> Deferred:
-        return self._defer(self._store.lift_lockouts, key)
+        return self._in_order(self._store.lift_lockouts, key)
 
     def revoke(self, client: str) -> Deferred:
         return self._defer(self._store.revoke, client)

@@ -11,6 +11,7 @@ import threading
 import time
 
 from twisted.internet import reactor
+from twisted.internet.task import deferLater
 from twisted.trial.unittest import TestCase
 
 from knocker.daemon.fleet import ThreadedStore
@@ -111,6 +112,57 @@ class FrozenDatabaseTests(TestCase):
         started = time.monotonic()
         store.close()
         self.assertLess(time.monotonic() - started, 3)
+
+
+class SlowSaves:
+    """
+    A store whose batch of lockout saves waits for C{go}; every lockout
+    write is noted in the order it reached the database.
+    """
+
+    path = "postgresql://slow.invalid/knocker"
+    gateway = "gw1"
+
+    def __init__(self):
+        self.go = threading.Event()
+        self.order = []
+
+    def save_lockouts(self, lockouts, steps):
+        self.go.wait(30)
+        self.order.append(("save", sorted(lockouts)))
+
+    def lift_lockouts(self, key):
+        self.order.append(("lift", key))
+
+    def set_lockout(self, key, until):
+        self.order.append(("set", key))
+
+    def close(self):
+        pass
+
+
+class LockoutWriteOrderTests(TestCase):
+    async def test_a_lift_asked_after_a_batch_commits_after_it(self):
+        """
+        With several database threads, a lift asked for after a batch of
+        saves would otherwise commit first, and the batch's row bring the
+        lockout back on every gateway.
+        """
+        db = SlowSaves()
+        self.addCleanup(db.go.set)
+        store = ThreadedStore(db, reactor, threads=4)
+        self.addCleanup(store.close)
+        saving = store.save_lockouts({"192.0.2.1": 2e9, "192.0.2.2": 2e9})
+        lifting = store.lift_lockouts("192.0.2.1")
+        setting = store.set_lockout("*", 2e9)
+        await deferLater(reactor, 0.3, lambda: None)  # time for a thread to lift first
+        self.assertEqual(db.order, [])
+        db.go.set()
+        await saving
+        await lifting
+        await setting
+        self.assertEqual(db.order, [("save", ["192.0.2.1", "192.0.2.2"]), ("lift", "192.0.2.1"),
+                                    ("set", "*")])
 
 
 class LostBetweenReads:

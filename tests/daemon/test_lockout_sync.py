@@ -226,6 +226,27 @@ class SaveAgainTests(SynchronousTestCase):
         self.assertEqual(saved[0][1], {"192.0.2.1": 0})
 
 
+    def test_a_lift_the_state_has_not_answered_is_not_undone_by_the_next_batch(self):
+        """
+        A fleet's state answers a lift later: a batch of saves taken
+        meanwhile must not hold the lifted source, or its row would come
+        back and lock it again on every gateway.
+        """
+        h = Harness(self, lockout_scope="source")
+        saved, lifting = [], Deferred()
+        h.server._store.save_lockouts = lambda lockouts, steps=None: (
+            saved.append(sorted(lockouts)) or succeed(None))
+        h.server._store.lift_lockouts = lambda key=None: lifting
+        h.server.tracker.failed_attempt("192.0.2.1", "denied")
+        h.server.tracker.failed_attempt("192.0.2.2", "denied")
+        lifted = h.server.lift("192.0.2.1")
+        h.clock.advance(1)  # the batch a second
+        self.assertEqual(saved, [["192.0.2.2"]])
+        lifting.callback(None)
+        self.assertEqual(self.successResultOf(lifted), ["192.0.2.1"])
+        self.assertEqual(list(h.server.tracker.lockouts()), ["192.0.2.2"])
+
+
 class LiftAndRevokeNoticeTests(SynchronousTestCase):
     """
     The console's changes made on another gateway: a lift notice lifts
