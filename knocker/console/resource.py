@@ -32,6 +32,7 @@ from knocker.console.formats import as_csv, table_html
 from knocker.console.report import parse_duration, summarise
 from knocker.console.svg import report_chart
 from knocker.core.isotime import iso_time
+from knocker.core.sources import normalise_ip
 from knocker.core.tracker import GLOBAL
 from knocker.state.interface import StateError
 
@@ -439,7 +440,10 @@ class Console(Resource):
                 return self._problem(request, who, 400, "Not understood",
                                      f"{source[:100]!r} is not an address nor a lockout in "
                                      f"force", back="/lockouts")
-            key = self.server.tracker.source_of(source)
+            # As the daemon keys what it sees: an IPv4-mapped address as
+            # IPv4, an IPv6 address however it is spelled.
+            key = self.server.tracker.source_of(normalise_ip(source))
+
         def done(lifted):
             self.audit.record("admin-lift", source=source, lifted=lifted, by=who.kind)
             return self._changed(

@@ -53,7 +53,8 @@ class Networks:
     """
 
     def __init__(self, networks=()):
-        self._networks = tuple(ipaddress.ip_network(net, strict=False) for net in networks)
+        self._networks = tuple(_as_ipv4(ipaddress.ip_network(net, strict=False))
+                               for net in networks)
 
     def __bool__(self) -> bool:
         return bool(self._networks)
@@ -65,4 +66,20 @@ class Networks:
             address = ipaddress.ip_address(ip)
         except ValueError:
             return False
+        address = getattr(address, "ipv4_mapped", None) or address
         return any(address in network for network in self._networks)
+
+
+_MAPPED = ipaddress.ip_network("::ffff:0:0/96")
+
+
+def _as_ipv4(network):
+    """
+    An IPv4-mapped network (C{::ffff:192.0.2.0/120}) as the IPv4 network it
+    maps: addresses are asked about as IPv4 (L{normalise_ip}), so the
+    mapped form would match nothing.
+    """
+    if network.version == 6 and network.subnet_of(_MAPPED):
+        return ipaddress.ip_network((network.network_address.ipv4_mapped,
+                                     network.prefixlen - 96))
+    return network

@@ -172,7 +172,10 @@ class Tracker:
         """
         until = self._global_until
         entry = self._sources.get(self.source_of(ip))
-        if entry is not None and entry[0] > until:
+        if entry is not None and entry[0] > until and not (
+                self._never_lock and ip in self._never_lock):
+            # (a never-lock address is spared its /64's lockout too; the
+            # server's applies to it, as documented)
             until = entry[0]
         return max(0.0, until - self._clock.seconds())
 
@@ -297,6 +300,15 @@ class Tracker:
         if self._slots.get(slot.ip) is slot:
             del self._slots[slot.ip]
 
+    def end(self, slot: Slot, reason: str) -> None:
+        """
+        End a knock in progress for C{reason} (its file was revoked): told
+        to the observer as a failure, and no lockout, since the client did
+        nothing wrong.  A completed (acting) slot is left to its action.
+        """
+        if not slot.acting and self._slots.get(slot.ip) is slot:
+            self._end(slot, reason)
+
     def abandon(self, slot: Slot) -> None:
         """
         The client left before the verdict; the slot ends quietly (its
@@ -315,9 +327,11 @@ class Tracker:
         lifted = [k for k in self.lockouts() if key is None or k == key]
         if key is None or key == GLOBAL:
             self._global_until = 0.0
-        for k in lifted:
-            if k != GLOBAL:
-                del self._sources[k]
+        # Those whose lockout has ended are forgotten too: their escalation
+        # step would otherwise double the next lockout the operator meant
+        # to spare them.
+        for k in list(self._sources) if key is None else [key]:
+            if self._sources.pop(k, None) is not None:
                 self._changed.discard(k)
         return lifted
 
@@ -373,6 +387,11 @@ class Tracker:
         if self._never_lock and ip in self._never_lock:
             return  # logged by the caller; monitoring hosts lock nobody out
         policy, now = self._policy, self._clock.seconds()
+        if policy.lockout <= 0:
+            # lockout = 0: failures lock nothing.  Without this, each stray
+            # hit was a zero-second lockout: a line in the audit log, a
+            # knock of the same address ended, and memory kept for an hour.
+            return
         if policy.scope == "global" or (policy.scope == "knock" and in_knock):
             until = now + policy.lockout
             self._global_until = max(self._global_until, until)

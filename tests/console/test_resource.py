@@ -294,6 +294,19 @@ class PagesTests(SynchronousTestCase):
         event = f.h.audit.of("admin-lift")[-1]
         self.assertEqual((event["lifted"], event["by"]), (["198.51.100.1"], "session"))
 
+    def test_lift_by_an_address_written_otherwise(self):
+        """
+        knocker unlock --source ::ffff:198.51.100.1 (as a dual-stack log
+        may show it) lifts the lockout the daemon keys as 198.51.100.1.
+        """
+        f = ConsoleFixture(self, lockout=600)
+        locked_out(f)
+        csrf = f.login()
+        response = f.browser.post("/lift", {"source": "::ffff:198.51.100.1", "csrf": csrf})
+        self.assertEqual(response.header(b"location"), b"/lockouts?lifted=198.51.100.1")
+        line, *_ = f.h.handshake(ip="198.51.100.1")
+        self.assertTrue(line.startswith(b"GRANT "), line)
+
     def test_revoke_from_the_clients_page(self):
         f = ConsoleFixture(self)
         csrf = f.login()

@@ -41,3 +41,16 @@ class NetworksTests(SynchronousTestCase):
         self.assertIn("2001:db8:cafe:1::9", never)
         self.assertNotIn("not an address", never)
         self.assertFalse(Networks())
+
+    def test_ipv4_mapped_networks_are_their_ipv4_networks(self):
+        """
+        The daemon asks about an IPv4 client as IPv4 (a dual-stack socket's
+        ::ffff:192.0.2.1 is normalised first): a never-lock entry written
+        in the mapped form must still match it.
+        """
+        never = Networks(("::ffff:192.0.2.0/120", "::ffff:198.51.100.7"))
+        self.assertIn("192.0.2.200", never)
+        self.assertIn("198.51.100.7", never)
+        self.assertIn("::ffff:192.0.2.1", never)
+        self.assertNotIn("198.51.100.8", never)
+        self.assertNotIn("::ffff:c000:0201:1", never)

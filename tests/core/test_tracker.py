@@ -407,6 +407,40 @@ class SourceTests(SynchronousTestCase):
         self.assertEqual(sorted(key for key, _, _ in tracker.take_changes()), [A, B])
         self.assertEqual(tracker.take_changes(), [])
 
+    def test_lockout_zero_locks_nothing_out(self):
+        """
+        lockout = 0: a failure is no lockout at all (no event, nothing
+        remembered, no knock of the address ended), not one of no seconds.
+        """
+        for scope in ("knock", "global", "source"):
+            clock, tracker, seen = make_policy(scope=scope, lockout=0, max_slots=2)
+            tracker.grant(A, "alice", 1, PORTS)
+            for _ in range(1000):
+                self.assertEqual(tracker.hit(B, 4444), HitVerdict.NO_SLOT)
+            tracker.failed_attempt(A, "denied")
+            self.assertEqual((seen.details, tracker.lockouts(), seen.failed), ([], {}, []), scope)
+            self.assertEqual(len(tracker._forget), 0, "nothing kept for an hour")
+            self.assertEqual(tracker.hit(A, PORTS[0]), HitVerdict.PROGRESS)
+
+    def test_never_lock_address_is_spared_its_networks_lockout(self):
+        """
+        Its /64 locked out by a neighbour's stray hit, a never-lock address
+        may still knock (the server's own lockout still applies to it).
+        """
+        clock, tracker, seen = make_policy(scope="source", never_lock=("2001:db8::5/128",))
+        tracker.hit("2001:db8::6", 4444)
+        self.assertEqual(list(tracker.lockouts()), ["2001:db8::/64"])
+        self.assertIsNotNone(tracker.refusal("2001:db8::7"))
+        self.assertIsNone(tracker.refusal("2001:db8::5"))
+
+    def test_lift_forgets_the_escalation_of_a_lockout_already_over(self):
+        clock, tracker, seen = make_policy(scope="source", lockout=60, lockout_max=3600)
+        tracker.hit(A, 4444)
+        clock.advance(61)  # over, but remembered for lockout-memory
+        self.assertEqual(tracker.lift(), [])
+        tracker.hit(A, 4444)
+        self.assertEqual(seen.details[-1].seconds, 60, "not doubled")
+
     def test_lift_one_source_or_all(self):
         clock, tracker, seen = make_policy(scope="source")
         tracker.hit(A, 4444)
