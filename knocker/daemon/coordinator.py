@@ -904,9 +904,15 @@ class KnockServer:
 
     def _close_revoked(self, client: str) -> None:
         """
-        A revoked client's doors close now, not at their time (a door is an
-        address: one another client's knock holds open closes with it).
+        A revoked client's knocks in progress end now with FAIL revoked
+        (they would hold the server's place until their window ran out, and
+        a wrong port of the revoked file's holder would still lock everyone
+        out); its doors close now, not at their time (a door is an address:
+        one another client's knock holds open closes with it).
         """
+        for slot in self.tracker.slots():
+            if slot.client == client and self._revoked_since_grant(slot):
+                self.tracker.end(slot, "revoked")
         closed = self.closes.close_client(client)
         if closed:
             log.warn("{client} is revoked: closing its {n} open doors now",

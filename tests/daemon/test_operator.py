@@ -94,6 +94,26 @@ class RevokeTests(SynchronousTestCase):
         self.assertEqual(h.audit.of("fail")[-1]["reason"], "revoked")
         self.assertEqual(h.store.pending_closes(), [])
 
+    def test_a_knock_in_progress_ends_when_its_file_is_revoked(self):
+        """
+        At once, not when its window runs out: the server's one place is
+        free for the others, and the revoked file's holder can no longer
+        lock everyone out with a wrong port (lockout-scope = knock).
+        """
+        h = Harness(self, clients=("alice", "bob"))
+        line, proto, transport, _ = h.handshake()
+        grant = hs.parse_reply(line.rstrip(b"\n"))
+        transport.clear()
+        h.server.revoke("alice")
+        self.assertEqual(transport.value(), b"FAIL revoked\n")
+        self.assertEqual([e["reason"] for e in h.audit.of("fail")], ["revoked"])
+        self.assertEqual(h.server.tracker.slots(), [])
+        wrong = next(p for p in h.store.pool() if p not in h.files["alice"].knock(grant.index))
+        h.hit(IP, wrong)
+        self.assertNotIn(GLOBAL, h.server.tracker.lockouts(), "a stray hit locks its source only")
+        line, *_ = h.handshake("bob", ip="192.0.2.30")
+        self.assertTrue(line.startswith(b"GRANT "), line)
+
     def test_revoked_while_on_success_runs_closes_the_door_again(self):
         h = Harness(self, on_success="/bin/echo", on_close="/bin/true", open_duration=300)
         h.runner.hold = True
