@@ -53,7 +53,7 @@ def endpoint_problem(endpoint: str) -> str | None:
 
     try:
         endpoints.clientFromString(reactor, endpoint)
-    except (ValueError, TypeError, KeyError, OSError) as failure:
+    except Exception as failure:  # whatever a parser or a TLS option raises
         return str(failure) or type(failure).__name__
     # Twisted takes any number as a port, and fails only when it connects
     # (OverflowError, a traceback): said here, as for a plain endpoint.
@@ -66,22 +66,27 @@ def endpoint_problem(endpoint: str) -> str | None:
     return None
 
 
-def check_servers(config) -> None:
+def check_servers(config):
     """
-    Say which endpoints of C{server} no driver can use; a fleet's knock
-    passes over them to the others.
+    C{config} with only the endpoints of C{server} a driver can use, having
+    said which others a fleet's knock passes over.
 
     @raise ValueError: none can be used (a mistake in the configuration,
         not a server out of reach); names them.
     """
     endpoints = config.server.split()
-    problems = [f"server = {endpoint}: not a usable endpoint ({problem})"
-                for endpoint in endpoints
-                for problem in [endpoint_problem(endpoint)] if problem is not None]
-    if len(problems) == len(endpoints):
+    usable, problems = [], []
+    for endpoint in endpoints:
+        problem = endpoint_problem(endpoint)
+        if problem is None:
+            usable.append(endpoint)
+        else:
+            problems.append(f"server = {endpoint}: not a usable endpoint ({problem})")
+    if not usable:
         raise ValueError("; ".join(problems))
     for problem in problems:
         print(f"knocker: {problem}; passed over", file=sys.stderr)
+    return config.replace(server=" ".join(usable)) if problems else config
 
 
 def load_knockfile(config):
@@ -176,8 +181,7 @@ def knock_command(argv: list[str]) -> int:
         return 0
     try:
         path, overrides, verbose = parse_knock_args(argv)
-        config = load_client_config(path, overrides)
-        check_servers(config)
+        config = check_servers(load_client_config(path, overrides))
         knockfile = load_knockfile(config)
     except (ConfigError, ValueError) as error:
         print(f"knocker knock: {error}", file=sys.stderr)

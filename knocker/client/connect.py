@@ -262,8 +262,7 @@ def _connect(argv: list[str]) -> int:
     try:
         options, host, port = split_target(argv)
         path, overrides, verbose = parse_knock_args(options)
-        config = load_client_config(path, overrides)
-        check_servers(config)
+        config = check_servers(load_client_config(path, overrides))
         knockfile = load_knockfile(config)
     except (ConfigError, ValueError) as error:
         _say(str(error).replace(KNOCK_USAGE, USAGE))

@@ -59,8 +59,8 @@ class Options(usage.Options):
         overrides = {key.name: self[key.name] for key in CLIENT_TABLE
                      if self.get(key.name) is not None}
         try:
-            self.config = load_client_config(self["config"], overrides)
-            check_servers(self.config)  # as knocker knock: a usable endpoint, or a clear no
+            # As knocker knock: only the usable endpoints, or a clear no.
+            self.config = check_servers(load_client_config(self["config"], overrides))
             self.knockfile = load_knockfile(self.config).load()
         except (ConfigError, ValueError) as error:
             raise refused("twistd knockclient", error) from None

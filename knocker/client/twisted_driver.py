@@ -173,7 +173,7 @@ class TwistedDriver:
         lines = _Lines()
         try:
             described = endpoints.clientFromString(self._reactor, endpoint)
-        except (ValueError, TypeError) as failure:  # an unknown kind, an unknown option
+        except Exception as failure:  # an unknown kind or option, a bad certificate, ...
             raise Unreachable(f"not a usable endpoint ({failure})") from None
         try:
             connecting = _connect(described, lines)

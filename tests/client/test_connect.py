@@ -98,6 +98,24 @@ class CommandLineTests(SynchronousTestCase):
         self.assertIn("--server 10.77.0.1:7000: not a usable endpoint (Unknown endpoint type",
                       done.stderr)
 
+    def test_an_unusable_endpoint_among_several_is_passed_over(self):
+        """
+        A fleet's list with one endpoint no driver can use: that one is
+        named and passed over, the others are knocked, and nothing comes
+        out as a traceback (a trailing backslash, or a certificate that is
+        no certificate, make Twisted raise what its parser does not).
+        """
+        knock_file = os.path.join(os.path.dirname(__file__), "no-such.knock")
+        for bad in ["tls:127.0.0.1:7000\\", "tls:127.0.0.1:7000:certificate=/etc/hostname"]:
+            server = f"tcp:host=127.0.0.1:port=1 {bad}"
+            done = knocker("knock", "--server", server, "--knock-file", knock_file)
+            self.assertNotIn("Traceback", done.stderr)
+            self.assertIn(f"server = {bad}: not a usable endpoint", done.stderr)
+            self.assertIn("passed over", done.stderr)
+            done = knocker("knock", "--server", bad, "--knock-file", knock_file)
+            self.assertEqual(done.returncode, 2, done.stderr)
+            self.assertNotIn("Traceback", done.stderr)
+
     def test_help_lists_the_statuses(self):
         done = knocker("connect", "--help")
         self.assertEqual(done.returncode, 0, done.stderr)
