@@ -74,14 +74,14 @@ def _generation_of(state, secret: bytes):
 
 def _renewal_due(left: int, knocks: int, renew_at: int | None) -> bool:
     """
-    Knocks left down to renew-at (a third of the file by default, at least
-    one: a file of one or two knocks renews too).  The last knock (none
-    left) is included: it is the client's last chance to be offered one
-    before EXHAUSTED, if every offer so far was cut.
+    Knocks left down to renew-at (a third of the file by default).  The
+    last knock (none left) is included: it is the client's last chance to
+    be offered one before EXHAUSTED, if every offer so far was cut.  By
+    default a file of one or two knocks (a third of it is none) is never
+    renewed: an operator who hands out a single-use file means it.
     """
-    if renew_at == 0:
-        return False  # renewal off
-    return left <= (max(1, knocks // 3) if renew_at is None else renew_at)
+    threshold = knocks // 3 if renew_at is None else renew_at
+    return threshold > 0 and left <= threshold  # renew-at = 0: renewal off
 
 
 class KnockServer:

@@ -52,18 +52,18 @@ class PendingToCurrentTests(TestCase):
         self.assertEqual(h.audit.of("renew-offer"), [])
         self.assertIsNone(h.store.pending("alice"))
 
-    def test_small_files_and_the_last_knock_are_offered_a_renewal(self):
+    def test_the_last_knock_is_offered_a_renewal(self):
         """
-        A file of one knock renews on that knock (a third of one is none);
-        a file whose every offer was cut is still offered one on its last
-        knock, and the new file then knocks where the old one is EXHAUSTED.
+        A file whose every offer was cut is still offered one on its last
+        knock, and the new file then knocks where the old one would be
+        EXHAUSTED.  A single-use file stays single-use unless renew-at is
+        set: a third of one knock is none.
         """
-        h, c = renewing(self, knocks=1)
-        self.assertEqual(c.knock(), hs.Open())
-        self.assertEqual(c.renewed, 1)
-        self.assertEqual([e["left"] for e in h.audit.of("renew-offer")], [0])
-        self.assertEqual(c.knock(), hs.Open(), "the new file knocks")
-        self.assertEqual(c.knock(c.previous()), hs.Denied())
+        for renew_at, offered in ((None, 0), (1, 1)):
+            h, c = renewing(self, knocks=1, **({} if renew_at is None else {"renew_at": renew_at}))
+            self.assertEqual(c.knock(), hs.Open())
+            self.assertEqual((c.renewed, len(h.audit.of("renew-offer"))), (offered, offered))
+            self.assertEqual(c.knock(), hs.Open() if offered else hs.Exhausted())
 
         h, c = renewing(self, knocks=9)  # due from 3 left: knocks 6, 7, 8, 9
         for _ in range(5):
