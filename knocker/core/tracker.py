@@ -418,6 +418,12 @@ class Tracker:
         forget_at = until + self._policy.memory
         self._sources[key] = (until, step, forget_at)
         heapq.heappush(self._forget, (forget_at, key))
+        if len(self._forget) > 2 * len(self._sources) + 1024:
+            # A source locked out again leaves its earlier entry behind until
+            # that one's time comes (lockout-memory on): rebuilt from the
+            # entries in use, so the heap stays within twice the sources.
+            self._forget = [(entry[2], k) for k, entry in self._sources.items()]
+            heapq.heapify(self._forget)
         now = self._clock.seconds()
         forget, sources = self._forget, self._sources
         while forget and (forget[0][0] <= now or len(sources) > MAX_SOURCES):

@@ -433,6 +433,24 @@ class SourceTests(SynchronousTestCase):
         self.assertIsNotNone(tracker.refusal("2001:db8::7"))
         self.assertIsNone(tracker.refusal("2001:db8::5"))
 
+    def test_sources_locked_out_again_and_again_keep_memory_bounded(self):
+        """
+        lockout = lockout-max = 60 and an hour's memory: a source locked
+        out again each minute leaves an entry a time; they must not pile up
+        for the hour.
+        """
+        clock, tracker, seen = make_policy(scope="source", lockout=60, lockout_max=60)
+        sources = [f"198.51.100.{n}" for n in range(100)]
+        for _ in range(60):
+            for ip in sources:
+                tracker.hit(ip, 4444)
+            clock.advance(61)
+        self.assertEqual(len(seen.details), 6000)
+        self.assertLessEqual(len(tracker._forget), 2 * len(sources) + 1024)
+        tracker.hit(sources[0], 4444)
+        self.assertEqual(seen.details[-1].seconds, 60, "escalation memory kept")
+        self.assertGreater(seen.details[-1].step, 0)
+
     def test_lift_forgets_the_escalation_of_a_lockout_already_over(self):
         clock, tracker, seen = make_policy(scope="source", lockout=60, lockout_max=3600)
         tracker.hit(A, 4444)
