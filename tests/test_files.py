@@ -21,6 +21,8 @@ from knocker.files import (
     write_private,
 )
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
 
 def tempdir(case) -> str:
     folder = tempfile.mkdtemp(prefix="knocker-test-")
@@ -49,6 +51,21 @@ class WritePrivateTests(SynchronousTestCase):
             write_private(self.path, "x")
         finally:
             os.umask(old)
+        self.assertEqual(mode(self.path), 0o600)
+
+    def test_writing_loads_no_tempfile_and_leaves_no_temporary(self):
+        """
+        A first knock writes FILE.checked through here before it exits:
+        importing tempfile would cost it 6-12 ms.  And nothing is left
+        beside the file.
+        """
+        code = ("import sys\nfrom knocker.files import write_private\n"
+                f"write_private({self.path!r}, 'x')\n"
+                "print(sorted(m for m in ('tempfile', 'random', 'shutil') if m in sys.modules))\n")
+        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                              env={**os.environ, "PYTHONPATH": ROOT}, timeout=60)
+        self.assertEqual(done.stdout, "[]\n", done.stderr)
+        self.assertEqual(os.listdir(self.folder), ["alice.knock"])
         self.assertEqual(mode(self.path), 0o600)
 
     def test_a_missing_folder_is_named_as_asked(self):
