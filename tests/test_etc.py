@@ -1,11 +1,14 @@
 """
-The shipped example configurations parse and document every key.
+The shipped example configurations parse and document every key; the
+firewall unit loads the table at boot.
 """
 
 import os
 import re
+import shutil
+import subprocess
 
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
 from knocker.core.config import CLIENT_KEYS, load_client_config
 from knocker.core.serverconfig import SERVER_KEYS, load_server_config
@@ -47,3 +50,109 @@ class ExampleConfigTests(SynchronousTestCase):
         config = load_client_config(path)
         self.assertEqual(config.server, "tcp:host=127.0.0.1:port=7000")
         self.assertEqual(set(CLIENT_KEYS) - documented(path), set())
+
+
+def unit(name: str) -> dict[str, dict[str, list[str]]]:
+    """
+    SECTION -> KEY -> every value the key has there (comments left out).
+    """
+    found: dict[str, dict[str, list[str]]] = {}
+    section = found.setdefault("", {})
+    with open(os.path.join(ETC, name)) as handle:
+        for line in handle:
+            line = line.strip()
+            if line.startswith("["):
+                section = found.setdefault(line.strip("[]"), {})
+            elif line and line[0] not in "#;":
+                key, _, value = line.partition("=")
+                section.setdefault(key.strip(), []).extend(value.split())
+    return found
+
+
+class FirewallUnitTests(SynchronousTestCase):
+    """
+    etc/knocker-firewall.service: the table loaded at boot, before the
+    network and sshd, whatever becomes of the daemon.  systemd does not run
+    here: its settings are read as systemd would, and checked with
+    systemd-analyze and systemctl --root where they are installed.
+    """
+
+    def setUp(self):
+        self.firewall = unit("knocker-firewall.service")
+        self.daemon = unit("knocker.service")
+
+    def test_runs_the_daemons_setup_with_the_same_settings(self):
+        service = self.firewall["Service"]
+        self.assertEqual(service["ExecStart"], self.daemon["Service"]["ExecStartPre"])
+        self.assertEqual(service["ExecStart"], ["/etc/knocker/scripts/nft-setup"])
+        self.assertEqual(service["EnvironmentFile"], self.daemon["Service"]["EnvironmentFile"])
+        self.assertEqual((service["Type"], service["RemainAfterExit"]), (["oneshot"], ["yes"]))
+        self.assertNotIn("ExecStop", service, "stopping it must not open the ports")
+        self.assertNotIn("User", service)
+
+    def test_closes_the_ports_before_the_network_and_sshd(self):
+        ordering = self.firewall["Unit"]
+        self.assertEqual(ordering["DefaultDependencies"], ["no"])
+        self.assertLessEqual({"network-pre.target", "sysinit.target", "ssh.service",
+                              "ssh.socket", "knocker.service"}, set(ordering["Before"]))
+        self.assertIn("network-pre.target", ordering["Wants"])
+        self.assertEqual(ordering["After"], ["nftables.service"])
+        self.assertEqual(self.firewall["Install"]["WantedBy"], ["sysinit.target"])
+
+    def test_enabling_the_daemon_enables_it(self):
+        """
+        `systemctl enable knocker`, as README's setup runs it, also enables
+        the firewall unit, and starting the daemon starts it.
+        """
+        systemctl = shutil.which("systemctl")
+        if systemctl is None:
+            raise SkipTest("systemctl is not installed")
+        root = os.path.abspath(self.mktemp())
+        os.makedirs(os.path.join(root, "etc/systemd/system"))
+        for name in ("knocker.service", "knocker-firewall.service"):
+            shutil.copy(os.path.join(ETC, name), os.path.join(root, "etc/systemd/system"))
+
+        def enabled():
+            return subprocess.run([systemctl, f"--root={root}", "is-enabled",
+                                   "knocker-firewall.service"], capture_output=True, text=True,
+                                  timeout=60).stdout.strip()
+
+        self.assertEqual(enabled(), "disabled")
+        done = subprocess.run([systemctl, f"--root={root}", "enable", "knocker.service"],
+                              capture_output=True, text=True, timeout=60)
+        self.assertEqual(done.returncode, 0, done.stderr)
+        self.assertEqual(enabled(), "enabled")
+        self.assertIn("knocker-firewall.service", self.daemon["Unit"]["Wants"])
+
+    def test_systemd_accepts_it(self):
+        analyze = shutil.which("systemd-analyze")
+        units = "/usr/lib/systemd/system" if os.path.isdir("/usr/lib/systemd/system") \
+            else "/lib/systemd/system"
+        if analyze is None or not os.path.isdir(units):
+            raise SkipTest("systemd-analyze or systemd's units are not installed")
+        root = os.path.abspath(self.mktemp())
+        shutil.copytree(units, os.path.join(root, "usr/lib/systemd/system"), symlinks=True)
+        os.makedirs(os.path.join(root, "etc/systemd/system"))
+        shutil.copy(os.path.join(ETC, "knocker-firewall.service"),
+                    os.path.join(root, "etc/systemd/system"))
+        service = self.firewall["Service"]
+        for path in service["ExecStart"] + service["EnvironmentFile"]:
+            stub = os.path.join(root, path.lstrip("/"))
+            os.makedirs(os.path.dirname(stub), exist_ok=True)
+            with open(stub, "w") as handle:
+                handle.write("#!/bin/sh\n")
+            os.chmod(stub, 0o755)
+        done = subprocess.run([analyze, "verify", f"--root={root}", "knocker-firewall.service"],
+                              capture_output=True, text=True, timeout=60,
+                              stdin=subprocess.DEVNULL)
+        self.assertEqual(done.returncode, 0, done.stdout + done.stderr)
+        self.assertNotIn("knocker-firewall", done.stdout + done.stderr)
+
+    def test_readme_installs_it(self):
+        with open(os.path.join(os.path.dirname(ETC), "README.md")) as handle:
+            section = handle.read().split("## Setting it up for real", 1)[1]
+        block = section.split("```sh\n", 1)[1].split("```", 1)[0]
+        copies = [line for line in block.splitlines()
+                  if re.search(r"\bcp [^&]*etc/knocker-firewall\.service[^&]* /etc/systemd/system/",
+                               line)]
+        self.assertEqual(len(copies), 1, block)

@@ -4,13 +4,21 @@ administrator installs them: nft-open and its kin find knocker-nft beside
 the path they were run by, or through a link; knocker-nft finds nft on
 PATH, in order.  No nftables needed: a stand-in nft records what it is
 asked (the real thing is in tests/network/test_firewall.py).
+
+Then, with nftables in a network namespace of their own (root only): the
+list of protected ports (overlaps refused, the check holding the set to it)
+and nft's own errors passed on.
 """
 
+import json
 import os
+import secrets
 import shutil
 import subprocess
 
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.trial.unittest import SkipTest, SynchronousTestCase
+
+from tests.network import netns
 
 SCRIPTS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                        "etc", "scripts")
@@ -99,3 +107,159 @@ class ScriptLookupTests(SynchronousTestCase):
         done = self.run_script(os.path.join(SCRIPTS, "nft-open"), "192.0.2.7", search=search)
         self.assertEqual(done.returncode, 0, done.stderr)
         self.assertEqual([call[0] for call in self.called()], [first])
+
+
+def _program(name: str) -> str | None:
+    return shutil.which(name) or next(
+        (path for path in (f"/usr/sbin/{name}", f"/sbin/{name}") if os.access(path, os.X_OK)), None)
+
+
+class NamespaceTestCase(SynchronousTestCase):
+    """
+    The scripts for real, against nftables in a network namespace of the
+    test's own (the host's ruleset is never touched), as root runs them.
+    """
+
+    def setUp(self):
+        ok, reason = netns.available(need_nft=True)
+        if not ok:
+            raise SkipTest(reason)
+        self.ip, self.nft = _program("ip"), _program("nft")
+        self.ns = f"{netns.PREFIX}-{os.getpid()}-{secrets.token_hex(4)}-scripts"
+        subprocess.run([self.ip, "netns", "add", self.ns], check=True, capture_output=True,
+                       timeout=30)
+        self.addCleanup(subprocess.run, [self.ip, "netns", "del", self.ns],
+                        capture_output=True, timeout=30)
+
+    def script(self, name: str, *args: str, ports: str | None = "22,2222",
+               wrapper: tuple[str, ...] = ()):
+        """
+        etc/scripts/NAME in the namespace, with knocker.env's settings and
+        C{ports} as KNOCKER_PROTECTED_PORTS (None: unset, as by hand).
+        """
+        env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "KNOCKER_NFT_TABLE": "knocker",
+               "KNOCKER_NFT_TIMEOUT": "", "KNOCKER_NFT": ""}
+        if ports is not None:
+            env["KNOCKER_PROTECTED_PORTS"] = ports
+        return subprocess.run([self.ip, "netns", "exec", self.ns, *wrapper,
+                               os.path.join(SCRIPTS, name), *args],
+                              env=env, capture_output=True, text=True, timeout=30,
+                              stdin=subprocess.DEVNULL)
+
+    def nft_run(self, *args: str) -> str:
+        done = subprocess.run([self.ip, "netns", "exec", self.ns, self.nft, *args],
+                              capture_output=True, text=True, timeout=30, check=True)
+        return done.stdout
+
+    def ruleset(self) -> str:
+        return self.nft_run("-s", "list", "ruleset")
+
+    def elements(self, name: str) -> list:
+        """
+        What set C{name} holds, as nft reports it: 22, [6000, 6010],
+        "192.0.2.7" (comments left out).
+        """
+        found = []
+        for item in json.loads(self.nft_run("-j", "list", "set", "inet", "knocker",
+                                            name))["nftables"]:
+            for element in item.get("set", {}).get("elem", []):
+                if isinstance(element, dict) and "elem" in element:
+                    element = element["elem"]["val"]
+                found.append(element["range"] if isinstance(element, dict) else element)
+        return found
+
+    def loaded(self, ports: str = "22,2222") -> None:
+        done = self.script("nft-setup", ports=ports)
+        self.assertEqual(done.returncode, 0, done.stderr)
+
+
+class PortListTests(NamespaceTestCase):
+    def test_overlapping_ports_are_refused_before_nft(self):
+        """
+        Ports given twice or inside a range are refused with status 2 and a
+        message naming both items; the table in place stays as it was (nft
+        would refuse them too, halfway through, and leave no table at boot).
+        """
+        self.loaded()
+        before = self.ruleset()
+        for ports, named in (("22 2200-2300 2222", '"2200-2300" and "2222"'),
+                             ("22,22", '"22" and "22"'),
+                             ("6000-6010,22,6010-6020", '"6000-6010" and "6010-6020"'),
+                             ("22-22 22", '"22-22" and "22"')):
+            for name in ("nft-setup", "nft-check"):
+                done = self.script(name, ports=ports)
+                self.assertEqual(done.returncode, 2, f"{name} {ports}: {done.stdout}{done.stderr}")
+                self.assertIn(named, done.stderr)
+                self.assertIn("overlap", done.stderr)
+                self.assertEqual(self.ruleset(), before, ports)
+
+    def test_check_puts_back_the_ports_a_setup_by_hand_changed(self):
+        """
+        nft-setup run by hand without knocker.env guards port 22 alone; the
+        daemon's check (nft-check, with knocker.env) puts the configured
+        ports back and exits 10, keeping the addresses let in.  So does it
+        after the set is edited with nft.
+        """
+        self.loaded("22,2222")
+        done = self.script("nft-open", "192.0.2.7")
+        self.assertEqual(done.returncode, 0, done.stderr)
+        done = self.script("nft-setup", ports=None)
+        self.assertEqual(done.returncode, 0, done.stderr)
+        self.assertEqual(self.elements("protected_ports"), [22])
+        for change, said in (
+                (None, 'guarded ports "22" instead of KNOCKER_PROTECTED_PORTS'),
+                (["delete", "element", "inet", "knocker", "protected_ports", "{ 2222 }"],
+                 'guarded ports "22" instead of KNOCKER_PROTECTED_PORTS'),
+                (["add", "element", "inet", "knocker", "protected_ports", "{ 8080 }"],
+                 'guarded ports "22, 2222, 8080" instead of KNOCKER_PROTECTED_PORTS'),
+                (["flush", "set", "inet", "knocker", "protected_ports"], "guarded no port")):
+            if change:
+                self.nft_run(*change)
+            done = self.script("nft-check", ports="22,2222")
+            self.assertEqual(done.returncode, 10, f"{change}: {done.stdout}{done.stderr}")
+            self.assertIn(said, done.stdout)
+            self.assertIn("loaded again; protected ports: 22, 2222", done.stdout)
+            self.assertEqual(self.elements("protected_ports"), [22, 2222], change)
+            self.assertEqual(self.elements("allowed_v4"), ["192.0.2.7"], change)
+        done = self.script("nft-check", ports="22,2222")
+        self.assertEqual((done.returncode, done.stdout, done.stderr), (0, "", ""))
+
+    def test_check_is_silent_on_a_long_list_in_any_order(self):
+        """
+        The configured ports in place, however they were written (unordered,
+        ranges, more than nft shows on one line), are in place for the check:
+        it changes nothing and says nothing, so the daemon does not reload
+        every check-interval.
+        """
+        ports = "6000-6010 443 22 " + ",".join(str(port) for port in range(140, 99, -1))
+        self.loaded(ports)
+        self.assertEqual(self.elements("protected_ports"),
+                         [22, *range(100, 141), 443, [6000, 6010]])
+        before = self.ruleset()
+        done = self.script("nft-check", ports=ports)
+        self.assertEqual((done.returncode, done.stdout, done.stderr), (0, "", ""))
+        self.assertEqual(self.ruleset(), before)
+
+
+class NftErrorTests(NamespaceTestCase):
+    def test_without_cap_net_admin_nft_error_is_said(self):
+        """
+        Without CAP_NET_ADMIN the scripts still fail (open, close, list: 3;
+        setup, check: 1) and change nothing, but say nft's own error, not
+        that the table is missing.
+        """
+        if _program("setpriv") is None:
+            raise SkipTest("setpriv (util-linux) is not installed")
+        self.loaded()
+        before = self.ruleset()
+        unprivileged = ("setpriv", "--bounding-set=-net_admin", "--inh-caps=-net_admin")
+        for args, status in ((["nft-open", "192.0.2.7"], 3), (["nft-close", "192.0.2.7"], 3),
+                             (["knocker-nft", "list"], 3), (["nft-setup"], 1),
+                             (["nft-check"], 1)):
+            done = self.script(*args, wrapper=unprivileged)
+            last = done.stderr.strip().splitlines()[-1] if done.stderr.strip() else ""
+            self.assertEqual(done.returncode, status, f"{args}: {done.stderr}")
+            self.assertIn("Operation not permitted", last, args)
+            self.assertNotIn("not found", done.stderr, args)
+        self.assertEqual(self.ruleset(), before)
+        self.assertEqual(self.elements("allowed_v4"), [])
