@@ -126,6 +126,17 @@ class ObservedAudit:
             listener(entry)
         return written
 
+    def lockout(self, **fields) -> bool:
+        """
+        Listeners see every lockout (the metrics count them all, the live
+        page shows them); the log writes a source's within its budget.
+        """
+        written = self._audit.lockout(**fields)
+        entry = {"time": iso_time(self._wall()), "event": "lockout", **fields}
+        for listener in self._listeners:
+            listener(entry)
+        return written
+
     def hit(self, ip: str, src_port: int, port: int, outcome: str) -> None:
         self._audit.hit(ip, src_port, port, outcome)
         if self._on_hit is not None:

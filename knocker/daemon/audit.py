@@ -19,8 +19,10 @@ file is whole or absent, wherever it falls:
     file meanwhile).  The event is lost and counted in C{dropped}.  If
     even the cut fails, the missing rest of the line is kept (one line at
     most) and written before anything else, so the torn line is completed
-    instead of glued to the next one.  A failed C{write} (C{ENOSPC} raised)
-    wrote nothing and needs no repair.
+    instead of glued to the next one; the event then counts as written
+    (it is in the file, whole once the rest goes through), so a hit is
+    not also summarised nor an event counted in C{dropped}.  A failed
+    C{write} (C{ENOSPC} raised) wrote nothing and needs no repair.
 
 Readers use L{read_audit}, which skips only a torn last line (a crash).
 
@@ -43,7 +45,8 @@ line beyond.  This module writes what it gives, and guards the free space:
   - A hit line whose write fails is summarised instead, and summaries whose
     write fails stay in the (bounded) table for the next flush, so a full
     disk does not lose the count of hits while the process lives.
-    L{AuditLog.close} stops the flush timer and writes what is pending.
+    L{AuditLog.close} stops the flush timer and writes what is pending,
+    all of it at once (the timer's flushes write a slice a turn).
 
 Every hit is therefore in exactly one place: its own C{hit} line, the
 C{count} of a C{hits} line, or the C{count} of a C{hits-overflow} line.
@@ -55,9 +58,12 @@ an C{error} line, or the count of an C{errors} line (per address, the
 reasons as outcomes) or of the C{errors-overflow} line.  So are the LOCKED
 answers (L{AuditLog.locked}), which a locked-out source may ask for without
 end: a C{locked} line, or the count of the reason C{locked} in those
-summaries.  All other events (grant, open, fail, lockout, denied, script,
-close, start, stop, ...) are always written one by one, whatever the budget
-and the free space.
+summaries; and the lockouts of sources (L{AuditLog.lockout}), one per
+source, where a flood from fresh addresses (a new IPv6 /64 each time) is
+as many sources as hits: a C{lockout} line, or the count of the reason
+C{lockout}.  A lockout of the whole server, and all other events (grant,
+open, fail, denied, script, close, start, stop, ...), are always written
+one by one, whatever the budget and the free space.
 """
 
 import errno
@@ -67,6 +73,7 @@ import os
 from twisted.logger import Logger
 
 from knocker.core.isotime import iso_time
+from knocker.core.tracker import GLOBAL
 from knocker.daemon.hitsummary import SUMMARY_KEYS, HitSummary
 
 log = Logger()
@@ -115,9 +122,12 @@ class AuditLog:
         self._fd = os.open(path, _OPEN_FLAGS, 0o600)
         if torn is not None:
             # Keep the fragment as evidence, inside a valid line.
-            self.record("audit-repaired", fragment=torn.decode("utf-8", "replace"))
-            log.warn("audit log {path} ended in a torn line (a crash mid-write); "
-                     "kept it as an audit-repaired event", path=path)
+            fragment, size = torn
+            self.record("audit-repaired", fragment=fragment.decode("utf-8", "replace"),
+                        fragment_bytes=size)
+            log.warn("audit log {path} ended in a torn line of {size} bytes (a crash "
+                     "mid-write); kept it (its first {kept} bytes) as an audit-repaired event",
+                     path=path, size=size, kept=len(fragment))
 
     # Writing.
 
@@ -151,6 +161,22 @@ class AuditLog:
         it got a line of its own.
         """
         return self._within_errors_budget("locked", fields, fields.get("ip"), "locked")
+
+    def lockout(self, **fields) -> bool:
+        """
+        A lockout (C{ip}, C{source}, C{scope}, C{reason}, C{seconds},
+        C{step}).  The whole server's (C{source} C{*}) is rare and always
+        written.  A source's goes through the protocol errors' budget, as
+        LOCKED answers do: each fresh address of a flood can earn one,
+        so past the budget they are counted in C{errors} summaries under
+        the reason C{lockout}.  Returns whether it got a line of its own.
+        """
+        if fields.get("source") == GLOBAL:
+            if self._append(self._line("lockout", fields)):
+                return True
+            self.dropped += 1
+            return False
+        return self._within_errors_budget("lockout", fields, fields.get("ip"), "lockout")
 
     def _within_errors_budget(self, event: str, fields: dict, ip, reason: str) -> bool:
         """C{event}'s line if the errors' budget and the free space allow, else its count."""
@@ -252,6 +278,8 @@ class AuditLog:
             log.error("audit log {path}: a line was torn ({error}) and cannot be cut off "
                       "({cut_error}); its rest will be written before the next event",
                       path=self.path, error=error, cut_error=cut_error)
+            self._failed(error)
+            return True  # committed: in the file, to be completed (not counted twice)
         return self._failed(error)
 
     def _complete_torn_line(self) -> bool:
@@ -288,16 +316,16 @@ class AuditLog:
             self._check_space(now)
         self._hits.add(ip, port, outcome, now)
 
-    def _flush(self) -> None:
+    def _flush(self, at_once: bool = False) -> None:
         """
-        Write the summaries (the timer's call, and L{close}'s), after a look
-        at the free space if it is due.
+        Write the summaries (the timer's call: a slice a turn; L{close}'s:
+        C{at_once}), after a look at the free space if it is due.
         """
         now = self._now()
         if not 0.0 <= now - self._space_checked < 1.0:
             self._check_space(now)
-        self._hits.drain(self._write)
-        self._errors.drain(self._write)
+        self._hits.drain(self._write, at_once)
+        self._errors.drain(self._write, at_once)
 
     def _write(self, event: str, fields: dict) -> bool:
         return self._append(self._line(event, fields))
@@ -359,7 +387,7 @@ class AuditLog:
         Flush the pending summaries and close the file.
         """
         if self._hits.pending or self._errors.pending:
-            self._flush()
+            self._flush(at_once=True)
         lost = self._hits.close()
         if lost:
             log.error("audit log {path}: {n} summarised hits could not be written",
@@ -373,10 +401,19 @@ class AuditLog:
         os.close(self._fd)
 
 
-def _cut_torn_tail(path: str) -> bytes | None:
+#: How much of a torn last line the repair keeps as evidence.
+FRAGMENT_KEPT = 4096
+
+_CHUNK = 65536
+
+
+def _cut_torn_tail(path: str) -> tuple[bytes, int] | None:
     """
-    If the log ends without a newline (a crash mid-write), cut the fragment
-    off so that every line stays a JSON object, and return it.
+    If the log ends without a newline (a crash mid-write), cut the file
+    back to its last newline (or to nothing), so that every line stays a
+    JSON object, and return the start of what was cut (C{FRAGMENT_KEPT}
+    bytes at most: a power loss can leave any amount of zeros) and its
+    size.
     """
     try:
         handle = open(path, "r+b")
@@ -389,12 +426,19 @@ def _cut_torn_tail(path: str) -> bytes | None:
         handle.seek(size - 1)
         if handle.read(1) == b"\n":
             return None
-        start = max(0, size - 65536)
-        handle.seek(start)
-        tail = handle.read()
-        cut = tail.rfind(b"\n") + 1
-        handle.truncate(start + cut)
-        return tail[cut:]
+        cut, end = 0, size
+        while end > 0:  # back a chunk at a time: memory stays bounded
+            start = max(0, end - _CHUNK)
+            handle.seek(start)
+            newline = handle.read(end - start).rfind(b"\n")
+            if newline >= 0:
+                cut = start + newline + 1
+                break
+            end = start
+        handle.seek(cut)
+        fragment = handle.read(FRAGMENT_KEPT)
+        handle.truncate(cut)
+        return fragment, size - cut
 
 
 class MemoryAudit:
@@ -418,6 +462,10 @@ class MemoryAudit:
 
     def locked(self, **fields) -> bool:
         self.record("locked", **fields)
+        return True
+
+    def lockout(self, **fields) -> bool:
+        self.record("lockout", **fields)
         return True
 
     def of(self, event: str) -> list[dict]:

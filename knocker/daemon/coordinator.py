@@ -667,11 +667,15 @@ class KnockServer:
             # Source lockouts are saved in a batch a second: a flood from
             # many addresses costs one write a second, not one per address.
             self._lockout_flush = self._clock.callLater(LOCKOUT_FLUSH, self.save_lockouts)
-        self._audit.record("lockout", ip=lockout.ip, source=lockout.key, scope=lockout.scope,
-                           reason=lockout.reason, seconds=lockout.seconds, step=lockout.step)
-        log.warn("lockout ({scope}) of {key} for {seconds}s after {reason} from {ip}",
-                 scope=lockout.scope, key=lockout.key, seconds=lockout.seconds,
-                 reason=lockout.reason, ip=lockout.ip)
+        # A source's lockout is a line within the audit log's budget (a flood
+        # from fresh addresses starts one a hit), else counted in its
+        # summaries; the daemon's log follows suit.
+        if self._audit.lockout(ip=lockout.ip, source=lockout.key, scope=lockout.scope,
+                               reason=lockout.reason, seconds=lockout.seconds,
+                               step=lockout.step):
+            log.warn("lockout ({scope}) of {key} for {seconds}s after {reason} from {ip}",
+                     scope=lockout.scope, key=lockout.key, seconds=lockout.seconds,
+                     reason=lockout.reason, ip=lockout.ip)
 
     def _save_global(self) -> None:
         """

@@ -29,10 +29,16 @@ Every hit is accounted for, but a connect flood must not fill the disk
   - B{Low space.}  While the owner says the disk is short of space
     (L{HitSummary.set_low}), there is no budget (every hit is counted) and
     the table bound is C{LOW_SPACE_KEYS} (100) keys an interval.
-  - Summaries whose write fails stay in the (bounded) table for the next
-    interval, so a full disk does not lose the count of hits while the
-    process lives.
+  - B{Slices.}  A full table is some 10,000 lines; written in one go they
+    would hold up the reactor (and the knocks) for a noticeable time, so
+    they are written C{DRAIN_SLICE} lines a turn (C{callLater(0)}), the
+    hits of the next interval counted meanwhile in a fresh table.
+  - Summaries whose write fails go back into the (bounded) table for the
+    next interval, so a full disk does not lose the count of hits while
+    the process lives.
 """
+
+from collections import deque
 
 from knocker.core.isotime import iso_time
 
@@ -40,6 +46,8 @@ SUMMARY_INTERVAL = 10.0
 SUMMARY_KEYS = 10_000
 LOW_SPACE_KEYS = 100
 OVERFLOW_SOURCES = 10_000
+#: Summary lines written a turn of the reactor, for each table.
+DRAIN_SLICE = 1_000
 
 
 class HitSummary:
@@ -52,7 +60,9 @@ class HitSummary:
     if that fails, L{add} it after all); C{False}, L{add} it.
     C{SUMMARY_INTERVAL} seconds after the first hit added, C{due} is called
     (no arguments); it is expected to call L{drain} with a function that
-    writes one line, so the owner can do what it must first.
+    writes one line, so the owner can do what it must first.  A hit is
+    always in exactly one place: the table, the lines waiting to be
+    written (L{drain}), or a line written.
 
     The same accounting bounds the central port's protocol errors: a table
     made with C{event="errors"} and C{key_field=None} is keyed by address
@@ -83,6 +93,11 @@ class HitSummary:
         self._table: dict[tuple[str, int], list] = {}
         self._overflow: list | None = None   # [first, last, outcomes, sources]
         self._call = None
+        # Taken from the table, not yet written: (key, entry), the key None
+        # for the overflow; written a slice a turn with _write.
+        self._waiting: deque = deque()
+        self._write = None
+        self._slice_call = None
 
     def __len__(self) -> int:
         """
@@ -95,7 +110,7 @@ class HitSummary:
         """
         Whether any hit is counted and not yet written.
         """
-        return bool(self._table) or self._overflow is not None
+        return bool(self._table) or self._overflow is not None or bool(self._waiting)
 
     def take(self, now: float) -> bool:
         """
@@ -153,40 +168,111 @@ class HitSummary:
         else:
             self._burst = self._tokens = self._rate
 
-    def drain(self, write) -> None:
+    def drain(self, write, at_once: bool = False) -> None:
         """
         Write the table with C{write(event, fields)}, which returns whether
         the line was written: one C{hits} line a key, then the
-        C{hits-overflow} line (C{errors}, C{errors-overflow} for errors).  After a failed write, the rest is kept for
-        the next interval, and the timer scheduled again.
+        C{hits-overflow} line (C{errors}, C{errors-overflow} for errors).
+        The table is emptied at once (a new interval starts); its lines are
+        written C{DRAIN_SLICE} now and as many each following turn, or all
+        now if C{at_once} (at close).  After a failed write, what is left
+        goes back into the table for the next interval, and the timer is
+        scheduled again.
         """
         call, self._call = self._call, None
         if call is not None and call.active():
             call.cancel()
-        table, self._table = self._table, {}
-        overflow, self._overflow = self._overflow, None
-        failed = False
-        for key, entry in table.items():
-            first, last, outcomes = entry
-            fields = {"ip": key[0]}
-            if self._key_field is not None:
-                fields[self._key_field] = key[1]
-            fields.update(count=sum(outcomes.values()), first=iso_time(first),
-                          last=iso_time(last), outcomes=outcomes)
-            if failed or not write(self._event, fields):
-                failed = True
-                self._table[key] = entry
-        if overflow is not None:
-            first, last, outcomes, sources = overflow
+        self._waiting.extend(self._table.items())
+        if self._overflow is not None:
+            self._waiting.append((None, self._overflow))
+        self._table, self._overflow = {}, None
+        self._write = write
+        if at_once:
+            self._cancel_slice()
+            self._write_slice(None)
+        elif self._slice_call is None:  # (else the running slices write these too)
+            self._write_slice(DRAIN_SLICE)
+
+    def _next_slice(self) -> None:
+        self._slice_call = None
+        self._write_slice(DRAIN_SLICE)
+
+    def _write_slice(self, limit: int | None) -> None:
+        """
+        Write up to C{limit} (C{None}: all) waiting lines; schedule the
+        next slice if some are left, or put them back if a write failed.
+        """
+        waiting, write = self._waiting, self._write
+        written = 0
+        while waiting and (limit is None or written < limit):
+            key, entry = waiting[0]
+            if not write(*self._line(key, entry)):
+                self._put_back()
+                return
+            waiting.popleft()  # (only once written: always in one place)
+            written += 1
+        if waiting:
+            self._slice_call = self._clock.callLater(0, self._next_slice)
+        else:
+            self._write = None
+
+    def _line(self, key, entry) -> tuple[str, dict]:
+        if key is None:
+            first, last, outcomes, sources = entry
             fields = {"count": sum(outcomes.values()), "sources": len(sources),
                       "first": iso_time(first), "last": iso_time(last), "outcomes": outcomes}
             if len(sources) >= OVERFLOW_SOURCES:
                 fields["sources_capped"] = True
-            if failed or not write(self._event + "-overflow", fields):
-                self._overflow = overflow
-        if self.pending:
-            # kept for the next interval, not lost
+            return self._event + "-overflow", fields
+        first, last, outcomes = entry
+        fields = {"ip": key[0]}
+        if self._key_field is not None:
+            fields[self._key_field] = key[1]
+        fields.update(count=sum(outcomes.values()), first=iso_time(first),
+                      last=iso_time(last), outcomes=outcomes)
+        return self._event, fields
+
+    def _put_back(self) -> None:
+        """
+        A write failed: the lines not written go back into the table, merged
+        with what the new interval counted, within the table's bound (the
+        rest into the overflow), for the next interval.
+        """
+        self._cancel_slice()
+        waiting, self._waiting = self._waiting, deque()
+        self._write = None
+        table = self._table
+        for key, entry in waiting:
+            if key is None:
+                self._merge_overflow(entry)
+                continue
+            current = table.get(key)
+            if current is not None:
+                _merge(current, entry)
+            elif len(table) < self._bound:
+                table[key] = entry
+            else:
+                self._merge_overflow([entry[0], entry[1], entry[2], {key[0]}])
+        if self._call is None:
             self._call = self._clock.callLater(SUMMARY_INTERVAL, self._due)
+
+    def _merge_overflow(self, older: list) -> None:
+        overflow = self._overflow
+        if overflow is None:
+            self._overflow = older
+            return
+        _merge(overflow, older)
+        sources = overflow[3]
+        for ip in older[3]:
+            if len(sources) >= OVERFLOW_SOURCES:
+                break
+            sources.add(ip)
+
+    def _cancel_slice(self) -> None:
+        if self._slice_call is not None:
+            if self._slice_call.active():
+                self._slice_call.cancel()
+            self._slice_call = None
 
     def close(self) -> int:
         """
@@ -196,7 +282,19 @@ class HitSummary:
             if self._call.active():
                 self._call.cancel()
             self._call = None
-        lost = sum(sum(entry[2].values()) for entry in self._table.values())
-        lost += sum(self._overflow[2].values()) if self._overflow is not None else 0
-        self._table, self._overflow = {}, None
+        self._cancel_slice()
+        entries = [*self._table.values(), *(entry for _, entry in self._waiting)]
+        if self._overflow is not None:
+            entries.append(self._overflow)
+        lost = sum(sum(entry[2].values()) for entry in entries)
+        self._table, self._overflow, self._waiting, self._write = {}, None, deque(), None
         return lost
+
+
+def _merge(entry: list, other: list) -> None:
+    """Count C{other}'s hits (C{[first, last, outcomes, ...]}) in C{entry} too."""
+    entry[0] = min(entry[0], other[0])
+    entry[1] = max(entry[1], other[1])
+    outcomes = entry[2]
+    for outcome, n in other[2].items():
+        outcomes[outcome] = outcomes.get(outcome, 0) + n

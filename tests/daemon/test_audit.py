@@ -136,6 +136,57 @@ class ProtocolErrorBudgetTests(TestCase):
         self.audit.close()
 
 
+class LockoutBudgetTests(TestCase):
+    """
+    Each fresh address of a flood (a new IPv6 /64 each time) can earn a
+    lockout of its own: those lines are bounded like LOCKED answers, and
+    counted; a lockout of the whole server always has its line.
+    """
+
+    def test_a_flood_of_source_lockouts_is_bounded_and_counted(self):
+        from twisted.internet.task import Clock
+
+        from knocker.daemon.audit import AuditLog
+        from knocker.daemon.hitsummary import SUMMARY_KEYS
+
+        clock = Clock()
+        clock.advance(1764028800.0)
+        path = self.mktemp()
+        audit = AuditLog(path, clock, hit_rate=10, min_free_mib=0)
+        own_line = []
+        for n in range(20_000):  # over 2 s
+            if n == 10_000:
+                self.assertTrue(audit.lockout(ip="2001:db8:0:2710::1", source="*",
+                                              scope="global", reason="wrong-port",
+                                              seconds=60, step=0),
+                                "the server's lockout is written, budget or not")
+            own_line.append(audit.lockout(ip=f"2001:db8:0:{n:x}::1",
+                                          source=f"2001:db8:0:{n:x}::/64", scope="source",
+                                          reason="wrong-port", seconds=60, step=0))
+            clock.advance(0.0001)
+        audit.close()
+        events = strict_lines(path)
+        self.assertLessEqual(len(events), 10 + 2 * 10 + 1 + SUMMARY_KEYS + 1,
+                             "a second's worth, the rate for 2 s, the server's, the summaries")
+        lines = [e for e in events if e["event"] == "lockout"]
+        [server] = [e for e in lines if e["source"] == "*"]
+        self.assertEqual((server["scope"], server["ip"]), ("global", "2001:db8:0:2710::1"))
+        self.assertEqual(len(lines) - 1, own_line.count(True))
+        counted = sum(e["outcomes"].get("lockout", 0)
+                      for e in events if e["event"] in ("errors", "errors-overflow"))
+        self.assertEqual(len(lines) - 1 + counted, 20_000, "every source lockout accounted for")
+
+    def test_memory_audit_keeps_every_lockout(self):
+        from knocker.daemon.audit import MemoryAudit
+
+        audit = MemoryAudit()
+        self.assertTrue(audit.lockout(ip="192.0.2.1", source="192.0.2.1", scope="source",
+                                      reason="timeout", seconds=60, step=0))
+        self.assertEqual(audit.of("lockout"), [{"event": "lockout", "ip": "192.0.2.1",
+                                                "source": "192.0.2.1", "scope": "source",
+                                                "reason": "timeout", "seconds": 60, "step": 0}])
+
+
 class TornAuditTests(TestCase):
     def test_reopening_after_a_torn_line_keeps_every_line_json(self):
         from twisted.internet.task import Clock
@@ -154,6 +205,29 @@ class TornAuditTests(TestCase):
         with open(path) as handle:
             for line in handle:
                 json.loads(line)
+
+    def test_a_tail_of_zeros_is_cut_back_to_the_last_whole_line(self):
+        """
+        A power loss can leave a run of zeros and no newline at the end of
+        the file: all of it goes, every line left is JSON, and a bounded
+        piece of it is kept as evidence.
+        """
+        from twisted.internet.task import Clock
+
+        from knocker.daemon.audit import FRAGMENT_KEPT, AuditLog
+
+        path = self.mktemp()
+        with open(path, "wb") as handle:
+            handle.write(b'{"event":"start"}\n{"event":"stop"}\n' + b"\0" * 200_000)
+        audit = AuditLog(path, Clock(), min_free_mib=0)
+        audit.record("start")
+        audit.close()
+        events = read_audit(path)
+        self.assertEqual(strict_lines(path), events)
+        self.assertEqual([e["event"] for e in events], ["start", "stop", "audit-repaired", "start"])
+        self.assertEqual(events[2]["fragment"], "\0" * FRAGMENT_KEPT)
+        self.assertEqual(events[2]["fragment_bytes"], 200_000)
+        self.assertLess(os.path.getsize(path), 64 * 1024)
 
 
 def strict_lines(path: str) -> list[dict]:
@@ -394,6 +468,32 @@ class FullDiskTests(TestCase):
         events = strict_lines(self.path)
         self.assertEqual([(e["event"], e.get("index")) for e in events],
                          [("start", None), ("grant", 1), ("grant", 2)])
+
+    def test_a_line_completed_later_is_not_counted_as_lost(self):
+        """
+        A torn line whose rest is kept (the cut failed) is in the file once
+        the rest goes through: its event is not counted as dropped, and a
+        hit is not counted a second time in a summary.
+        """
+        def refuse(fd, size):
+            raise OSError(errno.EIO, "no truncating here")
+
+        self.patch(os, "ftruncate", refuse)
+        audit = self.audit
+        self.full = "short"
+        audit.record("grant", ip="192.0.2.1", client="alice", index=1)
+        self.full = None
+        audit.record("open", ip="192.0.2.1", client="alice", index=1)
+        self.clock.advance(1)
+        self.full = "short"
+        audit.hit("192.0.2.1", 40000, 20001, "progress")
+        self.full = None
+        audit.record("stop")
+        audit.close()
+        events = strict_lines(self.path)
+        self.assertEqual([e["event"] for e in events], ["grant", "open", "hit", "stop"])
+        self.assertEqual(hit_count(events), 1)
+        self.assertEqual(audit.dropped, 0)
 
 
 class SighupTests(TestCase):

@@ -8,10 +8,13 @@ HitSummary on its own.
 from twisted.internet.task import Clock
 from twisted.trial.unittest import TestCase
 
+from knocker.daemon import hitsummary
 from knocker.daemon.hitsummary import (
+    DRAIN_SLICE,
     LOW_SPACE_KEYS,
     OVERFLOW_SOURCES,
     SUMMARY_INTERVAL,
+    SUMMARY_KEYS,
     HitSummary,
 )
 from tests.daemon.test_audit import hit_count, strict_lines
@@ -323,3 +326,161 @@ class HitSummaryTests(TestCase):
         summary.add("192.0.2.1", 20000, "no-slot", 200.0)
         self.assertEqual(len(summary), LOW_SPACE_KEYS + 1)
         self.assertEqual(summary.close(), LOW_SPACE_KEYS + 11)
+
+
+class TurnClock(Clock):
+    """
+    A Clock whose delayed calls can be run one at a time, each a turn of
+    the reactor (C{advance} runs a chain of C{callLater(0)} all at once).
+    """
+
+    def turn(self) -> bool:
+        """
+        Run the earliest call that is due, if any; say whether one ran.
+        """
+        due = [call for call in self.calls if call.getTime() <= self.seconds()]
+        if not due:
+            return False
+        call = min(due, key=lambda call: call.getTime())
+        self.calls.remove(call)
+        call.called = 1
+        call.func(*call.args, **call.kw)
+        return True
+
+
+def counted(lines) -> dict:
+    """
+    The hits the summary lines account for, per (ip, port) (the overflow
+    under None).
+    """
+    from collections import Counter
+
+    counts = Counter()
+    for _event, fields in lines:
+        counts[fields.get("ip"), fields.get("port")] += fields["count"]
+    return counts
+
+
+class SlicedDrainTests(TestCase):
+    """
+    A full table is 10,000 lines and more: written in one turn it would
+    hold up the knocks, so it goes out a slice a turn, and no hit is lost
+    or counted twice on the way.
+    """
+
+    def test_a_full_table_is_written_a_slice_a_turn(self):
+        from collections import Counter
+
+        clock = TurnClock()
+        due = []
+        summary = HitSummary(clock, lambda: due.append(True), 1, now=100.0)
+        sent = Counter()
+        for i in range(SUMMARY_KEYS + 500):
+            ip = f"2001:db8::{i:x}"
+            summary.add(ip, 20000, "no-slot", 100.0)
+            sent[(ip, 20000) if i < SUMMARY_KEYS else (None, None)] += 1
+        clock.rightNow += SUMMARY_INTERVAL
+        self.assertTrue(clock.turn())
+        self.assertEqual(due, [True])
+        lines, per_turn = [], []
+
+        def write(event, fields):
+            lines.append((event, fields))
+            return True
+
+        summary.drain(write)
+        per_turn.append(len(lines))
+        # Hits keep coming between the turns: the next interval's.
+        summary.add("2001:db8::1", 20000, "locked", 111.0)
+        sent["2001:db8::1", 20000] += 1
+        while clock.turn():
+            per_turn.append(len(lines) - sum(per_turn))
+        self.assertGreater(len(per_turn), 5)
+        self.assertLessEqual(max(per_turn), DRAIN_SLICE)
+        self.assertEqual(len(lines), SUMMARY_KEYS + 1, "every key, then the overflow")
+        self.assertEqual(lines[-1][0], "hits-overflow")
+        self.assertEqual(sum(per_turn), len(lines))
+        self.assertTrue(summary.pending, "the next interval's hit, for its own flush")
+        clock.advance(SUMMARY_INTERVAL)
+        summary.drain(write)
+        self.assertEqual(lines[-1], ("hits", {
+            "ip": "2001:db8::1", "port": 20000, "count": 1,
+            "first": "1970-01-01T00:01:51.000000Z", "last": "1970-01-01T00:01:51.000000Z",
+            "outcomes": {"locked": 1}}))
+        self.assertEqual(counted(lines), sent)
+        self.assertFalse(summary.pending)
+        self.assertEqual(clock.getDelayedCalls(), [])
+
+    def test_a_write_failing_mid_drain_keeps_the_rest_once(self):
+        """
+        The disk fills between two slices while new hits are counted: what
+        was not written goes back, merged with them within the table's
+        bound, and the next flush writes each hit exactly once.
+        """
+        from collections import Counter
+
+        self.patch(hitsummary, "DRAIN_SLICE", 3)
+        clock = TurnClock()
+        summary = HitSummary(clock, lambda: None, 1, now=100.0, keys=10)
+        sent = Counter()
+        for i in range(12):
+            ip = f"192.0.2.{i}"
+            for _ in range(i + 1):
+                summary.add(ip, 20000, "no-slot", 100.0)
+                sent[(ip, 20000) if i < 10 else (None, None)] += 1
+        lines, full = [], []
+
+        def write(event, fields):
+            if full:
+                return False
+            lines.append((event, fields))
+            return True
+
+        summary.drain(write)
+        self.assertEqual(len(lines), 3)
+        # The next interval: a key still waiting to be written, and new ones
+        # that fill the table, so some put back must go to the overflow.
+        summary.add("192.0.2.9", 20000, "locked", 105.0)
+        sent["192.0.2.9", 20000] += 1
+        for i in range(8):
+            summary.add(f"198.51.100.{i}", 20000, "locked", 105.0)
+            sent[f"198.51.100.{i}", 20000] += 1
+        full.append(True)
+        self.assertTrue(clock.turn())
+        self.assertEqual(len(lines), 3, "nothing more written")
+        self.assertLessEqual(len(summary), 10, "the bound holds")
+        self.assertFalse(clock.turn(), "no slice after a failure: the next interval")
+        self.assertEqual(len(clock.getDelayedCalls()), 1)
+        full.clear()
+        clock.advance(SUMMARY_INTERVAL)
+        summary.drain(write)
+        clock.advance(0)
+        self.assertFalse(summary.pending)
+        # The table held the new interval's 9 keys: 192.0.2.3 fitted, 4 to 8
+        # went to the overflow, with the first interval's (10 and 11).
+        [overflow] = [fields for event, fields in lines if event == "hits-overflow"]
+        self.assertEqual((overflow["count"], overflow["sources"]),
+                         (5 + 6 + 7 + 8 + 9 + 11 + 12, 7))
+        written = counted(lines)
+        self.assertEqual(sum(written.values()), sum(sent.values()), "every hit, once")
+        self.assertEqual(written["192.0.2.9", 20000], 10 + 1, "one line, both intervals' hits")
+        self.assertEqual(written["192.0.2.3", 20000], 4)
+
+    def test_close_mid_drain_writes_everything_at_once(self):
+        from knocker.daemon.audit import AuditLog
+        from tests.daemon.test_audit import hit_count, strict_lines
+
+        clock = TurnClock()
+        clock.rightNow = 1764028800.0
+        path = self.mktemp()
+        audit = AuditLog(path, clock, hit_rate=1, min_free_mib=0)
+        for i in range(SUMMARY_KEYS + 2000):
+            audit.hit(f"2001:db8::{i:x}", 1, 20000, "no-slot")
+        clock.rightNow += SUMMARY_INTERVAL
+        self.assertTrue(clock.turn())
+        self.assertEqual(len(strict_lines(path)), 1 + DRAIN_SLICE, "the hit line, a slice")
+        audit.close()
+        self.assertEqual(clock.getDelayedCalls(), [])
+        events = strict_lines(path)
+        self.assertEqual(len(events), 1 + SUMMARY_KEYS + 1)
+        self.assertEqual(hit_count(events), SUMMARY_KEYS + 2000)
