@@ -1,11 +1,31 @@
 """
-Reading the audit log with its rotated files (etc/knocker.logrotate:
+Reading the audit log with its rotations (etc/knocker.logrotate:
 C{audit.log.1}, then C{audit.log.2.gz} ... C{audit.log.30.gz}), oldest first.
+
+The console reads them inside the daemon (in a thread), so a damaged or
+hostile file must cost neither the daemon's memory nor the whole read: a
+file that cannot be read on (a truncated or corrupt C{.gz}, an I/O error)
+is read up to there and the others still are; a line longer than
+C{MAX_LINE} (no line the daemon writes comes near) is skipped piece by
+piece rather than held whole; a file that vanished since the listing (a
+rotation under way) is left out.  What was left out is logged and listed
+in L{AuditLines.problems}, which a report shows.
 """
 
 import gzip
 import os
 import re
+import zlib
+
+from twisted.logger import Logger
+
+log = Logger()
+
+#: The longest line read, in bytes; longer ones are skipped.
+MAX_LINE = 1024 * 1024
+
+#: At most this many problems are listed; more are only counted.
+MAX_PROBLEMS = 20
 
 
 def audit_files(path: str) -> list[str]:
@@ -30,14 +50,72 @@ def audit_files(path: str) -> list[str]:
     return files
 
 
-def audit_lines(path: str, since_epoch: float | None = None):
+class AuditLines:
     """
-    Every line of the log and its rotations, oldest first, as bytes; a
-    file last written before C{since_epoch} is not opened at all.
+    Every line of the log and its rotations, oldest first, as bytes (each
+    ending in a newline but perhaps the last of a file); a file last
+    written before C{since_epoch} is not opened at all.  Iterate once.
     """
-    for name in audit_files(path):
-        if since_epoch is not None and os.path.getmtime(name) < since_epoch:
-            continue
-        opener = gzip.open if name.endswith(".gz") else open
-        with opener(name, "rb") as handle:
-            yield from handle
+
+    def __init__(self, path: str, since_epoch: float | None = None):
+        self.path = path
+        self.since_epoch = since_epoch
+        self._problems: list[str] = []
+        self._more_problems = 0
+
+    @property
+    def problems(self) -> list[str]:
+        """
+        What was left out so far, a sentence each (C{MAX_PROBLEMS} at most,
+        then how many more).
+        """
+        more = [f"and {self._more_problems} more"] if self._more_problems else []
+        return self._problems + more
+
+    def __iter__(self):
+        for name in audit_files(self.path):
+            try:
+                if self.since_epoch is not None and os.path.getmtime(name) < self.since_epoch:
+                    continue
+                opener = gzip.open if name.endswith(".gz") else open
+                handle = opener(name, "rb")
+            except FileNotFoundError:
+                continue  # rotated away since the listing
+            except OSError as error:
+                self._problem(name, f"cannot be read ({error})")
+                continue
+            with handle:
+                yield from self._lines(name, handle)
+
+    def _lines(self, name: str, handle):
+        readline = handle.readline
+        skipped = 0
+        try:
+            while True:
+                line = readline(MAX_LINE)
+                if len(line) == MAX_LINE and not line.endswith(b"\n"):
+                    skipped += 1
+                    while len(line) == MAX_LINE and not line.endswith(b"\n"):
+                        line = readline(MAX_LINE)  # the rest of it, dropped
+                    continue
+                if not line:
+                    break
+                yield line
+        except (OSError, EOFError, zlib.error) as error:
+            self._problem(name, f"read only in part ({type(error).__name__}: {error})")
+        if skipped:
+            self._problem(name, f"{skipped} line(s) over {MAX_LINE} bytes skipped")
+
+    def _problem(self, name: str, what: str) -> None:
+        log.warn("audit log {name}: {what}", name=name, what=what)
+        if len(self._problems) < MAX_PROBLEMS:
+            self._problems.append(f"{os.path.basename(name)}: {what}")
+        else:
+            self._more_problems += 1
+
+
+def audit_lines(path: str, since_epoch: float | None = None) -> AuditLines:
+    """
+    The lines of the log and its rotations, oldest first (L{AuditLines}).
+    """
+    return AuditLines(path, since_epoch)

@@ -1,7 +1,9 @@
 """
 The audit page's question: which events match an address, a client, an
 event name and a time range, newest first, one page at a time.  Pure:
-lines in, a page of events out.
+lines in, a page of events out.  A line that is not what the daemon
+writes (not a JSON object; a time, event, address or client that is not
+text) is skipped, so a damaged log still has its other events found.
 """
 
 import json
@@ -34,7 +36,14 @@ def query(lines, ip: str = "", client: str = "", event: str = "", since: str = "
             continue  # cheap test before parsing
         try:
             entry = json.loads(line)
-        except ValueError:
+        except (ValueError, RecursionError):  # (deep nesting: not the daemon's)
+            continue
+        if not isinstance(entry, dict):
+            continue
+        when = entry.get("time", "")
+        if type(when) is not str or type(entry.get("event", "")) is not str:
+            continue
+        if not _text_or_none(entry.get("ip")) or not _text_or_none(entry.get("client")):
             continue
         if ip and entry.get("ip") != ip and entry.get("source") != ip:
             continue
@@ -42,7 +51,6 @@ def query(lines, ip: str = "", client: str = "", event: str = "", since: str = "
             continue
         if event and entry.get("event") != event:
             continue
-        when = entry.get("time", "")
         if since and when < since:
             continue
         if until and when[:len(until)] > until:
@@ -51,3 +59,7 @@ def query(lines, ip: str = "", client: str = "", event: str = "", since: str = "
         total += 1
     newest_first = list(reversed(matches))
     return newest_first[(page - 1) * per_page:page * per_page], total
+
+
+def _text_or_none(value) -> bool:
+    return value is None or type(value) is str

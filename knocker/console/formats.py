@@ -44,6 +44,8 @@ def as_text(report) -> str:
     totals = data["totals"]
     lines = [f"audit log from {data['first'] or '-'} to {data['last'] or '-'}: "
              f"{data['events']} events, per {data['bucket']}",
+             *(f"not counted (the figures may be short): {problem}"
+               for problem in data["problems"]),
              f"{'start':<14} {'opens':>7} {'failures':>9} {'lockouts':>9} {'denials':>8} "
              f"{'hits':>9}"]
     for row in data["rows"]:
@@ -83,7 +85,10 @@ def table_html(report) -> str:
                       for s in data["top_sources"]) or "<li>none</li>"
     clients = "".join(f"<li>{escape(str(c['client']))}: {c['events']}</li>"
                       for c in data["top_clients"]) or "<li>none</li>"
-    return (f'<div class="scroll"><table>'
+    problems = "".join(f"<li>{escape(problem)}</li>" for problem in data["problems"])
+    if problems:
+        problems = f"<p>Not counted (the figures may be short):</p><ul>{problems}</ul>"
+    return (f'{problems}<div class="scroll"><table>'
             f"<thead><tr>{head}</tr></thead><tbody>"
             f"{''.join(rows)}"
             f"</tbody></table></div><h2>Top sources</h2><ol>{sources}</ol>"

@@ -5,8 +5,12 @@ top sources and clients.  Pure: lines or events in, a L{Report} out; the
 reports page and C{knocker report} both call L{summarise}.
 
 Events are read as the audit log writes them: a C{hit} line is one hit, a
-C{hits} or C{hits-overflow} summary counts C{count} hits, so the totals
-match what the daemon saw even through a flood.
+C{hits} or C{hits-overflow} summary counts C{count} hits, and the reason
+C{lockout} of an C{errors} or C{errors-overflow} summary counts that many
+lockouts, so the totals match what the daemon saw even through a flood.
+A line that is not what the daemon writes (not JSON, not an object, a
+field of the wrong type) is skipped: the log may be damaged, or written
+to by someone else, and a report must still come out.
 """
 
 import heapq
@@ -40,9 +44,11 @@ class TopCounts:
     between C{kept} and twice as many keys: past that, every count loses
     the (C{kept}+1)th largest count and the keys left at zero go.  Each
     such cut removes at least C{kept}+1 times what it adds to C{short_by},
-    so a count is short by at most C{short_by} <= events / (C{kept}+1),
-    and any key with more events than that is still counted.  Exact (and
-    C{short_by} 0) while there are no more than twice C{kept} keys.
+    so a count is short by at most C{short_by} <= W / (C{kept}+1), where
+    W is the weight added in all (the sum of the C{n}s: a C{hits} line
+    adds its count, not one), and any key with more than C{short_by} is
+    still counted.  Exact (and C{short_by} 0) while there are no more
+    than twice C{kept} keys.
     """
 
     def __init__(self, kept: int = TOP_KEPT):
@@ -103,6 +109,7 @@ class Report:
         self.last: str | None = None
         self.events = 0
         self.knocks_left: list[dict] = []
+        self.problems: list[str] = []  # what could not be read (damaged files)
 
     def add_clients(self, states, seconds: float) -> None:
         """
@@ -139,6 +146,8 @@ class Report:
             "top_sources_short_by": self.sources.short_by,
             "top_clients_short_by": self.clients.short_by,
             "knocks_left": self.knocks_left,
+            # Files, or parts of them, left out: the figures may be short.
+            "problems": self.problems,
         }
 
 
@@ -146,7 +155,9 @@ def summarise(lines, bucket: str = "hour", since: str | None = None) -> Report:
     """
     A L{Report} of C{lines} (audit-log lines as bytes, or events as dicts), counting only events at or after C{since} (an ISO time string,
     compared as text, which is time order for the log's one format).
-    Lines that are not JSON (a torn last line) are skipped.
+    Lines that are not the daemon's (a torn last line, damage) are
+    skipped.  If C{lines} has C{problems} (L{knocker.console.auditfiles.
+    audit_lines}: files it could not read whole), the report has them too.
     """
     width = BUCKETS[bucket]
     report = Report(bucket)
@@ -159,7 +170,6 @@ def summarise(lines, bucket: str = "hour", since: str | None = None) -> Report:
         hit_from = None
         if isinstance(line, dict):
             event = line
-            when = event.get("time")
         elif line.startswith(_HIT, _HIT_AT) and line[:9] == b'{"time":"':
             # A hit line as the daemon writes it (most of a scanned log):
             # its time and address by position, without a JSON parse.
@@ -171,9 +181,26 @@ def summarise(lines, bucket: str = "hour", since: str | None = None) -> Report:
         else:
             try:
                 event = loads(line)
-            except ValueError:
+            except (ValueError, RecursionError):  # (deep nesting: not the daemon's)
                 continue
+            if not isinstance(event, dict):
+                continue
+        if hit_from is None:
             when = event.get("time")
+            kind = event.get("event")
+            ip = event.get("ip")
+            client = event.get("client")
+            if not (ip is None or type(ip) is str) or not (client is None or type(client) is str):
+                continue
+            if kind == "hits" or kind == "hits-overflow":
+                n = event.get("count", 0)
+                if type(n) is not int or n < 0:
+                    continue
+            elif kind == "errors" or kind == "errors-overflow":
+                outcomes = event.get("outcomes")
+                n = outcomes.get("lockout", 0) if isinstance(outcomes, dict) else 0
+                if type(n) is not int or n < 0:
+                    continue
         if not isinstance(when, str) or (since is not None and when < since):
             continue
         count += 1
@@ -188,24 +215,30 @@ def summarise(lines, bucket: str = "hour", since: str | None = None) -> Report:
             row.hits += 1
             count_source(hit_from)
             continue
-        kind = event.get("event")
-        ip = event.get("ip")
         if kind == "hit":
             row.hits += 1
-            count_source(ip)
+            if ip is not None:
+                count_source(ip)
             continue
         if kind == "hits" or kind == "hits-overflow":
-            n = event.get("count", 0)
             row.hits += n
             if ip is not None:
                 count_source(ip, n)
             continue
-        client = event.get("client")
+        if kind == "errors" or kind == "errors-overflow":
+            # Source lockouts past the audit log's budget (protocol errors
+            # and LOCKED answers, counted there too, are not figures here).
+            if n:
+                row.lockouts += n
+                if ip is not None:
+                    count_source(ip, n)
+            continue
         if kind == "open":
             row.opens += 1
         elif kind == "fail":
             row.failures += 1
-            row.reasons[event.get("reason", "?")] += 1
+            reason = event.get("reason", "?")
+            row.reasons[reason if type(reason) is str else "?"] += 1
         elif kind == "lockout":
             row.lockouts += 1
         elif kind == "denied":
@@ -219,6 +252,7 @@ def summarise(lines, bucket: str = "hour", since: str | None = None) -> Report:
         if client is not None:
             count_client(client)
     report.first, report.last, report.events = first, last, count
+    report.problems = list(getattr(lines, "problems", ()))
     return report
 
 

@@ -216,6 +216,39 @@ class BoundedTopsTests(SynchronousTestCase):
         self.assertIn(f"may be short by up to {short_by}", FORMATS["text"](report))
         self.assertIn(f"may be short by up to {short_by}", FORMATS["html"](report))
 
+    def test_short_by_holds_for_summary_lines(self):
+        """
+        A hits line adds its count to a source, not one: the bound on how
+        short a count is follows the hits counted, not the lines, and a
+        source with more than short_by is listed within it.
+        """
+        from collections import Counter
+
+        from knocker.console.report import TOP_KEPT
+
+        lines, exact = [], Counter()
+        for n in range(2 * TOP_KEPT + 1):
+            ip = f"2001:db8::{n:x}"
+            lines.append(line("2027-01-15T08:00:10.000000Z", "hits", ip=ip, port=1, count=100))
+            exact[ip] += 100
+            if n == TOP_KEPT:
+                lines.append(line("2027-01-15T08:00:10.000000Z", "hits", ip="198.51.100.9",
+                                  port=1, count=150))
+                exact["198.51.100.9"] += 150
+        report = summarise(lines)
+        data = report.as_dict()
+        short_by = data["top_sources_short_by"]
+        self.assertGreater(short_by, data["events"] // (TOP_KEPT + 1),
+                           "more than the lines / 10,001 (the old wording)")
+        self.assertLessEqual(short_by, sum(exact.values()) // (TOP_KEPT + 1))
+        listed = dict(report.sources.most_common(len(exact)))
+        for ip, true in exact.items():
+            if true > short_by:
+                self.assertIn(ip, listed)
+                self.assertTrue(true - short_by <= listed[ip] <= true)
+        self.assertIn("198.51.100.9", listed, "150 hits, more than short_by")
+        self.assertIn(f"may be short by up to {short_by}", FORMATS["text"](report))
+
     def test_counts_are_exact_below_the_bound(self):
         report = summarise(DAY)
         data = report.as_dict()
@@ -250,3 +283,145 @@ class BoundedTopsTests(SynchronousTestCase):
             self.assertLessEqual(summary.short_by, sum(exact.values()) // (kept + 1))
 
         check()
+
+
+class LockoutFloodTests(SynchronousTestCase):
+    """
+    Source lockouts past the audit log's budget are only counted in its
+    errors summaries: the report still counts every one.
+    """
+
+    def test_every_lockout_of_a_flood_is_counted(self):
+        from twisted.internet.task import Clock
+
+        from knocker.daemon.audit import AuditLog
+
+        clock = Clock()
+        clock.advance(1_800_000_000.0)
+        path = self.mktemp()
+        audit = AuditLog(path, clock, hit_rate=10, min_free_mib=0)
+        for n in range(20_000):  # over 2 s
+            audit.lockout(ip=f"2001:db8:0:{n:x}::1", source=f"2001:db8:0:{n:x}::/64",
+                          scope="source", reason="wrong-port", seconds=60, step=0)
+            clock.advance(0.0001)
+        audit.lockout(ip="192.0.2.1", source="*", scope="global", reason="wrong-port",
+                      seconds=60, step=0)
+        audit.close()
+        with open(path, "rb") as handle:
+            lines = handle.readlines()
+        self.assertLess(len(lines), 20_000, "the flood was summarised")
+        report = summarise(lines)
+        self.assertEqual(report.totals().lockouts, 20_001)
+
+    def test_summary_lines_count_their_lockouts_only(self):
+        lines = [
+            line("2027-01-15T08:00:10.000000Z", "errors", ip="198.51.100.9", count=10,
+                 outcomes={"lockout": 7, "locked": 2, "malformed": 1}),
+            line("2027-01-15T08:00:10.000000Z", "errors", ip="203.0.113.5", count=4,
+                 outcomes={"malformed": 4}),
+            line("2027-01-15T08:00:10.000000Z", "errors-overflow", count=9, sources=3,
+                 outcomes={"lockout": 5, "locked": 4}),
+        ]
+        data = summarise(lines).as_dict()
+        self.assertEqual(data["totals"]["lockouts"], 12)
+        self.assertEqual(data["top_sources"], [{"source": "198.51.100.9", "events": 7}])
+
+
+class DamagedLogTests(SynchronousTestCase):
+    """
+    The console reads the log inside the daemon: a damaged or hostile log
+    must give a report and a search of what can be read, not an error.
+    """
+
+    # Not an event as the daemon writes one: skipped by reports and searches.
+    SHAPELESS = [
+        b"[1]\n", b"null\n", b'"text"\n', b"[" * 100_000 + b"\n",
+        line(5, "open", ip="192.0.2.66"),
+        line("2027-01-15T08:00:00.000000Z", 7, ip="192.0.2.66"),
+        line("2027-01-15T08:00:00.000000Z", "hit", ip=["192.0.2.66"]),
+        line("2027-01-15T08:00:00.000000Z", "open", ip={"a": 1}, client="alice"),
+        line("2027-01-15T08:00:00.000000Z", "grant", ip="192.0.2.66", client=["x"]),
+    ]
+    # Counts that are not counts: nothing a report can add up.
+    MISCOUNTED = [
+        line("2027-01-15T08:00:00.000000Z", "hits", ip="192.0.2.66", count="many"),
+        line("2027-01-15T08:00:00.000000Z", "hits", ip="192.0.2.66", count=[1]),
+        line("2027-01-15T08:00:00.000000Z", "hits", ip="192.0.2.66", count=True),
+        line("2027-01-15T08:00:00.000000Z", "errors", ip="192.0.2.66", outcomes={"lockout": "x"}),
+        line("2027-01-15T08:00:00.000000Z", "errors", ip="192.0.2.66", outcomes=[1]),
+    ]
+
+    def test_a_report_skips_what_the_daemon_does_not_write(self):
+        lines = DAY[:3] + self.SHAPELESS + self.MISCOUNTED + DAY[3:]
+        data = summarise(lines).as_dict()
+        self.assertEqual(data["totals"], summarise(DAY).as_dict()["totals"])
+        self.assertEqual(data["top_sources"], summarise(DAY).as_dict()["top_sources"])
+        odd_reason = line("2027-01-15T08:00:00.000000Z", "fail", ip="192.0.2.1",
+                          client="alice", reason=["timeout"])
+        self.assertEqual(summarise([odd_reason]).totals().reasons, {"?": 1})
+
+    def test_a_search_skips_what_the_daemon_does_not_write(self):
+        lines = DAY[:3] + self.SHAPELESS + DAY[3:]
+        self.assertEqual(query(lines), query(DAY))
+        self.assertEqual(query(lines, ip="192.0.2.66"), ([], 0))
+        self.assertEqual(query(lines, since="2027-01-16"), query(DAY, since="2027-01-16"))
+
+    def folder(self) -> str:
+        folder = self.mktemp()
+        os.makedirs(folder)
+        return os.path.join(folder, "audit.log")
+
+    def test_a_truncated_rotation_is_read_up_to_the_damage(self):
+        path = self.folder()
+        with gzip.open(path + ".3.gz", "wb") as handle:
+            handle.write(DAY[0])
+        with gzip.open(path + ".2.gz", "wb") as handle:
+            handle.write(b"".join(DAY[1:3]) + os.urandom(100_000))  # (not compressible)
+        with open(path + ".2.gz", "r+b") as handle:
+            handle.truncate(os.path.getsize(path + ".2.gz") // 2)
+        with open(path, "wb") as handle:
+            handle.write(DAY[3])
+        lines = audit_lines(path)
+        read = list(lines)
+        self.assertEqual(read[:3], DAY[:3], "what the damaged file holds before the damage")
+        self.assertEqual(read[-1], DAY[3], "the files after it")
+        [problem] = lines.problems
+        self.assertIn("audit.log.2.gz", problem)
+        report = summarise(audit_lines(path))
+        self.assertEqual(report.totals().lockouts, 1)
+        text = FORMATS["text"](report)
+        self.assertIn("not counted (the figures may be short): audit.log.2.gz", text)
+        self.assertIn("audit.log.2.gz", FORMATS["html"](report))
+        self.assertEqual(json.loads(FORMATS["json"](report))["problems"], [problem])
+
+    def test_an_endless_line_is_skipped_not_held(self):
+        from knocker.console.auditfiles import MAX_LINE
+
+        path = self.folder()
+        with open(path, "wb") as handle:
+            handle.write(DAY[0] + b"x" * (3 * MAX_LINE + 17) + b"\n" + DAY[1])
+        lines = audit_lines(path)
+        read = list(lines)
+        self.assertEqual(read, DAY[:2])
+        self.assertIn("1 line(s) over", lines.problems[0])
+
+    def test_a_rotation_gone_since_the_listing_is_left_out(self):
+        path = self.folder()
+        for suffix, data in ((".2.gz", DAY[0]), (".1", DAY[1]), ("", DAY[2])):
+            with (gzip.open if suffix.endswith(".gz") else open)(path + suffix, "wb") as handle:
+                handle.write(data)
+        listdir = os.listdir
+
+        def rotated_meanwhile(directory):
+            names = listdir(directory)
+            if os.path.exists(path + ".2.gz"):
+                os.remove(path + ".2.gz")  # logrotate's oldest, gone
+            return names
+
+        self.patch(os, "listdir", rotated_meanwhile)
+        self.assertEqual(list(audit_lines(path)), DAY[1:3])
+        os.remove(path + ".1")
+        with open(path + ".1", "wb"):
+            pass
+        self.patch(os, "listdir", lambda directory: listdir(directory) + ["audit.log.5.gz"])
+        self.assertEqual(list(audit_lines(path, since_epoch=0)), [DAY[2]])
