@@ -224,6 +224,18 @@ class PortListTests(NamespaceTestCase):
         done = self.script("nft-check", ports="22,2222")
         self.assertEqual((done.returncode, done.stdout, done.stderr), (0, "", ""))
 
+    def test_a_check_without_the_ports_set_never_shrinks_the_list(self):
+        """
+        A daemon started without knocker.env (by hand, or an action-env
+        that leaves KNOCKER_PROTECTED_PORTS out) runs nft-check without the
+        ports: the default 22 must not replace a longer list, which would
+        open the others.
+        """
+        self.loaded("22,2222")
+        done = self.script("nft-check", ports=None)
+        self.assertEqual((done.returncode, done.stdout, done.stderr), (0, "", ""))
+        self.assertEqual(self.elements("protected_ports"), [22, 2222])
+
     def test_check_is_silent_on_a_long_list_in_any_order(self):
         """
         The configured ports in place, however they were written (unordered,
