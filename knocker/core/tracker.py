@@ -154,6 +154,10 @@ class Tracker:
         self._policy = policy
         self.observer = observer
         self._slots: dict[str, Slot] = {}
+        # Address -> deadline of a knock ended from outside (L{end}): its
+        # client is still knocking the ports it was granted, which are no
+        # one's failures until that knock's window is over.
+        self._ended: dict[str, float] = {}
         self.source_of = SourceKeys(policy.prefix6)
         self._never_lock = Networks(policy.never_lock)
         self._global_until = 0.0
@@ -256,6 +260,7 @@ class Tracker:
         if self.refusal(ip) is not None:
             raise RuntimeError(f"grant for {ip} while refused")
         now = self._clock.seconds()
+        self._ended.pop(ip, None)
         slot = Slot(ip, client, index, ports, now + self._policy.window)
         slot.timer = self._clock.callLater(self._policy.window, self._timed_out, slot)
         self._slots[ip] = slot
@@ -269,6 +274,8 @@ class Tracker:
             return HitVerdict.LOCKED
         slot = self._slots.get(ip)
         if slot is None or slot.acting:
+            if self._ended and self._ended.get(ip, 0.0) > self._clock.seconds():
+                return HitVerdict.NO_SLOT  # the rest of a knock ended by L{end}
             self._failed(ip, "no-slot", in_knock=False)
             return HitVerdict.NO_SLOT
         if self._clock.seconds() >= slot.deadline:
@@ -307,6 +314,9 @@ class Tracker:
         nothing wrong.  A completed (acting) slot is left to its action.
         """
         if not slot.acting and self._slots.get(slot.ip) is slot:
+            now = self._clock.seconds()
+            self._ended = {ip: at for ip, at in self._ended.items() if at > now}
+            self._ended[slot.ip] = slot.deadline
             self._end(slot, reason)
 
     def abandon(self, slot: Slot) -> None:

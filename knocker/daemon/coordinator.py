@@ -302,6 +302,14 @@ class KnockServer:
             return hs.Error("server-error")
         if self._stopped:
             return hs.Error("shutting-down")
+        if self.is_revoked(state):
+            # Revoked while the burn was in the database: a GRANT now would
+            # hold a place no revocation ends.  No failed attempt: the
+            # client did nothing wrong when it sent its PROOF.
+            self._audit.record("denied", ip=ip, client=client, reason="revoked")
+            log.warn("denied {client} from {ip}: revoked while its knock was burned",
+                     client=client, ip=ip)
+            return hs.Denied()
         refusal = self.tracker.refusal(ip)
         if refusal is not None:
             self._audit.record(refusal.kind, ip=ip, client=client, index=index,

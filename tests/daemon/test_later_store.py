@@ -140,6 +140,25 @@ class LaterStoreTests(SynchronousTestCase):
         self.assertNotIn(b"GRANT", transport.value())
         self.assertEqual(h.audit.of("error")[0]["reason"], "client-file")
 
+    def test_revoked_while_the_burn_is_in_the_database_grants_nothing(self):
+        """
+        A fleet: the revocation comes between the lookup and the burn's
+        answer.  No GRANT (its slot would hold the server's place with no
+        revocation left to end it), DENIED, and no lockout.
+        """
+        h, later = later_harness(self, clients=("alice", "bob"))
+        later.held = True
+        line, proto, transport, nonce = h.handshake()
+        later.release()  # the lookup: not revoked yet
+        h.server.revoke("alice")  # its own lookup waits behind the burn
+        later.waiting.pop(1)[0].callback(h.store.client("alice"))  # the revoke's lookup first
+        later.release()  # then the burn
+        h.clock.advance(1)  # (a DENIED goes out at its fixed moment)
+        self.assertEqual(transport.value(), b"DENIED\n")
+        self.assertEqual(h.server.tracker.slots(), [])
+        self.assertEqual(h.audit.of("denied")[-1]["reason"], "revoked")
+        self.assertEqual(h.tracker_lockouts(), {})
+
     def test_client_gone_before_the_lookup_answered_burns_nothing(self):
         h, later = later_harness(self)
         later.held = True
