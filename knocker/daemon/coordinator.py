@@ -845,10 +845,18 @@ class KnockServer:
 
         # Not saved from now on: a batch taken while the state lifts it
         # would bring it back (the state writes them in the order asked).
+        # If the lift fails they are saved again, as still in force.
         self.tracker.unsaved(key)
-        done = self._store.lift_lockouts(key)
+        try:
+            done = self._store.lift_lockouts(key)
+        except Exception:
+            self.tracker.changed_again(held)
+            raise
         if isinstance(done, Deferred):
-            return done.addCallback(lift)
+            def not_lifted(failure):
+                self.tracker.changed_again(held)
+                return failure
+            return done.addCallbacks(lift, not_lifted)
         return lift()
 
     def revoke(self, client: str):

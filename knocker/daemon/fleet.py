@@ -50,6 +50,10 @@ THREADS = 4
 #: that fell behind (or stopped answering) must not let them queue without
 #: bound.  The knock then gets ERROR server-error, as without a database.
 MAX_CALLS = 256
+#: Lockout writes (batches, the server's lockout, lifts) waiting their
+#: turn, past which one fails at once: a database that fell behind must
+#: not make an operator's lift wait minutes behind a queue of batches.
+MAX_LOCKOUT_WRITES = 16
 #: Seconds a call may take before its knock is answered ERROR server-error:
 #: a database frozen behind a kernel that still ACKs (a paused machine, a
 #: stalled disk) trips no socket timeout, and the client would get silence.
@@ -293,6 +297,7 @@ class ThreadedStore:
         self._closes: dict[int, PendingClose] = {}
         self._earlier_closes_read = False  # see pending_closes
         self._lockout_writes = DeferredLock()  # see _in_order
+        self._lockout_queue = 0
         self._pool = _DatabaseThreads(minthreads=1, maxthreads=threads, name="knocker-db")
         self._pool.start()
         self._closed = False
@@ -300,13 +305,16 @@ class ThreadedStore:
         # However the daemon ends, its threads must not keep the process alive.
         reactor.addSystemEventTrigger("after", "shutdown", self._stop_threads)
 
-    def _defer(self, function, *args) -> Deferred:
+    def _defer(self, function, *args, left: Deferred | None = None) -> Deferred:
         """
         C{function(*args)} in a database thread; fails with L{StateError}
         at once when L{MAX_CALLS} are waiting, or after the deadline
-        without an answer.
+        without an answer.  C{left}, if given, fires once the thread is out
+        of the call (or it never started), whatever the deadline did.
         """
         if self.calls >= self._most:
+            if left is not None:
+                left.callback(None)
             return fail(StateError(f"database: {self.calls} calls already waiting for it"))
         self.calls += 1
         late = []  # set when the deadline passed first
@@ -315,7 +323,7 @@ class ThreadedStore:
             try:
                 return function(*args)
             finally:
-                self._reactor.callFromThread(self._ended, late)
+                self._reactor.callFromThread(self._ended, late, left)
 
         d = deferToThreadPool(self._reactor, self._pool, run)
         return d.addTimeout(self._deadline, self._reactor, onTimeoutCancel=self._late(late))
@@ -330,8 +338,10 @@ class ThreadedStore:
             raise StateError(f"database: no answer within {timeout:g}s")
         return overdue
 
-    def _ended(self, late: list) -> None:
+    def _ended(self, late: list, left: Deferred | None = None) -> None:
         self.calls -= 1
+        if left is not None:
+            left.callback(None)
         if late:
             self._overdue -= 1
             if not self._overdue:
@@ -343,8 +353,27 @@ class ThreadedStore:
         they were asked for: with several threads, an operator's lift
         could otherwise commit before a batch of saves asked for earlier,
         whose rows would then bring the lockout back on every gateway.
+        The next starts only when the thread has left the last, even past
+        its deadline (the caller hears of that at the deadline); past
+        L{MAX_LOCKOUT_WRITES} waiting, a write fails at once (a batch is
+        saved again later, a lift can be asked again).
         """
-        return self._lockout_writes.run(self._defer, function, *args)
+        if self._lockout_queue >= MAX_LOCKOUT_WRITES:
+            return fail(StateError(f"database: {self._lockout_queue} lockout writes already "
+                                   f"waiting for it"))
+        self._lockout_queue += 1
+        answer = Deferred()
+
+        def write():
+            left = Deferred()
+            self._defer(function, *args, left=left).chainDeferred(answer)
+            return left
+
+        def done(_):
+            self._lockout_queue -= 1
+
+        self._lockout_writes.run(write).addBoth(done)
+        return answer
 
     def _background(self, what: str, function, *args) -> None:
         d = self._defer(function, *args)

@@ -165,6 +165,36 @@ class LockoutWriteOrderTests(TestCase):
                                     ("set", "*")])
 
 
+    async def test_the_order_holds_past_a_deadline_and_the_queue_is_bounded(self):
+        """
+        A batch past its deadline has failed for its caller, but its thread
+        may still commit: the lift waits for that thread, not for the
+        deadline.  And lockout writes waiting their turn are bounded, so a
+        lift behind a stuck database fails at once instead of minutes later.
+        """
+        from knocker.daemon.fleet import MAX_LOCKOUT_WRITES
+
+        db = SlowSaves()
+        self.addCleanup(db.go.set)
+        store = ThreadedStore(db, reactor, threads=4, deadline=0.3)
+        self.addCleanup(store.close)
+        saving = store.save_lockouts({"192.0.2.1": 2e9})
+        lifting = store.lift_lockouts("192.0.2.1")
+        with self.assertRaises(StateError):
+            await saving  # past its deadline, the thread still in the call
+        queued = [store.save_lockouts({f"192.0.2.{n}": 2e9}) for n in range(2, 40)]
+        failed_at_once = [d for d in queued if d.called]
+        self.assertEqual(len(failed_at_once), len(queued) - (MAX_LOCKOUT_WRITES - 2))
+        for d in queued:
+            d.addErrback(lambda failure: None)
+        self.assertEqual(db.order, [])
+        db.go.set()
+        await lifting
+        self.assertEqual(db.order[:2], [("save", ["192.0.2.1"]), ("lift", "192.0.2.1")])
+        for d in queued:
+            await d  # the rest run in turn
+
+
 class LostBetweenReads:
     """
     A gateway's raw store as the database restarts under it: the revoked

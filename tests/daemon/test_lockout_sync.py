@@ -247,6 +247,18 @@ class SaveAgainTests(SynchronousTestCase):
         self.assertEqual(list(h.server.tracker.lockouts()), ["192.0.2.2"])
 
 
+    def test_a_lift_the_state_refuses_leaves_the_lockout_to_be_saved(self):
+        h = Harness(self, lockout_scope="source")
+        saved = []
+        h.server._store.save_lockouts = lambda lockouts, steps=None: (
+            saved.append(sorted(lockouts)) or succeed(None))
+        h.server._store.lift_lockouts = lambda key=None: fail(StateError("the database is gone"))
+        h.server.tracker.failed_attempt("192.0.2.1", "denied")
+        self.failureResultOf(h.server.lift("192.0.2.1"), StateError)
+        h.clock.advance(1)
+        self.assertEqual(saved, [["192.0.2.1"]], "still in force here: saved as ever")
+
+
 class LiftAndRevokeNoticeTests(SynchronousTestCase):
     """
     The console's changes made on another gateway: a lift notice lifts
