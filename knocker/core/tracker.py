@@ -175,11 +175,13 @@ class Tracker:
         Seconds of lockout left for C{ip} (0 when it may knock).
         """
         until = self._global_until
-        entry = self._sources.get(self.source_of(ip))
+        key = self.source_of(ip)
+        entry = self._sources.get(key)
         if entry is not None and entry[0] > until and not (
-                self._never_lock and ip in self._never_lock):
+                key != ip and self._spared(ip)):
             # (a never-lock address is spared its /64's lockout too; the
-            # server's applies to it, as documented)
+            # server's applies to it, as documented.  Asked only when the
+            # key is a network: an address of its own was never locked.)
             until = entry[0]
         return max(0.0, until - self._clock.seconds())
 
@@ -375,7 +377,7 @@ class Tracker:
         if unsaved:
             self._changed.add(key)  # still ours to save
         ended = [slot for slot in self._slots.values() if not slot.acting
-                 and (key == GLOBAL or self.source_of(slot.ip) == key)]
+                 and (key == GLOBAL or self.source_of(slot.ip) == key and not self._spared(slot.ip))]
         for slot in ended:
             self._end(slot, "locked-out")
 
@@ -388,13 +390,17 @@ class Tracker:
 
     # Internals.
 
+    def _spared(self, ip: str) -> bool:
+        """Whether C{ip} is in C{never-lock}: no source lockout applies to it."""
+        return bool(self._never_lock) and ip in self._never_lock
+
     def _timed_out(self, slot: Slot) -> None:
         if self._slots.get(slot.ip) is slot and not slot.acting:
             self._end(slot, "timeout")
             self._failed(slot.ip, "timeout", in_knock=True)
 
     def _failed(self, ip: str, reason: str, in_knock: bool) -> None:
-        if self._never_lock and ip in self._never_lock:
+        if self._spared(ip):
             return  # logged by the caller; monitoring hosts lock nobody out
         policy, now = self._policy, self._clock.seconds()
         if policy.lockout <= 0:
@@ -419,7 +425,8 @@ class Tracker:
             self._changed.add(key)
             lockout = Lockout(key, "source", until, seconds, step, reason, ip)
             ended = [slot for slot in self._slots.values()
-                     if not slot.acting and (slot.ip == ip or self.source_of(slot.ip) == key)]
+                     if not slot.acting and (slot.ip == ip or self.source_of(slot.ip) == key)
+                     and not self._spared(slot.ip)]
         for slot in ended:
             self._end(slot, "locked-out")
         self.observer.lockout_started(lockout)

@@ -432,6 +432,13 @@ class SourceTests(SynchronousTestCase):
         self.assertEqual(list(tracker.lockouts()), ["2001:db8::/64"])
         self.assertIsNotNone(tracker.refusal("2001:db8::7"))
         self.assertIsNone(tracker.refusal("2001:db8::5"))
+        # nor is its knock in progress ended by a neighbour's stray hit
+        clock.advance(61)  # over; the next stray hit starts another
+        tracker.grant("2001:db8::5", "alice", 1, PORTS)
+        tracker.hit("2001:db8::6", 4444)
+        self.assertEqual(len(seen.details), 2)
+        self.assertEqual(seen.failed, [])
+        self.assertEqual(tracker.hit("2001:db8::5", PORTS[0]), HitVerdict.PROGRESS)
 
     def test_sources_locked_out_again_and_again_keep_memory_bounded(self):
         """
