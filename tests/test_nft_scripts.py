@@ -235,6 +235,17 @@ class PortListTests(NamespaceTestCase):
         done = self.script("nft-check", ports=None)
         self.assertEqual((done.returncode, done.stdout, done.stderr), (0, "", ""))
         self.assertEqual(self.elements("protected_ports"), [22, 2222])
+        # A rule gone: loaded again, guarding what it guarded, not 22 alone.
+        self.nft_run("flush", "chain", "inet", "knocker", "input")
+        done = self.script("nft-check", ports=None)
+        self.assertEqual(done.returncode, 10, done.stdout + done.stderr)
+        self.assertEqual(self.elements("protected_ports"), [22, 2222])
+        # The set emptied: nothing is guarded, which is never in place.
+        self.nft_run("flush", "set", "inet", "knocker", "protected_ports")
+        done = self.script("nft-check", ports=None)
+        self.assertEqual(done.returncode, 10, done.stdout + done.stderr)
+        self.assertIn("guarded no port", done.stdout)
+        self.assertEqual(self.elements("protected_ports"), [22])
 
     def test_check_is_silent_on_a_long_list_in_any_order(self):
         """

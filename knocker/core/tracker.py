@@ -195,6 +195,11 @@ class Tracker:
         now = self._clock.seconds()
         if ip in self._slots:
             return Refusal("busy", self._wait(self._slots[ip], now))
+        ended = self._ended.get(ip, 0.0) if self._ended else 0.0
+        if ended > now:
+            # Its revoked knock's client may still be hitting its ports: one
+            # address, one knock, until that knock's window is over.
+            return Refusal("busy", _ceil(ended - now))
         if len(self._slots) >= self._policy.max_slots:
             return Refusal("busy", min(self._wait(s, now) for s in self._slots.values()))
         return None
@@ -355,7 +360,10 @@ class Tracker:
             return
         if key == GLOBAL:
             self._global_until = max(self._global_until, until)
-        else:
+        elif not self._spared(key):
+            # (an address never-lock lists now is not locked again by a
+            # lockout saved before it was listed, or by a gateway whose
+            # list differs: L{locked_for} trusts that of such keys)
             self._remember(key, until, step)
             self._changed.discard(key)
 

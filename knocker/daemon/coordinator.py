@@ -306,7 +306,7 @@ class KnockServer:
             # Revoked while the burn was in the database: a GRANT now would
             # hold a place no revocation ends.  No failed attempt: the
             # client did nothing wrong when it sent its PROOF.
-            self._audit.record("denied", ip=ip, client=client, reason="revoked")
+            self._audit.record("denied", ip=ip, client=client, reason="revoked", index=index)
             log.warn("denied {client} from {ip}: revoked while its knock was burned",
                      client=client, ip=ip)
             return hs.Denied()

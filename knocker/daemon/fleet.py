@@ -312,10 +312,13 @@ class ThreadedStore:
         without an answer.  C{left}, if given, fires once the thread is out
         of the call (or it never started), whatever the deadline did.
         """
-        if self.calls >= self._most:
+        if self._closed or self.calls >= self._most:
+            # (closed: the pool would drop the call without a word, and
+            # neither its answer nor left would ever come)
             if left is not None:
                 left.callback(None)
-            return fail(StateError(f"database: {self.calls} calls already waiting for it"))
+            why = "closed" if self._closed else f"{self.calls} calls already waiting for it"
+            return fail(StateError(f"database: {why}"))
         self.calls += 1
         late = []  # set when the deadline passed first
 

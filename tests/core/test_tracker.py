@@ -458,6 +458,17 @@ class SourceTests(SynchronousTestCase):
         self.assertEqual(seen.details[-1].seconds, 60, "escalation memory kept")
         self.assertGreater(seen.details[-1].step, 0)
 
+    def test_a_saved_or_shared_lockout_of_a_never_lock_address_is_not_held(self):
+        """
+        Listed in never-lock after its lockout was saved (then a restart),
+        or locked out by a gateway whose list differs: not locked here.
+        """
+        for prefix6, ip in ((64, "192.0.2.10"), (128, "2001:db8::5")):
+            clock, tracker, seen = make_policy(scope="source", never_lock=(ip,), prefix6=prefix6)
+            tracker.restore_lockout(ip, clock.seconds() + 600)
+            tracker.shared_lockout(ip, clock.seconds() + 600)
+            self.assertEqual((tracker.locked_for(ip), tracker.refusal(ip)), (0.0, None), ip)
+
     def test_lift_forgets_the_escalation_of_a_lockout_already_over(self):
         clock, tracker, seen = make_policy(scope="source", lockout=60, lockout_max=3600)
         tracker.hit(A, 4444)

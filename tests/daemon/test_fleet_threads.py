@@ -195,6 +195,22 @@ class LockoutWriteOrderTests(TestCase):
             await d  # the rest run in turn
 
 
+    async def test_a_write_asked_after_close_fails_at_once(self):
+        """
+        Closed, the thread pool drops a call without a word: a lockout
+        write waiting its turn then fails at once instead of holding the
+        lane for good.
+        """
+        db = SlowSaves()
+        db.go.set()
+        store = ThreadedStore(db, reactor, threads=2, deadline=5)
+        store.close()
+        with self.assertRaises(StateError) as raised:
+            await store.lift_lockouts("192.0.2.1")
+        self.assertIn("closed", str(raised.exception))
+        self.assertEqual((store.calls, store._lockout_queue), (0, 0))
+
+
 class LostBetweenReads:
     """
     A gateway's raw store as the database restarts under it: the revoked

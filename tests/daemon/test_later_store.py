@@ -156,7 +156,8 @@ class LaterStoreTests(SynchronousTestCase):
         h.clock.advance(1)  # (a DENIED goes out at its fixed moment)
         self.assertEqual(transport.value(), b"DENIED\n")
         self.assertEqual(h.server.tracker.slots(), [])
-        self.assertEqual(h.audit.of("denied")[-1]["reason"], "revoked")
+        self.assertEqual((h.audit.of("denied")[-1]["reason"], h.audit.of("denied")[-1]["index"]),
+                         ("revoked", 1), "the number spent is on record")
         self.assertEqual(h.tracker_lockouts(), {})
 
     def test_client_gone_before_the_lookup_answered_burns_nothing(self):

@@ -111,6 +111,10 @@ class RevokeTests(SynchronousTestCase):
             self.assertEqual(transport.value(), b"FAIL revoked\n", scope)
             self.assertEqual([e["reason"] for e in h.audit.of("fail")], ["revoked"])
             self.assertEqual(h.server.tracker.slots(), [])
+            # One address, one knock: another client behind it waits for the
+            # window of the knock still being knocked there.
+            line, *_ = h.handshake("bob")
+            self.assertTrue(line.startswith(b"BUSY "), (scope, line))
             for port in h.files["alice"].knock(grant.index):
                 h.hit(IP, port)
             self.assertEqual(h.server.tracker.lockouts(), {}, scope)
