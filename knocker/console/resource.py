@@ -526,11 +526,10 @@ class Console(Resource):
     def _scan(self, work) -> Deferred:
         """
         C{work}, a read through the audit log (a report, a search), in a
-        thread, one at a time: each holds what it counts (every address a
-        report names: about 480 MB for 4 million), and a log that outsiders
-        fill (a hit line a second from each of many addresses) must not be
-        read by ten pages at once, nor fill the thread pool that writes the
-        daemon's files.
+        thread, one at a time: each takes seconds over a log that outsiders
+        fill, and memory (bounded, but tens of MB for a report's top
+        counts), so ten pages at once must not read it, nor fill the
+        thread pool that writes the daemon's files.
         """
         if self._scanning:
             raise ScanRunning("a report or an audit search is reading the log now; "

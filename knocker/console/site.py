@@ -36,6 +36,7 @@ from knocker.console.metrics import Metrics
 from knocker.console.resource import Console
 from knocker.console.view import Activity
 from knocker.core.serverconfig import admin_endpoint
+from knocker.core.sources import SourceKeys, normalise_ip
 
 log = Logger()
 
@@ -283,22 +284,14 @@ class Busy(Protocol):
 
 def _source(host: str) -> str:
     """
-    The address a connection counts under: an IPv6 address by its /64, an
-    IPv4 one mapped into IPv6 (a console on ::) as itself, as knocks count.
+    The address a connection counts under, as knocks count it
+    (L{knocker.core.sources}): an IPv6 address by its /64, an IPv4 one
+    mapped into IPv6 (a console on ::) as itself.
     """
-    if ":" not in host:
-        return host
-    import ipaddress
+    return _SOURCE_KEYS(normalise_ip(host)) if ":" in host else host
 
-    from knocker.core.sources import normalise_ip
 
-    host = normalise_ip(host)
-    if ":" not in host:
-        return host
-    try:
-        return str(ipaddress.ip_network(f"{host}/64", strict=False))
-    except ValueError:
-        return host
+_SOURCE_KEYS = SourceKeys(64)
 
 
 @implementer(IProtocolNegotiationFactory)

@@ -131,9 +131,12 @@ class AuditLog:
 
     # Writing.
 
-    def record(self, event: str, **fields) -> None:
-        if not self._append(self._line(event, fields)):
-            self.dropped += 1
+    def record(self, event: str, **fields) -> bool:
+        """C{event}'s line, always tried; whether it was written."""
+        if self._append(self._line(event, fields)):
+            return True
+        self.dropped += 1
+        return False
 
     def _line(self, event: str, fields: dict) -> bytes:
         entry = {"time": iso_time(self._now()), "event": event}
@@ -172,10 +175,7 @@ class AuditLog:
         the reason C{lockout}.  Returns whether it got a line of its own.
         """
         if fields.get("source") == GLOBAL:
-            if self._append(self._line("lockout", fields)):
-                return True
-            self.dropped += 1
-            return False
+            return self.record("lockout", **fields)
         return self._within_errors_budget("lockout", fields, fields.get("ip"), "lockout")
 
     def _within_errors_budget(self, event: str, fields: dict, ip, reason: str) -> bool:
