@@ -142,7 +142,11 @@ class EarlyHelloTests(KnockFileCase):
         self.assertIn(f"tcp:127.0.0.1:{dead}", result.message())
         self.assertIn("refused", result.message().lower())
 
-    def test_hello_goes_out_before_the_protocol_is_loaded(self):
+    def knock_watched(self, method: str, watcher: str) -> subprocess.CompletedProcess:
+        """
+        C{knocker knock --config} in a child whose C{EarlyHello.METHOD} is
+        wrapped: C{watcher}'s lines run in the wrapper, around C{call()}.
+        """
         config_path = os.path.join(self.dir, "client.conf")
         with open(config_path, "w") as handle:
             handle.write(f"[client]\nserver = tcp:host=127.0.0.1:port={self.server.port}\n"
@@ -151,45 +155,33 @@ class EarlyHelloTests(KnockFileCase):
         code = (
             "import sys\n"
             "from knocker.client import tcp\n"
-            "said = tcp.EarlyHello.__init__\n"
+            f"real = tcp.EarlyHello.{method}\n"
             "def watched(self, *args, **kwargs):\n"
-            "    loaded = [m for m in ('knocker.core.handshake', 'knocker.client.knock',\n"
-            "              'knocker.client.blocking_driver', '_sha256', '_sha2')\n"
-            "              if m in sys.modules]\n"
-            "    said(self, *args, **kwargs)\n"
-            "    print('LOADED AT HELLO', loaded, self.said, flush=True)\n"
-            "tcp.EarlyHello.__init__ = watched\n"
+            "    call = lambda: real(self, *args, **kwargs)\n"
+            + "".join(f"    {line}\n" for line in watcher.splitlines()) +
+            f"tcp.EarlyHello.{method} = watched\n"
             "from knocker.main import main\n"
             f"sys.exit(main(['knock', '--config', {config_path!r}]))\n"
         )
-        done = subprocess.run([sys.executable, "-c", code], env=environment(),
+        return subprocess.run([sys.executable, "-c", code], env=environment(),
                               capture_output=True, text=True, timeout=60)
+
+    def test_hello_goes_out_before_the_protocol_is_loaded(self):
+        done = self.knock_watched("__init__", (
+            "loaded = [m for m in ('knocker.core.handshake', 'knocker.client.knock',\n"
+            "          'knocker.client.blocking_driver', '_sha256', '_sha2') if m in sys.modules]\n"
+            "call()\n"
+            "print('LOADED AT HELLO', loaded, self.said, flush=True)"))
         self.assertIn("LOADED AT HELLO [] True", done.stdout, done.stderr[-500:])
         self.assertIn("denied", done.stderr.lower())
         self.assertEqual(len(self.server.exchanges), 1)
 
-
     def test_proof_goes_out_before_the_knock_is_loaded(self):
-        config_path = os.path.join(self.dir, "client.conf")
-        with open(config_path, "w") as handle:
-            handle.write(f"[client]\nserver = tcp:host=127.0.0.1:port={self.server.port}\n"
-                         f"knock-file = {self.knock_file}\n"
-                         f"log-file = {os.path.join(self.dir, 'client.log')}\n")
-        code = (
-            "import sys\n"
-            "from knocker.client import tcp\n"
-            "answer = tcp.EarlyHello.answer\n"
-            "def watched(self, *args, **kwargs):\n"
-            "    answer(self, *args, **kwargs)\n"
-            "    loaded = [m for m in ('knocker.client.knock', 'knocker.client.blocking_driver')\n"
-            "              if m in sys.modules]\n"
-            "    print('LOADED AT PROOF', loaded, self.handshake is not None, flush=True)\n"
-            "tcp.EarlyHello.answer = watched\n"
-            "from knocker.main import main\n"
-            f"sys.exit(main(['knock', '--config', {config_path!r}]))\n"
-        )
-        done = subprocess.run([sys.executable, "-c", code], env=environment(),
-                              capture_output=True, text=True, timeout=60)
+        done = self.knock_watched("answer", (
+            "call()\n"
+            "loaded = [m for m in ('knocker.client.knock', 'knocker.client.blocking_driver')\n"
+            "          if m in sys.modules]\n"
+            "print('LOADED AT PROOF', loaded, self.handshake is not None, flush=True)"))
         self.assertIn("LOADED AT PROOF [] True", done.stdout, done.stderr[-500:])
         self.assertIn("denied", done.stderr.lower())
         self.assertEqual(self.server.exchanges, [[
