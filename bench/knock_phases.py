@@ -25,19 +25,14 @@ interleaved in shuffled rounds with random pauses:
                file check          load_knockfile (mode 0600, header)
                hello               connect to the central port and say HELLO
                                    (knocker.client.tcp.EarlyHello)
-               handshake imports   the MAC code (knocker.core.handshake and
-                                   SHA-256's C extension), loaded while
-                                   CHALLENGE is on its way
-               challenge + proof   EarlyHello.answer: CHALLENGE read (if it
-                                   has not come yet, waited for), PROOF
-                                   made and sent
-               knock imports       the blocking driver and the knock
-                                   coroutine, loaded while the daemon
-                                   checks the PROOF and burns the knock
-               to grant            the driver takes the connection -> first
-                                   hit: FILE.checked read and the whole-file
-                                   check (`file check (whole)`), then
-                                   whatever is left of the wait for GRANT
+               protocol imports    the driver, the coroutine and the protocol,
+                                   loaded while CHALLENGE is on its way
+               handshake           the driver takes the connection -> first
+                                   hit (CHALLENGE, PROOF, GRANT; the MAC code
+                                   loads after HELLO is sent, and FILE.checked
+                                   is read and the whole-file check runs after
+                                   PROOF is sent: `file check (whole)` is
+                                   that check)
                hits                first hit's connect -> last hit's close
                verdict             last hit -> OPEN read (the daemon runs
                                    on-success, then answers)
@@ -116,7 +111,6 @@ wrap(cfg, "load_client_config", "config")
 wrap(cmd, "load_knockfile", "load_knockfile")
 wrap(kf.KnockFileText, "check", "whole_check")
 wrap(tcp.EarlyHello, "__init__", "hello")
-wrap(tcp.EarlyHello, "answer", "answer")
 
 def knock_loaded(kn):
     wrap(kn, "log_attempt", "log")
@@ -153,9 +147,8 @@ FLOOR_CODE = ("import os, time; "
               "os.write(2, b'T %d\\n' % time.clock_gettime_ns(time.CLOCK_MONOTONIC))")
 
 PHASES = ("interpreter start", "imports", "args", "config read", "file check", "hello",
-          "handshake imports", "challenge + proof", "knock imports", "to grant",
-          "file check (whole, in handshake)", "hits", "verdict", "log write",
-          "remember checked", "print + return", "interpreter exit")
+          "protocol imports", "handshake", "file check (whole, in handshake)", "hits",
+          "verdict", "log write", "remember checked", "print + return", "interpreter exit")
 
 
 def phases_of(t0, t_exit, stamps):
@@ -173,10 +166,8 @@ def phases_of(t0, t_exit, stamps):
         "config read": ms(first["config <"], first["config >"]),
         "file check": ms(first["load_knockfile <"], first["load_knockfile >"]),
         "hello": ms(first["hello <"], first["hello >"]),
-        "handshake imports": ms(first["hello >"], first["answer <"]),
-        "challenge + proof": ms(first["answer <"], first["answer >"]),
-        "knock imports": ms(first["answer >"], first["connect <"]),
-        "to grant": ms(first["connect <"], hits_start),
+        "protocol imports": ms(first["hello >"], first["connect <"]),
+        "handshake": ms(first["connect <"], hits_start),
         "file check (whole, in handshake)": ms(first["whole_check <"], first["whole_check >"]),
         "hits": ms(hits_start, hits_end),
         "verdict": ms(hits_end, first["log <"]),

@@ -225,8 +225,7 @@ def ssh_door(report, out):
 
 def phases(report, out):
     order = ("interpreter start", "imports", "args", "config read", "file check", "hello",
-             "handshake imports", "challenge + proof", "knock imports", "to grant",
-             "file check (whole, in handshake)", "hits",
+             "protocol imports", "handshake", "file check (whole, in handshake)", "hits",
              "verdict", "log write",
              "remember checked", "print + return", "interpreter exit", "between phases", "total")
     got = report["phases_ms"]

@@ -19,14 +19,11 @@ from knocker.core import handshake as hs
 
 
 class _Connection:
-    def __init__(self, sock, peer_host: str | None = None, greeted: bytes | None = None,
-                 handshake=None, failure: OSError | None = None):
+    def __init__(self, sock, peer_host: str | None = None, greeted: bytes | None = None):
         self._sock = sock
         self._buffer = b""
         self.peer_host = sock.getpeername()[0] if peer_host is None else peer_host
         self.greeted = greeted  # the line said on it before the knock took it
-        self.handshake = handshake  # the one that answered the CHALLENGE, early
-        self._failure = failure  # met early: the first read raises it
 
     def send(self, line: bytes) -> None:
         try:
@@ -44,9 +41,6 @@ class _Connection:
         """
         sock = self._sock
         deadline = time.monotonic() + timeout
-        if self._failure is not None:
-            failure, self._failure = self._failure, None
-            raise Trouble(f"central connection: {failure}")
         while b"\n" not in self._buffer:
             if len(self._buffer) > hs.MAX_LINE:
                 raise over_long_line(self._buffer)
@@ -89,14 +83,15 @@ class BlockingDriver:
             print(f"knocker: {message}", file=sys.stderr)
 
     async def connect(self, endpoint: str, timeout: float) -> _Connection:
+        peer_host = greeted = None
         try:
             early = self._early.take(endpoint) if self._early is not None else None
             if early is not None:
-                return _Connection(early.sock, early.peer_host, early.greeted,
-                                   early.handshake, early.failure)
-            sock = connect_central(endpoint, timeout)
+                sock, peer_host, greeted = early
+            else:
+                sock = connect_central(endpoint, timeout)
             try:  # a server that resets at once leaves no peer to name
-                return _Connection(sock)
+                return _Connection(sock, peer_host, greeted)
             except OSError:
                 sock.close()
                 raise

@@ -43,9 +43,7 @@ class IKnockConnection(Interface):
     One central-port connection, as the coroutine sees it.  A connection
     may also have C{greeted}: the line its driver said on it before handing
     it over (HELLO said early), which the knock then does not send again;
-    without it, nothing was said.  It may also have C{handshake}: the
-    L{knocker.core.handshake.ClientHandshake} that has already answered the
-    CHALLENGE on it (PROOF said early), which the knock carries on with.
+    without it, nothing was said.
     """
 
     peer_host = Attribute("The address the connection reached (the one to knock).")

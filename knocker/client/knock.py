@@ -175,18 +175,14 @@ async def _attempt(io, config, knockfile, deadline, first: bool = True) -> Knock
             unreachable = failure
     else:
         return KnockResult(Outcome.UNREACHABLE, f"{config.server}: {unreachable}")
-    # A driver may have answered the CHALLENGE already (PROOF said early).
-    machine = getattr(conn, "handshake", None) or hs.ClientHandshake(knockfile)
+    machine = hs.ClientHandshake(knockfile)
     index, ports = None, ()
     doing = "while waiting for the server's reply"
     try:
-        if machine.nonce is None:
-            hello = machine.hello().line
-            if getattr(conn, "greeted", None) != hello:  # not said early by the driver
-                conn.send(hello)
-            machine.prepare()
-        else:
-            _proof_sent(config, knockfile, machine)
+        hello = machine.hello().line
+        if getattr(conn, "greeted", None) != hello:  # not said early by the driver
+            conn.send(hello)
+        machine.prepare()
         while True:
             line = await conn.readline(deadline.bound(config.timeout))
             if line is None:
@@ -194,7 +190,10 @@ async def _attempt(io, config, knockfile, deadline, first: bool = True) -> Knock
             action = machine.receive(line)
             if isinstance(action, hs.SendLine):
                 conn.send(action.line)
-                _proof_sent(config, knockfile, machine)
+                # The whole file, while the server decides (FILE.checked is
+                # read only now, off the way to HELLO).
+                knockfile.check(read_checked(config))
+                machine.prepare()
             elif isinstance(action, hs.KnockPorts):
                 index, ports = action.index, action.ports
                 io.say(f"granted knock {index}: knocking {conn.peer_host} ports {ports}")
@@ -222,15 +221,6 @@ async def _attempt(io, config, knockfile, deadline, first: bool = True) -> Knock
         return KnockResult(Outcome.BAD_FILE, str(failure), machine.granted_index)
     finally:
         conn.close()
-
-
-def _proof_sent(config, knockfile, machine) -> None:
-    """
-    While the server decides: the whole file is checked (FILE.checked is
-    read only now, off the way to HELLO), and the GRANT's check loaded.
-    """
-    knockfile.check(read_checked(config))
-    machine.prepare()
 
 
 async def _renewal(io, conn, config, knockfile, machine, deadline, result) -> KnockResult:

@@ -5,15 +5,11 @@ deadline, and the knock's first line said early.
 Only C{_socket} is imported here (not C{socket}, which loads enum and
 selectors): the command loads this module, reads its configuration and
 portknock file, and says HELLO (L{EarlyHello}) before it loads the protocol's
-code, so that the server's CHALLENGE comes back while the client imports;
-it then answers the CHALLENGE (L{EarlyHello.answer}) before it loads the
-knock's own code, which loads while the server burns the knock.
+code, so that the server's CHALLENGE comes back while the client imports.
 """
 
 import _socket
 import time
-
-from knocker.core import Record
 
 
 def plain_tcp(endpoint: str) -> tuple[str, int] | None:
@@ -134,19 +130,6 @@ def connect_central(endpoint: str, timeout: float):
     return sock
 
 
-class Opened(Record):
-    """
-    A connection to the central port opened early, as handed to the knock:
-    the line said on it (C{greeted}, or C{None}), the handshake that has
-    answered the CHALLENGE on it (C{handshake}, or C{None}), and an
-    C{OSError} met while reading it that the knock's first read must raise
-    (C{failure}, or C{None}).
-    """
-
-    __slots__ = ("sock", "peer_host", "greeted", "handshake", "failure")
-    _defaults = {"greeted": None, "handshake": None, "failure": None}
-
-
 class EarlyHello:
     """
     The first server of a knock, connected and greeted with C{line} (its
@@ -154,14 +137,8 @@ class EarlyHello:
     loaded.  The driver hands the connection to the knock's first attempt as
     if it had just opened it (L{take}); whatever failed here is raised then,
     as the driver's own connect would have raised it.  Nothing is decided
-    here: the handshake reads the CHALLENGE and makes the PROOF, whether
-    early (L{answer}) or in the knock.
+    here: a CHALLENGE is read, and the PROOF made, by the handshake as ever.
     """
-
-    # How long L{answer} waits for the server's first line: a server slower
-    # than this is answered by the knock itself, once loaded.
-    ANSWER_WAIT = 2.0
-    PEEK = 4096  # more than a CHALLENGE line, less than a socket's buffer
 
     def __init__(self, endpoint: str, line: bytes, timeout: float):
         self.endpoint = endpoint
@@ -171,8 +148,6 @@ class EarlyHello:
         self.peer_host = None
         self.failure = None
         self.said = False
-        self.handshake = None  # the one that answered the CHALLENGE here
-        self.read_failure = None  # met while answering, for the knock's first read
         try:
             self.sock = connect_central(endpoint, timeout)
             # Now: a server that turns us away (a full central port) may
@@ -190,48 +165,11 @@ class EarlyHello:
         except OSError:
             pass  # the knock's own send of HELLO meets the failure and reports it
 
-    def answer(self, handshake, timeout: float) -> None:
+    def take(self, endpoint: str):
         """
-        Wait (at most L{ANSWER_WAIT}, and within C{timeout} of the start)
-        for the server's first line, and send what
-        C{handshake.answer_challenge(line)} answers (the PROOF, for a
-        CHALLENGE): the server then burns the knock while the client loads
-        the rest of its code.  Only a whole line that the handshake answers
-        is taken off the socket; anything else (another reply, part of a
-        line, silence, a close) stays unread for the knock, which reads and
-        judges it as ever.  A failure met here is kept for the knock's first
-        read (reading it now would have used it up).
-        """
-        sock = self.sock
-        left = min(self.ANSWER_WAIT, self.began + timeout - time.monotonic())
-        if sock is None or not self.said or left <= 0:
-            return
-        try:
-            sock.settimeout(left)
-            seen = sock.recv(self.PEEK, _socket.MSG_PEEK)
-        except _socket.timeout:
-            return
-        except OSError as failure:
-            self.read_failure = failure
-            return
-        line, newline, _ = seen.partition(b"\n")
-        if not newline:
-            return
-        answer = handshake.answer_challenge(line)
-        if answer is None:
-            return
-        self.handshake = handshake
-        try:
-            if len(sock.recv(len(line) + 1)) != len(line) + 1:  # the line, peeked above
-                raise ConnectionError("the CHALLENGE vanished from the socket")
-            sock.sendall(answer)
-        except OSError as failure:
-            self.read_failure = failure
-
-    def take(self, endpoint: str) -> Opened | None:
-        """
-        The knock's first connection (an L{Opened}) if it goes to this
-        server, once; C{None} otherwise.
+        C{(socket, peer address, the line said on it or None)} for the
+        knock's first connection if it goes to this server, once; C{None}
+        otherwise.
 
         @raise: what connecting raised.
         """
@@ -240,8 +178,7 @@ class EarlyHello:
         sock, failure, self.sock, self.failure = self.sock, self.failure, None, None
         if failure is not None:
             raise failure
-        return Opened(sock, self.peer_host, self.line if self.said else None,
-                      self.handshake, self.read_failure)
+        return sock, self.peer_host, self.line if self.said else None
 
     def close(self) -> None:
         """Hang up a connection no knock took."""

@@ -247,23 +247,6 @@ class ClientHandshake:
         """The server's CHALLENGE, once it came (a renewal's key binds it)."""
         return self._nonce
 
-    def answer_challenge(self, line: bytes) -> bytes | None:
-        """
-        The PROOF line for C{line} if it is the CHALLENGE this machine waits
-        for (the machine moves on, as L{receive} would move it); C{None},
-        with the machine untouched, for any other line, which L{receive}
-        then judges as ever.  For a driver that answers the CHALLENGE
-        before the rest of the knock is loaded.
-        """
-        if self._nonce is not None or self._finished:
-            return None
-        try:
-            if not isinstance(parse_reply(line), Challenge):
-                return None
-        except ProtocolError:
-            return None
-        return self.receive(line).line
-
     def receive(self, line: bytes) -> SendLine | KnockPorts | Finished:
         """
         @raise ProtocolError: the server said something out of turn, or its

@@ -303,28 +303,6 @@ class ClientHandshakeTests(SynchronousTestCase):
     def test_grant(self):
         self.assertEqual(self.granted(2), KnockPorts(2, KNOCKS[1], 10))
 
-    def test_an_early_answer_is_the_proof_and_the_machine_moves_on(self):
-        line = b"CHALLENGE " + NONCE.encode()
-        self.assertEqual(self.client.answer_challenge(line), ClientHandshake(KF).receive(line).line)
-        self.assertEqual(self.client.nonce, NONCE)
-        self.assertEqual(self.client.receive(self.grant_line(2)), KnockPorts(2, KNOCKS[1], 10))
-
-    def test_no_early_answer_to_anything_but_a_first_challenge(self):
-        """
-        Any other line gets no answer and leaves the machine as it was, for
-        L{ClientHandshake.receive} to judge.
-        """
-        for line in (b"LOCKED 30", b"CHALLENGE not-hex", b"GRANT 1 10 " + b"5a" * 32, b"\xff"):
-            self.assertIsNone(self.client.answer_challenge(line), line)
-            self.assertIsNone(self.client.nonce)
-        self.assertEqual(self.client.receive(b"LOCKED 30"), Finished(Locked(30)))
-        self.assertIsNone(ClientHandshake(KF).answer_challenge(b"OPEN"))
-
-    def test_no_early_answer_to_a_second_challenge(self):
-        self.challenge()
-        self.assertIsNone(self.client.answer_challenge(b"CHALLENGE " + OTHER_NONCE.encode()))
-        self.assertEqual(self.client.nonce, NONCE)
-
     def test_grant_first_and_last(self):
         self.assertEqual(self.granted(1), KnockPorts(1, KNOCKS[0], 10))
         self.client = ClientHandshake(KF)
