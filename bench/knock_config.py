@@ -24,7 +24,9 @@ a second interpreter start-up) adds 15-25 ms to every knock.
 All trees are measured in ONE interleaved run: every round runs each entry
 once in a freshly shuffled order with a random 0.05-0.3 s pause between
 runs; the first round is a discarded warm-up.  Daemons are always stopped
-(SIGTERM, then SIGKILL, to the process group).
+(SIGTERM, then SIGKILL, to the process group).  Two trees are also compared
+paired: the median of the rounds' differences, with a bootstrap 95%
+interval, steadier than two p50s a minute apart on a shared machine.
 
     python3 bench/knock_config.py --tree before=/tmp/venv-before/bin/python \
         --tree after=/tmp/venv-after/bin/python --runs 40 [--json OUT]
@@ -39,6 +41,7 @@ import resource
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -145,6 +148,23 @@ class Tree:
         return [self.python, "-c", "pass"]
 
 
+def paired(a, b, rng, resamples=2000):
+    """
+    The median of C{a[i] - b[i]} over the rounds, with a bootstrap 95%
+    interval; C{None} when a failed run left the two unaligned.  Each
+    round runs every entry once, seconds apart, so a difference within a
+    round leaves out most of what moves the machine from one minute to the
+    next, which a difference of two p50s keeps.
+    """
+    if len(a) != len(b) or not a:
+        return None
+    diffs = [x - y for x, y in zip(a, b)]
+    medians = sorted(statistics.median(rng.choices(diffs, k=len(diffs)))
+                     for _ in range(resamples))
+    return {"n": len(diffs), "median": statistics.median(diffs),
+            "low": medians[int(0.025 * resamples)], "high": medians[int(0.975 * resamples) - 1]}
+
+
 def children_cpu():
     """CPU seconds (user + system) of every child reaped so far."""
     used = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -242,7 +262,10 @@ def main():
                            "minus_floor_p50": div(kb["p50_minus_floor_ms"],
                                                   ka["p50_minus_floor_ms"]),
                            "cpu_minus_floor_p50_ms": (kb["cpu_p50_minus_floor_ms"]
-                                                      - ka["cpu_p50_minus_floor_ms"])})
+                                                      - ka["cpu_p50_minus_floor_ms"]),
+                           "paired_ms": paired(kb["samples_ms"], ka["samples_ms"], rng),
+                           "paired_cpu_ms": paired(kb["cpu_samples_ms"], ka["cpu_samples_ms"],
+                                                   rng)})
     if ratios:
         print("\nratios a / b of knock p50, and of knock p50 minus floor p50; the client's CPU"
               " over its floor, a - b:")
@@ -250,6 +273,16 @@ def main():
             print("  %-12s / %-12s  knock %.3f   minus floor %.3f   CPU %+.2f ms"
                   % (r["a"], r["b"], r["knock_p50"], r["minus_floor_p50"],
                      r["cpu_minus_floor_p50_ms"]))
+        print("\npaired: the median of the rounds' differences a - b (the two knocks of a"
+              " round ran seconds apart), with a bootstrap 95% interval:")
+        for r in ratios:
+            for what, key in (("spawn to exit", "paired_ms"), ("client CPU", "paired_cpu_ms")):
+                d = r[key]
+                if d is None:
+                    print("  %-12s - %-12s  %s: not paired (a run failed)" % (r["a"], r["b"], what))
+                else:
+                    print("  %-12s - %-12s  %-13s %+.2f ms [%+.2f, %+.2f], %d rounds"
+                          % (r["a"], r["b"], what, d["median"], d["low"], d["high"], d["n"]))
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"runs": args.runs, "seed": args.seed, "on_success": args.on_success,
