@@ -127,6 +127,20 @@ class PostChecksTests(SynchronousTestCase):
             self.assertEqual(response.code, 403, path)
         self.assertEqual(self.f.state(), self.before)
 
+    def test_post_with_another_sessions_csrf_refused(self):
+        """
+        A token is its own session's: another browser's real one (say an
+        attacker's own login) does not pass with this browser's cookie.
+        """
+        other = Browser(self.f.console)
+        other_csrf = self.f.login(other)
+        self.assertNotEqual(other_csrf, self.csrf)
+        for path, fields in CHANGES.items():
+            response = self.f.browser.post(path, {**fields, "csrf": other_csrf})
+            self.assertEqual(response.code, 403, path)
+            self.assertIn(b"CSRF", response.body)
+        self.assertEqual(self.f.state(), self.before)
+
     def test_post_from_a_foreign_origin_refused(self):
         for origin in (b"http://evil.example", b"null", None):
             for path, fields in CHANGES.items():
@@ -163,6 +177,43 @@ class GetChangesNothingTests(SynchronousTestCase):
             self.assertEqual(response.code, 405, path)
             self.assertEqual(response.header(b"allow"), b"POST", path)  # RFC 9110, 15.5.6
         self.assertEqual(f.state(), before)
+
+
+class SecurityHeadersTests(SynchronousTestCase):
+    """
+    Every answer of the gate, page or refusal, logged in or not, forbids
+    framing and sniffing, keeps its URL (a login token) out of Referers
+    and out of caches, and runs no script but the page's own.
+    """
+
+    def assertGuarded(self, response, what):
+        for name, value in ((b"x-frame-options", b"DENY"),
+                            (b"x-content-type-options", b"nosniff"),
+                            (b"referrer-policy", b"same-origin"),
+                            (b"cache-control", b"no-store")):
+            self.assertEqual(response.header(name), value, (what, name))
+        policy = response.header(b"content-security-policy") or b""
+        for directive in (b"default-src 'none'", b"frame-ancestors 'none'",
+                          b"form-action 'self'"):
+            self.assertIn(directive, policy, what)
+
+    def test_every_route_and_refusal(self):
+        f = ConsoleFixture(self, lockout=600)
+        locked_out(f)
+        for route in ROUTES:  # not logged in: the login, or 401
+            self.assertGuarded(f.browser.request(route.method, route.path,
+                                                 CHANGES.get(route.path)), route)
+        self.assertGuarded(f.browser.get("/no-such-page"), "401 for an unknown path")
+        csrf = f.login()
+        self.assertGuarded(f.browser.get("/no-such-page"), "404")
+        self.assertGuarded(f.browser.post("/lift", {"source": "198.51.100.1"}), "403, no CSRF")
+        for route in PROTECTED:
+            if route.method == "GET" and route.path != "/events":
+                self.assertGuarded(f.browser.get(route.path), route)
+        for path, fields in CHANGES.items():
+            if path != "/logout":
+                self.assertGuarded(f.browser.post(path, {**fields, "csrf": csrf}), path)
+        self.assertGuarded(f.browser.post("/logout", {"csrf": csrf}), "/logout")
 
 
 class HeadTests(SynchronousTestCase):
