@@ -159,6 +159,8 @@ class Console(Resource):
         if not route.public and who is None:
             return self._refuse(request, 401, "You are not logged in.  On the server, run "
                                 "'knocker console' and open the URL it prints.")
+        if who is not None:  # its connection is never cut to make room (ConnectionLimit)
+            request.channel.vouched = True
         if method == "POST" and (who is None or who.kind == "session"):
             if not self._same_origin(request):
                 return self._refuse(request, 403, "Refused: this form was not sent from the "

@@ -9,11 +9,12 @@ The web server is bounded before any request reaches the console's gate:
 a body over C{MAX_BODY} is refused unread (L{BoundedRequest}), a request
 line or header over 16 KiB at once (L{ConsoleChannel}), a request not all
 there (head and body) within C{REQUEST_SECONDS} is cut, and past
-C{MAX_CONNECTIONS} at once, or C{MAX_PER_SOURCE} from one address, a
+C{MAX_CONNECTIONS} at once the oldest connection that never showed a
+session makes room, or, past C{MAX_PER_SOURCE} from one address, a
 connection is told to come back later (L{ConnectionLimit}), so nobody,
 logged in or not, can take the daemon's memory, reactor or file
 descriptors through the console, nor hold its connections by sending
-slowly.
+slowly, nor keep the operator out by holding them.
 """
 
 from io import BytesIO
@@ -55,6 +56,11 @@ REQUEST_SECONDS = 10
 IDLE_SECONDS = 60
 #: How long a turned-away connection may take to close before it is cut.
 BUSY_SECONDS = 5
+#: Turned-away connections waiting for their close at once; past this a
+#: connection is cut at once, unanswered.  (Under TLS the answer waits for
+#: a handshake a flood never makes: each would hold a descriptor for
+#: BUSY_SECONDS.)
+MAX_BUSY = 50
 #: Connections at once on the commands' socket (C{knocker unlock}/C{revoke}).
 MAX_COMMANDS = 8
 
@@ -265,12 +271,14 @@ class Busy(Protocol):
     """
     A connection past the limit: told so, then closed, and cut after
     C{BUSY_SECONDS} if it has not closed by then (under TLS the answer
-    waits for a handshake the client may never finish).
+    waits for a handshake the client may never finish).  C{gone} is
+    called once it has.
     """
 
-    def __init__(self, clock):
+    def __init__(self, clock, gone=lambda: None):
         self._clock = clock
         self._cut = None
+        self._gone = gone
 
     def connectionMade(self):
         self._cut = self._clock.callLater(BUSY_SECONDS, self.transport.abortConnection)
@@ -280,6 +288,14 @@ class Busy(Protocol):
     def connectionLost(self, reason):
         if self._cut is not None and self._cut.active():
             self._cut.cancel()
+        self._gone()
+
+
+class Cut(Protocol):
+    """A connection past every limit: cut at once, unanswered."""
+
+    def connectionMade(self):
+        self.transport.abortConnection()
 
 
 def _source(host: str) -> str:
@@ -301,13 +317,25 @@ class ConnectionLimit(WrappingFactory):
     descriptor, which the daemon needs for its pool ports and knocks.  A
     wrapped connection is still what it wraps (TLS included), so requests
     over C{ssl:} stay secure.
+
+    When all are taken, the oldest connection that has not shown a session
+    or a bearer token (its channel's C{vouched}, set by the console's
+    gate) is cut to make room: anyone can open connections and keep them
+    alive with requests to the login page, and the operator's browser must
+    still get in.  Only when every connection has shown one (or the new
+    one's address already holds C{per_source}) is a new one turned away
+    (L{Busy}), and past C{max_busy} of those, cut unanswered.
     """
 
-    def __init__(self, site, limit: int = MAX_CONNECTIONS, per_source: int = MAX_PER_SOURCE):
+    def __init__(self, site, limit: int = MAX_CONNECTIONS, per_source: int = MAX_PER_SOURCE,
+                 max_busy: int = MAX_BUSY):
         super().__init__(site)
         self.limit = limit
         self.per_source = per_source
+        self.max_busy = max_busy
         self._sources: dict[str, int] = {}
+        self._cut: set = set()  # cut to make room, not gone yet
+        self._busy = 0  # turned away, not gone yet
         self._said = None  # when a turned-away connection was last logged
 
     def acceptableProtocols(self):
@@ -318,16 +346,34 @@ class ConnectionLimit(WrappingFactory):
 
     def buildProtocol(self, addr):
         source = _source(getattr(addr, "host", ""))
-        if len(self.protocols) >= self.limit or self._sources.get(source, 0) >= self.per_source:
+        if self._sources.get(source, 0) >= self.per_source or (
+                len(self.protocols) - len(self._cut) >= self.limit and not self._make_room()):
             self._turned_away(source)
-            return Busy(self.wrappedFactory.reactor)
+            if self._busy >= self.max_busy:
+                return Cut()
+            self._busy += 1
+            return Busy(self.wrappedFactory.reactor, self._busy_gone)
         protocol = super().buildProtocol(addr)
         protocol.source = source
         self._sources[source] = self._sources.get(source, 0) + 1
         return protocol
 
+    def _make_room(self) -> bool:
+        """Cut the oldest connection that has not vouched; whether there was one."""
+        for protocol in self.protocols:  # in the order they came
+            if protocol not in self._cut and not getattr(protocol.wrappedProtocol,
+                                                         "vouched", False):
+                self._cut.add(protocol)
+                protocol.transport.abortConnection()
+                return True
+        return False
+
+    def _busy_gone(self) -> None:
+        self._busy -= 1
+
     def unregisterProtocol(self, protocol):
         super().unregisterProtocol(protocol)
+        self._cut.discard(protocol)
         source = getattr(protocol, "source", None)
         if source in self._sources:
             self._sources[source] -= 1

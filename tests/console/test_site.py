@@ -13,7 +13,6 @@ from twisted.internet.endpoints import TCP4ClientEndpoint, TCP4ServerEndpoint
 from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import ISSLTransport
 from twisted.internet.protocol import Factory, Protocol
-from twisted.internet.task import deferLater
 from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
@@ -153,23 +152,89 @@ class BodyLimitTests(SynchronousTestCase):
         self.assertNotIn(b"Secure", transport.value())
 
 
+def logged_in(f, factory):
+    """
+    A connection that has shown C{f.browser}'s session (log it in first):
+    its transport never closes unless aborted, as under TLS.
+    """
+    cookie = "; ".join(f"{k}={v}" for k, v in f.browser.cookies.items()).encode()
+    protocol, transport = connect(factory, Hanging(peerAddress=PEER))
+    protocol.dataReceived(b"GET / HTTP/1.1\r\nHost: 127.0.0.1:8750\r\nCookie: " + cookie
+                          + b"\r\n\r\n")
+    assert transport.value().startswith(b"HTTP/1.1 200 "), transport.value()[:80]
+    return protocol, transport
+
+
+def anonymous(factory):
+    """A connection that asked for the login page, as anyone may."""
+    protocol, transport = connect(factory, Hanging(peerAddress=PEER))
+    protocol.dataReceived(b"GET /login HTTP/1.1\r\nHost: 127.0.0.1:8750\r\n\r\n")
+    assert transport.value().startswith(b"HTTP/1.1 200 "), transport.value()[:80]
+    return protocol, transport
+
+
 class ConnectionLimitTests(SynchronousTestCase):
-    def test_past_the_limit_a_connection_is_turned_away_until_one_closes(self):
+    def test_past_the_limit_of_logged_in_connections_a_new_one_is_turned_away(self):
         f, factory = console_factory(self, limit=3)
-        held = [connect(factory) for _ in range(3)]
+        f.login()
+        held = [logged_in(f, factory) for _ in range(3)]
         extra, transport = connect(factory)
         self.assertTrue(transport.value().startswith(b"HTTP/1.1 503 "), transport.value())
         self.assertTrue(transport.disconnecting)
         extra.connectionLost(Failure(ConnectionDone()))
         self.assertTrue(connect(factory)[1].disconnecting, "a refused one freed nothing")
+        self.assertFalse(any(t.aborted for _, t in held), "a logged-in one was cut")
         held[0][0].connectionLost(Failure(ConnectionDone()))
         again, transport = connect(factory)
         again.dataReceived(b"GET /login HTTP/1.1\r\nHost: 127.0.0.1:8750\r\n\r\n")
         self.assertTrue(transport.value().startswith(b"HTTP/1.1 200 "), transport.value())
 
+    def test_the_oldest_connection_without_a_session_makes_room(self):
+        """
+        Anyone can hold connections open with requests for the login page;
+        the operator's browser still gets in, and no logged-in connection
+        is cut for it.
+        """
+        f, factory = console_factory(self, limit=3)
+        f.login()
+        operator = logged_in(f, factory)
+        first, second = anonymous(factory), anonymous(factory)
+        newest = anonymous(factory)
+        self.assertEqual([t.aborted for _, t in (operator, first, second)],
+                         [False, True, False])
+        anonymous(factory)
+        self.assertEqual([t.aborted for _, t in (operator, second, newest)],
+                         [False, True, False])
+        first[0].connectionLost(Failure(ConnectionDone()))  # the cut ones go
+        second[0].connectionLost(Failure(ConnectionDone()))
+        anonymous(factory)
+        self.assertEqual([t.aborted for _, t in (operator, newest)], [False, True])
+
+    def test_turned_away_connections_past_max_busy_are_cut_unanswered(self):
+        """
+        Under TLS a turned-away connection's answer waits for a handshake a
+        flood never makes: at most C{max_busy} wait at once, holding a
+        descriptor each.
+        """
+        f, factory = console_factory(self, limit=1)
+        factory.max_busy = 2
+        f.login()
+        logged_in(f, factory)
+        waiting = [connect(factory, Hanging(peerAddress=PEER)) for _ in range(2)]
+        for _, transport in waiting:
+            self.assertTrue(transport.value().startswith(b"HTTP/1.1 503 "))
+            self.assertFalse(transport.aborted)
+        _, cut = connect(factory, Hanging(peerAddress=PEER))
+        self.assertEqual((cut.aborted, cut.value()), (True, b""))
+        waiting[0][0].connectionLost(Failure(ConnectionDone()))
+        _, transport = connect(factory, Hanging(peerAddress=PEER))
+        self.assertTrue(transport.value().startswith(b"HTTP/1.1 503 "))
+        self.assertFalse(transport.aborted)
+
     def test_a_turned_away_connection_that_does_not_close_is_cut(self):
         f, factory = console_factory(self, limit=1)
-        connect(factory)
+        f.login()
+        logged_in(f, factory)
         timers = list(f.h.clock.getDelayedCalls())
         closes, transport = connect(factory, Hanging(peerAddress=PEER))
         closes.connectionLost(Failure(ConnectionDone()))
@@ -446,14 +511,13 @@ class LoopbackTests(TestCase):
                                b"Content-Length: 104857600\r\n\r\n")
         self.assertTrue((await big.done).startswith(b"HTTP/1.1 413 "))
 
+        # Two connections held by someone without a session: a third comes,
+        # the oldest is cut and the third served.
         held = [await connection(b"GET /login HTTP/1.1\r\n") for _ in range(2)]
-        turned_away = await connection()
-        self.assertTrue((await turned_away.done).startswith(b"HTTP/1.1 503 "))
-        held[0].transport.loseConnection()
-        await held[0].done
-        await deferLater(reactor, 0.05, lambda: None)  # the server sees it go
         served = await connection(b"GET /login HTTP/1.1\r\nHost: 127.0.0.1\r\n"
                                   b"Connection: close\r\n\r\n")
         self.assertTrue((await served.done).startswith(b"HTTP/1.1 200 "))
+        self.assertEqual(await held[0].done, b"")
+        self.assertFalse(held[1].done.called)
         held[1].transport.loseConnection()
         await held[1].done
