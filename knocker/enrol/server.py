@@ -56,14 +56,15 @@ class EnrolServer:
         if self.done:
             return []
         words = words_of(line)
-        if words is None:
-            return self._end(b"ERROR malformed", fault="malformed")
-        if self._keys is None and len(words) == 4 and words[:2] == [MAGIC, "ENROLL"]:
-            return self._enrol(words[2], words[3])
-        if self._keys is not None and len(words) == 2 and words[0] == "CONFIRM":
-            return self._confirm(words[1])
+        if words:
+            if self._keys is None and len(words) == 4 and words[:2] == [MAGIC, "ENROLL"]:
+                return self._enrol(words[2], words[3])
+            if self._keys is not None and len(words) == 2 and words[0] == "CONFIRM":
+                return self._confirm(words[1])
         if self._keys is not None and not self._confirmed:
-            self._dropped()  # anything but CONFIRM after ENROLLING: a spent guess
+            # Anything but CONFIRM after ENROLLING, well formed or not: a
+            # spent guess (the exchange ends here, so no hang-up counts it).
+            self._dropped()
         return self._end(b"ERROR out-of-turn" if words else b"ERROR malformed",
                          fault="out-of-turn" if words else "malformed")
 

@@ -180,20 +180,26 @@ class ExchangeTests(TestCase):
         self.assertIs(self.enroll().outcome, Outcome.ENROLLED)
 
     def test_dropped_after_enrolling_is_a_failed_attempt(self):
-        for cut in ("hang-up", "stray line"):
+        """
+        After ENROLLING, anything but CONFIRM spends the try on a guess the
+        server never checked: a hang-up, a stray line, or a line that is
+        not even well formed (empty, a bare CR, not ASCII, two spaces).
+        """
+        cuts = ("hang-up", b"HELLO", b"", b"\r", b"\xff", b"A  B")
+        for cut in cuts:
             with self.subTest(cut=cut):
+                # a fresh invitation each: three spent tries void one
+                self.slot = self.store.add_invitation("alice", WORDS, 2000.0, TRIES, self.now)
                 server = self.server()
                 sends = server.receive(b"KNOCKER/1 ENROLL %d %s" % (
                     self.slot, k.b64(k.Pake(self.slot, WORDS).message).encode()))
                 self.assertTrue(sends[0].line.startswith(b"ENROLLING "))
-                if cut == "hang-up":
-                    server.connection_lost()
-                else:
-                    server.receive(b"HELLO")
-                    server.connection_lost()
+                if cut != "hang-up":
+                    self.assertTrue(server.receive(cut)[0].line.startswith(b"ERROR "))
+                server.connection_lost()
                 self.assertEqual(self.tracker.failures[-1], ("192.0.2.7", "denied"))
-        self.assertEqual(len(self.tracker.failures), 2, "once each")
-        self.assertEqual(self.audit.outcomes(), ["dropped", "dropped"])
+        self.assertEqual(len(self.tracker.failures), len(cuts), "once each")
+        self.assertEqual(self.audit.outcomes(), ["dropped"] * len(cuts))
 
     def test_lost_after_confirm_or_before_enrolling_is_not_counted(self):
         self.server().connection_lost()
