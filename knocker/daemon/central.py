@@ -123,7 +123,13 @@ class CentralProtocol(LineOnlyReceiver):
                 return
             if self._exchange is None:
                 self._exchange = self._server.enrolment(self.ip)
-            self._send(self._exchange.receive(line))
+            try:
+                sends = self._exchange.receive(line)
+            except Exception:  # the state failing (SQLite busy), as a knock's PROOF may
+                log.failure("enrolling or renewing from {ip}", ip=self.ip)
+                self._end_exchange(b"ERROR server-error\n")
+                return
+            self._send(sends)
             return
         step = self._handshake.receive(line)
         if isinstance(step, shs.Judge):

@@ -7,10 +7,13 @@ attempt of its source (so one address cannot void an invitation without
 being locked out).
 """
 
+import sqlite3
+
 from twisted.trial.unittest import SynchronousTestCase
 
 from knocker.enrol import keys as k
 from tests.daemon.test_later_store import later_harness
+from tests.helpers.harness import Harness
 
 CODE = "acorn-acorn-acorn"
 GUESS = "apple-apple-apple"
@@ -65,3 +68,28 @@ class PipelinedEnrolTests(SynchronousTestCase):
         self.later.release()
         self.assertEqual(self.h.store.invitation(self.slot).attempts, 1)
         self.assertIn(IP, self.h.tracker_lockouts())
+
+
+class StateErrorTests(SynchronousTestCase):
+    """
+    The state failing in the middle of an enrolment (SQLite busy past its
+    timeout while a command holds the lock): the client hears ERROR
+    server-error, the connection closes, and the daemon serves on.
+    """
+
+    def test_a_state_error_is_answered_server_error(self):
+        h = Harness(self)
+        slot = h.store.add_invitation("alice", CODE, 1e12, 3, 0)
+
+        def busy(*args):
+            raise sqlite3.OperationalError("database is locked")
+
+        self.patch(h.store, "invitation_attempt", busy)
+        proto, transport = h.connect(IP)
+        message = k.b64(k.Pake(slot, GUESS).message).encode("ascii")
+        proto.dataReceived(b"KNOCKER/1 ENROLL %d %s\n" % (slot, message))
+        self.assertEqual(transport.value(), b"ERROR server-error\n")
+        self.assertTrue(transport.disconnecting)
+        self.assertEqual(len(self.flushLoggedErrors(sqlite3.OperationalError)), 1)
+        proto.connectionLost(None)
+        self.assertEqual(h.store.invitation(slot).attempts, 0)
