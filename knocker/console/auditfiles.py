@@ -27,6 +27,28 @@ MAX_LINE = 1024 * 1024
 #: At most this many problems are listed; more are only counted.
 MAX_PROBLEMS = 20
 
+# What no page, CSV or terminal can show as it is: control characters
+# (newlines included: a report's text lines must stay one a line), lone
+# surrogates (no UTF-8 for them) and the two non-characters XML refuses.
+_UNSHOWABLE = re.compile("[\x00-\x1f\x7f\ud800-\udfff\ufffe\uffff]")
+
+
+def showable(value):
+    """
+    C{value}, a JSON line's entry, with every string's unshowable
+    characters written as C{\\uXXXX}.  The daemon writes none, so only a
+    damaged or foreign line has any (its JSON holds them as C{\\u}
+    escapes: a reader may test the raw line for a backslash first); shown
+    escaped, it cannot break a page, a CSV or a terminal.
+    """
+    if isinstance(value, str):
+        return _UNSHOWABLE.sub(lambda found: f"\\u{ord(found.group()):04x}", value)
+    if isinstance(value, dict):
+        return {showable(key): showable(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [showable(item) for item in value]
+    return value
+
 
 def audit_files(path: str) -> list[str]:
     """

@@ -9,6 +9,8 @@ text) is skipped, so a damaged log still has its other events found.
 import json
 from collections import deque
 
+from knocker.console.auditfiles import showable
+
 PER_PAGE = 50
 #: The newest C{page * per_page} matches are kept while the log is read:
 #: deeper pages cost more memory, and older events are better found by time.
@@ -40,6 +42,8 @@ def query(lines, ip: str = "", client: str = "", event: str = "", since: str = "
             continue
         if not isinstance(entry, dict):
             continue
+        if b"\\" in line:
+            entry = showable(entry)
         when = entry.get("time", "")
         if type(when) is not str or type(entry.get("event", "")) is not str:
             continue

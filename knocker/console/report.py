@@ -17,6 +17,8 @@ import heapq
 import json
 from collections import Counter
 
+from knocker.console.auditfiles import showable
+
 #: Bucket key length in an ISO time "2026-12-01T13:44:26.123456Z".
 BUCKETS = {"hour": 13, "day": 10}
 
@@ -185,6 +187,8 @@ def summarise(lines, bucket: str = "hour", since: str | None = None) -> Report:
                 continue
             if not isinstance(event, dict):
                 continue
+            if b"\\" in line:
+                event = showable(event)
         if hit_from is None:
             when = event.get("time")
             kind = event.get("event")

@@ -35,6 +35,46 @@ DAY = [
 ]
 
 
+#: Lines the daemon never writes: a control character, a newline and a
+#: lone surrogate in their strings (json.dumps writes them as \\u escapes).
+UNSHOWABLE = [
+    line("2027-01-15T08:00:03.000000Z", "fail", ip="192.0.2.1", client="alice",
+         reason="x\x01y"),
+    line("2027-01-15T08:00:04.000000Z", "denied", ip="192.0.2.2", client="ev\ne",
+         reason="unknown-client"),
+    line("2027-01-15T08:00:05.000000Z", "fail", ip="192.0.2.3", client="bob",
+         reason="bad\ud800"),
+]
+
+
+class UnshowableTests(SynchronousTestCase):
+    """
+    A damaged or foreign line with characters no page, CSV or terminal can
+    show is counted, and shown escaped, in every format and in a query.
+    """
+
+    def test_every_format_shows_them_escaped(self):
+        report = summarise(DAY + UNSHOWABLE)
+        self.assertEqual(report.totals().failures, 3)
+        for name, write in FORMATS.items():
+            text = write(report)
+            text.encode("utf-8")  # no lone surrogate left
+            shown = {"text": ("x\\u0001y", "bad\\ud800", "ev\\u000ae"),
+                     "html": ("x\\u0001y", "bad\\ud800", "ev\\u000ae"),
+                     "csv": ("x\\u0001y", "bad\\ud800"),  # rows only: no top clients
+                     "json": ("x\\\\u0001y", "bad\\\\ud800", "ev\\\\u000ae")}[name]
+            for escaped in shown:
+                self.assertIn(escaped, text, (name, escaped))
+            self.assertNotIn("ev\ne", text, name)
+
+    def test_a_query_shows_them_escaped(self):
+        entries, total = query(UNSHOWABLE)
+        self.assertEqual(total, 3)
+        self.assertEqual({e["client"] for e in entries}, {"alice", "ev\\u000ae", "bob"})
+        self.assertEqual({e["reason"] for e in entries},
+                         {"x\\u0001y", "unknown-client", "bad\\ud800"})
+
+
 class SummaryTests(SynchronousTestCase):
     def test_per_hour(self):
         report = summarise(DAY)

@@ -513,6 +513,24 @@ class PagesTests(SynchronousTestCase):
         f.console.blocking = at_once
         self.assertEqual(f.browser.get("/audit").code, 200, "free again after a failed one")
 
+    def test_lines_no_page_can_show_are_shown_escaped(self):
+        """
+        A damaged or foreign line in the log (a control character, a lone
+        surrogate) broke the reports and audit pages with a 500.
+        """
+        f = ConsoleFixture(self)
+        f.audit_path_lines([
+            '{"time":"2027-01-15T08:00:03.000000Z","event":"fail","ip":"192.0.2.1",'
+            '"client":"alice","reason":"x\\u0001y"}',
+            '{"time":"2027-01-15T08:00:04.000000Z","event":"fail","ip":"192.0.2.1",'
+            '"client":"bad\\ud800","reason":"timeout"}'])
+        f.login()
+        for path in ("/reports?since=1d", "/reports.csv?since=1d", "/audit"):
+            response = f.browser.get(path)
+            self.assertEqual(response.code, 200, (path, response.text[:300]))
+            self.assertIn("x\\u0001y", response.text, path)
+        self.assertIn("bad\\ud800", f.browser.get("/audit").text)
+
     def test_audit_page_filters_by_address(self):
         f = ConsoleFixture(self)
         f.audit_path_lines(
