@@ -50,11 +50,14 @@ SLOTS = range(100, 1000)
 
 def free_slot(held) -> int:
     """
-    A number for a new invitation, not in C{held}: drawn at random among
-    the free three-digit ones (more digits only once 900 are open), so
-    that wrong codes sent to guessed numbers rarely reach an invitation
-    at all.  With numbers counting from 1, three wrong tries at slot 1
-    from three addresses voided the invitation just made.
+    A number for a new invitation, not in C{held} (the numbers of every
+    invitation not expired yet, open, used, void or cancelled alike: their
+    codes are known to someone, and a try with one must not land on a new
+    invitation): drawn at random among the free three-digit ones (more
+    digits only once 900 are held), so that wrong codes sent to guessed
+    numbers rarely reach an invitation at all.  With numbers counting from
+    1, three wrong tries at slot 1 from three addresses voided the
+    invitation just made.
     """
     free = [n for n in SLOTS if n not in held]
     if free:

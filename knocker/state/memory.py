@@ -96,8 +96,7 @@ class MemoryStore:
     # Invitations.
 
     def add_invitation(self, client, code, expires, tries, now) -> int:
-        held = {i.slot for i in self._invitations.values()
-                if i.state(now) == "open" or (i.cancelled and now < i.expires)}
+        held = {i.slot for i in self._invitations.values() if now < i.expires}
         slot = free_slot(held)
         self._invitations[slot] = Invitation(slot, client, code, expires, tries, 0, False)
         return slot

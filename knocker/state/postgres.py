@@ -588,9 +588,7 @@ class PostgresStore:
                 # Commands inviting at once on several hosts take turns.
                 conn.execute("SELECT pg_advisory_xact_lock(%s)", (INVITATION_LOCK,))
                 held = {row[0] for row in conn.execute(
-                    "SELECT slot FROM invitations "
-                    "WHERE NOT used AND (attempts < tries OR tries = 0) AND expires > %s",
-                    (now,))}
+                    "SELECT slot FROM invitations WHERE expires > %s", (now,))}
                 slot = free_slot(held)
                 sealed = box.seal(client, code.encode("utf-8"), _code_context(slot, client))
                 conn.execute(

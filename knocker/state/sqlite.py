@@ -244,8 +244,7 @@ class SQLiteStore:
                        now: float) -> int:
         with self._transaction():
             held = {row[0] for row in self._db.execute(
-                "SELECT slot FROM invitations "
-                "WHERE NOT used AND (attempts < tries OR tries = 0) AND expires > ?", (now,))}
+                "SELECT slot FROM invitations WHERE expires > ?", (now,))}
             slot = free_slot(held)
             self._db.execute(
                 "INSERT OR REPLACE INTO invitations "

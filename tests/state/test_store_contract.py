@@ -268,7 +268,7 @@ class InvitationContract:
 
     def fill_slots(self, now: float, expires: float = 9000.0) -> list[int]:
         """Invitations on every three-digit slot still free at C{now}."""
-        held = {i.slot for i in self.store.invitations() if i.state(now) == "open"}
+        held = {i.slot for i in self.store.invitations() if now < i.expires}
         return [self.store.add_invitation("filler", "f", expires, 3, now)
                 for _ in range(len(SLOTS) - len(held & set(SLOTS)))]
 
@@ -286,18 +286,25 @@ class InvitationContract:
         self.assertEqual(sorted(first + filled), list(SLOTS), "every free one, once")
         self.assertGreaterEqual(add("b", "y", 2000.0, 3, 1000.0), 1000, "900 open: four digits")
 
-    def test_a_slot_is_free_again_once_used_expired_or_void(self):
+    def test_a_slot_is_free_again_only_once_expired(self):
+        """
+        A used or void invitation's code is known to someone (its user, or
+        whoever tried it): its number is held until it expires, so that a
+        try with that code cannot spend a try of a new invitation.
+        """
         add = self.store.add_invitation
         used = add("a", "x", 2000.0, 3, 1000.0)
-        expiring = add("b", "y", 1500.0, 3, 1000.0)
         voided = add("c", "z", 2000.0, 1, 1000.0)
-        self.fill_slots(1000.0)
+        expiring = add("b", "y", 1500.0, 3, 1000.0)
         self.assertTrue(self.store.use_invitation(used, "a", 1000.0))
-        self.assertEqual(add("d", "w", 3000.0, 3, 1000.0), used, "used: freed")
+        self.store.invitation_attempt(voided, 1000.0)
+        self.assertEqual(self.store.invitation(voided).state(1000.0), "void")
+        filled = self.fill_slots(1000.0)
+        self.assertEqual(len(filled), len(SLOTS) - 3)
         self.assertEqual(add("e", "v", 3000.0, 3, 1600.0), expiring, "expired: freed")
         self.assertEqual(self.store.invitation(expiring).client, "e")
-        self.store.invitation_attempt(voided, 1600.0)
-        self.assertEqual(add("f", "u", 3000.0, 3, 1600.0), voided, "void: freed")
+        self.assertGreaterEqual(add("f", "u", 3000.0, 3, 1600.0), 1000, "used and void: held")
+        self.assertIn(add("g", "t", 3000.0, 3, 2000.0), {used, voided}, "freed once expired")
 
     def test_used_once(self):
         slot = self.store.add_invitation("alice", "x", 2000.0, 3, 1000.0)
