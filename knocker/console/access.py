@@ -166,10 +166,25 @@ class Sessions:
         self._clock = clock
         self.seconds = seconds
         self._open: dict[str, tuple[float, str]] = {}
+        self._notices: dict[str, str] = {}  # session -> what its last change did
+
+    def notice(self, session, text: str) -> None:
+        """
+        Keep C{text}, what a change just did, for the session's next page
+        (after the redirect): a notice read from the query could say
+        anything a link from another page of the same site put there.
+        """
+        if self.csrf(session) is not None:
+            self._notices[session] = text
+
+    def take_notice(self, session) -> str:
+        """The notice kept for C{session}, once; empty if none."""
+        return self._notices.pop(session, "") if isinstance(session, str) else ""
 
     def open(self) -> tuple[str, str]:
         now = self._clock.seconds()
         self._open = {k: v for k, v in self._open.items() if v[0] > now}
+        self._notices = {k: v for k, v in self._notices.items() if k in self._open}
         session, csrf = secrets.token_urlsafe(32), secrets.token_urlsafe(32)
         self._open[session] = (now + self.seconds, csrf)
         return session, csrf
@@ -196,3 +211,4 @@ class Sessions:
 
     def close(self, session) -> None:
         self._open.pop(session, None)
+        self._notices.pop(session, None)

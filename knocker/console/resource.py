@@ -251,13 +251,16 @@ class Console(Resource):
         request.setHeader(b"content-type", b"text/html; charset=utf-8")
         return body
 
-    def _changed(self, request, who: Who, event: str, location: str, answer: dict) -> bytes:
+    def _changed(self, request, who: Who, location: str, notice: str, answer: dict) -> bytes:
         """
-        After a change: JSON to a bearer, a redirect to the page for a browser.
+        After a change: JSON to a bearer; for a browser, a redirect to the
+        page, which shows C{notice} once (kept in the session, not in the
+        URL).
         """
         if who.kind == "bearer":
             request.setHeader(b"content-type", b"application/json")
             return json.dumps(answer).encode() + b"\n"
+        self.sessions.notice(who.session, notice)
         request.redirect(location.encode())
         return b""
 
@@ -312,8 +315,7 @@ class Console(Resource):
         except ValueError:
             number = 1
         per = view.CLIENTS_PER_PAGE
-        message = self._arg(request, "revoked")
-        message = f"{message} is revoked: its next knock is DENIED." if message else ""
+        message = self.sessions.take_notice(who.session)
 
         def draw(state):
             total = len(state.clients)
@@ -326,8 +328,7 @@ class Console(Resource):
 
     def page_lockouts(self, request, who):
         rows = view.lockouts(self.server, self.clock, self.activity)
-        lifted = self._arg(request, "lifted")
-        message = f"Lifted: {lifted}." if lifted else ""
+        message = self.sessions.take_notice(who.session)
         return self._html(request, pages.lockouts_page(rows, who.csrf or "", message))
 
     def _report(self, request, render):
@@ -448,10 +449,8 @@ class Console(Resource):
 
         def done(lifted):
             self.audit.record("admin-lift", source=source, lifted=lifted, by=who.kind)
-            return self._changed(
-                request, who, "admin-lift",
-                "/lockouts?" + urlencode({"lifted": ", ".join(lifted) or "nothing"}),
-                {"lifted": lifted})
+            return self._changed(request, who, "/lockouts",
+                                 f"Lifted: {', '.join(lifted) or 'nothing'}.", {"lifted": lifted})
         # Answered once the state has it (a fleet: every gateway is told).
         return maybeDeferred(self.server.lift, key).addCallback(done)
 
@@ -463,8 +462,8 @@ class Console(Resource):
                 return self._problem(request, who, 404, "No such client",
                                      f"no client {client[:100]!r}")
             self.audit.record("admin-revoke", client=client, by=who.kind)
-            return self._changed(request, who, "admin-revoke",
-                                 "/clients?" + urlencode({"revoked": client}),
+            return self._changed(request, who, "/clients",
+                                 f"{client} is revoked: its next knock is DENIED.",
                                  {"revoked": client})
         return maybeDeferred(self.server.revoke, client).addCallback(done)
 

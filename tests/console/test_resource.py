@@ -339,7 +339,9 @@ class PagesTests(SynchronousTestCase):
         self.assertIn("denied", page)
         self.assertIn("600 s", page)
         response = f.browser.post("/lift", {"source": "198.51.100.1", "csrf": csrf})
-        self.assertEqual(response.header(b"location"), b"/lockouts?lifted=198.51.100.1")
+        self.assertEqual(response.header(b"location"), b"/lockouts")
+        self.assertIn("Lifted: 198.51.100.1.", f.browser.get("/lockouts").text)
+        self.assertNotIn("Lifted:", f.browser.get("/lockouts").text, "said once")
         line, *_ = f.h.handshake(ip="198.51.100.1")
         self.assertTrue(line.startswith(b"GRANT "), line)
         event = f.h.audit.of("admin-lift")[-1]
@@ -354,7 +356,8 @@ class PagesTests(SynchronousTestCase):
         locked_out(f)
         csrf = f.login()
         response = f.browser.post("/lift", {"source": "::ffff:198.51.100.1", "csrf": csrf})
-        self.assertEqual(response.header(b"location"), b"/lockouts?lifted=198.51.100.1")
+        self.assertEqual(response.header(b"location"), b"/lockouts")
+        self.assertIn("Lifted: 198.51.100.1.", f.browser.get("/lockouts").text)
         line, *_ = f.h.handshake(ip="198.51.100.1")
         self.assertTrue(line.startswith(b"GRANT "), line)
 
@@ -364,7 +367,20 @@ class PagesTests(SynchronousTestCase):
         f.browser.post("/revoke", {"client": "alice", "csrf": csrf})
         line, *_ = f.h.handshake("alice")
         self.assertEqual(line, b"DENIED\n")
-        self.assertIn("revoked", f.browser.get("/clients").text)
+        self.assertIn("alice is revoked: its next knock is DENIED.",
+                      f.browser.get("/clients").text)
+
+    def test_a_link_cannot_make_a_page_claim_a_change(self):
+        """
+        The notice after a change is kept in the session: a link from
+        another page of the same site (another port of the host, which the
+        cookie's SameSite does not tell apart) cannot have the console
+        say that a stolen client's file was revoked, or a lockout lifted.
+        """
+        f = ConsoleFixture(self)
+        f.login()
+        self.assertNotIn("is revoked", f.browser.get("/clients?revoked=alice").text)
+        self.assertNotIn("Lifted", f.browser.get("/lockouts?lifted=198.51.100.1").text)
 
     def test_a_lift_or_revoke_that_cannot_be_done_says_why(self):
         """
