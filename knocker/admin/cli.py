@@ -239,7 +239,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="the central port: tcp:host=H:port=P or tls:H:P:trustRoots=DIR...")
     enr.add_argument("-o", "--output", help="where to write the file (default: CLIENT.knock); "
                      "the configuration goes beside it, as .conf")
-    enr.add_argument("--timeout", type=float, default=30.0, help="seconds per reply (default 30)")
+    enr.add_argument("--timeout", type=float, default=30.0,
+                     help="seconds for the whole exchange once connected (default 30)")
     enr.add_argument("--force", action="store_true", help="replace existing output files")
     enr.set_defaults(run=_enroll)
 

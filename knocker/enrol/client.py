@@ -71,7 +71,7 @@ async def enroll(io, server: str, slot: int, words: str, timeout: float = 30.0,
     except (ValueError, TypeError) as failure:  # an endpoint Twisted cannot parse
         return Result(Outcome.USAGE, f"--server {server}: {failure}")
     try:
-        return await _exchange(conn, slot, words, timeout)
+        return await _exchange(conn, slot, words, _Deadline(io.now, timeout))
     except Trouble as failure:
         return Result(Outcome.NO_ANSWER, str(failure))
     except Unreachable as failure:
@@ -82,16 +82,37 @@ async def enroll(io, server: str, slot: int, words: str, timeout: float = 30.0,
         conn.close()
 
 
-async def _exchange(conn, slot: int, words: str, timeout: float) -> Result:
+class _Deadline:
+    """
+    The whole exchange's time, C{timeout} seconds from the connection: a
+    server (or a man in the middle of plain TCP) announcing the most DATA
+    lines and dripping them one a C{timeout} cannot hold the command.
+    """
+
+    def __init__(self, now, timeout: float):
+        self._now = now
+        self.timeout = timeout
+        self._end = now() + timeout
+
+    def left(self) -> float:
+        from knocker.client.knock import Trouble
+
+        left = self._end - self._now()
+        if left <= 0:
+            raise Trouble(f"the enrolment did not finish within {self.timeout:g}s")
+        return left
+
+
+async def _exchange(conn, slot: int, words: str, deadline: _Deadline) -> Result:
     pake = k.Pake(slot, words)
     conn.send(f"{MAGIC} ENROLL {slot} {k.b64(pake.message)}\n".encode("ascii"))
-    reply = await _read(conn, timeout)
+    reply = await _read(conn, deadline)
     if reply is None or reply[0] != "ENROLLING" or len(reply) != 2:
         return _final(reply)
     theirs = k.unb64(reply[1])
     keys = pake.finish(pake.message, theirs, theirs)
     conn.send(f"CONFIRM {keys.client_mac()}\n".encode("ascii"))
-    reply = await _read(conn, timeout)
+    reply = await _read(conn, deadline)
     if reply is None or reply[0] != "ENROLLED" or len(reply) != 3 or not reply[2].isdigit():
         return _final(reply)
     if not keys.check_server(reply[1]):
@@ -101,7 +122,7 @@ async def _exchange(conn, slot: int, words: str, timeout: float) -> Result:
                         f"{k.MAX_DATA_LINES}")
     chunks = []
     for _ in range(int(reply[2])):
-        line = await _read(conn, timeout)
+        line = await _read(conn, deadline)
         if line is None:
             return Result(Outcome.NO_ANSWER, "the connection closed during the file")
         if line[0] != "DATA" or len(line) != 2:
@@ -121,8 +142,8 @@ async def _exchange(conn, slot: int, words: str, timeout: float) -> Result:
     return Result(Outcome.ENROLLED, text=text)
 
 
-async def _read(conn, timeout: float) -> list[str] | None:
-    line = await conn.readline(timeout)
+async def _read(conn, deadline: _Deadline) -> list[str] | None:
+    line = await conn.readline(deadline.left())
     if line is None:
         return None
     try:

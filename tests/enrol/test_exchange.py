@@ -121,6 +121,35 @@ class ExchangeTests(TestCase):
         self.assertEqual(self.audit.outcomes(), ["ok"])
         self.assertEqual(self.tracker.failures, [])
 
+    def test_one_deadline_for_the_whole_exchange(self):
+        """
+        Each line within what is left of C{timeout}, not a fresh C{timeout}
+        each: a server dripping its DATA lines (a man in the middle of plain
+        TCP may announce the most there may be) cannot hold the command.
+        """
+        class Dripping(Pipe):
+            t = 0.0
+
+            def now(self):
+                return self.t
+
+            async def connect(self, endpoint, timeout):
+                conn = await super().connect(endpoint, timeout)
+                readline, pipe = conn.readline, self
+
+                async def slowly(timeout):
+                    self.case.assertGreater(timeout, 0)
+                    pipe.t += 8.0  # each line takes 8 s to come
+                    return await readline(timeout)
+                conn.readline = slowly
+                return conn
+
+        pipe = Dripping(self)
+        result = run_blocking(enroll(pipe, "tcp:x:1", self.slot, WORDS, timeout=12.0))
+        self.assertIs(result.outcome, Outcome.NO_ANSWER, result.message())
+        self.assertIn("did not finish within 12s", result.message())
+        self.assertEqual(pipe.t, 16.0, "two lines read, the third never waited for")
+
     def test_used_code_refused(self):
         self.enroll()
         self.assertIs(self.enroll().outcome, Outcome.USED)

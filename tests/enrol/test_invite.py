@@ -22,7 +22,7 @@ from knocker.enrol.client import Outcome, _exchange
 from knocker.enrol.invite import MAX_EXPIRES, check_invite, invite_client
 from knocker.enrol.words import parse_code
 from knocker.state.sqlite import SQLiteStore
-from tests.helpers.harness import Harness, HarnessConnection, enroll
+from tests.helpers.harness import Harness, HarnessConnection, enrol_deadline, enroll
 from tests.helpers.processes import environment
 
 
@@ -87,7 +87,7 @@ class ReplacedFileTests(TestCase):
 
         proto, transport = h.connect()
         slot, words = parse_code(first.code)
-        old = run_blocking(_exchange(ReplacedBeforeConfirm(proto, transport), slot, words, 5))
+        old = run_blocking(_exchange(ReplacedBeforeConfirm(proto, transport), slot, words, enrol_deadline()))
         self.assertIs(old.outcome, Outcome.VOID, old.message())
         self.assertIsNone(old.text)
         self.assertEqual([e["outcome"] for e in h.audit.of("enrol")], ["void"])
@@ -128,7 +128,7 @@ class ReplacedFileTests(TestCase):
         proto, transport = h.connect()
         slot, words = parse_code(first.code)
         conn = ConfirmWhileReplaced(proto, transport)
-        old = run_blocking(_exchange(conn, slot, words, 5))
+        old = run_blocking(_exchange(conn, slot, words, enrol_deadline()))
         self.assertTrue(conn.confirmed_between, "the CONFIRM went in between")
         self.assertIs(old.outcome, Outcome.VOID, old.message())
         self.assertIsNone(old.text)
@@ -149,7 +149,7 @@ class BigFileTests(TestCase):
         invitation = h.server.invite("alice", 20000, 6, 3600, force=False)
         proto, transport = h.connect()
         slot, words = parse_code(invitation.code)
-        result = run_blocking(_exchange(HarnessConnection(proto, transport), slot, words, 5))
+        result = run_blocking(_exchange(HarnessConnection(proto, transport), slot, words, enrol_deadline()))
         self.assertIs(result.outcome, Outcome.ENROLLED, result.message())
         self.assertGreater(len(result.text), 10 * MIN_RATE)
         self.assertTrue(transport.disconnecting)
