@@ -459,6 +459,38 @@ class RenewalCryptoTests(TestCase):
             self.assertRaises(k.VerifyError, k.unseal, key, bytes(bad),
                               renewal.associated("alice"))
 
+    def test_a_file_replaced_during_the_knock_is_left_alone(self):
+        """
+        Two knocks at once with one file: the first to be renewed replaces
+        it; the other's renewal, sealed for the secret it knocked with,
+        must not overwrite the new file (nor make it FILE.prev).
+        """
+        h, c = renewing(self)
+        for _ in range(5):
+            c.knock()
+        before = c.text()
+        line, proto, transport, nonce = h.handshake(secret=c.secret())
+        grant = hs.parse_reply(line.rstrip(b"\n"))
+        transport.clear()
+        for port in h.files["alice"].knock(grant.index):
+            h.hit("192.0.2.10", port)
+        lines = transport.value().split(b"\n")
+        transport.clear()
+        from knocker.client.knock import run_blocking
+        from knocker.core.knockfile import KnockFileText
+        from tests.enrol.renewing import _Config, _Conn
+
+        replaced = before.replace(c.secret().hex(), "5a" * 32)
+        self.assertNotEqual(replaced, before)
+        write_private(c.path, replaced)  # renewed meanwhile by the other knock
+        conn = _Conn(proto, transport, None, lambda line: line)
+        with self.assertRaises(ValueError) as caught:
+            run_blocking(renewal.take_offer(conn, lines[1], _Config(c.path),
+                                            KnockFileText(before, c.path), nonce, 5.0))
+        self.assertIn("changed during the knock", str(caught.exception))
+        self.assertEqual(c.text(), replaced, "the other knock's file stays")
+        self.assertIsNone(c.previous())
+
     def test_tampered_offer_leaves_the_file(self):
         h, c = renewing(self)
         for _ in range(5):
