@@ -324,6 +324,11 @@ class ThreadedStore:
 
         def run():
             try:
+                if late:
+                    # Its caller was answered (a knock got ERROR server-error)
+                    # while it waited for a thread: run now, a burn would
+                    # spend a number nobody is granted, and a retry another.
+                    raise StateError("database: not run, past its deadline before it started")
                 return function(*args)
             finally:
                 self._reactor.callFromThread(self._ended, late, left)

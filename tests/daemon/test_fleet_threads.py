@@ -79,6 +79,25 @@ class FrozenDatabaseTests(TestCase):
         self.assertEqual(store.calls, 0, "the count follows the calls that ended")
         self.assertIsNone(await store.client("after"))
 
+    async def test_a_call_past_its_deadline_before_a_thread_took_it_never_runs(self):
+        """
+        A burn that waited for a thread past its deadline was answered
+        ERROR server-error: run later, it would spend a number nobody is
+        granted (and the client's retry another).
+        """
+        burned = []
+        self.db.burn = lambda client, secret_id=None: burned.append(client) or 1
+        store = ThreadedStore(self.db, reactor, threads=1, deadline=0.3)
+        self.addCleanup(store.close)
+        stuck = store.client("alice")  # holds the one thread
+        with self.assertRaises(StateError):
+            await store.burn("bob", "id")
+        self.db.thaw.set()
+        with self.assertRaises(StateError):
+            await stuck
+        self.assertEqual(await store.burn("carol", "id"), 1)
+        self.assertEqual(burned, ["carol"], "bob's burn never ran")
+
     def test_the_closes_at_stop_fall_back_to_this_runs(self):
         store = self.store(deadline=0.3)
         self.db.thaw.set()
