@@ -702,6 +702,13 @@ class LockoutSync:
         d = self._store.read_lockouts(self._last_seq, PAGE,
                                       self._wall.now() if prune else None)
         d.addCallbacks(self._read, self._failed)
+        d.addErrback(self._broken)
+
+    def _broken(self, failure) -> None:
+        # Whatever went wrong, the next read must not find one under way
+        # for ever: the lockouts would stop following the fleet's.
+        log.failure("applying the fleet's lockouts", failure)
+        self._done_reading()
 
     def _read(self, rows) -> None:
         self._set_available(True)
@@ -713,7 +720,10 @@ class LockoutSync:
             self._reading = False
             return
         for seq, key, until, step in rows[start:start + APPLY_CHUNK]:
-            self.apply(key, until, step)
+            try:
+                self.apply(key, until, step)
+            except Exception:  # one row the tracker cannot take: the others still count
+                log.failure("the fleet's lockout of {key} until {until}", key=key, until=until)
             self._last_seq = max(self._last_seq, seq)
         start += APPLY_CHUNK
         if start < len(rows):

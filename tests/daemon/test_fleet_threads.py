@@ -294,3 +294,54 @@ class RestartTests(TestCase):
             harness.server.restore()
         self.assertIn("closes earlier runs left pending", str(raised.exception))
         self.assertEqual(len(harness.store.pending_closes()), 1, "still there for the next start")
+
+
+class LockoutSyncTests(TestCase):
+    """
+    A row the tracker cannot take, or a failure past the read, must not
+    leave a read under way for ever: the lockouts would stop following the
+    fleet's without a word.
+    """
+
+    def test_a_row_that_cannot_be_applied_does_not_stop_the_reads(self):
+        from twisted.internet.defer import succeed
+        from twisted.internet.task import Clock
+
+        from knocker.daemon.audit import MemoryAudit
+        from knocker.daemon.fleet import LockoutSync
+
+        reads = []
+
+        class Rows:
+            path = "postgresql://test.invalid/knocker"
+
+            def read_lockouts(self, since, page, prune_at):
+                reads.append(since)
+                return succeed([(len(reads) * 2 - 1, "198.51.100.1", 2e9, 0),
+                                (len(reads) * 2, "198.51.100.2", 2e9, 0)])
+
+        class Tracker:
+            taken = []
+
+            def source_until(self, key):
+                return 0.0, 0
+
+            def shared_lockout(self, key, until, step):
+                if key == "198.51.100.1":
+                    raise ValueError("a row this tracker cannot take")
+                self.taken.append(key)
+
+        class Wall:
+            def now(self):
+                return 1e9
+
+            def from_wall(self, until):
+                return until
+
+        tracker = Tracker()
+        sync = LockoutSync(Clock(), Rows(), None, tracker, Wall(), MemoryAudit())
+        sync.read_all()
+        sync.read_all()
+        self.assertEqual(reads, [0, 2], "the second read ran, from past both rows")
+        self.assertEqual(tracker.taken, ["198.51.100.2", "198.51.100.2"])
+        self.assertEqual(len(self.flushLoggedErrors(ValueError)), 2)
