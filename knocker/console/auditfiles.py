@@ -27,19 +27,30 @@ MAX_LINE = 1024 * 1024
 #: At most this many problems are listed; more are only counted.
 MAX_PROBLEMS = 20
 
-# What no page, CSV or terminal can show as it is: control characters
-# (newlines included: a report's text lines must stay one a line), lone
-# surrogates (no UTF-8 for them) and the two non-characters XML refuses.
-_UNSHOWABLE = re.compile("[\x00-\x1f\x7f\ud800-\udfff\ufffe\uffff]")
+# What no page, CSV or terminal can show as it is: control characters, C0
+# (newlines included: a report's text lines must stay one a line) and C1
+# (U+009B starts a terminal's escape sequence), lone surrogates (no UTF-8
+# for them) and the two non-characters XML refuses.
+_UNSHOWABLE = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff\ufffe\uffff]")
+
+
+def may_hide_unshowable(line: bytes) -> bool:
+    """
+    Whether a raw JSON line may hold an unshowable character: one written
+    as an escape, or DEL, or any byte past ASCII (json.loads takes UTF-8
+    surrogates as they are).  The daemon writes plain ASCII without
+    backslashes, so its lines skip L{showable}.
+    """
+    return b"\\" in line or b"\x7f" in line or not line.isascii()
 
 
 def showable(value):
     """
     C{value}, a JSON line's entry, with every string's unshowable
-    characters written as C{\\uXXXX}.  The daemon writes none, so only a
-    damaged or foreign line has any (its JSON holds them as C{\\u}
-    escapes: a reader may test the raw line for a backslash first); shown
-    escaped, it cannot break a page, a CSV or a terminal.
+    characters written as C{\\uXXXX}: shown escaped, a damaged or foreign
+    line cannot break a page, a CSV or a terminal.
+
+    @raise RecursionError: C{value} is nested too deep (not the daemon's).
     """
     if isinstance(value, str):
         return _UNSHOWABLE.sub(lambda found: f"\\u{ord(found.group()):04x}", value)

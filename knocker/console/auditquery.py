@@ -9,7 +9,7 @@ text) is skipped, so a damaged log still has its other events found.
 import json
 from collections import deque
 
-from knocker.console.auditfiles import showable
+from knocker.console.auditfiles import may_hide_unshowable, showable
 
 PER_PAGE = 50
 #: The newest C{page * per_page} matches are kept while the log is read:
@@ -38,12 +38,12 @@ def query(lines, ip: str = "", client: str = "", event: str = "", since: str = "
             continue  # cheap test before parsing
         try:
             entry = json.loads(line)
+            if may_hide_unshowable(line):
+                entry = showable(entry)
         except (ValueError, RecursionError):  # (deep nesting: not the daemon's)
             continue
         if not isinstance(entry, dict):
             continue
-        if b"\\" in line:
-            entry = showable(entry)
         when = entry.get("time", "")
         if type(when) is not str or type(entry.get("event", "")) is not str:
             continue

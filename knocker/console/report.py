@@ -17,7 +17,7 @@ import heapq
 import json
 from collections import Counter
 
-from knocker.console.auditfiles import showable
+from knocker.console.auditfiles import may_hide_unshowable, showable
 
 #: Bucket key length in an ISO time "2026-12-01T13:44:26.123456Z".
 BUCKETS = {"hour": 13, "day": 10}
@@ -183,12 +183,12 @@ def summarise(lines, bucket: str = "hour", since: str | None = None) -> Report:
         else:
             try:
                 event = loads(line)
+                if may_hide_unshowable(line):
+                    event = showable(event)
             except (ValueError, RecursionError):  # (deep nesting: not the daemon's)
                 continue
             if not isinstance(event, dict):
                 continue
-            if b"\\" in line:
-                event = showable(event)
         if hit_from is None:
             when = event.get("time")
             kind = event.get("event")

@@ -67,6 +67,35 @@ class UnshowableTests(SynchronousTestCase):
                 self.assertIn(escaped, text, (name, escaped))
             self.assertNotIn("ev\ne", text, name)
 
+    def test_raw_bytes_and_deep_nesting(self):
+        """
+        Unescaped in the line: a surrogate in UTF-8 (json.loads takes it),
+        DEL, a C1 control (U+009B begins a terminal's escape sequence).
+        And a line nested too deep to walk is skipped, not an error.
+        """
+        raw = [
+            b'{"time":"2027-01-15T08:00:03.000000Z","event":"fail","ip":"192.0.2.1",'
+            b'"client":"alice","reason":"a\xed\xa0\x80b"}\n',
+            b'{"time":"2027-01-15T08:00:04.000000Z","event":"fail","ip":"192.0.2.1",'
+            b'"client":"alice","reason":"c\x7fd"}\n',
+            b'{"time":"2027-01-15T08:00:05.000000Z","event":"fail","ip":"192.0.2.1",'
+            b'"client":"alice","reason":"e\xc2\x9bf"}\n',
+            b'{"time":"2027-01-15T08:00:06.000000Z","event":"fail","ip":"192.0.2.1",'
+            b'"client":"alice","x":' + b"[" * 900 + b'"\\u0001"' + b"]" * 900 + b"}\n",
+        ]
+        report = summarise(raw)
+        self.assertEqual(report.totals().failures, 3, "the deep one skipped")
+        for name, write in FORMATS.items():
+            text = write(report)
+            text.encode("utf-8")
+            if name != "json":
+                for escaped in ("a\\ud800b", "c\\u007fd", "e\\u009bf"):
+                    self.assertIn(escaped, text, (name, escaped))
+        entries, total = query(raw)
+        self.assertEqual(total, 3)
+        self.assertEqual({e["reason"] for e in entries},
+                         {"a\\ud800b", "c\\u007fd", "e\\u009bf"})
+
     def test_a_query_shows_them_escaped(self):
         entries, total = query(UNSHOWABLE)
         self.assertEqual(total, 3)
