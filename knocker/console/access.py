@@ -166,25 +166,26 @@ class Sessions:
         self._clock = clock
         self.seconds = seconds
         self._open: dict[str, tuple[float, str]] = {}
-        self._notices: dict[str, str] = {}  # session -> what its last change did
+        # (session, page) -> what the session's last change there did
+        self._notices: dict[tuple[str, str], str] = {}
 
-    def notice(self, session, text: str) -> None:
+    def notice(self, session, page: str, text: str) -> None:
         """
-        Keep C{text}, what a change just did, for the session's next page
-        (after the redirect): a notice read from the query could say
-        anything a link from another page of the same site put there.
+        Keep C{text}, what a change just did, for the session's next visit
+        to C{page} (after the redirect): a notice read from the query could
+        say anything a link from another page of the same site put there.
         """
         if self.csrf(session) is not None:
-            self._notices[session] = text
+            self._notices[session, page] = text
 
-    def take_notice(self, session) -> str:
-        """The notice kept for C{session}, once; empty if none."""
-        return self._notices.pop(session, "") if isinstance(session, str) else ""
+    def take_notice(self, session, page: str) -> str:
+        """The notice kept for C{session} on C{page}, once; empty if none."""
+        return self._notices.pop((session, page), "") if isinstance(session, str) else ""
 
     def open(self) -> tuple[str, str]:
         now = self._clock.seconds()
         self._open = {k: v for k, v in self._open.items() if v[0] > now}
-        self._notices = {k: v for k, v in self._notices.items() if k in self._open}
+        self._notices = {k: v for k, v in self._notices.items() if k[0] in self._open}
         session, csrf = secrets.token_urlsafe(32), secrets.token_urlsafe(32)
         self._open[session] = (now + self.seconds, csrf)
         return session, csrf
@@ -211,4 +212,4 @@ class Sessions:
 
     def close(self, session) -> None:
         self._open.pop(session, None)
-        self._notices.pop(session, None)
+        self._notices = {k: v for k, v in self._notices.items() if k[0] != session}

@@ -260,7 +260,7 @@ class Console(Resource):
         if who.kind == "bearer":
             request.setHeader(b"content-type", b"application/json")
             return json.dumps(answer).encode() + b"\n"
-        self.sessions.notice(who.session, notice)
+        self.sessions.notice(who.session, location, notice)
         request.redirect(location.encode())
         return b""
 
@@ -315,7 +315,7 @@ class Console(Resource):
         except ValueError:
             number = 1
         per = view.CLIENTS_PER_PAGE
-        message = self.sessions.take_notice(who.session)
+        message = self.sessions.take_notice(who.session, "/clients")
 
         def draw(state):
             total = len(state.clients)
@@ -328,7 +328,7 @@ class Console(Resource):
 
     def page_lockouts(self, request, who):
         rows = view.lockouts(self.server, self.clock, self.activity)
-        message = self.sessions.take_notice(who.session)
+        message = self.sessions.take_notice(who.session, "/lockouts")
         return self._html(request, pages.lockouts_page(rows, who.csrf or "", message))
 
     def _report(self, request, render):

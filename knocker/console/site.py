@@ -320,11 +320,14 @@ class ConnectionLimit(WrappingFactory):
 
     When all are taken, the oldest connection that has not shown a session
     or a bearer token (its channel's C{vouched}, set by the console's
-    gate) is cut to make room: anyone can open connections and keep them
-    alive with requests to the login page, and the operator's browser must
-    still get in.  Only when every connection has shown one (or the new
-    one's address already holds C{per_source}) is a new one turned away
-    (L{Busy}), and past C{max_busy} of those, cut unanswered.
+    gate) is cut to make room, and when the new one's address holds
+    C{per_source}, that address's oldest: anyone can open connections and
+    keep them alive with requests to the login page, and the operator's
+    browser must still get in.  Only when there is none to cut is a new
+    one turned away (L{Busy}), and past C{max_busy} of those, cut
+    unanswered.  (An attacker who opens connections faster than the
+    operator's browser sends its first request still wins: the commands'
+    socket, L{ConsoleService._listen_for_commands}, is the way in then.)
     """
 
     def __init__(self, site, limit: int = MAX_CONNECTIONS, per_source: int = MAX_PER_SOURCE,
@@ -346,8 +349,13 @@ class ConnectionLimit(WrappingFactory):
 
     def buildProtocol(self, addr):
         source = _source(getattr(addr, "host", ""))
-        if self._sources.get(source, 0) >= self.per_source or (
-                len(self.protocols) - len(self._cut) >= self.limit and not self._make_room()):
+        from_source = self._sources.get(source, 0) - sum(p.source == source for p in self._cut)
+        if from_source >= self.per_source:
+            # (a console on 127.0.0.1 behind an SSH tunnel: everyone's)
+            refused = not self._make_room(source)
+        else:
+            refused = len(self.protocols) - len(self._cut) >= self.limit and not self._make_room()
+        if refused:
             self._turned_away(source)
             if self._busy >= self.max_busy:
                 return Cut()
@@ -358,11 +366,14 @@ class ConnectionLimit(WrappingFactory):
         self._sources[source] = self._sources.get(source, 0) + 1
         return protocol
 
-    def _make_room(self) -> bool:
-        """Cut the oldest connection that has not vouched; whether there was one."""
+    def _make_room(self, source: str | None = None) -> bool:
+        """
+        Cut the oldest connection (from C{source}, if given) that has not
+        vouched; whether there was one.
+        """
         for protocol in self.protocols:  # in the order they came
-            if protocol not in self._cut and not getattr(protocol.wrappedProtocol,
-                                                         "vouched", False):
+            if protocol not in self._cut and source in (None, protocol.source) and not getattr(
+                    protocol.wrappedProtocol, "vouched", False):
                 self._cut.add(protocol)
                 protocol.transport.abortConnection()
                 return True

@@ -367,6 +367,7 @@ class PagesTests(SynchronousTestCase):
         f.browser.post("/revoke", {"client": "alice", "csrf": csrf})
         line, *_ = f.h.handshake("alice")
         self.assertEqual(line, b"DENIED\n")
+        self.assertNotIn("is revoked", f.browser.get("/lockouts").text, "not another page's")
         self.assertIn("alice is revoked: its next knock is DENIED.",
                       f.browser.get("/clients").text)
 

@@ -435,15 +435,16 @@ class SlowClientTests(SynchronousTestCase):
 
     def test_an_ipv6_host_counts_by_its_64(self):
         f, factory = console_factory(self, limit=50)
+        held = []
         for n in range(MAX_PER_SOURCE):
             peer = IPv6Address("TCP", f"2001:db8::{n + 1:x}", 40000)
-            protocol = factory.buildProtocol(peer)
-            protocol.makeConnection(StringTransport(peerAddress=peer))
+            held.append(Hanging(peerAddress=peer))
+            factory.buildProtocol(peer).makeConnection(held[-1])
         other = IPv6Address("TCP", "2001:db8::ffff", 40000)
-        protocol = factory.buildProtocol(other)
-        transport = StringTransport(peerAddress=other)
-        protocol.makeConnection(transport)
-        self.assertTrue(transport.value().startswith(b"HTTP/1.1 503 "), transport.value())
+        transport = Hanging(peerAddress=other)
+        factory.buildProtocol(other).makeConnection(transport)
+        self.assertEqual([t.aborted for t in held[:2]], [True, False], "the /64's oldest cut")
+        self.assertFalse(transport.aborted or transport.disconnecting)
 
     def test_ipv4_clients_of_a_console_on_ipv6_count_apart(self):
         """On ::, an IPv4 client comes as ::ffff:a.b.c.d: not one /64 for all."""
@@ -457,18 +458,33 @@ class SlowClientTests(SynchronousTestCase):
         self.assertFalse(transport.value().startswith(b"HTTP/1.1 503 "), transport.value())
 
     def test_one_address_cannot_take_every_connection(self):
+        """
+        An address holds at most C{MAX_PER_SOURCE}: past that its own oldest
+        connection without a session makes room (on a console behind an SSH
+        tunnel every connection is 127.0.0.1's, the operator's too), or,
+        when all of them have shown one, the new one is turned away.  The
+        other addresses keep their share.
+        """
         f, factory = console_factory(self, limit=50)
-        for _ in range(MAX_PER_SOURCE):
-            _, transport = connect(factory)
-            self.assertFalse(transport.disconnecting)
-        _, transport = connect(factory)
-        self.assertTrue(transport.value().startswith(b"HTTP/1.1 503 "), transport.value())
+        held = [anonymous(factory) for _ in range(MAX_PER_SOURCE)]
+        newest = anonymous(factory)
+        self.assertEqual([t.aborted for _, t in held[:2]], [True, False])
+        held[0][0].connectionLost(Failure(ConnectionDone()))
+        self.assertFalse(newest[1].aborted)
         other = IPv4Address("TCP", "198.51.100.7", 40000)
         served = factory.buildProtocol(other)
         t = StringTransport(peerAddress=other)
         served.makeConnection(t)
         served.dataReceived(b"GET /login HTTP/1.1\r\nHost: 127.0.0.1:8750\r\n\r\n")
         self.assertTrue(t.value().startswith(b"HTTP/1.1 200 "), t.value()[:80])
+
+    def test_an_address_whose_connections_all_showed_a_session_is_turned_away(self):
+        f, factory = console_factory(self, limit=50)
+        f.login()
+        held = [logged_in(f, factory) for _ in range(MAX_PER_SOURCE)]
+        _, transport = connect(factory)
+        self.assertTrue(transport.value().startswith(b"HTTP/1.1 503 "), transport.value())
+        self.assertFalse(any(t.aborted for _, t in held))
 
 
 class Reader(Protocol):
