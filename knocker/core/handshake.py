@@ -26,6 +26,9 @@ except ImportError:  # an interpreter built without it: OpenSSL it is
     from hashlib import sha256
 
 MAX_LINE = 512
+#: The slowest (bytes a second, 512 kbit/s) a client may take a file's DATA
+#: lines (an enrolment, a renewal): both sides give the lines this long.
+MIN_RATE = 64 * 1024
 _REASON_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789-")
 
 

@@ -27,12 +27,12 @@ ALPN = b"knocker/1"
 
 CLOSE_GRACE = 2.0
 
-MIN_RATE = 64 * 1024
-"""The slowest (bytes a second, 512 kbit/s) a client may take the lines of
-an enrolment or a renewal: a batch of them moves the exchange's deadline,
-and the cut of its close, back by the time it takes at this rate past its
-first second (a file of 100,000 knocks, 5.5 MB, by 84 s; one of 1000 knocks,
-55 kB, not at all)."""
+MIN_RATE = hs.MIN_RATE
+"""The slowest a client may take the lines of an enrolment or a renewal
+(L{knocker.core.handshake.MIN_RATE}): a batch of them moves the exchange's
+deadline, and the cut of its close, back by the time it takes at this rate
+past its first second (a file of 100,000 knocks, 5.5 MB, by 84 s; one of
+1000 knocks, 55 kB, not at all)."""
 
 LINGER_MAX = 64
 """Connections refused, or that gave way, which may still be closing in

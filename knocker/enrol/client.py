@@ -94,6 +94,10 @@ class _Deadline:
         self.timeout = timeout
         self._end = now() + timeout
 
+    def extend(self, seconds: float) -> None:
+        """Give a long file the time the server gives it (its MIN_RATE)."""
+        self._end += seconds
+
     def left(self) -> float:
         from knocker.client.knock import Trouble
 
@@ -120,6 +124,12 @@ async def _exchange(conn, slot: int, words: str, deadline: _Deadline) -> Result:
     if int(reply[2]) > k.MAX_DATA_LINES:
         raise _Protocol(f"the server announces {reply[2][:20]} DATA lines, more than "
                         f"{k.MAX_DATA_LINES}")
+    # As the server moves its own deadline back: a big file on a slow link
+    # (the invitation is used once ENROLLED is sent) is not given up on.
+    from knocker.core.handshake import MIN_RATE
+    from knocker.enrol.server import CHUNK
+
+    deadline.extend(max(0, int(reply[2]) * (CHUNK + 6) - MIN_RATE) / MIN_RATE)
     chunks = []
     for _ in range(int(reply[2])):
         line = await _read(conn, deadline)

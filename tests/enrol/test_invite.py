@@ -159,6 +159,35 @@ class BigFileTests(TestCase):
         self.assertTrue(transport.disconnected, "cut in the end")
 
 
+    def test_the_client_gives_a_big_file_the_time_a_slow_link_takes(self):
+        """
+        knocker enroll's one deadline grows, once ENROLLED says how many
+        DATA lines come, by what the server gives them: a file of 20,000
+        knocks on a 512 kbit/s link takes longer than the 5 s asked for,
+        and its invitation is already used.
+        """
+        from knocker.core.handshake import MIN_RATE
+        from knocker.enrol.client import _Deadline
+
+        h = Harness(self, clients=())
+        invitation = h.server.invite("alice", 20000, 6, 3600, force=False)
+        proto, transport = h.connect()
+        slot, words = parse_code(invitation.code)
+        clock = [0.0]
+
+        class SlowLink(HarnessConnection):
+            async def readline(self, timeout):
+                line = await super().readline(timeout)
+                if line is not None:
+                    clock[0] += (len(line) + 1) / MIN_RATE
+                return line
+
+        result = run_blocking(_exchange(SlowLink(proto, transport), slot, words,
+                                        _Deadline(lambda: clock[0], 5)))
+        self.assertIs(result.outcome, Outcome.ENROLLED, result.message())
+        self.assertGreater(clock[0], 10, "longer than the 5 s asked for")
+
+
 class ExpiryBoundTests(TestCase):
     def test_check_invite(self):
         check_invite("alice", 1)
