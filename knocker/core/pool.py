@@ -50,5 +50,13 @@ def ensure_pool(store, config, rng: Random | None = None) -> tuple[int, ...]:
             rng = secrets.SystemRandom()
         low, high = config.pool_range
         pool = choose_pool(config.pool_size, low, high, rng)
-        store.set_pool(pool)
+        try:
+            store.set_pool(pool)
+        except Exception:
+            # Drawn meanwhile by another (two gateways starting on a new
+            # fleet database): the one kept is the pool.
+            kept = store.pool()
+            if kept is None:
+                raise
+            pool = kept
     return pool

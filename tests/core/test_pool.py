@@ -7,7 +7,9 @@ from random import Random
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from knocker.core.pool import choose_knock, choose_pool, keyspace
+from knocker.core.pool import choose_knock, choose_pool, ensure_pool, keyspace
+from knocker.core.serverconfig import parse_server_config
+from knocker.state.interface import StateError
 
 
 class ChoosePoolTests(SynchronousTestCase):
@@ -100,3 +102,39 @@ class KeyspaceTests(SynchronousTestCase):
     def test_negative(self):
         self.assertRaises(ValueError, keyspace, 100, -1)
         self.assertRaises(ValueError, keyspace, -1, 6)
+
+
+class EnsurePoolTests(SynchronousTestCase):
+    """
+    Two gateways starting at once on a new fleet database both find no
+    pool and both draw one; the second to keep it must serve the first's,
+    not fail to start.
+    """
+
+    def test_a_pool_drawn_meanwhile_by_another_is_the_pool(self):
+        theirs = tuple(range(20000, 20100))
+
+        class RacedStore:
+            kept = None
+
+            def pool(self):
+                return self.kept
+
+            def set_pool(self, ports):
+                self.kept = theirs  # the other gateway's insert came first
+                raise StateError("the pool is drawn once and kept")
+
+        config = parse_server_config(overrides={"state-dir": "/nonexistent"})
+        self.assertEqual(ensure_pool(RacedStore(), config, Random(1)), theirs)
+
+    def test_a_store_that_fails_keeps_failing(self):
+        class DownStore:
+            def pool(self):
+                return None
+
+            def set_pool(self, ports):
+                raise StateError("database: gone")
+
+        config = parse_server_config(overrides={"state-dir": "/nonexistent"})
+        with self.assertRaises(StateError):
+            ensure_pool(DownStore(), config, Random(1))
