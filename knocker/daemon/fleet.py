@@ -185,6 +185,12 @@ class DatabaseBook:
         copy = self._pending.get(client)
         return copy[0] if copy else None
 
+    #: L{add_pending} keeps the pending counter with the copy, under the
+    #: client's row lock: L{knocker.enrol.renewal.prepare_offer} must not set
+    #: it again outside that lock (a C{generate --force} or a promotion in
+    #: between would have it made anew).
+    KEEPS_PENDING_COUNTER = True
+
     def add_pending(self, kf, current_id: str | None = None) -> str | None:
         """
         From a database thread: the counter and the sealed copy at once.

@@ -177,6 +177,8 @@ def prepare_offer(store, book, client: str, now, rng=None) -> tuple[str, bool] |
         return None  # a fleet's: generated again or revoked meanwhile
     if book.pending_id(text) != secret_id(kf.secret):
         return text, False  # another gateway of a fleet drew one first: that one
+    if getattr(book, "KEEPS_PENDING_COUNTER", False):
+        return text, True  # a fleet's book counted it with its copy, under lock
     return keep_pending(store, book, state, kf.secret, text)
 
 

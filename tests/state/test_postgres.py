@@ -118,6 +118,32 @@ class PostgresStoreTests(SynchronousTestCase):
         self.assertEqual([client for client, _ in book.skipped], ["bob"])
         self.flushLoggedErrors()
 
+    def test_a_fleets_renewal_is_counted_with_its_copy_alone(self):
+        """
+        The pending counter is kept with the sealed copy, under the client's
+        row lock, and not set again after it: a second, unlocked write made
+        a generate --force (or a promotion) committing in between bring back
+        a renewal of the replaced file, which a later PROOF then promoted.
+        """
+        from knocker.daemon.fleet import DatabaseBook
+        from knocker.enrol.renewal import prepare_offer
+
+        store = self.store()
+        store.set_pool((20000, 20001, 20002))
+        store.register_with_book("alice", 5, SECRET, _knock_text(store, "alice"))
+        book = DatabaseBook(store, (20000, 20001, 20002))
+        book.load()
+
+        def unlocked(*args, **kwargs):
+            raise AssertionError("set_pending outside the client's lock")
+
+        self.patch(store, "set_pending", unlocked)
+        text, new = prepare_offer(store, book, "alice", 1.8e9)
+        self.assertTrue(new)
+        pending = store.pending("alice")
+        self.assertEqual((pending.secret_id, pending.knocks), (book.pending_id(text), 5))
+        self.assertEqual(store.pending_book("alice"), text)
+
     def test_generate_makes_no_key_beside_existing_copies(self):
         """
         C{knocker generate} creates the key file only for a new fleet: with
