@@ -484,11 +484,16 @@ class PostgresStore:
         orders gateways burning for one client, each gets its own number.
         With C{secret_id}, only from the counter of that secret (the one
         the client proved): after a C{generate --force} nothing is taken.
+        Nothing either from a revoked file's counter: another gateway's
+        revocation reaches this one's memory by a notice or a re-read,
+        seconds later at worst, and the burn must not grant meanwhile.
         A L{StateError} means the outcome is unknown: grant nothing.
         """
         row = self._run(lambda c: c.execute(
             "UPDATE clients SET next_index = next_index + 1 "
             "WHERE id = %s AND next_index <= knocks AND (%s::text IS NULL OR secret_id = %s) "
+            "AND NOT EXISTS (SELECT 1 FROM revocations r "
+            "WHERE r.client = clients.id AND r.secret_id = clients.secret_id) "
             "RETURNING next_index - 1",
             (client, secret_id, secret_id)).fetchone())
         return row[0] if row else None

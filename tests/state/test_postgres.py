@@ -118,6 +118,28 @@ class PostgresStoreTests(SynchronousTestCase):
         self.assertEqual([client for client, _ in book.skipped], ["bob"])
         self.flushLoggedErrors()
 
+    def test_a_revoked_file_burns_nothing_on_any_gateway(self):
+        """
+        A gateway hears of another's revocation by a notice or a re-read,
+        seconds later at worst; meanwhile its burn must take nothing, and
+        the knock gets no GRANT (ERROR, until the gateway says DENIED).
+        """
+        from twisted.internet import reactor
+
+        from knocker.daemon.fleet import ThreadedStore
+
+        one, two = self.store(gateway="one"), self.store(gateway="two")
+        one.register("alice", 5, SECRET)
+        wanted = one.client("alice").secret_id
+        self.assertEqual(two.burn("alice", wanted), 1)
+        one.revoke("alice")
+        self.assertIsNone(two.burn("alice", wanted))
+        self.assertEqual(two.client("alice").next_index, 2, "nothing taken")
+        threaded = ThreadedStore(two, reactor)
+        self.addCleanup(threaded.close)
+        error = self.assertRaises(StateError, threaded._burn, "alice", wanted)
+        self.assertIn("revoked", str(error))
+
     def test_a_fleets_renewal_is_counted_with_its_copy_alone(self):
         """
         The pending counter is kept with the sealed copy, under the client's
