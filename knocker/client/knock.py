@@ -162,19 +162,32 @@ async def _attempt(io, config, knockfile, deadline, first: bool = True) -> Knock
     if not first and deadline.passed():
         return KnockResult(Outcome.NO_VERDICT, deadline.passed_message("before connecting"))
     # A fleet's gateways, in the order given: the first whose central port
-    # answers is the one knocked (its peer_host gets the hits).
-    for endpoint in config.server.split():
+    # answers is the one knocked (its peer_host gets the hits).  One that
+    # answers ERROR before any GRANT (its database out of reach, say) hands
+    # the knock to the next: it granted no number.
+    endpoints = config.server.split()
+    refused = None
+    for n, endpoint in enumerate(endpoints):
         try:
             conn = await io.connect(endpoint, deadline.bound(config.connect_timeout))
-            break
         except (Unreachable, Trouble) as failure:
             if deadline.passed():  # cut short by the deadline, not refused
                 return KnockResult(Outcome.NO_VERDICT, deadline.passed_message(
                     f"while connecting to {endpoint} ({failure})"))
             io.say(f"{endpoint}: {failure}")
             unreachable = failure
-    else:
-        return KnockResult(Outcome.UNREACHABLE, f"{config.server}: {unreachable}")
+            continue
+        result = await _exchange(io, conn, config, knockfile, deadline)
+        if (result.outcome is not Outcome.SERVER_ERROR or result.index is not None
+                or n + 1 == len(endpoints) or deadline.passed()):
+            return result
+        io.say(f"{endpoint}: {result.message()}; trying the next")
+        refused = result
+    return refused or KnockResult(Outcome.UNREACHABLE, f"{config.server}: {unreachable}")
+
+
+async def _exchange(io, conn, config, knockfile, deadline) -> KnockResult:
+    """The knock on one central connection, from HELLO to its verdict."""
     machine = hs.ClientHandshake(knockfile)
     index, ports = None, ()
     doing = "while waiting for the server's reply"

@@ -543,6 +543,36 @@ class FailoverTests(SynchronousTestCase):
         self.assertEqual(result.outcome, Outcome.UNREACHABLE)
         self.assertEqual(io.tried, ["tcp:a:7000", "tcp:b:7000"])
 
+    def test_a_gateway_that_answers_error_before_a_grant_hands_over_to_the_next(self):
+        """
+        A gateway cut off from the fleet's database answers ERROR
+        server-error, every time: no number was granted there, so the knock
+        goes to the next gateway (before, it ended there, and the next was
+        never tried).
+        """
+        io = FailoverIO(set(), [f"CHALLENGE {NONCE}".encode(), b"ERROR server-error"],
+                        [f"CHALLENGE {NONCE}".encode(), grant(2), b"OPEN"])
+        result = run_blocking(knock(io, config(server="tcp:a:7000 tcp:b:7000"), KF))
+        self.assertEqual(result.outcome, Outcome.OPEN)
+        self.assertEqual(io.tried, ["tcp:a:7000", "tcp:b:7000"])
+        self.assertEqual(io.hits, list(KF.knock(2)))
+
+    def test_every_gateway_answering_error_is_a_server_error(self):
+        io = FailoverIO({"tcp:c:7000"},
+                        [f"CHALLENGE {NONCE}".encode(), b"ERROR server-error"],
+                        [b"ERROR server-error"])
+        result = run_blocking(knock(io, config(server="tcp:a:7000 tcp:b:7000 tcp:c:7000"), KF))
+        self.assertEqual((result.outcome, result.detail), (Outcome.SERVER_ERROR, "server-error"))
+        self.assertEqual(io.tried, ["tcp:a:7000", "tcp:b:7000", "tcp:c:7000"])
+
+    def test_an_error_after_a_grant_is_not_handed_over(self):
+        """Past a GRANT a number is spent: the knock ends where it is."""
+        io = FailoverIO(set(), [f"CHALLENGE {NONCE}".encode(), grant(2), b"ERROR server-error"],
+                        [f"CHALLENGE {NONCE}".encode(), grant(3), b"OPEN"])
+        result = run_blocking(knock(io, config(server="tcp:a:7000 tcp:b:7000"), KF))
+        self.assertEqual((result.outcome, result.index), (Outcome.SERVER_ERROR, 2))
+        self.assertEqual(io.tried, ["tcp:a:7000"])
+
     def test_each_endpoint_is_checked(self):
         from knocker.core.config import ConfigError
 
