@@ -297,7 +297,7 @@ class KnockServerService(service.Service):
         book, its pool as C{book.pool}.
         """
         from knocker.daemon.fleet import DatabaseBook, ThreadedStore
-        from knocker.state.postgres import PostgresStore, load_key, redact
+        from knocker.state.postgres import PostgresStore, load_key, redact, unverified_tls
 
         if not config.gateway:
             # A name made up from the host would change with it, and two
@@ -318,6 +318,9 @@ class KnockServerService(service.Service):
             if raw is not None:
                 raw.close()
             raise StartupError(f"database = {redact(config.database)}: {error}") from error
+        warning = unverified_tls(config.database)
+        if warning:
+            log.warn("database = {db}: {warning}", db=raw.path, warning=warning)
         self._store = ThreadedStore(raw, self._reactor)
         try:
             pool = ensure_pool(raw, config)

@@ -165,6 +165,37 @@ def redact(uri: str) -> str:
     return scrub(f"{scheme}{sep}{userinfo}{at}{host}", uri)
 
 
+_LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "::1")
+
+
+def unverified_tls(uri: str) -> str | None:
+    """
+    Why the gateway's link to the database at C{uri} could be answered by
+    someone else, or C{None}: a host reached over TCP (not a socket
+    folder, not loopback) without C{sslmode} C{verify-ca} or
+    C{verify-full}.  libpq's default, C{prefer}, falls back to plain TCP
+    (and C{require} checks no certificate): a man in the middle could then
+    answer the burns, and grant knocks the database never counted.
+    """
+    import os
+
+    try:
+        from psycopg.conninfo import conninfo_to_dict
+
+        params = conninfo_to_dict(uri)
+    except Exception:
+        return None  # the connection itself will say what is wrong
+    hosts = [h for h in (params.get("host") or os.environ.get("PGHOST", "")).split(",") if h]
+    remote = [h for h in hosts if not h.startswith("/") and h not in _LOOPBACK_HOSTS
+              and not h.startswith("127.")]
+    mode = params.get("sslmode") or os.environ.get("PGSSLMODE") or "prefer"
+    if not remote or mode in ("verify-ca", "verify-full"):
+        return None
+    return (f"the database at {', '.join(remote)} is reached with sslmode={mode}, which "
+            f"checks no certificate: whoever sits on that link could answer the burns. "
+            f"Set sslmode=verify-full (and sslrootcert) in the database URI (docs/fleet.md)")
+
+
 def _parses(uri: str) -> bool:
     try:
         from psycopg.conninfo import conninfo_to_dict

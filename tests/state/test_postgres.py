@@ -316,6 +316,38 @@ def _knock_text(store, client):
     return format_knockfile(kf)
 
 
+class UnverifiedTLSTests(SynchronousTestCase):
+    skip = postgres.skip_reason()
+
+    def setUp(self):
+        self.patch(os, "environ", {k: v for k, v in os.environ.items()
+                                   if k not in ("PGHOST", "PGSSLMODE")})
+
+    def test_a_remote_database_without_a_checked_certificate_is_named(self):
+        from knocker.state.postgres import unverified_tls
+
+        for uri in ("postgresql://knocker@db.example.org/knocker",
+                    "postgresql://knocker@db.example.org/knocker?sslmode=require",
+                    "postgresql://knocker@10.0.0.5,db2.example.org/knocker?sslmode=prefer",
+                    "host=db.example.org dbname=knocker"):
+            warning = unverified_tls(uri)
+            self.assertIsNotNone(warning, uri)
+            self.assertIn("sslmode=verify-full", warning)
+        self.assertIn("sslmode=require", unverified_tls(
+            "postgresql://db.example.org/knocker?sslmode=require"))
+
+    def test_checked_or_local_links_are_not(self):
+        from knocker.state.postgres import unverified_tls
+
+        for uri in ("postgresql://knocker@db.example.org/knocker?sslmode=verify-full",
+                    "postgresql://knocker@db.example.org/knocker?sslmode=verify-ca",
+                    "postgresql://knocker@localhost/knocker",
+                    "postgresql://knocker@127.0.0.1:5433/knocker",
+                    "postgresql:///knocker?host=/run/postgresql",
+                    "host=/tmp/pg dbname=knocker"):
+            self.assertIsNone(unverified_tls(uri), uri)
+
+
 class RedactTests(SynchronousTestCase):
     skip = postgres.skip_reason()
 
