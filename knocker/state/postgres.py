@@ -697,8 +697,9 @@ class PostgresStore:
         unless another pending file with its copy is there already (drawn
         meanwhile by another gateway, or thread): the first one drawn is
         kept, so every offer sends the same file.  Returns the text of the
-        pending file kept; C{None} if, with C{current_id}, the client's
-        current file is no longer that one, or is revoked.
+        pending file kept, read under the client's row lock; C{None} if,
+        with C{current_id}, the client's current file is no longer that
+        one, or is revoked.
         """
         sealed = self._need_box().seal(client, text.encode("utf-8"))
         values = {"client": client, "knocks": knocks, "new": secret_id(secret),
@@ -716,15 +717,18 @@ class PostgresStore:
                     "ON CONFLICT (client) DO UPDATE SET knocks = excluded.knocks, "
                     "secret_id = excluded.secret_id, sealed = excluded.sealed "
                     "WHERE pending.sealed IS NULL RETURNING client", values).fetchone()
-                return row, True
+                if row is not None:
+                    return sealed, True
+                # Another's kept: read under the same lock, so that it cannot
+                # have been promoted or dropped in between.
+                kept = conn.execute("SELECT sealed FROM pending WHERE client = %(client)s "
+                                    "AND sealed IS NOT NULL", values).fetchone()
+                return (kept[0] if kept else None), True
 
-        row, current = self._run(work)
-        if not current:
+        kept, current = self._run(work)
+        if not current or kept is None:
             return None
-        if row is not None:
-            return text
-        kept = self.pending_book(client)
-        return text if kept is None else kept
+        return text if kept is sealed else self._need_box().open(client, kept).decode("utf-8")
 
     def pending(self, client):
         row = self._run(lambda c: c.execute(
