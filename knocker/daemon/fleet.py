@@ -428,7 +428,7 @@ class ThreadedStore:
             if state is not None and state.secret_id != wanted_secret_id:
                 raise StateError(f"{client!r} was generated again while it knocked; "
                                  f"nothing burned")
-            if self._store.revoked().get(client) == wanted_secret_id:
+            if self._store.is_revoked(client, wanted_secret_id):
                 # Revoked on another gateway, not yet heard of here: no
                 # GRANT (an ERROR, until the notice makes it DENIED).
                 raise StateError(f"{client!r} is revoked; nothing burned")

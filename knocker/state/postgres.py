@@ -525,9 +525,24 @@ class PostgresStore:
             "WHERE id = %s AND next_index <= knocks AND (%s::text IS NULL OR secret_id = %s) "
             "AND NOT EXISTS (SELECT 1 FROM revocations r "
             "WHERE r.client = clients.id AND r.secret_id = clients.secret_id) "
-            "RETURNING next_index - 1",
+            "RETURNING next_index - 1, secret_id",
             (client, secret_id, secret_id)).fetchone())
-        return row[0] if row else None
+        if row is None:
+            return None
+        # A burn that waited for a revoke's row lock went on with the
+        # snapshot it began with, where the revocation was not yet: asked
+        # again, in a statement of its own, the number taken is spent and
+        # nothing is granted.
+        if self.is_revoked(client, row[1]):
+            raise StateError(f"{client!r} was revoked while its knock was burned; "
+                             f"nothing granted")
+        return row[0]
+
+    def is_revoked(self, client: str, secret_id: str) -> bool:
+        """Whether C{client}'s file of C{secret_id} is revoked (as committed now)."""
+        return self._run(lambda c: c.execute(
+            "SELECT 1 FROM revocations WHERE client = %s AND secret_id = %s",
+            (client, secret_id)).fetchone()) is not None
 
     # The server's copies of the portknock files, sealed.
 

@@ -140,6 +140,39 @@ class PostgresStoreTests(SynchronousTestCase):
         error = self.assertRaises(StateError, threaded._burn, "alice", wanted)
         self.assertIn("revoked", str(error))
 
+    def test_a_burn_that_waited_for_a_revoke_grants_nothing(self):
+        """
+        A burn blocked on a revoke's row lock goes on, once the revoke
+        commits, with the snapshot it began with: the revocation must be
+        seen all the same (the number taken is spent, nothing granted).
+        """
+        import threading
+        import time
+
+        store = self.store()
+        store.register("alice", 5, SECRET)
+        wanted = store.client("alice").secret_id
+        revoking = store.connect(autocommit=False)
+        self.addCleanup(revoking.close)
+        revoking.execute("SELECT 1 FROM clients WHERE id = 'alice' FOR UPDATE")
+        revoking.execute("INSERT INTO revocations (client, secret_id) VALUES ('alice', %s)",
+                         (wanted,))
+        outcome = []
+
+        def burn():
+            try:
+                outcome.append(store.burn("alice", wanted))
+            except StateError as error:
+                outcome.append(error)
+
+        burning = threading.Thread(target=burn)
+        burning.start()
+        time.sleep(0.3)  # the burn waits on the row lock
+        revoking.commit()
+        burning.join(10)
+        self.assertIsInstance(outcome[0], StateError, outcome)
+        self.assertIn("revoked", str(outcome[0]))
+
     def test_a_fleets_renewal_is_counted_with_its_copy_alone(self):
         """
         The pending counter is kept with the sealed copy, under the client's
