@@ -189,5 +189,5 @@ def knock_command(argv: list[str]) -> int:
     result = run_knock(config, knockfile, verbose)
     stream = sys.stdout if result.outcome.exit_code == 0 else sys.stderr
     where = f"knock {result.index}" if result.index else "no knock granted"
-    print(f"knocker: {result.message()} [{where}, {config.server}]", file=stream)
+    print(f"knocker: {result.message()} [{where}, {result.server or config.server}]", file=stream)
     return result.outcome.exit_code

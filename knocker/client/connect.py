@@ -275,7 +275,7 @@ def _connect(argv: list[str]) -> int:
         return UNREACHABLE_TARGET
     result = run_knock(config, knockfile, verbose)
     where = f"knock {result.index}" if result.index else "no knock granted"
-    line = f"knocker: {result.message()} [{where}, {config.server}]"
+    line = f"knocker: {result.message()} [{where}, {result.server or config.server}]"
     if result.outcome.exit_code != 0:
         print(line, file=sys.stderr)
         return result.outcome.exit_code

@@ -69,8 +69,14 @@ _FAILS = {
 
 
 class KnockResult(Record):
-    __slots__ = ("outcome", "detail", "index", "ports", "attempts", "retry_after")
-    _defaults = {"detail": "", "index": None, "ports": (), "attempts": 1, "retry_after": None}
+    """
+    How a knock ended; C{server}, the endpoint that answered last (a fleet's
+    gateway), or C{None} when none did.
+    """
+
+    __slots__ = ("outcome", "detail", "index", "ports", "attempts", "retry_after", "server")
+    _defaults = {"detail": "", "index": None, "ports": (), "attempts": 1, "retry_after": None,
+                 "server": None}
 
     def message(self) -> str:
         text = f"{self.outcome.name}: {self.outcome.meaning}"
@@ -177,7 +183,8 @@ async def _attempt(io, config, knockfile, deadline, first: bool = True) -> Knock
             io.say(f"{endpoint}: {failure}")
             unreachable = failure
             continue
-        result = await _exchange(io, conn, config, knockfile, deadline)
+        result = (await _exchange(io, conn, config, knockfile, deadline)).replace(
+            server=endpoint)
         if (result.outcome is not Outcome.SERVER_ERROR or result.index is not None
                 or n + 1 == len(endpoints) or deadline.passed()):
             return result
@@ -320,7 +327,8 @@ def log_attempt(config, client: str, started: float, result: KnockResult) -> Non
     index = "null" if result.index is None else str(int(result.index))
     line = (
         f'{{"time": "{stamp}.{int((started - whole) * 1e6):06d}Z", '
-        f'"server": {_json_text(config.server)}, "client": {_json_text(client)}, '
+        f'"server": {_json_text(result.server or config.server)}, '
+        f'"client": {_json_text(client)}, '
         f'"index": {index}, "ports": [{", ".join(str(int(p)) for p in result.ports)}], '
         f'"verdict": "{result.outcome.name.lower()}", "detail": {_json_text(result.detail)}, '
         f'"attempts": {int(result.attempts)}, "seconds": {round(time.time() - started, 4)!r}}}\n'

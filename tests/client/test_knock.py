@@ -552,10 +552,17 @@ class FailoverTests(SynchronousTestCase):
         """
         io = FailoverIO(set(), [f"CHALLENGE {NONCE}".encode(), b"ERROR server-error"],
                         [f"CHALLENGE {NONCE}".encode(), grant(2), b"OPEN"])
-        result = run_blocking(knock(io, config(server="tcp:a:7000 tcp:b:7000"), KF))
-        self.assertEqual(result.outcome, Outcome.OPEN)
+        import json
+
+        log = self.mktemp() + "-client.log"
+        result = run_blocking(knock(io, config(server="tcp:a:7000 tcp:b:7000", **{
+            "log-file": log}), KF))
+        self.assertEqual((result.outcome, result.server), (Outcome.OPEN, "tcp:b:7000"))
         self.assertEqual(io.tried, ["tcp:a:7000", "tcp:b:7000"])
         self.assertEqual(io.hits, list(KF.knock(2)))
+        with open(log, encoding="utf-8") as handle:
+            self.assertEqual(json.loads(handle.read())["server"], "tcp:b:7000",
+                             "the log names the gateway that opened")
 
     def test_every_gateway_answering_error_is_a_server_error(self):
         io = FailoverIO({"tcp:c:7000"},
@@ -563,6 +570,7 @@ class FailoverTests(SynchronousTestCase):
                         [b"ERROR server-error"])
         result = run_blocking(knock(io, config(server="tcp:a:7000 tcp:b:7000 tcp:c:7000"), KF))
         self.assertEqual((result.outcome, result.detail), (Outcome.SERVER_ERROR, "server-error"))
+        self.assertEqual(result.server, "tcp:b:7000", "the last to answer")
         self.assertEqual(io.tried, ["tcp:a:7000", "tcp:b:7000", "tcp:c:7000"])
 
     def test_an_error_after_a_grant_is_not_handed_over(self):
