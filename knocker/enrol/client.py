@@ -93,17 +93,29 @@ class _Deadline:
         self._now = now
         self.timeout = timeout
         self._end = now() + timeout
+        self._received = 0  # bytes of the file come so far
 
-    def extend(self, seconds: float) -> None:
-        """Give a long file the time the server gives it (its MIN_RATE)."""
-        self._end += seconds
+    def received(self, size: int) -> None:
+        """
+        C{size} more bytes of the file came: past its first MIN_RATE bytes,
+        the deadline moves back by the time they take at MIN_RATE, as the
+        server's does.  For what came, not what ENROLLED announced (a count
+        no MAC covers): a big file on a slow link is not given up on, its
+        invitation already used, and silence after a big count buys nothing.
+        """
+        from knocker.core.handshake import MIN_RATE
+
+        past = max(0, self._received + size - MIN_RATE) - max(0, self._received - MIN_RATE)
+        self._received += size
+        self.timeout += past / MIN_RATE
+        self._end += past / MIN_RATE
 
     def left(self) -> float:
         from knocker.client.knock import Trouble
 
         left = self._end - self._now()
         if left <= 0:
-            raise Trouble(f"the enrolment did not finish within {self.timeout:g}s")
+            raise Trouble(f"the enrolment did not finish within {self.timeout:.3g}s")
         return left
 
 
@@ -124,12 +136,6 @@ async def _exchange(conn, slot: int, words: str, deadline: _Deadline) -> Result:
     if int(reply[2]) > k.MAX_DATA_LINES:
         raise _Protocol(f"the server announces {reply[2][:20]} DATA lines, more than "
                         f"{k.MAX_DATA_LINES}")
-    # As the server moves its own deadline back: a big file on a slow link
-    # (the invitation is used once ENROLLED is sent) is not given up on.
-    from knocker.core.handshake import MIN_RATE
-    from knocker.enrol.server import CHUNK
-
-    deadline.extend(max(0, int(reply[2]) * (CHUNK + 6) - MIN_RATE) / MIN_RATE)
     chunks = []
     for _ in range(int(reply[2])):
         line = await _read(conn, deadline)
@@ -138,6 +144,7 @@ async def _exchange(conn, slot: int, words: str, deadline: _Deadline) -> Result:
         if line[0] != "DATA" or len(line) != 2:
             raise _Protocol(f"expected DATA, got {line[0][:20]!r}")
         chunks.append(line[1])
+        deadline.received(len(line[1]) + 6)  # "DATA " and the newline
     from knocker.core.knockfile import parse_knockfile
     from knocker.enrol.server import file_associated
 

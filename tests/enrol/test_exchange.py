@@ -150,6 +150,35 @@ class ExchangeTests(TestCase):
         self.assertIn("did not finish within 12s", result.message())
         self.assertEqual(pipe.t, 16.0, "two lines read, the third never waited for")
 
+    def test_a_big_announced_count_buys_no_time(self):
+        """
+        ENROLLED's count of DATA lines is under no MAC: a man in the middle
+        announcing the most there may be, then silent, must not stretch the
+        wait (the deadline grows only with the bytes that come).
+        """
+        waits = []
+
+        class Announcing(Pipe):
+            async def connect(self, endpoint, timeout):
+                conn = await super().connect(endpoint, timeout)
+                readline = conn.readline
+
+                async def watched(timeout):
+                    waits.append(timeout)
+                    return await readline(timeout)
+                conn.readline = watched
+                return conn
+
+        def inflate(n, line):
+            if line.startswith(b"ENROLLED "):
+                return line.rsplit(b" ", 1)[0] + b" 65536\n"
+            return line
+
+        result = run_blocking(enroll(Announcing(self, tamper=inflate), "tcp:x:1", self.slot,
+                                     WORDS, timeout=30.0))
+        self.assertIs(result.outcome, Outcome.NO_ANSWER, result.message())
+        self.assertLessEqual(max(waits), 30.0, waits)
+
     def test_used_code_refused(self):
         self.enroll()
         self.assertIs(self.enroll().outcome, Outcome.USED)
