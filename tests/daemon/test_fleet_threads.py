@@ -345,3 +345,16 @@ class LockoutSyncTests(TestCase):
         self.assertEqual(reads, [0, 2], "the second read ran, from past both rows")
         self.assertEqual(tracker.taken, ["198.51.100.2", "198.51.100.2"])
         self.assertEqual(len(self.flushLoggedErrors(ValueError)), 2)
+
+        # A failure past the read itself (here: telling that the database
+        # answers) ends that read too.
+        def broken(*args):
+            raise RuntimeError("an observer that fails")
+
+        self.patch(sync, "_set_available", broken)
+        sync.read_all()
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+        self.patch(sync, "_set_available", lambda *args: None)
+        sync.read_all()
+        self.assertEqual(len(reads), 4, "the read after the failed one ran")
+        self.flushLoggedErrors(ValueError)  # its row, read again
