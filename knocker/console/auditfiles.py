@@ -13,6 +13,7 @@ in L{AuditLines.problems}, which a report shows.
 """
 
 import gzip
+import json
 import os
 import re
 import zlib
@@ -42,6 +43,21 @@ def may_hide_unshowable(line: bytes) -> bool:
     backslashes, so its lines skip L{showable}.
     """
     return b"\\" in line or b"\x7f" in line or not line.isascii()
+
+
+def parse_line(line: bytes) -> dict | None:
+    """
+    One line of the log as an event, its strings L{showable}; C{None} for
+    a line that is not a JSON object (torn, damaged, nested too deep:
+    not the daemon's).
+    """
+    try:
+        event = json.loads(line)
+        if may_hide_unshowable(line):
+            event = showable(event)
+    except (ValueError, RecursionError):
+        return None
+    return event if isinstance(event, dict) else None
 
 
 def showable(value):

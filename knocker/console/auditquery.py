@@ -6,10 +6,9 @@ writes (not a JSON object; a time, event, address or client that is not
 text) is skipped, so a damaged log still has its other events found.
 """
 
-import json
 from collections import deque
 
-from knocker.console.auditfiles import may_hide_unshowable, showable
+from knocker.console.auditfiles import parse_line
 
 PER_PAGE = 50
 #: The newest C{page * per_page} matches are kept while the log is read:
@@ -36,13 +35,8 @@ def query(lines, ip: str = "", client: str = "", event: str = "", since: str = "
     for line in lines:
         if ip_bytes is not None and ip_bytes not in line:
             continue  # cheap test before parsing
-        try:
-            entry = json.loads(line)
-            if may_hide_unshowable(line):
-                entry = showable(entry)
-        except (ValueError, RecursionError):  # (deep nesting: not the daemon's)
-            continue
-        if not isinstance(entry, dict):
+        entry = parse_line(line)
+        if entry is None:
             continue
         when = entry.get("time", "")
         if type(when) is not str or type(entry.get("event", "")) is not str:

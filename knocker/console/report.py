@@ -14,10 +14,9 @@ to by someone else, and a report must still come out.
 """
 
 import heapq
-import json
 from collections import Counter
 
-from knocker.console.auditfiles import may_hide_unshowable, showable
+from knocker.console.auditfiles import parse_line
 
 #: Bucket key length in an ISO time "2026-12-01T13:44:26.123456Z".
 BUCKETS = {"hour": 13, "day": 10}
@@ -165,7 +164,6 @@ def summarise(lines, bucket: str = "hour", since: str | None = None) -> Report:
     report = Report(bucket)
     rows, grants = report.rows, report.grants
     count_source, count_client = report.sources.add, report.clients.add
-    loads = json.loads
     first = last = None
     count = 0
     for line in lines:
@@ -181,13 +179,8 @@ def summarise(lines, bucket: str = "hour", since: str | None = None) -> Report:
             when = line[9:_HIT_AT].decode("ascii", "replace")
             hit_from = line[_IP_AT:end].decode("ascii", "replace")
         else:
-            try:
-                event = loads(line)
-                if may_hide_unshowable(line):
-                    event = showable(event)
-            except (ValueError, RecursionError):  # (deep nesting: not the daemon's)
-                continue
-            if not isinstance(event, dict):
+            event = parse_line(line)
+            if event is None:
                 continue
         if hit_from is None:
             when = event.get("time")
