@@ -459,11 +459,11 @@ class RenewalCryptoTests(TestCase):
             self.assertRaises(k.VerifyError, k.unseal, key, bytes(bad),
                               renewal.associated("alice"))
 
-    def test_a_file_replaced_during_the_knock_is_left_alone(self):
+    def offered(self):
         """
-        Two knocks at once with one file: the first to be renewed replaces
-        it; the other's renewal, sealed for the secret it knocked with,
-        must not overwrite the new file (nor make it FILE.prev).
+        A client knocked until its file is due for renewal, then once more
+        by hand up to the server's OFFER: C{(client, its file's text, the
+        OFFER line, proto, transport, nonce)}, the offer not yet taken.
         """
         h, c = renewing(self)
         for _ in range(5):
@@ -476,6 +476,15 @@ class RenewalCryptoTests(TestCase):
             h.hit("192.0.2.10", port)
         lines = transport.value().split(b"\n")
         transport.clear()
+        return c, before, lines[1], proto, transport, nonce
+
+    def test_a_file_replaced_during_the_knock_is_left_alone(self):
+        """
+        Two knocks at once with one file: the first to be renewed replaces
+        it; the other's renewal, sealed for the secret it knocked with,
+        must not overwrite the new file (nor make it FILE.prev).
+        """
+        c, before, offer, proto, transport, nonce = self.offered()
         from knocker.client.knock import run_blocking
         from knocker.core.knockfile import KnockFileText
         from tests.enrol.renewing import _Config, _Conn
@@ -485,24 +494,14 @@ class RenewalCryptoTests(TestCase):
         write_private(c.path, replaced)  # renewed meanwhile by the other knock
         conn = _Conn(proto, transport, None, lambda line: line)
         with self.assertRaises(ValueError) as caught:
-            run_blocking(renewal.take_offer(conn, lines[1], _Config(c.path),
+            run_blocking(renewal.take_offer(conn, offer, _Config(c.path),
                                             KnockFileText(before, c.path), nonce, 5.0))
         self.assertIn("changed during the knock", str(caught.exception))
         self.assertEqual(c.text(), replaced, "the other knock's file stays")
         self.assertIsNone(c.previous())
 
     def test_tampered_offer_leaves_the_file(self):
-        h, c = renewing(self)
-        for _ in range(5):
-            c.knock()
-        before = c.text()
-        line, proto, transport, nonce = h.handshake(secret=c.secret())
-        grant = hs.parse_reply(line.rstrip(b"\n"))
-        transport.clear()
-        for port in h.files["alice"].knock(grant.index):
-            h.hit("192.0.2.10", port)
-        lines = transport.value().split(b"\n")
-        transport.clear()
+        c, before, offer, proto, transport, nonce = self.offered()
         from knocker.client.knock import run_blocking
         from knocker.core.knockfile import KnockFileText
         from tests.enrol.renewing import _Config, _Conn
@@ -518,7 +517,7 @@ class RenewalCryptoTests(TestCase):
         conn = _Conn(proto, transport, None, flip)
         kf = KnockFileText(before, c.path)
         with self.assertRaises(k.VerifyError) as caught:
-            run_blocking(renewal.take_offer(conn, lines[1], _Config(c.path), kf, nonce, 5.0))
+            run_blocking(renewal.take_offer(conn, offer, _Config(c.path), kf, nonce, 5.0))
         self.assertIn("does not verify", str(caught.exception))
         self.assertEqual(c.text(), before, "the current file untouched")
         self.assertIsNone(c.previous())
