@@ -101,11 +101,12 @@ async def knock(io, config, knockfile, uniform=None, began=None) -> KnockResult:
     if began is not None:
         started -= max(0.0, io.now() - began)
     deadline = _Deadline(io, config.timeout, began)
-    attempts = 0
+    attempts, busy_at = 0, None
     while True:
         attempts += 1
-        result = (await _attempt(io, config, knockfile, deadline,
-                                 first=attempts == 1)).replace(attempts=attempts)
+        result = (await _attempt(io, config, knockfile, deadline, first=attempts == 1,
+                                 start=busy_at)).replace(attempts=attempts)
+        busy_at = result.server
         if result.outcome is not Outcome.BUSY or attempts > config.busy_retries:
             break
         if uniform is None:
@@ -161,7 +162,8 @@ class _Deadline:
         return f"the client's timeout of {self.seconds:g}s {verb} {doing}"
 
 
-async def _attempt(io, config, knockfile, deadline, first: bool = True) -> KnockResult:
+async def _attempt(io, config, knockfile, deadline, first: bool = True,
+                   start: str | None = None) -> KnockResult:
     # A retry's pause can end at the deadline.  (A first attempt's cannot
     # have passed it, unless a HELLO said early took it all: the connect
     # below then names the server and why.)
@@ -170,8 +172,14 @@ async def _attempt(io, config, knockfile, deadline, first: bool = True) -> Knock
     # A fleet's gateways, in the order given: the first whose central port
     # answers is the one knocked (its peer_host gets the hits).  One that
     # answers ERROR before any GRANT (its database out of reach, say) hands
-    # the knock to the next: it granted no number.
+    # the knock to the next: it granted no number.  A retry after BUSY
+    # starts at C{start}, the gateway that said it, and goes on round the
+    # list: those before it were just found out of reach, and each could
+    # hold the retry for a connect-timeout.
     endpoints = config.server.split()
+    if start in endpoints:
+        at = endpoints.index(start)
+        endpoints = endpoints[at:] + endpoints[:at]
     refused = None
     for n, endpoint in enumerate(endpoints):
         try:

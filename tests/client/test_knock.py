@@ -564,6 +564,32 @@ class FailoverTests(SynchronousTestCase):
             self.assertEqual(json.loads(handle.read())["server"], "tcp:b:7000",
                              "the log names the gateway that opened")
 
+    def test_a_retry_after_busy_starts_at_the_gateway_that_said_it(self):
+        """
+        The first gateway is out of reach, the second says BUSY: the
+        retries go to the second, not back through the dead one first
+        (each try of which can cost a connect-timeout).
+        """
+        busy = [f"CHALLENGE {NONCE}".encode(), b"BUSY 4"]
+        io = FailoverIO({"tcp:a:7000"}, busy, busy,
+                        [f"CHALLENGE {NONCE}".encode(), grant(2), b"OPEN"])
+        result = run_blocking(knock(io, config(server="tcp:a:7000 tcp:b:7000 tcp:c:7000"), KF,
+                                    uniform=lambda a, b: 1.0))
+        self.assertEqual((result.outcome, result.attempts, result.server),
+                         (Outcome.OPEN, 3, "tcp:b:7000"))
+        self.assertEqual(io.tried, ["tcp:a:7000", "tcp:b:7000", "tcp:b:7000", "tcp:b:7000"])
+
+    def test_a_retry_goes_round_the_list_from_the_busy_gateway(self):
+        """Past the busy gateway, the ones after it come before those
+        found out of reach."""
+        busy = [f"CHALLENGE {NONCE}".encode(), b"BUSY 4"]
+        io = FailoverIO({"tcp:a:7000"}, busy, [b"ERROR server-error"],
+                        [f"CHALLENGE {NONCE}".encode(), grant(2), b"OPEN"])
+        result = run_blocking(knock(io, config(server="tcp:a:7000 tcp:b:7000 tcp:c:7000"), KF,
+                                    uniform=lambda a, b: 1.0))
+        self.assertEqual((result.outcome, result.server), (Outcome.OPEN, "tcp:c:7000"))
+        self.assertEqual(io.tried, ["tcp:a:7000", "tcp:b:7000", "tcp:b:7000", "tcp:c:7000"])
+
     def test_every_gateway_answering_error_is_a_server_error(self):
         io = FailoverIO({"tcp:c:7000"},
                         [f"CHALLENGE {NONCE}".encode(), b"ERROR server-error"],
