@@ -20,8 +20,9 @@ Exit status: the status C{knocker knock} gives for a knock that is not
 OPEN; otherwise 0 once the remote side has closed the connection,
 L{UNREACHABLE_TARGET} when C{HOST} does not resolve (nothing is knocked
 then) or no connection to C{HOST:PORT} could be made within
-L{CONNECT_WINDOW} seconds of the OPEN, and L{RELAY_FAILED} when the
-connection or a standard stream failed once connected.
+L{CONNECT_WINDOW} seconds of the OPEN, L{RELAY_FAILED} when the
+connection or a standard stream failed once connected, and 130 after
+Ctrl-C.
 """
 
 import _socket
@@ -102,8 +103,12 @@ def resolve(host: str, port: int, seconds: float = 5.0) -> list[tuple]:
         name = host.encode("ascii")  # bytes: a str would load the idna codec
     except UnicodeEncodeError:
         name = host
+    try:
+        answers = getaddrinfo_within(name, port, seconds)
+    except (UnicodeError, ValueError) as failure:  # the idna codec refusing a name
+        raise OSError(f"not a usable host name ({failure})") from None
     found = []
-    for family, kind, proto, _, address in getaddrinfo_within(name, port, seconds):
+    for family, kind, proto, _, address in answers:
         if (family, kind, proto, address) not in found:
             found.append((family, kind, proto, address))
     if not found:
@@ -180,12 +185,15 @@ class _Up:
     """
     Standard input to the socket, in a thread of its own: at end of input,
     C{shutdown(SHUT_WR)} (the remote side reads end of file and may still
-    answer).
+    answer).  A send that fails is kept in C{failure}: when it takes a
+    reset's error, the main thread's C{recv} sees only an end of file.
     """
 
     def __init__(self, sock, stdin: int):
         self.sock = sock
         self.stdin = stdin
+        self.failure: OSError | None = None
+        self.ended = False  # our end of file sent (shutdown SHUT_WR)
 
     def run(self) -> None:
         import errno
@@ -201,9 +209,10 @@ class _Up:
                 if not data:
                     break
                 self.sock.sendall(data)
+            self.ended = True  # first: the remote side may close at once
             self.sock.shutdown(_socket.SHUT_WR)
-        except OSError:
-            pass  # the connection failed: the main thread's recv says so
+        except OSError as failure:
+            self.failure = failure  # the main thread's recv ends too, and says why
 
 
 def relay(sock, stdin: int = 0, stdout: int = 1, name: str = "") -> int:
@@ -226,6 +235,10 @@ def relay(sock, stdin: int = 0, stdout: int = 1, name: str = "") -> int:
                 _say(f"{name}: the connection failed: {_describe(failure)}")
                 return RELAY_FAILED
             if not data:
+                if up.failure is not None or (not up.ended and _was_reset(sock)):
+                    failure = up.failure or ConnectionResetError("reset")
+                    _say(f"{name}: the connection failed: {_describe(failure)}")
+                    return RELAY_FAILED
                 return 0
             try:
                 _write_all(stdout, data)
@@ -234,6 +247,42 @@ def relay(sock, stdin: int = 0, stdout: int = 1, name: str = "") -> int:
                 return RELAY_FAILED
     finally:
         sock.close()
+
+
+def _was_reset(sock) -> bool:
+    """
+    Whether a connection whose C{recv} just read end of file, before we
+    sent our own, was reset rather than closed: after a reset TCP holds no
+    state (C{TCP_CLOSE}); after the remote side's FIN alone it waits for
+    ours (C{CLOSE_WAIT}).  (Once both ends are sent, Linux too leaves the
+    socket in C{TCP_CLOSE}, its C{TIME_WAIT} held elsewhere: hence
+    "before".)
+    """
+    try:
+        info = sock.getsockopt(_socket.IPPROTO_TCP, _socket.TCP_INFO, 1)
+    except (OSError, AttributeError):
+        return False
+    return info[:1] == bytes([_TCP_CLOSE])
+
+
+_TCP_CLOSE = 7  # linux/tcp_states.h
+
+
+def reserve_standard_streams() -> None:
+    """
+    Put C{/dev/null} on standard input, output or error if one is closed,
+    before any socket is made: the relay's connection would otherwise take
+    the lowest free descriptor, 0 or 1, and be read or written as a
+    standard stream (the remote side's bytes sent back to it).
+    """
+    for fd in (0, 1, 2):
+        try:
+            os.fstat(fd)
+        except OSError:
+            null = os.open(os.devnull, os.O_RDWR)
+            if null != fd:
+                os.dup2(null, fd)
+                os.close(null)
 
 
 def _say(message: str) -> None:
@@ -247,9 +296,12 @@ def connect_command(argv: list[str]) -> int:
     if {"-h", "--help"} & set(argv):
         print(help_text())
         return 0
+    reserve_standard_streams()
     real_stdout, sys.stdout = sys.stdout, sys.stderr  # stdout is the relay's alone
     try:
         return _connect(argv)
+    except KeyboardInterrupt:  # ^C before ssh puts the terminal in raw mode
+        return 130
     finally:
         sys.stdout = real_stdout
 

@@ -143,6 +143,52 @@ class CommandLineTests(SynchronousTestCase):
         status = connect.connect_command(["--knock-file", knock_file, "nowhere.invalid", "22"])
         self.assertEqual((status, knocked), (connect.UNREACHABLE_TARGET, []))
 
+    def test_a_host_name_the_resolver_cannot_encode_knocks_nothing(self):
+        """
+        A name the idna codec refuses is status 15 with a message, not a
+        traceback and status 1, and nothing is knocked.
+        """
+        from knocker.client import command
+
+        knocked = []
+        self.patch(command, "run_knock", lambda *args: knocked.append(args))
+        directory = self.mktemp()
+        os.makedirs(directory)
+        knock_file = os.path.join(directory, "alice.knock")
+        write_private(knock_file, format_knockfile(SAMPLE))
+        for host in ("\u00e4..b", "xn--\u00e4"):
+            with self.assertRaises(OSError) as caught:
+                connect.resolve(host, 22)
+            self.assertIn("not a usable host name", str(caught.exception))
+            status = connect.connect_command(["--knock-file", knock_file, host, "22"])
+            self.assertEqual((status, knocked), (connect.UNREACHABLE_TARGET, []))
+
+    def test_closed_standard_input_is_not_taken_by_the_connection(self):
+        """
+        Started with standard input closed, the relay must not read its own
+        connection as standard input: the remote side gets end of file,
+        not its own bytes back, and standard output gets them.
+        """
+        listener = socket.create_server(("127.0.0.1", 0))
+        self.addCleanup(listener.close)
+        code = ("import sys\n"
+                "from knocker.client import connect\n"
+                "connect.reserve_standard_streams()\n"
+                "sock = connect.open_target(connect.resolve('127.0.0.1', %d))\n"
+                "sys.exit(connect.relay(sock, name='peer'))\n" % listener.getsockname()[1])
+        child = subprocess.Popen([sys.executable, "-c", code], env=environment(),
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                 preexec_fn=lambda: os.close(0))
+        self.addCleanup(child.kill)
+        listener.settimeout(10)
+        peer, _ = listener.accept()
+        peer.settimeout(10)
+        peer.sendall(b"SSH-2.0-banner\r\n")
+        self.assertEqual(peer.recv(100), b"", "end of file, not the banner sent back")
+        peer.close()
+        out, err = child.communicate(timeout=10)
+        self.assertEqual((child.returncode, out), (0, b"SSH-2.0-banner\r\n"), err)
+
 
 SAMPLE = KnockFile("alice", bytes(range(32)), 3, "2026-11-25T10:00:00Z", ((3001, 3002),))
 
@@ -274,6 +320,58 @@ class RelayTests(SynchronousTestCase):
         peer.close()  # linger 0: a reset
         thread.join(10)
         self.assertEqual(self.status, [connect.RELAY_FAILED])
+
+    def test_a_reset_while_input_streams_is_status_1(self):
+        """
+        A reset that the sending thread's C{sendall} takes leaves the
+        receiving side an end of file; it is still a failure (before,
+        status 0 in about a third of the runs).
+        """
+        for attempt in range(15):
+            listener = socket.create_server(("127.0.0.1", 0))
+            mine = socket.create_connection(listener.getsockname())
+            peer, _ = listener.accept()
+            listener.close()
+            zero = os.open("/dev/zero", os.O_RDONLY)
+            self.addCleanup(os.close, zero)
+            stdout_r, stdout_w = os.pipe()
+            status = []
+
+            def run(mine, zero, stdout_w, status):
+                try:
+                    status.append(connect.relay(mine, zero, stdout_w, "peer"))
+                finally:
+                    os.close(stdout_w)
+
+            thread = threading.Thread(target=run, args=(mine, zero, stdout_w, status),
+                                      daemon=True)
+            thread.start()
+            peer.recv(65536)
+            peer.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
+                            b"\x01\x00\x00\x00\x00\x00\x00\x00")
+            peer.close()  # linger 0, unread data: a reset
+            thread.join(10)
+            os.close(stdout_r)
+            self.assertEqual(status, [connect.RELAY_FAILED], f"attempt {attempt}")
+
+    def test_was_reset_tells_a_reset_from_a_close(self):
+        """Before our own end of file is sent."""
+        for linger, reset in ((False, False), (True, True)):
+            listener = socket.create_server(("127.0.0.1", 0))
+            self.addCleanup(listener.close)
+            mine = socket.create_connection(listener.getsockname())
+            self.addCleanup(mine.close)
+            peer, _ = listener.accept()
+            if linger:
+                peer.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
+                                b"\x01\x00\x00\x00\x00\x00\x00\x00")
+            peer.close()
+            mine.settimeout(10)
+            try:
+                mine.recv(10)
+            except ConnectionResetError:
+                pass
+            self.assertEqual(connect._was_reset(mine), reset)
 
 
 class EchoServer:
