@@ -10,7 +10,7 @@ import time
 
 from twisted.internet import protocol, tcp
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IProtocolNegotiationFactory
+from twisted.internet.interfaces import IHalfCloseableProtocol, IProtocolNegotiationFactory
 from twisted.logger import Logger
 from twisted.protocols.basic import LineOnlyReceiver
 from zope.interface import implementer
@@ -75,10 +75,18 @@ def is_enrol(line: bytes) -> bool:
     return line.startswith(b"KNOCKER/1 ENROLL ")
 
 
+@implementer(IHalfCloseableProtocol)
 class CentralProtocol(LineOnlyReceiver):
     """
     One client's exchange on the central port: HELLO, PROOF, then the
     verdict.  Any deviation ends it with C{ERROR <reason>}.
+
+    While a DENIED (or ERROR) waits for its moment (L{DENIED_AT}) nothing
+    the client does is answered sooner: what it sends is dropped, and its
+    FIN (a half-close, hence C{IHalfCloseableProtocol}) waits too.  Else a
+    line too long or a FIN right after the PROOF would end the connection
+    at once, and the time of that end would tell a real client id from an
+    unknown one.
     """
 
     delimiter = b"\n"
@@ -96,6 +104,7 @@ class CentralProtocol(LineOnlyReceiver):
         self._waiting = False  # for a store's answer to an enrolment or renewal
         self._direct = False  # lines sent straight to the socket (see _write)
         self._closing = False  # the last line is out: what comes in is dropped
+        self._answering = False  # a DENIED or ERROR waits for its moment (DENIED_AT)
         self._granted = False
         self._lingering = False  # counted among LINGER_MAX (CentralFactory.linger)
         self.ip = None
@@ -111,10 +120,23 @@ class CentralProtocol(LineOnlyReceiver):
         # peer's bytes keep coming until it closes its own side: dropped,
         # not joined to a buffer on every read (quadratic, and unbounded
         # for as long as the close takes).
-        if not self._closing:
+        if not (self._closing or self._answering):
             super().dataReceived(data)
 
+    def readConnectionLost(self) -> None:
+        """
+        The client sent its FIN: the connection ends as it always did, but
+        not before a DENIED waiting for its moment has gone out.
+        """
+        if not self._answering:
+            self.transport.loseConnection()
+
+    def writeConnectionLost(self) -> None:
+        pass  # our FIN is sent with shutdown() on the socket, not through here
+
     def lineReceived(self, line: bytes):
+        if self._answering:
+            return  # the rest of the packet that held the PROOF
         if self._exchange is not None or (self._handshake.client is None and is_enrol(line)):
             if self._waiting:
                 # A line before the answer it should wait for: the
@@ -168,6 +190,7 @@ class CentralProtocol(LineOnlyReceiver):
         if isinstance(reply, (hs.Denied, hs.Error)):
             moment = proved_at + DENIED_AT
             wake = max(0.0, moment - self.factory.early - self._clock.seconds())
+            self._answering = True
             self._timer = self._clock.callLater(wake, self._send_at, moment, step)
             return
         self._apply(step)
@@ -253,6 +276,9 @@ class CentralProtocol(LineOnlyReceiver):
         self._end_exchange()
 
     def lineLengthExceeded(self, line):
+        if self._answering:
+            self._buffer = b""  # LineOnlyReceiver's, past the PROOF
+            return
         step = self._handshake.fault("line-too-long")
         if step is None:
             # After OPEN, in a renewal: ends it as any fault of its own does
@@ -263,6 +289,7 @@ class CentralProtocol(LineOnlyReceiver):
 
     def _send_at(self, moment: float, step: shs.Respond) -> None:
         self.factory.wait_until(moment)
+        self._answering = False
         self._apply(step)
 
     def finish(self, reply: hs.Reply) -> None:

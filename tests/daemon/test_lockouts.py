@@ -361,3 +361,57 @@ class DeniedTimingTests(SynchronousTestCase):
             self.assertEqual(transport.value(), b"", f"{client}: not before the delay")
             h.clock.advance(DENIED_AT * 0.02)
             self.assertEqual(transport.value(), b"DENIED\n", client)
+
+    def proof_then(self, h, client, ip, then):
+        proto, transport = h.connect(ip=ip)
+        proto.dataReceived(hs.format_hello(client))
+        nonce = hs.parse_reply(transport.value().rstrip(b"\n")).nonce
+        transport.clear()
+        proto.dataReceived(hs.format_proof(hs.hello_mac(BAD_SECRET, client, nonce)) + then)
+        return proto, transport
+
+    def test_what_follows_the_proof_cannot_hasten_the_denied(self):
+        """
+        A line too long, or a second PROOF, in the packet that held the
+        PROOF: nothing before the fixed moment, then DENIED alone, for a
+        real client as for an unknown one (before, a long tail had ERROR
+        line-too-long at once, the time of the judging on the wire).
+        """
+        from knocker.daemon.central import DENIED_AT
+
+        h = Harness(self, lockout="0")
+        for tail in (b"y" * 600, b"PROOF " + b"0" * 64 + b"\n", b"x\n" + b"y" * 600):
+            for client in ("alice", "mallory"):
+                proto, transport = self.proof_then(h, client, "198.51.100.1", tail)
+                self.assertEqual(transport.value(), b"", (client, tail[:8]))
+                self.assertFalse(transport.disconnecting)
+                proto.dataReceived(b"z" * 600)  # later packets too
+                h.clock.advance(DENIED_AT * 0.99)
+                self.assertEqual(transport.value(), b"", (client, tail[:8]))
+                h.clock.advance(DENIED_AT * 0.02)
+                self.assertEqual(transport.value(), b"DENIED\n", (client, tail[:8]))
+                self.assertTrue(transport.disconnecting)
+
+    def test_a_fin_after_the_proof_waits_for_the_denied(self):
+        """
+        The client half-closes right after its PROOF: the connection stays
+        until the DENIED goes out at its moment, then ends; a FIN at any
+        other time ends it at once, as before.
+        """
+        from twisted.internet.interfaces import IHalfCloseableProtocol
+
+        from knocker.daemon.central import DENIED_AT
+
+        h = Harness(self, lockout="0")
+        for client in ("alice", "mallory"):
+            proto, transport = self.proof_then(h, client, "198.51.100.1", b"")
+            self.assertTrue(IHalfCloseableProtocol.providedBy(proto))
+            proto.readConnectionLost()
+            self.assertFalse(transport.disconnecting, client)
+            h.clock.advance(DENIED_AT * 1.01)
+            self.assertEqual(transport.value(), b"DENIED\n", client)
+            self.assertTrue(transport.disconnecting)
+        proto, transport = h.connect(ip="198.51.100.1")
+        proto.dataReceived(hs.format_hello("alice"))
+        proto.readConnectionLost()
+        self.assertTrue(transport.disconnecting, "a FIN before the PROOF ends it")

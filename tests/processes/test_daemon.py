@@ -236,6 +236,33 @@ class DaemonTests(SynchronousTestCase):
             self.assertIn(f"{damaged}, line {lineno}: ", refused.stderr)
         self.assertEqual([e for e in read_audit(self.audit) if e["event"] == "hit"], [])
 
+    def test_a_fin_after_a_bad_proof_does_not_hasten_the_denied(self):
+        """
+        Over a real connection: a client that half-closes right after a
+        wrong PROOF still reads DENIED, at the fixed moment after it, not
+        an end of file at once (whose time would tell how long judging
+        took, and so whether the client id exists).
+        """
+        from knocker.daemon.central import DENIED_AT
+
+        self.generate()
+        self.start()
+        with socket.create_connection(("127.0.0.1", self.port), timeout=5) as conn:
+            conn.sendall(hs.format_hello("alice"))
+            nonce = hs.parse_reply(conn.makefile("rb").readline().rstrip(b"\n")).nonce
+            conn.sendall(hs.format_proof(hs.hello_mac(b"\x01" * 32, "alice", nonce)))
+            sent = time.monotonic()
+            conn.shutdown(socket.SHUT_WR)
+            reply = b""
+            while True:
+                data = conn.recv(100)
+                if not data:
+                    break
+                reply += data
+            took = time.monotonic() - sent
+        self.assertEqual(reply, b"DENIED\n")
+        self.assertGreaterEqual(took, DENIED_AT * 0.9)
+
     def test_kill_9_mid_knock_never_grants_twice(self):
         knock_file, _ = self.generate()
         kf = parse_knockfile(read_private(knock_file), knock_file)
