@@ -118,6 +118,7 @@ def run_blocking(argv: list[str], env: dict[str, str], timeout: float,
     """
     import time
 
+    _no_inherited_descriptors()  # (subprocess, below, closes them itself)
     if runs_as is not None and runs_as != (os.geteuid(), os.getegid()):
         import pwd
         import subprocess
@@ -136,10 +137,7 @@ def run_blocking(argv: list[str], env: dict[str, str], timeout: float,
         try:
             return process.wait(timeout) == 0
         except subprocess.TimeoutExpired:
-            try:
-                os.killpg(process.pid, signal.SIGKILL)
-            except OSError:
-                pass
+            kill_session(process.pid)
             process.wait()
             return False
     devnull = os.open(os.devnull, os.O_WRONLY | os.O_CLOEXEC)
@@ -155,13 +153,29 @@ def run_blocking(argv: list[str], env: dict[str, str], timeout: float,
         if done:
             return os.waitstatus_to_exitcode(status) == 0
         if time.monotonic() >= deadline:
-            try:
-                os.killpg(pid, signal.SIGKILL)
-            except OSError:
-                pass
+            kill_session(pid)
             os.waitpid(pid, 0)
             return False
         time.sleep(0.01)
+
+
+def kill_session(pid: int) -> None:
+    """
+    Kill a program started in a session of its own, and everything it
+    started: its process group, and the descendants that left the group
+    with a session of their own (setsid), found first through their
+    parent links, which still lead here.
+    """
+    strays = descendants(pid)
+    try:
+        os.killpg(pid, signal.SIGKILL)  # the session's leader: its group is its pid
+    except OSError:  # gone already, or no longer ours to kill
+        pass
+    for stray in strays:
+        try:
+            os.kill(stray, signal.SIGKILL)
+        except OSError:
+            pass
 
 
 def ignored_signals() -> list[int]:
@@ -396,19 +410,7 @@ class _Child:
             self._exited(status)
             return
         self._timed_out = True
-        # Found first: a descendant that made a session of its own (setsid)
-        # has left the group, but its parent links still lead here.
-        strays = descendants(self.pid)
-        try:
-            # The program leads a session of its own: its group is its pid.
-            os.killpg(self.pid, signal.SIGKILL)
-        except OSError:  # gone already, or no longer ours to kill
-            pass
-        for pid in strays:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except OSError:
-                pass
+        kill_session(self.pid)
         # Anything that escaped the group may hold our pipes; do not wait.
         self._close_pipes()
 

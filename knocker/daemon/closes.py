@@ -333,8 +333,7 @@ class CloseSchedule:
         d = self._opening.done(close_id)
         d.addCallback(lambda _: self._slots.run(self._start, close_id, ip, client, index))
         d.addCallback(self._closed, close_id, ip, client, index)
-        d.addErrback(lambda failure: log.failure("on-close for {client} at {ip}", failure,
-                                                 client=client, ip=ip))
+        d.addErrback(self._close_failed, close_id, ip, client, index)
         d.addBoth(self._close_ended, close_id)
         return d
 
@@ -359,6 +358,17 @@ class CloseSchedule:
     def _close_ended(self, result, close_id):
         self._closing.end(close_id)
         return result
+
+    def _close_failed(self, failure, close_id, ip, client, index) -> None:
+        """
+        Running the close, or recording its end, raised: the door may
+        still be open, so the close stays and is tried again, as one that
+        failed (it is idempotent, should it have run).
+        """
+        log.failure("on-close for {client} at {ip}; retrying in {s}s", failure,
+                    client=client, ip=ip, s=self._retry)
+        if not self._stopped:
+            self.schedule(close_id, self._wall.now() + self._retry, ip, client, index)
 
     def _closed(self, result, close_id, ip, client, index) -> None:
         if result is _PARKED:

@@ -790,12 +790,17 @@ class KnockServer:
         d = self._runner.run(argv, action_env(ip, client, index, self.passed_env))
 
         def report(result):
-            self._audit.record(
-                "script", action=which, ip=ip, client=client, index=index, **extra,
-                exit_code=result.exit_code, signal=result.signal, timed_out=result.timed_out,
-                stdout=result.stdout[-2000:], stderr=result.stderr[-2000:],
-                **({"error": result.spawn_error} if result.spawn_error else {}),
-            )
+            try:
+                self._audit.record(
+                    "script", action=which, ip=ip, client=client, index=index, **extra,
+                    exit_code=result.exit_code, signal=result.signal,
+                    timed_out=result.timed_out, stdout=result.stdout[-2000:],
+                    stderr=result.stderr[-2000:],
+                    **({"error": result.spawn_error} if result.spawn_error else {}),
+                )
+            except Exception:  # the verdict below must come all the same: it records the
+                # door's close and frees the knock's slot
+                log.failure("auditing {which} for {client}", which=which, client=client)
             if verdict is not None:
                 try:
                     verdict(result)

@@ -7,6 +7,7 @@ import json
 import os
 import stat
 import sys
+import time
 
 from twisted.internet import reactor
 from twisted.internet.task import deferLater
@@ -265,3 +266,49 @@ class ActionRunnerTests(TestCase):
         result = await ProcessRunner(reactor, 5).run([None, "x"], {})
         self.assertFalse(result.ok)
         self.assertTrue(result.spawn_error)
+
+
+class RunBlockingTests(TestCase):
+    """
+    L{run_blocking}, which runs on-close when a start is refused (no
+    reactor yet): the same hygiene as the reactor's runner.
+    """
+
+    def test_no_descriptor_of_the_daemon_reaches_the_program(self):
+        from knocker.daemon.actions import run_blocking
+
+        reader, writer = os.pipe()
+        self.addCleanup(os.close, reader)
+        self.addCleanup(os.close, writer)
+        os.set_inheritable(writer, True)  # as one inherited from whatever started the daemon
+        listing = os.path.abspath(self.mktemp())
+        ok = run_blocking(["/bin/sh", "-c", f"ls /proc/self/fd > {listing}"],
+                          {"PATH": "/usr/bin:/bin"}, 10)
+        self.assertTrue(ok)
+        with open(listing) as handle:
+            fds = {int(name) for name in handle.read().split()}
+        self.assertNotIn(writer, fds)
+        self.assertLessEqual(fds - {0, 1, 2}, {3}, "only ls's own listing")
+
+    def test_a_timeout_kills_a_descendant_in_a_session_of_its_own(self):
+        from knocker.daemon.actions import run_blocking
+
+        pid_file = os.path.abspath(self.mktemp())
+        ok = run_blocking(["/bin/sh", "-c", f"setsid sleep 1011 & echo $! > {pid_file}; sleep 1012"],
+                          {"PATH": "/usr/bin:/bin"}, 1.0)
+        self.assertFalse(ok)
+        with open(pid_file) as handle:
+            pid = int(handle.read())
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                with open(f"/proc/{pid}/stat", "rb") as handle:
+                    state = handle.read().rsplit(b")", 1)[1].split()[0]
+            except OSError:
+                break  # gone
+            if state == b"Z":
+                break  # killed, not yet reaped by init
+            time.sleep(0.05)
+        else:
+            os.kill(pid, 9)
+            self.fail("the setsid'd sleep outlived the timeout")

@@ -121,6 +121,30 @@ class CloseScheduleTests(SynchronousTestCase):
         self.clock.advance(10 * RETRY)
         self.assertEqual(len(self.closer.runs), 3)
 
+    def test_a_close_that_raises_is_kept_and_retried(self):
+        """
+        A run that raises (not a failed program: the code around it) is
+        tried again like a failed close; before, it was logged and then
+        neither retried nor forgotten, the door open until the next stop.
+        """
+        runs = []
+
+        def run_close(ip, client, index):
+            runs.append(index)
+            if len(runs) == 1:
+                raise RuntimeError("a listener of the audit log broke")
+            return defer.succeed(result(True))
+
+        closes = self.schedule_of(run_close)
+        close_id = closes.record(1030.0, IP, "alice", 7)
+        closes.schedule(close_id, 1030.0, IP, "alice", 7)
+        self.clock.advance(30)
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+        self.assertEqual([c.id for c in self.store.pending_closes()], [close_id])
+        self.clock.advance(RETRY)
+        self.assertEqual(runs, [7, 7])
+        self.assertEqual(self.store.pending_closes(), [], "forgotten once it worked")
+
     def test_default_retry_is_a_minute(self):
         closes = CloseSchedule(self.clock, WallTime(self.clock), self.store, FakeCloser(False, True), self.audit)
         close_id = closes.record(1000.0, IP, "alice", 1)

@@ -298,6 +298,33 @@ class CloseTests(SynchronousTestCase):
         h.clock.advance(1)
         self.assertEqual(h.runner.calls[1][0], ["/bin/true", IP, "alice", "1"])
 
+    def test_an_audit_that_fails_on_the_script_line_still_gives_the_verdict(self):
+        """
+        Recording on-success's result raised: the verdict comes all the
+        same, so the door's close is scheduled and the knock's slot is
+        freed (before, the close waited for the next stop and every later
+        knock was BUSY).
+        """
+        h = Harness(self, on_close="/bin/true", open_duration=300)
+        record = h.audit.record
+        failing = [True]
+
+        def record_once_failing(event, **fields):
+            if event == "script" and failing:
+                failing.pop()
+                raise RuntimeError("an audit listener broke")
+            return record(event, **fields)
+
+        h.audit.record = record_once_failing
+        grant, transport = h.knock()
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+        self.assertEqual(transport.value(), b"OPEN\n")
+        h.clock.advance(300)
+        self.assertEqual([argv[0] for argv, _ in h.runner.calls][-1], "/bin/true",
+                         "the door was closed at its time")
+        grant, transport = h.knock()
+        self.assertIsInstance(grant, hs.Grant)
+
     def test_failed_close_is_kept_and_retried(self):
         h = Harness(self, on_close="/bin/true", open_duration=10)
         h.knock()
