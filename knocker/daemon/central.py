@@ -337,6 +337,10 @@ class CentralProtocol(LineOnlyReceiver):
                 self._server.session_lost(self)
         self._write(shs.format_reply(step.reply))
         if step.close:
+            # An enrolment waiting for the state (handshake-timeout) ends
+            # here too: its late answer must not follow this last line.
+            # (Its connection_lost still judges whether a try was spent.)
+            self._waiting = False
             self._cancel_timer()
             self._close()
             self._timer = _abort_later(self._clock, self.transport)

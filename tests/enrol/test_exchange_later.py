@@ -70,6 +70,26 @@ class PipelinedEnrolTests(SynchronousTestCase):
         self.assertIn(IP, self.h.tracker_lockouts())
 
 
+class TimeoutWhileWaitingTests(SynchronousTestCase):
+    def test_the_state_answering_after_the_timeout_sends_nothing_more(self):
+        """
+        handshake-timeout while the state has not answered: ERROR
+        handshake-timeout is the last line; the late answer writes
+        nothing after it on the closing connection.
+        """
+        h, later = later_harness(self)
+        slot = h.store.add_invitation("alice", CODE, 1e12, 3, 0)
+        later.held = True
+        proto, transport = h.connect(IP)
+        message = k.b64(k.Pake(slot, GUESS).message).encode("ascii")
+        proto.dataReceived(b"KNOCKER/1 ENROLL %d %s\n" % (slot, message))
+        h.clock.advance(h.config.handshake_timeout)
+        self.assertEqual(transport.value(), b"ERROR handshake-timeout\n")
+        while later.waiting:
+            later.release()
+        self.assertEqual(transport.value(), b"ERROR handshake-timeout\n")
+
+
 class StateErrorTests(SynchronousTestCase):
     """
     The state failing in the middle of an enrolment (SQLite busy past its
