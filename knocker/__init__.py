@@ -39,8 +39,9 @@ def command_line() -> None:
     status = run(sys.argv[2:])
     # A knock has written everything it writes with os.write or closed it;
     # tearing the interpreter down would cost every knock about 2 ms more.
-    sys.stdout.flush()
-    sys.stderr.flush()
+    for stream in (sys.stdout, sys.stderr):
+        if stream is not None:  # None: started with that descriptor closed
+            stream.flush()
     import os
 
     os._exit(status)

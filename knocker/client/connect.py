@@ -185,15 +185,18 @@ class _Up:
     """
     Standard input to the socket, in a thread of its own: at end of input,
     C{shutdown(SHUT_WR)} (the remote side reads end of file and may still
-    answer).  A send that fails is kept in C{failure}: when it takes a
-    reset's error, the main thread's C{recv} sees only an end of file.
+    answer).  A send that fails is kept in C{failure}, under C{sending}:
+    when it takes a reset's error, the main thread's C{recv} sees only an
+    end of file, and asks here.
     """
 
     def __init__(self, sock, stdin: int):
+        import threading
+
         self.sock = sock
         self.stdin = stdin
         self.failure: OSError | None = None
-        self.ended = False  # our end of file sent (shutdown SHUT_WR)
+        self.sending = threading.Lock()
 
     def run(self) -> None:
         import errno
@@ -208,11 +211,15 @@ class _Up:
                     data = b""
                 if not data:
                     break
-                self.sock.sendall(data)
-            self.ended = True  # first: the remote side may close at once
+                with self.sending:
+                    try:
+                        self.sock.sendall(data)
+                    except OSError as failure:
+                        self.failure = failure
+                        return
             self.sock.shutdown(_socket.SHUT_WR)
         except OSError as failure:
-            self.failure = failure  # the main thread's recv ends too, and says why
+            self.failure = failure
 
 
 def relay(sock, stdin: int = 0, stdout: int = 1, name: str = "") -> int:
@@ -235,8 +242,8 @@ def relay(sock, stdin: int = 0, stdout: int = 1, name: str = "") -> int:
                 _say(f"{name}: the connection failed: {_describe(failure)}")
                 return RELAY_FAILED
             if not data:
-                if up.failure is not None or (not up.ended and _was_reset(sock)):
-                    failure = up.failure or ConnectionResetError("reset")
+                failure = _reset_behind_end_of_file(sock, up)
+                if failure is not None:
                     _say(f"{name}: the connection failed: {_describe(failure)}")
                     return RELAY_FAILED
                 return 0
@@ -249,23 +256,30 @@ def relay(sock, stdin: int = 0, stdout: int = 1, name: str = "") -> int:
         sock.close()
 
 
-def _was_reset(sock) -> bool:
+def _reset_behind_end_of_file(sock, up: _Up) -> OSError | None:
     """
-    Whether a connection whose C{recv} just read end of file, before we
-    sent our own, was reset rather than closed: after a reset TCP holds no
-    state (C{TCP_CLOSE}); after the remote side's FIN alone it waits for
-    ours (C{CLOSE_WAIT}).  (Once both ends are sent, Linux too leaves the
-    socket in C{TCP_CLOSE}, its C{TIME_WAIT} held elsewhere: hence
-    "before".)
+    The reset behind the end of file C{recv} just read, if it was one.
+    Linux answers C{recv} with the end of file once a reset's error has
+    been taken, by the upload thread's C{sendall} (kept in C{up.failure})
+    or not at all yet (C{SO_ERROR}).  Only a reset counts: the remote side
+    that closed in order and then refused what we sent after (C{EPIPE})
+    closed, as far as the relay goes.
     """
+    import errno
+
+    # A send under way finishes first, and keeps its error (not for long:
+    # one blocked on a peer that stopped reading is left to itself).
+    if up.sending.acquire(timeout=0.5):
+        up.sending.release()
     try:
-        info = sock.getsockopt(_socket.IPPROTO_TCP, _socket.TCP_INFO, 1)
-    except (OSError, AttributeError):
-        return False
-    return info[:1] == bytes([_TCP_CLOSE])
-
-
-_TCP_CLOSE = 7  # linux/tcp_states.h
+        pending = sock.getsockopt(_socket.SOL_SOCKET, _socket.SO_ERROR)
+    except OSError:
+        pending = 0
+    if pending == errno.ECONNRESET:
+        return ConnectionResetError(pending, os.strerror(pending))
+    if isinstance(up.failure, ConnectionResetError):
+        return up.failure
+    return None
 
 
 def reserve_standard_streams() -> None:

@@ -81,12 +81,13 @@ class CentralProtocol(LineOnlyReceiver):
     One client's exchange on the central port: HELLO, PROOF, then the
     verdict.  Any deviation ends it with C{ERROR <reason>}.
 
-    While a DENIED (or ERROR) waits for its moment (L{DENIED_AT}) nothing
-    the client does is answered sooner: what it sends is dropped, and its
-    FIN (a half-close, hence C{IHalfCloseableProtocol}) waits too.  Else a
-    line too long or a FIN right after the PROOF would end the connection
-    at once, and the time of that end would tell a real client id from an
-    unknown one.
+    From the PROOF until its answer is out, a DENIED (or ERROR) waiting
+    for its moment (L{DENIED_AT}) included, nothing the client does is
+    answered sooner: what it sends is dropped, and its FIN (a half-close,
+    hence C{IHalfCloseableProtocol}) waits too.  Else a line too long or a
+    FIN sent after the PROOF would end the connection at once, and whether
+    that came before or after the judging would tell a real client id from
+    an unknown one.
     """
 
     delimiter = b"\n"
@@ -104,7 +105,8 @@ class CentralProtocol(LineOnlyReceiver):
         self._waiting = False  # for a store's answer to an enrolment or renewal
         self._direct = False  # lines sent straight to the socket (see _write)
         self._closing = False  # the last line is out: what comes in is dropped
-        self._answering = False  # a DENIED or ERROR waits for its moment (DENIED_AT)
+        self._answering = False  # from the PROOF until its answer is out
+        self._fin = False  # the client's FIN came while answering
         self._granted = False
         self._lingering = False  # counted among LINGER_MAX (CentralFactory.linger)
         self.ip = None
@@ -126,9 +128,11 @@ class CentralProtocol(LineOnlyReceiver):
     def readConnectionLost(self) -> None:
         """
         The client sent its FIN: the connection ends as it always did, but
-        not before a DENIED waiting for its moment has gone out.
+        not before the answer to its PROOF has gone out.
         """
-        if not self._answering:
+        if self._answering:
+            self._fin = True
+        else:
             self.transport.loseConnection()
 
     def writeConnectionLost(self) -> None:
@@ -156,6 +160,7 @@ class CentralProtocol(LineOnlyReceiver):
         step = self._handshake.receive(line)
         if isinstance(step, shs.Judge):
             self._cancel_timer()
+            self._answering = True
             self._nonce = step.nonce
             proved_at = self._clock.seconds()
             try:
@@ -177,6 +182,8 @@ class CentralProtocol(LineOnlyReceiver):
         return hs.Error("server-error")
 
     def _judged(self, reply: hs.Reply, proved_at: float) -> None:
+        if not isinstance(reply, (hs.Denied, hs.Error)):
+            self._answering = False  # sent now, below
         step = self._handshake.judged(reply)
         if step is None:
             # The exchange ended while the state answered (the client left,
@@ -190,10 +197,13 @@ class CentralProtocol(LineOnlyReceiver):
         if isinstance(reply, (hs.Denied, hs.Error)):
             moment = proved_at + DENIED_AT
             wake = max(0.0, moment - self.factory.early - self._clock.seconds())
-            self._answering = True
             self._timer = self._clock.callLater(wake, self._send_at, moment, step)
             return
         self._apply(step)
+        if self._fin:
+            # The client half-closed while a fleet's database answered: its
+            # answer is out; now the connection ends, as for any FIN.
+            self.transport.loseConnection()
 
     def _send(self, sends) -> None:
         """

@@ -163,6 +163,24 @@ class CommandLineTests(SynchronousTestCase):
             status = connect.connect_command(["--knock-file", knock_file, host, "22"])
             self.assertEqual((status, knocked), (connect.UNREACHABLE_TARGET, []))
 
+    def test_closed_standard_output_is_no_traceback(self):
+        """
+        The knocker command run with standard output closed: the usage
+        error's status and message, no traceback from flushing a stream
+        Python never opened.
+        """
+        code = ("import sys\n"
+                "sys.argv = ['knocker', 'connect', '--knock-file', '/nonexistent/a.knock', "
+                "'h', '22']\n"
+                "from knocker import command_line\n"
+                "command_line()\n")
+        done = subprocess.run([sys.executable, "-c", code], env=environment(),
+                              stderr=subprocess.PIPE, timeout=60,
+                              preexec_fn=lambda: os.close(1))
+        self.assertEqual(done.returncode, 2, done.stderr)
+        self.assertIn(b"/nonexistent/a.knock", done.stderr)
+        self.assertNotIn(b"Traceback", done.stderr)
+
     def test_closed_standard_input_is_not_taken_by_the_connection(self):
         """
         Started with standard input closed, the relay must not read its own
@@ -354,25 +372,31 @@ class RelayTests(SynchronousTestCase):
             os.close(stdout_r)
             self.assertEqual(status, [connect.RELAY_FAILED], f"attempt {attempt}")
 
-    def test_was_reset_tells_a_reset_from_a_close(self):
-        """Before our own end of file is sent."""
-        for linger, reset in ((False, False), (True, True)):
-            listener = socket.create_server(("127.0.0.1", 0))
-            self.addCleanup(listener.close)
-            mine = socket.create_connection(listener.getsockname())
-            self.addCleanup(mine.close)
-            peer, _ = listener.accept()
-            if linger:
-                peer.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
-                                b"\x01\x00\x00\x00\x00\x00\x00\x00")
-            peer.close()
-            mine.settimeout(10)
-            try:
-                mine.recv(10)
-            except ConnectionResetError:
-                pass
-            self.assertEqual(connect._was_reset(mine), reset)
-
+    def test_an_orderly_close_that_refuses_late_input_is_status_0(self):
+        """
+        The remote side sends its last bytes and closes in order; input
+        that comes after is refused by its kernel (a reset, EPIPE here):
+        the remote side closed, status 0, and every byte it sent is out.
+        """
+        listener = socket.create_server(("127.0.0.1", 0))
+        self.addCleanup(listener.close)
+        mine = socket.create_connection(listener.getsockname())
+        peer, _ = listener.accept()
+        thread = self.start(mine)
+        self.addCleanup(os.close, self.stdin_w)
+        peer.sendall(b"x" * 100_000)
+        peer.close()  # nothing unread: a FIN
+        time.sleep(0.2)  # the relay is held writing to the stdout pipe nobody reads yet
+        os.write(self.stdin_w, b"late\n")  # sent after the FIN: refused with a reset
+        time.sleep(0.2)
+        got = b""
+        while True:
+            data = read_some(self.stdout_r)
+            if not data:
+                break
+            got += data
+        thread.join(10)
+        self.assertEqual((self.status, len(got)), ([0], 100_000))
 
 class EchoServer:
     """

@@ -187,10 +187,11 @@ class LaterStoreTests(SynchronousTestCase):
 
     def test_one_proof_a_connection(self):
         """
-        A PROOF sent again while the state answers the first is refused
-        (ERROR out-of-turn, closed): it is not judged again, so it burns
-        no second number and starts no second lookup; the grant the first
-        one got meanwhile is given up, and locks nobody out.
+        A PROOF sent again while the state answers the first is dropped, as
+        everything the client sends is until its answer is out (an
+        immediate ERROR would tell when the judging ended): it is not
+        judged again, so it burns no second number and starts no second
+        lookup, and locks nobody out.
         """
         h, later = later_harness(self)
         later.held = True
@@ -200,14 +201,14 @@ class LaterStoreTests(SynchronousTestCase):
         transport.clear()
         proof = hs.format_proof(hs.hello_mac(h.files["alice"].secret, "alice", nonce))
         proto.dataReceived(proof + proof)
-        self.assertEqual(transport.value(), b"ERROR out-of-turn\n")
+        self.assertEqual(transport.value(), b"")
         self.assertEqual(len(later.waiting), 1, "one lookup, for the first PROOF")
         while later.waiting:
             later.release()
-        self.assertEqual(transport.value(), b"ERROR out-of-turn\n", "no GRANT after the ERROR")
+        self.assertTrue(transport.value().startswith(b"GRANT 1 "), transport.value())
         self.assertEqual(h.store.client("alice").next_index, 2, "one number burned")
-        self.assertEqual(h.audit.of("fail")[-1]["reason"], "abandoned")
         proto.connectionLost(None)
+        self.assertEqual(h.audit.of("fail")[-1]["reason"], "abandoned")
         h.clock.advance(60)
         self.assertEqual(h.tracker_lockouts(), {})
 
@@ -462,3 +463,54 @@ class LaterCloseTests(SynchronousTestCase):
         self.assertEqual(h.audit.of("error")[-1]["reason"], "state")
         h.clock.advance(1000)
         self.assertEqual(h.runner.calls, [])
+
+
+class LaterDeniedTimingTests(SynchronousTestCase):
+    """
+    On a fleet the judging of a PROOF waits for the database: a FIN or a
+    line too long sent meanwhile must not end the connection then (its
+    time would say whether the lookups were done, and so how long they
+    took); the DENIED goes out at its moment, whatever the client did.
+    """
+
+    def proof(self, released):
+        h, later = later_harness(self, lockout="0")
+        later.held = True
+        proto, transport = h.connect(ip="198.51.100.1")
+        proto.dataReceived(hs.format_hello("alice"))
+        nonce = hs.parse_reply(transport.value().rstrip(b"\n")).nonce
+        transport.clear()
+        proto.dataReceived(hs.format_proof(hs.hello_mac(b"\x01" * 32, "alice", nonce)))
+        for _ in range(released):
+            later.release()
+        return h, later, proto, transport
+
+    def test_nothing_the_client_does_during_the_lookups_is_answered_sooner(self):
+        for act in (lambda proto: proto.readConnectionLost(),
+                    lambda proto: proto.dataReceived(b"y" * 600),
+                    lambda proto: proto.dataReceived(b"PROOF " + b"0" * 64 + b"\n")):
+            for released in (0, 1):
+                h, later, proto, transport = self.proof(released)
+                act(proto)
+                self.assertEqual((transport.value(), transport.disconnecting), (b"", False),
+                                 released)
+                while later.waiting:
+                    later.release()
+                h.clock.advance(DENIED_AT)
+                self.assertEqual(transport.value(), b"DENIED\n")
+                self.assertTrue(transport.disconnecting)
+
+    def test_a_fin_during_the_lookups_of_a_grant_ends_it_after_the_grant(self):
+        h, later = later_harness(self)
+        later.held = True
+        proto, transport = h.connect(ip="198.51.100.1")
+        proto.dataReceived(hs.format_hello("alice"))
+        nonce = hs.parse_reply(transport.value().rstrip(b"\n")).nonce
+        transport.clear()
+        proto.dataReceived(hs.format_proof(hs.hello_mac(h.files["alice"].secret, "alice", nonce)))
+        proto.readConnectionLost()
+        self.assertFalse(transport.disconnecting)
+        while later.waiting:
+            later.release()
+        self.assertTrue(transport.value().startswith(b"GRANT "))
+        self.assertTrue(transport.disconnecting, "the FIN ends it once the GRANT is out")
