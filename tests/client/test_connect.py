@@ -327,13 +327,19 @@ class RelayTests(SynchronousTestCase):
         self.assertEqual(self.status, [0])
         self.assertEqual(read_some(self.stdout_r), b"", "stdout closed after")
 
-    def test_reset_is_status_1(self):
+    def start_over_tcp(self):
+        """The relay on a loopback TCP connection: (the peer's socket, the thread)."""
         listener = socket.create_server(("127.0.0.1", 0))
         self.addCleanup(listener.close)
         mine = socket.create_connection(listener.getsockname())
         peer, _ = listener.accept()
+        self.addCleanup(peer.close)
         thread = self.start(mine)
         self.addCleanup(os.close, self.stdin_w)
+        return peer, thread
+
+    def test_reset_is_status_1(self):
+        peer, thread = self.start_over_tcp()
         peer.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
         peer.close()  # linger 0: a reset
         thread.join(10)
@@ -378,12 +384,7 @@ class RelayTests(SynchronousTestCase):
         that comes after is refused by its kernel (a reset, EPIPE here):
         the remote side closed, status 0, and every byte it sent is out.
         """
-        listener = socket.create_server(("127.0.0.1", 0))
-        self.addCleanup(listener.close)
-        mine = socket.create_connection(listener.getsockname())
-        peer, _ = listener.accept()
-        thread = self.start(mine)
-        self.addCleanup(os.close, self.stdin_w)
+        peer, thread = self.start_over_tcp()
         peer.sendall(b"x" * 100_000)
         peer.close()  # nothing unread: a FIN
         time.sleep(0.2)  # the relay is held writing to the stdout pipe nobody reads yet
