@@ -84,7 +84,7 @@ class FirewallUnitTests(SynchronousTestCase):
     def test_runs_the_daemons_setup_with_the_same_settings(self):
         service = self.firewall["Service"]
         self.assertEqual(service["ExecStart"], self.daemon["Service"]["ExecStartPre"])
-        self.assertEqual(service["ExecStart"], ["/etc/knocker/scripts/nft-setup"])
+        self.assertEqual(service["ExecStart"], ["/etc/knocker/scripts/nft-setup", "--fresh"])
         self.assertEqual(service["EnvironmentFile"], self.daemon["Service"]["EnvironmentFile"])
         self.assertEqual((service["Type"], service["RemainAfterExit"]), (["oneshot"], ["yes"]))
         self.assertNotIn("ExecStop", service, "stopping it must not open the ports")

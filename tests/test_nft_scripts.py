@@ -240,11 +240,12 @@ class PortListTests(NamespaceTestCase):
         done = self.script("nft-check", ports=None)
         self.assertEqual(done.returncode, 10, done.stdout + done.stderr)
         self.assertEqual(self.elements("protected_ports"), [22, 2222])
-        # The set emptied: nothing is guarded, which is never in place.
+        # The set emptied: nothing is guarded, which is never in place, and
+        # nothing tells the ports: 22 guarded again, and an error.
         self.nft_run("flush", "set", "inet", "knocker", "protected_ports")
         done = self.script("nft-check", ports=None)
-        self.assertEqual(done.returncode, 10, done.stdout + done.stderr)
-        self.assertIn("guarded no port", done.stdout)
+        self.assertEqual(done.returncode, 2, done.stdout + done.stderr)
+        self.assertIn("guarded no port and KNOCKER_PROTECTED_PORTS is not set", done.stderr)
         self.assertEqual(self.elements("protected_ports"), [22])
 
     def test_check_is_silent_on_a_long_list_in_any_order(self):
@@ -262,6 +263,76 @@ class PortListTests(NamespaceTestCase):
         done = self.script("nft-check", ports=ports)
         self.assertEqual((done.returncode, done.stdout, done.stderr), (0, "", ""))
         self.assertEqual(self.ruleset(), before)
+
+
+class CheckTests(NamespaceTestCase):
+    """
+    What the daemon's check (nft-check) takes for a table in place, and
+    what it does when it cannot know the ports.
+    """
+
+    def test_a_dormant_table_or_a_changed_chain_is_loaded_again(self):
+        """
+        Every set and every "accept" and "drop" still in the listing, but
+        the table switched off, or a rule put before the drop, or the drop
+        gone (with another drop elsewhere): not in place; loaded again
+        (exit 10), the addresses let in kept.
+        """
+        self.loaded()
+        self.assertEqual(self.script("nft-open", "192.0.2.7").returncode, 0)
+        table = ("inet", "knocker")
+        rules = ['iif "lo" accept', "ct state established,related accept",
+                 "ip saddr @allowed_v4 accept", "ip6 saddr @allowed_v6 accept"]
+        changes = (
+            ("dormant", [["add", "table", *table, "{ flags dormant; }"]]),
+            ("input chain changed", [["insert", "rule", *table, "input", "accept"]]),
+            ("input chain changed",
+             [["flush", "chain", *table, "input"]]
+             + [["add", "rule", *table, "input", *rule.split()] for rule in rules]
+             + [["add", "rule", *table, "input", "tcp", "dport", "@protected_ports",
+                 "counter"],
+                ["add", "rule", *table, "input", "udp", "dport", "9", "drop"]]),
+        )
+        for said, commands in changes:
+            for command in commands:
+                self.nft_run(*command)
+            done = self.script("nft-check")
+            self.assertEqual(done.returncode, 10, f"{said}: {done.stdout}{done.stderr}")
+            self.assertIn(said, done.stdout)
+            self.assertEqual(self.elements("allowed_v4"), ["192.0.2.7"], said)
+            done = self.script("nft-check")
+            self.assertEqual((done.returncode, done.stdout, done.stderr), (0, "", ""), said)
+        self.assertNotIn("dormant", self.ruleset())
+
+    def test_a_table_gone_with_no_ports_to_go_by_is_an_error(self):
+        """
+        Without KNOCKER_PROTECTED_PORTS and with the table gone, nothing
+        tells which ports it guarded: it is loaded guarding 22, and the
+        check fails saying why (before: exit 10, and 2222 open to everyone
+        from then on without a word).
+        """
+        self.loaded("22,2222")
+        self.nft_run("delete", "table", "inet", "knocker")
+        done = self.script("nft-check", ports=None)
+        self.assertEqual(done.returncode, 2, done.stdout + done.stderr)
+        self.assertIn("KNOCKER_PROTECTED_PORTS is not set", done.stderr)
+        self.assertEqual(self.elements("protected_ports"), [22])
+
+    def test_fresh_setup_lets_no_address_in(self):
+        """
+        setup keeps the addresses let in; setup --fresh (the units') empties
+        the allowed sets, so one restored from a saved ruleset goes.
+        """
+        self.loaded()
+        for address in ("192.0.2.7", "2001:db8::7"):
+            self.assertEqual(self.script("nft-open", address).returncode, 0)
+        self.loaded()
+        self.assertEqual(self.elements("allowed_v4"), ["192.0.2.7"])
+        done = self.script("nft-setup", "--fresh")
+        self.assertEqual(done.returncode, 0, done.stderr)
+        self.assertIn("no address let in", done.stdout)
+        self.assertEqual((self.elements("allowed_v4"), self.elements("allowed_v6")), ([], []))
+        self.assertEqual(self.elements("protected_ports"), [22, 2222])
 
 
 class NftErrorTests(NamespaceTestCase):
