@@ -22,6 +22,16 @@ def write_private(path: str, text: str) -> None:
     Write C{text} to C{path} with mode 0600, replacing it atomically, so a
     crash leaves the old file or the new one, never half of one.
     """
+    commit_private(stage_private(path, text), path)
+
+
+def stage_private(path: str, text: str) -> str:
+    """
+    The first half of L{write_private}: C{text} written and synced to a
+    new 0600 file beside C{path}, whose name is returned; C{path} is not
+    touched until L{commit_private} puts it in place (L{discard_private}
+    drops it), so a step that must succeed first can come in between.
+    """
     directory = os.path.dirname(os.path.abspath(path))
     try:
         fd, tmp = _new_private_file(directory)
@@ -33,16 +43,31 @@ def write_private(path: str, text: str) -> None:
             handle.write(text)
             handle.flush()
             os.fsync(handle.fileno())
-        os.replace(tmp, path)
     except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        discard_private(tmp)
         raise
-    dir_fd = os.open(directory, os.O_RDONLY)
+    return tmp
+
+
+def commit_private(staged: str, path: str) -> None:
+    """Put a file from L{stage_private} in place of C{path}, durably."""
+    try:
+        os.replace(staged, path)
+    except BaseException:
+        discard_private(staged)
+        raise
+    dir_fd = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY)
     try:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+
+
+def discard_private(staged: str) -> None:
+    try:
+        os.unlink(staged)
+    except FileNotFoundError:
+        pass
 
 
 def _new_private_file(directory: str) -> tuple[int, str]:

@@ -114,6 +114,9 @@ def _enroll(args) -> int:
         for path in client.output_paths(args.output):
             if os.path.exists(path) and not args.force:
                 raise ValueError(f"{path} exists; pass --force to replace it")
+            folder = os.path.dirname(os.path.abspath(path))
+            if not os.path.isdir(folder) or not os.access(folder, os.W_OK | os.X_OK):
+                raise ValueError(f"{path}: its folder {folder} is missing or not writable")
     result = client.run(args.server, slot, words, args.timeout)
     if result.outcome is not client.Outcome.ENROLLED:
         print(f"knocker enroll: {result.message()}", file=sys.stderr)
@@ -132,6 +135,16 @@ def _enroll(args) -> int:
         knock_file, conf = client.save(result, args.server, output)
     except OSError as error:
         print(f"knocker enroll: {error}", file=sys.stderr)
+        # The invitation is spent: keep what it brought if anywhere can.
+        from knocker.core.knockfile import parse_header
+
+        kept = f"{parse_header(result.text, 'the enrolled file').client}.{int(time.time())}.knock"
+        try:
+            knock_file, conf = client.save(result, args.server, kept)
+        except OSError:
+            return client.Outcome.FILE_ERROR.exit_code
+        print(f"knocker enroll: kept it as {knock_file} (mode 0600) and {conf} instead",
+              file=sys.stderr)
         return client.Outcome.FILE_ERROR.exit_code
     print(f"wrote {knock_file} (mode 0600)")
     print(f"wrote {conf}: knocker knock --config {conf}")

@@ -18,7 +18,7 @@ from knocker.admin.owner import StateOwner
 from knocker.core.knockfile import KnockFile
 from knocker.core.knockgen import format_knockfile, generate
 from knocker.core.pool import ensure_pool, keyspace
-from knocker.files import write_private
+from knocker.files import commit_private, discard_private, stage_private
 from knocker.state.book import ClientBook
 from knocker.state.sqlite import SQLiteStore
 
@@ -72,30 +72,44 @@ def generate_client(config, client: str, knocks: int, ports: int, output: str | 
             client, pool, knocks, ports, secrets.SystemRandom(),
             secrets.token_bytes(32), datetime.now(timezone.utc),
         )
-        # The client's copy first: if it cannot be written, nothing changed
-        # and the client's old file still works.  None: no client copy
-        # (knocker invite: the client fetches the server's by enrolling).
-        if output is not None:
-            write_private(output, format_knockfile(kf))
-        with owner:
-            if config.database:
-                # Counter and sealed copy in one transaction, for every gateway.
-                store.register_with_book(client, knocks, kf.secret, format_knockfile(kf))
-                server_copy = f"{store.path} (sealed with {config.database_key_file})"
-            else:
-                book = ClientBook(config.state_dir, pool)
-                # A daemon reads the server copy as it goes: until the new
-                # counter is registered, nothing made for the old file (an
-                # invitation's CONFIRM, a renewal's promotion) may meet the
-                # new copy.
-                store.cancel_offers(client)
-                server_copy = book.add(kf)
-                store.register(client, knocks, kf.secret)
+        # The client's copy is written first, beside OUTPUT: if it cannot
+        # be, nothing changed and the client's old file still works.  It
+        # takes OUTPUT's place only once the server knows the new file, so
+        # a server step that fails leaves the old one too.  None: no client
+        # copy (knocker invite: the client fetches the server's by enrolling).
+        staged = stage_private(output, format_knockfile(kf)) if output is not None else None
+        try:
+            server_copy = _register(config, owner, store, client, knocks, kf, pool)
+        except BaseException:
+            if staged is not None:
+                discard_private(staged)
+            raise
+        if staged is not None:
+            commit_private(staged, output)
     finally:
         with owner:
             store.close()
     ordered, unordered = keyspace(len(pool), ports)
     return Generated(kf, output, server_copy, len(pool), ordered, unordered)
+
+
+def _register(config, owner, store, client, knocks, kf, pool) -> str:
+    """The server's side of a new file: its copy and counter; where the copy is."""
+    with owner:
+        if config.database:
+            # Counter and sealed copy in one transaction, for every gateway.
+            store.register_with_book(client, knocks, kf.secret, format_knockfile(kf))
+            server_copy = f"{store.path} (sealed with {config.database_key_file})"
+        else:
+            book = ClientBook(config.state_dir, pool)
+            # A daemon reads the server copy as it goes: until the new
+            # counter is registered, nothing made for the old file (an
+            # invitation's CONFIRM, a renewal's promotion) may meet the
+            # new copy.
+            store.cancel_offers(client)
+            server_copy = book.add(kf)
+            store.register(client, knocks, kf.secret)
+    return server_copy
 
 
 def open_store(config, create_key: bool = False):

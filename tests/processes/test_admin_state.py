@@ -61,6 +61,32 @@ class ConfigChoiceTests(TestCase):
         self.assertEqual(sorted(os.listdir(self.dir)), ["alice.knock", "knockserver.conf",
                                                         "state"])
 
+    def test_a_failed_force_leaves_the_clients_old_file(self):
+        """
+        generate --force whose server side fails (its clients folder is a
+        file here) exits 1 and leaves -o FILE as it was: the old file the
+        server still knows, not a new one it never took.
+        """
+        state = os.path.join(self.dir, "state")
+        conf = write_config(os.path.join(self.dir, "knockserver.conf"), "server",
+                            state_dir=state, pool_size=10, pool_range="3000-3099")
+        out = os.path.join(self.dir, "alice.knock")
+        done = knocker("generate", "alice", "--config", conf, "--knocks", "3", "-o", out)
+        self.assertEqual(done.returncode, 0, done.stderr)
+        with open(out) as handle:
+            before = handle.read()
+        clients = os.path.join(state, "clients")
+        shutil.rmtree(clients)
+        with open(clients, "w") as handle:
+            handle.write("in the way")
+        done = knocker("generate", "alice", "--config", conf, "--knocks", "3", "-o", out,
+                       "--force")
+        self.assertEqual(done.returncode, 1, done.stdout + done.stderr)
+        with open(out) as handle:
+            self.assertEqual(handle.read(), before)
+        self.assertEqual(sorted(os.listdir(self.dir)), ["alice.knock", "knockserver.conf",
+                                                        "state"], "nothing staged left")
+
     def test_unreadable_state_is_a_message(self):
         state = os.path.join(self.dir, "state")
         os.makedirs(state)

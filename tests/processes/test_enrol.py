@@ -74,6 +74,22 @@ class EnrolTests(EnrolCase):
         self.assertEqual(again.returncode, 21, again.stderr)
         self.assertIn("USED", again.stderr)
 
+    def test_an_output_folder_that_is_missing_spends_nothing(self):
+        """
+        -o into a folder that does not exist: refused before the exchange
+        (status 2, the folder named), the invitation still open; before,
+        the code was spent and the file it brought thrown away.
+        """
+        code = self.invite()
+        missing = os.path.join(self.dir, "nowhere", "bob.knock")
+        done = knocker("enroll", code, "--server", f"tcp:host=127.0.0.1:port={self.port}",
+                       "-o", missing)
+        self.assertEqual(done.returncode, 2, done.stderr)
+        self.assertIn(os.path.join(self.dir, "nowhere"), done.stderr)
+        self.assertEqual(self.status()["invitations"][0]["state"], "open")
+        out = os.path.join(self.dir, "client", "bob.knock")
+        self.assertEnrolled(self.enroll(code, out), out)
+
     def test_wrong_codes_void_the_invitation(self):
         code = self.invite()
         slot = code.split("-")[0]
