@@ -88,12 +88,16 @@ class StateOwner:
 
     def __enter__(self):
         if self.switching:
-            self._saved = (os.geteuid(), os.getegid())
-            os.setegid(self.gid)
+            # The groups too: root's supplementary groups (0 at least) would
+            # let the owner's links lead a write where only they may write.
+            self._saved = (os.geteuid(), os.getegid(), os.getgroups())
+            os.setgroups([self.gid])
             try:
+                os.setegid(self.gid)
                 os.seteuid(self.uid)
             except BaseException:
                 os.setegid(self._saved[1])
+                os.setgroups(self._saved[2])
                 raise
         return self
 
@@ -101,4 +105,5 @@ class StateOwner:
         if self.switching:
             os.seteuid(self._saved[0])
             os.setegid(self._saved[1])
+            os.setgroups(self._saved[2])
         return False

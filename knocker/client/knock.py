@@ -342,7 +342,9 @@ def log_attempt(config, client: str, started: float, result: KnockResult) -> Non
         f'"attempts": {int(result.attempts)}, "seconds": {round(time.time() - started, 4)!r}}}\n'
     )
     path = os.path.expanduser(config.log_file)
-    flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
+    # Not through a link: someone else's link in a shared folder must not
+    # make a client run by root append where the link points.
+    flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW
     try:
         try:
             fd = os.open(path, flags, 0o600)

@@ -501,6 +501,34 @@ class ClientLogTests(SynchronousTestCase):
         with open(path, encoding="utf-8") as handle:
             self.assertEqual([json.loads(line)["index"] for line in handle], [1, 2])
 
+    def test_a_log_that_is_a_link_is_not_followed(self):
+        """
+        A link where the log should be (someone else's, in a shared folder)
+        is not written through: the knock says it cannot write the log,
+        and the file the link points to is untouched.
+        """
+        import os
+
+        from knocker.client.knock import KnockResult, log_attempt
+
+        base = os.path.abspath(self.mktemp())
+        os.makedirs(base)
+        target = os.path.join(base, "target")
+        with open(target, "w") as handle:
+            handle.write("theirs\n")
+        path = os.path.join(base, "client.log")
+        os.symlink(target, path)
+        conf = parse_client_config(overrides={"log-file": path})
+        import io
+        import sys
+
+        said = io.StringIO()
+        self.patch(sys, "stderr", said)
+        log_attempt(conf, "alice", time.time(), KnockResult(Outcome.OPEN, "", 1, (1, 2), 1))
+        with open(target) as handle:
+            self.assertEqual(handle.read(), "theirs\n")
+        self.assertIn(f"cannot write the client log {path}", said.getvalue())
+
 
 class FailoverIO(ScriptedIO):
     """

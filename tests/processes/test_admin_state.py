@@ -138,6 +138,24 @@ class RootOnDaemonStateTests(TestCase):
         self.assertEqual(done.returncode, 0, done.stderr)
         return out
 
+    def test_acting_as_the_owner_takes_none_of_roots_groups(self):
+        """
+        Root's supplementary groups (0 at least) are dropped while acting
+        as the state's owner, and given back after: else a link the owner
+        put in the state could lead a write where only root's group may.
+        """
+        from knocker.admin.owner import StateOwner
+
+        owner = StateOwner(self.state)
+        self.assertTrue(owner.switching)
+        before = os.getgroups()
+        os.setgroups([0, *before])
+        self.addCleanup(os.setgroups, before)
+        with owner:
+            self.assertEqual((os.geteuid(), os.getegid(), os.getgroups()),
+                             (self.uid, self.gid, [self.gid]))
+        self.assertEqual((os.geteuid(), sorted(os.getgroups())), (0, sorted({0, *before})))
+
     def test_what_root_writes_in_the_state_is_the_owners(self):
         out = self.generate("alice")
         owners = self.owners()
