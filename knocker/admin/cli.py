@@ -304,8 +304,24 @@ def main(argv: list[str] | None = None) -> int:
 
         if not isinstance(error, (sqlite3.Error, StateError)):
             raise
-        print(f"knocker {args.command}: the state: {error}", file=sys.stderr)
+        print(f"knocker {args.command}: the state{_state_named(args, error)}: {error}",
+              file=sys.stderr)
         return 1
+
+
+def _state_named(args, error) -> str:
+    """" (PATH)" of the SQLite state a bare sqlite3 error came from, or ""."""
+    import sqlite3
+
+    if not isinstance(error, sqlite3.Error):
+        return ""  # a StateError names what it is about itself
+    try:
+        config = server_config(args)
+    except Exception:
+        return ""
+    if config.database:
+        return ""
+    return f" ({os.path.join(config.state_dir, 'state.sqlite')})"
 
 
 if __name__ == "__main__":

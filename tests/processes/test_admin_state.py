@@ -94,7 +94,7 @@ class ConfigChoiceTests(TestCase):
             handle.write("not a database, at all, not even close" * 100)
         done = knocker("status", "--state-dir", state, cwd=self.dir)
         self.assertEqual(done.returncode, 1)
-        self.assertIn("knocker status: the state:", done.stderr)
+        self.assertIn(f"knocker status: the state ({state}/state.sqlite):", done.stderr)
         self.assertNotIn("Traceback", done.stderr)
 
 
