@@ -107,6 +107,7 @@ class CentralProtocol(LineOnlyReceiver):
         self._closing = False  # the last line is out: what comes in is dropped
         self._answering = False  # from the PROOF until its answer is out
         self._fin = False  # the client's FIN came while answering
+        self._waiting_step = None  # the answer waiting for its moment
         self._granted = False
         self._lingering = False  # counted among LINGER_MAX (CentralFactory.linger)
         self.ip = None
@@ -182,7 +183,10 @@ class CentralProtocol(LineOnlyReceiver):
         return hs.Error("server-error")
 
     def _judged(self, reply: hs.Reply, proved_at: float) -> None:
-        if not isinstance(reply, (hs.Denied, hs.Error)):
+        delayed = isinstance(reply, hs.Denied) or (
+            # (the daemon stopping is no answer to this PROOF: said at once)
+            isinstance(reply, hs.Error) and reply.reason != "shutting-down")
+        if not delayed:
             self._answering = False  # sent now, below
         step = self._handshake.judged(reply)
         if step is None:
@@ -194,9 +198,10 @@ class CentralProtocol(LineOnlyReceiver):
             return
         if isinstance(reply, hs.Grant):
             self._granted = True
-        if isinstance(reply, (hs.Denied, hs.Error)):
+        if delayed:
             moment = proved_at + DENIED_AT
             wake = max(0.0, moment - self.factory.early - self._clock.seconds())
+            self._waiting_step = step
             self._timer = self._clock.callLater(wake, self._send_at, moment, step)
             return
         self._apply(step)
@@ -297,8 +302,18 @@ class CentralProtocol(LineOnlyReceiver):
             return
         self._apply(step)
 
+    def answer_now(self) -> None:
+        """The answer waiting for its moment, now (the daemon is stopping)."""
+        step, self._waiting_step = self._waiting_step, None
+        if step is not None:
+            self._cancel_timer()
+            self._timer = None
+            self._answering = False
+            self._apply(step)
+
     def _send_at(self, moment: float, step: shs.Respond) -> None:
         self.factory.wait_until(moment)
+        self._waiting_step = None
         self._answering = False
         self._apply(step)
 
@@ -491,6 +506,14 @@ class CentralFactory(protocol.Factory):
     @property
     def connections(self) -> int:
         return len(self._places)
+
+    def stopFactory(self) -> None:
+        """
+        The port stops listening (the daemon is stopping): answers waiting
+        for their moment go now, as the reactor may not turn again.
+        """
+        for proto in self._places.holders():
+            proto.answer_now()
 
     @property
     def per_source(self) -> dict[str, int]:

@@ -38,6 +38,10 @@ class Places:
     def __len__(self) -> int:
         return len(self._source_of)
 
+    def holders(self) -> list:
+        """Every holder of a place."""
+        return list(self._source_of)
+
     def held_by(self, source: Hashable) -> int:
         return len(self._held.get(source, ()))
 

@@ -392,6 +392,18 @@ class DeniedTimingTests(SynchronousTestCase):
                 self.assertEqual(transport.value(), b"DENIED\n", (client, tail[:8]))
                 self.assertTrue(transport.disconnecting)
 
+    def test_a_stopping_port_sends_a_waiting_denied_at_once(self):
+        """When the port stops listening (the daemon stops) the reactor may
+        not turn again: a DENIED waiting for its moment goes now."""
+        h = Harness(self, lockout="0")
+        proto, transport = self.proof_then(h, "mallory", "198.51.100.1", b"")
+        self.assertEqual(transport.value(), b"")
+        h.central.stopFactory()
+        self.assertEqual(transport.value(), b"DENIED\n")
+        self.assertTrue(transport.disconnecting)
+        self.assertNotIn(proto._send_at, [call.func for call in h.clock.getDelayedCalls()],
+                         "nothing left waiting")
+
     def test_a_fin_after_the_proof_waits_for_the_denied(self):
         """
         The client half-closes right after its PROOF: the connection stays
