@@ -56,6 +56,11 @@ def commit_private(staged: str, path: str) -> None:
     except BaseException:
         discard_private(staged)
         raise
+    sync_folder(path)
+
+
+def sync_folder(path: str) -> None:
+    """Make the name C{path} was just given durable (fsync its folder)."""
     dir_fd = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY)
     try:
         os.fsync(dir_fd)

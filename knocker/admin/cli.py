@@ -115,8 +115,15 @@ def _enroll(args) -> int:
             if os.path.exists(path) and not args.force:
                 raise ValueError(f"{path} exists; pass --force to replace it")
             folder = os.path.dirname(os.path.abspath(path))
-            if not os.path.isdir(folder) or not os.access(folder, os.W_OK | os.X_OK):
-                raise ValueError(f"{path}: its folder {folder} is missing or not writable")
+            if not os.path.isdir(folder):
+                from knocker.files import ensure_private_dir
+
+                try:
+                    ensure_private_dir(folder)  # 0700, as for the client log
+                except OSError as error:
+                    raise ValueError(f"{path}: cannot make its folder: {error}") from None
+            if not os.access(folder, os.W_OK | os.X_OK):
+                raise ValueError(f"{path}: its folder {folder} is not writable")
     result = client.run(args.server, slot, words, args.timeout)
     if result.outcome is not client.Outcome.ENROLLED:
         print(f"knocker enroll: {result.message()}", file=sys.stderr)
@@ -141,7 +148,9 @@ def _enroll(args) -> int:
         kept = f"{parse_header(result.text, 'the enrolled file').client}.{int(time.time())}.knock"
         try:
             knock_file, conf = client.save(result, args.server, kept)
-        except OSError:
+        except OSError as again:
+            print(f"knocker enroll: {again}; the file is lost: ask for a new invitation",
+                  file=sys.stderr)
             return client.Outcome.FILE_ERROR.exit_code
         print(f"knocker enroll: kept it as {knock_file} (mode 0600) and {conf} instead",
               file=sys.stderr)

@@ -18,7 +18,7 @@ from knocker.admin.owner import StateOwner
 from knocker.core.knockfile import KnockFile
 from knocker.core.knockgen import format_knockfile, generate
 from knocker.core.pool import ensure_pool, keyspace
-from knocker.files import commit_private, discard_private, stage_private
+from knocker.files import discard_private, stage_private, sync_folder
 from knocker.state.book import ClientBook
 from knocker.state.sqlite import SQLiteStore
 
@@ -77,6 +77,8 @@ def generate_client(config, client: str, knocks: int, ports: int, output: str | 
         # takes OUTPUT's place only once the server knows the new file, so
         # a server step that fails leaves the old one too.  None: no client
         # copy (knocker invite: the client fetches the server's by enrolling).
+        if output is not None and (output.endswith(os.sep) or os.path.isdir(output)):
+            raise ValueError(f"-o {output}: a folder; name the file, e.g. {client}.knock")
         staged = stage_private(output, format_knockfile(kf)) if output is not None else None
         try:
             server_copy = _register(config, owner, store, client, knocks, kf, pool)
@@ -85,7 +87,12 @@ def generate_client(config, client: str, knocks: int, ports: int, output: str | 
                 discard_private(staged)
             raise
         if staged is not None:
-            commit_private(staged, output)
+            try:
+                os.replace(staged, output)
+            except OSError as error:  # the server has the new file: keep the client's
+                raise OSError(f"{output}: {error.strerror}; the new file is kept as "
+                              f"{staged}") from None
+            sync_folder(output)
     finally:
         with owner:
             store.close()

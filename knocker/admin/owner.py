@@ -88,6 +88,8 @@ class StateOwner:
 
     def __enter__(self):
         if self.switching:
+            if os.geteuid() != 0:
+                raise RuntimeError("StateOwner entered twice")
             # The groups too: root's supplementary groups (0 at least) would
             # let the owner's links lead a write where only they may write.
             self._saved = (os.geteuid(), os.getegid(), os.getgroups())

@@ -87,6 +87,21 @@ class ConfigChoiceTests(TestCase):
         self.assertEqual(sorted(os.listdir(self.dir)), ["alice.knock", "knockserver.conf",
                                                         "state"], "nothing staged left")
 
+    def test_an_output_that_is_a_folder_is_refused_before_the_server_takes_anything(self):
+        state = os.path.join(self.dir, "state")
+        conf = write_config(os.path.join(self.dir, "knockserver.conf"), "server",
+                            state_dir=state, pool_size=10, pool_range="3000-3099")
+        folder = os.path.join(self.dir, "keys")
+        os.makedirs(folder)
+        for output in (folder, folder + os.sep):
+            done = knocker("generate", "bob", "--config", conf, "--knocks", "3", "-o", output,
+                           "--force")
+            self.assertEqual(done.returncode, 2, done.stdout + done.stderr)
+            self.assertIn("a folder; name the file", done.stderr)
+        done = knocker("status", "--config", conf, "--json")
+        self.assertEqual(json.loads(done.stdout)["clients"], [], "bob was not registered")
+        self.assertEqual(os.listdir(folder), [])
+
     def test_unreadable_state_is_a_message(self):
         state = os.path.join(self.dir, "state")
         os.makedirs(state)
@@ -154,7 +169,7 @@ class RootOnDaemonStateTests(TestCase):
         with owner:
             self.assertEqual((os.geteuid(), os.getegid(), os.getgroups()),
                              (self.uid, self.gid, [self.gid]))
-        self.assertEqual((os.geteuid(), sorted(os.getgroups())), (0, sorted({0, *before})))
+        self.assertEqual((os.geteuid(), set(os.getgroups())), (0, {0, *before}))
 
     def test_what_root_writes_in_the_state_is_the_owners(self):
         out = self.generate("alice")

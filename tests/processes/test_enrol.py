@@ -74,21 +74,27 @@ class EnrolTests(EnrolCase):
         self.assertEqual(again.returncode, 21, again.stderr)
         self.assertIn("USED", again.stderr)
 
-    def test_an_output_folder_that_is_missing_spends_nothing(self):
+    def test_an_output_folder_that_cannot_be_made_spends_nothing(self):
         """
-        -o into a folder that does not exist: refused before the exchange
-        (status 2, the folder named), the invitation still open; before,
-        the code was spent and the file it brought thrown away.
+        -o into a folder that cannot be made (a file is in the way):
+        refused before the exchange (status 2, the path named), the
+        invitation still open; before, the code was spent and the file it
+        brought thrown away.  A folder that is only missing is made, 0700.
         """
         code = self.invite()
-        missing = os.path.join(self.dir, "nowhere", "bob.knock")
+        in_the_way = os.path.join(self.dir, "a-file")
+        with open(in_the_way, "w") as handle:
+            handle.write("not a folder")
         done = knocker("enroll", code, "--server", f"tcp:host=127.0.0.1:port={self.port}",
-                       "-o", missing)
+                       "-o", os.path.join(in_the_way, "keys", "bob.knock"))
         self.assertEqual(done.returncode, 2, done.stderr)
-        self.assertIn(os.path.join(self.dir, "nowhere"), done.stderr)
+        self.assertIn(in_the_way, done.stderr)
         self.assertEqual(self.status()["invitations"][0]["state"], "open")
-        out = os.path.join(self.dir, "client", "bob.knock")
-        self.assertEnrolled(self.enroll(code, out), out)
+        out = os.path.join(self.dir, "new", "keys", "bob.knock")
+        done = knocker("enroll", code, "--server", f"tcp:host=127.0.0.1:port={self.port}",
+                       "-o", out)
+        self.assertEnrolled(done, out)
+        self.assertEqual(stat.S_IMODE(os.stat(os.path.dirname(out)).st_mode), 0o700)
 
     def test_wrong_codes_void_the_invitation(self):
         code = self.invite()
