@@ -22,7 +22,12 @@ def write_private(path: str, text: str) -> None:
     Write C{text} to C{path} with mode 0600, replacing it atomically, so a
     crash leaves the old file or the new one, never half of one.
     """
-    commit_private(stage_private(path, text), path)
+    staged = stage_private(path, text)
+    try:
+        commit_private(staged, path)
+    except BaseException:
+        discard_private(staged)
+        raise
 
 
 def stage_private(path: str, text: str) -> str:
@@ -50,17 +55,12 @@ def stage_private(path: str, text: str) -> str:
 
 
 def commit_private(staged: str, path: str) -> None:
-    """Put a file from L{stage_private} in place of C{path}, durably."""
-    try:
-        os.replace(staged, path)
-    except BaseException:
-        discard_private(staged)
-        raise
-    sync_folder(path)
-
-
-def sync_folder(path: str) -> None:
-    """Make the name C{path} was just given durable (fsync its folder)."""
+    """
+    Put a file from L{stage_private} in place of C{path}, durably; if that
+    fails, the staged file is left where it is (the caller says what
+    becomes of it).
+    """
+    os.replace(staged, path)
     dir_fd = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY)
     try:
         os.fsync(dir_fd)

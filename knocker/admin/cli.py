@@ -137,17 +137,14 @@ def _enroll(args) -> int:
         if not args.force and any(map(os.path.exists, client.output_paths(output))):
             # The invitation is spent: keep what it brought rather than lose it
             # (or an existing file or configuration).
-            output = f"{stem}.{int(time.time())}.knock"
+            output = _kept_name(result.text)
     try:
         knock_file, conf = client.save(result, args.server, output)
     except OSError as error:
         print(f"knocker enroll: {error}", file=sys.stderr)
         # The invitation is spent: keep what it brought if anywhere can.
-        from knocker.core.knockfile import parse_header
-
-        kept = f"{parse_header(result.text, 'the enrolled file').client}.{int(time.time())}.knock"
         try:
-            knock_file, conf = client.save(result, args.server, kept)
+            knock_file, conf = client.save(result, args.server, _kept_name(result.text))
         except OSError as again:
             print(f"knocker enroll: {again}; the file is lost: ask for a new invitation",
                   file=sys.stderr)
@@ -316,6 +313,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"knocker {args.command}: the state{_state_named(args, error)}: {error}",
               file=sys.stderr)
         return 1
+
+
+def _kept_name(text: str) -> str:
+    """A name of its own, in the working directory, for an enrolled file."""
+    from knocker.core.knockfile import parse_header
+
+    return f"{parse_header(text, 'the enrolled file').client}.{int(time.time())}.knock"
 
 
 def _state_named(args, error) -> str:

@@ -18,7 +18,7 @@ from knocker.admin.owner import StateOwner
 from knocker.core.knockfile import KnockFile
 from knocker.core.knockgen import format_knockfile, generate
 from knocker.core.pool import ensure_pool, keyspace
-from knocker.files import discard_private, stage_private, sync_folder
+from knocker.files import commit_private, discard_private, stage_private
 from knocker.state.book import ClientBook
 from knocker.state.sqlite import SQLiteStore
 
@@ -88,11 +88,10 @@ def generate_client(config, client: str, knocks: int, ports: int, output: str | 
             raise
         if staged is not None:
             try:
-                os.replace(staged, output)
+                commit_private(staged, output)
             except OSError as error:  # the server has the new file: keep the client's
                 raise OSError(f"{output}: {error.strerror}; the new file is kept as "
                               f"{staged}") from None
-            sync_folder(output)
     finally:
         with owner:
             store.close()

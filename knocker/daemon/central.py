@@ -202,7 +202,7 @@ class CentralProtocol(LineOnlyReceiver):
             moment = proved_at + DENIED_AT
             wake = max(0.0, moment - self.factory.early - self._clock.seconds())
             self._waiting_step = step
-            self._timer = self._clock.callLater(wake, self._send_at, moment, step)
+            self._timer = self._clock.callLater(wake, self._send_at, moment)
             return
         self._apply(step)
         if self._fin:
@@ -304,16 +304,17 @@ class CentralProtocol(LineOnlyReceiver):
 
     def answer_now(self) -> None:
         """The answer waiting for its moment, now (the daemon is stopping)."""
-        step, self._waiting_step = self._waiting_step, None
-        if step is not None:
+        if self._waiting_step is not None:
             self._cancel_timer()
-            self._timer = None
-            self._answering = False
-            self._apply(step)
+            self._send_waiting()
 
-    def _send_at(self, moment: float, step: shs.Respond) -> None:
+    def _send_at(self, moment: float) -> None:
         self.factory.wait_until(moment)
-        self._waiting_step = None
+        self._send_waiting()
+
+    def _send_waiting(self) -> None:
+        step, self._waiting_step = self._waiting_step, None
+        self._timer = None
         self._answering = False
         self._apply(step)
 
