@@ -16,6 +16,10 @@ _LOWER_ALNUM = "abcdefghijklmnopqrstuvwxyz0123456789"
 _CLIENT_CHARS = _LOWER_ALNUM + "_.-"
 _HEX = "0123456789abcdef"
 _HEADER_KEYS = ("version", "client", "secret", "ports-per-knock", "created")
+# The first knock line begins within this many bytes of the file's start
+# (header and comments before it).  The daemon reads no more than this to
+# index a client, so every reader holds files to the same rule.
+HEADER_LIMIT = 4096
 
 
 class KnockFileError(ValueError):
@@ -209,17 +213,24 @@ def parse_knockfile(text: str, name: str, header_only: bool = False) -> KnockFil
     # lines: split only as far as the first knock line then.
     lines = None if header_only else text.split("\n")
     first_knock = None if header_only else len(lines)
+    offset = 0  # bytes before this line
     for lineno, raw in enumerate(_lines(text) if header_only else lines, start=1):
+        start, offset = offset, offset + 1 + (len(raw) if raw.isascii() else len(raw.encode()))
         line = raw.removesuffix("\r")
-        if not line.strip() or line.startswith("#"):
-            continue
-        if "=" not in line:
+        knock_line = line.strip() and not line.startswith("#") and "=" not in line
+        if start >= HEADER_LIMIT or (offset > HEADER_LIMIT and not knock_line):
+            # Judged before the line itself: a header-only read may have
+            # cut it at the limit.
+            raise fail(lineno, _too_long(start if knock_line else offset))
+        if knock_line:
             first_knock = lineno - 1
             missing = [key for key in _HEADER_KEYS if key not in header]
             if missing:
                 raise fail(lineno, f"header is missing {', '.join(missing)}")
             size = int(header["ports-per-knock"])
             break
+        if not line.strip() or line.startswith("#"):
+            continue
         key, _, value = (part.strip() for part in line.partition("="))
         if key not in _HEADER_KEYS:
             raise fail(
@@ -232,6 +243,10 @@ def parse_knockfile(text: str, name: str, header_only: bool = False) -> KnockFil
     if size is not None and not header_only:
         knocks = _parse_knocks(lines, first_knock, size, fail)
     if size is None:
+        # A header-only read may have been cut at HEADER_LIMIT (less a
+        # character cut in two): no knock line begins before it.
+        if header_only and offset - 1 > HEADER_LIMIT - 4:
+            raise KnockFileError(f"{name}: {_too_long(offset - 1)}")
         missing = [key for key in _HEADER_KEYS if key not in header]
         if missing:
             raise KnockFileError(f"{name}: header is missing {', '.join(missing)}")
@@ -245,6 +260,11 @@ def parse_knockfile(text: str, name: str, header_only: bool = False) -> KnockFil
         created=header["created"],
         knocks=tuple(knocks),
     )
+
+
+def _too_long(size: int) -> str:
+    return (f"the knocks must begin within the first {HEADER_LIMIT} bytes; "
+            f"the header and comments before them take at least {size}")
 
 
 def _lines(text: str):

@@ -31,7 +31,7 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 
-from knocker.core.knockfile import KnockFileError, find_knock, parse_header
+from knocker.core.knockfile import HEADER_LIMIT, KnockFileError, find_knock, parse_header
 from knocker.state.book import ClientBook
 from knocker.state.interface import PendingClose, StateError, secret_id
 from knocker.state.postgres import LIFT_NOTICE, LOCKOUT_CHANNEL, REVOKED_NOTICE
@@ -106,7 +106,7 @@ class DatabaseBook:
         if text is None:
             self._copies.pop(client, None)
             return
-        header = parse_header(text[:4096], self.path(client))
+        header = parse_header(text[:HEADER_LIMIT], self.path(client))
         self._copies[client] = (text, header)
 
     def held_secret_id(self, client: str) -> str | None:
@@ -163,7 +163,7 @@ class DatabaseBook:
         if text is None:
             self._pending.pop(client, None)
         else:
-            self._pending[client] = (text, parse_header(text[:4096], self.pending_path(client)))
+            self._pending[client] = (text, parse_header(text[:HEADER_LIMIT], self.pending_path(client)))
 
     def held_pending_id(self, client: str) -> str | None:
         copy = self._pending.get(client)
@@ -203,7 +203,7 @@ class DatabaseBook:
         text = self._store.add_pending_with_book(kf.client, len(kf.knocks), kf.secret,
                                                  format_knockfile(kf), current_id)
         if text is not None:
-            self._pending[kf.client] = (text, parse_header(text[:4096],
+            self._pending[kf.client] = (text, parse_header(text[:HEADER_LIMIT],
                                                            self.pending_path(kf.client)))
         return text
 

@@ -15,6 +15,7 @@ import os
 from twisted.logger import Logger
 
 from knocker.core.knockfile import (
+    HEADER_LIMIT,
     KnockFile,
     KnockFileError,
     find_knock,
@@ -32,7 +33,7 @@ from knocker.state.interface import secret_id
 
 log = Logger()
 
-_HEADER_BYTES = 4096
+_HEADER_BYTES = HEADER_LIMIT
 _CHUNK_BYTES = 4096
 
 

@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
 from knocker.core.knockfile import (
+    HEADER_LIMIT,
     KnockFile,
     KnockFileError,
     KnockFileText,
@@ -243,6 +244,77 @@ class HeaderOnlyTests(SynchronousTestCase):
             self.assertEqual(alone, whole.replace(knocks=()))
         else:  # the knocks are at fault, or missing: only the whole parse reads them
             self.assertTrue("line" in str(whole) or "no knocks" in str(whole), str(whole))
+
+
+def padded(size, filler="x", comment_first=False):
+    """
+    A good file whose first knock line begins at byte C{size}: a comment
+    of C{filler} characters fills the header out, after the header's keys
+    or before them.
+    """
+    head = "\n".join(HEADER) + "\n"
+    room = size - len(head.encode()) - len("# \n")
+    unit = len(filler.encode())
+    comment = "# " + filler * (room // unit) + "x" * (room % unit) + "\n"
+    content = (comment + head if comment_first else head + comment) + "\n".join(KNOCKS) + "\n"
+    assert content.encode().index(KNOCKS[0].encode()) == size
+    return content
+
+
+class HeaderLimitTests(SynchronousTestCase):
+    """
+    The knocks begin within the first HEADER_LIMIT bytes: the daemon reads
+    no more than that to index a client, and every reader holds a file to
+    the same rule, naming it.
+    """
+
+    def test_last_byte_that_may_begin_the_knocks(self):
+        content = padded(HEADER_LIMIT - 1)
+        self.assertEqual(len(parse_knockfile(content, NAME).knocks), 3)
+        self.assertEqual(parse_header(content, NAME).secret, SECRET)
+
+    def test_knocks_beginning_at_the_limit_refused(self):
+        content = padded(HEADER_LIMIT)
+        for parse in (parse_knockfile, parse_header):
+            error = self.assertRaises(KnockFileError, parse, content, NAME)
+            self.assertIn(NAME, str(error))
+            self.assertIn(f"within the first {HEADER_LIMIT} bytes", str(error))
+            self.assertIn("line 8", str(error))
+
+    def test_keys_after_a_long_comment(self):
+        """
+        A long comment before the keys: the daemon's read of the first
+        HEADER_LIMIT bytes holds no key, and says why, not that keys are
+        missing from a file that has them all.
+        """
+        start = padded(HEADER_LIMIT + 500, comment_first=True).encode()[:HEADER_LIMIT]
+        error = self.assertRaises(KnockFileError, parse_header, start.decode(), NAME)
+        self.assertIn(f"within the first {HEADER_LIMIT} bytes", str(error))
+
+    @settings(max_examples=300, deadline=None)
+    @given(st.integers(HEADER_LIMIT - 12, HEADER_LIMIT + 12),
+           st.sampled_from(["x", "\u00e9", "\u20ac", "\U0001f511"]), st.booleans())
+    def test_the_daemons_read_agrees_with_the_whole_parse(self, size, filler, comment_first):
+        """
+        The header parsed from the file's first HEADER_LIMIT bytes (decoded
+        leaving out a character cut in two, as the daemon reads it) is
+        refused exactly when the whole file is, whatever the comments hold
+        and wherever they are.
+        """
+        content = padded(size, filler, comment_first)
+        try:
+            whole = parse_knockfile(content, NAME)
+        except KnockFileError as error:
+            whole = error
+        start = content.encode()[:HEADER_LIMIT].decode("utf-8", "ignore")
+        try:
+            alone = parse_header(start, NAME)
+        except KnockFileError as error:
+            self.assertIsInstance(whole, KnockFileError)
+            self.assertIn(f"within the first {HEADER_LIMIT} bytes", str(error))
+            return
+        self.assertIsInstance(whole, KnockFile, f"first knock at byte {size}")
+        self.assertEqual(alone, whole.replace(knocks=()))
 
 
 class GlanceTests(SynchronousTestCase):
