@@ -354,9 +354,17 @@ class Tracker:
 
     def restore_lockout(self, key: str, until: float, step: int = 0) -> None:
         """
-        Reinstate a lockout that was in force before a restart.
+        Reinstate a lockout that was in force before a restart (or that
+        another gateway started: L{shared_lockout}).  It ends no later than
+        the policy could make a lockout end now: C{until} comes from a wall
+        clock, this one's before a restart or another gateway's, and a
+        clock a day fast must not shut the door for a day.
         """
-        if until <= self._clock.seconds():
+        now = self._clock.seconds()
+        policy = self._policy
+        until = min(until, now + (policy.lockout if key == GLOBAL
+                                  else max(policy.lockout_max, policy.lockout)))
+        if until <= now:
             return
         if key == GLOBAL:
             self._global_until = max(self._global_until, until)

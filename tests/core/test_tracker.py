@@ -246,6 +246,38 @@ class LockoutTests(SynchronousTestCase):
         self.assertEqual(tracker.refusal(B).kind, "locked")
         self.assertEqual(set(tracker.lockouts()), {A, B})
 
+    def test_a_saved_or_shared_lockout_lasts_no_longer_than_the_policy_allows(self):
+        """
+        The end of a saved or shared lockout comes from a wall clock (this
+        one's before a restart, another gateway's): one a day fast must not
+        shut the door for a day.  The whole server's lockout ends within
+        C{lockout} from now, a source's within C{lockout-max}.
+        """
+        for way in ("restore_lockout", "shared_lockout"):
+            clock = Clock()
+            clock.advance(1000)
+            policy = Policy(10, 60, "knock", 1, lockout_max=600)
+            tracker = Tracker(clock, policy, Recorder())
+            now = clock.seconds()
+            getattr(tracker, way)(GLOBAL, now + 86400)
+            getattr(tracker, way)(A, now + 86400)
+            getattr(tracker, way)(B, now + 30)
+            self.assertEqual(tracker.lockouts(), {GLOBAL: now + 60, A: now + 600, B: now + 30},
+                             way)
+            self.assertEqual(tracker.refusal(A).retry_after, 600)
+            self.assertEqual(tracker.refusal(B).retry_after, 60, "the whole server's")
+            clock.advance(61)
+            self.assertIsNone(tracker.refusal(B))
+            self.assertEqual(tracker.refusal(A).retry_after, 600 - 61)
+            clock.advance(600)
+            self.assertIsNone(tracker.refusal(A))
+
+    def test_a_saved_lockout_is_not_held_with_lockout_zero(self):
+        clock, tracker, seen = make(lockout=0)
+        tracker.restore_lockout(GLOBAL, clock.seconds() + 30)
+        self.assertEqual(tracker.lockouts(), {})
+        self.assertIsNone(tracker.refusal(A))
+
     def test_restored_lockout(self):
         clock, tracker, seen = make()
         tracker.restore_lockout(GLOBAL, clock.seconds() + 30)
