@@ -16,6 +16,9 @@ from zope.interface import Interface
 #: Most lockouts the state keeps (those ending soonest go first), as the
 #: tracker remembers at most knocker.core.tracker.MAX_SOURCES.
 MAX_LOCKOUT_ROWS = 100_000
+#: The key of the whole server's lockout (knocker.core.tracker.GLOBAL): one
+#: row, never pruned to make room for sources.
+WHOLE_SERVER = "*"
 
 
 class StateError(Exception):
@@ -192,9 +195,10 @@ class IStore(Interface):
 
     def prune_lockouts(now, keep=MAX_LOCKOUT_ROWS):
         """
-        Forget the lockouts ended by C{now}, and past C{keep} rows those
-        ending soonest: a flood from many
-        addresses, each saved, cannot grow the state without bound.
+        Forget the lockouts ended by C{now}, and past C{keep} rows of
+        sources those ending soonest: a flood from many addresses, each
+        saved, cannot grow the state without bound, nor push out the whole
+        server's lockout (L{WHOLE_SERVER}).
         """
 
     # Invitations (docs/spec.md section 10).  Kept apart from the rest:

@@ -7,6 +7,7 @@ from zope.interface import implementer
 
 from knocker.state.interface import (
     MAX_LOCKOUT_ROWS,
+    WHOLE_SERVER,
     ClientState,
     Invitation,  # section 10's part
     IStore,
@@ -90,8 +91,12 @@ class MemoryStore:
         return dict(self._lockouts)
 
     def prune_lockouts(self, now, keep=MAX_LOCKOUT_ROWS) -> None:
-        kept = sorted(((u, k) for k, u in self._lockouts.items() if u > now), reverse=True)
+        kept = sorted(((u, k) for k, u in self._lockouts.items()
+                       if u > now and k != WHOLE_SERVER), reverse=True)
+        whole = self._lockouts.get(WHOLE_SERVER, now)
         self._lockouts = {k: u for u, k in kept[:keep]}
+        if whole > now:
+            self._lockouts[WHOLE_SERVER] = whole
 
     # Invitations.
 

@@ -30,6 +30,7 @@ from zope.interface import implementer
 
 from knocker.state.interface import (
     MAX_LOCKOUT_ROWS,
+    WHOLE_SERVER,
     ClientState,
     Invitation,
     IStore,
@@ -865,15 +866,14 @@ class PostgresStore:
 
     def prune_lockouts(self, now: float, keep: int = MAX_LOCKOUT_ROWS) -> None:
         """
-        Forget the lockouts ended by C{now}, and past C{keep} rows those
-        ending soonest: a flood from many addresses cannot grow the table
-        without bound.
+        Forget the lockouts ended by C{now}, and past C{keep} rows of
+        sources those ending soonest (L{IStore.prune_lockouts}).
         """
         def work(conn):
             conn.execute("DELETE FROM lockouts WHERE until <= %s", (now,))
             conn.execute(
-                "DELETE FROM lockouts WHERE key IN (SELECT key FROM lockouts "
-                "ORDER BY until DESC OFFSET %s)", (keep,))
+                "DELETE FROM lockouts WHERE key IN (SELECT key FROM lockouts WHERE key <> %s "
+                "ORDER BY until DESC OFFSET %s)", (WHOLE_SERVER, keep))
 
         self._run(work)
 

@@ -18,6 +18,7 @@ from zope.interface import implementer
 from knocker.files import ensure_private_dir
 from knocker.state.interface import (
     MAX_LOCKOUT_ROWS,
+    WHOLE_SERVER,
     ClientState,
     Invitation,  # section 10's part
     IStore,
@@ -233,8 +234,8 @@ class SQLiteStore:
         with self._transaction():
             self._db.execute("DELETE FROM lockouts WHERE until <= ?", (now,))
             self._db.execute(
-                "DELETE FROM lockouts WHERE key IN (SELECT key FROM lockouts "
-                "ORDER BY until DESC LIMIT -1 OFFSET ?)", (keep,))
+                "DELETE FROM lockouts WHERE key IN (SELECT key FROM lockouts WHERE key <> ? "
+                "ORDER BY until DESC LIMIT -1 OFFSET ?)", (WHOLE_SERVER, keep))
 
     # Invitations (docs/spec.md section 10).
 

@@ -11,6 +11,7 @@ from zope.interface.verify import verifyObject
 
 from knocker.state.interface import (
     SLOTS,
+    WHOLE_SERVER,
     ClientState,
     Invitation,  # section 10's part
     IStore,
@@ -210,6 +211,24 @@ class StoreContract:
         self.store.prune_lockouts(0.0, keep=2)
         self.assertEqual(self.store.lockouts(0.0), {"198.51.100.8": 1008.0,
                                                     "198.51.100.9": 1009.0}, "ending last kept")
+
+    def test_pruning_never_pushes_out_the_whole_servers_lockout(self):
+        """
+        A flood of sources locked out for longer (escalated) than the whole
+        server is does not make room by dropping the whole server's row: a
+        restart, or another gateway reading the state, would lift it.
+        """
+        self.store.set_lockout(WHOLE_SERVER, 1060.0)
+        self.store.save_lockouts({f"198.51.100.{n}": 2000.0 + n for n in range(5)})
+        self.store.prune_lockouts(1000.0, keep=2)
+        self.assertEqual(self.store.lockouts(1000.0), {WHOLE_SERVER: 1060.0,
+                                                       "198.51.100.3": 2003.0,
+                                                       "198.51.100.4": 2004.0})
+
+    def test_whole_server_is_the_trackers_key(self):
+        from knocker.core.tracker import GLOBAL
+
+        self.assertEqual(WHOLE_SERVER, GLOBAL)
 
     def test_set_lockout_replaces(self):
         self.store.set_lockout("*", 1060.0)
