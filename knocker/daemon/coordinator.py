@@ -139,9 +139,14 @@ class KnockServer:
         not kept open to their time).
         """
         self._revoked = dict(self._store.revoked())
-        for key, until in self._store.lockouts(self._wall.now()).items():
+        saved = self._store.lockouts(self._wall.now())
+        for key, until in saved.items():
             self.tracker.restore_lockout(key, self._wall.from_wall(until))
-            log.warn("lockout of {key} still in force from before the restart", key=key)
+        if saved:
+            # One line: after a flood the state may hold 100,000.
+            log.warn("{count} lockouts still in force from before the restart{whole}",
+                     count=len(saved), whole=" (the whole server's among them)"
+                     if GLOBAL in saved else "")
         pending = self._store.pending_closes()
         if pending and not self.config.on_close:
             raise ValueError(

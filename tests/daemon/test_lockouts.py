@@ -85,6 +85,26 @@ class SavedTests(SynchronousTestCase):
                              h.clock.seconds() - 5 + 600, f"answers later: {later}")
 
 
+class RestartTests(SynchronousTestCase):
+    def test_one_log_line_for_the_lockouts_restored_at_a_restart(self):
+        """
+        After a flood the state may hold 100,000 lockouts: a restart says
+        how many it restored in one line, not one line each.
+        """
+        from twisted.logger import capturedLogs
+
+        h = Harness(self, **{"lockout-scope": "source"})
+        for n in range(300):
+            h.hit(f"198.51.100.{n % 250}" if n < 250 else f"203.0.113.{n - 249}", h.pool[0])
+        h.clock.advance(1)  # saved
+        with capturedLogs() as events:
+            h.restart()
+        lines = [e for e in events if "before the restart" in e.get("log_format", "")]
+        self.assertEqual(len(lines), 1)
+        self.assertEqual(lines[0]["count"], 300)
+        self.assertEqual(len(h.tracker_lockouts()), 300)
+
+
 class RetryChainTests(SynchronousTestCase):
     def test_one_retry_at_a_time_however_often_the_save_fails(self):
         h = Harness(self, lockout=600)
