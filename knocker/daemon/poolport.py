@@ -1,6 +1,6 @@
 """
 A pool port: a listening socket in the reactor that, for each connection,
-accepts, reports the hit, and closes at once.
+accepts, closes at once, and reports the hit.
 
 This is the daemon's hot path (a scan or a flood is thousands of hits a
 second), so it does not build a Twisted protocol and transport per
@@ -23,6 +23,12 @@ log = Logger()
 
 _ACCEPTS_PER_WAKE = 128
 _OUT_OF_DESCRIPTORS = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
+# With no spare to give back, a port stops watching its socket this long
+# (the connection waits in the kernel's queue), rather than wake at once
+# for an accept that fails again.
+_PAUSE_SECONDS = 0.1
+# At most one "out of file descriptors" line this often, for all ports.
+_WARN_EVERY = 10.0
 
 
 class SpareDescriptor:
@@ -34,6 +40,24 @@ class SpareDescriptor:
 
     def __init__(self):
         self._fd = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+        self._warned_at = None
+        self._unwarned = 0
+
+    @property
+    def held(self) -> bool:
+        return self._fd is not None
+
+    def shortage(self, now: float, prefix: str) -> None:
+        """
+        Note that a port ran out of descriptors: logged once per
+        L{_WARN_EVERY} seconds with the count since, for a process out of
+        descriptors wakes for every connection of a flood.
+        """
+        self._unwarned += 1
+        if self._warned_at is None or now - self._warned_at >= _WARN_EVERY:
+            log.warn("{prefix}: out of file descriptors ({count} times since the last "
+                     "such line)", prefix=prefix, count=self._unwarned)
+            self._warned_at, self._unwarned = now, 0
 
     def release(self) -> None:
         if self._fd is not None:
@@ -72,11 +96,15 @@ class PoolPort:
         self._interface = interface
         self.port = sock.getsockname()[1]
         self._spare = spare
+        self._paused = None  # the call that watches the socket again
 
     def startListening(self) -> None:
         self._reactor.addReader(self)
 
     def stopListening(self) -> None:
+        if self._paused is not None:
+            self._paused.cancel()
+            self._paused = None
         if self._socket is not None:
             self._reactor.removeReader(self)
             self._socket.close()
@@ -114,18 +142,38 @@ class PoolPort:
                 log.failure("recording a hit on {prefix}", prefix=self.logPrefix())
 
     def _accept_without_descriptors(self):
-        # Out of descriptors: give back the spare so the waiting connection
-        # can be taken (and recorded) rather than spin the reactor.
-        log.warn("{prefix}: out of file descriptors", prefix=self.logPrefix())
+        """
+        Out of descriptors: give back the spare so the waiting connection
+        can be taken (and recorded) rather than spin the reactor, and take
+        the spare again before the hit is recorded (recording may open
+        descriptors: a program's pipes, a database file).  With no spare
+        to give (another took it), stop watching for a moment.
+        """
+        self._spare.shortage(self._reactor.seconds(), self.logPrefix())
         self._spare.release()
         try:
             fd, address = self._accept()
-            os.close(fd)
+        except OSError as error:  # (EAGAIN: the connection went meanwhile)
+            self._spare.restore()
+            if error.errno in _OUT_OF_DESCRIPTORS:
+                self._pause()
+            return
+        os.close(fd)
+        self._spare.restore()
+        try:
             self._on_hit(address[0], address[1], self.port)
         except Exception:
-            log.failure("accepting without descriptors on {prefix}", prefix=self.logPrefix())
-        finally:
-            self._spare.restore()
+            log.failure("recording a hit on {prefix}", prefix=self.logPrefix())
+
+    def _pause(self):
+        if self._paused is None and self._socket is not None:
+            self._reactor.removeReader(self)
+            self._paused = self._reactor.callLater(_PAUSE_SECONDS, self._resume)
+
+    def _resume(self):
+        self._paused = None
+        if self._socket is not None:
+            self._reactor.addReader(self)
 
     def connectionLost(self, reason):
         self.stopListening()

@@ -110,6 +110,97 @@ class PoolPortTests(TestCase):
         self.assertEqual(hits[0][1], sock.getsockname()[1])
 
 
+class OutOfDescriptorsTests(TestCase):
+    """
+    The process is out of descriptors (a memory reactor; accept and the
+    spare's reopening are made to fail as the kernel would).
+    """
+
+    def setUp(self):
+        import errno
+
+        from twisted.internet.testing import MemoryReactorClock
+
+        self.reactor = MemoryReactorClock()
+        self.spare = SpareDescriptor()
+        self.addCleanup(self.spare.close)
+        self.hits = []
+        self.port = PoolPort(self.reactor, 0, "127.0.0.1", self.on_hit, self.spare)
+        self.addCleanup(self.port.stopListening)
+        self.port.startListening()
+        self.emfile = OSError(errno.EMFILE, "Too many open files")
+        self.spare_held_at_hit = []
+
+    def on_hit(self, *hit):
+        self.spare_held_at_hit.append(self.spare.held)
+        self.hits.append(hit)
+
+    def connection(self):
+        sock = socket.create_connection(("127.0.0.1", self.port.port), timeout=5)
+        self.addCleanup(sock.close)
+        for _ in range(100):
+            if select_readable(self.port):
+                return sock
+        self.fail("the connection never reached the port")
+
+    def test_the_spare_is_taken_again_before_the_hit_is_recorded(self):
+        """
+        Recording a hit may open descriptors (an action's pipes, the state's
+        files): the spare must be held again by then, or recording takes
+        it and the next shortage has nothing to give back.
+        """
+        real_accept, calls = self.port._accept, []
+
+        def accept():
+            calls.append(1)
+            if len(calls) == 1:
+                raise self.emfile
+            return real_accept()
+
+        self.port._accept = accept
+        self.connection()
+        self.port.doRead()
+        self.assertEqual(len(self.hits), 1)
+        self.assertEqual(self.spare_held_at_hit, [True])
+
+    def test_no_spare_to_give_stops_watching_for_a_moment(self):
+        """
+        With the spare gone too, accept keeps failing: the port stops
+        watching its socket for a moment instead of waking at once for
+        every wake of a flood, and then watches it again.
+        """
+        from knocker.daemon import poolport
+
+        self.spare.release()
+        self.patch(self.spare, "restore", lambda: None)  # still none to reopen
+
+        def accept():
+            raise self.emfile
+
+        self.port._accept = accept
+        self.port.doRead()
+        self.assertNotIn(self.port, self.reactor.getReaders())
+        self.reactor.advance(poolport._PAUSE_SECONDS)
+        self.assertIn(self.port, self.reactor.getReaders())
+        self.assertEqual(self.hits, [])
+
+    def test_one_warning_line_per_ten_seconds(self):
+        from twisted.logger import capturedLogs
+
+        def accept():
+            raise self.emfile
+
+        self.port._accept = accept
+        with capturedLogs() as events:
+            for _ in range(50):
+                self.port.doRead()
+                self.reactor.advance(0.1)
+            self.reactor.advance(10)
+            self.port.doRead()
+        warnings = [e for e in events if "out of file descriptors" in e.get("log_format", "")]
+        self.assertEqual([e["count"] for e in warnings], [1, 50])
+
+
 def select_readable(pool_port) -> bool:
     import select
 
