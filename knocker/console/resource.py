@@ -457,6 +457,8 @@ class Console(Resource):
     def page_revoke(self, request, who):
         client = self._arg(request, "client").strip()
 
+        from knocker.daemon.coordinator import RevokeNotSaved
+
         def done(revoked):
             if not revoked:
                 return self._problem(request, who, 404, "No such client",
@@ -465,7 +467,13 @@ class Console(Resource):
             return self._changed(request, who, "/clients",
                                  f"{client} is revoked: its next knock is DENIED.",
                                  {"revoked": client})
-        return maybeDeferred(self.server.revoke, client).addCallback(done)
+
+        def not_saved(failure):
+            failure.trap(RevokeNotSaved)
+            self.audit.record("admin-revoke", client=client, by=who.kind, saved=False,
+                              error=failure.value.why)
+            return self._problem(request, who, 503, "Revoked, not saved", str(failure.value))
+        return maybeDeferred(self.server.revoke, client).addCallbacks(done, not_saved)
 
     def page_invite(self, request, who):
         """

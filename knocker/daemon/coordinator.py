@@ -84,6 +84,19 @@ def _renewal_due(left: int, knocks: int, renew_at: int | None) -> bool:
     return threshold > 0 and left <= threshold  # renew-at = 0: renewal off
 
 
+class RevokeNotSaved(Exception):
+    """
+    A client is refused by this daemon from now on, but the state did not
+    record it: a restart (or another gateway) would take its file again.
+    """
+
+    def __init__(self, client: str, why: str):
+        super().__init__(f"{client} is refused by the running daemon, but the state could "
+                         f"not record it ({why}): a restart would take its file again; "
+                         f"revoke it again once the state is writable")
+        self.client, self.why = client, why
+
+
 class KnockServer:
     """
     The coordinator.  Everything it touches is given to it: C{clock} (an
@@ -884,12 +897,20 @@ class KnockServer:
     def _revoke(self, state, client: str):
         if state is None:
             return False
-        # Refused here at once, whether or not the state takes it.
+        # Refused here at once, whether or not the state takes it (a stolen
+        # file is refused while the operator deals with a failing state).
         self._revoked[client] = state.secret_id
         self._close_revoked(client)
-        done = self._store.revoke(client)
+
+        def not_saved(failure):
+            raise RevokeNotSaved(client, failure.getErrorMessage()) from failure.value
+
+        try:
+            done = self._store.revoke(client)
+        except Exception as error:
+            raise RevokeNotSaved(client, str(error)) from error
         if isinstance(done, Deferred):
-            return done.addCallback(lambda _: True)
+            return done.addCallbacks(lambda _: True, not_saved)
         return True
 
     def invite(self, client: str, knocks: int, ports: int, expires: float, force: bool,

@@ -371,6 +371,39 @@ class PagesTests(SynchronousTestCase):
         self.assertIn("alice is revoked: its next knock is DENIED.",
                       f.browser.get("/clients").text)
 
+    def test_a_revoke_the_state_cannot_record_is_audited_and_said(self):
+        """
+        The state refuses the write (locked, a fleet's database away): the
+        file is refused all the same, the audit log says so with the
+        error, and the operator is told it is not saved, for a restart
+        would take the file again.  Both kinds of store: one that raises,
+        one that answers later (a fleet's).
+        """
+        import sqlite3
+
+        from twisted.internet import defer
+
+        for later in (False, True):
+            f = ConsoleFixture(self)
+            csrf = f.login()
+            error = sqlite3.OperationalError("database is locked")
+
+            def revoke(client, error=error, later=later):
+                if later:
+                    return defer.fail(error)
+                raise error
+
+            self.patch(f.h.server._store, "revoke", revoke)
+            page = f.browser.post("/revoke", {"client": "alice", "csrf": csrf})
+            self.assertEqual(page.code, 503, page.text)
+            self.assertIn("refused by the running daemon, but the state could not record it "
+                          "(database is locked)", page.text)
+            event = f.h.audit.of("admin-revoke")[-1]
+            self.assertEqual((event["client"], event["saved"], event["error"]),
+                             ("alice", False, "database is locked"))
+            line, *_ = f.h.handshake("alice")
+            self.assertEqual(line, b"DENIED\n", f"refused at once (later: {later})")
+
     def test_a_link_cannot_make_a_page_claim_a_change(self):
         """
         The notice after a change is kept in the session: a link from
