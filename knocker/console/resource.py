@@ -406,6 +406,9 @@ class Console(Resource):
         # the tokens file stops streaming within that time.
         ends = (self.sessions.expiry(who.session) if who.session is not None
                 else self.clock.seconds() + SESSION_SECONDS)
+        if ends is None:  # expired between the gate's look and this one
+            request.setResponseCode(401)
+            return b"not logged in\n"
         EventStream(request, self.bus, session=who.session, clock=self.clock, ends=ends)
         return NOT_DONE_YET
 

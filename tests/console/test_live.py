@@ -117,6 +117,19 @@ class StreamSessionTests(SynchronousTestCase):
         self.assertEqual(f.bus.subscribers, set())
         self.assertEqual(f.h.clock.getDelayedCalls(), timers, "no timer left behind")
 
+    def test_a_session_ending_as_its_stream_starts_gets_none(self):
+        """
+        The session ends between the gate's look at it and the stream's
+        (the sessions' clock read twice): no stream, rather than one no
+        expiry or logout would ever end.
+        """
+        f = ConsoleFixture(self)
+        f.login()
+        self.patch(f.console.sessions, "expiry", lambda session: None)
+        request, stream = f.browser.stream("/events")
+        self.assertEqual(request.code, 401)
+        self.assertEqual(f.bus.subscribers, set())
+
     def test_a_bearers_stream_ends_as_a_session_would(self):
         """
         A bearer token has no session to expire; its stream still ends
