@@ -7,6 +7,7 @@ only, so the keyboard does everything; one column at narrow widths.
 
 import base64
 import hashlib
+from urllib.parse import quote
 
 from twisted.python.failure import Failure
 from twisted.web.template import Tag, XMLString, flattenString, tags
@@ -137,6 +138,7 @@ def overview_page(data: dict, events: list, csrf: str) -> bytes:
     slots = [[s["client"], str(s["index"]), s["ip"], s["state"], f"{s['left']} s"]
              for s in data["slots"]]
     locks = [[row["source"], row["scope"], f"{row['left']} s"] for row in data["lockouts"]]
+    in_force = data["lockouts_in_force"]
     items = [tags.li(f"{e.get('time', '')} {e.get('event')} {e.get('client', '')} "
                      f"{e.get('ip', e.get('source', ''))} {e.get('reason', '')}")
              for e in reversed(events)]
@@ -154,6 +156,8 @@ def overview_page(data: dict, events: list, csrf: str) -> bytes:
         tags.h2("Lockouts in force"),
         _table(("source", "scope", "time left"), locks, "Who cannot knock now")
         if locks else tags.p("None: everyone may knock."),
+        tags.p(f"{in_force} in all: ", tags.a("see every lockout", href="/lockouts"))
+        if in_force > len(locks) else "",
         tags.h2("Last events"),
         tags.p(id="live", hidden="hidden", role="status"),
         tags.ul(*items, id="events", class_="events", **{"aria-live": "polite"}),
@@ -262,15 +266,29 @@ def problem_page(title: str, message: str, csrf: str, back: str = "/clients") ->
                 csrf=csrf)
 
 
-def lockouts_page(rows: list, csrf: str, message: str = "") -> bytes:
+def lockouts_page(rows: list, csrf: str, message: str = "", number: int = 1, pages: int = 1,
+                  total: int = 0, find: str = "") -> bytes:
     body = [tags.p(message, role="status")] if message else []
+    body.append(tags.form(
+        tags.label("Source holding ", tags.input(name="find", value=find, size="24",
+                                                 maxlength="64")),
+        tags.button("Find", type="submit"), method="get", action="/lockouts",
+        class_="filters"))
     if rows:
+        body.append(tags.p(f"{total} lockouts in force" + (f" whose source holds {find!r}"
+                                                            if find else "") + "."))
         body.append(_table(
             ("source", "scope", "reason", "time left", "lift"),
             [[r["source"], r["scope"], r["reason"], f"{r['left']} s",
               _post("/lift", csrf, f"Lift {r['source']}", source=r["source"])] for r in rows],
             "Lockouts in force"))
+        if pages > 1:
+            query = f"find={quote(find)}&" if find else ""
+            body.append(_pager(number, pages, lambda n: f"/lockouts?{query}page={n}",
+                               "pages of lockouts"))
         body.append(_post("/lift", csrf, "Lift every lockout", source="all"))
+    elif find:
+        body.append(tags.p(f"No lockout in force whose source holds {find!r}."))
     else:
         body.append(tags.p("No lockout in force: everyone may knock."))
     return page(

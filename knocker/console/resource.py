@@ -309,11 +309,14 @@ class Console(Resource):
                                                            who.csrf))
         return self._state().addCallback(draw)
 
-    def page_clients(self, request, who):
+    def _page_number(self, request) -> int:
         try:
-            number = max(1, int(self._arg(request, "page") or 1))
+            return max(1, int(self._arg(request, "page") or 1))
         except ValueError:
-            number = 1
+            return 1
+
+    def page_clients(self, request, who):
+        number = self._page_number(request)
         per = view.CLIENTS_PER_PAGE
         message = self.sessions.take_notice(who.session, "/clients")
 
@@ -327,9 +330,19 @@ class Console(Resource):
         return self._state().addCallback(draw)
 
     def page_lockouts(self, request, who):
-        rows = view.lockouts(self.server, self.clock, self.activity)
+        number = self._page_number(request)
+        find = self._arg(request, "find").strip()[:64]
+        per = view.LOCKOUTS_PER_PAGE
+        rows, total = view.lockouts(self.server, self.clock, self.activity,
+                                    (number - 1) * per, per, find)
+        last = max(1, -(-total // per))
+        if number > last:  # ended since the link was drawn: the last page
+            number = last
+            rows, total = view.lockouts(self.server, self.clock, self.activity,
+                                        (number - 1) * per, per, find)
         message = self.sessions.take_notice(who.session, "/lockouts")
-        return self._html(request, pages.lockouts_page(rows, who.csrf or "", message))
+        return self._html(request, pages.lockouts_page(
+            rows, who.csrf or "", message, number, max(1, -(-total // per)), total, find))
 
     def _report(self, request, render):
         """

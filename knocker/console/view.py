@@ -81,29 +81,56 @@ def read_state(store) -> Deferred:
 def overview(server, state: StateView, started: str, clock, config) -> dict:
     tracker = server.tracker
     now = clock.seconds()
-    return {
+    data = {
         "started": started,
         "pool_size": state.pool_size,
         "central": config.central,
         "slots": [{"client": s.client, "index": s.index, "ip": s.ip,
                    "state": "running its action" if s.acting else f"{s.position} of {len(s.ports)} ports",
                    "left": max(0, round(s.deadline - now))} for s in tracker.slots()],
-        "lockouts": lockouts(server, clock, None),
         "pending_closes": state.pending_closes,
     }
+    data["lockouts"], data["lockouts_in_force"] = lockouts(server, clock, None, 0,
+                                                          OVERVIEW_LOCKOUTS)
+    return data
 
 
-def lockouts(server, clock, activity: Activity | None) -> list[dict]:
+# A flood from many addresses may leave 100,000 lockouts in force: the pages
+# show them a page at a time (drawing them all held the reactor for seconds).
+LOCKOUTS_PER_PAGE = 100
+OVERVIEW_LOCKOUTS = 20
+
+
+def lockouts(server, clock, activity: Activity | None, first: int = 0,
+             count: int = LOCKOUTS_PER_PAGE, find: str = "") -> tuple[list[dict], int]:
+    """
+    The lockouts in force, the whole server's first and then by source,
+    from the C{first}th, C{count} of them, with those whose source holds
+    C{find} alone if it is given; and how many there are in all.
+    """
     now = clock.seconds()
+    found = server.tracker.lockouts()
+    keys = [key for key in found if find in key] if find else list(found)
+    if len(keys) > first + count:
+        import heapq  # a page's worth, not a sort of every key
+
+        keys = heapq.nsmallest(first + count, keys, key=_whole_server_first)
+    else:
+        keys.sort(key=_whole_server_first)
     rows = []
-    for key, until in sorted(server.tracker.lockouts().items()):
+    for key in keys[first:first + count]:
         rows.append({
             "source": key,
             "scope": "everyone (the whole server)" if key == GLOBAL else "this source",
             "reason": (activity.lockout_reasons.get(key, "") if activity else "") or "-",
-            "left": max(1, round(until - now)),
+            "left": max(1, round(found[key] - now)),
         })
-    return rows
+    total = len(found) if not find else len([key for key in found if find in key])
+    return rows, total
+
+
+def _whole_server_first(key: str) -> tuple[bool, str]:
+    return key != GLOBAL, key
 
 
 CLIENTS_PER_PAGE = 100

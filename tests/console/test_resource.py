@@ -347,6 +347,48 @@ class PagesTests(SynchronousTestCase):
         event = f.h.audit.of("admin-lift")[-1]
         self.assertEqual((event["lifted"], event["by"]), (["198.51.100.1"], "session"))
 
+    def test_lockouts_a_page_at_a_time(self):
+        """
+        A flood from many addresses leaves thousands of lockouts in force:
+        the Lockouts page shows 100 at a time (the whole server's first),
+        with how many in all, pages and a search; the overview the first
+        20 and the count.  (Drawing 65,536 at once held the daemon 7 s.)
+        """
+        from knocker.core.tracker import GLOBAL
+
+        f = ConsoleFixture(self, lockout=600, **{"lockout-scope": "source"})
+        tracker, now = f.h.server.tracker, f.h.clock.seconds()
+        sources = [f"10.0.{n // 250}.{n % 250}" for n in range(2500)]
+        for source in sources:
+            tracker.restore_lockout(source, now + 600)
+        tracker.restore_lockout(GLOBAL, now + 60)
+        f.login()
+        first = f.browser.get("/lockouts").text
+        self.assertEqual(first.count(">Lift 10.0."), 99)
+        self.assertIn(">Lift *<", first)
+        self.assertIn("2501 lockouts in force", first)
+        self.assertIn("page 1 of 26", first)
+        self.assertIn(">Lift 10.0.0.0<", first)
+        last = f.browser.get("/lockouts?page=26").text
+        self.assertEqual(last.count(">Lift 10.0."), 1)
+        self.assertIn(">Lift 10.0.9.99<", last, "the last by source")
+        past = f.browser.get("/lockouts?page=900").text
+        self.assertIn("page 26 of 26", past)
+        found = f.browser.get("/lockouts?find=10.0.9.24").text
+        self.assertIn("11 lockouts in force whose source holds", found)
+        self.assertEqual(found.count(">Lift 10.0.9.24"), 11)
+        self.assertNotIn("page 1 of", found)
+        none = f.browser.get("/lockouts?find=192.0.2.").text
+        self.assertIn("No lockout in force whose source holds", none)
+        overview = f.browser.get("/").text
+        self.assertEqual(overview.count("<td>10.0."), 19)
+        self.assertIn("2501 in all", overview)
+        text = f.browser.get("/api/status").text  # (chunked: the JSON between the braces)
+        status = json.loads(text[text.index("{"):text.rindex("}") + 1])["overview"]
+        self.assertEqual(len(status["lockouts"]), 20)
+        self.assertEqual(status["lockouts"][0]["source"], GLOBAL)
+        self.assertEqual(status["lockouts_in_force"], 2501)
+
     def test_lift_by_an_address_written_otherwise(self):
         """
         knocker unlock --source ::ffff:198.51.100.1 (as a dual-stack log
