@@ -63,6 +63,7 @@ async def enroll(io, server: str, slot: int, words: str, timeout: float = 30.0,
     Run the exchange; the L{Result} carries the file's text when enrolled.
     """
     from knocker.client.knock import Trouble, Unreachable
+    from knocker.core.handshake import ProtocolError
 
     try:
         conn = await io.connect(server, connect_timeout)
@@ -70,16 +71,27 @@ async def enroll(io, server: str, slot: int, words: str, timeout: float = 30.0,
         return Result(Outcome.UNREACHABLE, f"{server}: {failure}")
     except (ValueError, TypeError) as failure:  # an endpoint Twisted cannot parse
         return Result(Outcome.USAGE, f"--server {server}: {failure}")
+    spent = []  # not empty once the server confirmed: the invitation is used
     try:
-        return await _exchange(conn, slot, words, _Deadline(io.now, timeout))
+        result = await _exchange(conn, slot, words, _Deadline(io.now, timeout), spent)
     except Trouble as failure:
-        return Result(Outcome.NO_ANSWER, str(failure))
+        result = Result(Outcome.NO_ANSWER, str(failure))
     except Unreachable as failure:
-        return Result(Outcome.UNREACHABLE, f"{server}: {failure}")
-    except (_Protocol, k.VerifyError) as failure:
-        return Result(Outcome.BAD_SERVER, str(failure))
+        result = Result(Outcome.UNREACHABLE, f"{server}: {failure}")
+    except (_Protocol, k.VerifyError, ProtocolError) as failure:
+        # (ProtocolError: a line longer than the protocol allows, from the
+        # driver; a ValueError, which the command would take for a usage
+        # mistake)
+        result = Result(Outcome.BAD_SERVER, str(failure))
     finally:
         conn.close()
+    if spent and result.outcome is not Outcome.ENROLLED:
+        # The server spends the invitation as it sends the file: a code
+        # works once, so a file lost on the way is not fetched again.
+        result = result.replace(detail=f"{result.detail}; the server had sent ENROLLED, so "
+                                       f"the invitation is spent: ask for a new one "
+                                       f"(knocker invite CLIENT --force)")
+    return result
 
 
 class _Deadline:
@@ -119,7 +131,8 @@ class _Deadline:
         return left
 
 
-async def _exchange(conn, slot: int, words: str, deadline: _Deadline) -> Result:
+async def _exchange(conn, slot: int, words: str, deadline: _Deadline,
+                    spent: list | None = None) -> Result:
     pake = k.Pake(slot, words)
     conn.send(f"{MAGIC} ENROLL {slot} {k.b64(pake.message)}\n".encode("ascii"))
     reply = await _read(conn, deadline)
@@ -133,6 +146,8 @@ async def _exchange(conn, slot: int, words: str, deadline: _Deadline) -> Result:
         return _final(reply)
     if not keys.check_server(reply[1]):
         raise _Protocol("the server's key confirmation is wrong: not our server, or tampered")
+    if spent is not None:
+        spent.append(True)
     if int(reply[2]) > k.MAX_DATA_LINES:
         raise _Protocol(f"the server announces {reply[2][:20]} DATA lines, more than "
                         f"{k.MAX_DATA_LINES}")

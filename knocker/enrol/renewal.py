@@ -219,7 +219,9 @@ async def take_offer(conn, offer: bytes, config, knockfile, nonce: str, timeout:
     keep the current one as C{FILE.prev}, write the new one atomically
     (0600).  Returns what happened, for the knock's detail; raises
     L{k.VerifyError} or L{ValueError} when the offer cannot be taken (the
-    current file is then untouched and still works).
+    current file is then untouched and still works), except L{Refused}:
+    the server refused at CONFIRM (the client was revoked meanwhile), when
+    the new file is written already and stays (docs/protocol.md).
 
     The whole renewal ends within C{timeout} seconds on C{clock} (default
     L{time.monotonic}): what is left of the knock's one deadline bounds

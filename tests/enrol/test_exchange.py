@@ -259,6 +259,22 @@ class ExchangeTests(TestCase):
         self.assertEqual(len(self.tracker.failures), len(cuts), "once each")
         self.assertEqual(self.audit.outcomes(), ["dropped"] * len(cuts))
 
+    def test_a_file_lost_on_the_way_says_the_code_is_spent(self):
+        """
+        The server spends the invitation as it sends ENROLLED and the file
+        (a code works once): a connection cut during the file leaves the
+        user told that a new invitation is needed, not to try again; a cut
+        before ENROLLED says nothing of the kind.
+        """
+        result = self.enroll(cut_after=2)  # ENROLLING and ENROLLED pass, DATA is lost
+        self.assertIs(result.outcome, Outcome.NO_ANSWER)
+        self.assertIn("the invitation is spent: ask for a new one", result.detail)
+        self.assertIs(self.enroll().outcome, Outcome.USED)
+        self.slot = self.store.add_invitation("alice", WORDS, 2000.0, TRIES, self.now)
+        before = self.enroll(cut_after=1)  # ENROLLED is lost
+        self.assertIs(before.outcome, Outcome.NO_ANSWER)
+        self.assertNotIn("spent", before.detail)
+
     def test_lost_after_confirm_or_before_enrolling_is_not_counted(self):
         self.server().connection_lost()
         server = self.server()
@@ -340,6 +356,28 @@ class ExchangeTests(TestCase):
         result = self.enroll(tamper=forge)
         self.assertIs(result.outcome, Outcome.BAD_SERVER)
         self.assertIn("key confirmation", result.detail)
+
+    def test_an_over_long_line_is_the_servers_fault(self):
+        """
+        The driver refuses a line longer than the protocol allows (a
+        ProtocolError, a kind of ValueError): that is a bad server (exit
+        13), not a usage mistake (exit 2) of the user's.
+        """
+        from knocker.client.knock import over_long_line
+
+        class Overlong(_Conn):
+            async def readline(self, timeout):
+                if len(self.pipe.sent) >= 2:
+                    raise over_long_line(b"D" * 2000)
+                return await super().readline(timeout)
+
+        class OverlongPipe(Pipe):
+            async def connect(self, endpoint, timeout):
+                return Overlong(self, self.case.server())
+
+        result = run_blocking(enroll(OverlongPipe(self), "tcp:x:1", self.slot, WORDS))
+        self.assertIs(result.outcome, Outcome.BAD_SERVER, result.message())
+        self.assertIn("over-long line", result.detail)
 
     def test_malformed_lines(self):
         for line in (b"KNOCKER/1 ENROLL 01 AAAA", b"KNOCKER/1 ENROLL 1 !!", b"KNOCKER/1 ENROLL 1",
