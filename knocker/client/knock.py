@@ -101,12 +101,22 @@ async def knock(io, config, knockfile, uniform=None, began=None) -> KnockResult:
     if began is not None:
         started -= max(0.0, io.now() - began)
     deadline = _Deadline(io, config.timeout, began)
-    attempts, busy_at = 0, None
+    attempts, busy_at, reread = 0, None, False
     while True:
         attempts += 1
         result = (await _attempt(io, config, knockfile, deadline, first=attempts == 1,
                                  start=busy_at)).replace(attempts=attempts)
         busy_at = result.server
+        if result.outcome is Outcome.DENIED and not reread and not deadline.passed():
+            # Another knock of ours may have renewed the file since it was
+            # read (two at once): the server denies the replaced one, and
+            # the new one is on disk.  Once, with that one.
+            reread = True
+            renewed = renewed_meanwhile(config, knockfile)
+            if renewed is not None:
+                io.say("the portknock file was renewed meanwhile; knocking with the new one")
+                knockfile = renewed
+                continue
         if result.outcome is not Outcome.BUSY or attempts > config.busy_retries:
             break
         if uniform is None:
@@ -369,6 +379,24 @@ def log_attempt(config, client: str, started: float, result: KnockResult) -> Non
 # own time, and the file does not change from one knock to the next.  A
 # changed or replaced file has another identity and is checked again.
 CHECKED_SUFFIX = ".checked"
+
+
+def renewed_meanwhile(config, knockfile):
+    """
+    C{config.knock_file} read again, if it now holds another secret than
+    C{knockfile} (renewed since it was read); otherwise C{None}.
+    """
+    if config.knock_file is None:
+        return None
+    from knocker.core.knockfile import KnockFileError, KnockFileText
+    from knocker.files import PrivateFileError, read_private_identified
+
+    try:
+        text, identity = read_private_identified(config.knock_file)
+        fresh = KnockFileText(text, config.knock_file, identity)
+    except (OSError, PrivateFileError, KnockFileError):
+        return None
+    return fresh if fresh.secret != knockfile.secret else None
 
 
 def read_checked(config) -> tuple[str, ...]:

@@ -130,6 +130,8 @@ class KnockServer:
         self._global_retry = None  # the server's lockout, saved again (L{_save_global})
         self._pruned = None  # when the saved lockouts were last pruned
         self._revoked: dict[str, str] = {}  # client -> secret_id of its revoked file
+        # client -> the secret its last renewal replaced, while this daemon runs
+        self._superseded: dict[str, bytes] = {}
         #: The central port's number once it listens (the daemon sets it), for
         #: the enrol command the console shows when C{central} says port 0.
         self.central_port: int | None = None
@@ -238,6 +240,16 @@ class KnockServer:
             secret = None
         expected = _hmac_hex(secret or self._dummy_secret, hs.hello_message(client, nonce))
         matched = hmac.compare_digest(expected, proof) and secret is not None
+        if secret is not None and not matched and self._made_with_superseded(client, nonce,
+                                                                             proof):
+            # The file the last renewal replaced, from a knock of the client's
+            # own that read it before (two knocks at once): refused, but it is
+            # no attack, so no failed attempt.  (DENIED goes out at its fixed
+            # moment all the same.)
+            self._audit.record("denied", ip=ip, client=client, reason="superseded")
+            log.info("denied {client} from {ip}: a proof made with the file its renewal "
+                     "replaced", client=client, ip=ip)
+            return hs.Denied()
         if secret is not None and not matched:
             # A renewed file proving itself (section 10): it becomes current.
             # Its lookup may answer later too (a fleet's database).
@@ -371,6 +383,11 @@ class KnockServer:
         return hs.Grant(index, self.config.knock_window,
                         _hmac_hex(secret, hs.grant_message(client, nonce, index)))
 
+    def _made_with_superseded(self, client: str, nonce: str, proof: str) -> bool:
+        replaced = self._superseded.get(client)
+        return replaced is not None and hmac.compare_digest(
+            _hmac_hex(replaced, hs.hello_message(client, nonce)), proof)
+
     def _proven_renewal(self, ip: str, client: str, nonce: str, proof: str):
         """
         C{(state, secret)} of C{client}'s pending generation if C{proof} is
@@ -402,6 +419,9 @@ class KnockServer:
     def _promoted(self, done: bool, ip: str, client: str, pending, how: str) -> bool:
         if not done:
             return False
+        replaced = self._book.held_secret(client)
+        if replaced is not None:
+            self._superseded[client] = replaced  # (memory only: see _made_with_superseded)
         self._book.promote(client)
         self._audit.record("renew-confirm", ip=ip, client=client, knocks=pending.knocks, by=how)
         log.info("{client} proved its renewed file ({how}): it is current now",

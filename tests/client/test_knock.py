@@ -268,6 +268,62 @@ class KnockCoroutineTests(SynchronousTestCase):
         self.assertEqual(Outcome.OPEN.exit_code, 0)
 
 
+class RenewedMeanwhileTests(SynchronousTestCase):
+    """
+    Two knocks of one client at once: the first takes a renewal and writes
+    the new file while the second, holding the old one, is DENIED.  The
+    second knocks again, once, with the file now on disk.
+    """
+
+    def setUp(self):
+        import os
+
+        from knocker.core.knockfile import KnockFileText
+        from knocker.core.knockgen import format_knockfile
+        from knocker.files import write_private
+
+        self.dir = self.mktemp()
+        os.makedirs(self.dir)
+        self.path = os.path.join(self.dir, "alice.knock")
+        write_private(self.path, format_knockfile(KF))
+        self.old = KnockFileText(format_knockfile(KF), self.path)
+        self.new_secret = bytes(range(100, 132))
+        self.renewed = KF.replace(secret=self.new_secret)
+
+    def knock(self, io):
+        conf = config(**{"knock-file": self.path})
+        return run_blocking(knock(io, conf, self.old))
+
+    def test_denied_then_the_renewed_file(self):
+        from knocker.core.knockgen import format_knockfile
+        from knocker.files import write_private
+
+        write_private(self.path, format_knockfile(self.renewed))  # by the other knock
+        new_grant = (f"GRANT 1 10 {hs.grant_mac(self.new_secret, 'alice', NONCE, 1)}").encode()
+        io = ScriptedIO([f"CHALLENGE {NONCE}".encode(), b"DENIED"],
+                        [f"CHALLENGE {NONCE}".encode(), new_grant, b"OPEN"])
+        result = self.knock(io)
+        self.assertEqual((result.outcome, result.attempts), (Outcome.OPEN, 2))
+        proofs = [line for line in io.sent if line.startswith(b"PROOF ")]
+        self.assertEqual(proofs, [f"PROOF {hs.hello_mac(secret, 'alice', NONCE)}\n".encode()
+                                  for secret in (SECRET, self.new_secret)])
+
+    def test_denied_with_the_file_unchanged_is_denied(self):
+        io = ScriptedIO([f"CHALLENGE {NONCE}".encode(), b"DENIED"])
+        result = self.knock(io)
+        self.assertEqual((result.outcome, result.attempts), (Outcome.DENIED, 1))
+
+    def test_once_only(self):
+        from knocker.core.knockgen import format_knockfile
+        from knocker.files import write_private
+
+        write_private(self.path, format_knockfile(self.renewed))
+        io = ScriptedIO([f"CHALLENGE {NONCE}".encode(), b"DENIED"],
+                        [f"CHALLENGE {NONCE}".encode(), b"DENIED"])
+        result = self.knock(io)
+        self.assertEqual((result.outcome, result.attempts), (Outcome.DENIED, 2))
+
+
 class CheckedRecordTests(SynchronousTestCase):
     """
     The whole-file check runs once per file: its identity (device, inode,

@@ -118,6 +118,29 @@ class PendingToCurrentTests(TestCase):
                     self.assertEqual([e["ip"] for e in h.audit.of("renew-offer")],
                                      ["198.51.100.66"])
 
+    def test_a_knock_with_the_replaced_file_is_denied_without_a_lockout(self):
+        """
+        Two knocks of the client's own at once, the second with the file
+        as read before the first renewed it: DENIED (audited
+        C{superseded}), but no failed attempt, so no lockout of the
+        client's address, or, whatever the lockout scope, of the server.
+        """
+        for scope in ("source", "global", "knock"):
+            with self.subTest(scope=scope):
+                h, c = renewing(self, lockout_scope=scope)
+                for _ in range(6):
+                    self.assertEqual(c.knock(), hs.Open())
+                self.assertEqual(c.renewed, 1)
+                self.assertEqual(c.knock(c.previous()), hs.Denied())
+                self.assertEqual(h.audit.of("denied")[-1]["reason"], "superseded")
+                self.assertEqual(h.tracker_lockouts(), {})
+                self.assertEqual(c.knock(), hs.Open(), "the new file knocks at once")
+                stranger = os.path.join(h.dir, "stranger.knock")
+                write_private(stranger, c.text().replace(c.secret().hex(), "ab" * 32))
+                self.assertEqual(c.knock(stranger), hs.Denied(), "any other secret")
+                self.assertEqual(h.audit.of("denied")[-1]["reason"], "bad-proof")
+                self.assertNotEqual(h.tracker_lockouts(), {}, "is a failed attempt")
+
     def test_offer_then_explicit_confirmation(self):
         h, c = renewing(self)
         old = c.secret()
