@@ -103,12 +103,12 @@ def _no_inherited_descriptors() -> None:
 
 
 def run_blocking(argv: list[str], env: dict[str, str], timeout: float,
-                 runs_as: tuple[int, int] | None = None) -> bool:
+                 runs_as: tuple[int, int] | None = None) -> ActionResult:
     """
     Run C{argv} to its end outside any reactor (a start that is being
     refused), as L{ProcessRunner} starts a program (its own session, the
-    signals this process ignores reset), output dropped; killed with its
-    session past C{timeout}.  Whether it exited 0.
+    signals this process ignores reset), its output kept as the runner
+    keeps it, for the audit log; killed with its session past C{timeout}.
 
     @param runs_as: C{(uid, gid)} to run it as, when that is not this
         process's (twistd's C{--uid}, which takes effect only after the
@@ -116,8 +116,6 @@ def run_blocking(argv: list[str], env: dict[str, str], timeout: float,
         would have started it, with that user's groups (initgroups), by
         C{subprocess}, which resets only SIGPIPE of the signals ignored.
     """
-    import time
-
     _no_inherited_descriptors()  # (subprocess, below, closes them itself)
     if runs_as is not None and runs_as != (os.geteuid(), os.getegid()):
         import pwd
@@ -129,34 +127,79 @@ def run_blocking(argv: list[str], env: dict[str, str], timeout: float,
             groups = []  # a uid with no name: its own group alone, as initgroups cannot
         try:
             process = subprocess.Popen(
-                argv, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL, start_new_session=True, user=runs_as[0],
+                argv, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE, start_new_session=True, user=runs_as[0],
                 group=runs_as[1], extra_groups=groups)
-        except (OSError, ValueError):
-            return False
-        try:
-            return process.wait(timeout) == 0
-        except subprocess.TimeoutExpired:
-            kill_session(process.pid)
-            process.wait()
-            return False
-    devnull = os.open(os.devnull, os.O_WRONLY | os.O_CLOEXEC)
+        except (OSError, ValueError) as error:
+            return ActionResult(tuple(argv), None, None, False, "", "", spawn_error=str(error))
+        pipes = [os.dup(process.stdout.fileno()), os.dup(process.stderr.fileno())]
+        process.stdout.close()
+        process.stderr.close()
+        return _collect(tuple(argv), process.pid, pipes, timeout)
+    out_r, out_w = _pipe()
+    err_r, err_w = _pipe()
     try:
-        pid = _spawn(list(argv), env, devnull, devnull, ignored_signals())
-    except (OSError, TypeError, ValueError):
-        return False
+        pid = _spawn(list(argv), env, out_w, err_w, ignored_signals())
+    except (OSError, TypeError, ValueError) as error:
+        os.close(out_r)
+        os.close(err_r)
+        return ActionResult(tuple(argv), None, None, False, "", "", spawn_error=str(error))
     finally:
-        os.close(devnull)
+        os.close(out_w)
+        os.close(err_w)
+    return _collect(tuple(argv), pid, [out_r, err_r], timeout)
+
+
+def _collect(argv: tuple, pid: int, pipes: list[int], timeout: float) -> ActionResult:
+    """
+    Wait for C{pid}, reading its stdout and stderr (C{pipes}, closed here)
+    as L{_Child} does in the reactor: the last L{OUTPUT_LIMIT} bytes of
+    each, a kill of its session at C{timeout}, and L{PIPE_GRACE} after its
+    exit for a child it left in the background holding them.
+    """
+    import select
+    import time
+
+    kept = {fd: bytearray() for fd in pipes}
+    status, timed_out, exited_at = None, False, None
     deadline = time.monotonic() + timeout
-    while True:
-        done, status = os.waitpid(pid, os.WNOHANG)
-        if done:
-            return os.waitstatus_to_exitcode(status) == 0
-        if time.monotonic() >= deadline:
-            kill_session(pid)
-            os.waitpid(pid, 0)
-            return False
-        time.sleep(0.01)
+    try:
+        while True:
+            now = time.monotonic()
+            if status is None:
+                done, found = os.waitpid(pid, os.WNOHANG)
+                if done:
+                    status, exited_at = found, now
+                elif now >= deadline:
+                    timed_out = True
+                    kill_session(pid)
+                    status, exited_at = os.waitpid(pid, 0)[1], now
+            if status is not None and (not pipes or now - exited_at >= PIPE_GRACE):
+                break
+            ready = select.select(pipes, [], [], 0.01)[0]
+            for fd in ready:
+                data = os.read(fd, 65536)
+                if not data:
+                    pipes.remove(fd)
+                    os.close(fd)
+                    continue
+                buffer = kept[fd]
+                buffer += data
+                del buffer[:-OUTPUT_LIMIT]
+    finally:
+        for fd in pipes:
+            os.close(fd)
+    out, err = (bytes(kept[fd]).decode("utf-8", "replace") for fd in kept)
+    exited, killed = os.WIFEXITED(status), os.WIFSIGNALED(status)
+    return ActionResult(argv, os.WEXITSTATUS(status) if exited else None,
+                        os.WTERMSIG(status) if killed else None, timed_out, out, err)
+
+
+def script_fields(result: ActionResult) -> dict:
+    """A program's result as the audit log's C{script} line gives it."""
+    return dict(exit_code=result.exit_code, signal=result.signal, timed_out=result.timed_out,
+                stdout=result.stdout[-2000:], stderr=result.stderr[-2000:],
+                **({"error": result.spawn_error} if result.spawn_error else {}))
 
 
 def kill_session(pid: int) -> None:

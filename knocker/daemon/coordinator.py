@@ -19,6 +19,7 @@ from knocker.core.knockfile import KnockFileError
 from knocker.core.sources import normalise_ip
 from knocker.core.tracker import GLOBAL, HitVerdict, Lockout, Slot, Tracker
 from knocker.daemon.actionenv import action_env, passed_env
+from knocker.daemon.actions import script_fields
 from knocker.daemon.clock import WallTime
 from knocker.daemon.closes import CloseSchedule
 from knocker.state.interface import secret_id, then
@@ -829,13 +830,8 @@ class KnockServer:
 
         def report(result):
             try:
-                self._audit.record(
-                    "script", action=which, ip=ip, client=client, index=index, **extra,
-                    exit_code=result.exit_code, signal=result.signal,
-                    timed_out=result.timed_out, stdout=result.stdout[-2000:],
-                    stderr=result.stderr[-2000:],
-                    **({"error": result.spawn_error} if result.spawn_error else {}),
-                )
+                self._audit.record("script", action=which, ip=ip, client=client, index=index,
+                                   **extra, **script_fields(result))
             except Exception:  # the verdict below must come all the same: it records the
                 # door's close and frees the knock's slot
                 log.failure("auditing {which} for {client}", which=which, client=client)

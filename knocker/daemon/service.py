@@ -28,7 +28,7 @@ from knocker.core.pool import ensure_pool
 from knocker.core.serverconfig import ports_in_pool
 from knocker.core.tracker import Policy, Tracker
 from knocker.daemon.actionenv import check_env
-from knocker.daemon.actions import ProcessRunner
+from knocker.daemon.actions import ProcessRunner, run_blocking, script_fields
 from knocker.daemon.audit import AuditLog
 from knocker.daemon.central import CentralFactory
 from knocker.daemon.clock import ClockStepWatch, WallTime, use_monotonic_time
@@ -131,25 +131,38 @@ class KnockServerService(service.Service):
         if not pending:
             return ""
         from knocker.daemon.actionenv import action_env, passed_env
-        from knocker.daemon.actions import run_blocking
 
+        audit, opened_here = self._audit, False
+        if audit is None:  # refused before it was opened: opened for these lines
+            try:
+                audit = AuditLog(self.config.audit_path, self._reactor, wall=time.time)
+                opened_here = True
+            except OSError:
+                pass  # (the refusal may be about the audit log itself)
         passed = passed_env(self.config.action_env)
         closed = 0
-        for close in pending:
-            # As the user twistd switches to (--uid): that is who runs
-            # on-close at a start that goes through.
-            ok = run_blocking([self.config.on_close, close.ip, close.client, str(close.index)],
-                              action_env(close.ip, close.client, close.index, passed),
-                              self.config.script_timeout, self.runs_as)
-            if self._audit is not None:
-                self._audit.record("close", ip=close.ip, client=close.client,
-                                   index=close.index, ok=ok)
-            if ok:
-                closed += 1
-                try:
-                    store.remove_close(close.id)
-                except Exception:
-                    pass  # it runs again at the next start: closes are idempotent
+        try:
+            for close in pending:
+                # As the user twistd switches to (--uid): that is who runs
+                # on-close at a start that goes through.
+                result = run_blocking(
+                    [self.config.on_close, close.ip, close.client, str(close.index)],
+                    action_env(close.ip, close.client, close.index, passed),
+                    self.config.script_timeout, self.runs_as)
+                if audit is not None:
+                    audit.record("script", action="on-close", ip=close.ip, client=close.client,
+                                 index=close.index, **script_fields(result))
+                    audit.record("close", ip=close.ip, client=close.client, index=close.index,
+                                 ok=result.ok)
+                if result.ok:
+                    closed += 1
+                    try:
+                        store.remove_close(close.id)
+                    except Exception:
+                        pass  # it runs again at the next start: closes are idempotent
+        finally:
+            if opened_here:
+                audit.close()
         return (f"; of the {len(pending)} doors an earlier run left open, on-close closed "
                 f"{closed} before this exit" + ("" if closed == len(pending) else
                                                  " (the rest stay pending for the next start)"))

@@ -282,21 +282,39 @@ class RunBlockingTests(TestCase):
         self.addCleanup(os.close, writer)
         os.set_inheritable(writer, True)  # as one inherited from whatever started the daemon
         listing = os.path.abspath(self.mktemp())
-        ok = run_blocking(["/bin/sh", "-c", f"ls /proc/self/fd > {listing}"],
-                          {"PATH": "/usr/bin:/bin"}, 10)
-        self.assertTrue(ok)
+        result = run_blocking(["/bin/sh", "-c", f"ls /proc/self/fd > {listing}"],
+                              {"PATH": "/usr/bin:/bin"}, 10)
+        self.assertTrue(result.ok)
         with open(listing) as handle:
             fds = {int(name) for name in handle.read().split()}
         self.assertNotIn(writer, fds)
         self.assertLessEqual(fds - {0, 1, 2}, {3}, "only ls's own listing")
 
+    def test_what_the_program_said_is_kept(self):
+        from knocker.daemon.actions import OUTPUT_LIMIT, run_blocking
+
+        result = run_blocking(["/bin/sh", "-c", "echo out; echo err >&2; exit 4"],
+                              {"PATH": "/usr/bin:/bin"}, 10)
+        self.assertEqual((result.exit_code, result.signal, result.timed_out, result.stdout,
+                          result.stderr), (4, None, False, "out\n", "err\n"))
+        flood = run_blocking(["/bin/sh", "-c", "head -c 300000 /dev/zero | tr '\\0' x; echo end"],
+                             {"PATH": "/usr/bin:/bin"}, 10)
+        self.assertTrue(flood.ok)
+        self.assertEqual(len(flood.stdout), OUTPUT_LIMIT, "the last of it, bounded")
+        self.assertTrue(flood.stdout.endswith("xend\n"))
+        missing = run_blocking(["/nonexistent/on-close"], {}, 10)
+        self.assertFalse(missing.ok)
+        self.assertIn("No such file", missing.spawn_error)
+
     def test_a_timeout_kills_a_descendant_in_a_session_of_its_own(self):
         from knocker.daemon.actions import run_blocking
 
         pid_file = os.path.abspath(self.mktemp())
-        ok = run_blocking(["/bin/sh", "-c", f"setsid sleep 1011 & echo $! > {pid_file}; sleep 1012"],
-                          {"PATH": "/usr/bin:/bin"}, 1.0)
-        self.assertFalse(ok)
+        result = run_blocking(
+            ["/bin/sh", "-c", f"setsid sleep 1011 & echo $! > {pid_file}; sleep 1012"],
+            {"PATH": "/usr/bin:/bin"}, 1.0)
+        self.assertFalse(result.ok)
+        self.assertTrue(result.timed_out)
         with open(pid_file) as handle:
             pid = int(handle.read())
         deadline = time.monotonic() + 10

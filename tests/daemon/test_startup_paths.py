@@ -37,6 +37,17 @@ class StartupPathTests(TestCase):
             self.assertIn(word, message)
         return message
 
+    def crash_left_a_close_and_a_damaged_file(self, state):
+        """A door the last run left open, and a client file a start refuses."""
+        from knocker.state.sqlite import SQLiteStore
+
+        store = SQLiteStore(state)
+        store.add_close(1000.0, "192.0.2.7", "alice", 4)
+        store.close()
+        with open(os.path.join(state, "clients", "stray.knock"), "w") as handle:
+            handle.write("not registered\n")
+        os.chmod(os.path.join(state, "clients", "stray.knock"), 0o600)
+
     def test_a_refused_start_still_closes_the_doors_a_crash_left_open(self):
         """
         A daemon killed with a door open leaves its close pending; if the
@@ -50,12 +61,7 @@ class StartupPathTests(TestCase):
         state = os.path.join(self.dir, "state")
         first = self.start(on_close=close)
         first.stopService()
-        store = SQLiteStore(state)
-        store.add_close(1000.0, "192.0.2.7", "alice", 4)  # what the crash left
-        store.close()
-        with open(os.path.join(state, "clients", "stray.knock"), "w") as handle:
-            handle.write("not registered\n")
-        os.chmod(os.path.join(state, "clients", "stray.knock"), 0o600)
+        self.crash_left_a_close_and_a_damaged_file(state)
         message = self.refused("stray.knock, line 1: header is missing",
                                "of the 1 doors an earlier run left open, on-close closed 1",
                                on_close=close)
@@ -65,6 +71,32 @@ class StartupPathTests(TestCase):
         self.assertEqual(store.pending_closes(), [], "done, so not run again")
         store.close()
 
+    def test_a_refused_start_audits_what_on_close_said(self):
+        """
+        An on-close that fails at a refused start leaves its door open: the
+        audit log says why (its exit and output), as it does for every
+        program the running daemon runs, not only that it failed.
+        """
+        from knocker.daemon.audit import read_audit
+
+        close = os.path.join(self.dir, "on-close")
+        with open(close, "w") as handle:
+            handle.write("#!/bin/sh\necho removing $1\necho 'nft: permission denied' >&2\n"
+                         "exit 3\n")
+        os.chmod(close, 0o755)
+        audit = os.path.join(self.dir, "audit.log")
+        state = os.path.join(self.dir, "state")
+        self.start(on_close=close, audit_log=audit).stopService()
+        self.crash_left_a_close_and_a_damaged_file(state)
+        self.refused("on-close closed 0", on_close=close, audit_log=audit)
+        script = [e for e in read_audit(audit) if e["event"] == "script"]
+        self.assertEqual(len(script), 1, script)
+        self.assertEqual((script[0]["action"], script[0]["ip"], script[0]["exit_code"],
+                          script[0]["stdout"], script[0]["stderr"]),
+                         ("on-close", "192.0.2.7", 3, "removing 192.0.2.7\n",
+                          "nft: permission denied\n"))
+        self.assertEqual([e["ok"] for e in read_audit(audit) if e["event"] == "close"], [False])
+
     def test_a_refused_start_runs_the_closes_as_twistds_uid(self):
         """
         twistd --uid starts the service as root and switches after: the
@@ -73,7 +105,6 @@ class StartupPathTests(TestCase):
         """
         from twisted.trial.unittest import SkipTest
 
-        from knocker.state.sqlite import SQLiteStore
 
         if os.geteuid() != 0:
             raise SkipTest("switching to another user takes root (CI runs the suite as root)")
@@ -93,12 +124,7 @@ class StartupPathTests(TestCase):
         os.chmod(close, 0o755)
         state = os.path.join(self.dir, "state")
         self.start(on_close=close).stopService()
-        store = SQLiteStore(state)
-        store.add_close(1000.0, "192.0.2.7", "alice", 4)
-        store.close()
-        with open(os.path.join(state, "clients", "stray.knock"), "w") as handle:
-            handle.write("not a portknock file\n")
-        os.chmod(os.path.join(state, "clients", "stray.knock"), 0o600)
+        self.crash_left_a_close_and_a_damaged_file(state)
         service = KnockServerService(server_config(state, central="tcp:0", on_close=close),
                                      MemoryReactorClock(), runs_as=(nobody.pw_uid, nobody.pw_gid))
         error = self.assertRaises(SystemExit, service.privilegedStartService)
