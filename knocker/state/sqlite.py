@@ -112,6 +112,23 @@ class SQLiteStore:
                     self._db.execute(statement)
             self._db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
+    def _typed(self, table: str, row: tuple) -> tuple:
+        """
+        C{row} of C{table}, as read, once each column holds what it must.
+
+        @raise StateError: a column holds something else (the file edited
+            by hand, or damaged); the message names the file, the table,
+            the row and the column.
+        """
+        for value, (column, kind) in zip(row, _COLUMNS[table]):
+            if not isinstance(value, kind):
+                raise StateError(
+                    f"{self.path}: table {table}, row {row[0]!r}: {column} holds {value!r}, "
+                    f"not {_KIND_NAMES[kind]} (edited by hand, or damaged): restore the state "
+                    f"from a backup"
+                )
+        return row
+
     def close(self) -> None:
         self._db.close()
 
@@ -169,11 +186,11 @@ class SQLiteStore:
         row = self._db.execute(
             "SELECT id, next_index, knocks, secret_id FROM clients WHERE id = ?", (client,)
         ).fetchone()
-        return ClientState(*row) if row else None
+        return ClientState(*self._typed("clients", row)) if row else None
 
     def clients(self) -> list[ClientState]:
         rows = self._db.execute("SELECT id, next_index, knocks, secret_id FROM clients ORDER BY id")
-        return [ClientState(*row) for row in rows]
+        return [ClientState(*self._typed("clients", row)) for row in rows]
 
     def burn(self, client: str, secret_id: str | None = None) -> int | None:
         """
@@ -206,7 +223,7 @@ class SQLiteStore:
 
     def pending_closes(self) -> list[PendingClose]:
         rows = self._db.execute("SELECT id, due, ip, client, knock FROM closes ORDER BY due")
-        return [PendingClose(*row) for row in rows]
+        return [PendingClose(*self._typed("closes", row)) for row in rows]
 
     # Lockouts, so that a restart does not lift one.
 
@@ -228,7 +245,8 @@ class SQLiteStore:
 
     def lockouts(self, now: float) -> dict[str, float]:
         self.prune_lockouts(now)
-        return dict(self._db.execute("SELECT key, until FROM lockouts"))
+        return dict(self._typed("lockouts", row)
+                    for row in self._db.execute("SELECT key, until FROM lockouts"))
 
     def prune_lockouts(self, now: float, keep: int = MAX_LOCKOUT_ROWS) -> None:
         with self._transaction():
@@ -255,10 +273,11 @@ class SQLiteStore:
 
     def invitation(self, slot: int) -> Invitation | None:
         row = self._db.execute(self._INVITATION + " WHERE slot = ?", (slot,)).fetchone()
-        return _invitation(row) if row else None
+        return _invitation(self._typed("invitations", row)) if row else None
 
     def invitations(self) -> list[Invitation]:
-        return [_invitation(row) for row in self._db.execute(self._INVITATION + " ORDER BY slot")]
+        return [_invitation(self._typed("invitations", row))
+                for row in self._db.execute(self._INVITATION + " ORDER BY slot")]
 
     def invitation_attempt(self, slot: int, now: float) -> Invitation | None:
         with self._transaction():
@@ -296,7 +315,7 @@ class SQLiteStore:
     def pending(self, client: str) -> ClientState | None:
         row = self._db.execute(
             "SELECT id, 1, knocks, secret_id FROM pending WHERE id = ?", (client,)).fetchone()
-        return ClientState(*row) if row else None
+        return ClientState(*self._typed("pending", row)) if row else None
 
     def promote(self, client: str, wanted_id: str) -> bool:
         with self._transaction():
@@ -339,7 +358,8 @@ class SQLiteStore:
             self._cancel_offers(client)
 
     def revoked(self) -> dict[str, str]:
-        return dict(self._db.execute("SELECT id, secret_id FROM revoked"))
+        return dict(self._typed("revoked", row)
+                    for row in self._db.execute("SELECT id, secret_id FROM revoked"))
 
     def _cancel_offers(self, client: str) -> None:
         """L{cancel_offers}, inside the caller's transaction."""
@@ -347,6 +367,22 @@ class SQLiteStore:
         self._db.execute(
             "UPDATE invitations SET tries = 0, attempts = 0 "
             "WHERE client = ? AND NOT used AND tries > 0", (client,))
+
+
+# What each table's columns must hold, in the order they are read: SQLite
+# keeps whatever a hand edit puts in a column (text in an INTEGER one), and
+# a row read as it is would fail far from here, in a traceback.
+_NUMBER = (int, float)
+_KIND_NAMES = {str: "text", int: "a whole number", _NUMBER: "a number"}
+_COLUMNS = {
+    "clients": (("id", str), ("next_index", int), ("knocks", int), ("secret_id", str)),
+    "pending": (("id", str), ("1", int), ("knocks", int), ("secret_id", str)),
+    "closes": (("id", int), ("due", _NUMBER), ("ip", str), ("client", str), ("knock", int)),
+    "lockouts": (("key", str), ("until", _NUMBER)),
+    "revoked": (("id", str), ("secret_id", str)),
+    "invitations": (("slot", int), ("client", str), ("code", str), ("expires", _NUMBER),
+                    ("tries", int), ("attempts", int), ("used", int)),
+}
 
 
 def _invitation(row) -> Invitation:

@@ -238,6 +238,59 @@ class LockoutTests(StoreTestCase):
         self.assertEqual(self.store.lockouts(1000.0), {"*": 1200.0})
 
 
+class DamagedRowTests(StoreTestCase):
+    """
+    SQLite keeps what a hand edit puts in a column (text in an INTEGER
+    one): such a row is refused where it is read, with a StateError that
+    names the file, the table, the row and the column, not a TypeError
+    far away (in `knocker status`, or the daemon's start).
+    """
+
+    def damage(self, statement):
+        db = sqlite3.connect(self.store.path)
+        db.execute(statement)
+        db.commit()
+        db.close()
+
+    def fresh(self):
+        """A new state with a row in every table."""
+        self.state_dir = tempfile.mkdtemp(prefix="knocker-test-")
+        self.addCleanup(shutil.rmtree, self.state_dir, True)
+        self.store = store = self.open()
+        store.register("alice", 10, bytes(32))
+        store.add_close(1000.0, "192.0.2.7", "alice", 1)
+        store.set_lockout("*", 2000.0)
+        store.add_invitation("bob", "words", 2000.0, 3, 1000.0)
+        store.revoke("alice")
+        return store
+
+    def test_each_table(self):
+        from knocker.state.interface import StateError
+
+        cases = [
+            ("UPDATE clients SET next_index = 'abc'", lambda store: store.client("alice"),
+             "table clients, row 'alice': next_index holds 'abc', not a whole number"),
+            ("UPDATE clients SET knocks = 2.5", lambda store: store.clients(),
+             "table clients, row 'alice': knocks holds 2.5, not a whole number"),
+            ("UPDATE closes SET due = 'soon'", lambda store: store.pending_closes(),
+             "table closes, row 1: due holds 'soon', not a number"),
+            ("UPDATE lockouts SET until = x'00'", lambda store: store.lockouts(0.0),
+             "table lockouts, row '*': until holds b'\\x00', not a number"),
+            ("UPDATE invitations SET tries = 'many'", lambda store: store.invitations(),
+             "tries holds 'many', not a whole number"),
+            ("UPDATE revoked SET secret_id = x'07'", lambda store: store.revoked(),
+             "table revoked, row 'alice': secret_id holds b'\\x07', not text"),
+        ]
+        for statement, read, words in cases:
+            with self.subTest(statement=statement):
+                store = self.fresh()
+                self.damage(statement)
+                error = self.assertRaises(StateError, read, store)
+                self.assertIn(store.path, str(error))
+                self.assertIn(words, str(error))
+                self.assertIn("restore the state from a backup", str(error))
+
+
 class PermissionTests(SynchronousTestCase):
     def setUp(self):
         parent = tempfile.mkdtemp(prefix="knocker-test-")
