@@ -32,6 +32,10 @@ BUILTIN_SUCCESS = (sys.executable, "-P", "-m", "knocker.daemon.logaction")
 LOCKOUT_FLUSH = 1.0
 LOCKOUT_RETRY = 5.0
 LOCKOUT_PRUNE = 60.0  # seconds between prunes of the saved lockouts (SQLite)
+# How long after a renewal a proof made with the file it replaced is denied
+# as "superseded" rather than as an attack: a client's whole knock, BUSY
+# retries included, ends within its timeout (60 s by default).
+SUPERSEDED_GRACE = 60.0
 
 
 def _hmac_hex(secret: bytes, message: bytes) -> str:
@@ -132,7 +136,7 @@ class KnockServer:
         self._pruned = None  # when the saved lockouts were last pruned
         self._revoked: dict[str, str] = {}  # client -> secret_id of its revoked file
         # client -> the secret its last renewal replaced, while this daemon runs
-        self._superseded: dict[str, bytes] = {}
+        self._superseded: dict[str, tuple[bytes, str, float]] = {}
         #: The central port's number once it listens (the daemon sets it), for
         #: the enrol command the console shows when C{central} says port 0.
         self.central_port: int | None = None
@@ -241,8 +245,8 @@ class KnockServer:
             secret = None
         expected = _hmac_hex(secret or self._dummy_secret, hs.hello_message(client, nonce))
         matched = hmac.compare_digest(expected, proof) and secret is not None
-        if secret is not None and not matched and self._made_with_superseded(client, nonce,
-                                                                             proof):
+        if secret is not None and not matched and self._made_with_superseded(
+                client, state.secret_id, nonce, proof):
             # The file the last renewal replaced, from a knock of the client's
             # own that read it before (two knocks at once): refused, but it is
             # no attack, so no failed attempt.  (DENIED goes out at its fixed
@@ -254,7 +258,7 @@ class KnockServer:
         if secret is not None and not matched:
             # A renewed file proving itself (section 10): it becomes current.
             # Its lookup may answer later too (a fleet's database).
-            return then(self._proven_renewal(ip, client, nonce, proof), self._proved,
+            return then(self._proven_renewal(ip, client, nonce, proof, secret), self._proved,
                         False, state, secret, ip, client, nonce, session)
         if not matched:
             # The same lookup for an unknown (or revoked) client, its answer
@@ -384,27 +388,42 @@ class KnockServer:
         return hs.Grant(index, self.config.knock_window,
                         _hmac_hex(secret, hs.grant_message(client, nonce, index)))
 
-    def _made_with_superseded(self, client: str, nonce: str, proof: str) -> bool:
+    def _made_with_superseded(self, client: str, current_id: str, nonce: str,
+                              proof: str) -> bool:
+        """
+        Whether C{proof} is made with the secret C{client}'s last renewal
+        replaced, while the file that replaced it is still the current one
+        (C{current_id}) and for L{SUPERSEDED_GRACE} seconds after: long
+        enough for a knock of the client's own that began before it, not a
+        lasting pass from lockouts for whoever holds the old file.
+        """
         replaced = self._superseded.get(client)
-        return replaced is not None and hmac.compare_digest(
-            _hmac_hex(replaced, hs.hello_message(client, nonce)), proof)
+        if replaced is None:
+            return False
+        old_secret, new_id, promoted_at = replaced
+        if new_id != current_id or self._clock.seconds() - promoted_at > SUPERSEDED_GRACE:
+            del self._superseded[client]
+            return False
+        return hmac.compare_digest(_hmac_hex(old_secret, hs.hello_message(client, nonce)), proof)
 
-    def _proven_renewal(self, ip: str, client: str, nonce: str, proof: str):
+    def _proven_renewal(self, ip: str, client: str, nonce: str, proof: str, replaced: bytes):
         """
         C{(state, secret)} of C{client}'s pending generation if C{proof} is
         made with its secret, after promoting it; otherwise C{None}.  With
         a store that answers later, a L{Deferred} of that.
         """
-        return then(self._store.pending(client), self._pending_proof, ip, client, nonce, proof)
+        return then(self._store.pending(client), self._pending_proof, ip, client, nonce, proof,
+                    replaced)
 
-    def _pending_proof(self, pending, ip, client, nonce, proof):
+    def _pending_proof(self, pending, ip, client, nonce, proof, replaced):
         if pending is None:
             return None
         secret = self._book.pending_secret(client, pending.secret_id)
         expected = _hmac_hex(secret or self._dummy_secret, hs.hello_message(client, nonce))
         if secret is None or not hmac.compare_digest(expected, proof):
             return None
-        return then(self._promote(ip, client, pending, "proof"), self._current, client, secret)
+        return then(self._promote(ip, client, pending, "proof", replaced), self._current,
+                    client, secret)
 
     def _current(self, _promoted, client: str, secret: bytes):
         """
@@ -413,16 +432,16 @@ class KnockServer:
         """
         return then(self._store.client(client), _generation_of, secret)
 
-    def _promote(self, ip: str, client: str, pending, how: str):
+    def _promote(self, ip: str, client: str, pending, how: str, replaced: bytes):
         return then(self._store.promote(client, pending.secret_id), self._promoted,
-                    ip, client, pending, how)
+                    ip, client, pending, how, replaced)
 
-    def _promoted(self, done: bool, ip: str, client: str, pending, how: str) -> bool:
+    def _promoted(self, done: bool, ip: str, client: str, pending, how: str,
+                  replaced: bytes) -> bool:
         if not done:
             return False
-        replaced = self._book.held_secret(client)
-        if replaced is not None:
-            self._superseded[client] = replaced  # (memory only: see _made_with_superseded)
+        # (memory only, and this gateway's: see _made_with_superseded)
+        self._superseded[client] = (replaced, pending.secret_id, self._clock.seconds())
         self._book.promote(client)
         self._audit.record("renew-confirm", ip=ip, client=client, knocks=pending.knocks, by=how)
         log.info("{client} proved its renewed file ({how}): it is current now",
@@ -472,9 +491,10 @@ class KnockServer:
         self._audit.record("renew-offer", ip=ip, client=client, left=state.left, new=new)
         return RenewServer(client, secret, nonce, text,
                            lambda wanted_id: self._confirmed(ip, client, wanted_id,
-                                                             state.secret_id))
+                                                             state.secret_id, secret))
 
-    def _confirmed(self, ip: str, client: str, wanted_id: str, offered_id: str):
+    def _confirmed(self, ip: str, client: str, wanted_id: str, offered_id: str,
+                   replaced: bytes):
         """
         The client's CONFIRM after a renewal, made with the new secret
         (C{wanted_id}): promote its pending file, if that is still the one
@@ -482,15 +502,15 @@ class KnockServer:
         """
         return self._guarded(False, "promoting {client}'s renewed file", client,
                              lambda: then(self._store.pending(client), self._confirm_pending,
-                                          ip, client, wanted_id, offered_id))
+                                          ip, client, wanted_id, offered_id, replaced))
 
     def _confirm_pending(self, pending, ip: str, client: str, wanted_id: str,
-                         offered_id: str):
+                         offered_id: str, replaced: bytes):
         if self._revoked.get(client) == offered_id:
             return self._renewal_revoked(ip, client)
         if pending is None or pending.secret_id != wanted_id:
             return False
-        return self._promote(ip, client, pending, "confirm")
+        return self._promote(ip, client, pending, "confirm", replaced)
 
     def _renewal_revoked(self, ip: str, client: str):
         """

@@ -113,11 +113,6 @@ class DatabaseBook:
         copy = self._copies.get(client)
         return secret_id(copy[1].secret) if copy else None
 
-    def held_secret(self, client: str) -> bytes | None:
-        """The secret of the copy held for C{client} now, if any."""
-        copy = self._copies.get(client)
-        return copy[1].secret if copy else None
-
     def secret(self, client: str, wanted_id: str) -> bytes:
         copy = self._copies.get(client)
         if copy is None or secret_id(copy[1].secret) != wanted_id:

@@ -253,11 +253,6 @@ class ClientBook:
             return None
         return header.secret
 
-    def held_secret(self, client: str) -> bytes | None:
-        """The secret of C{client}'s file as last read, if it has been."""
-        header = self._headers.get(client)
-        return header.secret if header is not None else None
-
     def promote(self, client: str) -> None:
         """
         The pending copy becomes the client's file (the state promoted it

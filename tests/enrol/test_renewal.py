@@ -141,6 +141,45 @@ class PendingToCurrentTests(TestCase):
                 self.assertEqual(h.audit.of("denied")[-1]["reason"], "bad-proof")
                 self.assertNotEqual(h.tracker_lockouts(), {}, "is a failed attempt")
 
+    def test_the_replaced_file_is_superseded_only_for_a_while(self):
+        """
+        Not a lasting pass from lockouts for whoever holds the old file
+        (FILE.prev stays on disk): past SUPERSEDED_GRACE, or once the
+        client's file is replaced again (generate --force), the old file's
+        proof is a bad proof, a failed attempt, like any other.
+        """
+        from knocker.admin.clients import generate_client
+        from knocker.daemon.coordinator import SUPERSEDED_GRACE
+
+        for later in ("grace", "regenerated"):
+            with self.subTest(later=later):
+                h, c = renewing(self)
+                for _ in range(6):
+                    c.knock()
+                self.assertEqual(c.renewed, 1)
+                if later == "grace":
+                    h.clock.advance(SUPERSEDED_GRACE + 1)
+                else:
+                    generate_client(h.config, "alice", 5, 3, os.path.join(h.dir, "again.knock"),
+                                    force=True)
+                self.assertEqual(c.knock(c.previous()), hs.Denied())
+                self.assertEqual(h.audit.of("denied")[-1]["reason"], "bad-proof")
+                self.assertNotEqual(h.tracker_lockouts(), {})
+
+    def test_a_renewal_proven_by_a_knock_supersedes_too(self):
+        """The CONFIRM lost, the new file's first PROOF promotes it: the same."""
+        h, c = renewing(self)
+        for _ in range(5):
+            c.knock()
+        c.knock(cut="confirm-lost")
+        self.assertIsNotNone(h.store.pending("alice"))
+        old = c.previous()
+        self.assertEqual(c.knock(), hs.Open())
+        self.assertEqual([e["by"] for e in h.audit.of("renew-confirm")], ["proof"])
+        self.assertEqual(c.knock(old), hs.Denied())
+        self.assertEqual(h.audit.of("denied")[-1]["reason"], "superseded")
+        self.assertEqual(h.tracker_lockouts(), {})
+
     def test_offer_then_explicit_confirmation(self):
         h, c = renewing(self)
         old = c.secret()
