@@ -71,7 +71,7 @@ async def enroll(io, server: str, slot: int, words: str, timeout: float = 30.0,
         return Result(Outcome.UNREACHABLE, f"{server}: {failure}")
     except (ValueError, TypeError) as failure:  # an endpoint Twisted cannot parse
         return Result(Outcome.USAGE, f"--server {server}: {failure}")
-    spent = []  # not empty once the server confirmed: the invitation is used
+    spent = []  # "maybe" once CONFIRM is sent, "yes" once the server confirmed
     try:
         result = await _exchange(conn, slot, words, _Deadline(io.now, timeout), spent)
     except Trouble as failure:
@@ -85,12 +85,15 @@ async def enroll(io, server: str, slot: int, words: str, timeout: float = 30.0,
         result = Result(Outcome.BAD_SERVER, str(failure))
     finally:
         conn.close()
-    if spent and result.outcome is not Outcome.ENROLLED:
-        # The server spends the invitation as it sends the file: a code
-        # works once, so a file lost on the way is not fetched again.
-        result = result.replace(detail=f"{result.detail}; the server had sent ENROLLED, so "
-                                       f"the invitation is spent: ask for a new one "
-                                       f"(knocker invite CLIENT --force)")
+    if spent and result.outcome in (Outcome.NO_ANSWER, Outcome.BAD_SERVER):
+        # The server spends the invitation as it sends ENROLLED and the
+        # file: a code works once, so a file lost on the way is not
+        # fetched again.
+        result = result.replace(detail=f"{result.detail}; " + (
+            "the server had sent ENROLLED, so the invitation is spent: ask for a new one "
+            "(knocker invite CLIENT --force)" if spent[-1] == "yes" else
+            "the invitation may be spent (the server may have sent ENROLLED): if trying "
+            "again says USED, ask for a new one (knocker invite CLIENT --force)"))
     return result
 
 
@@ -141,13 +144,15 @@ async def _exchange(conn, slot: int, words: str, deadline: _Deadline,
     theirs = k.unb64(reply[1])
     keys = pake.finish(pake.message, theirs, theirs)
     conn.send(f"CONFIRM {keys.client_mac()}\n".encode("ascii"))
+    if spent is not None:
+        spent.append("maybe")
     reply = await _read(conn, deadline)
     if reply is None or reply[0] != "ENROLLED" or len(reply) != 3 or not reply[2].isdigit():
         return _final(reply)
     if not keys.check_server(reply[1]):
         raise _Protocol("the server's key confirmation is wrong: not our server, or tampered")
     if spent is not None:
-        spent.append(True)
+        spent.append("yes")
     if int(reply[2]) > k.MAX_DATA_LINES:
         raise _Protocol(f"the server announces {reply[2][:20]} DATA lines, more than "
                         f"{k.MAX_DATA_LINES}")

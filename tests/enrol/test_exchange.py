@@ -271,7 +271,12 @@ class ExchangeTests(TestCase):
         self.assertIn("the invitation is spent: ask for a new one", result.detail)
         self.assertIs(self.enroll().outcome, Outcome.USED)
         self.slot = self.store.add_invitation("alice", WORDS, 2000.0, TRIES, self.now)
-        before = self.enroll(cut_after=1)  # ENROLLED is lost
+        lost = self.enroll(cut_after=1)  # ENROLLED is lost: spent, the client cannot know
+        self.assertIs(lost.outcome, Outcome.NO_ANSWER)
+        self.assertIn("the invitation may be spent", lost.detail)
+        self.assertIs(self.enroll().outcome, Outcome.USED)
+        self.slot = self.store.add_invitation("alice", WORDS, 2000.0, TRIES, self.now)
+        before = self.enroll(cut_after=0)  # ENROLLING is lost: no CONFIRM sent
         self.assertIs(before.outcome, Outcome.NO_ANSWER)
         self.assertNotIn("spent", before.detail)
 
