@@ -362,8 +362,10 @@ class Tracker:
         """
         now = self._clock.seconds()
         policy = self._policy
-        until = min(until, now + (policy.lockout if key == GLOBAL
-                                  else max(policy.lockout_max, policy.lockout)))
+        longest = (0.0 if policy.lockout <= 0  # lockout = 0: nothing is held
+                   else policy.lockout if key == GLOBAL
+                   else max(policy.lockout_max, policy.lockout))
+        until = min(until, now + longest)
         if until <= now:
             return
         if key == GLOBAL:

@@ -42,6 +42,7 @@ REREAD = 5.0
 FULL_EVERY = 12
 PAGE = 5000
 APPLY_CHUNK = 500
+MAX_APPLIED = 200_000  # rows remembered as applied (twice the tracker's sources)
 LISTEN_POLL = 0.5
 RECONNECT = 1.0
 THREADS = 4
@@ -629,6 +630,11 @@ class LockoutSync:
         self._last_seq = 0
         self._ticks = 0
         self._chunk_call = None
+        # key: (until, step) of the row last applied.  The tracker caps what
+        # it takes (a gateway's clock may run fast); a row the cap cut would
+        # otherwise look later than what is held at every read, and be
+        # taken, and cut to a fresh end, again and again.
+        self._applied: dict[str, tuple[float, int]] = {}
         self.available = True
 
     def start(self) -> None:
@@ -653,11 +659,16 @@ class LockoutSync:
         Take a lockout from the table (wall time C{until}) if it ends later
         than the tracker's own, or escalated further; returns whether it did.
         """
+        if self._applied.get(key) == (until, step):
+            return False
         local = self._wall.from_wall(until)
         held_until, held_step = self._tracker.source_until(key)
         if local <= held_until + 0.001 and step <= held_step:
             return False
         self._tracker.shared_lockout(key, local, step)
+        if len(self._applied) >= MAX_APPLIED:
+            self._applied.clear()  # bounded: at worst one more cut of a capped row
+        self._applied[key] = (until, step)
         return True
 
     def _tick(self) -> None:

@@ -272,11 +272,15 @@ class LockoutTests(SynchronousTestCase):
             clock.advance(600)
             self.assertIsNone(tracker.refusal(A))
 
-    def test_a_saved_lockout_is_not_held_with_lockout_zero(self):
-        clock, tracker, seen = make(lockout=0)
-        tracker.restore_lockout(GLOBAL, clock.seconds() + 30)
-        self.assertEqual(tracker.lockouts(), {})
-        self.assertIsNone(tracker.refusal(A))
+    def test_a_saved_or_shared_lockout_is_not_held_with_lockout_zero(self):
+        """lockout = 0 locks nothing: not what was saved, nor what another gateway says."""
+        for scope in ("global", "source"):
+            clock, tracker, seen = make(scope=scope, lockout=0)
+            for key in (GLOBAL, A):
+                tracker.restore_lockout(key, clock.seconds() + 30)
+                tracker.shared_lockout(key, clock.seconds() + 86400, 2)
+            self.assertEqual(tracker.lockouts(), {}, scope)
+            self.assertIsNone(tracker.refusal(A))
 
     def test_restored_lockout(self):
         clock, tracker, seen = make()

@@ -132,6 +132,28 @@ class LockoutSyncTests(SynchronousTestCase):
         self.assertEqual([after for after, _, _ in store.reads],
                          [0, 5000, 10000, 15000, 20000], "pages, then an empty one")
 
+    def test_a_row_from_a_fast_clock_is_cut_once_not_renewed_at_every_read(self):
+        """
+        A gateway a day fast wrote a source's lockout a day ahead (the
+        database keeps the later end, so it stays): this gateway holds it
+        for lockout-max from when it first read it, not a fresh lockout-max
+        at each of the full reads that come every minute.
+        """
+        clock, tracker, store, sync = make_sync(self)
+        ahead = clock.seconds() + 86400
+        store.rows.append((1, "192.0.2.1", ahead, 0))
+        sync.read_all(full=True)
+        first_end = tracker.source_until("192.0.2.1")[0]
+        self.assertEqual(first_end, clock.seconds() + 3600, "cut to lockout-max")
+        for _ in range(70):  # 70 minutes of full reads
+            clock.advance(60)
+            sync.read_all(full=True)
+        self.assertEqual(tracker.source_until("192.0.2.1")[0], first_end)
+        self.assertIsNone(tracker.refusal("192.0.2.1"), "over after lockout-max")
+        store.rows.append((2, "192.0.2.1", clock.seconds() + 30, 1))  # a new one, elsewhere
+        sync.read_all()
+        self.assertEqual(tracker.refusal("192.0.2.1").kind, "locked")
+
     def test_only_changed_rows_read_again(self):
         clock, tracker, store, sync = make_sync(self, [(1, "192.0.2.1", 2000.0, 0)])
         sync.read_all()
