@@ -162,11 +162,12 @@ class KnockServer:
         saved = self._store.lockouts(self._wall.now())
         for key, until in saved.items():
             self.tracker.restore_lockout(key, self._wall.from_wall(until))
-        if saved:
+        held = self.tracker.lockouts() if saved else {}  # (never-lock, lockout = 0: not held)
+        if held:
             # One line: after a flood the state may hold 100,000.
             log.warn("{count} lockouts still in force from before the restart{whole}",
-                     count=len(saved), whole=" (the whole server's among them)"
-                     if GLOBAL in saved else "")
+                     count=len(held), whole=" (the whole server's among them)"
+                     if GLOBAL in held else "")
         pending = self._store.pending_closes()
         if pending and not self.config.on_close:
             raise ValueError(

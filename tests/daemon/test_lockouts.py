@@ -104,6 +104,19 @@ class RestartTests(SynchronousTestCase):
         self.assertEqual(lines[0]["count"], 300)
         self.assertEqual(len(h.tracker_lockouts()), 300)
 
+    def test_the_restart_line_counts_what_is_held(self):
+        """A saved lockout of an address never-lock now lists is not held, nor counted."""
+        from twisted.logger import capturedLogs
+
+        h = Harness(self, lockout_scope="source", never_lock="203.0.113.0/24")
+        now = h.clock.seconds()
+        h.store.save_lockouts({"198.51.100.1": now + 600, "203.0.113.5": now + 600})
+        with capturedLogs() as events:
+            h.restart()
+        lines = [e for e in events if "before the restart" in e.get("log_format", "")]
+        self.assertEqual([e["count"] for e in lines], [1])
+        self.assertEqual(list(h.tracker_lockouts()), ["198.51.100.1"])
+
 
 class RetryChainTests(SynchronousTestCase):
     def test_one_retry_at_a_time_however_often_the_save_fails(self):
