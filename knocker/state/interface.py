@@ -195,10 +195,10 @@ class IStore(Interface):
 
     def prune_lockouts(now, keep=MAX_LOCKOUT_ROWS):
         """
-        Forget the lockouts ended by C{now}, and past C{keep} rows of
-        sources those ending soonest: a flood from many addresses, each
-        saved, cannot grow the state without bound, nor push out the whole
-        server's lockout (L{WHOLE_SERVER}).
+        Forget the lockouts ended by C{now}, and past C{keep} rows those
+        ending soonest, but never the whole server's (L{WHOLE_SERVER}): a
+        flood from many addresses, each saved, cannot grow the state
+        without bound, nor push that one out.
         """
 
     # Invitations (docs/spec.md section 10).  Kept apart from the rest:

@@ -872,7 +872,7 @@ class PostgresStore:
         def work(conn):
             conn.execute("DELETE FROM lockouts WHERE until <= %s", (now,))
             conn.execute(
-                "DELETE FROM lockouts WHERE key IN (SELECT key FROM lockouts WHERE key <> %s "
+                "DELETE FROM lockouts WHERE key <> %s AND key IN (SELECT key FROM lockouts "
                 "ORDER BY until DESC OFFSET %s)", (WHOLE_SERVER, keep))
 
         self._run(work)
