@@ -55,8 +55,9 @@ class SpareDescriptor:
         """
         self._unwarned += 1
         if self._warned_at is None or now - self._warned_at >= _WARN_EVERY:
-            log.warn("{prefix}: out of file descriptors ({count} times since the last "
-                     "such line)", prefix=prefix, count=self._unwarned)
+            log.warn("{prefix}: out of file descriptors (accepts that met it since the "
+                     "last such line, this one included: {count})", prefix=prefix,
+                     count=self._unwarned)
             self._warned_at, self._unwarned = now, 0
 
     def release(self) -> None:
@@ -128,6 +129,8 @@ class PoolPort:
             try:
                 fd, address = accept()
             except BlockingIOError:
+                if not self._spare.held:  # lost in a shortage: descriptors may be back
+                    self._spare.restore()
                 return
             except OSError as error:
                 if error.errno in _OUT_OF_DESCRIPTORS:

@@ -184,6 +184,18 @@ class OutOfDescriptorsTests(TestCase):
         self.assertIn(self.port, self.reactor.getReaders())
         self.assertEqual(self.hits, [])
 
+    def test_a_spare_lost_in_a_shortage_is_taken_back_when_descriptors_are(self):
+        """
+        The spare could not be reopened in a shortage (another took the
+        descriptor): once descriptors are back, the next wake takes it
+        again, so the next shortage still has one to give.
+        """
+        self.spare.release()  # lost
+        self.connection()
+        self.port.doRead()  # an ordinary wake: the hit, then nothing more to accept
+        self.assertEqual(len(self.hits), 1)
+        self.assertTrue(self.spare.held)
+
     def test_one_warning_line_per_ten_seconds(self):
         from twisted.logger import capturedLogs
 
