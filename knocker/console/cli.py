@@ -72,8 +72,15 @@ def _context(url: str, config):
     return context
 
 
+class DaemonFailed(Exception):
+    """The daemon could not do what was asked (its state, say): exit 1, not a usage error."""
+
+
 def _answer(code: int, body: bytes) -> dict:
-    """The API's JSON answer, or L{ValueError} with its error."""
+    """
+    The API's JSON answer; L{ValueError} with its error when it refused
+    what was asked (4xx), L{DaemonFailed} when it failed at it (5xx).
+    """
     if code == 200:
         return json.loads(body)
     try:
@@ -82,7 +89,7 @@ def _answer(code: int, body: bytes) -> dict:
         # A plain-text refusal (too many connections, the state down): its line.
         first = body.decode("utf-8", "replace").strip().splitlines()[:1]
         message = f"HTTP {code}" + (f": {first[0][:200]}" if first else "")
-    raise ValueError(message)
+    raise (DaemonFailed if code >= 500 else ValueError)(message)
 
 
 #: The longest name a UNIX socket may have (sun_path, less its final NUL).
@@ -246,14 +253,22 @@ def _span(report) -> float:
 
 
 def unlock_command(config, args) -> int:
-    answer = call(config, "/lift", {"source": "all" if args.all else args.source})
+    try:
+        answer = call(config, "/lift", {"source": "all" if args.all else args.source})
+    except DaemonFailed as failure:
+        print(f"knocker unlock: {failure}", file=sys.stderr)
+        return 1
     lifted = answer.get("lifted", [])
     print(f"lifted: {', '.join(lifted)}" if lifted else "no such lockout in force")
     return 0
 
 
 def revoke_command(config, args) -> int:
-    answer = call(config, "/revoke", {"client": args.client})
+    try:
+        answer = call(config, "/revoke", {"client": args.client})
+    except DaemonFailed as failure:  # refused by the running daemon, not saved: it says so
+        print(f"knocker revoke: {failure}", file=sys.stderr)
+        return 1
     print(f"{answer['revoked']} is revoked: its next knock is DENIED "
           f"(knocker generate {answer['revoked']} --force gives it a new file)")
     return 0

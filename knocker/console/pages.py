@@ -275,8 +275,8 @@ def lockouts_page(rows: list, csrf: str, message: str = "", number: int = 1, pag
         tags.button("Find", type="submit"), method="get", action="/lockouts",
         class_="filters"))
     if rows:
-        body.append(tags.p(f"{total} lockouts in force" + (f" whose source holds {find!r}"
-                                                            if find else "") + "."))
+        body.append(tags.p(f"{total} lockout{'' if total == 1 else 's'} in force"
+                           + (f" whose source holds {find!r}" if find else "") + "."))
         body.append(_table(
             ("source", "scope", "reason", "time left", "lift"),
             [[r["source"], r["scope"], r["reason"], f"{r['left']} s",

@@ -331,7 +331,7 @@ class Console(Resource):
 
     def page_lockouts(self, request, who):
         number = self._page_number(request)
-        find = self._arg(request, "find").strip()[:64]
+        find = self._arg(request, "find").strip()[:64].lower()  # (keys are lower case)
         per = view.LOCKOUTS_PER_PAGE
         rows, total = view.lockouts(self.server, self.clock, self.activity,
                                     (number - 1) * per, per, find)

@@ -5,13 +5,22 @@ where there is no socket for them, and a clear word when the daemon is
 gone.  The real daemon and socket: tests/processes/test_console.py.
 """
 
+import io
+import json
 import os
 import socket
+import sys
 import tempfile
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from knocker.console.cli import SOCKET_NAME_MAX, NotRunning, _answer, _call_socket
+from knocker.console.cli import (
+    SOCKET_NAME_MAX,
+    DaemonFailed,
+    NotRunning,
+    _answer,
+    _call_socket,
+)
 
 
 class CommandsSocketTests(SynchronousTestCase):
@@ -50,8 +59,28 @@ class CommandsSocketTests(SynchronousTestCase):
         self.assertIn(path, str(error))
 
     def test_a_plain_text_refusal_is_shown(self):
-        error = self.assertRaises(ValueError, _answer, 503,
+        error = self.assertRaises(DaemonFailed, _answer, 503,
                                   b"too many connections to the console\n")
         self.assertEqual(str(error), "HTTP 503: too many connections to the console")
         error = self.assertRaises(ValueError, _answer, 404, b'{"error": "no client \'x\'"}\n')
         self.assertEqual(str(error), "no client 'x'")
+
+    def test_a_revoke_not_saved_exits_1_saying_so(self):
+        """
+        The daemon refused the file but its state could not record it
+        (503): knocker revoke says what the daemon said and exits 1, not
+        2, which would tell the operator they typed the command wrong.
+        """
+        from knocker.console import cli
+
+        said = "alice is refused by the running daemon, but the state could not record it"
+
+        def call(config, path, fields):
+            return _answer(503, json.dumps({"error": said}).encode())
+
+        self.patch(cli, "call", call)
+        err = io.StringIO()
+        self.patch(sys, "stderr", err)
+        args = type("Args", (), {"client": "alice"})()
+        self.assertEqual(cli.revoke_command(None, args), 1)
+        self.assertIn(said, err.getvalue())

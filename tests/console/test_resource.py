@@ -388,6 +388,9 @@ class PagesTests(SynchronousTestCase):
         self.assertEqual(len(status["lockouts"]), 20)
         self.assertEqual(status["lockouts"][0]["source"], GLOBAL)
         self.assertEqual(status["lockouts_in_force"], 2501)
+        tracker.restore_lockout("2001:db8::/64", now + 600)
+        upper = f.browser.get("/lockouts?find=2001:DB8").text
+        self.assertIn("1 lockout in force whose source holds '2001:db8'", upper)
 
     def test_lift_by_an_address_written_otherwise(self):
         """
