@@ -132,67 +132,81 @@ def run_blocking(argv: list[str], env: dict[str, str], timeout: float,
                 group=runs_as[1], extra_groups=groups)
         except (OSError, ValueError) as error:
             return ActionResult(tuple(argv), None, None, False, "", "", spawn_error=str(error))
-        pipes = [os.dup(process.stdout.fileno()), os.dup(process.stderr.fileno())]
-        process.stdout.close()
-        process.stderr.close()
-        return _collect(tuple(argv), process.pid, pipes, timeout)
-    out_r, out_w = _pipe()
-    err_r, err_w = _pipe()
+        with process.stdout, process.stderr:
+            result, status = _collect(tuple(argv), process.pid,
+                                      [process.stdout.fileno(), process.stderr.fileno()],
+                                      timeout)
+        # Reaped here: Popen must not wait for it again, nor warn that it runs.
+        process.returncode = status if status < 0 else os.waitstatus_to_exitcode(status)
+        return result
+    pipes = []
     try:
-        pid = _spawn(list(argv), env, out_w, err_w, ignored_signals())
-    except (OSError, TypeError, ValueError) as error:
-        os.close(out_r)
-        os.close(err_r)
+        for _ in range(2):
+            pipes.extend(_pipe())
+        (out_r, out_w), (err_r, err_w) = pipes[:2], pipes[2:]
+        try:
+            pid = _spawn(list(argv), env, out_w, err_w, ignored_signals())
+        finally:
+            for fd in (out_w, err_w):
+                pipes.remove(fd)
+                os.close(fd)
+        return _collect(tuple(argv), pid, [out_r, err_r], timeout)[0]
+    except (OSError, TypeError, ValueError) as error:  # out of descriptors, a bad argv
         return ActionResult(tuple(argv), None, None, False, "", "", spawn_error=str(error))
     finally:
-        os.close(out_w)
-        os.close(err_w)
-    return _collect(tuple(argv), pid, [out_r, err_r], timeout)
+        for fd in pipes:
+            os.close(fd)
 
 
-def _collect(argv: tuple, pid: int, pipes: list[int], timeout: float) -> ActionResult:
+def _collect(argv: tuple, pid: int, pipes: list[int], timeout: float) -> tuple[ActionResult,
+                                                                              int]:
     """
-    Wait for C{pid}, reading its stdout and stderr (C{pipes}, closed here)
-    as L{_Child} does in the reactor: the last L{OUTPUT_LIMIT} bytes of
-    each, a kill of its session at C{timeout}, and L{PIPE_GRACE} after its
-    exit for a child it left in the background holding them.
+    Wait for C{pid}, reading its stdout and stderr (C{pipes}, left open
+    for the caller to close) as L{_Child} does in the reactor: the first
+    L{OUTPUT_LIMIT} bytes of each, a kill of its session at C{timeout}, and
+    L{PIPE_GRACE} after its exit for a child it left in the background
+    holding them.  Returns the result and the raw wait status (-1 if
+    another reaped it: SIGCHLD ignored by whatever started the daemon).
     """
     import select
     import time
 
     kept = {fd: bytearray() for fd in pipes}
+    pipes = list(pipes)
     status, timed_out, exited_at = None, False, None
     deadline = time.monotonic() + timeout
-    try:
-        while True:
-            now = time.monotonic()
-            if status is None:
-                done, found = os.waitpid(pid, os.WNOHANG)
-                if done:
-                    status, exited_at = found, now
-                elif now >= deadline:
-                    timed_out = True
-                    kill_session(pid)
-                    status, exited_at = os.waitpid(pid, 0)[1], now
-            if status is not None and (not pipes or now - exited_at >= PIPE_GRACE):
-                break
-            ready = select.select(pipes, [], [], 0.01)[0]
-            for fd in ready:
-                data = os.read(fd, 65536)
-                if not data:
-                    pipes.remove(fd)
-                    os.close(fd)
-                    continue
-                buffer = kept[fd]
-                buffer += data
-                del buffer[:-OUTPUT_LIMIT]
-    finally:
-        for fd in pipes:
-            os.close(fd)
+    while True:
+        now = time.monotonic()
+        if status is None:
+            done, found = _wait_for(pid, os.WNOHANG)
+            if done:
+                status, exited_at = found, now
+            elif now >= deadline:
+                timed_out = True
+                kill_session(pid)
+                status, exited_at = _wait_for(pid, 0)[1], now
+        if status is not None and (not pipes or now - exited_at >= PIPE_GRACE):
+            break
+        for fd in select.select(pipes, [], [], 0.01)[0]:
+            data = os.read(fd, 65536)
+            if not data:
+                pipes.remove(fd)
+                continue
+            buffer = kept[fd]
+            buffer.extend(data[: max(0, OUTPUT_LIMIT - len(buffer))])  # read on, keep the first
     out, err = (bytes(kept[fd]).decode("utf-8", "replace") for fd in kept)
-    exited, killed = os.WIFEXITED(status), os.WIFSIGNALED(status)
+    exited = status >= 0 and os.WIFEXITED(status)
+    killed = status >= 0 and os.WIFSIGNALED(status)
     return ActionResult(argv, os.WEXITSTATUS(status) if exited else None,
-                        os.WTERMSIG(status) if killed else None, timed_out, out, err)
+                        os.WTERMSIG(status) if killed else None, timed_out, out, err), status
+
+
+def _wait_for(pid: int, options: int) -> tuple[int, int]:
+    """C{os.waitpid}, with C{(pid, -1)} when something else reaped it."""
+    try:
+        return os.waitpid(pid, options)
+    except ChildProcessError:
+        return pid, -1
 
 
 def script_fields(result: ActionResult) -> dict:

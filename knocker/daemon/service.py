@@ -99,7 +99,10 @@ class KnockServerService(service.Service):
             self._start()
         except Exception as error:
             self._stop_listening()
-            closed = self._close_left_doors()
+            try:
+                closed = self._close_left_doors()
+            except Exception as failure:  # the refusal must still say why, and let go
+                closed = f"; running the closes an earlier run left pending failed: {failure}"
             if self._store is not None:
                 self._store.close()
             if self._lock is not None:

@@ -297,14 +297,60 @@ class RunBlockingTests(TestCase):
                               {"PATH": "/usr/bin:/bin"}, 10)
         self.assertEqual((result.exit_code, result.signal, result.timed_out, result.stdout,
                           result.stderr), (4, None, False, "out\n", "err\n"))
-        flood = run_blocking(["/bin/sh", "-c", "head -c 300000 /dev/zero | tr '\\0' x; echo end"],
+        flood = run_blocking(["/bin/sh", "-c", "echo start; head -c 300000 /dev/zero | tr '\\0' x"],
                              {"PATH": "/usr/bin:/bin"}, 10)
-        self.assertTrue(flood.ok)
-        self.assertEqual(len(flood.stdout), OUTPUT_LIMIT, "the last of it, bounded")
-        self.assertTrue(flood.stdout.endswith("xend\n"))
+        self.assertTrue(flood.ok, "read to its end: never blocked on a full pipe")
+        self.assertEqual(len(flood.stdout), OUTPUT_LIMIT, "bounded")
+        self.assertTrue(flood.stdout.startswith("start\nxxx"), "the first of it, as in the reactor")
         missing = run_blocking(["/nonexistent/on-close"], {}, 10)
         self.assertFalse(missing.ok)
         self.assertIn("No such file", missing.spawn_error)
+
+    def test_a_program_reaped_by_another_is_no_crash(self):
+        """
+        SIGCHLD ignored by whatever started the daemon (kept until the
+        reactor installs its handler, after the start): the kernel reaps
+        the program, and waitpid finds no child.  A result, not an
+        exception that would cut the refused start short.
+        """
+        import signal
+
+        from knocker.daemon.actions import run_blocking
+
+        previous = signal.signal(signal.SIGCHLD, signal.SIG_IGN)
+        self.addCleanup(signal.signal, signal.SIGCHLD, previous)
+        result = run_blocking(["/bin/sh", "-c", "echo said"], {"PATH": "/usr/bin:/bin"}, 10)
+        self.assertFalse(result.ok, "its exit status is lost")
+        self.assertEqual(result.stdout, "said\n")
+
+    def test_out_of_descriptors_is_a_result_and_leaks_none(self):
+        import resource
+
+        from knocker.daemon.actions import run_blocking
+
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        self.addCleanup(resource.setrlimit, resource.RLIMIT_NOFILE, (soft, hard))
+        resource.setrlimit(resource.RLIMIT_NOFILE, (256, hard))
+        fillers = []
+        try:
+            while True:
+                fillers.append(os.open(os.devnull, os.O_RDONLY))
+        except OSError:
+            pass
+        for _ in range(3):  # room for the first pipe only (and the listing of /proc/self/fd)
+            os.close(fillers.pop())
+        try:
+            before = len(fillers)
+            result = run_blocking(["/bin/true"], {}, 10)
+            probe = [os.open(os.devnull, os.O_RDONLY) for _ in range(3)]
+            for fd in probe:
+                os.close(fd)
+        finally:
+            for fd in fillers:
+                os.close(fd)
+        self.assertFalse(result.ok)
+        self.assertIn("Too many open files", result.spawn_error)
+        self.assertEqual((before, len(probe)), (len(fillers), 3), "every descriptor given back")
 
     def test_a_timeout_kills_a_descendant_in_a_session_of_its_own(self):
         from knocker.daemon.actions import run_blocking
