@@ -91,12 +91,10 @@ class MemoryStore:
         return dict(self._lockouts)
 
     def prune_lockouts(self, now, keep=MAX_LOCKOUT_ROWS) -> None:
-        kept = sorted(((u, k) for k, u in self._lockouts.items()
-                       if u > now and k != WHOLE_SERVER), reverse=True)
-        whole = self._lockouts.get(WHOLE_SERVER, now)
-        self._lockouts = {k: u for u, k in kept[:keep]}
-        if whole > now:
-            self._lockouts[WHOLE_SERVER] = whole
+        # As the SQL does: the C{keep} ending last, counted with the whole
+        # server's, which is never dropped.
+        kept = sorted(((u, k) for k, u in self._lockouts.items() if u > now), reverse=True)
+        self._lockouts = {k: u for n, (u, k) in enumerate(kept) if n < keep or k == WHOLE_SERVER}
 
     # Invitations.
 

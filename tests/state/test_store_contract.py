@@ -225,6 +225,16 @@ class StoreContract:
                                                        "198.51.100.3": 2003.0,
                                                        "198.51.100.4": 2004.0})
 
+    def test_pruning_counts_the_whole_servers_lockout_among_those_kept(self):
+        """Every store keeps the same rows: the whole server's ending last takes a place."""
+        self.store.set_lockout(WHOLE_SERVER, 3000.0)
+        self.store.save_lockouts({f"198.51.100.{n}": 2000.0 + n for n in range(5)})
+        self.store.prune_lockouts(1000.0, keep=2)
+        self.assertEqual(self.store.lockouts(1000.0), {WHOLE_SERVER: 3000.0,
+                                                       "198.51.100.4": 2004.0})
+        self.store.prune_lockouts(1000.0, keep=0)
+        self.assertEqual(self.store.lockouts(1000.0), {WHOLE_SERVER: 3000.0})
+
     def test_whole_server_is_the_trackers_key(self):
         from knocker.core.tracker import GLOBAL
 
