@@ -352,13 +352,15 @@ class Tracker:
                 self._changed.discard(k)
         return lifted
 
-    def restore_lockout(self, key: str, until: float, step: int = 0) -> None:
+    def restore_lockout(self, key: str, until: float, step: int = 0) -> bool:
         """
         Reinstate a lockout that was in force before a restart (or that
         another gateway started: L{shared_lockout}).  It ends no later than
         the policy could make a lockout end now: C{until} comes from a wall
         clock, this one's before a restart or another gateway's, and a
-        clock a day fast must not shut the door for a day.
+        clock a day fast must not shut the door for a day.  Returns whether
+        it is held (not with lockout = 0, for a never-lock address, or
+        when it is over already).
         """
         now = self._clock.seconds()
         policy = self._policy
@@ -367,7 +369,7 @@ class Tracker:
                    else max(policy.lockout_max, policy.lockout))
         until = min(until, now + longest)
         if until <= now:
-            return
+            return False
         if key == GLOBAL:
             self._global_until = max(self._global_until, until)
         elif not self._spared(key):
@@ -376,6 +378,9 @@ class Tracker:
             # list differs: L{locked_for} trusts that of such keys)
             self._remember(key, until, step)
             self._changed.discard(key)
+        else:
+            return False
+        return True
 
     def shared_lockout(self, key: str, until: float, step: int = 0) -> None:
         """
@@ -391,9 +396,11 @@ class Tracker:
             local_until, local_step = self.source_until(key)
             until, step = max(until, local_until), min(max(step, local_step), MAX_STEP)
         unsaved = key in self._changed
-        self.restore_lockout(key, until, step)
+        held = self.restore_lockout(key, until, step)
         if unsaved:
             self._changed.add(key)  # still ours to save
+        if not held:
+            return  # (lockout = 0, never-lock, over already: no knock ends for it)
         ended = [slot for slot in self._slots.values() if not slot.acting
                  and (key == GLOBAL or self.source_of(slot.ip) == key and not self._spared(slot.ip))]
         for slot in ended:

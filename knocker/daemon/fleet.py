@@ -42,7 +42,7 @@ REREAD = 5.0
 FULL_EVERY = 12
 PAGE = 5000
 APPLY_CHUNK = 500
-MAX_APPLIED = 200_000  # rows remembered as applied (twice the tracker's sources)
+MAX_CUT = 10_000  # rows remembered as cut by the tracker's cap
 LISTEN_POLL = 0.5
 RECONNECT = 1.0
 THREADS = 4
@@ -630,11 +630,11 @@ class LockoutSync:
         self._last_seq = 0
         self._ticks = 0
         self._chunk_call = None
-        # key: (until, step) of the row last applied.  The tracker caps what
-        # it takes (a gateway's clock may run fast); a row the cap cut would
-        # otherwise look later than what is held at every read, and be
-        # taken, and cut to a fresh end, again and again.
-        self._applied: dict[str, tuple[float, int]] = {}
+        # key: (until, step) of a row the tracker's cap cut when it was
+        # applied (a gateway's clock ran fast).  Such a row looks later than
+        # what is held at every read: without this it would be taken, and
+        # cut to a fresh end, again and again.  Only such rows: few.
+        self._cut: dict[str, tuple[float, int]] = {}
         self.available = True
 
     def start(self) -> None:
@@ -659,16 +659,17 @@ class LockoutSync:
         Take a lockout from the table (wall time C{until}) if it ends later
         than the tracker's own, or escalated further; returns whether it did.
         """
-        if self._applied.get(key) == (until, step):
+        if self._cut.get(key) == (until, step):
             return False
         local = self._wall.from_wall(until)
         held_until, held_step = self._tracker.source_until(key)
         if local <= held_until + 0.001 and step <= held_step:
             return False
         self._tracker.shared_lockout(key, local, step)
-        if len(self._applied) >= MAX_APPLIED:
-            self._applied.clear()  # bounded: at worst one more cut of a capped row
-        self._applied[key] = (until, step)
+        if self._tracker.source_until(key)[0] < local - 0.001:
+            if len(self._cut) >= MAX_CUT:
+                self._cut.clear()  # bounded: at worst one more cut of such a row
+            self._cut[key] = (until, step)
         return True
 
     def _tick(self) -> None:
@@ -700,6 +701,10 @@ class LockoutSync:
         Another gateway lifted the lockout of C{key} (every one: C{None}).
         """
         lifted = self._tracker.lift(key)
+        if key is None:
+            self._cut.clear()
+        else:
+            self._cut.pop(key, None)  # the same row set again is a lockout again
         if lifted:
             log.info("lockouts lifted on another gateway: {keys}", keys=", ".join(lifted))
 

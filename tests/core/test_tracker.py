@@ -282,6 +282,19 @@ class LockoutTests(SynchronousTestCase):
             self.assertEqual(tracker.lockouts(), {}, scope)
             self.assertIsNone(tracker.refusal(A))
 
+    def test_a_shared_lockout_not_held_ends_no_knock(self):
+        """
+        lockout = 0 here, another gateway's lockout read: nothing is held,
+        so the knock in progress goes on rather than end as locked-out
+        with a retry that would succeed at once.
+        """
+        clock, tracker, seen = make(scope="knock", lockout=0)
+        tracker.grant(A, "alice", 1, PORTS)
+        tracker.shared_lockout(GLOBAL, clock.seconds() + 60)
+        tracker.shared_lockout(A, clock.seconds() + 60)
+        self.assertEqual(seen.failed, [])
+        self.assertEqual(tracker.hit(A, PORTS[0]), HitVerdict.PROGRESS)
+
     def test_restored_lockout(self):
         clock, tracker, seen = make()
         tracker.restore_lockout(GLOBAL, clock.seconds() + 30)

@@ -154,6 +154,24 @@ class LockoutSyncTests(SynchronousTestCase):
         sync.read_all()
         self.assertEqual(tracker.refusal("192.0.2.1").kind, "locked")
 
+    def test_a_lifted_lockout_set_again_is_a_lockout_again(self):
+        """
+        Another gateway lifted it, then the same row came back (a save
+        that committed after the lift): held again, cut row or not.
+        """
+        for ahead in (600, 86400):
+            clock, tracker, store, sync = make_sync(self)
+            tracker.lockouts = lambda tracker=tracker: Tracker.lockouts(tracker)  # lift lists
+            row = (1, "192.0.2.1", clock.seconds() + ahead, 0)
+            store.rows.append(row)
+            sync.read_all()
+            self.assertEqual(tracker.refusal("192.0.2.1").kind, "locked")
+            sync.lifted("192.0.2.1")
+            self.assertIsNone(tracker.refusal("192.0.2.1"))
+            store.rows.append((2,) + row[1:])
+            sync.read_all()
+            self.assertEqual(tracker.refusal("192.0.2.1").kind, "locked", ahead)
+
     def test_only_changed_rows_read_again(self):
         clock, tracker, store, sync = make_sync(self, [(1, "192.0.2.1", 2000.0, 0)])
         sync.read_all()
