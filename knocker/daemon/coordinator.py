@@ -434,15 +434,18 @@ class KnockServer:
         return then(self._store.client(client), _generation_of, secret)
 
     def _promote(self, ip: str, client: str, pending, how: str, replaced: bytes):
+        # Known before the state commits the promotion: on a fleet a lookup
+        # for the client's other knock may see the new file before this
+        # promotion's answer comes back.  Harmless if it fails: it counts
+        # only while the new file is current.  (Memory only, and this
+        # gateway's: see _made_with_superseded.)
+        self._superseded[client] = (replaced, pending.secret_id, self._clock.seconds())
         return then(self._store.promote(client, pending.secret_id), self._promoted,
-                    ip, client, pending, how, replaced)
+                    ip, client, pending, how)
 
-    def _promoted(self, done: bool, ip: str, client: str, pending, how: str,
-                  replaced: bytes) -> bool:
+    def _promoted(self, done: bool, ip: str, client: str, pending, how: str) -> bool:
         if not done:
             return False
-        # (memory only, and this gateway's: see _made_with_superseded)
-        self._superseded[client] = (replaced, pending.secret_id, self._clock.seconds())
         self._book.promote(client)
         self._audit.record("renew-confirm", ip=ip, client=client, knocks=pending.knocks, by=how)
         log.info("{client} proved its renewed file ({how}): it is current now",

@@ -166,6 +166,29 @@ class PendingToCurrentTests(TestCase):
                 self.assertEqual(h.audit.of("denied")[-1]["reason"], "bad-proof")
                 self.assertNotEqual(h.tracker_lockouts(), {})
 
+    def test_superseded_while_the_promotion_is_answered(self):
+        """
+        A fleet's database commits the promotion and answers later; the
+        client's other knock may be judged in between, against the new
+        file already.  Its proof with the old file is superseded then too.
+        """
+        from twisted.internet.defer import Deferred
+
+        h, c = renewing(self)
+        real, answers = h.store.promote, []
+
+        def committed_answered_later(client, wanted_id):
+            answers.append((Deferred(), real(client, wanted_id)))
+            return answers[-1][0]
+
+        self.patch(h.store, "promote", committed_answered_later)
+        for _ in range(6):
+            c.knock()
+        self.assertEqual(len(answers), 1, "the renewal's CONFIRM promoted it")
+        self.assertEqual(c.knock(c.previous()), hs.Denied())
+        self.assertEqual(h.audit.of("denied")[-1]["reason"], "superseded")
+        self.assertEqual(h.tracker_lockouts(), {})
+
     def test_a_renewal_proven_by_a_knock_supersedes_too(self):
         """The CONFIRM lost, the new file's first PROOF promotes it: the same."""
         h, c = renewing(self)
