@@ -85,7 +85,10 @@ async def enroll(io, server: str, slot: int, words: str, timeout: float = 30.0,
         result = Result(Outcome.BAD_SERVER, str(failure))
     finally:
         conn.close()
-    if spent and result.outcome in (Outcome.NO_ANSWER, Outcome.BAD_SERVER):
+    if spent and result.outcome in (Outcome.NO_ANSWER, Outcome.BAD_SERVER,
+                                    Outcome.SERVER_ERROR):
+        # (SERVER_ERROR: a fleet's database that did not answer in time may
+        # still have committed the use)
         # The server spends the invitation as it sends ENROLLED and the
         # file: a code works once, so a file lost on the way is not
         # fetched again.

@@ -276,6 +276,10 @@ class ExchangeTests(TestCase):
         self.assertIn("the invitation may be spent", lost.detail)
         self.assertIs(self.enroll().outcome, Outcome.USED)
         self.slot = self.store.add_invitation("alice", WORDS, 2000.0, TRIES, self.now)
+        slow = self.enroll(tamper=lambda n, line: b"ERROR server-error" if n == 1 else line)
+        self.assertIs(slow.outcome, Outcome.SERVER_ERROR)  # a fleet's database too slow
+        self.assertIn("the invitation may be spent", slow.detail)
+        self.slot = self.store.add_invitation("alice", WORDS, 2000.0, TRIES, self.now)
         before = self.enroll(cut_after=0)  # ENROLLING is lost: no CONFIRM sent
         self.assertIs(before.outcome, Outcome.NO_ANSWER)
         self.assertNotIn("spent", before.detail)
