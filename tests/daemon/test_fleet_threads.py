@@ -317,8 +317,9 @@ class LockoutSyncTests(TestCase):
 
             def read_lockouts(self, since, page, prune_at):
                 reads.append(since)
-                return succeed([(len(reads) * 2 - 1, "198.51.100.1", 2e9, 0),
-                                (len(reads) * 2, "198.51.100.2", 2e9, 0)])
+                # (each read a later end: a lockout set again, to be taken again)
+                return succeed([(len(reads) * 2 - 1, "198.51.100.1", 2e9 + len(reads), 0),
+                                (len(reads) * 2, "198.51.100.2", 2e9 + len(reads), 0)])
 
         class Tracker:
             taken = []
