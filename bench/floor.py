@@ -54,8 +54,9 @@ def floor_once(tools, ports, rate, seconds):
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         # it prints "ready" on stderr once every port listens
-        if proc.stderr.readline().strip() != "ready":
-            raise RuntimeError("accept_loop did not start")
+        said = proc.stderr.readline().strip()
+        if said != "ready":
+            raise RuntimeError(f"accept_loop did not start: {said or 'no word'}")
         flood = run_flood(tools, ports, rate, seconds)
         time.sleep(0.2)
     finally:
@@ -140,7 +141,10 @@ def main():
               "daemon_nofile": args.daemon_nofile,
               "runs": []}
     try:
-        floor_ports = common.free_port_block(args.ports, contiguous=True)
+        # Below the ephemeral range: a connection made meanwhile (the
+        # flood's, another run's) could take a port of the block as its
+        # own, and the listener's bind would fail.
+        floor_ports = common.free_port_block(args.ports, lo=20000, hi=32000, contiguous=True)
         knocker_ports = None
         if knocker.skip_reason:
             print("knocker: skipped:", knocker.skip_reason)
