@@ -386,15 +386,11 @@ def renewed_meanwhile(config, knockfile):
     C{config.knock_file} read again, if it now holds another secret than
     C{knockfile} (renewed since it was read); otherwise C{None}.
     """
-    if config.knock_file is None:
-        return None
-    from knocker.core.knockfile import KnockFileError, KnockFileText
-    from knocker.files import PrivateFileError, read_private_identified
+    from knocker.client.command import load_knockfile
 
     try:
-        text, identity = read_private_identified(config.knock_file)
-        fresh = KnockFileText(text, config.knock_file, identity)
-    except (OSError, PrivateFileError, KnockFileError):
+        fresh = load_knockfile(config)
+    except ValueError:  # none set, unreadable, unsafe or malformed: the DENIED stands
         return None
     return fresh if fresh.secret != knockfile.secret else None
 

@@ -111,7 +111,8 @@ def lockouts(server, clock, activity: Activity | None, first: int = 0,
     now = clock.seconds()
     found = server.tracker.lockouts()
     keys = [key for key in found if find in key] if find else list(found)
-    if len(keys) > first + count:
+    total = len(keys)
+    if total > first + count:
         import heapq  # a page's worth, not a sort of every key
 
         keys = heapq.nsmallest(first + count, keys, key=_whole_server_first)
@@ -125,7 +126,6 @@ def lockouts(server, clock, activity: Activity | None, first: int = 0,
             "reason": (activity.lockout_reasons.get(key, "") if activity else "") or "-",
             "left": max(1, round(found[key] - now)),
         })
-    total = len(found) if not find else len([key for key in found if find in key])
     return rows, total
 
 

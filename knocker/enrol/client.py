@@ -87,11 +87,10 @@ async def enroll(io, server: str, slot: int, words: str, timeout: float = 30.0,
         conn.close()
     if spent and result.outcome in (Outcome.NO_ANSWER, Outcome.BAD_SERVER,
                                     Outcome.SERVER_ERROR):
-        # (SERVER_ERROR: a fleet's database that did not answer in time may
-        # still have committed the use)
         # The server spends the invitation as it sends ENROLLED and the
-        # file: a code works once, so a file lost on the way is not
-        # fetched again.
+        # file (a code works once), so a file lost on the way is not
+        # fetched again; a fleet's database that answered too late for an
+        # ERROR may still have committed the use.
         result = result.replace(detail=f"{result.detail}; " + (
             "the server had sent ENROLLED, so the invitation is spent: ask for a new one "
             "(knocker invite CLIENT --force)" if spent[-1] == "yes" else
