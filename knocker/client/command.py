@@ -137,7 +137,7 @@ def run_knock(config, knockfile, verbose: bool = False):
     from knocker.client.knock import knock
     from knocker.client.twisted_driver import run_in_reactor
 
-    return run_in_reactor(lambda driver: knock(driver, config, knockfile))
+    return run_in_reactor(lambda driver: knock(driver, config, knockfile), verbose)
 
 
 def parse_knock_args(argv: list[str]) -> tuple[str | None, dict[str, str], bool]:

@@ -4,6 +4,8 @@ C{twistd knockclient}, by C{knocker knock} for endpoints other than plain
 TCP (TLS above all), and by anything that already runs a reactor.
 """
 
+import os
+
 from twisted.internet import defer, endpoints, error, protocol
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
@@ -160,14 +162,20 @@ def _connect(endpoint, proto):
 
 
 class TwistedDriver:
-    def __init__(self, reactor):
+    def __init__(self, reactor, verbose: bool = False):
         self._reactor = reactor
+        self._verbose = verbose  # the command's -v: on standard error, as the blocking driver
 
     def now(self) -> float:
         return self._reactor.seconds()
 
     def say(self, message: str) -> None:
-        log.info("{message}", message=message)
+        if self._verbose:
+            import sys
+
+            print(f"knocker: {message}", file=sys.stderr)
+        else:
+            log.info("{message}", message=message)
 
     async def connect(self, endpoint: str, timeout: float) -> _Connection:
         lines = _Lines()
@@ -209,23 +217,53 @@ def knock(reactor, config, knockfile) -> defer.Deferred:
     return defer.ensureDeferred(_knock(TwistedDriver(reactor), config, knockfile))
 
 
-def run_in_reactor(coroutine_for):
+def run_in_reactor(coroutine_for, verbose: bool = False):
     """
-    Run C{coroutine_for(TwistedDriver(reactor))} in a reactor started for
-    it, and return its result (C{knocker knock} and C{knocker enroll} on
-    endpoints other than plain TCP).
+    Run C{coroutine_for(TwistedDriver(reactor, verbose))} in a reactor
+    started for it, and return its result (C{knocker knock} and C{knocker
+    enroll} on endpoints other than plain TCP).
     """
+    import signal
+
     from twisted.internet.task import react
 
     results = []
+    stopped_by = []
+    handlers = {number: signal.getsignal(number) for number in (signal.SIGINT, signal.SIGTERM)}
 
-    def main(reactor):
-        d = defer.ensureDeferred(coroutine_for(TwistedDriver(reactor)))
+    def halt():
+        try:
+            reactor.stop()
+        except error.ReactorNotRunning:
+            pass  # a second signal, or the knock's own end, came first
+
+    def stop(number, _frame):
+        stopped_by.append(number)
+        reactor.callFromThread(halt)
+
+    def main(running):
+        nonlocal reactor
+        reactor = running
+        # In place of the reactor's own handlers, which it never takes back
+        # (the relay of `knocker connect` that follows would ignore ^C), and
+        # which stop it without a word: the caller is told of the signal.
+        for number in handlers:
+            signal.signal(number, stop)
+        d = defer.ensureDeferred(coroutine_for(TwistedDriver(reactor, verbose)))
         return d.addCallback(results.append)
 
+    reactor = None
     try:
         react(main)
     except SystemExit as done:
-        if done.code:
+        if done.code and not stopped_by:
             raise
+    finally:
+        for number, handler in handlers.items():
+            signal.signal(number, handler)
+    if stopped_by:  # even if the knock ended meanwhile: the user asked to stop
+        if stopped_by[0] == signal.SIGINT:
+            raise KeyboardInterrupt
+        os.kill(os.getpid(), stopped_by[0])  # to the handler before ours
+        raise SystemExit(128 + stopped_by[0])  # if that one let the process live
     return results[0]
