@@ -135,7 +135,12 @@ def open_target(addresses, window: float = CONNECT_WINDOW, clock=time.monotonic,
             left = deadline - clock()
             if left <= 0:
                 raise last or TimeoutError("timed out")
-            sock = _socket.socket(family, kind, proto)
+            try:
+                # (a family this host lacks, IPv6 turned off: the next address)
+                sock = _socket.socket(family, kind, proto)
+            except OSError as failure:
+                last = failure
+                continue
             # never settimeout(0): that would make the socket non-blocking
             sock.settimeout(max(left / (len(addresses) - position), 0.05))
             try:

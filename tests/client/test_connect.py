@@ -6,6 +6,7 @@ exit statuses of a failed knock (those of C{knocker knock}, nothing on
 standard output), and the imports it stays clear of.
 """
 
+import errno
 import os
 import select
 import socket
@@ -278,6 +279,29 @@ class OpenTargetTests(SynchronousTestCase):
         sock = connect.open_target(addresses, window=2.0, clock=lambda: now[0])
         self.assertEqual(sock.family, 2)
         self.assertEqual(timeouts, [(10, 1.0), (2, 1.0)])
+
+    def test_a_family_this_host_lacks_is_passed_over(self):
+        """
+        IPv6 turned off on the client (glibc still answers AAAA, sorted
+        last): the IPv6 socket cannot be made, and the IPv4 address is
+        still tried for the whole window, not given up at once.
+        """
+        import _socket
+
+        port = free_port()
+        real_socket = _socket.socket
+
+        def no_ipv6(family, kind, proto):
+            if family == _socket.AF_INET6:
+                raise OSError(errno.EAFNOSUPPORT, "Address family not supported by protocol")
+            return real_socket(family, kind, proto)
+
+        self.patch(_socket, "socket", no_ipv6)
+        addresses = [(2, 1, 6, ("127.0.0.1", port)), (10, 1, 6, ("::1", port, 0, 0))]
+        started = time.monotonic()
+        with self.assertRaises(OSError):
+            connect.open_target(addresses, window=0.6)
+        self.assertGreaterEqual(time.monotonic() - started, 0.6)
 
 
 def read_some(fd, seconds=10.0) -> bytes:
