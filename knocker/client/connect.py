@@ -201,6 +201,7 @@ class _Up:
         self.sock = sock
         self.stdin = stdin
         self.failure: OSError | None = None
+        self.input_failed = False  # reading standard input failed: status 1
         self.sending = threading.Lock()
 
     def run(self) -> None:
@@ -213,6 +214,7 @@ class _Up:
                 except OSError as failure:
                     if failure.errno != errno.EBADF:  # EBADF: no standard input at all
                         _say(f"standard input: {_describe(failure)}; sending end of file")
+                        self.input_failed = True
                     data = b""
                 if not data:
                     break
@@ -251,7 +253,8 @@ def relay(sock, stdin: int = 0, stdout: int = 1, name: str = "") -> int:
                 if failure is not None:
                     _say(f"{name}: the connection failed: {_describe(failure)}")
                     return RELAY_FAILED
-                return 0
+                # What was sent may have been cut short by that read error.
+                return RELAY_FAILED if up.input_failed else 0
             try:
                 _write_all(stdout, data)
             except OSError as failure:
@@ -350,7 +353,7 @@ def _connect(argv: list[str]) -> int:
     if result.outcome.exit_code != 0:
         print(line, file=sys.stderr)
         return result.outcome.exit_code
-    if verbose:
+    if verbose or result.detail:  # the detail: a renewal taken, or why not
         print(line, file=sys.stderr)
     try:
         sock = open_target(addresses)

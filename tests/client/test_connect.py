@@ -362,6 +362,34 @@ class RelayTests(SynchronousTestCase):
         self.addCleanup(os.close, self.stdin_w)
         return peer, thread
 
+    def test_a_failed_read_of_standard_input_is_status_1(self):
+        """
+        Standard input that cannot be read (here a folder): the remote side
+        gets end of file, says so on standard error, and the status is 1,
+        not the 0 of an upload that ended well.
+        """
+        mine, peer = socket.socketpair()
+        self.addCleanup(peer.close)
+        folder = os.open("/", os.O_RDONLY)
+        self.addCleanup(os.close, folder)
+        stdout_r, stdout_w = os.pipe()
+        self.addCleanup(os.close, stdout_r)
+        status = []
+
+        def run():
+            try:
+                status.append(connect.relay(mine, folder, stdout_w, "peer"))
+            finally:
+                os.close(stdout_w)
+
+        thread = threading.Thread(target=run)
+        thread.start()
+        peer.settimeout(10)
+        self.assertEqual(peer.recv(100), b"", "end of file sent up")
+        peer.close()
+        thread.join(10)
+        self.assertEqual(status, [connect.RELAY_FAILED])
+
     def test_reset_is_status_1(self):
         peer, thread = self.start_over_tcp()
         peer.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
@@ -715,3 +743,27 @@ class BadEndpointTests(SynchronousTestCase):
         self.assertIn("server = tcp:host=127.0.0.1:port=99999: not a usable endpoint (port "
                       "99999 is not 1-65535); passed over", done.stderr)
         self.assertIn("Connection refused", done.stderr)
+
+
+class ConnectRenewalTests(DaemonCase):
+    """
+    A renewal taken at the OPEN is said on standard error without -v, as
+    C{knocker knock} says it: an ssh user learns the file was replaced (or
+    why it could not be).
+    """
+
+    def test_the_renewal_is_said(self):
+        self.configure(renew_at=20)  # due at once: the file has 20 knocks
+        knock_file = self.generate(knocks=20)
+        self.start()
+        server = EchoServer()
+        self.addCleanup(server.close)
+        done = subprocess.run(
+            [sys.executable, "-m", "knocker.main", "connect",
+             "--server", f"tcp:host=127.0.0.1:port={self.port}", "--knock-file", knock_file,
+             "--log-file", os.path.join(self.dir, "client.log"), "127.0.0.1", str(server.port)],
+            input=b"ping", capture_output=True, env=environment(), timeout=60,
+        )
+        self.assertEqual((done.returncode, done.stdout), (0, b"ping"), done.stderr.decode())
+        self.assertIn("OPEN", done.stderr.decode())
+        self.assertIn("renewed", done.stderr.decode())
