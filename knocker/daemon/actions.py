@@ -173,12 +173,15 @@ def _collect(argv: tuple, pid: int, pipes: list[int], timeout: float) -> tuple[A
 
     kept = {fd: bytearray() for fd in pipes}
     pipes = list(pipes)
+    poller = select.poll()
+    for fd in pipes:
+        poller.register(fd, select.POLLIN)
     status, timed_out, exited_at = None, False, None
     deadline = time.monotonic() + timeout
     while True:
         now = time.monotonic()
         if status is None:
-            done, found = _wait_for(pid, os.WNOHANG)
+            done, found = _reap_ended(pid)
             if done:
                 status, exited_at = found, now
             elif now >= deadline:
@@ -187,10 +190,12 @@ def _collect(argv: tuple, pid: int, pipes: list[int], timeout: float) -> tuple[A
                 status, exited_at = _wait_for(pid, 0)[1], now
         if status is not None and (not pipes or now - exited_at >= PIPE_GRACE):
             break
-        for fd in select.select(pipes, [], [], 0.01)[0]:
+        # poll, not select: a daemon with a big pool has descriptors past 1024
+        for fd, _event in poller.poll(10):
             data = os.read(fd, 65536)
             if not data:
                 pipes.remove(fd)
+                poller.unregister(fd)
                 continue
             buffer = kept[fd]
             buffer.extend(data[: max(0, OUTPUT_LIMIT - len(buffer))])  # read on, keep the first
@@ -207,6 +212,27 @@ def _wait_for(pid: int, options: int) -> tuple[int, int]:
         return os.waitpid(pid, options)
     except ChildProcessError:
         return pid, -1
+
+
+def _reap_ended(pid: int) -> tuple[int, int]:
+    """
+    C{(pid, status)} if the program C{pid} has ended, C{(0, 0)} if it
+    runs: as L{_wait_for} with C{WNOHANG}, but before reaping it, kill
+    whatever it left running in its process group.  An action is over when
+    its program is (later work is on-close's), and until its leader is
+    reaped the group's id cannot name anyone else's processes.
+    """
+    try:
+        ended = os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+    except ChildProcessError:
+        return pid, -1
+    if ended is None:
+        return 0, 0
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except OSError:  # none left
+        pass
+    return _wait_for(pid, 0)
 
 
 def script_fields(result: ActionResult) -> dict:
@@ -436,12 +462,10 @@ class _Child:
     def _wait(self) -> tuple[int, int]:
         """
         C{(pid, status)} if the program has ended (status -1 if someone
-        else reaped it), C{(0, 0)} if it still runs.
+        else reaped it), C{(0, 0)} if it still runs; what it left in its
+        group is killed as it is reaped.
         """
-        try:
-            return os.waitpid(self.pid, os.WNOHANG)
-        except ChildProcessError:
-            return self.pid, -1
+        return _reap_ended(self.pid)
 
     def _exited(self, status: int) -> None:
         self._status = status

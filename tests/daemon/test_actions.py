@@ -5,6 +5,7 @@ timeouts, output capture.
 
 import json
 import os
+import signal
 import stat
 import sys
 import time
@@ -37,7 +38,38 @@ class BuiltinActionTests(TestCase):
         self.assertIn("knock 3 of alice from 192.0.2.7 accepted", done.stdout)
 
 
+def gone(pid: int, within: float = 5.0) -> bool:
+    """Whether C{pid} ends (exits or is a zombie) within C{within} seconds."""
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        try:
+            with open(f"/proc/{pid}/stat", "rb") as handle:
+                state = handle.read().rsplit(b")", 1)[1].split()[0]
+        except OSError:
+            return True
+        if state in (b"Z", b"X"):
+            return True
+        time.sleep(0.02)
+    return False
+
+
 class ActionRunnerTests(TestCase):
+    async def test_what_the_program_leaves_running_is_killed_when_it_exits(self):
+        """
+        An action is over when its program is: a child it left in its
+        process group does not live on (README: later work is on-close's).
+        """
+        from knocker.daemon.actions import ProcessRunner
+
+        pid_file = os.path.abspath(self.mktemp())
+        result = await ProcessRunner(reactor, 30).run(
+            ["/bin/sh", "-c", f"sleep 1013 & echo $! > {pid_file}; exit 0"], {})
+        self.assertTrue(result.ok, result)
+        with open(pid_file) as handle:
+            child = int(handle.read())
+        self.addCleanup(lambda: gone(child, 0) or os.kill(child, signal.SIGKILL))
+        self.assertTrue(gone(child), f"the background child {child} outlived its program")
+
     async def test_background_child_does_not_hold_the_verdict(self):
         """
         A program that exits 0 leaving a child in the background (holding
@@ -273,6 +305,38 @@ class RunBlockingTests(TestCase):
     L{run_blocking}, which runs on-close when a start is refused (no
     reactor yet): the same hygiene as the reactor's runner.
     """
+
+    def test_a_daemon_with_descriptors_past_1024_still_collects_output(self):
+        """
+        A big pool holds more than 1024 descriptors; the program's pipes
+        land past them (select() refused those: the close was reported as
+        never started while it ran on, unreaped).
+        """
+        code = (
+            "import os, resource\n"
+            "resource.setrlimit(resource.RLIMIT_NOFILE, (4096, 4096))\n"
+            "held = [os.open('/dev/null', os.O_RDONLY) for _ in range(1100)]\n"
+            "from knocker.daemon.actions import run_blocking\n"
+            "r = run_blocking(['/bin/sh', '-c', 'echo hi'], {}, 5)\n"
+            "print(r.ok, repr(r.stdout), r.spawn_error)\n")
+        root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+        import subprocess
+
+        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                              env=dict(os.environ, PYTHONPATH=root), timeout=30)
+        self.assertEqual(done.stdout.strip(), "True 'hi\\n' None", done.stderr)
+
+    def test_what_the_program_leaves_running_is_killed_when_it_exits(self):
+        from knocker.daemon.actions import run_blocking
+
+        pid_file = os.path.abspath(self.mktemp())
+        result = run_blocking(["/bin/sh", "-c", f"sleep 1014 & echo $! > {pid_file}; exit 0"],
+                              {}, 30)
+        self.assertTrue(result.ok, result)
+        with open(pid_file) as handle:
+            child = int(handle.read())
+        self.addCleanup(lambda: gone(child, 0) or os.kill(child, signal.SIGKILL))
+        self.assertTrue(gone(child), f"the background child {child} outlived its program")
 
     def test_no_descriptor_of_the_daemon_reaches_the_program(self):
         from knocker.daemon.actions import run_blocking
