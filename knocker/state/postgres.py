@@ -331,7 +331,11 @@ class PostgresStore:
         """
         A new connection with the fleet's settings: statement and lock
         timeouts, synchronous commit (a burn is on disk before GRANT), TCP
-        keepalives so a vanished server is noticed.
+        keepalives both ways: so that this side notices a vanished server,
+        and the server a vanished gateway (a power cut sends no FIN: with
+        the system's keepalive of two hours, the session and its gateway
+        name lock would outlive the host that long, and the gateway could
+        not start again).
         """
         if not _parses(self.uri):
             # libpq's parse error may quote the URI, password and all.
@@ -343,7 +347,9 @@ class PostgresStore:
                 options=(f"-c statement_timeout={self._timeout} "
                          f"-c lock_timeout={self._timeout} "
                          f"-c idle_in_transaction_session_timeout={self._timeout * 5} "
-                         f"-c synchronous_commit=on"),
+                         f"-c synchronous_commit=on "
+                         f"-c tcp_keepalives_idle=5 -c tcp_keepalives_interval=2 "
+                         f"-c tcp_keepalives_count=2 -c tcp_user_timeout={self._timeout * 2}"),
                 keepalives=1, keepalives_idle=5, keepalives_interval=2, keepalives_count=2,
                 tcp_user_timeout=self._timeout * 2,
             )

@@ -46,8 +46,9 @@ class Cluster:
     A cluster in its own temporary directory; L{start}, L{stop}, L{destroy}.
     """
 
-    def __init__(self, fsync: bool = False):
+    def __init__(self, fsync: bool = False, tcp_port: int | None = None):
         self.fsync = fsync  # tests need no durability; a benchmark does
+        self.tcp_port = tcp_port  # also listen on 127.0.0.1 at this port
         self.bin = _bin()
         self.root = tempfile.mkdtemp(prefix="knocker-pg-")
         os.chmod(self.root, 0o755)
@@ -65,7 +66,8 @@ class Cluster:
     def start(self) -> None:
         _as_postgres(
             os.path.join(self.bin, "pg_ctl"), "-D", self.data, "-l", self.log, "-w",
-            "-o", f"-c listen_addresses='' -c unix_socket_directories={self.socket_dir} "
+            "-o", f"-c listen_addresses='{'127.0.0.1' if self.tcp_port else ''}' "
+                  f"-c port={self.tcp_port or 5432} -c unix_socket_directories={self.socket_dir} "
                   f"-c fsync={'on' if self.fsync else 'off'} -c max_connections=200",
             "start")
 
@@ -74,7 +76,11 @@ class Cluster:
                      "stop", check=False)
 
     def uri(self, database: str = "postgres") -> str:
-        return f"postgresql:///{database}?host={self.socket_dir}&user=postgres"
+        return (f"postgresql:///{database}?host={self.socket_dir}&user=postgres"
+                f"&port={self.tcp_port or 5432}")
+
+    def tcp_uri(self, database: str = "postgres") -> str:
+        return f"postgresql://postgres@127.0.0.1:{self.tcp_port}/{database}"
 
     def new_database(self) -> str:
         name = "t_" + uuid.uuid4().hex[:12]

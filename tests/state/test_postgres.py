@@ -15,6 +15,15 @@ from knocker.state.interface import StateError
 from tests.helpers import postgres
 
 KEY = bytes(range(32))
+
+
+def postgres_port() -> int:
+    """A free loopback port for a cluster of a test's own."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 SECRET = bytes(range(100, 132))
 
 
@@ -248,6 +257,25 @@ class PostgresStoreTests(SynchronousTestCase):
         admin._run(lambda c: c.execute("SELECT pg_terminate_backend(%s)", (pid,)))
         self.assertRaises(StateError, store.burn, "alice")
         self.assertIsNotNone(store.client("alice"), "the next call connects again")
+
+    def test_the_server_drops_a_vanished_gateway_within_seconds(self):
+        """
+        Over TCP the server's side of each session has keepalives of its
+        own: a gateway whose host lost power (no FIN) would otherwise keep
+        its session, and its name's lock, for the system's two hours.
+        """
+        from knocker.state.postgres import PostgresStore
+
+        cluster = postgres.Cluster(tcp_port=postgres_port())
+        self.addCleanup(cluster.destroy)
+        cluster.start()
+        store = PostgresStore(cluster.tcp_uri(), KEY, statement_timeout_ms=1500)
+        self.addCleanup(store.close)
+        settings = dict(store._run(lambda c: c.execute(
+            "SELECT name, setting FROM pg_settings WHERE name IN ('tcp_keepalives_idle', "
+            "'tcp_keepalives_interval', 'tcp_keepalives_count', 'tcp_user_timeout')").fetchall()))
+        self.assertEqual(settings, {"tcp_keepalives_idle": "5", "tcp_keepalives_interval": "2",
+                                    "tcp_keepalives_count": "2", "tcp_user_timeout": "3000"})
 
     def test_burn_times_out_rather_than_wait(self):
         """
