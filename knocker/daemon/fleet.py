@@ -255,11 +255,12 @@ class _DatabaseThreads(ThreadPool):
         return not stuck
 
 
-def _within(seconds: float, function, *args):
+def _within(seconds: float, function, *args, after=None):
     """
     C{function(*args)} in a thread of its own, given C{seconds}: its result,
     or L{StateError} if it raised one or did not answer in time (the thread
-    is left to finish on its own).
+    is left to finish on its own).  C{after()} runs last in that thread,
+    whatever happened (to close the connection the thread opened).
     """
     outcome = []
 
@@ -268,6 +269,9 @@ def _within(seconds: float, function, *args):
             outcome.append((True, function(*args)))
         except Exception as error:  # noqa: BLE001 - handed to the caller
             outcome.append((False, error))
+        finally:
+            if after is not None:
+                after()
 
     thread = threading.Thread(target=run, name="knocker-db-once", daemon=True)
     thread.start()
@@ -569,7 +573,10 @@ class ThreadedStore:
         """
         try:
             # On the reactor, within the deadline.
-            pending = _within(self._deadline, self._store.pending_closes)
+            # The thread's own connection is closed as it ends (not left
+            # open, one more each read, until the store closes).
+            pending = _within(self._deadline, self._store.pending_closes,
+                              after=getattr(self._store, "release_thread", None))
         except StateError as error:
             if not self._earlier_closes_read:
                 raise StateError(

@@ -381,6 +381,12 @@ class PostgresStore:
                 conn.rollback()
             raise StateError(f"{self.path}: {scrub(_first_line(error), self.uri)}") from None
 
+    def release_thread(self) -> None:
+        """Close the calling thread's connection: a thread about to end."""
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            self._drop(conn)
+
     def _drop(self, conn) -> None:
         try:
             conn.close()

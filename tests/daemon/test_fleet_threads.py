@@ -16,6 +16,7 @@ from twisted.trial.unittest import TestCase
 
 from knocker.daemon.fleet import ThreadedStore
 from knocker.state.interface import PendingClose, StateError
+from tests.helpers import postgres
 
 
 class FrozenDatabase:
@@ -359,3 +360,28 @@ class LockoutSyncTests(TestCase):
         sync.read_all()
         self.assertEqual(len(reads), 4, "the read after the failed one ran")
         self.flushLoggedErrors(ValueError)  # its row, read again
+
+
+class PendingClosesConnectionTests(TestCase):
+    """
+    The closes are read in a thread of its own (bounded by the deadline);
+    the connection that thread opens is closed with it, not kept for the
+    gateway's life, one more at every read.
+    """
+
+    skip = postgres.skip_reason()
+
+    def test_each_read_leaves_no_connection_behind(self):
+        from knocker.state.postgres import PostgresStore
+
+        uri = postgres.database_for(self)
+        raw = PostgresStore(uri, bytes(range(32)))
+        self.addCleanup(raw.close)
+        store = ThreadedStore(raw, reactor, threads=1, deadline=5)
+        self.addCleanup(store.close)
+        count = ("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                 "AND pid <> pg_backend_pid()")
+        before = raw._run(lambda c: c.execute(count).fetchone()[0])
+        for _ in range(3):
+            self.assertEqual(store.pending_closes(), [])
+        self.assertEqual(raw._run(lambda c: c.execute(count).fetchone()[0]), before)
