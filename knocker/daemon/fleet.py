@@ -25,7 +25,7 @@ since a gateway that was reconnecting has missed its notifications.
 import threading
 import time
 
-from twisted.internet.defer import Deferred, DeferredLock, fail
+from twisted.internet.defer import Deferred, fail
 from twisted.internet.task import LoopingCall
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
@@ -33,7 +33,7 @@ from twisted.python.threadpool import ThreadPool
 
 from knocker.core.knockfile import HEADER_LIMIT, KnockFileError, find_knock, parse_header
 from knocker.state.book import ClientBook
-from knocker.state.interface import PendingClose, StateError, secret_id
+from knocker.state.interface import WHOLE_SERVER, PendingClose, StateError, secret_id
 from knocker.state.postgres import LIFT_NOTICE, LOCKOUT_CHANNEL, REVOKED_NOTICE
 
 log = Logger()
@@ -307,8 +307,8 @@ class ThreadedStore:
         self.gateway = store.gateway
         self._closes: dict[int, PendingClose] = {}
         self._earlier_closes_read = False  # see pending_closes
-        self._lockout_writes = DeferredLock()  # see _in_order
-        self._lockout_queue = 0
+        self._lockout_waiting: list[tuple[str, object]] = []  # (kind, start): see _in_order
+        self._lockout_running = False
         self._pool = _DatabaseThreads(minthreads=1, maxthreads=threads, name="knocker-db")
         self._pool.start()
         self._closed = False
@@ -316,14 +316,17 @@ class ThreadedStore:
         # However the daemon ends, its threads must not keep the process alive.
         reactor.addSystemEventTrigger("after", "shutdown", self._stop_threads)
 
-    def _defer(self, function, *args, left: Deferred | None = None) -> Deferred:
+    def _defer(self, function, *args, left: Deferred | None = None,
+               urgent: bool = False) -> Deferred:
         """
         C{function(*args)} in a database thread; fails with L{StateError}
-        at once when L{MAX_CALLS} are waiting, or after the deadline
-        without an answer.  C{left}, if given, fires once the thread is out
-        of the call (or it never started), whatever the deadline did.
+        at once when L{MAX_CALLS} are waiting (unless C{urgent}: the
+        server's lockout, which a flood of PROOFs must not hold back), or
+        after the deadline without an answer.  C{left}, if given, fires
+        once the thread is out of the call (or it never started), whatever
+        the deadline did.
         """
-        if self._closed or self.calls >= self._most:
+        if self._closed or (self.calls >= self._most and not urgent):
             # (closed: the pool would drop the call without a word, and
             # neither its answer nor left would ever come)
             if left is not None:
@@ -366,33 +369,56 @@ class ThreadedStore:
             if not self._overdue:
                 log.info("database {db} answers again", db=self.path)
 
-    def _in_order(self, function, *args) -> Deferred:
+    @property
+    def _lockout_queue(self) -> int:
+        """Lockout writes waiting or running."""
+        return len(self._lockout_waiting) + self._lockout_running
+
+    def _in_order(self, kind: str, function, *args) -> Deferred:
         """
-        L{_defer} for the lockout writes, one after another in the order
-        they were asked for: with several threads, an operator's lift
-        could otherwise commit before a batch of saves asked for earlier,
-        whose rows would then bring the lockout back on every gateway.
-        The next starts only when the thread has left the last, even past
-        its deadline (the caller hears of that at the deadline); past
-        L{MAX_LOCKOUT_WRITES} waiting, a write fails at once (a batch is
-        saved again later, a lift can be asked again).
+        L{_defer} for the lockout writes, one after another: with several
+        threads, an operator's lift could otherwise commit before a batch
+        of saves asked for earlier, whose rows would then bring the lockout
+        back on every gateway.  The next starts only when the thread has
+        left the last, even past its deadline (the caller hears of that at
+        the deadline).
+
+        C{kind} is C{batch}, C{lift} or C{server}.  Each waits behind the
+        writes asked for before it, except the server's lockout, which
+        goes ahead of the batches of source lockouts (the fleet must hear
+        of it within a second, and batches from a flood on a slow database
+        can take longer), though never ahead of a lift (the lift would
+        delete it).  Past L{MAX_LOCKOUT_WRITES} waiting, a batch or a lift
+        fails at once (a batch is saved again later, a lift can be asked
+        again); the server's lockout is always taken.
         """
-        if self._lockout_queue >= MAX_LOCKOUT_WRITES:
+        if kind != "server" and self._lockout_queue >= MAX_LOCKOUT_WRITES:
             return fail(StateError(f"database: {self._lockout_queue} lockout writes already "
                                    f"waiting for it"))
-        self._lockout_queue += 1
         answer = Deferred()
 
-        def write():
+        def start():
             left = Deferred()
-            self._defer(function, *args, left=left).chainDeferred(answer)
-            return left
+            self._defer(function, *args, left=left,
+                        urgent=kind == "server").chainDeferred(answer)
+            left.addBoth(self._next_lockout_write)
 
-        def done(_):
-            self._lockout_queue -= 1
-
-        self._lockout_writes.run(write).addBoth(done)
+        at = len(self._lockout_waiting)
+        if kind == "server":
+            at = 0
+            for position, (waiting, _) in enumerate(self._lockout_waiting):
+                if waiting != "batch":
+                    at = position + 1
+        self._lockout_waiting.insert(at, (kind, start))
+        if not self._lockout_running:
+            self._next_lockout_write()
         return answer
+
+    def _next_lockout_write(self, _=None) -> None:
+        self._lockout_running = bool(self._lockout_waiting)
+        if self._lockout_waiting:
+            _, start = self._lockout_waiting.pop(0)
+            start()
 
     def _background(self, what: str, function, *args) -> None:
         d = self._defer(function, *args)
@@ -479,14 +505,16 @@ class ThreadedStore:
 
     def set_lockout(self, key: str, until: float) -> Deferred:
         """The caller hears of a failure (and tries again)."""
-        return self._in_order(self._store.set_lockout, key, until)
+        return self._in_order("server" if key == WHOLE_SERVER else "batch",
+                              self._store.set_lockout, key, until)
 
     def save_lockouts(self, lockouts: dict[str, float], steps=None) -> Deferred:
         """
         Saved in the thread pool; the L{Deferred} fails if it could not be
         (the coordinator saves those keys again with the next batch).
         """
-        return self._in_order(self._store.save_lockouts, dict(lockouts), dict(steps or {}))
+        return self._in_order("batch", self._store.save_lockouts, dict(lockouts),
+                              dict(steps or {}))
 
     def remove_close(self, close_id: int) -> None:
         self._closes.pop(close_id, None)
@@ -508,7 +536,7 @@ class ThreadedStore:
     # committed, and told to the other gateways, when the Deferred fires.
 
     def lift_lockouts(self, key: str | None = None) -> Deferred:
-        return self._in_order(self._store.lift_lockouts, key)
+        return self._in_order("lift", self._store.lift_lockouts, key)
 
     def revoke(self, client: str) -> Deferred:
         return self._defer(self._store.revoke, client)

@@ -185,6 +185,55 @@ class LockoutWriteOrderTests(TestCase):
                                     ("set", "*")])
 
 
+    async def test_the_servers_lockout_goes_ahead_of_batches_not_of_lifts(self):
+        """
+        The fleet must hear of the server's lockout within a second: it
+        passes the batches of source lockouts waiting (a flood's, on a
+        slow database), but not a lift asked before it (which would then
+        delete it), and neither a full queue nor a flood of calls refuses it.
+        """
+        from knocker.daemon.fleet import MAX_LOCKOUT_WRITES
+
+        db = SlowSaves()
+        self.addCleanup(db.go.set)
+        store = ThreadedStore(db, reactor, threads=4, most=MAX_LOCKOUT_WRITES + 2)
+        self.addCleanup(store.close)
+        first = store.save_lockouts({"192.0.2.1": 2e9})  # running, held by the database
+        lifting = store.lift_lockouts("192.0.2.9")
+        batches = [store.save_lockouts({f"192.0.2.{n}": 2e9})
+                   for n in range(2, 2 + MAX_LOCKOUT_WRITES)]
+        refused = [d for d in batches if d.called]
+        self.assertTrue(refused, "the queue of batches is full")
+        for d in refused:
+            d.addErrback(lambda failure: None)
+        setting = store.set_lockout("*", 2e9)
+        self.assertFalse(setting.called, "taken, not refused")
+        db.go.set()
+        await first
+        await lifting
+        await setting
+        for d in batches:
+            if d not in refused:
+                await d
+        self.assertEqual(db.order[:4], [("save", ["192.0.2.1"]), ("lift", "192.0.2.9"),
+                                        ("set", "*"), ("save", ["192.0.2.2"])])
+
+    async def test_a_flood_of_calls_does_not_refuse_the_servers_lockout(self):
+        db = SlowSaves()
+        self.addCleanup(db.go.set)
+        db.client = lambda client: db.go.wait(30)
+        store = ThreadedStore(db, reactor, threads=2, most=1)
+        self.addCleanup(store.close)
+        looking_up = store.client("alice")  # the one call allowed, held
+        refused = store.client("bob")
+        with self.assertRaises(StateError):
+            await refused
+        setting = store.set_lockout("*", 2e9)
+        await setting
+        self.assertEqual(db.order, [("set", "*")])
+        db.go.set()
+        await looking_up
+
     async def test_the_order_holds_past_a_deadline_and_the_queue_is_bounded(self):
         """
         A batch past its deadline has failed for its caller, but its thread
