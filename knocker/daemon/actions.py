@@ -105,6 +105,28 @@ def _no_inherited_descriptors() -> None:
 def run_blocking(argv: list[str], env: dict[str, str], timeout: float,
                  runs_as: tuple[int, int] | None = None) -> ActionResult:
     """
+    L{_run_blocking}, with SIGCHLD at its default while it runs: ignored
+    (as whatever started the daemon may leave it), the kernel reaps the
+    program itself, and then its exit status is lost and what it left in
+    its process group cannot safely be killed (its group id may be
+    anyone's by then).
+    """
+    restore = None
+    try:
+        if signal.getsignal(signal.SIGCHLD) == signal.SIG_IGN:
+            restore = signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    except ValueError:  # not the main thread: as it is
+        pass
+    try:
+        return _run_blocking(argv, env, timeout, runs_as)
+    finally:
+        if restore is not None:
+            signal.signal(signal.SIGCHLD, restore)
+
+
+def _run_blocking(argv: list[str], env: dict[str, str], timeout: float,
+                  runs_as: tuple[int, int] | None = None) -> ActionResult:
+    """
     Run C{argv} to its end outside any reactor (a start that is being
     refused), as L{ProcessRunner} starts a program (its own session, the
     signals this process ignores reset), its output kept as the runner
