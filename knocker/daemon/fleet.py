@@ -311,6 +311,11 @@ class ThreadedStore:
         self._lockout_running = False
         self._pool = _DatabaseThreads(minthreads=1, maxthreads=threads, name="knocker-db")
         self._pool.start()
+        # The server's lockout has a thread of its own: in the pool's queue
+        # it could wait behind a flood's lookups past its deadline.
+        self._urgent_pool = _DatabaseThreads(minthreads=1, maxthreads=1,
+                                             name="knocker-db-lockout")
+        self._urgent_pool.start()
         self._closed = False
         self._stuck = False
         # However the daemon ends, its threads must not keep the process alive.
@@ -320,9 +325,9 @@ class ThreadedStore:
                urgent: bool = False) -> Deferred:
         """
         C{function(*args)} in a database thread; fails with L{StateError}
-        at once when L{MAX_CALLS} are waiting (unless C{urgent}: the
-        server's lockout, which a flood of PROOFs must not hold back), or
-        after the deadline without an answer.  C{left}, if given, fires
+        at once when L{MAX_CALLS} are waiting, or after the deadline without
+        an answer.  C{urgent} (the server's lockout, which a flood of PROOFs
+        must not hold back): neither bound nor queue, a thread of its own.  C{left}, if given, fires
         once the thread is out of the call (or it never started), whatever
         the deadline did.
         """
@@ -347,7 +352,7 @@ class ThreadedStore:
             finally:
                 self._reactor.callFromThread(self._ended, late, left)
 
-        d = deferToThreadPool(self._reactor, self._pool, run)
+        d = deferToThreadPool(self._reactor, self._urgent_pool if urgent else self._pool, run)
         return d.addTimeout(self._deadline, self._reactor, onTimeoutCancel=self._late(late))
 
     def _late(self, late: list):
@@ -620,7 +625,10 @@ class ThreadedStore:
     def _stop_threads(self) -> None:
         if not self._closed:
             self._closed = True
-            self._stuck = not self._pool.stop(self._deadline)
+            end = time.monotonic() + self._deadline  # for both pools together
+            stopped = [pool.stop(max(0.0, end - time.monotonic()))
+                       for pool in (self._pool, self._urgent_pool)]
+            self._stuck = not all(stopped)
 
     def close(self) -> None:
         self._stop_threads()
