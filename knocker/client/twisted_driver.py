@@ -241,14 +241,19 @@ def run_in_reactor(coroutine_for, verbose: bool = False):
         stopped_by.append(number)
         reactor.callFromThread(halt)
 
-    def main(running):
-        nonlocal reactor
-        reactor = running
+    def ours():
         # In place of the reactor's own handlers, which it never takes back
         # (the relay of `knocker connect` that follows would ignore ^C), and
         # which stop it without a word: the caller is told of the signal.
-        for number in handlers:
-            signal.signal(number, stop)
+        # A signal ignored (a background job's SIGINT) stays ignored.
+        for number, before in handlers.items():
+            signal.signal(number, signal.SIG_IGN if before == signal.SIG_IGN else stop)
+
+    def main(running):
+        nonlocal reactor
+        reactor = running
+        ours()  # (main runs before the reactor does, and installs its own:)
+        reactor.callWhenRunning(ours)
         d = defer.ensureDeferred(coroutine_for(TwistedDriver(reactor, verbose)))
         return d.addCallback(results.append)
 
@@ -261,7 +266,7 @@ def run_in_reactor(coroutine_for, verbose: bool = False):
     finally:
         for number, handler in handlers.items():
             signal.signal(number, handler)
-    if stopped_by:  # even if the knock ended meanwhile: the user asked to stop
+    if stopped_by and not results:  # (a result already had: it stands)
         if stopped_by[0] == signal.SIGINT:
             raise KeyboardInterrupt
         os.kill(os.getpid(), stopped_by[0])  # to the handler before ours

@@ -43,6 +43,7 @@ class RunInReactorTests(SynchronousTestCase):
         # Not an IndexError (exit 1) nor a knock that seems to have had no verdict.
         done = run("""\
             async def slow(driver):
+                await driver.sleep(0.2)  # the reactor running, its own handlers in
                 os.kill(os.getpid(), signal.SIGINT)
                 await driver.sleep(20)
                 return "knocked"
@@ -59,6 +60,7 @@ class RunInReactorTests(SynchronousTestCase):
     def test_terminate_during_the_knock_ends_the_process_by_that_signal(self):
         done = run("""\
             async def slow(driver):
+                await driver.sleep(0.2)  # the reactor running, its own handlers in
                 os.kill(os.getpid(), signal.SIGTERM)
                 await driver.sleep(20)
                 return "knocked"
@@ -78,3 +80,17 @@ class RunInReactorTests(SynchronousTestCase):
             """)
         self.assertEqual(done.stdout.strip(), "knocked", done.stderr)
         self.assertIn("knocker: connected to the central port", done.stderr)
+
+    def test_an_ignored_interrupt_stays_ignored(self):
+        # A background job of a non-interactive shell: SIGINT ignored.
+        done = run("""\
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+            async def slow(driver):
+                await driver.sleep(0.2)
+                os.kill(os.getpid(), signal.SIGINT)
+                await driver.sleep(0.2)
+                return "knocked"
+            print(run_in_reactor(slow))
+            print(signal.getsignal(signal.SIGINT) == signal.SIG_IGN)
+            """)
+        self.assertEqual(done.stdout.split(), ["knocked", "True"], done.stderr)
