@@ -68,12 +68,17 @@ class StartupError(Exception):
     """
 
 
+class StartRefused(Exception):
+    """A refused start, in a daemon twistd has forked (its one-line message)."""
+
+
 class KnockServerService(service.Service):
     name = "knockserver"
 
     def __init__(self, config, reactor, runs_as: tuple[int, int] | None = None,
-                 early_reloads: list | None = None):
+                 early_reloads: list | None = None, daemonizes: bool = False):
         self.config = config
+        self.daemonizes = daemonizes  # twistd without -n: a refusal is told otherwise
         self._reactor = reactor
         #: C{(uid, gid)} twistd switches to once the service has started
         #: (C{--uid}), or C{None} if it stays this process's.
@@ -107,9 +112,15 @@ class KnockServerService(service.Service):
                 self._store.close()
             if self._lock is not None:
                 self._lock.release()
+            message = f"knockserver cannot start: {error}{closed}"
+            if self.daemonizes:
+                # twistd's daemon child tells its launcher only of an
+                # Exception (the launcher then prints it and exits 1): a
+                # SystemExit there left the launcher waiting for ever.
+                raise StartRefused(message) from error
             # SystemExit: twistd prints the one line and exits 1, where any
             # other exception would bury the cause in a traceback.
-            raise SystemExit(f"knockserver cannot start: {error}{closed}") from error
+            raise SystemExit(message) from error
         service.Service.privilegedStartService(self)
 
     def _close_left_doors(self) -> str:

@@ -113,5 +113,7 @@ def makeService(options, reactor=None):
 
     if reactor is None:
         from twisted.internet import reactor
+    twistd = getattr(options, "parent", None)
+    daemonizes = twistd is not None and not twistd.get("nodaemon", True)
     return KnockServerService(options.config, reactor, runs_as=getattr(options, "runs_as", None),
-                              early_reloads=reloads)
+                              early_reloads=reloads, daemonizes=daemonizes)

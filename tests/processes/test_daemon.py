@@ -317,6 +317,37 @@ class DaemonTests(SynchronousTestCase):
         self.assertIn("global, source", daemon.log())
         self.assertFalse(os.path.exists(self.audit))
 
+    def test_a_refused_start_without_n_ends_its_launcher(self):
+        """
+        twistd without -n (an init script, a start by hand): the daemon
+        child refuses to start (its central port taken), and the command
+        that launched it exits 1 saying so, rather than wait for ever.
+        """
+        taken = socket.create_server(("127.0.0.1", 0))
+        self.addCleanup(taken.close)
+        conf = write_config(
+            os.path.join(self.dir, "taken.conf"), "server",
+            central=f"tcp:{taken.getsockname()[1]}:interface=127.0.0.1", state_dir="state",
+            pool_size=40, pool_range="3000-9999", on_success=self.success,
+            audit_log="audit.log")
+        pidfile = os.path.join(self.dir, "twistd.pid")
+        logfile = os.path.join(self.dir, "twistd.log")
+        done = subprocess.run(
+            [*twistd_command(), f"--pidfile={pidfile}", f"--logfile={logfile}", "knockserver",
+             "--config", conf], cwd=self.dir, capture_output=True, text=True, timeout=60,
+            env=environment())
+        self.assertEqual(done.returncode, 1, done.stdout + done.stderr)
+        self.assertIn("StartRefused", done.stdout + done.stderr)
+        self.assertFalse(os.path.exists(pidfile), "no pid file naming a dead daemon")
+        deadline = time.monotonic() + 10  # the child may still be writing its log
+        while time.monotonic() < deadline:
+            with open(logfile) as handle:
+                if "knockserver cannot start" in handle.read():
+                    break
+            time.sleep(0.05)
+        else:
+            self.fail(f"no refusal in {logfile}")
+
     def test_readable_server_copy_refused_at_start(self):
         self.generate()
         copy = os.path.join(self.dir, "state", "clients", "alice.knock")
