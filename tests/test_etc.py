@@ -45,6 +45,22 @@ class ExampleConfigTests(SynchronousTestCase):
         self.assertEqual(text.count("\n# Built-in default:"), len(installed))
         self.assertEqual(set(SERVER_KEYS) - documented(path), set())
 
+    def test_the_unit_gives_the_closes_at_stop_their_time(self):
+        """
+        At stop the daemon runs every pending close, 8 at a time, each
+        within script-timeout; systemd's default 90 s would kill it and
+        them past 9 rounds, leaving those doors open.  The shipped unit
+        allows at least 50 rounds of the shipped script-timeout.
+        """
+        from knocker.daemon.closes import ACTIONS_AT_ONCE
+
+        with open(os.path.join(ETC, "knocker.service")) as handle:
+            found = re.search(r"^TimeoutStopSec=(\d+)min$", handle.read(), re.M)
+        self.assertIsNotNone(found, "TimeoutStopSec=<N>min in etc/knocker.service")
+        config = load_server_config(os.path.join(ETC, "knockserver.conf"))
+        self.assertGreaterEqual(int(found.group(1)) * 60, 50 * config.script_timeout)
+        self.assertEqual(ACTIONS_AT_ONCE, 8, "the unit's comment counts 8 at a time")
+
     def test_client_example(self):
         path = os.path.join(ETC, "knockclient.conf")
         config = load_client_config(path)
