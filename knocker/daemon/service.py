@@ -68,6 +68,25 @@ class StartupError(Exception):
     """
 
 
+def _listening_endpoint(reactor, key: str, description: str):
+    """
+    The server endpoint C{key = description} names, or L{StartupError}
+    naming the key: Twisted's own complaint (an unknown kind or option, a
+    port or backlog that is not a number, a TLS key file missing) would not
+    say which line of the configuration to fix.  TCP (tcp, tcp6, ssl)
+    alone: the daemon reports and compares port numbers.
+    """
+    kind = description.split(":", 1)[0].strip().lower()
+    if kind not in ("tcp", "tcp6", "ssl"):
+        raise StartupError(f"{key} = {description}: the daemon listens on tcp:, tcp6: or "
+                           f"ssl: endpoints, not {kind}:")
+    try:
+        return serverFromString(reactor, description)
+    except Exception as error:  # TypeError, ValueError, OSError, Twisted's own
+        raise StartupError(f"{key} = {description}: not an endpoint to listen on "
+                           f"({error})") from error
+
+
 class StartRefused(Exception):
     """A refused start, in a daemon twistd has forked (its one-line message)."""
 
@@ -276,6 +295,9 @@ class KnockServerService(service.Service):
             self.firewall = FirewallWatch(
                 reactor, runner, config.on_check, config.check_interval,
                 check_env(self.server.passed_env), audit, self.server.reopen_doors)
+        central_endpoint = _listening_endpoint(reactor, "central", config.central)
+        if config.admin:
+            _listening_endpoint(reactor, "admin", config.admin)  # judged before anything listens
         raise_descriptor_limit(len(pool) + config.max_connections + 256)
         self._spare = SpareDescriptor()
         for port in pool:
@@ -285,7 +307,7 @@ class KnockServerService(service.Service):
         central = CentralFactory(self.server, reactor, config.max_connections,
                                  config.handshake_timeout, precise_time=True)
         result = []
-        serverFromString(reactor, config.central).listen(central).addBoth(result.append)
+        central_endpoint.listen(central).addBoth(result.append)
         if not result:
             raise StartupError(f"central endpoint {config.central!r} did not listen at once")
         if isinstance(result[0], Failure):

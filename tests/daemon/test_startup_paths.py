@@ -179,6 +179,25 @@ class StartupPathTests(TestCase):
                      "move central", pool_range="30000-30009", pool_size=8,
                      central=f"tcp:{taken}:interface=127.0.0.1")
 
+    def test_an_endpoint_twisted_refuses_is_named_by_its_key_before_anything_listens(self):
+        """
+        Values the configuration's parser lets through but Twisted cannot
+        listen on: the refusal names the key and its value (not only
+        "Unknown endpoint type"), and comes before any port is bound.
+        """
+        for central, words in (
+            ("foo:bar", ("central = foo:bar", "tcp:, tcp6: or ssl:", "not foo:")),
+            ("unix:/tmp/knocker-central.sock", ("central = unix:", "not unix:")),
+            ("tcp:0:interface=127.0.0.1:bogus=1", ("central = tcp:0:interface=127.0.0.1:bogus=1:",
+                                                    "not an endpoint to listen on")),
+            ("tcp:0:backlog=x", ("central = tcp:0:backlog=x:", "not an endpoint")),
+        ):
+            with self.subTest(central=central):
+                self.refused(*words, central=central)
+        self.assertFalse(os.path.exists("/tmp/knocker-central.sock"))
+        self.refused("admin = tcp:0:interface=127.0.0.1:backlog=x:", "not an endpoint",
+                     admin="tcp:0:interface=127.0.0.1:backlog=x")
+
     def test_audit_folder_made_0700_when_its_parent_exists(self):
         audit = os.path.join(self.dir, "logs", "audit.log")
         self.start(audit_log=audit)
