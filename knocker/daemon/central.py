@@ -106,6 +106,7 @@ class CentralProtocol(LineOnlyReceiver):
         self._direct = False  # lines sent straight to the socket (see _write)
         self._closing = False  # the last line is out: what comes in is dropped
         self._answering = False  # from the PROOF until its answer is out
+        self._proof_read = False  # a PROOF came in this read: the rest of it is dropped
         self._fin = False  # the client's FIN came while answering
         self._waiting_step = None  # the answer waiting for its moment
         self._granted = False
@@ -124,7 +125,13 @@ class CentralProtocol(LineOnlyReceiver):
         # not joined to a buffer on every read (quadratic, and unbounded
         # for as long as the close takes).
         if not (self._closing or self._answering):
-            super().dataReceived(data)
+            try:
+                super().dataReceived(data)
+            finally:
+                # (an answer already out, synchronously, as SQLite's is, must
+                # not let the rest of the PROOF's read through: a fleet's,
+                # later, finds _answering set and drops it the same way)
+                self._proof_read = False
 
     def readConnectionLost(self) -> None:
         """
@@ -140,7 +147,7 @@ class CentralProtocol(LineOnlyReceiver):
         pass  # our FIN is sent with shutdown() on the socket, not through here
 
     def lineReceived(self, line: bytes):
-        if self._answering:
+        if self._answering or self._proof_read:
             return  # the rest of the packet that held the PROOF
         if self._exchange is not None or (self._handshake.client is None and is_enrol(line)):
             if self._waiting:
@@ -161,7 +168,7 @@ class CentralProtocol(LineOnlyReceiver):
         step = self._handshake.receive(line)
         if isinstance(step, shs.Judge):
             self._cancel_timer()
-            self._answering = True
+            self._answering = self._proof_read = True
             self._nonce = step.nonce
             proved_at = self._clock.seconds()
             try:

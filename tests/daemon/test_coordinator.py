@@ -157,6 +157,28 @@ class BadLineTests(SynchronousTestCase):
         h2.clock.advance(h2.config.knock_window + 1)
         self.assertEqual(h2.tracker_lockouts(), {})
 
+    def test_the_rest_of_the_proofs_read_is_dropped(self):
+        """
+        Bytes after the PROOF in the same read (a stray newline) are
+        dropped, as docs/protocol.md says, whether the state answers at
+        once (SQLite) or later (a fleet): not taken as a line after GRANT,
+        which would give the knock up.
+        """
+        h = Harness(self)
+        proto, transport = h.connect(IP)
+        proto.dataReceived(hs.format_hello("alice"))
+        challenge = hs.parse_reply(transport.value().rstrip(b"\n"))
+        transport.clear()
+        proof = hs.format_proof(hs.hello_mac(h.files["alice"].secret, "alice", challenge.nonce))
+        proto.dataReceived(proof + b"\n")
+        grant = hs.parse_reply(transport.value().rstrip(b"\n"))
+        self.assertIsInstance(grant, hs.Grant)
+        self.assertEqual(h.audit.of("fail"), [])
+        transport.clear()
+        for port in h.files["alice"].knock(grant.index):
+            h.hit(IP, port)
+        self.assertEqual(transport.value(), b"OPEN\n")
+
     def test_connection_bound(self):
         h = Harness(self, max_connections=2)
         h.connect()
