@@ -36,6 +36,7 @@ from knocker.daemon.coordinator import KnockServer
 from knocker.daemon.firewall import FirewallWatch
 from knocker.daemon.paths import check_paths, check_state_trusted
 from knocker.daemon.poolport import PoolPort, SpareDescriptor
+from knocker.daemon.privileges import acting_as, as_root
 from knocker.files import ensure_private_dir
 from knocker.state.book import ClientBook
 from knocker.state.lock import StateLock
@@ -120,7 +121,8 @@ class KnockServerService(service.Service):
 
     def privilegedStartService(self):
         try:
-            self._start()
+            with acting_as(self.runs_as):  # see knocker.daemon.privileges
+                self._start()
         except Exception as error:
             self._stop_listening()
             try:
@@ -295,19 +297,21 @@ class KnockServerService(service.Service):
             self.firewall = FirewallWatch(
                 reactor, runner, config.on_check, config.check_interval,
                 check_env(self.server.passed_env), audit, self.server.reopen_doors)
-        central_endpoint = _listening_endpoint(reactor, "central", config.central)
-        if config.admin:
-            _listening_endpoint(reactor, "admin", config.admin)  # judged before anything listens
-        raise_descriptor_limit(len(pool) + config.max_connections + 256)
-        self._spare = SpareDescriptor()
-        for port in pool:
-            listener = PoolPort(reactor, port, config.interface, self.server.hit, self._spare)
-            self.pool_ports.append(listener)
-            listener.startListening()
-        central = CentralFactory(self.server, reactor, config.max_connections,
-                                 config.handshake_timeout, precise_time=True)
-        result = []
-        central_endpoint.listen(central).addBoth(result.append)
+        with as_root():  # the ports, the descriptor limit, a TLS key only root reads
+            central_endpoint = _listening_endpoint(reactor, "central", config.central)
+            if config.admin:  # judged before anything listens
+                _listening_endpoint(reactor, "admin", config.admin)
+            raise_descriptor_limit(len(pool) + config.max_connections + 256)
+            self._spare = SpareDescriptor()
+            for port in pool:
+                listener = PoolPort(reactor, port, config.interface, self.server.hit,
+                                    self._spare)
+                self.pool_ports.append(listener)
+                listener.startListening()
+            central = CentralFactory(self.server, reactor, config.max_connections,
+                                     config.handshake_timeout, precise_time=True)
+            result = []
+            central_endpoint.listen(central).addBoth(result.append)
         if not result:
             raise StartupError(f"central endpoint {config.central!r} did not listen at once")
         if isinstance(result[0], Failure):

@@ -122,15 +122,68 @@ class StartupPathTests(TestCase):
         with open(close, "w") as handle:
             handle.write(f"#!/bin/sh\nid -u > {ran_as}\n")
         os.chmod(close, 0o755)
-        state = os.path.join(self.dir, "state")
-        self.start(on_close=close).stopService()
+        state = os.path.join(shared, "state")
+        self.start(state_dir=state, on_close=close).stopService()
         self.crash_left_a_close_and_a_damaged_file(state)
+        for folder, _, names in os.walk(state):  # the daemon's user's, as it must be
+            for path in [folder] + [os.path.join(folder, name) for name in names]:
+                os.lchown(path, nobody.pw_uid, nobody.pw_gid)
         service = KnockServerService(server_config(state, central="tcp:0", on_close=close),
                                      MemoryReactorClock(), runs_as=(nobody.pw_uid, nobody.pw_gid))
         error = self.assertRaises(SystemExit, service.privilegedStartService)
         self.assertIn("on-close closed 1", str(error))
         with open(ran_as) as handle:
             self.assertEqual(handle.read().strip(), str(nobody.pw_uid))
+
+    def test_with_twistds_uid_the_start_makes_its_files_as_that_user(self):
+        """
+        twistd --uid starts the service as root: its state, lock and
+        audit log are made as the user it switches to (root's files would
+        be unwritable after the switch), and a link that user planted in
+        its own folder is not followed by root to a root file.
+        """
+        from twisted.trial.unittest import SkipTest
+
+        if os.geteuid() != 0:
+            raise SkipTest("switching to another user takes root (CI runs the suite as root)")
+        import shutil
+        import tempfile
+
+        nobody = pwd.getpwnam("nobody")
+        runs_as = (nobody.pw_uid, nobody.pw_gid)
+        shared = tempfile.mkdtemp(prefix="knocker-runs-as-")
+        self.addCleanup(shutil.rmtree, shared, ignore_errors=True)
+        os.chmod(shared, 0o755)
+        state = os.path.join(shared, "state")
+        os.mkdir(state, 0o700)
+        os.chown(state, *runs_as)
+        audit = os.path.join(state, "audit.log")
+        service = KnockServerService(
+            server_config(state, central="tcp:0", audit_log=audit), MemoryReactorClock(),
+            runs_as=runs_as)
+        service.privilegedStartService()
+        service.stopService()
+        for name in ("state.sqlite", "daemon.lock", "audit.log"):
+            self.assertEqual(os.stat(os.path.join(state, name)).st_uid, nobody.pw_uid, name)
+        self.assertEqual(os.geteuid(), 0, "root again after the start")
+
+        victim = os.path.join(shared, "root-file")
+        with open(victim, "w") as handle:
+            handle.write("important\n")
+        os.remove(os.path.join(state, "daemon.lock"))
+        os.symlink(victim, os.path.join(state, "daemon.lock"))
+        os.lchown(os.path.join(state, "daemon.lock"), *runs_as)
+        service = KnockServerService(
+            server_config(state, central="tcp:0", audit_log=audit), MemoryReactorClock(),
+            runs_as=runs_as)
+        try:
+            service.privilegedStartService()
+        except SystemExit:
+            pass  # refused: the lock could not be taken
+        else:
+            service.stopService()
+        with open(victim) as handle:
+            self.assertEqual(handle.read(), "important\n")
 
     def test_a_start_refused_for_the_lock_runs_no_close(self):
         """The other daemon holding the state has those doors open on purpose."""
