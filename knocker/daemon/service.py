@@ -246,13 +246,14 @@ class KnockServerService(service.Service):
             book = self._open_database(config)
             pool = book.pool
         else:
+            # The lock first: a second daemon must not touch the state at all.
+            self._lock = StateLock(config.state_dir)
+            self._lock.acquire()
             try:
                 self._store = SQLiteStore(config.state_dir, busy_timeout=DAEMON_BUSY_TIMEOUT)
             except Exception as error:
                 raise StartupError(f"state-dir = {config.state_dir}: cannot open the state: "
                                    f"{error}") from error
-            self._lock = StateLock(config.state_dir)
-            self._lock.acquire()
             pool = ensure_pool(self._store, config)
             book = ClientBook(config.state_dir, pool)
             book.load()

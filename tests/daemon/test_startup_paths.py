@@ -185,6 +185,22 @@ class StartupPathTests(TestCase):
         with open(victim) as handle:
             self.assertEqual(handle.read(), "important\n")
 
+    def test_a_second_daemon_touches_no_state(self):
+        """
+        The lock is taken before the state is opened: a second daemon on
+        the same state-dir does not create or write the database the
+        first one uses (here: not yet made) before it learns of the lock.
+        """
+        from knocker.state.lock import StateLock
+
+        state = os.path.join(self.dir, "state")
+        os.mkdir(state, 0o700)
+        first = StateLock(state)
+        first.acquire()
+        self.addCleanup(first.release)
+        self.refused("another knockserver", state_dir=state)
+        self.assertFalse(os.path.exists(os.path.join(state, "state.sqlite")))
+
     def test_a_start_refused_for_the_lock_runs_no_close(self):
         """The other daemon holding the state has those doors open on purpose."""
         from knocker.state.lock import StateLock
