@@ -129,9 +129,12 @@ class CentralProtocol(LineOnlyReceiver):
                 super().dataReceived(data)
             finally:
                 # (an answer already out, synchronously, as SQLite's is, must
-                # not let the rest of the PROOF's read through: a fleet's,
-                # later, finds _answering set and drops it the same way)
-                self._proof_read = False
+                # not let the rest of the PROOF's read through, a part line
+                # left in the buffer included: a fleet's, later, finds
+                # _answering set and drops it the same way)
+                if self._proof_read:
+                    self._buffer = b""
+                    self._proof_read = False
 
     def readConnectionLost(self) -> None:
         """
@@ -298,7 +301,7 @@ class CentralProtocol(LineOnlyReceiver):
         self._end_exchange()
 
     def lineLengthExceeded(self, line):
-        if self._answering:
+        if self._answering or self._proof_read:
             self._buffer = b""  # LineOnlyReceiver's, past the PROOF
             return
         step = self._handshake.fault("line-too-long")

@@ -170,7 +170,8 @@ class BadLineTests(SynchronousTestCase):
         challenge = hs.parse_reply(transport.value().rstrip(b"\n"))
         transport.clear()
         proof = hs.format_proof(hs.hello_mac(h.files["alice"].secret, "alice", challenge.nonce))
-        proto.dataReceived(proof + b"\n")
+        proto.dataReceived(proof + b"\n" + b"x" * 600)  # an empty line, an over-long part
+        self.assertEqual(transport.value().count(b"\n"), 1, transport.value())
         grant = hs.parse_reply(transport.value().rstrip(b"\n"))
         self.assertIsInstance(grant, hs.Grant)
         self.assertEqual(h.audit.of("fail"), [])
