@@ -17,6 +17,7 @@ descriptors through the console, nor hold its connections by sending
 slowly, nor keep the operator out by holding them.
 """
 
+from contextlib import nullcontext
 from io import BytesIO
 
 from twisted.internet.defer import gatherResults, maybeDeferred
@@ -441,19 +442,27 @@ class ConsoleService:
     def timed(self, runner):
         return self.metrics.timed(runner, self.config)
 
-    def listen(self, server, audit) -> int:
+    def listen(self, server, audit, endpoint=None, privileged=None) -> int:
         """
         Serve the console; return the port.  Raises L{ValueError} naming
         C{admin} when it cannot listen.
+
+        @param endpoint: the C{admin} endpoint, built already (by root,
+            whose TLS key it may be); else built here.
+        @param privileged: a context manager to bind within (root's, under
+            twistd --uid: a port below 1024); the rest, the credentials
+            file above all, is done as whoever runs this.
         """
         self.metrics.attach(server)
         console = Console(server, self.config, audit, self._reactor, self._wall,
                           self.credentials, Sessions(self._reactor), self.bus, self.activity,
                           self.metrics, blocking=deferToThread)
         site = QuietSite(console, timeout=IDLE_SECONDS, reactor=self._reactor)
+        if endpoint is None:
+            endpoint = serverFromString(self._reactor, self.config.admin)
         try:
-            self.port = _listen_now(serverFromString(self._reactor, self.config.admin),
-                                    ConnectionLimit(site))
+            with privileged() if privileged is not None else nullcontext():
+                self.port = _listen_now(endpoint, ConnectionLimit(site))
         except ListenFailed as failed:
             raise ValueError(f"admin = {self.config.admin}: {failed}") from None
         kind, host, _ = admin_endpoint(self.config.admin)

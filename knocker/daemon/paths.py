@@ -48,6 +48,15 @@ def _install(folder: str) -> str:
     return f"install -d -m 0700 -o {user} -g {user} {folder}"
 
 
+def _can(path: str, mode: int) -> bool:
+    """
+    C{os.access} for the effective ids: under twistd --uid the start runs
+    with the daemon's user's effective ids while the real uid is still
+    root's, to whom everything is allowed.
+    """
+    return os.access(path, mode, effective_ids=os.access in os.supports_effective_ids)
+
+
 def check_state_dir(state_dir: str) -> None:
     key = f"state-dir = {state_dir}"
     if not os.path.isdir(state_dir):
@@ -60,14 +69,14 @@ def check_state_dir(state_dir: str) -> None:
                 f"{key}: missing, and {_who()} cannot create it ({error.strerror}); create it "
                 f"for the daemon's user ({_install(state_dir)}) or set state-dir"
             ) from None
-    if not os.access(state_dir, os.R_OK | os.W_OK | os.X_OK):
+    if not _can(state_dir, os.R_OK | os.W_OK | os.X_OK):
         raise PathError(f"{key}: {_who()} cannot read and write it; {_owner_hint(state_dir)}")
     for name in ("state.sqlite", "state.sqlite-wal", "state.sqlite-shm", "daemon.lock"):
         path = os.path.join(state_dir, name)
-        if os.path.exists(path) and not os.access(path, os.R_OK | os.W_OK):
+        if os.path.exists(path) and not _can(path, os.R_OK | os.W_OK):
             raise PathError(f"{key}: {_who()} cannot write {path}; {_owner_hint(state_dir)}")
     clients = os.path.join(state_dir, "clients")
-    if os.path.isdir(clients) and not os.access(clients, os.R_OK | os.X_OK):
+    if os.path.isdir(clients) and not _can(clients, os.R_OK | os.X_OK):
         raise PathError(f"{key}: {_who()} cannot read {clients}; {_owner_hint(state_dir)}")
 
 
@@ -94,9 +103,9 @@ def check_audit_log(path: str, configured: bool) -> None:
                 f"({error.strerror}); create it ({_install(folder)}) or set audit-log"
             ) from None
     if os.path.exists(path):
-        if not os.access(path, os.W_OK):
+        if not _can(path, os.W_OK):
             raise PathError(f"{key}: {_who()} cannot write it; {_owner_hint(path)}")
-    elif not os.access(folder, os.W_OK | os.X_OK):
+    elif not _can(folder, os.W_OK | os.X_OK):
         raise PathError(f"{key}: {_who()} cannot create files in {folder}; "
                         f"{_owner_hint(folder)}")
 

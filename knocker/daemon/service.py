@@ -92,6 +92,9 @@ class StartRefused(Exception):
     """A refused start, in a daemon twistd has forked (its one-line message)."""
 
 
+StartRefused.__module__ = "builtins"  # its name alone before the reason, in twistd's 100 bytes
+
+
 class KnockServerService(service.Service):
     name = "knockserver"
 
@@ -137,8 +140,11 @@ class KnockServerService(service.Service):
             if self.daemonizes:
                 # twistd's daemon child tells its launcher only of an
                 # Exception (the launcher then prints it and exits 1): a
-                # SystemExit there left the launcher waiting for ever.
-                raise StartRefused(message) from error
+                # SystemExit there left the launcher waiting for ever.  The
+                # launcher shows 100 bytes: the reason first; the log has
+                # the whole line.
+                log.error("{message}", message=message)
+                raise StartRefused(f"{error}{closed}") from None
             # SystemExit: twistd prints the one line and exits 1, where any
             # other exception would bury the cause in a traceback.
             raise SystemExit(message) from error
@@ -170,7 +176,11 @@ class KnockServerService(service.Service):
         audit, opened_here = self._audit, False
         if audit is None:  # refused before it was opened: opened for these lines
             try:
-                audit = AuditLog(self.config.audit_path, self._reactor, wall=time.time)
+                # As the daemon's user, as the start opens it (no link of
+                # theirs followed as root); the programs below are run as
+                # that user by run_blocking, from root's real ids.
+                with acting_as(self.runs_as):
+                    audit = AuditLog(self.config.audit_path, self._reactor, wall=time.time)
                 opened_here = True
             except OSError:
                 pass  # (the refusal may be about the audit log itself)
@@ -248,7 +258,11 @@ class KnockServerService(service.Service):
         else:
             # The lock first: a second daemon must not touch the state at all.
             self._lock = StateLock(config.state_dir)
-            self._lock.acquire()
+            try:
+                self._lock.acquire()
+            except OSError as error:  # (StateError: another daemon holds it, says so)
+                raise StartupError(f"state-dir = {config.state_dir}: cannot take its lock "
+                                   f"({error})") from error
             try:
                 self._store = SQLiteStore(config.state_dir, busy_timeout=DAEMON_BUSY_TIMEOUT)
             except Exception as error:
@@ -300,8 +314,9 @@ class KnockServerService(service.Service):
                 check_env(self.server.passed_env), audit, self.server.reopen_doors)
         with as_root():  # the ports, the descriptor limit, a TLS key only root reads
             central_endpoint = _listening_endpoint(reactor, "central", config.central)
-            if config.admin:  # judged before anything listens
-                _listening_endpoint(reactor, "admin", config.admin)
+            admin_endpoint = None
+            if config.admin:  # judged before anything listens, bound below
+                admin_endpoint = _listening_endpoint(reactor, "admin", config.admin)
             raise_descriptor_limit(len(pool) + config.max_connections + 256)
             self._spare = SpareDescriptor()
             for port in pool:
@@ -329,7 +344,8 @@ class KnockServerService(service.Service):
         admin_port = None
         if self.console is not None:
             try:
-                admin_port = self.console.listen(self.server, audit)
+                admin_port = self.console.listen(self.server, audit, admin_endpoint,
+                                                 privileged=as_root)
             except ValueError as error:
                 raise StartupError(str(error)) from error
         self._step_watch = ClockStepWatch(reactor, time.time, self._clock_stepped)

@@ -142,21 +142,8 @@ class StartupPathTests(TestCase):
         be unwritable after the switch), and a link that user planted in
         its own folder is not followed by root to a root file.
         """
-        from twisted.trial.unittest import SkipTest
-
-        if os.geteuid() != 0:
-            raise SkipTest("switching to another user takes root (CI runs the suite as root)")
-        import shutil
-        import tempfile
-
+        runs_as, shared, state = self.runs_as_nobody()
         nobody = pwd.getpwnam("nobody")
-        runs_as = (nobody.pw_uid, nobody.pw_gid)
-        shared = tempfile.mkdtemp(prefix="knocker-runs-as-")
-        self.addCleanup(shutil.rmtree, shared, ignore_errors=True)
-        os.chmod(shared, 0o755)
-        state = os.path.join(shared, "state")
-        os.mkdir(state, 0o700)
-        os.chown(state, *runs_as)
         audit = os.path.join(state, "audit.log")
         service = KnockServerService(
             server_config(state, central="tcp:0", audit_log=audit), MemoryReactorClock(),
@@ -184,6 +171,94 @@ class StartupPathTests(TestCase):
             service.stopService()
         with open(victim) as handle:
             self.assertEqual(handle.read(), "important\n")
+
+    def runs_as_nobody(self):
+        """(uid, gid) of nobody, and a state-dir of theirs in a folder they may enter."""
+        from twisted.trial.unittest import SkipTest
+
+        if os.geteuid() != 0:
+            raise SkipTest("switching to another user takes root (CI runs the suite as root)")
+        import shutil
+        import tempfile
+
+        # A start as root first, for the modules a start imports: this
+        # machine's Python may live where nobody can read (a deployment's
+        # cannot: the daemon runs as that user).
+        self.start(state_dir=os.path.join(self.dir, "warm")).stopService()
+        nobody = pwd.getpwnam("nobody")
+        shared = tempfile.mkdtemp(prefix="knocker-runs-as-")
+        self.addCleanup(shutil.rmtree, shared, ignore_errors=True)
+        os.chmod(shared, 0o755)
+        state = os.path.join(shared, "state")
+        os.mkdir(state, 0o700)
+        os.chown(state, nobody.pw_uid, nobody.pw_gid)
+        return (nobody.pw_uid, nobody.pw_gid), shared, state
+
+    def test_a_refused_start_opens_the_audit_log_as_twistds_user_too(self):
+        """
+        A start refused before the audit log was opened opens it for the
+        closes' lines: as the daemon's user too, so that a log made then is
+        theirs (and no link of theirs is followed as root).
+        """
+        runs_as, shared, state = self.runs_as_nobody()
+        close = os.path.join(shared, "on-close")
+        with open(close, "w") as handle:
+            handle.write("#!/bin/sh\nexit 0\n")
+        os.chmod(close, 0o755)
+        audit = os.path.join(state, "audit.log")
+        service = KnockServerService(
+            server_config(state, central="tcp:0", on_close=close, audit_log=audit),
+            MemoryReactorClock(), runs_as=runs_as)
+        service.privilegedStartService()
+        service.stopService()
+        self.crash_left_a_close_and_a_damaged_file(state)
+        for folder, _, names in os.walk(state):  # (the closes' store and files, theirs)
+            for path in [folder] + [os.path.join(folder, name) for name in names]:
+                os.lchown(path, *runs_as)
+        os.remove(audit)  # moved away by logrotate, say
+        service = KnockServerService(
+            server_config(state, central="tcp:0", on_close=close, audit_log=audit),
+            MemoryReactorClock(), runs_as=runs_as)
+        error = self.assertRaises(SystemExit, service.privilegedStartService)
+        self.assertIn("on-close closed 1", str(error))
+        # Root's, it would refuse every later start (the daemon could not write it).
+        self.assertEqual(os.stat(audit).st_uid, runs_as[0])
+
+    def test_files_left_root_s_by_an_earlier_start_are_named_with_the_mend(self):
+        """
+        Upgrading from a start that made the state as root: the files the
+        daemon's user cannot write are named with the chown that mends
+        them (the check judged root's real ids, to whom all is allowed).
+        """
+        runs_as, shared, state = self.runs_as_nobody()
+        lock = os.path.join(state, "daemon.lock")
+        open(lock, "w").close()  # root's, 0644
+        service = KnockServerService(server_config(state, central="tcp:0"),
+                                     MemoryReactorClock(), runs_as=runs_as)
+        error = self.assertRaises(SystemExit, service.privilegedStartService)
+        self.assertIn(f"cannot write {lock}", str(error))
+        self.assertIn("chown -R", str(error))
+
+    def test_with_twistds_uid_a_console_key_only_root_reads_still_serves(self):
+        """
+        The admin endpoint is built, and bound, as root, as the central
+        one is: a TLS key only root may read (a port below 1024) is no
+        reason for the console not to start under twistd --uid.
+        """
+        from tests.network.tls import make_ca, make_server
+
+        runs_as, shared, state = self.runs_as_nobody()
+        keys = os.path.join(shared, "keys")
+        os.mkdir(keys, 0o700)  # root's alone
+        files = make_server(keys, make_ca(keys))
+        admin = f"ssl:0:interface=127.0.0.1:privateKey={files.key_path}:certKey={files.cert_path}"
+        # The console's modules too (see runs_as_nobody).
+        self.start(state_dir=os.path.join(self.dir, "warm-console"), admin=admin).stopService()
+        service = KnockServerService(server_config(state, central="tcp:0", admin=admin),
+                                     MemoryReactorClock(), runs_as=runs_as)
+        service.privilegedStartService()
+        self.addCleanup(service.stopService)
+        self.assertIsNotNone(service.console.port)
 
     def test_a_second_daemon_touches_no_state(self):
         """
