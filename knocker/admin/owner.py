@@ -19,7 +19,7 @@ import stat
 
 #: What knocker keeps in a state directory (and the daemon must read or write).
 STATE_FILES = ("state.sqlite", "state.sqlite-wal", "state.sqlite-shm", "state.sqlite-journal",
-               "daemon.lock", "audit.log", "clients")
+               "daemon.lock", "audit.log", "clients", "console")
 
 
 class StateOwner:

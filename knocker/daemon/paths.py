@@ -38,7 +38,7 @@ def _who() -> str:
     return _name(os.geteuid())
 
 
-def _owner_hint(path: str) -> str:
+def owner_hint(path: str) -> str:
     return f"chown it to the daemon's user (the unit's User=), e.g. chown -R {_user()}: {path}"
 
 
@@ -50,11 +50,30 @@ def _install(folder: str) -> str:
 
 def _can(path: str, mode: int) -> bool:
     """
-    C{os.access} for the effective ids: under twistd --uid the start runs
-    with the daemon's user's effective ids while the real uid is still
-    root's, to whom everything is allowed.
+    C{os.access}, but for the effective ids when they are not the real
+    ones: under twistd --uid the start runs with the daemon's user's
+    effective ids while the real uid is still root's, to whom everything
+    is allowed.  Judged from the mode bits then (ACLs aside, as README
+    says), not with faccessat2, which older kernels and C libraries lack
+    (glibc then quietly judges the real ids) and older seccomp profiles
+    refuse.
     """
-    return os.access(path, mode, effective_ids=os.access in os.supports_effective_ids)
+    euid = os.geteuid()
+    if euid == os.getuid():
+        return os.access(path, mode)
+    try:
+        st = os.stat(path)
+    except OSError:
+        return False
+    if euid == 0:
+        return True
+    if st.st_uid == euid:
+        bits = st.st_mode >> 6
+    elif st.st_gid == os.getegid() or st.st_gid in os.getgroups():
+        bits = st.st_mode >> 3
+    else:
+        bits = st.st_mode
+    return bits & mode & 0o7 == mode
 
 
 def check_state_dir(state_dir: str) -> None:
@@ -70,14 +89,17 @@ def check_state_dir(state_dir: str) -> None:
                 f"for the daemon's user ({_install(state_dir)}) or set state-dir"
             ) from None
     if not _can(state_dir, os.R_OK | os.W_OK | os.X_OK):
-        raise PathError(f"{key}: {_who()} cannot read and write it; {_owner_hint(state_dir)}")
+        raise PathError(f"{key}: {_who()} cannot read and write it; {owner_hint(state_dir)}")
     for name in ("state.sqlite", "state.sqlite-wal", "state.sqlite-shm", "daemon.lock"):
         path = os.path.join(state_dir, name)
         if os.path.exists(path) and not _can(path, os.R_OK | os.W_OK):
-            raise PathError(f"{key}: {_who()} cannot write {path}; {_owner_hint(state_dir)}")
+            raise PathError(f"{key}: {_who()} cannot write {path}; {owner_hint(state_dir)}")
     clients = os.path.join(state_dir, "clients")
     if os.path.isdir(clients) and not _can(clients, os.R_OK | os.X_OK):
-        raise PathError(f"{key}: {_who()} cannot read {clients}; {_owner_hint(state_dir)}")
+        raise PathError(f"{key}: {_who()} cannot read {clients}; {owner_hint(state_dir)}")
+    console = os.path.join(state_dir, "console")  # the console's credentials
+    if os.path.isdir(console) and not _can(console, os.R_OK | os.W_OK | os.X_OK):
+        raise PathError(f"{key}: {_who()} cannot write {console}; {owner_hint(state_dir)}")
 
 
 def check_audit_log(path: str, configured: bool) -> None:
@@ -104,10 +126,10 @@ def check_audit_log(path: str, configured: bool) -> None:
             ) from None
     if os.path.exists(path):
         if not _can(path, os.W_OK):
-            raise PathError(f"{key}: {_who()} cannot write it; {_owner_hint(path)}")
+            raise PathError(f"{key}: {_who()} cannot write it; {owner_hint(path)}")
     elif not _can(folder, os.W_OK | os.X_OK):
         raise PathError(f"{key}: {_who()} cannot create files in {folder}; "
-                        f"{_owner_hint(folder)}")
+                        f"{owner_hint(folder)}")
 
 
 def check_executable(key: str, path: str | None) -> None:

@@ -34,7 +34,7 @@ from knocker.daemon.central import CentralFactory
 from knocker.daemon.clock import ClockStepWatch, WallTime, use_monotonic_time
 from knocker.daemon.coordinator import KnockServer
 from knocker.daemon.firewall import FirewallWatch
-from knocker.daemon.paths import check_paths, check_state_trusted
+from knocker.daemon.paths import check_paths, check_state_trusted, owner_hint
 from knocker.daemon.poolport import PoolPort, SpareDescriptor
 from knocker.daemon.privileges import acting_as, as_root
 from knocker.files import ensure_private_dir
@@ -127,7 +127,8 @@ class KnockServerService(service.Service):
             with acting_as(self.runs_as):  # see knocker.daemon.privileges
                 self._start()
         except Exception as error:
-            self._stop_listening()
+            with acting_as(self.runs_as):  # (the console's files are the user's: no link followed)
+                self._stop_listening()
             try:
                 closed = self._close_left_doors()
             except Exception as failure:  # the refusal must still say why, and let go
@@ -258,11 +259,7 @@ class KnockServerService(service.Service):
         else:
             # The lock first: a second daemon must not touch the state at all.
             self._lock = StateLock(config.state_dir)
-            try:
-                self._lock.acquire()
-            except OSError as error:  # (StateError: another daemon holds it, says so)
-                raise StartupError(f"state-dir = {config.state_dir}: cannot take its lock "
-                                   f"({error})") from error
+            self._take_lock(config)
             try:
                 self._store = SQLiteStore(config.state_dir, busy_timeout=DAEMON_BUSY_TIMEOUT)
             except Exception as error:
@@ -348,6 +345,9 @@ class KnockServerService(service.Service):
                                                  privileged=as_root)
             except ValueError as error:
                 raise StartupError(str(error)) from error
+            except OSError as error:  # its credentials in the state-dir
+                raise StartupError(f"state-dir = {config.state_dir}: the console's files: "
+                                   f"{error}; {owner_hint(config.state_dir)}") from error
         self._step_watch = ClockStepWatch(reactor, time.time, self._clock_stepped)
         self._step_watch.start()
         address = self.central_port.getHost()
@@ -377,10 +377,11 @@ class KnockServerService(service.Service):
                 "own name (gateway = gw-1), the same across restarts (docs/fleet.md)")
         ensure_private_dir(config.state_dir)
         self._lock = StateLock(config.state_dir)
-        self._lock.acquire()
+        self._take_lock(config)
         raw = None
         try:
-            key = load_key(config.database_key_file)
+            with as_root():  # read once, at start: it may be root's alone, as a TLS key
+                key = load_key(config.database_key_file)
             raw = PostgresStore(config.database, key, config.gateway)
             raw.hold_gateway()
             raw.check_key()
@@ -450,6 +451,13 @@ class KnockServerService(service.Service):
             self._lock.release()
             self._lock = None
         return None
+
+    def _take_lock(self, config) -> None:
+        try:
+            self._lock.acquire()
+        except OSError as error:  # (StateError: another daemon holds it, says so)
+            raise StartupError(f"state-dir = {config.state_dir}: cannot take its lock "
+                               f"({error}); {owner_hint(config.state_dir)}") from error
 
     def _stop_listening(self):
         ports = self.pool_ports + ([self.central_port] if self.central_port else [])

@@ -260,6 +260,39 @@ class StartupPathTests(TestCase):
         self.addCleanup(service.stopService)
         self.assertIsNotNone(service.console.port)
 
+    def test_a_refused_start_follows_no_link_of_the_users_to_clean_up(self):
+        """
+        The console's folder in the state-dir is the user's: a link there
+        to a root folder (which also refuses the start: the user cannot
+        write there) must not get root to delete that folder's daemon.json
+        as the refused start cleans up.
+        """
+        admin = "tcp:0:interface=127.0.0.1"
+        self.start(state_dir=os.path.join(self.dir, "warm-console"), admin=admin).stopService()
+        runs_as, shared, state = self.runs_as_nobody()
+        elsewhere = os.path.join(shared, "etc-something")
+        os.mkdir(elsewhere, 0o755)
+        precious = os.path.join(elsewhere, "daemon.json")
+        with open(precious, "w") as handle:
+            handle.write("{}\n")
+        os.symlink(elsewhere, os.path.join(state, "console"))
+        os.lchown(os.path.join(state, "console"), *runs_as)
+        service = KnockServerService(server_config(state, central="tcp:0", admin=admin),
+                                     MemoryReactorClock(), runs_as=runs_as)
+        self.assertRaises(SystemExit, service.privilegedStartService)
+        self.assertTrue(os.path.exists(precious), "root deleted a file through the user's link")
+
+    def test_a_console_folder_left_roots_is_named_with_the_mend(self):
+        admin = "tcp:0:interface=127.0.0.1"
+        self.start(state_dir=os.path.join(self.dir, "warm-console"), admin=admin).stopService()
+        runs_as, shared, state = self.runs_as_nobody()
+        os.mkdir(os.path.join(state, "console"), 0o700)  # root's, from a start as root
+        service = KnockServerService(server_config(state, central="tcp:0", admin=admin),
+                                     MemoryReactorClock(), runs_as=runs_as)
+        error = self.assertRaises(SystemExit, service.privilegedStartService)
+        self.assertIn("console", str(error))
+        self.assertIn("chown -R", str(error))
+
     def test_a_second_daemon_touches_no_state(self):
         """
         The lock is taken before the state is opened: a second daemon on
