@@ -61,16 +61,17 @@ class StateOwner:
         try:
             changed += [os.path.join(self.state_dir, name) for name in STATE_FILES
                         if self._give(top, name)]
-            try:
-                clients = os.open("clients", os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
-                                  | os.O_CLOEXEC, dir_fd=top)
-            except OSError:
-                return changed
-            try:
-                changed += [os.path.join(self.state_dir, "clients", name)
-                            for name in sorted(os.listdir(clients)) if self._give(clients, name)]
-            finally:
-                os.close(clients)
+            for folder in ("clients", "console"):  # and what each holds
+                try:
+                    inner = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
+                                    | os.O_CLOEXEC, dir_fd=top)
+                except OSError:
+                    continue
+                try:
+                    changed += [os.path.join(self.state_dir, folder, name)
+                                for name in sorted(os.listdir(inner)) if self._give(inner, name)]
+                finally:
+                    os.close(inner)
         finally:
             os.close(top)
         return changed

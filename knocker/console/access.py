@@ -142,10 +142,20 @@ class Credentials:
         return token
 
     def unpublish(self) -> None:
+        """
+        Remove C{daemon.json} (the daemon at stop).  One it may not remove
+        (the folder swapped for someone else's) is left and said: the stop
+        goes on.
+        """
         try:
             os.unlink(self._path("daemon.json"))
         except FileNotFoundError:
             pass
+        except OSError as error:
+            from twisted.logger import Logger
+
+            Logger().warn("console: cannot remove {path} ({error})",
+                          path=self._path("daemon.json"), error=error.strerror)
 
     def daemon(self) -> dict | None:
         """

@@ -76,6 +76,11 @@ def _can(path: str, mode: int) -> bool:
     return bits & mode & 0o7 == mode
 
 
+def readable(path: str) -> bool:
+    """Whether this process, by its effective ids, may read C{path}."""
+    return _can(path, os.R_OK)
+
+
 def check_state_dir(state_dir: str) -> None:
     key = f"state-dir = {state_dir}"
     if not os.path.isdir(state_dir):

@@ -14,8 +14,10 @@ set, L{knocker.daemon.firewall.FirewallWatch} puts the firewall back when
 something around the daemon removed it.
 """
 
+import os
 import signal
 import time
+from contextlib import nullcontext
 
 from twisted.application import service
 from twisted.internet import threads
@@ -34,7 +36,7 @@ from knocker.daemon.central import CentralFactory
 from knocker.daemon.clock import ClockStepWatch, WallTime, use_monotonic_time
 from knocker.daemon.coordinator import KnockServer
 from knocker.daemon.firewall import FirewallWatch
-from knocker.daemon.paths import check_paths, check_state_trusted, owner_hint
+from knocker.daemon.paths import check_paths, check_state_trusted, owner_hint, readable
 from knocker.daemon.poolport import PoolPort, SpareDescriptor
 from knocker.daemon.privileges import acting_as, as_root
 from knocker.files import ensure_private_dir
@@ -127,8 +129,11 @@ class KnockServerService(service.Service):
             with acting_as(self.runs_as):  # see knocker.daemon.privileges
                 self._start()
         except Exception as error:
-            with acting_as(self.runs_as):  # (the console's files are the user's: no link followed)
-                self._stop_listening()
+            try:
+                with acting_as(self.runs_as):  # (the console's files are the user's)
+                    self._stop_listening()
+            except Exception:  # the refusal must still say why, and let go of the rest
+                log.failure("stopping what the refused start had begun")
             try:
                 closed = self._close_left_doors()
             except Exception as failure:  # the refusal must still say why, and let go
@@ -380,7 +385,11 @@ class KnockServerService(service.Service):
         self._take_lock(config)
         raw = None
         try:
-            with as_root():  # read once, at start: it may be root's alone, as a TLS key
+            # As the user (no link of theirs followed as root), unless only
+            # root may read it, as a TLS key may be: read once, at start.
+            only_root = (config.database_key_file and os.path.exists(config.database_key_file)
+                         and not readable(config.database_key_file))
+            with as_root() if only_root else nullcontext():
                 key = load_key(config.database_key_file)
             raw = PostgresStore(config.database, key, config.gateway)
             raw.hold_gateway()

@@ -262,10 +262,9 @@ class StartupPathTests(TestCase):
 
     def test_a_refused_start_follows_no_link_of_the_users_to_clean_up(self):
         """
-        The console's folder in the state-dir is the user's: a link there
-        to a root folder (which also refuses the start: the user cannot
-        write there) must not get root to delete that folder's daemon.json
-        as the refused start cleans up.
+        The console's folder in the state-dir is the user's: swapped for a
+        link to a root folder during the start, it must not get root to
+        delete that folder's daemon.json as the refused start cleans up.
         """
         admin = "tcp:0:interface=127.0.0.1"
         self.start(state_dir=os.path.join(self.dir, "warm-console"), admin=admin).stopService()
@@ -275,11 +274,24 @@ class StartupPathTests(TestCase):
         precious = os.path.join(elsewhere, "daemon.json")
         with open(precious, "w") as handle:
             handle.write("{}\n")
-        os.symlink(elsewhere, os.path.join(state, "console"))
-        os.lchown(os.path.join(state, "console"), *runs_as)
+        console = os.path.join(state, "console")
+        os.mkdir(console, 0o700)  # theirs, as the checks want it
+        os.chown(console, *runs_as)
+        from knocker.daemon import service as service_module
+
+        def swapped_then_refused(reactor, key, description):
+            # The user swaps the folder for a link once the checks are done;
+            # then the start is refused (a port taken, say).
+            os.rmdir(console)
+            os.symlink(elsewhere, console)
+            os.lchown(console, *runs_as)
+            raise service_module.StartupError("central: a port taken")
+
+        self.patch(service_module, "_listening_endpoint", swapped_then_refused)
         service = KnockServerService(server_config(state, central="tcp:0", admin=admin),
                                      MemoryReactorClock(), runs_as=runs_as)
-        self.assertRaises(SystemExit, service.privilegedStartService)
+        error = self.assertRaises(SystemExit, service.privilegedStartService)
+        self.assertIn("a port taken", str(error))
         self.assertTrue(os.path.exists(precious), "root deleted a file through the user's link")
 
     def test_a_console_folder_left_roots_is_named_with_the_mend(self):

@@ -193,6 +193,22 @@ class RootOnDaemonStateTests(TestCase):
         self.generate("bob")
         self.assertEqual({ids for ids in self.owners().values()}, {(self.uid, self.gid)})
 
+    def test_the_consoles_files_root_left_earlier_are_given_back(self):
+        """
+        console/ and its tokens, made by a start as root: given back with
+        the rest, or the daemon (as its user) could not read the tokens
+        and would refuse every bearer without a word.
+        """
+        console = os.path.join(self.state, "console")
+        os.mkdir(console, 0o700)
+        with open(os.path.join(console, "tokens"), "w") as handle:
+            handle.write("\n")
+        os.chmod(os.path.join(console, "tokens"), 0o600)
+        self.generate("alice")
+        owners = self.owners()
+        self.assertEqual(owners["console"], (self.uid, self.gid))
+        self.assertEqual(owners[os.path.join("console", "tokens")], (self.uid, self.gid))
+
     def test_a_symlink_in_the_state_is_not_followed(self):
         victim = os.path.join(self.dir, "victim")
         open(victim, "w").close()
