@@ -71,6 +71,17 @@ class StartupError(Exception):
     """
 
 
+def _read_key(path: str | None, load_key):
+    """
+    The fleet's key, read once at start: as the daemon's user (no link of
+    theirs followed as root) when they may read it, else as root, whose
+    alone it may be, as a TLS key may (in a folder they cannot even see).
+    """
+    mine = bool(path) and os.path.exists(path) and readable(path)
+    with nullcontext() if mine or not path else as_root():
+        return load_key(path)
+
+
 def _listening_endpoint(reactor, key: str, description: str):
     """
     The server endpoint C{key = description} names, or L{StartupError}
@@ -385,12 +396,7 @@ class KnockServerService(service.Service):
         self._take_lock(config)
         raw = None
         try:
-            # As the user (no link of theirs followed as root), unless only
-            # root may read it, as a TLS key may be: read once, at start.
-            only_root = (config.database_key_file and os.path.exists(config.database_key_file)
-                         and not readable(config.database_key_file))
-            with as_root() if only_root else nullcontext():
-                key = load_key(config.database_key_file)
+            key = _read_key(config.database_key_file, load_key)
             raw = PostgresStore(config.database, key, config.gateway)
             raw.hold_gateway()
             raw.check_key()

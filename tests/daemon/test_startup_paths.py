@@ -305,6 +305,37 @@ class StartupPathTests(TestCase):
         self.assertIn("console", str(error))
         self.assertIn("chown -R", str(error))
 
+    def test_with_twistds_uid_a_fleet_key_only_root_reaches_is_read(self):
+        """
+        database-key-file in a folder only root may enter (as a TLS key
+        may be): read as root, once, at start; one the user may read is
+        read as the user.
+        """
+        from knocker.daemon.privileges import acting_as
+        from knocker.daemon.service import _read_key
+
+        runs_as, shared, state = self.runs_as_nobody()
+        hidden = os.path.join(shared, "root-only")
+        os.mkdir(hidden, 0o700)
+        key = os.path.join(hidden, "fleet.key")
+        with open(key, "w") as handle:
+            handle.write("k\n")
+        os.chmod(key, 0o600)
+        theirs = os.path.join(state, "fleet.key")
+        with open(theirs, "w") as handle:
+            handle.write("t\n")
+        os.chown(theirs, *runs_as)
+        seen = []
+
+        def load_key(path):
+            with open(path) as handle:
+                seen.append((handle.read().strip(), os.geteuid()))
+
+        with acting_as(runs_as):
+            _read_key(key, load_key)
+            _read_key(theirs, load_key)
+        self.assertEqual(seen, [("k", 0), ("t", runs_as[0])])
+
     def test_a_second_daemon_touches_no_state(self):
         """
         The lock is taken before the state is opened: a second daemon on
