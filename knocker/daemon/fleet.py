@@ -327,9 +327,9 @@ class ThreadedStore:
         C{function(*args)} in a database thread; fails with L{StateError}
         at once when L{MAX_CALLS} are waiting, or after the deadline without
         an answer.  C{urgent} (the server's lockout, which a flood of PROOFs
-        must not hold back): neither bound nor queue, a thread of its own.  C{left}, if given, fires
-        once the thread is out of the call (or it never started), whatever
-        the deadline did.
+        must not hold back): neither bound nor queue, a thread of its own.
+        C{left}, if given, fires once the thread is out of the call (or it
+        never started), whatever the deadline did.
         """
         if self._closed or (self.calls >= self._most and not urgent):
             # (closed: the pool would drop the call without a word, and

@@ -14,7 +14,6 @@ set, L{knocker.daemon.firewall.FirewallWatch} puts the firewall back when
 something around the daemon removed it.
 """
 
-import os
 import signal
 import time
 from contextlib import nullcontext
@@ -77,8 +76,7 @@ def _read_key(path: str | None, load_key):
     theirs followed as root) when they may read it, else as root, whose
     alone it may be, as a TLS key may (in a folder they cannot even see).
     """
-    mine = bool(path) and os.path.exists(path) and readable(path)
-    with nullcontext() if mine or not path else as_root():
+    with nullcontext() if not path or readable(path) else as_root():
         return load_key(path)
 
 

@@ -14,6 +14,16 @@ from twisted.trial.unittest import SynchronousTestCase
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
+# A knock that signals itself once the reactor runs (with its own handlers in).
+SIGNALLED = """\
+async def slow(driver):
+    await driver.sleep(0.2)
+    os.kill(os.getpid(), signal.{signal})
+    await driver.sleep(20)
+    return "knocked"
+"""
+
+
 def run(body: str) -> subprocess.CompletedProcess:
     code = textwrap.dedent("""\
         import os, signal, sys
@@ -41,32 +51,20 @@ class RunInReactorTests(SynchronousTestCase):
 
     def test_interrupt_during_the_knock_is_a_keyboard_interrupt(self):
         # Not an IndexError (exit 1) nor a knock that seems to have had no verdict.
-        done = run("""\
-            async def slow(driver):
-                await driver.sleep(0.2)  # the reactor running, its own handlers in
-                os.kill(os.getpid(), signal.SIGINT)
-                await driver.sleep(20)
-                return "knocked"
+        done = run(SIGNALLED.format(signal="SIGINT") + textwrap.dedent("""\
             try:
                 run_in_reactor(slow)
             except KeyboardInterrupt:
                 print("interrupted")
                 sys.exit(130)
-            """)
+            """))
         assert done.stdout.strip() == "interrupted", done.stderr
         assert done.returncode == 130
         assert "Traceback" not in done.stderr
 
     def test_terminate_during_the_knock_ends_the_process_by_that_signal(self):
-        done = run("""\
-            async def slow(driver):
-                await driver.sleep(0.2)  # the reactor running, its own handlers in
-                os.kill(os.getpid(), signal.SIGTERM)
-                await driver.sleep(20)
-                return "knocked"
-            run_in_reactor(slow)
-            print("went on")
-            """)
+        done = run(SIGNALLED.format(signal="SIGTERM")
+                   + 'run_in_reactor(slow)\nprint("went on")\n')
         assert done.returncode == -signal.SIGTERM, (done.returncode, done.stderr)
         assert "went on" not in done.stdout
 
