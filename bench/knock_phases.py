@@ -25,14 +25,16 @@ interleaved in shuffled rounds with random pauses:
                file check          load_knockfile (mode 0600, header)
                hello               connect to the central port and say HELLO
                                    (knocker.client.tcp.EarlyHello)
-               protocol imports    the driver, the coroutine and the protocol,
+               handshake import    the handshake and SHA-256's C extension,
                                    loaded while CHALLENGE is on its way
-               handshake           the driver takes the connection -> first
-                                   hit (CHALLENGE, PROOF, GRANT; the MAC code
-                                   loads after HELLO is sent, and FILE.checked
-                                   is read and the whole-file check runs after
-                                   PROOF is sent: `file check (whole)` is
-                                   that check)
+               challenge + proof   EarlyHello.answer: CHALLENGE waited for
+                                   and read, PROOF made and sent
+               driver imports      the blocking driver and the knock
+                                   coroutine, loaded while the daemon checks
+                                   PROOF and burns the knock
+               grant wait          the driver takes the connection -> first
+                                   hit (FILE.checked read and the whole-file
+                                   check, `file check (whole)`, then GRANT)
                hits                first hit's connect -> last hit's close
                verdict             last hit -> OPEN read (the daemon runs
                                    on-success, then answers)
@@ -111,6 +113,7 @@ wrap(cfg, "load_client_config", "config")
 wrap(cmd, "load_knockfile", "load_knockfile")
 wrap(kf.KnockFileText, "check", "whole_check")
 wrap(tcp.EarlyHello, "__init__", "hello")
+wrap(tcp.EarlyHello, "answer", "answer")
 
 def knock_loaded(kn):
     wrap(kn, "log_attempt", "log")
@@ -147,7 +150,8 @@ FLOOR_CODE = ("import os, time; "
               "os.write(2, b'T %d\\n' % time.clock_gettime_ns(time.CLOCK_MONOTONIC))")
 
 PHASES = ("interpreter start", "imports", "args", "config read", "file check", "hello",
-          "protocol imports", "handshake", "file check (whole, in handshake)", "hits",
+          "handshake import", "challenge + proof", "driver imports", "grant wait",
+          "file check (whole, in grant wait)", "hits",
           "verdict", "log write", "remember checked", "print + return", "interpreter exit")
 
 
@@ -166,9 +170,11 @@ def phases_of(t0, t_exit, stamps):
         "config read": ms(first["config <"], first["config >"]),
         "file check": ms(first["load_knockfile <"], first["load_knockfile >"]),
         "hello": ms(first["hello <"], first["hello >"]),
-        "protocol imports": ms(first["hello >"], first["connect <"]),
-        "handshake": ms(first["connect <"], hits_start),
-        "file check (whole, in handshake)": ms(first["whole_check <"], first["whole_check >"]),
+        "handshake import": ms(first["hello >"], first["answer <"]),
+        "challenge + proof": ms(first["answer <"], first["answer >"]),
+        "driver imports": ms(first["answer >"], first["connect <"]),
+        "grant wait": ms(first["connect <"], hits_start),
+        "file check (whole, in grant wait)": ms(first["whole_check <"], first["whole_check >"]),
         "hits": ms(hits_start, hits_end),
         "verdict": ms(hits_end, first["log <"]),
         "log write": ms(first["log <"], first["log >"]),
@@ -182,7 +188,7 @@ def phases_of(t0, t_exit, stamps):
     # the steps between the wrapped calls (knock_command's own lines, the
     # coroutine's set-up): what no phase above holds
     covered = sum(v for k, v in out.items()
-                  if k not in ("total", "file check (whole, in handshake)"))
+                  if k not in ("total", "file check (whole, in grant wait)"))
     covered += ms(first["start"], first["hooked"])  # the instrument's own set-up
     out["between phases"] = out["total"] - covered
     return out

@@ -225,7 +225,8 @@ def ssh_door(report, out):
 
 def phases(report, out):
     order = ("interpreter start", "imports", "args", "config read", "file check", "hello",
-             "protocol imports", "handshake", "file check (whole, in handshake)", "hits",
+             "handshake import", "challenge + proof", "driver imports", "grant wait",
+             "file check (whole, in grant wait)", "hits",
              "verdict", "log write",
              "remember checked", "print + return", "interpreter exit", "between phases", "total")
     got = report["phases_ms"]

@@ -118,5 +118,6 @@ class KnockPhasesBenchTests(SynchronousTestCase):
         self.assertEqual(done.returncode, 0, done.stdout[-3000:] + done.stderr[-3000:])
         with open(out) as handle:
             phases = json.load(handle)["phases_ms"]
-        for phase in ("config read", "handshake", "hits", "verdict", "log write"):
+        for phase in ("config read", "challenge + proof", "grant wait", "hits", "verdict",
+                      "log write"):
             self.assertIn(phase, phases)

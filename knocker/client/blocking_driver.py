@@ -19,11 +19,14 @@ from knocker.core import handshake as hs
 
 
 class _Connection:
-    def __init__(self, sock, peer_host: str | None = None, greeted: bytes | None = None):
+    def __init__(self, sock, peer_host: str | None = None, greeted: bytes | None = None,
+                 answered=None, unread: bytes = b"", failure: OSError | None = None):
         self._sock = sock
-        self._buffer = b""
+        self._buffer = unread
+        self._failure = failure  # met before the knock took it: its next read raises it
         self.peer_host = sock.getpeername()[0] if peer_host is None else peer_host
         self.greeted = greeted  # the line said on it before the knock took it
+        self.answered = answered  # the handshake, if its CHALLENGE was answered then
 
     def send(self, line: bytes) -> None:
         try:
@@ -46,6 +49,9 @@ class _Connection:
                 raise over_long_line(self._buffer)
             left = deadline - time.monotonic()
             try:
+                if self._failure is not None:
+                    failure, self._failure = self._failure, None
+                    raise failure
                 if left <= 0:
                     raise timed_out()
                 sock.settimeout(left)
@@ -83,15 +89,15 @@ class BlockingDriver:
             print(f"knocker: {message}", file=sys.stderr)
 
     async def connect(self, endpoint: str, timeout: float) -> _Connection:
-        peer_host = greeted = None
+        early = ()
         try:
-            early = self._early.take(endpoint) if self._early is not None else None
-            if early is not None:
-                sock, peer_host, greeted = early
+            taken = self._early.take(endpoint) if self._early is not None else None
+            if taken is not None:
+                sock, *early = taken
             else:
                 sock = connect_central(endpoint, timeout)
             try:  # a server that resets at once leaves no peer to name
-                return _Connection(sock, peer_host, greeted)
+                return _Connection(sock, *early)
             except OSError:
                 sock.close()
                 raise

@@ -213,13 +213,19 @@ async def _attempt(io, config, knockfile, deadline, first: bool = True,
 
 async def _exchange(io, conn, config, knockfile, deadline) -> KnockResult:
     """The knock on one central connection, from HELLO to its verdict."""
-    machine = hs.ClientHandshake(knockfile)
+    # A driver may have said HELLO, and answered the CHALLENGE, before the
+    # knock took the connection (knocker.client.tcp.EarlyHello).
+    machine = getattr(conn, "answered", None)
     index, ports = None, ()
     doing = "while waiting for the server's reply"
     try:
-        hello = machine.hello().line
-        if getattr(conn, "greeted", None) != hello:  # not said early by the driver
-            conn.send(hello)
+        if machine is None:
+            machine = hs.ClientHandshake(knockfile)
+            hello = machine.hello().line
+            if getattr(conn, "greeted", None) != hello:
+                conn.send(hello)
+        else:
+            knockfile.check(read_checked(config))  # as after any PROOF, below
         machine.prepare()
         while True:
             line = await conn.readline(deadline.bound(config.timeout))

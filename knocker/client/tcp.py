@@ -141,10 +141,14 @@ class EarlyHello:
     """
     The first server of a knock, connected and greeted with C{line} (its
     HELLO) as soon as the command knows them, before the protocol's code is
-    loaded.  The driver hands the connection to the knock's first attempt as
-    if it had just opened it (L{take}); whatever failed here is raised then,
-    as the driver's own connect would have raised it.  Nothing is decided
-    here: a CHALLENGE is read, and the PROOF made, by the handshake as ever.
+    loaded; then, once the handshake's code is (L{answer}), its CHALLENGE
+    answered before the knock's driver and coroutine are: they load while
+    the server checks the PROOF and burns the knock.  The driver hands the
+    connection to the knock's first attempt as if it had just opened it
+    (L{take}); whatever failed here is raised then, as the driver's own
+    connect, read or send would have raised it.  Nothing is decided here:
+    the handshake makes the PROOF, and any other first line is left for the
+    knock to read.
     """
 
     def __init__(self, endpoint: str, line: bytes, timeout: float):
@@ -155,6 +159,9 @@ class EarlyHello:
         self.peer_host = None
         self.failure = None
         self.said = False
+        self.answered = None  # the handshake, past its CHALLENGE, PROOF said
+        self.unread = b""  # what came after the CHALLENGE (or a first line left unread)
+        self.read_failure = None  # an OSError met reading or saying the PROOF
         try:
             self.sock = connect_central(endpoint, timeout)
             # Now: a server that turns us away (a full central port) may
@@ -172,11 +179,53 @@ class EarlyHello:
         except OSError:
             pass  # the knock's own send of HELLO meets the failure and reports it
 
+    def answer(self, machine, max_line: int, seconds: float) -> None:
+        """
+        Read the server's first line, within C{seconds}, and if
+        C{machine.proof_for(line)} (L{knocker.core.handshake.ClientHandshake})
+        gives a PROOF, say it at once.  Whatever else happens (another
+        line, a part line, an over-long one, the time passing, the end of
+        the connection, an error) is left as it is for the knock's own
+        reads, which meet it as they would have.
+        """
+        sock = self.sock
+        if sock is None or not self.said:
+            return
+        deadline = time.monotonic() + seconds
+        data = b""
+        try:
+            while b"\n" not in data and len(data) <= max_line:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                sock.settimeout(left)
+                more = sock.recv(4096)
+                if not more:
+                    break
+                data += more
+        except _socket.timeout:
+            pass
+        except OSError as failure:
+            self.read_failure = failure
+        self.unread = data
+        line, newline, rest = data.partition(b"\n")
+        if self.read_failure is not None or not newline or len(line) > max_line:
+            return
+        proof = machine.proof_for(line)
+        if proof is None:
+            return
+        self.answered, self.unread = machine, rest
+        try:
+            sock.sendall(proof)
+        except OSError as failure:
+            self.read_failure = failure
+
     def take(self, endpoint: str):
         """
-        C{(socket, peer address, the line said on it or None)} for the
-        knock's first connection if it goes to this server, once; C{None}
-        otherwise.
+        C{(socket, peer address, the line said on it or None, the handshake
+        past its CHALLENGE or None, bytes read and not yet taken, an error
+        the knock's next read raises or None)} for the knock's first
+        connection if it goes to this server, once; C{None} otherwise.
 
         @raise: what connecting raised.
         """
@@ -185,7 +234,8 @@ class EarlyHello:
         sock, failure, self.sock, self.failure = self.sock, self.failure, None, None
         if failure is not None:
             raise failure
-        return sock, self.peer_host, self.line if self.said else None
+        return (sock, self.peer_host, self.line if self.said else None, self.answered,
+                self.unread, self.read_failure)
 
     def close(self) -> None:
         """Hang up a connection no knock took."""

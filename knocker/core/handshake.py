@@ -245,6 +245,24 @@ class ClientHandshake:
         if self._nonce is not None:
             import _operator  # noqa: F401
 
+    def proof_for(self, line: bytes) -> bytes | None:
+        """
+        The PROOF line for C{line} if it is the CHALLENGE this exchange
+        waits for first, which it then takes as L{receive} would;
+        otherwise C{None}, and nothing has changed (the line is for
+        L{receive}, as any other).  A driver can so answer the CHALLENGE
+        before it has loaded the rest of the client.
+        """
+        if self._nonce is not None or self._finished:
+            return None
+        try:
+            reply = parse_reply(line)
+        except ProtocolError:
+            return None
+        if not isinstance(reply, Challenge):
+            return None
+        return self.receive(line).line
+
     @property
     def nonce(self) -> str | None:
         """The server's CHALLENGE, once it came (a renewal's key binds it)."""

@@ -9,12 +9,15 @@ loaded the protocol when HELLO goes out.
 
 import os
 import socket
+import struct
 import subprocess
 import sys
 import threading
+import time
 
 from twisted.trial.unittest import SynchronousTestCase
 
+from knocker.client import command
 from knocker.client.command import run_knock
 from knocker.client.knock import Outcome
 from knocker.client.tcp import EarlyHello
@@ -28,16 +31,23 @@ from tests.helpers.processes import environment, free_port
 SECRET = bytes(range(32))
 KF = KnockFile("alice", SECRET, 3, "2026-11-25T10:00:00Z", ((1, 2, 3), (4, 5, 6)))
 NONCE = "cd" * 32
+CHALLENGE = f"CHALLENGE {NONCE}\n".encode()
+RESET = None  # in a server's first words: the connection reset there
+PROOF = f"PROOF {hs.hello_mac(SECRET, 'alice', NONCE)}\n".encode()
 
 
 class DenyingServer:
     """
     A central port that answers every exchange with a CHALLENGE, then DENIED
     once a valid PROOF has come (ERROR for anything else); it keeps the
-    lines each connection sent.
+    lines each connection sent.  C{first}, if given, is what it says after
+    HELLO instead: a list of byte strings sent one by one with
+    C{pause} seconds before each, ending the exchange unless one of them
+    holds the CHALLENGE.
     """
 
-    def __init__(self):
+    def __init__(self, first=None, pause=0.0):
+        self.first, self.pause = first, pause
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.listener.settimeout(10)
         self.port = self.listener.getsockname()[1]
@@ -60,7 +70,15 @@ class DenyingServer:
         self.exchanges.append(heard)
         hello = lines.readline()
         heard.append(hello)
-        conn.sendall(f"CHALLENGE {NONCE}\n".encode())
+        for piece in self.first or [CHALLENGE]:
+            time.sleep(self.pause)
+            if piece is RESET:
+                conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                return
+            conn.sendall(piece)
+        if CHALLENGE not in b"".join(self.first or [CHALLENGE]):
+            heard.extend(iter(lines.readline, b""))
+            return
         proof = lines.readline()
         heard.append(proof)
         good = proof == f"PROOF {hs.hello_mac(SECRET, 'alice', NONCE)}\n".encode()
@@ -149,6 +167,86 @@ class EarlyHelloTests(SynchronousTestCase):
         self.assertEqual(len(self.server.exchanges), 1)
 
 
+class EarlyProofTests(SynchronousTestCase):
+    """
+    The CHALLENGE answered early: the PROOF goes out before the driver and
+    the knock's coroutine are loaded; whatever else comes first is read by
+    the knock as it would have been.
+    """
+
+    def setUp(self):
+        self.dir = os.path.abspath(self.mktemp())
+        os.makedirs(self.dir, mode=0o700)
+        self.knock_file = os.path.join(self.dir, "alice.knock")
+        write_private(self.knock_file, format_knockfile(KF))
+
+    def knock(self, first=None, pause=0.0):
+        self.server = DenyingServer(first, pause)
+        self.addCleanup(self.server.close)
+        with open(self.knock_file) as handle:
+            knockfile = KnockFileText(handle.read(), self.knock_file)
+        return run_knock(client_config(f"tcp:127.0.0.1:{self.server.port}", self.dir), knockfile)
+
+    def test_the_proof_goes_out_before_the_knock_is_loaded(self):
+        server = DenyingServer()
+        self.addCleanup(server.close)
+        config_path = os.path.join(self.dir, "client.conf")
+        with open(config_path, "w") as handle:
+            handle.write(f"[client]\nserver = tcp:127.0.0.1:{server.port}\n"
+                         f"knock-file = {self.knock_file}\n"
+                         f"log-file = {os.path.join(self.dir, 'client.log')}\n")
+        code = (
+            "import sys\n"
+            "from knocker.client import tcp\n"
+            "answer = tcp.EarlyHello.answer\n"
+            "def watched(self, *args, **kwargs):\n"
+            "    answer(self, *args, **kwargs)\n"
+            "    loaded = [m for m in ('knocker.client.knock', 'knocker.client.blocking_driver')\n"
+            "              if m in sys.modules]\n"
+            "    print('LOADED AT PROOF', loaded, self.answered is not None, flush=True)\n"
+            "tcp.EarlyHello.answer = watched\n"
+            "from knocker.main import main\n"
+            f"sys.exit(main(['knock', '--config', {config_path!r}]))\n"
+        )
+        done = subprocess.run([sys.executable, "-c", code], env=environment(),
+                              capture_output=True, text=True, timeout=60)
+        self.assertIn("LOADED AT PROOF [] True", done.stdout, done.stderr[-500:])
+        self.assertIn("denied", done.stderr.lower())
+        self.assertEqual(server.exchanges, [[b"KNOCKER/1 HELLO alice\n", PROOF]])
+
+    def test_a_challenge_in_pieces_is_answered_once(self):
+        result = self.knock([CHALLENGE[:30], CHALLENGE[30:]], pause=0.05)
+        self.assertEqual(result.outcome, Outcome.DENIED)
+        self.assertEqual(self.server.exchanges, [[b"KNOCKER/1 HELLO alice\n", PROOF]])
+
+    def test_a_challenge_slower_than_the_early_wait_is_answered_by_the_knock(self):
+        self.patch(command, "EARLY_ANSWER_WAIT", 0.05)
+        result = self.knock(pause=0.3)
+        self.assertEqual(result.outcome, Outcome.DENIED)
+        self.assertEqual(self.server.exchanges, [[b"KNOCKER/1 HELLO alice\n", PROOF]])
+
+    def test_a_refusal_first_is_the_knocks_to_read(self):
+        result = self.knock([b"LOCKED 30\n"])
+        self.assertEqual(result.outcome, Outcome.LOCKED)
+        self.assertEqual(self.server.exchanges, [[b"KNOCKER/1 HELLO alice\n"]])
+
+    def test_what_came_after_the_challenge_is_the_knocks_next_line(self):
+        result = self.knock([CHALLENGE + b"OPEN\n"])
+        self.assertEqual(result.outcome, Outcome.BAD_SERVER)
+        self.assertIn("OPEN out of turn", result.detail)
+
+    def test_an_over_long_first_line_is_a_broken_server(self):
+        result = self.knock([b"X" * (hs.MAX_LINE + 100)])
+        self.assertEqual(result.outcome, Outcome.BAD_SERVER)
+        self.assertIn("over-long line", result.detail)
+
+    def test_a_reset_instead_of_the_challenge_is_named(self):
+        result = self.knock([RESET])
+        self.assertEqual(result.outcome, Outcome.NO_VERDICT)
+        self.assertIn("central connection", result.detail)
+        self.assertIn("reset", result.detail.lower())
+
+
 class TakeTests(SynchronousTestCase):
     def test_taken_once_and_only_for_its_server(self):
         with socket.create_server(("127.0.0.1", 0)) as listener:
@@ -156,9 +254,10 @@ class TakeTests(SynchronousTestCase):
             early = EarlyHello(endpoint, b"KNOCKER/1 HELLO alice\n", 2)
             self.addCleanup(early.close)
             self.assertIsNone(early.take("tcp:127.0.0.1:1"))
-            sock, peer_host, greeted = early.take(endpoint)
+            sock, *handed = early.take(endpoint)
             self.addCleanup(sock.close)
-            self.assertEqual((peer_host, greeted), ("127.0.0.1", b"KNOCKER/1 HELLO alice\n"))
+            # said HELLO; nothing answered, read or failed yet
+            self.assertEqual(handed, ["127.0.0.1", b"KNOCKER/1 HELLO alice\n", None, b"", None])
             self.assertIsNone(early.take(endpoint))
             conn, _ = listener.accept()
             with conn:

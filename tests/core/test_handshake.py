@@ -451,6 +451,34 @@ class ClientHandshakeTests(SynchronousTestCase):
         self.assertRaises(ProtocolError, self.client.receive, b"OPEN")
 
 
+    def test_proof_for_the_first_challenge_is_what_receive_answers(self):
+        early = ClientHandshake(KF)
+        proof = early.proof_for(b"CHALLENGE " + NONCE.encode())
+        self.assertEqual(proof, self.challenge().line)
+        # and it has taken the CHALLENGE: a GRANT for it is checked as ever
+        self.assertEqual(early.receive(self.grant_line(2)), KnockPorts(2, KNOCKS[1], 10))
+
+    def test_proof_for_anything_else_changes_nothing(self):
+        """
+        A first line that is no CHALLENGE (a refusal, junk) gets no PROOF,
+        and L{receive} then judges it as it would have; so does a second
+        CHALLENGE.
+        """
+        for line in (b"LOCKED 30", b"ERROR server-error", b"CHALLENGE nothex", b"GRANT 1 10 x"):
+            early, fresh = ClientHandshake(KF), ClientHandshake(KF)
+            self.assertIsNone(early.proof_for(line))
+            try:
+                expected = fresh.receive(line)
+            except ProtocolError as failure:
+                with self.assertRaises(ProtocolError) as raised:
+                    early.receive(line)
+                self.assertEqual(str(raised.exception), str(failure))
+            else:
+                self.assertEqual(early.receive(line), expected)
+        self.challenge()
+        self.assertIsNone(self.client.proof_for(b"CHALLENGE " + OTHER_NONCE.encode()))
+        self.assertEqual(self.client.receive(self.grant_line(1)), KnockPorts(1, KNOCKS[0], 10))
+
 class ServerHandshakeTests(SynchronousTestCase):
     """
     The server's half of the central-port exchange, without I/O: what each
