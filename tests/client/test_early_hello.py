@@ -141,30 +141,40 @@ class EarlyHelloTests(SynchronousTestCase):
         self.assertIn("refused", result.message().lower())
 
     def test_hello_goes_out_before_the_protocol_is_loaded(self):
-        config_path = os.path.join(self.dir, "client.conf")
-        with open(config_path, "w") as handle:
-            handle.write(f"[client]\nserver = tcp:host=127.0.0.1:port={self.server.port}\n"
-                         f"knock-file = {self.knock_file}\n"
-                         f"log-file = {os.path.join(self.dir, 'client.log')}\n")
-        code = (
-            "import sys\n"
-            "from knocker.client import tcp\n"
-            "said = tcp.EarlyHello.__init__\n"
-            "def watched(self, *args, **kwargs):\n"
-            "    loaded = [m for m in ('knocker.core.handshake', 'knocker.client.knock',\n"
-            "              'knocker.client.blocking_driver', '_sha256', '_sha2')\n"
-            "              if m in sys.modules]\n"
-            "    said(self, *args, **kwargs)\n"
-            "    print('LOADED AT HELLO', loaded, self.said, flush=True)\n"
-            "tcp.EarlyHello.__init__ = watched\n"
-            "from knocker.main import main\n"
-            f"sys.exit(main(['knock', '--config', {config_path!r}]))\n"
-        )
-        done = subprocess.run([sys.executable, "-c", code], env=environment(),
-                              capture_output=True, text=True, timeout=60)
+        done = knock_watching(self.server.port, self.dir, "__init__", "said", "HELLO", (
+            "knocker.core.handshake", "knocker.client.knock", "knocker.client.blocking_driver",
+            "_sha256", "_sha2"))
         self.assertIn("LOADED AT HELLO [] True", done.stdout, done.stderr[-500:])
         self.assertIn("denied", done.stderr.lower())
         self.assertEqual(len(self.server.exchanges), 1)
+
+
+def knock_watching(port: int, directory: str, method: str, flag: str, name: str, modules):
+    """
+    C{knocker knock --config} in a fresh interpreter, printing which of
+    C{modules} were loaded when C{EarlyHello.method} had run, and its
+    C{flag} (whether it said its line).
+    """
+    config_path = os.path.join(directory, "client.conf")
+    with open(config_path, "w") as handle:
+        handle.write(f"[client]\nserver = tcp:host=127.0.0.1:port={port}\n"
+                     f"knock-file = {os.path.join(directory, 'alice.knock')}\n"
+                     f"log-file = {os.path.join(directory, 'client.log')}\n")
+    code = (
+        "import sys\n"
+        "from knocker.client import tcp\n"
+        f"real = tcp.EarlyHello.{method}\n"
+        "def watched(self, *args, **kwargs):\n"
+        f"    loaded = [m for m in {tuple(modules)!r} if m in sys.modules]\n"
+        "    real(self, *args, **kwargs)\n"
+        f"    loaded += [m for m in {tuple(modules)!r} if m in sys.modules and m not in loaded]\n"
+        f"    print('LOADED AT {name}', loaded, self.{flag} not in (None, False), flush=True)\n"
+        f"tcp.EarlyHello.{method} = watched\n"
+        "from knocker.main import main\n"
+        f"sys.exit(main(['knock', '--config', {config_path!r}]))\n"
+    )
+    return subprocess.run([sys.executable, "-c", code], env=environment(),
+                          capture_output=True, text=True, timeout=60)
 
 
 class EarlyProofTests(SynchronousTestCase):
@@ -190,26 +200,8 @@ class EarlyProofTests(SynchronousTestCase):
     def test_the_proof_goes_out_before_the_knock_is_loaded(self):
         server = DenyingServer()
         self.addCleanup(server.close)
-        config_path = os.path.join(self.dir, "client.conf")
-        with open(config_path, "w") as handle:
-            handle.write(f"[client]\nserver = tcp:127.0.0.1:{server.port}\n"
-                         f"knock-file = {self.knock_file}\n"
-                         f"log-file = {os.path.join(self.dir, 'client.log')}\n")
-        code = (
-            "import sys\n"
-            "from knocker.client import tcp\n"
-            "answer = tcp.EarlyHello.answer\n"
-            "def watched(self, *args, **kwargs):\n"
-            "    answer(self, *args, **kwargs)\n"
-            "    loaded = [m for m in ('knocker.client.knock', 'knocker.client.blocking_driver')\n"
-            "              if m in sys.modules]\n"
-            "    print('LOADED AT PROOF', loaded, self.answered is not None, flush=True)\n"
-            "tcp.EarlyHello.answer = watched\n"
-            "from knocker.main import main\n"
-            f"sys.exit(main(['knock', '--config', {config_path!r}]))\n"
-        )
-        done = subprocess.run([sys.executable, "-c", code], env=environment(),
-                              capture_output=True, text=True, timeout=60)
+        done = knock_watching(server.port, self.dir, "answer", "answered", "PROOF",
+                              ("knocker.client.knock", "knocker.client.blocking_driver"))
         self.assertIn("LOADED AT PROOF [] True", done.stdout, done.stderr[-500:])
         self.assertIn("denied", done.stderr.lower())
         self.assertEqual(server.exchanges, [[b"KNOCKER/1 HELLO alice\n", PROOF]])
