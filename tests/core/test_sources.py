@@ -3,12 +3,13 @@ Which source an address counts under (docs/spec.md section 5).
 """
 
 import ipaddress
+import socket
 
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
-from knocker.core.sources import Networks, SourceKeys
+from knocker.core.sources import Networks, SourceKeys, normalise_ip
 
 
 class SourceKeyTests(SynchronousTestCase):
@@ -54,3 +55,36 @@ class NetworksTests(SynchronousTestCase):
         self.assertIn("::ffff:192.0.2.1", never)
         self.assertNotIn("198.51.100.8", never)
         self.assertNotIn("::ffff:c000:0201:1", never)
+
+
+def _by_ipaddress(host: str) -> str:
+    """normalise_ip as it was, through the ipaddress module alone."""
+    try:
+        address = ipaddress.ip_address(host.split("%", 1)[0])
+    except ValueError:
+        return host
+    return str(getattr(address, "ipv4_mapped", None) or address)
+
+
+class NormaliseTests(SynchronousTestCase):
+    """
+    normalise_ip passes a colon-free string through untouched; it must
+    give what the ipaddress module gives for every input.
+    """
+
+    @given(address=st.integers(min_value=0, max_value=(1 << 32) - 1))
+    def test_ipv4_as_the_kernel_writes_it(self, address):
+        host = socket.inet_ntoa(address.to_bytes(4, "big"))
+        self.assertEqual(normalise_ip(host), _by_ipaddress(host))
+
+    @given(address=st.integers(min_value=0, max_value=(1 << 128) - 1),
+           scope=st.sampled_from(["", "%eth0", "%2"]))
+    def test_ipv6_and_mapped(self, address, scope):
+        host = str(ipaddress.IPv6Address(address)) + scope
+        self.assertEqual(normalise_ip(host), _by_ipaddress(host))
+
+    @given(host=st.text(alphabet="0123456789.:%abcdefx ", max_size=45))
+    @example(host="192.0.2.1%eth0")  # a scope on an IPv4 address is dropped too
+    @example(host="010.0.0.1")
+    def test_anything_else(self, host):
+        self.assertEqual(normalise_ip(host), _by_ipaddress(host))
