@@ -62,6 +62,9 @@ def _sleep_until(moment: float) -> None:
         select.select([], [], [], remaining)  # a relative wait, to the microsecond
 
 
+_MORE = getattr(socket, "MSG_MORE", 0)  # Linux: the FIN follows in the same segment
+
+
 def sends_directly(transport) -> bool:
     """
     Whether lines may go straight to C{transport}'s socket: plain TCP only
@@ -371,7 +374,7 @@ class CentralProtocol(LineOnlyReceiver):
                 # No verdict can follow: the knock ends now, not when the
                 # connection does (its last hits must open nothing).
                 self._server.session_lost(self)
-        self._write(shs.format_reply(step.reply))
+        self._write(shs.format_reply(step.reply), last=step.close)
         if step.close:
             # An enrolment waiting for the state (handshake-timeout) ends
             # here too: its late answer must not follow this last line.
@@ -381,17 +384,19 @@ class CentralProtocol(LineOnlyReceiver):
             self._close()
             self._timer = _abort_later(self._clock, self.transport)
 
-    def _write(self, line: bytes) -> None:
+    def _write(self, line: bytes, last: bool = False) -> None:
         """
         Write C{line}; on a plain TCP connection, send it now rather than on
         the reactor's next turn.  The client waits for every line, and a
         knock is a chain of them.
         Once part of a line had to wait in Twisted's buffer, every later line
         goes there too, so the order holds.
+        The C{last} line is held back (C{MSG_MORE}) for the FIN that
+        L{_close} sends next, so that the client reads both from one segment.
         """
         if self._direct and not self.transport.disconnecting:
             try:
-                sent = self.transport.getHandle().send(line)
+                sent = self.transport.getHandle().send(line, _MORE if last else 0)
             except OSError:  # full (EAGAIN), or gone: Twisted's buffer will say
                 sent = 0
             if sent == len(line):

@@ -23,8 +23,10 @@ class FakeSocket:
         self.sent = b""
         self.room = room
         self.shut = []
+        self.flags = []
 
-    def send(self, data):
+    def send(self, data, flags=0):
+        self.flags.append(flags)
         take = len(data) if self.room is None else min(self.room, len(data))
         if self.room is not None:
             self.room -= take
@@ -76,6 +78,17 @@ class DirectSendTests(unittest.TestCase):
         self.assertEqual(transport.value(), b"")  # nothing waited for a reactor turn
         self.assertEqual(sock.shut, [socket.SHUT_WR])
         self.assertTrue(transport.disconnecting)
+
+    def test_the_verdict_waits_for_its_fin_to_share_a_segment(self):
+        """
+        CHALLENGE and GRANT go at once; the verdict is sent with MSG_MORE,
+        so the FIN that follows it leaves in the same segment (the client
+        reads the end of the connection with the verdict).
+        """
+        sock = FakeSocket()
+        self.knock(sock)
+        self.assertEqual(sock.flags, [0, 0, socket.MSG_MORE])
+        self.assertEqual(sock.shut, [socket.SHUT_WR])
 
     def test_a_line_the_socket_took_in_part_keeps_the_order(self):
         sock = FakeSocket(room=30)  # part of the CHALLENGE, then nothing
