@@ -20,10 +20,12 @@ from knocker.core import handshake as hs
 
 class _Connection:
     def __init__(self, sock, peer_host: str | None = None, greeted: bytes | None = None,
-                 answered=None, unread: bytes = b"", failure: OSError | None = None):
+                 answered=None, unread: bytes = b"", failure: OSError | None = None,
+                 waited: float = 0.0):
         self._sock = sock
         self._buffer = unread
         self._failure = failure  # met before the knock took it: its next read raises it
+        self._waited = waited  # for the first line, before the knock took it
         self.peer_host = sock.getpeername()[0] if peer_host is None else peer_host
         self.greeted = greeted  # the line said on it before the knock took it
         self.answered = answered  # the handshake, if its CHALLENGE was answered then
@@ -44,6 +46,7 @@ class _Connection:
         """
         sock = self._sock
         deadline = time.monotonic() + timeout
+        shown, self._waited = timeout + self._waited, 0.0  # the whole wait, in a message
         while b"\n" not in self._buffer:
             if len(self._buffer) > hs.MAX_LINE:
                 raise over_long_line(self._buffer)
@@ -57,7 +60,7 @@ class _Connection:
                 sock.settimeout(left)
                 data = sock.recv(4096)
             except _socket.timeout:
-                raise Trouble(f"no reply within {timeout:.1f}s") from None
+                raise Trouble(f"no reply within {shown:.1f}s") from None
             except OSError as failure:
                 raise Trouble(f"central connection: {failure}") from None
             if not data:
@@ -89,15 +92,15 @@ class BlockingDriver:
             print(f"knocker: {message}", file=sys.stderr)
 
     async def connect(self, endpoint: str, timeout: float) -> _Connection:
-        early = ()
+        peer_host, handed = None, {}
         try:
             taken = self._early.take(endpoint) if self._early is not None else None
             if taken is not None:
-                sock, *early = taken
+                sock, peer_host, handed = taken
             else:
                 sock = connect_central(endpoint, timeout)
             try:  # a server that resets at once leaves no peer to name
-                return _Connection(sock, *early)
+                return _Connection(sock, peer_host, **handed)
             except OSError:
                 sock.close()
                 raise

@@ -139,7 +139,7 @@ def run_knock(config, knockfile, verbose: bool = False):
             # leaves the rest to the knock, which then reports as ever.
             left = config.timeout - (time.monotonic() - early.began)
             early.answer(hs.ClientHandshake(knockfile), hs.MAX_LINE,
-                         min(EARLY_ANSWER_WAIT, left / 2))
+                         min(EARLY_ANSWER_WAIT, left / 2), left)
             from knocker.client.blocking_driver import BlockingDriver
             from knocker.client.knock import knock, run_blocking
 

@@ -43,7 +43,11 @@ class IKnockConnection(Interface):
     One central-port connection, as the coroutine sees it.  A connection
     may also have C{greeted}: the line its driver said on it before handing
     it over (HELLO said early), which the knock then does not send again;
-    without it, nothing was said.
+    without it, nothing was said.  And C{answered}: the
+    L{knocker.core.handshake.ClientHandshake} whose CHALLENGE the driver
+    read and whose PROOF it said before handing it over, which the knock
+    then goes on with; without it (or C{None}), the knock reads the
+    CHALLENGE itself.
     """
 
     peer_host = Attribute("The address the connection reached (the one to knock).")

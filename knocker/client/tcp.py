@@ -161,7 +161,8 @@ class EarlyHello:
         self.said = False
         self.answered = None  # the handshake, past its CHALLENGE, PROOF said
         self.unread = b""  # what came after the CHALLENGE (or a first line left unread)
-        self.read_failure = None  # an OSError met reading or saying the PROOF
+        self.read_failure = None  # an OSError met reading, or saying the PROOF
+        self.waited = 0.0  # seconds spent waiting for the first line
         try:
             self.sock = connect_central(endpoint, timeout)
             # Now: a server that turns us away (a full central port) may
@@ -179,19 +180,23 @@ class EarlyHello:
         except OSError:
             pass  # the knock's own send of HELLO meets the failure and reports it
 
-    def answer(self, machine, max_line: int, seconds: float) -> None:
+    def answer(self, machine, max_line: int, seconds: float, send_timeout: float) -> None:
         """
         Read the server's first line, within C{seconds}, and if
         C{machine.proof_for(line)} (L{knocker.core.handshake.ClientHandshake})
-        gives a PROOF, say it at once.  Whatever else happens (another
-        line, a part line, an over-long one, the time passing, the end of
-        the connection, an error) is left as it is for the knock's own
-        reads, which meet it as they would have.
+        gives a PROOF, say it at once (within C{send_timeout}).  Whatever
+        else happens (another line, a part line, an over-long one, the time
+        passing, the end of the connection, an error) is left as it is for
+        the knock's own reads, which meet it as they would have.  A PROOF
+        that cannot be said hands over no machine: the knock's first read
+        raises the failure, as its own send would have, and nothing read
+        after the CHALLENGE is judged.
         """
         sock = self.sock
         if sock is None or not self.said:
             return
-        deadline = time.monotonic() + seconds
+        began = time.monotonic()
+        deadline = began + seconds
         data = b""
         try:
             while b"\n" not in data and len(data) <= max_line:
@@ -207,25 +212,30 @@ class EarlyHello:
             pass
         except OSError as failure:
             self.read_failure = failure
-        self.unread = data
+        self.unread, self.waited = data, time.monotonic() - began
         line, newline, rest = data.partition(b"\n")
         if self.read_failure is not None or not newline or len(line) > max_line:
             return
         proof = machine.proof_for(line)
         if proof is None:
             return
-        self.answered, self.unread = machine, rest
         try:
+            sock.settimeout(max(send_timeout, 0.001))  # (0 would make it non-blocking)
             sock.sendall(proof)
         except OSError as failure:
-            self.read_failure = failure
+            self.unread, self.read_failure = b"", failure
+            return
+        self.answered, self.unread = machine, rest
 
     def take(self, endpoint: str):
         """
-        C{(socket, peer address, the line said on it or None, the handshake
-        past its CHALLENGE or None, bytes read and not yet taken, an error
-        the knock's next read raises or None)} for the knock's first
-        connection if it goes to this server, once; C{None} otherwise.
+        C{(socket, peer address, what else the driver's connection is
+        given)} for the knock's first connection if it goes to this server,
+        once; C{None} otherwise.  The last is a dict: C{greeted}, the line
+        said on it (or C{None}); C{answered}, the handshake past its
+        CHALLENGE (or C{None}); C{unread}, bytes read and not yet taken;
+        C{failure}, an error the knock's next read raises (or C{None});
+        C{waited}, the seconds L{answer} waited for the first line.
 
         @raise: what connecting raised.
         """
@@ -234,8 +244,9 @@ class EarlyHello:
         sock, failure, self.sock, self.failure = self.sock, self.failure, None, None
         if failure is not None:
             raise failure
-        return (sock, self.peer_host, self.line if self.said else None, self.answered,
-                self.unread, self.read_failure)
+        return sock, self.peer_host, {
+            "greeted": self.line if self.said else None, "answered": self.answered,
+            "unread": self.unread, "failure": self.read_failure, "waited": self.waited}
 
     def close(self) -> None:
         """Hang up a connection no knock took."""

@@ -18,8 +18,9 @@ import time
 from twisted.trial.unittest import SynchronousTestCase
 
 from knocker.client import command
+from knocker.client.blocking_driver import BlockingDriver
 from knocker.client.command import run_knock
-from knocker.client.knock import Outcome
+from knocker.client.knock import Outcome, knock, run_blocking
 from knocker.client.tcp import EarlyHello
 from knocker.core import handshake as hs
 from knocker.core.config import parse_client_config
@@ -191,11 +192,29 @@ class EarlyProofTests(SynchronousTestCase):
         write_private(self.knock_file, format_knockfile(KF))
 
     def knock(self, first=None, pause=0.0):
+        """
+        A knock against a L{DenyingServer} saying C{first}; C{self.early},
+        whether the CHALLENGE was answered before the knock took over.
+        """
         self.server = DenyingServer(first, pause)
         self.addCleanup(self.server.close)
+        answer, self.early = EarlyHello.answer, []
+
+        def watched(early, *args):
+            answer(early, *args)
+            self.early.append(early.answered is not None)
+
+        self.patch(EarlyHello, "answer", watched)
         with open(self.knock_file) as handle:
             knockfile = KnockFileText(handle.read(), self.knock_file)
         return run_knock(client_config(f"tcp:127.0.0.1:{self.server.port}", self.dir), knockfile)
+
+    def damage_the_knocks(self):
+        """The file's header stays good, a knock line is broken (found by the whole-file check)."""
+        lines = format_knockfile(KF).splitlines(keepends=True)
+        lines[-1] = "2 1,2,x\n"
+        os.unlink(self.knock_file)
+        write_private(self.knock_file, "".join(lines))
 
     def test_the_proof_goes_out_before_the_knock_is_loaded(self):
         server = DenyingServer()
@@ -206,16 +225,62 @@ class EarlyProofTests(SynchronousTestCase):
         self.assertIn("denied", done.stderr.lower())
         self.assertEqual(server.exchanges, [[b"KNOCKER/1 HELLO alice\n", PROOF]])
 
-    def test_a_challenge_in_pieces_is_answered_once(self):
+    def test_a_challenge_in_pieces_is_answered_early_once(self):
         result = self.knock([CHALLENGE[:30], CHALLENGE[30:]], pause=0.05)
         self.assertEqual(result.outcome, Outcome.DENIED)
+        self.assertEqual(self.early, [True])
         self.assertEqual(self.server.exchanges, [[b"KNOCKER/1 HELLO alice\n", PROOF]])
 
     def test_a_challenge_slower_than_the_early_wait_is_answered_by_the_knock(self):
         self.patch(command, "EARLY_ANSWER_WAIT", 0.05)
         result = self.knock(pause=0.3)
         self.assertEqual(result.outcome, Outcome.DENIED)
+        self.assertEqual(self.early, [False])
         self.assertEqual(self.server.exchanges, [[b"KNOCKER/1 HELLO alice\n", PROOF]])
+
+    def test_a_silent_server_is_said_to_be_silent_for_the_whole_wait(self):
+        self.server = DenyingServer([b""])  # HELLO heard, nothing said
+        self.addCleanup(self.server.close)
+        config = client_config(f"tcp:127.0.0.1:{self.server.port}", self.dir).replace(
+            timeout=1.0)
+        with open(self.knock_file) as handle:
+            result = run_knock(config, KnockFileText(handle.read(), self.knock_file))
+        self.assertEqual(result.outcome, Outcome.NO_VERDICT)
+        # (the early wait took half the second; the message counts it)
+        self.assertRegex(result.detail, r"no reply within (0\.9|1\.0)s")
+
+    def test_a_knock_file_broken_past_its_header_is_found_after_an_early_proof(self):
+        self.damage_the_knocks()
+        result = self.knock()
+        self.assertEqual(self.early, [True])
+        self.assertEqual(result.outcome, Outcome.BAD_FILE)
+
+    def test_a_proof_that_cannot_be_said_is_no_verdict_before_any_file_check(self):
+        """
+        The server resets as its CHALLENGE goes out: saying the PROOF fails,
+        and the knock reports that failure, as its own send would have, not
+        what the whole-file check would have found next.
+        """
+        self.damage_the_knocks()
+        with socket.create_server(("127.0.0.1", 0)) as listener:
+            endpoint = f"tcp:127.0.0.1:{listener.getsockname()[1]}"
+            early = EarlyHello(endpoint, b"KNOCKER/1 HELLO alice\n", 2)
+            self.addCleanup(early.close)
+            conn, _ = listener.accept()
+            with conn:
+                conn.recv(100)
+                conn.sendall(CHALLENGE)
+                conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            with open(self.knock_file) as handle:
+                knockfile = KnockFileText(handle.read(), self.knock_file)
+            early.answer(hs.ClientHandshake(knockfile), hs.MAX_LINE, 1.0, 5.0)
+            self.assertIsNone(early.answered)
+            self.assertIsInstance(early.read_failure, OSError)
+            config = client_config(endpoint, self.dir)
+            result = run_blocking(knock(BlockingDriver(False, early), config, knockfile,
+                                        began=early.began))
+        self.assertEqual(result.outcome, Outcome.NO_VERDICT)
+        self.assertIn("central connection", result.detail)
 
     def test_a_refusal_first_is_the_knocks_to_read(self):
         result = self.knock([b"LOCKED 30\n"])
@@ -246,10 +311,12 @@ class TakeTests(SynchronousTestCase):
             early = EarlyHello(endpoint, b"KNOCKER/1 HELLO alice\n", 2)
             self.addCleanup(early.close)
             self.assertIsNone(early.take("tcp:127.0.0.1:1"))
-            sock, *handed = early.take(endpoint)
+            sock, peer_host, handed = early.take(endpoint)
             self.addCleanup(sock.close)
             # said HELLO; nothing answered, read or failed yet
-            self.assertEqual(handed, ["127.0.0.1", b"KNOCKER/1 HELLO alice\n", None, b"", None])
+            self.assertEqual((peer_host, handed), ("127.0.0.1", {
+                "greeted": b"KNOCKER/1 HELLO alice\n", "answered": None, "unread": b"",
+                "failure": None, "waited": 0.0}))
             self.assertIsNone(early.take(endpoint))
             conn, _ = listener.accept()
             with conn:

@@ -450,7 +450,6 @@ class ClientHandshakeTests(SynchronousTestCase):
         self.assertEqual(self.client.receive(b"OPEN"), Finished(Open()))
         self.assertRaises(ProtocolError, self.client.receive, b"OPEN")
 
-
     def test_proof_for_the_first_challenge_is_what_receive_answers(self):
         early = ClientHandshake(KF)
         proof = early.proof_for(b"CHALLENGE " + NONCE.encode())
@@ -478,6 +477,7 @@ class ClientHandshakeTests(SynchronousTestCase):
         self.challenge()
         self.assertIsNone(self.client.proof_for(b"CHALLENGE " + OTHER_NONCE.encode()))
         self.assertEqual(self.client.receive(self.grant_line(1)), KnockPorts(1, KNOCKS[0], 10))
+
 
 class ServerHandshakeTests(SynchronousTestCase):
     """
