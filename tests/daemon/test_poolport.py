@@ -44,7 +44,28 @@ class PoolPortTests(TestCase):
             sock.close()
         self.assertEqual(hits, [("127.0.0.1", src, pool_port.port) for src in seen])
 
-    async def test_many_connections_in_one_wake(self):
+    def test_one_connection_a_wake_the_rest_at_the_next(self):
+        """
+        A wake takes one waiting connection; the others stay queued for
+        the next (the poller wakes the port again while any wait), and a
+        wake with none waiting records nothing.
+        """
+        hits, spare = [], SpareDescriptor()
+        self.addCleanup(spare.close)
+        pool_port = PoolPort(reactor, 0, "127.0.0.1", lambda *hit: hits.append(hit), spare)
+        self.addCleanup(pool_port.stopListening)  # (never watched: woken by hand)
+        socks = [socket.create_connection(("127.0.0.1", pool_port.port), timeout=5)
+                 for _ in range(2)]
+        for sock in socks:
+            self.addCleanup(sock.close)
+        taken = []
+        for _ in range(3):
+            pool_port.doRead()
+            taken.append(len(hits))
+        self.assertEqual(taken, [1, 2, 2])
+        self.assertEqual(sorted(h[1] for h in hits), sorted(s.getsockname()[1] for s in socks))
+
+    async def test_many_waiting_connections_are_all_taken(self):
         pool_port, hits = self.listen()
         socks = [socket.create_connection(("127.0.0.1", pool_port.port), timeout=5)
                  for _ in range(300)]
