@@ -213,9 +213,18 @@ class OutOfDescriptorsTests(TestCase):
         """
         self.spare.release()  # lost
         self.connection()
-        self.port.doRead()  # an ordinary wake: the hit, then nothing more to accept
+        self.port.doRead()  # an ordinary wake: the hit
         self.assertEqual(len(self.hits), 1)
         self.assertTrue(self.spare.held)
+        # taken back before the hit was recorded, which may open descriptors
+        self.assertEqual(self.spare_held_at_hit, [True])
+
+    def test_a_spare_closed_for_good_is_not_taken_again(self):
+        self.spare.close()
+        self.connection()
+        self.port.doRead()
+        self.assertEqual(len(self.hits), 1)
+        self.assertFalse(self.spare.held)
 
     def test_one_warning_line_per_ten_seconds(self):
         from twisted.logger import capturedLogs
