@@ -119,7 +119,9 @@ class PluginTests(SynchronousTestCase):
         # the central port, then the console on its default admin port
         self.assertEqual([server[0] for server in reactor.tcpServers], [7123, 8750])
         self.assertEqual(reactor.tcpServers[1][3], "127.0.0.1")
-        pool = sorted(reader.port for reader in reactor.getReaders())
+        # the pool's ports, watched through one descriptor of the pool's own
+        self.assertEqual(len(reactor.getReaders()), 1)
+        pool = sorted(listener.getHost().port for listener in service.pool_ports)
         self.assertEqual(len(pool), 8)
         self.assertTrue(all(3000 <= port <= 3100 for port in pool))
 

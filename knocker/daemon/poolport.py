@@ -1,6 +1,8 @@
 """
-A pool port: a listening socket in the reactor that, for each connection,
-accepts, closes at once, and reports the hit.
+A pool port: a listening socket that, for each connection, accepts, closes
+at once, and reports the hit.  The daemon's pool ports are watched by the
+pool's own poller (L{knocker.daemon.poolpoller}), not one by one by the
+reactor.
 
 This is the daemon's hot path (a scan or a flood is thousands of hits a
 second), so it does not build a Twisted protocol and transport per
@@ -81,8 +83,10 @@ class SpareDescriptor:
 @implementer(IReadDescriptor)
 class PoolPort:
     def __init__(self, reactor, port: int, interface: str, on_hit, spare: SpareDescriptor,
-                 backlog: int = 1024):
+                 backlog: int = 1024, watcher=None):
         self._reactor = reactor
+        # what watches the socket: the reactor, or the pool's own poller
+        self._watcher = reactor if watcher is None else watcher
         self._on_hit = on_hit
         family = socket.AF_INET6 if ":" in interface else socket.AF_INET
         sock = socket.socket(family, socket.SOCK_STREAM)
@@ -103,14 +107,14 @@ class PoolPort:
         self._paused = None  # the call that watches the socket again
 
     def startListening(self) -> None:
-        self._reactor.addReader(self)
+        self._watcher.addReader(self)
 
     def stopListening(self) -> None:
         if self._paused is not None:
             self._paused.cancel()
             self._paused = None
         if self._socket is not None:
-            self._reactor.removeReader(self)
+            self._watcher.removeReader(self)
             self._socket.close()
             self._socket = None
 
@@ -185,13 +189,13 @@ class PoolPort:
 
     def _pause(self):
         if self._paused is None and self._socket is not None:
-            self._reactor.removeReader(self)
+            self._watcher.removeReader(self)
             self._paused = self._reactor.callLater(_PAUSE_SECONDS, self._resume)
 
     def _resume(self):
         self._paused = None
         if self._socket is not None:
-            self._reactor.addReader(self)
+            self._watcher.addReader(self)
 
     def connectionLost(self, reason):
         self.stopListening()

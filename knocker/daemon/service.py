@@ -36,6 +36,7 @@ from knocker.daemon.clock import ClockStepWatch, WallTime, use_monotonic_time
 from knocker.daemon.coordinator import KnockServer
 from knocker.daemon.firewall import FirewallWatch
 from knocker.daemon.paths import check_paths, check_state_trusted, owner_hint, readable
+from knocker.daemon.poolpoller import PoolPoller
 from knocker.daemon.poolport import PoolPort, SpareDescriptor
 from knocker.daemon.privileges import acting_as, as_root
 from knocker.files import ensure_private_dir
@@ -128,6 +129,7 @@ class KnockServerService(service.Service):
         self._step_watch = None
         self._audit = None
         self._spare = None
+        self._poller = None
         self._previous_sighup = None
         self.firewall: FirewallWatch | None = None
         self.console = None
@@ -330,11 +332,13 @@ class KnockServerService(service.Service):
                 admin_endpoint = _listening_endpoint(reactor, "admin", config.admin)
             raise_descriptor_limit(len(pool) + config.max_connections + 256)
             self._spare = SpareDescriptor()
+            self._poller = PoolPoller(reactor)
             for port in pool:
                 listener = PoolPort(reactor, port, config.interface, self.server.hit,
-                                    self._spare)
+                                    self._spare, watcher=self._poller)
                 self.pool_ports.append(listener)
                 listener.startListening()
+            self._poller.start()
             central = CentralFactory(self.server, reactor, config.max_connections,
                                      config.handshake_timeout, precise_time=True)
             result = []
@@ -482,6 +486,9 @@ class KnockServerService(service.Service):
         if self._spare is not None:
             self._spare.close()
             self._spare = None
+        if self._poller is not None:
+            self._poller.stop()
+            self._poller = None
         return gatherResults(stopping)
 
 
