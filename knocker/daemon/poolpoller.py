@@ -4,12 +4,13 @@ the reactor watches as a single descriptor.
 
 Why: in a flood each connection is a wake of its own, and a reactor wake
 (the poll, dispatch under a log context, the timed-call check) costs more
-of a hit's CPU than the accept and close.  So while the pool sees more
-than L{FLOOD_RATE} connections a second, the poller stops waking for each
-and drains the whole pool every L{TICK} seconds instead, the way a network
-driver polls under load: the connections of a tick share its wakes, and a
-knock's hit waits at most one tick longer.  Below that rate a connection
-is taken the moment it arrives, as before.
+of a hit's CPU than the verdict and the audit line.  So while the pool sees
+more than L{FLOOD_RATE} connections a second, the poller stops waking for
+each and drains the pool on a timer instead, every L{TICK} seconds, the way
+a network driver polls under load: the connections of a tick share its
+wakes, and a knock's hit waits for the next drain.  Below that rate a
+connection is taken the moment it arrives, as before.  Either way the
+reactor has its turn after at most L{BUDGET} connections.
 """
 
 import select
@@ -28,10 +29,10 @@ TICK = 0.001
 # Seconds over which the rate is judged; the timer stops once a window
 # sees less than half the flood rate.
 WINDOW = 0.1
-# A drain asks the epoll again until no port is ready, at most this often
-# (a tick must end, however hard the flood).
-ROUNDS = 64
-_MAX_EVENTS = 1024
+# Connections a wake or a drain takes at most (about 2 ms of work) before
+# the reactor has its turn: the central port, the timers.  A drain that
+# stops here with ports still ready is followed at once, not a tick later.
+BUDGET = 256
 
 
 @implementer(IReadDescriptor)
@@ -90,20 +91,42 @@ class PoolPoller:
         return "pool"
 
     def connectionLost(self, reason) -> None:
-        self.stop()
+        """
+        The reactor let go of the poller.  It does so only at its shutdown
+        (the service has stopped the poller by then) or if L{doRead}
+        failed, which it is built not to: rather than lose every pool port
+        in silence, say so and watch again.
+        """
+        if self._epoll is None:
+            return
+        if not getattr(self._reactor, "running", True):  # its shutdown
+            self.stop()
+            return
+        log.error("pool: the reactor stopped watching the pool ({reason}); watching again",
+                  reason=reason.getErrorMessage())
+        self._watched = False
+        if not self.flooded:
+            self._reactor.addReader(self)
+            self._watched = True
 
     def doRead(self):
-        self._judge(self._drain_once())
+        try:
+            taken = self._drain_once(BUDGET)
+        except Exception:
+            log.failure("pool: draining")
+            taken = 0
+        self._judge(taken)
 
     # Draining.
 
-    def _drain_once(self) -> int:
+    def _drain_once(self, most: int) -> int:
         """
-        Take one connection from each ready port (a port with more waiting
-        is ready again at the next poll); how many ports were ready.
+        Take one connection from each ready port, from C{most} of them at
+        most (a port with more waiting is ready again at the next poll,
+        and epoll takes its ready ports in turn); how many were found ready.
         """
         ports = self._ports
-        ready = self._epoll.poll(0, _MAX_EVENTS)
+        ready = self._epoll.poll(0, most)
         for fd, _ in ready:
             port = ports.get(fd)  # (None: a port stopped or paused meanwhile)
             if port is not None:
@@ -116,30 +139,37 @@ class PoolPoller:
         return len(ready)
 
     def _tick(self) -> None:
-        """One drain while flooded: until no port is ready, or L{ROUNDS}."""
+        """
+        One drain while flooded: until no port is ready, or L{BUDGET}
+        connections; then the next, a tick later, or at once if the budget
+        ran out (the reactor's turn comes in between).
+        """
         self._tick_call = None
         if self._epoll is None:
             return
         taken = 0
         try:
-            for _ in range(ROUNDS):
-                ready = self._drain_once()
-                taken += ready
+            while taken < BUDGET and self._epoll is not None:  # (a hit may stop it)
+                ready = self._drain_once(BUDGET - taken)
                 if not ready:
                     break
+                taken += ready
         finally:  # (whatever happened, the pool is drained again)
             self._judge(taken)
             if self.flooded and self._epoll is not None:
-                self._tick_call = self._reactor.callLater(TICK, self._tick)
+                delay = 0 if taken >= BUDGET else TICK
+                self._tick_call = self._reactor.callLater(delay, self._tick)
 
     def _judge(self, taken: int) -> None:
         """Count C{taken}; at the end of each window, flooded or not."""
-        self._seen += taken
+        if self._epoll is None:  # (stopped by a hit's consequences)
+            return
         now = self._reactor.seconds()
         start = self._window_start
-        if start is None or now < start:
-            self._window_start = now
+        if start is None or now < start:  # (the first, or a clock set back)
+            self._window_start, self._seen = now, taken
             return
+        self._seen += taken
         if now - start < WINDOW:
             return
         rate = self._seen / (now - start)

@@ -4,8 +4,11 @@ reactor's clock: one descriptor in the reactor for the whole pool, each
 connection taken as it comes, and a flood drained on a timer instead.
 """
 
+import os
 import select
 import socket
+import struct
+import time
 
 from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import capturedLogs
@@ -16,14 +19,31 @@ from knocker.daemon.poolpoller import PoolPoller
 from knocker.daemon.poolport import PoolPort, SpareDescriptor
 
 
+def queued(port) -> int:
+    """
+    Connections waiting in C{port}'s accept queue: for a listening socket,
+    Linux reports it as C{tcpi_unacked} in C{TCP_INFO}.
+    """
+    info = port._socket.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 104)
+    return struct.unpack_from("I", info, 24)[0]
+
+
+def watched(poller) -> set:
+    """The descriptors C{poller}'s epoll watches, as the kernel lists them."""
+    with open(f"/proc/self/fdinfo/{poller.fileno()}") as fdinfo:
+        return {int(line.split()[1]) for line in fdinfo if line.startswith("tfd:")}
+
+
 class PoolPollerTests(TestCase):
     def setUp(self):
         self.reactor = MemoryReactorClock()
+        self.reactor.running = True  # (as it is while the daemon serves)
         self.poller = PoolPoller(self.reactor)
         self.addCleanup(self.poller.stop)
         self.spare = SpareDescriptor()
         self.addCleanup(self.spare.close)
         self.hits = []
+        self.after_hit = None
         self.ports = [self.pool_port() for _ in range(3)]
         self.poller.start()
 
@@ -36,15 +56,19 @@ class PoolPollerTests(TestCase):
 
     def on_hit(self, ip, src_port, port):
         self.hits.append((src_port, port))
+        if self.after_hit is not None:
+            self.after_hit()
 
     def connect(self, port):
-        """A connection queued on C{port}, once the poller sees it ready."""
+        """A connection queued on C{port}, once the kernel has queued it."""
+        before = queued(port)
         sock = socket.create_connection(("127.0.0.1", port.port), timeout=5)
         self.addCleanup(sock.close)
-        for _ in range(100):
-            if select.select([self.poller.fileno()], [], [], 0.05)[0]:
-                break
-        return (sock.getsockname()[1], port.port)
+        for _ in range(500):
+            if queued(port) > before:
+                return (sock.getsockname()[1], port.port)
+            time.sleep(0.01)
+        self.fail(f"the connection to {port.port} was never queued")
 
     def test_the_reactor_watches_one_descriptor_for_the_pool(self):
         self.assertEqual(self.reactor.getReaders(), [self.poller])
@@ -67,10 +91,17 @@ class PoolPollerTests(TestCase):
         self.poller.doRead()
         self.assertEqual(sock.recv(10), b"", "closed by the server without a byte")
 
-    def test_a_stopped_port_is_no_longer_watched(self):
+    def test_a_stopped_port_takes_nothing_and_the_rest_go_on(self):
         port = self.ports[0]
         self.connect(port)
+        fd = port.fileno()
+        self.assertIn(fd, watched(self.poller))
+        # A copy of the descriptor keeps the socket open, so the kernel does
+        # not drop it from the epoll by itself when the port closes it.
+        copy = os.dup(fd)
+        self.addCleanup(os.close, copy)
         port.stopListening()
+        self.assertNotIn(fd, watched(self.poller))
         self.connect(self.ports[1])
         self.poller.doRead()
         self.assertEqual([hit[1] for hit in self.hits], [self.ports[1].port])
@@ -117,7 +148,6 @@ class PoolPollerTests(TestCase):
         before = len(self.hits)
         waiting = [self.connect(self.ports[0]), self.connect(self.ports[0]),
                    self.connect(self.ports[1]), self.connect(self.ports[2])]
-        self.assertEqual(len(self.hits), before, "nothing taken before the tick")
         self.reactor.advance(poolpoller.TICK)
         self.assertEqual(sorted(self.hits[before:]), sorted(waiting))
         # and the next tick is due
@@ -184,3 +214,114 @@ class PoolPollerTests(TestCase):
         self.reactor.advance(poolport._PAUSE_SECONDS)
         self.poller.doRead()
         self.assertEqual(self.hits, [queued])
+
+    def enter_flood(self):
+        self.flood(self.ports[0], poolpoller.WINDOW)
+        self.poller.doRead()
+        self.assertTrue(self.poller.flooded)
+
+    def test_a_drain_ends_at_its_budget_and_the_next_follows_at_once(self):
+        """
+        However many wait, a drain takes L{poolpoller.BUDGET} connections
+        at most, so the reactor (the central port, the timers) has its
+        turn; the next drain is due at once, not a tick later.
+        """
+        drains = []  # (when, hits so far) as each drain starts
+        drain = self.poller._tick
+
+        def counted():
+            drains.append((self.reactor.seconds(), len(self.hits)))
+            drain()
+
+        self.patch(self.poller, "_tick", counted)
+        self.enter_flood()
+        extra = self.pool_port()
+        before = len(self.hits)
+        for port in self.ports + [extra]:
+            for _ in range(poolpoller.BUDGET // 4 + 10):
+                self.connect(port)
+        waiting = 4 * (poolpoller.BUDGET // 4 + 10)
+        self.reactor.advance(poolpoller.TICK)
+        now = self.reactor.seconds()
+        self.assertEqual(drains, [(now, before), (now, before + poolpoller.BUDGET)])
+        self.assertEqual(len(self.hits), before + waiting)
+        [call] = self.reactor.getDelayedCalls()
+        self.assertAlmostEqual(call.getTime() - now, poolpoller.TICK,
+                               msg="with nothing left, the next drain a tick later")
+
+    def test_a_wake_takes_its_budget_at_most(self):
+        ports = [self.pool_port() for _ in range(poolpoller.BUDGET + 10 - len(self.ports))]
+        for port in self.ports + ports:
+            self.connect(port)
+        self.poller.doRead()
+        self.assertEqual(len(self.hits), poolpoller.BUDGET)
+        self.poller.doRead()
+        self.assertEqual(len(self.hits), poolpoller.BUDGET + 10)
+
+    def test_a_clock_set_back_does_not_hide_a_flood(self):
+        self.connect(self.ports[0])
+        self.poller.doRead()  # a window starts
+        self.reactor.rightNow -= 10
+        self.enter_flood()
+
+    def test_a_failing_drain_still_schedules_the_next(self):
+        self.enter_flood()
+
+        def fail(most):
+            raise OSError("poll failed")
+
+        self.patch(self.poller, "_drain_once", fail)
+        # (the reactor logs what a timed call raises; this clock hands it on)
+        self.assertRaises(OSError, self.reactor.advance, poolpoller.TICK)
+        self.assertEqual(len(self.reactor.getDelayedCalls()), 1, "drained again")
+
+    def test_a_failing_wake_is_logged_and_the_pool_still_watched(self):
+        def fail(most):
+            raise OSError("poll failed")
+
+        self.patch(self.poller, "_drain_once", fail)
+        self.poller.doRead()
+        self.assertEqual(len(self.flushLoggedErrors(OSError)), 1)
+        self.assertEqual(self.reactor.getReaders(), [self.poller])
+
+    def test_dropped_by_the_reactor_it_watches_again(self):
+        from twisted.internet.error import ConnectionLost
+        from twisted.python.failure import Failure
+
+        self.reactor.removeReader(self.poller)
+        self.poller.connectionLost(Failure(ConnectionLost()))
+        self.assertEqual(self.reactor.getReaders(), [self.poller])
+
+    def test_stopped_by_a_hit_mid_drain(self):
+        """A hit whose consequences stop the pool ends the drain cleanly."""
+        self.enter_flood()
+        self.after_hit = self.poller.stop
+        for port in self.ports:
+            self.connect(port)
+        self.reactor.advance(poolpoller.TICK)
+        self.assertEqual(self.reactor.getDelayedCalls(), [])
+        self.assertEqual(self.reactor.getReaders(), [])
+
+    def test_lost_at_the_reactors_shutdown_it_stops_quietly(self):
+        """
+        At its shutdown the reactor tells every reader it is lost: a
+        poller the service did not stop first stops then, with no error.
+        """
+        from twisted.internet.error import ConnectionLost
+        from twisted.python.failure import Failure
+
+        self.reactor.running = False
+        with capturedLogs() as events:
+            self.poller.connectionLost(Failure(ConnectionLost()))
+        self.assertEqual(self.poller.fileno(), -1)
+        self.assertEqual([e for e in events if e["log_level"].name != "debug"], [])
+
+    def test_lost_once_stopped_is_quiet(self):
+        from twisted.internet.error import ConnectionLost
+        from twisted.python.failure import Failure
+
+        self.poller.stop()
+        with capturedLogs() as events:
+            self.poller.connectionLost(Failure(ConnectionLost()))
+        self.assertEqual(self.reactor.getReaders(), [])
+        self.assertEqual(list(events), [])
