@@ -36,6 +36,10 @@ WINDOW = 0.1
 # the reactor has its turn: the central port, the timers.  A drain that
 # stops here with ports still ready is followed at once, not a tick later.
 BUDGET = 256
+# At most one line this often for each change of mode, with the count of
+# changes since: a flood that stops and starts every window would
+# otherwise write ten lines a second to the daemon's log.
+SAY_EVERY = 60.0
 
 
 @implementer(IReadDescriptor)
@@ -54,6 +58,7 @@ class PoolPoller:
         self._window_start = None
         self._seen = 0  # ready ports taken in the current window
         self.flooded = False
+        self._said = {}  # mode -> (when its line was written, changes unsaid)
 
     # What a pool port asks of its watcher.
 
@@ -181,13 +186,24 @@ class PoolPoller:
             self.flooded = True
             self._reactor.removeReader(self)
             self._watched = False
-            log.info("pool: {rate:.0f} connections a second, drained every {ms} ms",
-                     rate=rate, ms=TICK * 1000)
+            self._say(now, True, rate)
             if self._tick_call is None:
                 self._tick_call = self._reactor.callLater(TICK, self._tick)
         elif self.flooded and rate < FLOOD_RATE / 2:
             self.flooded = False
             self._reactor.addReader(self)
             self._watched = True
-            log.info("pool: {rate:.0f} connections a second, each taken as it comes",
-                     rate=rate)
+            self._say(now, False, rate)
+
+    def _say(self, now: float, flooded: bool, rate: float) -> None:
+        """Log a change of mode, at most once per L{SAY_EVERY} each way."""
+        said_at, unsaid = self._said.get(flooded, (None, 0))
+        if said_at is not None and 0.0 <= now - said_at < SAY_EVERY:
+            self._said[flooded] = (said_at, unsaid + 1)
+            return
+        self._said[flooded] = (now, 0)
+        mode = (f"drained every {TICK * 1000:g} ms" if flooded
+                else "each taken as it comes")
+        log.info("pool: {rate:.0f} connections a second, {mode} (the same change "
+                 "{unsaid} times more since the last such line)",
+                 rate=rate, mode=mode, unsaid=unsaid)

@@ -11,7 +11,7 @@ import struct
 import time
 
 from twisted.internet.testing import MemoryReactorClock
-from twisted.logger import capturedLogs
+from twisted.logger import capturedLogs, formatEvent
 from twisted.trial.unittest import TestCase
 
 from knocker.daemon import poolpoller
@@ -124,7 +124,9 @@ class PoolPollerTests(TestCase):
     def flood(self, port, seconds):
         """
         More than L{poolpoller.FLOOD_RATE} connections a second for
-        C{seconds} of the clock, each taken as it comes.
+        C{seconds} of the clock, each taken as it comes; the clock then a
+        step past it (so the next wake judges the window, whatever the
+        rounding of the steps).
         """
         count = int(poolpoller.FLOOD_RATE * seconds * 1.2) + 1
         step = seconds / count
@@ -132,6 +134,7 @@ class PoolPollerTests(TestCase):
             self.connect(port)
             self.poller.doRead()
             self.reactor.advance(step)
+        self.reactor.advance(step)
 
     def test_a_flood_is_drained_on_a_timer(self):
         """
@@ -144,7 +147,7 @@ class PoolPollerTests(TestCase):
             self.poller.doRead()  # the window's end: judged
         self.assertTrue(self.poller.flooded)
         self.assertEqual(self.reactor.getReaders(), [])
-        self.assertIn("drained every", " ".join(e["log_format"] for e in events))
+        self.assertIn("drained every", " ".join(formatEvent(e) for e in events))
         before = len(self.hits)
         waiting = [self.connect(self.ports[0]), self.connect(self.ports[0]),
                    self.connect(self.ports[1]), self.connect(self.ports[2])]
@@ -154,16 +157,14 @@ class PoolPollerTests(TestCase):
         self.assertEqual(len(self.reactor.getDelayedCalls()), 1)
 
     def test_when_the_flood_ends_each_connection_is_taken_as_it_comes(self):
-        self.flood(self.ports[0], poolpoller.WINDOW)
-        self.poller.doRead()
-        self.assertTrue(self.poller.flooded)
+        self.enter_flood()
         with capturedLogs() as events:
             for _ in range(int(poolpoller.WINDOW / poolpoller.TICK) + 2):
                 self.reactor.advance(poolpoller.TICK)
         self.assertFalse(self.poller.flooded)
         self.assertEqual(self.reactor.getReaders(), [self.poller])
         self.assertEqual(self.reactor.getDelayedCalls(), [], "the timer stopped")
-        self.assertIn("each taken as it comes", " ".join(e["log_format"] for e in events))
+        self.assertIn("each taken as it comes", " ".join(formatEvent(e) for e in events))
         taken = self.connect(self.ports[2])
         self.poller.doRead()
         self.assertEqual(self.hits[-1], taken)
@@ -178,9 +179,7 @@ class PoolPollerTests(TestCase):
         self.assertEqual(self.reactor.getReaders(), [self.poller])
 
     def test_stop_while_flooded_leaves_nothing_behind(self):
-        self.flood(self.ports[0], poolpoller.WINDOW)
-        self.poller.doRead()
-        self.assertTrue(self.poller.flooded)
+        self.enter_flood()
         self.poller.stop()
         self.assertEqual(self.reactor.getDelayedCalls(), [])
         self.assertEqual(self.reactor.getReaders(), [])
@@ -216,6 +215,9 @@ class PoolPollerTests(TestCase):
         self.assertEqual(self.hits, [queued])
 
     def enter_flood(self):
+        # a quiet window first, so the flood fills the next one
+        self.reactor.advance(poolpoller.WINDOW)
+        self.poller.doRead()
         self.flood(self.ports[0], poolpoller.WINDOW)
         self.poller.doRead()
         self.assertTrue(self.poller.flooded)
@@ -325,3 +327,24 @@ class PoolPollerTests(TestCase):
             self.poller.connectionLost(Failure(ConnectionLost()))
         self.assertEqual(self.reactor.getReaders(), [])
         self.assertEqual(list(events), [])
+
+    def test_a_flood_that_stops_and_starts_is_not_a_line_each_time(self):
+        """
+        The changes of mode are logged at most once per
+        L{poolpoller.SAY_EVERY} each way, with how many were left out.
+        """
+        with capturedLogs() as events:
+            for _ in range(5):
+                self.enter_flood()
+                for _ in range(int(poolpoller.WINDOW / poolpoller.TICK) + 2):
+                    self.reactor.advance(poolpoller.TICK)
+                self.assertFalse(self.poller.flooded)
+            self.reactor.advance(poolpoller.SAY_EVERY)
+            self.enter_flood()
+        lines = [formatEvent(e) for e in events if "pool:" in formatEvent(e)]
+        self.assertEqual(len(lines), 3, lines)
+        self.assertIn("drained every", lines[0])
+        self.assertIn("0 times more", lines[0])
+        self.assertIn("each taken as it comes", lines[1])
+        self.assertIn("drained every", lines[2])
+        self.assertIn("4 times more", lines[2])
