@@ -36,10 +36,11 @@ WINDOW = 0.1
 # the reactor has its turn: the central port, the timers.  A drain that
 # stops here with ports still ready is followed at once, not a tick later.
 BUDGET = 256
-# At most one line this often for each change of mode, with the count of
-# changes since: a flood that stops and starts every window would
-# otherwise write ten lines a second to the daemon's log.
-SAY_EVERY = 60.0
+# Seconds between lines about the mode at least: a flood that stops and
+# starts every window would otherwise write ten lines a second to the
+# daemon's log.  A change held back is written when the time is up, as the
+# mode then, with how many changes there were.
+SAY_EVERY = 10.0
 
 
 @implementer(IReadDescriptor)
@@ -58,7 +59,10 @@ class PoolPoller:
         self._window_start = None
         self._seen = 0  # ready ports taken in the current window
         self.flooded = False
-        self._said = {}  # mode -> (when its line was written, changes unsaid)
+        self._said_at = None  # when the last line about the mode was written
+        self._unsaid = 0  # changes of mode since that line
+        self._say_call = None  # the held line's turn
+        self._rate = 0.0  # at the last judgement
 
     # What a pool port asks of its watcher.
 
@@ -79,9 +83,10 @@ class PoolPoller:
         self._watched = True
 
     def stop(self) -> None:
-        if self._tick_call is not None:
-            self._tick_call.cancel()
-            self._tick_call = None
+        for call in (self._tick_call, self._say_call):
+            if call is not None:
+                call.cancel()
+        self._tick_call = self._say_call = None
         if self._watched:
             self._reactor.removeReader(self)
             self._watched = False
@@ -180,30 +185,45 @@ class PoolPoller:
         self._seen += taken
         if now - start < WINDOW:
             return
-        rate = self._seen / (now - start)
+        rate = self._rate = self._seen / (now - start)
         self._window_start, self._seen = now, 0
         if not self.flooded and rate > FLOOD_RATE:
             self.flooded = True
             self._reactor.removeReader(self)
             self._watched = False
-            self._say(now, True, rate)
+            self._say(now)
             if self._tick_call is None:
                 self._tick_call = self._reactor.callLater(TICK, self._tick)
         elif self.flooded and rate < FLOOD_RATE / 2:
             self.flooded = False
             self._reactor.addReader(self)
             self._watched = True
-            self._say(now, False, rate)
+            self._say(now)
 
-    def _say(self, now: float, flooded: bool, rate: float) -> None:
-        """Log a change of mode, at most once per L{SAY_EVERY} each way."""
-        said_at, unsaid = self._said.get(flooded, (None, 0))
-        if said_at is not None and 0.0 <= now - said_at < SAY_EVERY:
-            self._said[flooded] = (said_at, unsaid + 1)
-            return
-        self._said[flooded] = (now, 0)
-        mode = (f"drained every {TICK * 1000:g} ms" if flooded
-                else "each taken as it comes")
-        log.info("pool: {rate:.0f} connections a second, {mode} (the same change "
-                 "{unsaid} times more since the last such line)",
-                 rate=rate, mode=mode, unsaid=unsaid)
+    def _say(self, now: float) -> None:
+        """
+        The mode changed: say so now, or, within L{SAY_EVERY} of the last
+        line, when that time is up.
+        """
+        self._unsaid += 1
+        said_at = self._said_at
+        if said_at is None or now - said_at >= SAY_EVERY:
+            self._say_mode(now)
+        elif self._say_call is None:
+            self._say_call = self._reactor.callLater(said_at + SAY_EVERY - now, self._say_held)
+
+    def _say_held(self) -> None:
+        self._say_call = None
+        if self._epoll is not None and self._unsaid:  # (none: said meanwhile)
+            self._say_mode(self._reactor.seconds())
+
+    def _say_mode(self, now: float) -> None:
+        mode = (f"drained every {TICK * 1000:g} ms" if self.flooded
+                else "each connection taken as it comes")
+        changes, self._unsaid, self._said_at = self._unsaid, 0, now
+        if changes == 1:
+            log.info("pool: {rate:.0f} connections a second, {mode}", rate=self._rate, mode=mode)
+        else:
+            log.info("pool: {rate:.0f} connections a second, {mode} (the mode changed "
+                     "{changes} times since the last such line)",
+                     rate=self._rate, mode=mode, changes=changes)

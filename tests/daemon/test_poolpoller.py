@@ -128,7 +128,7 @@ class PoolPollerTests(TestCase):
         step past it (so the next wake judges the window, whatever the
         rounding of the steps).
         """
-        count = int(poolpoller.FLOOD_RATE * seconds * 1.2) + 1
+        count = int(poolpoller.FLOOD_RATE * seconds * 1.5) + 1
         step = seconds / count
         for _ in range(count):
             self.connect(port)
@@ -161,10 +161,12 @@ class PoolPollerTests(TestCase):
         with capturedLogs() as events:
             for _ in range(int(poolpoller.WINDOW / poolpoller.TICK) + 2):
                 self.reactor.advance(poolpoller.TICK)
+            self.reactor.advance(poolpoller.SAY_EVERY)  # (its line held till then)
         self.assertFalse(self.poller.flooded)
         self.assertEqual(self.reactor.getReaders(), [self.poller])
-        self.assertEqual(self.reactor.getDelayedCalls(), [], "the timer stopped")
-        self.assertIn("each taken as it comes", " ".join(formatEvent(e) for e in events))
+        self.assertEqual([call for call in self.reactor.getDelayedCalls()
+                          if call.func == self.poller._tick], [], "the timer stopped")
+        self.assertIn("each connection taken as it comes", " ".join(formatEvent(e) for e in events))
         taken = self.connect(self.ports[2])
         self.poller.doRead()
         self.assertEqual(self.hits[-1], taken)
@@ -216,7 +218,7 @@ class PoolPollerTests(TestCase):
 
     def enter_flood(self):
         # a quiet window first, so the flood fills the next one
-        self.reactor.advance(poolpoller.WINDOW)
+        self.reactor.advance(poolpoller.WINDOW * 1.5)
         self.poller.doRead()
         self.flood(self.ports[0], poolpoller.WINDOW)
         self.poller.doRead()
@@ -328,23 +330,58 @@ class PoolPollerTests(TestCase):
         self.assertEqual(self.reactor.getReaders(), [])
         self.assertEqual(list(events), [])
 
+    def leave_flood(self):
+        """No connection for as long as it takes the poller to judge a window."""
+        for _ in range(3 * int(poolpoller.WINDOW / poolpoller.TICK)):
+            self.reactor.advance(poolpoller.TICK)
+            if not self.poller.flooded:
+                return
+        self.fail("still flooded after three quiet windows")
+
+    def mode_lines(self, events):
+        return [formatEvent(e) for e in events if "pool:" in formatEvent(e)]
+
     def test_a_flood_that_stops_and_starts_is_not_a_line_each_time(self):
         """
-        The changes of mode are logged at most once per
-        L{poolpoller.SAY_EVERY} each way, with how many were left out.
+        One line about the mode in L{poolpoller.SAY_EVERY} at most; a
+        change within it is written when it is up, as the mode then, with
+        how many changes there were.
         """
         with capturedLogs() as events:
-            for _ in range(5):
-                self.enter_flood()
-                for _ in range(int(poolpoller.WINDOW / poolpoller.TICK) + 2):
-                    self.reactor.advance(poolpoller.TICK)
-                self.assertFalse(self.poller.flooded)
-            self.reactor.advance(poolpoller.SAY_EVERY)
             self.enter_flood()
-        lines = [formatEvent(e) for e in events if "pool:" in formatEvent(e)]
-        self.assertEqual(len(lines), 3, lines)
+            said_at = self.reactor.seconds()
+            for _ in range(3):
+                self.leave_flood()
+                self.enter_flood()
+            self.assertEqual(len(self.mode_lines(events)), 1)
+            self.reactor.advance(said_at + poolpoller.SAY_EVERY - self.reactor.seconds() - 0.01)
+            self.assertEqual(len(self.mode_lines(events)), 1, "not before the time is up")
+            self.reactor.advance(0.01)
+        lines = self.mode_lines(events)
+        self.assertEqual(len(lines), 2, lines)
         self.assertIn("drained every", lines[0])
-        self.assertIn("0 times more", lines[0])
-        self.assertIn("each taken as it comes", lines[1])
-        self.assertIn("drained every", lines[2])
-        self.assertIn("4 times more", lines[2])
+        self.assertNotIn("changed", lines[0])
+        # quiet since the last flood: it left it meanwhile, the seventh change
+        self.assertFalse(self.poller.flooded)
+        self.assertIn("each connection taken as it comes", lines[1])
+        self.assertIn("changed 7 times", lines[1])
+        with capturedLogs() as events:
+            self.enter_flood()  # within the time again: held, counted afresh
+            self.reactor.advance(poolpoller.SAY_EVERY)
+        [line] = self.mode_lines(events)
+        self.assertIn("changed 2 times", line)
+
+    def test_a_flood_that_stays_is_said_even_after_it_flapped(self):
+        """The last line about the mode is the mode the pool is in."""
+        self.patch(poolpoller, "SAY_EVERY", 0.5)
+        with capturedLogs() as events:
+            self.enter_flood()
+            self.leave_flood()
+            self.enter_flood()  # held: within 0.5 s of the first line
+            self.assertEqual(len(self.mode_lines(events)), 1, "the second held")
+            self.flood(self.ports[1], 0.3)  # and it goes on past the time
+        self.assertTrue(self.poller.flooded)
+        lines = self.mode_lines(events)
+        self.assertEqual(len(lines), 2, lines)
+        self.assertIn("drained every", lines[-1])
+        self.assertIn("changed 2 times", lines[-1])
