@@ -87,6 +87,8 @@ class PoolPoller:
             if call is not None:
                 call.cancel()
         self._tick_call = self._say_call = None
+        if self._unsaid and self._epoll is not None:  # a held line: the last word
+            self._say_mode(self._reactor.seconds())
         if self._watched:
             self._reactor.removeReader(self)
             self._watched = False
@@ -207,7 +209,7 @@ class PoolPoller:
         """
         self._unsaid += 1
         said_at = self._said_at
-        if said_at is None or now - said_at >= SAY_EVERY:
+        if said_at is None or not 0.0 <= now - said_at < SAY_EVERY:  # (or a clock set back)
             self._say_mode(now)
         elif self._say_call is None:
             self._say_call = self._reactor.callLater(said_at + SAY_EVERY - now, self._say_held)

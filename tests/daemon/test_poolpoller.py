@@ -385,3 +385,24 @@ class PoolPollerTests(TestCase):
         self.assertEqual(len(lines), 2, lines)
         self.assertIn("drained every", lines[-1])
         self.assertIn("changed 2 times", lines[-1])
+
+    def test_a_clock_set_back_does_not_hold_the_line(self):
+        with capturedLogs() as events:
+            self.enter_flood()
+            self.leave_flood()
+            self.reactor.advance(poolpoller.SAY_EVERY)  # the held line, then
+            self.reactor.rightNow -= 3600
+            self.enter_flood()
+        lines = self.mode_lines(events)
+        self.assertEqual(len(lines), 3, lines)
+        self.assertIn("drained every", lines[2])
+
+    def test_stopped_with_a_line_held_it_is_written(self):
+        with capturedLogs() as events:
+            self.enter_flood()
+            self.leave_flood()  # held
+            self.poller.stop()
+        lines = self.mode_lines(events)
+        self.assertEqual(len(lines), 2, lines)
+        self.assertIn("each connection taken as it comes", lines[1])
+        self.assertEqual(self.reactor.getDelayedCalls(), [])
