@@ -17,6 +17,7 @@ from twisted.trial.unittest import TestCase
 from knocker.daemon import poolpoller
 from knocker.daemon.poolpoller import PoolPoller
 from knocker.daemon.poolport import PoolPort, SpareDescriptor
+from tests.helpers.harness import epoll_watches
 
 
 def queued(port) -> int:
@@ -26,12 +27,6 @@ def queued(port) -> int:
     """
     info = port._socket.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 104)
     return struct.unpack_from("I", info, 24)[0]
-
-
-def watched(poller) -> set:
-    """The descriptors C{poller}'s epoll watches, as the kernel lists them."""
-    with open(f"/proc/self/fdinfo/{poller.fileno()}") as fdinfo:
-        return {int(line.split()[1]) for line in fdinfo if line.startswith("tfd:")}
 
 
 class PoolPollerTests(TestCase):
@@ -95,13 +90,13 @@ class PoolPollerTests(TestCase):
         port = self.ports[0]
         self.connect(port)
         fd = port.fileno()
-        self.assertIn(fd, watched(self.poller))
+        self.assertIn(fd, epoll_watches(self.poller))
         # A copy of the descriptor keeps the socket open, so the kernel does
         # not drop it from the epoll by itself when the port closes it.
         copy = os.dup(fd)
         self.addCleanup(os.close, copy)
         port.stopListening()
-        self.assertNotIn(fd, watched(self.poller))
+        self.assertNotIn(fd, epoll_watches(self.poller))
         self.connect(self.ports[1])
         self.poller.doRead()
         self.assertEqual([hit[1] for hit in self.hits], [self.ports[1].port])

@@ -176,3 +176,12 @@ def a_decoy(harness, client="alice", index=1):
 
 def temp_dir() -> str:
     return tempfile.mkdtemp(prefix="knocker-test-")
+
+
+def epoll_watches(poller) -> set:
+    """
+    The descriptors C{poller}'s epoll (its C{fileno()}) watches, as the
+    kernel lists them: a "tfd:" line each in the epoll's fdinfo.
+    """
+    with open(f"/proc/self/fdinfo/{poller.fileno()}") as fdinfo:
+        return {int(line.split()[1]) for line in fdinfo if line.startswith("tfd:")}
