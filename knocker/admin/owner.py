@@ -77,15 +77,36 @@ class StateOwner:
         return changed
 
     def _give(self, directory: int, name: str) -> bool:
+        """
+        Change the owner of what C{name} is now, not of what it was when
+        looked at: it is opened, and what is checked and changed is what
+        the descriptor holds.  Else the directory's owner could swap the
+        name, between the look and the change, for a hard link to a file
+        of root's (where the kernel lets anyone link to others' files).
+        Only a name that was a regular file or a folder is opened (no
+        device, no FIFO), and only when it is still the same one.
+        """
         try:
-            info = os.stat(name, dir_fd=directory, follow_symlinks=False)
+            seen = os.stat(name, dir_fd=directory, follow_symlinks=False)
         except OSError:
             return False
-        plain = stat.S_ISREG(info.st_mode) and info.st_nlink == 1
-        if info.st_uid != 0 or not (plain or stat.S_ISDIR(info.st_mode)):
+        if not (stat.S_ISREG(seen.st_mode) or stat.S_ISDIR(seen.st_mode)):
             return False
-        os.chown(name, self.uid, self.gid, dir_fd=directory, follow_symlinks=False)
-        return True
+        try:
+            fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY
+                         | os.O_CLOEXEC, dir_fd=directory)
+        except OSError:
+            return False
+        try:
+            info = os.fstat(fd)
+            plain = stat.S_ISREG(info.st_mode) and info.st_nlink == 1
+            same = (info.st_dev, info.st_ino) == (seen.st_dev, seen.st_ino)
+            if not same or info.st_uid != 0 or not (plain or stat.S_ISDIR(info.st_mode)):
+                return False
+            os.fchown(fd, self.uid, self.gid)
+            return True
+        finally:
+            os.close(fd)
 
     def __enter__(self):
         if self.switching:

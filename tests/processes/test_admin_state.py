@@ -216,6 +216,34 @@ class RootOnDaemonStateTests(TestCase):
         self.generate("alice")
         self.assertEqual(os.stat(victim).st_uid, 0)
 
+    def test_a_name_swapped_for_a_hard_link_after_the_look_is_not_given(self):
+        """
+        The state's owner swaps a file root left for a hard link to a file
+        of root's elsewhere, between the look at the name and the change
+        (the race, forced here at the open): that file keeps its owner;
+        what was not swapped is given back.
+        """
+        from knocker.admin import owner as owner_module
+
+        for name in ("audit.log", "daemon.lock"):
+            open(os.path.join(self.state, name), "w").close()
+        victim = os.path.join(self.dir, "root-file")
+        open(victim, "w").close()
+        real_open, swapped = os.open, []
+
+        def racing_open(path, flags, mode=0o777, *, dir_fd=None):
+            if path == "audit.log" and not swapped:
+                os.unlink(path, dir_fd=dir_fd)
+                os.link(victim, path, dst_dir_fd=dir_fd)
+                swapped.append(path)
+            return real_open(path, flags, mode, dir_fd=dir_fd)
+
+        self.patch(owner_module.os, "open", racing_open)
+        owner_module.StateOwner(self.state)
+        self.assertEqual(swapped, ["audit.log"])
+        self.assertEqual(os.stat(victim).st_uid, 0)
+        self.assertEqual(os.stat(os.path.join(self.state, "daemon.lock")).st_uid, self.uid)
+
     def test_daemon_as_its_own_user_serves_a_client_root_generated_meanwhile(self):
         probe = subprocess.run(
             ["setpriv", f"--reuid={self.uid}", f"--regid={self.gid}", "--clear-groups",
