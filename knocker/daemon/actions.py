@@ -17,7 +17,7 @@ from twisted.internet import defer
 from twisted.internet.interfaces import IReadDescriptor
 from zope.interface import implementer
 
-from knocker.daemon.proctree import descendants
+from knocker.daemon.proctree import descendants, kill_if_same
 
 OUTPUT_LIMIT = 64 * 1024
 PIPE_GRACE = 0.2  # seconds to collect output after the program exits
@@ -276,11 +276,8 @@ def kill_session(pid: int) -> None:
         os.killpg(pid, signal.SIGKILL)  # the session's leader: its group is its pid
     except OSError:  # gone already, or no longer ours to kill
         pass
-    for stray in strays:
-        try:
-            os.kill(stray, signal.SIGKILL)
-        except OSError:
-            pass
+    for stray, started in strays:
+        kill_if_same(stray, started)
 
 
 def ignored_signals() -> list[int]:
