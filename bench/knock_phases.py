@@ -42,6 +42,9 @@ interleaved in shuffled rounds with random pauses:
                remember checked    remember_checked (only on a first knock)
                print + return      OPEN printed, main returns
                interpreter exit    main returned -> the harness sees the exit
+                                   (the process leaves with os._exit and
+                                   the cycle collector is off, as in
+                                   knocker.command_line)
   importtime `VENV/bin/knocker knock --config FILE` under
              PYTHONPROFILEIMPORTTIME=1: each top-level import's cumulative
              time (its own overhead inflates these; read them as shares)
@@ -63,6 +66,8 @@ from knock_config import Tree  # noqa: E402
 
 # Runs in the measured interpreter: stamps, wrappers, then the real entry.
 CODE = r'''
+import gc
+gc.disable()  # as knocker.command_line does for a knock
 import time
 _now = time.clock_gettime_ns
 _M = time.CLOCK_MONOTONIC
@@ -140,9 +145,11 @@ AFTER["knocker.client.blocking_driver"] = driver_loaded
 import os
 rc = knocker.main.main(["knock", "--config", sys.argv[1]])
 mark("returned")
-sys.stdout.flush()
 os.write(2, ("PHASES " + repr(T) + "\n").encode())
-sys.exit(rc)
+# and leaves as knocker.command_line does: no interpreter teardown
+sys.stdout.flush()
+sys.stderr.flush()
+os._exit(rc)
 '''
 
 # The floor, split the same way: start-up to its first line, and exit.
