@@ -21,6 +21,9 @@ from zope.interface import implementer
 from knocker.console.site import (
     BUSY_SECONDS,
     MAX_BODY,
+    MAX_CONNECTIONS,
+    MAX_FIELDS,
+    MAX_PATH_PARTS,
     MAX_PER_SOURCE,
     REQUEST_SECONDS,
     BoundedRequest,
@@ -130,8 +133,9 @@ class BodyLimitTests(SynchronousTestCase):
         connection, transport = connect(factory)
         connection.dataReceived(b"POST /login HTTP/1.1\r\n" + FORM +
                                 b"Transfer-Encoding: chunked\r\n\r\n")
-        chunk = b"%x\r\n%s\r\n" % (16384, b"a" * 16384)
-        for _ in range(MAX_BODY // 16384):
+        size = MAX_BODY // 4
+        chunk = b"%x\r\n%s\r\n" % (size, b"a" * size)
+        for _ in range(4):
             connection.dataReceived(chunk)
         self.assertEqual(transport.value(), b"", "up to the limit it is read")
         connection.dataReceived(chunk + chunk + b"0\r\n\r\n")
@@ -267,6 +271,94 @@ class ConnectionLimitTests(SynchronousTestCase):
         self.assertIn(b'"source": "203.0.113.7"', transport.value())
 
 
+class ParseCostTests(SynchronousTestCase):
+    """
+    What twisted.web would split on the reactor before the gate (a query, a
+    form, a path) is refused unparsed past a few dozen pieces, from anyone.
+    """
+
+    def setUp(self):
+        import twisted.web.http as http
+
+        self.parsed = []
+        real = http.parse_qs
+
+        def counted(data, *args):
+            self.parsed.append(len(data))
+            return real(data, *args)
+
+        self.patch(http, "parse_qs", counted)
+        self.f, self.factory = console_factory(self)
+
+    def answer(self, data: bytes) -> bytes:
+        connection, transport = connect(self.factory)
+        connection.dataReceived(data)
+        return transport.value()
+
+    def post(self, body: bytes, kind: bytes = b"application/x-www-form-urlencoded") -> bytes:
+        return self.answer(b"POST /login HTTP/1.1\r\nHost: 127.0.0.1:8750\r\n"
+                           b"Origin: http://127.0.0.1:8750\r\nContent-Type: " + kind +
+                           b"\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+
+    def test_a_query_of_many_fields_is_refused_unparsed(self):
+        answer = self.answer(b"GET /login?" + b";" * 4000 + b" HTTP/1.1\r\n"
+                             b"Host: 127.0.0.1:8750\r\n\r\n")
+        self.assertTrue(answer.startswith(b"HTTP/1.1 400 "), answer[:80])
+        self.assertIn(b"a query of more than %d fields" % MAX_FIELDS, answer)
+        self.assertEqual(self.parsed, [])
+
+    def test_a_form_of_many_fields_is_refused_unparsed(self):
+        answer = self.post(b"a=1&" * 1000)
+        self.assertTrue(answer.startswith(b"HTTP/1.1 400 "), answer[:80])
+        self.assertIn(b"a form of more than %d fields" % MAX_FIELDS, answer)
+        self.assertEqual(self.parsed, [])
+
+    def test_a_body_that_is_not_a_form_is_refused_unparsed(self):
+        body = b"--x\r\nContent-Disposition: form-data; name=token\r\n\r\nabc\r\n--x--\r\n"
+        answer = self.post(body, b"multipart/form-data; boundary=x")
+        self.assertTrue(answer.startswith(b"HTTP/1.1 415 "), answer[:80])
+        self.assertIn(b"application/x-www-form-urlencoded", answer)
+
+    def test_a_path_of_many_parts_is_refused(self):
+        answer = self.answer(b"GET " + b"/" * 2000 + b" HTTP/1.1\r\nHost: 127.0.0.1:8750\r\n\r\n")
+        self.assertTrue(answer.startswith(b"HTTP/1.1 400 "), answer[:80])
+        self.assertIn(b"a path of more than %d parts" % MAX_PATH_PARTS, answer)
+
+    def test_up_to_the_limits_a_request_is_served(self):
+        query = b"&".join(b"f%d=1" % n for n in range(MAX_FIELDS))
+        answer = self.answer(b"GET /login?" + query + b" HTTP/1.1\r\nHost: 127.0.0.1:8750\r\n\r\n")
+        self.assertTrue(answer.startswith(b"HTTP/1.1 200 "), answer[:80])
+        answer = self.post(query)  # a wrong login: the form was read, and judged
+        self.assertTrue(answer.startswith(b"HTTP/1.1 403 "), answer[:80])
+        self.assertEqual(len(self.parsed), 2)
+
+    def test_every_connection_with_the_costliest_request_is_refused_unparsed(self):
+        """
+        The console's every connection at once (from several addresses),
+        each with a body of empty fields as big as the limit allows, as one
+        turn of the reactor would deliver them: all refused, none parsed.
+        """
+        body = b";" * (MAX_BODY - 10)
+        request = (b"POST /login HTTP/1.1\r\nHost: 127.0.0.1:8750\r\n"
+                   b"Content-Type: application/x-www-form-urlencoded\r\n"
+                   b"Content-Length: %d\r\n\r\n" % len(body)) + body
+        answers = []
+        for n in range(MAX_CONNECTIONS):
+            peer = IPv4Address("TCP", f"127.0.0.{2 + n // MAX_PER_SOURCE}", 40000 + n)
+            connection, transport = connect_from(self.factory, peer)
+            connection.dataReceived(request)
+            answers.append(transport.value()[:12])
+        self.assertEqual(set(answers), {b"HTTP/1.1 400"})
+        self.assertEqual(self.parsed, [])
+
+
+def connect_from(factory, peer):
+    protocol = factory.buildProtocol(peer)
+    transport = StringTransport(peerAddress=peer)
+    protocol.makeConnection(transport)
+    return protocol, transport
+
+
 class BadRequestTests(SynchronousTestCase):
     """
     What twisted.web cannot read gets a 400 that says what it was (Twisted's
@@ -395,7 +487,7 @@ class SlowClientTests(SynchronousTestCase):
 
     def test_a_body_that_drips_in_is_cut_too(self):
         self.assertCutWhileDripping(b"POST /login HTTP/1.1\r\nHost: 127.0.0.1:8750\r\n"
-                                    b"Content-Length: 65536\r\n\r\n", b"a")
+                                    b"Content-Length: %d\r\n\r\n" % MAX_BODY, b"a")
 
     def test_a_pipelined_live_stream_is_not_cut(self):
         f, factory = console_factory(self)
