@@ -137,6 +137,20 @@ class ObservedAudit:
             listener(entry)
         return written
 
+    def denied(self, **fields) -> bool:
+        """Listeners see every DENIED (the metrics count them all), as every LOCKED."""
+        return self._seen_by_all("denied", self._audit.denied(**fields), fields)
+
+    def enrol_refused(self, **fields) -> bool:
+        """Listeners see every refused enrolment; the log writes those within its budget."""
+        return self._seen_by_all("enrol", self._audit.enrol_refused(**fields), fields)
+
+    def _seen_by_all(self, event: str, written: bool, fields: dict) -> bool:
+        entry = {"time": iso_time(self._wall()), "event": event, **fields}
+        for listener in self._listeners:
+            listener(entry)
+        return written
+
     def hit(self, ip: str, src_port: int, port: int, outcome: str) -> None:
         self._audit.hit(ip, src_port, port, outcome)
         if self._on_hit is not None:

@@ -5,9 +5,10 @@ top sources and clients.  Pure: lines or events in, a L{Report} out; the
 reports page and C{knocker report} both call L{summarise}.
 
 Events are read as the audit log writes them: a C{hit} line is one hit, a
-C{hits} or C{hits-overflow} summary counts C{count} hits, and the reason
-C{lockout} of an C{errors} or C{errors-overflow} summary counts that many
-lockouts, so the totals match what the daemon saw even through a flood.
+C{hits} or C{hits-overflow} summary counts C{count} hits, and the reasons
+C{lockout} and C{denied} of an C{errors} or C{errors-overflow} summary
+count that many lockouts and denials, so the totals match what the daemon
+saw even through a flood.
 A line that is not what the daemon writes (not JSON, not an object, a
 field of the wrong type) is skipped: the log may be damaged, or written
 to by someone else, and a report must still come out.
@@ -195,8 +196,10 @@ def summarise(lines, bucket: str = "hour", since: str | None = None) -> Report:
                     continue
             elif kind == "errors" or kind == "errors-overflow":
                 outcomes = event.get("outcomes")
-                n = outcomes.get("lockout", 0) if isinstance(outcomes, dict) else 0
-                if type(n) is not int or n < 0:
+                if not isinstance(outcomes, dict):
+                    outcomes = {}
+                n, denied = outcomes.get("lockout", 0), outcomes.get("denied", 0)
+                if not (type(n) is int and n >= 0 and type(denied) is int and denied >= 0):
                     continue
         if not isinstance(when, str) or (since is not None and when < since):
             continue
@@ -223,12 +226,14 @@ def summarise(lines, bucket: str = "hour", since: str | None = None) -> Report:
                 count_source(ip, n)
             continue
         if kind == "errors" or kind == "errors-overflow":
-            # Source lockouts past the audit log's budget (protocol errors
-            # and LOCKED answers, counted there too, are not figures here).
-            if n:
+            # Source lockouts and denials past the audit log's budget
+            # (protocol errors and LOCKED answers, counted there too, are
+            # not figures here).
+            if n or denied:
                 row.lockouts += n
+                row.denials += denied
                 if ip is not None:
-                    count_source(ip, n)
+                    count_source(ip, n + denied)
             continue
         if kind == "open":
             row.opens += 1

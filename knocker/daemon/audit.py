@@ -61,9 +61,13 @@ end: a C{locked} line, or the count of the reason C{locked} in those
 summaries; and the lockouts of sources (L{AuditLog.lockout}), one per
 source, where a flood from fresh addresses (a new IPv6 /64 each time) is
 as many sources as hits: a C{lockout} line, or the count of the reason
-C{lockout}.  A lockout of the whole server, and all other events (grant,
-open, fail, denied, script, close, start, stop, ...), are always written
-one by one, whatever the budget and the free space.
+C{lockout}.  So are the DENIED answers to proofs no file made
+(L{AuditLog.denied}, the reason C{denied}) and the enrolments refused
+before any try was taken (L{AuditLog.enrol_refused}, C{enrol-refused}),
+which a source where lockouts do not hold may ask for without end.  A
+lockout of the whole server, and all other events (grant, open, fail,
+script, close, start, stop, a denial of a proof made with a real file,
+...), are always written one by one, whatever the budget and the free space.
 """
 
 import errno
@@ -177,6 +181,28 @@ class AuditLog:
         if fields.get("source") == GLOBAL:
             return self.record("lockout", **fields)
         return self._within_errors_budget("lockout", fields, fields.get("ip"), "lockout")
+
+    def denied(self, **fields) -> bool:
+        """
+        A DENIED answer to a proof no file of the server made (its C{ip},
+        C{client} and C{reason} among C{fields}).  Each is a failed attempt
+        and so locks its source out, but not where lockouts do not hold
+        (C{lockout = 0}, C{never-lock}, a flood from fresh IPv6 /64s): so
+        its line shares the protocol errors' budget, and past it is counted
+        in their C{errors} summaries under the reason C{denied}.  Returns
+        whether it got a line of its own.
+        """
+        return self._within_errors_budget("denied", fields, fields.get("ip"), "denied")
+
+    def enrol_refused(self, **fields) -> bool:
+        """
+        An enrolment refused before any try of an invitation was taken (no
+        such invitation, one used, expired or void), which anyone may ask
+        for again and again: an C{enrol} line within the protocol errors'
+        budget, past it counted under the reason C{enrol-refused}.
+        Returns whether it got a line of its own.
+        """
+        return self._within_errors_budget("enrol", fields, fields.get("ip"), "enrol-refused")
 
     def _within_errors_budget(self, event: str, fields: dict, ip, reason: str) -> bool:
         """C{event}'s line if the errors' budget and the free space allow, else its count."""
@@ -460,12 +486,14 @@ class MemoryAudit:
         self.record("error", ip=ip, reason=reason)
         return True
 
-    def locked(self, **fields) -> bool:
-        self.record("locked", **fields)
-        return True
+    # What the real log bounds by its budget, kept here each time.
+    locked = lambda self, **fields: self._kept("locked", fields)  # noqa: E731
+    lockout = lambda self, **fields: self._kept("lockout", fields)  # noqa: E731
+    denied = lambda self, **fields: self._kept("denied", fields)  # noqa: E731
+    enrol_refused = lambda self, **fields: self._kept("enrol", fields)  # noqa: E731
 
-    def lockout(self, **fields) -> bool:
-        self.record("lockout", **fields)
+    def _kept(self, event: str, fields: dict) -> bool:
+        self.record(event, **fields)
         return True
 
     def of(self, event: str) -> list[dict]:

@@ -287,8 +287,11 @@ class KnockServer:
             # A revoked file reaches here as an unknown client (state None).
             revoked = secret is None and client in self._revoked
             reason = "revoked" if revoked else "unknown-client" if secret is None else "bad-proof"
-            self._audit.record("denied", ip=ip, client=client, reason=reason)
-            log.warn("denied {client} from {ip}: {reason}", client=client, ip=ip, reason=reason)
+            # (within the audit log's budget: where lockouts do not hold, a
+            # source may be denied without end)
+            if self._audit.denied(ip=ip, client=client, reason=reason):
+                log.warn("denied {client} from {ip}: {reason}", client=client, ip=ip,
+                         reason=reason)
             self.tracker.failed_attempt(ip, "denied")
             return hs.Denied()
         if state.left <= 0:

@@ -196,8 +196,13 @@ class EnrolServer:
         return self._refuse("wrong-code", attempts=counted.attempts)
 
     def _refuse(self, reason: str, **fields) -> list[Send]:
-        self._audit.record("enrol", ip=self.ip, slot=self._slot, client=self._client,
-                           outcome=reason, **fields)
+        fields.update(ip=self.ip, slot=self._slot, client=self._client, outcome=reason)
+        if reason == "wrong-code":
+            # a try of the invitation's, bounded by its tries: always its line
+            self._audit.record("enrol", **fields)
+        else:
+            # asked for as often as anyone likes: within the log's budget
+            self._audit.enrol_refused(**fields)
         return self._end(f"REFUSED {reason}".encode("ascii"))
 
     def _end(self, line: bytes, fault: str | None = None) -> list[Send]:

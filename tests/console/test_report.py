@@ -396,6 +396,19 @@ class LockoutFloodTests(SynchronousTestCase):
         self.assertEqual(data["top_sources"], [{"source": "198.51.100.9", "events": 7}])
 
 
+    def test_summary_lines_count_their_denials_too(self):
+        lines = [
+            line("2027-01-15T08:00:10.000000Z", "errors", ip="198.51.100.9", count=9,
+                 outcomes={"denied": 6, "lockout": 1, "locked": 2}),
+            line("2027-01-15T08:00:10.000000Z", "denied", ip="198.51.100.9", client="alice",
+                 reason="bad-proof"),
+        ]
+        totals = summarise(lines).totals()
+        self.assertEqual((totals.denials, totals.lockouts), (7, 1))
+        self.assertEqual(summarise(lines).as_dict()["top_sources"],
+                         [{"source": "198.51.100.9", "events": 8}])
+
+
 class DamagedLogTests(SynchronousTestCase):
     """
     The console reads the log inside the daemon: a damaged or hostile log

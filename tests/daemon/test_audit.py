@@ -187,6 +187,67 @@ class LockoutBudgetTests(TestCase):
                                                 "reason": "timeout", "seconds": 60, "step": 0}])
 
 
+class UnauthenticatedRefusalBudgetTests(TestCase):
+    """
+    A DENIED, and an enrolment refused before any try, can be asked for
+    without end where lockouts do not hold (here C{lockout = 0}): their
+    lines share the protocol errors' budget, and every one is counted.
+    """
+
+    def flooded(self, send):
+        """
+        A harness whose audit log is a real one (5 lines a second), with
+        C{send(harness, n)} done 300 times; the log's events, read back.
+        """
+        from knocker.daemon.audit import AuditLog
+        from tests.helpers.harness import Harness
+
+        h = Harness(self, lockout=0)
+        path = os.path.join(h.dir, "audit.log")
+        h.server._audit = audit = AuditLog(path, h.clock, hit_rate=5, min_free_mib=0)
+        for n in range(300):
+            send(h, n)
+        audit.close()
+        return strict_lines(path)
+
+    def assertAllCounted(self, events, event, reason, wanted=300):
+        lines = [e for e in events if e["event"] == event]
+        counted = sum(e["outcomes"].get(reason, 0)
+                      for e in events if e["event"] in ("errors", "errors-overflow"))
+        self.assertLess(len(lines), 60, "past the budget, not a line each")
+        self.assertEqual(len(lines) + counted, wanted, "every one accounted for")
+        return lines
+
+    def test_a_flood_of_denials_is_bounded_and_counted(self):
+        from knocker.console.report import summarise
+
+        def deny(h, n):
+            line, proto, _, _ = h.handshake(secret=b"\x01" * 32, ip="198.51.100.7")
+            self.assertEqual(line, b"DENIED\n")
+            proto.connectionLost(None)
+
+        events = self.flooded(deny)
+        lines = self.assertAllCounted(events, "denied", "denied")
+        self.assertEqual({(e["client"], e["reason"]) for e in lines}, {("alice", "bad-proof")})
+        self.assertEqual(summarise(events).totals().denials, 300)
+
+    def test_a_flood_of_refused_enrolments_is_bounded_and_counted(self):
+        from knocker.enrol import keys as k
+
+        message = k.b64(bytes(33)).encode("ascii")
+
+        def refused(h, n):
+            proto, transport = h.connect(ip="198.51.100.8")
+            proto.dataReceived(b"KNOCKER/1 ENROLL 4242 " + message + b"\n")
+            self.assertEqual(transport.value(), b"REFUSED unknown\n")
+            proto.connectionLost(None)
+            h.clock.advance(0.02)
+
+        events = self.flooded(refused)
+        lines = self.assertAllCounted(events, "enrol", "enrol-refused")
+        self.assertEqual({e["outcome"] for e in lines}, {"unknown"})
+
+
 class TornAuditTests(TestCase):
     def test_reopening_after_a_torn_line_keeps_every_line_json(self):
         from twisted.internet.task import Clock

@@ -45,6 +45,10 @@ class Audit:
         self.record("locked", **fields)
         return True
 
+    def enrol_refused(self, **fields):
+        self.record("enrol", **fields)
+        return True
+
     def outcomes(self):
         return [fields["outcome"] for event, fields in self.events if event == "enrol"]
 
