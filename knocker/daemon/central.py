@@ -55,11 +55,37 @@ the daemon a DENIED's timer fires this much early and the last stretch is
 slept on the monotonic clock (at most this long; a DENIED is rare, since
 each one locks its source out)."""
 
+PRECISE_PER_SECOND = 50
+"""Where lockouts do not hold (C{lockout = 0}, C{never-lock}, fresh IPv6
+/64s), DENIED is not rare: past this many precise waits in a second (at
+most a tenth of the reactor's time), a DENIED goes out when its timer
+fires, up to L{PRECISE_EARLY} before its moment, so that a flood of
+them cannot keep the reactor asleep while knocks wait.  Its time then
+still does not depend on the work behind it, bar the timer's rounding."""
+
 
 def _sleep_until(moment: float) -> None:
     remaining = moment - time.monotonic()
     if 0 < remaining <= PRECISE_EARLY:
         select.select([], [], [], remaining)  # a relative wait, to the microsecond
+
+
+class PreciseWaits:
+    """L{_sleep_until}, at most L{PRECISE_PER_SECOND} times a second."""
+
+    def __init__(self, now=time.monotonic, sleep_until=_sleep_until):
+        self._now = now
+        self._sleep_until = sleep_until
+        self._second = None
+        self._used = 0
+
+    def __call__(self, moment: float) -> None:
+        second = int(self._now())
+        if second != self._second:
+            self._second, self._used = second, 0
+        if self._used < PRECISE_PER_SECOND:
+            self._used += 1
+            self._sleep_until(moment)
 
 
 _MORE = getattr(socket, "MSG_MORE", 0)  # Linux: the FIN follows in the same segment
@@ -509,7 +535,7 @@ class CentralFactory(protocol.Factory):
                  max_per_source: int | None = None, precise_time: bool = False):
         if precise_time:
             self.early = PRECISE_EARLY
-            self.wait_until = _sleep_until
+            self.wait_until = PreciseWaits()
         self._server = server
         self._clock = clock
         self._max_per_source = (max_per_source if max_per_source is not None

@@ -275,3 +275,27 @@ class OperatorLogTests(unittest.TestCase):
             ("warn", f"knock {index} of alice from 192.0.2.10 not opened: "
                      "the daemon is stopping"),
         ])
+
+
+class PreciseWaitsTests(unittest.SynchronousTestCase):
+    """
+    The daemon finishes a DENIED's wait to the microsecond, blocking the
+    reactor for up to PRECISE_EARLY; a flood of them (where lockouts do not
+    hold) may not keep it blocked: so many a second, then no more.
+    """
+
+    def test_so_many_a_second(self):
+        now, slept = [100.0], []
+        waits = central.PreciseWaits(now=lambda: now[0], sleep_until=slept.append)
+        for n in range(central.PRECISE_PER_SECOND + 10):
+            waits(100.5 + n)
+        self.assertEqual(slept, [100.5 + n for n in range(central.PRECISE_PER_SECOND)])
+        now[0] = 101.0
+        waits(101.5)
+        self.assertEqual(len(slept), central.PRECISE_PER_SECOND + 1, "a new second's allowance")
+
+    def test_the_daemons_central_port_uses_them(self):
+        h = Harness(self)
+        factory = central.CentralFactory(h.server, h.clock, 10, 5, precise_time=True)
+        self.assertIsInstance(factory.wait_until, central.PreciseWaits)
+        self.assertEqual(factory.early, central.PRECISE_EARLY)
