@@ -493,8 +493,8 @@ class ThreadedStore:
     def invitation_attempt(self, slot: int, now: float) -> Deferred:
         return self._defer(self._store.invitation_attempt, slot, now)
 
-    def use_invitation(self, slot: int, client: str, now: float) -> Deferred:
-        return self._defer(self._store.use_invitation, slot, client, now)
+    def use_invitation(self, slot: int, client: str, code: str, now: float) -> Deferred:
+        return self._defer(self._store.use_invitation, slot, client, code, now)
 
     def book_text(self, client: str) -> Deferred:
         """The server's copy of C{client}'s file, for its enrolment."""

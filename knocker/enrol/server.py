@@ -158,10 +158,19 @@ class EnrolServer:
         if len(sealed) > k.MAX_DATA_LINES * CHUNK:
             return self._file_error(ValueError(f"the file is larger than {k.MAX_DATA_LINES} "
                                                f"DATA lines: no client would take it"))
-        return then(self._store.use_invitation(self._slot, self._client, self._now()),
+        # (by its code too: the slot may hold a new invitation of the same
+        # client by now, made after this one expired)
+        return then(self._store.use_invitation(self._slot, self._client, self._counted.code,
+                                               self._now()),
                     self._used, sealed)
 
     def _used(self, used: bool, sealed: str) -> list[Send]:
+        if used and self.done:
+            # The client left while the state marked it used (a fleet's
+            # database answers later): spent, and nothing went out.
+            self._audit.record("enrol", ip=self.ip, slot=self._slot, client=self._client,
+                               outcome="lost")
+            return []
         if used:
             return self._deliver(sealed)
         # Used by a parallel attempt, or expired since the try was taken.

@@ -229,12 +229,14 @@ class IStore(Interface):
         returns: parallel or crashed attempts all count.
         """
 
-    def use_invitation(slot, client, now):
+    def use_invitation(slot, client, code, now):
         """
         Mark the invitation in C{slot} used, if it is not already, is
-        C{client}'s (the slot may have been given again meanwhile), is not
-        cancelled and has not expired at C{now}, and say whether this call
-        did: only one caller ever gets C{True}.
+        C{client}'s and made with C{code} (the slot may have been given
+        again meanwhile, even to the same client: the exchange that took
+        a try of the old one must not use the new one), is not cancelled
+        and has not expired at C{now}, and say whether this call did: only
+        one caller ever gets C{True}.
         """
 
     # Renewal (docs/spec.md section 10): at most one pending generation

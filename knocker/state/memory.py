@@ -117,10 +117,10 @@ class MemoryStore:
         found = self._invitations[slot] = evolve(found, attempts=found.attempts + 1)
         return found
 
-    def use_invitation(self, slot, client, now) -> bool:
+    def use_invitation(self, slot, client, code, now) -> bool:
         found = self._invitations.get(slot)
-        if (found is None or found.used or found.client != client or found.cancelled
-                or now >= found.expires):
+        if (found is None or found.used or found.client != client or found.code != code
+                or found.cancelled or now >= found.expires):
             return False
         self._invitations[slot] = evolve(found, used=True)
         return True

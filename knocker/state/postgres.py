@@ -22,6 +22,7 @@ fleet; if the call raises, nobody knows whether the commit happened, and
 the caller grants nothing (the number may be lost, never reused).
 """
 
+import hmac
 import os
 import re
 import threading
@@ -694,13 +695,23 @@ class PostgresStore:
             (slot, now)).fetchone())
         return self._invitation(row) if row else None
 
-    def use_invitation(self, slot, client, now) -> bool:
-        row = self._run(lambda c: c.execute(
-            "UPDATE invitations SET used = true "
-            "WHERE slot = %s AND NOT used AND client = %s AND tries > 0 AND expires > %s "
-            "RETURNING slot",
-            (slot, client, now)).fetchone())
-        return row is not None
+    def use_invitation(self, slot, client, code, now) -> bool:
+        """
+        In one transaction, the row locked: the code is sealed, so it is
+        compared here, not in the statement.
+        """
+        def work(conn):
+            with conn.transaction():
+                row = conn.execute(
+                    self._INVITATION + " WHERE slot = %s AND NOT used AND client = %s "
+                    "AND tries > 0 AND expires > %s FOR UPDATE", (slot, client, now)).fetchone()
+                if row is None or not hmac.compare_digest(
+                        self._invitation(row).code.encode("utf-8"), code.encode("utf-8")):
+                    return False
+                conn.execute("UPDATE invitations SET used = true WHERE slot = %s", (slot,))
+                return True
+
+        return self._run(work)
 
     # Renewal (section 10): one pending generation per client, its copy sealed.
 

@@ -290,13 +290,13 @@ class SQLiteStore:
                 (slot, now)).fetchone()
         return _invitation(row) if row else None
 
-    def use_invitation(self, slot: int, client: str, now: float) -> bool:
+    def use_invitation(self, slot: int, client: str, code: str, now: float) -> bool:
         with self._transaction():
             rows = self._db.execute(
                 "UPDATE invitations SET used = 1 "
-                "WHERE slot = ? AND NOT used AND client = ? AND tries > 0 AND expires > ? "
-                "RETURNING slot",
-                (slot, client, now)).fetchall()
+                "WHERE slot = ? AND NOT used AND client = ? AND code = ? AND tries > 0 "
+                "AND expires > ? RETURNING slot",
+                (slot, client, code, now)).fetchall()
         return bool(rows)
 
     # Renewal: one pending generation per client.

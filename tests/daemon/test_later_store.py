@@ -404,6 +404,28 @@ class EnrolThroughDeferredsTests(SynchronousTestCase):
         self.assertEqual(replies.count(b"REFUSED void\n"), 10 - TRIES)
         self.assertEqual(self.h.store.invitation(self.slot).attempts, TRIES)
 
+    def test_a_hang_up_while_the_invitation_is_used_is_no_delivery(self):
+        """
+        The right CONFIRM came, and the client left while the state marked
+        the invitation used: it is spent, and the audit log says the file
+        was lost, not sent.
+        """
+        from knocker.enrol import keys as k
+
+        proto, transport = self.h.connect("192.0.2.10")
+        pake = k.Pake(self.slot, WORDS)
+        proto.dataReceived(b"KNOCKER/1 ENROLL %d %s\n" % (self.slot, k.b64(pake.message).encode()))
+        theirs = k.unb64(transport.value().split()[1].decode())
+        keys = pake.finish(pake.message, theirs, theirs)
+        self.later.held = True
+        proto.dataReceived(b"CONFIRM " + keys.client_mac().encode() + b"\n")
+        self.assertEqual(len(self.later.waiting), 1, "the use, in the state")
+        proto.connectionLost(None)
+        self.later.release()
+        self.assertTrue(self.h.store.invitation(self.slot).used)
+        self.assertNotIn(b"ENROLLED", transport.value())
+        self.assertEqual([e["outcome"] for e in self.h.audit.of("enrol")], ["lost"])
+
     def test_hang_up_after_enrolling_is_a_failed_attempt(self):
         proto, transport = self.start()
         self.assertTrue(transport.value().startswith(b"ENROLLING "))

@@ -325,7 +325,7 @@ class InvitationContract:
         used = add("a", "x", 2000.0, 3, 1000.0)
         voided = add("c", "z", 2000.0, 1, 1000.0)
         expiring = add("b", "y", 1500.0, 3, 1000.0)
-        self.assertTrue(self.store.use_invitation(used, "a", 1000.0))
+        self.assertTrue(self.store.use_invitation(used, "a", "x", 1000.0))
         self.store.invitation_attempt(voided, 1000.0)
         self.assertEqual(self.store.invitation(voided).state(1000.0), "void")
         filled = self.fill_slots(1000.0)
@@ -337,17 +337,31 @@ class InvitationContract:
 
     def test_used_once(self):
         slot = self.store.add_invitation("alice", "x", 2000.0, 3, 1000.0)
-        self.assertTrue(self.store.use_invitation(slot, "alice", 1000.0))
-        self.assertFalse(self.store.use_invitation(slot, "alice", 1000.0))
+        self.assertTrue(self.store.use_invitation(slot, "alice", "x", 1000.0))
+        self.assertFalse(self.store.use_invitation(slot, "alice", "x", 1000.0))
         self.assertEqual(self.store.invitation(slot).state(1000.0), "used")
-        self.assertFalse(self.store.use_invitation(99, "alice", 1000.0))
+        self.assertFalse(self.store.use_invitation(99, "alice", "x", 1000.0))
 
     def test_used_only_by_its_client_before_it_expires(self):
         slot = self.store.add_invitation("alice", "x", 2000.0, 3, 1000.0)
-        self.assertFalse(self.store.use_invitation(slot, "bob", 1000.0), "another client")
-        self.assertFalse(self.store.use_invitation(slot, "alice", 2000.0), "expired")
+        self.assertFalse(self.store.use_invitation(slot, "bob", "x", 1000.0), "another client")
+        self.assertFalse(self.store.use_invitation(slot, "alice", "x", 2000.0), "expired")
         self.assertFalse(self.store.invitation(slot).used)
-        self.assertTrue(self.store.use_invitation(slot, "alice", 1999.0))
+        self.assertTrue(self.store.use_invitation(slot, "alice", "x", 1999.0))
+
+    def test_used_only_with_its_own_code(self):
+        """
+        The slot of an expired invitation is given again, here to the same
+        client: an exchange that took a try of the old one (its code) does
+        not use the new one.
+        """
+        old = self.store.add_invitation("alice", "old code", 1500.0, 3, 1000.0)
+        self.fill_slots(1000.0)
+        new = self.store.add_invitation("alice", "new code", 3000.0, 3, 1600.0)
+        self.assertEqual(new, old, "the expired one's slot, given again")
+        self.assertFalse(self.store.use_invitation(new, "alice", "old code", 1600.0))
+        self.assertFalse(self.store.invitation(new).used)
+        self.assertTrue(self.store.use_invitation(new, "alice", "new code", 1600.0))
 
     def test_tries_run_out(self):
         slot = self.store.add_invitation("alice", "x", 2000.0, 3, 1000.0)
@@ -357,7 +371,7 @@ class InvitationContract:
         self.assertEqual((third.attempts, third.state(1000.0)), (3, "void"))
         self.assertIsNone(self.store.invitation_attempt(slot, 1000.0), "no fourth")
         self.assertEqual(self.store.invitation(slot).attempts, 3)
-        self.assertTrue(self.store.use_invitation(slot, "alice", 1000.0), "the third try may still succeed")
+        self.assertTrue(self.store.use_invitation(slot, "alice", "x", 1000.0), "the third try may still succeed")
         self.assertIsNone(self.store.invitation_attempt(42, 1000.0))
 
     def test_interleaved_attempts_each_learn_whether_they_counted(self):
@@ -377,7 +391,7 @@ class InvitationContract:
         slot = self.store.add_invitation("alice", "x", 2000.0, 3, 1000.0)
         self.assertIsNone(self.store.invitation_attempt(slot, 2000.0), "expired")
         self.assertEqual(self.store.invitation(slot).attempts, 0)
-        self.assertTrue(self.store.use_invitation(slot, "alice", 1000.0))
+        self.assertTrue(self.store.use_invitation(slot, "alice", "x", 1000.0))
         self.assertIsNone(self.store.invitation_attempt(slot, 1000.0), "used")
         self.assertEqual(self.store.invitation(slot).attempts, 0)
 
@@ -392,15 +406,15 @@ class InvitationContract:
         used = self.store.add_invitation("alice", "z", 2000.0, 3, 1000.0)
         other = self.store.add_invitation("bob", "w", 2000.0, 3, 1000.0)
         self.assertIsNotNone(self.store.invitation_attempt(begun, 1000.0))
-        self.assertTrue(self.store.use_invitation(used, "alice", 1000.0))
+        self.assertTrue(self.store.use_invitation(used, "alice", "z", 1000.0))
         self.store.register("alice", 3, NEW_SECRET)
         self.assertEqual([self.store.invitation(slot).state(1000.0)
                           for slot in (first, begun, used, other)],
                          ["void", "void", "used", "open"])
         self.assertEqual(self.store.invitation(first).tries - self.store.invitation(first).attempts, 0)
         self.assertIsNone(self.store.invitation_attempt(first, 1000.0))
-        self.assertFalse(self.store.use_invitation(begun, "alice", 1000.0), "begun before")
-        self.assertTrue(self.store.use_invitation(other, "bob", 1000.0))
+        self.assertFalse(self.store.use_invitation(begun, "alice", "y", 1000.0), "begun before")
+        self.assertTrue(self.store.use_invitation(other, "bob", "w", 1000.0))
 
     def test_cancelling_offers_before_a_new_copy_is_written(self):
         """
@@ -414,7 +428,7 @@ class InvitationContract:
         other = self.store.add_invitation("bob", "w", 2000.0, 3, 1000.0)
         self.store.cancel_offers("alice")
         self.assertEqual(self.store.invitation(slot).state(1000.0), "void")
-        self.assertFalse(self.store.use_invitation(slot, "alice", 1000.0))
+        self.assertFalse(self.store.use_invitation(slot, "alice", "x", 1000.0))
         self.assertIsNone(self.store.pending("alice"))
         self.assertEqual(self.store.client("alice").secret_id, secret_id(SECRET))
         self.assertEqual(self.store.invitation(other).state(1000.0), "open")
@@ -424,7 +438,7 @@ class InvitationContract:
         slot = self.store.add_invitation("alice", "x", 2000.0, 3, 1000.0)
         self.store.revoke("alice")
         self.assertEqual(self.store.invitation(slot).state(1000.0), "void")
-        self.assertFalse(self.store.use_invitation(slot, "alice", 1000.0))
+        self.assertFalse(self.store.use_invitation(slot, "alice", "x", 1000.0))
 
     def test_a_cancelled_slot_is_held_until_it_expires(self):
         """So the old code is told void, not tried against the new invitation."""
