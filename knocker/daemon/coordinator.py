@@ -137,6 +137,8 @@ class KnockServer:
         self._revoked: dict[str, str] = {}  # client -> secret_id of its revoked file
         # client -> the secret its last renewal replaced, while this daemon runs
         self._superseded: dict[str, tuple[bytes, str, float]] = {}
+        # The sources with an enrolment under way: one at a time each.
+        self._enrolling: set[str] = set()
         #: The central port's number once it listens (the daemon sets it), for
         #: the enrol command the console shows when C{central} says port 0.
         self.central_port: int | None = None
@@ -562,7 +564,7 @@ class KnockServer:
 
         read_file = getattr(self._store, "book_text", None) or self._book.text
         return EnrolServer(ip, self._store, read_file, self._audit, self.tracker,
-                           self._wall.now)
+                           self._wall.now, enrolling=self._enrolling)
 
     def protocol_error(self, ip: str, reason: str) -> bool:
         """

@@ -37,8 +37,20 @@ def file_associated(keys: k.Keys) -> bytes:
 
 
 class EnrolServer:
-    def __init__(self, ip: str, store, read_file, audit, tracker, now):
+    """
+    One enrolment on the central port.  C{enrolling} is the set of sources
+    (L{knocker.core.tracker.Tracker.source_of}) with an enrolment under
+    way, shared by the daemon's exchanges: a source gets one at a time.
+    Else one address could send ENROLL on several connections at once,
+    each passing the lockout check before any wrong guess was counted,
+    and spend every try of an invitation (voiding it) in one round trip.
+    """
+
+    def __init__(self, ip: str, store, read_file, audit, tracker, now,
+                 enrolling: set[str] | None = None):
         self.ip = ip
+        self._enrolling = set() if enrolling is None else enrolling
+        self._source = None  # ours in enrolling, while the exchange lasts
         self._store = store
         self._read_file = read_file
         self._audit = audit
@@ -80,6 +92,11 @@ class EnrolServer:
         if refusal is not None and refusal.kind == "locked":
             self._audit.locked(ip=self.ip, slot=slot, retry_after=refusal.retry_after)
             return self._end(b"LOCKED %d" % refusal.retry_after)
+        source = self._tracker.source_of(self.ip)
+        if source in self._enrolling:
+            return self._end(b"ERROR busy", fault="busy")  # no try taken
+        self._enrolling.add(source)
+        self._source = source
         # The state may answer later (a fleet's database): each step goes on
         # when it has.
         return then(self._store.invitation(slot), self._found, slot, theirs)
@@ -128,7 +145,14 @@ class EnrolServer:
         """
         if not self.done and self._keys is not None and not self._confirmed:
             self._dropped()
+        self._ended()
+
+    def _ended(self) -> None:
+        """No more of this exchange: its source may enrol again."""
         self.done = True
+        if self._source is not None:
+            self._enrolling.discard(self._source)
+            self._source = None
 
     def _dropped(self) -> None:
         self._tracker.failed_attempt(self.ip, "denied")
@@ -194,7 +218,8 @@ class EnrolServer:
         out = [Send(f"ENROLLED {self._keys.server_mac()} {len(chunks)}\n".encode("ascii"))]
         out += [Send(f"DATA {chunk}\n".encode("ascii")) for chunk in chunks]
         out[-1] = out[-1].replace(close=True)
-        self.done = self.delivered = True
+        self.delivered = True
+        self._ended()
         return out
 
     def _wrong(self, counted) -> list[Send]:
@@ -215,7 +240,7 @@ class EnrolServer:
         return self._end(f"REFUSED {reason}".encode("ascii"))
 
     def _end(self, line: bytes, fault: str | None = None) -> list[Send]:
-        self.done = True
+        self._ended()
         return [Send(line + b"\n", close=True, fault=fault)]
 
 

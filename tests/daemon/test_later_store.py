@@ -426,6 +426,32 @@ class EnrolThroughDeferredsTests(SynchronousTestCase):
         self.assertNotIn(b"ENROLLED", transport.value())
         self.assertEqual([e["outcome"] for e in self.h.audit.of("enrol")], ["lost"])
 
+    def test_one_enrolment_at_a_time_from_a_source(self):
+        """
+        Three ENROLLs at once from one address, each before any try is
+        taken: the first goes on, the others get ERROR busy and take no
+        try, so one address cannot void the invitation in one round trip.
+        """
+        self.later.held = True
+        first, *others = [self.start("198.51.100.7") for _ in range(3)]
+        self.assertEqual([transport.value() for _, transport in others], [b"ERROR busy\n"] * 2)
+        while self.later.waiting:
+            self.later.release()
+        self.assertTrue(first[1].value().startswith(b"ENROLLING "))
+        self.assertEqual(self.h.store.invitation(self.slot).attempts, 1)
+        another = self.start("198.51.100.8")  # another source is not held back
+        while self.later.waiting:
+            self.later.release()
+        self.assertTrue(another[1].value().startswith(b"ENROLLING "))
+
+    def test_a_source_enrols_again_once_its_exchange_has_ended(self):
+        proto, transport = self.start("198.51.100.7")
+        self.assertTrue(transport.value().startswith(b"ENROLLING "))
+        proto.connectionLost(None)  # a try spent: a failed attempt, and a lockout
+        self.h.server.lift()
+        again, transport = self.start("198.51.100.7")
+        self.assertTrue(transport.value().startswith(b"ENROLLING "), transport.value())
+
     def test_hang_up_after_enrolling_is_a_failed_attempt(self):
         proto, transport = self.start()
         self.assertTrue(transport.value().startswith(b"ENROLLING "))

@@ -30,6 +30,9 @@ class Tracker:
     def refusal(self, ip):
         return Refusal("locked", self.locked) if self.locked else None
 
+    def source_of(self, ip):
+        return ip
+
     def failed_attempt(self, ip, reason):
         self.failures.append((ip, reason))
 
