@@ -142,11 +142,35 @@ def check_executable(key: str, path: str | None) -> None:
         raise PathError(f"{key} = {path}: not an executable file")
 
 
+#: What knocker's own action scripts (etc/scripts) hand their work to: the
+#: one found beside the path they were run by, or beside the file a link
+#: there leads to.
+SCRIPT_HELPERS = ("knocker-nft",)
+
+
 def check_program(key: str, path: str | None, runs_as: tuple[int, int] | None = None) -> None:
-    """An action program: executable, and out of reach (L{check_trusted})."""
+    """
+    An action program: executable, and out of reach (L{check_trusted}); so
+    is a L{SCRIPT_HELPERS} file beside it, which the shipped scripts run
+    (the folder's check alone would let a careless mode on it through).
+    """
     check_executable(key, path)
-    if path is not None:
-        check_trusted(key, path, runs_as)
+    if path is None:
+        return
+    check_trusted(key, path, runs_as)
+    folders = dict.fromkeys(os.path.dirname(p) for p in (os.path.abspath(path),
+                                                            os.path.realpath(path)))
+    for folder in folders:
+        for helper in SCRIPT_HELPERS:
+            beside = os.path.join(folder, helper)
+            if not os.path.lexists(beside):
+                continue
+            try:
+                check_trusted(key, beside, runs_as,
+                              stake=f"what {os.path.basename(path)} runs as the daemon")
+            except PathError as error:
+                raise PathError(str(error).replace(
+                    f"{key} = {beside}", f"{key} = {path}, which runs {beside}", 1)) from None
 
 
 def check_trusted(key: str, path: str, runs_as: tuple[int, int] | None = None,

@@ -83,6 +83,27 @@ class TrustedPathTests(TestCase):
         os.chown(self.program, -1, os.getegid())
         check_program("on-success", self.program)
 
+    def test_the_helper_the_shipped_scripts_run_is_checked_too(self):
+        """
+        etc/scripts/nft-open and its kin exec knocker-nft from their folder:
+        a careless mode on that file is refused as on the program itself.
+        """
+        helper = self.make_program(self.dir, "knocker-nft")
+        check_program("on-success", self.program)
+        os.chmod(helper, 0o777)
+        message = self.refused(self.program, f"which runs {helper}",
+                               f"anyone can change the file {helper}", f"chmod o-w {helper}")
+        self.assertIn("what open-door runs as the daemon", message)
+
+    def test_the_helper_beside_a_links_target_is_checked(self):
+        safe = os.path.join(self.dir, "safe")
+        os.mkdir(safe)
+        link = os.path.join(safe, "open-door")
+        os.symlink(self.program, link)
+        helper = self.make_program(self.dir, "knocker-nft")
+        os.chmod(helper, 0o777)
+        self.refused(link, f"which runs {helper}")
+
     def test_another_group_may_not_write(self):
         _, gid = other_user()
         os.chown(self.program, -1, gid)
