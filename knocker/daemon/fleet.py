@@ -543,6 +543,10 @@ class ThreadedStore:
     def lift_lockouts(self, key: str | None = None) -> Deferred:
         return self._in_order("lift", self._store.lift_lockouts, key)
 
+    def lockout_keys(self, now: float) -> Deferred:
+        """The keys the table holds a lockout for, at wall time C{now}."""
+        return self._defer(lambda: set(self._store.lockouts(now)))
+
     def revoke(self, client: str) -> Deferred:
         return self._defer(self._store.revoke, client)
 
@@ -670,6 +674,8 @@ class LockoutSync:
         self._reading = False
         self._again = False
         self._full_again = False
+        self._lifts = 0  # lifts taken: a read begun before one is dropped
+        self._read_lifts = 0
         self._last_seq = 0
         self._ticks = 0
         self._chunk_call = None
@@ -739,15 +745,37 @@ class LockoutSync:
         d.addCallbacks(self._revoked, lambda failure: log.error(
             "database: cannot read the revocations: {error}", error=failure.value))
 
-    def lifted(self, key: str | None) -> None:
+    def lift_noticed(self, key: str | None) -> None:
         """
-        Another gateway lifted the lockout of C{key} (every one: C{None}).
+        A notice says the lockout of C{key} (every one: C{None}) was lifted.
+        Any role that may connect to the database can send one, so it is
+        only taken for what the table confirms: the lockouts it no longer
+        holds are lifted (L{lifted}).
         """
-        lifted = self._tracker.lift(key)
-        if key is None:
+        d = self._store.lockout_keys(self._wall.now())
+        d.addCallbacks(lambda held: self.lifted(key, held), lambda failure: log.error(
+            "database: cannot check a lift of lockouts: {error}", error=failure.value))
+
+    def lifted(self, key: str | None, held=frozenset()) -> None:
+        """
+        The lockout of C{key} (every one: C{None}) was lifted, bar those the
+        table still C{held} and those of this gateway not saved yet.  A read
+        under way began before: what it brings is dropped, and read again.
+        """
+        keys = [key] if key is not None else list(self._tracker.lockouts())
+        kept = [each for each in keys if each in held or self._tracker.is_unsaved(each)]
+        if key is None and not kept:
+            lifted = self._tracker.lift()  # (escalations remembered go too)
             self._cut.clear()
         else:
-            self._cut.pop(key, None)  # the same row set again is a lockout again
+            lifted = []
+            for each in keys:
+                if each not in kept:
+                    lifted += self._tracker.lift(each)
+                    self._cut.pop(each, None)  # the same row set again is a lockout again
+        self._lifts += 1
+        if self._reading:
+            self._again = True
         if lifted:
             log.info("lockouts lifted on another gateway: {keys}", keys=", ".join(lifted))
 
@@ -768,6 +796,7 @@ class LockoutSync:
         return None
 
     def _read_page(self, prune: bool = False) -> None:
+        self._read_lifts = self._lifts
         d = self._store.read_lockouts(self._last_seq, PAGE,
                                       self._wall.now() if prune else None)
         d.addCallbacks(self._read, self._failed)
@@ -787,6 +816,12 @@ class LockoutSync:
         self._chunk_call = None
         if self._stopping.is_set():
             self._reading = False
+            return
+        if self._lifts != self._read_lifts:
+            # Read before a lift: its rows may be the lifted ones.  The
+            # read that follows (lifted() asked for one) sees the table as
+            # the lift left it.
+            self._done_reading()
             return
         for seq, key, until, step in rows[start:start + APPLY_CHUNK]:
             try:
@@ -833,13 +868,11 @@ class LockoutSync:
             self.read_revoked()
             return
         if payload == LIFT_NOTICE or payload.startswith(LIFT_NOTICE + " "):
-            self.lifted(payload[len(LIFT_NOTICE) + 1:] or None)
+            self.lift_noticed(payload[len(LIFT_NOTICE) + 1:] or None)
             return
-        until, _, key = payload.partition(" ")
-        try:
-            self.apply(key, float(until))
-        except ValueError:
-            log.warn("database: a lockout notice not understood: {payload!r}", payload=payload)
+        # A lockout: read from the table, not taken from the notice, which
+        # any role that may connect to the database can send.
+        self.read_all()
 
     # In the listening thread.
 

@@ -29,6 +29,9 @@ class TableStore:
         self.reads: list[tuple[int, int, object]] = []
         self.held: list[Deferred] | None = None
 
+    def lockout_keys(self, now):
+        return succeed({key for _, key, until, _ in self.rows if until > now})
+
     def read_lockouts(self, after, limit, prune_before=None):
         self.reads.append((after, limit, prune_before))
         page = [row for row in sorted(self.rows) if row[0] > after][:limit]
@@ -332,6 +335,59 @@ class LiftAndRevokeNoticeTests(SynchronousTestCase):
         sync._notified("lift *")
         self.assertEqual(sorted(tracker.lockouts()), ["192.0.2.2"])
         sync._notified("lift")
+        self.assertEqual(tracker.lockouts(), {})
+
+    def test_a_lockout_notice_is_read_from_the_table_not_taken(self):
+        """
+        Any role that may connect to the database can NOTIFY: a notice's
+        text locks nobody out; the table is read, and holds nothing.
+        """
+        clock, tracker, sync, _, _ = self.make()
+        store = sync._store
+        sync._notified("1e300 *")
+        sync._notified(f"{clock.seconds() + 600!r} 192.0.2.9")
+        self.assertEqual(tracker.lockouts(), {})
+        self.assertEqual(len(store.reads), 2, "each notice read the table")
+
+    def test_a_lift_notice_lifts_only_what_the_table_no_longer_holds(self):
+        clock, tracker, sync, _, _ = self.make()
+        store = sync._store
+        store.rows += [(1, "192.0.2.1", 2000.0, 0), (2, GLOBAL, 2000.0, 0)]
+        sync.read_all()
+        tracker.shared_lockout("192.0.2.2", 2000.0)  # (its row gone: lifted elsewhere)
+        sync._notified("lift")
+        sync._notified("lift 192.0.2.1")
+        self.assertEqual(sorted(tracker.lockouts()), [GLOBAL, "192.0.2.1"])
+        del store.rows[:]
+        sync._notified("lift")
+        self.assertEqual(tracker.lockouts(), {})
+
+    def test_a_lift_does_not_take_a_lockout_still_to_be_saved(self):
+        clock, tracker, sync, _, _ = self.make()
+        tracker.shared_lockout("192.0.2.1", 2000.0)
+        tracker.changed_again(["192.0.2.1"])  # (as this gateway's own, its save to come)
+        self.assertTrue(tracker.is_unsaved("192.0.2.1"))
+        sync._notified("lift")
+        self.assertEqual(list(tracker.lockouts()), ["192.0.2.1"])
+
+    def test_a_read_begun_before_a_lift_brings_nothing_back(self):
+        """
+        A page read before the lift committed arrives after it: dropped,
+        and the table read again as the lift left it.
+        """
+        clock, tracker, sync, _, _ = self.make()
+        store = sync._store
+        store.rows += [(1, GLOBAL, 2000.0, 0), (2, "192.0.2.1", 2000.0, 0)]
+        store.held = []
+        sync.read_all()
+        del store.rows[:]  # the lift, committed
+        sync._notified("lift")
+        d, page = store.held.pop(0)
+        d.callback(page)  # the old rows
+        self.assertEqual(tracker.lockouts(), {})
+        self.assertEqual(len(store.held), 1, "read again")
+        d, page = store.held.pop(0)
+        d.callback(page)
         self.assertEqual(tracker.lockouts(), {})
 
     def test_revocations_read_on_notice_and_tick(self):
