@@ -520,6 +520,25 @@ class Section10Tests(SynchronousTestCase):
         store = self.check_whole_schema()
         self.assertEqual(store.lockouts(1000.0)["*"], 1500.0, "kept across the migration")
 
+    def test_migrated_from_the_consoles_version_three(self):
+        """
+        The console's branch had revocations as version 3, on a schema
+        without invitations and pending; and migration 3 alone once took
+        such a database to 4.  From either, the whole schema.
+        """
+        from knocker.state.postgres import MIGRATIONS
+
+        for version in (3, 4):
+            old = self.at_version_two(MIGRATIONS[1] + MIGRATIONS[3])
+            old._run(lambda c, version=version: c.execute(
+                f"UPDATE schema_version SET version = {version};"
+                "INSERT INTO revocations VALUES ('carol', 'z')"))
+            store = self.check_whole_schema()
+            self.assertEqual(store.revoked(), {"carol": "z"}, "kept across the migration")
+            store._run(lambda c: c.execute(
+                "DROP TABLE schema_version, meta, clients, books, closes, lockouts, invitations,"
+                " pending, revocations CASCADE; DROP SEQUENCE lockouts_seq"))
+
     def test_migrated_from_enrolments_version_two(self):
         old = self.at_version_two(self.ENROL_SCHEMA_2)
         old._run(lambda c: c.execute(
