@@ -203,8 +203,11 @@ async def _attempt(io, config, knockfile, deadline, first: bool = True,
             continue
         result = (await _exchange(io, conn, config, knockfile, deadline)).replace(
             server=endpoint)
-        if (result.outcome is not Outcome.SERVER_ERROR or result.index is not None
-                or n + 1 == len(endpoints) or deadline.passed()):
+        # No number granted, and no answer but a failure (ERROR, a TLS
+        # handshake refused, a close before any reply): the next gateway.
+        unanswered = result.index is None and result.outcome in (
+            Outcome.SERVER_ERROR, Outcome.UNREACHABLE, Outcome.NO_VERDICT)
+        if not unanswered or n + 1 == len(endpoints) or deadline.passed():
             return result
         io.say(f"{endpoint}: {result.message()}; trying the next")
         refused = result

@@ -648,6 +648,16 @@ class FailoverTests(SynchronousTestCase):
             self.assertEqual(json.loads(handle.read())["server"], "tcp:b:7000",
                              "the log names the gateway that opened")
 
+    def test_a_gateway_that_closes_before_any_answer_hands_over_to_the_next(self):
+        """
+        A gateway that accepts and closes (or fails its TLS handshake)
+        answered nothing: the next one is knocked, not the knock ended.
+        """
+        io = FailoverIO(set(), [], [f"CHALLENGE {NONCE}".encode(), grant(2), b"OPEN"])
+        result = run_blocking(knock(io, config(server="tcp:a:7000 tcp:b:7000"), KF))
+        self.assertEqual((result.outcome, result.server), (Outcome.OPEN, "tcp:b:7000"))
+        self.assertEqual(io.tried, ["tcp:a:7000", "tcp:b:7000"])
+
     def test_a_retry_after_busy_starts_at_the_gateway_that_said_it(self):
         """
         The first gateway is out of reach, the second says BUSY: the
