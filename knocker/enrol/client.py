@@ -200,7 +200,10 @@ def _final(reply: list[str] | None) -> Result:
         case ["LOCKED", seconds] if seconds.isdigit():
             return Result(Outcome.LOCKED, f"retry after {seconds}s")
         case ["ERROR", reason]:
-            return Result(Outcome.SERVER_ERROR, reason[:64])
+            # (shown as it came only if printable: an impostor's escape
+            # sequences must not reach the user's terminal)
+            shown = reason[:64]
+            return Result(Outcome.SERVER_ERROR, shown if shown.isprintable() else repr(shown))
     raise _Protocol(f"unexpected reply {' '.join(reply)[:80]!r}")
 
 

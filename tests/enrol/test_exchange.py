@@ -547,3 +547,18 @@ class EnrollOutputTests(TestCase):
         written = sorted(os.listdir("."))
         self.assertEqual(len(written), 3, written)
         self.assertTrue(any(name.endswith(".knock") for name in written))
+
+
+class ServerErrorShownTests(TestCase):
+    def test_an_error_reason_reaches_the_terminal_escaped(self):
+        """
+        An impostor's (or a man in the middle's) ERROR reason with terminal
+        escapes is shown escaped: it cannot rewrite the user's screen.
+        """
+        from knocker.enrol.client import _final
+
+        hostile = _final(["ERROR", "\x1b]0;owned\x07\x1b[2Kenrolled-ok"])
+        self.assertIs(hostile.outcome, Outcome.SERVER_ERROR)
+        self.assertNotIn("\x1b", hostile.detail)
+        self.assertIn("\\x1b", hostile.detail)
+        self.assertEqual(_final(["ERROR", "server-error"]).detail, "server-error")
