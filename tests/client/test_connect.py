@@ -84,6 +84,9 @@ class CommandLineTests(SynchronousTestCase):
                              "port 99999 is not 1-65535"),
                             ("tcp:127.0.0.1:99999:timeout=3", "port 99999 is not 1-65535"),
                             ("tcp6:host=::1:port=7000", "Unknown endpoint type: 'tcp6'"),
+                            # Twisted's ssl: checks no certificate unless told to
+                            ("ssl:host=127.0.0.1:port=7000",
+                             "do not check the server's certificate; use tls:"),
                             # Twisted's own parser raises a RuntimeError here
                             ("tls:127.0.0.1:7000\\", "a backslash at the end")]:
             for command in (["knock"], ["connect"]):
@@ -98,6 +101,9 @@ class CommandLineTests(SynchronousTestCase):
         self.assertEqual(done.returncode, 2, done.stderr)
         self.assertIn("--server 10.77.0.1:7000: not a usable endpoint (Unknown endpoint type",
                       done.stderr)
+        done = knocker("enroll", "1-paper-piano-teapot", "--server", "ssl:127.0.0.1:7000")
+        self.assertEqual(done.returncode, 2, done.stderr)
+        self.assertIn("do not check the server's certificate", done.stderr)
 
     def test_an_unusable_endpoint_among_several_is_passed_over(self):
         """
