@@ -248,10 +248,6 @@ class Tracker:
         else:
             self._changed.discard(key)
 
-    def is_unsaved(self, key: str) -> bool:
-        """Whether C{key}'s lockout waits for the next batch to be saved."""
-        return key in self._changed
-
     def take_changes(self) -> list[tuple[str, float, int]]:
         """
         C{(key, until, step)} of each source lockout started since the last

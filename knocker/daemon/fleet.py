@@ -543,9 +543,14 @@ class ThreadedStore:
     def lift_lockouts(self, key: str | None = None) -> Deferred:
         return self._in_order("lift", self._store.lift_lockouts, key)
 
-    def lockout_keys(self, now: float) -> Deferred:
-        """The keys the table holds a lockout for, at wall time C{now}."""
-        return self._defer(lambda: set(self._store.lockouts(now)))
+    def read_lifts(self, after: int | None) -> Deferred:
+        """
+        C{(seq, key)} of the lifts after seq C{after}; with C{None}, only
+        the last one's seq (C{[(seq, "")]}): where to start.
+        """
+        if after is None:
+            return self._defer(lambda: [(self._store.last_lift(), "")])
+        return self._defer(self._store.lifts_since, after)
 
     def revoke(self, client: str) -> Deferred:
         return self._defer(self._store.revoke, client)
@@ -676,6 +681,9 @@ class LockoutSync:
         self._full_again = False
         self._lifts = 0  # lifts taken: a read begun before one is dropped
         self._read_lifts = 0
+        self._last_lift = None  # the seq of the last lift row read (None: not yet)
+        self._reading_lifts = False
+        self._lifts_again = False
         self._last_seq = 0
         self._ticks = 0
         self._chunk_call = None
@@ -745,34 +753,47 @@ class LockoutSync:
         d.addCallbacks(self._revoked, lambda failure: log.error(
             "database: cannot read the revocations: {error}", error=failure.value))
 
-    def lift_noticed(self, key: str | None) -> None:
+    def read_lifts(self) -> None:
         """
-        A notice says the lockout of C{key} (every one: C{None}) was lifted.
-        Any role that may connect to the database can send one, so it is
-        only taken for what the table confirms: the lockouts it no longer
-        holds are lifted (L{lifted}).
+        Lift what the lift rows written since the last read say (a lift
+        notice, or the start: then only where to begin).  Any role that
+        may connect to the database can NOTIFY; only the fleet's can write
+        a row, so a lift is taken from the table, never from a notice.
         """
-        d = self._store.lockout_keys(self._wall.now())
-        d.addCallbacks(lambda held: self.lifted(key, held), lambda failure: log.error(
-            "database: cannot check a lift of lockouts: {error}", error=failure.value))
+        if self._reading_lifts or self._stopping.is_set():
+            self._lifts_again = True
+            return
+        self._reading_lifts = True
 
-    def lifted(self, key: str | None, held=frozenset()) -> None:
+        def read(rows):
+            for seq, key in rows:
+                if self._last_lift is not None:
+                    self.lifted(key)
+                self._last_lift = max(self._last_lift or 0, seq)
+
+        def done(result):
+            self._reading_lifts = False
+            if self._lifts_again:
+                self._lifts_again = False
+                self.read_lifts()
+            return result
+
+        d = self._store.read_lifts(self._last_lift)
+        d.addCallbacks(read, lambda failure: log.error(
+            "database: cannot read the lifts of lockouts: {error}", error=failure.value))
+        d.addBoth(done)
+
+    def lifted(self, key: str | None) -> None:
         """
-        The lockout of C{key} (every one: C{None}) was lifted, bar those the
-        table still C{held} and those of this gateway not saved yet.  A read
-        under way began before: what it brings is dropped, and read again.
+        The lockout of C{key} (every one: C{None}) was lifted.  A read of
+        the lockouts under way began before: what it brings is dropped,
+        and read again.
         """
-        keys = [key] if key is not None else list(self._tracker.lockouts())
-        kept = [each for each in keys if each in held or self._tracker.is_unsaved(each)]
-        if key is None and not kept:
-            lifted = self._tracker.lift()  # (escalations remembered go too)
+        lifted = self._tracker.lift(key)
+        if key is None:
             self._cut.clear()
         else:
-            lifted = []
-            for each in keys:
-                if each not in kept:
-                    lifted += self._tracker.lift(each)
-                    self._cut.pop(each, None)  # the same row set again is a lockout again
+            self._cut.pop(key, None)  # the same row set again is a lockout again
         self._lifts += 1
         if self._reading:
             self._again = True
@@ -868,7 +889,7 @@ class LockoutSync:
             self.read_revoked()
             return
         if payload == LIFT_NOTICE or payload.startswith(LIFT_NOTICE + " "):
-            self.lift_noticed(payload[len(LIFT_NOTICE) + 1:] or None)
+            self.read_lifts()  # (the rows say what was lifted, not the notice)
             return
         # A lockout: read from the table, not taken from the notice, which
         # any role that may connect to the database can send.
@@ -885,6 +906,7 @@ class LockoutSync:
                 # Notices missed while (re)connecting: read the whole table now.
                 self._reactor.callFromThread(self.read_all, True)
                 self._reactor.callFromThread(self.read_revoked)
+                self._reactor.callFromThread(self.read_lifts)
                 while not self._stopping.is_set():
                     for notice in conn.notifies(timeout=LISTEN_POLL):
                         self._reactor.callFromThread(self._notified, notice.payload)

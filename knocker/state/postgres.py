@@ -26,6 +26,7 @@ import hmac
 import os
 import re
 import threading
+import time
 
 from zope.interface import implementer
 
@@ -136,6 +137,19 @@ MIGRATIONS = (
 # with ERROR server-error).  Every earlier statement is idempotent: run them
 # all again, so that any database at 3 or 4 ends with the whole schema.
 MIGRATIONS += (MIGRATIONS[2] + MIGRATIONS[3],)
+# 5: lifts as rows.  A NOTIFY can come from any role that may connect to
+# the database; a gateway lifts a lockout on a lift row it reads (which
+# only the fleet's role can write), not on the notice.  Rows older than an
+# hour are pruned with the lockouts.
+MIGRATIONS += ("""
+    CREATE TABLE IF NOT EXISTS lifts (
+        seq bigserial PRIMARY KEY,
+        key text,
+        at double precision NOT NULL
+    );
+    """,)
+#: How long a lift row is kept (seconds): far longer than a notice takes.
+LIFT_KEPT = 3600.0
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
@@ -904,6 +918,7 @@ class PostgresStore:
             conn.execute(
                 "DELETE FROM lockouts WHERE key <> %s AND key IN (SELECT key FROM lockouts "
                 "ORDER BY until DESC OFFSET %s)", (WHOLE_SERVER, keep))
+            conn.execute("DELETE FROM lifts WHERE at < %s", (now - LIFT_KEPT,))
 
         self._run(work)
 
@@ -919,10 +934,22 @@ class PostgresStore:
                     conn.execute("DELETE FROM lockouts")
                 else:
                     conn.execute("DELETE FROM lockouts WHERE key = %s", (key,))
+                # The row is what the others act on; the notice only wakes them.
+                conn.execute("INSERT INTO lifts (key, at) VALUES (%s, %s)", (key, time.time()))
                 conn.execute("SELECT pg_notify(%s, %s)",
                              (LOCKOUT_CHANNEL, lift_notice(key)))
 
         self._run(work)
+
+    def lifts_since(self, after: int) -> list[tuple[int, str | None]]:
+        """C{(seq, key)} of the lifts after seq C{after} (key C{None}: all), in order."""
+        return self._run(lambda c: c.execute(
+            "SELECT seq, key FROM lifts WHERE seq > %s ORDER BY seq", (after,)).fetchall())
+
+    def last_lift(self) -> int:
+        """The seq of the last lift (0 if none)."""
+        return self._run(lambda c: c.execute(
+            "SELECT coalesce(max(seq), 0) FROM lifts").fetchone()[0])
 
     # Revocations (the console, knocker revoke): shared by the fleet.
 

@@ -29,8 +29,12 @@ class TableStore:
         self.reads: list[tuple[int, int, object]] = []
         self.held: list[Deferred] | None = None
 
-    def lockout_keys(self, now):
-        return succeed({key for _, key, until, _ in self.rows if until > now})
+    lifts: list[tuple[int, str | None]] = []  # (seq, key) as lift_lockouts writes them
+
+    def read_lifts(self, after):
+        if after is None:
+            return succeed([(max((seq for seq, _ in self.lifts), default=0), "")])
+        return succeed([row for row in self.lifts if row[0] > after])
 
     def read_lockouts(self, after, limit, prune_before=None):
         self.reads.append((after, limit, prune_before))
@@ -325,16 +329,23 @@ class LiftAndRevokeNoticeTests(SynchronousTestCase):
         sync._revoked = got.append
         return clock, tracker, sync, reads, got
 
+    def lift(self, sync, key=None):
+        """A lift as another gateway makes it: its row, then its notice."""
+        store = sync._store
+        store.lifts = store.lifts + [(len(store.lifts) + 1, key)]
+        sync._notified("lift" if key is None else f"lift {key}")
+
     def test_lift_one_and_all(self):
         clock, tracker, sync, _, _ = self.make()
+        sync.read_lifts()  # (at the start: where to begin)
         tracker.shared_lockout("192.0.2.1", 2000.0)
         tracker.shared_lockout("192.0.2.2", 2000.0)
         tracker.shared_lockout(GLOBAL, 2000.0)
-        sync._notified("lift 192.0.2.1")
+        self.lift(sync, "192.0.2.1")
         self.assertEqual(sorted(tracker.lockouts()), [GLOBAL, "192.0.2.2"])
-        sync._notified("lift *")
+        self.lift(sync, GLOBAL)
         self.assertEqual(sorted(tracker.lockouts()), ["192.0.2.2"])
-        sync._notified("lift")
+        self.lift(sync)
         self.assertEqual(tracker.lockouts(), {})
 
     def test_a_lockout_notice_is_read_from_the_table_not_taken(self):
@@ -349,26 +360,30 @@ class LiftAndRevokeNoticeTests(SynchronousTestCase):
         self.assertEqual(tracker.lockouts(), {})
         self.assertEqual(len(store.reads), 2, "each notice read the table")
 
-    def test_a_lift_notice_lifts_only_what_the_table_no_longer_holds(self):
+    def test_a_lift_notice_without_its_row_lifts_nothing(self):
         clock, tracker, sync, _, _ = self.make()
-        store = sync._store
-        store.rows += [(1, "192.0.2.1", 2000.0, 0), (2, GLOBAL, 2000.0, 0)]
-        sync.read_all()
-        tracker.shared_lockout("192.0.2.2", 2000.0)  # (its row gone: lifted elsewhere)
-        sync._notified("lift")
-        sync._notified("lift 192.0.2.1")
+        sync._store.lifts = [(1, None), (2, "192.0.2.1")]  # before this gateway began
+        sync.read_lifts()
+        tracker.shared_lockout("192.0.2.1", 2000.0)
+        tracker.shared_lockout(GLOBAL, 2000.0)
+        for notice in ("lift", "lift 192.0.2.1", "lift *"):
+            sync._notified(notice)
         self.assertEqual(sorted(tracker.lockouts()), [GLOBAL, "192.0.2.1"])
-        del store.rows[:]
-        sync._notified("lift")
+        self.lift(sync)
         self.assertEqual(tracker.lockouts(), {})
 
-    def test_a_lift_does_not_take_a_lockout_still_to_be_saved(self):
+    def test_a_lift_made_while_not_listening_is_read_at_the_next(self):
+        """
+        The notice was missed (reconnecting): the row is read when the
+        listener is back, as it reads the lockouts and revocations again.
+        """
         clock, tracker, sync, _, _ = self.make()
+        sync.read_lifts()
         tracker.shared_lockout("192.0.2.1", 2000.0)
-        tracker.changed_again(["192.0.2.1"])  # (as this gateway's own, its save to come)
-        self.assertTrue(tracker.is_unsaved("192.0.2.1"))
-        sync._notified("lift")
+        sync._store.lifts = [(1, "192.0.2.1")]  # its notice lost
         self.assertEqual(list(tracker.lockouts()), ["192.0.2.1"])
+        sync.read_lifts()  # (what the listener does on reconnecting)
+        self.assertEqual(tracker.lockouts(), {})
 
     def test_a_read_begun_before_a_lift_brings_nothing_back(self):
         """
@@ -376,12 +391,13 @@ class LiftAndRevokeNoticeTests(SynchronousTestCase):
         and the table read again as the lift left it.
         """
         clock, tracker, sync, _, _ = self.make()
+        sync.read_lifts()
         store = sync._store
         store.rows += [(1, GLOBAL, 2000.0, 0), (2, "192.0.2.1", 2000.0, 0)]
         store.held = []
         sync.read_all()
         del store.rows[:]  # the lift, committed
-        sync._notified("lift")
+        self.lift(sync)
         d, page = store.held.pop(0)
         d.callback(page)  # the old rows
         self.assertEqual(tracker.lockouts(), {})

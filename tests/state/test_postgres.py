@@ -363,6 +363,14 @@ class PostgresStoreTests(SynchronousTestCase):
         self.assertEqual(list(one.revoked()), ["alice"])
         rows = one._run(lambda c: c.execute("SELECT * FROM revocations").fetchall())
         self.assertNotIn(SECRET.hex(), repr(rows))
+        # The lifts are rows too, which the others act on (a notice can come
+        # from any role that may connect): in order, after a seq.
+        first = one.lifts_since(0)
+        self.assertEqual([key for _, key in first], ["192.0.2.1", "*", None])
+        self.assertEqual(one.last_lift(), first[-1][0])
+        self.assertEqual(one.lifts_since(first[0][0]), first[1:])
+        one.prune_lockouts(time.time() + 2 * 3600)
+        self.assertEqual(one.lifts_since(0), [], "pruned after an hour")
 
 
 def _knock_text(store, client):
@@ -537,7 +545,7 @@ class Section10Tests(SynchronousTestCase):
             self.assertEqual(store.revoked(), {"carol": "z"}, "kept across the migration")
             store._run(lambda c: c.execute(
                 "DROP TABLE schema_version, meta, clients, books, closes, lockouts, invitations,"
-                " pending, revocations CASCADE; DROP SEQUENCE lockouts_seq"))
+                " pending, revocations, lifts CASCADE; DROP SEQUENCE lockouts_seq"))
 
     def test_migrated_from_enrolments_version_two(self):
         old = self.at_version_two(self.ENROL_SCHEMA_2)
