@@ -165,16 +165,13 @@ def check_program(key: str, path: str | None, runs_as: tuple[int, int] | None = 
             beside = os.path.join(folder, helper)
             if not os.path.lexists(beside):
                 continue
-            try:
-                check_trusted(key, beside, runs_as,
-                              stake=f"what {os.path.basename(path)} runs as the daemon")
-            except PathError as error:
-                raise PathError(str(error).replace(
-                    f"{key} = {beside}", f"{key} = {path}, which runs {beside}", 1)) from None
+            check_trusted(key, beside, runs_as, named=f"{path}, which runs {beside}",
+                          stake=f"what {os.path.basename(path)} runs as the daemon")
 
 
 def check_trusted(key: str, path: str, runs_as: tuple[int, int] | None = None,
-                  stake: str | None = None, safe_folder: str = "/etc/knocker/scripts") -> None:
+                  stake: str | None = None, safe_folder: str = "/etc/knocker/scripts",
+                  named: str | None = None) -> None:
     """
     Refuse a program the daemon runs, or the configuration that names the
     programs, when anyone but root and the daemon's own user could change
@@ -194,6 +191,8 @@ def check_trusted(key: str, path: str, runs_as: tuple[int, int] | None = None,
     @param stake: what whoever could change C{path} would change (for the
         message); by default, what the daemon runs.
     @param safe_folder: where to move it instead (for the message).
+    @param named: how the message names C{path} after C{key =}; by
+        default, C{path} itself.
     @raise PathError: the first file or folder that will not do, and how
         to mend it.
     """
@@ -201,7 +200,8 @@ def check_trusted(key: str, path: str, runs_as: tuple[int, int] | None = None,
     users, groups = {0, uid}, {0, gid}
     stake = stake or f"what the daemon runs as {_name(uid)}"
     folders, real = _resolution(key, path)
-    shown = f"{key} = {path}" + ("" if real == os.path.abspath(path) else f" (that is {real})")
+    shown = f"{key} = {named or path}" + ("" if real == os.path.abspath(path) else
+                                          f" (that is {real})")
     # A folder is mended by moving what is in it (its owner may be a user,
     # or root squashed by NFS), a file by chown.
     move = (f"move {os.path.basename(real)} into a folder only root can change, such as "
