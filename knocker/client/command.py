@@ -38,11 +38,6 @@ def endpoint_problem(endpoint: str) -> str | None:
     configuration (exit 2), not a server out of reach (exit 3).  Only an
     endpoint the blocking driver leaves to Twisted pays for loading it.
     """
-    if endpoint.split(":", 1)[0] == "ssl":
-        # Twisted's ssl: client endpoint checks no certificate unless told
-        # to: encryption to whoever answers, an impostor included.
-        return ("ssl: endpoints do not check the server's certificate; use "
-                "tls:host=HOST:port=PORT:trustRoots=FOLDER")
     plain = plain_tcp(endpoint)
     if plain is not None:
         host, port = plain
@@ -51,6 +46,11 @@ def endpoint_problem(endpoint: str) -> str | None:
         if not host.isascii():
             return "the host name is not ASCII (give its xn-- form)"
         return None
+    if endpoint.split(":", 1)[0] == "ssl":
+        # Twisted's ssl: client endpoint checks no certificate unless told
+        # to: encryption to whoever answers, an impostor included.
+        return ("ssl: endpoints do not check the server's certificate; use "
+                "tls:host=HOST:port=PORT:trustRoots=FOLDER")
     from knocker.core.serverconfig import endpoint_fields
 
     try:
