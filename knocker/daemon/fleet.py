@@ -680,7 +680,7 @@ class LockoutSync:
         self._again = False
         self._full_again = False
         self._lifts = 0  # lifts taken: a read begun before one is dropped
-        self._read_lifts = 0
+        self._lifts_at_read = 0
         self._last_lift = None  # the seq of the last lift row read (None: not yet)
         self._reading_lifts = False
         self._lifts_again = False
@@ -760,7 +760,9 @@ class LockoutSync:
         may connect to the database can NOTIFY; only the fleet's can write
         a row, so a lift is taken from the table, never from a notice.
         """
-        if self._reading_lifts or self._stopping.is_set():
+        if self._stopping.is_set():
+            return
+        if self._reading_lifts:
             self._lifts_again = True
             return
         self._reading_lifts = True
@@ -817,7 +819,7 @@ class LockoutSync:
         return None
 
     def _read_page(self, prune: bool = False) -> None:
-        self._read_lifts = self._lifts
+        self._lifts_at_read = self._lifts
         d = self._store.read_lockouts(self._last_seq, PAGE,
                                       self._wall.now() if prune else None)
         d.addCallbacks(self._read, self._failed)
@@ -838,7 +840,7 @@ class LockoutSync:
         if self._stopping.is_set():
             self._reading = False
             return
-        if self._lifts != self._read_lifts:
+        if self._lifts != self._lifts_at_read:
             # Read before a lift: its rows may be the lifted ones.  The
             # read that follows (lifted() asked for one) sees the table as
             # the lift left it.
