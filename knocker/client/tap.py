@@ -77,8 +77,11 @@ class KnockOnceService(service.Service):
 
     def startService(self):
         service.Service.startService(self)
+        from knocker.client.resolver import DetachedResolver
         from knocker.client.twisted_driver import knock
 
+        # A lookup that never ends must not hold the reactor's stop (see there).
+        self._reactor.installNameResolver(DetachedResolver(self._reactor))
         d = knock(self._reactor, self._config, self._knockfile)
         d.addCallback(self._done)
         d.addErrback(lambda failure: log.failure("knock failed", failure))

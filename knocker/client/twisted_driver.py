@@ -10,6 +10,7 @@ from twisted.internet import defer, endpoints, error, protocol
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.protocols.basic import LineOnlyReceiver
+from twisted.python.failure import Failure
 
 from knocker.client.knock import KnockResult, Outcome, Trouble, Unreachable, over_long_line
 from knocker.client.knock import knock as _knock
@@ -101,6 +102,20 @@ class _Connection:
         self._lines.transport.loseConnection()
 
 
+def _timed_out(result, seconds: float):
+    """
+    What a connect cut short by its timeout says.  Twisted reports a host
+    name whose lookup was cut short as one it could not find: not what
+    happened.
+    """
+    if isinstance(result, Failure):
+        if result.check(error.DNSLookupError):
+            raise Unreachable(f"no answer from the resolver within {seconds:.1f}s")
+        if result.check(defer.CancelledError):
+            raise defer.TimeoutError(f"no connection within {seconds:.1f}s")
+    return result
+
+
 def _describe(failure) -> str:
     """
     OpenSSL's error list, shortened to what a person needs to read.
@@ -185,7 +200,7 @@ class TwistedDriver:
             raise Unreachable(f"not a usable endpoint ({failure})") from None
         try:
             connecting = _connect(described, lines)
-            connecting.addTimeout(timeout, self._reactor)
+            connecting.addTimeout(timeout, self._reactor, onTimeoutCancel=_timed_out)
             await connecting
         except (error.ConnectError, error.DNSLookupError, defer.TimeoutError, OSError) as failure:
             raise Unreachable(str(failure)) from None
@@ -252,6 +267,10 @@ def run_in_reactor(coroutine_for, verbose: bool = False):
     def main(running):
         nonlocal reactor
         reactor = running
+        from knocker.client.resolver import DetachedResolver
+
+        # Its lookups are not joined as the reactor stops (see the module).
+        running.installNameResolver(DetachedResolver(running))
         ours()  # (main runs before the reactor does, and installs its own:)
         reactor.callWhenRunning(ours)
         d = defer.ensureDeferred(coroutine_for(TwistedDriver(reactor, verbose)))

@@ -4,12 +4,19 @@ run_in_reactor (the Twisted path of `knocker knock`, `connect` and
 """
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import textwrap
+import time
 
 from twisted.trial.unittest import SynchronousTestCase
+
+from knocker.core.knockfile import KnockFile
+from knocker.core.knockgen import format_knockfile
+from knocker.files import write_private
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -92,3 +99,67 @@ class RunInReactorTests(SynchronousTestCase):
             print(signal.getsignal(signal.SIGINT) == signal.SIG_IGN)
             """)
         self.assertEqual(done.stdout.split(), ["knocked", "True"], done.stderr)
+
+
+class SilentResolverTests(SynchronousTestCase):
+    """
+    Over C{tls:}, a resolver that never answers (the C library's getaddrinfo
+    has no deadline of its own) holds the command no longer than the knock's
+    timeout.  Twisted's own resolver runs in the reactor's thread pool, whose
+    threads are joined as the reactor stops: the command ended only once
+    getaddrinfo did (12 s past a 2 s timeout, against a real silent server).
+    """
+
+    def test_a_tls_knock_ends_at_its_timeout(self):
+        code = textwrap.dedent("""\
+            import os, socket, time
+            socket.getaddrinfo = lambda *args, **kwargs: time.sleep(20) or []
+            from knocker.client.command import run_knock
+            from knocker.core.config import parse_client_config
+            from knocker.core.knockfile import KnockFile
+            config = parse_client_config(overrides={
+                "server": "tls:host=door.example.org:port=7000", "timeout": "2",
+                "connect-timeout": "1", "log-file": os.devnull})
+            knock_file = KnockFile("alice", b"s" * 32, 1, "2026-11-25T10:00:00Z", ((7001,),))
+            result = run_knock(config, knock_file)
+            print(result.outcome.name)
+            print(result.detail)
+            """)
+        env = dict(os.environ, PYTHONPATH=ROOT)
+        started = time.monotonic()
+        done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                              text=True, timeout=60)
+        elapsed = time.monotonic() - started
+        lines = done.stdout.splitlines()
+        self.assertEqual(lines[:1], ["UNREACHABLE"], done.stderr)
+        self.assertIn("tls:host=door.example.org:port=7000", lines[1])
+        self.assertIn("no answer from the resolver within 1.0s", lines[1])
+        self.assertLess(elapsed, 5, "the command should end near its 2 s timeout")
+
+    def test_twistd_knockclient_ends_at_its_timeout(self):
+        # The same knock under twistd, whose reactor joins its pool as well.
+        directory = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, directory)
+        knock_file = os.path.join(directory, "alice.knock")
+        write_private(knock_file, format_knockfile(
+            KnockFile("alice", b"s" * 32, 1, "2026-11-25T10:00:00Z", ((7001,),))))
+        conf = os.path.join(directory, "client.conf")
+        with open(conf, "w") as f:
+            f.write(f"[client]\nserver = tls:host=door.example.org:port=7000\n"
+                    f"knock-file = {knock_file}\ntimeout = 2\nconnect-timeout = 1\n"
+                    f"log-file = {os.devnull}\n")
+        code = textwrap.dedent(f"""\
+            import socket, sys, time
+            socket.getaddrinfo = lambda *args, **kwargs: time.sleep(20) or []
+            from twisted.scripts.twistd import run
+            sys.argv = ["twistd", "-n", "--pidfile=", "knockclient", "--config", {conf!r}]
+            run()
+            """)
+        env = dict(os.environ, PYTHONPATH=ROOT)
+        started = time.monotonic()
+        done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                              text=True, timeout=60, cwd=directory)
+        elapsed = time.monotonic() - started
+        self.assertIn("UNREACHABLE", done.stdout + done.stderr)
+        self.assertIn("no answer from the resolver within 1.0s", done.stdout + done.stderr)
+        self.assertLess(elapsed, 5, "twistd knockclient should stop near the knock's 2 s timeout")

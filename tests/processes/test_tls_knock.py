@@ -20,7 +20,7 @@ class TLSKnockTests(DaemonCase):
     def setUp(self):
         super().setUp()
         self.ca = tls.make_ca(self.dir)
-        self.files = tls.make_server(self.dir, self.ca, dns_names=["knock.test"],
+        self.files = tls.make_server(self.dir, self.ca, dns_names=["knock.test", "localhost"],
                                      ips=["127.0.0.1"])
         self.central = tls.server_endpoint(self.files, port=0, interface="127.0.0.1")
         self.configure(central=self.central)
@@ -50,6 +50,17 @@ class TLSKnockTests(DaemonCase):
         self.start()
         self.assertOpens(self.knock_file, server=self.server(self.ca.trust_dir, "knock.test"))
         self.assertEqual([e["index"] for e in self.events("grant")], [1])
+        self.assertEqual([e["index"] for e in self.events("open")], [1])
+
+    def test_a_server_named_by_a_host_name(self):
+        """
+        The client looks the name up itself (knocker/client/resolver.py),
+        connects to what it finds and checks the certificate against the
+        name: OPEN.
+        """
+        self.start()
+        self.assertOpens(self.knock_file,
+                         server=tls.client_endpoint(self.ca.trust_dir, "localhost", self.port))
         self.assertEqual([e["index"] for e in self.events("open")], [1])
 
     def test_a_client_that_offers_alpn(self):
