@@ -15,6 +15,7 @@ import signal
 from attrs import frozen
 from twisted.internet import defer
 from twisted.internet.interfaces import IReadDescriptor
+from twisted.logger import Logger
 from zope.interface import implementer
 
 from knocker.daemon.proctree import descendants, kill_if_same
@@ -22,6 +23,8 @@ from knocker.daemon.proctree import descendants, kill_if_same
 OUTPUT_LIMIT = 64 * 1024
 PIPE_GRACE = 0.2  # seconds to collect output after the program exits
 EXIT_POLL = 0.05  # seconds between exit checks where there is no pidfd
+
+log = Logger()
 
 
 @frozen
@@ -208,7 +211,9 @@ def _collect(argv: tuple, pid: int, pipes: list[int], timeout: float) -> tuple[A
                 status, exited_at = found, now
             elif now >= deadline:
                 timed_out = True
-                kill_session(pid)
+                refused = kill_session(pid)
+                if refused is not None:
+                    _say_unkillable(argv, pid, timeout, refused)
                 status, exited_at = _wait_for(pid, 0)[1], now
         if status is not None and (not pipes or now - exited_at >= PIPE_GRACE):
             break
@@ -264,20 +269,41 @@ def script_fields(result: ActionResult) -> dict:
                 **({"error": result.spawn_error} if result.spawn_error else {}))
 
 
-def kill_session(pid: int) -> None:
+def kill_session(pid: int) -> PermissionError | None:
     """
     Kill a program started in a session of its own, and everything it
     started: its process group, and the descendants that left the group
     with a session of their own (setsid), found first through their
     parent links, which still lead here.
+
+    @return: the refusal, if the program itself could not be killed: it
+        made itself another user's (C{sudo} does, as root), and this
+        daemon runs as a user of its own.  It runs on until it ends.
     """
     strays = descendants(pid)
+    refused = None
+    try:
+        # The program first, on its own: killing its group succeeds if any
+        # member could be killed, and would hide that it could not.
+        os.kill(pid, signal.SIGKILL)
+    except PermissionError as error:
+        refused = error
+    except OSError:  # gone already
+        pass
     try:
         os.killpg(pid, signal.SIGKILL)  # the session's leader: its group is its pid
     except OSError:  # gone already, or no longer ours to kill
         pass
     for stray, started in strays:
         kill_if_same(stray, started)
+    return refused
+
+
+def _say_unkillable(argv, pid: int, timeout: float, error: PermissionError) -> None:
+    log.warn("{program} (pid {pid}) is still running after {timeout}s and cannot be killed "
+             "({error}): it made itself another user's (a setuid program, sudo), and this "
+             "daemon's user may not kill that user's processes; it is waited for until it ends",
+             program=argv[0], pid=pid, timeout=timeout, error=error.strerror)
 
 
 def ignored_signals() -> list[int]:
@@ -374,6 +400,7 @@ class _Child:
         self.done = defer.Deferred()
         self._reactor = reactor
         self._argv = tuple(argv)
+        self._timeout = timeout
         self._status = None
         self._timed_out = False
         self._grace = None
@@ -510,7 +537,9 @@ class _Child:
             self._exited(status)
             return
         self._timed_out = True
-        kill_session(self.pid)
+        refused = kill_session(self.pid)
+        if refused is not None:
+            _say_unkillable(self._argv, self.pid, self._timeout, refused)
         # Anything that escaped the group may hold our pipes; do not wait.
         self._close_pipes()
 

@@ -448,3 +448,128 @@ class RunBlockingTests(TestCase):
         else:
             os.kill(pid, 9)
             self.fail("the setsid'd sleep outlived the timeout")
+
+
+def _group_of(pid: int) -> int | None:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as handle:
+            return int(handle.read().rsplit(b")", 1)[1].split()[2])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+class UnkillableProgramTests(TestCase):
+    """
+    A program that made itself another user's (sudo does, as root) cannot
+    be killed at its timeout by a daemon running as a user of its own: the
+    daemon says so, naming it, rather than nothing.  (Played here by
+    refusing the kill of that one process: the tests run as root, who may
+    kill anyone.)
+    """
+
+    def setUp(self):
+        from knocker.daemon import actions
+
+        self.refused = set()
+        real_kill = os.kill
+
+        def kill(pid, number):
+            if pid in self.refused:
+                raise PermissionError(1, "Operation not permitted")
+            return real_kill(pid, number)
+
+        def killpg(group, number):
+            # As the kernel does: every member that may be signalled is, and
+            # the call fails only if none could be.
+            members = [pid for pid in map(int, filter(str.isdigit, os.listdir("/proc")))
+                       if _group_of(pid) == group]
+            allowed = [pid for pid in members if pid not in self.refused]
+            if members and not allowed:
+                raise PermissionError(1, "Operation not permitted")
+            for pid in allowed:
+                try:
+                    real_kill(pid, number)
+                except ProcessLookupError:
+                    pass
+            if not members:
+                raise ProcessLookupError(3, "No such process")
+
+        self.patch(actions.os, "kill", kill)
+        self.patch(actions.os, "killpg", killpg)
+        self.warnings = []
+        from twisted.logger import globalLogPublisher
+
+        def observe(event):
+            if event.get("log_namespace") == "knocker.daemon.actions":
+                from twisted.logger import formatEvent
+
+                self.warnings.append(formatEvent(event))
+
+        globalLogPublisher.addObserver(observe)
+        self.addCleanup(globalLogPublisher.removeObserver, observe)
+
+    def kill_if_left(self, pid):
+        self.refused.discard(pid)
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass  # reaped
+
+    async def test_the_daemon_says_which_program_it_cannot_kill(self):
+        from knocker.daemon.actions import ProcessRunner
+
+        # With a child in its group that may be killed: the group's kill
+        # succeeds, and must not hide that the program itself was not.
+        child_file = os.path.abspath(self.mktemp())
+        script = ActionRunnerTests.script(
+            self, "import subprocess, time\n"
+            f"open({child_file!r}, 'w').write(str(subprocess.Popen(['sleep', '60']).pid))\n"
+            "print('started', flush=True)\ntime.sleep(60)\n")
+        runner = ProcessRunner(reactor, 1)
+        spawn = runner.run  # the program's pid, as it starts: refused from then on
+        from knocker.daemon import actions
+
+        real_spawn = actions._spawn
+
+        def spawn_refused(*args):
+            pid = real_spawn(*args)
+            self.refused.add(pid)
+            self.addCleanup(self.kill_if_left, pid)
+            return pid
+
+        self.patch(actions, "_spawn", spawn_refused)
+        running = spawn([script], {"PATH": "/usr/bin:/bin"})
+        await deferLater(reactor, 1.5)
+        self.assertFalse(running.called, "a program that could not be killed has not ended")
+        [pid] = self.refused
+        self.assertEqual(len(self.warnings), 1, self.warnings)
+        self.assertIn(f"{script} (pid {pid}) is still running after 1s and cannot be killed",
+                      self.warnings[0])
+        self.assertIn("Operation not permitted", self.warnings[0])
+        with open(child_file) as handle:
+            self.assertTrue(gone(int(handle.read())), "its child, which could be, was not killed")
+        # Once it ends (here: killed as root can), the result says it timed out.
+        self.refused.clear()
+        os.kill(pid, signal.SIGKILL)
+        result = await running
+        self.assertEqual((result.timed_out, result.signal), (True, signal.SIGKILL))
+
+    def test_run_blocking_says_it_too(self):
+        from knocker.daemon import actions
+
+        script = ActionRunnerTests.script(self, "import time\ntime.sleep(3)\n")
+        real_spawn = actions._spawn
+
+        def spawn_refused(*args):
+            pid = real_spawn(*args)
+            self.refused.add(pid)
+            return pid
+
+        self.patch(actions, "_spawn", spawn_refused)
+        result = actions.run_blocking([script], {"PATH": "/usr/bin:/bin"}, 0.5)
+        [pid] = self.refused
+        self.assertTrue(result.timed_out)
+        self.assertEqual(result.exit_code, 0, "it ran on to its own end")
+        self.assertEqual(len(self.warnings), 1, self.warnings)
+        self.assertIn(f"(pid {pid}) is still running after 0.5s and cannot be killed",
+                      self.warnings[0])
