@@ -307,6 +307,11 @@ class ThreadedStore:
         self.gateway = store.gateway
         self._closes: dict[int, PendingClose] = {}
         self._earlier_closes_read = False  # see pending_closes
+        # The seq of the last lift this gateway's tracker has taken (set by
+        # LockoutSync; None before its first read): its lockout writes name
+        # it, and the database leaves out what a later lift covers, so a
+        # write sent before this gateway heard of a lift cannot undo it.
+        self.lifts_seen: int | None = None
         self._lockout_waiting: list[tuple[str, object]] = []  # (kind, start): see _in_order
         self._lockout_running = False
         self._pool = _DatabaseThreads(minthreads=1, maxthreads=threads, name="knocker-db")
@@ -511,7 +516,7 @@ class ThreadedStore:
     def set_lockout(self, key: str, until: float) -> Deferred:
         """The caller hears of a failure (and tries again)."""
         return self._in_order("server" if key == WHOLE_SERVER else "batch",
-                              self._store.set_lockout, key, until)
+                              self._store.set_lockout, key, until, self.lifts_seen)
 
     def save_lockouts(self, lockouts: dict[str, float], steps=None) -> Deferred:
         """
@@ -519,7 +524,7 @@ class ThreadedStore:
         (the coordinator saves those keys again with the next batch).
         """
         return self._in_order("batch", self._store.save_lockouts, dict(lockouts),
-                              dict(steps or {}))
+                              dict(steps or {}), self.lifts_seen)
 
     def remove_close(self, close_id: int) -> None:
         self._closes.pop(close_id, None)
@@ -772,6 +777,7 @@ class LockoutSync:
                 if self._last_lift is not None:
                     self.lifted(key)
                 self._last_lift = max(self._last_lift or 0, seq)
+            self._store.lifts_seen = self._last_lift
 
         def done(result):
             self._reading_lifts = False

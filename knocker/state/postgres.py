@@ -53,6 +53,9 @@ REVOKED_NOTICE = "revoked"
 KEY_BYTES = 32
 MAX_LOCKOUT_BATCH = 10000
 INVITATION_LOCK = 7171002
+#: Lifts take it alone, lockout writes shared: a lift and a write never
+#: interleave, so a write that does not see a lift's row ran wholly before it.
+LIFT_LOCK = 7171003
 _PUT_BOOK = ("INSERT INTO books (client, secret_id, sealed) VALUES (%s, %s, %s) "
              "ON CONFLICT (client) DO UPDATE SET secret_id = excluded.secret_id, "
              "sealed = excluded.sealed")
@@ -863,20 +866,45 @@ class PostgresStore:
         "step = GREATEST(lockouts.step, excluded.step), seq = nextval('lockouts_seq') "
         "WHERE lockouts.until < excluded.until OR lockouts.step < excluded.step")
 
-    def set_lockout(self, key, until) -> None:
+    # The same, unless a lift after the one the writer had read covers the
+    # key: a lockout decided before its gateway knew of a lift, and written
+    # after the lift, must not bring the lifted lockout back.
+    _UPSERT_UNLESS_LIFTED = (
+        "INSERT INTO lockouts (key, until, step) SELECT %s, %s, %s WHERE NOT EXISTS "
+        "(SELECT 1 FROM lifts WHERE seq > %s AND (lifts.key = %s OR lifts.key IS NULL)) "
+        "ON CONFLICT (key) "
+        "DO UPDATE SET until = GREATEST(lockouts.until, excluded.until), "
+        "step = GREATEST(lockouts.step, excluded.step), seq = nextval('lockouts_seq') "
+        "WHERE lockouts.until < excluded.until OR lockouts.step < excluded.step")
+
+    def _upsert(self, cursor, items, lifts_seen: int | None) -> None:
+        """
+        Write C{(key, until, step)} C{items}; with C{lifts_seen} (the seq of
+        the last lift the writer had read), none a later lift covers.
+        """
+        cursor.execute("SELECT pg_advisory_xact_lock_shared(%s)", (LIFT_LOCK,))
+        if lifts_seen is None:
+            cursor.executemany(self._UPSERT, items)
+        else:
+            cursor.executemany(self._UPSERT_UNLESS_LIFTED,
+                               [(key, until, step, lifts_seen, key) for key, until, step in items])
+
+    def set_lockout(self, key, until, lifts_seen: int | None = None) -> None:
         def work(conn):
             with conn.transaction():
-                conn.execute(self._UPSERT, (key, until, 0))
+                with conn.cursor() as cursor:
+                    self._upsert(cursor, [(key, until, 0)], lifts_seen)
                 conn.execute("SELECT pg_notify(%s, %s)", (LOCKOUT_CHANNEL, f"{until!r} {key}"))
 
         self._run(work)
 
-    def save_lockouts(self, lockouts, steps=None) -> None:
+    def save_lockouts(self, lockouts, steps=None, lifts_seen: int | None = None) -> None:
         """
         Every C{{key: until}} of C{lockouts} (with its escalation step from
         C{steps}, if given), in transactions of at most L{MAX_LOCKOUT_BATCH}
         rows, each in key order: two gateways saving overlapping batches
-        lock the rows in the same order, so they cannot deadlock.
+        lock the rows in the same order, so they cannot deadlock.  With
+        C{lifts_seen}, the keys lifted after that lift are left out.
         """
         steps = steps or {}
         items = [(key, until, steps.get(key, 0)) for key, until in sorted(lockouts.items())]
@@ -886,7 +914,7 @@ class PostgresStore:
             def work(conn, chunk=chunk):
                 with conn.transaction():
                     with conn.cursor() as cursor:
-                        cursor.executemany(self._UPSERT, chunk)
+                        self._upsert(cursor, chunk, lifts_seen)
                     # One notice a batch: the others read the changed rows.
                     conn.execute("SELECT pg_notify(%s, %s)", (LOCKOUT_CHANNEL, "reread"))
 
@@ -930,6 +958,8 @@ class PostgresStore:
         """
         def work(conn):
             with conn.transaction():
+                # Alone: no lockout write is half done (see LIFT_LOCK).
+                conn.execute("SELECT pg_advisory_xact_lock(%s)", (LIFT_LOCK,))
                 if key is None:
                     conn.execute("DELETE FROM lockouts")
                 else:

@@ -146,16 +146,19 @@ class SlowSaves:
     def __init__(self):
         self.go = threading.Event()
         self.order = []
+        self.named = []  # the lift each lockout write named
 
-    def save_lockouts(self, lockouts, steps):
+    def save_lockouts(self, lockouts, steps, lifts_seen=None):
         self.go.wait(30)
         self.order.append(("save", sorted(lockouts)))
+        self.named.append(lifts_seen)
 
     def lift_lockouts(self, key):
         self.order.append(("lift", key))
 
-    def set_lockout(self, key, until):
+    def set_lockout(self, key, until, lifts_seen=None):
         self.order.append(("set", key))
+        self.named.append(lifts_seen)
 
     def close(self):
         pass
@@ -184,6 +187,25 @@ class LockoutWriteOrderTests(TestCase):
         self.assertEqual(db.order, [("save", ["192.0.2.1", "192.0.2.2"]), ("lift", "192.0.2.1"),
                                     ("set", "*")])
 
+
+    async def test_each_write_names_the_last_lift_taken_when_it_was_asked(self):
+        """
+        A write waiting in the queue while this gateway takes a lift (made
+        on another) names the lift it knew when it was asked: the database
+        then leaves out what the new lift covers.
+        """
+        db = SlowSaves()
+        self.addCleanup(db.go.set)
+        store = ThreadedStore(db, reactor, threads=2)
+        self.addCleanup(store.close)
+        store.lifts_seen = 7
+        saving = store.save_lockouts({"192.0.2.1": 2e9})
+        store.lifts_seen = 8  # LockoutSync read lift 8 meanwhile
+        setting = store.set_lockout("*", 2e9)
+        db.go.set()
+        await saving
+        await setting
+        self.assertEqual(db.named, [7, 8])
 
     async def test_the_servers_lockout_goes_ahead_of_batches_not_of_lifts(self):
         """

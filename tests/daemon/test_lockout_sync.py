@@ -385,6 +385,21 @@ class LiftAndRevokeNoticeTests(SynchronousTestCase):
         sync.read_lifts()  # (what the listener does on reconnecting)
         self.assertEqual(tracker.lockouts(), {})
 
+    def test_the_store_hears_the_last_lift_taken(self):
+        """
+        What this gateway's lockout writes name (the database leaves out
+        what a later lift covers): the seq of the last lift its tracker
+        took, none before the first read.
+        """
+        clock, tracker, sync, _, _ = self.make()
+        store = sync._store
+        store.lifts = [(1, "192.0.2.7")]  # before this gateway began
+        self.assertIsNone(getattr(store, "lifts_seen", None))
+        sync.read_lifts()
+        self.assertEqual(store.lifts_seen, 1)
+        self.lift(sync, "192.0.2.1")
+        self.assertEqual(store.lifts_seen, 2)
+
     def test_a_read_begun_before_a_lift_brings_nothing_back(self):
         """
         A page read before the lift committed arrives after it: dropped,

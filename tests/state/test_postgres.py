@@ -372,6 +372,53 @@ class PostgresStoreTests(SynchronousTestCase):
         one.prune_lockouts(time.time() + 2 * 3600)
         self.assertEqual(one.lifts_since(0), [], "pruned after an hour")
 
+    def test_a_write_sent_before_a_lift_does_not_bring_it_back(self):
+        """
+        A gateway's lockout writes name the last lift it had read.  One sent
+        before it heard of a lift and committed after (another gateway
+        lifted meanwhile) leaves out what that lift covers; what it decided
+        after reading the lift, and what no lift covers, are written.
+        """
+        one, two = self.store(), self.store()
+        one.save_lockouts({"192.0.2.1": 2000.0, "192.0.2.2": 2000.0})
+        seen = one.last_lift()
+        two.lift_lockouts("192.0.2.1")
+        one.save_lockouts({"192.0.2.1": 2100.0, "192.0.2.3": 2100.0}, lifts_seen=seen)
+        self.assertEqual(two.lockouts(1000.0), {"192.0.2.2": 2000.0, "192.0.2.3": 2100.0})
+        one.save_lockouts({"192.0.2.1": 2200.0}, lifts_seen=one.last_lift())
+        self.assertEqual(two.lockouts(1000.0)["192.0.2.1"], 2200.0, "decided after the lift")
+        # Every lockout lifted at once: the server's lockout too.
+        seen = one.last_lift()
+        two.lift_lockouts()
+        one.set_lockout("*", 2300.0, lifts_seen=seen)
+        one.save_lockouts({"192.0.2.4": 2300.0}, lifts_seen=seen)
+        self.assertEqual(two.lockouts(1000.0), {})
+        one.set_lockout("*", 2300.0)  # a writer that names no lift: as before
+        self.assertEqual(two.lockouts(1000.0), {"*": 2300.0})
+
+    def test_a_lift_waits_for_a_lockout_write_under_way(self):
+        """
+        A lift and a lockout write never interleave: one begun before the
+        lift's row existed could otherwise not see it, and commit after it.
+        """
+        import psycopg
+
+        from knocker.state.postgres import LIFT_LOCK
+
+        store = self.store()
+        writing = psycopg.connect(self.uri)
+        self.addCleanup(writing.close)
+        writing.execute("SELECT pg_advisory_xact_lock_shared(%s)", (LIFT_LOCK,))
+        lifting = threading.Thread(target=store.lift_lockouts, args=("192.0.2.9",))
+        lifting.start()
+        lifting.join(0.5)
+        self.assertTrue(lifting.is_alive(), "the lift did not wait for the write")
+        self.assertEqual(store.lifts_since(0), [], "nor is its row there yet")
+        writing.commit()
+        lifting.join(10)
+        self.assertFalse(lifting.is_alive())
+        self.assertEqual([key for _, key in store.lifts_since(0)], ["192.0.2.9"])
+
 
 def _knock_text(store, client):
     """A portknock file for C{client} whose knocks use pool ports 20000-20002."""
