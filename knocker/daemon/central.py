@@ -71,20 +71,27 @@ def _sleep_until(moment: float) -> None:
 
 
 class PreciseWaits:
-    """L{_sleep_until}, at most L{PRECISE_PER_SECOND} times a second."""
+    """
+    L{_sleep_until}, at most L{PRECISE_PER_SECOND} times in any second: a
+    bucket of that many, refilled as time passes (counted per calendar
+    second instead, twice as many could come in the second across a
+    boundary).
+    """
 
     def __init__(self, now=time.monotonic, sleep_until=_sleep_until):
         self._now = now
         self._sleep_until = sleep_until
-        self._second = None
-        self._used = 0
+        self._left = float(PRECISE_PER_SECOND)
+        self._at = None
 
     def __call__(self, moment: float) -> None:
-        second = int(self._now())
-        if second != self._second:
-            self._second, self._used = second, 0
-        if self._used < PRECISE_PER_SECOND:
-            self._used += 1
+        now = self._now()
+        if self._at is not None:
+            self._left = min(PRECISE_PER_SECOND,
+                             self._left + max(0.0, now - self._at) * PRECISE_PER_SECOND)
+        self._at = now
+        if self._left >= 1:
+            self._left -= 1
             self._sleep_until(moment)
 
 

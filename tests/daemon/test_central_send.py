@@ -291,8 +291,25 @@ class PreciseWaitsTests(unittest.SynchronousTestCase):
             waits(100.5 + n)
         self.assertEqual(slept, [100.5 + n for n in range(central.PRECISE_PER_SECOND)])
         now[0] = 101.0
-        waits(101.5)
-        self.assertEqual(len(slept), central.PRECISE_PER_SECOND + 1, "a new second's allowance")
+        for n in range(central.PRECISE_PER_SECOND + 10):
+            waits(101.5 + n)
+        self.assertEqual(len(slept), 2 * central.PRECISE_PER_SECOND, "a second later: as many")
+
+    def test_so_many_in_any_second_not_per_calendar_second(self):
+        # A flood across a second's boundary: 0.99 s, then 1.01 s.
+        now, slept = [100.99], []
+        waits = central.PreciseWaits(now=lambda: now[0], sleep_until=slept.append)
+        for _ in range(central.PRECISE_PER_SECOND):
+            waits(now[0])
+        now[0] = 101.01
+        for _ in range(central.PRECISE_PER_SECOND):
+            waits(now[0])
+        self.assertEqual(len(slept), central.PRECISE_PER_SECOND + 1,
+                         "0.02 s later, one more (50 a second)")
+        now[0] = 101.5
+        for _ in range(central.PRECISE_PER_SECOND):
+            waits(now[0])
+        self.assertEqual(len(slept), central.PRECISE_PER_SECOND + 1 + 24, "half a second's")
 
     def test_the_daemons_central_port_uses_them(self):
         h = Harness(self)
