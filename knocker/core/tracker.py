@@ -468,12 +468,22 @@ class Tracker:
             heapq.heapify(self._forget)
         now = self._clock.seconds()
         forget, sources = self._forget, self._sources
+        kept = None
         while forget and (forget[0][0] <= now or len(sources) > MAX_SOURCES):
             at, old = heapq.heappop(forget)
             entry = sources.get(old)
-            if entry is not None and entry[2] == at:  # not since replaced
-                del sources[old]
-                self._changed.discard(old)
+            if entry is None or entry[2] != at:  # since replaced
+                continue
+            if old == key and at > now:
+                # Over the bound: the lockout just started stays, even when
+                # it would be forgotten first (the others escalated past
+                # it), or it would be reported and never held.
+                kept = (at, old)
+                continue
+            del sources[old]
+            self._changed.discard(old)
+        if kept is not None:
+            heapq.heappush(forget, kept)
 
     def _end(self, slot: Slot, reason: str) -> None:
         self._cancel_timer(slot)

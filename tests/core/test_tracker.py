@@ -232,6 +232,30 @@ class LockoutTests(SynchronousTestCase):
         self.assertEqual(tracker.refusal(sources[-1]).kind, "locked")
         self.assertEqual(len(seen.lockouts), 20, "every one was still reported")
 
+    def test_over_the_bound_a_new_lockout_is_held_when_older_ones_escalated(self):
+        """
+        The table full of sources escalated past a fresh lockout's end: the
+        fresh one is still held (one of theirs goes), so a new source
+        cannot fail without end behind a lockout that is only reported.
+        """
+        from knocker.core import tracker as module
+
+        self.patch(module, "MAX_SOURCES", 5)
+        clock, tracker, seen = make(scope="source", lockout=60)
+        olds = [f"2001:db8:{n:x}::1" for n in range(5)]
+        for ip in olds:
+            tracker.hit(ip, 4444)  # 60 s
+        clock.advance(61)
+        for ip in olds:
+            tracker.hit(ip, 4444)  # step 1: 120 s
+        new = "2001:db8:ffff::1"
+        self.assertEqual(tracker.hit(new, 4444), HitVerdict.NO_SLOT)
+        self.assertEqual(tracker.refusal(new).kind, "locked")
+        for _ in range(10):
+            tracker.failed_attempt(new, "denied")
+        self.assertEqual(len(seen.lockouts), 11, "locked out once, then refused")
+        self.assertEqual(len(tracker.lockouts()), 5, "still within the bound")
+
     def test_lockouts_end_in_time_order_whatever_the_insertion(self):
         """
         A restored lockout that ends late does not hold back the ones set
