@@ -154,6 +154,11 @@ class Tracker:
         self._policy = policy
         self.observer = observer
         self._slots: dict[str, Slot] = {}
+        # Source key -> addresses of its slots: a source's lockout ends its
+        # knocks without walking every slot (with max-concurrent raised, a
+        # flood of stray hits from fresh sources would otherwise cost each
+        # lockout a pass over all of them).
+        self._slots_by_source: dict[str, set[str]] = {}
         # Address -> deadline of a knock ended from outside (L{end}): its
         # client is still knocking the ports it was granted, which are no
         # one's failures until that knock's window is over.
@@ -271,6 +276,7 @@ class Tracker:
         slot = Slot(ip, client, index, ports, now + self._policy.window)
         slot.timer = self._clock.callLater(self._policy.window, self._timed_out, slot)
         self._slots[ip] = slot
+        self._slots_by_source.setdefault(self.source_of(ip), set()).add(ip)
         return slot
 
     def hit(self, ip: str, port: int) -> HitVerdict:
@@ -312,7 +318,7 @@ class Tracker:
         The completed slot's action has finished; free the slot.
         """
         if self._slots.get(slot.ip) is slot:
-            del self._slots[slot.ip]
+            self._drop(slot)
 
     def end(self, slot: Slot, reason: str) -> None:
         """
@@ -333,7 +339,7 @@ class Tracker:
         """
         if not slot.acting and self._slots.get(slot.ip) is slot:
             self._cancel_timer(slot)
-            del self._slots[slot.ip]
+            self._drop(slot)
 
     def lift(self, key: str | None = None) -> list[str]:
         """
@@ -401,8 +407,8 @@ class Tracker:
             self._changed.add(key)  # still ours to save
         if not held:
             return  # (lockout = 0, never-lock, over already: no knock ends for it)
-        ended = [slot for slot in self._slots.values() if not slot.acting
-                 and (key == GLOBAL or self.source_of(slot.ip) == key and not self._spared(slot.ip))]
+        ended = [slot for slot in (self._slots.values() if key == GLOBAL else self._slots_of(key))
+                 if not slot.acting and (key == GLOBAL or not self._spared(slot.ip))]
         for slot in ended:
             self._end(slot, "locked-out")
 
@@ -449,9 +455,8 @@ class Tracker:
             self._remember(key, until, step)
             self._changed.add(key)
             lockout = Lockout(key, "source", until, seconds, step, reason, ip)
-            ended = [slot for slot in self._slots.values()
-                     if not slot.acting and (slot.ip == ip or self.source_of(slot.ip) == key)
-                     and not self._spared(slot.ip)]
+            ended = [slot for slot in self._slots_of(key)
+                     if not slot.acting and not self._spared(slot.ip)]
         for slot in ended:
             self._end(slot, "locked-out")
         self.observer.lockout_started(lockout)
@@ -487,8 +492,20 @@ class Tracker:
 
     def _end(self, slot: Slot, reason: str) -> None:
         self._cancel_timer(slot)
-        del self._slots[slot.ip]
+        self._drop(slot)
         self.observer.knock_failed(slot, reason)
+
+    def _drop(self, slot: Slot) -> None:
+        del self._slots[slot.ip]
+        key = self.source_of(slot.ip)
+        addresses = self._slots_by_source[key]
+        addresses.discard(slot.ip)
+        if not addresses:
+            del self._slots_by_source[key]
+
+    def _slots_of(self, key: str) -> list[Slot]:
+        """The slots of the addresses whose source key is C{key}."""
+        return [self._slots[ip] for ip in self._slots_by_source.get(key, ())]
 
     def _cancel_timer(self, slot: Slot) -> None:
         if slot.timer is not None and slot.timer.active():

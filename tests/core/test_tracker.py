@@ -256,6 +256,26 @@ class LockoutTests(SynchronousTestCase):
         self.assertEqual(len(seen.lockouts), 11, "locked out once, then refused")
         self.assertEqual(len(tracker.lockouts()), 5, "still within the bound")
 
+    def test_a_stray_hit_does_not_walk_every_open_slot(self):
+        """
+        With max-concurrent raised and many knocks under way, each stray
+        hit from a fresh source (a flood's) starts a lockout that ends that
+        source's knocks only: found without a pass over all the slots.
+        """
+        clock, tracker, seen = make(scope="source", slots=1000)
+        for n in range(500):
+            tracker.grant(f"2001:db8:{n:x}::1", "alice", n + 1, PORTS)
+        keys = tracker.source_of
+        calls = []
+        tracker.source_of = lambda ip: calls.append(ip) or keys(ip)
+        self.assertEqual(tracker.hit("2001:db8:ffff::1", 4444), HitVerdict.NO_SLOT)
+        self.assertLess(len(calls), 10, "a source key a slot")
+        self.assertEqual(len(tracker.slots()), 500, "nobody else's knock ended")
+        # A source holding a slot: its knock ends, and only its.
+        tracker.failed_attempt("2001:db8:7::2", "denied")
+        self.assertEqual(len(tracker.slots()), 499)
+        self.assertEqual(seen.failed[-1], ("2001:db8:7::1", 8, "locked-out"))
+
     def test_lockouts_end_in_time_order_whatever_the_insertion(self):
         """
         A restored lockout that ends late does not hold back the ones set
