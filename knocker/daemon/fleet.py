@@ -307,11 +307,14 @@ class ThreadedStore:
         self.gateway = store.gateway
         self._closes: dict[int, PendingClose] = {}
         self._earlier_closes_read = False  # see pending_closes
-        # The seq of the last lift this gateway's tracker has taken (set by
-        # LockoutSync; None before its first read): its lockout writes name
-        # it, and the database leaves out what a later lift covers, so a
-        # write sent before this gateway heard of a lift cannot undo it.
+        # The seq of the last lift this gateway's tracker has taken (None
+        # before its first read): its lockout writes name it, and the
+        # database leaves out what a later lift covers, so a write sent
+        # before this gateway heard of a lift cannot undo it.  When a write
+        # finds such a lift, missed_lifts() reads the lifts.  LockoutSync
+        # keeps both.
         self.lifts_seen: int | None = None
+        self.missed_lifts = None
         self._lockout_waiting: list[tuple[str, object]] = []  # (kind, start): see _in_order
         self._lockout_running = False
         self._pool = _DatabaseThreads(minthreads=1, maxthreads=threads, name="knocker-db")
@@ -515,16 +518,27 @@ class ThreadedStore:
 
     def set_lockout(self, key: str, until: float) -> Deferred:
         """The caller hears of a failure (and tries again)."""
-        return self._in_order("server" if key == WHOLE_SERVER else "batch",
-                              self._store.set_lockout, key, until, self.lifts_seen)
+        d = self._in_order("server" if key == WHOLE_SERVER else "batch",
+                           self._store.set_lockout, key, until, self.lifts_seen)
+        return d.addCallback(self._lifts_missed)
 
     def save_lockouts(self, lockouts: dict[str, float], steps=None) -> Deferred:
         """
         Saved in the thread pool; the L{Deferred} fails if it could not be
         (the coordinator saves those keys again with the next batch).
         """
-        return self._in_order("batch", self._store.save_lockouts, dict(lockouts),
-                              dict(steps or {}), self.lifts_seen)
+        d = self._in_order("batch", self._store.save_lockouts, dict(lockouts),
+                           dict(steps or {}), self.lifts_seen)
+        return d.addCallback(self._lifts_missed)
+
+    def _lifts_missed(self, behind) -> None:
+        """
+        A lockout write found lifts this gateway has not taken (their
+        notice still on its way, or their read failed): it left out what
+        they cover, and this gateway reads them now, lifting those here too.
+        """
+        if behind and self.missed_lifts is not None:
+            self.missed_lifts()
 
     def remove_close(self, close_id: int) -> None:
         self._closes.pop(close_id, None)
@@ -698,6 +712,7 @@ class LockoutSync:
         # cut to a fresh end, again and again.  Only such rows: few.
         self._cut: dict[str, tuple[float, int]] = {}
         self.available = True
+        store.missed_lifts = self.read_lifts
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._listen, name="knocker-listen", daemon=True)

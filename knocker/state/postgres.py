@@ -866,59 +866,63 @@ class PostgresStore:
         "step = GREATEST(lockouts.step, excluded.step), seq = nextval('lockouts_seq') "
         "WHERE lockouts.until < excluded.until OR lockouts.step < excluded.step")
 
-    # The same, unless a lift after the one the writer had read covers the
-    # key: a lockout decided before its gateway knew of a lift, and written
-    # after the lift, must not bring the lifted lockout back.
-    _UPSERT_UNLESS_LIFTED = (
-        "INSERT INTO lockouts (key, until, step) SELECT %s, %s, %s WHERE NOT EXISTS "
-        "(SELECT 1 FROM lifts WHERE seq > %s AND (lifts.key = %s OR lifts.key IS NULL)) "
-        "ON CONFLICT (key) "
-        "DO UPDATE SET until = GREATEST(lockouts.until, excluded.until), "
-        "step = GREATEST(lockouts.step, excluded.step), seq = nextval('lockouts_seq') "
-        "WHERE lockouts.until < excluded.until OR lockouts.step < excluded.step")
-
-    def _upsert(self, cursor, items, lifts_seen: int | None) -> None:
+    def _upsert(self, cursor, items, lifts_seen: int | None) -> bool:
         """
-        Write C{(key, until, step)} C{items}; with C{lifts_seen} (the seq of
-        the last lift the writer had read), none a later lift covers.
+        Write C{(key, until, step)} C{items}.  With C{lifts_seen} (the seq
+        of the last lift the writer's gateway had taken), leave out the keys
+        that a later lift covers: a lockout decided before the gateway knew
+        of a lift must not bring the lifted lockout back.  Returns whether
+        there was such a later lift (the gateway should read the lifts).
         """
+        # A lift takes this alone: none commits while we look and write.
         cursor.execute("SELECT pg_advisory_xact_lock_shared(%s)", (LIFT_LOCK,))
-        if lifts_seen is None:
+        behind = False
+        if lifts_seen is not None:
+            lifted = {key for (key,) in cursor.execute(
+                "SELECT key FROM lifts WHERE seq > %s", (lifts_seen,)).fetchall()}
+            if lifted:
+                behind = True
+                items = [] if None in lifted else [i for i in items if i[0] not in lifted]
+        if items:
             cursor.executemany(self._UPSERT, items)
-        else:
-            cursor.executemany(self._UPSERT_UNLESS_LIFTED,
-                               [(key, until, step, lifts_seen, key) for key, until, step in items])
+        return behind
 
-    def set_lockout(self, key, until, lifts_seen: int | None = None) -> None:
+    def set_lockout(self, key, until, lifts_seen: int | None = None) -> bool:
+        """One lockout, as L{save_lockouts}; returns whether lifts were missed."""
         def work(conn):
             with conn.transaction():
                 with conn.cursor() as cursor:
-                    self._upsert(cursor, [(key, until, 0)], lifts_seen)
+                    behind = self._upsert(cursor, [(key, until, 0)], lifts_seen)
                 conn.execute("SELECT pg_notify(%s, %s)", (LOCKOUT_CHANNEL, f"{until!r} {key}"))
+            return behind
 
-        self._run(work)
+        return self._run(work)
 
-    def save_lockouts(self, lockouts, steps=None, lifts_seen: int | None = None) -> None:
+    def save_lockouts(self, lockouts, steps=None, lifts_seen: int | None = None) -> bool:
         """
         Every C{{key: until}} of C{lockouts} (with its escalation step from
         C{steps}, if given), in transactions of at most L{MAX_LOCKOUT_BATCH}
         rows, each in key order: two gateways saving overlapping batches
         lock the rows in the same order, so they cannot deadlock.  With
-        C{lifts_seen}, the keys lifted after that lift are left out.
+        C{lifts_seen}, the keys lifted after that lift are left out, and
+        the answer says whether there were such lifts.
         """
         steps = steps or {}
         items = [(key, until, steps.get(key, 0)) for key, until in sorted(lockouts.items())]
+        behind = False
         for start in range(0, len(items), MAX_LOCKOUT_BATCH):
             chunk = items[start:start + MAX_LOCKOUT_BATCH]
 
             def work(conn, chunk=chunk):
                 with conn.transaction():
                     with conn.cursor() as cursor:
-                        self._upsert(cursor, chunk, lifts_seen)
+                        missed = self._upsert(cursor, chunk, lifts_seen)
                     # One notice a batch: the others read the changed rows.
                     conn.execute("SELECT pg_notify(%s, %s)", (LOCKOUT_CHANNEL, "reread"))
+                return missed
 
-            self._run(work)
+            behind = self._run(work) or behind
+        return behind
 
     def lockouts(self, now):
         def work(conn):

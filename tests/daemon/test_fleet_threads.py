@@ -147,11 +147,13 @@ class SlowSaves:
         self.go = threading.Event()
         self.order = []
         self.named = []  # the lift each lockout write named
+        self.behind = False  # what each says: whether it found lifts not taken
 
     def save_lockouts(self, lockouts, steps, lifts_seen=None):
         self.go.wait(30)
         self.order.append(("save", sorted(lockouts)))
         self.named.append(lifts_seen)
+        return self.behind
 
     def lift_lockouts(self, key):
         self.order.append(("lift", key))
@@ -159,6 +161,7 @@ class SlowSaves:
     def set_lockout(self, key, until, lifts_seen=None):
         self.order.append(("set", key))
         self.named.append(lifts_seen)
+        return self.behind
 
     def close(self):
         pass
@@ -206,6 +209,20 @@ class LockoutWriteOrderTests(TestCase):
         await saving
         await setting
         self.assertEqual(db.named, [7, 8])
+
+    async def test_a_write_that_found_lifts_not_taken_has_them_read(self):
+        db = SlowSaves()
+        db.go.set()
+        store = ThreadedStore(db, reactor, threads=2)
+        self.addCleanup(store.close)
+        reads = []
+        store.missed_lifts = lambda: reads.append("lifts")
+        await store.save_lockouts({"192.0.2.1": 2e9})
+        self.assertEqual(reads, [], "none missed")
+        db.behind = True
+        await store.save_lockouts({"192.0.2.1": 2e9})
+        await store.set_lockout("*", 2e9)
+        self.assertEqual(reads, ["lifts", "lifts"])
 
     async def test_the_servers_lockout_goes_ahead_of_batches_not_of_lifts(self):
         """

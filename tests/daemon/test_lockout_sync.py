@@ -399,6 +399,12 @@ class LiftAndRevokeNoticeTests(SynchronousTestCase):
         self.assertEqual(store.lifts_seen, 1)
         self.lift(sync, "192.0.2.1")
         self.assertEqual(store.lifts_seen, 2)
+        # A lift whose notice this gateway missed, found by a lockout write:
+        tracker.shared_lockout(GLOBAL, clock.seconds() + 600)
+        store.lifts = store.lifts + [(3, None)]
+        store.missed_lifts()
+        self.assertEqual(store.lifts_seen, 3)
+        self.assertEqual(tracker.lockouts(), {}, "lifted here too")
 
     def test_a_read_begun_before_a_lift_brings_nothing_back(self):
         """

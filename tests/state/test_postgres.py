@@ -380,20 +380,22 @@ class PostgresStoreTests(SynchronousTestCase):
         after reading the lift, and what no lift covers, are written.
         """
         one, two = self.store(), self.store()
-        one.save_lockouts({"192.0.2.1": 2000.0, "192.0.2.2": 2000.0})
+        self.assertFalse(one.save_lockouts({"192.0.2.1": 2000.0, "192.0.2.2": 2000.0},
+                                           lifts_seen=0), "no lift missed")
         seen = one.last_lift()
         two.lift_lockouts("192.0.2.1")
-        one.save_lockouts({"192.0.2.1": 2100.0, "192.0.2.3": 2100.0}, lifts_seen=seen)
+        missed = one.save_lockouts({"192.0.2.1": 2100.0, "192.0.2.3": 2100.0}, lifts_seen=seen)
+        self.assertTrue(missed, "the writer is told it missed a lift (it reads them then)")
         self.assertEqual(two.lockouts(1000.0), {"192.0.2.2": 2000.0, "192.0.2.3": 2100.0})
-        one.save_lockouts({"192.0.2.1": 2200.0}, lifts_seen=one.last_lift())
+        self.assertFalse(one.save_lockouts({"192.0.2.1": 2200.0}, lifts_seen=one.last_lift()))
         self.assertEqual(two.lockouts(1000.0)["192.0.2.1"], 2200.0, "decided after the lift")
         # Every lockout lifted at once: the server's lockout too.
         seen = one.last_lift()
         two.lift_lockouts()
-        one.set_lockout("*", 2300.0, lifts_seen=seen)
-        one.save_lockouts({"192.0.2.4": 2300.0}, lifts_seen=seen)
+        self.assertTrue(one.set_lockout("*", 2300.0, lifts_seen=seen))
+        self.assertTrue(one.save_lockouts({"192.0.2.4": 2300.0}, lifts_seen=seen))
         self.assertEqual(two.lockouts(1000.0), {})
-        one.set_lockout("*", 2300.0)  # a writer that names no lift: as before
+        self.assertFalse(one.set_lockout("*", 2300.0))  # a writer that names no lift: as before
         self.assertEqual(two.lockouts(1000.0), {"*": 2300.0})
 
     def test_a_lift_waits_for_a_lockout_write_under_way(self):
