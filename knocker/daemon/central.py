@@ -13,6 +13,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IHalfCloseableProtocol, IProtocolNegotiationFactory
 from twisted.logger import Logger
 from twisted.protocols.basic import LineOnlyReceiver
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from knocker.core import handshake as hs
@@ -213,7 +214,10 @@ class CentralProtocol(LineOnlyReceiver):
             try:
                 reply = self._server.answer(self.ip, step.client, step.nonce, step.proof, self)
             except Exception:
-                log.failure("answering {client} from {ip}", client=step.client, ip=self.ip)
+                # (a damaged state row, say: within the audit log's budget,
+                # since every PROOF naming that client would come here)
+                if self._server.state_failed(self.ip, step.client, Failure()):
+                    log.failure("answering {client} from {ip}", client=step.client, ip=self.ip)
                 reply = hs.Error("server-error")
             if isinstance(reply, Deferred):
                 # A fleet's database answers later (knocker.daemon.fleet).
@@ -225,7 +229,8 @@ class CentralProtocol(LineOnlyReceiver):
         self._apply(step)
 
     def _answer_failed(self, failure, client):
-        log.failure("answering {client} from {ip}", failure, client=client, ip=self.ip)
+        if self._server.state_failed(self.ip, client, failure):
+            log.failure("answering {client} from {ip}", failure, client=client, ip=self.ip)
         return hs.Error("server-error")
 
     def _judged(self, reply: hs.Reply, proved_at: float) -> None:

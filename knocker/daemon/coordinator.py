@@ -366,15 +366,25 @@ class KnockServer:
                 return hs.Error("server-error")
         return self._grant(index, ports, secret, state, ip, client, nonce, session)
 
+    def state_failed(self, ip: str, client: str, failure) -> bool:
+        """
+        Answering a PROOF raised C{failure} (a damaged state row, say): its
+        C{error} line within the audit log's budget, as L{_store_failed}'s.
+        Returns whether to log it too.
+        """
+        return self._audit.state_error(ip=ip, client=client, detail=str(failure.value))
+
     def _store_failed(self, failure, ip, client):
         """
         The database did not answer, or a burn's commit is in doubt: no
         GRANT (fail closed); the audit log and the log say why.
         """
-        log.error("the state did not answer for {client} from {ip}: {error}; granting nothing",
-                  client=client, ip=ip, error=failure.value)
-        self._audit.record("error", ip=ip, client=client, reason="state",
-                           detail=str(failure.value))
+        # Within the audit log's budget: anyone may send PROOFs, and an
+        # ERROR locks nobody out, so a database down would otherwise have a
+        # flood write a line (and a log line) a PROOF.
+        if self._audit.state_error(ip=ip, client=client, detail=str(failure.value)):
+            log.error("the state did not answer for {client} from {ip}: {error}; granting "
+                      "nothing", client=client, ip=ip, error=failure.value)
         return hs.Error("server-error")
 
     def _grant(self, index, ports, secret, state, ip, client, nonce, session):

@@ -128,6 +128,27 @@ class ProtocolErrorBudgetTests(TestCase):
         self.assertEqual(summary["outcomes"], {"locked": 10_000 - 20})
         self.assertEqual(len(lines) + summary["count"], 10_000, "every answer counted")
 
+    def test_proofs_the_state_could_not_answer_share_the_budget(self):
+        """
+        A database down answers every PROOF ERROR server-error, which
+        locks nobody out: a flood of them is counted past the budget under
+        the reason "state", its lines naming the client and the error.
+        """
+        written = [self.audit.state_error(ip="203.0.113.9", client="nobody",
+                                          detail="database: no connection")
+                   for _ in range(10_000)]
+        self.assertEqual(written.count(True), 20)
+        self.clock.advance(10)
+        self.audit.close()
+        events = strict_lines(self.path)
+        self.assertLess(os.path.getsize(self.path), 8192)
+        lines = [e for e in events if e["event"] == "error"]
+        self.assertEqual({k: v for k, v in lines[0].items() if k != "time"},
+                         {"event": "error", "ip": "203.0.113.9", "client": "nobody",
+                          "detail": "database: no connection", "reason": "state"})
+        [summary] = [e for e in events if e["event"] == "errors"]
+        self.assertEqual(summary["outcomes"], {"state": 10_000 - 20})
+
     def test_the_budget_refills(self):
         for _ in range(30):
             self.audit.protocol_error("203.0.113.9", "malformed")

@@ -562,3 +562,98 @@ class LaterDeniedTimingTests(SynchronousTestCase):
             later.release()
         self.assertTrue(transport.value().startswith(b"GRANT "))
         self.assertTrue(transport.disconnecting, "the FIN ends it once the GRANT is out")
+
+
+class StateDownFloodTests(SynchronousTestCase):
+    """
+    While the database does not answer, anyone's PROOF gets ERROR
+    server-error, and nothing locks them out: the audit log and the daemon
+    log stay within the budget for protocol errors.
+    """
+
+    def test_a_flood_of_proofs_while_the_database_is_down(self):
+        import json
+
+        from twisted.internet.error import ConnectionDone
+        from twisted.logger import globalLogPublisher
+        from twisted.python.failure import Failure
+
+        from knocker.daemon.audit import AuditLog
+        from knocker.daemon.central import DENIED_AT
+
+        h, later = later_harness(self)
+        path = self.mktemp()
+        audit = AuditLog(path, h.clock, wall=h.clock.seconds, min_free_mib=0, hit_rate=100)
+        h.server._audit = audit
+        logged = []
+        observer = lambda event: logged.append(event) if event.get("log_level") and \
+            event["log_level"].name == "error" else None  # noqa: E731
+        globalLogPublisher.addObserver(observer)
+        self.addCleanup(globalLogPublisher.removeObserver, observer)
+        later.broken = True
+        sent = 0
+        for _ in range(20):  # 20 rounds of 8 sources x 8 connections: 1280 PROOFs, 0.4 s
+            connections = []
+            for source in range(8):
+                for n in range(8):
+                    proto, transport = h.connect(f"203.0.113.{source + 1}", 40000 + n)
+                    proto.dataReceived(hs.format_hello("nobody"))
+                    transport.clear()
+                    proto.dataReceived(hs.format_proof("0" * 64))
+                    connections.append((proto, transport))
+            h.clock.advance(DENIED_AT)
+            for proto, transport in connections:
+                self.assertEqual(transport.value(), b"ERROR server-error\n")
+                proto.connectionLost(Failure(ConnectionDone()))
+                sent += 1
+        h.clock.advance(10)
+        audit.close()
+        with open(path) as f:
+            events = [json.loads(line) for line in f]
+        lines = [e for e in events if e["event"] == "error" and e["reason"] == "state"]
+        counted = sum(e["outcomes"].get("state", 0) for e in events if e["event"] == "errors")
+        self.assertLessEqual(len(lines), 150, "100 at once, 100 a second after")
+        self.assertEqual(len(lines) + counted, sent, "every one written or counted")
+        self.assertEqual(len(logged), len(lines), "the daemon log follows the audit log")
+        self.assertEqual(h.tracker_lockouts(), {})
+
+    def test_a_damaged_client_row_logs_within_the_budget(self):
+        """
+        The SQLite state raising on a PROOF's lookup (a row edited by hand):
+        each PROOF naming that client is ERROR server-error, and its
+        traceback goes to the log within the budget, not once a PROOF.
+        """
+        import sqlite3
+
+        from twisted.internet.error import ConnectionDone
+        from twisted.logger import globalLogPublisher
+        from twisted.python.failure import Failure
+
+        from knocker.daemon.audit import AuditLog
+        from knocker.daemon.central import DENIED_AT
+        from tests.helpers.harness import Harness
+
+        h = Harness(self)
+        h.server._audit = AuditLog(self.mktemp(), h.clock, wall=h.clock.seconds,
+                                   min_free_mib=0, hit_rate=20)
+        db = sqlite3.connect(h.store.path)
+        db.execute("UPDATE clients SET knocks = 'x' WHERE id = 'alice'")
+        db.commit()
+        db.close()
+        tracebacks = []
+        observer = lambda event: tracebacks.append(event) if event.get("log_failure") \
+            else None  # noqa: E731
+        globalLogPublisher.addObserver(observer)
+        self.addCleanup(globalLogPublisher.removeObserver, observer)
+        for n in range(300):
+            proto, transport = h.connect("203.0.113.7", 41000 + n % 8)
+            proto.dataReceived(hs.format_hello("alice"))
+            transport.clear()
+            proto.dataReceived(hs.format_proof("0" * 64))
+            h.clock.advance(DENIED_AT)
+            self.assertEqual(transport.value(), b"ERROR server-error\n")
+            proto.connectionLost(Failure(ConnectionDone()))
+        self.flushLoggedErrors()
+        self.assertTrue(tracebacks, "the first ones are logged, with their traceback")
+        self.assertLessEqual(len(tracebacks), 20 + 20 * 300 * DENIED_AT + 1)
+        self.assertIn("table clients", str(tracebacks[0]["log_failure"].value))
