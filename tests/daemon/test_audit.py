@@ -107,26 +107,34 @@ class ProtocolErrorBudgetTests(TestCase):
         self.assertEqual(len(lines) + summaries["203.0.113.9"]["count"]
                          + summaries["198.51.100.1"]["count"], 10_001, "every error counted")
 
+    def flood_of(self, answer, event: str, reason: str, first: dict, size: int) -> None:
+        """
+        10,000 of C{answer()}: 20 lines (the first is C{first}), the rest
+        counted in one summary under C{reason}, the file under C{size}.
+        """
+        written = [answer() for _ in range(10_000)]
+        self.assertEqual(written.count(True), 20)
+        self.clock.advance(10)
+        self.audit.close()
+        events = strict_lines(self.path)
+        self.assertLess(os.path.getsize(self.path), size)
+        lines = [e for e in events if e["event"] == event]
+        self.assertEqual({k: v for k, v in lines[0].items() if k != "time"},
+                         {"event": event, **first})
+        [summary] = [e for e in events if e["event"] == "errors"]
+        self.assertEqual(summary["outcomes"], {reason: 10_000 - 20})
+        self.assertEqual(len(lines) + summary["count"], 10_000, "every answer counted")
+
     def test_a_locked_out_source_asking_again_and_again(self):
         """
         A locked-out source may connect and prove again without end, each
         time answered LOCKED: those lines share the errors' budget, and the
         rest are counted under the reason "locked".
         """
-        written = [self.audit.locked(ip="203.0.113.9", client="alice", retry_after=60)
-                   for _ in range(10_000)]
-        self.assertEqual(written.count(True), 20)
-        self.clock.advance(10)
-        self.audit.close()
-        events = strict_lines(self.path)
-        self.assertLess(os.path.getsize(self.path), 4096)
-        lines = [e for e in events if e["event"] == "locked"]
-        self.assertEqual({k: v for k, v in lines[0].items() if k != "time"},
-                         {"event": "locked", "ip": "203.0.113.9", "client": "alice",
-                          "retry_after": 60})
-        [summary] = [e for e in events if e["event"] == "errors"]
-        self.assertEqual(summary["outcomes"], {"locked": 10_000 - 20})
-        self.assertEqual(len(lines) + summary["count"], 10_000, "every answer counted")
+        self.flood_of(lambda: self.audit.locked(ip="203.0.113.9", client="alice",
+                                                retry_after=60),
+                      "locked", "locked",
+                      {"ip": "203.0.113.9", "client": "alice", "retry_after": 60}, 4096)
 
     def test_proofs_the_state_could_not_answer_share_the_budget(self):
         """
@@ -134,20 +142,11 @@ class ProtocolErrorBudgetTests(TestCase):
         locks nobody out: a flood of them is counted past the budget under
         the reason "state", its lines naming the client and the error.
         """
-        written = [self.audit.state_error(ip="203.0.113.9", client="nobody",
-                                          detail="database: no connection")
-                   for _ in range(10_000)]
-        self.assertEqual(written.count(True), 20)
-        self.clock.advance(10)
-        self.audit.close()
-        events = strict_lines(self.path)
-        self.assertLess(os.path.getsize(self.path), 8192)
-        lines = [e for e in events if e["event"] == "error"]
-        self.assertEqual({k: v for k, v in lines[0].items() if k != "time"},
-                         {"event": "error", "ip": "203.0.113.9", "client": "nobody",
-                          "detail": "database: no connection", "reason": "state"})
-        [summary] = [e for e in events if e["event"] == "errors"]
-        self.assertEqual(summary["outcomes"], {"state": 10_000 - 20})
+        self.flood_of(lambda: self.audit.state_error(ip="203.0.113.9", client="nobody",
+                                                     detail="database: no connection"),
+                      "error", "state",
+                      {"ip": "203.0.113.9", "client": "nobody",
+                       "detail": "database: no connection", "reason": "state"}, 8192)
 
     def test_the_budget_refills(self):
         for _ in range(30):
