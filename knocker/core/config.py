@@ -99,20 +99,24 @@ class Key:
     """
     One configuration key, declared once: its name in the file (and as
     C{--name} on the command line), its default, how its text is parsed and
-    what is allowed (for the error message), whether it is a path, and
-    whether it is a list (which may go on over indented lines).
+    what is allowed (for the error message), whether it is a path,
+    whether it is a list (which may go on over indented lines), and whether
+    its value may hold a secret (a database URI's password), which an error
+    message then does not repeat.
     """
 
-    __slots__ = ("name", "attribute", "default", "parse", "allowed", "is_path", "is_list")
+    __slots__ = ("name", "attribute", "default", "parse", "allowed", "is_path", "is_list",
+                 "secret")
 
     def __init__(self, name: str, default, rule: tuple[Parser, str], is_path: bool = False,
-                 is_list: bool = False):
+                 is_list: bool = False, secret: bool = False):
         self.name = name
         self.attribute = name.replace("-", "_")
         self.default = default
         self.parse, self.allowed = rule
         self.is_path = is_path
         self.is_list = is_list
+        self.secret = secret
 
 
 PATH = (nonempty, "a path")
@@ -261,23 +265,24 @@ def _value(source, section, keys, key, raw, base):
             f"{source}: [{section}] unknown key {key!r}; allowed: {', '.join(keys)}"
         )
     declared = keys[key]
+    shown = "(the value, not shown here: it may hold a password)" if declared.secret else repr(raw)
     if "\n" in raw and not declared.is_list:
         raise ConfigError(
-            f"{source}: [{section}] {key} = {raw!r} spans more than one line: an indented "
+            f"{source}: [{section}] {key} = {shown} spans more than one line: an indented "
             f"line continues the value above it; start the line at the margin"
         )
     if " #" in raw or "\t#" in raw or " ;" in raw or "\t;" in raw:
         # configparser keeps it as part of the value: a path would name
         # another file, and a number would be refused with a puzzling reason.
         raise ConfigError(
-            f"{source}: [{section}] {key} = {raw!r} has a comment after it, which would be "
+            f"{source}: [{section}] {key} = {shown} has a comment after it, which would be "
             f"read as part of the value; put comments on lines of their own"
         )
     try:
         value = declared.parse(raw)
     except ValueError:
         raise ConfigError(
-            f"{source}: [{section}] {key} = {raw!r} is not allowed; allowed: {declared.allowed}"
+            f"{source}: [{section}] {key} = {shown} is not allowed; allowed: {declared.allowed}"
         ) from None
     if declared.is_path:
         value = os.path.expanduser(value)

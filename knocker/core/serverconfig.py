@@ -237,7 +237,8 @@ SERVER_TABLE = (
                  "ssl:PORT:privateKey=...:certKey=... (TLS) on any address; each option "
                  "once, as NAME=VALUE")),
     Key("database", "", (_database, "empty (SQLite in state-dir) or a libpq URI such as "
-                                    "postgresql://knocker@db.example/knocker?sslmode=verify-full")),
+                                    "postgresql://knocker@db.example/knocker?sslmode=verify-full"),
+        secret=True),
     Key("database-key-file", None, PATH, is_path=True),
     Key("gateway", "", (lambda text: text, "a name for this gateway, its own in the fleet "
                                            "(required with database)")),

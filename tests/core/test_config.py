@@ -201,6 +201,18 @@ class ServerErrorTests(SynchronousTestCase):
     def test_error_is_value_error(self):
         self.assertTrue(issubclass(ConfigError, ValueError))
 
+    def test_a_refused_database_uri_is_not_repeated(self):
+        # The message goes to standard error and the journal: not the password.
+        for body, why in [("database = postgresq://knocker:topsecretpw@db/knocker\n",
+                           "is not allowed"),
+                          ("database = postgresql://knocker:topsecretpw@db/k  # fleet\n",
+                           "comment after it")]:
+            message = self.refused(body, SOURCE, "[server] database = ", why, "not shown")
+            self.assertNotIn("topsecretpw", message)
+        message = self.refused("", "command line", "not shown",
+                               overrides={"database": "mysql://knocker:topsecretpw@db/k"})
+        self.assertNotIn("topsecretpw", message)
+
     def test_unknown_key(self):
         message = self.refused("lockuot = 5\n", SOURCE, "lockuot", "allowed")
         for key in SERVER_KEYS:
