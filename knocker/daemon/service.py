@@ -260,6 +260,11 @@ class KnockServerService(service.Service):
         if self.config.on_success is None:
             log.warn("on-success is not set: the built-in action only logs; "
                      "no firewall change will be made")
+        elif self.config.on_close is None:
+            log.warn("on-success is set and on-close is not: the daemon never closes a door "
+                     "it opened (open-duration is not used), so each lasts as long as "
+                     "on-success makes it (with nft-open, KNOCKER_NFT_TIMEOUT); set on-close "
+                     "(/etc/knocker/scripts/nft-close) to close it after open-duration")
         if config.lockout_scope == "global" and not _is_loopback(config.interface):
             log.warn("lockout-scope = global on {interface}: any stray connection to a pool "
                      "port (a scanner) locks everyone out; lockout-scope = knock keeps the "

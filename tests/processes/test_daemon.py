@@ -360,6 +360,18 @@ class DaemonTests(SynchronousTestCase):
         self.assertIn(copy, daemon.log())
         self.assertIn("0640", daemon.log())
 
+    def test_on_success_without_on_close_is_warned_of(self):
+        # Doors the daemon never closes: said at start, not left to be found.
+        warning = "on-success is set and on-close is not: the daemon never closes a door"
+        self.start()
+        self.assertIn(warning, self.daemon.log())
+        self.daemon.stop()
+        closer, _ = write_recorder(self.dir, "on-close")
+        with open(self.server_conf, "a") as conf:
+            conf.write(f"on-close = {closer}\n")
+        self.start()
+        self.assertNotIn(warning, self.daemon.log().rsplit("starting up", 1)[-1])
+
     def test_twistd_knockclient_knocks_once_and_stops(self):
         knock_file, _ = self.generate()
         self.start()
