@@ -172,3 +172,28 @@ class FirewallUnitTests(SynchronousTestCase):
                   if re.search(r"\bcp [^&]*etc/knocker-firewall\.service[^&]* /etc/systemd/system/",
                                line)]
         self.assertEqual(len(copies), 1, block)
+
+
+class NftablesDropInTests(SynchronousTestCase):
+    """
+    etc/nftables-knocker.conf: after nftables.service loads its ruleset
+    (whose flush removes knocker's table), nft-reloaded runs, with the
+    daemon's settings (tests/test_nft_scripts.py runs the script itself).
+    """
+
+    def test_runs_after_every_load_with_the_daemons_settings(self):
+        service = unit("nftables-knocker.conf")["Service"]
+        self.assertEqual(service["ExecStartPost"], ["/etc/knocker/scripts/nft-reloaded"])
+        self.assertEqual(service["ExecReload"], ["/etc/knocker/scripts/nft-reloaded"])
+        self.assertEqual(service["EnvironmentFile"],
+                         unit("knocker.service")["Service"]["EnvironmentFile"])
+        self.assertTrue(os.access(os.path.join(ETC, "scripts", "nft-reloaded"), os.X_OK))
+        self.assertEqual(set(unit("nftables-knocker.conf")), {"", "Service"},
+                         "a drop-in of the Service section only")
+
+    def test_readme_installs_it(self):
+        with open(os.path.join(os.path.dirname(ETC), "README.md")) as handle:
+            section = handle.read().split("## Setting it up for real", 1)[1]
+        block = section.split("```sh\n", 1)[1].split("```", 1)[0]
+        self.assertIn("install -D -m 0644 etc/nftables-knocker.conf "
+                      "/etc/systemd/system/nftables.service.d/knocker.conf", block)

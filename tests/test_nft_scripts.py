@@ -132,13 +132,15 @@ class NamespaceTestCase(SynchronousTestCase):
                         capture_output=True, timeout=30)
 
     def script(self, name: str, *args: str, ports: str | None = "22,2222",
-               wrapper: tuple[str, ...] = ()):
+               wrapper: tuple[str, ...] = (), path_first: str | None = None):
         """
         etc/scripts/NAME in the namespace, with knocker.env's settings and
-        C{ports} as KNOCKER_PROTECTED_PORTS (None: unset, as by hand).
+        C{ports} as KNOCKER_PROTECTED_PORTS (None: unset, as by hand);
+        C{path_first} goes before the usual folders on PATH.
         """
-        env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "KNOCKER_NFT_TABLE": "knocker",
-               "KNOCKER_NFT_TIMEOUT": "", "KNOCKER_NFT": ""}
+        search = "/usr/sbin:/usr/bin:/sbin:/bin"
+        env = {"PATH": search if path_first is None else f"{path_first}:{search}",
+               "KNOCKER_NFT_TABLE": "knocker", "KNOCKER_NFT_TIMEOUT": "", "KNOCKER_NFT": ""}
         if ports is not None:
             env["KNOCKER_PROTECTED_PORTS"] = ports
         return subprocess.run([self.ip, "netns", "exec", self.ns, *wrapper,
@@ -334,6 +336,50 @@ class CheckTests(NamespaceTestCase):
         self.assertIn("no address let in", done.stdout)
         self.assertEqual((self.elements("allowed_v4"), self.elements("allowed_v6")), ([], []))
         self.assertEqual(self.elements("protected_ports"), [22, 2222])
+
+
+class NftablesReloadTests(NamespaceTestCase):
+    """
+    nft-reloaded, which nftables.service runs after loading its ruleset
+    (etc/nftables-knocker.conf): the flush removed knocker's table; with
+    the daemon's unit not running the table is loaded again, with it
+    running the daemon's check is left to do it (doors and all).  A
+    stand-in systemctl says whether the unit is active.
+    """
+
+    def systemctl(self, active: bool) -> str:
+        folder = os.path.abspath(self.mktemp())
+        os.makedirs(folder)
+        path = os.path.join(folder, "systemctl")
+        with open(path, "w") as handle:
+            handle.write("#!/bin/sh\n"
+                         f'[ "$*" = "is-active --quiet knocker.service" ] && exit '
+                         f"{0 if active else 3}\nexit 1\n")
+        os.chmod(path, 0o755)
+        return folder
+
+    def flushed(self) -> None:
+        """What Debian's /etc/nftables.conf does first."""
+        self.loaded()
+        self.assertIn("table inet knocker", self.ruleset())
+        self.nft_run("flush", "ruleset")
+        self.assertNotIn("table inet knocker", self.ruleset())
+
+    def test_the_daemon_stopped_the_table_comes_back(self):
+        self.flushed()
+        done = self.script("nft-reloaded", path_first=self.systemctl(active=False))
+        self.assertEqual(done.returncode, 0, done.stdout + done.stderr)
+        self.assertEqual(self.elements("protected_ports"), [22, 2222])
+        self.assertEqual(self.elements("allowed_v4"), [])
+        again = self.script("nft-reloaded", path_first=self.systemctl(active=False))
+        self.assertEqual(again.returncode, 0, again.stdout + again.stderr)
+
+    def test_the_daemon_running_its_check_does_it(self):
+        self.flushed()
+        done = self.script("nft-reloaded", path_first=self.systemctl(active=True))
+        self.assertEqual((done.returncode, done.stdout, done.stderr), (0, "", ""))
+        self.assertNotIn("table inet knocker", self.ruleset(), "left to the daemon's check")
+        self.assertEqual(self.script("nft-check").returncode, 10, "which loads it")
 
 
 class NftErrorTests(NamespaceTestCase):
