@@ -166,6 +166,7 @@ class Tracker:
         self.source_of = SourceKeys(policy.prefix6)
         self._never_lock = Networks(policy.never_lock)
         self._global_until = 0.0
+        self._flood_seen = -math.inf  # when the pool was last seen flooded
         # Source key -> (until, step, forget_at): lockouts in force, and
         # for lockout-memory after each ends, the step it reached.
         self._sources: dict[str, tuple[float, int, float]] = {}
@@ -412,6 +413,13 @@ class Tracker:
         for slot in ended:
             self._end(slot, "locked-out")
 
+    def flooding(self) -> None:
+        """
+        The pool is flooded now (the pool poller says so while it lasts):
+        a knock whose window this falls in is not locked out for timing out.
+        """
+        self._flood_seen = self._clock.seconds()
+
     def stop(self) -> None:
         """
         Cancel the window timers (the daemon is stopping).
@@ -428,6 +436,14 @@ class Tracker:
     def _timed_out(self, slot: Slot) -> None:
         if self._slots.get(slot.ip) is slot and not slot.acting:
             self._end(slot, "timeout")
+            if self._flood_seen >= slot.deadline - self._policy.window:
+                # The pool was flooded during the knock's window: its SYNs
+                # may have met full listen queues and waited for their
+                # retries, so the timeout is the flood's doing, and under
+                # lockout-scope = knock would let a flood shut the door for
+                # everyone.  The knock fails (its number stays burned); no
+                # lockout.
+                return
             self._failed(slot.ip, "timeout", in_knock=True)
 
     def _failed(self, ip: str, reason: str, in_knock: bool) -> None:

@@ -396,9 +396,12 @@ class KnockServer:
         self._due_at_grant[client] = (
             _renewal_due(state.knocks - index, state.knocks, self.config.renew_at)
             or self._due_at_grant.get(client, False))
-        # Audited before it is sent: a client never holds a GRANT the audit
-        # log lacks, whenever the daemon dies.  The daemon's own log says
-        # nothing yet: each knock is one line there, when it ends.
+        # Audited before it is sent: whenever the daemon dies, a client never
+        # holds a GRANT the audit log lacks.  A write that fails (a full
+        # disk) grants all the same, by choice (docs/security.md, "What is
+        # logged"): the event is counted lost, and the daemon's log says so.
+        # The daemon's own log says nothing yet: each knock is one line
+        # there, when it ends.
         self._audit.record("grant", ip=ip, client=client, index=index,
                            window=self.config.knock_window)
         return hs.Grant(index, self.config.knock_window,

@@ -50,8 +50,12 @@ class PoolPoller:
     calls L{addReader} here instead of on the reactor.
     """
 
-    def __init__(self, reactor):
+    def __init__(self, reactor, on_flood=None):
         self._reactor = reactor
+        # Called at the end of each window judged a flood: a knock whose
+        # window saw one is not to blame for timing out (its own SYNs may
+        # have met a full listen queue).
+        self._on_flood = on_flood
         self._epoll = select.epoll()
         self._ports = {}  # descriptor -> pool port
         self._watched = False  # by the reactor (else drained by the timer)
@@ -201,6 +205,8 @@ class PoolPoller:
             self._reactor.addReader(self)
             self._watched = True
             self._say(now)
+        if self.flooded and self._on_flood is not None:
+            self._on_flood()
 
     def _say(self, now: float) -> None:
         """

@@ -337,7 +337,7 @@ class KnockServerService(service.Service):
                 admin_endpoint = _listening_endpoint(reactor, "admin", config.admin)
             raise_descriptor_limit(len(pool) + config.max_connections + 256)
             self._spare = SpareDescriptor()
-            self._poller = PoolPoller(reactor)
+            self._poller = PoolPoller(reactor, on_flood=self.server.tracker.flooding)
             for port in pool:
                 listener = PoolPort(reactor, port, config.interface, self.server.hit,
                                     self._spare, watcher=self._poller)

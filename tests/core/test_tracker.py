@@ -416,6 +416,29 @@ class KnockScopeTests(SynchronousTestCase):
         clock.advance(10)
         self.assertEqual([(d.key, d.reason) for d in seen.details], [(GLOBAL, "timeout")])
 
+    def test_a_timeout_during_a_pool_flood_locks_nobody_out(self):
+        """
+        A flood past what the daemon takes at once fills the listen queues:
+        the client's SYNs wait for their retries and its knock times out.
+        That is the flood's doing: the knock fails, and no one is locked
+        out (under this scope a flood would otherwise shut the door for
+        everyone, again at every retry).
+        """
+        clock, tracker, seen = make_policy(window=10)
+        tracker.grant(A, "alice", 1, PORTS)
+        clock.advance(4)
+        tracker.flooding()
+        clock.advance(6)
+        self.assertEqual(seen.failed, [(A, 1, "timeout")])
+        self.assertEqual(seen.details, [], "no lockout")
+        self.assertIsNone(tracker.refusal(B))
+        self.assertIsNone(tracker.refusal(A))
+        # A flood that ended before the next knock's window is no excuse.
+        clock.advance(1)
+        tracker.grant(A, "alice", 2, PORTS)
+        clock.advance(10)
+        self.assertEqual([(d.key, d.reason) for d in seen.details], [(GLOBAL, "timeout")])
+
     def test_stray_hit_and_denial_lock_their_source_only(self):
         clock, tracker, seen = make_policy()
         self.assertEqual(tracker.hit(B, 4444), HitVerdict.NO_SLOT)

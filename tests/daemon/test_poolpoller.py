@@ -151,6 +151,22 @@ class PoolPollerTests(TestCase):
         # and the next tick is due
         self.assertEqual(len(self.reactor.getDelayedCalls()), 1)
 
+    def test_the_tracker_hears_of_each_flooded_window(self):
+        floods = []
+        self.poller._on_flood = lambda: floods.append(self.reactor.seconds())
+        self.enter_flood()
+        self.assertEqual(len(floods), 1)
+        self.flood(self.ports[0], poolpoller.WINDOW)
+        self.reactor.advance(poolpoller.TICK)
+        self.assertGreaterEqual(len(floods), 2, "while it lasts")
+        for _ in range(int(poolpoller.WINDOW / poolpoller.TICK) + 2):
+            self.reactor.advance(poolpoller.TICK)
+        self.assertFalse(self.poller.flooded)
+        heard = len(floods)
+        for _ in range(int(poolpoller.WINDOW / poolpoller.TICK) + 2):
+            self.reactor.advance(poolpoller.TICK)
+        self.assertEqual(len(floods), heard, "not once it ended")
+
     def test_when_the_flood_ends_each_connection_is_taken_as_it_comes(self):
         self.enter_flood()
         with capturedLogs() as events:

@@ -466,6 +466,11 @@ class StartupPathTests(TestCase):
         other = self.start(state_dir=os.path.join(self.dir, "other"), pool_range="21000-21999")
         self.assertIsNone(other.firewall)
 
+    def test_the_pool_poller_tells_the_tracker_of_floods(self):
+        # (so that a knock timing out in a flood locks nobody out)
+        service = self.start(interface="127.0.0.1")
+        self.assertEqual(service._poller._on_flood, service.server.tracker.flooding)
+
 
 class FleetStartupTests(TestCase):
 
