@@ -153,6 +153,9 @@ def check_program(key: str, path: str | None, runs_as: tuple[int, int] | None = 
     An action program: executable, and out of reach (L{check_trusted}); so
     is a L{SCRIPT_HELPERS} file beside it, which the shipped scripts run
     (the folder's check alone would let a careless mode on it through).
+    That one is root's alone, even for a daemon with a user of its own:
+    root runs it too (the firewall units, nft-setup by hand), so whoever
+    could change it, the daemon's user included, would run code as root.
     """
     check_executable(key, path)
     if path is None:
@@ -165,8 +168,9 @@ def check_program(key: str, path: str | None, runs_as: tuple[int, int] | None = 
             beside = os.path.join(folder, helper)
             if not os.path.lexists(beside):
                 continue
-            check_trusted(key, beside, runs_as, named=f"{path}, which runs {beside}",
-                          stake=f"what {os.path.basename(path)} runs as the daemon")
+            check_trusted(key, beside, (0, 0), named=f"{path}, which runs {beside}",
+                          stake=f"what {os.path.basename(path)} runs, as the daemon and as "
+                                f"root (the firewall units)")
 
 
 def check_trusted(key: str, path: str, runs_as: tuple[int, int] | None = None,

@@ -93,7 +93,25 @@ class TrustedPathTests(TestCase):
         os.chmod(helper, 0o777)
         message = self.refused(self.program, f"which runs {helper}",
                                f"anyone can change the file {helper}", f"chmod o-w {helper}")
-        self.assertIn("what open-door runs as the daemon", message)
+        self.assertIn("what open-door runs, as the daemon and as root", message)
+
+    def test_the_helper_is_roots_even_for_a_daemon_with_a_user_of_its_own(self):
+        """
+        The daemon's user may own its own on-success, which runs as that
+        user; not knocker-nft, which root runs too (the firewall units,
+        nft-setup by hand): its owner would run code as root.
+        """
+        uid, gid = other_user()
+        helper = self.make_program(self.dir, "knocker-nft")
+        os.chown(self.program, uid, gid)
+        check_program("on-success", self.program, runs_as=(uid, gid))
+        os.chown(helper, uid, gid)
+        message = str(self.assertRaises(PathError, check_program, "on-success", self.program,
+                                        runs_as=(uid, gid)))
+        self.assertIn(f"which runs {helper}", message)
+        self.assertIn(f"belongs to user {NOBODY}", message)
+        self.assertIn(f"chown root: {helper}", message)
+        self.assertNotIn("or the daemon's", message)
 
     def test_the_helper_beside_a_links_target_is_checked(self):
         safe = os.path.join(self.dir, "safe")
