@@ -133,13 +133,15 @@ def open_store(config, create_key: bool = False):
 def open_database(config, create_key: bool = False):
     """
     The fleet's database (C{database}, docs/fleet.md) for a command; with
-    C{create_key}, C{database-key-file} is made (0600, 32 random bytes, as
-    the state directory's owner) when it does not exist yet.
+    C{create_key}, C{database-key-file} is made (0600, 32 random bytes, by
+    the caller for the state directory's owner) when it does not exist yet.
     """
     from knocker.state.interface import StateError
     from knocker.state.postgres import PostgresStore, load_key
+    from knocker.state.postgres import create_key as make_key
 
     path = config.database_key_file
+    owner = StateOwner(config.state_dir)
     if create_key and path and not os.path.exists(path):
         # A new key only for a new fleet: one made beside existing copies
         # would open none of them.
@@ -153,8 +155,11 @@ def open_database(config, create_key: bool = False):
                 f"database-key-file = {path} does not exist, but {probe.path} already holds "
                 f"copies sealed under the fleet's key: copy that key file here "
                 f"(a new key would open none of them)")
-    with StateOwner(config.state_dir):
-        key = load_key(path, create=create_key)
+        # As the caller (its folder is root's as a rule: /etc/knocker), for
+        # the state's owner, who reads it below and runs the daemon.
+        make_key(path, (owner.uid, owner.gid) if owner.switching else None)
+    with owner:
+        key = load_key(path)
     store = PostgresStore(config.database, key)
     try:
         store.check_key()

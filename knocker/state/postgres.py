@@ -295,20 +295,37 @@ def _code_context(slot: int, client: str) -> str:
     return f"invitation|{slot}|{client}"
 
 
-def load_key(path: str | None, create: bool = False) -> bytes:
+def create_key(path: str, owner: tuple[int, int] | None = None) -> None:
+    """
+    Make the key file C{path}: 32 random bytes as hex, mode 0600, given to
+    C{owner} (uid, gid) before it is put in place.  The commands make it
+    (the daemon never does: a fresh key opens no existing copy), as
+    whoever runs them, root as a rule, in a folder of root's such as
+    C{/etc/knocker} that the daemon's user could not write to, for the
+    daemon's user to read.
+    """
+    from knocker.files import commit_private, discard_private, stage_private
+
+    staged = stage_private(path, os.urandom(KEY_BYTES).hex() + "\n")
+    try:
+        if owner is not None:
+            os.chown(staged, *owner, follow_symlinks=False)
+        commit_private(staged, path)
+    except BaseException:
+        discard_private(staged)
+        raise
+
+
+def load_key(path: str | None) -> bytes:
     """
     The 32-byte key in C{path} (0600, owner only): 64 hex digits (what
-    C{create} writes, and C{openssl rand -hex 32} makes) or 32 raw bytes.
-    C{create}: make it from 32 random bytes when it does not exist yet, as
-    the commands do; the daemon never creates one (a fresh key opens no
-    existing copy).
+    L{create_key} writes, and C{openssl rand -hex 32} makes) or 32 raw
+    bytes.
     """
-    from knocker.files import PrivateFileError, open_private, write_private
+    from knocker.files import PrivateFileError, open_private
 
     if not path:
         raise StateError("database-key-file is not set; a database needs it (docs/fleet.md)")
-    if create and not os.path.exists(path):
-        write_private(path, os.urandom(KEY_BYTES).hex() + "\n")
     try:
         with open_private(path) as handle:
             data = handle.read(200)

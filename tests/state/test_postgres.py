@@ -6,10 +6,11 @@ their key file, closes kept per gateway, a lost connection.
 """
 
 import os
+import shutil
 import threading
 import time
 
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
 from knocker.state.interface import StateError
 from tests.helpers import postgres
@@ -703,14 +704,48 @@ class KeyFileTests(SynchronousTestCase):
     skip = postgres.skip_reason()
 
     def test_created_0600_and_read_back(self):
-        from knocker.state.postgres import load_key
+        from knocker.state.postgres import create_key, load_key
 
         path = os.path.join(self.mktemp() + "-dir", "fleet.key")
         os.makedirs(os.path.dirname(path))
-        key = load_key(path, create=True)
+        create_key(path)
+        key = load_key(path)
         self.assertEqual(len(key), 32)
         self.assertEqual(os.stat(path).st_mode & 0o777, 0o600)
         self.assertEqual(load_key(path), key)
+
+    def test_a_command_as_root_makes_it_in_roots_folder_for_the_daemons_user(self):
+        """
+        The documented place, /etc/knocker/fleet.key: a folder of root's,
+        which the state's owner (the daemon's user) cannot write to.  A
+        command run as root makes the key there, the state owner's, so the
+        daemon can read it (before: made as the state's owner, refused).
+        """
+        import pwd
+        import tempfile
+
+        from knocker.admin.clients import open_database
+        from tests.helpers.harness import server_config
+
+        if os.geteuid() != 0:
+            raise SkipTest("handing the state to another user takes root (CI runs as root)")
+        nobody = pwd.getpwnam("nobody")
+        etc = tempfile.mkdtemp(prefix="knocker-etc-")
+        self.addCleanup(shutil.rmtree, etc)
+        os.chmod(etc, 0o755)
+        state = os.path.join(tempfile.mkdtemp(prefix="knocker-state-"), "state")
+        self.addCleanup(shutil.rmtree, os.path.dirname(state))
+        os.mkdir(state, 0o700)
+        os.chown(state, nobody.pw_uid, nobody.pw_gid)
+        key_file = os.path.join(etc, "fleet.key")
+        config = server_config(state, database=postgres.database_for(self),
+                               database_key_file=key_file, gateway="gw1")
+        open_database(config, create_key=True).close()
+        info = os.stat(key_file)
+        self.assertEqual((info.st_uid, info.st_gid, info.st_mode & 0o777),
+                         (nobody.pw_uid, nobody.pw_gid, 0o600))
+        self.assertEqual(os.stat(etc).st_uid, 0, "the folder stays root's")
+        open_database(config).close()  # and read back as the state's owner
 
     def test_refused_when_others_can_read_or_missing(self):
         from knocker.state.postgres import load_key
