@@ -111,7 +111,9 @@ def _timed_out(result, seconds: float):
     if isinstance(result, Failure):
         if result.check(error.DNSLookupError):
             raise Unreachable(f"no answer from the resolver within {seconds:.1f}s")
-        if result.check(defer.CancelledError):
+        # (a host name's connection attempts cut short say the first;
+        # neither is a ConnectError, which the caller turns into Unreachable)
+        if result.check(error.ConnectingCancelledError, defer.CancelledError):
             raise defer.TimeoutError(f"no connection within {seconds:.1f}s")
     return result
 

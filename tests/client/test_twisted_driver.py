@@ -68,3 +68,40 @@ class QueueBoundTests(TestCase):
         self.assertEqual(transport.producerState, "paused")
         run_blocking(connection.readline(5))
         self.assertEqual(transport.producerState, "producing")
+
+
+class ConnectTimeoutTests(TestCase):
+    """
+    A tls: server whose name resolves but whose address never answers the
+    SYN (a firewall that drops): the connect gives up at its timeout as an
+    unreachable server, which hands the knock to the next gateway; it used
+    to escape as Twisted's ConnectingCancelledError, a traceback.
+    """
+
+    def test_a_silent_address_is_unreachable_at_the_timeout(self):
+        from twisted.internet import defer
+        from twisted.internet.address import IPv4Address
+        from twisted.internet.interfaces import IHostnameResolver
+        from twisted.internet.testing import MemoryReactorClock
+        from zope.interface import implementer
+
+        from knocker.client.knock import Unreachable
+        from knocker.client.twisted_driver import TwistedDriver
+
+        @implementer(IHostnameResolver)
+        class Answering:
+            def resolveHostName(self, receiver, name, portNumber=0, addressTypes=None,
+                                transportSemantics="TCP"):
+                receiver.resolutionBegan(None)
+                receiver.addressResolved(IPv4Address("TCP", "192.0.2.1", portNumber))
+                receiver.resolutionComplete()
+
+        clock = MemoryReactorClock()  # its connections never complete
+        clock.installNameResolver(Answering())
+        connecting = defer.ensureDeferred(
+            TwistedDriver(clock).connect("tls:host=door.example.org:port=7000", 1.0))
+        clock.advance(0.9)
+        self.assertNoResult(connecting)
+        clock.advance(0.2)
+        failure = self.failureResultOf(connecting, Unreachable)
+        self.assertEqual(str(failure.value), "no connection within 1.0s")
