@@ -4,6 +4,7 @@ L{knocker.core.serverhandshake.ServerHandshake}, which decides what each line
 means, and the coordinator, which decides the verdict.
 """
 
+import collections
 import select
 import socket
 import time
@@ -73,27 +74,24 @@ def _sleep_until(moment: float) -> None:
 
 class PreciseWaits:
     """
-    L{_sleep_until}, at most L{PRECISE_PER_SECOND} times in any second: a
-    bucket of that many, refilled as time passes (counted per calendar
-    second instead, twice as many could come in the second across a
-    boundary).
+    L{_sleep_until}, at most L{PRECISE_PER_SECOND} times in any second: the
+    times of the last so many waits are kept, and another is taken only
+    once the oldest of them is a second old.  (Counted per calendar second,
+    twice as many could come in the second across a boundary; a bucket
+    refilled at that rate allows twice as many in a second too.)
     """
 
     def __init__(self, now=time.monotonic, sleep_until=_sleep_until):
         self._now = now
         self._sleep_until = sleep_until
-        self._left = float(PRECISE_PER_SECOND)
-        self._at = None
+        self._taken = collections.deque(maxlen=PRECISE_PER_SECOND)
 
     def __call__(self, moment: float) -> None:
-        now = self._now()
-        if self._at is not None:
-            self._left = min(PRECISE_PER_SECOND,
-                             self._left + max(0.0, now - self._at) * PRECISE_PER_SECOND)
-        self._at = now
-        if self._left >= 1:
-            self._left -= 1
-            self._sleep_until(moment)
+        now, taken = self._now(), self._taken
+        if len(taken) == PRECISE_PER_SECOND and 0.0 <= now - taken[0] < 1.0:
+            return  # (a clock set back: as if a second had passed)
+        taken.append(now)
+        self._sleep_until(moment)
 
 
 _MORE = getattr(socket, "MSG_MORE", 0)  # Linux: the FIN follows in the same segment
