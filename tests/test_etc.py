@@ -183,13 +183,41 @@ class NftablesDropInTests(SynchronousTestCase):
 
     def test_runs_after_every_load_with_the_daemons_settings(self):
         service = unit("nftables-knocker.conf")["Service"]
-        self.assertEqual(service["ExecStartPost"], ["/etc/knocker/scripts/nft-reloaded"])
-        self.assertEqual(service["ExecReload"], ["/etc/knocker/scripts/nft-reloaded"])
+        # "-": a failure of knocker's neither stops nftables loading the
+        # machine's ruleset nor marks it failed.
+        self.assertEqual(service["ExecStartPost"], ["-/etc/knocker/scripts/nft-reloaded"])
+        self.assertEqual(service["ExecReload"], ["-/etc/knocker/scripts/nft-reloaded"])
         self.assertEqual(service["EnvironmentFile"],
-                         unit("knocker.service")["Service"]["EnvironmentFile"])
+                         ["-" + path for path in
+                          unit("knocker.service")["Service"]["EnvironmentFile"]])
         self.assertTrue(os.access(os.path.join(ETC, "scripts", "nft-reloaded"), os.X_OK))
         self.assertEqual(set(unit("nftables-knocker.conf")), {"", "Service"},
                          "a drop-in of the Service section only")
+
+    def test_systemd_accepts_it(self):
+        """systemd-analyze verify, on nftables.service with the drop-in in place."""
+        analyze = shutil.which("systemd-analyze")
+        units = "/usr/lib/systemd/system" if os.path.isdir("/usr/lib/systemd/system") \
+            else "/lib/systemd/system"
+        if analyze is None or not os.path.exists(os.path.join(units, "nftables.service")):
+            raise SkipTest("systemd-analyze or nftables.service is not installed")
+        root = os.path.abspath(self.mktemp())
+        shutil.copytree(units, os.path.join(root, "usr/lib/systemd/system"), symlinks=True)
+        drop_ins = os.path.join(root, "etc/systemd/system/nftables.service.d")
+        os.makedirs(drop_ins)
+        shutil.copy(os.path.join(ETC, "nftables-knocker.conf"),
+                    os.path.join(drop_ins, "knocker.conf"))
+        for path in ("/etc/knocker/scripts/nft-reloaded", "/usr/sbin/nft"):
+            stub = os.path.join(root, path.lstrip("/"))
+            os.makedirs(os.path.dirname(stub), exist_ok=True)
+            with open(stub, "w") as handle:
+                handle.write("#!/bin/sh\n")
+            os.chmod(stub, 0o755)
+        done = subprocess.run([analyze, "verify", f"--root={root}", "nftables.service"],
+                              capture_output=True, text=True, timeout=60,
+                              stdin=subprocess.DEVNULL)
+        self.assertEqual(done.returncode, 0, done.stdout + done.stderr)
+        self.assertNotIn("knocker", done.stdout + done.stderr)
 
     def test_readme_installs_it(self):
         with open(os.path.join(os.path.dirname(ETC), "README.md")) as handle:
