@@ -85,6 +85,37 @@ def unit(name: str) -> dict[str, dict[str, list[str]]]:
     return found
 
 
+def systemd_verify(case, name: str, installed: dict[str, str], programs: list[str]) -> str:
+    """
+    C{systemd-analyze verify NAME} in a root holding systemd's own units,
+    C{installed} (path in the root -> file of etc/) and a stand-in for each
+    of C{programs}: its output, once it has passed.
+    """
+    analyze = shutil.which("systemd-analyze")
+    units = "/usr/lib/systemd/system" if os.path.isdir("/usr/lib/systemd/system") \
+        else "/lib/systemd/system"
+    if analyze is None or not os.path.isdir(units):
+        raise SkipTest("systemd-analyze or systemd's units are not installed")
+    root = os.path.abspath(case.mktemp())
+    shutil.copytree(units, os.path.join(root, "usr/lib/systemd/system"), symlinks=True)
+    if not os.path.exists(os.path.join(root, "usr/lib/systemd/system", name)) and \
+            not any(path.endswith(name) for path in installed):
+        raise SkipTest(f"{name} is not installed")
+    for path, source in installed.items():
+        os.makedirs(os.path.dirname(os.path.join(root, path)), exist_ok=True)
+        shutil.copy(os.path.join(ETC, source), os.path.join(root, path))
+    for path in programs:
+        stub = os.path.join(root, path.lstrip("-/"))
+        os.makedirs(os.path.dirname(stub), exist_ok=True)
+        with open(stub, "w") as handle:
+            handle.write("#!/bin/sh\n")
+        os.chmod(stub, 0o755)
+    done = subprocess.run([analyze, "verify", f"--root={root}", name], capture_output=True,
+                          text=True, timeout=60, stdin=subprocess.DEVNULL)
+    case.assertEqual(done.returncode, 0, done.stdout + done.stderr)
+    return done.stdout + done.stderr
+
+
 class FirewallUnitTests(SynchronousTestCase):
     """
     etc/knocker-firewall.service: the table loaded at boot, before the
@@ -141,28 +172,12 @@ class FirewallUnitTests(SynchronousTestCase):
         self.assertIn("knocker-firewall.service", self.daemon["Unit"]["Wants"])
 
     def test_systemd_accepts_it(self):
-        analyze = shutil.which("systemd-analyze")
-        units = "/usr/lib/systemd/system" if os.path.isdir("/usr/lib/systemd/system") \
-            else "/lib/systemd/system"
-        if analyze is None or not os.path.isdir(units):
-            raise SkipTest("systemd-analyze or systemd's units are not installed")
-        root = os.path.abspath(self.mktemp())
-        shutil.copytree(units, os.path.join(root, "usr/lib/systemd/system"), symlinks=True)
-        os.makedirs(os.path.join(root, "etc/systemd/system"))
-        shutil.copy(os.path.join(ETC, "knocker-firewall.service"),
-                    os.path.join(root, "etc/systemd/system"))
         service = self.firewall["Service"]
-        for path in service["ExecStart"] + service["EnvironmentFile"]:
-            stub = os.path.join(root, path.lstrip("/"))
-            os.makedirs(os.path.dirname(stub), exist_ok=True)
-            with open(stub, "w") as handle:
-                handle.write("#!/bin/sh\n")
-            os.chmod(stub, 0o755)
-        done = subprocess.run([analyze, "verify", f"--root={root}", "knocker-firewall.service"],
-                              capture_output=True, text=True, timeout=60,
-                              stdin=subprocess.DEVNULL)
-        self.assertEqual(done.returncode, 0, done.stdout + done.stderr)
-        self.assertNotIn("knocker-firewall", done.stdout + done.stderr)
+        output = systemd_verify(self, "knocker-firewall.service",
+                                {"etc/systemd/system/knocker-firewall.service":
+                                 "knocker-firewall.service"},
+                                service["ExecStart"] + service["EnvironmentFile"])
+        self.assertNotIn("knocker-firewall", output)
 
     def test_readme_installs_it(self):
         with open(os.path.join(os.path.dirname(ETC), "README.md")) as handle:
@@ -196,28 +211,11 @@ class NftablesDropInTests(SynchronousTestCase):
 
     def test_systemd_accepts_it(self):
         """systemd-analyze verify, on nftables.service with the drop-in in place."""
-        analyze = shutil.which("systemd-analyze")
-        units = "/usr/lib/systemd/system" if os.path.isdir("/usr/lib/systemd/system") \
-            else "/lib/systemd/system"
-        if analyze is None or not os.path.exists(os.path.join(units, "nftables.service")):
-            raise SkipTest("systemd-analyze or nftables.service is not installed")
-        root = os.path.abspath(self.mktemp())
-        shutil.copytree(units, os.path.join(root, "usr/lib/systemd/system"), symlinks=True)
-        drop_ins = os.path.join(root, "etc/systemd/system/nftables.service.d")
-        os.makedirs(drop_ins)
-        shutil.copy(os.path.join(ETC, "nftables-knocker.conf"),
-                    os.path.join(drop_ins, "knocker.conf"))
-        for path in ("/etc/knocker/scripts/nft-reloaded", "/usr/sbin/nft"):
-            stub = os.path.join(root, path.lstrip("/"))
-            os.makedirs(os.path.dirname(stub), exist_ok=True)
-            with open(stub, "w") as handle:
-                handle.write("#!/bin/sh\n")
-            os.chmod(stub, 0o755)
-        done = subprocess.run([analyze, "verify", f"--root={root}", "nftables.service"],
-                              capture_output=True, text=True, timeout=60,
-                              stdin=subprocess.DEVNULL)
-        self.assertEqual(done.returncode, 0, done.stdout + done.stderr)
-        self.assertNotIn("knocker", done.stdout + done.stderr)
+        output = systemd_verify(self, "nftables.service",
+                                {"etc/systemd/system/nftables.service.d/knocker.conf":
+                                 "nftables-knocker.conf"},
+                                ["/etc/knocker/scripts/nft-reloaded", "/usr/sbin/nft"])
+        self.assertNotIn("knocker", output)
 
     def test_readme_installs_it(self):
         with open(os.path.join(os.path.dirname(ETC), "README.md")) as handle:
