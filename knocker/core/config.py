@@ -22,7 +22,24 @@ from knocker.core import Record
 class ConfigError(ValueError):
     """
     A bad configuration; the message names the source, key and what is allowed.
+
+    A password in it (a database URI's user part, C{password=}) is masked,
+    wherever the text it quotes came from: a value that ran on from the
+    line above, a comment, configparser's own message.  The message goes
+    to standard error and the journal.
     """
+
+    def __init__(self, message: str = ""):
+        if "://" in message or "password" in message.lower():
+            message = _masked(message)
+        super().__init__(message)
+
+
+def _masked(text: str) -> str:
+    import re  # only for such an error: a knock's start-up does without re
+
+    text = re.sub(r"(\w+://[^\s/@'\"]*?:)[^\s@'\"]*@", r"\1***@", text)
+    return re.sub(r"(password\s*=\s*)[^\s&'\"]+", r"\1***", text, flags=re.IGNORECASE)
 
 
 def refused(program: str, problem) -> SystemExit:

@@ -213,6 +213,17 @@ class ServerErrorTests(SynchronousTestCase):
                                overrides={"database": "mysql://knocker:topsecretpw@db/k"})
         self.assertNotIn("topsecretpw", message)
 
+    def test_a_password_quoted_through_another_key_is_masked(self):
+        # A database line indented under lockout (so lockout's value runs
+        # on), a URI in a comment after a value, a file with no section
+        # header (configparser's message quotes its first line).
+        for text in ["[server]\nlockout = 5\n  database = postgresql://k:topsecretpw@db/k\n",
+                     "[server]\nlockout = 5 # postgresql://k:topsecretpw@db/k\n",
+                     "database = postgresql://k:topsecretpw@db/k?password=topsecretpw\n"]:
+            error = self.assertRaises(ConfigError, parse_server_config, text, SOURCE)
+            self.assertNotIn("topsecretpw", str(error))
+            self.assertIn("postgresql://k:***@db/k", str(error))
+
     def test_unknown_key(self):
         message = self.refused("lockuot = 5\n", SOURCE, "lockuot", "allowed")
         for key in SERVER_KEYS:
