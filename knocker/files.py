@@ -30,12 +30,14 @@ def write_private(path: str, text: str) -> None:
         raise
 
 
-def stage_private(path: str, text: str) -> str:
+def stage_private(path: str, text: str, owner: tuple[int, int] | None = None) -> str:
     """
     The first half of L{write_private}: C{text} written and synced to a
     new 0600 file beside C{path}, whose name is returned; C{path} is not
     touched until L{commit_private} puts it in place (L{discard_private}
     drops it), so a step that must succeed first can come in between.
+    With C{owner} (uid, gid), the new file is given to them through its
+    descriptor (by name, another could have been swapped in for it).
     """
     directory = os.path.dirname(os.path.abspath(path))
     try:
@@ -44,6 +46,8 @@ def stage_private(path: str, text: str) -> str:
         raise OSError(error.errno, error.strerror, path) from None
     try:
         os.fchmod(fd, 0o600)
+        if owner is not None:
+            os.fchown(fd, *owner)
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             handle.write(text)
             handle.flush()

@@ -306,10 +306,8 @@ def create_key(path: str, owner: tuple[int, int] | None = None) -> None:
     """
     from knocker.files import commit_private, discard_private, stage_private
 
-    staged = stage_private(path, os.urandom(KEY_BYTES).hex() + "\n")
+    staged = stage_private(path, os.urandom(KEY_BYTES).hex() + "\n", owner)
     try:
-        if owner is not None:
-            os.chown(staged, *owner, follow_symlinks=False)
         commit_private(staged, path)
     except BaseException:
         discard_private(staged)
