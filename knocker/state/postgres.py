@@ -890,6 +890,11 @@ class PostgresStore:
         there was such a later lift (the gateway should read the lifts).
         """
         # A lift takes this alone: none commits while we look and write.
+        # Each statement sees what was committed before it began (whatever
+        # the server's or the role's default): under a snapshot taken at
+        # the lock's statement, before its wait, the lift that held the
+        # lock would be invisible to the look below.
+        cursor.execute("SET TRANSACTION ISOLATION LEVEL READ COMMITTED")
         cursor.execute("SELECT pg_advisory_xact_lock_shared(%s)", (LIFT_LOCK,))
         behind = False
         if lifts_seen is not None:

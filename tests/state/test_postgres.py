@@ -399,6 +399,38 @@ class PostgresStoreTests(SynchronousTestCase):
         self.assertFalse(one.set_lockout("*", 2300.0))  # a writer that names no lift: as before
         self.assertEqual(two.lockouts(1000.0), {"*": 2300.0})
 
+    def test_a_write_waiting_for_a_lift_sees_it_whatever_the_default_isolation(self):
+        """
+        A database whose default is REPEATABLE READ: a write that waited
+        for a lift to commit must still see the lift's row (its snapshot
+        would otherwise predate the wait) and leave the key out.
+        """
+        import psycopg
+
+        from knocker.state.postgres import LIFT_LOCK
+
+        admin = psycopg.connect(self.uri, autocommit=True)
+        self.addCleanup(admin.close)
+        name = admin.execute("SELECT current_database()").fetchone()[0]
+        admin.execute(f'ALTER DATABASE "{name}" SET default_transaction_isolation '
+                      f"TO 'repeatable read'")
+        store = self.store()
+        seen = store.last_lift()
+        lifting = psycopg.connect(self.uri)
+        self.addCleanup(lifting.close)
+        lifting.execute("SELECT pg_advisory_xact_lock(%s)", (LIFT_LOCK,))
+        lifting.execute("INSERT INTO lifts (key, at) VALUES ('192.0.2.5', 0)")
+        answers = []
+        writing = threading.Thread(target=lambda: answers.append(
+            store.save_lockouts({"192.0.2.5": 2000.0, "192.0.2.6": 2000.0}, lifts_seen=seen)))
+        writing.start()
+        writing.join(0.5)
+        self.assertTrue(writing.is_alive(), "the write waits for the lift")
+        lifting.commit()
+        writing.join(10)
+        self.assertEqual(answers, [True], "it saw the lift")
+        self.assertEqual(store.lockouts(1000.0), {"192.0.2.6": 2000.0})
+
     def test_a_lift_waits_for_a_lockout_write_under_way(self):
         """
         A lift and a lockout write never interleave: one begun before the
