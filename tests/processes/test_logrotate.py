@@ -19,7 +19,11 @@ SYSTEMCTL = """#!/bin/sh
 [ "$1" = --quiet ] && shift
 case "$1" in
 is-active) [ -n "$KNOCKER_PID" ] && kill -0 "$KNOCKER_PID" 2>/dev/null ;;
-reload) [ "$RELOAD" = ignore ] || kill -HUP "$KNOCKER_PID" ;;
+reload) case "$RELOAD" in
+        ignore) ;;
+        fifo) rm -f "$AUDIT" && mkfifo "$AUDIT" ;;  # what the folder's owner could do
+        *) kill -HUP "$KNOCKER_PID" ;;
+        esac ;;
 *) exit 2 ;;
 esac
 """
@@ -45,8 +49,10 @@ class LogrotateTests(DaemonCase):
             text = handle.read()
         self.assertIn("/var/log/knocker/audit.log", text)
         self.assertIn("create 0600 knocker knocker", text)
+        self.assertIn("su knocker knocker", text)
         text = text.replace("/var/log/knocker/audit.log", self.audit)
         text = text.replace("create 0600 knocker knocker", "create 0600 root root")
+        text = text.replace("su knocker knocker", "su root root")
         self.conf = os.path.join(self.dir, "knocker.logrotate")
         with open(self.conf, "w") as handle:
             handle.write(text)
@@ -79,3 +85,15 @@ class LogrotateTests(DaemonCase):
         self.daemon.stop()
         done = self.rotate(KNOCKER_PID="")
         self.assertEqual(done.returncode, 0, done.stdout + done.stderr)
+
+    def test_a_fifo_in_place_of_the_new_file_does_not_hold_logrotate(self):
+        """
+        The folder is the daemon's user's: a FIFO put where the new file
+        was is skipped by the script's look (it used to block there for
+        ever), and the reopen is reported missing.
+        """
+        self.start()
+        done = self.rotate(KNOCKER_PID=str(self.daemon.process.pid), RELOAD="fifo",
+                           AUDIT=self.audit)
+        self.assertNotEqual(done.returncode, 0)
+        self.assertIn("did not reopen", done.stderr)
