@@ -304,12 +304,44 @@ def _group(gid: int) -> str:
         return f"gid {gid}"
 
 
+def check_tls_keys(key: str, endpoint: str | None) -> None:
+    """
+    The private key an C{ssl:} endpoint (C{central}, C{admin}) serves with
+    must not be readable by everyone: whoever reads it can pass for the
+    server.  Its group may read it (root's key, group the daemon's, 0640).
+    """
+    from knocker.core.serverconfig import endpoint_fields
+
+    if not endpoint:
+        return
+    try:
+        fields = endpoint_fields(endpoint)
+    except ValueError:
+        return  # (refused where the endpoint is read, with its reason)
+    if not fields or fields[0] != ("ssl",):
+        return
+    for field in fields[2:]:
+        if len(field) == 2 and field[0] == "privateKey":
+            path = field[1]
+            try:
+                mode = stat.S_IMODE(os.stat(path).st_mode)
+            except OSError:
+                return  # (Twisted says so as it listens)
+            if mode & (stat.S_IROTH | stat.S_IWOTH | stat.S_IWGRP):
+                raise PathError(
+                    f"{key}: its private key {path} can be read or changed by others "
+                    f"(mode {mode:04o}), who could then pass for this server; run: chmod 0640 "
+                    f"{path} (group: the daemon's, if it is not root)")
+
+
 def check_paths(config) -> None:
     """
     @raise PathError: the first path that will not do.
     """
     check_state_dir(config.state_dir)
     check_audit_log(config.audit_path, config.audit_log is not None)
+    check_tls_keys("central", config.central)
+    check_tls_keys("admin", config.admin)
     # (Who may change it was judged as the options were read, knowing
     # twistd's --uid: L{knocker.daemon.tap.check_programs}.)
     check_executable("on-check", config.on_check)

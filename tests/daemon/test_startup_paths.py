@@ -466,6 +466,24 @@ class StartupPathTests(TestCase):
         other = self.start(state_dir=os.path.join(self.dir, "other"), pool_range="21000-21999")
         self.assertIsNone(other.firewall)
 
+    def test_a_tls_key_anyone_can_read_is_refused(self):
+        """
+        Whoever reads the central port's (or the console's) private key can
+        pass for the server: a key readable or writable by others is
+        refused at start, naming it; its group may read it (0640).
+        """
+        from tests.network.tls import make_ca, make_server
+
+        files = make_server(self.dir, make_ca(self.dir))
+        central = f"ssl:0:interface=127.0.0.1:privateKey={files.key_path}:certKey={files.cert_path}"
+        os.chmod(files.key_path, 0o644)
+        message = self.refused(f"central: its private key {files.key_path} can be read",
+                               "(mode 0644)", f"chmod 0640 {files.key_path}", central=central)
+        self.assertNotIn("admin", message)
+        self.refused("admin: its private key", admin=central)
+        os.chmod(files.key_path, 0o640)
+        self.start(central=central, state_dir=os.path.join(self.dir, "another")).stopService()
+
     def test_the_pool_poller_tells_the_tracker_of_floods(self):
         # (so that a knock timing out in a flood locks nobody out)
         service = self.start(interface="127.0.0.1")
