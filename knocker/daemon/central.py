@@ -88,8 +88,9 @@ class PreciseWaits:
 
     def __call__(self, moment: float) -> None:
         now, taken = self._now(), self._taken
+        # (a clock set back counts as a second passed)
         if len(taken) == PRECISE_PER_SECOND and 0.0 <= now - taken[0] < 1.0:
-            return  # (a clock set back: as if a second had passed)
+            return
         taken.append(now)
         self._sleep_until(moment)
 

@@ -382,7 +382,7 @@ class KnockServer:
         # Within the audit log's budget: anyone may send PROOFs, and an
         # ERROR locks nobody out, so a database down would otherwise have a
         # flood write a line (and a log line) a PROOF.
-        if self._audit.state_error(ip=ip, client=client, detail=str(failure.value)):
+        if self.state_failed(ip, client, failure):
             log.error("the state did not answer for {client} from {ip}: {error}; granting "
                       "nothing", client=client, ip=ip, error=failure.value)
         return hs.Error("server-error")
