@@ -165,7 +165,10 @@ def knocks_at_a_glance(section: str, size: int) -> bool:
         return False
     if tokens[::width] != list(map(str, range(1, count + 1))):
         return False
-    columns = [list(map(int, tokens[column::width])) for column in range(1, width)]
+    try:
+        columns = [list(map(int, tokens[column::width])) for column in range(1, width)]
+    except ValueError:  # digits past Python's int limit (4,300): no port, and no traceback
+        return False
     if min(map(min, columns)) < 1 or max(map(max, columns)) > 65535:
         return False
     return all(len(set(knock)) == size for knock in zip(*columns))
@@ -339,6 +342,7 @@ def _knock_line(line: str, expected: int, size: int) -> tuple[int, ...] | None:
         and len(fields) == size
         and digits.isdigit()
         and digits.isascii()
+        and len(digits) <= 5 * size  # no int() of thousands of digits, which raises
         and "" not in fields
     ):
         ports = tuple(map(int, fields))

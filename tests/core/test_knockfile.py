@@ -350,6 +350,7 @@ class GlanceTests(SynchronousTestCase):
             good.replace("\n", "\r\n"),               # CRLF (likewise)
             good[:-1],                                 # no final newline
             good.replace("10001", "10O01"),            # a letter
+            good.replace("10002", "1" * 5000),         # past int()'s 4,300 digits
             "",
         ]:
             self.assertFalse(knocks_at_a_glance(broken, 3), broken)
@@ -506,6 +507,10 @@ class RefusalTests(SynchronousTestCase):
 
     def test_port_empty(self):
         self.refused(self.with_knock_line(1, "1 10001,,10003"), 7)
+
+    def test_port_of_thousands_of_digits(self):
+        # Past Python's limit for int() (4,300 digits): still the file's error.
+        self.refused(self.with_knock_line(1, "1 10001," + "9" * 5000 + ",10003"), 7)
 
     def test_port_with_spaces(self):
         self.refused(self.with_knock_line(1, "1 10001, 10002,10003"), 7)
