@@ -56,6 +56,8 @@ class CodeError(ValueError):
 #: a third word makes it 1 in 5.9 million, at the cost of one more word to
 #: read out.
 WORD_COUNT = 3
+#: What older codes had, still taken from an invitation made before.
+OLDER_WORD_COUNTS = (2,)
 
 
 def new_words(count: int = WORD_COUNT) -> str:
@@ -76,14 +78,20 @@ def parse_code(code: str) -> tuple[int, str]:
 
     @raise CodeError: no slot number, or a word not in the list.
     """
-    text = "-".join(code.strip().lower().replace(" ", "-").split("-"))
+    text = "-".join(code.lower().split())  # any run of blanks is one dash
     slot, _, words = text.partition("-")
-    if not slot.isdigit() or not 1 <= int(slot) <= MAX_SLOT or slot != str(int(slot)):
+    if not (slot.isascii() and slot.isdigit() and len(slot) <= len(str(MAX_SLOT))
+            and 1 <= int(slot) and slot == str(int(slot))):
         raise CodeError(f"{code!r}: an invitation code starts with its number, e.g. 417-crossover-clockwork-lantern")
     parts = words.split("-")
     unknown = [word for word in parts if word not in _WORD_SET]
     if not words or unknown:
         raise CodeError(f"{code!r}: not words of an invitation code: {' '.join(unknown) or '(none)'}")
+    if len(parts) not in (WORD_COUNT, *OLDER_WORD_COUNTS):
+        # Said before anything is sent: a word left out or repeated would
+        # otherwise spend one of the invitation's tries, and lock out this address.
+        raise CodeError(f"{code!r}: an invitation code has {WORD_COUNT} words after its "
+                        f"number, not {len(parts)}")
     return int(slot), "-".join(parts)
 
 

@@ -42,6 +42,24 @@ class CodeTests(TestCase):
         self.assertEqual(parse_code("  7 Crossover CLOCKWORK lantern\n"),
                          (7, "crossover-clockwork-lantern"))
 
+    def test_spaces_in_a_row_are_one(self):
+        self.assertEqual(parse_code("7  crossover \t clockwork   lantern"),
+                         (7, "crossover-clockwork-lantern"))
+
+    def test_a_word_missing_or_added_is_said_before_any_try(self):
+        for code in ("7-crossover", "7-crossover-clockwork-lantern-lantern"):
+            with self.subTest(code=code):
+                with self.assertRaises(CodeError) as caught:
+                    parse_code(code)
+                self.assertIn("3 words after its number", str(caught.exception))
+
+    def test_a_number_past_int_limits_is_the_codes_error(self):
+        for slot in ("9" * 5000, "\u00b2", "\u0661\u0662"):
+            with self.subTest(slot=slot[:10]):
+                with self.assertRaises(CodeError) as caught:
+                    parse_code(slot + "-crossover-clockwork")
+                self.assertIn("starts with its number", str(caught.exception))
+
     def test_refused(self):
         for code in ("", "7", "7-", "crossover-clockwork", "0-crossover-clockwork",
                      "07-crossover-clockwork", "7-crossover-clockworks", "7--crossover",
