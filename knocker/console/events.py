@@ -145,10 +145,10 @@ class ObservedAudit:
         """Listeners see every refused enrolment; the log writes those within its budget."""
         return self._seen_by_all("enrol", self._audit.enrol_refused(**fields), fields)
 
-    def state_error(self, **fields) -> bool:
-        """Listeners see every PROOF the state could not answer, as every DENIED."""
-        return self._seen_by_all("error", self._audit.state_error(**fields),
-                                 {**fields, "reason": "state"})
+    def server_error(self, reason: str, **fields) -> bool:
+        """Listeners see every PROOF the server could not answer, as every DENIED."""
+        return self._seen_by_all("error", self._audit.server_error(reason, **fields),
+                                 {**fields, "reason": reason})
 
     def _seen_by_all(self, event: str, written: bool, fields: dict) -> bool:
         entry = {"time": iso_time(self._wall()), "event": event, **fields}

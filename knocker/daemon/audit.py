@@ -204,16 +204,18 @@ class AuditLog:
         """
         return self._within_errors_budget("enrol", fields, fields.get("ip"), "enrol-refused")
 
-    def state_error(self, **fields) -> bool:
+    def server_error(self, reason: str, **fields) -> bool:
         """
-        A PROOF answered C{ERROR server-error} because the state could not
-        be asked (a database down or past its deadline, a damaged row).
-        Anyone can send PROOFs, and such an answer locks nobody out: an
-        C{error} line (reason C{state}) within the protocol errors' budget,
-        past it counted under that reason.  Returns whether it got a line.
+        A PROOF answered C{ERROR server-error} for the server's own trouble,
+        before its proof could be judged: the state could not be asked
+        (reason C{state}: a database down or past its deadline, a damaged
+        row), or the client's server copy could not be read (reason
+        C{client-file}).  Anyone can send PROOFs, and such an answer locks
+        nobody out: an C{error} line within the protocol errors' budget,
+        past it counted under its reason.  Returns whether it got a line.
         """
-        return self._within_errors_budget("error", {**fields, "reason": "state"},
-                                          fields.get("ip"), "state")
+        return self._within_errors_budget("error", {**fields, "reason": reason},
+                                          fields.get("ip"), reason)
 
     def _within_errors_budget(self, event: str, fields: dict, ip, reason: str) -> bool:
         """C{event}'s line if the errors' budget and the free space allow, else its count."""
@@ -502,7 +504,7 @@ class MemoryAudit:
     lockout = lambda self, **fields: self._kept("lockout", fields)  # noqa: E731
     denied = lambda self, **fields: self._kept("denied", fields)  # noqa: E731
     enrol_refused = lambda self, **fields: self._kept("enrol", fields)  # noqa: E731
-    state_error = lambda self, **fields: self._kept("error", {**fields, "reason": "state"})  # noqa: E731
+    server_error = lambda self, reason, **fields: self._kept("error", {**fields, "reason": reason})  # noqa: E731,E501
 
     def _kept(self, event: str, fields: dict) -> bool:
         self.record(event, **fields)

@@ -238,11 +238,13 @@ class KnockServer:
             try:
                 secret = self._book.secret(client, state.secret_id)
             except KnockFileError as error:
-                # The server's fault, not the client's: no lockout.
-                log.error("cannot use the server's copy for {client}: {error}",
-                          client=client, error=error)
-                self._audit.record("error", ip=ip, client=client, reason="client-file",
-                                   detail=str(error))
+                # The server's fault, not the client's: no lockout.  The
+                # proof is not judged yet, so anyone naming this client comes
+                # here: its lines share the audit log's budget.
+                if self._audit.server_error("client-file", ip=ip, client=client,
+                                            detail=str(error)):
+                    log.error("cannot use the server's copy for {client}: {error}",
+                              client=client, error=error)
                 return hs.Error("server-error")
         else:
             secret = None
@@ -372,7 +374,8 @@ class KnockServer:
         C{error} line within the audit log's budget, as L{_store_failed}'s.
         Returns whether to log it too.
         """
-        return self._audit.state_error(ip=ip, client=client, detail=str(failure.value))
+        return self._audit.server_error("state", ip=ip, client=client,
+                                        detail=str(failure.value))
 
     def _store_failed(self, failure, ip, client):
         """

@@ -162,6 +162,24 @@ class MetricsTests(SynchronousTestCase):
     def scrape(self, f) -> str:
         return f.metrics.text().decode()
 
+    def test_a_proof_the_server_cannot_answer_is_counted(self):
+        """
+        A client whose server copy became unreadable: each PROOF naming it
+        is ERROR server-error, counted as a handshake error and shown live
+        with its reason, through the console's side of the audit log.
+        """
+        import os
+
+        f = ConsoleFixture(self)
+        os.chmod(f.h.book.path("alice"), 0o644)
+        f.h.book._headers.clear()
+        line, *_ = f.h.handshake(secret=b"\x01" * 32, ip="203.0.113.9")
+        self.assertEqual(line, b"ERROR server-error\n")
+        self.assertIn('knocker_handshakes_total{result="error"} 1.0', self.scrape(f))
+        self.assertEqual([(e["client"], e["reason"]) for e in f.bus.recent
+                          if e["event"] == "error"],
+                         [("alice", "client-file")])
+
     def test_counters_follow_the_daemon(self):
         f = ConsoleFixture(self, lockout=600)
         f.h.knock("alice")

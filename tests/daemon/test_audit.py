@@ -142,11 +142,24 @@ class ProtocolErrorBudgetTests(TestCase):
         locks nobody out: a flood of them is counted past the budget under
         the reason "state", its lines naming the client and the error.
         """
-        self.flood_of(lambda: self.audit.state_error(ip="203.0.113.9", client="nobody",
-                                                     detail="database: no connection"),
+        self.flood_of(lambda: self.audit.server_error("state", ip="203.0.113.9",
+                                                      client="nobody",
+                                                      detail="database: no connection"),
                       "error", "state",
                       {"ip": "203.0.113.9", "client": "nobody",
                        "detail": "database: no connection", "reason": "state"}, 8192)
+
+    def test_proofs_for_a_copy_the_server_cannot_read_share_the_budget(self):
+        """
+        A client whose server copy became unreadable is answered ERROR
+        server-error before any proof is judged, so anyone naming it can
+        ask again and again: counted past the budget under "client-file".
+        """
+        self.flood_of(lambda: self.audit.server_error("client-file", ip="203.0.113.9",
+                                                      client="alice", detail="mode 0644"),
+                      "error", "client-file",
+                      {"ip": "203.0.113.9", "client": "alice", "detail": "mode 0644",
+                       "reason": "client-file"}, 8192)
 
     def test_the_budget_refills(self):
         for _ in range(30):

@@ -378,6 +378,31 @@ class ServerCopyTests(SynchronousTestCase):
         h.book._headers.clear()
         self.assert_server_error(h)
 
+    def test_strangers_naming_the_client_are_within_the_audit_budget(self):
+        """
+        The copy is read before the proof is judged, so a stranger without
+        the secret gets the same ERROR, as often as it likes: each goes
+        through the audit log's budget (here spent), with no line of its
+        own past it, in the audit log or the daemon's log.
+        """
+        import os
+
+        from twisted.logger import capturedLogs
+
+        h = Harness(self)
+        os.chmod(h.book.path("alice"), 0o644)
+        h.book._headers.clear()
+        budgeted = []
+        h.audit.server_error = lambda reason, **fields: budgeted.append(reason) and False
+        with capturedLogs() as logged:
+            for n in range(20):
+                line, *_ = h.handshake(ip=f"198.51.100.{n + 1}", secret=BAD_SECRET)
+                self.assertEqual(line, b"ERROR server-error\n")
+        self.assertEqual(budgeted, ["client-file"] * 20)
+        self.assertEqual(h.audit.of("error"), [], "no line past the budget")
+        self.assertEqual([e for e in logged if "server's copy" in e.get("log_format", "")], [])
+        self.assertEqual(h.tracker_lockouts(), {}, "the server's fault: no lockout")
+
 
 class DeniedTimingTests(SynchronousTestCase):
     def test_every_denied_goes_out_at_the_same_delay_after_the_proof(self):
