@@ -20,6 +20,7 @@ from zope.interface import implementer
 
 from knocker.console.site import (
     BUSY_SECONDS,
+    MAX_AHEAD,
     MAX_BODY,
     MAX_CONNECTIONS,
     MAX_FIELDS,
@@ -512,18 +513,61 @@ class SlowClientTests(SynchronousTestCase):
         f, factory = console_factory(self)
         connection, transport = connect(factory)
         request = b"GET /clients HTTP/1.1\r\nHost: 127.0.0.1:8750\r\n\r\n"
-        connection.dataReceived(request * 200)
+        sent = MAX_AHEAD + 1  # the first, and as many ahead of it as are allowed
+        connection.dataReceived(request * sent)
         answers = lambda: transport.value().count(b"HTTP/1.1 ")  # noqa: E731
         self.assertEqual(answers(), 1)
         self.assertEqual(transport.producerState, "paused")
         one_turn(f.h.clock)
         self.assertEqual(answers(), 2)
-        for _ in range(198):
+        for _ in range(sent - 2):
             one_turn(f.h.clock)
-        self.assertEqual(answers(), 200, "every one answered, in turn")
-        self.assertEqual(transport.value().count(b"HTTP/1.1 401 "), 200)
+        self.assertEqual(answers(), sent, "every one answered, in turn")
+        self.assertEqual(transport.value().count(b"HTTP/1.1 401 "), sent)
         one_turn(f.h.clock)
         self.assertEqual(transport.producerState, "producing", "reading again once done")
+        self.assertFalse(transport.disconnecting)
+        connection.dataReceived(request * sent)  # a second burst, after a pause: as many again
+        for _ in range(sent):
+            one_turn(f.h.clock)
+        self.assertEqual(answers(), 2 * sent)
+        self.assertFalse(transport.disconnecting)
+
+    def test_more_requests_ahead_than_allowed_are_refused(self):
+        f, factory = console_factory(self)
+        connection, transport = connect(factory)
+        connection.dataReceived(b"GET / HTTP/1.1\r\n\r\n" * 1000)
+        for _ in range(MAX_AHEAD + 5):
+            one_turn(f.h.clock)
+        self.assertEqual(transport.value().count(b"HTTP/1.1 401 "), MAX_AHEAD + 1)
+        self.assertIn(b"HTTP/1.1 400 ", transport.value())
+        self.assertIn(f"more than {MAX_AHEAD} requests sent ahead".encode(), transport.value())
+        self.assertTrue(transport.disconnecting)
+
+    def test_a_client_that_reads_nothing_gets_no_more_answers(self):
+        """
+        Requests sent ahead by a client that reads none of its answers: once
+        the transport is backed up, not one more is answered (each would
+        sit in memory, some kB a page) until the client reads, and then
+        the rest are, one a turn.  Meanwhile the idle timer cuts it.
+        """
+        f, factory = console_factory(self)
+        connection, transport = connect(factory, Hanging(peerAddress=PEER))
+        channel = connection.wrappedProtocol
+        connection.dataReceived(b"GET / HTTP/1.1\r\n\r\n" * 20)
+        answers = lambda: transport.value().count(b"HTTP/1.1 401 ")  # noqa: E731
+        self.assertEqual(answers(), 1)
+        channel.pauseProducing()  # what a full write buffer makes the transport do
+        for _ in range(50):
+            one_turn(f.h.clock)
+        self.assertEqual(answers(), 1, "answers written while the client reads nothing")
+        channel.resumeProducing()  # it read them
+        for _ in range(9):
+            one_turn(f.h.clock)
+        self.assertEqual(answers(), 10, "the rest, one a turn, once it reads")
+        channel.pauseProducing()
+        f.h.clock.advance(REQUEST_SECONDS)
+        self.assertTrue(transport.aborted, "cut when it stops reading again")
 
     def test_an_ipv6_host_counts_by_its_64(self):
         f, factory = console_factory(self, limit=50)
