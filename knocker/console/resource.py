@@ -382,8 +382,16 @@ class Console(Resource):
             write)
 
     def page_audit(self, request, who):
-        filters = {name: self._arg(request, name)[:100]
+        filters = {name: self._arg(request, name).strip()[:100]
                    for name in ("ip", "client", "event", "since", "until")}
+        filters["source"] = self._searched_source(filters)
+        for name in ("since", "until"):
+            if filters[name]:
+                written = auditquery.time_filter(filters[name])
+                if written is None:
+                    raise BadArgument(f"{name}: a time as 2026-12-01T16:19:05, or its start "
+                                      f"(2026-12-01, 2026-12-01 16), not {filters[name][:40]!r}")
+                filters[name] = written
         number = self._arg(request, "page") or "1"
         if not (number.isascii() and number.isdigit() and len(number) <= 9
                 and 1 <= int(number) <= auditquery.MAX_PAGE):
@@ -398,12 +406,36 @@ class Console(Resource):
             pages_count = max(1, min(-(-total // auditquery.PER_PAGE), auditquery.MAX_PAGE))
 
             def link(n):
-                return "/audit?" + urlencode({**{k: v for k, v in filters.items() if v},
-                                              "page": n})
+                return "/audit?" + urlencode({**{k: v for k, v in filters.items()
+                                                 if v and k != "source"}, "page": n})
             return self._html(request, pages.audit_page(entries, total, filters, number,
                                                         pages_count, who.csrf, link))
         d = self._scan(lambda: auditquery.query(audit_lines(path), page=number, **filters))
         return d.addCallback(draw)
+
+    def _searched_source(self, filters: dict) -> str:
+        """
+        The audit search's address written as the daemon writes it (an
+        IPv4-mapped address as IPv4, an IPv6 address however it was typed),
+        or a network (a source as lockouts name it); and the source key it
+        counts under, whose lockouts concern it too.
+
+        @raise BadArgument: neither an address nor a network.
+        """
+        text = filters["ip"]
+        if not text:
+            return ""
+        try:
+            address = ipaddress.ip_address(text.split("%", 1)[0])
+        except ValueError:
+            try:
+                filters["ip"] = str(ipaddress.ip_network(text, strict=False))
+            except ValueError:
+                raise BadArgument(f"ip: an address, or a network as 2001:db8:1:2::/64, "
+                                  f"not {text[:40]!r}") from None
+            return ""
+        filters["ip"] = normalise_ip(str(address))
+        return self.server.tracker.source_of(filters["ip"])
 
     def page_events(self, request, who):
         if len(self.bus.subscribers) >= MAX_SUBSCRIBERS:

@@ -177,6 +177,25 @@ class QueryTests(SynchronousTestCase):
         self.assertEqual(query(DAY, since="2027-01-16")[1], 2)
         self.assertEqual(query(DAY, until="2027-01-15T08")[1], 4)
 
+    def test_an_address_finds_the_lockouts_of_its_source(self):
+        lines = [line("2027-01-15T08:00:00.000000Z", "lockout", ip="2001:db8::1",
+                      source="2001:db8::/64"),
+                 line("2027-01-15T08:00:01.000000Z", "hit", ip="2001:db8::5"),
+                 line("2027-01-15T08:00:02.000000Z", "hit", ip="2001:db8:0:1::5")]
+        found, total = query(lines, ip="2001:db8::5", source="2001:db8::/64")
+        self.assertEqual([e["event"] for e in found], ["hit", "lockout"])
+        self.assertEqual(query(lines, ip="2001:db8::/64")[1], 1, "a source as itself")
+
+    def test_time_filters(self):
+        from knocker.console.auditquery import time_filter
+
+        for typed, meant in (("2027", "2027"), ("2027-01-15 08", "2027-01-15T08"),
+                             ("2027-01-15T08:00:00.000000Z", "2027-01-15T08:00:00.000000Z")):
+            self.assertEqual(time_filter(typed), meant)
+        for typed in ("yesterday", "27", "2027/01/15", "2027-01-15T08:00:00.000000Z1",
+                      "2027-1-15", "\u0662027"):
+            self.assertIsNone(time_filter(typed), typed)
+
     def test_pages(self):
         lines = [line(f"2027-01-15T08:00:{n:02d}.000000Z", "hit", ip="192.0.2.1")
                  for n in range(25)]

@@ -7,6 +7,7 @@ L{ROUTES}, so a route added later is held to the same checks.
 
 import json
 import os
+from urllib.parse import urlencode
 
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -642,6 +643,27 @@ class PagesTests(SynchronousTestCase):
         self.assertIn("08:00:00", f.browser.get("/audit?page=2").text)
         self.assertIn("Next", first)
 
+    def test_audit_search_takes_an_address_however_it_is_written(self):
+        """
+        The address as typed or pasted (blanks, upper case, zeros written
+        out, IPv4-mapped) finds what the log wrote of it, and an IPv6
+        address finds its /64's lockouts; a time as the console shows it
+        (with a space) is a time.
+        """
+        f = ConsoleFixture(self)
+        f.audit_path_lines([
+            '{"time":"2027-01-15T08:00:00.000000Z","event":"lockout","ip":"2001:db8::1",'
+            '"source":"2001:db8::/64","scope":"source","reason":"denied"}',
+            '{"time":"2027-01-15T09:00:00.000000Z","event":"hit","ip":"203.0.113.9"}'])
+        f.login()
+        for typed, count in ((" 203.0.113.9 ", 1), ("::ffff:203.0.113.9", 1),
+                             ("2001:DB8::1", 1), ("2001:db8:0:0::1", 1), ("2001:db8::5", 1),
+                             ("2001:db8:0:1::5", 0), ("2001:db8::/64", 1)):
+            page = f.browser.get("/audit?" + urlencode({"ip": typed}))
+            self.assertIn(f"{count} events match", page.text, typed)
+        page = f.browser.get("/audit?" + urlencode({"since": "2027-01-15 09"}))
+        self.assertIn("1 events match", page.text)
+
     def test_metrics_for_a_bearer(self):
         f = ConsoleFixture(self)
         f.h.knock("alice")
@@ -677,6 +699,15 @@ class OddQueryTests(SynchronousTestCase):
         for page in ("9" * 19, "9" * 5000, "1001", "0", "-1", "2.5", "two"):
             self.assertRefused("/audit?page=" + page, "page", "a whole number from 1 to 1000")
         self.assertIn("1 events match", self.f.browser.get("/audit?page=1000").text)
+
+    def test_audit_search_values_that_mean_nothing(self):
+        from urllib.parse import quote
+
+        self.assertRefused("/audit?ip=" + quote("192.0.2"), "ip", "an address")
+        self.assertRefused("/audit?ip=alice", "ip", "an address")
+        for name in ("since", "until"):
+            for value in ("yesterday", "15/01/2027", "2027-1-15"):
+                self.assertRefused(f"/audit?{name}=" + quote(value), name, "2026-12-01T16:19:05")
 
     def test_report_durations_past_ten_years(self):
         for since in ("9" * 400 + "d", "99999999999d", "3651d", "soon"):
