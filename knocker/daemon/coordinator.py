@@ -1043,6 +1043,7 @@ class KnockServer:
         pending closes stay in the state (L{close_doors} runs them).
         """
         self._stopped = True
+        self._end_knocks_under_way()
         if self._draws is not None:
             self._draws.stop()
         if self._global_retry is not None and self._global_retry.active():
@@ -1050,6 +1051,22 @@ class KnockServer:
         self.save_lockouts()
         self.tracker.stop()
         self.closes.stop()
+
+    def _end_knocks_under_way(self) -> None:
+        """
+        Knocks granted and still being knocked get C{ERROR shutting-down}
+        and a C{fail} line: no door opens for them now, and a client left
+        to find its connection closed could only say there was no verdict.
+        (A knock whose on-success runs gets its verdict when it ends.)
+        """
+        for slot, session in list(self._sessions.items()):
+            if slot.acting:
+                continue
+            del self._sessions[slot]  # its verdict is the ERROR, not a FAIL
+            # Audited and logged as a failed knock (knock_failed), and its
+            # hits still on their way find no knock, yet lock nobody out.
+            self.tracker.end(slot, "shutting-down")
+            session.finish(hs.Error("shutting-down"))
 
     def close_doors(self):
         """

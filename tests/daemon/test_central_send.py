@@ -263,17 +263,18 @@ class OperatorLogTests(unittest.TestCase):
                      "on-success ran (exit 0); its door is closed again"),
         ])
 
-    def test_a_knock_done_as_the_daemon_stops_is_a_warning(self):
+    def test_a_knock_under_way_as_the_daemon_stops_is_a_warning(self):
         h = Harness(self)
         line, _, transport, _ = h.handshake()
         index = hs.parse_reply(line.rstrip(b"\n")).index
         h.server.stop()
-        for port in h.files["alice"].knock(index):
+        for port in h.files["alice"].knock(index):  # too late: nothing more
             h.hit("192.0.2.10", port)
-        self.assertTrue(transport.value().endswith(b"FAIL action-failed\n"))
+        self.assertTrue(transport.value().endswith(b"ERROR shutting-down\n"))
+        self.assertEqual(h.runner.calls, [])
+        self.assertEqual([e["reason"] for e in h.audit.of("fail")], ["shutting-down"])
         self.assertEqual(self.lines, [
-            ("warn", f"knock {index} of alice from 192.0.2.10 not opened: "
-                     "the daemon is stopping"),
+            ("warn", f"knock {index} of alice from 192.0.2.10 failed: shutting-down"),
         ])
 
 

@@ -230,6 +230,34 @@ class VerdictTests(SynchronousTestCase):
         self.assertEqual(line, b"LOCKED 60\n")
         self.assertEqual(h.audit.of("lockout")[0]["reason"], "wrong-port")
 
+    def test_a_knock_under_way_when_the_daemon_stops(self):
+        """
+        Stopping mid-knock: the client is told (ERROR shutting-down, a
+        SERVER_ERROR to it, not a silent close), the audit log ends the
+        grant with a fail line, and no program runs.
+        """
+        h = Harness(self)
+        line, proto, transport, _ = h.handshake()
+        transport.clear()
+        h.hit(IP, h.files["alice"].knock(1)[0])
+        h.server.stop()
+        self.assertEqual(transport.value(), b"ERROR shutting-down\n")
+        self.assertTrue(transport.disconnecting)
+        self.assertEqual(h.audit.of("fail")[-1]["reason"], "shutting-down")
+        self.assertEqual(h.runner.calls, [])
+        proto.connectionLost(None)  # the close that follows: nothing more
+        self.assertEqual(len(h.audit.of("fail")), 1)
+
+    def test_a_knock_whose_program_runs_gets_its_verdict_after_a_stop(self):
+        h = Harness(self)
+        h.runner.hold = True
+        grant, transport = h.knock()
+        h.server.stop()
+        self.assertEqual(transport.value(), b"")
+        h.runner.finish(0)
+        self.assertEqual(transport.value(), b"OPEN\n")
+        self.assertEqual(h.audit.of("fail"), [])
+
     def test_timeout(self):
         h = Harness(self, knock_window=5)
         line, proto, transport, _ = h.handshake()
