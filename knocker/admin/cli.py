@@ -138,6 +138,13 @@ def _enroll(args) -> int:
             # The invitation is spent: keep what it brought rather than lose it
             # (or an existing file or configuration).
             output = _kept_name(result.text)
+    elif not args.force and any(map(os.path.exists, client.output_paths(output))):
+        # Checked before the exchange, it appeared during it: what the spent
+        # code brought is kept beside it, and what appeared is left alone.
+        kept = os.path.join(os.path.dirname(output), _kept_name(result.text))
+        print(f"knocker enroll: {output} (or its .conf) appeared while the code was "
+              f"exchanged; keeping the file as {kept} instead", file=sys.stderr)
+        output = kept
     try:
         knock_file, conf = client.save(result, args.server, output)
     except OSError as error:

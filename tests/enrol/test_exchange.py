@@ -493,7 +493,7 @@ class EnrollOutputTests(TestCase):
         self.addCleanup(os.chdir, here)
         self.runs = []
 
-    def enroll(self, *args, result=None):
+    def enroll(self, *args, result=None, during=None):
         import contextlib
         import io
         from unittest import mock
@@ -503,6 +503,8 @@ class EnrollOutputTests(TestCase):
 
         def run(*call):
             self.runs.append(call)
+            if during is not None:
+                during()
             return result or client.Result(Outcome.UNREACHABLE, "not here")
 
         err = io.StringIO()
@@ -527,16 +529,46 @@ class EnrollOutputTests(TestCase):
         status, err = self.enroll("-o", "alice.knock", "--force")
         self.assertEqual(len(self.runs), 1, "--force goes on")
 
-    def test_default_output_keeps_an_existing_config(self):
-        import os
+    def enrolled_text(self):
         import random
         from datetime import datetime, timezone
 
         from knocker.core.knockgen import format_knockfile, generate
+
+        return format_knockfile(generate("alice", tuple(range(3000, 3020)), 3, 2,
+                                         random.Random(1), bytes(32),
+                                         datetime.now(timezone.utc)))
+
+    def test_an_output_that_appears_during_the_exchange_is_left_alone(self):
+        import os
+
         from knocker.enrol import client
 
-        text = format_knockfile(generate("alice", tuple(range(3000, 3020)), 3, 2, random.Random(1),
-                                         bytes(32), datetime.now(timezone.utc)))
+        os.mkdir("keys")
+        text = self.enrolled_text()
+
+        def appears():
+            with open("keys/alice.knock", "w") as f:
+                f.write("mine\n")
+
+        status, err = self.enroll("-o", "keys/alice.knock", during=appears,
+                                  result=client.Result(Outcome.ENROLLED, text=text))
+        self.assertEqual(status, 0, err)
+        self.assertIn("appeared while the code was exchanged", err)
+        with open("keys/alice.knock") as f:
+            self.assertEqual(f.read(), "mine\n")
+        kept = [name for name in os.listdir("keys") if name.endswith(".knock")
+                and name != "alice.knock"]
+        self.assertEqual(len(kept), 1, os.listdir("keys"))
+        with open(os.path.join("keys", kept[0])) as f:
+            self.assertEqual(f.read(), text)
+
+    def test_default_output_keeps_an_existing_config(self):
+        import os
+
+        from knocker.enrol import client
+
+        text = self.enrolled_text()
         with open("alice.conf", "w") as f:
             f.write("mine\n")
         status, err = self.enroll(result=client.Result(Outcome.ENROLLED, text=text))
