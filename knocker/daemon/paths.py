@@ -203,7 +203,7 @@ def check_trusted(key: str, path: str, runs_as: tuple[int, int] | None = None,
     uid, gid = runs_as if runs_as is not None else (os.geteuid(), os.getegid())
     users, groups = {0, uid}, {0, gid}
     stake = stake or f"what the daemon runs as {_name(uid)}"
-    folders, real = _resolution(key, path)
+    folders, real, links = _resolution(key, path)
     shown = f"{key} = {named or path}" + ("" if real == os.path.abspath(path) else
                                           f" (that is {real})")
     # A folder is mended by moving what is in it (its owner may be a user,
@@ -237,6 +237,14 @@ def check_trusted(key: str, path: str, runs_as: tuple[int, int] | None = None,
                 f"{stat.S_IMODE(mode):04o}), and so {stake}; "
                 f"run: chmod g-w {current}" + (f", or {move}" if folder else "")
             )
+    for link in links:
+        # In a sticky folder (/tmp) a link's owner may still replace it: the
+        # folder's check above trusts the owners of what is in it.
+        owner = os.lstat(link).st_uid
+        if owner not in users and os.stat(os.path.dirname(link)).st_mode & stat.S_ISVTX:
+            raise PathError(f"{shown}: the link {link} belongs to {_name(owner)}, who may "
+                            f"point it elsewhere in its sticky folder, and so change {stake}; "
+                            f"{move}")
 
 
 def check_state_trusted(state_dir: str, runs_as: tuple[int, int] | None = None) -> None:
@@ -251,13 +259,14 @@ def check_state_trusted(state_dir: str, runs_as: tuple[int, int] | None = None) 
                       stake="which clients the daemon lets in", safe_folder="/var/lib")
 
 
-def _resolution(key: str, path: str) -> tuple[list[str], str]:
+def _resolution(key: str, path: str) -> tuple[list[str], str, list[str]]:
     """
     Every folder a name is looked up in while C{path} is resolved, links
-    followed as the kernel follows them, and the real path it ends at.
+    followed as the kernel follows them, the real path it ends at, and the
+    links it passed through.
     """
     parts = os.path.abspath(path).split("/")[::-1]  # a stack: next part last
-    current, folders, links = "/", [], 0
+    current, folders, passed, links = "/", [], [], 0
     while parts:
         name = parts.pop()
         if name in ("", "."):
@@ -270,6 +279,8 @@ def _resolution(key: str, path: str) -> tuple[list[str], str]:
         candidate = os.path.join(current, name)
         if os.path.islink(candidate):
             links += 1
+            if candidate not in passed:
+                passed.append(candidate)
             if links > 40:  # as the kernel gives up (ELOOP)
                 raise PathError(f"{key} = {path}: too many links")
             target = os.readlink(candidate)
@@ -278,7 +289,7 @@ def _resolution(key: str, path: str) -> tuple[list[str], str]:
             parts.extend(target.split("/")[::-1])
             continue
         current = candidate
-    return folders, current
+    return folders, current, passed
 
 
 def _name(uid: int) -> str:

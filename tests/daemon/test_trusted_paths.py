@@ -78,6 +78,21 @@ class TrustedPathTests(TestCase):
         os.chmod(folder, 0o1777)
         check_program("on-success", self.make_program(folder, "open-door"))
 
+    def test_a_link_of_another_user_in_a_sticky_folder(self):
+        """
+        In /tmp a link's owner may replace it whenever it likes: a link
+        there must be root's or the daemon's user's, like a file there.
+        """
+        uid, _ = other_user()
+        folder = os.path.join(self.dir, "shared")
+        os.mkdir(folder)
+        os.chmod(folder, 0o1777)
+        link = os.path.join(folder, "door-link")
+        os.symlink(self.program, link)
+        check_program("on-success", link)  # ours: fine
+        os.lchown(link, uid, -1)
+        self.refused(link, f"the link {link} belongs to user {NOBODY}", "sticky folder")
+
     def test_group_of_our_own_may_write(self):
         os.chmod(self.program, 0o775)
         os.chown(self.program, -1, os.getegid())
