@@ -101,6 +101,18 @@ class PluginTests(SynchronousTestCase):
         self.assertIn(f"on-check = {program}: the file {program} belongs to user nobody",
                       error.code)
 
+    def test_server_options_refuse_euid(self):
+        """
+        twistd --euid changes the effective ids alone: the programs the
+        daemon starts would run with the real ones, root's.
+        """
+        from twisted.scripts._twistd_unix import ServerOptions
+
+        error = self.assertRaises(SystemExit, ServerOptions().parseOptions,
+                                  ["--uid", "65534", "--euid", "knockserver"])
+        self.assertIn("--euid leaves the real user root", error.code)
+        ServerOptions().parseOptions(["--uid", "65534", "knockserver"])  # without it: fine
+
     def test_make_server_service_binds_on_start(self):
         state = os.path.abspath(self.mktemp())
         options = server_tap.Options()

@@ -30,8 +30,16 @@ class Options(usage.Options):
             # folder): the daemon may run in another (--rundir).
             if key in overrides:
                 overrides[key] = os.path.abspath(os.path.expanduser(overrides[key]))
-        runs_as = self.runs_as = _runs_as(getattr(self, "parent", None))
+        parent = getattr(self, "parent", None)
+        runs_as = self.runs_as = _runs_as(parent)
         try:
+            if parent is not None and parent.get("euid") and runs_as is not None:
+                # --euid sets the effective ids alone: the real ones stay
+                # root's, and a program the daemon starts (bash, through
+                # the shipped scripts' knocker-nft) takes them back.
+                raise ConfigError("--euid leaves the real user root, and the programs the "
+                                  "daemon starts could take it back: use --uid and --gid "
+                                  "without --euid")
             if self["config"] is not None:
                 check_config_file(self["config"], runs_as)
             self.config = load_server_config(self["config"], overrides)
