@@ -18,7 +18,7 @@ from knocker.admin.owner import StateOwner
 from knocker.core.knockfile import KnockFile
 from knocker.core.knockgen import format_knockfile, generate
 from knocker.core.pool import ensure_pool, keyspace
-from knocker.files import commit_private, discard_private, stage_private
+from knocker.files import commit_private, discard_private, stage_private, write_private
 from knocker.state.book import ClientBook
 from knocker.state.sqlite import SQLiteStore
 
@@ -113,8 +113,22 @@ def _register(config, owner, store, client, knocks, kf, pool) -> str:
             # invitation's CONFIRM, a renewal's promotion) may meet the
             # new copy.
             store.cancel_offers(client)
+            try:
+                with open(book.path(client), encoding="utf-8") as handle:
+                    before = handle.read()
+            except FileNotFoundError:
+                before = None
             server_copy = book.add(kf)
-            store.register(client, knocks, kf.secret)
+            try:
+                store.register(client, knocks, kf.secret)
+            except BaseException:
+                # The counter is the old file's still: so must the copy be,
+                # or the old file, which the client keeps, stops working too.
+                if before is None:
+                    os.unlink(server_copy)
+                else:
+                    write_private(server_copy, before)
+                raise
     return server_copy
 
 

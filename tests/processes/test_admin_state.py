@@ -87,6 +87,42 @@ class ConfigChoiceTests(TestCase):
         self.assertEqual(sorted(os.listdir(self.dir)), ["alice.knock", "knockserver.conf",
                                                         "state"], "nothing staged left")
 
+    def test_a_force_the_state_refuses_leaves_the_old_file_working(self):
+        """
+        generate --force whose counter cannot be written (the database
+        locked, the disk full) takes the server's new copy back as well: the
+        old file, which the client keeps, still proves itself.
+        """
+        import sqlite3
+
+        from knocker.admin.clients import generate_client
+        from knocker.core.serverconfig import load_server_config
+        from knocker.state.book import ClientBook
+        from knocker.state.sqlite import SQLiteStore
+
+        state = os.path.join(self.dir, "state")
+        config = load_server_config(None, {"state-dir": state, "pool-size": "10",
+                                           "pool-range": "3000-3099"})
+        out = os.path.join(self.dir, "alice.knock")
+        generate_client(config, "alice", 3, 2, out)
+
+        def locked(*_):
+            raise sqlite3.OperationalError("database is locked")
+
+        self.patch(SQLiteStore, "register", locked)
+        self.assertRaises(sqlite3.OperationalError, generate_client, config, "alice", 3, 2,
+                          out, force=True)
+        self.patch(SQLiteStore, "register", SQLiteStore.__dict__["register"])
+        store = SQLiteStore(state)
+        self.addCleanup(store.close)
+        book = ClientBook(state, store.pool())
+        book.load()
+        from knocker.core.knockfile import parse_knockfile
+        from knocker.files import read_private
+
+        secret = book.secret("alice", store.client("alice").secret_id)
+        self.assertEqual(secret, parse_knockfile(read_private(out), out).secret)
+
     def test_an_output_that_is_a_folder_is_refused_before_the_server_takes_anything(self):
         state = os.path.join(self.dir, "state")
         conf = write_config(os.path.join(self.dir, "knockserver.conf"), "server",
