@@ -220,6 +220,7 @@ async def _exchange(io, conn, config, knockfile, deadline) -> KnockResult:
     # knock took the connection (knocker.client.tcp.EarlyHello).
     machine = getattr(conn, "answered", None)
     index, ports = None, ()
+    granted_before = 0
     doing = "while waiting for the server's reply"
     try:
         if machine is None:
@@ -229,6 +230,7 @@ async def _exchange(io, conn, config, knockfile, deadline) -> KnockResult:
                 conn.send(hello)
         else:
             knockfile.check(read_checked(config))  # as after any PROOF, below
+            granted_before = read_granted(config, knockfile)
         machine.prepare()
         while True:
             line = await conn.readline(deadline.bound(config.timeout))
@@ -240,14 +242,19 @@ async def _exchange(io, conn, config, knockfile, deadline) -> KnockResult:
                 # The whole file, while the server decides (FILE.checked is
                 # read only now, off the way to HELLO).
                 knockfile.check(read_checked(config))
+                granted_before = read_granted(config, knockfile)
                 machine.prepare()
             elif isinstance(action, hs.KnockPorts):
                 index, ports = action.index, action.ports
+                if index <= granted_before:
+                    return KnockResult(Outcome.BAD_SERVER, replayed(index, granted_before),
+                                       index, ())
                 io.say(f"granted knock {index}: knocking {conn.peer_host} ports {ports}")
                 for port in ports:
                     doing = f"while knocking port {port}"
                     await io.hit(conn.peer_host, port, deadline.bound(config.connect_timeout))
                 doing = "while waiting for the server's verdict"
+                remember_granted(config, knockfile, index)  # while the server decides
             else:
                 result = _result(action.reply, index, ports)
                 if result.outcome is Outcome.OPEN and config.knock_file is not None:
@@ -402,6 +409,64 @@ def renewed_meanwhile(config, knockfile):
     except ValueError:  # none set, unreadable, unsafe or malformed: the DENIED stands
         return None
     return fresh if fresh.secret != knockfile.secret else None
+
+
+# The highest knock number a server granted this file, in FILE.granted
+# (0600, beside it): a GRANT's MAC covers only the server's own nonce, so
+# an impostor that recorded an exchange could replay it whole, GRANT and
+# OPEN, to a client that kept no memory of it.  A real server's numbers
+# only grow.
+GRANTED_SUFFIX = ".granted"
+
+
+def replayed(index: int, before: int) -> str:
+    return (f"the server granted knock {index}, but knock {before} of this file was "
+            f"granted before: a replayed exchange (an impostor at the server's address), "
+            f"or a server whose state went back; nothing was knocked")
+
+
+def _granted_tag(knockfile) -> str:
+    """Which file a record is about: a tag keyed by its secret (it tells nothing of it)."""
+    return hs.hmac_sha256(knockfile.secret, b"knocker FILE.granted").hex()[:32]
+
+
+def read_granted(config, knockfile) -> int:
+    """
+    The highest knock number recorded as granted to C{knockfile} (0 if
+    none is, or the record is missing, unreadable, or about another file).
+    """
+    from knocker.files import PrivateFileError, read_private
+
+    if config.knock_file is None:
+        return 0
+    try:
+        tag, number = read_private(config.knock_file + GRANTED_SUFFIX, limit=200).split()
+    except (OSError, PrivateFileError, ValueError):
+        return 0
+    if tag != _granted_tag(knockfile) or not (number.isascii() and number.isdigit()
+                                               and len(number) <= 9):
+        return 0
+    return int(number)
+
+
+def remember_granted(config, knockfile, index: int) -> None:
+    """
+    Record C{index} as granted (while the server decides; not synced: a
+    record lost to a crash only leaves the next knock less guarded).
+    """
+    if config.knock_file is None:
+        return
+    try:
+        fd = os.open(config.knock_file + GRANTED_SUFFIX,
+                     os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    except OSError:
+        return
+    try:
+        os.write(fd, f"{_granted_tag(knockfile)} {index}\n".encode("ascii"))
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def read_checked(config) -> tuple[str, ...]:

@@ -356,9 +356,14 @@ class CheckedRecordTests(SynchronousTestCase):
         return KnockFileText(text, self.path, identity)
 
     def run_knock(self, kf=None):
+        import contextlib
+        import os
+
         kf = self.read() if kf is None else kf
         io = ScriptedIO([f"CHALLENGE {NONCE}".encode(), grant(1), b"OPEN"])
         conf = config(**{"knock-file": self.path})
+        with contextlib.suppress(FileNotFoundError):  # (each knock here is granted 1:
+            os.unlink(self.path + ".granted")         # GrantedRecordTests' concern)
         return run_blocking(knock(io, conf, kf)), io
 
     def count_checks(self):
@@ -503,6 +508,77 @@ class CheckedRecordTests(SynchronousTestCase):
             result, _ = self.run_knock()
             self.assertEqual(result.outcome, Outcome.OPEN)
         self.assertEqual(len(self.checks), 2)
+
+
+class GrantedRecordTests(SynchronousTestCase):
+    """
+    FILE.granted keeps the highest number a server granted the file: an
+    impostor replaying a recorded exchange (its GRANT's MAC is good, made
+    for the nonce the impostor chose again) gets nothing knocked.
+    """
+
+    def setUp(self):
+        import os
+
+        from knocker.core.knockgen import format_knockfile
+        from knocker.files import write_private
+
+        self.dir = self.mktemp()
+        os.makedirs(self.dir)
+        self.path = os.path.join(self.dir, "alice.knock")
+        write_private(self.path, format_knockfile(KF))
+        self.conf = config(**{"knock-file": self.path})
+
+    def run_knock(self, index, answered=False):
+        lines = [grant(index), b"OPEN"]
+        if answered:  # the command's way: CHALLENGE read and PROOF sent before the knock
+            machine = hs.ClientHandshake(KF)
+            machine.hello()
+            machine.receive(f"CHALLENGE {NONCE}".encode())
+
+            class Answered(ScriptedIO):
+                async def connect(self, endpoint, timeout):
+                    conn = await super().connect(endpoint, timeout)
+                    conn.answered = machine
+                    return conn
+
+            io = Answered(lines)
+        else:
+            io = ScriptedIO([f"CHALLENGE {NONCE}".encode(), *lines])
+        return run_blocking(knock(io, self.conf, KF)), io
+
+    def test_a_replayed_exchange_knocks_nothing(self):
+        import os
+        import stat
+
+        for answered in (False, True):
+            with self.subTest(answered=answered):
+                first, _ = self.run_knock(1, answered)
+                self.assertEqual(first.outcome, Outcome.OPEN)
+                record = self.path + ".granted"
+                self.assertEqual(stat.S_IMODE(os.stat(record).st_mode), 0o600)
+                again, io = self.run_knock(1, answered)
+                self.assertEqual(again.outcome, Outcome.BAD_SERVER)
+                self.assertIn("replayed exchange", again.detail)
+                self.assertEqual(io.hits, [], "a spent number is not knocked again")
+                os.unlink(record)
+
+    def test_a_later_number_goes_on(self):
+        self.assertEqual(self.run_knock(1)[0].outcome, Outcome.OPEN)
+        second, io = self.run_knock(2)
+        self.assertEqual(second.outcome, Outcome.OPEN)
+        self.assertEqual(io.hits, [4, 5, 6])
+
+    def test_a_record_of_another_file_is_ignored(self):
+        """A renewed file (another secret) starts again from its first knock."""
+        from knocker.client.knock import _granted_tag
+        from knocker.files import write_private
+
+        other = KnockFile("alice", bytes(32), 3, KF.created, KF.knocks)
+        write_private(self.path + ".granted", f"{_granted_tag(other)} 2\n")
+        self.assertEqual(self.run_knock(1)[0].outcome, Outcome.OPEN)
+        write_private(self.path + ".granted", f"{_granted_tag(KF)} 2\n")  # this file's
+        self.assertEqual(self.run_knock(1)[0].outcome, Outcome.BAD_SERVER)
 
 
 class ClientLogTests(SynchronousTestCase):
