@@ -425,9 +425,16 @@ def replayed(index: int, before: int) -> str:
             f"or a server whose state went back; nothing was knocked")
 
 
+_GRANTED_TAGS: dict[bytes, str] = {}  # made once a knock: read, then written
+
+
 def _granted_tag(knockfile) -> str:
     """Which file a record is about: a tag keyed by its secret (it tells nothing of it)."""
-    return hs.hmac_sha256(knockfile.secret, b"knocker FILE.granted").hex()[:32]
+    tag = _GRANTED_TAGS.get(knockfile.secret)
+    if tag is None:
+        tag = _GRANTED_TAGS[knockfile.secret] = hs.hmac_sha256(
+            knockfile.secret, b"knocker FILE.granted").hex()[:32]
+    return tag
 
 
 def read_granted(config, knockfile) -> int:
