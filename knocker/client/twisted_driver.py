@@ -182,6 +182,7 @@ class TwistedDriver:
     def __init__(self, reactor, verbose: bool = False):
         self._reactor = reactor
         self._verbose = verbose  # the command's -v: on standard error, as the blocking driver
+        self._bind = None  # where the hits come from: see connect
 
     def now(self) -> float:
         return self._reactor.seconds()
@@ -206,13 +207,19 @@ class TwistedDriver:
             await connecting
         except (error.ConnectError, error.DNSLookupError, defer.TimeoutError, OSError) as failure:
             raise Unreachable(str(failure)) from None
+        # An endpoint with bindAddress says where the central connection
+        # comes from: the hits must come from there too, or the server sees
+        # another source, times the knock out, and may lock everyone out.
+        self._bind = ((lines.transport.getHost().host, 0)
+                      if "bindAddress=" in endpoint else None)
         return _Connection(self._reactor, lines)
 
     async def hit(self, host: str, port: int, timeout: float) -> None:
         hit = _Hit()
         # connectTCP takes IPv6 literals too; the timeout covers the connect,
         # addTimeout the wait for the server's close.
-        connector = self._reactor.connectTCP(host, port, _HitFactory(hit), timeout=timeout)
+        connector = self._reactor.connectTCP(host, port, _HitFactory(hit), timeout=timeout,
+                                             bindAddress=self._bind)
         hit.done.addTimeout(timeout, self._reactor)
         try:
             await hit.done

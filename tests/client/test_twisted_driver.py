@@ -40,6 +40,38 @@ class TwistedDriverTests(TestCase):
         self.assertGreaterEqual(reactor.seconds(), closed[0] - 0.01)
 
 
+    async def test_hits_come_from_the_central_connections_bind_address(self):
+        """
+        tcp:...:bindAddress=127.0.0.2: the server must see the hits from
+        the address it granted, not from the system's choice.
+        """
+        from twisted.internet import protocol
+
+        from knocker.client.twisted_driver import TwistedDriver
+
+        seen = []
+
+        class Note(protocol.Protocol):
+            def connectionMade(self):
+                seen.append(self.transport.getPeer().host)
+                self.transport.loseConnection()
+
+        class Quiet(protocol.Protocol):
+            pass
+
+        central = reactor.listenTCP(0, protocol.Factory.forProtocol(Quiet),
+                                    interface="127.0.0.1")
+        self.addCleanup(central.stopListening)
+        pool = reactor.listenTCP(0, protocol.Factory.forProtocol(Note), interface="127.0.0.1")
+        self.addCleanup(pool.stopListening)
+        driver = TwistedDriver(reactor)
+        conn = await driver.connect(
+            f"tcp:host=127.0.0.1:port={central.getHost().port}:bindAddress=127.0.0.2", 5)
+        self.addCleanup(conn.close)
+        await driver.hit(conn.peer_host, pool.getHost().port, 5)
+        self.assertEqual(seen, ["127.0.0.2"])
+
+
 class QueueBoundTests(TestCase):
     def test_a_flood_of_lines_is_not_read_faster_than_the_knock_takes_them(self):
         """
