@@ -65,6 +65,11 @@ def endpoint_problem(endpoint: str) -> str | None:
         endpoints.clientFromString(reactor, endpoint)
     except Exception as failure:  # whatever a parser or a TLS option raises
         return str(failure) or type(failure).__name__
+    kind = endpoint.split(":", 1)[0]
+    if kind not in ("tcp", "tls"):
+        # unix:, say: the hits go to the central connection's peer address
+        # over TCP, and such a connection has none.
+        return f"a {kind}: endpoint has no TCP address for the knock's hits; use tcp: or tls:"
     # Twisted takes any number as a port, and fails only when it connects
     # (OverflowError, a traceback): said here, as for a plain endpoint.
     named = [field[1] for field in fields if len(field) == 2 and field[0] == "port"]

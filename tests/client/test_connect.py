@@ -84,6 +84,8 @@ class CommandLineTests(SynchronousTestCase):
                              "port 99999 is not 1-65535"),
                             ("tcp:127.0.0.1:99999:timeout=3", "port 99999 is not 1-65535"),
                             ("tcp6:host=::1:port=7000", "Unknown endpoint type: 'tcp6'"),
+                            ("unix:path=/run/knocker.sock", "no TCP address for the knock"),
+                            ("tcp:host=127.0.0.1:port=4500\u00b2", "invalid literal"),
                             # Twisted's ssl: checks no certificate unless told to
                             ("ssl:host=127.0.0.1:port=7000",
                              "do not check the server's certificate; use tls:"),
