@@ -32,7 +32,8 @@ def plain_tcp(endpoint: str) -> tuple[str, int] | None:
             positional.append(field)
     host = named.pop("host", positional[0] if positional else None)
     port = named.pop("port", positional[1] if len(positional) > 1 else None)
-    if named or len(positional) > 2 or not host or not port or not port.isdigit():
+    if named or len(positional) > 2 or not host or not port or not (port.isascii()
+                                                                      and port.isdigit()):
         return None
     return host, int(port)
 

@@ -136,7 +136,13 @@ class Key:
         self.secret = secret
 
 
-PATH = (nonempty, "a path")
+def path(text: str) -> str:
+    if not text or "\0" in text:
+        raise ValueError("a path")
+    return text
+
+
+PATH = (path, "a path (not empty, no NUL)")
 
 CLIENT_TABLE = (
     Key("server", "tcp:host=127.0.0.1:port=7000",

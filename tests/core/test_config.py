@@ -372,6 +372,13 @@ class ServerErrorTests(SynchronousTestCase):
     def test_empty_path(self):
         self.refused("on-success =\n", SOURCE, "on-success", "allowed")
 
+    def test_a_path_with_a_nul_is_the_keys_error(self):
+        """The system cannot take it: named with its key, not 'embedded null byte' later."""
+        self.refused("", "on-success", "no NUL", overrides={"on-success": "/bin/a\0b"})
+        for key in ("knock-file", "log-file"):
+            error = self.assertRaises(ConfigError, client, "", CSOURCE, {key: "/tmp/a\0b"})
+            self.assertIn(key, str(error))
+
     def test_invalid_ini(self):
         for bad in [
             "lockout = 5\n",  # no section
