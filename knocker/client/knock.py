@@ -201,7 +201,11 @@ async def _attempt(io, config, knockfile, deadline, first: bool = True,
             io.say(f"{endpoint}: {failure}")
             unreachable = failure
             continue
-        result = (await _exchange(io, conn, config, knockfile, deadline)).replace(
+        # With another gateway left, one that takes a connection but says
+        # nothing (its daemon stopped or stuck) has connect-timeout to say
+        # its first line, not the whole knock's time.
+        first_wait = config.connect_timeout if n + 1 < len(endpoints) else config.timeout
+        result = (await _exchange(io, conn, config, knockfile, deadline, first_wait)).replace(
             server=endpoint)
         # No number granted, and no answer but a failure (ERROR, a TLS
         # handshake refused, a close before any reply): the next gateway.
@@ -214,8 +218,11 @@ async def _attempt(io, config, knockfile, deadline, first: bool = True,
     return refused or KnockResult(Outcome.UNREACHABLE, f"{config.server}: {unreachable}")
 
 
-async def _exchange(io, conn, config, knockfile, deadline) -> KnockResult:
-    """The knock on one central connection, from HELLO to its verdict."""
+async def _exchange(io, conn, config, knockfile, deadline, first_wait) -> KnockResult:
+    """
+    The knock on one central connection, from HELLO to its verdict; the
+    server's first line within C{first_wait}.
+    """
     # A driver may have said HELLO, and answered the CHALLENGE, before the
     # knock took the connection (knocker.client.tcp.EarlyHello).
     machine = getattr(conn, "answered", None)
@@ -232,8 +239,10 @@ async def _exchange(io, conn, config, knockfile, deadline) -> KnockResult:
             knockfile.check(read_checked(config))  # as after any PROOF, below
             granted_before = read_granted(config, knockfile)
         machine.prepare()
+        wait = config.timeout if getattr(conn, "answered", None) is not None else first_wait
         while True:
-            line = await conn.readline(deadline.bound(config.timeout))
+            line = await conn.readline(deadline.bound(wait))
+            wait = config.timeout
             if line is None:
                 return KnockResult(Outcome.NO_VERDICT, "connection closed", index, ports)
             action = machine.receive(line)

@@ -697,6 +697,35 @@ class FailoverTests(SynchronousTestCase):
         self.assertEqual(result.outcome, Outcome.OPEN)
         self.assertEqual(io.tried, ["tcp:a:7000", "tcp:b:7000"])
 
+    def test_a_gateway_that_never_says_its_first_line_hands_over_after_connect_timeout(self):
+        """
+        Its port takes the connection, its daemon says nothing: the next
+        gateway is tried once connect-timeout has passed, not the whole
+        timeout (the last gateway gets what is left of it).
+        """
+        class Silent(FailoverIO):
+            async def connect(self, endpoint, timeout):
+                conn = await super().connect(endpoint, timeout)
+                if endpoint == "tcp:a:7000":
+                    io = self
+
+                    async def stalls(timeout):
+                        io.waits.append(timeout)
+                        from knocker.client.knock import Trouble
+
+                        io.clock += timeout
+                        raise Trouble(f"no reply within {timeout:.1f}s")
+                    conn.readline = stalls
+                return conn
+
+        io = Silent(set(), [], [f"CHALLENGE {NONCE}".encode(), grant(2), b"OPEN"])
+        io.waits = []
+        result = run_blocking(knock(io, config(**{"server": "tcp:a:7000 tcp:b:7000",
+                                                  "timeout": 60, "connect-timeout": 5}), KF))
+        self.assertEqual(result.outcome, Outcome.OPEN)
+        self.assertEqual(io.tried, ["tcp:a:7000", "tcp:b:7000"])
+        self.assertEqual(io.waits, [5.0])
+
     def test_all_dead_is_unreachable(self):
         io = FailoverIO({"tcp:a:7000", "tcp:b:7000"})
         result = run_blocking(knock(io, config(server="tcp:a:7000 tcp:b:7000"), KF))
