@@ -36,7 +36,11 @@ def command_line() -> None:
         from knocker.main import main
 
         sys.exit(main())
-    status = run(sys.argv[2:])
+    try:
+        status = run(sys.argv[2:])
+    except KeyboardInterrupt:  # Ctrl-C: a line, not a traceback (connect has its own)
+        print(f"knocker {command[0]}: interrupted", file=sys.stderr)
+        status = 130
     # A knock has written everything it writes with os.write or closed it;
     # tearing the interpreter down would cost every knock about 2 ms more.
     for stream in (sys.stdout, sys.stderr):

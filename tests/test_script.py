@@ -84,3 +84,40 @@ class ScriptTests(TestCase):
         status, out, err = run(os.path.join(elsewhere, "knocker"), "knock", "--help")
         self.assertEqual((status, err), (0, ""))
         self.assertIn("usage: knocker knock", out)
+
+
+class InterruptTests(TestCase):
+    def test_ctrl_c_during_a_knock_is_a_line_and_status_130(self):
+        """
+        Ctrl-C while the server is silent: 'interrupted' and the shell's
+        status for SIGINT, not a KeyboardInterrupt traceback.
+        """
+        import signal
+        import socket
+        import time
+
+        from knocker.core.knockfile import KnockFile
+        from knocker.core.knockgen import format_knockfile
+        from knocker.files import write_private
+
+        silent = socket.create_server(("127.0.0.1", 0))
+        self.addCleanup(silent.close)
+        folder = os.path.abspath(self.mktemp())
+        os.makedirs(folder)
+        knock_file = os.path.join(folder, "alice.knock")
+        write_private(knock_file, format_knockfile(KnockFile(
+            "alice", bytes(32), 2, "2026-11-25T10:00:00Z", ((40001, 40002),))))
+        knock = subprocess.Popen(
+            [sys.executable, SCRIPT, "knock", "--knock-file", knock_file, "--log-file",
+             os.path.join(folder, "client.log"), "--server",
+             f"tcp:127.0.0.1:{silent.getsockname()[1]}"],
+            env=environment(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        silent.settimeout(20)
+        held, _ = silent.accept()  # it connected, and waits for its CHALLENGE
+        self.addCleanup(held.close)
+        time.sleep(0.3)
+        knock.send_signal(signal.SIGINT)
+        out, err = knock.communicate(timeout=30)
+        self.assertEqual(knock.returncode, 130, err)
+        self.assertIn("knocker knock: interrupted", err)
+        self.assertNotIn("Traceback", err)
