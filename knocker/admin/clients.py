@@ -18,7 +18,13 @@ from knocker.admin.owner import StateOwner
 from knocker.core.knockfile import KnockFile
 from knocker.core.knockgen import format_knockfile, generate
 from knocker.core.pool import ensure_pool, keyspace
-from knocker.files import commit_private, discard_private, stage_private, write_private
+from knocker.files import (
+    commit_private,
+    discard_private,
+    read_private,
+    stage_private,
+    write_private,
+)
 from knocker.state.book import ClientBook
 from knocker.state.sqlite import SQLiteStore
 
@@ -114,19 +120,20 @@ def _register(config, owner, store, client, knocks, kf, pool) -> str:
             # new copy.
             store.cancel_offers(client)
             try:
-                with open(book.path(client), encoding="utf-8") as handle:
-                    before = handle.read()
+                before = read_private(book.path(client))
             except FileNotFoundError:
-                before = None
+                before = ""  # none: none to put back
+            except (OSError, ValueError):
+                before = None  # damaged (what --force mends): nothing worth putting back
             server_copy = book.add(kf)
             try:
                 store.register(client, knocks, kf.secret)
             except BaseException:
                 # The counter is the old file's still: so must the copy be,
                 # or the old file, which the client keeps, stops working too.
-                if before is None:
+                if before == "":
                     os.unlink(server_copy)
-                else:
+                elif before is not None:
                     write_private(server_copy, before)
                 raise
     return server_copy

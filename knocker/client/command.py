@@ -46,7 +46,7 @@ def endpoint_problem(endpoint: str) -> str | None:
         if not host.isascii():
             return "the host name is not ASCII (give its xn-- form)"
         return None
-    if endpoint.split(":", 1)[0] == "ssl":
+    if endpoint.split(":", 1)[0].lower() == "ssl":
         # Twisted's ssl: client endpoint checks no certificate unless told
         # to: encryption to whoever answers, an impostor included.
         return ("ssl: endpoints do not check the server's certificate; use "
@@ -66,7 +66,7 @@ def endpoint_problem(endpoint: str) -> str | None:
     except Exception as failure:  # whatever a parser or a TLS option raises
         return str(failure) or type(failure).__name__
     kind = endpoint.split(":", 1)[0]
-    if kind not in ("tcp", "tls"):
+    if kind.lower() not in ("tcp", "tls"):  # (Twisted takes the kind in any case)
         # unix:, say: the hits go to the central connection's peer address
         # over TCP, and such a connection has none.
         return f"a {kind}: endpoint has no TCP address for the knock's hits; use tcp: or tls:"

@@ -478,6 +478,7 @@ def remember_granted(config, knockfile, index: int) -> None:
     except OSError:
         return
     try:
+        os.fchmod(fd, 0o600)  # O_TRUNC keeps a mode it finds, and a loose one is never read
         os.write(fd, f"{_granted_tag(knockfile)} {index}\n".encode("ascii"))
     except OSError:
         pass

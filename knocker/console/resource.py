@@ -423,7 +423,7 @@ class Console(Resource):
         @raise BadArgument: neither an address nor a network.
         """
         text = filters["ip"]
-        if not text:
+        if not text or text == GLOBAL:  # (*: the whole server's lockouts)
             return ""
         try:
             address = ipaddress.ip_address(text.split("%", 1)[0])

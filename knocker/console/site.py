@@ -282,6 +282,13 @@ class ConsoleChannel(HTTPChannel):
 
     def _read_on(self):
         self._next_request = None
+        if self._waitingForTransport:
+            # The client is not reading its answers: answer what it sent
+            # ahead only once it does (resumeProducing, below).  Else 64 kB
+            # of 18-byte requests put 3,600 pages (5 MB) in our write buffer
+            # for a peer that reads nothing, on each of its connections.
+            self._read_when_drained = True
+            return
         if self._buffer:  # (nothing is read between an answer and this call)
             self._ahead += 1
             if self._ahead > MAX_AHEAD:
@@ -290,13 +297,6 @@ class ConsoleChannel(HTTPChannel):
                 return
         else:
             self._ahead = 0
-        if self._waitingForTransport:
-            # The client is not reading its answers: answer what it sent
-            # ahead only once it does (resumeProducing, below).  Else 64 kB
-            # of 18-byte requests put 3,600 pages (5 MB) in our write buffer
-            # for a peer that reads nothing, on each of its connections.
-            self._read_when_drained = True
-            return
         self.paused = False
         self._networkProducer.resumeProducing()
         self.dataReceived(b"")

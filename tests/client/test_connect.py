@@ -107,6 +107,13 @@ class CommandLineTests(SynchronousTestCase):
         self.assertEqual(done.returncode, 2, done.stderr)
         self.assertIn("do not check the server's certificate", done.stderr)
 
+    def test_an_endpoints_kind_in_capitals_is_twisteds_as_well(self):
+        from knocker.client.command import endpoint_problem
+
+        for endpoint in ("TCP:127.0.0.1:45001", "Tcp:host=127.0.0.1:port=45001:timeout=3"):
+            self.assertIsNone(endpoint_problem(endpoint), endpoint)
+        self.assertIn("certificate", endpoint_problem("SSL:host=127.0.0.1:port=45001"))
+
     def test_an_unusable_endpoint_among_several_is_passed_over(self):
         """
         A fleet's list with one endpoint no driver can use: that one is

@@ -563,6 +563,18 @@ class GrantedRecordTests(SynchronousTestCase):
                 self.assertEqual(io.hits, [], "a spent number is not knocked again")
                 os.unlink(record)
 
+    def test_a_record_found_loose_is_made_private(self):
+        """Else it would never be read again (records must be 0600), and guard nothing."""
+        import os
+        import stat
+
+        with open(self.path + ".granted", "w") as handle:
+            handle.write("stale\n")
+        os.chmod(self.path + ".granted", 0o644)
+        self.run_knock(1)
+        self.assertEqual(stat.S_IMODE(os.stat(self.path + ".granted").st_mode), 0o600)
+        self.assertEqual(self.run_knock(1)[0].outcome, Outcome.BAD_SERVER)
+
     def test_a_later_number_goes_on(self):
         self.assertEqual(self.run_knock(1)[0].outcome, Outcome.OPEN)
         second, io = self.run_knock(2)

@@ -664,6 +664,14 @@ class PagesTests(SynchronousTestCase):
         page = f.browser.get("/audit?" + urlencode({"since": "2027-01-15 09"}))
         self.assertIn("1 events match", page.text)
 
+    def test_audit_search_finds_the_whole_servers_lockouts_by_star(self):
+        f = ConsoleFixture(self)
+        f.audit_path_lines([
+            '{"time":"2027-01-15T08:00:00.000000Z","event":"lockout","ip":"192.0.2.1",'
+            '"source":"*","scope":"global","reason":"wrong-port"}'])
+        f.login()
+        self.assertIn("1 events match", f.browser.get("/audit?ip=*").text)
+
     def test_metrics_for_a_bearer(self):
         f = ConsoleFixture(self)
         f.h.knock("alice")

@@ -533,6 +533,20 @@ class SlowClientTests(SynchronousTestCase):
         self.assertEqual(answers(), 2 * sent)
         self.assertFalse(transport.disconnecting)
 
+    def test_a_client_that_reads_slowly_has_all_its_requests_ahead_answered(self):
+        """Each request is counted once, however often the transport backs up."""
+        f, factory = console_factory(self)
+        connection, transport = connect(factory, Hanging(peerAddress=PEER))
+        channel = connection.wrappedProtocol
+        connection.dataReceived(b"GET / HTTP/1.1\r\n\r\n" * (MAX_AHEAD + 1))
+        for _ in range(3 * MAX_AHEAD):
+            channel.pauseProducing()  # its buffer full after each answer...
+            one_turn(f.h.clock)
+            channel.resumeProducing()  # ...and read a turn later
+            one_turn(f.h.clock)
+        self.assertEqual(transport.value().count(b"HTTP/1.1 401 "), MAX_AHEAD + 1)
+        self.assertNotIn(b"HTTP/1.1 400 ", transport.value())
+
     def test_more_requests_ahead_than_allowed_are_refused(self):
         f, factory = console_factory(self)
         connection, transport = connect(factory)

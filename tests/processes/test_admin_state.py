@@ -123,6 +123,24 @@ class ConfigChoiceTests(TestCase):
         secret = book.secret("alice", store.client("alice").secret_id)
         self.assertEqual(secret, parse_knockfile(read_private(out), out).secret)
 
+    def test_force_mends_a_damaged_server_copy(self):
+        """What the daemon's refusal tells the administrator to run."""
+        from knocker.admin.clients import generate_client
+        from knocker.core.serverconfig import load_server_config
+        state = os.path.join(self.dir, "state")
+        config = load_server_config(None, {"state-dir": state, "pool-size": "10",
+                                           "pool-range": "3000-3099"})
+        out = os.path.join(self.dir, "alice.knock")
+        generate_client(config, "alice", 3, 2, out)
+        copy = os.path.join(state, "clients", "alice.knock")
+        with open(copy, "wb") as handle:
+            handle.write(b"\xff\xfe broken")
+        generate_client(config, "alice", 3, 2, out, force=True)
+        os.unlink(copy)
+        os.mkfifo(copy, 0o600)  # no read may hang on it
+        generate_client(config, "alice", 3, 2, out, force=True)
+        self.assertTrue(stat.S_ISREG(os.stat(copy).st_mode))
+
     def test_an_output_that_is_a_folder_is_refused_before_the_server_takes_anything(self):
         state = os.path.join(self.dir, "state")
         conf = write_config(os.path.join(self.dir, "knockserver.conf"), "server",
