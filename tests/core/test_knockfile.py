@@ -508,6 +508,12 @@ class RefusalTests(SynchronousTestCase):
     def test_port_empty(self):
         self.refused(self.with_knock_line(1, "1 10001,,10003"), 7)
 
+    def test_port_with_leading_zeros_past_five_digits_still_parses(self):
+        # As it always has, and as the client's fast glance takes it.
+        content = self.with_knock_line(1, "1 00010001,10002,10003")
+        self.assertEqual(parse_knockfile(content, NAME).knock(1), (10001, 10002, 10003))
+        self.assertTrue(knocks_at_a_glance(knock_section(content), 3))
+
     def test_port_of_thousands_of_digits(self):
         # Past Python's limit for int() (4,300 digits): still the file's error.
         self.refused(self.with_knock_line(1, "1 10001," + "9" * 5000 + ",10003"), 7)
