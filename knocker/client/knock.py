@@ -226,6 +226,7 @@ async def _exchange(io, conn, config, knockfile, deadline, first_wait) -> KnockR
     # A driver may have said HELLO, and answered the CHALLENGE, before the
     # knock took the connection (knocker.client.tcp.EarlyHello).
     machine = getattr(conn, "answered", None)
+    wait = config.timeout if machine is not None else first_wait  # for the first line
     index, ports = None, ()
     granted_before = 0
     doing = "while waiting for the server's reply"
@@ -239,7 +240,6 @@ async def _exchange(io, conn, config, knockfile, deadline, first_wait) -> KnockR
             knockfile.check(read_checked(config))  # as after any PROOF, below
             granted_before = read_granted(config, knockfile)
         machine.prepare()
-        wait = config.timeout if getattr(conn, "answered", None) is not None else first_wait
         while True:
             line = await conn.readline(deadline.bound(wait))
             wait = config.timeout

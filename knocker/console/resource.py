@@ -384,7 +384,7 @@ class Console(Resource):
     def page_audit(self, request, who):
         filters = {name: self._arg(request, name).strip()[:100]
                    for name in ("ip", "client", "event", "since", "until")}
-        filters["source"] = self._searched_source(filters)
+        filters["ip"], filters["source"] = self._searched(filters["ip"])
         for name in ("since", "until"):
             if filters[name]:
                 written = auditquery.time_filter(filters[name])
@@ -413,29 +413,27 @@ class Console(Resource):
         d = self._scan(lambda: auditquery.query(audit_lines(path), page=number, **filters))
         return d.addCallback(draw)
 
-    def _searched_source(self, filters: dict) -> str:
+    def _searched(self, text: str) -> tuple[str, str]:
         """
         The audit search's address written as the daemon writes it (an
         IPv4-mapped address as IPv4, an IPv6 address however it was typed),
         or a network (a source as lockouts name it); and the source key it
-        counts under, whose lockouts concern it too.
+        counts under, whose lockouts concern it too (or "").
 
         @raise BadArgument: neither an address nor a network.
         """
-        text = filters["ip"]
         if not text or text == GLOBAL:  # (*: the whole server's lockouts)
-            return ""
+            return text, ""
         try:
             address = ipaddress.ip_address(text.split("%", 1)[0])
         except ValueError:
             try:
-                filters["ip"] = str(ipaddress.ip_network(text, strict=False))
+                return str(ipaddress.ip_network(text, strict=False)), ""
             except ValueError:
                 raise BadArgument(f"ip: an address, or a network as 2001:db8:1:2::/64, "
                                   f"not {text[:40]!r}") from None
-            return ""
-        filters["ip"] = normalise_ip(str(address))
-        return self.server.tracker.source_of(filters["ip"])
+        ip = normalise_ip(str(address))
+        return ip, self.server.tracker.source_of(ip)
 
     def page_events(self, request, who):
         if len(self.bus.subscribers) >= MAX_SUBSCRIBERS:

@@ -80,8 +80,9 @@ def parse_code(code: str) -> tuple[int, str]:
     """
     text = "-".join(code.lower().split())  # any run of blanks is one dash
     slot, _, words = text.partition("-")
+    # (the length first: int() of thousands of digits raises)
     if not (slot.isascii() and slot.isdigit() and len(slot) <= len(str(MAX_SLOT))
-            and 1 <= int(slot) and slot == str(int(slot))):
+            and 1 <= int(slot) <= MAX_SLOT and slot == str(int(slot))):
         raise CodeError(f"{code!r}: an invitation code starts with its number, e.g. 417-crossover-clockwork-lantern")
     parts = words.split("-")
     unknown = [word for word in parts if word not in _WORD_SET]
